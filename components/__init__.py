@@ -1,0 +1,1 @@
+"""The pipeline's steps: plain functions over artifact directories, no orchestrator imports."""

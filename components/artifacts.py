@@ -1,0 +1,231 @@
+"""Artifacts: a directory plus an `artifact.json` manifest that is written last.
+
+A directory without a complete manifest does not exist for readers: `read` rejects
+it, so a step killed half-way leaves nothing that a later step or a cache lookup
+would accept. On local disks the content is written under a staging name and
+renamed into place after the manifest; on object stores (gs://) the manifest is the
+last object written, which is the same guarantee there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from components import fileio
+from components.errors import ArtifactError
+
+MANIFEST_NAME = "artifact.json"
+MANIFEST_VERSION = 1
+_REQUIRED_KEYS = ("type", "manifest_version", "fingerprint", "properties", "producer", "created")
+
+
+# --- artifact types: each docstring documents the on-disk layout -------------------
+
+
+class Examples:
+    """Raw examples. Layout: `{uri}/{split}/part-*.tfrecord.gz` (GZIP TFRecord of
+    `tf.train.Example` with `image/encoded`, `image/format`, `label`, `height`,
+    `width`, `channels`, `id`, `source`). Properties: `splits`, `counts`,
+    `class_names`."""
+
+
+class Statistics:
+    """Ingest statistics. Layout: `{uri}/stats.json` (counts per split and class,
+    size/channel histograms, duplicates, quarantine counts, per-class brightness and
+    contrast), `{uri}/hashes-{split}.txt` (id and 64-bit difference hash per image),
+    `{uri}/quarantine.jsonl` (one rejected input per line: path, reason)."""
+
+
+class Schema:
+    """The enforced schema. Layout: `{uri}/schema.pbtxt` (TFMD Schema text proto)."""
+
+
+class Anomalies:
+    """Validation result. Layout: `{uri}/anomalies.json` (list of anomalies with kind,
+    feature, description, severity)."""
+
+
+class TransformGraph:
+    """tensorflow-transform output. Layout: `{uri}/transform_fn/`,
+    `{uri}/transformed_metadata/` (as written by `WriteTransformFn`) and, when
+    materialized, `{uri}/examples/{split}/part-*.tfrecord.gz`. Properties:
+    `label_vocabulary`, `num_classes`, `image_shape`."""
+
+
+class Model:
+    """Trained model. Layout: `{uri}/saved_model/` (SavedModel with serving
+    signatures), `{uri}/history.json`, `{uri}/logs/` (TensorBoard)."""
+
+
+class Evaluation:
+    """TFMA output. Layout: `{uri}/tfma/` (TFMA results), `{uri}/metrics.json`."""
+
+
+class Blessing:
+    """Blessing verdict. Layout: `{uri}/blessing.json` (blessed, thresholds with
+    value, bound and verdict, baseline)."""
+
+
+class PushedModel:
+    """Where a blessed model went. Layout: `{uri}/push.json` (destination, version)."""
+
+
+TYPES: dict[str, type] = {
+    cls.__name__: cls
+    for cls in (Examples, Statistics, Schema, Anomalies, TransformGraph, Model,
+                Evaluation, Blessing, PushedModel)
+}
+
+
+# --- reading -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A committed artifact: where it is and what its manifest says."""
+
+    uri: str
+    type: str
+    fingerprint: str
+    properties: dict[str, Any] = field(default_factory=dict)
+    producer: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+
+    def path(self, *parts: str) -> str:
+        """A path inside the artifact directory."""
+        return fileio.join(self.uri, *parts)
+
+
+def read(uri: str, expected_type: type | str | None = None) -> Artifact:
+    """Reads a committed artifact; raises ArtifactError for anything incomplete."""
+    manifest_path = fileio.join(uri, MANIFEST_NAME)
+    if not fileio.exists(manifest_path):
+        raise ArtifactError(
+            f"{uri} is not a committed artifact (no {MANIFEST_NAME}); it was never "
+            "finished or was written by a killed step. Rerun the step that produces it.")
+    try:
+        manifest = json.loads(fileio.read_text(manifest_path))
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{manifest_path} is unreadable ({exc}); rerun the step "
+                            "that produces it.") from exc
+    missing = [key for key in _REQUIRED_KEYS if key not in manifest]
+    if missing:
+        raise ArtifactError(f"{manifest_path} is incomplete (missing {', '.join(missing)}); "
+                            "rerun the step that produces it.")
+    wanted = expected_type if isinstance(expected_type, str) or expected_type is None \
+        else expected_type.__name__
+    if wanted and manifest["type"] != wanted:
+        raise ArtifactError(f"{uri} holds a {manifest['type']} artifact, expected {wanted}.")
+    return Artifact(uri=uri, type=manifest["type"], fingerprint=manifest["fingerprint"],
+                    properties=manifest["properties"], producer=manifest["producer"],
+                    created=manifest["created"])
+
+
+def is_committed(uri: str) -> bool:
+    """True when `uri` holds a readable, complete artifact."""
+    try:
+        read(uri)
+    except ArtifactError:
+        return False
+    return True
+
+
+# --- fingerprints ------------------------------------------------------------------
+
+
+def fingerprint_json(value: Any) -> str:
+    """A content hash of a JSON-serializable value (key order does not matter)."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def fingerprint_files(root: str) -> str:
+    """A content hash over every file under `root`: relative paths and bytes."""
+    digest = hashlib.sha256()
+    prefix = root.rstrip("/") + "/"
+    for path in fileio.walk_files(root):
+        rel = path[len(prefix):] if path.startswith(prefix) else os.path.relpath(path, root)
+        if rel == MANIFEST_NAME:
+            continue
+        digest.update(rel.encode("utf-8") + b"\0")
+        with fileio.open_file(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+# --- writing -----------------------------------------------------------------------
+
+
+class ArtifactWriter:
+    """Collects an artifact's files under `path`, then `commit()` publishes it.
+
+    Write files under `writer.path`, set `writer.properties` (and optionally
+    `writer.fingerprint`; the default hashes every file), then commit. Until then
+    the final `uri` holds nothing a reader accepts.
+    """
+
+    def __init__(self, uri: str, artifact_type: type | str, producer: dict[str, Any] | None = None):
+        self.uri = uri.rstrip("/")
+        self.type = artifact_type if isinstance(artifact_type, str) else artifact_type.__name__
+        if self.type not in TYPES:
+            raise ArtifactError(f"unknown artifact type {self.type!r}; known: {sorted(TYPES)}")
+        self.producer = dict(producer or {})
+        self.properties: dict[str, Any] = {}
+        self.fingerprint: str | None = None
+        self._remote = fileio.is_remote(self.uri)
+        self.path = self.uri if self._remote else f"{self.uri}.staging-{uuid.uuid4().hex[:8]}"
+        if fileio.exists(self.uri) and not self._remote:
+            if fileio.exists(fileio.join(self.uri, MANIFEST_NAME)):
+                raise ArtifactError(f"{self.uri} already holds a committed artifact; "
+                                    "artifacts are immutable, write to a new location.")
+            fileio.rmtree(self.uri)  # debris of a killed writer: never committed
+        if self._remote:
+            fileio.rmtree(fileio.join(self.uri, MANIFEST_NAME))
+        fileio.makedirs(self.path)
+
+    def file(self, *parts: str) -> str:
+        """A path inside the artifact being written."""
+        return fileio.join(self.path, *parts)
+
+    def commit(self) -> Artifact:
+        """Writes the manifest last and publishes the directory at `uri`."""
+        fingerprint = self.fingerprint or fingerprint_files(self.path)
+        manifest = {
+            "type": self.type,
+            "manifest_version": MANIFEST_VERSION,
+            "fingerprint": fingerprint,
+            "properties": self.properties,
+            "producer": self.producer,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        fileio.write_text_atomic(fileio.join(self.path, MANIFEST_NAME),
+                                 json.dumps(manifest, indent=2, sort_keys=True, default=str))
+        if not self._remote:
+            fileio.rename(self.path, self.uri)
+        return read(self.uri, self.type)
+
+    def abort(self) -> None:
+        """Removes what was written; the artifact never existed."""
+        if not self._remote:
+            fileio.rmtree(self.path)
+
+
+@contextlib.contextmanager
+def writing(uri: str, artifact_type: type | str,
+            producer: dict[str, Any] | None = None) -> Iterator[ArtifactWriter]:
+    """`with writing(uri, Examples) as w: ...; w.commit()` — aborts on any exception."""
+    writer = ArtifactWriter(uri, artifact_type, producer)
+    try:
+        yield writer
+    except BaseException:
+        writer.abort()
+        raise

@@ -1,0 +1,196 @@
+"""Typed config sections, one per step. The root model and YAML loading live in
+`pipeline/config.py`; steps import only the section they receive.
+
+Defaults are the course's values, so a config that names only its data source works.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+BUILTIN_PREFIX = "builtin:"
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class DataConfig(Section):
+    """Where the images come from and what shape the model sees."""
+
+    source: str = Field(
+        "builtin:fonts",
+        description="builtin:fonts|digits|fashion_mnist, a folder of class folders, "
+                    "a CSV/JSONL manifest, an NPZ file, or MNIST IDX files.")
+    image_size: tuple[int, int] = Field((36, 36), description="[height, width] after transform.")
+    channels: Literal[1, 3] = Field(1, description="1 (grayscale) or 3 (RGB) after transform.")
+    eval_fraction: float = Field(0.1, gt=0.0, lt=1.0,
+                                 description="Share of images hashed into the eval split when "
+                                             "the source does not name splits.")
+    classes: Optional[list[str]] = Field(
+        None, description="Allowed class names; images with other labels are quarantined. "
+                          "Default: every label found.")
+
+    @field_validator("image_size")
+    @classmethod
+    def _positive_size(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if min(value) <= 0:
+            raise ValueError(f"image_size must be [height, width] > 0, got {list(value)}; "
+                             "e.g. image_size: [36, 36]")
+        return value
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct_classes(cls, value: Optional[list[str]]) -> Optional[list[str]]:
+        if value is not None and (not value or len(set(value)) != len(value)):
+            raise ValueError("classes must be a non-empty list of distinct names")
+        return value
+
+
+class IngestConfig(Section):
+    """Ingest limits: what counts as bad input and how much of it is tolerated."""
+
+    max_bad_fraction: float = Field(0.05, ge=0.0, le=1.0,
+                                    description="Fail when quarantined / total exceeds this.")
+    max_pixels: int = Field(50_000_000, gt=0,
+                            description="Images with more pixels are quarantined "
+                                        "(decompression-bomb guard).")
+    num_shards: int = Field(0, ge=0, description="TFRecord shards per split; 0 lets the "
+                                                 "runner choose (no extra shuffle).")
+    extensions: list[str] = Field(["jpg", "jpeg", "png", "gif", "bmp", "webp"],
+                                  description="Image file extensions read from folders.")
+
+
+class ValidateConfig(Section):
+    """Schema enforcement and drift limits."""
+
+    schema_path: Optional[str] = Field(
+        None, alias="schema",
+        description="TFMD schema (text proto) to enforce; default: inferred from this run.")
+    max_class_drift: float = Field(0.1, ge=0.0, le=1.0,
+                                   description="L-infinity distance of class shares vs the "
+                                               "previous run above which drift is an error.")
+    max_near_duplicate_fraction: float = Field(
+        0.01, ge=0.0, le=1.0, description="Eval images with a near-duplicate in train, as a "
+                                          "share of eval, above which validation fails.")
+    near_duplicate_bits: int = Field(2, ge=0, le=64,
+                                     description="Hamming distance of 64-bit hashes that "
+                                                 "counts as a near-duplicate.")
+    max_brightness_drift: float = Field(0.1, ge=0.0,
+                                        description="Per-class mean brightness change (0-1 "
+                                                    "scale) vs the previous run that warns.")
+    max_bad_fraction_warning: float = Field(0.01, ge=0.0, le=1.0,
+                                            description="Decode-failure rate that warns.")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
+
+
+class TransformConfig(Section):
+    """tensorflow-transform preprocessing."""
+
+    normalize: Literal["scale", "standardize"] = Field(
+        "scale", description="scale: pixels / 255; standardize: full-pass mean and std.")
+    keep_aspect_ratio: bool = Field(False, description="Pad instead of stretching.")
+    materialize: bool = Field(True, description="Write transformed examples; false makes "
+                                                "the trainer apply the graph in tf.data.")
+
+
+ModelKind = Literal["logistic", "dense", "mlp", "hidden1", "dnn", "cnn", "deep_cnn", "transfer"]
+
+
+class ModelConfig(Section):
+    """Which architecture; widths and activations default to the course's."""
+
+    kind: ModelKind = "deep_cnn"
+    hidden_units: Optional[list[int]] = Field(None, description="Dense widths; default per kind.")
+    activation: Optional[str] = Field(None, description="Hidden activation; default per kind.")
+    initializer: Literal["glorot_uniform", "glorot_normal", "he_uniform", "he_normal"] = \
+        "glorot_uniform"
+    dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    base: Literal["mobilenet_v2", "efficientnet_b0", "resnet50"] = "mobilenet_v2"
+    weights: Optional[str] = Field(None, description="Transfer base weights: imagenet, a "
+                                                     "weights file, run:RUN_ID, or MODEL@ALIAS.")
+    pooling: Literal["flatten", "avg", "max"] = "flatten"
+    fine_tune_layers: int = Field(0, ge=0, description="Unfreeze the top N base layers in a "
+                                                       "second phase.")
+    fine_tune_epochs: int = Field(0, ge=0)
+    fine_tune_learning_rate: float = Field(1e-5, gt=0.0)
+
+
+class OptimizerConfig(Section):
+    name: Literal["adam", "sgd", "rmsprop"] = "adam"
+    learning_rate: float = Field(0.001, gt=0.0)
+    beta_1: float = Field(0.9, ge=0.0, lt=1.0)
+    beta_2: float = Field(0.999, ge=0.0, lt=1.0)
+    momentum: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class TrainConfig(Section):
+    """Training loop, distribution and input pipeline."""
+
+    epochs: int = Field(10, gt=0)
+    batch_size: int = Field(64, gt=0, description="Per-replica batch size.")
+    optimizer: OptimizerConfig = OptimizerConfig()
+    loss: Literal["auto", "categorical_crossentropy", "sparse_categorical_crossentropy"] = "auto"
+    metrics: list[str] = ["accuracy"]
+    strategy: Literal["auto", "tpu", "mirrored", "multi_worker", "default"] = "auto"
+    steps_per_execution: int = Field(1, gt=0)
+    mixed_precision: Literal["none", "auto", "mixed_float16", "mixed_bfloat16"] = "none"
+    early_stopping_patience: Optional[int] = Field(None, gt=0)
+    seed: int = 42
+    cache_memory_mb: int = Field(1024, ge=0, description="Cache the training data in memory "
+                                                         "when it fits in this budget.")
+    shuffle_buffer: int = Field(10_000, gt=0)
+
+
+class ThresholdConfig(Section):
+    min: Optional[float] = Field(None, description="Absolute lower bound.")
+    max: Optional[float] = Field(None, description="Absolute upper bound.")
+    max_drop: Optional[float] = Field(None, ge=0.0, description="Allowed drop vs the baseline.")
+    slices: Optional[list[str]] = Field(None, description="Also check these slices, e.g. "
+                                                          "['label']; default: overall only.")
+
+
+class EvaluateConfig(Section):
+    """TFMA metrics, thresholds and the statistical gate against the baseline."""
+
+    thresholds: dict[str, ThresholdConfig] = {"accuracy": ThresholdConfig(min=0.5)}
+    top_k: int = Field(3, gt=0)
+    slice_features: list[str] = Field([], description="Raw features to slice by, e.g. source.")
+    gate: Literal["point", "lower_bound"] = Field(
+        "point", description="'Not worse than baseline' by the point estimate or by the lower "
+                             "bound of the bootstrap confidence interval.")
+    confidence: float = Field(0.95, gt=0.0, lt=1.0)
+    bootstrap_samples: int = Field(1000, gt=0)
+    min_class_recall: Optional[float] = Field(None, ge=0.0, le=1.0)
+    latency_budget_ms: float = Field(2000.0, gt=0.0, description="Infra check: per-batch budget.")
+
+
+class PushConfig(Section):
+    destination: str = Field("./serving", description="Local folder or gs:// path (TF Serving layout).")
+    promote_to: Optional[str] = Field(None, description="Alias to move to each pushed version, "
+                                                        "e.g. staging.")
+
+
+class BeamConfig(Section):
+    """Beam runner for the data-parallel steps; options pass through to PipelineOptions."""
+
+    runner: str = "DirectRunner"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    def pipeline_args(self) -> list[str]:
+        """The options as `--key=value` flags for `PipelineOptions`."""
+        args = [f"--runner={self.runner}"]
+        for key, value in sorted(self.options.items()):
+            if isinstance(value, bool):
+                if value:
+                    args.append(f"--{key}")
+            elif isinstance(value, (list, tuple)):
+                args.extend(f"--{key}={item}" for item in value)
+            else:
+                args.append(f"--{key}={value}")
+        return args

@@ -1,0 +1,191 @@
+"""Built-in datasets, available offline: fonts, digits, fashion_mnist.
+
+- fonts: the 5-font character dataset of the classic TensorFlow course, regenerated
+  from TrueType fonts bundled in matplotlib's wheel: A-Z, a-z, 0-9 in 5 fonts,
+  36x36 grayscale, 9 shifted copies each (2,790 images), label = font name.
+- digits: scikit-learn's bundled 8x8 handwritten digits (1,797 images, labels 0-9).
+- fashion_mnist: the Keras beginner tutorial's data with its own train/test split,
+  read from the Debian package `dataset-fashion-mnist` or Keras' download.
+
+Each loads as arrays (`load`) and exports as class folders of PNG files (`export`).
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import io
+import os
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from components.errors import DataError
+
+FONT_FILES = ("DejaVuSans", "DejaVuSerif", "DejaVuSansMono", "cmtt10", "DejaVuSans-BoldOblique")
+FONT_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+FONT_SIZE = 36
+FONT_POINTS = 24
+FONT_SHIFTS = tuple((dx, dy) for dy in (-2, 0, 2) for dx in (-2, 0, 2))
+
+FASHION_CLASSES = ("tshirt_top", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
+                   "sneaker", "bag", "ankle_boot")
+FASHION_DIRS = ("/usr/share/datasets/fashion-mnist",
+                os.path.expanduser("~/.keras/datasets/fashion-mnist"))
+
+NAMES = ("fonts", "digits", "fashion_mnist")
+
+
+@dataclass(frozen=True)
+class ArrayDataset:
+    """Images as uint8 [N, H, W] (or [N, H, W, C]), one class name per image, and
+    optional split names ('train'/'eval') when the dataset defines its own split."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    splits: np.ndarray | None = None
+    names: np.ndarray | None = None  # a stable per-image name used as its source path
+
+
+def _mpl_font_dir() -> str:
+    spec = importlib.util.find_spec("matplotlib")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("the fonts dataset needs matplotlib's bundled fonts; "
+                        "install matplotlib (pip install matplotlib).")
+    return os.path.join(list(spec.submodule_search_locations)[0], "mpl-data", "fonts", "ttf")
+
+
+def _render_font(path: str) -> list[np.ndarray]:
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.truetype(path, FONT_POINTS)
+    out = []
+    for char in FONT_CHARS:
+        left, top, right, bottom = font.getbbox(char)
+        x0 = (FONT_SIZE - (right - left)) / 2 - left
+        y0 = (FONT_SIZE - (bottom - top)) / 2 - top
+        for dx, dy in FONT_SHIFTS:
+            canvas = Image.new("L", (FONT_SIZE, FONT_SIZE), 0)
+            ImageDraw.Draw(canvas).text((round(x0 + dx), round(y0 + dy)), char, fill=255,
+                                        font=font)
+            out.append(np.asarray(canvas, dtype=np.uint8))
+    return out
+
+
+def load_fonts() -> ArrayDataset:
+    font_dir = _mpl_font_dir()
+    images, labels, names = [], [], []
+    for font_name in FONT_FILES:
+        path = os.path.join(font_dir, f"{font_name}.ttf")
+        if not os.path.isfile(path):
+            raise DataError(f"font file {path} is missing from matplotlib's wheel; "
+                            "reinstall the pinned matplotlib (make install).")
+        rendered = _render_font(path)
+        images.extend(rendered)
+        labels.extend([font_name] * len(rendered))
+        names.extend(f"{font_name}/U{ord(c):04X}-{j}.png"
+                     for c in FONT_CHARS for j in range(len(FONT_SHIFTS)))
+    return ArrayDataset(np.stack(images), np.asarray(labels), None, np.asarray(names))
+
+
+def load_digits() -> ArrayDataset:
+    from sklearn.datasets import load_digits as sk_digits
+
+    bunch = sk_digits()
+    images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)
+    labels = np.asarray([str(int(t)) for t in bunch.target])
+    names = np.asarray([f"{label}/{i:04d}.png" for i, label in enumerate(labels)])
+    return ArrayDataset(images, labels, None, names)
+
+
+def read_idx(path: str) -> np.ndarray:
+    """Reads an MNIST-style IDX file (plain or gzip) into a numpy array."""
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            data = handle.read()
+    except (OSError, EOFError) as exc:
+        raise DataError(f"cannot read IDX file {path}: {exc}") from exc
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise DataError(f"{path} is not an unsigned-byte IDX file (bad magic number); "
+                        "expected MNIST-style files such as train-images-idx3-ubyte.gz.")
+    ndim = data[3]
+    dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise DataError(f"{path}: header says {dims} values, file holds {body.size}; "
+                        "the file is truncated.")
+    return body.reshape(dims)
+
+
+def _idx_pair(directory: str, prefix: str) -> tuple[str, str] | None:
+    for suffix in (".gz", ""):
+        images = os.path.join(directory, f"{prefix}-images-idx3-ubyte{suffix}")
+        labels = os.path.join(directory, f"{prefix}-labels-idx1-ubyte{suffix}")
+        if os.path.isfile(images) and os.path.isfile(labels):
+            return images, labels
+    return None
+
+
+def fashion_mnist_dir() -> str | None:
+    for directory in FASHION_DIRS:
+        if _idx_pair(directory, "train") and _idx_pair(directory, "t10k"):
+            return directory
+    return None
+
+
+def load_fashion_mnist(download: bool = True) -> ArrayDataset:
+    directory = fashion_mnist_dir()
+    if directory is None and download:
+        try:
+            import keras
+
+            keras.datasets.fashion_mnist.load_data()  # fills ~/.keras/datasets/fashion-mnist
+        except Exception:  # no network, or Keras' mirror unreachable
+            pass
+        directory = fashion_mnist_dir()
+    if directory is None:
+        raise DataError(
+            "fashion_mnist is not available offline: install the Debian package "
+            "(apt-get install dataset-fashion-mnist, files in /usr/share/datasets/fashion-mnist) "
+            "or download it once with internet access via "
+            "keras.datasets.fashion_mnist.load_data() (files in ~/.keras/datasets/fashion-mnist).")
+    parts = []
+    for prefix, split in (("train", "train"), ("t10k", "eval")):
+        images_path, labels_path = _idx_pair(directory, prefix)
+        images, ids = read_idx(images_path), read_idx(labels_path)
+        names = np.asarray([f"{split}/{FASHION_CLASSES[t]}/{i:05d}.png" for i, t in enumerate(ids)])
+        parts.append((images, np.asarray(FASHION_CLASSES)[ids], np.full(len(ids), split), names))
+    return ArrayDataset(*(np.concatenate(arrays) for arrays in zip(*parts)))
+
+
+def load(name: str) -> ArrayDataset:
+    """Loads a built-in dataset by name."""
+    loaders = {"fonts": load_fonts, "digits": load_digits, "fashion_mnist": load_fashion_mnist}
+    if name not in loaders:
+        raise DataError(f"unknown built-in dataset {name!r}; choose one of {', '.join(NAMES)}.")
+    return loaders[name]()
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """PNG bytes of a uint8 [H, W] or [H, W, C] array (deterministic)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", optimize=False, compress_level=6)
+    return buffer.getvalue()
+
+
+def export(name: str, out_dir: str) -> dict[str, int]:
+    """Writes a built-in dataset as class folders of PNGs (split folders when the
+    dataset has its own split). Returns the number of files per class."""
+    data = load(name)
+    counts: dict[str, int] = {}
+    for image, label, rel in zip(data.images, data.labels, data.names):
+        path = os.path.join(out_dir, str(rel))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as handle:
+            handle.write(encode_png(image))
+        counts[str(label)] = counts.get(str(label), 0) + 1
+    return counts

@@ -1,0 +1,31 @@
+"""One exception hierarchy for imgpipe: every user-facing failure is an ImgpipeError."""
+
+
+class ImgpipeError(Exception):
+    """Base of every error the CLI turns into exit code 2 and one actionable line."""
+
+    exit_code = 2
+
+
+class ConfigError(ImgpipeError):
+    """The config file or an override is missing, malformed or inconsistent."""
+
+
+class DataError(ImgpipeError):
+    """The input data cannot be used: empty source, missing class, too many bad files."""
+
+
+class ArtifactError(ImgpipeError):
+    """An artifact directory is missing, incomplete or of the wrong type."""
+
+
+class ValidationFailed(ImgpipeError):
+    """Validation found error-severity anomalies; the run stops before transform."""
+
+
+class NotBlessed(ImgpipeError):
+    """The candidate model did not pass its thresholds; nothing is pushed."""
+
+
+class TrainingError(ImgpipeError):
+    """Training diverged (NaN loss) or produced no usable model."""

@@ -1,0 +1,128 @@
+"""File I/O on local paths and remote URIs (gs://, s3:// ...) behind one small interface.
+
+Local paths use the standard library, so the CLI and cache checks stay fast (no
+TensorFlow import); any path with a scheme goes through `tf.io.gfile`, which speaks
+GCS and the other filesystems TensorFlow was built with. Callers never branch on the
+scheme themselves.
+"""
+
+from __future__ import annotations
+
+import glob as _glob
+import os
+import shutil
+from typing import IO, Iterator
+
+
+def is_remote(path: str) -> bool:
+    """True for URIs with a scheme such as gs://, which local os calls cannot reach."""
+    return "://" in str(path)
+
+
+def _gfile():
+    import tensorflow as tf  # deferred: only remote paths pay for the import
+
+    return tf.io.gfile
+
+
+def join(base: str, *parts: str) -> str:
+    """Joins path parts with '/', which works for local paths and URIs alike."""
+    out = str(base)
+    for part in parts:
+        out = out.rstrip("/") + "/" + str(part).lstrip("/")
+    return out
+
+
+def exists(path: str) -> bool:
+    return _gfile().exists(path) if is_remote(path) else os.path.exists(path)
+
+
+def isdir(path: str) -> bool:
+    return _gfile().isdir(path) if is_remote(path) else os.path.isdir(path)
+
+
+def makedirs(path: str) -> None:
+    if is_remote(path):
+        _gfile().makedirs(path)
+    else:
+        os.makedirs(path, exist_ok=True)
+
+
+def listdir(path: str) -> list[str]:
+    names = _gfile().listdir(path) if is_remote(path) else os.listdir(path)
+    return sorted(name.rstrip("/") for name in names)
+
+
+def glob(pattern: str) -> list[str]:
+    return sorted(_gfile().glob(pattern) if is_remote(pattern) else _glob.glob(pattern))
+
+
+def walk_files(root: str) -> Iterator[str]:
+    """Yields every file under `root` (recursively), sorted, as full paths."""
+    if is_remote(root):
+        for dirpath, _, files in _gfile().walk(root):
+            for name in sorted(files):
+                yield join(dirpath, name)
+        return
+    for dirpath, dirnames, files in os.walk(root):
+        dirnames.sort()
+        for name in sorted(files):
+            yield os.path.join(dirpath, name)
+
+
+def open_file(path: str, mode: str = "rb") -> IO:
+    if is_remote(path):
+        return _gfile().GFile(path, mode)
+    if any(flag in mode for flag in "wa"):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    return open(path, mode)
+
+
+def read_bytes(path: str) -> bytes:
+    with open_file(path, "rb") as handle:
+        return handle.read()
+
+
+def read_text(path: str) -> str:
+    return read_bytes(path).decode("utf-8")
+
+
+def write_text(path: str, text: str) -> None:
+    with open_file(path, "wb") as handle:
+        handle.write(text.encode("utf-8"))
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Writes a small file so readers see either nothing or the complete content."""
+    if is_remote(path):
+        # Object stores publish an object only when its upload completes.
+        write_text(path, text)
+        return
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def rename(src: str, dst: str) -> None:
+    if is_remote(src):
+        _gfile().rename(src, dst, overwrite=False)
+    else:
+        os.rename(src, dst)
+
+
+def rmtree(path: str) -> None:
+    if not exists(path):
+        return
+    if is_remote(path):
+        _gfile().rmtree(path)
+    elif os.path.isdir(path):
+        shutil.rmtree(path)
+    else:
+        os.remove(path)
+
+
+def size(path: str) -> int:
+    return _gfile().stat(path).length if is_remote(path) else os.path.getsize(path)

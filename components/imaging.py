@@ -1,0 +1,109 @@
+"""Checks one encoded image and brings it into a form `tf.io.decode_image` reads.
+
+Baseline JPEG and 8-bit grayscale/RGB PNG keep their original bytes. Valid images in
+other modes (CMYK or progressive JPEG, 16-bit, palette or alpha PNG, GIF, BMP, WebP)
+are converted once to 8-bit grayscale or RGB PNG. Anything that does not fully
+decode, or that claims more pixels than allowed, raises BadImage with a reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageFile
+
+# We enforce our own pixel limit before decoding; Pillow's would raise on its own terms.
+Image.MAX_IMAGE_PIXELS = None
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+
+
+class BadImage(ValueError):
+    """The bytes are not a usable image; `str(exc)` is the quarantine reason."""
+
+
+@dataclass(frozen=True)
+class CheckedImage:
+    data: bytes            # what is stored: the original bytes or a PNG conversion
+    format: str            # 'jpeg' or 'png'
+    height: int
+    width: int
+    channels: int          # 1 or 3
+    converted: bool        # True when `data` is a re-encoding
+    original_format: str   # what the file was (JPEG, PNG, GIF, ...)
+    dhash: int             # 64-bit difference hash of the grayscale image
+    brightness: float      # mean gray level, 0-1
+    contrast: float        # standard deviation of gray levels, 0-1
+
+
+def content_id(data: bytes) -> str:
+    """The example id: a content hash of the input bytes (identical files, same id)."""
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
+def difference_hash(gray: Image.Image) -> int:
+    """64-bit dHash: is each pixel brighter than its right neighbour on a 9x8 thumbnail."""
+    small = np.asarray(gray.resize((9, 8), Image.Resampling.BILINEAR), dtype=np.int16)
+    bits = (small[:, 1:] > small[:, :-1]).flatten()
+    return int(np.packbits(bits).view(">u8")[0])
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.uint32)
+        scale = 257.0 if arr.max(initial=0) > 255 else 1.0
+        return Image.fromarray(np.clip(np.round(arr / scale), 0, 255).astype(np.uint8), "L")
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float32)
+        scale = 255.0 if arr.max(initial=0) <= 1.0 else 1.0
+        return Image.fromarray(np.clip(np.round(arr * scale), 0, 255).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        flat = Image.alpha_composite(background, rgba)
+        return flat.convert("L" if img.mode == "LA" else "RGB")
+    if img.mode in _GRAY_MODES:
+        return img.convert("L")
+    return img.convert("RGB")
+
+
+def check_image(data: bytes, max_pixels: int) -> CheckedImage:
+    """Validates and normalizes one encoded image; raises BadImage(reason)."""
+    if not data:
+        raise BadImage("empty file (0 bytes)")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Exception as exc:  # Pillow raises several types for non-images
+        raise BadImage(f"not an image ({type(exc).__name__}: {exc})") from None
+    width, height = img.size
+    if width <= 0 or height <= 0:
+        raise BadImage(f"image has no pixels ({width}x{height})")
+    if width * height > max_pixels:
+        raise BadImage(f"image claims {width}x{height} = {width * height:,} pixels, over "
+                       f"ingest.max_pixels = {max_pixels:,} (possible decompression bomb)")
+    original = (img.format or "unknown").upper()
+    progressive = bool(img.info.get("progressive") or img.info.get("progression"))
+    try:
+        img.load()
+    except Exception as exc:
+        raise BadImage(f"corrupt or truncated {original} ({type(exc).__name__}: {exc})") from None
+    keep = ((original == "JPEG" and img.mode in ("L", "RGB") and not progressive)
+            or (original == "PNG" and img.mode in ("L", "RGB")))
+    if keep:
+        normalized, stored, fmt = img, data, original.lower()
+    else:
+        normalized = _to_8bit(img)
+        buffer = io.BytesIO()
+        normalized.save(buffer, format="PNG")
+        stored, fmt = buffer.getvalue(), "png"
+    gray = normalized if normalized.mode == "L" else normalized.convert("L")
+    pixels = np.asarray(gray, dtype=np.float32) / 255.0
+    return CheckedImage(
+        data=stored, format=fmt, height=height, width=width,
+        channels=1 if normalized.mode == "L" else 3, converted=not keep,
+        original_format=original, dhash=difference_hash(gray),
+        brightness=float(pixels.mean()), contrast=float(pixels.std()))

@@ -1,0 +1,341 @@
+"""Ingest: reads images from a source into GZIP TFRecord splits with Apache Beam.
+
+Each input is checked once (full decode with Pillow); valid images in unusual modes
+are converted to PNG, bad ones go to `quarantine.jsonl` with a reason, and the step
+fails only when the bad fraction exceeds `ingest.max_bad_fraction`. Splits come from
+the source when it names them, else from a hash of the content, so identical images
+always share a split; an eval image identical to a train image is dropped from eval
+and counted (no leak). Statistics are computed in the same Beam pipeline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from typing import Any, Iterable, NamedTuple
+
+from components import artifacts, features, fileio, sources
+from components.config import BeamConfig, DataConfig, IngestConfig
+from components.errors import DataError
+from components.imaging import BadImage, check_image, content_id
+
+SPLITS = ("train", "eval")
+
+
+class Record(NamedTuple):
+    id: str
+    split: str
+    label: str
+    example: bytes
+    height: int
+    width: int
+    channels: int
+    format: str
+    converted: bool
+    dhash: int
+    brightness: float
+    contrast: float
+
+
+def external_inputs(data: DataConfig, ingest: IngestConfig) -> dict[str, str]:
+    """The source's content fingerprint: ingest reads files the DAG does not produce."""
+    return {"source": sources.fingerprint(sources.resolve(data), ingest)}
+
+
+def hash_split(record_id: str, eval_fraction: float) -> str:
+    """Deterministic split from the content hash: same image, same split, everywhere."""
+    return "eval" if int(record_id[:8], 16) / 2 ** 32 < eval_fraction else "train"
+
+
+def process_input(path: str, data: bytes | None, label: str | None, split: str | None,
+                  read_error: str | None, *, max_pixels: int, classes: frozenset[str] | None,
+                  eval_fraction: float) -> Record | dict[str, str]:
+    """One input -> a Record, or a quarantine entry {path, label, reason}."""
+    def bad(reason: str) -> dict[str, str]:
+        return {"path": path, "label": label or "", "reason": reason}
+
+    if read_error:
+        return bad(read_error)
+    if label is None:
+        return bad("file is not inside a class folder (ROOT/CLASS/file)")
+    if classes is not None and label not in classes:
+        return bad(f"label {label!r} is not in data.classes")
+    try:
+        image = check_image(data or b"", max_pixels)
+    except BadImage as exc:
+        return bad(str(exc))
+    record_id = content_id(data or b"")
+    split = split or hash_split(record_id, eval_fraction)
+    example = features.encode_example({
+        features.IMAGE: image.data, features.FORMAT: image.format, features.LABEL: label,
+        features.HEIGHT: image.height, features.WIDTH: image.width,
+        features.CHANNELS: image.channels, features.ID: record_id, features.SOURCE: path,
+    })
+    return Record(record_id, split, label, example, image.height, image.width, image.channels,
+                  image.original_format.lower() + ("->png" if image.converted else ""),
+                  image.converted, image.dhash, image.brightness, image.contrast)
+
+
+# --- statistics ----------------------------------------------------------------------
+
+
+def _empty_stats() -> dict[str, Any]:
+    return {"counts": {}, "sizes": {}, "channels": {}, "formats": {}, "converted": 0,
+            "pixels": {}, "digest": {}}
+
+
+def _add(acc: dict[str, Any], record: Record) -> dict[str, Any]:
+    counts = acc["counts"].setdefault(record.split, {})
+    counts[record.label] = counts.get(record.label, 0) + 1
+    size = f"{record.height}x{record.width}"
+    acc["sizes"][size] = acc["sizes"].get(size, 0) + 1
+    acc["channels"][str(record.channels)] = acc["channels"].get(str(record.channels), 0) + 1
+    acc["formats"][record.format] = acc["formats"].get(record.format, 0) + 1
+    acc["converted"] += int(record.converted)
+    key = f"{record.split}/{record.label}"
+    sums = acc["pixels"].setdefault(key, [0.0, 0.0, 0.0])
+    sums[0] += record.brightness
+    sums[1] += record.brightness ** 2
+    sums[2] += record.contrast
+    # Order-independent content digest: the same records in any shard order agree.
+    item = hashlib.sha256(f"{record.id}|{record.split}|{record.label}".encode()).digest()
+    acc["digest"][record.split] = (acc["digest"].get(record.split, 0)
+                                   + int.from_bytes(item[:8], "big")) % 2 ** 64
+    return acc
+
+
+def _merge(accs: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    out = _empty_stats()
+    for acc in accs:
+        for split, counts in acc["counts"].items():
+            target = out["counts"].setdefault(split, {})
+            for label, n in counts.items():
+                target[label] = target.get(label, 0) + n
+        for field in ("sizes", "channels", "formats"):
+            for key, n in acc[field].items():
+                out[field][key] = out[field].get(key, 0) + n
+        out["converted"] += acc["converted"]
+        for key, sums in acc["pixels"].items():
+            target = out["pixels"].setdefault(key, [0.0, 0.0, 0.0])
+            for i in range(3):
+                target[i] += sums[i]
+        for split, value in acc["digest"].items():
+            out["digest"][split] = (out["digest"].get(split, 0) + value) % 2 ** 64
+    return out
+
+
+def _build_pipeline(pipeline: Any, plan: sources.Plan, data: DataConfig, ingest: IngestConfig,
+                    examples_dir: str, stats_dir: str) -> None:
+    import apache_beam as beam
+
+    classes = frozenset(data.classes) if data.classes else None
+
+    class ProcessUnit(beam.DoFn):
+        """Reads and checks every input of a work unit (one element per chunk keeps
+        Beam's per-element overhead off the per-image path)."""
+
+        def setup(self) -> None:
+            self._arrays: dict[tuple[str, str], Any] = {}
+
+        def process(self, unit: sources.WorkUnit):
+            arrays = None
+            if not unit.files:
+                key = (unit.source.kind, unit.source.location)
+                if key not in self._arrays:
+                    self._arrays[key] = sources.load_arrays(unit.source)
+                arrays = self._arrays[key]
+            for item in sources.iter_unit(unit, arrays):
+                out = process_input(*item, max_pixels=ingest.max_pixels, classes=classes,
+                                    eval_fraction=data.eval_fraction)
+                if isinstance(out, Record):
+                    yield out
+                else:
+                    yield beam.pvalue.TaggedOutput("quarantine", out)
+
+    class StatsFn(beam.CombineFn):
+        def create_accumulator(self):
+            return _empty_stats()
+
+        def add_input(self, acc, record):
+            return _add(acc, record)
+
+        def merge_accumulators(self, accs):
+            return _merge(accs)
+
+        def extract_output(self, acc):
+            return acc
+
+    processed = (pipeline
+                 | "Units" >> beam.Create(plan.units, reshuffle=True)
+                 | "Check" >> beam.ParDo(ProcessUnit()).with_outputs("quarantine", main="records"))
+    records = processed.records
+    if plan.splits_given:
+        train_ids = (records | "TrainIds" >> beam.Filter(lambda r: r.split == "train")
+                     | "IdKeys" >> beam.Map(lambda r: (r.id, True)))
+        tagged = records | "DropLeaks" >> beam.FlatMap(
+            lambda r, train: [beam.pvalue.TaggedOutput("leaked", r.id)]
+            if r.split == "eval" and r.id in train else [r],
+            train=beam.pvalue.AsDict(train_ids)).with_outputs("leaked", main="kept")
+        records, leaked = tagged.kept, tagged.leaked
+        leaked_count = leaked | "CountLeaks" >> beam.combiners.Count.Globally()
+    else:
+        leaked_count = pipeline | "NoLeaks" >> beam.Create([0])
+
+    for split in SPLITS:
+        (records
+         | f"Only{split}" >> beam.Filter(lambda r, s=split: r.split == s)
+         | f"Serialize{split}" >> beam.Map(lambda r: r.example)
+         | f"Write{split}" >> beam.io.WriteToTFRecord(
+             fileio.join(examples_dir, split, "part"), file_name_suffix=".tfrecord.gz",
+             num_shards=ingest.num_shards, compression_type=beam.io.filesystem.CompressionTypes.GZIP))
+
+    duplicates = (records
+                  | "DupKeys" >> beam.Map(lambda r: (f"{r.split}", r.id))
+                  | "DupCount" >> beam.combiners.Count.PerElement()
+                  | "Repeats" >> beam.Filter(lambda kv: kv[1] > 1)
+                  | "ExtraCopies" >> beam.Map(lambda kv: (kv[0][0], kv[1] - 1))
+                  | "PerSplit" >> beam.CombinePerKey(sum)
+                  | "DupDict" >> beam.combiners.ToDict())
+    quarantine = processed.quarantine
+    reasons = (quarantine
+               | "ReasonKind" >> beam.Map(lambda q: q["reason"].split(" (")[0].split(":")[0])
+               | "ReasonCount" >> beam.combiners.Count.PerElement()
+               | "ReasonDict" >> beam.combiners.ToDict())
+    stats = records | "Stats" >> beam.CombineGlobally(StatsFn())
+
+    def finish(stats, duplicates, reasons, leaked):
+        stats = dict(stats)
+        stats["duplicates"] = duplicates
+        stats["quarantine_reasons"] = reasons
+        stats["eval_dropped_as_train_duplicates"] = leaked
+        return json.dumps(stats, sort_keys=True)
+
+    (stats
+     | "Finish" >> beam.Map(finish, beam.pvalue.AsSingleton(duplicates),
+                            beam.pvalue.AsSingleton(reasons),
+                            beam.pvalue.AsSingleton(leaked_count))
+     | "WriteStats" >> beam.io.WriteToText(fileio.join(stats_dir, "partial_stats"),
+                                           file_name_suffix=".json", shard_name_template=""))
+    (quarantine
+     | "QuarantineJson" >> beam.Map(lambda q: json.dumps(q, sort_keys=True))
+     | "WriteQuarantine" >> beam.io.WriteToText(fileio.join(stats_dir, "quarantine"),
+                                                file_name_suffix=".jsonl",
+                                                shard_name_template=""))
+    (records
+     | "HashLine" >> beam.Map(lambda r: f"{r.id}\t{r.split}\t{r.label}\t{r.dhash:016x}")
+     | "WriteHashes" >> beam.io.WriteToText(fileio.join(stats_dir, "hashes"),
+                                            file_name_suffix=".tsv", shard_name_template=""))
+
+
+def _summarize(raw: dict[str, Any], num_inputs: int) -> dict[str, Any]:
+    """Final statistics: counts per split and class, pixel stats per class, totals."""
+    counts = {split: dict(sorted(raw["counts"].get(split, {}).items())) for split in SPLITS}
+    pixels = {}
+    for key, (total, total_sq, contrast) in sorted(raw["pixels"].items()):
+        split, label = key.split("/", 1)
+        n = counts[split][label]
+        mean = total / n
+        pixels.setdefault(split, {})[label] = {
+            "brightness_mean": mean,
+            "brightness_std": max(total_sq / n - mean * mean, 0.0) ** 0.5,
+            "contrast_mean": contrast / n,
+        }
+    num_examples = sum(sum(c.values()) for c in counts.values())
+    num_quarantined = sum(raw["quarantine_reasons"].values())
+    return {
+        "num_inputs": num_inputs,
+        "num_examples": num_examples,
+        "num_quarantined": num_quarantined,
+        "bad_fraction": num_quarantined / num_inputs if num_inputs else 0.0,
+        "counts": counts,
+        "class_names": sorted({label for c in counts.values() for label in c}),
+        "sizes": dict(sorted(raw["sizes"].items(), key=lambda kv: -kv[1])),
+        "channels": raw["channels"],
+        "formats": raw["formats"],
+        "converted": raw["converted"],
+        "duplicates": {split: raw["duplicates"].get(split, 0) for split in SPLITS},
+        "eval_dropped_as_train_duplicates": raw["eval_dropped_as_train_duplicates"],
+        "quarantine_reasons": raw["quarantine_reasons"],
+        "pixels": pixels,
+        "content_digest": {split: f"{raw['digest'].get(split, 0):016x}" for split in SPLITS},
+    }
+
+
+def run(data: DataConfig, ingest: IngestConfig, beam: BeamConfig, examples: str,
+        statistics: str, producer: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Ingests `data.source` into an Examples artifact and a Statistics artifact."""
+    import apache_beam as beam_lib
+
+    from components import beamio
+
+    source = sources.resolve(data)
+    plan = sources.plan(source, ingest)
+    with artifacts.writing(examples, artifacts.Examples, producer) as ex_w, \
+            artifacts.writing(statistics, artifacts.Statistics, producer) as st_w:
+        options = beamio.pipeline_options(beam, plan.num_inputs)
+        with beam_lib.Pipeline(options=options) as pipeline:
+            _build_pipeline(pipeline, plan, data, ingest, ex_w.path, st_w.path)
+        partial = fileio.join(st_w.path, "partial_stats.json")
+        stats = _summarize(json.loads(fileio.read_text(partial)), plan.num_inputs)
+        fileio.rmtree(partial)
+        fileio.write_text(st_w.file("stats.json"), json.dumps(stats, indent=2, sort_keys=True))
+        _check(stats, data, ingest, st_w.file("quarantine.jsonl"), examples)
+
+        digest = artifacts.fingerprint_json({"counts": stats["counts"],
+                                             "content": stats["content_digest"]})
+        ex_w.fingerprint = digest
+        ex_w.properties = {"splits": list(SPLITS), "counts": stats["counts"],
+                           "class_names": stats["class_names"],
+                           "num_examples": stats["num_examples"], "source": data.source}
+        st_w.fingerprint = artifacts.fingerprint_json({"examples": digest, "stats": stats})
+        st_w.properties = {key: stats[key] for key in
+                           ("num_inputs", "num_examples", "num_quarantined", "bad_fraction",
+                            "class_names", "duplicates")}
+        ex_w.commit()
+        st_w.commit()
+    split_counts = {split: sum(stats["counts"][split].values()) for split in SPLITS}
+    return {
+        "num_examples": stats["num_examples"],
+        "num_quarantined": stats["num_quarantined"],
+        "splits": split_counts,
+        "lines": [
+            f"{stats['num_examples']} examples from {data.source} "
+            f"(train {split_counts['train']}, eval {split_counts['eval']}), "
+            f"{len(stats['class_names'])} classes, {stats['converted']} converted to PNG",
+            f"{stats['num_quarantined']} quarantined "
+            f"({stats['bad_fraction']:.1%} of {stats['num_inputs']}), duplicates "
+            f"{stats['duplicates']}, eval copies of train images dropped "
+            f"{stats['eval_dropped_as_train_duplicates']}",
+        ],
+    }
+
+
+def _check(stats: dict[str, Any], data: DataConfig, ingest: IngestConfig,
+           quarantine_path: str, examples_uri: str) -> None:
+    """Fails the step (before anything is committed) on unusable output."""
+    def keep_quarantine() -> str:
+        # The artifacts are not committed; keep the quarantine list where the user looks.
+        kept = examples_uri.rstrip("/") + ".quarantine.jsonl"
+        if not fileio.is_remote(kept):
+            shutil.copyfile(quarantine_path, kept)
+        return kept
+
+    if stats["bad_fraction"] > ingest.max_bad_fraction:
+        reasons = ", ".join(f"{n} {r}" for r, n in sorted(stats["quarantine_reasons"].items(),
+                                                          key=lambda kv: -kv[1]))
+        raise DataError(
+            f"{stats['num_quarantined']} of {stats['num_inputs']} inputs are bad "
+            f"({stats['bad_fraction']:.1%} > ingest.max_bad_fraction "
+            f"{ingest.max_bad_fraction:.1%}): {reasons}. See {keep_quarantine()}; fix or remove "
+            "those files, or raise ingest.max_bad_fraction.")
+    if stats["num_examples"] == 0:
+        raise DataError(f"data.source {data.source} produced no valid images "
+                        f"({stats['num_quarantined']} quarantined, see {keep_quarantine()}).")
+    if data.classes:
+        found = {label for counts in stats["counts"].values() for label in counts}
+        missing = [c for c in data.classes if c not in found]
+        if missing:
+            raise DataError(f"class(es) {', '.join(missing)} listed in data.classes have no "
+                            f"valid images in {data.source}; add images or remove them from "
+                            "data.classes.")

@@ -1,0 +1,338 @@
+"""Data sources: what `data.source` names, how it splits into work units, and its
+content fingerprint (for the cache key). No TensorFlow or Beam imports here.
+
+Source kinds:
+- `builtin:NAME` (fonts, digits, fashion_mnist);
+- a folder of class folders (`ROOT/CLASS/*.png`), or of split folders holding class
+  folders (`ROOT/train/CLASS/...`, `ROOT/eval/CLASS/...`; `test`/`validation` mean eval);
+- a CSV or JSONL manifest with `path` (or `uri`), `label` and optional `split`;
+- an NPZ file with image and label arrays (`images`/`x`/`arr_0`, `labels`/`y`/`arr_1`,
+  optional `splits`);
+- MNIST-style IDX files: a folder holding `train-images-idx3-ubyte[.gz]` (and
+  `t10k-...` for eval) with their label files, or one images file.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+
+from components import datasets, fileio
+from components.config import BUILTIN_PREFIX, DataConfig, IngestConfig
+from components.errors import DataError
+
+SPLIT_ALIASES = {"train": "train", "eval": "eval", "test": "eval", "validation": "eval",
+                 "val": "eval"}
+FILES_PER_UNIT = 256
+ARRAYS_PER_UNIT = 2048
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str       # builtin | folder | manifest | npz | idx
+    location: str   # dataset name or path
+
+
+@dataclass(frozen=True)
+class FileItem:
+    path: str
+    label: str | None        # None: the file is not in a class folder (quarantined)
+    split: str | None
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """A chunk of the input processed by one Beam element: files or an array range."""
+
+    source: Source
+    files: tuple[FileItem, ...] = ()
+    start: int = 0
+    stop: int = 0
+
+
+def resolve(data: DataConfig) -> Source:
+    """Turns `data.source` into a Source; a clear DataError when it cannot be used."""
+    text = data.source.strip()
+    if text.startswith(BUILTIN_PREFIX):
+        name = text[len(BUILTIN_PREFIX):]
+        if name not in datasets.NAMES:
+            raise DataError(f"data.source {text!r}: unknown built-in dataset; use one of "
+                            + ", ".join(BUILTIN_PREFIX + n for n in datasets.NAMES) + ".")
+        return Source("builtin", name)
+    path = os.path.abspath(os.path.expanduser(text))
+    if not os.path.exists(path):
+        raise DataError(f"data.source {text!r} does not exist; give a folder of class folders, "
+                        "a .csv/.jsonl manifest, an .npz file, IDX files or builtin:fonts.")
+    lower = path.lower()
+    if os.path.isdir(path):
+        if _idx_images(path):
+            return Source("idx", path)
+        return Source("folder", path)
+    if lower.endswith((".csv", ".jsonl")):
+        return Source("manifest", path)
+    if lower.endswith(".npz"):
+        return Source("npz", path)
+    if "idx3-ubyte" in lower:
+        return Source("idx", path)
+    raise DataError(f"data.source {text!r} is a file of unknown kind; expected .csv, .jsonl, "
+                    ".npz or an IDX images file (*-images-idx3-ubyte[.gz]).")
+
+
+# --- enumerating ---------------------------------------------------------------------
+
+
+def _idx_images(directory: str) -> list[str]:
+    return sorted(name for name in os.listdir(directory) if "idx3-ubyte" in name)
+
+
+def _split_name(name: str) -> str | None:
+    return SPLIT_ALIASES.get(name.lower())
+
+
+def _folder_items(root: str, extensions: list[str]) -> list[FileItem]:
+    entries = sorted(e for e in os.listdir(root) if not e.startswith("."))
+    dirs = [e for e in entries if os.path.isdir(os.path.join(root, e))]
+    split_layout = bool(dirs) and all(_split_name(d) for d in dirs)
+    items: list[FileItem] = []
+    for entry in entries:
+        if entry not in dirs:
+            items.append(FileItem(os.path.join(root, entry), None, None))
+    for top in dirs:
+        if split_layout:
+            split = _split_name(top)
+            split_root = os.path.join(root, top)
+            for sub in sorted(os.listdir(split_root)):
+                if sub.startswith("."):
+                    continue
+                sub_path = os.path.join(split_root, sub)
+                if os.path.isdir(sub_path):
+                    items.extend(_class_files(sub_path, sub, split, extensions))
+                else:
+                    items.append(FileItem(sub_path, None, split))
+        else:
+            items.extend(_class_files(os.path.join(root, top), top, None, extensions))
+    return items
+
+
+def _class_files(class_dir: str, label: str, split: str | None,
+                 extensions: list[str]) -> list[FileItem]:
+    files = []
+    for dirpath, dirnames, names in os.walk(class_dir):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        files.extend(os.path.join(dirpath, n) for n in sorted(names) if not n.startswith("."))
+    if not files:
+        where = f"{split}/" if split else ""
+        raise DataError(f"class folder {where}{label!r} ({class_dir}) has no files; add images "
+                        "or remove the folder.")
+    del extensions  # every file is checked: wrong types are quarantined, not skipped
+    return [FileItem(path, label, split) for path in files]
+
+
+def _manifest_items(path: str) -> list[FileItem]:
+    base = os.path.dirname(path)
+    rows: list[dict[str, Any]] = []
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            if path.lower().endswith(".csv"):
+                rows = list(csv.DictReader(handle))
+            else:
+                for number, line in enumerate(handle, 1):
+                    if line.strip():
+                        try:
+                            rows.append(json.loads(line))
+                        except ValueError as exc:
+                            raise DataError(f"{path}:{number}: not a JSON object ({exc}); "
+                                            "each line must be {\"path\": ..., \"label\": ...}.") \
+                                from exc
+    except OSError as exc:
+        raise DataError(f"cannot read manifest {path}: {exc}") from exc
+    items = []
+    for number, row in enumerate(rows, 2 if path.lower().endswith(".csv") else 1):
+        ref = row.get("path") or row.get("uri")
+        if not ref or row.get("label") in (None, ""):
+            raise DataError(f"{path}: row {number} lacks 'path' (or 'uri') or 'label'; every "
+                            "row needs both (split is optional).")
+        split = row.get("split")
+        if split not in (None, ""):
+            if _split_name(str(split)) is None:
+                raise DataError(f"{path}: row {number} has split {split!r}; use train or eval.")
+            split = _split_name(str(split))
+        else:
+            split = None
+        full = ref if "://" in ref or os.path.isabs(ref) else os.path.join(base, ref)
+        items.append(FileItem(full, str(row["label"]), split))
+    return items
+
+
+def list_files(source: Source, ingest: IngestConfig) -> list[FileItem]:
+    if source.kind == "folder":
+        items = _folder_items(source.location, ingest.extensions)
+    elif source.kind == "manifest":
+        items = _manifest_items(source.location)
+    else:
+        return []
+    if not items:
+        raise DataError(f"data.source {source.location} holds no files; add class folders "
+                        "with images (ROOT/CLASS/image.png).")
+    return items
+
+
+# --- arrays --------------------------------------------------------------------------
+
+
+def _npz_key(archive: Any, candidates: tuple[str, ...], what: str, path: str) -> str:
+    for key in candidates:
+        if key in archive.files:
+            return key
+    raise DataError(f"{path} has no {what} array; name it one of {', '.join(candidates)} "
+                    f"(found: {', '.join(archive.files)}).")
+
+
+def load_arrays(source: Source) -> datasets.ArrayDataset:
+    """The arrays behind a builtin, NPZ or IDX source, with uint8 images."""
+    if source.kind == "builtin":
+        return datasets.load(source.location)
+    if source.kind == "npz":
+        path = source.location
+        try:
+            archive = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot read NPZ file {path}: {exc}") from exc
+        images = archive[_npz_key(archive, ("images", "x", "arr_0"), "image", path)]
+        labels = archive[_npz_key(archive, ("labels", "y", "arr_1"), "label", path)]
+        splits = archive["splits"].astype(str) if "splits" in archive.files else None
+        if labels.ndim == 2:  # one-hot, as in the course's data_with_labels.npz variants
+            labels = labels.argmax(axis=1)
+        if len(images) != len(labels):
+            raise DataError(f"{path}: {len(images)} images but {len(labels)} labels.")
+        if images.dtype != np.uint8:
+            scale = 255.0 if float(np.nanmax(images)) <= 1.0 else 1.0
+            images = np.clip(np.round(images.astype(np.float64) * scale), 0, 255).astype(np.uint8)
+        if splits is not None:
+            splits = np.asarray([_split_name(s) or s for s in splits])
+        names = np.asarray([f"{os.path.basename(path)}#{i}" for i in range(len(images))])
+        return datasets.ArrayDataset(images, labels.astype(str), splits, names)
+    if source.kind == "idx":
+        return _load_idx(source.location)
+    raise DataError(f"source kind {source.kind} has no arrays")
+
+
+def _load_idx(location: str) -> datasets.ArrayDataset:
+    if os.path.isdir(location):
+        pairs = []
+        for name in _idx_images(location):
+            prefix = name.split("-images-")[0]
+            split = "eval" if prefix in ("t10k", "test") else "train"
+            labels = os.path.join(location, name.replace("images-idx3", "labels-idx1"))
+            pairs.append((os.path.join(location, name), labels, split))
+    else:
+        pairs = [(location, location.replace("images-idx3", "labels-idx1"), None)]
+    parts = []
+    for images_path, labels_path, split in pairs:
+        if not os.path.isfile(labels_path):
+            raise DataError(f"IDX images {images_path} has no labels file {labels_path}; put "
+                            "the *-labels-idx1-ubyte file next to it.")
+        images, labels = datasets.read_idx(images_path), datasets.read_idx(labels_path)
+        if len(images) != len(labels):
+            raise DataError(f"{images_path}: {len(images)} images but {len(labels)} labels.")
+        base = os.path.basename(images_path)
+        parts.append((images, labels.astype(str),
+                      np.full(len(labels), split or ""),
+                      np.asarray([f"{base}#{i}" for i in range(len(labels))])))
+    images, labels, splits, names = (np.concatenate(a) for a in zip(*parts))
+    has_split = any(split for _, _, split in pairs)
+    return datasets.ArrayDataset(images, labels, splits if has_split else None, names)
+
+
+# --- planning and fingerprints ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    units: list[WorkUnit]
+    num_inputs: int
+    splits_given: bool   # some inputs carry their own split (folders, manifest, dataset)
+
+
+def plan(source: Source, ingest: IngestConfig) -> Plan:
+    """Work units for Beam, the number of inputs they cover, whether splits are given."""
+    if source.kind in ("folder", "manifest"):
+        items = list_files(source, ingest)
+        units = [WorkUnit(source, tuple(items[i:i + FILES_PER_UNIT]))
+                 for i in range(0, len(items), FILES_PER_UNIT)]
+        return Plan(units, len(items), any(item.split for item in items))
+    arrays = load_arrays(source)
+    total = len(arrays.labels)
+    if total == 0:
+        raise DataError(f"data.source {source.location} holds no images.")
+    units = [WorkUnit(source, start=i, stop=min(i + ARRAYS_PER_UNIT, total))
+             for i in range(0, total, ARRAYS_PER_UNIT)]
+    return Plan(units, total, arrays.splits is not None)
+
+
+def _hash_file(path: str, digest: Any) -> None:
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+
+
+def fingerprint(source: Source, ingest: IngestConfig) -> str:
+    """A content hash of everything the source reads (paths relative, bytes hashed):
+    the same files elsewhere give the same fingerprint, a changed pixel a new one."""
+    digest = hashlib.sha256(f"{source.kind}\0".encode())
+    if source.kind == "builtin":
+        digest.update(source.location.encode())
+        if source.location == "fashion_mnist":
+            directory = datasets.fashion_mnist_dir()
+            for name in sorted(os.listdir(directory)) if directory else ():
+                if "ubyte" in name:
+                    _hash_file(os.path.join(directory, name), digest)
+        return digest.hexdigest()
+    if source.kind in ("folder", "manifest"):
+        if source.kind == "manifest":
+            _hash_file(source.location, digest)
+        root = os.path.dirname(source.location) if source.kind == "manifest" else source.location
+        for item in list_files(source, ingest):
+            rel = os.path.relpath(item.path, root) if "://" not in item.path else item.path
+            digest.update(f"{rel}\0{item.label}\0{item.split}\0".encode())
+            if os.path.isfile(item.path):
+                _hash_file(item.path, digest)
+            else:
+                digest.update(b"<missing>")
+        return digest.hexdigest()
+    paths = [source.location]
+    if source.kind == "idx":
+        if os.path.isdir(source.location):
+            paths = [os.path.join(source.location, n) for n in sorted(os.listdir(source.location))
+                     if "ubyte" in n]
+        else:
+            paths.append(source.location.replace("images-idx3", "labels-idx1"))
+    for path in paths:
+        digest.update(os.path.basename(path).encode() + b"\0")
+        if os.path.isfile(path):
+            _hash_file(path, digest)
+    return digest.hexdigest()
+
+
+def iter_unit(unit: WorkUnit, arrays: datasets.ArrayDataset | None
+              ) -> Iterator[tuple[str, bytes | None, str | None, str | None, str | None]]:
+    """Yields (source path, bytes or None, label, split, read error) for a work unit."""
+    if unit.files:
+        for item in unit.files:
+            try:
+                data = fileio.read_bytes(item.path)
+                yield item.path, data, item.label, item.split, None
+            except OSError as exc:
+                yield item.path, None, item.label, item.split, f"unreadable: {exc}"
+        return
+    assert arrays is not None
+    for index in range(unit.start, unit.stop):
+        split = None if arrays.splits is None else (str(arrays.splits[index]) or None)
+        yield (str(arrays.names[index]), datasets.encode_png(arrays.images[index]),
+               str(arrays.labels[index]), split, None)

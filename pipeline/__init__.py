@@ -1,0 +1,1 @@
+"""Orchestration: config, the DAG, the local runner, metadata, registry and the CLI."""

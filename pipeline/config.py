@@ -1,0 +1,156 @@
+"""The one typed pipeline config: loaded from YAML once, overridden with --set, checked.
+
+Every mistake becomes a ConfigError whose message is one line: which file and key,
+what was given, and how to fix it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any
+
+import yaml
+from pydantic import ConfigDict, Field, ValidationError, field_validator
+
+from components.config import (BeamConfig, DataConfig, EvaluateConfig, IngestConfig,
+                               ModelConfig, PushConfig, Section, TrainConfig, TransformConfig,
+                               ValidateConfig)
+from components.errors import ConfigError
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class PipelineConfig(Section):
+    """A whole pipeline: one section per step."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True,
+                              title="imgpipe pipeline config")
+
+    name: str = Field("imgpipe", description="Pipeline name; also the model name in the registry.")
+    data: DataConfig = DataConfig()
+    ingest: IngestConfig = IngestConfig()
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    transform: TransformConfig = TransformConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    push: PushConfig = PushConfig()
+    beam: BeamConfig = BeamConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError("name must be letters, digits, '_', '.' or '-' (it names the "
+                             f"model in the registry), got {value!r}")
+        return value
+
+    def section(self, name: str) -> Section:
+        """A section by its YAML key (`validate` included)."""
+        return getattr(self, "validate_" if name == "validate" else name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The full config with defaults, as YAML keys."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+PipelineConfig.model_config["populate_by_name"] = True
+PipelineConfig.model_rebuild(force=True)
+
+SECTIONS = tuple(PipelineConfig.model_json_schema(by_alias=True)["properties"])
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: {key!r} is a value, not a section; "
+                              f"use --set {'.'.join(keys[:keys.index(key) + 1])}=VALUE.")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`section.key=value` -> (dotted key, YAML-parsed value)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip() or not re.match(r"^[A-Za-z_][\w.]*$", key.strip()):
+        raise ConfigError(f"--set {text!r} is not KEY=VALUE; write e.g. "
+                          "--set train.epochs=5 or --set data.image_size=[28,28].")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({exc.problem}).") from exc
+    return key.strip(), value
+
+
+def _describe(error: dict[str, Any], where: str) -> str:
+    loc = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        parent = error["loc"][:-1]
+        allowed = _allowed_keys(parent)
+        return (f"{where}: unknown key '{loc}'; valid keys here: {', '.join(allowed)}. "
+                "Fix the spelling or remove it.")
+    given = error.get("input")
+    msg = error["msg"].removeprefix("Value error, ")
+    return (f"{where}: {loc}: {msg} (got {json.dumps(given, default=str)}). "
+            f"Fix '{loc}' in the config or pass --set {loc}=VALUE.")
+
+
+def _allowed_keys(parent: tuple) -> list[str]:
+    schema = PipelineConfig.model_json_schema(by_alias=True)
+    node = schema
+    for part in parent:
+        props = node.get("properties", {})
+        node = props.get(str(part), {})
+        if "$ref" in node:
+            node = schema["$defs"][node["$ref"].rsplit("/", 1)[-1]]
+        elif "allOf" in node:
+            node = schema["$defs"][node["allOf"][0]["$ref"].rsplit("/", 1)[-1]]
+    return sorted(node.get("properties", {}))
+
+
+def from_dict(tree: dict[str, Any], where: str = "config") -> PipelineConfig:
+    """Validates a config tree; raises ConfigError naming the first bad key."""
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{where}: the top level must be a mapping of sections "
+                          f"(name, data, ingest, ...), got {type(tree).__name__}.")
+    try:
+        return PipelineConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc.errors()[0], where)) from exc
+
+
+def load(path: str | None, overrides: list[str] = ()) -> PipelineConfig:
+    """Loads a YAML config (or only defaults when `path` is None) and applies --set."""
+    tree: dict[str, Any] = {}
+    where = path or "defaults"
+    if path is not None:
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file {path!r} not found; pass the path of a YAML "
+                              "config, e.g. configs/fonts.yaml.")
+        try:
+            with open(path, encoding="utf-8") as handle:
+                tree = yaml.safe_load(handle) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"{path}: invalid YAML{at}: {getattr(exc, 'problem', exc)}; "
+                              "fix the syntax.") from exc
+    for text in overrides:
+        key, value = parse_override(text)
+        if not isinstance(tree, dict):
+            break
+        _set_dotted(tree, key, value)
+    config = from_dict(tree, where if not overrides else f"{where} (with --set)")
+    return config
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON schema of the config file, as published in schemas/config.schema.json."""
+    return PipelineConfig.model_json_schema(by_alias=True, mode="validation")

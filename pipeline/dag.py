@@ -1,0 +1,60 @@
+"""The one DAG: which step consumes which artifact. The local runner and the KFP
+adapter both read it; neither defines the steps again."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Step:
+    """A step: `components.<module>.run(**inputs, **sections, **outputs, producer=...)`.
+
+    inputs:   parameter name -> "step.output" of an upstream step.
+    outputs:  output name -> artifact type; the runner passes a fresh URI for each.
+    sections: config sections the step receives (its cache key covers exactly these).
+    code:     modules whose source text goes into the cache key.
+    runtime:  keys of the `beam` section that change the output (not worker counts);
+              a step with runtime keys is a Beam step and receives `beam=BeamConfig`.
+    """
+
+    name: str
+    module: str
+    outputs: dict[str, str]
+    inputs: dict[str, str] = field(default_factory=dict)
+    sections: tuple[str, ...] = ()
+    code: tuple[str, ...] = ()
+    runtime: tuple[str, ...] = ()
+
+    @property
+    def upstream(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(ref.split(".")[0] for ref in self.inputs.values()))
+
+
+STEPS: tuple[Step, ...] = (
+    Step(
+        name="ingest",
+        module="components.ingest",
+        outputs={"examples": "Examples", "statistics": "Statistics"},
+        sections=("data", "ingest"),
+        code=("components.ingest", "components.sources", "components.imaging",
+              "components.datasets", "components.artifacts"),
+        runtime=("runner",),
+    ),
+)
+
+STEP_NAMES = tuple(step.name for step in STEPS)
+
+
+def get(name: str) -> Step:
+    for step in STEPS:
+        if step.name == name:
+            return step
+    raise KeyError(name)
+
+
+def until(name: str | None) -> tuple[Step, ...]:
+    """The steps up to and including `name` (all steps when None)."""
+    if name is None:
+        return STEPS
+    return STEPS[: STEP_NAMES.index(name) + 1]

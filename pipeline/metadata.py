@@ -1,0 +1,297 @@
+"""The embedded metadata store: runs, executions, artifacts and the events linking them.
+
+One SQLite file under the runs directory (WAL mode, short IMMEDIATE transactions and
+a busy timeout, so two runs started at once both record everything). Lineage
+questions are queries here: which run and inputs produced an artifact, which
+executions consumed it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import sqlite3
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    pipeline TEXT NOT NULL,
+    config_path TEXT,
+    config_json TEXT NOT NULL,
+    status TEXT NOT NULL,            -- running | succeeded | failed
+    error TEXT,
+    started TEXT NOT NULL,
+    ended TEXT
+);
+CREATE TABLE IF NOT EXISTS executions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    step TEXT NOT NULL,
+    status TEXT NOT NULL,            -- running | succeeded | failed | cached
+    cache_key TEXT NOT NULL,
+    key_parts TEXT NOT NULL,         -- JSON: what went into the key
+    decision TEXT NOT NULL,          -- why it ran or was reused
+    cached_from INTEGER REFERENCES executions(id),
+    summary TEXT,                    -- JSON returned by the step
+    error TEXT,
+    started TEXT NOT NULL,
+    ended TEXT
+);
+CREATE INDEX IF NOT EXISTS executions_key ON executions(step, cache_key, status);
+CREATE TABLE IF NOT EXISTS artifacts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    uri TEXT NOT NULL UNIQUE,
+    type TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    properties TEXT NOT NULL,
+    created TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    execution_id INTEGER NOT NULL REFERENCES executions(id),
+    artifact_id INTEGER NOT NULL REFERENCES artifacts(id),
+    kind TEXT NOT NULL,              -- input | output
+    name TEXT NOT NULL,
+    PRIMARY KEY (execution_id, artifact_id, kind, name)
+);
+"""
+
+SUCCESS = ("succeeded", "cached")
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def new_run_id() -> str:
+    """Sortable and unique across concurrent starts: time plus random suffix."""
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True)
+class Execution:
+    id: int
+    run_id: str
+    step: str
+    status: str
+    cache_key: str
+    key_parts: dict[str, Any]
+    decision: str
+    cached_from: int | None
+    summary: dict[str, Any] | None
+    error: str | None
+    started: str
+    ended: str | None
+
+
+@dataclass(frozen=True)
+class ArtifactRecord:
+    id: int
+    uri: str
+    type: str
+    fingerprint: str
+    properties: dict[str, Any]
+    created: str
+
+
+class MetadataStore:
+    """Lineage store on SQLite. Safe for concurrent runs in separate processes."""
+
+    def __init__(self, path: str):
+        self.path = path
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with self._connect() as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(_SCHEMA)
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA busy_timeout=60000")
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    # --- runs ----------------------------------------------------------------------
+
+    def start_run(self, pipeline: str, config: dict[str, Any], config_path: str | None) -> str:
+        run_id = new_run_id()
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO runs (id, pipeline, config_path, config_json, status, started) "
+                "VALUES (?, ?, ?, ?, 'running', ?)",
+                (run_id, pipeline, config_path, json.dumps(config, sort_keys=True), _now()))
+        return run_id
+
+    def end_run(self, run_id: str, status: str, error: str | None = None) -> None:
+        with self._transaction() as conn:
+            conn.execute("UPDATE runs SET status=?, error=?, ended=? WHERE id=?",
+                         (status, error, _now(), run_id))
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        with self._connect() as conn:
+            row = conn.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+        return self._run_dict(row) if row else None
+
+    def list_runs(self, pipeline: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        query, args = "SELECT * FROM runs", []
+        if pipeline:
+            query, args = query + " WHERE pipeline=?", [pipeline]
+        with self._connect() as conn:
+            rows = conn.execute(query + " ORDER BY started DESC, id DESC LIMIT ?",
+                                (*args, limit)).fetchall()
+        return [self._run_dict(row) for row in rows]
+
+    @staticmethod
+    def _run_dict(row: sqlite3.Row) -> dict[str, Any]:
+        out = dict(row)
+        out["config"] = json.loads(out.pop("config_json"))
+        return out
+
+    # --- executions ----------------------------------------------------------------
+
+    def start_execution(self, run_id: str, step: str, cache_key: str,
+                        key_parts: dict[str, Any], decision: str) -> int:
+        with self._transaction() as conn:
+            cur = conn.execute(
+                "INSERT INTO executions (run_id, step, status, cache_key, key_parts, decision,"
+                " started) VALUES (?, ?, 'running', ?, ?, ?, ?)",
+                (run_id, step, cache_key, json.dumps(key_parts, sort_keys=True), decision, _now()))
+            return int(cur.lastrowid)
+
+    def record_cached(self, run_id: str, step: str, source: Execution, decision: str) -> int:
+        """Records a reuse: a new execution row pointing at the one it reuses, with the
+        same output artifacts linked, so lineage queries see the run's full DAG."""
+        now = _now()
+        with self._transaction() as conn:
+            cur = conn.execute(
+                "INSERT INTO executions (run_id, step, status, cache_key, key_parts, decision,"
+                " cached_from, summary, started, ended) VALUES (?, ?, 'cached', ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, step, source.cache_key, json.dumps(source.key_parts, sort_keys=True),
+                 decision, source.id, json.dumps(source.summary), now, now))
+            new_id = int(cur.lastrowid)
+            conn.execute(
+                "INSERT INTO events (execution_id, artifact_id, kind, name) "
+                "SELECT ?, artifact_id, kind, name FROM events WHERE execution_id=?",
+                (new_id, source.id))
+        return new_id
+
+    def finish_execution(self, execution_id: int, status: str, summary: Any = None,
+                         error: str | None = None) -> None:
+        with self._transaction() as conn:
+            conn.execute("UPDATE executions SET status=?, summary=?, error=?, ended=? WHERE id=?",
+                         (status, json.dumps(summary, default=str), error, _now(), execution_id))
+
+    def executions(self, run_id: str) -> list[Execution]:
+        with self._connect() as conn:
+            rows = conn.execute("SELECT * FROM executions WHERE run_id=? ORDER BY id",
+                                (run_id,)).fetchall()
+        return [self._execution(row) for row in rows]
+
+    def find_cached(self, step: str, cache_key: str) -> list[Execution]:
+        """Successful executions (newest first) of `step` with exactly this key."""
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT * FROM executions WHERE step=? AND cache_key=? AND status='succeeded' "
+                "ORDER BY id DESC", (step, cache_key)).fetchall()
+        return [self._execution(row) for row in rows]
+
+    def last_execution(self, pipeline: str, step: str) -> Execution | None:
+        """The newest successful execution of `step` in this pipeline (for key diffs and
+        baselines such as the previous run's statistics)."""
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT e.* FROM executions e JOIN runs r ON r.id = e.run_id "
+                "WHERE r.pipeline=? AND e.step=? AND e.status IN ('succeeded', 'cached') "
+                "ORDER BY e.id DESC LIMIT 1", (pipeline, step)).fetchone()
+        return self._execution(row) if row else None
+
+    @staticmethod
+    def _execution(row: sqlite3.Row) -> Execution:
+        return Execution(
+            id=row["id"], run_id=row["run_id"], step=row["step"], status=row["status"],
+            cache_key=row["cache_key"], key_parts=json.loads(row["key_parts"]),
+            decision=row["decision"], cached_from=row["cached_from"],
+            summary=json.loads(row["summary"]) if row["summary"] else None,
+            error=row["error"], started=row["started"], ended=row["ended"])
+
+    # --- artifacts and events ------------------------------------------------------
+
+    def record_artifact(self, execution_id: int, kind: str, name: str, uri: str, type_: str,
+                        fingerprint: str, properties: dict[str, Any], created: str) -> int:
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO artifacts (uri, type, fingerprint, properties, created) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (uri, type_, fingerprint, json.dumps(properties, default=str), created))
+            artifact_id = conn.execute("SELECT id FROM artifacts WHERE uri=?",
+                                       (uri,)).fetchone()["id"]
+            conn.execute("INSERT OR IGNORE INTO events (execution_id, artifact_id, kind, name) "
+                         "VALUES (?, ?, ?, ?)", (execution_id, artifact_id, kind, name))
+        return int(artifact_id)
+
+    def artifacts_of(self, execution_id: int, kind: str | None = None) -> list[dict[str, Any]]:
+        query = ("SELECT a.*, ev.kind AS event, ev.name AS name FROM events ev "
+                 "JOIN artifacts a ON a.id = ev.artifact_id WHERE ev.execution_id=?")
+        args: list[Any] = [execution_id]
+        if kind:
+            query += " AND ev.kind=?"
+            args.append(kind)
+        with self._connect() as conn:
+            rows = conn.execute(query + " ORDER BY ev.kind, ev.name", args).fetchall()
+        return [{**dict(row), "properties": json.loads(row["properties"])} for row in rows]
+
+    def producer_of(self, uri: str) -> Execution | None:
+        """The execution that first wrote the artifact at `uri` (not a cache reuse)."""
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT e.* FROM executions e JOIN events ev ON ev.execution_id = e.id "
+                "JOIN artifacts a ON a.id = ev.artifact_id "
+                "WHERE a.uri=? AND ev.kind='output' AND e.status='succeeded' "
+                "ORDER BY e.id LIMIT 1", (uri,)).fetchone()
+        return self._execution(row) if row else None
+
+    def lineage(self, uri: str) -> list[dict[str, Any]]:
+        """Every upstream artifact of `uri`, nearest first: (step, name, uri, fingerprint)."""
+        out: list[dict[str, Any]] = []
+        frontier, seen = [uri], {uri}
+        while frontier:
+            current = frontier.pop(0)
+            producer = self.producer_of(current)
+            if producer is None:
+                continue
+            for art in self.artifacts_of(producer.id, "input"):
+                if art["uri"] in seen:
+                    continue
+                seen.add(art["uri"])
+                out.append({"consumed_by": producer.step, "name": art["name"],
+                            "uri": art["uri"], "type": art["type"],
+                            "fingerprint": art["fingerprint"], "run_id": producer.run_id})
+                frontier.append(art["uri"])
+        return out
+
+    def consumers_of(self, uri: str) -> list[Execution]:
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT e.* FROM executions e JOIN events ev ON ev.execution_id = e.id "
+                "JOIN artifacts a ON a.id = ev.artifact_id WHERE a.uri=? AND ev.kind='input' "
+                "ORDER BY e.id", (uri,)).fetchall()
+        return [self._execution(row) for row in rows]
