@@ -188,6 +188,9 @@ class ArtifactWriter:
                 raise ArtifactError(f"{self.uri} already holds a committed artifact; "
                                     "artifacts are immutable, write to a new location.")
             fileio.rmtree(self.uri)  # debris of a killed writer: never committed
+        if not self._remote:
+            for debris in fileio.glob(f"{self.uri}.staging-*"):
+                fileio.rmtree(debris)  # staging left by a killed writer of this uri
         if self._remote:
             fileio.rmtree(fileio.join(self.uri, MANIFEST_NAME))
         fileio.makedirs(self.path)

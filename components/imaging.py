@@ -13,7 +13,7 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 # We enforce our own pixel limit before decoding; Pillow's would raise on its own terms.
 Image.MAX_IMAGE_PIXELS = None
@@ -77,8 +77,10 @@ def check_image(data: bytes, max_pixels: int) -> CheckedImage:
         raise BadImage("empty file (0 bytes)")
     try:
         img = Image.open(io.BytesIO(data))
-    except Exception as exc:  # Pillow raises several types for non-images
-        raise BadImage(f"not an image ({type(exc).__name__}: {exc})") from None
+    except UnidentifiedImageError:
+        raise BadImage("not an image (no known image format in the bytes)") from None
+    except Exception as exc:  # Pillow raises several types for damaged headers
+        raise BadImage(f"corrupt or truncated image ({type(exc).__name__}: {exc})") from None
     width, height = img.size
     if width <= 0 or height <= 0:
         raise BadImage(f"image has no pixels ({width}x{height})")

@@ -52,9 +52,3 @@ def get(name: str) -> Step:
             return step
     raise KeyError(name)
 
-
-def until(name: str | None) -> tuple[Step, ...]:
-    """The steps up to and including `name` (all steps when None)."""
-    if name is None:
-        return STEPS
-    return STEPS[: STEP_NAMES.index(name) + 1]

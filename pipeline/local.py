@@ -106,8 +106,9 @@ class LocalRunner:
 
     def __init__(self, config: PipelineConfig, runs_dir: str = "runs",
                  config_path: str | None = None, use_cache: bool = True,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, steps: tuple[dag.Step, ...] = dag.STEPS):
         self.config = config
+        self.steps = steps
         self.runs_dir = os.path.abspath(runs_dir)
         self.config_path = config_path
         self.use_cache = use_cache
@@ -149,14 +150,15 @@ class LocalRunner:
     # --- running -------------------------------------------------------------------
 
     def run(self, until: str | None = None) -> RunResult:
-        if until is not None and until not in dag.STEP_NAMES:
-            raise ConfigError(f"--until {until!r} is not a step; steps are "
-                              f"{', '.join(dag.STEP_NAMES)}.")
+        names = [step.name for step in self.steps]
+        if until is not None and until not in names:
+            raise ConfigError(f"--until {until!r} is not a step; steps are {', '.join(names)}.")
         run_id = self.store.start_run(self.config.name, self.config.to_dict(), self.config_path)
         self.log(f"run {run_id}  (pipeline {self.config.name}, runs dir {self.runs_dir})")
         produced: dict[str, artifacts.Artifact] = {}
         results: list[StepResult] = []
-        for step in dag.until(until):
+        last = names.index(until) if until else len(names) - 1
+        for step in self.steps[: last + 1]:
             try:
                 result = self._run_step(run_id, step, produced)
             except ImgpipeError as exc:

@@ -1,0 +1,1 @@
+from tests.fake_steps import consume as run  # noqa: F401

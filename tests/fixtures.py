@@ -1,0 +1,102 @@
+"""Tiny datasets built in tests: class folders, a bad-input corpus, unusual image modes."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import zlib
+
+import numpy as np
+from PIL import Image
+
+
+def png_bytes(array: np.ndarray, **save_args) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG", **save_args)
+    return buffer.getvalue()
+
+
+def jpeg_bytes(image: Image.Image, **save_args) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", **save_args)
+    return buffer.getvalue()
+
+
+def class_pattern(label_index: int, variant: int, size: int = 12, channels: int = 1) -> np.ndarray:
+    """A small image that is easy to tell apart per class and unique per variant."""
+    rng = np.random.default_rng(1000 * label_index + variant)
+    base = np.zeros((size, size), np.uint8)
+    base[:, label_index % size] = 255                       # a class-specific stripe
+    noise = rng.integers(0, 60, (size, size), dtype=np.uint8)
+    image = np.maximum(base, noise)
+    if channels == 3:
+        image = np.stack([image, np.roll(image, 1, 0), np.roll(image, 1, 1)], axis=-1)
+    return image
+
+
+def make_class_folders(root: str, classes=("cat", "dog", "fox"), per_class: int = 10,
+                       size: int = 12, channels: int = 1, first: int = 0) -> dict[str, int]:
+    for li, label in enumerate(classes):
+        os.makedirs(os.path.join(root, label), exist_ok=True)
+        for v in range(first, first + per_class):
+            with open(os.path.join(root, label, f"{v:03d}.png"), "wb") as handle:
+                handle.write(png_bytes(class_pattern(li, v, size, channels)))
+    return {label: per_class for label in classes}
+
+
+def _png_with_header_size(width: int, height: int) -> bytes:
+    """A real 1x1 PNG whose IHDR claims width x height (CRC fixed, so it parses)."""
+    data = bytearray(png_bytes(np.zeros((1, 1), np.uint8)))
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4: ihdr + 12] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[ihdr: ihdr + 17])) & 0xFFFFFFFF
+    data[ihdr + 17: ihdr + 21] = struct.pack(">I", crc)
+    return bytes(data)
+
+
+def bad_corpus() -> dict[str, bytes]:
+    """File name -> bytes of inputs that must be quarantined, one reason each."""
+    good_jpeg = jpeg_bytes(Image.fromarray(class_pattern(0, 99, 32, 3)))
+    return {
+        "empty.png": b"",
+        "truncated.jpg": good_jpeg[: len(good_jpeg) // 2],
+        "notes.png": b"this is a text file, not an image\n" * 4,
+        "bomb.png": _png_with_header_size(50_000, 50_000),
+    }
+
+
+def unusual_corpus() -> dict[str, bytes]:
+    """File name -> bytes of valid images in modes that ingest must convert."""
+    rgb = Image.fromarray(class_pattern(1, 7, 16, 3))
+    rgba = np.dstack([class_pattern(1, 8, 16, 3), np.full((16, 16), 128, np.uint8)])
+    sixteen = (class_pattern(2, 9, 16).astype(np.uint16) * 257)
+    buffer = io.BytesIO()
+    Image.fromarray(sixteen).save(buffer, format="PNG")  # saved as I;16 -> 16-bit PNG
+    out = {
+        "cmyk.jpg": jpeg_bytes(rgb.convert("CMYK")),
+        "progressive.jpg": jpeg_bytes(rgb, progressive=True),
+        "sixteen.png": buffer.getvalue(),
+        "rgba.png": png_bytes(rgba),
+        "palette.gif": _save(rgb.convert("P", palette=Image.Palette.ADAPTIVE), "GIF"),
+        "bitmap.bmp": _save(rgb, "BMP"),
+        "photo.webp": _save(rgb, "WEBP", lossless=True),
+    }
+    return out
+
+
+def _save(image: Image.Image, fmt: str, **args) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **args)
+    return buffer.getvalue()
+
+
+def write_files(folder: str, files: dict[str, bytes]) -> list[str]:
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for name, data in files.items():
+        path = os.path.join(folder, name)
+        with open(path, "wb") as handle:
+            handle.write(data)
+        paths.append(path)
+    return paths

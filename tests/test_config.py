@@ -1,0 +1,82 @@
+"""Config: defaults, overrides, and one-line errors with exit code 2."""
+
+import json
+import os
+
+import pytest
+
+from components.errors import ConfigError
+from pipeline import cli
+from pipeline import config as config_lib
+
+ROOT = os.path.dirname(os.path.dirname(__file__))
+
+
+def write(tmp_path, text):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_minimal_file_gets_course_defaults(tmp_path):
+    cfg = config_lib.load(write(tmp_path, "name: tiny\ndata: {source: builtin:digits}\n"))
+    assert cfg.name == "tiny"
+    assert cfg.data.image_size == (36, 36)
+    assert cfg.train.optimizer.name == "adam" and cfg.train.optimizer.learning_rate == 0.001
+    assert cfg.ingest.max_bad_fraction == 0.05
+    assert cfg.beam.runner == "DirectRunner"
+
+
+def test_example_configs_load():
+    for name in sorted(os.listdir(os.path.join(ROOT, "configs"))):
+        cfg = config_lib.load(os.path.join(ROOT, "configs", name))
+        assert cfg.name
+
+
+def test_set_overrides_parse_yaml_values(tmp_path):
+    cfg = config_lib.load(write(tmp_path, "data: {source: builtin:fonts}\n"),
+                          ["train.epochs=3", "data.image_size=[28, 28]",
+                           "train.optimizer.name=sgd", "beam.options.direct_num_workers=4"])
+    assert cfg.train.epochs == 3
+    assert cfg.data.image_size == (28, 28)
+    assert cfg.train.optimizer.name == "sgd"
+    assert cfg.beam.options == {"direct_num_workers": 4}
+
+
+@pytest.mark.parametrize("text, overrides, expected", [
+    ("data: {imagesize: [3, 3]}\n", [], "unknown key 'data.imagesize'"),
+    ("train: {epochs: many}\n", [], "train.epochs"),
+    ("data: {image_size: [0, 36]}\n", [], "data.image_size"),
+    ("model: {kind: transformer}\n", [], "model.kind"),
+    ("name: 'bad name!'\n", [], "name"),
+    ("data: [1, 2\n", [], "invalid YAML at line"),
+    ("", ["train.epochs"], "is not KEY=VALUE"),
+    ("", ["trian.epochs=3"], "unknown key 'trian'"),
+])
+def test_errors_name_the_key_and_the_fix(tmp_path, text, overrides, expected):
+    with pytest.raises(ConfigError) as info:
+        config_lib.load(write(tmp_path, text), overrides)
+    message = str(info.value)
+    assert expected in message
+    assert "\n" not in message
+    assert "cfg.yaml" in message or message.startswith("--set")
+
+
+def test_cli_exit_code_2_with_one_line(tmp_path, capsys):
+    assert cli.main(["run", str(tmp_path / "missing.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "missing.yaml" in err and "not found" in err
+
+    bad = write(tmp_path, "ingest: {max_bad_fraction: 2}\n")
+    assert cli.main(["run", bad, "--runs-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "ingest.max_bad_fraction" in err
+
+
+def test_published_json_schema_is_current():
+    with open(os.path.join(ROOT, "schemas", "config.schema.json")) as handle:
+        committed = json.load(handle)
+    assert committed == json.loads(json.dumps(config_lib.json_schema())), (
+        "schemas/config.schema.json is stale: run "
+        "`imgpipe config schema -o schemas/config.schema.json`")

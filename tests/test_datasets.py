@@ -1,0 +1,82 @@
+"""Built-in datasets: sizes, labels, and byte-for-byte determinism of the fonts export."""
+
+import hashlib
+import os
+
+import numpy as np
+import pytest
+
+from components import datasets
+from components.errors import DataError
+from pipeline import cli
+
+# sha256 over (relative path, bytes) of every file of `imgpipe datasets export fonts`
+# with the pinned Pillow, FreeType (inside Pillow's wheel) and matplotlib fonts.
+FONTS_EXPORT_SHA256 = "dc5b3b93fc326088b4d3da47608a053cf85b9fa8292a05e5374d749793689816"
+
+
+def tree_hash(root):
+    digest = hashlib.sha256()
+    for dirpath, dirnames, files in os.walk(root):
+        dirnames.sort()
+        for name in sorted(files):
+            path = os.path.join(dirpath, name)
+            digest.update(os.path.relpath(path, root).encode() + b"\0")
+            digest.update(open(path, "rb").read())
+    return digest.hexdigest()
+
+
+def test_fonts_dataset_shape_and_labels():
+    data = datasets.load_fonts()
+    assert data.images.shape == (2790, 36, 36) and data.images.dtype == np.uint8
+    assert sorted(set(data.labels)) == sorted(datasets.FONT_FILES)
+    assert all((data.labels == font).sum() == 62 * 9 for font in datasets.FONT_FILES)
+    # every glyph is visible and every image is distinct
+    assert (data.images.reshape(len(data.images), -1).max(axis=1) == 255).all()
+    assert len({img.tobytes() for img in data.images}) == 2790
+
+
+def test_fonts_export_is_deterministic(tmp_path, capsys):
+    assert cli.main(["datasets", "export", "fonts", str(tmp_path / "a")]) == 0
+    assert "wrote 2790 PNG files in 5 class folders" in capsys.readouterr().out
+    datasets.export("fonts", str(tmp_path / "b"))
+    first = tree_hash(str(tmp_path / "a"))
+    assert first == tree_hash(str(tmp_path / "b"))
+    assert sorted(os.listdir(tmp_path / "a")) == sorted(datasets.FONT_FILES)
+    if FONTS_EXPORT_SHA256:
+        assert first == FONTS_EXPORT_SHA256
+
+
+def test_digits_dataset():
+    data = datasets.load_digits()
+    assert data.images.shape == (1797, 8, 8)
+    assert data.images.max() == 255
+    assert sorted(set(data.labels)) == [str(d) for d in range(10)]
+
+
+def test_digits_export(tmp_path):
+    counts = datasets.export("digits", str(tmp_path))
+    assert sum(counts.values()) == 1797 and len(counts) == 10
+
+
+@pytest.mark.skipif(datasets.fashion_mnist_dir() is None,
+                    reason="dataset-fashion-mnist Debian package not installed")
+def test_fashion_mnist_has_its_own_split():
+    data = datasets.load_fashion_mnist(download=False)
+    assert data.images.shape == (70000, 28, 28)
+    assert (data.splits == "train").sum() == 60000 and (data.splits == "eval").sum() == 10000
+    assert set(data.labels) == set(datasets.FASHION_CLASSES)
+
+
+def test_fashion_mnist_missing_names_both_ways(monkeypatch):
+    monkeypatch.setattr(datasets, "FASHION_DIRS", ("/nonexistent",))
+    with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist.*keras"):
+        datasets.load_fashion_mnist(download=False)
+
+
+def test_read_idx_rejects_truncated(tmp_path):
+    path = tmp_path / "x-images-idx3-ubyte"
+    path.write_bytes(bytes([0, 0, 8, 3]) + (10).to_bytes(4, "big") + (2).to_bytes(4, "big")
+                     + (2).to_bytes(4, "big") + b"\0" * 7)
+    with pytest.raises(DataError, match="truncated"):
+        datasets.read_idx(str(path))

@@ -1,0 +1,134 @@
+"""The local runner: cache hits, misses that name what changed, resume after failure."""
+
+import pytest
+
+from pipeline import dag
+from pipeline.local import LocalRunner, run_pipeline
+from pipeline.metadata import MetadataStore
+from tests import fake_steps
+
+STEPS = (
+    dag.Step("produce", "tests.fake_produce", {"examples": "Examples"}, sections=("data",),
+             code=("tests.fake_steps",)),
+    dag.Step("consume", "tests.fake_consume", {"statistics": "Statistics"},
+             inputs={"examples": "produce.examples"}, sections=("train",),
+             code=("tests.fake_steps",)),
+)
+
+
+@pytest.fixture(autouse=True)
+def clear_calls():
+    fake_steps.CALLS.clear()
+
+
+def run(cfg, runs_dir, until=None, **kwargs):
+    return LocalRunner(cfg, str(runs_dir), log=lambda line: None, steps=STEPS, **kwargs).run(until)
+
+
+def test_second_run_is_fully_cached(tmp_path, make_config):
+    cfg = make_config(data={"source": "a"})
+    first = run(cfg, tmp_path)
+    second = run(cfg, tmp_path)
+    assert [s.status for s in first.steps] == ["ran", "ran"]
+    assert [s.status for s in second.steps] == ["cached", "cached"]
+    assert fake_steps.CALLS == ["produce", "consume"]
+    assert second.steps[1].outputs == first.steps[1].outputs
+    assert "reused execution" in second.steps[0].decision
+
+
+def test_changed_section_reruns_only_what_depends_on_it(tmp_path, make_config):
+    run(make_config(data={"source": "a"}, train={"epochs": 1}), tmp_path)
+    fake_steps.CALLS.clear()
+    result = run(make_config(data={"source": "a"}, train={"epochs": 2}), tmp_path)
+    assert [s.status for s in result.steps] == ["cached", "ran"]
+    assert "config.train.epochs: 1 -> 2" in result.steps[1].decision
+    assert fake_steps.CALLS == ["consume"]
+
+    fake_steps.CALLS.clear()
+    result = run(make_config(data={"source": "b"}, train={"epochs": 2}), tmp_path)
+    assert [s.status for s in result.steps] == ["ran", "ran"]
+    assert "config.data.source: 'a' -> 'b'" in result.steps[0].decision
+    assert "inputs.examples" in result.steps[1].decision  # upstream content changed
+
+
+def test_no_cache_forces_every_step(tmp_path, make_config):
+    cfg = make_config(data={"source": "a"})
+    run(cfg, tmp_path)
+    result = run(cfg, tmp_path, use_cache=False)
+    assert [s.status for s in result.steps] == ["ran", "ran"]
+    assert result.steps[0].decision == "cache disabled (--no-cache)"
+
+
+def test_failed_run_resumes_from_first_unfinished_step(tmp_path, make_config, monkeypatch):
+    cfg = make_config(data={"source": "a"})
+    monkeypatch.setenv("FAKE_CONSUME_FAILS", "1")
+    with pytest.raises(RuntimeError):
+        run(cfg, tmp_path)
+    store = MetadataStore(str(tmp_path / "metadata.sqlite"))
+    failed_run = store.list_runs()[0]
+    assert [e.status for e in store.executions(failed_run["id"])] == ["succeeded", "failed"]
+
+    monkeypatch.delenv("FAKE_CONSUME_FAILS")
+    fake_steps.CALLS.clear()
+    result = run(cfg, tmp_path)
+    assert [s.status for s in result.steps] == ["cached", "ran"]
+    assert fake_steps.CALLS == ["consume"]
+
+
+def test_deleted_output_is_not_reused(tmp_path, make_config):
+    import shutil
+
+    cfg = make_config(data={"source": "a"})
+    first = run(cfg, tmp_path)
+    shutil.rmtree(first.steps[1].outputs["statistics"])
+    result = run(cfg, tmp_path)
+    assert [s.status for s in result.steps] == ["cached", "ran"]
+    assert "no longer verify" in result.steps[1].decision
+
+
+def test_until_stops_after_step(tmp_path, make_config):
+    result = run(make_config(data={"source": "a"}), tmp_path, until="produce")
+    assert [s.step for s in result.steps] == ["produce"]
+
+
+def test_lineage_query_walks_back_to_inputs(tmp_path, make_config):
+    result = run(make_config(data={"source": "a"}), tmp_path)
+    store = MetadataStore(str(tmp_path / "metadata.sqlite"))
+    stats_uri = result.steps[1].outputs["statistics"]
+    lineage = store.lineage(stats_uri)
+    assert [(item["consumed_by"], item["name"]) for item in lineage] == [("consume", "examples")]
+    assert lineage[0]["uri"] == result.steps[0].outputs["examples"]
+    producer = store.producer_of(stats_uri)
+    assert producer.step == "consume" and producer.run_id == result.run_id
+    consumers = store.consumers_of(result.steps[0].outputs["examples"])
+    assert [c.step for c in consumers] == ["consume"]
+
+
+def test_concurrent_runs_record_everything(tmp_path):
+    """Two processes run pipelines into the same store at once; both are recorded."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; sys.path.insert(0, '.');"
+        "from pipeline import config; from tests.test_local_runner import STEPS;"
+        "from pipeline.local import LocalRunner;"
+        f"cfg = config.from_dict({{'name': 'c', 'data': {{'source': sys.argv[1]}}}});"
+        f"r = LocalRunner(cfg, {str(tmp_path)!r}, log=lambda l: None, steps=STEPS).run();"
+        "print(r.status)")
+    procs = [subprocess.Popen([sys.executable, "-c", script, f"src{i}"], stdout=subprocess.PIPE,
+                              text=True) for i in range(4)]
+    outs = [p.communicate()[0].strip() for p in procs]
+    assert outs == ["succeeded"] * 4
+    store = MetadataStore(str(tmp_path / "metadata.sqlite"))
+    runs = store.list_runs("c")
+    assert len(runs) == 4 and len({r["id"] for r in runs}) == 4
+    assert all([e.status for e in store.executions(r["id"])] == ["succeeded"] * 2 for r in runs)
+
+
+def test_run_pipeline_uses_the_real_dag(make_config, tmp_path):
+    """--until with an unknown step is a clean error naming the steps."""
+    from components.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="is not a step; steps are ingest"):
+        run_pipeline(make_config(), str(tmp_path), until="bogus", log=lambda line: None)
