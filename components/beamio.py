@@ -26,7 +26,11 @@ def pipeline_args(beam: BeamConfig, num_inputs: int | None = None) -> list[str]:
     return args
 
 
-def pipeline_options(beam: BeamConfig, num_inputs: int | None = None):
+def options_from_args(args: list[str]):
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    return PipelineOptions(pipeline_args(beam, num_inputs))
+    return PipelineOptions(args)
+
+
+def pipeline_options(beam: BeamConfig, num_inputs: int | None = None):
+    return options_from_args(pipeline_args(beam, num_inputs))

@@ -20,7 +20,12 @@ BYTES_FEATURES = (IMAGE, FORMAT, LABEL, ID, SOURCE)
 INT_FEATURES = (HEIGHT, WIDTH, CHANNELS)
 
 
+_SMALL = [bytes((i,)) for i in range(128)]
+
+
 def _varint(value: int) -> bytes:
+    if 0 <= value < 128:
+        return _SMALL[value]
     if value < 0:
         value += 1 << 64  # int64 two's complement, as protobuf encodes negatives
     out = bytearray()
@@ -47,9 +52,18 @@ def _feature(value: bytes | str | int) -> bytes:
     return _field(1, _field(1, data))                 # Feature.bytes_list.value
 
 
+_KEYS: dict[str, bytes] = {}
+
+
+def _key(key: str) -> bytes:
+    encoded = _KEYS.get(key)
+    if encoded is None:
+        encoded = _KEYS[key] = _field(1, key.encode("utf-8"))
+    return encoded
+
+
 def encode_example(features: dict[str, bytes | str | int]) -> bytes:
     """Serialized `tf.train.Example` with one value per feature (bytes, str or int)."""
-    entries = b"".join(
-        _field(1, _field(1, key.encode("utf-8")) + _field(2, _feature(value)))
-        for key, value in sorted(features.items()))
+    entries = b"".join(_field(1, _key(key) + _field(2, _feature(value)))
+                       for key, value in sorted(features.items()))
     return _field(1, entries)                         # Example.features.feature map

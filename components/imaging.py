@@ -47,9 +47,12 @@ def content_id(data: bytes) -> str:
 
 def difference_hash(gray: Image.Image) -> int:
     """64-bit dHash: is each pixel brighter than its right neighbour on a 9x8 thumbnail."""
-    small = np.asarray(gray.resize((9, 8), Image.Resampling.BILINEAR), dtype=np.int16)
-    bits = (small[:, 1:] > small[:, :-1]).flatten()
-    return int(np.packbits(bits).view(">u8")[0])
+    small = gray.resize((9, 8), Image.Resampling.BILINEAR).tobytes()
+    value = 0
+    for row in range(8):
+        for col in range(row * 9, row * 9 + 8):
+            value = (value << 1) | (small[col + 1] > small[col])
+    return value
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
@@ -103,9 +106,9 @@ def check_image(data: bytes, max_pixels: int) -> CheckedImage:
         normalized.save(buffer, format="PNG")
         stored, fmt = buffer.getvalue(), "png"
     gray = normalized if normalized.mode == "L" else normalized.convert("L")
-    pixels = np.asarray(gray, dtype=np.float32) / 255.0
+    pixels = np.asarray(gray)
     return CheckedImage(
         data=stored, format=fmt, height=height, width=width,
         channels=1 if normalized.mode == "L" else 3, converted=not keep,
         original_format=original, dhash=difference_hash(gray),
-        brightness=float(pixels.mean()), contrast=float(pixels.std()))
+        brightness=float(pixels.mean()) / 255.0, contrast=float(pixels.std()) / 255.0)
