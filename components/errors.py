@@ -22,9 +22,13 @@ class ArtifactError(ImgpipeError):
 class ValidationFailed(ImgpipeError):
     """Validation found error-severity anomalies; the run stops before transform."""
 
+    exit_code = 3
+
 
 class NotBlessed(ImgpipeError):
     """The candidate model did not pass its thresholds; nothing is pushed."""
+
+    exit_code = 4
 
 
 class TrainingError(ImgpipeError):

@@ -126,6 +126,29 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schema_infer(args: argparse.Namespace) -> int:
+    from components import artifacts, fileio, validate
+    from pipeline import config as config_lib
+    from pipeline.local import run_pipeline
+
+    cfg = config_lib.load(args.config, args.overrides)
+    result = run_pipeline(cfg, args.runs_dir, args.config, until="ingest",
+                          log=lambda line: None)
+    if result.error is not None:
+        raise result.error
+    stats_uri = result.steps[0].outputs["statistics"]
+    stats = json.loads(fileio.read_text(artifacts.read(stats_uri).path("stats.json")))
+    text = validate.schema_to_text(validate.infer_schema(stats))
+    output = args.output or os.path.join("schemas", f"{cfg.name}.pbtxt")
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    with open(output, "w", encoding="utf-8") as handle:
+        handle.write(f"# TFMD schema of raw image examples, inferred by `imgpipe schema infer` "
+                     f"from run {result.run_id}.\n" + text)
+    print(f"wrote {output} ({len(stats['class_names'])} classes, from run {result.run_id}); "
+          f"enforce it with validate.schema: {output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imgpipe", description="TFX-style batch pipeline for image classification.")
@@ -157,6 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("name", choices=["fonts", "digits", "fashion_mnist"])
     export.add_argument("out_dir")
     export.set_defaults(func=cmd_datasets_export)
+
+    schema_cmd = sub.add_parser("schema", help="TFMD schema of raw examples").add_subparsers(
+        dest="schema_command", required=True)
+    infer = schema_cmd.add_parser("infer", help="write a schema from the statistics of a run")
+    _add_config_args(infer)
+    infer.add_argument("-o", "--output", help="default: schemas/NAME.pbtxt")
+    infer.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR)
+    infer.set_defaults(func=cmd_schema_infer)
 
     cfg = sub.add_parser("config", help="config helpers").add_subparsers(
         dest="config_command", required=True)

@@ -148,7 +148,26 @@ def load(path: str | None, overrides: list[str] = ()) -> PipelineConfig:
             break
         _set_dotted(tree, key, value)
     config = from_dict(tree, where if not overrides else f"{where} (with --set)")
+    if path is not None:
+        _resolve_paths(config, os.path.dirname(os.path.abspath(path)))
     return config
+
+
+def _resolve_paths(config: PipelineConfig, config_dir: str) -> None:
+    """Relative paths resolve against the current directory, else against the config
+    file's folder or its parent (so `imgpipe run /repo/configs/x.yaml` works anywhere)."""
+    def resolve(value: str | None) -> str | None:
+        if not value or os.path.isabs(value) or "://" in value or ":" in value.split("/")[0] \
+                or os.path.exists(value):
+            return value
+        for base in (config_dir, os.path.dirname(config_dir)):
+            candidate = os.path.join(base, value)
+            if os.path.exists(candidate):
+                return candidate
+        return value
+
+    config.data.source = resolve(config.data.source)
+    config.validate_.schema_path = resolve(config.validate_.schema_path)
 
 
 def json_schema() -> dict[str, Any]:

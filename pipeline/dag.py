@@ -11,6 +11,9 @@ class Step:
     """A step: `components.<module>.run(**inputs, **sections, **outputs, producer=...)`.
 
     inputs:   parameter name -> "step.output" of an upstream step.
+    previous: parameter name -> "step.output" of the last successful run of this
+              pipeline (a baseline, e.g. the statistics drift is measured against);
+              None on the first run.
     outputs:  output name -> artifact type; the runner passes a fresh URI for each.
     sections: config sections the step receives (its cache key covers exactly these).
     code:     modules whose source text goes into the cache key.
@@ -22,6 +25,7 @@ class Step:
     module: str
     outputs: dict[str, str]
     inputs: dict[str, str] = field(default_factory=dict)
+    previous: dict[str, str] = field(default_factory=dict)
     sections: tuple[str, ...] = ()
     code: tuple[str, ...] = ()
     runtime: tuple[str, ...] = ()
@@ -40,6 +44,15 @@ STEPS: tuple[Step, ...] = (
         code=("components.ingest", "components.sources", "components.imaging",
               "components.datasets", "components.artifacts"),
         runtime=("runner",),
+    ),
+    Step(
+        name="validate",
+        module="components.validate",
+        outputs={"anomalies": "Anomalies", "schema": "Schema"},
+        inputs={"statistics": "ingest.statistics"},
+        previous={"baseline_statistics": "ingest.statistics"},
+        sections=("validate",),
+        code=("components.validate", "components.features", "components.artifacts"),
     ),
 )
 

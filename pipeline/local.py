@@ -174,6 +174,10 @@ class LocalRunner:
                   produced: dict[str, artifacts.Artifact]) -> StepResult:
         module = importlib.import_module(step.module)
         inputs = {param: produced[ref] for param, ref in step.inputs.items()}
+        for param, ref in step.previous.items():
+            record = self.store.previous_output(self.config.name, *ref.split("."), run_id)
+            if record is not None and artifacts.is_committed(record.uri):
+                inputs[param] = artifacts.read(record.uri, record.type)
         parts = self.key_parts(step, module, inputs)
         cache_key = artifacts.fingerprint_json(parts)
         previous = self.store.last_execution(self.config.name, step.name)

@@ -224,6 +224,24 @@ class MetadataStore:
                 "ORDER BY e.id DESC LIMIT 1", (pipeline, step)).fetchone()
         return self._execution(row) if row else None
 
+    def previous_output(self, pipeline: str, step: str, output: str,
+                        exclude_run: str) -> ArtifactRecord | None:
+        """`step.output` of the newest *successful* run of `pipeline` other than
+        `exclude_run`: the baseline that drift checks compare against."""
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT a.* FROM runs r JOIN executions e ON e.run_id = r.id "
+                "JOIN events ev ON ev.execution_id = e.id AND ev.kind='output' AND ev.name=? "
+                "JOIN artifacts a ON a.id = ev.artifact_id "
+                "WHERE r.pipeline=? AND r.status='succeeded' AND r.id != ? AND e.step=? "
+                "ORDER BY r.started DESC, r.id DESC LIMIT 1",
+                (output, pipeline, exclude_run, step)).fetchone()
+        if row is None:
+            return None
+        return ArtifactRecord(id=row["id"], uri=row["uri"], type=row["type"],
+                              fingerprint=row["fingerprint"],
+                              properties=json.loads(row["properties"]), created=row["created"])
+
     @staticmethod
     def _execution(row: sqlite3.Row) -> Execution:
         return Execution(

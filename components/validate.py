@@ -1,0 +1,287 @@
+"""Validate: ingest statistics against a TFMD schema and against the previous run.
+
+Checks: unknown or missing classes, channel counts and sizes out of range, empty
+splits, eval missing a class, class-share drift (L-infinity distance, as TFDV
+measures it), decode-failure rate, near-duplicate images across train and eval
+(64-bit difference hashes from ingest), per-class brightness/contrast drift. Writes
+an Anomalies artifact (and the Schema it enforced); any error stops the run.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from components import artifacts, features, fileio
+from components.config import ValidateConfig
+from components.errors import ConfigError, ValidationFailed
+
+ERROR, WARNING = "error", "warning"
+MAX_REPORTED_PAIRS = 20
+
+
+# --- schema ------------------------------------------------------------------------
+
+
+def infer_schema(stats: dict[str, Any]):
+    """A TFMD Schema for raw image examples, from ingest statistics."""
+    from tensorflow_metadata.proto.v0 import schema_pb2
+
+    schema = schema_pb2.Schema()
+    label_domain = schema.string_domain.add(name=features.LABEL)
+    label_domain.value.extend(stats["class_names"])
+    format_domain = schema.string_domain.add(name=features.FORMAT)
+    format_domain.value.extend(["jpeg", "png"])
+    sizes = [tuple(int(v) for v in key.split("x")) for key in stats["sizes"]]
+    channels = [int(c) for c in stats["channels"]]
+    for name, kind in ((features.IMAGE, schema_pb2.BYTES), (features.ID, schema_pb2.BYTES),
+                       (features.SOURCE, schema_pb2.BYTES), (features.LABEL, schema_pb2.BYTES),
+                       (features.FORMAT, schema_pb2.BYTES), (features.HEIGHT, schema_pb2.INT),
+                       (features.WIDTH, schema_pb2.INT), (features.CHANNELS, schema_pb2.INT)):
+        feature = schema.feature.add(name=name, type=kind)
+        feature.presence.min_fraction = 1.0
+        feature.presence.min_count = 1
+        feature.value_count.min = feature.value_count.max = 1
+        if name in (features.LABEL, features.FORMAT):
+            feature.domain = name
+    bounds = {features.HEIGHT: [h for h, _ in sizes], features.WIDTH: [w for _, w in sizes],
+              features.CHANNELS: channels}
+    for feature in schema.feature:
+        if feature.name in bounds and bounds[feature.name]:
+            feature.int_domain.min = min(bounds[feature.name])
+            feature.int_domain.max = max(bounds[feature.name])
+    return schema
+
+
+def schema_to_text(schema) -> str:
+    from google.protobuf import text_format
+
+    return text_format.MessageToString(schema)
+
+
+def load_schema(path: str):
+    from google.protobuf import text_format
+    from tensorflow_metadata.proto.v0 import schema_pb2
+
+    if not fileio.exists(path):
+        raise ConfigError(f"validate.schema {path!r} not found; write one with "
+                          "`imgpipe schema infer CONFIG -o PATH` or remove the key to infer it.")
+    try:
+        return text_format.Parse(fileio.read_text(path), schema_pb2.Schema())
+    except text_format.ParseError as exc:
+        raise ConfigError(f"validate.schema {path}: not a TFMD Schema text proto ({exc}).") from exc
+
+
+def _domain(schema, name: str) -> list[str] | None:
+    for domain in schema.string_domain:
+        if domain.name == name:
+            return list(domain.value)
+    return None
+
+
+def _int_bounds(schema, name: str) -> tuple[int | None, int | None]:
+    for feature in schema.feature:
+        if feature.name == name and feature.HasField("int_domain"):
+            domain = feature.int_domain
+            return (domain.min if domain.HasField("min") else None,
+                    domain.max if domain.HasField("max") else None)
+    return None, None
+
+
+# --- checks ------------------------------------------------------------------------
+
+
+def _anomaly(kind: str, feature: str, description: str, severity: str = ERROR) -> dict[str, str]:
+    return {"kind": kind, "feature": feature, "description": description, "severity": severity}
+
+
+def check_schema(stats: dict[str, Any], schema) -> list[dict[str, str]]:
+    out = []
+    classes = _domain(schema, features.LABEL)
+    found = set(stats["class_names"])
+    if classes is not None:
+        unknown = sorted(found - set(classes))
+        if unknown:
+            out.append(_anomaly("unknown_class", features.LABEL,
+                                f"classes not in the schema: {', '.join(unknown)}"))
+        train = set(stats["counts"].get("train", {}))
+        missing = sorted(set(classes) - train)
+        if missing:
+            out.append(_anomaly("missing_class", features.LABEL,
+                                f"schema classes with no training images: {', '.join(missing)}"))
+    low, high = _int_bounds(schema, features.CHANNELS)
+    bad_channels = sorted(int(c) for c in stats["channels"]
+                          if (low is not None and int(c) < low) or (high is not None and int(c) > high))
+    if bad_channels:
+        out.append(_anomaly("channels_out_of_range", features.CHANNELS,
+                            f"channel counts {bad_channels} outside [{low}, {high}]"))
+    for name, index in ((features.HEIGHT, 0), (features.WIDTH, 1)):
+        low, high = _int_bounds(schema, name)
+        values = [int(key.split("x")[index]) for key in stats["sizes"]]
+        outside = [v for v in values if (low is not None and v < low) or
+                   (high is not None and v > high)]
+        if outside:
+            out.append(_anomaly("size_out_of_range", name,
+                                f"{name} {min(outside)}..{max(outside)} outside [{low}, {high}]"))
+    return out
+
+
+def check_splits(stats: dict[str, Any]) -> list[dict[str, str]]:
+    out = []
+    for split in ("train", "eval"):
+        if not sum(stats["counts"].get(split, {}).values()):
+            out.append(_anomaly("empty_split", split, f"the {split} split has no examples"))
+    train, eval_ = stats["counts"].get("train", {}), stats["counts"].get("eval", {})
+    if eval_:
+        missing = sorted(set(train) - set(eval_))
+        if missing:
+            out.append(_anomaly("eval_missing_class", features.LABEL,
+                                f"eval split has no images of: {', '.join(missing)}"))
+    return out
+
+
+def class_shares(stats: dict[str, Any], split: str = "train") -> dict[str, float]:
+    counts = stats["counts"].get(split, {})
+    total = sum(counts.values()) or 1
+    return {label: n / total for label, n in counts.items()}
+
+
+def linf_distance(a: dict[str, float], b: dict[str, float]) -> tuple[float, str]:
+    """L-infinity distance of two categorical distributions and the class attaining it."""
+    worst, label = 0.0, ""
+    for key in sorted(set(a) | set(b)):
+        diff = abs(a.get(key, 0.0) - b.get(key, 0.0))
+        if diff > worst:
+            worst, label = diff, key
+    return worst, label
+
+
+def check_drift(stats: dict[str, Any], previous: dict[str, Any] | None,
+                cfg: ValidateConfig) -> list[dict[str, str]]:
+    if previous is None:
+        return []
+    out = []
+    distance, label = linf_distance(class_shares(stats), class_shares(previous))
+    if distance > cfg.max_class_drift:
+        out.append(_anomaly("class_drift", features.LABEL,
+                            f"class shares moved by L-inf {distance:.3f} (class {label!r}) vs "
+                            f"the previous run, over validate.max_class_drift {cfg.max_class_drift}"))
+    for label, now in sorted(stats["pixels"].get("train", {}).items()):
+        before = previous.get("pixels", {}).get("train", {}).get(label)
+        if before is None:
+            continue
+        for key, what in (("brightness_mean", "brightness"), ("contrast_mean", "contrast")):
+            change = now[key] - before[key]
+            if abs(change) > cfg.max_brightness_drift:
+                out.append(_anomaly(f"{what}_drift", features.IMAGE,
+                                    f"class {label!r} mean {what} changed by {change:+.3f} "
+                                    f"(0-1 scale) vs the previous run, over "
+                                    f"validate.max_brightness_drift {cfg.max_brightness_drift}",
+                                    WARNING))
+    return out
+
+
+def check_bad_fraction(stats: dict[str, Any], cfg: ValidateConfig) -> list[dict[str, str]]:
+    if stats["bad_fraction"] > cfg.max_bad_fraction_warning:
+        return [_anomaly("decode_failures", features.IMAGE,
+                         f"{stats['num_quarantined']} of {stats['num_inputs']} inputs "
+                         f"({stats['bad_fraction']:.1%}) were quarantined at ingest", WARNING)]
+    return []
+
+
+def read_hashes(path: str) -> dict[str, tuple[list[str], np.ndarray]]:
+    """split -> (ids, uint64 difference hashes) from ingest's hashes.tsv."""
+    ids: dict[str, list[str]] = {"train": [], "eval": []}
+    values: dict[str, list[int]] = {"train": [], "eval": []}
+    with fileio.open_file(path, "rb") as handle:
+        for line in handle:
+            record_id, split, _, value = line.decode().rstrip("\n").split("\t")
+            ids.setdefault(split, []).append(record_id)
+            values.setdefault(split, []).append(int(value, 16))
+    return {split: (ids[split], np.asarray(values[split], dtype=np.uint64)) for split in ids}
+
+
+def near_duplicates(train: np.ndarray, eval_: np.ndarray,
+                    chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """For each eval hash: the smallest Hamming distance to any train hash, and where."""
+    best = np.full(len(eval_), 65, dtype=np.int64)
+    where = np.full(len(eval_), -1, dtype=np.int64)
+    if len(train) == 0:
+        return best, where
+    for start in range(0, len(eval_), chunk):
+        block = np.bitwise_count(eval_[start:start + chunk, None] ^ train[None, :])
+        best[start:start + chunk] = block.min(axis=1)
+        where[start:start + chunk] = block.argmin(axis=1)
+    return best, where
+
+
+def check_near_duplicates(hashes_path: str, cfg: ValidateConfig) -> tuple[list[dict], dict]:
+    hashes = read_hashes(hashes_path)
+    train_ids, train = hashes.get("train", ([], np.zeros(0, np.uint64)))
+    eval_ids, eval_ = hashes.get("eval", ([], np.zeros(0, np.uint64)))
+    best, where = near_duplicates(train, eval_)
+    hits = np.flatnonzero(best <= cfg.near_duplicate_bits)
+    fraction = len(hits) / len(eval_) if len(eval_) else 0.0
+    pairs = [{"eval_id": eval_ids[i], "train_id": train_ids[where[i]], "bits": int(best[i])}
+             for i in hits[:MAX_REPORTED_PAIRS]]
+    report = {"num_eval": len(eval_), "num_near_duplicates": int(len(hits)),
+              "leak_fraction": fraction, "max_bits": cfg.near_duplicate_bits, "pairs": pairs}
+    if not len(hits):
+        return [], report
+    severity = ERROR if fraction > cfg.max_near_duplicate_fraction else WARNING
+    return [_anomaly("near_duplicate_leak", features.IMAGE,
+                     f"{len(hits)} of {len(eval_)} eval images ({fraction:.1%}) have a train image "
+                     f"within {cfg.near_duplicate_bits} bits of difference hash "
+                     f"(validate.max_near_duplicate_fraction {cfg.max_near_duplicate_fraction})",
+                     severity)], report
+
+
+# --- the step ----------------------------------------------------------------------
+
+
+def external_inputs(validate: ValidateConfig) -> dict[str, str]:
+    """The enforced schema file is an input too: editing it must rerun validation."""
+    if validate.schema_path and fileio.exists(validate.schema_path):
+        return {"schema_file": artifacts.fingerprint_json(fileio.read_text(validate.schema_path))}
+    return {}
+
+
+def run(statistics: artifacts.Artifact, validate: ValidateConfig, anomalies: str, schema: str,
+        baseline_statistics: artifacts.Artifact | None = None,
+        producer: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Checks `statistics`; writes Anomalies and Schema; raises ValidationFailed on errors."""
+    stats = json.loads(fileio.read_text(statistics.path("stats.json")))
+    previous = (json.loads(fileio.read_text(baseline_statistics.path("stats.json")))
+                if baseline_statistics is not None else None)
+    if validate.schema_path:
+        enforced, origin = load_schema(validate.schema_path), validate.schema_path
+    else:
+        enforced, origin = infer_schema(stats), "inferred from this run's statistics"
+
+    found = (check_schema(stats, enforced) + check_splits(stats) + check_drift(stats, previous, validate)
+             + check_bad_fraction(stats, validate))
+    leak_anomalies, leak_report = check_near_duplicates(statistics.path("hashes.tsv"), validate)
+    found += leak_anomalies
+    errors = [a for a in found if a["severity"] == ERROR]
+
+    with artifacts.writing(schema, artifacts.Schema, producer) as writer:
+        fileio.write_text(writer.file("schema.pbtxt"), schema_to_text(enforced))
+        writer.properties = {"origin": origin, "class_names": _domain(enforced, features.LABEL)}
+        writer.commit()
+    with artifacts.writing(anomalies, artifacts.Anomalies, producer) as writer:
+        body = {"anomalies": found, "near_duplicates": leak_report, "schema": origin,
+                "baseline": baseline_statistics.uri if baseline_statistics else None}
+        fileio.write_text(writer.file("anomalies.json"), json.dumps(body, indent=2))
+        writer.properties = {"num_errors": len(errors), "num_warnings": len(found) - len(errors),
+                             "kinds": sorted({a["kind"] for a in found})}
+        writer.commit()
+    lines = [f"{a['severity']}: {a['kind']} [{a['feature']}] {a['description']}" for a in found]
+    if errors:
+        raise ValidationFailed(f"{len(errors)} anomalies stop the run (details in "
+                               f"{anomalies}/anomalies.json):\n  " + "\n  ".join(lines))
+    baseline = "previous run" if previous else "no previous run"
+    return {"num_anomalies": len(found),
+            "lines": [f"schema: {origin}; compared with {baseline}; "
+                      f"{len(found)} warning(s)"] + lines}
