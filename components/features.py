@@ -67,3 +67,69 @@ def encode_example(features: dict[str, bytes | str | int]) -> bytes:
     entries = b"".join(_field(1, _key(key) + _field(2, _feature(value)))
                        for key, value in sorted(features.items()))
     return _field(1, entries)                         # Example.features.feature map
+
+
+# --- transformed features and the preprocessing_fn -----------------------------------
+
+TRANSFORMED_IMAGE = "image"
+LABEL_ID = "label_id"
+LABEL_ONEHOT = "label_onehot"
+LABEL_VOCABULARY = "label"          # tft vocabulary file name (an asset of the graph)
+
+
+def raw_feature_spec() -> dict:
+    """The raw features the transform reads (the rest of the example is metadata)."""
+    import tensorflow as tf
+
+    return {IMAGE: tf.io.FixedLenFeature([], tf.string),
+            LABEL: tf.io.FixedLenFeature([], tf.string)}
+
+
+def decode_and_resize(encoded, image_size: tuple[int, int], channels: int,
+                      keep_aspect_ratio: bool):
+    """Encoded JPEG/PNG bytes [N] -> float32 [N, H, W, C] pixel values in 0-255."""
+    import tensorflow as tf
+
+    height, width = image_size
+
+    def one(data):
+        image = tf.io.decode_image(data, channels=channels, expand_animations=False)
+        image = tf.cast(image, tf.float32)
+        image.set_shape([None, None, channels])
+        if keep_aspect_ratio:
+            return tf.image.resize_with_pad(image, height, width, method="bilinear")
+        return tf.image.resize(image, [height, width], method="bilinear")
+
+    return tf.map_fn(one, encoded, fn_output_signature=tf.TensorSpec(
+        [height, width, channels], tf.float32))
+
+
+def make_preprocessing_fn(image_size: tuple[int, int], channels: int, normalize: str,
+                          num_classes: int, keep_aspect_ratio: bool = False):
+    """The tensorflow-transform preprocessing_fn: decode, resize, normalize, label ids.
+
+    `scale` divides by 255 (the course's normalization); `standardize` subtracts the
+    full-pass mean and divides by the standard deviation of all training pixels. The
+    label vocabulary is computed by `tft.vocabulary` in fingerprint order, which does
+    not depend on class frequencies, so ids stay stable when the data changes.
+    """
+    import tensorflow as tf
+    import tensorflow_transform as tft
+
+    def preprocessing_fn(inputs):
+        image = decode_and_resize(tf.reshape(inputs[IMAGE], [-1]), image_size, channels,
+                                  keep_aspect_ratio) / 255.0
+        if normalize == "standardize":
+            mean = tft.mean(image)
+            std = tf.sqrt(tft.var(image))
+            image = (image - mean) / tf.maximum(std, 1e-6)
+        label_id = tft.compute_and_apply_vocabulary(
+            tf.reshape(inputs[LABEL], [-1]), default_value=-1, vocab_filename=LABEL_VOCABULARY,
+            fingerprint_shuffle=True)
+        return {
+            TRANSFORMED_IMAGE: image,
+            LABEL_ID: label_id,
+            LABEL_ONEHOT: tf.one_hot(label_id, num_classes, dtype=tf.float32),
+        }
+
+    return preprocessing_fn

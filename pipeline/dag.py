@@ -54,6 +54,18 @@ STEPS: tuple[Step, ...] = (
         sections=("validate",),
         code=("components.validate", "components.features", "components.artifacts"),
     ),
+    Step(
+        name="transform",
+        module="components.transform",
+        outputs={"transform_graph": "TransformGraph"},
+        # Validation gates transform: its anomalies are an input, so a failed
+        # validation stops the run here and a changed verdict reruns the step.
+        inputs={"examples": "ingest.examples", "anomalies": "validate.anomalies"},
+        sections=("data", "transform"),
+        code=("components.transform", "components.features", "components.imaging",
+              "components.artifacts"),
+        runtime=("runner",),
+    ),
 )
 
 STEP_NAMES = tuple(step.name for step in STEPS)
