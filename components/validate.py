@@ -276,6 +276,8 @@ def run(statistics: artifacts.Artifact, validate: ValidateConfig, anomalies: str
         fileio.write_text(writer.file("anomalies.json"), json.dumps(body, indent=2))
         writer.properties = {"num_errors": len(errors), "num_warnings": len(found) - len(errors),
                              "kinds": sorted({a["kind"] for a in found})}
+        # The verdict, not where the baseline lives: downstream caches key on it.
+        writer.fingerprint = artifacts.fingerprint_json({"anomalies": found, "schema": origin})
         writer.commit()
     lines = [f"{a['severity']}: {a['kind']} [{a['feature']}] {a['description']}" for a in found]
     if errors:

@@ -1,0 +1,160 @@
+"""Transform: outputs for scale/standardize, vocabulary, bad records, train/serve skew."""
+
+import numpy as np
+import pytest
+
+from components import artifacts, features, transform
+from components.config import BeamConfig, DataConfig, TransformConfig
+from tests import fixtures
+
+CLASSES = ("cat", "dog", "fox")
+
+
+def examples_artifact(tmp_path, name="examples", per_class=6, extra_eval=(), extra_train=(),
+                      size=12, channels=1):
+    """An Examples artifact written directly (lets tests plant records ingest would reject)."""
+    import tensorflow as tf
+
+    uri = str(tmp_path / name)
+    options = tf.io.TFRecordOptions(compression_type="GZIP")
+    with artifacts.writing(uri, "Examples") as writer:
+        raw = {"train": [], "eval": []}
+        for li, label in enumerate(CLASSES):
+            for v in range(per_class):
+                split = "eval" if v == 0 else "train"
+                image = fixtures.class_pattern(li, v, size, channels)
+                raw[split].append(features.encode_example({
+                    features.IMAGE: fixtures.png_bytes(image), features.FORMAT: "png",
+                    features.LABEL: label, features.ID: f"{label}{v}"}))
+        raw["eval"].extend(extra_eval)
+        raw["train"].extend(extra_train)
+        for split, records in raw.items():
+            path = writer.file(split, "part-00000-of-00001.tfrecord.gz")
+            tf.io.gfile.makedirs(writer.file(split))
+            with tf.io.TFRecordWriter(path, options) as out:
+                for record in records:
+                    out.write(record)
+        writer.properties = {"class_names": list(CLASSES), "num_examples": 3 * per_class}
+        art = writer.commit()
+    return art, raw
+
+
+def run_transform(tmp_path, examples, name="tg", size=(10, 10), channels=1, **cfg):
+    uri = str(tmp_path / name)
+    summary = transform.run(examples, DataConfig(image_size=size, channels=channels),
+                            TransformConfig(**cfg), BeamConfig(), transform_graph=uri)
+    return artifacts.read(uri, "TransformGraph"), summary
+
+
+def read_transformed(graph, split):
+    import tensorflow as tf
+    import tensorflow_transform as tft
+
+    spec = tft.TFTransformOutput(graph.uri).transformed_feature_spec()
+    files = tf.io.gfile.glob(graph.path("examples", split, "*.tfrecord.gz"))
+    rows = []
+    for raw in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+        parsed = tf.io.parse_single_example(raw, spec)
+        rows.append({k: v.numpy() for k, v in parsed.items()})
+    return rows
+
+
+def test_scale_outputs_shape_range_onehot(tmp_path):
+    examples, _ = examples_artifact(tmp_path)
+    graph, summary = run_transform(tmp_path, examples)
+    assert graph.properties["num_classes"] == 3
+    assert sorted(graph.properties["label_vocabulary"]) == list(CLASSES)
+    assert graph.properties["counts"] == {"train": 15, "eval": 3}
+    rows = read_transformed(graph, "train")
+    assert len(rows) == 15
+    for row in rows:
+        assert row["image"].shape == (10, 10, 1) and row["image"].dtype == np.float32
+        assert 0.0 <= row["image"].min() and row["image"].max() <= 1.0
+        assert row["label_onehot"].shape == (3,) and row["label_onehot"].sum() == 1.0
+        assert row["label_onehot"].argmax() == row["label_id"]
+    vocab = graph.properties["label_vocabulary"]
+    assert {vocab[r["label_id"]] for r in rows} == set(CLASSES)
+
+
+def test_standardize_uses_full_pass_statistics(tmp_path):
+    examples, _ = examples_artifact(tmp_path)
+    graph, _ = run_transform(tmp_path, examples, normalize="standardize")
+    pixels = np.stack([r["image"] for r in read_transformed(graph, "train")])
+    assert abs(pixels.mean()) < 1e-4 and abs(pixels.std() - 1.0) < 1e-3
+
+
+def test_rgb_resize_with_padding(tmp_path):
+    examples, _ = examples_artifact(tmp_path, channels=3, size=8)
+    graph, _ = run_transform(tmp_path, examples, size=(16, 8), channels=3,
+                             keep_aspect_ratio=True)
+    row = read_transformed(graph, "eval")[0]
+    assert row["image"].shape == (16, 8, 3)
+    assert np.allclose(row["image"][:4], 0.0)  # padded top band keeps the aspect ratio
+
+
+def test_vocabulary_is_deterministic_and_frequency_independent(tmp_path):
+    first, _ = run_transform(tmp_path, examples_artifact(tmp_path, "a", per_class=4)[0], "g1")
+    more_dogs = [features.encode_example({features.IMAGE: fixtures.png_bytes(
+        fixtures.class_pattern(1, 50 + i)), features.LABEL: "dog", features.ID: f"d{i}"})
+        for i in range(10)]
+    second, _ = run_transform(
+        tmp_path, examples_artifact(tmp_path, "b", per_class=4, extra_train=more_dogs)[0], "g2")
+    assert first.properties["label_vocabulary"] == second.properties["label_vocabulary"]
+
+
+def test_bad_records_are_counted_not_fatal(tmp_path):
+    corrupt = features.encode_example({features.IMAGE: b"\x89PNG\r\n\x1a\nbroken",
+                                       features.LABEL: "cat", features.ID: "corrupt"})
+    stranger = features.encode_example({features.IMAGE: fixtures.png_bytes(
+        fixtures.class_pattern(0, 77)), features.LABEL: "owl", features.ID: "owl"})
+    examples, _ = examples_artifact(tmp_path, extra_eval=(corrupt, stranger))
+    graph, summary = run_transform(tmp_path, examples)
+    assert graph.properties["dropped"] == {"eval/undecodable": 1, "eval/unknown_label": 1}
+    assert graph.properties["counts"]["eval"] == 3
+    dropped = open(graph.path("dropped-eval.jsonl")).read()
+    assert '"id": "corrupt"' in dropped
+
+
+def test_beam_output_equals_serving_layer(tmp_path):
+    """Training/serving skew: the Beam output and the graph's Keras layer agree."""
+    import tensorflow as tf
+    import tensorflow_transform as tft
+
+    examples, raw = examples_artifact(tmp_path)
+    graph, _ = run_transform(tmp_path, examples, normalize="standardize")
+    beam_rows = read_transformed(graph, "eval")
+
+    layer = tft.TFTransformOutput(graph.uri).transform_features_layer()
+    parsed = tf.io.parse_example(tf.constant(raw["eval"]), features.raw_feature_spec())
+    eager = {k: v.numpy() for k, v in layer(parsed).items()}
+    key = lambda img, lab: (int(lab), round(float(img.sum()), 3))  # noqa: E731
+    beam_sorted = sorted(beam_rows, key=lambda r: key(r["image"], r["label_id"]))
+    order = sorted(range(len(eager["label_id"])),
+                   key=lambda i: key(eager["image"][i], eager["label_id"][i]))
+    assert len(beam_sorted) == len(order) == 3
+    for row, i in zip(beam_sorted, order):
+        assert row["label_id"] == eager["label_id"][i]
+        assert np.max(np.abs(row["image"] - eager["image"][i])) <= 1e-6
+        assert np.array_equal(row["label_onehot"], eager["label_onehot"][i])
+
+
+@pytest.mark.slow
+def test_pipeline_caches_validate_and_transform(tmp_path, make_config):
+    from pipeline.local import run_pipeline
+
+    fixtures.make_class_folders(str(tmp_path / "src"), per_class=12)
+    cfg = make_config(data={"source": str(tmp_path / "src"), "image_size": [8, 8],
+                            "eval_fraction": 0.3})
+    quiet = dict(log=lambda line: None)
+    first = run_pipeline(cfg, str(tmp_path / "runs"), until="transform", **quiet)
+    assert [s.status for s in first.steps] == ["ran", "ran", "ran"]
+    second = run_pipeline(cfg, str(tmp_path / "runs"), until="transform", **quiet)
+    assert [s.status for s in second.steps] == ["cached", "ran", "cached"]
+    # validate reran once: it now has a baseline (run 1's statistics); its verdict is
+    # unchanged, so transform's inputs are unchanged too
+    third = run_pipeline(cfg, str(tmp_path / "runs"), until="transform", **quiet)
+    assert [s.status for s in third.steps] == ["cached", "cached", "cached"]
+    cfg.transform.normalize = "standardize"
+    fourth = run_pipeline(cfg, str(tmp_path / "runs"), until="transform", **quiet)
+    assert [s.status for s in fourth.steps] == ["cached", "cached", "ran"]
+    assert "config.transform.normalize: 'scale' -> 'standardize'" in fourth.steps[2].decision

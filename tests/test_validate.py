@@ -1,0 +1,138 @@
+"""Validate: schema inference and enforcement, every anomaly kind, drift between runs."""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+
+from components import artifacts, validate
+from components.config import ValidateConfig
+from components.errors import ConfigError, ValidationFailed
+
+BASE = {
+    "num_inputs": 100, "num_examples": 100, "num_quarantined": 0, "bad_fraction": 0.0,
+    "counts": {"train": {"cat": 45, "dog": 45}, "eval": {"cat": 5, "dog": 5}},
+    "class_names": ["cat", "dog"], "sizes": {"12x12": 90, "16x12": 10},
+    "channels": {"1": 100}, "formats": {"png": 100}, "converted": 0,
+    "duplicates": {"train": 0, "eval": 0}, "quarantine_reasons": {},
+    "pixels": {"train": {"cat": {"brightness_mean": 0.4, "brightness_std": 0.1,
+                                 "contrast_mean": 0.2},
+                         "dog": {"brightness_mean": 0.5, "brightness_std": 0.1,
+                                 "contrast_mean": 0.2}}},
+}
+
+
+def stats_artifact(tmp_path, name, stats, hashes=None):
+    """A Statistics artifact with the given stats and (id, split, hash) rows."""
+    rng = np.random.default_rng(len(name))
+    if hashes is None:
+        hashes = [(f"t{i}", "train", int(rng.integers(0, 2 ** 63))) for i in range(90)]
+        hashes += [(f"e{i}", "eval", int(rng.integers(0, 2 ** 63))) for i in range(10)]
+    with artifacts.writing(str(tmp_path / name), "Statistics") as writer:
+        open(writer.file("stats.json"), "w").write(json.dumps(stats))
+        with open(writer.file("hashes.tsv"), "w") as handle:
+            for record_id, split, value in hashes:
+                handle.write(f"{record_id}\t{split}\tx\t{value:016x}\n")
+        return writer.commit()
+
+
+def run(tmp_path, stats_art, cfg=None, baseline=None, name="v"):
+    return validate.run(stats_art, cfg or ValidateConfig(), anomalies=str(tmp_path / name / "a"),
+                        schema=str(tmp_path / name / "s"), baseline_statistics=baseline)
+
+
+def kinds(tmp_path, name="v"):
+    body = json.load(open(tmp_path / name / "a" / "anomalies.json"))
+    return {a["kind"]: a["severity"] for a in body["anomalies"]}
+
+
+def test_clean_statistics_pass_and_write_schema(tmp_path):
+    summary = run(tmp_path, stats_artifact(tmp_path, "s", BASE))
+    assert summary["num_anomalies"] == 0
+    schema = validate.load_schema(str(tmp_path / "v" / "s" / "schema.pbtxt"))
+    assert validate._domain(schema, "label") == ["cat", "dog"]
+    assert validate._int_bounds(schema, "height") == (12, 16)
+    assert validate._int_bounds(schema, "channels") == (1, 1)
+
+
+def test_enforced_schema_flags_classes_channels_sizes(tmp_path):
+    schema_path = tmp_path / "schema.pbtxt"
+    schema_path.write_text(validate.schema_to_text(validate.infer_schema(BASE)))
+    changed = copy.deepcopy(BASE)
+    changed["counts"]["train"] = {"cat": 40, "owl": 50}
+    changed["counts"]["eval"] = {"cat": 5, "owl": 5}
+    changed["class_names"] = ["cat", "owl"]
+    changed["channels"] = {"1": 90, "3": 10}
+    changed["sizes"] = {"12x12": 90, "64x64": 10}
+    cfg = ValidateConfig(schema=str(schema_path))
+    with pytest.raises(ValidationFailed) as info:
+        run(tmp_path, stats_artifact(tmp_path, "s", changed), cfg)
+    found = kinds(tmp_path)
+    for kind in ("unknown_class", "missing_class", "channels_out_of_range", "size_out_of_range"):
+        assert found[kind] == "error"
+    message = str(info.value)
+    assert "unknown_class" in message and message.count("\n") >= 4  # one line per anomaly
+    assert info.value.exit_code == 3
+
+
+def test_empty_split_and_eval_missing_class(tmp_path):
+    stats = copy.deepcopy(BASE)
+    stats["counts"]["eval"] = {"cat": 10}
+    with pytest.raises(ValidationFailed):
+        run(tmp_path, stats_artifact(tmp_path, "a", stats), name="x")
+    assert kinds(tmp_path, "x")["eval_missing_class"] == "error"
+    stats["counts"]["eval"] = {}
+    with pytest.raises(ValidationFailed):
+        run(tmp_path, stats_artifact(tmp_path, "b", stats), name="y")
+    assert kinds(tmp_path, "y")["empty_split"] == "error"
+
+
+def test_class_share_drift_between_runs(tmp_path):
+    previous = stats_artifact(tmp_path, "prev", BASE)
+    shifted = copy.deepcopy(BASE)
+    shifted["counts"]["train"] = {"cat": 70, "dog": 20}    # 0.5 -> 0.78: L-inf 0.28
+    with pytest.raises(ValidationFailed, match="L-inf 0.278"):
+        run(tmp_path, stats_artifact(tmp_path, "now", shifted), baseline=previous)
+    assert kinds(tmp_path)["class_drift"] == "error"
+    # the same shift passes when the limit allows it
+    run(tmp_path, stats_artifact(tmp_path, "now2", shifted),
+        ValidateConfig(max_class_drift=0.3), baseline=previous, name="ok")
+
+
+def test_brightness_drift_and_decode_failures_warn(tmp_path):
+    previous = stats_artifact(tmp_path, "prev", BASE)
+    darker = copy.deepcopy(BASE)
+    darker["pixels"]["train"]["cat"]["brightness_mean"] = 0.15
+    darker.update(num_quarantined=5, num_inputs=105, bad_fraction=5 / 105)
+    summary = run(tmp_path, stats_artifact(tmp_path, "now", darker), baseline=previous)
+    found = kinds(tmp_path)
+    assert found["brightness_drift"] == "warning" and found["decode_failures"] == "warning"
+    assert summary["num_anomalies"] == 2
+
+
+def test_near_duplicates_across_splits(tmp_path):
+    base = 0x0F0F_F0F0_1234_5678
+    hashes = [(f"t{i}", "train", base + (i << 40)) for i in range(20)]
+    hashes += [("e0", "eval", base ^ 0b1), ("e1", "eval", base ^ 0b111),   # 1 and 3 bits
+               ("e2", "eval", ~base & (2 ** 64 - 1))]
+    art = stats_artifact(tmp_path, "s", BASE, hashes)
+    with pytest.raises(ValidationFailed, match="1 of 3 eval images"):
+        run(tmp_path, art)            # 2 bits: only e0 is near; 33% > 1%
+    body = json.load(open(tmp_path / "v" / "a" / "anomalies.json"))
+    assert body["near_duplicates"]["pairs"] == [{"eval_id": "e0", "train_id": "t0", "bits": 1}]
+    summary = run(tmp_path, art, ValidateConfig(near_duplicate_bits=3,
+                                                max_near_duplicate_fraction=0.9), name="w")
+    assert kinds(tmp_path, "w") == {"near_duplicate_leak": "warning"}
+    assert "2 of 3 eval images" in summary["lines"][1]
+
+
+def test_missing_schema_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="imgpipe schema infer"):
+        run(tmp_path, stats_artifact(tmp_path, "s", BASE),
+            ValidateConfig(schema=str(tmp_path / "nope.pbtxt")))
+
+
+def test_linf_distance():
+    assert validate.linf_distance({"a": 0.5, "b": 0.5}, {"a": 0.2, "b": 0.3, "c": 0.5}) == \
+        (0.5, "c")
