@@ -19,19 +19,19 @@ def test_run_cache_and_runs_show(tmp_path, capsys):
     assert cli.main(["run", cfg, "--until", "ingest", "--runs-dir", runs]) == 0
     out = capsys.readouterr().out
     assert "ingest     running  (no earlier execution of this step)" in out
-    assert cli.main(["run", cfg, "--runs-dir", runs]) == 0
+    assert cli.main(["run", cfg, "--until", "ingest", "--runs-dir", runs]) == 0
     assert "reused from cache" in capsys.readouterr().out
 
     # touching a file without changing bytes keeps the cache (content, not mtimes)
     path = tmp_path / "src" / "cat" / "000.png"
     path.write_bytes(path.read_bytes())
-    assert cli.main(["run", cfg, "--runs-dir", runs]) == 0
+    assert cli.main(["run", cfg, "--until", "ingest", "--runs-dir", runs]) == 0
     assert "1 reused from cache" in capsys.readouterr().out
 
     # a changed pixel is a new input: ingest reruns and says why
     (tmp_path / "src" / "cat" / "000.png").write_bytes(
         fixtures.png_bytes(fixtures.class_pattern(0, 555)))
-    assert cli.main(["run", cfg, "--runs-dir", runs]) == 0
+    assert cli.main(["run", cfg, "--until", "ingest", "--runs-dir", runs]) == 0
     out = capsys.readouterr().out
     assert "inputs.source:" in out and "1 step(s) ran" in out
 
