@@ -149,6 +149,23 @@ def cmd_schema_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_summary(args: argparse.Namespace) -> int:
+    from components import models
+    from components.config import ModelConfig
+    from components.errors import ConfigError
+
+    try:
+        shape = tuple(int(v) for v in args.input_shape.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) <= 0:
+        raise ConfigError(f"--input-shape {args.input_shape!r} must be H,W,C, e.g. 36,36,1.")
+    model = models.build(ModelConfig(kind=args.model), shape, args.classes)
+    model.summary()
+    print(f"Trainable params: {models.trainable_params(model):,}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imgpipe", description="TFX-style batch pipeline for image classification.")
@@ -180,6 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("name", choices=["fonts", "digits", "fashion_mnist"])
     export.add_argument("out_dir")
     export.set_defaults(func=cmd_datasets_export)
+
+    summary = sub.add_parser("summary", help="print a model's Keras summary without training")
+    summary.add_argument("--model", required=True,
+                         choices=["logistic", "dense", "mlp", "hidden1", "dnn", "cnn",
+                                  "deep_cnn", "transfer"])
+    summary.add_argument("--input-shape", required=True, help="H,W,C, e.g. 36,36,1")
+    summary.add_argument("--classes", type=int, required=True)
+    summary.set_defaults(func=cmd_summary)
 
     schema_cmd = sub.add_parser("schema", help="TFMD schema of raw examples").add_subparsers(
         dest="schema_command", required=True)

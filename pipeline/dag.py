@@ -66,6 +66,15 @@ STEPS: tuple[Step, ...] = (
               "components.artifacts"),
         runtime=("runner",),
     ),
+    Step(
+        name="train",
+        module="components.train",
+        outputs={"trained_model": "Model"},
+        inputs={"transform_graph": "transform.transform_graph"},
+        sections=("model", "train"),
+        code=("components.train", "components.models", "components.features",
+              "components.artifacts"),
+    ),
 )
 
 STEP_NAMES = tuple(step.name for step in STEPS)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import importlib.metadata
 import importlib.util
 import os
@@ -207,9 +208,14 @@ class LocalRunner:
         step_dir = os.path.join(self.runs_dir, run_id, step.name)
         out_uris = {name: os.path.join(step_dir, name) for name in step.outputs}
         self.log(f"  {step.name:<10} running  ({decision})")
+        extra = {}
+        if "scratch" in inspect.signature(module.run).parameters:
+            # Stable across reruns of the same key: a killed step resumes from it.
+            extra["scratch"] = os.path.join(self.runs_dir, "scratch", step.name, cache_key[:16])
         started = time.perf_counter()
         try:
             summary = module.run(
+                **extra,
                 **inputs,
                 **{name: self.config.section(name) for name in step.sections},
                 # Beam steps get the whole beam section; only step.runtime keys are in the key.
