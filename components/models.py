@@ -35,7 +35,9 @@ def _dense_stack(x, units: list[int], activation: str, initializer: str, dropout
 
 def build(cfg: ModelConfig, input_shape: tuple[int, int, int], num_classes: int,
           base_weights: str | None = None):
-    """The Keras model for `cfg.kind`; softmax output of `num_classes` probabilities."""
+    """The Keras model for `cfg.kind`; softmax output of `num_classes` probabilities.
+    `base_weights` (default `cfg.weights`): 'imagenet' (Keras' download) or a local
+    weights file for the transfer base."""
     import keras
 
     if num_classes < 2:
@@ -68,6 +70,7 @@ def build(cfg: ModelConfig, input_shape: tuple[int, int, int], num_classes: int,
         if input_shape[-1] != 3:
             raise ConfigError(f"model.kind transfer needs 3-channel input, got {input_shape}; "
                               "set data.channels: 3.")
+        base_weights = base_weights or cfg.weights
         application = getattr(keras.applications, BASES[cfg.base])
         weights = "imagenet" if base_weights == "imagenet" else None
         base = application(input_shape=input_shape, include_top=False, weights=weights)

@@ -190,7 +190,7 @@ def run(transform_graph: artifacts.Artifact, model: ModelConfig, train: TrainCon
     shape = tuple(transform_graph.properties["image_shape"])
     num_classes = transform_graph.properties["num_classes"]
     with strategy.scope():
-        net = models.build(model, shape, num_classes, model.weights)
+        net = models.build(model, shape, num_classes)
         net.compile(optimizer=_optimizer(train), loss=loss, metrics=list(train.metrics),
                     steps_per_execution=train.steps_per_execution)
 

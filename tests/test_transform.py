@@ -6,37 +6,7 @@ import pytest
 from components import artifacts, features, transform
 from components.config import BeamConfig, DataConfig, TransformConfig
 from tests import fixtures
-
-CLASSES = ("cat", "dog", "fox")
-
-
-def examples_artifact(tmp_path, name="examples", per_class=6, extra_eval=(), extra_train=(),
-                      size=12, channels=1):
-    """An Examples artifact written directly (lets tests plant records ingest would reject)."""
-    import tensorflow as tf
-
-    uri = str(tmp_path / name)
-    options = tf.io.TFRecordOptions(compression_type="GZIP")
-    with artifacts.writing(uri, "Examples") as writer:
-        raw = {"train": [], "eval": []}
-        for li, label in enumerate(CLASSES):
-            for v in range(per_class):
-                split = "eval" if v == 0 else "train"
-                image = fixtures.class_pattern(li, v, size, channels)
-                raw[split].append(features.encode_example({
-                    features.IMAGE: fixtures.png_bytes(image), features.FORMAT: "png",
-                    features.LABEL: label, features.ID: f"{label}{v}"}))
-        raw["eval"].extend(extra_eval)
-        raw["train"].extend(extra_train)
-        for split, records in raw.items():
-            path = writer.file(split, "part-00000-of-00001.tfrecord.gz")
-            tf.io.gfile.makedirs(writer.file(split))
-            with tf.io.TFRecordWriter(path, options) as out:
-                for record in records:
-                    out.write(record)
-        writer.properties = {"class_names": list(CLASSES), "num_examples": 3 * per_class}
-        art = writer.commit()
-    return art, raw
+from tests.fixtures import CLASSES, examples_artifact
 
 
 def run_transform(tmp_path, examples, name="tg", size=(10, 10), channels=1, **cfg):
