@@ -58,7 +58,7 @@ def choose_strategy(name: str):
 
 
 def make_dataset(graph: artifacts.Artifact, split: str, batch_size: int, cfg: TrainConfig,
-                 training: bool, sparse: bool):
+                 training: bool, sparse: bool, replicas: int = 1):
     """(image, label) batches from the transformed TFRecords, or from the raw ones
     through the transform layer when the examples were not materialized."""
     import tensorflow as tf
@@ -100,8 +100,11 @@ def make_dataset(graph: artifacts.Artifact, split: str, batch_size: int, cfg: Tr
         if training:
             ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed)
         ds = ds.batch(256).map(parse, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
-    # Static shapes for TPUs and steps_per_execution: every training batch is full.
-    return ds.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
+    # Static shapes for TPUs and steps_per_execution: every training batch is full; with
+    # several replicas eval batches are full too (a replica with an empty shard fails
+    # the cross-replica sum). The evaluate step scores every eval example anyway.
+    full = training or replicas > 1
+    return ds.batch(batch_size, drop_remainder=full).prefetch(tf.data.AUTOTUNE)
 
 
 # --- export ------------------------------------------------------------------------
@@ -185,8 +188,9 @@ def run(transform_graph: artifacts.Artifact, model: ModelConfig, train: TrainCon
     sparse = train.loss == "sparse_categorical_crossentropy"
     loss = "sparse_categorical_crossentropy" if sparse else "categorical_crossentropy"
     global_batch = train.batch_size * strategy.num_replicas_in_sync
-    train_ds = make_dataset(transform_graph, "train", global_batch, train, True, sparse)
-    eval_ds = make_dataset(transform_graph, "eval", global_batch, train, False, sparse)
+    replicas = strategy.num_replicas_in_sync
+    train_ds = make_dataset(transform_graph, "train", global_batch, train, True, sparse, replicas)
+    eval_ds = make_dataset(transform_graph, "eval", global_batch, train, False, sparse, replicas)
     shape = tuple(transform_graph.properties["image_shape"])
     num_classes = transform_graph.properties["num_classes"]
     with strategy.scope():

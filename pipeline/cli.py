@@ -242,7 +242,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _entry() -> Any:  # pragma: no cover
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # TensorFlow, TFT and pyarrow can segfault while the interpreter tears down their
+    # native state, which would turn a finished run's exit code into 139. Everything
+    # is written and flushed by now, so leave without that teardown.
+    os._exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,92 @@
+"""Trainer in subprocesses: MirroredStrategy over 2 logical CPUs, and resume after a kill."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SCRIPT = """
+import json, os, sys
+sys.path.insert(0, {root!r})
+import tensorflow as tf
+if {logical_cpus} > 1:
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * {logical_cpus})
+from components import artifacts, train, transform
+from components.config import BeamConfig, DataConfig, ModelConfig, TrainConfig, TransformConfig
+from tests import fixtures
+work = {work!r}
+if not artifacts.is_committed(work + "/tg"):
+    examples, _ = fixtures.examples_artifact(__import__("pathlib").Path(work), per_class=24)
+    transform.run(examples, DataConfig(image_size=(12, 12)), TransformConfig(), BeamConfig(),
+                  transform_graph=work + "/tg")
+graph = artifacts.read(work + "/tg")
+summary = train.run(graph, ModelConfig(kind="cnn"),
+                    TrainConfig(epochs={epochs}, batch_size=1, strategy={strategy!r}),
+                    trained_model=work + "/{name}", scratch=work + "/scratch-{name}")
+model = artifacts.read(work + "/{name}")
+print("RESULT " + json.dumps({{"strategy": model.properties["strategy"],
+                              "epochs_run": len(json.load(open(model.path("history.json")))["loss"]),
+                              "final": summary["final"]}}), flush=True)
+# TensorFlow + pyarrow can crash in interpreter teardown; the work is done and flushed.
+os._exit(0)
+"""
+
+
+def script(tmp_path, **kwargs):
+    args = dict(root=ROOT, work=str(tmp_path), logical_cpus=1, epochs=6, strategy="default",
+                name="m")
+    args.update(kwargs)
+    return [sys.executable, "-c", SCRIPT.format(**args)]
+
+
+def result(proc_stdout):
+    line = [ln for ln in proc_stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT "):])
+
+
+@pytest.mark.slow
+def test_mirrored_on_two_cpus_matches_default(tmp_path):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    default = result(subprocess.run(script(tmp_path, name="d"), capture_output=True, text=True,
+                                    env=env, check=True).stdout)
+    mirrored = result(subprocess.run(script(tmp_path, logical_cpus=2, strategy="mirrored",
+                                            name="m"),
+                                     capture_output=True, text=True, env=env, check=True).stdout)
+    assert mirrored["strategy"] == "MirroredStrategy"
+    assert default["strategy"] != "MirroredStrategy"
+    for run in (default, mirrored):
+        assert run["final"]["accuracy"] >= 0.6
+    assert abs(mirrored["final"]["accuracy"] - default["final"]["accuracy"]) <= 0.25
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_from_last_epoch(tmp_path):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    epochs = 60
+    proc = subprocess.Popen(script(tmp_path, epochs=epochs, name="k"), stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, env=env, text=True)
+    backup = tmp_path / "scratch-k"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        state = list(backup.rglob("training_metadata.json"))
+        if state and json.load(open(state[0])).get("epoch", 0) >= 2:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "training finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    last_saved = json.load(open(list(backup.rglob("training_metadata.json"))[0]))["epoch"]
+    rerun = result(subprocess.run(script(tmp_path, epochs=epochs, name="k"), capture_output=True,
+                                  text=True, env=env, check=True).stdout)
+    # resumed after the last saved epoch (0-based index), not restarted from scratch
+    assert rerun["epochs_run"] in (epochs - last_saved - 1, epochs - last_saved)
+    assert rerun["epochs_run"] <= epochs - 2
+    assert not backup.exists()  # removed once the model is committed
