@@ -62,7 +62,8 @@ class IngestConfig(Section):
     num_shards: int = Field(0, ge=0, description="TFRecord shards per split; 0 lets the "
                                                  "runner choose (no extra shuffle).")
     extensions: list[str] = Field(["jpg", "jpeg", "png", "gif", "bmp", "webp"],
-                                  description="Image file extensions read from folders.")
+                                  description="Image file extensions accepted from folders "
+                                              "and manifests; other files are quarantined.")
 
 
 class ValidateConfig(Section):

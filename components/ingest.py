@@ -50,13 +50,19 @@ def hash_split(record_id: str, eval_fraction: float) -> str:
 
 def process_input(path: str, data: bytes | None, label: str | None, split: str | None,
                   read_error: str | None, *, max_pixels: int, classes: frozenset[str] | None,
-                  eval_fraction: float) -> Record | dict[str, str]:
-    """One input -> a Record, or a quarantine entry {path, label, reason}."""
+                  eval_fraction: float, extensions: frozenset[str] | None = None
+                  ) -> Record | dict[str, str]:
+    """One input -> a Record, or a quarantine entry {path, label, reason}. Files whose
+    extension is not in `extensions` are quarantined (listed, never silently skipped)."""
     def bad(reason: str) -> dict[str, str]:
         return {"path": path, "label": label or "", "reason": reason}
 
     if read_error:
         return bad(read_error)
+    if extensions is not None:
+        extension = path.rsplit(".", 1)[-1].lower() if "." in path.rsplit("/", 1)[-1] else ""
+        if extension not in extensions:
+            return bad(f"file extension {extension or '(none)'!r} is not in ingest.extensions")
     if label is None:
         return bad("file is not inside a class folder (ROOT/CLASS/file)")
     if classes is not None and label not in classes:
@@ -142,6 +148,7 @@ def _build_pipeline(pipeline: Any, plan: sources.Plan, data: DataConfig, ingest:
     import apache_beam as beam
 
     classes = frozenset(data.classes) if data.classes else None
+    extensions = frozenset(e.lower().lstrip(".") for e in ingest.extensions)
 
     class ProcessUnit(beam.DoFn):
         """Reads and checks every input of a work unit; yields one shard per split."""
@@ -159,7 +166,8 @@ def _build_pipeline(pipeline: Any, plan: sources.Plan, data: DataConfig, ingest:
             by_split: dict[str, list[Record]] = {}
             for item in sources.iter_unit(unit, arrays):
                 out = process_input(*item, max_pixels=ingest.max_pixels, classes=classes,
-                                    eval_fraction=data.eval_fraction)
+                                    eval_fraction=data.eval_fraction,
+                                    extensions=extensions if unit.files else None)
                 if isinstance(out, Record):
                     by_split.setdefault(out.split, []).append(out)
                 else:

@@ -95,7 +95,7 @@ def _split_name(name: str) -> str | None:
     return SPLIT_ALIASES.get(name.lower())
 
 
-def _folder_items(root: str, extensions: list[str]) -> list[FileItem]:
+def _folder_items(root: str) -> list[FileItem]:
     entries = sorted(e for e in os.listdir(root) if not e.startswith("."))
     dirs = [e for e in entries if os.path.isdir(os.path.join(root, e))]
     split_layout = bool(dirs) and all(_split_name(d) for d in dirs)
@@ -112,16 +112,15 @@ def _folder_items(root: str, extensions: list[str]) -> list[FileItem]:
                     continue
                 sub_path = os.path.join(split_root, sub)
                 if os.path.isdir(sub_path):
-                    items.extend(_class_files(sub_path, sub, split, extensions))
+                    items.extend(_class_files(sub_path, sub, split))
                 else:
                     items.append(FileItem(sub_path, None, split))
         else:
-            items.extend(_class_files(os.path.join(root, top), top, None, extensions))
+            items.extend(_class_files(os.path.join(root, top), top, None))
     return items
 
 
-def _class_files(class_dir: str, label: str, split: str | None,
-                 extensions: list[str]) -> list[FileItem]:
+def _class_files(class_dir: str, label: str, split: str | None) -> list[FileItem]:
     files = []
     for dirpath, dirnames, names in os.walk(class_dir):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -130,7 +129,6 @@ def _class_files(class_dir: str, label: str, split: str | None,
         where = f"{split}/" if split else ""
         raise DataError(f"class folder {where}{label!r} ({class_dir}) has no files; add images "
                         "or remove the folder.")
-    del extensions  # every file is checked: wrong types are quarantined, not skipped
     return [FileItem(path, label, split) for path in files]
 
 
@@ -172,7 +170,7 @@ def _manifest_items(path: str) -> list[FileItem]:
 
 def list_files(source: Source, ingest: IngestConfig) -> list[FileItem]:
     if source.kind == "folder":
-        items = _folder_items(source.location, ingest.extensions)
+        items = _folder_items(source.location)
     elif source.kind == "manifest":
         items = _manifest_items(source.location)
     else:

@@ -244,6 +244,9 @@ def test_empty_sources_are_clear_errors(tmp_path):
 def test_files_outside_class_folders_are_quarantined_not_dropped(tmp_path):
     fixtures.make_class_folders(str(tmp_path / "src"), per_class=30)
     (tmp_path / "src" / "stray.png").write_bytes(fixtures.png_bytes(np.zeros((4, 4), np.uint8)))
+    (tmp_path / "src" / "cat" / "README.txt").write_text("notes")
     summary, _, stats_art, _ = run_ingest(tmp_path, tmp_path / "src")
-    assert summary["num_quarantined"] == 1
-    assert "not inside a class folder" in open(stats_art.path("quarantine.jsonl")).read()
+    assert summary["num_quarantined"] == 2
+    text = open(stats_art.path("quarantine.jsonl")).read()
+    assert "not inside a class folder" in text
+    assert "file extension 'txt' is not in ingest.extensions" in text
