@@ -200,7 +200,9 @@ def run(transform_graph: artifacts.Artifact, model: ModelConfig, train: TrainCon
 
     with artifacts.writing(trained_model, artifacts.Model, producer) as writer:
         backup = scratch or writer.file("backup")
-        callbacks = [keras.callbacks.BackupAndRestore(backup_dir=backup),
+        # Two checkpoints: a process killed while writing the latest one resumes from
+        # the one before instead of failing on a half-written file.
+        callbacks = [keras.callbacks.BackupAndRestore(backup_dir=backup, double_checkpoint=True),
                      keras.callbacks.TerminateOnNaN(),
                      keras.callbacks.TensorBoard(log_dir=writer.file("logs"))]
         if train.early_stopping_patience:
