@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from typing import Any
 
@@ -86,7 +87,7 @@ def make_dataset(graph: artifacts.Artifact, split: str, batch_size: int, cfg: Tr
     if not files:
         raise TrainingError(f"no {split} examples under {graph.uri}; rerun the transform step.")
     count = graph.properties["counts"].get(split, 0)
-    image_bytes = 4 * int(__import__("numpy").prod(graph.properties["image_shape"]))
+    image_bytes = 4 * math.prod(graph.properties["image_shape"])
     fits = count * image_bytes <= cfg.cache_memory_mb * 2 ** 20
     ds = tf.data.Dataset.from_tensor_slices(files)
     ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
