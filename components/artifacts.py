@@ -61,20 +61,26 @@ class TransformGraph:
 
 class Model:
     """Trained model. Layout: `{uri}/saved_model/` (SavedModel with serving
-    signatures), `{uri}/history.json`, `{uri}/logs/` (TensorBoard)."""
+    signatures), `{uri}/model.keras` (the Keras model, a base for later runs),
+    `{uri}/history.json`, `{uri}/logs/` (TensorBoard)."""
 
 
 class Evaluation:
-    """TFMA output. Layout: `{uri}/tfma/` (TFMA results), `{uri}/metrics.json`."""
+    """TFMA output. Layout: `{uri}/tfma/` (TFMA results), `{uri}/metrics.json`
+    (per-slice and per-class metrics, confusion matrix, paired comparison with the
+    baseline), `{uri}/predictions.jsonl` (one eval example per line),
+    `{uri}/misclassified/*.png` (thumbnails of the most confident mistakes)."""
 
 
 class Blessing:
-    """Blessing verdict. Layout: `{uri}/blessing.json` (blessed, thresholds with
-    value, bound and verdict, baseline)."""
+    """Blessing verdict. Layout: `{uri}/blessing.json` (blessed, every check with
+    value, bound and verdict, baseline) or, for infra validation,
+    `{uri}/infra_validation.json` (passed, reason, probe report)."""
 
 
 class PushedModel:
-    """Where a blessed model went. Layout: `{uri}/push.json` (destination, version)."""
+    """What the push step did. Layout: `{uri}/push.json` (pushed or not and why,
+    registry root, model name, version, path, alias moved)."""
 
 
 TYPES: dict[str, type] = {

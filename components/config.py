@@ -171,10 +171,28 @@ class EvaluateConfig(Section):
     latency_budget_ms: float = Field(2000.0, gt=0.0, description="Infra check: per-batch budget.")
 
 
+class VertexPushConfig(Section):
+    """Also upload each pushed version to Vertex AI Model Registry (untested live)."""
+
+    project: str
+    region: str = "us-central1"
+    serving_image: str = Field(
+        "us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest",
+        description="Serving container for the uploaded SavedModel.")
+
+
 class PushConfig(Section):
-    destination: str = Field("./serving", description="Local folder or gs:// path (TF Serving layout).")
+    """Where blessed models go (TF Serving layout) and which alias moves with them."""
+
+    destination: str = Field("./serving", description="Local folder or gs:// path (TF Serving "
+                                                      "layout); also the registry root.")
+    model_name: Optional[str] = Field(None, description="Registry name; default: the "
+                                                        "pipeline name.")
     promote_to: Optional[str] = Field(None, description="Alias to move to each pushed version, "
                                                         "e.g. staging.")
+    baseline_alias: str = Field("production", description="The evaluator's baseline: the "
+                                                          "version holding this alias.")
+    vertex: Optional[VertexPushConfig] = None
 
 
 class BeamConfig(Section):

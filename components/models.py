@@ -67,23 +67,56 @@ def build(cfg: ModelConfig, input_shape: tuple[int, int, int], num_classes: int,
         x = keras.layers.Flatten()(x)
         x = _dense_stack(x, units, activation, init, cfg.dropout)
     elif cfg.kind == "transfer":
-        if input_shape[-1] != 3:
-            raise ConfigError(f"model.kind transfer needs 3-channel input, got {input_shape}; "
-                              "set data.channels: 3.")
-        base_weights = base_weights or cfg.weights
-        application = getattr(keras.applications, BASES[cfg.base])
-        weights = "imagenet" if base_weights == "imagenet" else None
-        base = application(input_shape=input_shape, include_top=False, weights=weights)
-        if base_weights and base_weights != "imagenet":
-            base.load_weights(base_weights)
+        base = transfer_base(cfg, input_shape, base_weights or cfg.weights)
         base.trainable = False
         x = base(x, training=False)
-        pool = {"flatten": keras.layers.Flatten(), "avg": keras.layers.GlobalAveragePooling2D(),
-                "max": keras.layers.GlobalMaxPooling2D()}[cfg.pooling]
-        x = pool(x)
+        if len(x.shape) == 4:
+            pool = {"flatten": keras.layers.Flatten(),
+                    "avg": keras.layers.GlobalAveragePooling2D(),
+                    "max": keras.layers.GlobalMaxPooling2D()}[cfg.pooling]
+            x = pool(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", kernel_initializer=init,
                                  name="probabilities", dtype="float32")(x)
     return keras.Model(inputs, outputs, name=cfg.kind)
+
+
+def transfer_base(cfg: ModelConfig, input_shape: tuple[int, int, int], weights: str | None):
+    """The frozen feature extractor. `weights`: 'imagenet' (Keras' download), a weights
+    file for `cfg.base` (.h5 / .weights.h5), or a Keras model this pipeline trained
+    (`model.keras`, resolved from `run:RUN_ID` / `MODEL@ALIAS` by the runner): its
+    layers up to the classifier head become the base."""
+    import keras
+
+    if weights and weights.endswith(".keras"):
+        own = keras.saving.load_model(weights, compile=False)
+        if tuple(own.input_shape[1:]) != tuple(input_shape):
+            raise ConfigError(
+                f"model.weights {weights} was trained on input {tuple(own.input_shape[1:])}, "
+                f"this run feeds {tuple(input_shape)}; set data.image_size/channels to match.")
+        return keras.Model(own.inputs, own.layers[-2].output, name="base")
+    if input_shape[-1] != 3:
+        raise ConfigError(f"model.kind transfer needs 3-channel input, got {input_shape}; "
+                          "set data.channels: 3.")
+    application = getattr(keras.applications, BASES[cfg.base])
+    base = application(input_shape=input_shape, include_top=False,
+                       weights="imagenet" if weights == "imagenet" else None)
+    if weights and weights != "imagenet":
+        base.load_weights(weights)
+    return keras.Model(base.inputs, base.output, name="base")
+
+
+def unfreeze_top(model, layers: int) -> int:
+    """Makes the top `layers` layers of the transfer base trainable (BatchNorm layers
+    stay in inference mode); returns how many weights became trainable."""
+    base = model.get_layer("base")
+    before = trainable_params(model)
+    base.trainable = True
+    for layer in base.layers[:-layers]:
+        layer.trainable = False
+    for layer in base.layers[-layers:]:
+        if layer.__class__.__name__ == "BatchNormalization":
+            layer.trainable = False
+    return trainable_params(model) - before
 
 
 def trainable_params(model) -> int:

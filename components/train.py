@@ -10,6 +10,7 @@ and the export: a SavedModel whose signatures take raw examples or raw image byt
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -18,9 +19,20 @@ from typing import Any
 
 from components import artifacts, features, fileio, models
 from components.config import ModelConfig, TrainConfig
-from components.errors import TrainingError
+from components.errors import ConfigError, TrainingError
 
 log = logging.getLogger("imgpipe.train")
+
+
+def external_inputs(model: ModelConfig, train: TrainConfig) -> dict[str, str]:
+    """Starting weights are an input the DAG does not produce: their content is in the
+    cache key (a retrained base model reruns this step)."""
+    if not model.weights or model.weights == "imagenet":
+        return {}
+    if not fileio.exists(model.weights):
+        raise ConfigError(f"model.weights file {model.weights} does not exist.")
+    with fileio.open_file(model.weights, "rb") as handle:
+        return {"weights": hashlib.sha256(handle.read()).hexdigest()}
 
 
 # --- distribution ------------------------------------------------------------------
@@ -212,7 +224,27 @@ def run(transform_graph: artifacts.Artifact, model: ModelConfig, train: TrainCon
                 restore_best_weights=True))
         history = net.fit(train_ds, validation_data=eval_ds, epochs=train.epochs,
                           callbacks=callbacks, verbose=0)
-        losses = history.history.get("loss", [])
+        hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+        if model.kind == "transfer" and model.fine_tune_layers and model.fine_tune_epochs:
+            # Second phase: the top of the base learns at a lower rate (recompiling
+            # resets the optimizer, as the course does).
+            with strategy.scope():
+                unfrozen = models.unfreeze_top(net, model.fine_tune_layers)
+                net.compile(optimizer=_optimizer(train, model.fine_tune_learning_rate),
+                            loss=loss, metrics=list(train.metrics),
+                            steps_per_execution=train.steps_per_execution)
+            log.info("fine-tuning the top %d base layers (%d more trainable weights)",
+                     model.fine_tune_layers, unfrozen)
+            done = len(hist.get("loss", []))
+            callbacks[0] = keras.callbacks.BackupAndRestore(
+                backup_dir=os.path.join(backup, "fine_tune"), double_checkpoint=True)
+            tuned = net.fit(train_ds, validation_data=eval_ds, initial_epoch=done,
+                            epochs=done + model.fine_tune_epochs, callbacks=callbacks,
+                            verbose=0)
+            for k, vals in tuned.history.items():
+                hist.setdefault(k, []).extend(float(v) for v in vals)
+            hist["phase"] = [1.0] * done + [2.0] * (len(hist["loss"]) - done)
+        losses = hist.get("loss", [])
         if any(not np.isfinite(v) for v in losses):
             raise TrainingError(
                 f"training diverged: loss became NaN/inf at epoch {len(losses)}; lower "
@@ -220,9 +252,10 @@ def run(transform_graph: artifacts.Artifact, model: ModelConfig, train: TrainCon
         export(net, transform_graph, writer.file("saved_model"))
         if not fileio.exists(writer.file("saved_model", "saved_model.pb")):
             raise TrainingError(f"the trainer wrote no SavedModel under {writer.path}.")
-        hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+        # The Keras model too: a later run can start from it (model.weights: run:ID).
+        net.save(writer.file("model.keras"))
         fileio.write_text(writer.file("history.json"), json.dumps(hist, indent=2))
-        final = {k: vals[-1] for k, vals in hist.items() if vals}
+        final = {k: vals[-1] for k, vals in hist.items() if vals and k != "phase"}
         writer.properties = {"kind": model.kind, "trainable_params": models.trainable_params(net),
                              "strategy": type(strategy).__name__, "strategy_reason": reason,
                              "epochs": len(losses), "final": final,

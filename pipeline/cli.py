@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Any, Callable, Sequence
 
-from components.errors import ImgpipeError
+from components.errors import ImgpipeError, NotBlessed
 
 DEFAULT_RUNS_DIR = "runs"
 
@@ -36,6 +36,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         for name, uri in step.outputs.items():
             print(f"  {step.step}.{name}: {uri}")
     print(f"details: imgpipe runs show {result.run_id} --runs-dir {args.runs_dir}")
+    push = next((s for s in result.steps if s.step == "push"), None)
+    if push is not None and push.summary is not None:
+        if push.summary.get("pushed"):
+            print(f"model: {push.summary['model_name']}:{push.summary['version']} at "
+                  f"{push.summary['path']}")
+        else:
+            print(f"NOTHING PUSHED: {push.summary.get('reason')}")
+            if args.require_push:
+                return NotBlessed.exit_code
     return 0
 
 
@@ -166,6 +175,171 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registry(args: argparse.Namespace):
+    from pipeline.registry import Registry, registry_root
+
+    return Registry(registry_root(args.registry, getattr(args, "config", None)))
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from pipeline.registry import list_versions
+
+    registry = _registry(args)
+    rows = list_versions(registry, args.model)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no pushed models under {registry.root}")
+        return 0
+    print(f"{'MODEL:VERSION':<28} {'ACCURACY':>8} {'BLESSED':>7} {'INFRA':>5} {'AGE':>5}  "
+          f"{'KIND':<9} ALIASES")
+    for row in rows:
+        accuracy = "-" if row["accuracy"] is None else f"{row['accuracy']:.4f}"
+        print(f"{row['ref']:<28} {accuracy:>8} {str(row['blessed']).lower():>7} "
+              f"{str(row['infra']).lower():>5} {row['age']:>5}  {row['kind'] or '-':<9} "
+              f"{','.join(row['aliases'])}")
+    return 0
+
+
+def cmd_models_show(args: argparse.Namespace) -> int:
+    from pipeline.registry import show
+
+    info = show(_registry(args), args.ref, args.runs_dir)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    card = info["card"]
+    print(f"{info['ref']}  aliases: {', '.join(info['aliases']) or '-'}  path: {info['path']}")
+    print(f"  model: {card.get('model', {}).get('kind')}, "
+          f"{card.get('model', {}).get('trainable_params')} params; run {card.get('run_id')}; "
+          f"package {card.get('package_version')} git {card.get('git_commit') or '-'}")
+    metrics = card.get("metrics", {})
+    print("  metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
+                                    if isinstance(v, float)))
+    blessing = card.get("blessing", {})
+    print(f"  blessing: {'blessed' if blessing.get('blessed') else 'NOT blessed'} "
+          f"({blessing.get('reason')}); baseline {blessing.get('baseline') or '-'}")
+    for check in blessing.get("checks", []):
+        value = check["value"] if check["value"] is None else round(check["value"], 4)
+        print(f"    [{check['verdict']}] {check['check']}: {value} {check.get('detail', '')}")
+    print(f"  infra validation: {card.get('infra_validation', {}).get('reason')}")
+    data = card.get("data", {})
+    print(f"  data: {data.get('examples')} examples, classes {data.get('classes')}, "
+          f"fingerprint {json.dumps(data.get('fingerprint'))[:80]}")
+    for entry in info["audit"]:
+        print(f"  audit: {entry['time']} {entry['who']} {entry['action']} @{entry['alias']} "
+              f"{entry['from']} -> {entry['to']}{' (forced)' if entry['force'] else ''} "
+              f"{entry['reason']}")
+    for item in info.get("lineage", []):
+        print(f"  lineage: {item['name']} ({item['type']}, run {item['run_id']}) -> "
+              f"{item['consumed_by']}: {item['uri']}")
+    return 0
+
+
+def cmd_models_diff(args: argparse.Namespace) -> int:
+    from pipeline.registry import diff
+
+    result = diff(_registry(args), args.left, args.right)
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+
+    def num(value: Any) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    print(f"{'METRIC':<20} {result['left']:>14} {result['right']:>14} {'CHANGE':>9}")
+    for key, row in result["metrics"].items():
+        change = "-" if row["change"] is None else f"{row['change']:+.4f}"
+        print(f"{key:<20} {num(row['left']):>14} {num(row['right']):>14} {change:>9}")
+    print(f"\n{'CLASS':<24} {'RECALL':>15} {'PRECISION':>15} {'F1 CHANGE':>9}")
+    for name, row in result["per_class"].items():
+        f1 = row["f1_score"]["change"]
+        print(f"{name:<24} {num(row['recall']['left'])}->{num(row['recall']['right'])} "
+              f"{num(row['precision']['left'])}->{num(row['precision']['right'])} "
+              f"{'-' if f1 is None else f'{f1:+.4f}':>9}")
+    for key, change in result["config_changes"].items():
+        print(f"config {key}: {change['left']!r} -> {change['right']!r}")
+    if result["data"]["left"] != result["data"]["right"]:
+        print("data: different training data (fingerprints differ)")
+    return 0
+
+
+def cmd_models_promote(args: argparse.Namespace) -> int:
+    entry = _registry(args).set_alias(args.ref, args.to, args.reason or "", args.force)
+    print(f"{args.ref.split(':')[0].split('@')[0]}@{entry['alias']}: {entry['from']} -> "
+          f"{entry['to']}{' (forced)' if entry['force'] else ''}")
+    return 0
+
+
+def cmd_models_rollback(args: argparse.Namespace) -> int:
+    entry = _registry(args).rollback(args.model, args.alias, args.reason or "")
+    print(f"{args.model}@{args.alias}: {entry['from']} -> {entry['to']} (rollback)")
+    return 0
+
+
+def _add_models_parser(sub) -> None:
+    models = sub.add_parser("models", help="the model registry: versions, aliases, promotion"
+                            ).add_subparsers(dest="models_command", required=True)
+    commands = {
+        "list": (cmd_models_list, "versions with key metrics, blessing, aliases, age"),
+        "show": (cmd_models_show, "a version's card, lineage and audit"),
+        "diff": (cmd_models_diff, "two versions' metrics side by side"),
+        "promote": (cmd_models_promote, "point an alias at a version"),
+        "rollback": (cmd_models_rollback, "move an alias back to its previous holder"),
+    }
+    for name, (func, text) in commands.items():
+        p = models.add_parser(name, help=text)
+        if name == "list":
+            p.add_argument("model", nargs="?")
+        elif name == "show":
+            p.add_argument("ref", help="NAME@ALIAS, NAME:VERSION or NAME@latest")
+            p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR)
+        elif name == "diff":
+            p.add_argument("left")
+            p.add_argument("right")
+        elif name == "promote":
+            p.add_argument("ref")
+            p.add_argument("--to", required=True, help="alias, e.g. production")
+            p.add_argument("--reason")
+            p.add_argument("--force", action="store_true",
+                           help="promote even if not blessed (recorded in the audit log)")
+        else:
+            p.add_argument("model")
+            p.add_argument("--alias", required=True)
+            p.add_argument("--reason")
+        p.add_argument("--registry", help="registry root (default: ./serving)")
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(func=func)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from components import predict
+    from components.config import BeamConfig
+
+    model = args.model
+    if not os.path.isdir(model):
+        model = _registry(args).resolve(model).path
+    paths = predict.expand_inputs(args.inputs)
+    if args.beam or len(paths) > predict.BEAM_THRESHOLD:
+        beam = BeamConfig()
+        if args.config:
+            from pipeline import config as config_lib
+
+            beam = config_lib.load(args.config).beam
+        rows = predict.predict_beam(model, paths, beam.pipeline_args(), args.batch_size,
+                                    args.top_k)
+    else:
+        rows = predict.predict_local(model, paths, args.batch_size, args.top_k,
+                                     progress=sys.stderr.isatty())
+    predict.write_rows(rows, args.output)
+    bad = sum(1 for r in rows if r.get("error"))
+    if args.output:
+        print(f"wrote {len(rows)} rows to {args.output} ({bad} unreadable file(s) reported "
+              "in the error column)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imgpipe", description="TFX-style batch pipeline for image classification.")
@@ -177,7 +351,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR,
                      help="where runs, artifacts and metadata.sqlite live (default ./runs)")
     run.add_argument("--no-cache", action="store_true", help="rerun every step")
+    run.add_argument("--require-push", action="store_true",
+                     help="exit 4 when the model was not pushed (not blessed or failed "
+                          "infra validation); default: exit 0 and say so")
     run.set_defaults(func=cmd_run)
+
+    _add_models_parser(sub)
+    predict = sub.add_parser("predict", help="classify image files with a pushed model")
+    predict.add_argument("model", help="NAME@ALIAS, NAME:VERSION, NAME@latest or a SavedModel dir")
+    predict.add_argument("inputs", nargs="+", help="image files, folders or a CSV/JSONL manifest")
+    predict.add_argument("-o", "--output", help="out.csv or out.jsonl (default: CSV to stdout)")
+    predict.add_argument("--registry", help="registry root (default: ./serving)")
+    predict.add_argument("--top-k", type=int, default=3)
+    predict.add_argument("--batch-size", type=int, default=64)
+    predict.add_argument("--beam", action="store_true",
+                         help="run as a Beam job (default above 20,000 files)")
+    predict.add_argument("--config", help="take the registry and Beam options from this config")
+    predict.set_defaults(func=cmd_predict)
 
     runs = sub.add_parser("runs", help="inspect earlier runs").add_subparsers(
         dest="runs_command", required=True)

@@ -47,6 +47,11 @@ class PipelineConfig(Section):
                              f"model in the registry), got {value!r}")
         return value
 
+    @property
+    def model_name(self) -> str:
+        """The model's name in the registry: `push.model_name`, else the pipeline name."""
+        return self.push.model_name or self.name
+
     def section(self, name: str) -> Section:
         """A section by its YAML key (`validate` included)."""
         return getattr(self, "validate_" if name == "validate" else name)

@@ -19,6 +19,11 @@ class Step:
     code:     modules whose source text goes into the cache key.
     runtime:  keys of the `beam` section that change the output (not worker counts);
               a step with runtime keys is a Beam step and receives `beam=BeamConfig`.
+    baseline: parameter name -> registry alias (`push.baseline_alias` when "default"):
+              the runner passes the directory of the version holding it, or None.
+    cache:    False for steps with effects outside their artifacts (push): they run
+              every time and are idempotent themselves.
+    config:   the step also receives the whole config as `pipeline_config` (a dict).
     """
 
     name: str
@@ -29,6 +34,9 @@ class Step:
     sections: tuple[str, ...] = ()
     code: tuple[str, ...] = ()
     runtime: tuple[str, ...] = ()
+    baseline: dict[str, str] = field(default_factory=dict)
+    cache: bool = True
+    config: bool = False
 
     @property
     def upstream(self) -> tuple[str, ...]:
@@ -74,6 +82,36 @@ STEPS: tuple[Step, ...] = (
         sections=("model", "train"),
         code=("components.train", "components.models", "components.features",
               "components.artifacts"),
+    ),
+    Step(
+        name="evaluate",
+        module="components.evaluate",
+        outputs={"evaluation": "Evaluation", "blessing": "Blessing"},
+        inputs={"examples": "ingest.examples", "trained_model": "train.trained_model"},
+        baseline={"baseline": "default"},
+        sections=("evaluate",),
+        code=("components.evaluate", "components.features", "components.artifacts"),
+        runtime=("runner",),
+    ),
+    Step(
+        name="infra_validate",
+        module="components.infra",
+        outputs={"infra_blessing": "Blessing"},
+        inputs={"trained_model": "train.trained_model", "examples": "ingest.examples"},
+        sections=("evaluate",),
+        code=("components.infra", "components.evaluate", "components.artifacts"),
+    ),
+    Step(
+        name="push",
+        module="components.push",
+        outputs={"pushed_model": "PushedModel"},
+        inputs={"trained_model": "train.trained_model", "blessing": "evaluate.blessing",
+                "infra_blessing": "infra_validate.infra_blessing",
+                "evaluation": "evaluate.evaluation", "statistics": "ingest.statistics"},
+        sections=("push",),
+        code=("components.push", "components.registry", "components.artifacts"),
+        cache=False,
+        config=True,
     ),
 )
 

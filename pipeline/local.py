@@ -48,11 +48,11 @@ def source_hash(modules: tuple[str, ...]) -> str:
     return digest.hexdigest()
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(tree, dict):
         out: dict[str, Any] = {}
         for key, value in tree.items():
-            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+            out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
         return out
     return {prefix: tree}
 
@@ -68,7 +68,7 @@ def explain_miss(parts: dict[str, Any], previous: Execution | None) -> str:
     """Why a step has to run: which parts of its key differ from its last execution."""
     if previous is None:
         return "no earlier execution of this step"
-    old, new = _flatten(previous.key_parts), _flatten(parts)
+    old, new = flatten(previous.key_parts), flatten(parts)
     changes = []
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):
@@ -116,18 +116,37 @@ class LocalRunner:
         self.log = log
         self.store = MetadataStore(os.path.join(self.runs_dir, METADATA_FILE))
 
+    # --- config references ---------------------------------------------------------
+
+    def section(self, name: str):
+        """A config section with references resolved: `model.weights: run:RUN_ID` or
+        `MODEL@ALIAS` / `MODEL:VERSION` becomes the path of that model's Keras file."""
+        section = self.config.section(name)
+        if name == "model" and section.weights:
+            path = resolve_weights(section.weights, self.store, self.config.push.destination)
+            if path != section.weights:
+                section = section.model_copy(update={"weights": path})
+        return section
+
+    def baseline_version(self, alias: str):
+        """The registry version holding `alias` for this pipeline's model, or None."""
+        from components.registry import Registry
+
+        alias = self.config.push.baseline_alias if alias == "default" else alias
+        return Registry(self.config.push.destination).holder(self.config.model_name, alias)
+
     # --- cache key -----------------------------------------------------------------
 
     def key_parts(self, step: dag.Step, module: Any,
                   inputs: dict[str, artifacts.Artifact]) -> dict[str, Any]:
-        sections = {name: self.config.section(name).model_dump(mode="json", by_alias=True)
+        sections = {name: self.section(name).model_dump(mode="json", by_alias=True)
                     for name in step.sections}
         beam = self.config.beam.model_dump(mode="json")
         runtime = {key: beam.get(key) for key in step.runtime}
         input_prints = {name: art.fingerprint for name, art in sorted(inputs.items())}
         external = getattr(module, "external_inputs", None)
         if external is not None:
-            input_prints.update(external(**{name: self.config.section(name)
+            input_prints.update(external(**{name: self.section(name)
                                             for name in step.sections}))
         return {
             "code": {"version": package_version(), "source": source_hash(step.code)},
@@ -166,10 +185,26 @@ class LocalRunner:
                 results.append(StepResult(step.name, "failed", "", error=str(exc)))
                 self.store.end_run(run_id, "failed", str(exc))
                 self.log(f"  {step.name:<10} FAILED: {exc}")
+                self._report(run_id, "failed", results, str(exc))
                 return RunResult(run_id, self.runs_dir, "failed", results, exc)
             results.append(result)
         self.store.end_run(run_id, "succeeded")
+        self._report(run_id, "succeeded", results)
         return RunResult(run_id, self.runs_dir, "succeeded", results)
+
+    def _report(self, run_id: str, status: str, results: list[StepResult],
+                error: str | None = None) -> None:
+        if not any(r.outputs for r in results):
+            return
+        from pipeline import report  # matplotlib: only once there is something to show
+
+        try:
+            path = report.write(os.path.join(self.runs_dir, run_id), run_id, status, results,
+                                error)
+        except Exception as exc:  # a report must never fail the run it describes
+            self.log(f"  (report not written: {type(exc).__name__}: {exc})")
+            return
+        self.log(f"  report   {path}")
 
     def _run_step(self, run_id: str, step: dag.Step,
                   produced: dict[str, artifacts.Artifact]) -> StepResult:
@@ -179,11 +214,20 @@ class LocalRunner:
             record = self.store.previous_output(self.config.name, *ref.split("."), run_id)
             if record is not None and artifacts.is_committed(record.uri):
                 inputs[param] = artifacts.read(record.uri, record.type)
+        extra: dict[str, Any] = {}
+        baseline_prints = {}
+        for param, alias in step.baseline.items():
+            version = self.baseline_version(alias)
+            extra[param] = version.path if version else None
+            baseline_prints[param] = (f"{version.ref} {artifacts.fingerprint_json(version.card)}"
+                                      if version else None)
         parts = self.key_parts(step, module, inputs)
+        if baseline_prints:
+            parts["inputs"].update(baseline_prints)
         cache_key = artifacts.fingerprint_json(parts)
         previous = self.store.last_execution(self.config.name, step.name)
 
-        if self.use_cache:
+        if self.use_cache and step.cache:
             for candidate in self.store.find_cached(step.name, cache_key):
                 outputs = self._verified_outputs(candidate)
                 if outputs is None:
@@ -198,6 +242,8 @@ class LocalRunner:
                                   outputs={n: a.uri for n, a in outputs.items()},
                                   summary=candidate.summary)
             decision = explain_miss(parts, previous)
+        elif not step.cache:
+            decision = "always runs (effects outside its artifacts; idempotent)"
         else:
             decision = "cache disabled (--no-cache)"
 
@@ -208,7 +254,8 @@ class LocalRunner:
         step_dir = os.path.join(self.runs_dir, run_id, step.name)
         out_uris = {name: os.path.join(step_dir, name) for name in step.outputs}
         self.log(f"  {step.name:<10} running  ({decision})")
-        extra = {}
+        if step.config:
+            extra["pipeline_config"] = self.config.to_dict()
         if "scratch" in inspect.signature(module.run).parameters:
             # Stable across reruns of the same key: a killed step resumes from it.
             extra["scratch"] = os.path.join(self.runs_dir, "scratch", step.name, cache_key[:16])
@@ -217,7 +264,7 @@ class LocalRunner:
             summary = module.run(
                 **extra,
                 **inputs,
-                **{name: self.config.section(name) for name in step.sections},
+                **{name: self.section(name) for name in step.sections},
                 # Beam steps get the whole beam section; only step.runtime keys are in the key.
                 **({"beam": self.config.beam} if step.runtime else {}),
                 **out_uris,
@@ -243,6 +290,26 @@ class LocalRunner:
             self.log(f"             {line}")
         return StepResult(step.name, "ran", decision, seconds,
                           {n: a.uri for n, a in outputs.items()}, summary)
+
+
+def resolve_weights(weights: str, store: MetadataStore, registry_root: str) -> str:
+    """`run:RUN_ID` -> that run's trained Keras model; `NAME@ALIAS` / `NAME:VERSION` ->
+    the pushed version's; anything else (imagenet, a file) is returned as is."""
+    if weights.startswith("run:"):
+        run_id = weights[4:]
+        record = store.run_output(run_id, "train", "trained_model")
+        if record is None:
+            raise ConfigError(f"model.weights {weights}: no unique run {run_id!r} with a trained "
+                              f"model in {store.path}; list runs with `imgpipe runs list`.")
+        return fileio.join(record.uri, "model.keras")
+    if weights == "imagenet" or fileio.exists(weights):
+        return weights
+    from components import registry  # only when a registry reference is used
+
+    if registry.is_reference(weights):
+        return fileio.join(registry.Registry(registry_root).resolve(weights).path, "model.keras")
+    raise ConfigError(f"model.weights {weights!r} is not a file, 'imagenet', run:RUN_ID or a "
+                      "pushed model reference (NAME@ALIAS, NAME:VERSION).")
 
 
 def run_pipeline(config: PipelineConfig, runs_dir: str = "runs", config_path: str | None = None,

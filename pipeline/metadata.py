@@ -242,6 +242,22 @@ class MetadataStore:
                               fingerprint=row["fingerprint"],
                               properties=json.loads(row["properties"]), created=row["created"])
 
+    def run_output(self, run_id: str, step: str, output: str) -> ArtifactRecord | None:
+        """`step.output` of run `run_id` (a unique prefix is enough), if it produced one."""
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT a.*, r.id AS run FROM runs r JOIN executions e ON e.run_id = r.id "
+                "JOIN events ev ON ev.execution_id = e.id AND ev.kind='output' AND ev.name=? "
+                "JOIN artifacts a ON a.id = ev.artifact_id "
+                "WHERE r.id LIKE ? AND e.step=? AND e.status IN ('succeeded', 'cached')",
+                (output, run_id + "%", step)).fetchall()
+        if len({row["run"] for row in rows}) != 1:
+            return None
+        row = rows[0]
+        return ArtifactRecord(id=row["id"], uri=row["uri"], type=row["type"],
+                              fingerprint=row["fingerprint"],
+                              properties=json.loads(row["properties"]), created=row["created"])
+
     @staticmethod
     def _execution(row: sqlite3.Row) -> Execution:
         return Execution(

@@ -131,3 +131,44 @@ def test_export_serves_png_bytes_in_a_fresh_process(tmp_path, graph):
     assert transformed["image"].shape == (3, 12, 12, 1)
     vocabulary = graph.properties["label_vocabulary"]
     assert [vocabulary[i] for i in transformed["label_id"].numpy()] == list(fixtures.CLASSES)
+
+
+def test_transfer_from_our_own_model_then_fine_tune(tmp_path, graph):
+    train.run(graph, ModelConfig(kind="cnn"), TrainConfig(epochs=3, batch_size=8),
+              trained_model=str(tmp_path / "first"))
+    own = str(tmp_path / "first" / "model.keras")
+    cfg = ModelConfig(kind="transfer", weights=own, fine_tune_layers=2, fine_tune_epochs=2)
+    model = models.build(cfg, (12, 12, 1), 3)
+    # the first model's conv layers are the frozen base; only the new head trains
+    assert models.trainable_params(model) == 32 * 3 + 3
+    train.run(graph, cfg, TrainConfig(epochs=2, batch_size=8), trained_model=str(tmp_path / "m"))
+    tuned = artifacts.read(str(tmp_path / "m"), "Model")
+    history = json.load(open(tuned.path("history.json")))
+    assert history["phase"] == [1.0, 1.0, 2.0, 2.0] and len(history["loss"]) == 4
+    assert tuned.properties["epochs"] == 4
+    with pytest.raises(Exception, match="trained on input"):
+        models.build(cfg, (16, 16, 1), 3)
+
+
+def test_early_stopping_ends_training_when_eval_loss_stalls(tmp_path, graph):
+    cfg = TrainConfig(epochs=30, batch_size=8, early_stopping_patience=1,
+                      optimizer={"name": "sgd", "learning_rate": 1e-12})
+    train.run(graph, ModelConfig(kind="logistic"), cfg, trained_model=str(tmp_path / "m"))
+    assert artifacts.read(str(tmp_path / "m"), "Model").properties["epochs"] < 30
+
+
+def test_weights_reference_to_an_earlier_run(tmp_path):
+    from pipeline.local import resolve_weights
+    from pipeline.metadata import MetadataStore
+
+    store = MetadataStore(str(tmp_path / "m.sqlite"))
+    run_id = store.start_run("p", {}, None)
+    execution = store.start_execution(run_id, "train", "k", {}, "d")
+    store.record_artifact(execution, "output", "trained_model", "/models/abc", "Model", "f", {},
+                          "now")
+    store.finish_execution(execution, "succeeded")
+    assert resolve_weights(f"run:{run_id[:8]}", store, str(tmp_path)) == "/models/abc/model.keras"
+    with pytest.raises(Exception, match="no unique run"):
+        resolve_weights("run:nope", store, str(tmp_path))
+    with pytest.raises(Exception, match="not a file"):
+        resolve_weights("missing.h5", store, str(tmp_path))

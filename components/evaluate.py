@@ -1,0 +1,412 @@
+"""Evaluate: TFMA metrics, slices and thresholds, and a paired statistical gate against
+the baseline (the model holding `production` in the registry, resolved by the runner).
+
+TFMA (on Beam, with the pipeline's runner options) computes the metrics, the per-slice
+and per-class breakdowns, the confusion matrix and calibration, and checks the
+configured absolute and change thresholds. Raw examples go in; the model's
+`transform_features` signature maps the class name to its id (a TFMA preprocessing
+function), so TFMA scores exactly what serving sees.
+
+TFMA has no paired test of "is the candidate worse than the baseline". Both models are
+therefore also run on the same eval examples, and the per-example correctness pairs
+give a bootstrap confidence interval for the accuracy difference and McNemar's exact
+test. `evaluate.gate` says whether "not worse" means the point estimate or the lower
+confidence bound. The Blessing lists every check with value, bound and verdict.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from components import artifacts, features, fileio
+from components.config import BeamConfig, EvaluateConfig
+from components.errors import ArtifactError
+
+log = logging.getLogger("imgpipe.evaluate")
+
+CANDIDATE, BASELINE = "candidate", "baseline"
+# Config metric name -> (TFMA class name, config JSON)
+TOP_LEVEL = {
+    "accuracy": ("SparseCategoricalAccuracy", {"name": "accuracy"}),
+    "example_count": ("ExampleCount", {"name": "example_count"}),
+}
+PER_CLASS = ("precision", "recall", "f1_score", "auc")
+GALLERY = 24
+
+
+def eval_files(examples: artifacts.Artifact) -> list[str]:
+    files = fileio.glob(examples.path("eval", "*.tfrecord.gz"))
+    if not files:
+        raise ArtifactError(f"no eval examples under {examples.uri}; the ingest step wrote "
+                            "none (check data.eval_fraction or the source's eval split).")
+    return files
+
+
+def _threshold(cfg, with_change: bool):
+    from tensorflow_model_analysis.proto import config_pb2
+
+    threshold = config_pb2.MetricThreshold()
+    if cfg.min is not None:
+        threshold.value_threshold.lower_bound.value = cfg.min
+    if cfg.max is not None:
+        threshold.value_threshold.upper_bound.value = cfg.max
+    if with_change and cfg.max_drop is not None:
+        threshold.change_threshold.direction = config_pb2.MetricDirection.HIGHER_IS_BETTER
+        threshold.change_threshold.absolute.value = -cfg.max_drop
+    return threshold
+
+
+def eval_config(cfg: EvaluateConfig, num_classes: int, with_baseline: bool):
+    """The TFMA EvalConfig: two model specs (candidate, baseline), metrics, slices and
+    thresholds scoped to the slices the config names."""
+    from tensorflow_model_analysis.proto import config_pb2
+
+    names = [CANDIDATE] + ([BASELINE] if with_baseline else [])
+    specs = [config_pb2.ModelSpec(
+        name=name, signature_name="serving_default", label_key=features.LABEL_ID,
+        prediction_key="probabilities", preprocessing_function_names=["transform_features"],
+        is_baseline=name == BASELINE) for name in names]
+    slice_keys = [[features.LABEL]] + [[key] for key in cfg.slice_features]
+    slicing = [config_pb2.SlicingSpec()] + [config_pb2.SlicingSpec(feature_keys=keys)
+                                            for keys in slice_keys]
+    top_level = dict(TOP_LEVEL)
+    top_level["top_k_accuracy"] = ("SparseTopKCategoricalAccuracy",
+                                   {"name": "top_k_accuracy", "k": min(cfg.top_k, num_classes)})
+    unknown = set(cfg.thresholds) - set(top_level)
+    if unknown:
+        from components.errors import ConfigError
+        raise ConfigError(f"evaluate.thresholds names unknown metrics {sorted(unknown)}; "
+                          f"thresholds apply to {sorted(top_level)}.")
+    metrics = []
+    for name, (class_name, config) in top_level.items():
+        metric = config_pb2.MetricConfig(class_name=class_name, config=json.dumps(config))
+        threshold = cfg.thresholds.get(name)
+        if threshold is not None:
+            scopes = [config_pb2.SlicingSpec()] + [
+                config_pb2.SlicingSpec(feature_keys=[key]) for key in threshold.slices or []]
+            metric.per_slice_thresholds.add(slicing_specs=scopes,
+                                            threshold=_threshold(threshold, with_baseline))
+        metrics.append(metric)
+    metrics.append(config_pb2.MetricConfig(class_name="MultiClassConfusionMatrixPlot"))
+    # Precision/recall/F1 of the top-1 prediction (not of probability > 0.5).
+    per_class = [config_pb2.MetricConfig(class_name=c, config='{"top_k": 1}')
+                 for c in ("Precision", "Recall", "F1Score")]
+    per_class += [config_pb2.MetricConfig(class_name=c)
+                  for c in ("AUC", "Calibration", "CalibrationPlot")]
+    return config_pb2.EvalConfig(
+        model_specs=specs, slicing_specs=slicing,
+        metrics_specs=[
+            config_pb2.MetricsSpec(metrics=metrics, model_names=names),
+            config_pb2.MetricsSpec(metrics=per_class, model_names=names,
+                                   binarize=config_pb2.BinarizationOptions(
+                                       class_ids={"values": list(range(num_classes))}))])
+
+
+def _value(raw: Any) -> float | None:
+    if isinstance(raw, dict):
+        raw = raw.get("doubleValue", next(iter(raw.values()), None))
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(value) else value
+
+
+def _slice_name(key: tuple) -> str:
+    return "overall" if not key else ", ".join(f"{k}={v}" for k, v in key)
+
+
+def read_tfma(output: str, model_name: str | None, vocabulary: list[str]) -> dict[str, Any]:
+    """TFMA's results as plain JSON: metrics per slice, per class, confusion matrix."""
+    import tensorflow_model_analysis as tfma
+
+    result = tfma.load_eval_result(output, model_name=model_name)
+    slices: dict[str, dict[str, float | None]] = {}
+    per_class: dict[str, dict[str, float | None]] = {}
+    for key, metrics in result.slicing_metrics:
+        for sub_key, values in metrics.get("", {}).items():
+            clean = {k: _value(v) for k, v in values.items() if not k.endswith("_diff")}
+            if sub_key == "":
+                slices.setdefault(_slice_name(key), {}).update(clean)
+            elif not key and sub_key.startswith("classId:"):
+                # "classId:3 topK:1" (argmax precision/recall/F1) and "classId:3" (AUC,
+                # calibration: one-vs-rest over the probability).
+                class_name = vocabulary[int(sub_key.split()[0].split(":")[1])]
+                per_class.setdefault(class_name, {}).update(clean)
+    confusion = [[0] * len(vocabulary) for _ in vocabulary]
+    for key, plots in result.plots:
+        if key:
+            continue
+        matrix = plots.get("", {}).get("", {}).get("multiClassConfusionMatrixAtThresholds")
+        if matrix:
+            for entry in matrix["matrices"][0]["entries"]:
+                confusion[int(entry.get("actualClassId", 0))][
+                    int(entry.get("predictedClassId", 0))] = int(entry["numWeightedExamples"])
+    return {"slices": slices, "per_class": per_class, "confusion": confusion}
+
+
+def validation_checks(output: str) -> tuple[bool, list[dict[str, Any]]]:
+    """TFMA's threshold verdicts: (ok, failures as {metric, slice, value, bound, message})."""
+    import tensorflow_model_analysis as tfma
+
+    result = tfma.load_validation_result(output)
+    failures = []
+    for per_slice in result.metric_validations_per_slice:
+        name = _slice_name(tuple((s.column, s.bytes_value.decode() if s.HasField("bytes_value")
+                                  else s.int64_value) for s in per_slice.slice_key.single_slice_keys))
+        for failure in per_slice.failures:
+            failures.append({"metric": failure.metric_key.name, "model": failure.metric_key.model_name,
+                             "is_diff": failure.metric_key.is_diff, "slice": name,
+                             "value": failure.metric_value.double_value.value
+                             if failure.metric_value.HasField("double_value") else None,
+                             "message": failure.message})
+    return bool(result.validation_ok), failures
+
+
+# --- per-example predictions and the paired gate -------------------------------------
+
+
+def predict_examples(saved_model: str, serialized: list[bytes], batch: int = 256) -> np.ndarray:
+    """Probabilities of `serving_default` on serialized raw examples, in batches."""
+    import tensorflow as tf
+
+    fn = tf.saved_model.load(saved_model).signatures["serving_default"]
+    out = [fn(examples=tf.constant(serialized[i:i + batch]))["probabilities"].numpy()
+           for i in range(0, len(serialized), batch)]
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def read_eval_examples(files: list[str]) -> tuple[list[bytes], dict[str, list]]:
+    import tensorflow as tf
+
+    serialized = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+    parsed = tf.io.parse_example(tf.constant(serialized), {
+        features.LABEL: tf.io.FixedLenFeature([], tf.string),
+        features.ID: tf.io.FixedLenFeature([], tf.string, default_value=b""),
+        features.SOURCE: tf.io.FixedLenFeature([], tf.string, default_value=b""),
+        features.IMAGE: tf.io.FixedLenFeature([], tf.string)}) if serialized else {}
+    cols = {k: [v.decode() if k != features.IMAGE else v for v in parsed[k].numpy()]
+            for k in (features.LABEL, features.ID, features.SOURCE, features.IMAGE)} \
+        if serialized else {k: [] for k in (features.LABEL, features.ID, features.SOURCE,
+                                            features.IMAGE)}
+    return serialized, cols
+
+
+def paired_comparison(candidate_ok: np.ndarray, baseline_ok: np.ndarray, samples: int,
+                      confidence: float, seed: int = 0) -> dict[str, Any]:
+    """Accuracy difference (candidate - baseline) with a paired bootstrap interval and
+    McNemar's exact two-sided p-value on the discordant pairs."""
+    n = len(candidate_ok)
+    diff = candidate_ok.astype(np.float64) - baseline_ok.astype(np.float64)
+    rng = np.random.default_rng(seed)
+    means = np.empty(samples)
+    for start in range(0, samples, 256):  # chunks keep memory flat on large eval sets
+        idx = rng.integers(0, n, size=(min(256, samples - start), n))
+        means[start:start + len(idx)] = diff[idx].mean(axis=1)
+    alpha = (1.0 - confidence) / 2
+    low, high = np.quantile(means, [alpha, 1.0 - alpha])
+    b = int(np.sum(candidate_ok & ~baseline_ok))   # candidate right, baseline wrong
+    c = int(np.sum(~candidate_ok & baseline_ok))
+    k, m = min(b, c), b + c
+    p = 1.0 if m == 0 else min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2 ** m)
+    return {"examples": n, "candidate_accuracy": float(candidate_ok.mean()),
+            "baseline_accuracy": float(baseline_ok.mean()), "difference": float(diff.mean()),
+            "ci_low": float(low), "ci_high": float(high), "confidence": confidence,
+            "bootstrap_samples": samples, "candidate_only_correct": b,
+            "baseline_only_correct": c, "mcnemar_p": p}
+
+
+def class_recalls(labels: list[str], predicted: list[str]) -> dict[str, float]:
+    out = {}
+    for name in sorted(set(labels)):
+        idx = [i for i, label in enumerate(labels) if label == name]
+        out[name] = sum(predicted[i] == name for i in idx) / len(idx)
+    return out
+
+
+def _thumbnail(data: bytes, size: int = 96) -> bytes:
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(data))
+    image.thumbnail((size, size))
+    if image.mode not in ("L", "RGB"):
+        image = image.convert("RGB")
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+# --- the step ------------------------------------------------------------------------
+
+
+def run(examples: artifacts.Artifact, trained_model: artifacts.Artifact,
+        evaluate: EvaluateConfig, beam: BeamConfig, evaluation: str, blessing: str,
+        baseline: str | None = None, producer: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Writes an Evaluation (TFMA output, metrics, predictions, gallery) and a Blessing.
+    `baseline`: the directory of the pushed version that holds `production`, or None."""
+    import tensorflow_model_analysis as tfma
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    files = eval_files(examples)
+    vocabulary = trained_model.properties["label_vocabulary"]
+    saved = trained_model.path("saved_model")
+    base_card = json.loads(fileio.read_text(fileio.join(baseline, "model_card.json"))) \
+        if baseline and fileio.exists(fileio.join(baseline, "model_card.json")) else {}
+    base_ref = f"{base_card.get('name')}:{base_card.get('version')}" if baseline else None
+    config = eval_config(evaluate, len(vocabulary), baseline is not None)
+
+    with artifacts.writing(evaluation, artifacts.Evaluation, producer) as writer:
+        output = writer.file("tfma")
+        started = time.perf_counter()
+        models = [tfma.default_eval_shared_model(eval_saved_model_path=saved,
+                                                 model_name=CANDIDATE, eval_config=config)]
+        if baseline:
+            models.append(tfma.default_eval_shared_model(
+                eval_saved_model_path=baseline, model_name=BASELINE, eval_config=config))
+        tfma.run_model_analysis(
+            eval_shared_model=models if baseline else models[0], eval_config=config,
+            data_location=examples.path("eval", "*.tfrecord.gz"),
+            file_format="tfrecords", output_path=output,
+            pipeline_options=PipelineOptions(beam.pipeline_args()))
+        tfma_seconds = time.perf_counter() - started
+        metrics = read_tfma(output, CANDIDATE if baseline else None, vocabulary)
+        base_metrics = None
+        if baseline:
+            base_vocab = base_card.get("label_vocabulary", vocabulary)
+            base_metrics = read_tfma(output, BASELINE, base_vocab)
+        tfma_ok, failures = validation_checks(output)
+
+        # Per-example predictions of both models on the same examples.
+        serialized, cols = read_eval_examples(files)
+        probs = predict_examples(saved, serialized)
+        predicted = [vocabulary[i] for i in probs.argmax(axis=1)]
+        labels = cols[features.LABEL]
+        candidate_ok = np.array([p == t for p, t in zip(predicted, labels)])
+        rows = []
+        base_predicted = None
+        if baseline:
+            base_probs = predict_examples(baseline, serialized)
+            base_vocab = base_card.get("label_vocabulary", vocabulary)
+            base_predicted = [base_vocab[i] for i in base_probs.argmax(axis=1)]
+        for i, (ident, label) in enumerate(zip(cols[features.ID], labels)):
+            rows.append({"id": ident, "source": cols[features.SOURCE][i], "label": label,
+                         "predicted": predicted[i], "probability": float(probs[i].max()),
+                         **({"baseline_predicted": base_predicted[i]} if base_predicted else {})})
+        fileio.write_text(writer.file("predictions.jsonl"),
+                          "".join(json.dumps(r) + "\n" for r in rows))
+
+        # Gallery: the most confident mistakes, as thumbnails.
+        wrong = sorted((i for i in range(len(rows)) if not candidate_ok[i]),
+                       key=lambda i: -rows[i]["probability"])[:GALLERY]
+        gallery = []
+        for rank, i in enumerate(wrong):
+            name = f"{rank:02d}.png"
+            with fileio.open_file(writer.file("misclassified", name), "wb") as handle:
+                handle.write(_thumbnail(cols[features.IMAGE][i]))
+            gallery.append({"file": f"misclassified/{name}", **rows[i]})
+
+        checks = []
+        overall = metrics["slices"].get("overall", {})
+        base_overall = (base_metrics or {}).get("slices", {}).get("overall", {})
+        used: set[int] = set()
+
+        def tfma_failures(metric: str, is_diff: bool) -> list[dict[str, Any]]:
+            found = [i for i, f in enumerate(failures)
+                     if f["metric"] == metric and f["is_diff"] == is_diff]
+            used.update(found)
+            return [failures[i] for i in found]
+
+        for name, threshold in evaluate.thresholds.items():
+            if threshold.min is not None or threshold.max is not None:
+                bad = tfma_failures(name, False)
+                bound = {k: v for k, v in (("min", threshold.min), ("max", threshold.max))
+                         if v is not None}
+                checks.append({"check": f"{name} (overall)", "source": "tfma",
+                               "value": overall.get(name), "bound": bound,
+                               "verdict": "fail" if any(f["slice"] == "overall" for f in bad)
+                               else "pass"})
+                for f in bad:
+                    if f["slice"] != "overall":
+                        checks.append({"check": f"{name} ({f['slice']})", "source": "tfma",
+                                       "value": f["value"], "bound": bound, "verdict": "fail"})
+            if threshold.max_drop is not None and baseline:
+                bad = tfma_failures(name, True)
+                value = overall.get(name)
+                change = None if value is None or base_overall.get(name) is None \
+                    else value - base_overall[name]
+                checks.append({"check": f"{name} change vs {base_ref}", "source": "tfma",
+                               "value": change, "bound": {"min": -threshold.max_drop},
+                               "verdict": "fail" if bad else "pass"})
+        for i, failure in enumerate(failures):
+            if i not in used:
+                checks.append({"check": f"{failure['metric']} ({failure['slice']})",
+                               "source": "tfma", "value": failure["value"], "verdict": "fail",
+                               "detail": failure["message"]})
+        recalls = class_recalls(labels, predicted)
+        if evaluate.min_class_recall is not None:
+            for name, recall in recalls.items():
+                checks.append({"check": f"recall of class {name}", "source": "predictions",
+                               "value": recall, "bound": {"min": evaluate.min_class_recall},
+                               "verdict": "pass" if recall >= evaluate.min_class_recall
+                               else "fail"})
+        comparison = None
+        if baseline:
+            base_ok = np.array([p == t for p, t in zip(base_predicted, labels)])
+            comparison = paired_comparison(candidate_ok, base_ok, evaluate.bootstrap_samples,
+                                           evaluate.confidence)
+            comparison["baseline"] = base_ref
+            comparison["class_recall"] = {
+                name: {"candidate": recalls[name], "baseline": value}
+                for name, value in class_recalls(labels, base_predicted).items()}
+            drop = (evaluate.thresholds.get("accuracy").max_drop
+                    if evaluate.thresholds.get("accuracy") else None) or 0.0
+            measured = comparison["difference"] if evaluate.gate == "point" \
+                else comparison["ci_low"]
+            checks.append({
+                "check": f"accuracy not worse than {base_ref} (" + (
+                    "point estimate" if evaluate.gate == "point" else
+                    f"lower bound of the {evaluate.confidence:.0%} CI") + ")",
+                "source": "paired bootstrap",
+                "value": measured, "bound": {"min": -drop},
+                "verdict": "pass" if measured >= -drop else "fail",
+                "detail": f"difference {comparison['difference']:+.4f}, "
+                          f"{int(evaluate.confidence * 100)}% CI [{comparison['ci_low']:+.4f}, "
+                          f"{comparison['ci_high']:+.4f}], McNemar p={comparison['mcnemar_p']:.3g}"})
+
+        summary = {"model": trained_model.uri, "baseline": base_ref,
+                   "examples": len(rows), "metrics": metrics, "baseline_metrics": base_metrics,
+                   "comparison": comparison, "class_recall": recalls, "gallery": gallery,
+                   "label_vocabulary": vocabulary, "tfma_seconds": round(tfma_seconds, 2)}
+        fileio.write_text(writer.file("metrics.json"), json.dumps(summary, indent=2))
+        writer.properties = {"accuracy": overall.get("accuracy"),
+                             "examples": len(rows), "baseline": base_ref}
+        writer.commit()
+
+    blessed = tfma_ok and all(c["verdict"] == "pass" for c in checks)
+    failed = [c for c in checks if c["verdict"] == "fail"]
+    reason = "all checks passed" if blessed else "; ".join(
+        f"{c['check']}: {c['value'] if c['value'] is None else round(c['value'], 4)}"
+        f"{' vs ' + json.dumps(c['bound']) if c.get('bound') else ''}" for c in failed) \
+        or "TFMA validation failed"
+    with artifacts.writing(blessing, artifacts.Blessing, producer) as writer:
+        record = {"blessed": blessed, "reason": reason, "baseline": base_ref,
+                  "gate": evaluate.gate, "checks": checks}
+        fileio.write_text(writer.file("blessing.json"), json.dumps(record, indent=2))
+        writer.properties = {"blessed": blessed, "reason": reason, "baseline": base_ref}
+        writer.commit()
+
+    accuracy = overall.get("accuracy")
+    lines = [f"accuracy {accuracy:.4f} on {len(rows)} eval examples"
+             + (f", baseline {base_ref}: {comparison['baseline_accuracy']:.4f} (difference "
+                f"{comparison['difference']:+.4f}, CI [{comparison['ci_low']:+.4f}, "
+                f"{comparison['ci_high']:+.4f}])" if comparison else ", no baseline")
+             if accuracy is not None else f"{len(rows)} eval examples",
+             ("BLESSED" if blessed else "NOT BLESSED: " + reason)]
+    return {"blessed": blessed, "accuracy": accuracy, "lines": lines}

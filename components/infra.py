@@ -1,0 +1,149 @@
+"""Infra validation: the exported SavedModel must load and serve in a fresh process
+that imports only TensorFlow (as TF Serving would), before anything is pushed.
+
+The probe calls `serving_default` (serialized raw examples) and `serving_images`
+(encoded image bytes) on a few eval examples and checks output shapes, that the
+probabilities are finite and sum to 1, that class names belong to the label
+vocabulary, that both signatures agree, and that one batch stays within
+`evaluate.latency_budget_ms`. A model that fails is not pushed; the reason is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+from components import artifacts, fileio
+from components.config import EvaluateConfig
+
+PROBE_EXAMPLES = 16
+
+# Runs in a fresh interpreter: TensorFlow only, nothing of this package.
+PROBE = r"""
+import json, sys, time
+import numpy as np
+import tensorflow as tf
+
+saved, data_file = sys.argv[1], sys.argv[2]
+data = json.load(open(data_file))
+examples = [bytes.fromhex(x) for x in data["examples"]]
+images = [bytes.fromhex(x) for x in data["images"]]
+loaded = tf.saved_model.load(saved)
+report = {"signatures": sorted(loaded.signatures.keys())}
+outs = {}
+for name, arg, batch in (("serving_default", "examples", examples),
+                         ("serving_images", "images", images)):
+    if name not in loaded.signatures:
+        continue
+    fn = loaded.signatures[name]
+    fn(**{arg: tf.constant(batch[:1])})  # warm-up (tracing, kernels)
+    start = time.perf_counter()
+    out = fn(**{arg: tf.constant(batch)})
+    report[name + "_ms"] = (time.perf_counter() - start) * 1000
+    probs = out["probabilities"].numpy() if "probabilities" in out else None
+    outs[name] = probs
+    report[name] = {
+        "outputs": sorted(out.keys()),
+        "shape": list(probs.shape) if probs is not None else None,
+        "finite": bool(np.all(np.isfinite(probs))) if probs is not None else None,
+        "max_sum_error": float(np.max(np.abs(probs.sum(axis=1) - 1.0))) if probs is not None else None,
+        "class_names": [c.decode() for c in out["class_name"].numpy()] if "class_name" in out else None,
+    }
+if len(outs) == 2 and all(v is not None for v in outs.values()):
+    report["max_signature_disagreement"] = float(np.max(np.abs(outs["serving_default"] - outs["serving_images"])))
+print("PROBE " + json.dumps(report))
+"""
+
+
+def probe(saved_model: str, examples: list[bytes], images: list[bytes],
+          timeout: float = 300) -> dict[str, Any]:
+    """Runs the probe in a fresh process; returns its report or {'error': ...}."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump({"examples": [e.hex() for e in examples],
+                   "images": [i.hex() for i in images]}, handle)
+        data_file = handle.name
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH="")
+    try:
+        proc = subprocess.run([sys.executable, "-c", PROBE, saved_model, data_file],
+                              capture_output=True, text=True, env=env, timeout=timeout,
+                              cwd=tempfile.gettempdir())
+    except subprocess.TimeoutExpired:
+        return {"error": f"the model did not load and serve within {timeout:.0f} s"}
+    finally:
+        os.unlink(data_file)
+    for line in proc.stdout.splitlines():
+        if line.startswith("PROBE "):
+            return json.loads(line[6:])
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return {"error": f"loading/serving failed in a fresh process (exit {proc.returncode}): "
+                     f"{tail[:300]}"}
+
+
+def verdict(report: dict[str, Any], batch: int, vocabulary: list[str],
+            budget_ms: float) -> list[str]:
+    """The problems in a probe report (empty = passed)."""
+    if "error" in report:
+        return [report["error"]]
+    problems = []
+    for name in ("serving_default", "serving_images"):
+        out = report.get(name)
+        if out is None:
+            problems.append(f"signature {name} is missing (has {report['signatures']})")
+            continue
+        missing = {"probabilities", "class_id", "class_name"} - set(out["outputs"])
+        if missing:
+            problems.append(f"{name} lacks outputs {sorted(missing)}")
+            continue
+        if out["shape"] != [batch, len(vocabulary)]:
+            problems.append(f"{name} probabilities have shape {out['shape']}, expected "
+                            f"[{batch}, {len(vocabulary)}]")
+        if not out["finite"]:
+            problems.append(f"{name} returned NaN/inf probabilities")
+        elif out["max_sum_error"] > 1e-3:
+            problems.append(f"{name} probabilities do not sum to 1 (off by up to "
+                            f"{out['max_sum_error']:.3g})")
+        unknown = set(out["class_names"] or []) - set(vocabulary)
+        if unknown:
+            problems.append(f"{name} returned class names outside the vocabulary: "
+                            f"{sorted(unknown)[:5]}")
+        if report.get(name + "_ms", 0) > budget_ms:
+            problems.append(f"{name} took {report[name + '_ms']:.0f} ms for {batch} examples, "
+                            f"over the {budget_ms:.0f} ms budget (evaluate.latency_budget_ms)")
+    disagreement = report.get("max_signature_disagreement")
+    if disagreement is not None and disagreement > 1e-4:
+        problems.append(f"serving_default and serving_images disagree by {disagreement:.3g}")
+    return problems
+
+
+def run(trained_model: artifacts.Artifact, examples: artifacts.Artifact,
+        evaluate: EvaluateConfig, infra_blessing: str,
+        producer: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Writes a Blessing (kind infra) with the probe report and the verdict."""
+    from components import evaluate as evaluate_step
+
+    files = evaluate_step.eval_files(examples)
+    serialized, cols = evaluate_step.read_eval_examples(files)
+    serialized = serialized[:PROBE_EXAMPLES]
+    images = cols["image/encoded"][:PROBE_EXAMPLES]
+    report = probe(trained_model.path("saved_model"), serialized, images)
+    problems = verdict(report, len(serialized), trained_model.properties["label_vocabulary"],
+                       evaluate.latency_budget_ms)
+    passed = not problems
+    reason = "served both signatures in a fresh process" if passed else "; ".join(problems)
+    with artifacts.writing(infra_blessing, artifacts.Blessing, producer) as writer:
+        fileio.write_text(writer.file("infra_validation.json"), json.dumps(
+            {"passed": passed, "reason": reason, "report": report}, indent=2))
+        writer.properties = {"kind": "infra", "passed": passed, "reason": reason,
+                             "latency_ms": {k[:-3]: round(v, 1) for k, v in report.items()
+                                            if k.endswith("_ms")}}
+        writer.commit()
+    lines = [f"{'passed' if passed else 'FAILED'}: {reason}"]
+    if passed:
+        lines[0] += " (" + ", ".join(f"{k[:-3]} {v:.0f} ms" for k, v in report.items()
+                                     if k.endswith("_ms")) + f" per {len(serialized)})"
+    return {"passed": passed, "lines": lines}

@@ -1,0 +1,173 @@
+"""Batch prediction with a pushed (or any exported) model on raw image files.
+
+Inputs: files, folders (searched recursively for image extensions) and CSV/JSONL
+manifests with a `path` column. Each file is checked as ingest checks it (odd
+formats converted to PNG); a bad file gets a row with its error instead of stopping
+the job. Images go through the model's `serving_images` signature in batches, in
+this process with a progress line, or, for large inputs, as a Beam job (a DoFn that
+loads the model once per worker) with the pipeline's runner options.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+import time
+from typing import Any, Iterable, Iterator
+
+from components import features, fileio, imaging
+from components.errors import ConfigError, DataError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+COLUMNS = ("path", "class", "probability", "top_k", "error")
+BEAM_THRESHOLD = 20_000
+
+
+def expand_inputs(inputs: Iterable[str]) -> list[str]:
+    """Files, folders (recursive, image extensions) and manifests -> file paths."""
+    paths: list[str] = []
+    for item in inputs:
+        if os.path.isdir(item):
+            for root, _, names in sorted(os.walk(item)):
+                paths.extend(os.path.join(root, n) for n in sorted(names)
+                             if n.lower().endswith(IMAGE_EXTENSIONS))
+        elif item.lower().endswith((".csv", ".jsonl")):
+            paths.extend(_manifest_paths(item))
+        elif fileio.exists(item):
+            paths.append(item)
+        else:
+            raise DataError(f"input {item} does not exist; pass image files, folders or a "
+                            ".csv/.jsonl manifest with a 'path' column.")
+    return paths
+
+
+def _manifest_paths(path: str) -> list[str]:
+    base = os.path.dirname(path)
+    with open(path, encoding="utf-8", newline="") as handle:
+        if path.lower().endswith(".csv"):
+            rows = list(csv.DictReader(handle))
+        else:
+            rows = [json.loads(line) for line in handle if line.strip()]
+    out = []
+    for number, row in enumerate(rows, 1):
+        ref = row.get("path") or row.get("uri")
+        if not ref:
+            raise DataError(f"{path}: row {number} has no 'path' column.")
+        out.append(ref if "://" in ref or os.path.isabs(ref) else os.path.join(base, ref))
+    return out
+
+
+def load_model(saved_model: str):
+    """The SavedModel and its class names (the label vocabulary asset, in id order)."""
+    import tensorflow as tf
+
+    if not fileio.exists(fileio.join(saved_model, "saved_model.pb")):
+        raise ConfigError(f"{saved_model} is not a SavedModel directory (no saved_model.pb).")
+    loaded = tf.saved_model.load(saved_model)
+    if "serving_images" not in loaded.signatures:
+        raise ConfigError(f"{saved_model} has no serving_images signature; export it with "
+                          "imgpipe's trainer.")
+    vocab = fileio.join(saved_model, "assets", features.LABEL_VOCABULARY)
+    loaded.vocabulary = fileio.read_text(vocab).splitlines() if fileio.exists(vocab) else None
+    return loaded
+
+
+def predict_files(model, paths: list[str], top_k: int = 3,
+                  max_pixels: int = 50_000_000) -> list[dict[str, Any]]:
+    """One row per path, in order: class, probability, top-k, or an error."""
+    import numpy as np
+    import tensorflow as tf
+
+    rows: list[dict[str, Any]] = [{"path": p} for p in paths]
+    good, images = [], []
+    for i, path in enumerate(paths):
+        try:
+            images.append(imaging.check_image(fileio.read_bytes(path), max_pixels).data)
+            good.append(i)
+        except (imaging.BadImage, OSError) as exc:
+            rows[i]["error"] = str(exc)
+    if images:
+        fn = model.signatures["serving_images"]
+        out = fn(images=tf.constant(images))
+        probs = out["probabilities"].numpy()
+        names = getattr(model, "vocabulary", None)
+        for j, i in enumerate(good):
+            order = np.argsort(-probs[j])[:top_k]
+            label = out["class_name"].numpy()[j].decode()
+            rows[i].update({"class": label, "probability": float(probs[j].max()),
+                            "top_k": [[names[k] if names else int(k), float(probs[j][k])]
+                                      for k in order]})
+    return rows
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def predict_local(saved_model: str, paths: list[str], batch_size: int = 64, top_k: int = 3,
+                  progress: bool = True) -> list[dict[str, Any]]:
+    model = load_model(saved_model)
+    rows: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    for chunk in _chunks(paths, batch_size):
+        rows.extend(predict_files(model, chunk, top_k))
+        if progress:
+            rate = len(rows) / max(time.perf_counter() - started, 1e-9)
+            bar = "#" * int(30 * len(rows) / len(paths))
+            print(f"\r[{bar:<30}] {len(rows)}/{len(paths)} images, {rate:.0f}/s",
+                  end="", file=sys.stderr, flush=True)
+    if progress and paths:
+        print(file=sys.stderr)
+    return rows
+
+
+def predict_beam(saved_model: str, paths: list[str], pipeline_args: list[str],
+                 batch_size: int = 64, top_k: int = 3) -> list[dict[str, Any]]:
+    """The same prediction as a Beam job: batches of paths, a model per DoFn instance."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    class Predict(beam.DoFn):
+        def setup(self):
+            self.model = load_model(saved_model)
+
+        def process(self, batch):
+            indexed = sorted(batch)
+            rows = predict_files(self.model, [p for _, p in indexed], top_k)
+            for (index, _), row in zip(indexed, rows):
+                yield index, row
+
+    results: list[tuple[int, dict[str, Any]]] = []
+    with beam.Pipeline(options=PipelineOptions(pipeline_args)) as pipeline:
+        _ = (pipeline
+             | beam.Create(list(enumerate(paths)))
+             | beam.BatchElements(min_batch_size=batch_size, max_batch_size=batch_size)
+             | beam.ParDo(Predict())
+             | beam.combiners.ToList()
+             | beam.Map(results.extend))
+    return [row for _, row in sorted(results, key=lambda pair: pair[0])]
+
+
+def write_rows(rows: list[dict[str, Any]], output: str | None) -> str:
+    """CSV (top_k as JSON) or JSONL by the output's extension; stdout as CSV."""
+    if output and output.endswith(".jsonl"):
+        text = "".join(json.dumps({k: row.get(k) for k in COLUMNS}) + "\n" for row in rows)
+    else:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(COLUMNS)
+        for row in rows:
+            writer.writerow([row.get("path"), row.get("class", ""),
+                             "" if row.get("probability") is None else f"{row['probability']:.6f}",
+                             json.dumps(row["top_k"]) if row.get("top_k") else "",
+                             row.get("error", "")])
+        text = buffer.getvalue()
+    if output:
+        fileio.write_text(output, text)
+    else:
+        sys.stdout.write(text)
+    return text

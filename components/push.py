@@ -1,0 +1,157 @@
+"""Push: a blessed model that passed infra validation becomes the next numbered version
+in the registry (TF Serving layout, `components/registry.py`), with a model card.
+
+A model that is not blessed, or failed infra validation, is never pushed: the step
+still succeeds and records why (the run ends with exit 0 and says so; `imgpipe run
+--require-push` turns it into exit 4 for CI). Pushing is idempotent: a model whose
+SavedModel is already a version of this name is not pushed twice.
+
+Optional: the same version also goes to Vertex AI Model Registry (`push.vertex`),
+through `VertexModelRegistry` below: untested against the live service.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import subprocess
+from typing import Any
+
+from components import artifacts, fileio
+from components.config import PushConfig
+from components.registry import Registry
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, cwd=__file__.rsplit("/", 2)[0])
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def package_version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("imgpipe")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def model_card(trained_model: artifacts.Artifact, blessing: artifacts.Artifact,
+               infra_blessing: artifacts.Artifact, evaluation: artifacts.Artifact,
+               statistics: artifacts.Artifact, pipeline_config: dict[str, Any] | None,
+               producer: dict[str, Any] | None) -> dict[str, Any]:
+    metrics = json.loads(fileio.read_text(evaluation.path("metrics.json")))
+    verdict = json.loads(fileio.read_text(blessing.path("blessing.json")))
+    stats = json.loads(fileio.read_text(statistics.path("stats.json")))
+    infra = json.loads(fileio.read_text(infra_blessing.path("infra_validation.json")))
+    return {
+        "model": {"kind": trained_model.properties.get("kind"),
+                  "trainable_params": trained_model.properties.get("trainable_params"),
+                  "image_shape": trained_model.properties.get("image_shape"),
+                  "epochs": trained_model.properties.get("epochs"),
+                  "fingerprint": trained_model.fingerprint},
+        "label_vocabulary": trained_model.properties.get("label_vocabulary"),
+        "metrics": metrics["metrics"]["slices"].get("overall", {}),
+        "per_class": metrics["metrics"]["per_class"],
+        "comparison": metrics.get("comparison"),
+        "blessing": {"blessed": verdict["blessed"], "reason": verdict["reason"],
+                     "baseline": verdict["baseline"], "gate": verdict["gate"],
+                     "checks": verdict["checks"]},
+        "infra_validation": {"passed": infra["passed"], "reason": infra["reason"]},
+        "data": {"fingerprint": stats.get("content_digest") or statistics.fingerprint,
+                 "examples": stats.get("num_examples"), "counts": stats.get("counts"),
+                 "classes": stats.get("class_names"),
+                 "quarantined": stats.get("num_quarantined"),
+                 "quarantine_reasons": stats.get("quarantine_reasons")},
+        "config": pipeline_config,
+        "package_version": package_version(),
+        "git_commit": git_commit(),
+        "run_id": (producer or {}).get("run_id"),
+        "pipeline": (producer or {}).get("pipeline"),
+        "artifacts": {"model": trained_model.uri, "evaluation": evaluation.uri,
+                      "statistics": statistics.uri},
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+class VertexModelRegistry:
+    """Uploads a pushed version to Vertex AI Model Registry as a new version of one
+    model (`aiplatform.Model.upload(parent_model=...)`), with version aliases.
+    Untested against the live service (not reachable from here); the calls are
+    unit-tested with a fake `aiplatform` module."""
+
+    def __init__(self, project: str, region: str, serving_image: str, aiplatform=None):
+        if aiplatform is None:
+            from google.cloud import aiplatform  # only when Vertex is configured
+        self.aiplatform = aiplatform
+        self.project, self.region, self.serving_image = project, region, serving_image
+
+    def upload(self, display_name: str, artifact_uri: str, labels: dict[str, str],
+               aliases: list[str]) -> str:
+        ai = self.aiplatform
+        ai.init(project=self.project, location=self.region)
+        existing = ai.Model.list(filter=f'display_name="{display_name}"')
+        model = ai.Model.upload(
+            display_name=display_name, artifact_uri=artifact_uri,
+            serving_container_image_uri=self.serving_image,
+            parent_model=existing[0].resource_name if existing else None,
+            is_default_version=True, version_aliases=aliases or None, labels=labels)
+        return model.resource_name
+
+
+def run(trained_model: artifacts.Artifact, blessing: artifacts.Artifact,
+        infra_blessing: artifacts.Artifact, evaluation: artifacts.Artifact,
+        statistics: artifacts.Artifact, push: PushConfig, pushed_model: str,
+        pipeline_config: dict[str, Any] | None = None,
+        producer: dict[str, Any] | None = None) -> dict[str, Any]:
+    name = push.model_name or (producer or {}).get("pipeline") or "model"
+    registry = Registry(push.destination)
+    blessed = bool(blessing.properties.get("blessed"))
+    infra_ok = bool(infra_blessing.properties.get("passed"))
+    record: dict[str, Any] = {"pushed": False, "registry": registry.root, "model_name": name}
+    if not blessed or not infra_ok:
+        why = []
+        if not blessed:
+            why.append(f"not blessed: {blessing.properties.get('reason')}")
+        if not infra_ok:
+            why.append(f"infra validation failed: {infra_blessing.properties.get('reason')}")
+        record["reason"] = "; ".join(why)
+        lines = [f"NOTHING PUSHED ({record['reason']})"]
+    else:
+        existing = [v for v in registry.versions(name)
+                    if v.card.get("model", {}).get("fingerprint") == trained_model.fingerprint]
+        if existing:
+            version = existing[-1]
+            record.update(pushed=True, version=version.version, path=version.path,
+                          already=True, reason="this model was already pushed")
+            lines = [f"already pushed as {version.ref} ({version.path})"]
+        else:
+            card = model_card(trained_model, blessing, infra_blessing, evaluation, statistics,
+                              pipeline_config, producer)
+            version = registry.push(name, trained_model.path("saved_model"), card,
+                                    {"model.keras": trained_model.path("model.keras")})
+            record.update(pushed=True, version=version.version, path=version.path,
+                          reason="blessed and served in infra validation")
+            lines = [f"pushed {version.ref} to {version.path}"]
+        if push.promote_to:
+            registry.set_alias(version.ref, push.promote_to,
+                               reason=f"auto-promoted by run {(producer or {}).get('run_id')}",
+                               who="pipeline")
+            record["alias"] = push.promote_to
+            lines.append(f"{name}@{push.promote_to} -> version {version.version}")
+        if push.vertex is not None and not record.get("already"):
+            vertex = VertexModelRegistry(push.vertex.project, push.vertex.region,
+                                         push.vertex.serving_image)
+            record["vertex_model"] = vertex.upload(
+                name, version.path, {"imgpipe_version": str(version.version)},
+                [push.promote_to] if push.promote_to else [])
+            lines.append(f"uploaded to Vertex AI Model Registry: {record['vertex_model']}")
+    with artifacts.writing(pushed_model, artifacts.PushedModel, producer) as writer:
+        fileio.write_text(writer.file("push.json"), json.dumps(record, indent=2))
+        writer.properties = record
+        writer.commit()
+    return {**record, "lines": lines}

@@ -1,0 +1,198 @@
+"""The run report: one self-contained `report.html` (plots embedded, PNGs also written
+next to it) per run, for the reviewer of a promotion: data and quarantine summary,
+anomalies, training curves, confusion matrix, per-class metrics, every blessing check
+with the baseline comparison and its confidence interval, a gallery of the most
+confident mistakes, and what was pushed where."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+from typing import Any
+
+from components import fileio
+
+STYLE = """body{font:14px system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;
+text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+.pass{color:#17702a;font-weight:600}.fail{color:#b00020;font-weight:600}
+.gallery{display:flex;flex-wrap:wrap;gap:10px}.gallery figure{margin:0;width:120px;
+font-size:11px}.gallery img{width:96px;image-rendering:pixelated;border:1px solid #ccc}
+h2{border-bottom:1px solid #ddd;padding-bottom:3px;margin-top:1.6em}"""
+
+
+def _read_json(path: str) -> Any:
+    return json.loads(fileio.read_text(path)) if fileio.exists(path) else None
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4f}"
+        return html.escape("" if value is None else str(value))
+
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>"
+                   for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _png(fig, path: str) -> str:
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    with open(path, "rb") as handle:
+        data = base64.b64encode(handle.read()).decode()
+    return f'<img src="data:image/png;base64,{data}">'
+
+
+def _plots(history: dict | None, metrics: dict | None, out_dir: str) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    images = {}
+    if history and history.get("loss"):
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+        for ax, key in zip(axes, ("loss", "accuracy")):
+            for prefix, label in (("", "train"), ("val_", "eval")):
+                if history.get(prefix + key):
+                    ax.plot(range(1, len(history[prefix + key]) + 1), history[prefix + key],
+                            label=label)
+            ax.set_xlabel("epoch")
+            ax.set_title(key)
+            ax.legend()
+        images["curves"] = _png(fig, os.path.join(out_dir, "training_curves.png"))
+        plt.close(fig)
+    confusion = (metrics or {}).get("metrics", {}).get("confusion")
+    vocab = (metrics or {}).get("label_vocabulary")
+    if confusion and vocab and any(any(row) for row in confusion):
+        size = max(3.5, 0.45 * len(vocab))
+        fig, ax = plt.subplots(figsize=(size + 1, size))
+        im = ax.imshow(confusion, cmap="Blues")
+        ax.set_xticks(range(len(vocab)), vocab, rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(len(vocab)), vocab, fontsize=8)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        if len(vocab) <= 15:
+            for i, row in enumerate(confusion):
+                for j, value in enumerate(row):
+                    ax.text(j, i, str(value), ha="center", va="center", fontsize=7,
+                            color="white" if value > max(map(max, confusion)) / 2 else "black")
+        fig.colorbar(im)
+        images["confusion"] = _png(fig, os.path.join(out_dir, "confusion_matrix.png"))
+        plt.close(fig)
+    return images
+
+
+def write(run_dir: str, run_id: str, status: str, steps: list[Any], error: str | None = None
+          ) -> str:
+    """Writes `run_dir/report.html` from the run's step results (ran or cached)."""
+    os.makedirs(run_dir, exist_ok=True)
+    outputs = {f"{s.step}.{name}": uri for s in steps for name, uri in s.outputs.items()}
+
+    def art(ref: str, *parts: str) -> Any:
+        return _read_json(fileio.join(outputs[ref], *parts)) if ref in outputs else None
+
+    stats = art("ingest.statistics", "stats.json")
+    anomalies = art("validate.anomalies", "anomalies.json")
+    history = art("train.trained_model", "history.json")
+    metrics = art("evaluate.evaluation", "metrics.json")
+    blessing = art("evaluate.blessing", "blessing.json")
+    infra = art("infra_validate.infra_blessing", "infra_validation.json")
+    push = art("push.pushed_model", "push.json")
+    images = _plots(history, metrics, run_dir)
+
+    parts = [f"<!doctype html><meta charset='utf-8'><title>imgpipe run {run_id}</title>"
+             f"<style>{STYLE}</style><h1>Run {html.escape(run_id)}: {html.escape(status)}</h1>"]
+    if error:
+        parts.append(f"<p class='fail'>{html.escape(error)}</p>")
+    parts.append("<h2>Steps</h2>" + _table(
+        ["step", "status", "seconds", "decision"],
+        [[s.step, s.status, round(s.seconds, 1), s.decision] for s in steps]))
+
+    if push:
+        verdict = (f"<p class='pass'>Pushed {html.escape(push['model_name'])}:{push['version']}"
+                   f" to {html.escape(push['path'])}</p>" if push.get("pushed") else
+                   f"<p class='fail'>Nothing pushed: {html.escape(push.get('reason', ''))}</p>")
+        parts.append("<h2>Push</h2>" + verdict)
+    if blessing:
+        cls = "pass" if blessing["blessed"] else "fail"
+        parts.append(f"<h2>Blessing</h2><p class='{cls}'>"
+                     f"{'BLESSED' if blessing['blessed'] else 'NOT BLESSED'}: "
+                     f"{html.escape(blessing['reason'])}</p>")
+        parts.append(_table(["check", "source", "value", "bound", "verdict", "detail"], [
+            [c["check"], c["source"], c["value"], json.dumps(c.get("bound")), c["verdict"],
+             c.get("detail", "")] for c in blessing["checks"]]))
+    if infra:
+        parts.append(f"<p>Infra validation: <span class='{'pass' if infra['passed'] else 'fail'}'>"
+                     f"{html.escape(infra['reason'])}</span></p>")
+    if metrics:
+        comparison = metrics.get("comparison")
+        parts.append("<h2>Evaluation</h2>")
+        if comparison:
+            parts.append(
+                f"<p>Baseline {html.escape(str(comparison['baseline']))}: accuracy "
+                f"{comparison['baseline_accuracy']:.4f} &rarr; {comparison['candidate_accuracy']:.4f}"
+                f" (difference {comparison['difference']:+.4f}, "
+                f"{comparison['confidence']:.0%} paired bootstrap CI [{comparison['ci_low']:+.4f}, "
+                f"{comparison['ci_high']:+.4f}], McNemar p = {comparison['mcnemar_p']:.3g}, "
+                f"{comparison['examples']} examples)</p>")
+        else:
+            parts.append("<p>No baseline (no model holds the baseline alias yet).</p>")
+        slices = metrics["metrics"]["slices"]
+        base_slices = (metrics.get("baseline_metrics") or {}).get("slices", {})
+        parts.append(_table(["slice", "accuracy", "top-k accuracy", "examples",
+                             "baseline accuracy"],
+                            [[name, v.get("accuracy"), v.get("top_k_accuracy"),
+                              v.get("example_count"), base_slices.get(name, {}).get("accuracy")]
+                             for name, v in slices.items()]))
+        per_class = metrics["metrics"]["per_class"]
+        base_recall = {k: v["baseline"] for k, v in
+                       (comparison or {}).get("class_recall", {}).items()}
+        parts.append("<h3>Per class</h3>" + _table(
+            ["class", "precision", "recall", "F1", "AUC", "calibration", "baseline recall",
+             "recall change"],
+            [[name, v.get("precision"), v.get("recall"), v.get("f1_score"), v.get("auc"),
+              v.get("calibration"), base_recall.get(name),
+              None if base_recall.get(name) is None or v.get("recall") is None
+              else v["recall"] - base_recall[name]] for name, v in per_class.items()]))
+        if "confusion" in images:
+            parts.append("<h3>Confusion matrix</h3>" + images["confusion"])
+        gallery = metrics.get("gallery") or []
+        if gallery:
+            figures = []
+            for item in gallery:
+                path = fileio.join(outputs["evaluate.evaluation"], item["file"])
+                data = base64.b64encode(fileio.read_bytes(path)).decode()
+                figures.append(
+                    f"<figure><img src='data:image/png;base64,{data}'><figcaption>true "
+                    f"<b>{html.escape(item['label'])}</b><br>predicted "
+                    f"<b>{html.escape(item['predicted'])}</b> ({item['probability']:.2f})"
+                    f"</figcaption></figure>")
+            parts.append("<h3>Most confident mistakes</h3><div class='gallery'>"
+                         + "".join(figures) + "</div>")
+    if history:
+        parts.append("<h2>Training</h2>" + images.get("curves", ""))
+    if stats:
+        parts.append("<h2>Data</h2>" + _table(
+            ["examples", "inputs", "quarantined", "bad fraction", "train", "eval"],
+            [[stats["num_examples"], stats["num_inputs"], stats["num_quarantined"],
+              stats["bad_fraction"], sum(stats["counts"].get("train", {}).values())
+              if isinstance(stats["counts"].get("train"), dict) else stats["counts"].get("train"),
+              sum(stats["counts"].get("eval", {}).values())
+              if isinstance(stats["counts"].get("eval"), dict) else stats["counts"].get("eval")]]))
+        if stats.get("quarantine_reasons"):
+            parts.append("<h3>Quarantine</h3>" + _table(
+                ["reason", "files"], sorted(stats["quarantine_reasons"].items())))
+    if anomalies is not None:
+        items = anomalies if isinstance(anomalies, list) else anomalies.get("anomalies", [])
+        parts.append("<h2>Validation</h2>" + (_table(
+            ["severity", "kind", "feature", "description"],
+            [[a["severity"], a["kind"], a["feature"], a["description"]] for a in items])
+            if items else "<p>No anomalies.</p>"))
+    path = os.path.join(run_dir, "report.html")
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(parts))
+    return path

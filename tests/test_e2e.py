@@ -1,0 +1,96 @@
+"""End to end on the built-in fonts data: ingest -> push, blessing against the
+production baseline, promotion, and batch prediction matching the evaluator."""
+
+import csv
+import json
+import os
+
+import pytest
+
+from components.registry import Registry
+from pipeline import cli
+from pipeline.local import run_pipeline
+
+pytestmark = pytest.mark.slow
+
+
+def config(make_config, tmp_path, kind, epochs, **train):
+    return make_config(
+        name="fonts",
+        data={"source": "builtin:fonts"},
+        validate={"max_near_duplicate_fraction": 1.0},
+        model={"kind": kind},
+        train={"epochs": epochs, "batch_size": 64, **train},
+        evaluate={"thresholds": {"accuracy": {"min": 0.3, "max_drop": 0.0}},
+                  "bootstrap_samples": 500},
+        push={"destination": str(tmp_path / "serving")})
+
+
+def outputs(result, step):
+    return next(s for s in result.steps if s.step == step)
+
+
+def test_fonts_pipeline_blesses_pushes_compares_and_predicts(make_config, tmp_path):
+    runs = str(tmp_path / "runs")
+    registry = Registry(str(tmp_path / "serving"))
+
+    # 1. First run: no baseline; blessed on the absolute threshold; version 1 + report.
+    first = run_pipeline(config(make_config, tmp_path, "logistic", 6), runs, log=lambda _: None)
+    assert first.status == "succeeded", first.error
+    push = outputs(first, "push").summary
+    assert push["pushed"] and push["version"] == 1
+    assert os.path.isfile(os.path.join(first.run_dir, "report.html"))
+    report = open(os.path.join(first.run_dir, "report.html")).read()
+    assert "BLESSED" in report and "Most confident mistakes" in report
+    card = registry.resolve("fonts:1").card
+    assert card["blessing"]["blessed"] and card["run_id"] == first.run_id
+    assert card["metrics"]["example_count"] > 200 and card["data"]["examples"] == 2790
+    registry.set_alias("fonts:1", "production", reason="first model")
+
+    # 2. A worse model (learning rate near zero): not blessed, not pushed, exit 0 by
+    #    default, exit 4 with --require-push.
+    worse = run_pipeline(config(make_config, tmp_path, "logistic", 1,
+                                optimizer={"name": "sgd", "learning_rate": 1e-7}),
+                         runs, log=lambda _: None)
+    assert worse.status == "succeeded"
+    assert [s.status for s in worse.steps if s.step in ("ingest", "transform")] == \
+        ["cached", "cached"]                                     # same data, reused
+    blessing = json.load(open(os.path.join(outputs(worse, "evaluate").outputs["blessing"],
+                                           "blessing.json")))
+    assert not blessing["blessed"] and blessing["baseline"] == "fonts:1"
+    failed = {c["check"] for c in blessing["checks"] if c["verdict"] == "fail"}
+    assert any("not worse than fonts:1" in c for c in failed)
+    assert outputs(worse, "push").summary["pushed"] is False
+    assert [v.version for v in registry.versions("fonts")] == [1]
+
+    # 3. A better model: blessed against version 1 as baseline, pushed as version 2.
+    better = run_pipeline(config(make_config, tmp_path, "cnn", 6), runs, log=lambda _: None)
+    push = outputs(better, "push").summary
+    assert push["pushed"] and push["version"] == 2
+    comparison = registry.resolve("fonts:2").card["comparison"]
+    assert comparison["baseline"] == "fonts:1"
+    assert comparison["difference"] > 0 and comparison["ci_low"] <= comparison["difference"]
+    assert cli.main(["models", "promote", "fonts:2", "--to", "production", "--registry",
+                     registry.root]) == 0
+    assert cli.main(["models", "rollback", "fonts", "--alias", "production", "--registry",
+                     registry.root]) == 0
+    assert registry.resolve("fonts@production").version == 1
+    assert [e["action"] for e in registry.audit("fonts")] == ["promote", "promote", "rollback"]
+
+    # 4. predict on the eval images as PNG files = the evaluator's predictions.
+    evaluation = outputs(better, "evaluate").outputs["evaluation"]
+    predictions = [json.loads(line) for line in open(os.path.join(evaluation,
+                                                                  "predictions.jsonl"))]
+    from components import evaluate, features
+    examples = outputs(better, "ingest").outputs["examples"]
+    import glob
+    _, cols = evaluate.read_eval_examples(glob.glob(os.path.join(examples, "eval", "*.gz")))
+    folder = tmp_path / "eval_png"
+    folder.mkdir()
+    for ident, data in zip(cols[features.ID], cols[features.IMAGE]):
+        (folder / f"{ident}.png").write_bytes(data)
+    out = str(tmp_path / "pred.csv")
+    assert cli.main(["predict", "fonts:2", str(folder), "-o", out, "--registry",
+                     registry.root]) == 0
+    predicted = {os.path.basename(r["path"])[:-4]: r["class"] for r in csv.DictReader(open(out))}
+    assert predicted == {p["id"]: p["predicted"] for p in predictions}

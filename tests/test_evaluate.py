@@ -1,0 +1,85 @@
+"""Evaluate's statistics and infra validation on models built in the test."""
+
+import json
+
+import numpy as np
+import pytest
+
+from components import artifacts, evaluate, infra
+from components.config import EvaluateConfig
+from tests import fixtures
+
+
+def test_paired_bootstrap_and_mcnemar():
+    rng = np.random.default_rng(1)
+    base = rng.random(2000) < 0.80
+    better = base | (rng.random(2000) < 0.25)        # fixes a quarter of the mistakes
+    result = evaluate.paired_comparison(better, base, 2000, 0.95)
+    assert result["difference"] == pytest.approx(better.mean() - base.mean())
+    assert 0 < result["ci_low"] < result["difference"] < result["ci_high"]
+    assert result["baseline_only_correct"] == 0 and result["mcnemar_p"] < 1e-6
+    same = evaluate.paired_comparison(base, base, 500, 0.95)
+    assert same["difference"] == same["ci_low"] == same["ci_high"] == 0.0
+    assert same["mcnemar_p"] == 1.0
+    # a small sample: the interval straddles zero, so a lower-bound gate would not bless
+    noisy = evaluate.paired_comparison(better[:40], base[:40], 2000, 0.95)
+    assert noisy["ci_low"] <= 0.0 <= noisy["ci_high"] or noisy["ci_low"] > 0
+
+
+def test_threshold_on_unknown_metric_is_a_config_error():
+    with pytest.raises(Exception, match="unknown metrics"):
+        evaluate.eval_config(EvaluateConfig(thresholds={"acuracy": {"min": 0.5}}), 3, False)
+
+
+def _broken_model(path, vocabulary):
+    """A SavedModel with the right signature names whose probabilities do not sum to 1."""
+    import tensorflow as tf
+
+    class Broken(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+        def serve(self, examples):
+            n = tf.shape(examples)[0]
+            probs = tf.ones([n, len(vocabulary)]) * 0.9
+            return {"probabilities": probs, "class_id": tf.zeros([n], tf.int32),
+                    "class_name": tf.fill([n], "no-such-class")}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+        def serve_images(self, images):
+            return self.serve(images)
+
+    module = Broken()
+    tf.saved_model.save(module, path, signatures={"serving_default": module.serve,
+                                                  "serving_images": module.serve_images})
+
+
+def _model_artifact(tmp_path, build):
+    uri = str(tmp_path / "model")
+    with artifacts.writing(uri, artifacts.Model) as writer:
+        build(writer.file("saved_model"))
+        writer.properties = {"label_vocabulary": list(fixtures.CLASSES)}
+        writer.commit()
+    return artifacts.read(uri)
+
+
+def test_infra_validation_catches_a_broken_model(tmp_path):
+    examples, _ = fixtures.examples_artifact(tmp_path, per_class=4)
+    model = _model_artifact(tmp_path, lambda p: _broken_model(p, fixtures.CLASSES))
+    summary = infra.run(model, examples, EvaluateConfig(), infra_blessing=str(tmp_path / "ib"))
+    verdict = artifacts.read(str(tmp_path / "ib"), "Blessing")
+    assert summary["passed"] is False and verdict.properties["passed"] is False
+    assert "do not sum to 1" in verdict.properties["reason"]
+    assert "outside the vocabulary" in verdict.properties["reason"]
+
+
+def test_infra_validation_catches_a_model_that_does_not_load(tmp_path):
+    examples, _ = fixtures.examples_artifact(tmp_path, per_class=2)
+
+    def not_a_model(path):
+        import os
+        os.makedirs(path)
+        open(f"{path}/saved_model.pb", "wb").write(b"garbage")
+
+    model = _model_artifact(tmp_path, not_a_model)
+    infra.run(model, examples, EvaluateConfig(), infra_blessing=str(tmp_path / "ib"))
+    record = json.load(open(tmp_path / "ib" / "infra_validation.json"))
+    assert record["passed"] is False and "fresh process" in record["reason"]

@@ -1,0 +1,117 @@
+"""Registry: TF Serving layout, atomic versions under concurrency, aliases, audit,
+promotion rules and rollback."""
+
+import json
+import multiprocessing
+import os
+
+import pytest
+
+from components.errors import ConfigError
+from components.registry import PromotionRefused, Registry
+from pipeline import cli
+
+
+def fake_saved_model(path, marker="x"):
+    os.makedirs(os.path.join(path, "variables"))
+    with open(os.path.join(path, "saved_model.pb"), "w") as handle:
+        handle.write(marker * 1000)
+    with open(os.path.join(path, "variables", "variables.index"), "w") as handle:
+        handle.write(marker)
+    return str(path)
+
+
+def card(blessed=True, infra=True, accuracy=0.9):
+    return {"blessing": {"blessed": blessed, "reason": "ok" if blessed else "accuracy too low"},
+            "infra_validation": {"passed": infra, "reason": "served" if infra else "no"},
+            "metrics": {"accuracy": accuracy}}
+
+
+def test_versions_are_integers_in_the_serving_layout(tmp_path):
+    reg = Registry(str(tmp_path / "serving"))
+    src = fake_saved_model(tmp_path / "sm")
+    v1 = reg.push("fonts", src, card())
+    v2 = reg.push("fonts", src, card())
+    assert (v1.version, v2.version) == (1, 2)
+    assert sorted(os.listdir(tmp_path / "serving" / "fonts")) == ["1", "2"]
+    assert os.path.isfile(tmp_path / "serving" / "fonts" / "2" / "saved_model.pb")
+    assert json.load(open(tmp_path / "serving" / "fonts" / "2" / "model_card.json"))["version"] == 2
+    assert reg.resolve("fonts@latest").version == 2 and reg.resolve("fonts:1") == v1
+    with pytest.raises(ConfigError, match="no alias 'production'"):
+        reg.resolve("fonts@production")
+
+
+def _push(root, src, marker, barrier, queue):
+    barrier.wait()
+    queue.put(Registry(root).push("m", src, card(accuracy=marker)).version)
+
+
+def test_concurrent_pushes_get_distinct_intact_versions(tmp_path):
+    root = str(tmp_path / "serving")
+    sources = [fake_saved_model(tmp_path / f"sm{i}", marker=str(i)) for i in range(4)]
+    ctx = multiprocessing.get_context("fork")
+    barrier, queue = ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=_push, args=(root, sources[i], i, barrier, queue))
+             for i in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert all(p.exitcode == 0 for p in procs)
+    versions = sorted(queue.get() for _ in range(4))
+    assert versions == [1, 2, 3, 4]
+    for version in Registry(root).versions("m"):
+        marker = str(int(version.card["metrics"]["accuracy"]))
+        # each version holds exactly the model that claimed it, whole
+        assert open(os.path.join(version.path, "saved_model.pb")).read() == marker * 1000
+        assert version.card["version"] == version.version
+    assert not [n for n in os.listdir(os.path.join(root, "m")) if n.startswith(".push-")]
+
+
+def test_promote_refuses_unblessed_unless_forced_and_audits(tmp_path):
+    reg = Registry(str(tmp_path / "serving"))
+    src = fake_saved_model(tmp_path / "sm")
+    reg.push("m", src, card())
+    reg.push("m", src, card(blessed=False))
+    reg.push("m", src, card(infra=False))
+    reg.set_alias("m:1", "production", reason="first", who="ana")
+    with pytest.raises(PromotionRefused, match="not blessed .accuracy too low"):
+        reg.set_alias("m:2", "production")
+    with pytest.raises(PromotionRefused):
+        reg.set_alias("m:3", "production")
+    reg.set_alias("m:2", "production", reason="hotfix", force=True, who="bo")
+    assert reg.aliases("m") == {"production": 2}
+    audit = reg.audit("m")
+    assert [(e["who"], e["from"], e["to"], e["force"], e["reason"]) for e in audit] == [
+        ("ana", None, 1, False, "first"), ("bo", 1, 2, True, "hotfix")]
+    entry = reg.rollback("m", "production", who="cy")
+    assert (entry["from"], entry["to"], entry["action"]) == (2, 1, "rollback")
+    assert reg.resolve("m@production").version == 1
+    with pytest.raises(ConfigError, match="no earlier holder"):
+        reg.rollback("m", "production")
+
+
+def test_models_cli(tmp_path, capsys):
+    root = str(tmp_path / "serving")
+    reg = Registry(root)
+    src = fake_saved_model(tmp_path / "sm")
+    reg.push("m", src, card(accuracy=0.8))
+    reg.push("m", src, card(accuracy=0.85))
+    assert cli.main(["models", "promote", "m:1", "--to", "production", "--registry", root,
+                     "--reason", "baseline"]) == 0
+    assert cli.main(["models", "promote", "m:2", "--to", "production", "--registry", root]) == 0
+    assert cli.main(["models", "list", "--registry", root]) == 0
+    out = capsys.readouterr().out
+    assert "m:2" in out and "production" in out.splitlines()[-1]
+    assert cli.main(["models", "diff", "m:1", "m:2", "--registry", root, "--json"]) == 0
+    diff = json.loads(capsys.readouterr().out)
+    assert diff["metrics"]["accuracy"]["change"] == pytest.approx(0.05)
+    assert cli.main(["models", "rollback", "m", "--alias", "production", "--registry",
+                     root]) == 0
+    assert reg.aliases("m") == {"production": 1}
+    assert cli.main(["models", "show", "m@production", "--registry", root, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    assert shown["ref"] == "m:1" and [e["action"] for e in shown["audit"]] == ["promote",
+                                                                             "rollback"]
+    reg.push("m", src, card(blessed=False))
+    assert cli.main(["models", "promote", "m:3", "--to", "production", "--registry", root]) == 4
