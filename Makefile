@@ -24,6 +24,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/transform.py
+	$(BIN)/python bench/e2e.py
 
 clean:
 	rm -rf runs serving .pytest_cache

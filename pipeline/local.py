@@ -280,6 +280,7 @@ class LocalRunner:
             self.store.finish_execution(execution_id, "failed", error=traceback.format_exc())
             raise
         seconds = time.perf_counter() - started
+        release_memory()
         for name, art in outputs.items():
             self.store.record_artifact(execution_id, "output", name, art.uri, art.type,
                                        art.fingerprint, art.properties, art.created)
@@ -290,6 +291,19 @@ class LocalRunner:
             self.log(f"             {line}")
         return StepResult(step.name, "ran", decision, seconds,
                           {n: a.uri for n, a in outputs.items()}, summary)
+
+
+def release_memory() -> None:
+    """Hands memory freed by a finished step back to the OS (glibc keeps it otherwise),
+    so the next step's peak does not stack on this one's."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def resolve_weights(weights: str, store: MetadataStore, registry_root: str) -> str:
