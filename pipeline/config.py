@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any
+from typing import Any, Optional
 
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator
@@ -20,6 +20,37 @@ from components.config import (BeamConfig, DataConfig, EvaluateConfig, IngestCon
 from components.errors import ConfigError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class KfpStepConfig(Section):
+    """Resources and behaviour of one step on Kubeflow / Vertex AI Pipelines."""
+
+    cpu_request: Optional[str] = Field(None, description="e.g. '2'")
+    cpu_limit: Optional[str] = Field(None, description="e.g. '4'")
+    memory_request: Optional[str] = Field(None, description="e.g. '4G'")
+    memory_limit: Optional[str] = Field(None, description="e.g. '8G'")
+    accelerator_type: Optional[str] = Field(None, description="e.g. NVIDIA_TESLA_T4, "
+                                                              "TPU_V5_LITEPOD")
+    accelerator_count: int = Field(1, ge=1)
+    caching: bool = True
+    retries: int = Field(0, ge=0)
+
+
+class KfpConfig(Section):
+    """Kubeflow Pipelines / Vertex AI Pipelines: the step image and per-step resources."""
+
+    image: str = Field("us-docker.pkg.dev/my-project/imgpipe/imgpipe:0.1.0",
+                       description="The one image every step runs in (deploy/Dockerfile).")
+    steps: dict[str, KfpStepConfig] = Field(
+        default_factory=lambda: {
+            "ingest": KfpStepConfig(retries=2), "transform": KfpStepConfig(retries=2),
+            "train": KfpStepConfig(memory_request="8G"),
+            "evaluate": KfpStepConfig(retries=1)},
+        description="Per step (ingest, validate, transform, train, evaluate, "
+                    "infra_validate, push, report); unnamed steps get the defaults.")
+
+    def step(self, name: str) -> KfpStepConfig:
+        return self.steps.get(name, KfpStepConfig())
 
 
 class PipelineConfig(Section):
@@ -38,6 +69,7 @@ class PipelineConfig(Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     push: PushConfig = PushConfig()
     beam: BeamConfig = BeamConfig()
+    kfp: KfpConfig = KfpConfig()
 
     @field_validator("name")
     @classmethod

@@ -261,16 +261,10 @@ class LocalRunner:
             extra["scratch"] = os.path.join(self.runs_dir, "scratch", step.name, cache_key[:16])
         started = time.perf_counter()
         try:
-            summary = module.run(
-                **extra,
-                **inputs,
-                **{name: self.section(name) for name in step.sections},
-                # Beam steps get the whole beam section; only step.runtime keys are in the key.
-                **({"beam": self.config.beam} if step.runtime else {}),
-                **out_uris,
-                producer={"run_id": run_id, "step": step.name, "execution_id": execution_id,
-                          "pipeline": self.config.name},
-            )
+            summary = call_step(module, step, self.config, self.section, inputs, out_uris,
+                                {"run_id": run_id, "step": step.name,
+                                 "execution_id": execution_id, "pipeline": self.config.name},
+                                extra)
             outputs = {name: artifacts.read(uri, step.outputs[name])
                        for name, uri in out_uris.items()}
         except ImgpipeError as exc:
@@ -291,6 +285,22 @@ class LocalRunner:
             self.log(f"             {line}")
         return StepResult(step.name, "ran", decision, seconds,
                           {n: a.uri for n, a in outputs.items()}, summary)
+
+
+def call_step(module: Any, step: dag.Step, config: PipelineConfig, section: Callable,
+              inputs: dict[str, Any], outputs: dict[str, str], producer: dict[str, Any],
+              extra: dict[str, Any]) -> Any:
+    """`components.<step>.run(...)` with its inputs, config sections, output URIs and
+    extras; the local runner and the KFP components both call steps through this."""
+    return module.run(
+        **extra,
+        **inputs,
+        **{name: section(name) for name in step.sections},
+        # Beam steps get the whole beam section; only step.runtime keys are in the key.
+        **({"beam": config.beam} if step.runtime else {}),
+        **outputs,
+        producer=producer,
+    )
 
 
 def release_memory() -> None:

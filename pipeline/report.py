@@ -86,9 +86,10 @@ def _plots(history: dict | None, metrics: dict | None, out_dir: str) -> dict[str
     return images
 
 
-def write(run_dir: str, run_id: str, status: str, steps: list[Any], error: str | None = None
-          ) -> str:
-    """Writes `run_dir/report.html` from the run's step results (ran or cached)."""
+def write(run_dir: str, run_id: str, status: str, steps: list[Any], error: str | None = None,
+          path: str | None = None) -> str:
+    """Writes `run_dir/report.html` (or `path`) from the run's step results: objects with
+    `step`, `status`, `seconds`, `decision` and `outputs` {name: uri}."""
     os.makedirs(run_dir, exist_ok=True)
     outputs = {f"{s.step}.{name}": uri for s in steps for name, uri in s.outputs.items()}
 
@@ -192,7 +193,7 @@ def write(run_dir: str, run_id: str, status: str, steps: list[Any], error: str |
             ["severity", "kind", "feature", "description"],
             [[a["severity"], a["kind"], a["feature"], a["description"]] for a in items])
             if items else "<p>No anomalies.</p>"))
-    path = os.path.join(run_dir, "report.html")
+    path = path or os.path.join(run_dir, "report.html")
     with open(path, "w", encoding="utf-8") as handle:
         handle.write("\n".join(parts))
     return path
