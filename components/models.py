@@ -84,7 +84,7 @@ def transfer_base(cfg: ModelConfig, input_shape: tuple[int, int, int], weights: 
     """The frozen feature extractor. `weights`: 'imagenet' (Keras' download), a weights
     file for `cfg.base` (.h5 / .weights.h5), or a Keras model this pipeline trained
     (`model.keras`, resolved from `run:RUN_ID` / `MODEL@ALIAS` by the runner): its
-    layers up to the classifier head become the base."""
+    layers up to the last Flatten/pooling become the base (else all but the head)."""
     import keras
 
     if weights and weights.endswith(".keras"):
@@ -93,7 +93,12 @@ def transfer_base(cfg: ModelConfig, input_shape: tuple[int, int, int], weights: 
             raise ConfigError(
                 f"model.weights {weights} was trained on input {tuple(own.input_shape[1:])}, "
                 f"this run feeds {tuple(input_shape)}; set data.image_size/channels to match.")
-        return keras.Model(own.inputs, own.layers[-2].output, name="base")
+        # The features the old head saw are too specific to its classes; cut at the
+        # last Flatten/pooling (the convolutional features) when there is one.
+        cut = next((layer for layer in reversed(own.layers) if isinstance(
+            layer, (keras.layers.Flatten, keras.layers.GlobalAveragePooling2D,
+                    keras.layers.GlobalMaxPooling2D))), own.layers[-2])
+        return keras.Model(own.inputs, cut.output, name="base")
     if input_shape[-1] != 3:
         raise ConfigError(f"model.kind transfer needs 3-channel input, got {input_shape}; "
                           "set data.channels: 3.")

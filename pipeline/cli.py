@@ -25,6 +25,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.local import run_pipeline
 
     cfg = config_lib.load(args.config, args.overrides)
+    if args.engine == "kfp-local":
+        return _run_kfp_local(cfg, args)
     result = run_pipeline(cfg, args.runs_dir, args.config, until=args.until,
                           use_cache=not args.no_cache)
     if result.error is not None:
@@ -46,6 +48,102 @@ def cmd_run(args: argparse.Namespace) -> int:
             if args.require_push:
                 return NotBlessed.exit_code
     return 0
+
+
+def _run_kfp_local(cfg, args: argparse.Namespace) -> int:
+    from components.errors import ConfigError
+    from pipeline import kfp as kfp_pipeline
+
+    if args.until or args.no_cache:
+        raise ConfigError("--until/--no-cache apply to the local engine; kfp-local runs the "
+                          "whole compiled pipeline (per-step caching is kfp.steps.*.caching).")
+    root = os.path.join(args.runs_dir, "kfp")
+    try:
+        kfp_pipeline.run_local(cfg, root)
+    except RuntimeError as exc:
+        raise ImgpipeError(f"the kfp-local run failed: {exc}; task logs above, "
+                           f"artifacts under {root}") from exc
+    print(f"kfp-local run of {cfg.name} succeeded; artifacts under {os.path.abspath(root)}")
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from pipeline import config as config_lib
+    from pipeline import kfp as kfp_pipeline
+
+    cfg = config_lib.load(args.config, args.overrides)
+    kfp_pipeline.compile_pipeline(cfg, args.output)
+    print(f"wrote {args.output} (KFP v2 IR; image {cfg.kfp.image})")
+    return 0
+
+
+def _compiled(args: argparse.Namespace):
+    import tempfile
+
+    from pipeline import config as config_lib
+    from pipeline import kfp as kfp_pipeline
+    from pipeline.submit import parameters
+
+    cfg = config_lib.load(args.config, args.overrides)
+    package = args.package or os.path.join(tempfile.mkdtemp(prefix="imgpipe-"), "pipeline.yaml")
+    if not args.package:
+        kfp_pipeline.compile_pipeline(cfg, package)
+    return cfg, package, parameters(cfg.to_dict())
+
+
+def _adapter(args: argparse.Namespace):
+    from components.errors import ConfigError
+    from pipeline.submit import KfpAdapter, VertexAdapter, VertexTarget
+
+    if args.vertex:
+        missing = [f"--{k.replace('_', '-')}" for k in ("project", "region", "pipeline_root")
+                   if not getattr(args, k)]
+        if missing:
+            raise ConfigError(f"--vertex needs {', '.join(missing)}.")
+        return VertexAdapter(VertexTarget(args.project, args.region, args.pipeline_root,
+                                          args.service_account))
+    if args.kfp_host:
+        return KfpAdapter(args.kfp_host, experiment=args.experiment)
+    raise ConfigError("say where: --vertex --project P --region R --pipeline-root gs://... "
+                      "or --kfp-host https://...")
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    cfg, package, params = _compiled(args)
+    name = args.name or cfg.name
+    print(f"submitted {name}: {_adapter(args).submit(name, package, params)}")
+    return 0
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    cfg, package, params = _compiled(args)
+    name = args.name or cfg.name
+    print(f"scheduled {name} ({args.cron}): "
+          f"{_adapter(args).schedule(name, package, params, args.cron)}")
+    return 0
+
+
+def _add_cloud_parsers(sub) -> None:
+    comp = sub.add_parser("compile", help="compile the pipeline to KFP v2 IR YAML")
+    _add_config_args(comp)
+    comp.add_argument("-o", "--output", default="pipeline.yaml")
+    comp.set_defaults(func=cmd_compile)
+    for name, func, text in (("submit", cmd_submit, "run the pipeline on Vertex AI / KFP"),
+                             ("schedule", cmd_schedule, "run it on a cron schedule")):
+        p = sub.add_parser(name, help=text)
+        _add_config_args(p)
+        p.add_argument("--vertex", action="store_true", help="Vertex AI Pipelines")
+        p.add_argument("--project")
+        p.add_argument("--region")
+        p.add_argument("--pipeline-root", help="gs://BUCKET/PATH for artifacts")
+        p.add_argument("--service-account")
+        p.add_argument("--kfp-host", help="Kubeflow Pipelines endpoint")
+        p.add_argument("--experiment", default="imgpipe", help="KFP experiment")
+        p.add_argument("--package", help="a compiled pipeline YAML (default: compile now)")
+        p.add_argument("--name", help="run / schedule display name (default: config name)")
+        if name == "schedule":
+            p.add_argument("--cron", required=True, help='e.g. "0 3 * * *"')
+        p.set_defaults(func=func)
 
 
 def _store(runs_dir: str):
@@ -351,12 +449,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR,
                      help="where runs, artifacts and metadata.sqlite live (default ./runs)")
     run.add_argument("--no-cache", action="store_true", help="rerun every step")
+    run.add_argument("--engine", choices=["local", "kfp-local"], default="local",
+                     help="local: cached local runner; kfp-local: the compiled KFP pipeline "
+                          "with kfp.local subprocesses")
     run.add_argument("--require-push", action="store_true",
                      help="exit 4 when the model was not pushed (not blessed or failed "
                           "infra validation); default: exit 0 and say so")
     run.set_defaults(func=cmd_run)
 
     _add_models_parser(sub)
+    _add_cloud_parsers(sub)
     predict = sub.add_parser("predict", help="classify image files with a pushed model")
     predict.add_argument("model", help="NAME@ALIAS, NAME:VERSION, NAME@latest or a SavedModel dir")
     predict.add_argument("inputs", nargs="+", help="image files, folders or a CSV/JSONL manifest")

@@ -140,7 +140,7 @@ def test_transfer_from_our_own_model_then_fine_tune(tmp_path, graph):
     cfg = ModelConfig(kind="transfer", weights=own, fine_tune_layers=2, fine_tune_epochs=2)
     model = models.build(cfg, (12, 12, 1), 3)
     # the first model's conv layers are the frozen base; only the new head trains
-    assert models.trainable_params(model) == 32 * 3 + 3
+    assert models.trainable_params(model) == 6 * 6 * 4 * 3 + 3   # head on the conv features
     train.run(graph, cfg, TrainConfig(epochs=2, batch_size=8), trained_model=str(tmp_path / "m"))
     tuned = artifacts.read(str(tmp_path / "m"), "Model")
     history = json.load(open(tuned.path("history.json")))
