@@ -71,7 +71,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from pipeline import config as config_lib
     from pipeline import kfp as kfp_pipeline
 
-    cfg = config_lib.load(args.config, args.overrides)
+    cfg = config_lib.load(args.config, args.overrides, resolve_paths=False)
     kfp_pipeline.compile_pipeline(cfg, args.output)
     print(f"wrote {args.output} (KFP v2 IR; image {cfg.kfp.image})")
     return 0
@@ -84,7 +84,7 @@ def _compiled(args: argparse.Namespace):
     from pipeline import kfp as kfp_pipeline
     from pipeline.submit import parameters
 
-    cfg = config_lib.load(args.config, args.overrides)
+    cfg = config_lib.load(args.config, args.overrides, resolve_paths=False)
     package = args.package or os.path.join(tempfile.mkdtemp(prefix="imgpipe-"), "pipeline.yaml")
     if not args.package:
         kfp_pipeline.compile_pipeline(cfg, package)

@@ -163,7 +163,8 @@ def from_dict(tree: dict[str, Any], where: str = "config") -> PipelineConfig:
         raise ConfigError(_describe(exc.errors()[0], where)) from exc
 
 
-def load(path: str | None, overrides: list[str] = ()) -> PipelineConfig:
+def load(path: str | None, overrides: list[str] = (), resolve_paths: bool = True
+         ) -> PipelineConfig:
     """Loads a YAML config (or only defaults when `path` is None) and applies --set."""
     tree: dict[str, Any] = {}
     where = path or "defaults"
@@ -185,7 +186,8 @@ def load(path: str | None, overrides: list[str] = ()) -> PipelineConfig:
             break
         _set_dotted(tree, key, value)
     config = from_dict(tree, where if not overrides else f"{where} (with --set)")
-    if path is not None:
+    # Compiling for a container keeps relative paths relative (to the image's WORKDIR).
+    if path is not None and resolve_paths:
         _resolve_paths(config, os.path.dirname(os.path.abspath(path)))
     return config
 

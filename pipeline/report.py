@@ -165,8 +165,8 @@ def write(run_dir: str, run_id: str, status: str, steps: list[Any], error: str |
         if gallery:
             figures = []
             for item in gallery:
-                path = fileio.join(outputs["evaluate.evaluation"], item["file"])
-                data = base64.b64encode(fileio.read_bytes(path)).decode()
+                thumbnail = fileio.join(outputs["evaluate.evaluation"], item["file"])
+                data = base64.b64encode(fileio.read_bytes(thumbnail)).decode()
                 figures.append(
                     f"<figure><img src='data:image/png;base64,{data}'><figcaption>true "
                     f"<b>{html.escape(item['label'])}</b><br>predicted "

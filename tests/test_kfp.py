@@ -1,0 +1,222 @@
+"""The KFP v2 pipeline: compiled IR, the committed spec, a kfp.local run matching the
+local runner, submit/schedule adapters, and the step image's install line."""
+
+import glob
+import inspect
+import json
+import os
+import re
+
+import pytest
+import yaml
+
+from pipeline import cli, config as config_lib, kfp as kfp_pipeline, submit
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLE = os.path.join(ROOT, "deploy", "example.yaml")
+
+
+def compiled(tmp_path):
+    out = str(tmp_path / "p.yaml")
+    cfg = config_lib.load(EXAMPLE, resolve_paths=False)
+    kfp_pipeline.compile_pipeline(cfg, out)
+    return out, yaml.safe_load(open(out))
+
+
+def test_compiled_ir_has_the_dag_the_gate_and_resources(tmp_path):
+    from kfp import components
+
+    path, spec = compiled(tmp_path)
+    loaded = components.load_component_from_file(path)     # valid IR for the SDK
+    assert loaded.name == "fonts-deep-cnn"
+    root = spec["root"]["dag"]["tasks"]
+    assert set(root) == {"ingest", "validate", "transform", "train", "evaluate",
+                         "infra-validate", "report", "condition-1"}
+    deps = {name: set(task.get("dependentTasks", [])) for name, task in root.items()}
+    assert deps["transform"] == {"ingest", "validate"} and deps["train"] == {"transform"}
+    assert deps["evaluate"] == {"ingest", "train"}
+    # the push sits under two conditions: the blessing, then the infra verdict
+    outer = root["condition-1"]
+    assert "evaluate-Output" in outer["triggerPolicy"]["condition"]
+    inner_component = spec["components"][outer["componentRef"]["name"]]["dag"]["tasks"]
+    inner = next(iter(inner_component.values()))
+    assert "infra-validate-Output" in inner["triggerPolicy"]["condition"]
+    push_tasks = spec["components"][inner["componentRef"]["name"]]["dag"]["tasks"]
+    assert list(push_tasks) == ["push"] and push_tasks["push"]["cachingOptions"] == {}
+    # typed artifacts
+    train_outputs = spec["components"]["comp-train"]["outputDefinitions"]["artifacts"]
+    assert train_outputs["trained_model"]["artifactType"]["schemaTitle"] == "system.Model"
+    ingest_outputs = spec["components"]["comp-ingest"]["outputDefinitions"]["artifacts"]
+    assert ingest_outputs["examples"]["artifactType"]["schemaTitle"] == "system.Dataset"
+    evaluate_outputs = spec["components"]["comp-evaluate"]["outputDefinitions"]["artifacts"]
+    assert evaluate_outputs["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics"
+    assert evaluate_outputs["confusion"]["artifactType"]["schemaTitle"] == \
+        "system.ClassificationMetrics"
+    report_outputs = spec["components"]["comp-report"]["outputDefinitions"]["artifacts"]
+    assert report_outputs["report"]["artifactType"]["schemaTitle"] == "system.HTML"
+    # resources, retries, one image
+    executors = spec["deploymentSpec"]["executors"]
+    train = executors["exec-train"]["container"]
+    assert train["resources"]["accelerator"]["resourceType"] == "NVIDIA_TESLA_T4"
+    assert train["resources"]["resourceMemoryRequest"] == "16G"
+    assert root["ingest"]["retryPolicy"]["maxRetryCount"] == 2
+    assert {e["container"]["image"] for e in executors.values()} == {
+        "us-docker.pkg.dev/my-project/imgpipe/imgpipe:0.1.0"}
+    # each component body only calls the step through pipeline.kfp
+    assert "run_step('train'" in " ".join(train["command"])
+
+
+def test_committed_pipeline_spec_is_current(tmp_path):
+    path, _ = compiled(tmp_path)
+    committed = open(os.path.join(ROOT, "deploy", "pipeline.yaml")).read()
+    assert open(path).read() == committed, (
+        "deploy/pipeline.yaml is stale: run `imgpipe compile deploy/example.yaml -o "
+        "deploy/pipeline.yaml`")
+
+
+TINY = """
+name: tiny
+data: {source: builtin:digits, image_size: [8, 8], eval_fraction: 0.2}
+validate: {max_near_duplicate_fraction: 0.5}
+model: {kind: cnn, hidden_units: [64], dropout: 0.25}
+train: {epochs: 4, batch_size: 32, optimizer: {learning_rate: 0.01}}
+evaluate: {thresholds: {accuracy: {min: 0.5}}, bootstrap_samples: 200}
+push: {destination: SERVING}
+"""
+
+
+@pytest.mark.slow
+def test_kfp_local_run_matches_the_local_runner(tmp_path):
+    from components import artifacts
+    from components.registry import Registry
+    from pipeline.local import run_pipeline
+
+    config_path = tmp_path / "tiny.yaml"
+    config_path.write_text(TINY.replace("SERVING", str(tmp_path / "serving")))
+    assert cli.main(["run", str(config_path), "--engine", "kfp-local", "--runs-dir",
+                     str(tmp_path / "kfpruns")]) == 0
+    [run_root] = glob.glob(str(tmp_path / "kfpruns" / "kfp" / "tiny-*"))
+
+    def kfp_artifact(task, name):
+        return artifacts.read(os.path.join(run_root, task, name))
+
+    local = run_pipeline(config_lib.load(str(config_path)), str(tmp_path / "runs"),
+                         log=lambda _: None)
+    outs = {f"{s.step}.{n}": artifacts.read(u) for s in local.steps for n, u in s.outputs.items()}
+    assert kfp_artifact("ingest", "examples").properties["counts"] == \
+        outs["ingest.examples"].properties["counts"]
+    assert kfp_artifact("transform", "transform_graph").properties["label_vocabulary"] == \
+        outs["transform.transform_graph"].properties["label_vocabulary"]
+    kfp_accuracy = kfp_artifact("evaluate", "evaluation").properties["accuracy"]
+    local_accuracy = outs["evaluate.evaluation"].properties["accuracy"]
+    assert kfp_accuracy > 0.9 and abs(kfp_accuracy - local_accuracy) < 0.03
+    # the gated push ran in the KFP run and the report is there
+    versions = Registry(str(tmp_path / "serving")).versions("tiny")
+    assert [v.card["pipeline"] for v in versions][:1] == ["tiny"]
+    assert os.path.isfile(os.path.join(run_root, "report", "report"))
+
+
+class Recorder:
+    """A fake client module: records calls and checks them against the real signatures."""
+
+    def __init__(self, real):
+        self.real, self.calls = real, []
+
+    def check(self, name, target, *args, **kwargs):
+        inspect.signature(target).bind(*args, **kwargs)      # the real API accepts it
+        self.calls.append((name, args, kwargs))
+
+
+def test_vertex_adapter_calls():
+    from google.cloud import aiplatform as real
+
+    rec = Recorder(real)
+
+    class Job:
+        resource_name = "projects/p/locations/r/pipelineJobs/1"
+
+        def __init__(self, **kwargs):
+            rec.check("PipelineJob", real.PipelineJob.__init__, None, **kwargs)
+
+        def submit(self, **kwargs):
+            rec.check("submit", real.PipelineJob.submit, None, **kwargs)
+
+    class Schedule:
+        resource_name = "projects/p/locations/r/schedules/2"
+
+        def __init__(self, **kwargs):
+            rec.check("PipelineJobSchedule", real.PipelineJobSchedule.__init__, None, **kwargs)
+
+        def create(self, **kwargs):
+            rec.check("create", real.PipelineJobSchedule.create, None, **kwargs)
+
+    fake = type("ai", (), {"init": staticmethod(lambda **kw: rec.check("init", real.init, **kw)),
+                           "PipelineJob": Job, "PipelineJobSchedule": Schedule})
+    adapter = submit.VertexAdapter(submit.VertexTarget("p", "europe-west4", "gs://b/root",
+                                                       "sa@p.iam"), aiplatform=fake)
+    params = submit.parameters({"name": "x"})
+    assert adapter.submit("fonts", "p.yaml", params).endswith("pipelineJobs/1")
+    assert adapter.schedule("fonts", "p.yaml", params, "0 3 * * *").endswith("schedules/2")
+    calls = {name: kwargs for name, _, kwargs in rec.calls}
+    assert calls["init"] == {"project": "p", "location": "europe-west4"}
+    assert calls["PipelineJob"]["template_path"] == "p.yaml"
+    assert calls["PipelineJob"]["pipeline_root"] == "gs://b/root"
+    assert json.loads(calls["PipelineJob"]["parameter_values"]["config_json"]) == {"name": "x"}
+    assert calls["submit"] == {"service_account": "sa@p.iam"}
+    assert calls["create"]["cron"] == "0 3 * * *"
+
+
+def test_kfp_adapter_calls():
+    import kfp
+
+    rec = Recorder(kfp)
+    ids = type("R", (), {"run_id": "run-1", "experiment_id": "exp-1",
+                         "recurring_run_id": "rr-1"})
+
+    class Client:
+        def create_run_from_pipeline_package(self, *args, **kwargs):
+            rec.check("run", kfp.Client.create_run_from_pipeline_package, None, *args, **kwargs)
+            return ids
+
+        def create_experiment(self, *args, **kwargs):
+            rec.check("experiment", kfp.Client.create_experiment, None, *args, **kwargs)
+            return ids
+
+        def create_recurring_run(self, *args, **kwargs):
+            rec.check("recurring", kfp.Client.create_recurring_run, None, *args, **kwargs)
+            return ids
+
+    adapter = submit.KfpAdapter("https://kfp.example", client=Client(), experiment="nightly")
+    assert adapter.submit("fonts", "p.yaml", {"config_json": "{}"}) == "run-1"
+    assert adapter.schedule("fonts", "p.yaml", {"config_json": "{}"}, "0 3 * * *") == "rr-1"
+    calls = {name: (args, kwargs) for name, args, kwargs in rec.calls}
+    assert calls["run"][0] == (None, "p.yaml") and calls["run"][1]["experiment_name"] == "nightly"
+    assert calls["recurring"][1]["cron_expression"] == "0 0 3 * * *"   # KFP cron has seconds
+    assert calls["recurring"][1]["experiment_id"] == "exp-1"
+    assert calls["recurring"][1]["pipeline_package_path"] == "p.yaml"
+
+
+def test_submit_needs_a_target(capsys):
+    assert cli.main(["submit", EXAMPLE]) == 2
+    assert "--vertex" in capsys.readouterr().err
+    assert cli.main(["submit", EXAMPLE, "--vertex", "--project", "p"]) == 2
+
+
+def test_dockerfiles_install_the_package_from_pyproject():
+    import tomllib
+
+    project = tomllib.load(open(os.path.join(ROOT, "pyproject.toml"), "rb"))
+    lock = open(os.path.join(ROOT, "requirements.lock")).read()
+    tf_version = re.search(r"^tensorflow==([\d.]+)$", lock, re.M)[1]
+    for name in ("Dockerfile", "Dockerfile.gpu"):
+        text = open(os.path.join(ROOT, "deploy", name)).read()
+        assert re.search(r"^COPY pyproject.toml requirements.lock", text, re.M)
+        for package in project["tool"]["setuptools"]["packages"]:
+            assert re.search(rf"^COPY {package} \./{package}$", text, re.M), (name, package)
+        assert re.search(r"^RUN pip install -c requirements.lock \.$", text, re.M), name
+        base = re.search(r"^FROM (\S+)", text, re.M)[1]
+        if name == "Dockerfile":
+            assert base.startswith("python:3.11") and ">=3.11,<3.12" == project[
+                "project"]["requires-python"]
+        else:
+            assert base == f"tensorflow/tensorflow:{tf_version}-gpu"
