@@ -220,3 +220,35 @@ def test_dockerfiles_install_the_package_from_pyproject():
                 "project"]["requires-python"]
         else:
             assert base == f"tensorflow/tensorflow:{tf_version}-gpu"
+
+
+def test_vertex_model_registry_upload_calls():
+    from google.cloud import aiplatform as real
+
+    from components.push import VertexModelRegistry
+
+    rec = Recorder(real)
+    parent = type("M", (), {"resource_name": "projects/p/locations/r/models/7"})
+
+    class Model:
+        @staticmethod
+        def list(**kwargs):
+            rec.check("list", real.Model.list, **kwargs)
+            return [parent]
+
+        @staticmethod
+        def upload(**kwargs):
+            rec.check("upload", real.Model.upload, **kwargs)
+            return type("U", (), {"resource_name": "projects/p/locations/r/models/7@2"})
+
+    fake = type("ai", (), {"init": staticmethod(lambda **kw: rec.check("init", real.init, **kw)),
+                           "Model": Model})
+    vertex = VertexModelRegistry("p", "us-central1", "serving-image", aiplatform=fake)
+    name = vertex.upload("fonts", "gs://b/serving/fonts/2", {"imgpipe_version": "2"},
+                         ["staging"])
+    assert name.endswith("@2")
+    upload = {n: k for n, _, k in rec.calls}["upload"]
+    assert upload["parent_model"] == "projects/p/locations/r/models/7"   # a new version
+    assert upload["artifact_uri"] == "gs://b/serving/fonts/2"
+    assert upload["version_aliases"] == ["staging"]
+    assert upload["serving_container_image_uri"] == "serving-image"
