@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from components import artifacts, features, fileio
+from components import artifacts, beamio, features, fileio
 from components.config import BeamConfig, EvaluateConfig
 from components.errors import ArtifactError
 
@@ -305,7 +305,7 @@ def run(examples: artifacts.Artifact, trained_model: artifacts.Artifact,
             eval_shared_model=models if baseline else models[0], eval_config=config,
             data_location=examples.path("eval", "*.tfrecord.gz"),
             file_format="tfrecords", output_path=output,
-            pipeline_options=PipelineOptions(beam.pipeline_args()))
+            pipeline_options=PipelineOptions(beamio.pipeline_args(beam)))
         tfma_seconds = time.perf_counter() - started
         metrics = read_tfma(output, CANDIDATE if baseline else None, vocabulary)
         base_metrics = None
