@@ -141,14 +141,20 @@ def predict_beam(saved_model: str, paths: list[str], pipeline_args: list[str],
             for (index, _), row in zip(indexed, rows):
                 yield index, row
 
-    results: list[tuple[int, dict[str, Any]]] = []
-    with beam.Pipeline(options=PipelineOptions(pipeline_args)) as pipeline:
-        _ = (pipeline
-             | beam.Create(list(enumerate(paths)))
-             | beam.BatchElements(min_batch_size=batch_size, max_batch_size=batch_size)
-             | beam.ParDo(Predict())
-             | beam.combiners.ToList()
-             | beam.Map(results.extend))
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="imgpipe-predict-") as tmp:
+        with beam.Pipeline(options=PipelineOptions(pipeline_args)) as pipeline:
+            _ = (pipeline
+                 | beam.Create(list(enumerate(paths)))
+                 | beam.BatchElements(min_batch_size=batch_size, max_batch_size=batch_size)
+                 | beam.ParDo(Predict())
+                 | beam.Map(lambda pair: json.dumps([pair[0], pair[1]]))
+                 | beam.io.WriteToText(os.path.join(tmp, "rows"), file_name_suffix=".jsonl"))
+        results = []
+        for name in sorted(os.listdir(tmp)):
+            with open(os.path.join(tmp, name), encoding="utf-8") as handle:
+                results.extend(json.loads(line) for line in handle if line.strip())
     return [row for _, row in sorted(results, key=lambda pair: pair[0])]
 
 

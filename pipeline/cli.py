@@ -406,7 +406,9 @@ def _add_models_parser(sub) -> None:
             p.add_argument("model")
             p.add_argument("--alias", required=True)
             p.add_argument("--reason")
-        p.add_argument("--registry", help="registry root (default: ./serving)")
+        p.add_argument("--registry", help="registry root (default: the --config's push "
+                                          "destination, else ./serving)")
+        p.add_argument("--config", help="take the registry from this config's push.destination")
         p.add_argument("--json", action="store_true")
         p.set_defaults(func=func)
 

@@ -115,3 +115,12 @@ def test_models_cli(tmp_path, capsys):
                                                                              "rollback"]
     reg.push("m", src, card(blessed=False))
     assert cli.main(["models", "promote", "m:3", "--to", "production", "--registry", root]) == 4
+
+
+def test_registry_defaults_to_the_config_destination(tmp_path, capsys):
+    dest = tmp_path / "elsewhere"
+    config = tmp_path / "c.yaml"
+    config.write_text(f"name: m\npush: {{destination: {dest}}}\n")
+    Registry(str(dest)).push("m", fake_saved_model(tmp_path / "sm"), card())
+    assert cli.main(["models", "list", "--config", str(config), "--json"]) == 0
+    assert [row["ref"] for row in json.loads(capsys.readouterr().out)] == ["m:1"]
