@@ -519,9 +519,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_libraries() -> None:
+    """Library notices that say nothing to a pipeline user (TF/TFMA deprecations, the
+    Keras notes about tf.data input that the trainer builds on purpose)."""
+    import logging
+    import warnings
+
+    for message in ("`shuffle=True` was passed", "Your input ran out of data"):
+        warnings.filterwarnings("ignore", message=message)
+    for name in ("tensorflow", "absl"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # TensorFlow's C++ start-up chatter buries the pipeline's own output.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    _quiet_libraries()
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
