@@ -27,7 +27,6 @@ import numpy as np
 
 from components import artifacts, beamio, features, fileio
 from components.config import BeamConfig, EvaluateConfig
-from components.errors import ArtifactError
 
 log = logging.getLogger("imgpipe.evaluate")
 
@@ -39,14 +38,6 @@ TOP_LEVEL = {
 }
 PER_CLASS = ("precision", "recall", "f1_score", "auc")
 GALLERY = 24
-
-
-def eval_files(examples: artifacts.Artifact) -> list[str]:
-    files = fileio.glob(examples.path("eval", "*.tfrecord.gz"))
-    if not files:
-        raise ArtifactError(f"no eval examples under {examples.uri}; the ingest step wrote "
-                            "none (check data.eval_fraction or the source's eval split).")
-    return files
 
 
 def _threshold(cfg, with_change: bool):
@@ -200,22 +191,6 @@ def _release_memory() -> None:
         pass
 
 
-def read_eval_examples(files: list[str]) -> tuple[list[bytes], dict[str, list]]:
-    import tensorflow as tf
-
-    serialized = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
-    parsed = tf.io.parse_example(tf.constant(serialized), {
-        features.LABEL: tf.io.FixedLenFeature([], tf.string),
-        features.ID: tf.io.FixedLenFeature([], tf.string, default_value=b""),
-        features.SOURCE: tf.io.FixedLenFeature([], tf.string, default_value=b""),
-        features.IMAGE: tf.io.FixedLenFeature([], tf.string)}) if serialized else {}
-    cols = {k: [v.decode() if k != features.IMAGE else v for v in parsed[k].numpy()]
-            for k in (features.LABEL, features.ID, features.SOURCE, features.IMAGE)} \
-        if serialized else {k: [] for k in (features.LABEL, features.ID, features.SOURCE,
-                                            features.IMAGE)}
-    return serialized, cols
-
-
 def paired_comparison(candidate_ok: np.ndarray, baseline_ok: np.ndarray, samples: int,
                       confidence: float, seed: int = 0) -> dict[str, Any]:
     """Accuracy difference (candidate - baseline) with a paired bootstrap interval and
@@ -271,7 +246,7 @@ def run(examples: artifacts.Artifact, trained_model: artifacts.Artifact,
     import tensorflow_model_analysis as tfma
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    files = eval_files(examples)
+    files = features.split_files(examples, "eval")
     vocabulary = trained_model.properties["label_vocabulary"]
     saved = trained_model.path("saved_model")
     base_card = json.loads(fileio.read_text(fileio.join(baseline, "model_card.json"))) \
@@ -282,7 +257,7 @@ def run(examples: artifacts.Artifact, trained_model: artifacts.Artifact,
     with artifacts.writing(evaluation, artifacts.Evaluation, producer) as writer:
         # Per-example predictions of both models on the same examples, before TFMA
         # loads its own copies (the models are released first: a lower peak RSS).
-        serialized, cols = read_eval_examples(files)
+        serialized, cols = features.read_raw_examples(files)
         probs = predict_examples(saved, serialized)
         predicted = [vocabulary[i] for i in probs.argmax(axis=1)]
         labels = cols[features.LABEL]

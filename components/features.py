@@ -133,3 +133,36 @@ def make_preprocessing_fn(image_size: tuple[int, int], channels: int, normalize:
         }
 
     return preprocessing_fn
+
+
+# --- reading raw examples back (evaluate, infra validation, tests) -------------------
+
+_KEPT = (LABEL, ID, SOURCE, IMAGE)
+
+
+def split_files(examples, split: str) -> list[str]:
+    """The TFRecord files of one split of an Examples artifact; an error if none."""
+    from components import fileio
+    from components.errors import ArtifactError
+
+    files = fileio.glob(examples.path(split, "*.tfrecord.gz"))
+    if not files:
+        raise ArtifactError(f"no {split} examples under {examples.uri}; the ingest step wrote "
+                            "none (check data.eval_fraction or the source's splits).")
+    return files
+
+
+def read_raw_examples(files: list[str]) -> tuple[list[bytes], dict[str, list]]:
+    """(serialized examples, columns label/id/source as str and image/encoded as bytes)."""
+    import tensorflow as tf
+
+    serialized = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+    if not serialized:
+        return serialized, {k: [] for k in _KEPT}
+    parsed = tf.io.parse_example(tf.constant(serialized), {
+        LABEL: tf.io.FixedLenFeature([], tf.string),
+        ID: tf.io.FixedLenFeature([], tf.string, default_value=b""),
+        SOURCE: tf.io.FixedLenFeature([], tf.string, default_value=b""),
+        IMAGE: tf.io.FixedLenFeature([], tf.string)})
+    return serialized, {k: [v if k == IMAGE else v.decode() for v in parsed[k].numpy()]
+                        for k in _KEPT}

@@ -16,7 +16,7 @@ import subprocess
 import sys
 from typing import Any
 
-from components import artifacts, fileio
+from components import artifacts, features, fileio
 from components.config import EvaluateConfig
 
 PROBE_EXAMPLES = 16
@@ -124,12 +124,10 @@ def run(trained_model: artifacts.Artifact, examples: artifacts.Artifact,
         evaluate: EvaluateConfig, infra_blessing: str,
         producer: dict[str, Any] | None = None) -> dict[str, Any]:
     """Writes a Blessing (kind infra) with the probe report and the verdict."""
-    from components import evaluate as evaluate_step
-
-    files = evaluate_step.eval_files(examples)
-    serialized, cols = evaluate_step.read_eval_examples(files)
+    files = features.split_files(examples, "eval")
+    serialized, cols = features.read_raw_examples(files)
     serialized = serialized[:PROBE_EXAMPLES]
-    images = cols["image/encoded"][:PROBE_EXAMPLES]
+    images = cols[features.IMAGE][:PROBE_EXAMPLES]
     report = probe(trained_model.path("saved_model"), serialized, images)
     problems = verdict(report, len(serialized), trained_model.properties["label_vocabulary"],
                        evaluate.latency_budget_ms)

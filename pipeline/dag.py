@@ -99,7 +99,7 @@ STEPS: tuple[Step, ...] = (
         outputs={"infra_blessing": "Blessing"},
         inputs={"trained_model": "train.trained_model", "examples": "ingest.examples"},
         sections=("evaluate",),
-        code=("components.infra", "components.evaluate", "components.artifacts"),
+        code=("components.infra", "components.features", "components.artifacts"),
     ),
     Step(
         name="push",

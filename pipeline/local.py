@@ -270,7 +270,7 @@ class LocalRunner:
         except ImgpipeError as exc:
             self.store.finish_execution(execution_id, "failed", error=str(exc))
             raise
-        except Exception as exc:  # a bug or library failure: keep the traceback on record
+        except Exception:  # a bug or library failure: keep the traceback on record
             self.store.finish_execution(execution_id, "failed", error=traceback.format_exc())
             raise
         seconds = time.perf_counter() - started

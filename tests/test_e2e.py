@@ -81,10 +81,10 @@ def test_fonts_pipeline_blesses_pushes_compares_and_predicts(make_config, tmp_pa
     evaluation = outputs(better, "evaluate").outputs["evaluation"]
     predictions = [json.loads(line) for line in open(os.path.join(evaluation,
                                                                   "predictions.jsonl"))]
-    from components import evaluate, features
+    from components import features
     examples = outputs(better, "ingest").outputs["examples"]
     import glob
-    _, cols = evaluate.read_eval_examples(glob.glob(os.path.join(examples, "eval", "*.gz")))
+    _, cols = features.read_raw_examples(glob.glob(os.path.join(examples, "eval", "*.gz")))
     folder = tmp_path / "eval_png"
     folder.mkdir()
     for ident, data in zip(cols[features.ID], cols[features.IMAGE]):
