@@ -168,14 +168,46 @@ def validation_checks(output: str) -> tuple[bool, list[dict[str, Any]]]:
 # --- per-example predictions and the paired gate -------------------------------------
 
 
-def predict_examples(saved_model: str, serialized: list[bytes], batch: int = 256) -> np.ndarray:
-    """Probabilities of `serving_default` on serialized raw examples, in batches."""
+def score_examples(files: list[str], models: dict[str, tuple[str, list[str]]],
+                   gallery: int = GALLERY, batch: int = 256
+                   ) -> tuple[list[dict[str, Any]], list[tuple[float, int, bytes]]]:
+    """Streams the raw eval examples through each model's `serving_default` (name ->
+    (SavedModel dir, vocabulary)); one row per example with the top-1 prediction of
+    each, and the image bytes of the `gallery` most confident mistakes of the first
+    model. Memory: the rows and the gallery, not the examples."""
+    import heapq
+
     import tensorflow as tf
 
-    fn = tf.saved_model.load(saved_model).signatures["serving_default"]
-    out = [fn(examples=tf.constant(serialized[i:i + batch]))["probabilities"].numpy()
-           for i in range(0, len(serialized), batch)]
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+    fns = {name: tf.saved_model.load(path).signatures["serving_default"]
+           for name, (path, _) in models.items()}
+    first = next(iter(models))
+    spec = {features.LABEL: tf.io.FixedLenFeature([], tf.string),
+            features.ID: tf.io.FixedLenFeature([], tf.string, default_value=b""),
+            features.SOURCE: tf.io.FixedLenFeature([], tf.string, default_value=b""),
+            features.IMAGE: tf.io.FixedLenFeature([], tf.string)}
+    rows: list[dict[str, Any]] = []
+    worst: list[tuple[float, int, bytes]] = []   # min-heap of (probability, index, image)
+    for serialized in tf.data.TFRecordDataset(files, compression_type="GZIP").batch(batch):
+        parsed = {k: v.numpy() for k, v in tf.io.parse_example(serialized, spec).items()}
+        probs = {name: fn(examples=serialized)["probabilities"].numpy()
+                 for name, fn in fns.items()}
+        for i in range(len(parsed[features.LABEL])):
+            row = {"id": parsed[features.ID][i].decode(),
+                   "source": parsed[features.SOURCE][i].decode(),
+                   "label": parsed[features.LABEL][i].decode()}
+            for name, (_, vocabulary) in models.items():
+                key = "predicted" if name == first else f"{name}_predicted"
+                row[key] = vocabulary[int(probs[name][i].argmax())]
+            row["probability"] = float(probs[first][i].max())
+            if row["predicted"] != row["label"]:
+                item = (row["probability"], len(rows), parsed[features.IMAGE][i])
+                if len(worst) < gallery:
+                    heapq.heappush(worst, item)
+                elif item[0] > worst[0][0]:
+                    heapq.heapreplace(worst, item)
+            rows.append(row)
+    return rows, sorted(worst, key=lambda item: (-item[0], item[1]))
 
 
 def _release_memory() -> None:
@@ -257,17 +289,14 @@ def run(examples: artifacts.Artifact, trained_model: artifacts.Artifact,
     with artifacts.writing(evaluation, artifacts.Evaluation, producer) as writer:
         # Per-example predictions of both models on the same examples, before TFMA
         # loads its own copies (the models are released first: a lower peak RSS).
-        serialized, cols = features.read_raw_examples(files)
-        probs = predict_examples(saved, serialized)
-        predicted = [vocabulary[i] for i in probs.argmax(axis=1)]
-        labels = cols[features.LABEL]
-        candidate_ok = np.array([p == t for p, t in zip(predicted, labels)])
-        rows = []
-        base_predicted = None
+        scored = {CANDIDATE: (saved, vocabulary)}
         if baseline:
-            base_probs = predict_examples(baseline, serialized)
-            base_vocab = base_card.get("label_vocabulary", vocabulary)
-            base_predicted = [base_vocab[i] for i in base_probs.argmax(axis=1)]
+            scored[BASELINE] = (baseline, base_card.get("label_vocabulary", vocabulary))
+        rows, worst = score_examples(files, scored)
+        labels = [row["label"] for row in rows]
+        predicted = [row["predicted"] for row in rows]
+        candidate_ok = np.array([p == t for p, t in zip(predicted, labels)], dtype=bool)
+        base_predicted = [row["baseline_predicted"] for row in rows] if baseline else None
         _release_memory()
         output = writer.file("tfma")
         started = time.perf_counter()
@@ -289,22 +318,16 @@ def run(examples: artifacts.Artifact, trained_model: artifacts.Artifact,
             base_metrics = read_tfma(output, BASELINE, base_vocab)
         tfma_ok, failures = validation_checks(output)
 
-        for i, (ident, label) in enumerate(zip(cols[features.ID], labels)):
-            rows.append({"id": ident, "source": cols[features.SOURCE][i], "label": label,
-                         "predicted": predicted[i], "probability": float(probs[i].max()),
-                         **({"baseline_predicted": base_predicted[i]} if base_predicted else {})})
         fileio.write_text(writer.file("predictions.jsonl"),
                           "".join(json.dumps(r) + "\n" for r in rows))
 
         # Gallery: the most confident mistakes, as thumbnails.
-        wrong = sorted((i for i in range(len(rows)) if not candidate_ok[i]),
-                       key=lambda i: -rows[i]["probability"])[:GALLERY]
         gallery = []
-        for rank, i in enumerate(wrong):
+        for rank, (_, index, image) in enumerate(worst):
             name = f"{rank:02d}.png"
             with fileio.open_file(writer.file("misclassified", name), "wb") as handle:
-                handle.write(_thumbnail(cols[features.IMAGE][i]))
-            gallery.append({"file": f"misclassified/{name}", **rows[i]})
+                handle.write(_thumbnail(image))
+            gallery.append({"file": f"misclassified/{name}", **rows[index]})
 
         checks = []
         overall = metrics["slices"].get("overall", {})
