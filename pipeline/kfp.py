@@ -154,6 +154,14 @@ def compile_pipeline(config: PipelineConfig, output: str) -> str:
 # --- inside a component ------------------------------------------------------------
 
 
+def _location(artifact: Any) -> str:
+    """Where a KFP artifact lives for our steps: its gs:// URI on Vertex / KFP on GCP
+    (Beam workers on Dataflow see no /gcs/ mount; our artifacts write the manifest last
+    there), its local path under kfp.local."""
+    uri = getattr(artifact, "uri", "") or ""
+    return uri if "://" in uri and not uri.startswith("file://") else artifact.path
+
+
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
@@ -197,8 +205,8 @@ def run_step(name: str, config_json: str, run_id: str, artifacts_in: dict[str, A
     config = config_lib.from_dict(json.loads(config_json))
     step = dag.get(name)
     module = importlib.import_module(step.module)
-    inputs = {p: artifacts.read(artifacts_in[p].path) for p in step.inputs}
-    outputs = {o: artifacts_in[o].path for o in step.outputs}
+    inputs = {p: artifacts.read(_location(artifacts_in[p])) for p in step.inputs}
+    outputs = {o: _location(artifacts_in[o]) for o in step.outputs}
     for path in outputs.values():
         # A retried task writes to the same URIs as the attempt that failed: start clean.
         fileio.rmtree(path)
@@ -228,7 +236,8 @@ def run_step(name: str, config_json: str, run_id: str, artifacts_in: dict[str, A
     for line in summary.get("lines", []):
         print(f"{name}: {line}")
     if name == "evaluate":
-        metrics = json.loads(open(os.path.join(outputs["evaluation"], "metrics.json")).read())
+        metrics = json.loads(fileio.read_text(fileio.join(outputs["evaluation"],
+                                                          "metrics.json")))
         overall = metrics["metrics"]["slices"].get("overall", {})
         for key, value in overall.items():
             if isinstance(value, (int, float)):
@@ -246,7 +255,7 @@ def write_report(run_id: str, artifacts_in: dict[str, Any], html_out: Any) -> No
 
     _exit_without_teardown()
     steps = [SimpleNamespace(step=ref.split(".")[0], status="ran", seconds=0.0, decision="kfp",
-                             outputs={ref.split(".")[1]: art.path})
+                             outputs={ref.split(".")[1]: _location(art)})
              for ref, art in artifacts_in.items()]
     run_dir = os.path.dirname(html_out.path)
     report.write(run_dir, run_id, "succeeded", steps, path=html_out.path)
