@@ -323,6 +323,7 @@ def run(data: DataConfig, ingest: IngestConfig, beam: BeamConfig, examples: str,
         parallel = "--direct_running_mode=in_memory" not in args
         with beam_lib.Pipeline(options=beamio.options_from_args(args)) as pipeline:
             _build_pipeline(pipeline, plan, data, ingest, ex_w.path, st_w.path, parallel)
+        sources.forget_arrays()
         partial = fileio.join(st_w.path, "partial_stats.json")
         stats = _summarize(json.loads(fileio.read_text(partial)), plan.num_inputs)
         fileio.rmtree(partial)

@@ -192,8 +192,36 @@ def _npz_key(archive: Any, candidates: tuple[str, ...], what: str, path: str) ->
                     f"(found: {', '.join(archive.files)}).")
 
 
+_LAST_ARRAYS: dict[tuple, datasets.ArrayDataset] = {}
+
+
+def _arrays_key(source: Source) -> tuple:
+    """Identifies the arrays' content cheaply: the source plus its files' size and mtime."""
+    if source.kind == "builtin":
+        return (source,)
+    paths = ([os.path.join(source.location, n) for n in sorted(os.listdir(source.location))]
+             if os.path.isdir(source.location) else [source.location])
+    return (source, tuple((p, os.path.getsize(p), os.path.getmtime(p)) for p in paths
+                          if os.path.isfile(p)))
+
+
+def forget_arrays() -> None:
+    """Drops the kept arrays (ingest calls it once its pipeline has finished)."""
+    _LAST_ARRAYS.clear()
+
+
 def load_arrays(source: Source) -> datasets.ArrayDataset:
-    """The arrays behind a builtin, NPZ or IDX source, with uint8 images."""
+    """The arrays behind a builtin, NPZ or IDX source, with uint8 images. The last
+    one stays loaded: the ingest plan and the in-process workers share it instead of
+    decoding the files twice."""
+    key = _arrays_key(source)
+    if key not in _LAST_ARRAYS:
+        _LAST_ARRAYS.clear()
+        _LAST_ARRAYS[key] = _load_arrays(source)
+    return _LAST_ARRAYS[key]
+
+
+def _load_arrays(source: Source) -> datasets.ArrayDataset:
     if source.kind == "builtin":
         return datasets.load(source.location)
     if source.kind == "npz":

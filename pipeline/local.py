@@ -225,7 +225,6 @@ class LocalRunner:
         if baseline_prints:
             parts["inputs"].update(baseline_prints)
         cache_key = artifacts.fingerprint_json(parts)
-        previous = self.store.last_execution(self.config.name, step.name)
 
         if self.use_cache and step.cache:
             for candidate in self.store.find_cached(step.name, cache_key):
@@ -241,7 +240,9 @@ class LocalRunner:
                 return StepResult(step.name, "cached", decision,
                                   outputs={n: a.uri for n, a in outputs.items()},
                                   summary=candidate.summary)
-            decision = explain_miss(parts, previous)
+            # Only on a miss: which parts of the key changed since the last execution.
+            decision = explain_miss(parts, self.store.last_execution(self.config.name,
+                                                                     step.name))
         elif not step.cache:
             decision = "always runs (effects outside its artifacts; idempotent)"
         else:
