@@ -345,14 +345,15 @@ def run(examples: artifacts.Artifact, trained_model: artifacts.Artifact,
                 bad = tfma_failures(name, False)
                 bound = {k: v for k, v in (("min", threshold.min), ("max", threshold.max))
                          if v is not None}
-                checks.append({"check": f"{name} (overall)", "source": "tfma",
-                               "value": overall.get(name), "bound": bound,
-                               "verdict": "fail" if any(f["slice"] == "overall" for f in bad)
-                               else "pass"})
-                for f in bad:
-                    if f["slice"] != "overall":
-                        checks.append({"check": f"{name} ({f['slice']})", "source": "tfma",
-                                       "value": f["value"], "bound": bound, "verdict": "fail"})
+                failed_slices = {f["slice"] for f in bad}
+                scopes = ["overall"] + sorted(
+                    key for key in metrics["slices"]
+                    if any(key.startswith(f"{feature}=") for feature in threshold.slices or []))
+                for scope in scopes:
+                    checks.append({"check": f"{name} ({scope})", "source": "tfma",
+                                   "value": metrics["slices"].get(scope, {}).get(name),
+                                   "bound": bound,
+                                   "verdict": "fail" if scope in failed_slices else "pass"})
             if threshold.max_drop is not None and baseline:
                 bad = tfma_failures(name, True)
                 value = overall.get(name)

@@ -83,3 +83,24 @@ def test_infra_validation_catches_a_model_that_does_not_load(tmp_path):
     infra.run(model, examples, EvaluateConfig(), infra_blessing=str(tmp_path / "ib"))
     record = json.load(open(tmp_path / "ib" / "infra_validation.json"))
     assert record["passed"] is False and "fresh process" in record["reason"]
+
+
+def test_eval_config_scopes_thresholds_to_the_configured_slices():
+    cfg = EvaluateConfig(thresholds={"accuracy": {"min": 0.8, "max_drop": 0.01,
+                                                  "slices": ["label"]},
+                                     "top_k_accuracy": {"min": 0.9}},
+                         slice_features=["height"], top_k=5)
+    config = evaluate.eval_config(cfg, num_classes=3, with_baseline=True)
+    assert [m.name for m in config.model_specs] == ["candidate", "baseline"]
+    assert config.model_specs[1].is_baseline
+    assert [list(s.feature_keys) for s in config.slicing_specs] == [[], ["label"], ["height"]]
+    metrics = {m.class_name: m for m in config.metrics_specs[0].metrics}
+    accuracy = metrics["SparseCategoricalAccuracy"].per_slice_thresholds[0]
+    # the accuracy bound applies overall and per label, not to the height slices
+    assert [list(s.feature_keys) for s in accuracy.slicing_specs] == [[], ["label"]]
+    assert accuracy.threshold.value_threshold.lower_bound.value == 0.8
+    assert accuracy.threshold.change_threshold.absolute.value == -0.01
+    top_k = metrics["SparseTopKCategoricalAccuracy"]
+    assert '"k": 3' in top_k.config                      # k capped at the class count
+    assert not evaluate.eval_config(cfg, 3, with_baseline=False).metrics_specs[0].metrics[
+        0].per_slice_thresholds[0].threshold.HasField("change_threshold")
