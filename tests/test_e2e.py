@@ -122,3 +122,21 @@ def test_predict_as_a_beam_job_matches_in_process(tmp_path):
     assert [r.get("class") for r in beam] == [r.get("class") for r in local]
     assert "not an image" in beam[4]["error"] and beam[4].get("class") is None
     assert {r["class"] for r in local if "class" in r} <= set(fixtures.CLASSES)
+
+
+def test_predict_inputs_from_folders_and_manifests(tmp_path):
+    from components import predict
+    from components.errors import DataError
+
+    (tmp_path / "imgs" / "sub").mkdir(parents=True)
+    for name in ("a.png", "sub/b.JPG", "notes.txt"):
+        (tmp_path / "imgs" / name).write_bytes(b"x")
+    (tmp_path / "list.csv").write_text("path,label\nimgs/a.png,x\n/abs/c.png,y\n")
+    (tmp_path / "list.jsonl").write_text('{"path": "imgs/sub/b.JPG"}\n')
+    found = predict.expand_inputs([str(tmp_path / "imgs"), str(tmp_path / "list.csv"),
+                                   str(tmp_path / "list.jsonl")])
+    assert found == [str(tmp_path / "imgs" / "a.png"), str(tmp_path / "imgs" / "sub" / "b.JPG"),
+                     str(tmp_path / "imgs" / "a.png"), "/abs/c.png",
+                     str(tmp_path / "imgs" / "sub" / "b.JPG")]
+    with pytest.raises(DataError, match="does not exist"):
+        predict.expand_inputs([str(tmp_path / "missing.png")])
