@@ -132,8 +132,10 @@ def run(trained_model: artifacts.Artifact, blessing: artifacts.Artifact,
         else:
             card = model_card(trained_model, blessing, infra_blessing, evaluation, statistics,
                               pipeline_config, producer)
+            keras_file = trained_model.path("model.keras")
             version = registry.push(name, trained_model.path("saved_model"), card,
-                                    {"model.keras": trained_model.path("model.keras")})
+                                    {"model.keras": keras_file}
+                                    if fileio.exists(keras_file) else {})
             record.update(pushed=True, version=version.version, path=version.path,
                           reason="blessed and served in infra validation")
             lines = [f"pushed {version.ref} to {version.path}"]
