@@ -247,6 +247,24 @@ def paired_comparison(candidate_ok: np.ndarray, baseline_ok: np.ndarray, samples
             "baseline_only_correct": c, "mcnemar_p": p}
 
 
+def gate_check(comparison: dict[str, Any], cfg: EvaluateConfig, base_ref: str
+               ) -> dict[str, Any]:
+    """'Not worse than the baseline': the accuracy difference (point estimate, or the
+    lower bound of its bootstrap interval with `gate: lower_bound`) must be at least
+    minus the accuracy threshold's `max_drop` (0 when none is set)."""
+    accuracy = cfg.thresholds.get("accuracy")
+    drop = (accuracy.max_drop if accuracy else None) or 0.0
+    measured = comparison["difference"] if cfg.gate == "point" else comparison["ci_low"]
+    how = "point estimate" if cfg.gate == "point" else \
+        f"lower bound of the {cfg.confidence:.0%} CI"
+    return {"check": f"accuracy not worse than {base_ref} ({how})",
+            "source": "paired bootstrap", "value": measured, "bound": {"min": -drop},
+            "verdict": "pass" if measured >= -drop else "fail",
+            "detail": f"difference {comparison['difference']:+.4f}, {cfg.confidence:.0%} CI "
+                      f"[{comparison['ci_low']:+.4f}, {comparison['ci_high']:+.4f}], "
+                      f"McNemar p={comparison['mcnemar_p']:.3g}"}
+
+
 def class_recalls(labels: list[str], predicted: list[str]) -> dict[str, float]:
     out = {}
     for name in sorted(set(labels)):
@@ -383,20 +401,7 @@ def run(examples: artifacts.Artifact, trained_model: artifacts.Artifact,
             comparison["class_recall"] = {
                 name: {"candidate": recalls[name], "baseline": value}
                 for name, value in class_recalls(labels, base_predicted).items()}
-            drop = (evaluate.thresholds.get("accuracy").max_drop
-                    if evaluate.thresholds.get("accuracy") else None) or 0.0
-            measured = comparison["difference"] if evaluate.gate == "point" \
-                else comparison["ci_low"]
-            checks.append({
-                "check": f"accuracy not worse than {base_ref} (" + (
-                    "point estimate" if evaluate.gate == "point" else
-                    f"lower bound of the {evaluate.confidence:.0%} CI") + ")",
-                "source": "paired bootstrap",
-                "value": measured, "bound": {"min": -drop},
-                "verdict": "pass" if measured >= -drop else "fail",
-                "detail": f"difference {comparison['difference']:+.4f}, "
-                          f"{int(evaluate.confidence * 100)}% CI [{comparison['ci_low']:+.4f}, "
-                          f"{comparison['ci_high']:+.4f}], McNemar p={comparison['mcnemar_p']:.3g}"})
+            checks.append(gate_check(comparison, evaluate, base_ref))
 
         summary = {"model": trained_model.uri, "baseline": base_ref,
                    "examples": len(rows), "metrics": metrics, "baseline_metrics": base_metrics,

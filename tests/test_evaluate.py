@@ -21,9 +21,26 @@ def test_paired_bootstrap_and_mcnemar():
     same = evaluate.paired_comparison(base, base, 500, 0.95)
     assert same["difference"] == same["ci_low"] == same["ci_high"] == 0.0
     assert same["mcnemar_p"] == 1.0
-    # a small sample: the interval straddles zero, so a lower-bound gate would not bless
-    noisy = evaluate.paired_comparison(better[:40], base[:40], 2000, 0.95)
-    assert noisy["ci_low"] <= 0.0 <= noisy["ci_high"] or noisy["ci_low"] > 0
+    # 50 examples, the candidate loses 3 and wins 1: -0.04 looks acceptable under a
+    # 0.05 allowed drop, but the interval's lower bound does not (gate: lower_bound).
+    base_ok = np.ones(50, bool)
+    cand_ok = np.ones(50, bool)
+    base_ok[:1] = False
+    cand_ok[1:4] = False
+    small = evaluate.paired_comparison(cand_ok, base_ok, 4000, 0.95)
+    assert small["difference"] == pytest.approx(-0.04)
+    assert small["difference"] >= -0.05 > small["ci_low"]
+    assert (small["candidate_only_correct"], small["baseline_only_correct"]) == (1, 3)
+    assert small["mcnemar_p"] == pytest.approx(0.625)     # 2 * P(X <= 1), X ~ Bin(4, 1/2)
+    thresholds = {"accuracy": {"min": 0.5, "max_drop": 0.05}}
+    point = evaluate.gate_check(small, EvaluateConfig(thresholds=thresholds), "m:1")
+    bound = evaluate.gate_check(small, EvaluateConfig(thresholds=thresholds,
+                                                      gate="lower_bound"), "m:1")
+    assert (point["verdict"], bound["verdict"]) == ("pass", "fail")
+    assert bound["value"] == small["ci_low"] and "lower bound of the 95% CI" in bound["check"]
+    strict = evaluate.gate_check(small, EvaluateConfig(thresholds={"accuracy": {"min": 0.5}}),
+                                 "m:1")
+    assert strict["verdict"] == "fail" and strict["bound"] == {"min": -0.0}
 
 
 def test_threshold_on_unknown_metric_is_a_config_error():
