@@ -147,6 +147,7 @@ class Registry:
             raise ConfigError(f"model name {name!r} must be letters, digits, '.', '_' or '-'.")
         base = fileio.join(self.root, name)
         fileio.makedirs(base)
+        self._clean_stale_pushes(base)
         staging = fileio.join(base, f".push-{uuid.uuid4().hex}")
         _copytree(saved_model, staging)
         for rel, src in (extra_files or {}).items():
@@ -163,6 +164,19 @@ class Registry:
                 continue  # another push took this number: take the next one
             return Version(name, number, target)
         raise ImgpipeError(f"could not allocate a version under {base}.")
+
+    @staticmethod
+    def _clean_stale_pushes(base: str, max_age_s: float = 6 * 3600) -> None:
+        """Removes staging dirs of pushes killed midway (hidden from TF Serving, but
+        they take space); a push younger than `max_age_s` may still be running."""
+        if fileio.is_remote(base):
+            return
+        import time
+
+        for entry in os.listdir(base):
+            path = os.path.join(base, entry)
+            if entry.startswith(".push-") and time.time() - os.path.getmtime(path) > max_age_s:
+                shutil.rmtree(path, ignore_errors=True)
 
     def _publish(self, staging: str, target: str) -> None:
         if fileio.is_remote(target):

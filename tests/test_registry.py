@@ -124,3 +124,16 @@ def test_registry_defaults_to_the_config_destination(tmp_path, capsys):
     Registry(str(dest)).push("m", fake_saved_model(tmp_path / "sm"), card())
     assert cli.main(["models", "list", "--config", str(config), "--json"]) == 0
     assert [row["ref"] for row in json.loads(capsys.readouterr().out)] == ["m:1"]
+
+
+def test_a_killed_push_leaves_nothing_visible_and_is_cleaned_later(tmp_path):
+    root = tmp_path / "serving"
+    (root / "m" / ".push-dead").mkdir(parents=True)
+    (root / "m" / ".push-dead" / "saved_model.pb").write_text("half")
+    old = os.path.getmtime(root / "m" / ".push-dead") - 7 * 3600
+    os.utime(root / "m" / ".push-dead", (old, old))
+    (root / "m" / ".push-running").mkdir()
+    reg = Registry(str(root))
+    assert reg.versions("m") == []          # TF Serving and the registry ignore it
+    reg.push("m", fake_saved_model(tmp_path / "sm"), card())
+    assert sorted(os.listdir(root / "m")) == [".push-running", "1"]
