@@ -10,7 +10,6 @@ last object written, which is the same guarantee there.
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import hashlib
 import json
 import os
@@ -18,7 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from components import fileio
+from components import fileio, runtime
 from components.errors import ArtifactError
 
 MANIFEST_NAME = "artifact.json"
@@ -214,7 +213,7 @@ class ArtifactWriter:
             "fingerprint": fingerprint,
             "properties": self.properties,
             "producer": self.producer,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": runtime.utc_now(),
         }
         fileio.write_text_atomic(fileio.join(self.path, MANIFEST_NAME),
                                  json.dumps(manifest, indent=2, sort_keys=True, default=str))

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from components import artifacts, beamio, features, fileio
+from components import artifacts, beamio, features, fileio, runtime
 from components.config import BeamConfig, EvaluateConfig
 
 log = logging.getLogger("imgpipe.evaluate")
@@ -210,19 +210,6 @@ def score_examples(files: list[str], models: dict[str, tuple[str, list[str]]],
     return rows, sorted(worst, key=lambda item: (-item[0], item[1]))
 
 
-def _release_memory() -> None:
-    """Returns freed heap to the OS (glibc keeps it otherwise): the next phase's peak
-    does not stack on this one's."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def paired_comparison(candidate_ok: np.ndarray, baseline_ok: np.ndarray, samples: int,
                       confidence: float, seed: int = 0) -> dict[str, Any]:
     """Accuracy difference (candidate - baseline) with a paired bootstrap interval and
@@ -315,7 +302,7 @@ def run(examples: artifacts.Artifact, trained_model: artifacts.Artifact,
         predicted = [row["predicted"] for row in rows]
         candidate_ok = np.array([p == t for p, t in zip(predicted, labels)], dtype=bool)
         base_predicted = [row["baseline_predicted"] for row in rows] if baseline else None
-        _release_memory()
+        runtime.release_memory()
         output = writer.file("tfma")
         started = time.perf_counter()
         models = [tfma.default_eval_shared_model(eval_saved_model_path=saved,

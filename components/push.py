@@ -12,12 +12,11 @@ through `VertexModelRegistry` below: untested against the live service.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import subprocess
 from typing import Any
 
-from components import artifacts, fileio
+from components import artifacts, fileio, runtime
 from components.config import PushConfig
 from components.registry import Registry
 
@@ -29,15 +28,6 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def package_version() -> str:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version("imgpipe")
-    except importlib.metadata.PackageNotFoundError:
-        return "0+unknown"
 
 
 def model_card(trained_model: artifacts.Artifact, blessing: artifacts.Artifact,
@@ -68,13 +58,13 @@ def model_card(trained_model: artifacts.Artifact, blessing: artifacts.Artifact,
                  "quarantined": stats.get("num_quarantined"),
                  "quarantine_reasons": stats.get("quarantine_reasons")},
         "config": pipeline_config,
-        "package_version": package_version(),
+        "package_version": runtime.package_version(),
         "git_commit": git_commit(),
         "run_id": (producer or {}).get("run_id"),
         "pipeline": (producer or {}).get("pipeline"),
         "artifacts": {"model": trained_model.uri, "evaluation": evaluation.uri,
                       "statistics": statistics.uri},
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": runtime.utc_now(),
     }
 
 

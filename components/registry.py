@@ -17,7 +17,6 @@ by a lock file (local roots); on gs:// the last writer wins (documented).
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import getpass
 import json
 import os
@@ -27,7 +26,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from components import fileio
+from components import fileio, runtime
 from components.errors import ConfigError, ImgpipeError
 
 CARD = "model_card.json"
@@ -44,10 +43,6 @@ class PromotionRefused(ImgpipeError):
 
 def is_reference(text: str) -> bool:
     return bool(REF.match(text))
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True)
@@ -155,7 +150,7 @@ class Registry:
                 _copyfile(src, fileio.join(staging, rel))
         for _ in range(1000):
             number = (self.versions(name)[-1].version if self.versions(name) else 0) + 1
-            card = dict(card, name=name, version=number, pushed=_now())
+            card = dict(card, name=name, version=number, pushed=runtime.utc_now())
             fileio.write_text(fileio.join(staging, CARD), json.dumps(card, indent=2, default=str))
             target = fileio.join(base, str(number))
             try:
@@ -225,7 +220,7 @@ class Registry:
                                    "promote it anyway (recorded in the audit log).")
         with self._locked(version.name):
             aliases = self.aliases(version.name)
-            entry = {"time": _now(), "who": who or _user(), "action": action, "alias": alias,
+            entry = {"time": runtime.utc_now(), "who": who or _user(), "action": action, "alias": alias,
                      "from": aliases.get(alias), "to": version.version, "reason": reason,
                      "force": force}
             aliases[alias] = version.version

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
-import importlib.metadata
 import importlib.util
 import os
 import time
@@ -19,20 +18,13 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from components import artifacts, fileio
+from components import artifacts, fileio, runtime
 from components.errors import ArtifactError, ConfigError, ImgpipeError
 from pipeline import dag
 from pipeline.config import PipelineConfig
 from pipeline.metadata import Execution, MetadataStore
 
 METADATA_FILE = "metadata.sqlite"
-
-
-def package_version() -> str:
-    try:
-        return importlib.metadata.version("imgpipe")
-    except importlib.metadata.PackageNotFoundError:
-        return "0+unknown"
 
 
 def source_hash(modules: tuple[str, ...]) -> str:
@@ -142,16 +134,16 @@ class LocalRunner:
         sections = {name: self.section(name).model_dump(mode="json", by_alias=True)
                     for name in step.sections}
         beam = self.config.beam.model_dump(mode="json")
-        runtime = {key: beam.get(key) for key in step.runtime}
+        runtime_options = {key: beam.get(key) for key in step.runtime}
         input_prints = {name: art.fingerprint for name, art in sorted(inputs.items())}
         external = getattr(module, "external_inputs", None)
         if external is not None:
             input_prints.update(external(**{name: self.section(name)
                                             for name in step.sections}))
         return {
-            "code": {"version": package_version(), "source": source_hash(step.code)},
+            "code": {"version": runtime.package_version(), "source": source_hash(step.code)},
             "config": sections,
-            "runtime": runtime,
+            "runtime": runtime_options,
             "inputs": input_prints,
         }
 
@@ -275,7 +267,7 @@ class LocalRunner:
             self.store.finish_execution(execution_id, "failed", error=traceback.format_exc())
             raise
         seconds = time.perf_counter() - started
-        release_memory()
+        runtime.release_memory()
         for name, art in outputs.items():
             self.store.record_artifact(execution_id, "output", name, art.uri, art.type,
                                        art.fingerprint, art.properties, art.created)
@@ -302,19 +294,6 @@ def call_step(module: Any, step: dag.Step, config: PipelineConfig, section: Call
         **outputs,
         producer=producer,
     )
-
-
-def release_memory() -> None:
-    """Hands memory freed by a finished step back to the OS (glibc keeps it otherwise),
-    so the next step's peak does not stack on this one's."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def resolve_weights(weights: str, store: MetadataStore, registry_root: str) -> str:
