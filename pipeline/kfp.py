@@ -198,9 +198,8 @@ def run_step(name: str, config_json: str, run_id: str, artifacts_in: dict[str, A
     from components import artifacts, fileio
 
     _exit_without_teardown()
-    from components.registry import Registry, is_reference
     from pipeline import config as config_lib
-    from pipeline.local import call_step
+    from pipeline.local import baseline_version, call_step, resolved_section
 
     config = config_lib.from_dict(json.loads(config_json))
     step = dag.get(name)
@@ -211,21 +210,14 @@ def run_step(name: str, config_json: str, run_id: str, artifacts_in: dict[str, A
         # A retried task writes to the same URIs as the attempt that failed: start clean.
         fileio.rmtree(path)
     extra: dict[str, Any] = {}
-    registry = Registry(config.push.destination)
     for param, alias in step.baseline.items():
-        alias = config.push.baseline_alias if alias == "default" else alias
-        version = registry.holder(config.model_name, alias)
+        version = baseline_version(config, alias)
         extra[param] = version.path if version else None
     if step.config:
         extra["pipeline_config"] = config.to_dict()
 
     def section(section_name: str):
-        value = config.section(section_name)
-        weights = getattr(value, "weights", None)
-        if section_name == "model" and weights and is_reference(weights):
-            path = fileio.join(registry.resolve(weights).path, "model.keras")
-            value = value.model_copy(update={"weights": path})
-        return value
+        return resolved_section(config, section_name, store=None)
 
     summary = call_step(module, step, config, section, inputs, outputs,
                         {"run_id": run_id, "step": name, "pipeline": config.name,

@@ -111,21 +111,8 @@ class LocalRunner:
     # --- config references ---------------------------------------------------------
 
     def section(self, name: str):
-        """A config section with references resolved: `model.weights: run:RUN_ID` or
-        `MODEL@ALIAS` / `MODEL:VERSION` becomes the path of that model's Keras file."""
-        section = self.config.section(name)
-        if name == "model" and section.weights:
-            path = resolve_weights(section.weights, self.store, self.config.push.destination)
-            if path != section.weights:
-                section = section.model_copy(update={"weights": path})
-        return section
-
-    def baseline_version(self, alias: str):
-        """The registry version holding `alias` for this pipeline's model, or None."""
-        from components.registry import Registry
-
-        alias = self.config.push.baseline_alias if alias == "default" else alias
-        return Registry(self.config.push.destination).holder(self.config.model_name, alias)
+        """A config section with references resolved (see `resolved_section`)."""
+        return resolved_section(self.config, name, self.store)
 
     # --- cache key -----------------------------------------------------------------
 
@@ -209,7 +196,7 @@ class LocalRunner:
         extra: dict[str, Any] = {}
         baseline_prints = {}
         for param, alias in step.baseline.items():
-            version = self.baseline_version(alias)
+            version = baseline_version(self.config, alias)
             extra[param] = version.path if version else None
             baseline_prints[param] = (f"{version.ref} {artifacts.fingerprint_json(version.card)}"
                                       if version else None)
@@ -296,11 +283,36 @@ def call_step(module: Any, step: dag.Step, config: PipelineConfig, section: Call
     )
 
 
-def resolve_weights(weights: str, store: MetadataStore, registry_root: str) -> str:
-    """`run:RUN_ID` -> that run's trained Keras model; `NAME@ALIAS` / `NAME:VERSION` ->
-    the pushed version's; anything else (imagenet, a file) is returned as is."""
+def resolved_section(config: PipelineConfig, name: str, store: MetadataStore | None):
+    """A config section with references resolved: `model.weights: run:RUN_ID` or
+    `MODEL@ALIAS` / `MODEL:VERSION` becomes the path of that model's Keras file. The
+    local runner and the KFP components both read sections through this."""
+    section = config.section(name)
+    if name == "model" and section.weights:
+        path = resolve_weights(section.weights, store, config.push.destination)
+        if path != section.weights:
+            section = section.model_copy(update={"weights": path})
+    return section
+
+
+def baseline_version(config: PipelineConfig, alias: str):
+    """The registry version holding `alias` ("default": `push.baseline_alias`) for this
+    pipeline's model, or None."""
+    from components.registry import Registry
+
+    alias = config.push.baseline_alias if alias == "default" else alias
+    return Registry(config.push.destination).holder(config.model_name, alias)
+
+
+def resolve_weights(weights: str, store: MetadataStore | None, registry_root: str) -> str:
+    """`run:RUN_ID` -> that run's trained Keras model (needs the local metadata store);
+    `NAME@ALIAS` / `NAME:VERSION` -> the pushed version's; anything else (imagenet, a
+    file) is returned as is."""
     if weights.startswith("run:"):
         run_id = weights[4:]
+        if store is None:
+            raise ConfigError(f"model.weights {weights} needs the local metadata store; "
+                              "on Kubeflow/Vertex use a pushed model (NAME@ALIAS).")
         record = store.run_output(run_id, "train", "trained_model")
         if record is None:
             raise ConfigError(f"model.weights {weights}: no unique run {run_id!r} with a trained "
