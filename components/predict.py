@@ -18,7 +18,7 @@ import sys
 import time
 from typing import Any, Iterable, Iterator
 
-from components import features, fileio, imaging
+from components import features, fileio, imaging, sources
 from components.errors import ConfigError, DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
@@ -45,18 +45,11 @@ def expand_inputs(inputs: Iterable[str]) -> list[str]:
 
 
 def _manifest_paths(path: str) -> list[str]:
-    base = os.path.dirname(path)
-    with open(path, encoding="utf-8", newline="") as handle:
-        if path.lower().endswith(".csv"):
-            rows = list(csv.DictReader(handle))
-        else:
-            rows = [json.loads(line) for line in handle if line.strip()]
     out = []
-    for number, row in enumerate(rows, 1):
-        ref = row.get("path") or row.get("uri")
-        if not ref:
+    for number, _, full in sources.read_manifest(path):
+        if not full:
             raise DataError(f"{path}: row {number} has no 'path' column.")
-        out.append(ref if "://" in ref or os.path.isabs(ref) else os.path.join(base, ref))
+        out.append(full)
     return out
 
 

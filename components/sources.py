@@ -132,12 +132,16 @@ def _class_files(class_dir: str, label: str, split: str | None) -> list[FileItem
     return [FileItem(path, label, split) for path in files]
 
 
-def _manifest_items(path: str) -> list[FileItem]:
+def read_manifest(path: str) -> list[tuple[int, dict[str, Any], str | None]]:
+    """Rows of a CSV (header line) or JSONL manifest as (row number, row, file path);
+    the path comes from `path` (or `uri`), relative to the manifest's folder, None when
+    the row has neither. Ingest and `imgpipe predict` both read manifests this way."""
     base = os.path.dirname(path)
+    csv_file = path.lower().endswith(".csv")
     rows: list[dict[str, Any]] = []
     try:
         with open(path, encoding="utf-8", newline="") as handle:
-            if path.lower().endswith(".csv"):
+            if csv_file:
                 rows = list(csv.DictReader(handle))
             else:
                 for number, line in enumerate(handle, 1):
@@ -150,10 +154,19 @@ def _manifest_items(path: str) -> list[FileItem]:
                                 from exc
     except OSError as exc:
         raise DataError(f"cannot read manifest {path}: {exc}") from exc
-    items = []
-    for number, row in enumerate(rows, 2 if path.lower().endswith(".csv") else 1):
+    out = []
+    for number, row in enumerate(rows, 2 if csv_file else 1):
         ref = row.get("path") or row.get("uri")
-        if not ref or row.get("label") in (None, ""):
+        full = None if not ref else \
+            ref if "://" in ref or os.path.isabs(ref) else os.path.join(base, ref)
+        out.append((number, row, full))
+    return out
+
+
+def _manifest_items(path: str) -> list[FileItem]:
+    items = []
+    for number, row, full in read_manifest(path):
+        if not full or row.get("label") in (None, ""):
             raise DataError(f"{path}: row {number} lacks 'path' (or 'uri') or 'label'; every "
                             "row needs both (split is optional).")
         split = row.get("split")
@@ -163,7 +176,6 @@ def _manifest_items(path: str) -> list[FileItem]:
             split = _split_name(str(split))
         else:
             split = None
-        full = ref if "://" in ref or os.path.isabs(ref) else os.path.join(base, ref)
         items.append(FileItem(full, str(row["label"]), split))
     return items
 
