@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import math
 import time
 from typing import Any
@@ -28,15 +27,12 @@ import numpy as np
 from components import artifacts, beamio, features, fileio, runtime
 from components.config import BeamConfig, EvaluateConfig
 
-log = logging.getLogger("imgpipe.evaluate")
-
 CANDIDATE, BASELINE = "candidate", "baseline"
 # Config metric name -> (TFMA class name, config JSON)
 TOP_LEVEL = {
     "accuracy": ("SparseCategoricalAccuracy", {"name": "accuracy"}),
     "example_count": ("ExampleCount", {"name": "example_count"}),
 }
-PER_CLASS = ("precision", "recall", "f1_score", "auc")
 GALLERY = 24
 
 
@@ -182,10 +178,7 @@ def score_examples(files: list[str], models: dict[str, tuple[str, list[str]]],
     fns = {name: tf.saved_model.load(path).signatures["serving_default"]
            for name, (path, _) in models.items()}
     first = next(iter(models))
-    spec = {features.LABEL: tf.io.FixedLenFeature([], tf.string),
-            features.ID: tf.io.FixedLenFeature([], tf.string, default_value=b""),
-            features.SOURCE: tf.io.FixedLenFeature([], tf.string, default_value=b""),
-            features.IMAGE: tf.io.FixedLenFeature([], tf.string)}
+    spec = features.labeled_image_spec()
     rows: list[dict[str, Any]] = []
     worst: list[tuple[float, int, bytes]] = []   # min-heap of (probability, index, image)
     for serialized in tf.data.TFRecordDataset(files, compression_type="GZIP").batch(batch):
@@ -289,6 +282,7 @@ def run(examples: artifacts.Artifact, trained_model: artifacts.Artifact,
     base_card = json.loads(fileio.read_text(fileio.join(baseline, "model_card.json"))) \
         if baseline and fileio.exists(fileio.join(baseline, "model_card.json")) else {}
     base_ref = f"{base_card.get('name')}:{base_card.get('version')}" if baseline else None
+    base_vocab = base_card.get("label_vocabulary", vocabulary)
     config = eval_config(evaluate, len(vocabulary), baseline is not None)
 
     with artifacts.writing(evaluation, artifacts.Evaluation, producer) as writer:
@@ -296,7 +290,7 @@ def run(examples: artifacts.Artifact, trained_model: artifacts.Artifact,
         # loads its own copies (the models are released first: a lower peak RSS).
         scored = {CANDIDATE: (saved, vocabulary)}
         if baseline:
-            scored[BASELINE] = (baseline, base_card.get("label_vocabulary", vocabulary))
+            scored[BASELINE] = (baseline, base_vocab)
         rows, worst = score_examples(files, scored)
         labels = [row["label"] for row in rows]
         predicted = [row["predicted"] for row in rows]
@@ -319,7 +313,6 @@ def run(examples: artifacts.Artifact, trained_model: artifacts.Artifact,
         metrics = read_tfma(output, CANDIDATE if baseline else None, vocabulary)
         base_metrics = None
         if baseline:
-            base_vocab = base_card.get("label_vocabulary", vocabulary)
             base_metrics = read_tfma(output, BASELINE, base_vocab)
         tfma_ok, failures = validation_checks(output)
 

@@ -152,17 +152,28 @@ def split_files(examples, split: str) -> list[str]:
     return files
 
 
-def read_raw_examples(files: list[str]) -> tuple[list[bytes], dict[str, list]]:
-    """(serialized examples, columns label/id/source as str and image/encoded as bytes)."""
+def labeled_image_spec() -> dict:
+    """Parse spec for reading examples back: image, label, and id/source when present."""
     import tensorflow as tf
 
-    serialized = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+    return {LABEL: tf.io.FixedLenFeature([], tf.string),
+            ID: tf.io.FixedLenFeature([], tf.string, default_value=b""),
+            SOURCE: tf.io.FixedLenFeature([], tf.string, default_value=b""),
+            IMAGE: tf.io.FixedLenFeature([], tf.string)}
+
+
+def read_raw_examples(files: list[str], limit: int | None = None
+                      ) -> tuple[list[bytes], dict[str, list]]:
+    """(serialized examples, columns label/id/source as str and image/encoded as bytes);
+    the first `limit` examples only when given."""
+    import tensorflow as tf
+
+    records = tf.data.TFRecordDataset(files, compression_type="GZIP")
+    if limit is not None:
+        records = records.take(limit)
+    serialized = [r.numpy() for r in records]
     if not serialized:
         return serialized, {k: [] for k in _KEPT}
-    parsed = tf.io.parse_example(tf.constant(serialized), {
-        LABEL: tf.io.FixedLenFeature([], tf.string),
-        ID: tf.io.FixedLenFeature([], tf.string, default_value=b""),
-        SOURCE: tf.io.FixedLenFeature([], tf.string, default_value=b""),
-        IMAGE: tf.io.FixedLenFeature([], tf.string)})
+    parsed = tf.io.parse_example(tf.constant(serialized), labeled_image_spec())
     return serialized, {k: [v if k == IMAGE else v.decode() for v in parsed[k].numpy()]
                         for k in _KEPT}

@@ -125,9 +125,8 @@ def run(trained_model: artifacts.Artifact, examples: artifacts.Artifact,
         producer: dict[str, Any] | None = None) -> dict[str, Any]:
     """Writes a Blessing (kind infra) with the probe report and the verdict."""
     files = features.split_files(examples, "eval")
-    serialized, cols = features.read_raw_examples(files)
-    serialized = serialized[:PROBE_EXAMPLES]
-    images = cols[features.IMAGE][:PROBE_EXAMPLES]
+    serialized, cols = features.read_raw_examples(files, limit=PROBE_EXAMPLES)
+    images = cols[features.IMAGE]
     report = probe(trained_model.path("saved_model"), serialized, images)
     problems = verdict(report, len(serialized), trained_model.properties["label_vocabulary"],
                        evaluate.latency_budget_ms)

@@ -86,11 +86,11 @@ def predict_files(model, paths: list[str], top_k: int = 3,
         fn = model.signatures["serving_images"]
         out = fn(images=tf.constant(images))
         probs = out["probabilities"].numpy()
+        classes = out["class_name"].numpy()
         names = getattr(model, "vocabulary", None)
         for j, i in enumerate(good):
             order = np.argsort(-probs[j])[:top_k]
-            label = out["class_name"].numpy()[j].decode()
-            rows[i].update({"class": label, "probability": float(probs[j].max()),
+            rows[i].update({"class": classes[j].decode(), "probability": float(probs[j].max()),
                             "top_k": [[names[k] if names else int(k), float(probs[j][k])]
                                       for k in order]})
     return rows
