@@ -71,7 +71,7 @@ def floor(paths: list[str], out_dir: str) -> float:
 
 
 def ingest_step(source: str, out_dir: str, options: dict) -> float:
-    from components import ingest
+    from components.steps import ingest
     from components.config import BeamConfig, DataConfig, IngestConfig
 
     started = time.perf_counter()

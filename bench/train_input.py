@@ -22,14 +22,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def prepare(tmp: str, source: str, size: int, channels: int):
-    from components import artifacts, ingest, transform
+    from components import artifacts
+    from components.steps import ingest, transform
     from components.config import BeamConfig, DataConfig, IngestConfig, TransformConfig
 
     data = DataConfig(source=source, image_size=(size, size), channels=channels)
     ingest.run(data, IngestConfig(), BeamConfig(), examples=f"{tmp}/ex", statistics=f"{tmp}/st")
     transform.run(artifacts.read(f"{tmp}/ex"), data, TransformConfig(), BeamConfig(),
                   transform_graph=f"{tmp}/tg")
-    return artifacts.read(f"{tmp}/tg")
+    return artifacts.read(f"{tmp}/tg"), artifacts.read(f"{tmp}/ex")
 
 
 def steps_per_second(model_cfg, train_cfg, dataset, shape, classes, epochs: int) -> float:
@@ -66,20 +67,22 @@ def main() -> None:
     import numpy as np
     import tensorflow as tf
 
-    from components import train
+    from components import training
     from components.config import ModelConfig, TrainConfig
 
     with tempfile.TemporaryDirectory() as tmp:
-        graph = prepare(tmp, args.source, args.size, args.channels)
+        graph, examples = prepare(tmp, args.source, args.size, args.channels)
         shape = tuple(graph.properties["image_shape"])
         classes = graph.properties["num_classes"]
         model = ModelConfig(kind=args.model)
         cached_cfg = TrainConfig(batch_size=args.batch_size)
         stream_cfg = TrainConfig(batch_size=args.batch_size, cache_memory_mb=0)
-        cached = train.make_dataset(graph, "train", args.batch_size, cached_cfg, True, False)
-        stream = train.make_dataset(graph, "train", args.batch_size, stream_cfg, True, False)
+        cached = training.make_dataset(graph, examples, "train", args.batch_size, cached_cfg,
+                                       True, False)
+        stream = training.make_dataset(graph, examples, "train", args.batch_size, stream_cfg,
+                                       True, False)
         images, labels = [], []
-        for x, y in train.make_dataset(graph, "train", 4096, cached_cfg, False, False):
+        for x, y in training.make_dataset(graph, examples, "train", 4096, cached_cfg, False, False):
             images.append(x.numpy())
             labels.append(y.numpy())
         images, labels = np.concatenate(images), np.concatenate(labels)

@@ -22,7 +22,8 @@ PHOTOS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 
 
 def ingest(source: str, out: str, image_size, channels):
-    from components import artifacts, ingest as ingest_step
+    from components import artifacts
+    from components.steps import ingest as ingest_step
     from components.config import BeamConfig, DataConfig, IngestConfig
 
     data = DataConfig(source=source, image_size=image_size, channels=channels)
@@ -53,7 +54,7 @@ def floor(examples, data) -> tuple[float, int]:
 
 
 def transform_step(examples, data, out, materialize=True) -> float:
-    from components import transform
+    from components.steps import transform
     from components.config import BeamConfig, TransformConfig
 
     started = time.perf_counter()

@@ -21,9 +21,14 @@ from components import fileio, runtime
 from components.errors import ArtifactError
 
 MANIFEST_NAME = "artifact.json"
-MANIFEST_VERSION = 1
-_REQUIRED_KEYS = ("type", "manifest_version", "fingerprint", "properties", "producer", "created")
+# 2: the manifest lists every file with its size and SHA-256 (`files`).
+MANIFEST_VERSION = 2
+_REQUIRED_KEYS = ("type", "manifest_version", "fingerprint", "properties", "producer", "created",
+                  "files")
 
+
+# The splits of every Examples artifact, in this order.
+SPLITS = ("train", "eval")
 
 # --- artifact types: each docstring documents the on-disk layout -------------------
 
@@ -102,6 +107,7 @@ class Artifact:
     properties: dict[str, Any] = field(default_factory=dict)
     producer: dict[str, Any] = field(default_factory=dict)
     created: str = ""
+    files: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
 
     def path(self, *parts: str) -> str:
         """A path inside the artifact directory."""
@@ -122,15 +128,15 @@ def read(uri: str, expected_type: type | str | None = None) -> Artifact:
                             "that produces it.") from exc
     missing = [key for key in _REQUIRED_KEYS if key not in manifest]
     if missing:
-        raise ArtifactError(f"{manifest_path} is incomplete (missing {', '.join(missing)}); "
-                            "rerun the step that produces it.")
+        raise ArtifactError(f"{manifest_path} is incomplete or from an older imgpipe (missing "
+                            f"{', '.join(missing)}); rerun the step that produces it.")
     wanted = expected_type if isinstance(expected_type, str) or expected_type is None \
         else expected_type.__name__
     if wanted and manifest["type"] != wanted:
         raise ArtifactError(f"{uri} holds a {manifest['type']} artifact, expected {wanted}.")
     return Artifact(uri=uri, type=manifest["type"], fingerprint=manifest["fingerprint"],
                     properties=manifest["properties"], producer=manifest["producer"],
-                    created=manifest["created"])
+                    created=manifest["created"], files=manifest["files"])
 
 
 def is_committed(uri: str) -> bool:
@@ -151,20 +157,49 @@ def fingerprint_json(value: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def fingerprint_files(root: str) -> str:
-    """A content hash over every file under `root`: relative paths and bytes."""
-    digest = hashlib.sha256()
+def list_files(root: str) -> dict[str, dict[str, Any]]:
+    """Every file under `root` but the manifest: relative path -> size and SHA-256."""
+    files = {}
     prefix = root.rstrip("/") + "/"
     for path in fileio.walk_files(root):
         rel = path[len(prefix):] if path.startswith(prefix) else os.path.relpath(path, root)
-        if rel == MANIFEST_NAME:
+        if rel != MANIFEST_NAME:
+            files[rel] = {"size": fileio.file_size(path), "sha256": fileio.hash_file(path)}
+    return files
+
+
+def fingerprint_files(files: dict[str, dict[str, Any]]) -> str:
+    """A content hash over a file listing (relative paths and content hashes)."""
+    return fingerprint_json({rel: entry["sha256"] for rel, entry in files.items()})
+
+
+def verify(artifact: Artifact, known: dict[str, str] | None = None
+           ) -> tuple[list[str], dict[str, str]]:
+    """Checks every file the manifest lists: present, same size, same content.
+
+    `known`: relative path -> `fileio.stat_signature` of a file whose content was
+    verified before; a file with an unchanged signature is not read again. Returns
+    (problems, signatures of the files now verified). A problem reads like
+    "saved_model/variables/variables.index is missing"."""
+    known = known or {}
+    problems, verified = [], {}
+    for rel, entry in sorted(artifact.files.items()):
+        path = fileio.join(artifact.uri, rel)
+        signature = fileio.stat_signature(path)
+        if signature is not None and known.get(rel) == signature:
+            verified[rel] = signature
             continue
-        digest.update(rel.encode("utf-8") + b"\0")
-        with fileio.open_file(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        digest.update(b"\0")
-    return digest.hexdigest()
+        size = fileio.file_size(path)
+        if size is None:
+            problems.append(f"{rel} is missing")
+        elif size != entry["size"]:
+            problems.append(f"{rel} changed size since it was written ({entry['size']} -> "
+                            f"{size} bytes)")
+        elif fileio.hash_file(path) != entry["sha256"]:
+            problems.append(f"{rel} changed since it was written (content differs)")
+        elif signature is not None:
+            verified[rel] = signature
+    return problems, verified
 
 
 # --- writing -----------------------------------------------------------------------
@@ -205,8 +240,11 @@ class ArtifactWriter:
         return fileio.join(self.path, *parts)
 
     def commit(self) -> Artifact:
-        """Writes the manifest last and publishes the directory at `uri`."""
-        fingerprint = self.fingerprint or fingerprint_files(self.path)
+        """Writes the manifest last and publishes the directory at `uri`. The manifest
+        records every file's size and content hash, so a reader (the cache) can tell
+        later whether the artifact is still what was committed."""
+        files = list_files(self.path)
+        fingerprint = self.fingerprint or fingerprint_files(files)
         manifest = {
             "type": self.type,
             "manifest_version": MANIFEST_VERSION,
@@ -214,6 +252,7 @@ class ArtifactWriter:
             "properties": self.properties,
             "producer": self.producer,
             "created": runtime.utc_now(),
+            "files": files,
         }
         fileio.write_text_atomic(fileio.join(self.path, MANIFEST_NAME),
                                  json.dumps(manifest, indent=2, sort_keys=True, default=str))

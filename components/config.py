@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 BUILTIN_PREFIX = "builtin:"
 
@@ -168,7 +168,22 @@ class EvaluateConfig(Section):
     confidence: float = Field(0.95, gt=0.0, lt=1.0)
     bootstrap_samples: int = Field(1000, gt=0)
     min_class_recall: Optional[float] = Field(None, ge=0.0, le=1.0)
-    latency_budget_ms: float = Field(2000.0, gt=0.0, description="Infra check: per-batch budget.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "latency_budget_ms" in value:
+            raise ValueError("latency_budget_ms moved to its own section: write "
+                             "infra_validate: {latency_budget_ms: ...}")
+        return value
+
+
+class InfraValidateConfig(Section):
+    """The serving probe before a push: load the SavedModel in a fresh process, call
+    both signatures on a few eval examples."""
+
+    latency_budget_ms: float = Field(2000.0, gt=0.0, description="Budget for one batch of "
+                                                                 "probe examples per signature.")
 
 
 class VertexPushConfig(Section):

@@ -9,9 +9,11 @@ scheme themselves.
 from __future__ import annotations
 
 import glob as _glob
+import hashlib
 import os
 import shutil
-from typing import IO, Iterator
+import threading
+from typing import IO, Any, Iterator
 
 
 def is_remote(path: str) -> bool:
@@ -94,16 +96,29 @@ def write_text(path: str, text: str) -> None:
 
 def write_text_atomic(path: str, text: str) -> None:
     """Writes a small file so readers see either nothing or the complete content."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    """Writes a file so readers see either the old content or the complete new one:
+    a temporary file in the same folder, renamed over `path` (removed on failure)."""
     if is_remote(path):
         # Object stores publish an object only when its upload completes.
-        write_text(path, text)
+        with open_file(path, "wb") as handle:
+            handle.write(data)
         return
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def rename(src: str, dst: str) -> None:
@@ -124,5 +139,32 @@ def rmtree(path: str) -> None:
         os.remove(path)
 
 
-def size(path: str) -> int:
-    return _gfile().stat(path).length if is_remote(path) else os.path.getsize(path)
+def hash_file(path: str, digest: Any = None) -> str:
+    """SHA-256 of a file's bytes (hex), streamed; or feeds them into `digest` and
+    returns its hex digest. The one way imgpipe hashes file content."""
+    digest = digest if digest is not None else hashlib.sha256()
+    with open_file(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def stat_signature(path: str) -> str | None:
+    """Size, modification and change times and inode of a local file: when all four
+    are unchanged the content has not been rewritten. None for remote paths (object
+    stores offer no such guarantee) or a missing file."""
+    if is_remote(path):
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
+
+
+def file_size(path: str) -> int | None:
+    """Size in bytes, or None when the file does not exist."""
+    try:
+        return _gfile().stat(path).length if is_remote(path) else os.path.getsize(path)
+    except Exception:  # gfile raises NotFoundError, os raises OSError
+        return None

@@ -15,9 +15,15 @@ def package_version() -> str:
         return "0+unknown"
 
 
-def utc_now() -> str:
-    """ISO 8601 UTC time to the second (artifact manifests, model cards, audit lines)."""
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+def utc_now(timespec: str = "seconds") -> str:
+    """ISO 8601 UTC time (artifact manifests, model cards, audit lines; the metadata
+    store asks for milliseconds so that rows sort in the order they were written)."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec=timespec)
+
+
+def utc_compact() -> str:
+    """UTC time as YYYYMMDD-HHMMSS, for names that sort by time (run ids)."""
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
 
 
 def release_memory() -> None:

@@ -234,7 +234,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def cmd_schema_infer(args: argparse.Namespace) -> int:
-    from components import artifacts, fileio, validate
+    from components import artifacts, fileio, schema
     from pipeline import config as config_lib
     from pipeline.local import run_pipeline
 
@@ -245,7 +245,7 @@ def cmd_schema_infer(args: argparse.Namespace) -> int:
         raise result.error
     stats_uri = result.steps[0].outputs["statistics"]
     stats = json.loads(fileio.read_text(artifacts.read(stats_uri).path("stats.json")))
-    text = validate.schema_to_text(validate.infer_schema(stats))
+    text = schema.schema_to_text(schema.infer_schema(stats))
     output = args.output or os.path.join("schemas", f"{cfg.name}.pbtxt")
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     with open(output, "w", encoding="utf-8") as handle:

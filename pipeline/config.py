@@ -15,8 +15,8 @@ import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 
 from components.config import (BeamConfig, DataConfig, EvaluateConfig, IngestConfig,
-                               ModelConfig, PushConfig, Section, TrainConfig, TransformConfig,
-                               ValidateConfig)
+                               InfraValidateConfig, ModelConfig, PushConfig, Section, TrainConfig,
+                               TransformConfig, ValidateConfig)
 from components.errors import ConfigError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -67,6 +67,7 @@ class PipelineConfig(Section):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    infra_validate: InfraValidateConfig = InfraValidateConfig()
     push: PushConfig = PushConfig()
     beam: BeamConfig = BeamConfig()
     kfp: KfpConfig = KfpConfig()
@@ -96,7 +97,22 @@ class PipelineConfig(Section):
 PipelineConfig.model_config["populate_by_name"] = True
 PipelineConfig.model_rebuild(force=True)
 
-SECTIONS = tuple(PipelineConfig.model_json_schema(by_alias=True)["properties"])
+
+def section_types() -> dict[str, type]:
+    """YAML section name -> its class (the step contract checks annotations with it)."""
+    return {field.alias or name: field.annotation
+            for name, field in PipelineConfig.model_fields.items()
+            if isinstance(field.annotation, type) and issubclass(field.annotation, Section)}
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{'train': {'epochs': 3}} -> {'train.epochs': 3}: dotted keys for diffs."""
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: tree}
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

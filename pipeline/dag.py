@@ -1,126 +1,108 @@
-"""The one DAG: which step consumes which artifact. The local runner and the KFP
-adapter both read it; neither defines the steps again."""
+"""The one DAG: which step consumes which artifact.
+
+Each step declares its own interface next to its function (`components/contract.py`);
+this module only wires the declared inputs to upstream outputs, with real imports, and
+checks the wiring when it is imported (a misspelt input or a type mismatch fails at
+import, not half-way through a run). The local runner and the KFP adapter both read
+`STEPS`; neither defines a step again.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from components.contract import StepSpec, spec_of
+from components.steps import evaluate, infra_validate, ingest, push, train, transform, validate
 
 
 @dataclass(frozen=True)
-class Step:
-    """A step: `components.<module>.run(**inputs, **sections, **outputs, producer=...)`.
+class Node:
+    """A step in the DAG with its wiring.
 
-    inputs:   parameter name -> "step.output" of an upstream step.
-    previous: parameter name -> "step.output" of the last successful run of this
+    inputs:   parameter -> "step.output" of an upstream step in the same run.
+    previous: parameter -> "step.output" of the newest earlier successful run of this
               pipeline (a baseline, e.g. the statistics drift is measured against);
-              None on the first run.
-    outputs:  output name -> artifact type; the runner passes a fresh URI for each.
-    sections: config sections the step receives (its cache key covers exactly these).
-    code:     modules whose source text goes into the cache key.
-    runtime:  keys of the `beam` section that change the output (not worker counts);
-              a step with runtime keys is a Beam step and receives `beam=BeamConfig`.
-    baseline: parameter name -> registry alias (`push.baseline_alias` when "default"):
-              the runner passes the directory of the version holding it, or None.
-    cache:    False for steps with effects outside their artifacts (push): they run
-              every time and are idempotent themselves.
-    config:   the step also receives the whole config as `pipeline_config` (a dict).
+              None on the first run. Only optional inputs can be wired this way.
     """
 
-    name: str
-    module: str
-    outputs: dict[str, str]
-    inputs: dict[str, str] = field(default_factory=dict)
-    previous: dict[str, str] = field(default_factory=dict)
-    sections: tuple[str, ...] = ()
-    code: tuple[str, ...] = ()
-    runtime: tuple[str, ...] = ()
-    baseline: dict[str, str] = field(default_factory=dict)
-    cache: bool = True
-    config: bool = False
+    spec: StepSpec
+    inputs: Mapping[str, str] = field(default_factory=dict)
+    previous: Mapping[str, str] = field(default_factory=dict)
 
     @property
-    def upstream(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(ref.split(".")[0] for ref in self.inputs.values()))
+    def name(self) -> str:
+        return self.spec.name
 
 
-STEPS: tuple[Step, ...] = (
-    Step(
-        name="ingest",
-        module="components.ingest",
-        outputs={"examples": "Examples", "statistics": "Statistics"},
-        sections=("data", "ingest"),
-        code=("components.ingest", "components.sources", "components.imaging",
-              "components.datasets", "components.artifacts"),
-        runtime=("runner",),
-    ),
-    Step(
-        name="validate",
-        module="components.validate",
-        outputs={"anomalies": "Anomalies", "schema": "Schema"},
-        inputs={"statistics": "ingest.statistics"},
-        previous={"baseline_statistics": "ingest.statistics"},
-        sections=("validate",),
-        code=("components.validate", "components.features", "components.artifacts"),
-    ),
-    Step(
-        name="transform",
-        module="components.transform",
-        outputs={"transform_graph": "TransformGraph"},
-        # Validation gates transform: its anomalies are an input, so a failed
-        # validation stops the run here and a changed verdict reruns the step.
-        inputs={"examples": "ingest.examples", "anomalies": "validate.anomalies"},
-        sections=("data", "transform"),
-        code=("components.transform", "components.features", "components.imaging",
-              "components.artifacts"),
-        runtime=("runner",),
-    ),
-    Step(
-        name="train",
-        module="components.train",
-        outputs={"trained_model": "Model"},
-        inputs={"transform_graph": "transform.transform_graph"},
-        sections=("model", "train"),
-        code=("components.train", "components.models", "components.features",
-              "components.artifacts"),
-    ),
-    Step(
-        name="evaluate",
-        module="components.evaluate",
-        outputs={"evaluation": "Evaluation", "blessing": "Blessing"},
-        inputs={"examples": "ingest.examples", "trained_model": "train.trained_model"},
-        baseline={"baseline": "default"},
-        sections=("evaluate",),
-        code=("components.evaluate", "components.features", "components.artifacts"),
-        runtime=("runner",),
-    ),
-    Step(
-        name="infra_validate",
-        module="components.infra",
-        outputs={"infra_blessing": "Blessing"},
-        inputs={"trained_model": "train.trained_model", "examples": "ingest.examples"},
-        sections=("evaluate",),
-        code=("components.infra", "components.features", "components.artifacts"),
-    ),
-    Step(
-        name="push",
-        module="components.push",
-        outputs={"pushed_model": "PushedModel"},
-        inputs={"trained_model": "train.trained_model", "blessing": "evaluate.blessing",
-                "infra_blessing": "infra_validate.infra_blessing",
-                "evaluation": "evaluate.evaluation", "statistics": "ingest.statistics"},
-        sections=("push",),
-        code=("components.push", "components.registry", "components.artifacts"),
-        cache=False,
-        config=True,
-    ),
+def node(fn: Callable[..., Any], previous: Mapping[str, str] | None = None,
+         **inputs: str) -> Node:
+    return Node(spec_of(fn), inputs, previous or {})
+
+
+STEPS: tuple[Node, ...] = (
+    node(ingest.run),
+    node(validate.run, statistics="ingest.statistics",
+         previous={"baseline_statistics": "ingest.statistics"}),
+    node(transform.run, examples="ingest.examples", anomalies="validate.anomalies"),
+    node(train.run, transform_graph="transform.transform_graph", examples="ingest.examples"),
+    node(evaluate.run, examples="ingest.examples", trained_model="train.trained_model"),
+    node(infra_validate.run, trained_model="train.trained_model", examples="ingest.examples"),
+    node(push.run, trained_model="train.trained_model", blessing="evaluate.blessing",
+         infra_blessing="infra_validate.infra_blessing", evaluation="evaluate.evaluation",
+         statistics="ingest.statistics"),
 )
 
-STEP_NAMES = tuple(step.name for step in STEPS)
+
+def wiring_problems(steps: tuple[Node, ...]) -> list[str]:
+    """Inputs not wired or wired twice, references to unknown or later steps, type
+    mismatches between a producer's output and a consumer's input."""
+    problems = []
+    outputs: dict[str, str] = {}     # "step.output" -> artifact type, of earlier steps
+    names = [n.name for n in steps]
+    if len(set(names)) != len(names):
+        problems.append(f"step names repeat: {names}")
+    for current in steps:
+        spec = current.spec
+        wired = [*current.inputs, *current.previous]
+        for param in spec.inputs:
+            if wired.count(param) != 1:
+                how = "not wired" if param not in wired else "wired twice"
+                problems.append(f"{spec.name}: input {param!r} is {how}")
+        for param in wired:
+            if param not in spec.inputs:
+                problems.append(f"{spec.name}: {param!r} is wired but not a declared input")
+        for kind, wiring in (("input", current.inputs), ("previous", current.previous)):
+            for param, ref in wiring.items():
+                known = outputs if kind == "input" else {**outputs, **_outputs_of(current)}
+                if ref not in known:
+                    problems.append(f"{spec.name}: {param} <- {ref!r} names no output of an "
+                                    "earlier step")
+                elif param in spec.inputs and known[ref] != spec.input_type(param):
+                    problems.append(f"{spec.name}: {param} expects {spec.input_type(param)}, "
+                                    f"{ref} is {known[ref]}")
+                if kind == "previous" and param in spec.inputs and not spec.is_optional(param):
+                    problems.append(f"{spec.name}: {param!r} comes from an earlier run, which "
+                                    "may not exist: declare it Maybe(...)")
+        outputs.update(_outputs_of(current))
+    return problems
 
 
-def get(name: str) -> Step:
-    for step in STEPS:
-        if step.name == name:
-            return step
+def _outputs_of(current: Node) -> dict[str, str]:
+    return {f"{current.name}.{out}": current.spec.output_type(out) for out in current.spec.outputs}
+
+
+_PROBLEMS = wiring_problems(STEPS)
+if _PROBLEMS:  # pragma: no cover - a programming error, caught by importing this module
+    raise TypeError("the DAG's wiring is wrong: " + "; ".join(_PROBLEMS))
+
+
+def names(steps: tuple[Node, ...] = STEPS) -> list[str]:
+    return [n.name for n in steps]
+
+
+def get(name: str, steps: tuple[Node, ...] = STEPS) -> Node:
+    for candidate in steps:
+        if candidate.name == name:
+            return candidate
     raise KeyError(name)
-

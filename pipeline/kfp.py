@@ -1,65 +1,76 @@
 """The DAG of `pipeline/dag.py` as a Kubeflow Pipelines v2 pipeline.
 
-Every step becomes a lightweight KFP component generated from its `dag.Step` (no second
-definition of the steps): typed inputs and outputs (`Dataset` for examples, `Model`
-for models, `Artifact` for the rest, plus `Metrics` / `ClassificationMetrics` from
-the evaluator and an `HTML` report), the config as one JSON parameter, and a body
-that only calls `run_step`, which resolves the inputs and calls the step function in
-`components/`. All components run in one image (`kfp.image`); per-step resources,
-caching and retries come from `kfp.steps`. The push runs only under `dsl.If` on the
-evaluator's blessing and the infra validator's verdict; the baseline is resolved from
-the registry at run time.
+Every step becomes a lightweight KFP component generated from its declared contract
+(no second definition of the steps): typed inputs and outputs (`Dataset` for
+examples, `Model` for models, `Artifact` for the rest, plus `Metrics` /
+`ClassificationMetrics` from the evaluator and an `HTML` report), the config the step
+reads as a JSON parameter, and a body that only calls `run_step`, which goes through
+`pipeline/invoke.py` like the local runner. All components run in one image
+(`kfp.image`); per-step resources, caching and retries come from `kfp.steps`. A step
+that consumes the output of a gating step (the push) runs only under `dsl.If` on each
+gate (the evaluator's blessing, the infra validator's verdict); the baseline is
+resolved from the registry at run time.
 """
 
+from __future__ import annotations
 
-import importlib
+
 import json
 import linecache
 import os
 from types import SimpleNamespace
 from typing import Any, Callable
 
-from pipeline import dag
+from pipeline import dag, invoke
 from pipeline.config import PipelineConfig
 
 # Artifact type -> KFP artifact class name.
 KFP_TYPES = {"Examples": "Dataset", "Model": "Model", "PushedModel": "Model"}
-GATES = ("evaluate", "infra_validate")   # steps whose bool output gates the push
+# Extra KFP outputs for the pipeline UI: step -> (parameter, KFP type).
+UI_OUTPUTS = {"evaluate": (("metrics", "Metrics"), ("confusion", "ClassificationMetrics"))}
+# What the run report shows, as "step.output".
+REPORT_INPUTS = ("ingest.statistics", "validate.anomalies", "train.trained_model",
+                 "evaluate.evaluation", "evaluate.blessing", "infra_validate.infra_blessing")
 
 
 def kfp_type(artifact_type: str) -> str:
     return KFP_TYPES.get(artifact_type, "Artifact")
 
 
-def _component_source(step: dag.Step) -> str:
-    """The Python source of the step's component: a typed signature and one call."""
-    params = ["config_json: str", "run_id: str"]
-    inputs = {}
-    for param, ref in step.inputs.items():
-        producer, output = ref.split(".")
-        inputs[param] = kfp_type(dag.get(producer).outputs[output])
-        params.append(f"{param}: Input[{inputs[param]}]")
-    outputs = {name: kfp_type(t) for name, t in step.outputs.items()}
-    params += [f"{name}: Output[{t}]" for name, t in outputs.items()]
-    if step.name == "evaluate":
-        params += ["metrics: Output[Metrics]", "confusion: Output[ClassificationMetrics]"]
-    args = ", ".join(f"{p!r}: {p}" for p in [*inputs, *outputs])
-    extras = "{'metrics': metrics, 'confusion': confusion}" if step.name == "evaluate" else "{}"
-    return (f"def {step.name}({', '.join(params)}) -> bool:\n"
+def _component_source(node: dag.Node) -> str:
+    """The Python source of the step's component: a typed signature and one call.
+    Inputs wired to an earlier run (`previous`) have no KFP edge and are not passed."""
+    spec = node.spec
+    params = ["config_json: str", "context_json: str", "pipeline_name: str", "run_id: str"]
+    names = []
+    for param in node.inputs:
+        params.append(f"{param}: Input[{kfp_type(spec.input_type(param))}]")
+        names.append(param)
+    for output in spec.outputs:
+        params.append(f"{output}: Output[{kfp_type(spec.output_type(output))}]")
+        names.append(output)
+    extras = UI_OUTPUTS.get(node.name, ())
+    params += [f"{param}: Output[{kind}]" for param, kind in extras]
+    args = ", ".join(f"{p!r}: {p}" for p in names)
+    extra_args = ", ".join(f"{p!r}: {p}" for p, _ in extras)
+    return (f"def {node.name}({', '.join(params)}) -> bool:\n"
             f"    from pipeline.kfp import run_step\n"
-            f"    return run_step({step.name!r}, config_json, run_id, {{{args}}}, {extras})\n")
+            f"    return run_step({node.name!r}, config_json, context_json, pipeline_name, run_id, "
+            f"{{{args}}}, {{{extra_args}}})\n")
 
 
-REPORT_SOURCE = """def report(config_json: str, run_id: str, statistics: Input[Artifact],
-           anomalies: Input[Artifact], trained_model: Input[Model],
-           evaluation: Input[Artifact], blessing: Input[Artifact],
-           infra_blessing: Input[Artifact], report: Output[HTML]):
-    from pipeline.kfp import write_report
-    write_report(run_id, {'ingest.statistics': statistics, 'validate.anomalies': anomalies,
-                          'train.trained_model': trained_model,
-                          'evaluate.evaluation': evaluation, 'evaluate.blessing': blessing,
-                          'infra_validate.infra_blessing': infra_blessing}, report)
-"""
+def _report_source() -> str:
+    params = ", ".join(f"{ref.split('.')[1]}: Input[{kfp_type(_output_type(ref))}]"
+                       for ref in REPORT_INPUTS)
+    mapping = ", ".join(f"{ref!r}: {ref.split('.')[1]}" for ref in REPORT_INPUTS)
+    return (f"def report(run_id: str, {params}, report: Output[HTML]):\n"
+            f"    from pipeline.kfp import write_report\n"
+            f"    write_report(run_id, {{{mapping}}}, report)\n")
+
+
+def _output_type(ref: str) -> str:
+    step, output = ref.split(".")
+    return dag.get(step).spec.output_type(output)
 
 
 def _make_component(name: str, source: str, image: str):
@@ -78,16 +89,16 @@ def _make_component(name: str, source: str, image: str):
 
 
 def components(config: PipelineConfig) -> dict[str, Any]:
-    comps = {step.name: _make_component(step.name, _component_source(step), config.kfp.image)
-             for step in dag.STEPS}
-    comps["report"] = _make_component("report", REPORT_SOURCE, config.kfp.image)
+    comps = {node.name: _make_component(node.name, _component_source(node), config.kfp.image)
+             for node in dag.STEPS}
+    comps["report"] = _make_component("report", _report_source(), config.kfp.image)
     return comps
 
 
-def _configure(task, config: PipelineConfig, name: str):
+def _configure(task, config: PipelineConfig, name: str, cacheable: bool = True):
     step = config.kfp.step(name)
     task.set_display_name(name)
-    task.set_caching_options(step.caching)
+    task.set_caching_options(step.caching and cacheable)
     if step.cpu_request:
         task.set_cpu_request(step.cpu_request)
     if step.cpu_limit:
@@ -104,41 +115,63 @@ def _configure(task, config: PipelineConfig, name: str):
     return task
 
 
+def gates_of(node: dag.Node, steps: tuple[dag.Node, ...] = dag.STEPS) -> list[str]:
+    """The gating steps whose outputs `node` consumes, directly or through others: it
+    runs only when each of their gates passed (the push: blessed and served)."""
+    found: list[str] = []
+    frontier = [ref.split(".")[0] for ref in node.inputs.values()]
+    seen: set[str] = set()
+    while frontier:
+        name = frontier.pop(0)
+        if name in seen:
+            continue
+        seen.add(name)
+        upstream = dag.get(name, steps)
+        if upstream.spec.gate is not None:
+            found.append(name)
+        frontier.extend(ref.split(".")[0] for ref in upstream.inputs.values())
+    return [n.name for n in steps if n.name in found]
+
+
 def build_pipeline(config: PipelineConfig) -> Callable:
-    """The `@dsl.pipeline` function for this config (its JSON is the default parameter)."""
+    """The `@dsl.pipeline` function for this config. Each task receives only the config
+    its step reads (`invoke.step_config`) and, when it resolves references, the context
+    for that (registry root, model name, baseline alias)."""
     from kfp import dsl
 
     comps = components(config)
-    config_json = json.dumps(config.to_dict(), sort_keys=True)
+    context = invoke.Context.from_config(config)
 
     @dsl.pipeline(name=config.name, description=f"imgpipe: {config.name} "
                   f"({config.model.kind} on {config.data.source})")
-    def pipeline(config_json: str = config_json):
+    def pipeline():
         run_id = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
         tasks: dict[str, Any] = {}
 
-        def add(step: dag.Step):
-            kwargs = {}
-            for param, ref in step.inputs.items():
-                producer, output = ref.split(".")
-                kwargs[param] = tasks[producer].outputs[output]
-            task = comps[step.name](config_json=config_json, run_id=run_id, **kwargs)
-            tasks[step.name] = _configure(task, config, step.name)
+        def add(node: dag.Node):
+            step_cfg = invoke.step_config(node, config)
+            kwargs = {param: tasks[ref.split(".")[0]].outputs[ref.split(".")[1]]
+                      for param, ref in node.inputs.items()}
+            task = comps[node.name](
+                config_json=json.dumps(step_cfg, sort_keys=True),
+                context_json=context.to_json() if invoke.needs_context(node, step_cfg) else "",
+                pipeline_name=config.name, run_id=run_id, **kwargs)
+            tasks[node.name] = _configure(task, config, node.name, node.spec.cache)
 
-        for step in dag.STEPS:
-            if step.name != "push":
-                add(step)
+        def add_gated(node: dag.Node, gates: list[str]):
+            if not gates:
+                add(node)
+                return
+            gate = gates[0]
+            with dsl.If(tasks[gate].outputs["Output"] == True,  # noqa: E712
+                        name=f"{gate.replace('_', '-')}-passed"):
+                add_gated(node, gates[1:])
+
+        for node in dag.STEPS:
+            add_gated(node, gates_of(node))
         _configure(comps["report"](
-            config_json=config_json, run_id=run_id,
-            statistics=tasks["ingest"].outputs["statistics"],
-            anomalies=tasks["validate"].outputs["anomalies"],
-            trained_model=tasks["train"].outputs["trained_model"],
-            evaluation=tasks["evaluate"].outputs["evaluation"],
-            blessing=tasks["evaluate"].outputs["blessing"],
-            infra_blessing=tasks["infra_validate"].outputs["infra_blessing"]), config, "report")
-        with dsl.If(tasks["evaluate"].outputs["Output"] == True, name="blessed"):  # noqa: E712
-            with dsl.If(tasks["infra_validate"].outputs["Output"] == True, name="infra-ok"):  # noqa: E712
-                add(dag.get("push"))
+            run_id=run_id, **{ref.split(".")[1]: tasks[ref.split(".")[0]].outputs[
+                ref.split(".")[1]] for ref in REPORT_INPUTS}), config, "report")
 
     return pipeline
 
@@ -190,56 +223,47 @@ def _exit_without_teardown() -> None:
     atexit.register(leave)
 
 
-def run_step(name: str, config_json: str, run_id: str, artifacts_in: dict[str, Any],
-             extras: dict[str, Any]) -> bool:
+def run_step(name: str, config_json: str, context_json: str, pipeline_name: str, run_id: str,
+             artifacts_in: dict[str, Any], extras: dict[str, Any]) -> bool:
     """The body of every step component: KFP artifacts -> our artifacts, the step
-    function from `components/`, properties back onto the KFP artifacts' metadata.
-    Returns the gate value (blessed / infra passed; True for other steps)."""
+    through `pipeline.invoke`, properties back onto the KFP artifacts' metadata.
+    Returns the step's gate value (True for steps without a gate)."""
     from components import artifacts, fileio
 
     _exit_without_teardown()
-    from pipeline import config as config_lib
-    from pipeline.local import baseline_version, call_step, resolved_section
-
-    config = config_lib.from_dict(json.loads(config_json))
-    step = dag.get(name)
-    module = importlib.import_module(step.module)
-    inputs = {p: artifacts.read(_location(artifacts_in[p])) for p in step.inputs}
-    outputs = {o: _location(artifacts_in[o]) for o in step.outputs}
+    node = dag.get(name)
+    step_cfg = json.loads(config_json)
+    context = invoke.Context.from_json(context_json) if context_json else None
+    resolved = invoke.resolve(node, step_cfg, context)
+    inputs = {p: artifacts.read(_location(artifacts_in[p]), node.spec.input_type(p))
+              for p in node.inputs}
+    outputs = {o: _location(artifacts_in[o]) for o in node.spec.outputs}
     for path in outputs.values():
         # A retried task writes to the same URIs as the attempt that failed: start clean.
         fileio.rmtree(path)
-    extra: dict[str, Any] = {}
-    for param, alias in step.baseline.items():
-        version = baseline_version(config, alias)
-        extra[param] = version.path if version else None
-    if step.config:
-        extra["pipeline_config"] = config.to_dict()
-
-    def section(section_name: str):
-        return resolved_section(config, section_name, store=None)
-
-    summary = call_step(module, step, config, section, inputs, outputs,
-                        {"run_id": run_id, "step": name, "pipeline": config.name,
-                         "engine": "kfp"}, extra) or {}
-    for output in step.outputs:
+    producer = {"run_id": run_id, "step": name, "engine": "kfp", "pipeline": pipeline_name}
+    summary = invoke.call(node, resolved, inputs, outputs, producer) or {}
+    for output in node.spec.outputs:
         written = artifacts.read(outputs[output])
         artifacts_in[output].metadata.update(_jsonable(written.properties))
     for line in summary.get("lines", []):
         print(f"{name}: {line}")
     if name == "evaluate":
-        metrics = json.loads(fileio.read_text(fileio.join(outputs["evaluation"],
-                                                          "metrics.json")))
-        overall = metrics["metrics"]["slices"].get("overall", {})
-        for key, value in overall.items():
-            if isinstance(value, (int, float)):
-                extras["metrics"].log_metric(key, value)
-        extras["confusion"].log_confusion_matrix(metrics["label_vocabulary"],
-                                                 metrics["metrics"]["confusion"])
-        return bool(summary.get("blessed"))
-    if name == "infra_validate":
-        return bool(summary.get("passed"))
-    return True
+        _log_ui_metrics(outputs["evaluation"], extras)
+    return invoke.gate_value(node, summary)
+
+
+def _log_ui_metrics(evaluation: str, extras: dict[str, Any]) -> None:
+    """Overall metrics and the confusion matrix for the KFP / Vertex run page."""
+    from components import fileio
+
+    metrics = json.loads(fileio.read_text(fileio.join(evaluation, "metrics.json")))
+    overall = metrics["metrics"]["slices"].get("overall", {})
+    for key, value in overall.items():
+        if isinstance(value, (int, float)):
+            extras["metrics"].log_metric(key, value)
+    extras["confusion"].log_confusion_matrix(metrics["label_vocabulary"],
+                                             metrics["metrics"]["confusion"])
 
 
 def write_report(run_id: str, artifacts_in: dict[str, Any], html_out: Any) -> None:

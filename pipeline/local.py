@@ -1,17 +1,15 @@
 """The local runner: runs the DAG in order, reuses cached executions, records lineage.
 
-A step is reused when an earlier successful execution had the same cache key (step
-code, its config sections, the runtime options that matter, and the fingerprints of
-its inputs) and its outputs still verify. Every decision is recorded with its reason;
-on a miss the reason names what changed since the step last ran.
+A step is reused when an earlier successful execution had the same cache key (see
+`pipeline/cache.py`) and its outputs still verify: every file the manifest lists is
+there with the size and content it had when it was committed (files whose size,
+times and inode are unchanged since they were last checked are not read again).
+Every decision is recorded with its reason; on a miss the reason names what changed
+since the step last ran, or which file of the cached output is damaged.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import inspect
-import importlib.util
 import os
 import time
 import traceback
@@ -20,54 +18,11 @@ from typing import Any, Callable
 
 from components import artifacts, fileio, runtime
 from components.errors import ArtifactError, ConfigError, ImgpipeError
-from pipeline import dag
+from pipeline import cache, dag, invoke
 from pipeline.config import PipelineConfig
 from pipeline.metadata import Execution, MetadataStore
 
 METADATA_FILE = "metadata.sqlite"
-
-
-def source_hash(modules: tuple[str, ...]) -> str:
-    """Hash of the modules' source text, found without importing them (fast)."""
-    digest = hashlib.sha256()
-    for name in modules:
-        spec = importlib.util.find_spec(name)
-        if spec is None or not spec.origin or not os.path.isfile(spec.origin):
-            digest.update(f"{name}:missing".encode())
-            continue
-        with open(spec.origin, "rb") as handle:
-            digest.update(name.encode() + b"\0" + handle.read() + b"\0")
-    return digest.hexdigest()
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: tree}
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    if isinstance(value, str) and len(value) == 64:
-        text = value[:12]  # a hash: the prefix is enough to tell them apart
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def explain_miss(parts: dict[str, Any], previous: Execution | None) -> str:
-    """Why a step has to run: which parts of its key differ from its last execution."""
-    if previous is None:
-        return "no earlier execution of this step"
-    old, new = flatten(previous.key_parts), flatten(parts)
-    changes = []
-    for key in sorted(set(old) | set(new)):
-        if old.get(key) != new.get(key):
-            changes.append(f"{key}: {_short(old.get(key))} -> {_short(new.get(key))}")
-    if not changes:
-        return f"outputs of execution {previous.id} (run {previous.run_id}) no longer verify"
-    return f"changed since run {previous.run_id}: " + "; ".join(changes)
 
 
 @dataclass
@@ -94,12 +49,23 @@ class RunResult:
         return os.path.join(self.runs_dir, self.run_id)
 
 
+@dataclass
+class _Prepared:
+    """A step ready to run or be reused: its resolved call and its cache key."""
+
+    node: dag.Node
+    resolved: invoke.Resolved
+    inputs: dict[str, artifacts.Artifact | None]
+    parts: dict[str, Any]
+    key: str
+
+
 class LocalRunner:
     """Runs the pipeline in this process, with caching and a metadata store."""
 
     def __init__(self, config: PipelineConfig, runs_dir: str = "runs",
                  config_path: str | None = None, use_cache: bool = True,
-                 log: Callable[[str], None] = print, steps: tuple[dag.Step, ...] = dag.STEPS):
+                 log: Callable[[str], None] = print, steps: tuple[dag.Node, ...] = dag.STEPS):
         self.config = config
         self.steps = steps
         self.runs_dir = os.path.abspath(runs_dir)
@@ -107,49 +73,10 @@ class LocalRunner:
         self.use_cache = use_cache
         self.log = log
         self.store = MetadataStore(os.path.join(self.runs_dir, METADATA_FILE))
-
-    # --- config references ---------------------------------------------------------
-
-    def section(self, name: str):
-        """A config section with references resolved (see `resolved_section`)."""
-        return resolved_section(self.config, name, self.store)
-
-    # --- cache key -----------------------------------------------------------------
-
-    def key_parts(self, step: dag.Step, module: Any,
-                  inputs: dict[str, artifacts.Artifact]) -> dict[str, Any]:
-        sections = {name: self.section(name).model_dump(mode="json", by_alias=True)
-                    for name in step.sections}
-        beam = self.config.beam.model_dump(mode="json")
-        runtime_options = {key: beam.get(key) for key in step.runtime}
-        input_prints = {name: art.fingerprint for name, art in sorted(inputs.items())}
-        external = getattr(module, "external_inputs", None)
-        if external is not None:
-            input_prints.update(external(**{name: self.section(name)
-                                            for name in step.sections}))
-        return {
-            "code": {"version": runtime.package_version(), "source": source_hash(step.code)},
-            "config": sections,
-            "runtime": runtime_options,
-            "inputs": input_prints,
-        }
-
-    def _verified_outputs(self, execution: Execution) -> dict[str, artifacts.Artifact] | None:
-        outputs = {}
-        for row in self.store.artifacts_of(execution.id, "output"):
-            try:
-                art = artifacts.read(row["uri"], row["type"])
-            except ArtifactError:
-                return None
-            if art.fingerprint != row["fingerprint"]:
-                return None
-            outputs[row["name"]] = art
-        return outputs or None
-
-    # --- running -------------------------------------------------------------------
+        self.context = invoke.Context.from_config(config, self.store)
 
     def run(self, until: str | None = None) -> RunResult:
-        names = [step.name for step in self.steps]
+        names = dag.names(self.steps)
         if until is not None and until not in names:
             raise ConfigError(f"--until {until!r} is not a step; steps are {', '.join(names)}.")
         run_id = self.store.start_run(self.config.name, self.config.to_dict(), self.config_path)
@@ -157,13 +84,13 @@ class LocalRunner:
         produced: dict[str, artifacts.Artifact] = {}
         results: list[StepResult] = []
         last = names.index(until) if until else len(names) - 1
-        for step in self.steps[: last + 1]:
+        for node in self.steps[: last + 1]:
             try:
-                result = self._run_step(run_id, step, produced)
+                result = self._run_step(run_id, node, produced)
             except ImgpipeError as exc:
-                results.append(StepResult(step.name, "failed", "", error=str(exc)))
+                results.append(StepResult(node.name, "failed", "", error=str(exc)))
                 self.store.end_run(run_id, "failed", str(exc))
-                self.log(f"  {step.name:<10} FAILED: {exc}")
+                self.log(f"  {node.name:<10} FAILED: {exc}")
                 self._report(run_id, "failed", results, str(exc))
                 return RunResult(run_id, self.runs_dir, "failed", results, exc)
             results.append(result)
@@ -179,74 +106,121 @@ class LocalRunner:
 
         try:
             path = report.write(os.path.join(self.runs_dir, run_id), run_id, status, results,
-                                error)
+                                error, plot_cache=os.path.join(self.runs_dir, ".plots"))
         except Exception as exc:  # a report must never fail the run it describes
             self.log(f"  (report not written: {type(exc).__name__}: {exc})")
             return
         self.log(f"  report   {path}")
 
-    def _run_step(self, run_id: str, step: dag.Step,
+    # --- one step ---------------------------------------------------------------------
+
+    def _run_step(self, run_id: str, node: dag.Node,
                   produced: dict[str, artifacts.Artifact]) -> StepResult:
-        module = importlib.import_module(step.module)
-        inputs = {param: produced[ref] for param, ref in step.inputs.items()}
-        for param, ref in step.previous.items():
-            record = self.store.previous_output(self.config.name, *ref.split("."), run_id)
-            if record is not None and artifacts.is_committed(record.uri):
-                inputs[param] = artifacts.read(record.uri, record.type)
-        extra: dict[str, Any] = {}
-        baseline_prints = {}
-        for param, alias in step.baseline.items():
-            version = baseline_version(self.config, alias)
-            extra[param] = version.path if version else None
-            baseline_prints[param] = (f"{version.ref} {artifacts.fingerprint_json(version.card)}"
-                                      if version else None)
-        parts = self.key_parts(step, module, inputs)
-        if baseline_prints:
-            parts["inputs"].update(baseline_prints)
-        cache_key = artifacts.fingerprint_json(parts)
-
-        if self.use_cache and step.cache:
-            for candidate in self.store.find_cached(step.name, cache_key):
-                outputs = self._verified_outputs(candidate)
-                if outputs is None:
-                    continue
-                decision = (f"reused execution {candidate.id} of run {candidate.run_id}: "
-                            "same code, config, runtime and input fingerprints")
-                self.store.record_cached(run_id, step.name, candidate, decision)
-                for name, art in outputs.items():
-                    produced[f"{step.name}.{name}"] = art
-                self.log(f"  {step.name:<10} cached   {decision}")
-                return StepResult(step.name, "cached", decision,
-                                  outputs={n: a.uri for n, a in outputs.items()},
-                                  summary=candidate.summary)
-            # Only on a miss: which parts of the key changed since the last execution.
-            decision = explain_miss(parts, self.store.last_execution(self.config.name,
-                                                                     step.name))
-        elif not step.cache:
+        prepared = self._prepare(run_id, node, produced)
+        if not node.spec.cache:
             decision = "always runs (effects outside its artifacts; idempotent)"
-        else:
+        elif not self.use_cache:
             decision = "cache disabled (--no-cache)"
+        else:
+            reused, decision = self._reuse(run_id, prepared, produced)
+            if reused is not None:
+                return reused
+        return self._execute(run_id, prepared, decision, produced)
 
-        execution_id = self.store.start_execution(run_id, step.name, cache_key, parts, decision)
-        for param, art in inputs.items():
-            self.store.record_artifact(execution_id, "input", param, art.uri, art.type,
-                                       art.fingerprint, art.properties, art.created)
-        step_dir = os.path.join(self.runs_dir, run_id, step.name)
-        out_uris = {name: os.path.join(step_dir, name) for name in step.outputs}
-        self.log(f"  {step.name:<10} running  ({decision})")
-        if step.config:
-            extra["pipeline_config"] = self.config.to_dict()
-        if "scratch" in inspect.signature(module.run).parameters:
-            # Stable across reruns of the same key: a killed step resumes from it.
-            extra["scratch"] = os.path.join(self.runs_dir, "scratch", step.name, cache_key[:16])
+    def _prepare(self, run_id: str, node: dag.Node,
+                 produced: dict[str, artifacts.Artifact]) -> _Prepared:
+        """Inputs, resolved config and the cache key of a step."""
+        inputs: dict[str, artifacts.Artifact | None] = {
+            param: produced[ref] for param, ref in node.inputs.items()}
+        for param, ref in node.previous.items():
+            record = self.store.previous_output(self.config.name, *ref.split("."), run_id)
+            inputs[param] = (artifacts.read(record.uri, record.type)
+                             if record is not None and artifacts.is_committed(record.uri)
+                             else None)
+        step_cfg = invoke.step_config(node, self.config)
+        resolved = invoke.resolve(node, step_cfg, self.context)
+        fingerprints = {name: art.fingerprint if art else None
+                        for name, art in sorted(inputs.items())}
+        fingerprints.update(invoke.external_fingerprints(node, resolved))
+        fingerprints.update(resolved.identities)
+        parts = {"code": cache.code_fingerprint(node.spec.module),
+                 "config": invoke.keyed_config(node, step_cfg),
+                 "inputs": fingerprints}
+        return _Prepared(node, resolved, inputs, parts, cache.key(parts))
+
+    def _reuse(self, run_id: str, prepared: _Prepared, produced: dict[str, artifacts.Artifact]
+               ) -> tuple[StepResult | None, str]:
+        """A cached result whose outputs verify, or None and why the step must run."""
+        name = prepared.node.name
+        damaged = None
+        for candidate in self.store.find_cached(name, prepared.key):
+            outputs, problem = self._verified_outputs(candidate)
+            if outputs is None:
+                damaged = damaged or (candidate, problem)
+                continue
+            decision = (f"reused execution {candidate.id} of run {candidate.run_id}: "
+                        "same code, config and inputs; outputs verified")
+            self.store.record_cached(run_id, name, candidate, decision)
+            for output, art in outputs.items():
+                produced[f"{name}.{output}"] = art
+            self.log(f"  {name:<10} cached   {decision}")
+            return StepResult(name, "cached", decision,
+                              outputs={n: a.uri for n, a in outputs.items()},
+                              summary=candidate.summary), decision
+        if damaged is not None:
+            candidate, problem = damaged
+            return None, (f"the output of execution {candidate.id} (run {candidate.run_id}) "
+                          f"no longer verifies: {problem}")
+        # Only on a miss: which parts of the key changed since the last execution.
+        return None, cache.explain_miss(prepared.parts,
+                                        self.store.last_execution(self.config.name, name))
+
+    def _verified_outputs(self, execution: Execution
+                          ) -> tuple[dict[str, artifacts.Artifact] | None, str | None]:
+        outputs = {}
+        for row in self.store.artifacts_of(execution.id, "output"):
+            if not fileio.exists(row["uri"]):
+                return None, f"{row['name']}: {row['uri']} was deleted"
+            try:
+                art = artifacts.read(row["uri"], row["type"])
+            except ArtifactError as exc:
+                return None, f"{row['name']}: {exc}"
+            if art.fingerprint != row["fingerprint"]:
+                return None, f"{row['name']}: its manifest was rewritten ({row['uri']})"
+            known = self.store.file_signatures(art.uri)
+            problems, verified = artifacts.verify(art, known)
+            if problems:
+                more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+                return None, f"{row['name']}: {problems[0]}{more}"
+            if verified != known:
+                self.store.save_signatures(art.uri, verified)
+            outputs[row["name"]] = art
+        if not outputs:
+            return None, "it recorded no outputs"
+        return outputs, None
+
+    def _execute(self, run_id: str, prepared: _Prepared, decision: str,
+                 produced: dict[str, artifacts.Artifact]) -> StepResult:
+        node, name = prepared.node, prepared.node.name
+        execution_id = self.store.start_execution(run_id, name, prepared.key, prepared.parts,
+                                                  decision)
+        for param, art in prepared.inputs.items():
+            if art is not None:
+                self.store.record_artifact(execution_id, "input", param, art.uri, art.type,
+                                           art.fingerprint, art.properties, art.created)
+        step_dir = os.path.join(self.runs_dir, run_id, name)
+        out_uris = {output: os.path.join(step_dir, output) for output in node.spec.outputs}
+        # Stable across reruns of the same key: a killed step resumes from it.
+        scratch = os.path.join(self.runs_dir, "scratch", name, prepared.key[:16])
+        producer = {"run_id": run_id, "step": name, "execution_id": execution_id,
+                    "pipeline": self.config.name}
+        self.log(f"  {name:<10} running  ({decision})")
         started = time.perf_counter()
         try:
-            summary = call_step(module, step, self.config, self.section, inputs, out_uris,
-                                {"run_id": run_id, "step": step.name,
-                                 "execution_id": execution_id, "pipeline": self.config.name},
-                                extra)
-            outputs = {name: artifacts.read(uri, step.outputs[name])
-                       for name, uri in out_uris.items()}
+            summary = invoke.call(node, prepared.resolved, prepared.inputs, out_uris, producer,
+                                  scratch)
+            outputs = {output: artifacts.read(uri, node.spec.output_type(output))
+                       for output, uri in out_uris.items()}
         except ImgpipeError as exc:
             self.store.finish_execution(execution_id, "failed", error=str(exc))
             raise
@@ -255,77 +229,20 @@ class LocalRunner:
             raise
         seconds = time.perf_counter() - started
         runtime.release_memory()
-        for name, art in outputs.items():
-            self.store.record_artifact(execution_id, "output", name, art.uri, art.type,
+        for output, art in outputs.items():
+            self.store.record_artifact(execution_id, "output", output, art.uri, art.type,
                                        art.fingerprint, art.properties, art.created)
-            produced[f"{step.name}.{name}"] = art
+            # Hashed at commit a moment ago: remember the files as verified.
+            self.store.save_signatures(art.uri, {
+                rel: sig for rel in art.files
+                if (sig := fileio.stat_signature(fileio.join(art.uri, rel))) is not None})
+            produced[f"{name}.{output}"] = art
         self.store.finish_execution(execution_id, "succeeded", summary=summary)
-        self.log(f"  {step.name:<10} done     {seconds:.1f}s")
+        self.log(f"  {name:<10} done     {seconds:.1f}s")
         for line in (summary or {}).get("lines", []):
             self.log(f"             {line}")
-        return StepResult(step.name, "ran", decision, seconds,
+        return StepResult(name, "ran", decision, seconds,
                           {n: a.uri for n, a in outputs.items()}, summary)
-
-
-def call_step(module: Any, step: dag.Step, config: PipelineConfig, section: Callable,
-              inputs: dict[str, Any], outputs: dict[str, str], producer: dict[str, Any],
-              extra: dict[str, Any]) -> Any:
-    """`components.<step>.run(...)` with its inputs, config sections, output URIs and
-    extras; the local runner and the KFP components both call steps through this."""
-    return module.run(
-        **extra,
-        **inputs,
-        **{name: section(name) for name in step.sections},
-        # Beam steps get the whole beam section; only step.runtime keys are in the key.
-        **({"beam": config.beam} if step.runtime else {}),
-        **outputs,
-        producer=producer,
-    )
-
-
-def resolved_section(config: PipelineConfig, name: str, store: MetadataStore | None):
-    """A config section with references resolved: `model.weights: run:RUN_ID` or
-    `MODEL@ALIAS` / `MODEL:VERSION` becomes the path of that model's Keras file. The
-    local runner and the KFP components both read sections through this."""
-    section = config.section(name)
-    if name == "model" and section.weights:
-        path = resolve_weights(section.weights, store, config.push.destination)
-        if path != section.weights:
-            section = section.model_copy(update={"weights": path})
-    return section
-
-
-def baseline_version(config: PipelineConfig, alias: str):
-    """The registry version holding `alias` ("default": `push.baseline_alias`) for this
-    pipeline's model, or None."""
-    from components.registry import Registry
-
-    alias = config.push.baseline_alias if alias == "default" else alias
-    return Registry(config.push.destination).holder(config.model_name, alias)
-
-
-def resolve_weights(weights: str, store: MetadataStore | None, registry_root: str) -> str:
-    """`run:RUN_ID` -> that run's trained Keras model (needs the local metadata store);
-    `NAME@ALIAS` / `NAME:VERSION` -> the pushed version's; anything else (imagenet, a
-    file) is returned as is."""
-    if weights.startswith("run:"):
-        run_id = weights[4:]
-        if store is None:
-            raise ConfigError(f"model.weights {weights} needs the local metadata store; "
-                              "on Kubeflow/Vertex use a pushed model (NAME@ALIAS).")
-        record = store.run_output(run_id, "train", "trained_model")
-        if record is None:
-            raise ConfigError(f"model.weights {weights}: no unique run {run_id!r} with a trained "
-                              f"model in {store.path}; list runs with `imgpipe runs list`.")
-        return fileio.join(record.uri, "model.keras")
-    if weights == "imagenet" or fileio.exists(weights):
-        return weights
-    from components import registry  # only when a registry reference is used
-
-    if registry.is_reference(weights):
-        return fileio.join(registry.Registry(registry_root).resolve(weights).path, "model.keras")
-    raise ConfigError(f"model.weights {weights!r} is not a file, 'imagenet', run:RUN_ID or a "
-                      "pushed model reference (NAME@ALIAS, NAME:VERSION).")
 
 
 def run_pipeline(config: PipelineConfig, runs_dir: str = "runs", config_path: str | None = None,

@@ -9,13 +9,14 @@ executions consumed it.
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import json
 import os
 import sqlite3
 import uuid
 from dataclasses import dataclass
 from typing import Any, Iterator
+
+from components import runtime
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -51,6 +52,12 @@ CREATE TABLE IF NOT EXISTS artifacts (
     properties TEXT NOT NULL,
     created TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS verified_files (
+    uri TEXT NOT NULL,               -- an artifact
+    rel TEXT NOT NULL,               -- a file in it
+    signature TEXT NOT NULL,         -- size:mtime_ns:ctime_ns:inode when its content was checked
+    PRIMARY KEY (uri, rel)
+);
 CREATE TABLE IF NOT EXISTS events (
     execution_id INTEGER NOT NULL REFERENCES executions(id),
     artifact_id INTEGER NOT NULL REFERENCES artifacts(id),
@@ -60,17 +67,13 @@ CREATE TABLE IF NOT EXISTS events (
 );
 """
 
-SUCCESS = ("succeeded", "cached")
-
-
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+    return runtime.utc_now("milliseconds")
 
 
 def new_run_id() -> str:
     """Sortable and unique across concurrent starts: time plus random suffix."""
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return f"{stamp}-{uuid.uuid4().hex[:6]}"
+    return f"{runtime.utc_compact()}-{uuid.uuid4().hex[:6]}"
 
 
 @dataclass(frozen=True)
@@ -321,6 +324,21 @@ class MetadataStore:
                             "fingerprint": art["fingerprint"], "run_id": producer.run_id})
                 frontier.append(art["uri"])
         return out
+
+    # --- content checks of cached artifacts ------------------------------------------
+
+    def file_signatures(self, uri: str) -> dict[str, str]:
+        """rel path -> stat signature of the files of `uri` whose content was verified."""
+        with self._connect() as conn:
+            rows = conn.execute("SELECT rel, signature FROM verified_files WHERE uri=?",
+                                (uri,)).fetchall()
+        return {row["rel"]: row["signature"] for row in rows}
+
+    def save_signatures(self, uri: str, signatures: dict[str, str]) -> None:
+        with self._transaction() as conn:
+            conn.executemany(
+                "INSERT OR REPLACE INTO verified_files (uri, rel, signature) VALUES (?, ?, ?)",
+                [(uri, rel, sig) for rel, sig in signatures.items()])
 
     def consumers_of(self, uri: str) -> list[Execution]:
         with self._connect() as conn:

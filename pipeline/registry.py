@@ -9,7 +9,7 @@ import os
 from typing import Any
 
 from components.registry import PromotionRefused, Registry, Version, is_reference  # noqa: F401
-from pipeline.local import flatten
+from pipeline.config import flatten
 
 DEFAULT_ROOT = "./serving"
 

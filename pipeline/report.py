@@ -39,57 +39,199 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _png(fig, path: str) -> str:
-    fig.savefig(path, dpi=90, bbox_inches="tight")
-    with open(path, "rb") as handle:
-        data = base64.b64encode(handle.read()).decode()
-    return f'<img src="data:image/png;base64,{data}">'
+def _draw_curves(history: dict) -> bytes:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+    for ax, key in zip(axes, ("loss", "accuracy")):
+        for prefix, label in (("", "train"), ("val_", "eval")):
+            if history.get(prefix + key):
+                ax.plot(range(1, len(history[prefix + key]) + 1), history[prefix + key],
+                        label=label)
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.legend()
+    return _to_png(plt, fig)
 
 
-def _plots(history: dict | None, metrics: dict | None, out_dir: str) -> dict[str, str]:
+def _draw_confusion(data: dict) -> bytes:
+    plt = _pyplot()
+    confusion, vocab = data["confusion"], data["vocabulary"]
+    size = max(3.5, 0.45 * len(vocab))
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(confusion, cmap="Blues")
+    ax.set_xticks(range(len(vocab)), vocab, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(vocab)), vocab, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if len(vocab) <= 15:
+        for i, row in enumerate(confusion):
+            for j, value in enumerate(row):
+                ax.text(j, i, str(value), ha="center", va="center", fontsize=7,
+                        color="white" if value > max(map(max, confusion)) / 2 else "black")
+    fig.colorbar(im)
+    return _to_png(plt, fig)
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _to_png(plt, fig) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _plot(name: str, data: Any, draw: Any, out_dir: str, cache_dir: str | None) -> str:
+    """`draw(data)` as `out_dir/NAME.png` and an embedded <img>. With a cache dir, a
+    plot of the same data (and the same plotting code) is drawn once: a fully cached
+    rerun then never imports matplotlib."""
+    from components import artifacts
+
+    png = None
+    cached = None
+    if cache_dir:
+        key = artifacts.fingerprint_json({"plot": name, "data": data,
+                                          "code": fileio.hash_file(__file__)})
+        cached = os.path.join(cache_dir, f"{key}.png")
+        if os.path.isfile(cached):
+            with open(cached, "rb") as handle:
+                png = handle.read()
+    if png is None:
+        png = draw(data)
+        if cached:
+            fileio.write_bytes_atomic(cached, png)
+    fileio.write_bytes_atomic(os.path.join(out_dir, f"{name}.png"), png)
+    return f'<img src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _plots(history: dict | None, metrics: dict | None, out_dir: str,
+           cache_dir: str | None = None) -> dict[str, str]:
     images = {}
     if history and history.get("loss"):
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
-        for ax, key in zip(axes, ("loss", "accuracy")):
-            for prefix, label in (("", "train"), ("val_", "eval")):
-                if history.get(prefix + key):
-                    ax.plot(range(1, len(history[prefix + key]) + 1), history[prefix + key],
-                            label=label)
-            ax.set_xlabel("epoch")
-            ax.set_title(key)
-            ax.legend()
-        images["curves"] = _png(fig, os.path.join(out_dir, "training_curves.png"))
-        plt.close(fig)
+        images["curves"] = _plot("training_curves", history, _draw_curves, out_dir, cache_dir)
     confusion = (metrics or {}).get("metrics", {}).get("confusion")
     vocab = (metrics or {}).get("label_vocabulary")
     if confusion and vocab and any(any(row) for row in confusion):
-        size = max(3.5, 0.45 * len(vocab))
-        fig, ax = plt.subplots(figsize=(size + 1, size))
-        im = ax.imshow(confusion, cmap="Blues")
-        ax.set_xticks(range(len(vocab)), vocab, rotation=60, ha="right", fontsize=8)
-        ax.set_yticks(range(len(vocab)), vocab, fontsize=8)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        if len(vocab) <= 15:
-            for i, row in enumerate(confusion):
-                for j, value in enumerate(row):
-                    ax.text(j, i, str(value), ha="center", va="center", fontsize=7,
-                            color="white" if value > max(map(max, confusion)) / 2 else "black")
-        fig.colorbar(im)
-        images["confusion"] = _png(fig, os.path.join(out_dir, "confusion_matrix.png"))
-        plt.close(fig)
+        images["confusion"] = _plot("confusion_matrix",
+                                    {"confusion": confusion, "vocabulary": vocab},
+                                    _draw_confusion, out_dir, cache_dir)
     return images
 
 
+def _push_section(push: dict) -> str:
+    verdict = (f"<p class='pass'>Pushed {html.escape(push['model_name'])}:{push['version']}"
+               f" to {html.escape(push['path'])}</p>" if push.get("pushed") else
+               f"<p class='fail'>Nothing pushed: {html.escape(push.get('reason', ''))}</p>")
+    return "<h2>Push</h2>" + verdict
+
+
+def _blessing_section(blessing: dict, infra: dict | None) -> str:
+    cls = "pass" if blessing["blessed"] else "fail"
+    out = (f"<h2>Blessing</h2><p class='{cls}'>"
+           f"{'BLESSED' if blessing['blessed'] else 'NOT BLESSED'}: "
+           f"{html.escape(blessing['reason'])}</p>")
+    out += _table(["check", "source", "value", "bound", "verdict", "detail"], [
+        [c["check"], c["source"], c["value"], json.dumps(c.get("bound")), c["verdict"],
+         c.get("detail", "")] for c in blessing["checks"]])
+    return out + (_infra_line(infra) if infra else "")
+
+
+def _infra_line(infra: dict) -> str:
+    return (f"<p>Infra validation: <span class='{'pass' if infra['passed'] else 'fail'}'>"
+            f"{html.escape(infra['reason'])}</span></p>")
+
+
+def _evaluation_section(metrics: dict, images: dict[str, str], evaluation_uri: str) -> str:
+    comparison = metrics.get("comparison")
+    parts = ["<h2>Evaluation</h2>"]
+    if comparison:
+        parts.append(
+            f"<p>Baseline {html.escape(str(comparison['baseline']))}: accuracy "
+            f"{comparison['baseline_accuracy']:.4f} &rarr; {comparison['candidate_accuracy']:.4f}"
+            f" (difference {comparison['difference']:+.4f}, "
+            f"{comparison['confidence']:.0%} paired bootstrap CI [{comparison['ci_low']:+.4f}, "
+            f"{comparison['ci_high']:+.4f}], McNemar p = {comparison['mcnemar_p']:.3g}, "
+            f"{comparison['examples']} examples)</p>")
+    else:
+        parts.append("<p>No baseline (no model holds the baseline alias yet).</p>")
+    slices = metrics["metrics"]["slices"]
+    base_slices = (metrics.get("baseline_metrics") or {}).get("slices", {})
+    parts.append(_table(["slice", "accuracy", "top-k accuracy", "examples", "baseline accuracy"],
+                        [[name, v.get("accuracy"), v.get("top_k_accuracy"),
+                          v.get("example_count"), base_slices.get(name, {}).get("accuracy")]
+                         for name, v in slices.items()]))
+    parts.append(_per_class_table(metrics["metrics"]["per_class"], comparison))
+    if "confusion" in images:
+        parts.append("<h3>Confusion matrix</h3>" + images["confusion"])
+    parts.append(_gallery(metrics.get("gallery") or [], evaluation_uri))
+    return "".join(parts)
+
+
+def _per_class_table(per_class: dict, comparison: dict | None) -> str:
+    base_recall = {k: v["baseline"] for k, v in (comparison or {}).get("class_recall", {}).items()}
+    return "<h3>Per class</h3>" + _table(
+        ["class", "precision", "recall", "F1", "AUC", "calibration", "baseline recall",
+         "recall change"],
+        [[name, v.get("precision"), v.get("recall"), v.get("f1_score"), v.get("auc"),
+          v.get("calibration"), base_recall.get(name),
+          None if base_recall.get(name) is None or v.get("recall") is None
+          else v["recall"] - base_recall[name]] for name, v in per_class.items()])
+
+
+def _gallery(gallery: list[dict], evaluation_uri: str) -> str:
+    if not gallery:
+        return ""
+    figures = []
+    for item in gallery:
+        thumbnail = fileio.join(evaluation_uri, item["file"])
+        data = base64.b64encode(fileio.read_bytes(thumbnail)).decode()
+        figures.append(
+            f"<figure><img src='data:image/png;base64,{data}'><figcaption>true "
+            f"<b>{html.escape(item['label'])}</b><br>predicted "
+            f"<b>{html.escape(item['predicted'])}</b> ({item['probability']:.2f})"
+            f"</figcaption></figure>")
+    return ("<h3>Most confident mistakes</h3><div class='gallery'>" + "".join(figures)
+            + "</div>")
+
+
+def _split_total(counts: Any) -> Any:
+    return sum(counts.values()) if isinstance(counts, dict) else counts
+
+
+def _data_section(stats: dict) -> str:
+    out = "<h2>Data</h2>" + _table(
+        ["examples", "inputs", "quarantined", "bad fraction", "train", "eval"],
+        [[stats["num_examples"], stats["num_inputs"], stats["num_quarantined"],
+          stats["bad_fraction"], _split_total(stats["counts"].get("train", {})),
+          _split_total(stats["counts"].get("eval", {}))]])
+    if stats.get("quarantine_reasons"):
+        out += "<h3>Quarantine</h3>" + _table(["reason", "files"],
+                                              sorted(stats["quarantine_reasons"].items()))
+    return out
+
+
+def _validation_section(anomalies: Any) -> str:
+    items = anomalies if isinstance(anomalies, list) else anomalies.get("anomalies", [])
+    return "<h2>Validation</h2>" + (_table(
+        ["severity", "kind", "feature", "description"],
+        [[a["severity"], a["kind"], a["feature"], a["description"]] for a in items])
+        if items else "<p>No anomalies.</p>")
+
+
 def write(run_dir: str, run_id: str, status: str, steps: list[Any], error: str | None = None,
-          path: str | None = None) -> str:
+          path: str | None = None, plot_cache: str | None = None) -> str:
     """Writes `run_dir/report.html` (or `path`) from the run's step results: objects with
-    `step`, `status`, `seconds`, `decision` and `outputs` {name: uri}."""
+    `step`, `status`, `seconds`, `decision` and `outputs` {name: uri}. `plot_cache`: a
+    folder where plots are kept by the hash of their data, shared by runs."""
     os.makedirs(run_dir, exist_ok=True)
     outputs = {f"{s.step}.{name}": uri for s in steps for name, uri in s.outputs.items()}
 
@@ -103,7 +245,7 @@ def write(run_dir: str, run_id: str, status: str, steps: list[Any], error: str |
     blessing = art("evaluate.blessing", "blessing.json")
     infra = art("infra_validate.infra_blessing", "infra_validation.json")
     push = art("push.pushed_model", "push.json")
-    images = _plots(history, metrics, run_dir)
+    images = _plots(history, metrics, run_dir, plot_cache)
 
     parts = [f"<!doctype html><meta charset='utf-8'><title>imgpipe run {run_id}</title>"
              f"<style>{STYLE}</style><h1>Run {html.escape(run_id)}: {html.escape(status)}</h1>"]
@@ -112,87 +254,20 @@ def write(run_dir: str, run_id: str, status: str, steps: list[Any], error: str |
     parts.append("<h2>Steps</h2>" + _table(
         ["step", "status", "seconds", "decision"],
         [[s.step, s.status, round(s.seconds, 1), s.decision] for s in steps]))
-
     if push:
-        verdict = (f"<p class='pass'>Pushed {html.escape(push['model_name'])}:{push['version']}"
-                   f" to {html.escape(push['path'])}</p>" if push.get("pushed") else
-                   f"<p class='fail'>Nothing pushed: {html.escape(push.get('reason', ''))}</p>")
-        parts.append("<h2>Push</h2>" + verdict)
+        parts.append(_push_section(push))
     if blessing:
-        cls = "pass" if blessing["blessed"] else "fail"
-        parts.append(f"<h2>Blessing</h2><p class='{cls}'>"
-                     f"{'BLESSED' if blessing['blessed'] else 'NOT BLESSED'}: "
-                     f"{html.escape(blessing['reason'])}</p>")
-        parts.append(_table(["check", "source", "value", "bound", "verdict", "detail"], [
-            [c["check"], c["source"], c["value"], json.dumps(c.get("bound")), c["verdict"],
-             c.get("detail", "")] for c in blessing["checks"]]))
-    if infra:
-        parts.append(f"<p>Infra validation: <span class='{'pass' if infra['passed'] else 'fail'}'>"
-                     f"{html.escape(infra['reason'])}</span></p>")
+        parts.append(_blessing_section(blessing, infra))
+    elif infra:
+        parts.append(_infra_line(infra))
     if metrics:
-        comparison = metrics.get("comparison")
-        parts.append("<h2>Evaluation</h2>")
-        if comparison:
-            parts.append(
-                f"<p>Baseline {html.escape(str(comparison['baseline']))}: accuracy "
-                f"{comparison['baseline_accuracy']:.4f} &rarr; {comparison['candidate_accuracy']:.4f}"
-                f" (difference {comparison['difference']:+.4f}, "
-                f"{comparison['confidence']:.0%} paired bootstrap CI [{comparison['ci_low']:+.4f}, "
-                f"{comparison['ci_high']:+.4f}], McNemar p = {comparison['mcnemar_p']:.3g}, "
-                f"{comparison['examples']} examples)</p>")
-        else:
-            parts.append("<p>No baseline (no model holds the baseline alias yet).</p>")
-        slices = metrics["metrics"]["slices"]
-        base_slices = (metrics.get("baseline_metrics") or {}).get("slices", {})
-        parts.append(_table(["slice", "accuracy", "top-k accuracy", "examples",
-                             "baseline accuracy"],
-                            [[name, v.get("accuracy"), v.get("top_k_accuracy"),
-                              v.get("example_count"), base_slices.get(name, {}).get("accuracy")]
-                             for name, v in slices.items()]))
-        per_class = metrics["metrics"]["per_class"]
-        base_recall = {k: v["baseline"] for k, v in
-                       (comparison or {}).get("class_recall", {}).items()}
-        parts.append("<h3>Per class</h3>" + _table(
-            ["class", "precision", "recall", "F1", "AUC", "calibration", "baseline recall",
-             "recall change"],
-            [[name, v.get("precision"), v.get("recall"), v.get("f1_score"), v.get("auc"),
-              v.get("calibration"), base_recall.get(name),
-              None if base_recall.get(name) is None or v.get("recall") is None
-              else v["recall"] - base_recall[name]] for name, v in per_class.items()]))
-        if "confusion" in images:
-            parts.append("<h3>Confusion matrix</h3>" + images["confusion"])
-        gallery = metrics.get("gallery") or []
-        if gallery:
-            figures = []
-            for item in gallery:
-                thumbnail = fileio.join(outputs["evaluate.evaluation"], item["file"])
-                data = base64.b64encode(fileio.read_bytes(thumbnail)).decode()
-                figures.append(
-                    f"<figure><img src='data:image/png;base64,{data}'><figcaption>true "
-                    f"<b>{html.escape(item['label'])}</b><br>predicted "
-                    f"<b>{html.escape(item['predicted'])}</b> ({item['probability']:.2f})"
-                    f"</figcaption></figure>")
-            parts.append("<h3>Most confident mistakes</h3><div class='gallery'>"
-                         + "".join(figures) + "</div>")
+        parts.append(_evaluation_section(metrics, images, outputs["evaluate.evaluation"]))
     if history:
         parts.append("<h2>Training</h2>" + images.get("curves", ""))
     if stats:
-        parts.append("<h2>Data</h2>" + _table(
-            ["examples", "inputs", "quarantined", "bad fraction", "train", "eval"],
-            [[stats["num_examples"], stats["num_inputs"], stats["num_quarantined"],
-              stats["bad_fraction"], sum(stats["counts"].get("train", {}).values())
-              if isinstance(stats["counts"].get("train"), dict) else stats["counts"].get("train"),
-              sum(stats["counts"].get("eval", {}).values())
-              if isinstance(stats["counts"].get("eval"), dict) else stats["counts"].get("eval")]]))
-        if stats.get("quarantine_reasons"):
-            parts.append("<h3>Quarantine</h3>" + _table(
-                ["reason", "files"], sorted(stats["quarantine_reasons"].items())))
+        parts.append(_data_section(stats))
     if anomalies is not None:
-        items = anomalies if isinstance(anomalies, list) else anomalies.get("anomalies", [])
-        parts.append("<h2>Validation</h2>" + (_table(
-            ["severity", "kind", "feature", "description"],
-            [[a["severity"], a["kind"], a["feature"], a["description"]] for a in items])
-            if items else "<p>No anomalies.</p>"))
+        parts.append(_validation_section(anomalies))
     path = path or os.path.join(run_dir, "report.html")
     with open(path, "w", encoding="utf-8") as handle:
         handle.write("\n".join(parts))

@@ -3,7 +3,6 @@ Kubeflow Pipelines. Each service sits behind one small adapter whose client can 
 injected, so the exact calls are unit-tested; neither service is reachable from the
 development machines, so both are untested against the live services."""
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,5 +81,6 @@ def _kfp_cron(cron: str) -> str:
 
 
 def parameters(config_dict: dict[str, Any]) -> dict[str, Any]:
-    """The pipeline's one parameter: the full config as JSON (as compiled)."""
-    return {"config_json": json.dumps(config_dict, sort_keys=True)}
+    """Run-time parameter values for the compiled pipeline. Each task carries the config
+    its step reads as compiled constants, so a run needs none."""
+    return {}

@@ -1,14 +1,20 @@
 """Two tiny steps for runner tests: `produce` -> `consume` (no TF, no Beam)."""
 
+from __future__ import annotations
+
 import json
 import os
+from typing import Any
 
 from components import artifacts
+from components.config import DataConfig, TrainConfig
+from components.contract import step
 
 CALLS = []
 
 
-def produce(data, examples, producer):
+@step(name="produce", outputs={"examples": artifacts.Examples}, config=("data",))
+def produce(data: DataConfig, examples: str, producer: dict[str, Any] | None = None):
     CALLS.append("produce")
     with artifacts.writing(examples, "Examples", producer) as writer:
         with open(writer.file("data.json"), "w") as handle:
@@ -17,7 +23,10 @@ def produce(data, examples, producer):
     return {"lines": [f"produced from {data.source}"]}
 
 
-def consume(examples, train, statistics, producer):
+@step(name="consume", inputs={"examples": artifacts.Examples},
+      outputs={"statistics": artifacts.Statistics}, config=("train",))
+def consume(examples: artifacts.Artifact, train: TrainConfig, statistics: str,
+            producer: dict[str, Any] | None = None):
     CALLS.append("consume")
     if os.environ.get("FAKE_CONSUME_FAILS"):
         raise RuntimeError("consume crashed")

@@ -99,14 +99,15 @@ def test_fonts_pipeline_blesses_pushes_compares_and_predicts(make_config, tmp_pa
 def test_predict_as_a_beam_job_matches_in_process(tmp_path):
     """The Beam path of `imgpipe predict` (large inputs) gives the same rows, in order,
     with bad files reported per row."""
-    from components import artifacts, predict, train, transform
+    from components import artifacts, predict
+    from components.steps import train, transform
     from components.config import BeamConfig, DataConfig, ModelConfig, TrainConfig, TransformConfig
     from tests import fixtures
 
     examples, _ = fixtures.examples_artifact(tmp_path, per_class=6)
     transform.run(examples, DataConfig(image_size=(12, 12)), TransformConfig(), BeamConfig(),
                   transform_graph=str(tmp_path / "tg"))
-    train.run(artifacts.read(str(tmp_path / "tg")), ModelConfig(kind="logistic"),
+    train.run(artifacts.read(str(tmp_path / "tg")), examples, ModelConfig(kind="logistic"),
               TrainConfig(epochs=2, batch_size=4), trained_model=str(tmp_path / "m"))
     paths = []
     for i in range(9):
@@ -140,3 +141,64 @@ def test_predict_inputs_from_folders_and_manifests(tmp_path):
                      str(tmp_path / "imgs" / "sub" / "b.JPG")]
     with pytest.raises(DataError, match="does not exist"):
         predict.expand_inputs([str(tmp_path / "missing.png")])
+
+
+def test_damaged_cached_model_is_retrained_and_thresholds_do_not_rerun_the_probe(
+        make_config, tmp_path):
+    """Run to infra validation, delete the SavedModel's variables: the rerun notices,
+    retrains, and pushes a version that loads and serves. Changing an evaluate
+    threshold reruns evaluate but not the serving probe."""
+    import glob
+    import subprocess
+    import sys
+
+    from components import features
+    from pipeline.local import describe_run
+    from pipeline.metadata import MetadataStore
+
+    runs = str(tmp_path / "runs")
+
+    def cfg(minimum):
+        return make_config(name="digits", data={"source": "builtin:digits", "image_size": [8, 8],
+                                                "eval_fraction": 0.2},
+                           validate={"max_near_duplicate_fraction": 0.5},
+                           model={"kind": "logistic"}, train={"epochs": 3, "batch_size": 32},
+                           evaluate={"thresholds": {"accuracy": {"min": minimum}},
+                                     "bootstrap_samples": 100},
+                           push={"destination": str(tmp_path / "serving")})
+
+    first = run_pipeline(cfg(0.5), runs, until="infra_validate", log=lambda _: None)
+    model_dir = outputs(first, "train").outputs["trained_model"]
+    [variables] = glob.glob(os.path.join(model_dir, "saved_model", "variables", "*.data-*"))
+    os.remove(variables)
+
+    second = run_pipeline(cfg(0.5), runs, log=lambda _: None)
+    statuses = {s.step: s.status for s in second.steps}
+    assert statuses["ingest"] == "cached" and statuses["train"] == "ran"
+    train_decision = outputs(second, "train").decision
+    assert "no longer verifies: trained_model: saved_model/variables/variables.data" in \
+        train_decision and "is missing" in train_decision
+    shown = describe_run(MetadataStore(os.path.join(runs, "metadata.sqlite")), second.run_id)
+    assert [s["decision"] for s in shown["steps"] if s["step"] == "train"] == [train_decision]
+    push = outputs(second, "push").summary
+    assert push["pushed"] and push["version"] == 1
+
+    # the pushed version loads and serves in a fresh process
+    examples = outputs(second, "ingest").outputs["examples"]
+    serialized, cols = features.read_raw_examples(
+        glob.glob(os.path.join(examples, "eval", "*.gz")), limit=4)
+    image = tmp_path / "one.png"
+    image.write_bytes(cols[features.IMAGE][0])
+    out = tmp_path / "pred.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "predict", "digits:1",
+                           str(image), "-o", str(out), "--registry", str(tmp_path / "serving")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    row = json.loads(out.read_text().splitlines()[0])
+    assert row["class"] in [str(d) for d in range(10)] and not row["error"]
+
+    third = run_pipeline(cfg(0.6), runs, log=lambda _: None)
+    statuses = {s.step: s.status for s in third.steps}
+    assert statuses["evaluate"] == "ran" and statuses["infra_validate"] == "cached"
+    assert "config.evaluate.thresholds.accuracy.min: 0.5 -> 0.6" in \
+        outputs(third, "evaluate").decision

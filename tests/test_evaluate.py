@@ -5,8 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from components import artifacts, evaluate, infra
-from components.config import EvaluateConfig
+from components import artifacts, gate
+from components.config import EvaluateConfig, InfraValidateConfig
+from components.steps import evaluate
+from components.steps import infra_validate as infra
 from tests import fixtures
 
 
@@ -14,11 +16,11 @@ def test_paired_bootstrap_and_mcnemar():
     rng = np.random.default_rng(1)
     base = rng.random(2000) < 0.80
     better = base | (rng.random(2000) < 0.25)        # fixes a quarter of the mistakes
-    result = evaluate.paired_comparison(better, base, 2000, 0.95)
+    result = gate.paired_comparison(better, base, 2000, 0.95)
     assert result["difference"] == pytest.approx(better.mean() - base.mean())
     assert 0 < result["ci_low"] < result["difference"] < result["ci_high"]
     assert result["baseline_only_correct"] == 0 and result["mcnemar_p"] < 1e-6
-    same = evaluate.paired_comparison(base, base, 500, 0.95)
+    same = gate.paired_comparison(base, base, 500, 0.95)
     assert same["difference"] == same["ci_low"] == same["ci_high"] == 0.0
     assert same["mcnemar_p"] == 1.0
     # 50 examples, the candidate loses 3 and wins 1: -0.04 looks acceptable under a
@@ -27,18 +29,18 @@ def test_paired_bootstrap_and_mcnemar():
     cand_ok = np.ones(50, bool)
     base_ok[:1] = False
     cand_ok[1:4] = False
-    small = evaluate.paired_comparison(cand_ok, base_ok, 4000, 0.95)
+    small = gate.paired_comparison(cand_ok, base_ok, 4000, 0.95)
     assert small["difference"] == pytest.approx(-0.04)
     assert small["difference"] >= -0.05 > small["ci_low"]
     assert (small["candidate_only_correct"], small["baseline_only_correct"]) == (1, 3)
     assert small["mcnemar_p"] == pytest.approx(0.625)     # 2 * P(X <= 1), X ~ Bin(4, 1/2)
     thresholds = {"accuracy": {"min": 0.5, "max_drop": 0.05}}
-    point = evaluate.gate_check(small, EvaluateConfig(thresholds=thresholds), "m:1")
-    bound = evaluate.gate_check(small, EvaluateConfig(thresholds=thresholds,
+    point = gate.gate_check(small, EvaluateConfig(thresholds=thresholds), "m:1")
+    bound = gate.gate_check(small, EvaluateConfig(thresholds=thresholds,
                                                       gate="lower_bound"), "m:1")
     assert (point["verdict"], bound["verdict"]) == ("pass", "fail")
     assert bound["value"] == small["ci_low"] and "lower bound of the 95% CI" in bound["check"]
-    strict = evaluate.gate_check(small, EvaluateConfig(thresholds={"accuracy": {"min": 0.5}}),
+    strict = gate.gate_check(small, EvaluateConfig(thresholds={"accuracy": {"min": 0.5}}),
                                  "m:1")
     assert strict["verdict"] == "fail" and strict["bound"] == {"min": -0.0}
 
@@ -81,7 +83,7 @@ def _model_artifact(tmp_path, build):
 def test_infra_validation_catches_a_broken_model(tmp_path):
     examples, _ = fixtures.examples_artifact(tmp_path, per_class=4)
     model = _model_artifact(tmp_path, lambda p: _broken_model(p, fixtures.CLASSES))
-    summary = infra.run(model, examples, EvaluateConfig(), infra_blessing=str(tmp_path / "ib"))
+    summary = infra.run(model, examples, InfraValidateConfig(), infra_blessing=str(tmp_path / "ib"))
     verdict = artifacts.read(str(tmp_path / "ib"), "Blessing")
     assert summary["passed"] is False and verdict.properties["passed"] is False
     assert "do not sum to 1" in verdict.properties["reason"]
@@ -97,7 +99,7 @@ def test_infra_validation_catches_a_model_that_does_not_load(tmp_path):
         open(f"{path}/saved_model.pb", "wb").write(b"garbage")
 
     model = _model_artifact(tmp_path, not_a_model)
-    infra.run(model, examples, EvaluateConfig(), infra_blessing=str(tmp_path / "ib"))
+    infra.run(model, examples, InfraValidateConfig(), infra_blessing=str(tmp_path / "ib"))
     record = json.load(open(tmp_path / "ib" / "infra_validation.json"))
     assert record["passed"] is False and "fresh process" in record["reason"]
 

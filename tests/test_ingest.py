@@ -8,7 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from components import artifacts, ingest
+from components import artifacts
+from components.steps import ingest
 from components.config import BeamConfig, DataConfig, IngestConfig
 from components.errors import DataError
 from tests import fixtures

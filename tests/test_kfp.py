@@ -3,7 +3,6 @@ local runner, submit/schedule adapters, and the step image's install line."""
 
 import glob
 import inspect
-import json
 import os
 import re
 
@@ -33,7 +32,8 @@ def test_compiled_ir_has_the_dag_the_gate_and_resources(tmp_path):
     assert set(root) == {"ingest", "validate", "transform", "train", "evaluate",
                          "infra-validate", "report", "condition-1"}
     deps = {name: set(task.get("dependentTasks", [])) for name, task in root.items()}
-    assert deps["transform"] == {"ingest", "validate"} and deps["train"] == {"transform"}
+    assert deps["transform"] == {"ingest", "validate"}
+    assert deps["train"] == {"ingest", "transform"}
     assert deps["evaluate"] == {"ingest", "train"}
     # the push sits under two conditions: the blessing, then the infra verdict
     outer = root["condition-1"]
@@ -161,7 +161,7 @@ def test_vertex_adapter_calls():
     assert calls["init"] == {"project": "p", "location": "europe-west4"}
     assert calls["PipelineJob"]["template_path"] == "p.yaml"
     assert calls["PipelineJob"]["pipeline_root"] == "gs://b/root"
-    assert json.loads(calls["PipelineJob"]["parameter_values"]["config_json"]) == {"name": "x"}
+    assert calls["PipelineJob"]["parameter_values"] == {}
     assert calls["submit"] == {"service_account": "sa@p.iam"}
     assert calls["create"]["cron"] == "0 3 * * *"
 
@@ -187,8 +187,8 @@ def test_kfp_adapter_calls():
             return ids
 
     adapter = submit.KfpAdapter("https://kfp.example", client=Client(), experiment="nightly")
-    assert adapter.submit("fonts", "p.yaml", {"config_json": "{}"}) == "run-1"
-    assert adapter.schedule("fonts", "p.yaml", {"config_json": "{}"}, "0 3 * * *") == "rr-1"
+    assert adapter.submit("fonts", "p.yaml", {"epochs": 3}) == "run-1"
+    assert adapter.schedule("fonts", "p.yaml", {"epochs": 3}, "0 3 * * *") == "rr-1"
     calls = {name: (args, kwargs) for name, args, kwargs in rec.calls}
     assert calls["run"][0] == (None, "p.yaml") and calls["run"][1]["experiment_name"] == "nightly"
     assert calls["recurring"][1]["cron_expression"] == "0 0 3 * * *"   # KFP cron has seconds
@@ -225,7 +225,7 @@ def test_dockerfiles_install_the_package_from_pyproject():
 def test_vertex_model_registry_upload_calls():
     from google.cloud import aiplatform as real
 
-    from components.push import VertexModelRegistry
+    from components.steps.push import VertexModelRegistry
 
     rec = Recorder(real)
     parent = type("M", (), {"resource_name": "projects/p/locations/r/models/7"})

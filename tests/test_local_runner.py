@@ -8,11 +8,8 @@ from pipeline.metadata import MetadataStore
 from tests import fake_steps
 
 STEPS = (
-    dag.Step("produce", "tests.fake_produce", {"examples": "Examples"}, sections=("data",),
-             code=("tests.fake_steps",)),
-    dag.Step("consume", "tests.fake_consume", {"statistics": "Statistics"},
-             inputs={"examples": "produce.examples"}, sections=("train",),
-             code=("tests.fake_steps",)),
+    dag.node(fake_steps.produce),
+    dag.node(fake_steps.consume, examples="produce.examples"),
 )
 
 
@@ -83,7 +80,8 @@ def test_deleted_output_is_not_reused(tmp_path, make_config):
     shutil.rmtree(first.steps[1].outputs["statistics"])
     result = run(cfg, tmp_path)
     assert [s.status for s in result.steps] == ["cached", "ran"]
-    assert "no longer verify" in result.steps[1].decision
+    assert "no longer verifies: statistics: " in result.steps[1].decision
+    assert "was deleted" in result.steps[1].decision
 
 
 def test_until_stops_after_step(tmp_path, make_config):

@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from components import artifacts, models, train, transform
+from components import artifacts, models
+from components.steps import train, transform
 from components.config import BeamConfig, DataConfig, ModelConfig, TrainConfig, TransformConfig
 from components.errors import TrainingError
 from pipeline import cli
@@ -65,11 +66,11 @@ def graph(tmp_path_factory):
     uri = str(tmp / "tg")
     transform.run(examples, DataConfig(image_size=(12, 12)), TransformConfig(), BeamConfig(),
                   transform_graph=uri)
-    return artifacts.read(uri)
+    return artifacts.read(uri), examples
 
 
 def test_trains_and_exports_model(tmp_path, graph):
-    summary = train.run(graph, ModelConfig(kind="cnn"), TrainConfig(epochs=8, batch_size=8),
+    summary = train.run(*graph, ModelConfig(kind="cnn"), TrainConfig(epochs=8, batch_size=8),
                         trained_model=str(tmp_path / "m"))
     model = artifacts.read(str(tmp_path / "m"), "Model")
     history = json.load(open(model.path("history.json")))
@@ -83,7 +84,7 @@ def test_trains_and_exports_model(tmp_path, graph):
 def test_nan_loss_is_a_clear_error(tmp_path, graph):
     cfg = TrainConfig(epochs=3, batch_size=8, optimizer={"name": "sgd", "learning_rate": 1e30})
     with pytest.raises(TrainingError, match="diverged"):
-        train.run(graph, ModelConfig(kind="dense"), cfg, trained_model=str(tmp_path / "m"))
+        train.run(*graph, ModelConfig(kind="dense"), cfg, trained_model=str(tmp_path / "m"))
     assert not artifacts.is_committed(str(tmp_path / "m"))
 
 
@@ -101,7 +102,7 @@ print(json.dumps({"class_name": [c.decode() for c in out["class_name"].numpy()],
 def test_export_serves_png_bytes_in_a_fresh_process(tmp_path, graph):
     import tensorflow as tf
 
-    train.run(graph, ModelConfig(kind="logistic"), TrainConfig(epochs=3, batch_size=8),
+    train.run(*graph, ModelConfig(kind="logistic"), TrainConfig(epochs=3, batch_size=8),
               trained_model=str(tmp_path / "m"))
     saved = str(tmp_path / "m" / "saved_model")
     paths = []
@@ -129,19 +130,19 @@ def test_export_serves_png_bytes_in_a_fresh_process(tmp_path, graph):
                for p, label in zip(paths, fixtures.CLASSES)]
     transformed = loaded.signatures["transform_features"](examples=tf.constant(labeled))
     assert transformed["image"].shape == (3, 12, 12, 1)
-    vocabulary = graph.properties["label_vocabulary"]
+    vocabulary = graph[0].properties["label_vocabulary"]
     assert [vocabulary[i] for i in transformed["label_id"].numpy()] == list(fixtures.CLASSES)
 
 
 def test_transfer_from_our_own_model_then_fine_tune(tmp_path, graph):
-    train.run(graph, ModelConfig(kind="cnn"), TrainConfig(epochs=3, batch_size=8),
+    train.run(*graph, ModelConfig(kind="cnn"), TrainConfig(epochs=3, batch_size=8),
               trained_model=str(tmp_path / "first"))
     own = str(tmp_path / "first" / "model.keras")
     cfg = ModelConfig(kind="transfer", weights=own, fine_tune_layers=2, fine_tune_epochs=2)
     model = models.build(cfg, (12, 12, 1), 3)
     # the first model's conv layers are the frozen base; only the new head trains
     assert models.trainable_params(model) == 6 * 6 * 4 * 3 + 3   # head on the conv features
-    train.run(graph, cfg, TrainConfig(epochs=2, batch_size=8), trained_model=str(tmp_path / "m"))
+    train.run(*graph, cfg, TrainConfig(epochs=2, batch_size=8), trained_model=str(tmp_path / "m"))
     tuned = artifacts.read(str(tmp_path / "m"), "Model")
     history = json.load(open(tuned.path("history.json")))
     assert history["phase"] == [1.0, 1.0, 2.0, 2.0] and len(history["loss"]) == 4
@@ -153,12 +154,12 @@ def test_transfer_from_our_own_model_then_fine_tune(tmp_path, graph):
 def test_early_stopping_ends_training_when_eval_loss_stalls(tmp_path, graph):
     cfg = TrainConfig(epochs=30, batch_size=8, early_stopping_patience=1,
                       optimizer={"name": "sgd", "learning_rate": 1e-12})
-    train.run(graph, ModelConfig(kind="logistic"), cfg, trained_model=str(tmp_path / "m"))
+    train.run(*graph, ModelConfig(kind="logistic"), cfg, trained_model=str(tmp_path / "m"))
     assert artifacts.read(str(tmp_path / "m"), "Model").properties["epochs"] < 30
 
 
 def test_weights_reference_to_an_earlier_run(tmp_path):
-    from pipeline.local import resolve_weights
+    from pipeline.invoke import Context, resolve_weights
     from pipeline.metadata import MetadataStore
 
     store = MetadataStore(str(tmp_path / "m.sqlite"))
@@ -167,8 +168,9 @@ def test_weights_reference_to_an_earlier_run(tmp_path):
     store.record_artifact(execution, "output", "trained_model", "/models/abc", "Model", "f", {},
                           "now")
     store.finish_execution(execution, "succeeded")
-    assert resolve_weights(f"run:{run_id[:8]}", store, str(tmp_path)) == "/models/abc/model.keras"
+    context = Context("p", str(tmp_path), "production", store)
+    assert resolve_weights(f"run:{run_id[:8]}", context) == "/models/abc/model.keras"
     with pytest.raises(Exception, match="no unique run"):
-        resolve_weights("run:nope", store, str(tmp_path))
+        resolve_weights("run:nope", context)
     with pytest.raises(Exception, match="not a file"):
-        resolve_weights("missing.h5", store, str(tmp_path))
+        resolve_weights("missing.h5", context)

@@ -19,7 +19,8 @@ if {logical_cpus} > 1:
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * {logical_cpus})
-from components import artifacts, train, transform
+from components import artifacts
+from components.steps import train, transform
 from components.config import BeamConfig, DataConfig, ModelConfig, TrainConfig, TransformConfig
 from tests import fixtures
 work = {work!r}
@@ -28,7 +29,7 @@ if not artifacts.is_committed(work + "/tg"):
     transform.run(examples, DataConfig(image_size=(12, 12)), TransformConfig(), BeamConfig(),
                   transform_graph=work + "/tg")
 graph = artifacts.read(work + "/tg")
-summary = train.run(graph, ModelConfig(kind="cnn"),
+summary = train.run(graph, artifacts.read(work + "/examples"), ModelConfig(kind="cnn"),
                     TrainConfig(epochs={epochs}, batch_size=1, strategy={strategy!r}),
                     trained_model=work + "/{name}", scratch=work + "/scratch-{name}")
 model = artifacts.read(work + "/{name}")

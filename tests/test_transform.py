@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from components import artifacts, features, transform
+from components import artifacts, features
+from components.steps import transform
 from components.config import BeamConfig, DataConfig, TransformConfig
 from tests import fixtures
 from tests.fixtures import CLASSES, examples_artifact

@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from components import artifacts, validate
+from components import artifacts, schema as schema_lib
+from components.steps import validate
 from components.config import ValidateConfig
 from components.errors import ConfigError, ValidationFailed
 
@@ -50,15 +51,15 @@ def kinds(tmp_path, name="v"):
 def test_clean_statistics_pass_and_write_schema(tmp_path):
     summary = run(tmp_path, stats_artifact(tmp_path, "s", BASE))
     assert summary["num_anomalies"] == 0
-    schema = validate.load_schema(str(tmp_path / "v" / "s" / "schema.pbtxt"))
-    assert validate._domain(schema, "label") == ["cat", "dog"]
-    assert validate._int_bounds(schema, "height") == (12, 16)
-    assert validate._int_bounds(schema, "channels") == (1, 1)
+    schema = schema_lib.load_schema(str(tmp_path / "v" / "s" / "schema.pbtxt"))
+    assert schema_lib.domain(schema, "label") == ["cat", "dog"]
+    assert schema_lib.int_bounds(schema, "height") == (12, 16)
+    assert schema_lib.int_bounds(schema, "channels") == (1, 1)
 
 
 def test_enforced_schema_flags_classes_channels_sizes(tmp_path):
     schema_path = tmp_path / "schema.pbtxt"
-    schema_path.write_text(validate.schema_to_text(validate.infer_schema(BASE)))
+    schema_path.write_text(schema_lib.schema_to_text(schema_lib.infer_schema(BASE)))
     changed = copy.deepcopy(BASE)
     changed["counts"]["train"] = {"cat": 40, "owl": 50}
     changed["counts"]["eval"] = {"cat": 5, "owl": 5}

@@ -16,10 +16,10 @@ import tempfile
 from typing import Any
 
 from components import artifacts, features, fileio
+from components.artifacts import SPLITS
 from components.config import BeamConfig, DataConfig, TransformConfig
+from components.contract import Maybe, step
 from components.errors import DataError
-
-SPLITS = ("train", "eval")
 
 
 def _pipeline(pipeline: Any, examples: artifacts.Artifact, out_dir: str, data: DataConfig,
@@ -116,6 +116,12 @@ def _pipeline(pipeline: Any, examples: artifacts.Artifact, out_dir: str, data: D
                                             file_name_suffix=".json", shard_name_template=""))
 
 
+@step(name="transform",
+      # Validation gates transform: its anomalies are an input, so a failed validation
+      # stops the run before this step and a changed verdict reruns it.
+      inputs={"examples": artifacts.Examples, "anomalies": Maybe(artifacts.Anomalies)},
+      outputs={"transform_graph": artifacts.TransformGraph},
+      config=("data", "transform"), beam=("runner",))
 def run(examples: artifacts.Artifact, data: DataConfig, transform: TransformConfig,
         beam: BeamConfig, transform_graph: str, anomalies: artifacts.Artifact | None = None,
         producer: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -153,10 +159,10 @@ def run(examples: artifacts.Artifact, data: DataConfig, transform: TransformConf
             "label_vocabulary": vocabulary, "num_classes": num_classes,
             "image_shape": image_shape, "normalize": transform.normalize,
             "materialized": transform.materialize, "counts": split_counts, "dropped": dropped,
-            "examples": examples.uri,
         }
         writer.fingerprint = artifacts.fingerprint_json({
-            "graph": artifacts.fingerprint_files(writer.file("transform_fn")),
+            "graph": artifacts.fingerprint_files(
+                artifacts.list_files(writer.file("transform_fn"))),
             "vocabulary": vocabulary, "examples": examples.fingerprint,
             "config": transform.model_dump(), "shape": image_shape})
         writer.commit()

@@ -18,6 +18,8 @@ from typing import Any
 
 from components import artifacts, fileio, runtime
 from components.config import PushConfig
+from components.contract import step
+from components.errors import ConfigError
 from components.registry import Registry
 
 
@@ -32,7 +34,7 @@ def git_commit() -> str | None:
 
 def model_card(trained_model: artifacts.Artifact, blessing: artifacts.Artifact,
                infra_blessing: artifacts.Artifact, evaluation: artifacts.Artifact,
-               statistics: artifacts.Artifact, pipeline_config: dict[str, Any] | None,
+               statistics: artifacts.Artifact, recorded_config: dict[str, Any] | None,
                producer: dict[str, Any] | None) -> dict[str, Any]:
     metrics = json.loads(fileio.read_text(evaluation.path("metrics.json")))
     verdict = json.loads(fileio.read_text(blessing.path("blessing.json")))
@@ -57,7 +59,7 @@ def model_card(trained_model: artifacts.Artifact, blessing: artifacts.Artifact,
                  "classes": stats.get("class_names"),
                  "quarantined": stats.get("num_quarantined"),
                  "quarantine_reasons": stats.get("quarantine_reasons")},
-        "config": pipeline_config,
+        "config": recorded_config,
         "package_version": runtime.package_version(),
         "git_commit": git_commit(),
         "run_id": (producer or {}).get("run_id"),
@@ -93,12 +95,25 @@ class VertexModelRegistry:
         return model.resource_name
 
 
+@step(name="push",
+      inputs={"trained_model": artifacts.Model, "blessing": artifacts.Blessing,
+              "infra_blessing": artifacts.Blessing, "evaluation": artifacts.Evaluation,
+              "statistics": artifacts.Statistics},
+      outputs={"pushed_model": artifacts.PushedModel}, config=("push",),
+      # The model card records the config that made the model; pushing has effects
+      # outside its artifact (the registry), so it is never reused from a cache.
+      record=("data", "transform", "model", "train", "evaluate"), cache=False)
 def run(trained_model: artifacts.Artifact, blessing: artifacts.Artifact,
         infra_blessing: artifacts.Artifact, evaluation: artifacts.Artifact,
         statistics: artifacts.Artifact, push: PushConfig, pushed_model: str,
-        pipeline_config: dict[str, Any] | None = None,
+        recorded_config: dict[str, Any] | None = None,
         producer: dict[str, Any] | None = None) -> dict[str, Any]:
-    name = push.model_name or (producer or {}).get("pipeline") or "model"
+    """Pushes a blessed model that passed infra validation as the next version of
+    `push.model_name` (the runner fills it in from the pipeline name when unset)."""
+    name = push.model_name
+    if not name:
+        raise ConfigError("push.model_name is not set; the runner fills it from the "
+                          "pipeline name: run the step through the pipeline.")
     registry = Registry(push.destination)
     blessed = bool(blessing.properties.get("blessed"))
     infra_ok = bool(infra_blessing.properties.get("passed"))
@@ -121,7 +136,7 @@ def run(trained_model: artifacts.Artifact, blessing: artifacts.Artifact,
             lines = [f"already pushed as {version.ref} ({version.path})"]
         else:
             card = model_card(trained_model, blessing, infra_blessing, evaluation, statistics,
-                              pipeline_config, producer)
+                              recorded_config, producer)
             keras_file = trained_model.path("model.keras")
             version = registry.push(name, trained_model.path("saved_model"), card,
                                     {"model.keras": keras_file}

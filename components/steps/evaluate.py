@@ -22,10 +22,10 @@ import math
 import time
 from typing import Any
 
-import numpy as np
 
-from components import artifacts, beamio, features, fileio, runtime
+from components import artifacts, beamio, features, fileio, gate, runtime
 from components.config import BeamConfig, EvaluateConfig
+from components.contract import BASELINE_MODEL, step
 
 CANDIDATE, BASELINE = "candidate", "baseline"
 # Config metric name -> (TFMA class name, config JSON)
@@ -161,7 +161,7 @@ def validation_checks(output: str) -> tuple[bool, list[dict[str, Any]]]:
     return bool(result.validation_ok), failures
 
 
-# --- per-example predictions and the paired gate -------------------------------------
+# --- per-example predictions ---------------------------------------------------------
 
 
 def score_examples(files: list[str], models: dict[str, tuple[str, list[str]]],
@@ -203,56 +203,6 @@ def score_examples(files: list[str], models: dict[str, tuple[str, list[str]]],
     return rows, sorted(worst, key=lambda item: (-item[0], item[1]))
 
 
-def paired_comparison(candidate_ok: np.ndarray, baseline_ok: np.ndarray, samples: int,
-                      confidence: float, seed: int = 0) -> dict[str, Any]:
-    """Accuracy difference (candidate - baseline) with a paired bootstrap interval and
-    McNemar's exact two-sided p-value on the discordant pairs."""
-    n = len(candidate_ok)
-    diff = candidate_ok.astype(np.float64) - baseline_ok.astype(np.float64)
-    rng = np.random.default_rng(seed)
-    means = np.empty(samples)
-    for start in range(0, samples, 256):  # chunks keep memory flat on large eval sets
-        idx = rng.integers(0, n, size=(min(256, samples - start), n))
-        means[start:start + len(idx)] = diff[idx].mean(axis=1)
-    alpha = (1.0 - confidence) / 2
-    low, high = np.quantile(means, [alpha, 1.0 - alpha])
-    b = int(np.sum(candidate_ok & ~baseline_ok))   # candidate right, baseline wrong
-    c = int(np.sum(~candidate_ok & baseline_ok))
-    k, m = min(b, c), b + c
-    p = 1.0 if m == 0 else min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2 ** m)
-    return {"examples": n, "candidate_accuracy": float(candidate_ok.mean()),
-            "baseline_accuracy": float(baseline_ok.mean()), "difference": float(diff.mean()),
-            "ci_low": float(low), "ci_high": float(high), "confidence": confidence,
-            "bootstrap_samples": samples, "candidate_only_correct": b,
-            "baseline_only_correct": c, "mcnemar_p": p}
-
-
-def gate_check(comparison: dict[str, Any], cfg: EvaluateConfig, base_ref: str
-               ) -> dict[str, Any]:
-    """'Not worse than the baseline': the accuracy difference (point estimate, or the
-    lower bound of its bootstrap interval with `gate: lower_bound`) must be at least
-    minus the accuracy threshold's `max_drop` (0 when none is set)."""
-    accuracy = cfg.thresholds.get("accuracy")
-    drop = (accuracy.max_drop if accuracy else None) or 0.0
-    measured = comparison["difference"] if cfg.gate == "point" else comparison["ci_low"]
-    how = "point estimate" if cfg.gate == "point" else \
-        f"lower bound of the {cfg.confidence:.0%} CI"
-    return {"check": f"accuracy not worse than {base_ref} ({how})",
-            "source": "paired bootstrap", "value": measured, "bound": {"min": -drop},
-            "verdict": "pass" if measured >= -drop else "fail",
-            "detail": f"difference {comparison['difference']:+.4f}, {cfg.confidence:.0%} CI "
-                      f"[{comparison['ci_low']:+.4f}, {comparison['ci_high']:+.4f}], "
-                      f"McNemar p={comparison['mcnemar_p']:.3g}"}
-
-
-def class_recalls(labels: list[str], predicted: list[str]) -> dict[str, float]:
-    out = {}
-    for name in sorted(set(labels)):
-        idx = [i for i, label in enumerate(labels) if label == name]
-        out[name] = sum(predicted[i] == name for i in idx) / len(idx)
-    return out
-
-
 def _thumbnail(data: bytes, size: int = 96) -> bytes:
     from PIL import Image
 
@@ -268,19 +218,135 @@ def _thumbnail(data: bytes, size: int = 96) -> bytes:
 # --- the step ------------------------------------------------------------------------
 
 
+def _baseline_card(baseline: str | None) -> dict[str, Any]:
+    path = fileio.join(baseline, "model_card.json") if baseline else None
+    return json.loads(fileio.read_text(path)) if path and fileio.exists(path) else {}
+
+
+def _run_tfma(examples: artifacts.Artifact, saved: str, baseline: str | None, config: Any,
+              beam: BeamConfig, output: str) -> float:
+    """TFMA over the raw eval examples (both models when there is a baseline); seconds."""
+    import tensorflow_model_analysis as tfma
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    started = time.perf_counter()
+    models = [tfma.default_eval_shared_model(eval_saved_model_path=saved,
+                                             model_name=CANDIDATE, eval_config=config)]
+    if baseline:
+        models.append(tfma.default_eval_shared_model(
+            eval_saved_model_path=baseline, model_name=BASELINE, eval_config=config))
+    tfma.run_model_analysis(
+        eval_shared_model=models if baseline else models[0], eval_config=config,
+        data_location=examples.path("eval", "*.tfrecord.gz"),
+        file_format="tfrecords", output_path=output,
+        pipeline_options=PipelineOptions(beamio.pipeline_args(beam)))
+    return time.perf_counter() - started
+
+
+def _write_gallery(writer: artifacts.ArtifactWriter, worst: list[tuple[float, int, bytes]],
+                   rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The most confident mistakes as thumbnails under misclassified/."""
+    gallery = []
+    for rank, (_, index, image) in enumerate(worst):
+        name = f"{rank:02d}.png"
+        with fileio.open_file(writer.file("misclassified", name), "wb") as handle:
+            handle.write(_thumbnail(image))
+        gallery.append({"file": f"misclassified/{name}", **rows[index]})
+    return gallery
+
+
+def threshold_checks(evaluate: EvaluateConfig, metrics: dict[str, Any],
+                     base_metrics: dict[str, Any] | None, failures: list[dict[str, Any]],
+                     base_ref: str | None) -> list[dict[str, Any]]:
+    """One check per configured bound and slice in scope (TFMA's verdict), one per
+    `max_drop` against the baseline, and any TFMA failure no bound explains."""
+    checks = []
+    overall = metrics["slices"].get("overall", {})
+    base_overall = (base_metrics or {}).get("slices", {}).get("overall", {})
+    used: set[int] = set()
+
+    def tfma_failures(metric: str, is_diff: bool) -> list[dict[str, Any]]:
+        found = [i for i, f in enumerate(failures)
+                 if f["metric"] == metric and f["is_diff"] == is_diff]
+        used.update(found)
+        return [failures[i] for i in found]
+
+    for name, threshold in evaluate.thresholds.items():
+        if threshold.min is not None or threshold.max is not None:
+            failed_slices = {f["slice"] for f in tfma_failures(name, False)}
+            bound = {k: v for k, v in (("min", threshold.min), ("max", threshold.max))
+                     if v is not None}
+            scopes = ["overall"] + sorted(
+                key for key in metrics["slices"]
+                if any(key.startswith(f"{feature}=") for feature in threshold.slices or []))
+            for scope in scopes:
+                checks.append({"check": f"{name} ({scope})", "source": "tfma",
+                               "value": metrics["slices"].get(scope, {}).get(name),
+                               "bound": bound,
+                               "verdict": "fail" if scope in failed_slices else "pass"})
+        if threshold.max_drop is not None and base_metrics is not None:
+            bad = tfma_failures(name, True)
+            value = overall.get(name)
+            change = None if value is None or base_overall.get(name) is None \
+                else value - base_overall[name]
+            checks.append({"check": f"{name} change vs {base_ref}", "source": "tfma",
+                           "value": change, "bound": {"min": -threshold.max_drop},
+                           "verdict": "fail" if bad else "pass"})
+    for i, failure in enumerate(failures):
+        if i not in used:
+            checks.append({"check": f"{failure['metric']} ({failure['slice']})",
+                           "source": "tfma", "value": failure["value"], "verdict": "fail",
+                           "detail": failure["message"]})
+    return checks
+
+
+def recall_checks(recalls: dict[str, float], floor: float | None) -> list[dict[str, Any]]:
+    if floor is None:
+        return []
+    return [{"check": f"recall of class {name}", "source": "predictions", "value": recall,
+             "bound": {"min": floor}, "verdict": "pass" if recall >= floor else "fail"}
+            for name, recall in recalls.items()]
+
+
+def _verdict(tfma_ok: bool, checks: list[dict[str, Any]]) -> tuple[bool, str]:
+    blessed = tfma_ok and all(c["verdict"] == "pass" for c in checks)
+    failed = [c for c in checks if c["verdict"] == "fail"]
+    reason = "all checks passed" if blessed else "; ".join(
+        f"{c['check']}: {c['value'] if c['value'] is None else round(c['value'], 4)}"
+        f"{' vs ' + json.dumps(c['bound']) if c.get('bound') else ''}" for c in failed) \
+        or "TFMA validation failed"
+    return blessed, reason
+
+
+def _summary_lines(accuracy: float | None, examples: int, comparison: dict[str, Any] | None,
+                   base_ref: str | None, blessed: bool, reason: str) -> list[str]:
+    if accuracy is None:
+        first = f"{examples} eval examples"
+    elif comparison:
+        first = (f"accuracy {accuracy:.4f} on {examples} eval examples, baseline {base_ref}: "
+                 f"{comparison['baseline_accuracy']:.4f} (difference "
+                 f"{comparison['difference']:+.4f}, CI [{comparison['ci_low']:+.4f}, "
+                 f"{comparison['ci_high']:+.4f}])")
+    else:
+        first = f"accuracy {accuracy:.4f} on {examples} eval examples, no baseline"
+    return [first, "BLESSED" if blessed else "NOT BLESSED: " + reason]
+
+
+@step(name="evaluate",
+      inputs={"examples": artifacts.Examples, "trained_model": artifacts.Model},
+      outputs={"evaluation": artifacts.Evaluation, "blessing": artifacts.Blessing},
+      config=("evaluate",), beam=("runner",), resolved={"baseline": BASELINE_MODEL},
+      gate="blessed")
 def run(examples: artifacts.Artifact, trained_model: artifacts.Artifact,
         evaluate: EvaluateConfig, beam: BeamConfig, evaluation: str, blessing: str,
         baseline: str | None = None, producer: dict[str, Any] | None = None) -> dict[str, Any]:
     """Writes an Evaluation (TFMA output, metrics, predictions, gallery) and a Blessing.
-    `baseline`: the directory of the pushed version that holds `production`, or None."""
-    import tensorflow_model_analysis as tfma
-    from apache_beam.options.pipeline_options import PipelineOptions
-
+    `baseline`: the directory of the pushed version that holds the baseline alias
+    (`push.baseline_alias`, resolved by the runner), or None."""
     files = features.split_files(examples, "eval")
     vocabulary = trained_model.properties["label_vocabulary"]
     saved = trained_model.path("saved_model")
-    base_card = json.loads(fileio.read_text(fileio.join(baseline, "model_card.json"))) \
-        if baseline and fileio.exists(fileio.join(baseline, "model_card.json")) else {}
+    base_card = _baseline_card(baseline)
     base_ref = f"{base_card.get('name')}:{base_card.get('version')}" if baseline else None
     base_vocab = base_card.get("label_vocabulary", vocabulary)
     config = eval_config(evaluate, len(vocabulary), baseline is not None)
@@ -292,97 +358,28 @@ def run(examples: artifacts.Artifact, trained_model: artifacts.Artifact,
         if baseline:
             scored[BASELINE] = (baseline, base_vocab)
         rows, worst = score_examples(files, scored)
-        labels = [row["label"] for row in rows]
-        predicted = [row["predicted"] for row in rows]
-        candidate_ok = np.array([p == t for p, t in zip(predicted, labels)], dtype=bool)
-        base_predicted = [row["baseline_predicted"] for row in rows] if baseline else None
         runtime.release_memory()
         output = writer.file("tfma")
-        started = time.perf_counter()
-        models = [tfma.default_eval_shared_model(eval_saved_model_path=saved,
-                                                 model_name=CANDIDATE, eval_config=config)]
-        if baseline:
-            models.append(tfma.default_eval_shared_model(
-                eval_saved_model_path=baseline, model_name=BASELINE, eval_config=config))
-        tfma.run_model_analysis(
-            eval_shared_model=models if baseline else models[0], eval_config=config,
-            data_location=examples.path("eval", "*.tfrecord.gz"),
-            file_format="tfrecords", output_path=output,
-            pipeline_options=PipelineOptions(beamio.pipeline_args(beam)))
-        tfma_seconds = time.perf_counter() - started
+        tfma_seconds = _run_tfma(examples, saved, baseline, config, beam, output)
         metrics = read_tfma(output, CANDIDATE if baseline else None, vocabulary)
-        base_metrics = None
-        if baseline:
-            base_metrics = read_tfma(output, BASELINE, base_vocab)
+        base_metrics = read_tfma(output, BASELINE, base_vocab) if baseline else None
         tfma_ok, failures = validation_checks(output)
-
         fileio.write_text(writer.file("predictions.jsonl"),
                           "".join(json.dumps(r) + "\n" for r in rows))
+        gallery = _write_gallery(writer, worst, rows)
 
-        # Gallery: the most confident mistakes, as thumbnails.
-        gallery = []
-        for rank, (_, index, image) in enumerate(worst):
-            name = f"{rank:02d}.png"
-            with fileio.open_file(writer.file("misclassified", name), "wb") as handle:
-                handle.write(_thumbnail(image))
-            gallery.append({"file": f"misclassified/{name}", **rows[index]})
-
-        checks = []
-        overall = metrics["slices"].get("overall", {})
-        base_overall = (base_metrics or {}).get("slices", {}).get("overall", {})
-        used: set[int] = set()
-
-        def tfma_failures(metric: str, is_diff: bool) -> list[dict[str, Any]]:
-            found = [i for i, f in enumerate(failures)
-                     if f["metric"] == metric and f["is_diff"] == is_diff]
-            used.update(found)
-            return [failures[i] for i in found]
-
-        for name, threshold in evaluate.thresholds.items():
-            if threshold.min is not None or threshold.max is not None:
-                bad = tfma_failures(name, False)
-                bound = {k: v for k, v in (("min", threshold.min), ("max", threshold.max))
-                         if v is not None}
-                failed_slices = {f["slice"] for f in bad}
-                scopes = ["overall"] + sorted(
-                    key for key in metrics["slices"]
-                    if any(key.startswith(f"{feature}=") for feature in threshold.slices or []))
-                for scope in scopes:
-                    checks.append({"check": f"{name} ({scope})", "source": "tfma",
-                                   "value": metrics["slices"].get(scope, {}).get(name),
-                                   "bound": bound,
-                                   "verdict": "fail" if scope in failed_slices else "pass"})
-            if threshold.max_drop is not None and baseline:
-                bad = tfma_failures(name, True)
-                value = overall.get(name)
-                change = None if value is None or base_overall.get(name) is None \
-                    else value - base_overall[name]
-                checks.append({"check": f"{name} change vs {base_ref}", "source": "tfma",
-                               "value": change, "bound": {"min": -threshold.max_drop},
-                               "verdict": "fail" if bad else "pass"})
-        for i, failure in enumerate(failures):
-            if i not in used:
-                checks.append({"check": f"{failure['metric']} ({failure['slice']})",
-                               "source": "tfma", "value": failure["value"], "verdict": "fail",
-                               "detail": failure["message"]})
-        recalls = class_recalls(labels, predicted)
-        if evaluate.min_class_recall is not None:
-            for name, recall in recalls.items():
-                checks.append({"check": f"recall of class {name}", "source": "predictions",
-                               "value": recall, "bound": {"min": evaluate.min_class_recall},
-                               "verdict": "pass" if recall >= evaluate.min_class_recall
-                               else "fail"})
+        labels = [row["label"] for row in rows]
+        predicted = [row["predicted"] for row in rows]
+        recalls = gate.class_recalls(labels, predicted)
+        checks = threshold_checks(evaluate, metrics, base_metrics, failures, base_ref)
+        checks += recall_checks(recalls, evaluate.min_class_recall)
         comparison = None
         if baseline:
-            base_ok = np.array([p == t for p, t in zip(base_predicted, labels)])
-            comparison = paired_comparison(candidate_ok, base_ok, evaluate.bootstrap_samples,
-                                           evaluate.confidence)
-            comparison["baseline"] = base_ref
-            comparison["class_recall"] = {
-                name: {"candidate": recalls[name], "baseline": value}
-                for name, value in class_recalls(labels, base_predicted).items()}
-            checks.append(gate_check(comparison, evaluate, base_ref))
+            base_predicted = [row["baseline_predicted"] for row in rows]
+            comparison = gate.compare(labels, predicted, base_predicted, evaluate, base_ref)
+            checks.append(gate.gate_check(comparison, evaluate, base_ref))
 
+        overall = metrics["slices"].get("overall", {})
         summary = {"model": trained_model.uri, "baseline": base_ref,
                    "examples": len(rows), "metrics": metrics, "baseline_metrics": base_metrics,
                    "comparison": comparison, "class_recall": recalls, "gallery": gallery,
@@ -392,24 +389,13 @@ def run(examples: artifacts.Artifact, trained_model: artifacts.Artifact,
                              "examples": len(rows), "baseline": base_ref}
         writer.commit()
 
-    blessed = tfma_ok and all(c["verdict"] == "pass" for c in checks)
-    failed = [c for c in checks if c["verdict"] == "fail"]
-    reason = "all checks passed" if blessed else "; ".join(
-        f"{c['check']}: {c['value'] if c['value'] is None else round(c['value'], 4)}"
-        f"{' vs ' + json.dumps(c['bound']) if c.get('bound') else ''}" for c in failed) \
-        or "TFMA validation failed"
+    blessed, reason = _verdict(tfma_ok, checks)
     with artifacts.writing(blessing, artifacts.Blessing, producer) as writer:
         record = {"blessed": blessed, "reason": reason, "baseline": base_ref,
                   "gate": evaluate.gate, "checks": checks}
         fileio.write_text(writer.file("blessing.json"), json.dumps(record, indent=2))
         writer.properties = {"blessed": blessed, "reason": reason, "baseline": base_ref}
         writer.commit()
-
     accuracy = overall.get("accuracy")
-    lines = [f"accuracy {accuracy:.4f} on {len(rows)} eval examples"
-             + (f", baseline {base_ref}: {comparison['baseline_accuracy']:.4f} (difference "
-                f"{comparison['difference']:+.4f}, CI [{comparison['ci_low']:+.4f}, "
-                f"{comparison['ci_high']:+.4f}])" if comparison else ", no baseline")
-             if accuracy is not None else f"{len(rows)} eval examples",
-             ("BLESSED" if blessed else "NOT BLESSED: " + reason)]
-    return {"blessed": blessed, "accuracy": accuracy, "lines": lines}
+    return {"blessed": blessed, "accuracy": accuracy,
+            "lines": _summary_lines(accuracy, len(rows), comparison, base_ref, blessed, reason)}

@@ -16,78 +16,12 @@ import numpy as np
 
 from components import artifacts, features, fileio
 from components.config import ValidateConfig
-from components.errors import ConfigError, ValidationFailed
+from components.contract import Maybe, step
+from components.errors import ValidationFailed
+from components.schema import domain, infer_schema, int_bounds, load_schema, schema_to_text
 
 ERROR, WARNING = "error", "warning"
 MAX_REPORTED_PAIRS = 20
-
-
-# --- schema ------------------------------------------------------------------------
-
-
-def infer_schema(stats: dict[str, Any]):
-    """A TFMD Schema for raw image examples, from ingest statistics."""
-    from tensorflow_metadata.proto.v0 import schema_pb2
-
-    schema = schema_pb2.Schema()
-    label_domain = schema.string_domain.add(name=features.LABEL)
-    label_domain.value.extend(stats["class_names"])
-    format_domain = schema.string_domain.add(name=features.FORMAT)
-    format_domain.value.extend(["jpeg", "png"])
-    sizes = [tuple(int(v) for v in key.split("x")) for key in stats["sizes"]]
-    channels = [int(c) for c in stats["channels"]]
-    for name, kind in ((features.IMAGE, schema_pb2.BYTES), (features.ID, schema_pb2.BYTES),
-                       (features.SOURCE, schema_pb2.BYTES), (features.LABEL, schema_pb2.BYTES),
-                       (features.FORMAT, schema_pb2.BYTES), (features.HEIGHT, schema_pb2.INT),
-                       (features.WIDTH, schema_pb2.INT), (features.CHANNELS, schema_pb2.INT)):
-        feature = schema.feature.add(name=name, type=kind)
-        feature.presence.min_fraction = 1.0
-        feature.presence.min_count = 1
-        feature.value_count.min = feature.value_count.max = 1
-        if name in (features.LABEL, features.FORMAT):
-            feature.domain = name
-    bounds = {features.HEIGHT: [h for h, _ in sizes], features.WIDTH: [w for _, w in sizes],
-              features.CHANNELS: channels}
-    for feature in schema.feature:
-        if feature.name in bounds and bounds[feature.name]:
-            feature.int_domain.min = min(bounds[feature.name])
-            feature.int_domain.max = max(bounds[feature.name])
-    return schema
-
-
-def schema_to_text(schema) -> str:
-    from google.protobuf import text_format
-
-    return text_format.MessageToString(schema)
-
-
-def load_schema(path: str):
-    from google.protobuf import text_format
-    from tensorflow_metadata.proto.v0 import schema_pb2
-
-    if not fileio.exists(path):
-        raise ConfigError(f"validate.schema {path!r} not found; write one with "
-                          "`imgpipe schema infer CONFIG -o PATH` or remove the key to infer it.")
-    try:
-        return text_format.Parse(fileio.read_text(path), schema_pb2.Schema())
-    except text_format.ParseError as exc:
-        raise ConfigError(f"validate.schema {path}: not a TFMD Schema text proto ({exc}).") from exc
-
-
-def _domain(schema, name: str) -> list[str] | None:
-    for domain in schema.string_domain:
-        if domain.name == name:
-            return list(domain.value)
-    return None
-
-
-def _int_bounds(schema, name: str) -> tuple[int | None, int | None]:
-    for feature in schema.feature:
-        if feature.name == name and feature.HasField("int_domain"):
-            domain = feature.int_domain
-            return (domain.min if domain.HasField("min") else None,
-                    domain.max if domain.HasField("max") else None)
-    return None, None
 
 
 # --- checks ------------------------------------------------------------------------
@@ -99,7 +33,7 @@ def _anomaly(kind: str, feature: str, description: str, severity: str = ERROR) -
 
 def check_schema(stats: dict[str, Any], schema) -> list[dict[str, str]]:
     out = []
-    classes = _domain(schema, features.LABEL)
+    classes = domain(schema, features.LABEL)
     found = set(stats["class_names"])
     if classes is not None:
         unknown = sorted(found - set(classes))
@@ -111,14 +45,14 @@ def check_schema(stats: dict[str, Any], schema) -> list[dict[str, str]]:
         if missing:
             out.append(_anomaly("missing_class", features.LABEL,
                                 f"schema classes with no training images: {', '.join(missing)}"))
-    low, high = _int_bounds(schema, features.CHANNELS)
+    low, high = int_bounds(schema, features.CHANNELS)
     bad_channels = sorted(int(c) for c in stats["channels"]
                           if (low is not None and int(c) < low) or (high is not None and int(c) > high))
     if bad_channels:
         out.append(_anomaly("channels_out_of_range", features.CHANNELS,
                             f"channel counts {bad_channels} outside [{low}, {high}]"))
     for name, index in ((features.HEIGHT, 0), (features.WIDTH, 1)):
-        low, high = _int_bounds(schema, name)
+        low, high = int_bounds(schema, name)
         values = [int(key.split("x")[index]) for key in stats["sizes"]]
         outside = [v for v in values if (low is not None and v < low) or
                    (high is not None and v > high)]
@@ -248,6 +182,10 @@ def external_inputs(validate: ValidateConfig) -> dict[str, str]:
     return {}
 
 
+@step(name="validate", inputs={"statistics": artifacts.Statistics,
+                               "baseline_statistics": Maybe(artifacts.Statistics)},
+      outputs={"anomalies": artifacts.Anomalies, "schema": artifacts.Schema},
+      config=("validate",), external=external_inputs)
 def run(statistics: artifacts.Artifact, validate: ValidateConfig, anomalies: str, schema: str,
         baseline_statistics: artifacts.Artifact | None = None,
         producer: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -268,7 +206,7 @@ def run(statistics: artifacts.Artifact, validate: ValidateConfig, anomalies: str
 
     with artifacts.writing(schema, artifacts.Schema, producer) as writer:
         fileio.write_text(writer.file("schema.pbtxt"), schema_to_text(enforced))
-        writer.properties = {"origin": origin, "class_names": _domain(enforced, features.LABEL)}
+        writer.properties = {"origin": origin, "class_names": domain(enforced, features.LABEL)}
         writer.commit()
     with artifacts.writing(anomalies, artifacts.Anomalies, producer) as writer:
         body = {"anomalies": found, "near_duplicates": leak_report, "schema": origin,

@@ -16,11 +16,11 @@ import shutil
 from typing import Any, Iterable, Iterator, NamedTuple
 
 from components import artifacts, features, fileio, sources
+from components.artifacts import SPLITS
 from components.config import BeamConfig, DataConfig, IngestConfig
+from components.contract import step
 from components.errors import DataError
 from components.imaging import BadImage, check_image, content_id
-
-SPLITS = ("train", "eval")
 
 
 class Record(NamedTuple):
@@ -141,126 +141,55 @@ def _count_repeats(key_ids: tuple[str, Iterable[list[str]]]) -> tuple[str, int]:
     return split, sum(n - 1 for n in seen.values())
 
 
-def _build_pipeline(pipeline: Any, plan: sources.Plan, data: DataConfig, ingest: IngestConfig,
-                    examples_dir: str, stats_dir: str, parallel: bool) -> None:
-    """Records travel in per-unit, per-split batches (`Shard`s): Beam's per-element cost
-    (~10 us a hop) is paid once per shard except on the way into the TFRecord sink."""
-    import apache_beam as beam
+# --- the Beam pipeline: module-level functions (pickled by reference) ----------------
+
+
+def process_unit(unit: sources.WorkUnit, *, data: DataConfig, ingest: IngestConfig
+                 ) -> Iterator[Any]:
+    """Reads and checks every input of a work unit: one (split, [Record]) shard per
+    split, and a tagged quarantine entry per bad input. Array sources are decoded once
+    per process (`sources.load_arrays` keeps the last one)."""
+    from apache_beam import pvalue
 
     classes = frozenset(data.classes) if data.classes else None
     extensions = frozenset(e.lower().lstrip(".") for e in ingest.extensions)
+    arrays = None if unit.files else sources.load_arrays(unit.source)
+    by_split: dict[str, list[Record]] = {}
+    for item in sources.iter_unit(unit, arrays):
+        out = process_input(*item, max_pixels=ingest.max_pixels, classes=classes,
+                            eval_fraction=data.eval_fraction,
+                            extensions=extensions if unit.files else None)
+        if isinstance(out, Record):
+            by_split.setdefault(out.split, []).append(out)
+        else:
+            yield pvalue.TaggedOutput("quarantine", out)
+    for split, records in sorted(by_split.items()):
+        yield split, records
 
-    class ProcessUnit(beam.DoFn):
-        """Reads and checks every input of a work unit; yields one shard per split."""
 
-        def setup(self) -> None:
-            self._arrays: dict[tuple[str, str], Any] = {}
+def shard_stats(shard: tuple[str, list[Record]]) -> dict[str, Any]:
+    acc = _empty_stats()
+    for record in shard[1]:
+        _add(acc, record)
+    return acc
 
-        def process(self, unit: sources.WorkUnit):
-            arrays = None
-            if not unit.files:
-                key = (unit.source.kind, unit.source.location)
-                if key not in self._arrays:
-                    self._arrays[key] = sources.load_arrays(unit.source)
-                arrays = self._arrays[key]
-            by_split: dict[str, list[Record]] = {}
-            for item in sources.iter_unit(unit, arrays):
-                out = process_input(*item, max_pixels=ingest.max_pixels, classes=classes,
-                                    eval_fraction=data.eval_fraction,
-                                    extensions=extensions if unit.files else None)
-                if isinstance(out, Record):
-                    by_split.setdefault(out.split, []).append(out)
-                else:
-                    yield beam.pvalue.TaggedOutput("quarantine", out)
-            for split, records in sorted(by_split.items()):
-                yield split, records
 
-    class StatsFn(beam.CombineFn):
-        def create_accumulator(self):
-            return _empty_stats()
+def shard_ids(shard: tuple[str, list[Record]]) -> set[str]:
+    return {record.id for record in shard[1]}
 
-        def add_input(self, acc, shard):
-            for record in shard[1]:
-                _add(acc, record)
-            return acc
 
-        def merge_accumulators(self, accs):
-            return _merge(accs)
+def union_ids(sets: Iterable[set[str]]) -> set[str]:
+    return set().union(*sets)
 
-        def extract_output(self, acc):
-            return acc
 
-    processed = (pipeline
-                 | "Units" >> beam.Create(plan.units, reshuffle=parallel and len(plan.units) > 1)
-                 | "Check" >> beam.ParDo(ProcessUnit()).with_outputs("quarantine", main="shards"))
-    shards = processed.shards
-    if plan.splits_given:
-        train_ids = (shards
-                     | "TrainShards" >> beam.Filter(lambda shard: shard[0] == "train")
-                     | "TrainIdSet" >> beam.Map(lambda shard: {r.id for r in shard[1]})
-                     | "UnionIds" >> beam.CombineGlobally(
-                         lambda sets: set().union(*sets)).without_defaults())
-
-        def drop_leaks(shard, train):
-            split, records = shard
-            if split != "eval" or not train:
-                return shard, 0
-            kept = [r for r in records if r.id not in train]
-            return (split, kept), len(records) - len(kept)
-
-        checked = shards | "DropLeaks" >> beam.Map(
-            drop_leaks, train=beam.pvalue.AsSingleton(train_ids, default_value=set()))
-        shards = checked | "Kept" >> beam.Map(lambda pair: pair[0])
-        leaked_count = (checked | "LeakCounts" >> beam.Map(lambda pair: pair[1])
-                        | "SumLeaks" >> beam.CombineGlobally(sum))
-    else:
-        leaked_count = pipeline | "NoLeaks" >> beam.Create([0])
-
-    for split in SPLITS:
-        (shards
-         | f"Examples{split}" >> beam.FlatMap(
-             lambda shard, s=split: [r.example for r in shard[1]] if shard[0] == s else [])
-         | f"Write{split}" >> beam.io.WriteToTFRecord(
-             fileio.join(examples_dir, split, "part"), file_name_suffix=".tfrecord.gz",
-             num_shards=ingest.num_shards, compression_type=beam.io.filesystem.CompressionTypes.GZIP))
-
-    duplicates = (shards
-                  | "IdBuckets" >> beam.FlatMap(_id_buckets)
-                  | "GroupBuckets" >> beam.GroupByKey()
-                  | "Repeats" >> beam.Map(_count_repeats)
-                  | "PerSplit" >> beam.CombinePerKey(sum)
-                  | "DupDict" >> beam.combiners.ToDict())
-    quarantine = processed.quarantine
-    reasons = (quarantine
-               | "ReasonKind" >> beam.Map(lambda q: q["reason"].split(" (")[0].split(":")[0])
-               | "ReasonCount" >> beam.combiners.Count.PerElement()
-               | "ReasonDict" >> beam.combiners.ToDict())
-    stats = shards | "Stats" >> beam.CombineGlobally(StatsFn())
-
-    def finish(stats, duplicates, reasons, leaked):
-        stats = dict(stats)
-        stats["duplicates"] = duplicates
-        stats["quarantine_reasons"] = reasons
-        stats["eval_dropped_as_train_duplicates"] = leaked
-        return json.dumps(stats, sort_keys=True)
-
-    (stats
-     | "Finish" >> beam.Map(finish, beam.pvalue.AsSingleton(duplicates),
-                            beam.pvalue.AsSingleton(reasons),
-                            beam.pvalue.AsSingleton(leaked_count))
-     | "WriteStats" >> beam.io.WriteToText(fileio.join(stats_dir, "partial_stats"),
-                                           file_name_suffix=".json", shard_name_template=""))
-    (quarantine
-     | "QuarantineJson" >> beam.Map(lambda q: json.dumps(q, sort_keys=True))
-     | "WriteQuarantine" >> beam.io.WriteToText(fileio.join(stats_dir, "quarantine"),
-                                                file_name_suffix=".jsonl",
-                                                shard_name_template=""))
-    (shards
-     | "HashLines" >> beam.Map(lambda shard: "\n".join(
-         f"{r.id}\t{r.split}\t{r.label}\t{r.dhash:016x}" for r in shard[1]))
-     | "NonEmpty" >> beam.Filter(bool)
-     | "WriteHashes" >> beam.io.WriteToText(fileio.join(stats_dir, "hashes"),
-                                            file_name_suffix=".tsv", shard_name_template=""))
+def drop_train_copies(shard: tuple[str, list[Record]], train: set[str]
+                      ) -> tuple[tuple[str, list[Record]], int]:
+    """An eval shard without the images that are also in train, and how many went."""
+    split, records = shard
+    if split != "eval" or not train:
+        return shard, 0
+    kept = [r for r in records if r.id not in train]
+    return (split, kept), len(records) - len(kept)
 
 
 def _id_buckets(shard: tuple[str, list[Record]]) -> Iterator[tuple[tuple[str, str], list[str]]]:
@@ -271,6 +200,110 @@ def _id_buckets(shard: tuple[str, list[Record]]) -> Iterator[tuple[tuple[str, st
         buckets.setdefault(record.id[0], []).append(record.id)
     for bucket, ids in buckets.items():
         yield (split, bucket), ids
+
+
+def split_examples(shard: tuple[str, list[Record]], split: str) -> list[bytes]:
+    return [r.example for r in shard[1]] if shard[0] == split else []
+
+
+def hash_lines(shard: tuple[str, list[Record]]) -> str:
+    return "\n".join(f"{r.id}\t{r.split}\t{r.label}\t{r.dhash:016x}" for r in shard[1])
+
+
+def reason_kind(entry: dict[str, str]) -> str:
+    return entry["reason"].split(" (")[0].split(":")[0]
+
+
+def finish_stats(stats: dict[str, Any], duplicates: dict[str, int], reasons: dict[str, int],
+                 leaked: int) -> str:
+    return json.dumps(dict(stats, duplicates=duplicates, quarantine_reasons=reasons,
+                           eval_dropped_as_train_duplicates=leaked), sort_keys=True)
+
+
+def _check_inputs(pipeline: Any, plan: sources.Plan, data: DataConfig, ingest: IngestConfig,
+                  parallel: bool) -> tuple[Any, Any]:
+    """(shards, quarantine). Records travel in per-unit, per-split batches: Beam's
+    per-element cost (~10 us a hop) is paid once per shard except on the way into the
+    TFRecord sink."""
+    import apache_beam as beam
+
+    processed = (pipeline
+                 | "Units" >> beam.Create(plan.units, reshuffle=parallel and len(plan.units) > 1)
+                 | "Check" >> beam.FlatMap(process_unit, data=data, ingest=ingest)
+                 .with_outputs("quarantine", main="shards"))
+    return processed.shards, processed.quarantine
+
+
+def _drop_eval_copies(pipeline: Any, shards: Any, splits_given: bool) -> tuple[Any, Any]:
+    """(shards, number of eval images dropped as copies of train images). A hash split
+    puts identical images in one split already; given splits may not."""
+    import apache_beam as beam
+
+    if not splits_given:
+        return shards, pipeline | "NoLeaks" >> beam.Create([0])
+    train_ids = (shards
+                 | "TrainShards" >> beam.Filter(lambda shard: shard[0] == "train")
+                 | "TrainIdSet" >> beam.Map(shard_ids)
+                 | "UnionIds" >> beam.CombineGlobally(union_ids).without_defaults())
+    checked = shards | "DropLeaks" >> beam.Map(
+        drop_train_copies, train=beam.pvalue.AsSingleton(train_ids, default_value=set()))
+    kept = checked | "Kept" >> beam.Map(lambda pair: pair[0])
+    leaked = (checked | "LeakCounts" >> beam.Map(lambda pair: pair[1])
+              | "SumLeaks" >> beam.CombineGlobally(sum))
+    return kept, leaked
+
+
+def _write_examples(shards: Any, examples_dir: str, ingest: IngestConfig) -> None:
+    import apache_beam as beam
+
+    for split in artifacts.SPLITS:
+        (shards
+         | f"Examples{split}" >> beam.FlatMap(split_examples, split=split)
+         | f"Write{split}" >> beam.io.WriteToTFRecord(
+             fileio.join(examples_dir, split, "part"), file_name_suffix=".tfrecord.gz",
+             num_shards=ingest.num_shards,
+             compression_type=beam.io.filesystem.CompressionTypes.GZIP))
+
+
+def _write_statistics(shards: Any, quarantine: Any, leaked: Any, stats_dir: str) -> None:
+    """partial_stats.json (summarized after the pipeline), quarantine.jsonl, hashes.tsv."""
+    import apache_beam as beam
+
+    duplicates = (shards
+                  | "IdBuckets" >> beam.FlatMap(_id_buckets)
+                  | "GroupBuckets" >> beam.GroupByKey()
+                  | "Repeats" >> beam.Map(_count_repeats)
+                  | "PerSplit" >> beam.CombinePerKey(sum)
+                  | "DupDict" >> beam.combiners.ToDict())
+    reasons = (quarantine
+               | "ReasonKind" >> beam.Map(reason_kind)
+               | "ReasonCount" >> beam.combiners.Count.PerElement()
+               | "ReasonDict" >> beam.combiners.ToDict())
+    (shards
+     | "ShardStats" >> beam.Map(shard_stats)
+     | "Stats" >> beam.CombineGlobally(_merge)
+     | "Finish" >> beam.Map(finish_stats, beam.pvalue.AsSingleton(duplicates),
+                            beam.pvalue.AsSingleton(reasons), beam.pvalue.AsSingleton(leaked))
+     | "WriteStats" >> beam.io.WriteToText(fileio.join(stats_dir, "partial_stats"),
+                                           file_name_suffix=".json", shard_name_template=""))
+    (quarantine
+     | "QuarantineJson" >> beam.Map(lambda q: json.dumps(q, sort_keys=True))
+     | "WriteQuarantine" >> beam.io.WriteToText(fileio.join(stats_dir, "quarantine"),
+                                                file_name_suffix=".jsonl",
+                                                shard_name_template=""))
+    (shards
+     | "HashLines" >> beam.Map(hash_lines)
+     | "NonEmpty" >> beam.Filter(bool)
+     | "WriteHashes" >> beam.io.WriteToText(fileio.join(stats_dir, "hashes"),
+                                            file_name_suffix=".tsv", shard_name_template=""))
+
+
+def _build_pipeline(pipeline: Any, plan: sources.Plan, data: DataConfig, ingest: IngestConfig,
+                    examples_dir: str, stats_dir: str, parallel: bool) -> None:
+    shards, quarantine = _check_inputs(pipeline, plan, data, ingest, parallel)
+    shards, leaked = _drop_eval_copies(pipeline, shards, plan.splits_given)
+    _write_examples(shards, examples_dir, ingest)
+    _write_statistics(shards, quarantine, leaked, stats_dir)
 
 
 def _summarize(raw: dict[str, Any], num_inputs: int) -> dict[str, Any]:
@@ -307,6 +340,8 @@ def _summarize(raw: dict[str, Any], num_inputs: int) -> dict[str, Any]:
     }
 
 
+@step(name="ingest", outputs={"examples": artifacts.Examples, "statistics": artifacts.Statistics},
+      config=("data", "ingest"), beam=("runner",), external=external_inputs)
 def run(data: DataConfig, ingest: IngestConfig, beam: BeamConfig, examples: str,
         statistics: str, producer: dict[str, Any] | None = None) -> dict[str, Any]:
     """Ingests `data.source` into an Examples artifact and a Statistics artifact."""

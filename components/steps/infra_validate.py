@@ -5,7 +5,7 @@ The probe calls `serving_default` (serialized raw examples) and `serving_images`
 (encoded image bytes) on a few eval examples and checks output shapes, that the
 probabilities are finite and sum to 1, that class names belong to the label
 vocabulary, that both signatures agree, and that one batch stays within
-`evaluate.latency_budget_ms`. A model that fails is not pushed; the reason is kept.
+`infra_validate.latency_budget_ms`. A model that fails is not pushed; the reason is kept.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import sys
 from typing import Any
 
 from components import artifacts, features, fileio
-from components.config import EvaluateConfig
+from components.config import InfraValidateConfig
+from components.contract import step
 
 PROBE_EXAMPLES = 16
 
@@ -113,15 +114,18 @@ def verdict(report: dict[str, Any], batch: int, vocabulary: list[str],
                             f"{sorted(unknown)[:5]}")
         if report.get(name + "_ms", 0) > budget_ms:
             problems.append(f"{name} took {report[name + '_ms']:.0f} ms for {batch} examples, "
-                            f"over the {budget_ms:.0f} ms budget (evaluate.latency_budget_ms)")
+                            f"over the {budget_ms:.0f} ms budget (infra_validate.latency_budget_ms)")
     disagreement = report.get("max_signature_disagreement")
     if disagreement is not None and disagreement > 1e-4:
         problems.append(f"serving_default and serving_images disagree by {disagreement:.3g}")
     return problems
 
 
+@step(name="infra_validate",
+      inputs={"trained_model": artifacts.Model, "examples": artifacts.Examples},
+      outputs={"infra_blessing": artifacts.Blessing}, config=("infra_validate",), gate="passed")
 def run(trained_model: artifacts.Artifact, examples: artifacts.Artifact,
-        evaluate: EvaluateConfig, infra_blessing: str,
+        infra_validate: InfraValidateConfig, infra_blessing: str,
         producer: dict[str, Any] | None = None) -> dict[str, Any]:
     """Writes a Blessing (kind infra) with the probe report and the verdict."""
     files = features.split_files(examples, "eval")
@@ -129,7 +133,7 @@ def run(trained_model: artifacts.Artifact, examples: artifacts.Artifact,
     images = cols[features.IMAGE]
     report = probe(trained_model.path("saved_model"), serialized, images)
     problems = verdict(report, len(serialized), trained_model.properties["label_vocabulary"],
-                       evaluate.latency_budget_ms)
+                       infra_validate.latency_budget_ms)
     passed = not problems
     reason = "served both signatures in a fresh process" if passed else "; ".join(problems)
     with artifacts.writing(infra_blessing, artifacts.Blessing, producer) as writer:

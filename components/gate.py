@@ -1,0 +1,76 @@
+"""The statistical gate against the baseline: both models' per-example correctness on
+the same eval examples gives a paired bootstrap interval for the accuracy difference
+and McNemar's exact test; `gate_check` turns them into the blessing's check."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from components.config import EvaluateConfig
+
+
+def paired_comparison(candidate_ok: np.ndarray, baseline_ok: np.ndarray, samples: int,
+                      confidence: float, seed: int = 0) -> dict[str, Any]:
+    """Accuracy difference (candidate - baseline) with a paired bootstrap interval and
+    McNemar's exact two-sided p-value on the discordant pairs."""
+    n = len(candidate_ok)
+    diff = candidate_ok.astype(np.float64) - baseline_ok.astype(np.float64)
+    rng = np.random.default_rng(seed)
+    means = np.empty(samples)
+    for start in range(0, samples, 256):  # chunks keep memory flat on large eval sets
+        idx = rng.integers(0, n, size=(min(256, samples - start), n))
+        means[start:start + len(idx)] = diff[idx].mean(axis=1)
+    alpha = (1.0 - confidence) / 2
+    low, high = np.quantile(means, [alpha, 1.0 - alpha])
+    b = int(np.sum(candidate_ok & ~baseline_ok))   # candidate right, baseline wrong
+    c = int(np.sum(~candidate_ok & baseline_ok))
+    k, m = min(b, c), b + c
+    p = 1.0 if m == 0 else min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2 ** m)
+    return {"examples": n, "candidate_accuracy": float(candidate_ok.mean()),
+            "baseline_accuracy": float(baseline_ok.mean()), "difference": float(diff.mean()),
+            "ci_low": float(low), "ci_high": float(high), "confidence": confidence,
+            "bootstrap_samples": samples, "candidate_only_correct": b,
+            "baseline_only_correct": c, "mcnemar_p": p}
+
+
+def compare(labels: list[str], predicted: list[str], base_predicted: list[str],
+            cfg: EvaluateConfig, base_ref: str | None) -> dict[str, Any]:
+    """The paired comparison of candidate and baseline on the same examples, with the
+    per-class recall of each."""
+    candidate_ok = np.array([p == t for p, t in zip(predicted, labels)], dtype=bool)
+    base_ok = np.array([p == t for p, t in zip(base_predicted, labels)], dtype=bool)
+    comparison = paired_comparison(candidate_ok, base_ok, cfg.bootstrap_samples, cfg.confidence)
+    recalls = class_recalls(labels, predicted)
+    comparison["baseline"] = base_ref
+    comparison["class_recall"] = {name: {"candidate": recalls[name], "baseline": value}
+                                  for name, value in class_recalls(labels, base_predicted).items()}
+    return comparison
+
+
+def gate_check(comparison: dict[str, Any], cfg: EvaluateConfig, base_ref: str
+               ) -> dict[str, Any]:
+    """'Not worse than the baseline': the accuracy difference (point estimate, or the
+    lower bound of its bootstrap interval with `gate: lower_bound`) must be at least
+    minus the accuracy threshold's `max_drop` (0 when none is set)."""
+    accuracy = cfg.thresholds.get("accuracy")
+    drop = (accuracy.max_drop if accuracy else None) or 0.0
+    measured = comparison["difference"] if cfg.gate == "point" else comparison["ci_low"]
+    how = "point estimate" if cfg.gate == "point" else \
+        f"lower bound of the {cfg.confidence:.0%} CI"
+    return {"check": f"accuracy not worse than {base_ref} ({how})",
+            "source": "paired bootstrap", "value": measured, "bound": {"min": -drop},
+            "verdict": "pass" if measured >= -drop else "fail",
+            "detail": f"difference {comparison['difference']:+.4f}, {cfg.confidence:.0%} CI "
+                      f"[{comparison['ci_low']:+.4f}, {comparison['ci_high']:+.4f}], "
+                      f"McNemar p={comparison['mcnemar_p']:.3g}"}
+
+
+def class_recalls(labels: list[str], predicted: list[str]) -> dict[str, float]:
+    out = {}
+    for name in sorted(set(labels)):
+        idx = [i for i, label in enumerate(labels) if label == name]
+        out[name] = sum(predicted[i] == name for i in idx) / len(idx)
+    return out

@@ -1,0 +1,161 @@
+"""Cache keys of the local runner, and why a key missed.
+
+A step's key covers its code, the config it reads, the Beam options that change its
+output, the fingerprints of its input artifacts and of the files it reads that no step
+produces, and what the runner resolved for it (the baseline's identity). The code part
+is derived from the modules the step imports inside the project, transitively (found
+by reading their import statements, also those inside functions), plus the versions of
+the libraries that compute the results: a change to any helper a step uses changes
+its key, and nothing else does.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+import importlib.metadata
+import importlib.util
+import os
+from typing import Any
+
+from components import artifacts, runtime
+
+PROJECT_PACKAGES = ("components", "pipeline")
+# Libraries whose versions change what a step computes.
+LIBRARIES = ("tensorflow", "keras", "tensorflow-transform", "tensorflow-model-analysis",
+             "apache-beam", "numpy", "pillow")
+
+
+# --- code fingerprint -------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=16)
+def _package_dir(top: str) -> str | None:
+    spec = importlib.util.find_spec(top)   # a top-level name: nothing is imported
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return list(spec.submodule_search_locations)[0]
+
+
+def _origin(module: str) -> str | None:
+    """The source file of a project module, found on disk without importing anything
+    (importing would run module code just to compute a key)."""
+    top, *rest = module.split(".")
+    base = _package_dir(top)
+    if base is None:
+        return None
+    path = os.path.join(base, *rest)
+    for candidate in (os.path.join(path, "__init__.py"), path + ".py"):
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def _is_module(name: str) -> bool:
+    return _origin(name) is not None
+
+
+@functools.lru_cache(maxsize=512)
+def _parse(path: str, mtime_ns: int, size: int) -> tuple[str, tuple[str, ...]]:
+    """(content hash, project modules imported anywhere in the file). Cached per file
+    version, so an edited file is read again."""
+    with open(path, "rb") as handle:
+        source = handle.read()
+    found = []
+    for item in ast.walk(ast.parse(source, path)):
+        if isinstance(item, ast.Import):
+            found.extend(alias.name for alias in item.names)
+        elif isinstance(item, ast.ImportFrom) and item.module and item.level == 0:
+            found.append(item.module)
+            # `from components import features` imports the module components.features
+            found.extend(f"{item.module}.{alias.name}" for alias in item.names)
+    wanted = tuple(sorted({name for name in found
+                           if name.split(".")[0] in PROJECT_PACKAGES and _is_module(name)}))
+    return hashlib.sha256(source).hexdigest(), wanted
+
+
+def _file_info(module: str) -> tuple[str, tuple[str, ...]]:
+    path = _origin(module)
+    if path is None:
+        return f"{module}:missing", ()
+    st = os.stat(path)
+    return _parse(path, st.st_mtime_ns, st.st_size)
+
+
+def code_modules(module: str) -> list[str]:
+    """The project modules `module` depends on through imports (itself included),
+    with their parent packages (whose __init__ runs on import)."""
+    seen: set[str] = set()
+    frontier = [module]
+    while frontier:
+        name = frontier.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        parts = name.split(".")
+        frontier.extend(".".join(parts[:i]) for i in range(1, len(parts)))
+        frontier.extend(_file_info(name)[1])
+    return sorted(seen)
+
+
+def code_fingerprint(module: str) -> dict[str, Any]:
+    """The code part of a step's key: a hash over its modules' sources, the package
+    and library versions, and the module list (so a miss can name what changed)."""
+    modules = code_modules(module)
+    digest = hashlib.sha256()
+    for name in modules:
+        digest.update(f"{name}\0{_file_info(name)[0]}\0".encode())
+    return {"source": digest.hexdigest(), "version": runtime.package_version(),
+            "libraries": library_versions(),
+            "modules": {name: _file_info(name)[0][:12] for name in modules}}
+
+
+@functools.lru_cache(maxsize=1)
+def library_versions() -> dict[str, str]:
+    out = {}
+    for name in LIBRARIES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+# --- keys and misses ----------------------------------------------------------------------
+
+
+def key(parts: dict[str, Any]) -> str:
+    return artifacts.fingerprint_json(parts)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    if isinstance(value, str) and len(value) == 64:
+        text = value[:12]  # a hash: the prefix is enough to tell them apart
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def explain_miss(parts: dict[str, Any], previous: Any) -> str:
+    """Why a step has to run: which parts of its key differ from its last execution
+    (`previous`: an Execution with `key_parts`, `id` and `run_id`, or None)."""
+    from pipeline.config import flatten
+
+    if previous is None:
+        return "no earlier execution of this step"
+    old, new = flatten(previous.key_parts), flatten(parts)
+    if "code.modules" not in old:
+        # An execution recorded before module-level code keys: its hash is not comparable.
+        old = {k: v for k, v in old.items() if not k.startswith("code.")}
+        new = {k: v for k, v in new.items() if not k.startswith("code.")}
+        if old == new:
+            return f"the code key of run {previous.run_id} predates per-module hashes"
+    changes = []
+    for name in sorted(set(old) | set(new)):
+        if name == "code.source":
+            continue  # the module entries name what changed
+        if old.get(name) != new.get(name):
+            changes.append(f"{name}: {_short(old.get(name))} -> {_short(new.get(name))}")
+    if not changes:
+        return f"outputs of execution {previous.id} (run {previous.run_id}) no longer verify"
+    return f"changed since run {previous.run_id}: " + "; ".join(changes)

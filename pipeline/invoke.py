@@ -1,0 +1,212 @@
+"""Invocation: the one place a DAG step + config + input artifacts becomes a call.
+
+The local runner and the KFP components are peers that both call steps through here:
+
+1. `step_config(node, config)`: the config a step reads, as plain JSON (its sections,
+   the `beam` section for Beam steps, the sections it records). This is all a step
+   ever sees of the config; on KFP it is the task's config parameter.
+2. `Context`: what resolving references needs (the model name, the registry root and
+   baseline alias, the local metadata store when there is one).
+3. `resolve(node, step_cfg, context)`: typed sections with references resolved
+   (`model.weights: run:ID | NAME@ALIAS | NAME:VERSION` -> that model's Keras file)
+   and the values the runner resolves for the step (the registry baseline), each
+   with an identity that goes into the cache key.
+4. `call(node, resolved, inputs, outputs, producer, scratch)`: the step function.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from components import artifacts, contract, fileio
+from components.config import Section
+from components.errors import ConfigError
+from pipeline import config as config_lib
+from pipeline.dag import Node
+
+BEAM = "beam"
+RECORD = "record"
+
+
+# --- 1. the config a step reads ------------------------------------------------------
+
+
+def step_config(node: Node, config: config_lib.PipelineConfig) -> dict[str, Any]:
+    """{section: {...}} for every section the step reads (plus `beam` for Beam steps
+    and `record` for the sections it only records). `push.model_name` is filled in
+    from the pipeline name here, its one fallback."""
+    spec = node.spec
+    out: dict[str, Any] = {}
+    for name in spec.config:
+        out[name] = config.section(name).model_dump(mode="json", by_alias=True)
+        if name == "push":
+            out[name]["model_name"] = config.model_name
+    if spec.beam:
+        out[BEAM] = config.beam.model_dump(mode="json")
+    if spec.record:
+        out[RECORD] = {name: config.section(name).model_dump(mode="json", by_alias=True)
+                       for name in spec.record}
+    return out
+
+
+def keyed_config(node: Node, step_cfg: dict[str, Any]) -> dict[str, Any]:
+    """The part of a step's config that decides its output (the cache key): its
+    sections and only the declared `beam` keys (worker counts do not change results)."""
+    out = {name: step_cfg[name] for name in node.spec.config}
+    if node.spec.beam:
+        out[BEAM] = {key: step_cfg[BEAM].get(key) for key in node.spec.beam}
+    return out
+
+
+# --- 2. what resolution needs ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where references resolve: the registry (baselines, NAME@ALIAS weights) and, for
+    the local runner, the metadata store (run:ID weights, previous runs)."""
+
+    model_name: str
+    registry_root: str
+    baseline_alias: str
+    store: Any = field(default=None, compare=False)
+
+    @classmethod
+    def from_config(cls, config: config_lib.PipelineConfig, store: Any = None) -> "Context":
+        return cls(config.model_name, config.push.destination, config.push.baseline_alias,
+                   store)
+
+    def to_json(self) -> str:
+        return json.dumps({"model_name": self.model_name, "registry_root": self.registry_root,
+                           "baseline_alias": self.baseline_alias}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Context":
+        return cls(**json.loads(text))
+
+
+# --- 3. resolution ----------------------------------------------------------------------
+
+
+@dataclass
+class Resolved:
+    """A step's typed sections and runner-resolved values, with identities for the key."""
+
+    sections: dict[str, Section]
+    values: dict[str, Any]                  # parameter -> value (e.g. baseline dir or None)
+    identities: dict[str, Any]              # what the key records for each resolution
+    beam: Section | None = None
+    record: dict[str, Any] | None = None
+
+
+def needs_context(node: Node, step_cfg: dict[str, Any]) -> bool:
+    """Whether resolving the step's references needs a Context: it asks for the
+    baseline, or its model weights name a registry version or a run."""
+    from components.registry import is_reference
+
+    weights = step_cfg.get("model", {}).get("weights") or ""
+    return bool(node.spec.resolved) or weights.startswith("run:") or is_reference(weights)
+
+
+def resolve(node: Node, step_cfg: dict[str, Any], context: Context | None) -> Resolved:
+    """Typed sections and resolved values; `context` may be None only when the step
+    needs none (`needs_context`)."""
+    spec = node.spec
+    if context is None and needs_context(node, step_cfg):
+        raise ConfigError(f"step {spec.name} resolves references (the registry baseline or "
+                          "model.weights) but was given no context.")
+    types = config_lib.section_types()
+    sections: dict[str, Section] = {}
+    identities: dict[str, Any] = {}
+    for name in spec.config:
+        section = types[name].model_validate(step_cfg[name])
+        if name == "model" and section.weights:
+            path = resolve_weights(section.weights, context)
+            if path != section.weights:
+                identities["model.weights"] = section.weights
+                section = section.model_copy(update={"weights": path})
+        sections[name] = section
+    values: dict[str, Any] = {}
+    for param, what in spec.resolved.items():
+        if what == contract.BASELINE_MODEL:
+            version = baseline_version(context)
+            values[param] = version.path if version else None
+            # The baseline's identity, not its path: a new production model reruns the
+            # evaluation, the same one keeps it cached.
+            identities[param] = (f"{version.ref} {artifacts.fingerprint_json(version.card)}"
+                                 if version else None)
+    beam = types[BEAM].model_validate(step_cfg[BEAM]) if spec.beam else None
+    return Resolved(sections, values, identities, beam, step_cfg.get(RECORD))
+
+
+def baseline_version(context: Context):
+    """The registry version holding the baseline alias for the pipeline's model, or None."""
+    from components.registry import Registry
+
+    return Registry(context.registry_root).holder(context.model_name, context.baseline_alias)
+
+
+def resolve_weights(weights: str, context: Context) -> str:
+    """`run:RUN_ID` -> that run's trained Keras model (needs the local metadata store);
+    `NAME@ALIAS` / `NAME:VERSION` -> the pushed version's; anything else (imagenet, a
+    file) is returned as is."""
+    if weights.startswith("run:"):
+        run_id = weights[4:]
+        store = context.store
+        if store is None:
+            raise ConfigError(f"model.weights {weights} needs the local metadata store; "
+                              "on Kubeflow/Vertex use a pushed model (NAME@ALIAS).")
+        record = store.run_output(run_id, "train", "trained_model")
+        if record is None:
+            raise ConfigError(f"model.weights {weights}: no unique run {run_id!r} with a trained "
+                              f"model in {store.path}; list runs with `imgpipe runs list`.")
+        return fileio.join(record.uri, "model.keras")
+    if weights == "imagenet" or fileio.exists(weights):
+        return weights
+    from components.registry import Registry, is_reference
+
+    if is_reference(weights):
+        version = Registry(context.registry_root).resolve(weights)
+        return fileio.join(version.path, "model.keras")
+    raise ConfigError(f"model.weights {weights!r} is not a file, 'imagenet', run:RUN_ID or a "
+                      "pushed model reference (NAME@ALIAS, NAME:VERSION).")
+
+
+def external_fingerprints(node: Node, resolved: Resolved) -> dict[str, str]:
+    """Fingerprints of what the step reads that no step produces (its `external`)."""
+    if node.spec.external is None:
+        return {}
+    return node.spec.external(**resolved.sections)
+
+
+# --- 4. the call ------------------------------------------------------------------------
+
+
+def call(node: Node, resolved: Resolved, inputs: dict[str, artifacts.Artifact | None],
+         outputs: dict[str, str], producer: dict[str, Any], scratch: str | None = None) -> Any:
+    """Calls the step function with exactly the parameters its contract declares."""
+    spec = node.spec
+    kwargs: dict[str, Any] = {param: inputs.get(param) for param in spec.inputs}
+    missing = [p for p in spec.inputs if kwargs[p] is None and not spec.is_optional(p)]
+    if missing:
+        raise ConfigError(f"step {spec.name} lacks its input(s) {', '.join(missing)}.")
+    kwargs.update(resolved.sections)
+    kwargs.update(resolved.values)
+    kwargs.update(outputs)
+    if spec.beam:
+        kwargs[BEAM] = resolved.beam
+    if spec.record:
+        kwargs["recorded_config"] = resolved.record
+    if spec.scratch:
+        kwargs["scratch"] = scratch
+    kwargs[contract.PRODUCER] = producer
+    return spec.fn(**kwargs)
+
+
+def gate_value(node: Node, summary: dict[str, Any] | None) -> bool:
+    """The step's gate (blessed, passed); True for steps without one."""
+    if node.spec.gate is None:
+        return True
+    return bool((summary or {}).get(node.spec.gate))

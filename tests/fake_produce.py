@@ -1,1 +1,0 @@
-from tests.fake_steps import produce as run  # noqa: F401

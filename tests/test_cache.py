@@ -1,0 +1,128 @@
+"""Cache keys follow the code a step imports; reuse verifies the artifact's content."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import pytest
+
+from components import artifacts, fileio
+from pipeline import cache, dag
+from pipeline.local import LocalRunner
+from tests import fake_steps
+
+PACKAGE = {
+    "__init__.py": "",
+    "helper_a.py": "VALUE = 1\n",
+    "helper_b.py": "VALUE = 2\n",
+    "shared.py": "def f():\n    return 0\n",
+    "step_a.py": ("from fakeproj import shared\n\n\ndef run():\n"
+                  "    from fakeproj.helper_a import VALUE  # imported where it is used\n"
+                  "    return VALUE + shared.f()\n"),
+    "step_b.py": "import fakeproj.helper_b\nfrom fakeproj import shared\n",
+}
+
+
+@pytest.fixture
+def fakeproj(tmp_path, monkeypatch):
+    root = tmp_path / "src"
+    (root / "fakeproj").mkdir(parents=True)
+    for name, text in PACKAGE.items():
+        (root / "fakeproj" / name).write_text(text)
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.setattr(cache, "PROJECT_PACKAGES", ("fakeproj",))
+    yield root / "fakeproj"
+    for name in [m for m in sys.modules if m.startswith("fakeproj")]:
+        del sys.modules[name]
+
+
+def _touch_edit(path, text):
+    path.write_text(text)
+    stat = os.stat(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+
+
+def test_code_fingerprint_follows_imports(fakeproj):
+    assert cache.code_modules("fakeproj.step_a") == [
+        "fakeproj", "fakeproj.helper_a", "fakeproj.shared", "fakeproj.step_a"]
+    a, b = cache.code_fingerprint("fakeproj.step_a"), cache.code_fingerprint("fakeproj.step_b")
+    _touch_edit(fakeproj / "helper_a.py", "VALUE = 10\n")    # only step_a uses it
+    a2, b2 = cache.code_fingerprint("fakeproj.step_a"), cache.code_fingerprint("fakeproj.step_b")
+    assert a2["source"] != a["source"] and b2["source"] == b["source"]
+    assert a2["modules"]["fakeproj.helper_a"] != a["modules"]["fakeproj.helper_a"]
+    _touch_edit(fakeproj / "shared.py", "def f():\n    return 1\n")   # both use it
+    assert cache.code_fingerprint("fakeproj.step_a")["source"] != a2["source"]
+    assert cache.code_fingerprint("fakeproj.step_b")["source"] != b2["source"]
+
+
+def test_real_steps_key_on_the_helpers_they_use():
+    ingest = cache.code_modules(dag.get("ingest").spec.module)
+    train = cache.code_modules(dag.get("train").spec.module)
+    # ingest encodes every example with components.features (the old hand-kept list
+    # missed it); train never reads sources
+    assert {"components.features", "components.sources", "components.imaging"} <= set(ingest)
+    assert "components.sources" not in train and "components.training" in train
+
+
+def _artifact(tmp_path):
+    with artifacts.writing(str(tmp_path / "a"), "Model") as writer:
+        os.makedirs(writer.file("saved_model", "variables"))
+        for rel, data in (("saved_model/saved_model.pb", b"graph"),
+                          ("saved_model/variables/variables.data", b"weights" * 100)):
+            with open(writer.file(rel), "wb") as handle:
+                handle.write(data)
+        return writer.commit()
+
+
+def test_verify_notices_missing_truncated_and_altered_files(tmp_path):
+    art = _artifact(tmp_path)
+    assert set(art.files) == {"saved_model/saved_model.pb", "saved_model/variables/variables.data"}
+    problems, verified = artifacts.verify(art)
+    assert problems == [] and set(verified) == set(art.files)
+    data = tmp_path / "a" / "saved_model" / "variables" / "variables.data"
+    data.write_bytes(b"weights" * 100 + b"!")
+    assert artifacts.verify(art)[0] == [
+        "saved_model/variables/variables.data changed size since it was written "
+        "(700 -> 701 bytes)"]
+    data.write_bytes(b"WEIGHTS" * 100)
+    assert "content differs" in artifacts.verify(art)[0][0]
+    data.unlink()
+    assert artifacts.verify(art)[0] == ["saved_model/variables/variables.data is missing"]
+
+
+def test_verify_does_not_reread_unchanged_files(tmp_path, monkeypatch):
+    art = _artifact(tmp_path)
+    _, known = artifacts.verify(art)
+    reads = []
+    real = fileio.hash_file
+    monkeypatch.setattr(fileio, "hash_file", lambda path, *a: reads.append(path) or real(path))
+    assert artifacts.verify(art, known) == ([], known)
+    assert reads == []
+    time.sleep(0.01)
+    (tmp_path / "a" / "saved_model" / "saved_model.pb").write_bytes(b"graph")  # same bytes
+    problems, again = artifacts.verify(art, known)
+    assert problems == [] and reads == [str(tmp_path / "a" / "saved_model" / "saved_model.pb")]
+    assert again != known
+
+
+def test_a_damaged_cached_output_reruns_and_says_why(tmp_path, make_config):
+    steps = (dag.node(fake_steps.produce), dag.node(fake_steps.consume, examples="produce.examples"))
+    cfg = make_config(data={"source": "a"})
+
+    def run():
+        return LocalRunner(cfg, str(tmp_path), log=lambda _: None, steps=steps).run()
+
+    first = run()
+    stats = first.steps[1].outputs["statistics"]
+    with open(os.path.join(stats, "stats.json"), "a") as handle:
+        handle.write(" ")
+    fake_steps.CALLS.clear()
+    second = run()
+    assert [s.status for s in second.steps] == ["cached", "ran"]
+    assert fake_steps.CALLS == ["consume"]
+    assert "no longer verifies: statistics: stats.json changed size" in second.steps[1].decision
+    third = run()
+    assert [s.status for s in third.steps] == ["cached", "cached"]
+    assert third.steps[1].outputs == second.steps[1].outputs
