@@ -7,8 +7,9 @@ import os
 from components.config import BeamConfig
 
 # Measured with bench/ingest.py on 2 cores: below this many inputs the DirectRunner's
-# multi-process mode loses more to worker start-up and pickling than it gains.
-MULTIPROCESS_MIN_INPUTS = 20_000
+# multi-process mode loses more to worker start-up and pickling than it gains (ingest,
+# transform, evaluate; `imgpipe predict` switches to a Beam job at the same size).
+PARALLEL_MIN_INPUTS = 20_000
 
 
 def pipeline_args(beam: BeamConfig, num_inputs: int | None = None) -> list[str]:
@@ -16,7 +17,7 @@ def pipeline_args(beam: BeamConfig, num_inputs: int | None = None) -> list[str]:
     unless the config sets `direct_running_mode` itself."""
     args = beam.pipeline_args()
     if beam.runner == "DirectRunner" and "direct_running_mode" not in beam.options:
-        big = num_inputs is not None and num_inputs >= MULTIPROCESS_MIN_INPUTS
+        big = num_inputs is not None and num_inputs >= PARALLEL_MIN_INPUTS
         if big:
             args.append("--direct_running_mode=multi_processing")
             if "direct_num_workers" not in beam.options:

@@ -11,6 +11,12 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 BUILTIN_PREFIX = "builtin:"
+BUILTIN_DATASETS = ("fonts", "digits", "fashion_mnist")
+# Image files accepted from folders and manifests (ingest) and found in folders (predict).
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "bmp", "webp")
+# Decompression-bomb guard for ingest and predict alike.
+MAX_PIXELS = 50_000_000
+MODEL_KINDS = ("logistic", "dense", "mlp", "hidden1", "dnn", "cnn", "deep_cnn", "transfer")
 
 
 class Section(BaseModel):
@@ -56,12 +62,12 @@ class IngestConfig(Section):
 
     max_bad_fraction: float = Field(0.05, ge=0.0, le=1.0,
                                     description="Fail when quarantined / total exceeds this.")
-    max_pixels: int = Field(50_000_000, gt=0,
+    max_pixels: int = Field(MAX_PIXELS, gt=0,
                             description="Images with more pixels are quarantined "
                                         "(decompression-bomb guard).")
     num_shards: int = Field(0, ge=0, description="TFRecord shards per split; 0 lets the "
                                                  "runner choose (no extra shuffle).")
-    extensions: list[str] = Field(["jpg", "jpeg", "png", "gif", "bmp", "webp"],
+    extensions: list[str] = Field(list(IMAGE_EXTENSIONS),
                                   description="Image file extensions accepted from folders "
                                               "and manifests; other files are quarantined.")
 
@@ -100,7 +106,7 @@ class TransformConfig(Section):
                                                 "the trainer apply the graph in tf.data.")
 
 
-ModelKind = Literal["logistic", "dense", "mlp", "hidden1", "dnn", "cnn", "deep_cnn", "transfer"]
+ModelKind = Literal[MODEL_KINDS]
 
 
 class ModelConfig(Section):

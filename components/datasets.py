@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from components.config import BUILTIN_DATASETS
 from components.errors import DataError
 
 FONT_FILES = ("DejaVuSans", "DejaVuSerif", "DejaVuSansMono", "cmtt10", "DejaVuSans-BoldOblique")
@@ -34,7 +35,25 @@ FASHION_CLASSES = ("tshirt_top", "trouser", "pullover", "dress", "coat", "sandal
 FASHION_DIRS = ("/usr/share/datasets/fashion-mnist",
                 os.path.expanduser("~/.keras/datasets/fashion-mnist"))
 
-NAMES = ("fonts", "digits", "fashion_mnist")
+# MNIST-style IDX files: PREFIX-images-idx3-ubyte[.gz] next to PREFIX-labels-idx1-ubyte[.gz];
+# the prefixes t10k and test mean the eval split.
+IDX_IMAGES = "images-idx3-ubyte"
+IDX_LABELS = "labels-idx1-ubyte"
+IDX_EVAL_PREFIXES = ("t10k", "test")
+
+
+def is_idx_images(name: str) -> bool:
+    return IDX_IMAGES in name
+
+
+def idx_labels_path(images_path: str) -> str:
+    """The labels file that belongs to an IDX images file."""
+    return images_path.replace(IDX_IMAGES, IDX_LABELS)
+
+
+def idx_split(images_path: str) -> str:
+    prefix = os.path.basename(images_path).split(f"-{IDX_IMAGES}")[0]
+    return "eval" if prefix in IDX_EVAL_PREFIXES else "train"
 
 
 @dataclass(frozen=True)
@@ -121,8 +140,8 @@ def read_idx(path: str) -> np.ndarray:
 
 def _idx_pair(directory: str, prefix: str) -> tuple[str, str] | None:
     for suffix in (".gz", ""):
-        images = os.path.join(directory, f"{prefix}-images-idx3-ubyte{suffix}")
-        labels = os.path.join(directory, f"{prefix}-labels-idx1-ubyte{suffix}")
+        images = os.path.join(directory, f"{prefix}-{IDX_IMAGES}{suffix}")
+        labels = idx_labels_path(images)
         if os.path.isfile(images) and os.path.isfile(labels):
             return images, labels
     return None
@@ -130,7 +149,7 @@ def _idx_pair(directory: str, prefix: str) -> tuple[str, str] | None:
 
 def fashion_mnist_dir() -> str | None:
     for directory in FASHION_DIRS:
-        if _idx_pair(directory, "train") and _idx_pair(directory, "t10k"):
+        if _idx_pair(directory, "train") and _idx_pair(directory, IDX_EVAL_PREFIXES[0]):
             return directory
     return None
 
@@ -152,7 +171,7 @@ def load_fashion_mnist(download: bool = True) -> ArrayDataset:
             "or download it once with internet access via "
             "keras.datasets.fashion_mnist.load_data() (files in ~/.keras/datasets/fashion-mnist).")
     parts = []
-    for prefix, split in (("train", "train"), ("t10k", "eval")):
+    for prefix, split in (("train", "train"), (IDX_EVAL_PREFIXES[0], "eval")):
         images_path, labels_path = _idx_pair(directory, prefix)
         images, ids = read_idx(images_path), read_idx(labels_path)
         names = np.asarray([f"{split}/{FASHION_CLASSES[t]}/{i:05d}.png" for i, t in enumerate(ids)])
@@ -164,7 +183,7 @@ def load(name: str) -> ArrayDataset:
     """Loads a built-in dataset by name."""
     loaders = {"fonts": load_fonts, "digits": load_digits, "fashion_mnist": load_fashion_mnist}
     if name not in loaders:
-        raise DataError(f"unknown built-in dataset {name!r}; choose one of {', '.join(NAMES)}.")
+        raise DataError(f"unknown built-in dataset {name!r}; choose one of {', '.join(BUILTIN_DATASETS)}.")
     return loaders[name]()
 
 

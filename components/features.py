@@ -16,9 +16,6 @@ CHANNELS = "channels"
 ID = "id"
 SOURCE = "source"
 
-BYTES_FEATURES = (IMAGE, FORMAT, LABEL, ID, SOURCE)
-INT_FEATURES = (HEIGHT, WIDTH, CHANNELS)
-
 
 _SMALL = [bytes((i,)) for i in range(128)]
 

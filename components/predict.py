@@ -19,11 +19,11 @@ import time
 from typing import Any, Iterable, Iterator
 
 from components import features, fileio, imaging, sources
+from components.config import IMAGE_EXTENSIONS, MAX_PIXELS
 from components.errors import ConfigError, DataError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 COLUMNS = ("path", "class", "probability", "top_k", "error")
-BEAM_THRESHOLD = 20_000
+_SUFFIXES = tuple(f".{extension}" for extension in IMAGE_EXTENSIONS)
 
 
 def expand_inputs(inputs: Iterable[str]) -> list[str]:
@@ -33,7 +33,7 @@ def expand_inputs(inputs: Iterable[str]) -> list[str]:
         if os.path.isdir(item):
             for root, _, names in sorted(os.walk(item)):
                 paths.extend(os.path.join(root, n) for n in sorted(names)
-                             if n.lower().endswith(IMAGE_EXTENSIONS))
+                             if n.lower().endswith(_SUFFIXES))
         elif item.lower().endswith((".csv", ".jsonl")):
             paths.extend(_manifest_paths(item))
         elif fileio.exists(item):
@@ -69,7 +69,7 @@ def load_model(saved_model: str):
 
 
 def predict_files(model, paths: list[str], top_k: int = 3,
-                  max_pixels: int = 50_000_000) -> list[dict[str, Any]]:
+                  max_pixels: int = MAX_PIXELS) -> list[dict[str, Any]]:
     """One row per path, in order: class, probability, top-k, or an error."""
     import numpy as np
     import tensorflow as tf

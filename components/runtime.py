@@ -21,6 +21,12 @@ def utc_now(timespec: str = "seconds") -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec=timespec)
 
 
+def seconds_since(iso: str) -> float:
+    """Seconds from an ISO 8601 time (as `utc_now` writes it) until now."""
+    then = _dt.datetime.fromisoformat(iso)
+    return (_dt.datetime.now(_dt.timezone.utc) - then).total_seconds()
+
+
 def utc_compact() -> str:
     """UTC time as YYYYMMDD-HHMMSS, for names that sort by time (run ids)."""
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")

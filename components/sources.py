@@ -24,7 +24,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from components import datasets, fileio
-from components.config import BUILTIN_PREFIX, DataConfig, IngestConfig
+from components.config import BUILTIN_DATASETS, BUILTIN_PREFIX, DataConfig, IngestConfig
 from components.errors import DataError
 
 SPLIT_ALIASES = {"train": "train", "eval": "eval", "test": "eval", "validation": "eval",
@@ -61,9 +61,9 @@ def resolve(data: DataConfig) -> Source:
     text = data.source.strip()
     if text.startswith(BUILTIN_PREFIX):
         name = text[len(BUILTIN_PREFIX):]
-        if name not in datasets.NAMES:
+        if name not in BUILTIN_DATASETS:
             raise DataError(f"data.source {text!r}: unknown built-in dataset; use one of "
-                            + ", ".join(BUILTIN_PREFIX + n for n in datasets.NAMES) + ".")
+                            + ", ".join(BUILTIN_PREFIX + n for n in BUILTIN_DATASETS) + ".")
         return Source("builtin", name)
     path = os.path.abspath(os.path.expanduser(text))
     if not os.path.exists(path):
@@ -78,7 +78,7 @@ def resolve(data: DataConfig) -> Source:
         return Source("manifest", path)
     if lower.endswith(".npz"):
         return Source("npz", path)
-    if "idx3-ubyte" in lower:
+    if datasets.is_idx_images(lower):
         return Source("idx", path)
     raise DataError(f"data.source {text!r} is a file of unknown kind; expected .csv, .jsonl, "
                     ".npz or an IDX images file (*-images-idx3-ubyte[.gz]).")
@@ -88,7 +88,7 @@ def resolve(data: DataConfig) -> Source:
 
 
 def _idx_images(directory: str) -> list[str]:
-    return sorted(name for name in os.listdir(directory) if "idx3-ubyte" in name)
+    return sorted(name for name in os.listdir(directory) if datasets.is_idx_images(name))
 
 
 def _split_name(name: str) -> str | None:
@@ -265,12 +265,10 @@ def _load_idx(location: str) -> datasets.ArrayDataset:
     if os.path.isdir(location):
         pairs = []
         for name in _idx_images(location):
-            prefix = name.split("-images-")[0]
-            split = "eval" if prefix in ("t10k", "test") else "train"
-            labels = os.path.join(location, name.replace("images-idx3", "labels-idx1"))
-            pairs.append((os.path.join(location, name), labels, split))
+            images = os.path.join(location, name)
+            pairs.append((images, datasets.idx_labels_path(images), datasets.idx_split(images)))
     else:
-        pairs = [(location, location.replace("images-idx3", "labels-idx1"), None)]
+        pairs = [(location, datasets.idx_labels_path(location), None)]
     parts = []
     for images_path, labels_path, split in pairs:
         if not os.path.isfile(labels_path):
@@ -314,12 +312,6 @@ def plan(source: Source, ingest: IngestConfig) -> Plan:
     return Plan(units, total, arrays.splits is not None)
 
 
-def _hash_file(path: str, digest: Any) -> None:
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-
-
 def fingerprint(source: Source, ingest: IngestConfig) -> str:
     """A content hash of everything the source reads (paths relative, bytes hashed):
     the same files elsewhere give the same fingerprint, a changed pixel a new one."""
@@ -330,17 +322,17 @@ def fingerprint(source: Source, ingest: IngestConfig) -> str:
             directory = datasets.fashion_mnist_dir()
             for name in sorted(os.listdir(directory)) if directory else ():
                 if "ubyte" in name:
-                    _hash_file(os.path.join(directory, name), digest)
+                    fileio.hash_file(os.path.join(directory, name), digest)
         return digest.hexdigest()
     if source.kind in ("folder", "manifest"):
         if source.kind == "manifest":
-            _hash_file(source.location, digest)
+            fileio.hash_file(source.location, digest)
         root = os.path.dirname(source.location) if source.kind == "manifest" else source.location
         for item in list_files(source, ingest):
             rel = os.path.relpath(item.path, root) if "://" not in item.path else item.path
             digest.update(f"{rel}\0{item.label}\0{item.split}\0".encode())
             if os.path.isfile(item.path):
-                _hash_file(item.path, digest)
+                fileio.hash_file(item.path, digest)
             else:
                 digest.update(b"<missing>")
         return digest.hexdigest()
@@ -350,11 +342,11 @@ def fingerprint(source: Source, ingest: IngestConfig) -> str:
             paths = [os.path.join(source.location, n) for n in sorted(os.listdir(source.location))
                      if "ubyte" in n]
         else:
-            paths.append(source.location.replace("images-idx3", "labels-idx1"))
+            paths.append(datasets.idx_labels_path(source.location))
     for path in paths:
         digest.update(os.path.basename(path).encode() + b"\0")
         if os.path.isfile(path):
-            _hash_file(path, digest)
+            fileio.hash_file(path, digest)
     return digest.hexdigest()
 
 

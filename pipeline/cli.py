@@ -9,6 +9,7 @@ import os
 import sys
 from typing import Any, Callable, Sequence
 
+from components.config import BUILTIN_DATASETS, MODEL_KINDS
 from components.errors import ImgpipeError, NotBlessed
 
 DEFAULT_RUNS_DIR = "runs"
@@ -421,7 +422,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not os.path.isdir(model):
         model = _registry(args).resolve(model).path
     paths = predict.expand_inputs(args.inputs)
-    if args.beam or len(paths) > predict.BEAM_THRESHOLD:
+    from components.beamio import PARALLEL_MIN_INPUTS
+
+    if args.beam or len(paths) > PARALLEL_MIN_INPUTS:
         beam = BeamConfig()
         if args.config:
             from pipeline import config as config_lib
@@ -488,14 +491,12 @@ def build_parser() -> argparse.ArgumentParser:
     ds = sub.add_parser("datasets", help="built-in datasets").add_subparsers(
         dest="datasets_command", required=True)
     export = ds.add_parser("export", help="write a built-in dataset as class folders of PNGs")
-    export.add_argument("name", choices=["fonts", "digits", "fashion_mnist"])
+    export.add_argument("name", choices=BUILTIN_DATASETS)
     export.add_argument("out_dir")
     export.set_defaults(func=cmd_datasets_export)
 
     summary = sub.add_parser("summary", help="print a model's Keras summary without training")
-    summary.add_argument("--model", required=True,
-                         choices=["logistic", "dense", "mlp", "hidden1", "dnn", "cnn",
-                                  "deep_cnn", "transfer"])
+    summary.add_argument("--model", required=True, choices=MODEL_KINDS)
     summary.add_argument("--input-shape", required=True, help="H,W,C, e.g. 36,36,1")
     summary.add_argument("--classes", type=int, required=True)
     summary.set_defaults(func=cmd_summary)

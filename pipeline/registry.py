@@ -4,14 +4,15 @@ lineage, and a side-by-side diff. Storage, aliases and the audit log live in
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
 from typing import Any
 
+from components import runtime
+from components.config import PushConfig
 from components.registry import PromotionRefused, Registry, Version, is_reference  # noqa: F401
 from pipeline.config import flatten
 
-DEFAULT_ROOT = "./serving"
+DEFAULT_ROOT = PushConfig.model_fields["destination"].default
 
 
 def registry_root(explicit: str | None, config_path: str | None = None) -> str:
@@ -28,7 +29,7 @@ def registry_root(explicit: str | None, config_path: str | None = None) -> str:
 def _age(iso: str | None) -> str:
     if not iso:
         return "?"
-    seconds = (_dt.datetime.now(_dt.timezone.utc) - _dt.datetime.fromisoformat(iso)).total_seconds()
+    seconds = runtime.seconds_since(iso)
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{int(seconds // size)}{unit}"

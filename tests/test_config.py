@@ -80,3 +80,19 @@ def test_published_json_schema_is_current():
     assert committed == json.loads(json.dumps(config_lib.json_schema())), (
         "schemas/config.schema.json is stale: run "
         "`imgpipe config schema -o schemas/config.schema.json`")
+
+
+def test_enumerations_have_one_home():
+    """Model kinds and built-in dataset names are defined once, in components.config;
+    the builders, the loaders and the CLI's choices all read them from there."""
+    import typing
+
+    from components import config as sections, datasets, models
+
+    assert tuple(models.DEFAULTS) == sections.MODEL_KINDS
+    assert typing.get_args(sections.ModelKind) == sections.MODEL_KINDS
+    parser = cli.build_parser()
+    actions = {a.dest: a for a in parser._subparsers._group_actions[0].choices["summary"]._actions}
+    assert tuple(actions["model"].choices) == sections.MODEL_KINDS
+    for name in sections.BUILTIN_DATASETS:
+        assert callable(getattr(datasets, f"load_{name}"))

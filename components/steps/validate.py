@@ -64,7 +64,7 @@ def check_schema(stats: dict[str, Any], schema) -> list[dict[str, str]]:
 
 def check_splits(stats: dict[str, Any]) -> list[dict[str, str]]:
     out = []
-    for split in ("train", "eval"):
+    for split in artifacts.SPLITS:
         if not sum(stats["counts"].get(split, {}).values()):
             out.append(_anomaly("empty_split", split, f"the {split} split has no examples"))
     train, eval_ = stats["counts"].get("train", {}), stats["counts"].get("eval", {})
@@ -127,8 +127,8 @@ def check_bad_fraction(stats: dict[str, Any], cfg: ValidateConfig) -> list[dict[
 
 def read_hashes(path: str) -> dict[str, tuple[list[str], np.ndarray]]:
     """split -> (ids, uint64 difference hashes) from ingest's hashes.tsv."""
-    ids: dict[str, list[str]] = {"train": [], "eval": []}
-    values: dict[str, list[int]] = {"train": [], "eval": []}
+    ids: dict[str, list[str]] = {split: [] for split in artifacts.SPLITS}
+    values: dict[str, list[int]] = {split: [] for split in artifacts.SPLITS}
     with fileio.open_file(path, "rb") as handle:
         for line in handle:
             record_id, split, _, value = line.decode().rstrip("\n").split("\t")
