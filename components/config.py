@@ -67,6 +67,12 @@ class IngestConfig(Section):
                                         "(decompression-bomb guard).")
     num_shards: int = Field(0, ge=0, description="TFRecord shards per split; 0 lets the "
                                                  "runner choose (no extra shuffle).")
+    near_duplicate_rms: float = Field(
+        6.0, gt=0.0, le=255.0,
+        description="Images whose 16x16 grayscale thumbnails differ by at most this RMS "
+                    "(0-255) are near-duplicates: a hash split keeps them in one split, and "
+                    "validation counts eval images with one in train as leaks. 6 separates "
+                    "JPEG re-encodes (<= 5.3) from distinct images (>= 7.9) on Fashion-MNIST.")
     extensions: list[str] = Field(list(IMAGE_EXTENSIONS),
                                   description="Image file extensions accepted from folders "
                                               "and manifests; other files are quarantined.")
@@ -82,11 +88,9 @@ class ValidateConfig(Section):
                                    description="L-infinity distance of class shares vs the "
                                                "previous run above which drift is an error.")
     max_near_duplicate_fraction: float = Field(
-        0.01, ge=0.0, le=1.0, description="Eval images with a near-duplicate in train, as a "
-                                          "share of eval, above which validation fails.")
-    near_duplicate_bits: int = Field(2, ge=0, le=64,
-                                     description="Hamming distance of 64-bit hashes that "
-                                                 "counts as a near-duplicate.")
+        0.01, ge=0.0, le=1.0, description="Eval images with a near-duplicate in train "
+                                          "(ingest.near_duplicate_rms), as a share of eval, "
+                                          "above which validation fails.")
     max_brightness_drift: float = Field(0.1, ge=0.0,
                                         description="Per-class mean brightness change (0-1 "
                                                     "scale) vs the previous run that warns.")
@@ -94,6 +98,14 @@ class ValidateConfig(Section):
                                             description="Decode-failure rate that warns.")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "near_duplicate_bits" in value:
+            raise ValueError("near_duplicate_bits is gone: near-duplicates are now decided in "
+                             "pixel space, set by ingest: {near_duplicate_rms: ...}")
+        return value
 
 
 class TransformConfig(Section):

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from components import neardup
+
 # We enforce our own pixel limit before decoding; Pillow's would raise on its own terms.
 Image.MAX_IMAGE_PIXELS = None
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -35,7 +37,7 @@ class CheckedImage:
     channels: int          # 1 or 3
     converted: bool        # True when `data` is a re-encoding
     original_format: str   # what the file was (JPEG, PNG, GIF, ...)
-    dhash: int             # 64-bit difference hash of the grayscale image
+    thumbnail: bytes       # 16x16 grayscale, for near-duplicate checks (components/neardup)
     brightness: float      # mean gray level, 0-1
     contrast: float        # standard deviation of gray levels, 0-1
 
@@ -43,16 +45,6 @@ class CheckedImage:
 def content_id(data: bytes) -> str:
     """The example id: a content hash of the input bytes (identical files, same id)."""
     return hashlib.sha256(data).hexdigest()[:32]
-
-
-def difference_hash(gray: Image.Image) -> int:
-    """64-bit dHash: is each pixel brighter than its right neighbour on a 9x8 thumbnail."""
-    small = gray.resize((9, 8), Image.Resampling.BILINEAR).tobytes()
-    value = 0
-    for row in range(8):
-        for col in range(row * 9, row * 9 + 8):
-            value = (value << 1) | (small[col + 1] > small[col])
-    return value
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
@@ -110,5 +102,5 @@ def check_image(data: bytes, max_pixels: int) -> CheckedImage:
     return CheckedImage(
         data=stored, format=fmt, height=height, width=width,
         channels=1 if normalized.mode == "L" else 3, converted=not keep,
-        original_format=original, dhash=difference_hash(gray),
+        original_format=original, thumbnail=neardup.thumbnail(gray),
         brightness=float(pixels.mean()) / 255.0, contrast=float(pixels.std()) / 255.0)

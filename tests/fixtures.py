@@ -133,3 +133,25 @@ def examples_artifact(tmp_path, name="examples", per_class=6, extra_eval=(), ext
         writer.properties = {"class_names": list(CLASSES), "num_examples": 3 * per_class}
         art = writer.commit()
     return art, raw
+
+
+def smooth_image(seed: int, size: int = 32, channels: int = 3) -> np.ndarray:
+    """A photo-like image: a random 6x6 field upsampled smoothly (JPEG keeps it close)."""
+    rng = np.random.default_rng(seed)
+    field = rng.integers(0, 256, (6, 6, channels), dtype=np.uint8)
+    image = Image.fromarray(field if channels == 3 else field[..., 0])
+    return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR))
+
+
+def make_photo_folders(root: str, per_class: int, classes=CLASSES, first: int = 0,
+                       jpeg_copies_of: dict | None = None) -> None:
+    """ROOT/CLASS/NNN.png smooth images; `jpeg_copies_of` {class: [seeds]} adds JPEG
+    quality-75 re-encodes of those images as ROOT/CLASS/copy-NNN.jpg."""
+    for li, label in enumerate(classes):
+        os.makedirs(os.path.join(root, label), exist_ok=True)
+        for v in range(first, first + per_class):
+            with open(os.path.join(root, label, f"{v:03d}.png"), "wb") as handle:
+                handle.write(png_bytes(smooth_image(1000 * li + v)))
+        for v in (jpeg_copies_of or {}).get(label, []):
+            with open(os.path.join(root, label, f"copy-{v:03d}.jpg"), "wb") as handle:
+                handle.write(jpeg_bytes(Image.fromarray(smooth_image(1000 * li + v)), quality=75))

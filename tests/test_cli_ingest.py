@@ -50,3 +50,27 @@ def test_run_cache_and_runs_show(tmp_path, capsys):
 
     assert cli.main(["runs", "show", run_id[:15] + "x", "--runs-dir", runs]) == 2
     assert "no run" in capsys.readouterr().err
+
+
+def test_validation_defaults_pass_standard_data_and_stop_real_leaks(tmp_path, capsys):
+    """No validate section: digits and fonts (hash splits) pass; a given split whose
+    eval holds JPEG re-encodes of train images (~15% of eval) stops with exit 3."""
+    runs = str(tmp_path / "runs")
+    for source in ("builtin:digits", "builtin:fonts"):
+        cfg = tmp_path / f"{source[8:]}.yaml"
+        cfg.write_text(f"name: {source[8:]}\ndata: {{source: '{source}'}}\n")
+        assert cli.main(["run", str(cfg), "--until", "validate", "--runs-dir", runs]) == 0, source
+        assert "near_duplicate_leak" not in capsys.readouterr().out
+
+    root = tmp_path / "given"
+    fixtures.make_photo_folders(str(root / "train"), per_class=20)
+    fixtures.make_photo_folders(str(root / "eval"), per_class=6, first=100)
+    copies = {label: [0] for label in fixtures.CLASSES}   # 1 copy in 7 eval images a class
+    fixtures.make_photo_folders(str(tmp_path / "copies"), per_class=0, jpeg_copies_of=copies)
+    for label in fixtures.CLASSES:
+        (tmp_path / "copies" / label / "copy-000.jpg").rename(root / "eval" / label / "c.jpg")
+    cfg = tmp_path / "given.yaml"
+    cfg.write_text(f"name: given\ndata: {{source: '{root}', channels: 3}}\n")
+    assert cli.main(["run", str(cfg), "--until", "validate", "--runs-dir", runs]) == 3
+    err = capsys.readouterr().err
+    assert "near_duplicate_leak" in err and "3 of 21 eval images" in err

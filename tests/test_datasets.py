@@ -80,3 +80,19 @@ def test_read_idx_rejects_truncated(tmp_path):
                      + (2).to_bytes(4, "big") + b"\0" * 7)
     with pytest.raises(DataError, match="truncated"):
         datasets.read_idx(str(path))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(datasets.fashion_mnist_dir() is None,
+                    reason="dataset-fashion-mnist Debian package not installed")
+def test_fashion_mnist_given_split_passes_default_validation(tmp_path, capsys):
+    """A newcomer's config (no validate section) on the tutorial's own train/test
+    split: its handful of real near-copies is a warning, not a stop."""
+    from pipeline import cli
+
+    cfg = tmp_path / "f.yaml"
+    cfg.write_text("name: f\ndata: {source: 'builtin:fashion_mnist', image_size: [28, 28]}\n")
+    assert cli.main(["run", str(cfg), "--until", "validate", "--runs-dir",
+                     str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert "train 60000, eval 10000" in out and "warning: near_duplicate_leak" in out

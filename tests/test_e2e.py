@@ -18,7 +18,6 @@ def config(make_config, tmp_path, kind, epochs, **train):
     return make_config(
         name="fonts",
         data={"source": "builtin:fonts"},
-        validate={"max_near_duplicate_fraction": 1.0},
         model={"kind": kind},
         train={"epochs": epochs, "batch_size": 64, **train},
         evaluate={"thresholds": {"accuracy": {"min": 0.3, "max_drop": 0.0}},
@@ -161,7 +160,6 @@ def test_damaged_cached_model_is_retrained_and_thresholds_do_not_rerun_the_probe
     def cfg(minimum):
         return make_config(name="digits", data={"source": "builtin:digits", "image_size": [8, 8],
                                                 "eval_fraction": 0.2},
-                           validate={"max_near_duplicate_fraction": 0.5},
                            model={"kind": "logistic"}, train={"epochs": 3, "batch_size": 32},
                            evaluate={"thresholds": {"accuracy": {"min": minimum}},
                                      "bootstrap_samples": 100},

@@ -251,3 +251,48 @@ def test_files_outside_class_folders_are_quarantined_not_dropped(tmp_path):
     text = open(stats_art.path("quarantine.jsonl")).read()
     assert "not inside a class folder" in text
     assert "file extension 'txt' is not in ingest.extensions" in text
+
+
+def test_hash_split_keeps_near_duplicates_in_one_split(tmp_path):
+    """JPEG re-encodes of images are different files (different ids, so independent
+    hash splits); ingest moves eval members of such pairs to train."""
+    import base64
+
+    from components import neardup
+
+    copies = {label: list(range(0, 12, 2)) for label in fixtures.CLASSES}
+    fixtures.make_photo_folders(str(tmp_path / "src"), per_class=12, jpeg_copies_of=copies)
+    summary, examples, stats_art, stats = run_ingest(tmp_path, tmp_path / "src",
+                                                     eval_fraction=0.5, channels=3)
+    assert summary["num_examples"] == 54
+    assert stats["eval_moved_to_train_near_duplicates"] > 0
+    assert "eval images moved to train as near-duplicates" in summary["lines"][1]
+    rows = [line.split("\t") for line in open(stats_art.path("thumbnails.tsv")).read().split("\n")
+            if line]
+    thumbs = {split: neardup.as_array([base64.b64decode(r[3]) for r in rows if r[1] == split])
+              for split in ("train", "eval")}
+    assert len(thumbs["eval"]) == sum(stats["counts"]["eval"].values()) > 0
+    found, _ = neardup.matches(thumbs["eval"], thumbs["train"], 6.0)
+    assert (found < 0).all()                       # no eval image has a copy in train
+    # the moved images are in train's files and counted there
+    assert len(read_examples(examples, "train")) == sum(stats["counts"]["train"].values())
+
+
+def test_near_duplicate_search_is_exact():
+    """Every pair within the threshold is found, whatever the projection drops."""
+    from components import neardup
+
+    rng = np.random.default_rng(3)
+    reference = rng.integers(0, 256, (500, 256), dtype=np.uint8)
+    query = rng.integers(0, 256, (200, 256), dtype=np.uint8)
+    planted = rng.choice(200, 40, replace=False)
+    for q in planted:
+        noise = rng.normal(0, 3, 256)
+        query[q] = np.clip(reference[q].astype(float) + noise, 0, 255).astype(np.uint8)
+    found, rms = neardup.matches(query, reference, 6.0)
+    brute = np.sqrt(((query[:, None, :].astype(float) - reference[None].astype(float)) ** 2)
+                    .mean(axis=2)).min(axis=1)
+    assert set(np.flatnonzero(found >= 0)) == set(np.flatnonzero(brute <= 6.0)) == set(planted)
+    assert np.allclose(rms[planted], brute[planted])
+    move = neardup.eval_to_move(reference, query, 6.0)
+    assert set(np.flatnonzero(move)) == set(planted)

@@ -77,7 +77,6 @@ def test_committed_pipeline_spec_is_current(tmp_path):
 TINY = """
 name: tiny
 data: {source: builtin:digits, image_size: [8, 8], eval_fraction: 0.2}
-validate: {max_near_duplicate_fraction: 0.5}
 model: {kind: cnn, hidden_units: [64], dropout: 0.25}
 train: {epochs: 4, batch_size: 32, optimizer: {learning_rate: 0.01}}
 evaluate: {thresholds: {accuracy: {min: 0.5}}, bootstrap_samples: 200}

@@ -1,5 +1,6 @@
 """Validate: schema inference and enforcement, every anomaly kind, drift between runs."""
 
+import base64
 import copy
 import json
 
@@ -16,7 +17,7 @@ BASE = {
     "counts": {"train": {"cat": 45, "dog": 45}, "eval": {"cat": 5, "dog": 5}},
     "class_names": ["cat", "dog"], "sizes": {"12x12": 90, "16x12": 10},
     "channels": {"1": 100}, "formats": {"png": 100}, "converted": 0,
-    "duplicates": {"train": 0, "eval": 0}, "quarantine_reasons": {},
+    "duplicates": {"train": 0, "eval": 0}, "quarantine_reasons": {}, "near_duplicate_rms": 6.0,
     "pixels": {"train": {"cat": {"brightness_mean": 0.4, "brightness_std": 0.1,
                                  "contrast_mean": 0.2},
                          "dog": {"brightness_mean": 0.5, "brightness_std": 0.1,
@@ -24,17 +25,22 @@ BASE = {
 }
 
 
-def stats_artifact(tmp_path, name, stats, hashes=None):
-    """A Statistics artifact with the given stats and (id, split, hash) rows."""
+def random_thumbnail(rng):
+    return rng.integers(0, 256, 256, dtype=np.uint8)
+
+
+def stats_artifact(tmp_path, name, stats, thumbnails=None):
+    """A Statistics artifact with the given stats and (id, split, thumbnail) rows."""
     rng = np.random.default_rng(len(name))
-    if hashes is None:
-        hashes = [(f"t{i}", "train", int(rng.integers(0, 2 ** 63))) for i in range(90)]
-        hashes += [(f"e{i}", "eval", int(rng.integers(0, 2 ** 63))) for i in range(10)]
+    if thumbnails is None:
+        thumbnails = [(f"t{i}", "train", random_thumbnail(rng)) for i in range(90)]
+        thumbnails += [(f"e{i}", "eval", random_thumbnail(rng)) for i in range(10)]
     with artifacts.writing(str(tmp_path / name), "Statistics") as writer:
         open(writer.file("stats.json"), "w").write(json.dumps(stats))
-        with open(writer.file("hashes.tsv"), "w") as handle:
-            for record_id, split, value in hashes:
-                handle.write(f"{record_id}\t{split}\tx\t{value:016x}\n")
+        with open(writer.file("thumbnails.tsv"), "w") as handle:
+            for record_id, split, thumb in thumbnails:
+                encoded = base64.b64encode(np.asarray(thumb, np.uint8).tobytes()).decode()
+                handle.write(f"{record_id}\t{split}\tx\t{encoded}\n")
         return writer.commit()
 
 
@@ -112,20 +118,34 @@ def test_brightness_drift_and_decode_failures_warn(tmp_path):
     assert summary["num_anomalies"] == 2
 
 
-def test_near_duplicates_across_splits(tmp_path):
-    base = 0x0F0F_F0F0_1234_5678
-    hashes = [(f"t{i}", "train", base + (i << 40)) for i in range(20)]
-    hashes += [("e0", "eval", base ^ 0b1), ("e1", "eval", base ^ 0b111),   # 1 and 3 bits
-               ("e2", "eval", ~base & (2 ** 64 - 1))]
-    art = stats_artifact(tmp_path, "s", BASE, hashes)
+def test_near_duplicates_across_splits_are_confirmed_in_pixel_space(tmp_path):
+    rng = np.random.default_rng(7)
+    train = [random_thumbnail(rng) for _ in range(20)]
+    rows = [(f"t{i}", "train", t) for i, t in enumerate(train)]
+
+    def near(thumb, rms):          # the same image with noise of a given RMS
+        noise = rng.choice([-rms, rms], size=256)
+        return np.clip(thumb.astype(float) + noise, 0, 255).astype(np.uint8)
+
+    # e0: a re-encoded copy of t0 (RMS ~2); e1: 10 off t1 (distinct); e2: unrelated
+    rows += [("e0", "eval", near(train[0], 2)), ("e1", "eval", near(train[1], 10)),
+             ("e2", "eval", random_thumbnail(rng))]
+    art = stats_artifact(tmp_path, "s", BASE, rows)
     with pytest.raises(ValidationFailed, match="1 of 3 eval images"):
-        run(tmp_path, art)            # 2 bits: only e0 is near; 33% > 1%
+        run(tmp_path, art)            # RMS 6: only e0 is near; 33% > 1%
     body = json.load(open(tmp_path / "v" / "a" / "anomalies.json"))
-    assert body["near_duplicates"]["pairs"] == [{"eval_id": "e0", "train_id": "t0", "bits": 1}]
-    summary = run(tmp_path, art, ValidateConfig(near_duplicate_bits=3,
-                                                max_near_duplicate_fraction=0.9), name="w")
+    [pair] = body["near_duplicates"]["pairs"]
+    assert (pair["eval_id"], pair["train_id"]) == ("e0", "t0") and pair["rms"] < 2.5
+    loose = dict(BASE, near_duplicate_rms=12.0)          # as ingest recorded it
+    summary = run(tmp_path, stats_artifact(tmp_path, "s2", loose, rows),
+                  ValidateConfig(max_near_duplicate_fraction=0.9), name="w")
     assert kinds(tmp_path, "w") == {"near_duplicate_leak": "warning"}
     assert "2 of 3 eval images" in summary["lines"][1]
+
+
+def test_removed_hash_distance_key_says_what_replaced_it():
+    with pytest.raises(Exception, match="ingest: {near_duplicate_rms"):
+        ValidateConfig(near_duplicate_bits=2)
 
 
 def test_missing_schema_file_is_a_config_error(tmp_path):

@@ -10,6 +10,7 @@ and counted (no leak). Statistics are computed in the same Beam pipeline.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import shutil
@@ -33,7 +34,7 @@ class Record(NamedTuple):
     channels: int
     format: str
     converted: bool
-    dhash: int
+    thumbnail: bytes
     brightness: float
     contrast: float
 
@@ -80,7 +81,7 @@ def process_input(path: str, data: bytes | None, label: str | None, split: str |
     })
     return Record(record_id, split, label, example, image.height, image.width, image.channels,
                   image.original_format.lower() + ("->png" if image.converted else ""),
-                  image.converted, image.dhash, image.brightness, image.contrast)
+                  image.converted, image.thumbnail, image.brightness, image.contrast)
 
 
 # --- statistics ----------------------------------------------------------------------
@@ -174,6 +175,10 @@ def shard_stats(shard: tuple[str, list[Record]]) -> dict[str, Any]:
     return acc
 
 
+def split_is(shard: tuple[str, list[Record]], split: str) -> bool:
+    return shard[0] == split
+
+
 def shard_ids(shard: tuple[str, list[Record]]) -> set[str]:
     return {record.id for record in shard[1]}
 
@@ -182,14 +187,45 @@ def union_ids(sets: Iterable[set[str]]) -> set[str]:
     return set().union(*sets)
 
 
-def drop_train_copies(shard: tuple[str, list[Record]], train: set[str]
-                      ) -> tuple[tuple[str, list[Record]], int]:
-    """An eval shard without the images that are also in train, and how many went."""
+def drop_train_copies(shard: tuple[str, list[Record]], train: set[str]) -> Iterator[Any]:
+    """An eval shard without the images that are also in train (counted, tagged
+    "dropped"): a given split may hold the same file twice."""
+    from apache_beam import pvalue
+
     split, records = shard
-    if split != "eval" or not train:
-        return shard, 0
     kept = [r for r in records if r.id not in train]
-    return (split, kept), len(records) - len(kept)
+    if len(kept) < len(records):
+        yield pvalue.TaggedOutput("dropped", len(records) - len(kept))
+    yield split, kept
+
+
+def thumbnail_row(shard: tuple[str, list[Record]]) -> list[tuple[str, str, bytes]]:
+    return [(r.id, r.split, r.thumbnail) for r in shard[1]]
+
+
+def eval_ids_to_move(rows: list[tuple[str, str, bytes]], max_rms: float) -> set[str]:
+    """Eval images that join train so that no eval image has a near-duplicate in train
+    (a hash split is then leak-free by construction)."""
+    from components import neardup
+
+    ordered = sorted(rows)                 # deterministic, whatever the bundle order
+    train = [t for _, split, t in ordered if split == "train"]
+    eval_rows = [(i, t) for i, split, t in ordered if split == "eval"]
+    move = neardup.eval_to_move(neardup.as_array(train),
+                                neardup.as_array([t for _, t in eval_rows]), max_rms)
+    return {eval_rows[k][0] for k in map(int, move.nonzero()[0])}
+
+
+def route_eval(shard: tuple[str, list[Record]], moved: set[str]) -> Iterator[Any]:
+    """Eval records stay, or go to train (tagged "moved") when near-duplicates of train."""
+    from apache_beam import pvalue
+
+    split, records = shard
+    staying = [r for r in records if r.id not in moved]
+    going = [r._replace(split="train") for r in records if r.id in moved]
+    if going:
+        yield pvalue.TaggedOutput("moved", ("train", going))
+    yield split, staying
 
 
 def _id_buckets(shard: tuple[str, list[Record]]) -> Iterator[tuple[tuple[str, str], list[str]]]:
@@ -202,12 +238,13 @@ def _id_buckets(shard: tuple[str, list[Record]]) -> Iterator[tuple[tuple[str, st
         yield (split, bucket), ids
 
 
-def split_examples(shard: tuple[str, list[Record]], split: str) -> list[bytes]:
-    return [r.example for r in shard[1]] if shard[0] == split else []
+def shard_examples(shard: tuple[str, list[Record]]) -> list[bytes]:
+    return [r.example for r in shard[1]]
 
 
-def hash_lines(shard: tuple[str, list[Record]]) -> str:
-    return "\n".join(f"{r.id}\t{r.split}\t{r.label}\t{r.dhash:016x}" for r in shard[1])
+def thumbnail_lines(shard: tuple[str, list[Record]]) -> str:
+    return "\n".join(f"{r.id}\t{r.split}\t{r.label}\t{base64.b64encode(r.thumbnail).decode()}"
+                     for r in shard[1])
 
 
 def reason_kind(entry: dict[str, str]) -> str:
@@ -215,9 +252,10 @@ def reason_kind(entry: dict[str, str]) -> str:
 
 
 def finish_stats(stats: dict[str, Any], duplicates: dict[str, int], reasons: dict[str, int],
-                 leaked: int) -> str:
+                 dropped: int, moved: int) -> str:
     return json.dumps(dict(stats, duplicates=duplicates, quarantine_reasons=reasons,
-                           eval_dropped_as_train_duplicates=leaked), sort_keys=True)
+                           eval_dropped_as_train_duplicates=dropped,
+                           eval_moved_to_train_near_duplicates=moved), sort_keys=True)
 
 
 def _check_inputs(pipeline: Any, plan: sources.Plan, data: DataConfig, ingest: IngestConfig,
@@ -234,43 +272,61 @@ def _check_inputs(pipeline: Any, plan: sources.Plan, data: DataConfig, ingest: I
     return processed.shards, processed.quarantine
 
 
-def _drop_eval_copies(pipeline: Any, shards: Any, splits_given: bool) -> tuple[Any, Any]:
-    """(shards, number of eval images dropped as copies of train images). A hash split
-    puts identical images in one split already; given splits may not."""
+def _final_splits(pipeline: Any, shards: Any, splits_given: bool, ingest: IngestConfig
+                  ) -> tuple[list[Any], Any, Any]:
+    """([train shards, eval shards, moved shards], dropped count, moved count).
+
+    Train shards go straight to their sink; only eval shards wait for a decision that
+    needs every image: given splits drop eval copies of train images, a hash split
+    moves eval images with a near-duplicate in train (and their own near-duplicates)
+    to train. Memory: eval's examples and every image's 256-byte thumbnail."""
     import apache_beam as beam
 
-    if not splits_given:
-        return shards, pipeline | "NoLeaks" >> beam.Create([0])
-    train_ids = (shards
-                 | "TrainShards" >> beam.Filter(lambda shard: shard[0] == "train")
-                 | "TrainIdSet" >> beam.Map(shard_ids)
-                 | "UnionIds" >> beam.CombineGlobally(union_ids).without_defaults())
-    checked = shards | "DropLeaks" >> beam.Map(
-        drop_train_copies, train=beam.pvalue.AsSingleton(train_ids, default_value=set()))
-    kept = checked | "Kept" >> beam.Map(lambda pair: pair[0])
-    leaked = (checked | "LeakCounts" >> beam.Map(lambda pair: pair[1])
-              | "SumLeaks" >> beam.CombineGlobally(sum))
-    return kept, leaked
+    train = shards | "TrainShards" >> beam.Filter(split_is, "train")
+    eval_ = shards | "EvalShards" >> beam.Filter(split_is, "eval")
+    zero = pipeline | "Zero" >> beam.Create([0])
+    if splits_given:
+        train_ids = (train | "TrainIdSet" >> beam.Map(shard_ids)
+                     | "UnionIds" >> beam.CombineGlobally(union_ids).without_defaults())
+        checked = eval_ | "DropCopies" >> beam.FlatMap(
+            drop_train_copies, train=beam.pvalue.AsSingleton(train_ids, default_value=set())
+        ).with_outputs("dropped", main="eval")
+        dropped = checked.dropped | "SumDropped" >> beam.CombineGlobally(sum)
+        return [train, checked.eval], dropped, zero
+    to_move = (shards
+               | "Thumbnails" >> beam.FlatMap(thumbnail_row)
+               | "AllThumbnails" >> beam.combiners.ToList()
+               | "NearDuplicates" >> beam.Map(eval_ids_to_move, ingest.near_duplicate_rms))
+    routed = eval_ | "Route" >> beam.FlatMap(
+        route_eval, moved=beam.pvalue.AsSingleton(to_move)).with_outputs("moved", main="eval")
+    return [train, routed.eval, routed.moved], zero, to_move | "MovedCount" >> beam.Map(len)
 
 
-def _write_examples(shards: Any, examples_dir: str, ingest: IngestConfig) -> None:
+def _write_examples(final: list[Any], examples_dir: str, ingest: IngestConfig) -> None:
     import apache_beam as beam
 
-    for split in artifacts.SPLITS:
+    gzip = beam.io.filesystem.CompressionTypes.GZIP
+    for (split, prefix), shards in zip((("train", "part"), ("eval", "part"), ("train", "moved")),
+                                       final):   # no "moved" shards when splits are given
         (shards
-         | f"Examples{split}" >> beam.FlatMap(split_examples, split=split)
-         | f"Write{split}" >> beam.io.WriteToTFRecord(
-             fileio.join(examples_dir, split, "part"), file_name_suffix=".tfrecord.gz",
-             num_shards=ingest.num_shards,
-             compression_type=beam.io.filesystem.CompressionTypes.GZIP))
+         | f"Examples{split}{prefix}" >> beam.FlatMap(shard_examples)
+         | f"Write{split}{prefix}" >> beam.io.WriteToTFRecord(
+             fileio.join(examples_dir, split, prefix), file_name_suffix=".tfrecord.gz",
+             num_shards=ingest.num_shards if prefix == "part" else 1, compression_type=gzip))
 
 
-def _write_statistics(shards: Any, quarantine: Any, leaked: Any, stats_dir: str) -> None:
-    """partial_stats.json (summarized after the pipeline), quarantine.jsonl, hashes.tsv."""
+def _write_statistics(final: list[Any], quarantine: Any, dropped: Any, moved: Any,
+                      stats_dir: str) -> None:
+    """partial_stats.json (summarized after the pipeline), quarantine.jsonl and
+    thumbnails.tsv, all of the final splits. Every branch is reduced to small values
+    before the branches meet, so no example bytes wait in a buffer."""
     import apache_beam as beam
 
-    duplicates = (shards
-                  | "IdBuckets" >> beam.FlatMap(_id_buckets)
+    def over_final(label: str, fn: Any, transform: Any = beam.FlatMap) -> Any:
+        parts = [shards | f"{label}{i}" >> transform(fn) for i, shards in enumerate(final)]
+        return parts | f"{label}All" >> beam.Flatten()
+
+    duplicates = (over_final("IdBuckets", _id_buckets)
                   | "GroupBuckets" >> beam.GroupByKey()
                   | "Repeats" >> beam.Map(_count_repeats)
                   | "PerSplit" >> beam.CombinePerKey(sum)
@@ -279,11 +335,11 @@ def _write_statistics(shards: Any, quarantine: Any, leaked: Any, stats_dir: str)
                | "ReasonKind" >> beam.Map(reason_kind)
                | "ReasonCount" >> beam.combiners.Count.PerElement()
                | "ReasonDict" >> beam.combiners.ToDict())
-    (shards
-     | "ShardStats" >> beam.Map(shard_stats)
+    (over_final("ShardStats", shard_stats, beam.Map)
      | "Stats" >> beam.CombineGlobally(_merge)
      | "Finish" >> beam.Map(finish_stats, beam.pvalue.AsSingleton(duplicates),
-                            beam.pvalue.AsSingleton(reasons), beam.pvalue.AsSingleton(leaked))
+                            beam.pvalue.AsSingleton(reasons), beam.pvalue.AsSingleton(dropped),
+                            beam.pvalue.AsSingleton(moved))
      | "WriteStats" >> beam.io.WriteToText(fileio.join(stats_dir, "partial_stats"),
                                            file_name_suffix=".json", shard_name_template=""))
     (quarantine
@@ -291,22 +347,23 @@ def _write_statistics(shards: Any, quarantine: Any, leaked: Any, stats_dir: str)
      | "WriteQuarantine" >> beam.io.WriteToText(fileio.join(stats_dir, "quarantine"),
                                                 file_name_suffix=".jsonl",
                                                 shard_name_template=""))
-    (shards
-     | "HashLines" >> beam.Map(hash_lines)
+    (over_final("ThumbnailLines", thumbnail_lines, beam.Map)
      | "NonEmpty" >> beam.Filter(bool)
-     | "WriteHashes" >> beam.io.WriteToText(fileio.join(stats_dir, "hashes"),
-                                            file_name_suffix=".tsv", shard_name_template=""))
+     | "WriteThumbnails" >> beam.io.WriteToText(fileio.join(stats_dir, "thumbnails"),
+                                                file_name_suffix=".tsv",
+                                                shard_name_template=""))
 
 
 def _build_pipeline(pipeline: Any, plan: sources.Plan, data: DataConfig, ingest: IngestConfig,
                     examples_dir: str, stats_dir: str, parallel: bool) -> None:
     shards, quarantine = _check_inputs(pipeline, plan, data, ingest, parallel)
-    shards, leaked = _drop_eval_copies(pipeline, shards, plan.splits_given)
-    _write_examples(shards, examples_dir, ingest)
-    _write_statistics(shards, quarantine, leaked, stats_dir)
+    final, dropped, moved = _final_splits(pipeline, shards, plan.splits_given, ingest)
+    _write_examples(final, examples_dir, ingest)
+    _write_statistics(final, quarantine, dropped, moved, stats_dir)
 
 
-def _summarize(raw: dict[str, Any], num_inputs: int) -> dict[str, Any]:
+def _summarize(raw: dict[str, Any], num_inputs: int, near_duplicate_rms: float
+               ) -> dict[str, Any]:
     """Final statistics: counts per split and class, pixel stats per class, totals."""
     counts = {split: dict(sorted(raw["counts"].get(split, {}).items())) for split in SPLITS}
     pixels = {}
@@ -334,6 +391,8 @@ def _summarize(raw: dict[str, Any], num_inputs: int) -> dict[str, Any]:
         "converted": raw["converted"],
         "duplicates": {split: raw["duplicates"].get(split, 0) for split in SPLITS},
         "eval_dropped_as_train_duplicates": raw["eval_dropped_as_train_duplicates"],
+        "eval_moved_to_train_near_duplicates": raw["eval_moved_to_train_near_duplicates"],
+        "near_duplicate_rms": near_duplicate_rms,
         "quarantine_reasons": raw["quarantine_reasons"],
         "pixels": pixels,
         "content_digest": {split: f"{raw['digest'].get(split, 0):016x}" for split in SPLITS},
@@ -360,7 +419,8 @@ def run(data: DataConfig, ingest: IngestConfig, beam: BeamConfig, examples: str,
             _build_pipeline(pipeline, plan, data, ingest, ex_w.path, st_w.path, parallel)
         sources.forget_arrays()
         partial = fileio.join(st_w.path, "partial_stats.json")
-        stats = _summarize(json.loads(fileio.read_text(partial)), plan.num_inputs)
+        stats = _summarize(json.loads(fileio.read_text(partial)), plan.num_inputs,
+                           ingest.near_duplicate_rms)
         fileio.rmtree(partial)
         fileio.write_text(st_w.file("stats.json"), json.dumps(stats, indent=2, sort_keys=True))
         _check(stats, data, ingest, st_w.file("quarantine.jsonl"), examples)
@@ -387,9 +447,12 @@ def run(data: DataConfig, ingest: IngestConfig, beam: BeamConfig, examples: str,
             f"(train {split_counts['train']}, eval {split_counts['eval']}), "
             f"{len(stats['class_names'])} classes, {stats['converted']} converted to PNG",
             f"{stats['num_quarantined']} quarantined "
-            f"({stats['bad_fraction']:.1%} of {stats['num_inputs']}), duplicates "
-            f"{stats['duplicates']}, eval copies of train images dropped "
-            f"{stats['eval_dropped_as_train_duplicates']}",
+            f"({stats['bad_fraction']:.1%} of {stats['num_inputs']}); exact duplicates: "
+            f"train {stats['duplicates']['train']}, eval {stats['duplicates']['eval']}; "
+            + (f"eval copies of train images dropped: "
+               f"{stats['eval_dropped_as_train_duplicates']}" if plan.splits_given else
+               f"eval images moved to train as near-duplicates of train images: "
+               f"{stats['eval_moved_to_train_near_duplicates']}"),
         ],
     }
 

@@ -3,18 +3,19 @@
 Checks: unknown or missing classes, channel counts and sizes out of range, empty
 splits, eval missing a class, class-share drift (L-infinity distance, as TFDV
 measures it), decode-failure rate, near-duplicate images across train and eval
-(64-bit difference hashes from ingest), per-class brightness/contrast drift. Writes
+(confirmed in pixel space on ingest's thumbnails), per-class brightness/contrast drift. Writes
 an Anomalies artifact (and the Schema it enforced); any error stops the run.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
 import numpy as np
 
-from components import artifacts, features, fileio
+from components import artifacts, features, fileio, neardup
 from components.config import ValidateConfig
 from components.contract import Maybe, step
 from components.errors import ValidationFailed
@@ -125,50 +126,41 @@ def check_bad_fraction(stats: dict[str, Any], cfg: ValidateConfig) -> list[dict[
     return []
 
 
-def read_hashes(path: str) -> dict[str, tuple[list[str], np.ndarray]]:
-    """split -> (ids, uint64 difference hashes) from ingest's hashes.tsv."""
+def read_thumbnails(path: str) -> dict[str, tuple[list[str], np.ndarray]]:
+    """split -> (ids, uint8 [n, 256] thumbnails) from ingest's thumbnails.tsv."""
     ids: dict[str, list[str]] = {split: [] for split in artifacts.SPLITS}
-    values: dict[str, list[int]] = {split: [] for split in artifacts.SPLITS}
-    with fileio.open_file(path, "rb") as handle:
-        for line in handle:
-            record_id, split, _, value = line.decode().rstrip("\n").split("\t")
-            ids.setdefault(split, []).append(record_id)
-            values.setdefault(split, []).append(int(value, 16))
-    return {split: (ids[split], np.asarray(values[split], dtype=np.uint64)) for split in ids}
+    thumbs: dict[str, list[bytes]] = {split: [] for split in artifacts.SPLITS}
+    if fileio.exists(path):
+        with fileio.open_file(path, "rb") as handle:
+            for line in handle:
+                record_id, split, _, encoded = line.decode().rstrip("\n").split("\t")
+                ids.setdefault(split, []).append(record_id)
+                thumbs.setdefault(split, []).append(base64.b64decode(encoded))
+    return {split: (ids[split], neardup.as_array(thumbs[split])) for split in ids}
 
 
-def near_duplicates(train: np.ndarray, eval_: np.ndarray,
-                    chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    """For each eval hash: the smallest Hamming distance to any train hash, and where."""
-    best = np.full(len(eval_), 65, dtype=np.int64)
-    where = np.full(len(eval_), -1, dtype=np.int64)
-    if len(train) == 0:
-        return best, where
-    for start in range(0, len(eval_), chunk):
-        block = np.bitwise_count(eval_[start:start + chunk, None] ^ train[None, :])
-        best[start:start + chunk] = block.min(axis=1)
-        where[start:start + chunk] = block.argmin(axis=1)
-    return best, where
-
-
-def check_near_duplicates(hashes_path: str, cfg: ValidateConfig) -> tuple[list[dict], dict]:
-    hashes = read_hashes(hashes_path)
-    train_ids, train = hashes.get("train", ([], np.zeros(0, np.uint64)))
-    eval_ids, eval_ = hashes.get("eval", ([], np.zeros(0, np.uint64)))
-    best, where = near_duplicates(train, eval_)
-    hits = np.flatnonzero(best <= cfg.near_duplicate_bits)
+def check_near_duplicates(thumbnails_path: str, max_rms: float, cfg: ValidateConfig
+                          ) -> tuple[list[dict], dict]:
+    """Eval images with a near-duplicate in train (pixel space, `max_rms` as ingest
+    recorded it): a warning, an error above `max_near_duplicate_fraction`."""
+    thumbs = read_thumbnails(thumbnails_path)
+    train_ids, train = thumbs["train"]
+    eval_ids, eval_ = thumbs["eval"]
+    found, rms = neardup.matches(eval_, train, max_rms)
+    hits = np.flatnonzero(found >= 0)
     fraction = len(hits) / len(eval_) if len(eval_) else 0.0
-    pairs = [{"eval_id": eval_ids[i], "train_id": train_ids[where[i]], "bits": int(best[i])}
+    pairs = [{"eval_id": eval_ids[i], "train_id": train_ids[found[i]], "rms": round(float(rms[i]), 2)}
              for i in hits[:MAX_REPORTED_PAIRS]]
     report = {"num_eval": len(eval_), "num_near_duplicates": int(len(hits)),
-              "leak_fraction": fraction, "max_bits": cfg.near_duplicate_bits, "pairs": pairs}
+              "leak_fraction": fraction, "max_rms": max_rms, "pairs": pairs}
     if not len(hits):
         return [], report
     severity = ERROR if fraction > cfg.max_near_duplicate_fraction else WARNING
     return [_anomaly("near_duplicate_leak", features.IMAGE,
-                     f"{len(hits)} of {len(eval_)} eval images ({fraction:.1%}) have a train image "
-                     f"within {cfg.near_duplicate_bits} bits of difference hash "
-                     f"(validate.max_near_duplicate_fraction {cfg.max_near_duplicate_fraction})",
+                     f"{len(hits)} of {len(eval_)} eval images ({fraction:.1%}) have a train "
+                     f"image within RMS {max_rms:g} (16x16 grayscale, 0-255): re-encoded or "
+                     f"edited copies leak into the evaluation (allowed: "
+                     f"validate.max_near_duplicate_fraction {cfg.max_near_duplicate_fraction})",
                      severity)], report
 
 
@@ -200,7 +192,8 @@ def run(statistics: artifacts.Artifact, validate: ValidateConfig, anomalies: str
 
     found = (check_schema(stats, enforced) + check_splits(stats) + check_drift(stats, previous, validate)
              + check_bad_fraction(stats, validate))
-    leak_anomalies, leak_report = check_near_duplicates(statistics.path("hashes.tsv"), validate)
+    leak_anomalies, leak_report = check_near_duplicates(
+        statistics.path("thumbnails.tsv"), stats["near_duplicate_rms"], validate)
     found += leak_anomalies
     errors = [a for a in found if a["severity"] == ERROR]
 
