@@ -44,7 +44,7 @@ class Statistics:
     """Ingest statistics. Layout: `{uri}/stats.json` (counts per split and class,
     size/channel histograms, exact duplicates, quarantine counts, per-class brightness
     and contrast, eval images dropped or moved to train), `{uri}/thumbnails.tsv` (id,
-    split, label, base64 16x16 grayscale thumbnail per image, for near-duplicate
+    split, base64 16x16 grayscale thumbnail per image, for near-duplicate
     checks), `{uri}/quarantine.jsonl` (one rejected input per line: path, reason)."""
 
 

@@ -6,6 +6,7 @@ Defaults are the course's values, so a config that names only its data source wo
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -19,10 +20,37 @@ MAX_PIXELS = 50_000_000
 MODEL_KINDS = ("logistic", "dense", "mlp", "hidden1", "dnn", "cnn", "deep_cnn", "transfer")
 
 
+# Beam's runner names (apache_beam.runners.runner._RUNNER_MAP; a test holds them
+# together); any other runner is given as a dotted class path.
+BEAM_RUNNERS = ("DataflowRunner", "DirectRunner", "BundleBasedDirectRunner",
+                "SwitchingDirectRunner", "InteractiveRunner", "FlinkRunner", "FnApiRunner",
+                "KafkaStreamsRunner", "PortableRunner", "PrismRunner", "SparkRunner",
+                "TestDirectRunner", "TestDataflowRunner", "PythonRPCDirectRunner")
+IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def identifier(value: Optional[str], what: str) -> Optional[str]:
+    """Names that become folders or aliases: letters, digits, '_', '.', '-', no '..'."""
+    if value is not None and (not IDENTIFIER.fullmatch(value) or ".." in value):
+        raise ValueError(f"{what} must be letters, digits, '_', '.' or '-', starting with a "
+                         f"letter or digit, got {value!r}")
+    return value
+
+
 class Section(BaseModel):
-    """A config section: unknown keys are errors, values are checked on assignment."""
+    """A config section: unknown keys are errors, values are checked on assignment, and
+    a boolean is never taken for a number (YAML's `epochs: true` is a mistake, not 1)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info) -> Any:
+        if isinstance(value, bool):
+            annotation = cls.model_fields[info.field_name].annotation
+            if annotation in (int, float, Optional[int], Optional[float]):
+                raise ValueError(f"expected a number, got the boolean {value}")
+        return value
 
 
 class DataConfig(Section):
@@ -40,6 +68,14 @@ class DataConfig(Section):
     classes: Optional[list[str]] = Field(
         None, description="Allowed class names; images with other labels are quarantined. "
                           "Default: every label found.")
+
+    @field_validator("source")
+    @classmethod
+    def _source_given(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("source is empty; name a folder, a manifest, an .npz or IDX "
+                             "file, or builtin:fonts")
+        return value
 
     @field_validator("image_size")
     @classmethod
@@ -227,6 +263,18 @@ class PushConfig(Section):
                                                           "version holding this alias.")
     vertex: Optional[VertexPushConfig] = None
 
+    @field_validator("model_name", "promote_to", "baseline_alias")
+    @classmethod
+    def _identifiers(cls, value: Optional[str], info) -> Optional[str]:
+        return identifier(value, info.field_name)
+
+    @field_validator("destination")
+    @classmethod
+    def _destination_given(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("destination is empty; give a folder or gs:// path")
+        return value
+
 
 class BeamConfig(Section):
     """Beam runner for the data-parallel steps; options pass through to PipelineOptions."""
@@ -235,6 +283,15 @@ class BeamConfig(Section):
         "DirectRunner", description="DirectRunner (in-process, on Beam's FnApiRunner), "
                                     "DataflowRunner, or any Beam runner name.")
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("runner")
+    @classmethod
+    def _known_runner(cls, value: str) -> str:
+        if value not in BEAM_RUNNERS and "." not in value:
+            raise ValueError(f"unknown Beam runner {value!r}; use one of "
+                             f"{', '.join(BEAM_RUNNERS[:4])} ... or a class path "
+                             "(package.module.MyRunner)")
+        return value
 
     def pipeline_args(self) -> list[str]:
         """The options as `--key=value` flags for `PipelineOptions`. DirectRunner maps to

@@ -17,12 +17,13 @@ declaration and the function's signature together (a test runs it on every step)
 
 from __future__ import annotations
 
+import functools
 import inspect
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from components import artifacts
+from components import artifacts, runtime
 
 # What the runner can resolve for a step, by parameter meaning.
 BASELINE_MODEL = "baseline_model"   # dir of the registry version holding push.baseline_alias
@@ -91,11 +92,18 @@ class StepSpec:
 
 
 def step(name: str, **declaration: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Declares the decorated function a DAG step (see `StepSpec`)."""
+    """Declares the decorated function a DAG step (see `StepSpec`). A step runs with
+    a private temporary folder, removed when it returns or fails (TensorFlow, Beam and
+    tensorflow-transform leave files in the temporary folder otherwise)."""
 
     def attach(fn: Callable[..., Any]) -> Callable[..., Any]:
-        fn.spec = StepSpec(name=name, fn=fn, **declaration)  # type: ignore[attr-defined]
-        return fn
+        @functools.wraps(fn)
+        def run_step(*args: Any, **kwargs: Any) -> Any:
+            with runtime.private_tempdir():
+                return fn(*args, **kwargs)
+
+        run_step.spec = StepSpec(name=name, fn=run_step, **declaration)  # type: ignore[attr-defined]
+        return run_step
 
     return attach
 

@@ -198,13 +198,31 @@ def encode_png(image: np.ndarray) -> bytes:
 
 def export(name: str, out_dir: str) -> dict[str, int]:
     """Writes a built-in dataset as class folders of PNGs (split folders when the
-    dataset has its own split). Returns the number of files per class."""
+    dataset has its own split) into a new or empty folder, all at once: the files are
+    written under a temporary sibling name that is renamed into place, so a failure
+    leaves nothing and no existing file is overwritten. Returns files per class."""
+    import shutil
+
+    target = os.path.abspath(out_dir)
+    if os.path.exists(target) and not os.path.isdir(target):
+        raise DataError(f"{out_dir!r} is a file; export into a new or empty folder.")
+    if os.path.isdir(target) and os.listdir(target):
+        raise DataError(f"{out_dir!r} is not empty; export into a new or empty folder (the "
+                        "export never overwrites files).")
     data = load(name)
+    partial = f"{target}.partial-{os.getpid()}"
     counts: dict[str, int] = {}
-    for image, label, rel in zip(data.images, data.labels, data.names):
-        path = os.path.join(out_dir, str(rel))
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as handle:
-            handle.write(encode_png(image))
-        counts[str(label)] = counts.get(str(label), 0) + 1
+    try:
+        for image, label, rel in zip(data.images, data.labels, data.names):
+            path = os.path.join(partial, str(rel))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as handle:
+                handle.write(encode_png(image))
+            counts[str(label)] = counts.get(str(label), 0) + 1
+        if os.path.isdir(target):
+            os.rmdir(target)      # empty: checked above
+        os.rename(partial, target)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     return counts

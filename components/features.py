@@ -45,7 +45,8 @@ def _feature(value: bytes | str | int) -> bytes:
     if isinstance(value, int):
         packed = _varint(value)
         return _field(3, _field(1, packed))           # Feature.int64_list (packed values)
-    data = value.encode("utf-8") if isinstance(value, str) else value
+    # surrogateescape: a file name that is not UTF-8 keeps its bytes
+    data = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
     return _field(1, _field(1, data))                 # Feature.bytes_list.value
 
 
@@ -172,5 +173,5 @@ def read_raw_examples(files: list[str], limit: int | None = None
     if not serialized:
         return serialized, {k: [] for k in _KEPT}
     parsed = tf.io.parse_example(tf.constant(serialized), labeled_image_spec())
-    return serialized, {k: [v if k == IMAGE else v.decode() for v in parsed[k].numpy()]
-                        for k in _KEPT}
+    return serialized, {k: [v if k == IMAGE else v.decode("utf-8", "surrogateescape")
+                            for v in parsed[k].numpy()] for k in _KEPT}

@@ -121,6 +121,31 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
         raise
 
 
+def prepare_output(path: str, what: str) -> str:
+    """Checks that a file the user asked for can be written at `path` (creating its
+    folder), before any work: a folder there, a file where a folder should be, or a
+    read-only folder is a ConfigError naming `what` (e.g. "-o") and the fix."""
+    from components.errors import ConfigError
+
+    if is_remote(path):
+        return path
+    if os.path.isdir(path):
+        raise ConfigError(f"{what} {path!r} is a folder; give a file name inside it, e.g. "
+                          f"{os.path.join(path, 'out' + (os.path.splitext(path)[1] or '.csv'))}.")
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise ConfigError(f"{what} {path!r}: a part of {parent!r} is a file, not a folder; "
+                          "choose another path.") from exc
+    except OSError as exc:
+        raise ConfigError(f"{what} {path!r}: cannot create {parent!r} ({exc.strerror}).") from exc
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"{what} {path!r}: the folder {parent!r} is not writable; choose "
+                          "another path.")
+    return path
+
+
 def rename(src: str, dst: str) -> None:
     if is_remote(src):
         _gfile().rename(src, dst, overwrite=False)

@@ -21,6 +21,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 BASES = {"mobilenet_v2": "MobileNetV2", "efficientnet_b0": "EfficientNetB0",
          "resnet50": "ResNet50"}
+MIN_BASE_SIZE = 32   # the smallest input the Keras application bases accept
 
 
 def _dense_stack(x, units: list[int], activation: str, initializer: str, dropout: float | None):
@@ -103,6 +104,10 @@ def transfer_base(cfg: ModelConfig, input_shape: tuple[int, int, int], weights: 
         raise ConfigError(f"model.kind transfer needs 3-channel input, got {input_shape}; "
                           "set data.channels: 3.")
     application = getattr(keras.applications, BASES[cfg.base])
+    if min(input_shape[:2]) < MIN_BASE_SIZE:
+        raise ConfigError(f"model.base {cfg.base} needs images of at least {MIN_BASE_SIZE}x"
+                          f"{MIN_BASE_SIZE}, got {input_shape[0]}x{input_shape[1]}; set "
+                          "data.image_size to [96, 96] or more (the course uses 192).")
     base = application(input_shape=input_shape, include_top=False,
                        weights="imagenet" if weights == "imagenet" else None)
     if weights and weights != "imagenet":

@@ -152,7 +152,10 @@ def predict_beam(saved_model: str, paths: list[str], pipeline_args: list[str],
 
 
 def write_rows(rows: list[dict[str, Any]], output: str | None) -> str:
-    """CSV (top_k as JSON) or JSONL by the output's extension; stdout as CSV."""
+    """CSV (top_k as JSON) or JSONL by the output's extension; stdout as CSV. A file is
+    written under a temporary name and renamed into place: a failure leaves the
+    earlier file as it was. File names that are not UTF-8 (legal on Linux) keep their
+    bytes in CSV and are escaped in JSONL."""
     if output and output.endswith(".jsonl"):
         text = "".join(json.dumps({k: row.get(k) for k in COLUMNS}) + "\n" for row in rows)
     else:
@@ -165,8 +168,11 @@ def write_rows(rows: list[dict[str, Any]], output: str | None) -> str:
                              json.dumps(row["top_k"]) if row.get("top_k") else "",
                              row.get("error", "")])
         text = buffer.getvalue()
+    data = text.encode("utf-8", "surrogateescape")
     if output:
-        fileio.write_text(output, text)
+        fileio.write_bytes_atomic(output, data)
     else:
-        sys.stdout.write(text)
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
     return text

@@ -1,17 +1,28 @@
 """The model registry: pushed versions in the TF Serving layout, with aliases and an
-audit log stored next to them (a serving system or another team sees them without the
-pipeline's metadata store).
+audit ledger stored next to them (a serving system or another team sees them without
+the pipeline's metadata store).
 
     ROOT/NAME/1/            saved_model.pb, variables/, assets/  (what TF Serving loads)
     ROOT/NAME/1/model_card.json, model.keras                     (ours; Serving ignores them)
-    ROOT/NAME/aliases.json  {"production": 3, "staging": 5}
-    ROOT/NAME/audit.jsonl   one line per alias change: who, when, from, to, reason, force
+    ROOT/NAME/audit.jsonl   the ledger: one line per alias change (who, when, action,
+                            alias, from, to, reason, force), written before anything else
+    ROOT/NAME/aliases.json  {"production": 3, "staging": 5}: the ledger's current state,
+                            rewritten after each change for readers that want one file
 
 A version is written under a hidden temporary name and published by renaming it to
 the next integer: the rename fails if another push took that number first, and the
 push retries with the next one, so concurrent pushes get distinct versions and TF
-Serving never sees a partial version. Alias changes and audit lines are serialized
-by a lock file (local roots); on gs:// the last writer wins (documented).
+Serving never sees a partial version. Only a directory holding `saved_model.pb` is a
+version. A push that fails removes its hidden copy; one that was killed leaves a copy
+whose lock nobody holds, and the next push removes it.
+
+The ledger is the write-ahead record: an alias change is appended (and synced) to it
+first, then aliases.json is rewritten; aliases are always read by replaying the ledger.
+A process killed in between leaves a ledger line whose change readers already see (the
+view is repaired by the next change or `imgpipe models repair`); one killed while
+appending leaves a torn last line, which is no change at all and is cut off by the next
+writer. Every change computes what it changes under one lock per model (local roots;
+on gs:// the last writer wins, documented).
 """
 
 from __future__ import annotations
@@ -32,7 +43,10 @@ from components.errors import ConfigError, ImgpipeError
 CARD = "model_card.json"
 ALIASES = "aliases.json"
 AUDIT = "audit.jsonl"
-REF = re.compile(r"^(?P<name>[A-Za-z0-9][\w.-]*)(?:@(?P<alias>[\w.-]+)|:(?P<version>\d+))$")
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+NAME = re.compile(NAME_PATTERN)
+REF = re.compile(rf"(?P<name>{NAME_PATTERN})(?:@(?P<alias>{NAME_PATTERN})|:(?P<version>\d+))")
+LATEST = "latest"
 
 
 class PromotionRefused(ImgpipeError):
@@ -41,8 +55,20 @@ class PromotionRefused(ImgpipeError):
     exit_code = 4
 
 
+class RegistryError(ConfigError):
+    """A registry file is damaged; the message names it and the repair."""
+
+
 def is_reference(text: str) -> bool:
-    return bool(REF.match(text))
+    return bool(REF.fullmatch(text))
+
+
+def check_name(name: str, what: str = "model name") -> str:
+    """Names are identifiers: a name like '../x' would read or write outside the root."""
+    if not NAME.fullmatch(name or "") or ".." in name:
+        raise ConfigError(f"{what} {name!r} must be letters, digits, '_', '.' or '-', starting "
+                          "with a letter or digit (it names a folder in the registry).")
+    return name
 
 
 @dataclass(frozen=True)
@@ -57,8 +83,21 @@ class Version:
 
     @property
     def card(self) -> dict[str, Any]:
+        """The model card; RegistryError naming the file and the repair when damaged."""
         card_path = fileio.join(self.path, CARD)
-        return json.loads(fileio.read_text(card_path)) if fileio.exists(card_path) else {}
+        if not fileio.exists(card_path):
+            return {}
+        try:
+            card = json.loads(fileio.read_text(card_path))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise RegistryError(
+                f"{card_path} is damaged ({type(exc).__name__}: {exc}); restore it from the run "
+                f"that pushed {self.ref} (its model card is rebuilt by pushing that run's model "
+                f"again) or move the folder {self.path} out of the registry.") from exc
+        if not isinstance(card, dict):
+            raise RegistryError(f"{card_path} is not a JSON object; restore it or move "
+                                f"{self.path} out of the registry.")
+        return card
 
     @property
     def blessed(self) -> bool:
@@ -68,36 +107,65 @@ class Version:
 
 
 class Registry:
-    """Versions, aliases and the audit log under one root (local folder or gs://)."""
+    """Versions, aliases and the audit ledger under one root (local folder or gs://)."""
 
     def __init__(self, root: str):
         self.root = root if fileio.is_remote(root) else os.path.abspath(root)
+
+    def _model_dir(self, name: str) -> str:
+        return fileio.join(self.root, check_name(name))
 
     # --- reading -------------------------------------------------------------------
 
     def models(self) -> list[str]:
         if not fileio.isdir(self.root):
             return []
-        return sorted(n.rstrip("/") for n in fileio.listdir(self.root)
-                      if not n.startswith(".") and fileio.isdir(fileio.join(self.root, n)))
+        return sorted(n for n in fileio.listdir(self.root)
+                      if NAME.fullmatch(n) and fileio.isdir(fileio.join(self.root, n)))
 
     def versions(self, name: str) -> list[Version]:
-        base = fileio.join(self.root, name)
+        """Complete versions only: integer folders holding saved_model.pb (a stray file
+        or an empty folder named 7 is not a version)."""
+        base = self._model_dir(name)
         if not fileio.isdir(base):
             return []
-        numbers = sorted(int(n.rstrip("/")) for n in fileio.listdir(base)
-                         if n.rstrip("/").isdigit())
+        numbers = sorted(int(n) for n in fileio.listdir(base)
+                         if n.isdigit() and fileio.exists(fileio.join(base, n, "saved_model.pb")))
         return [Version(name, n, fileio.join(base, str(n))) for n in numbers]
 
-    def aliases(self, name: str) -> dict[str, int]:
-        path = fileio.join(self.root, name, ALIASES)
-        return json.loads(fileio.read_text(path)) if fileio.exists(path) else {}
-
     def audit(self, name: str) -> list[dict[str, Any]]:
-        path = fileio.join(self.root, name, AUDIT)
+        """The ledger's entries. A torn last line (a writer killed mid-append) is not an
+        entry; a damaged line before it is a RegistryError naming the line."""
+        path = fileio.join(self._model_dir(name), AUDIT)
         if not fileio.exists(path):
             return []
-        return [json.loads(line) for line in fileio.read_text(path).splitlines() if line]
+        try:
+            text = fileio.read_text(path)
+        except UnicodeDecodeError as exc:
+            raise RegistryError(f"{path} is not UTF-8 text; restore it from a backup, or "
+                                "remove it to start a new alias history.") from exc
+        lines = text.split("\n")
+        complete, torn = lines[:-1], lines[-1]   # text after the last newline never committed
+        del torn
+        entries = []
+        for number, line in enumerate(complete, 1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+                if not isinstance(entry, dict) or "alias" not in entry or "to" not in entry:
+                    raise ValueError("not an alias change record")
+            except ValueError as exc:
+                raise RegistryError(
+                    f"{path} line {number} is damaged ({exc}); the ledger records every alias "
+                    f"change: fix or delete that line, then run `imgpipe models repair {name}` "
+                    "to rewrite aliases.json from it.") from exc
+            entries.append(entry)
+        return entries
+
+    def aliases(self, name: str) -> dict[str, int]:
+        """alias -> version, from the ledger (aliases.json is a view of it)."""
+        return _replay(self.audit(name))
 
     def get(self, name: str, version: int) -> Version:
         for candidate in self.versions(name):
@@ -109,7 +177,7 @@ class Registry:
 
     def resolve(self, ref: str) -> Version:
         """NAME@ALIAS, NAME@latest or NAME:VERSION -> a Version."""
-        match = REF.match(ref)
+        match = REF.fullmatch(ref)
         if not match:
             raise ConfigError(f"{ref!r} is not a model reference; use NAME@ALIAS, NAME@latest "
                               "or NAME:VERSION.")
@@ -120,7 +188,7 @@ class Registry:
         if not versions:
             raise ConfigError(f"model {name!r} has no pushed versions in {self.root}; list "
                               "them with `imgpipe models list --registry DIR`.")
-        if match["alias"] == "latest":
+        if match["alias"] == LATEST:
             return versions[-1]
         aliases = self.aliases(name)
         if match["alias"] not in aliases:
@@ -133,25 +201,34 @@ class Registry:
         aliases = self.aliases(name)
         return self.get(name, aliases[alias]) if alias in aliases else None
 
-    # --- writing -------------------------------------------------------------------
+    # --- pushing -------------------------------------------------------------------
 
     def push(self, name: str, saved_model: str, card: dict[str, Any],
              extra_files: dict[str, str] | None = None) -> Version:
-        """Copies a SavedModel (+ card and extra files) in as the next version."""
-        if not REF.match(f"{name}:1"):
-            raise ConfigError(f"model name {name!r} must be letters, digits, '.', '_' or '-'.")
-        base = fileio.join(self.root, name)
+        """Copies a SavedModel (+ card and extra files) in as the next version. A failed
+        push removes its hidden copy before the error propagates."""
+        base = self._model_dir(name)
         fileio.makedirs(base)
-        self._clean_stale_pushes(base)
+        self._clean_dead_pushes(base)
         staging = fileio.join(base, f".push-{uuid.uuid4().hex}")
-        _copytree(saved_model, staging)
-        for rel, src in (extra_files or {}).items():
-            _copytree(src, fileio.join(staging, rel)) if fileio.isdir(src) else \
-                _copyfile(src, fileio.join(staging, rel))
+        with _held(f"{staging}.lock"):
+            try:
+                _copytree(saved_model, staging)
+                for rel, src in (extra_files or {}).items():
+                    _copytree(src, fileio.join(staging, rel)) if fileio.isdir(src) else \
+                        _copyfile(src, fileio.join(staging, rel))
+                return self._claim_version(name, base, staging, card)
+            except BaseException:
+                fileio.rmtree(staging)
+                raise
+
+    def _claim_version(self, name: str, base: str, staging: str,
+                       card: dict[str, Any]) -> Version:
         for _ in range(1000):
             number = (self.versions(name)[-1].version if self.versions(name) else 0) + 1
-            card = dict(card, name=name, version=number, pushed=runtime.utc_now())
-            fileio.write_text(fileio.join(staging, CARD), json.dumps(card, indent=2, default=str))
+            stamped = dict(card, name=name, version=number, pushed=runtime.utc_now())
+            fileio.write_text(fileio.join(staging, CARD),
+                              json.dumps(stamped, indent=2, default=str))
             target = fileio.join(base, str(number))
             try:
                 self._publish(staging, target)
@@ -161,17 +238,19 @@ class Registry:
         raise ImgpipeError(f"could not allocate a version under {base}.")
 
     @staticmethod
-    def _clean_stale_pushes(base: str, max_age_s: float = 6 * 3600) -> None:
-        """Removes staging dirs of pushes killed midway (hidden from TF Serving, but
-        they take space); a push younger than `max_age_s` may still be running."""
+    def _clean_dead_pushes(base: str) -> None:
+        """Removes hidden copies of pushes whose process is gone: a running push holds
+        the lock file next to its copy; a dead one holds nothing."""
         if fileio.is_remote(base):
             return
-        import time
-
         for entry in os.listdir(base):
-            path = os.path.join(base, entry)
-            if entry.startswith(".push-") and time.time() - os.path.getmtime(path) > max_age_s:
+            if not entry.startswith(".push-"):
+                continue
+            path = os.path.join(base, entry.removesuffix(".lock"))
+            if _lock_is_free(f"{path}.lock"):
                 shutil.rmtree(path, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    os.remove(f"{path}.lock")
 
     def _publish(self, staging: str, target: str) -> None:
         if fileio.is_remote(target):
@@ -185,83 +264,166 @@ class Registry:
         try:
             os.rename(staging, target)  # fails when target exists and is not empty
         except OSError as exc:
-            if os.path.isdir(target):
+            if os.path.exists(target):
                 raise FileExistsError(target) from exc
             raise
 
+    # --- aliases -------------------------------------------------------------------
+
     @contextlib.contextmanager
     def _locked(self, name: str) -> Iterator[None]:
-        base = fileio.join(self.root, name)
+        base = self._model_dir(name)
         if fileio.is_remote(base):
             yield
             return
-        import fcntl
-
         os.makedirs(base, exist_ok=True)
-        with open(os.path.join(base, ".lock"), "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with _held(os.path.join(base, ".lock"), blocking=True):
+            yield
 
     def set_alias(self, ref: str, alias: str, reason: str = "", force: bool = False,
                   action: str = "promote", who: str | None = None) -> dict[str, Any]:
         """Points `alias` at the version `ref` names; refuses a version that is not
-        blessed or failed infra validation unless `force` (recorded in the audit)."""
-        if not re.fullmatch(r"[\w.-]+", alias) or alias == "latest":
-            raise ConfigError(f"alias {alias!r} must be a word other than 'latest'.")
+        blessed or failed infra validation unless `force` (recorded in the ledger). A
+        change that changes nothing is not recorded: the entry says `unchanged`."""
+        check_name(alias, "alias")
+        if alias == LATEST:
+            raise ConfigError(f"'{LATEST}' always means the newest version; pick another alias.")
         version = self.resolve(ref)
-        if not version.blessed and not force:
-            card = version.card
-            why = card.get("blessing", {}).get("reason") or \
-                card.get("infra_validation", {}).get("reason") or "no blessing on record"
-            raise PromotionRefused(f"{version.ref} is not blessed ({why}); pass --force to "
-                                   "promote it anyway (recorded in the audit log).")
+        if not force:
+            _require_blessed(version)
         with self._locked(version.name):
-            aliases = self.aliases(version.name)
-            entry = {"time": runtime.utc_now(), "who": who or _user(), "action": action, "alias": alias,
-                     "from": aliases.get(alias), "to": version.version, "reason": reason,
-                     "force": force}
-            aliases[alias] = version.version
-            fileio.write_text_atomic(fileio.join(self.root, version.name, ALIASES),
-                                     json.dumps(aliases, indent=2, sort_keys=True))
-            self._append_audit(version.name, entry)
+            current = self.aliases(version.name).get(alias)
+            entry = _entry(action, alias, current, version.version, reason, force, who)
+            if current == version.version:
+                return dict(entry, unchanged=True)
+            self._record(version.name, entry)
+        return entry
+
+    def delete_alias(self, name: str, alias: str, reason: str = "",
+                     who: str | None = None) -> dict[str, Any]:
+        with self._locked(name):
+            current = self.aliases(name).get(alias)
+            if current is None:
+                raise ConfigError(f"model {name!r} has no alias {alias!r} to delete (aliases: "
+                                  f"{', '.join(sorted(self.aliases(name))) or 'none'}).")
+            entry = _entry("delete", alias, current, None, reason, False, who)
+            self._record(name, entry)
         return entry
 
     def rollback(self, name: str, alias: str, reason: str = "",
                  who: str | None = None) -> dict[str, Any]:
         """Moves `alias` back to the version that held it before the current holder;
-        repeated rollbacks walk further back (undone promotions are skipped)."""
-        current = self.aliases(name).get(alias)
-        if current is None:
-            raise ConfigError(f"model {name!r} has no alias {alias!r} to roll back.")
-        holders: list[int] = []
-        for entry in self.audit(name):
-            if entry["alias"] != alias:
-                continue
-            if entry["action"] == "rollback" and holders:
-                holders.pop()
-            else:
-                holders.append(entry["to"])
-        if len(holders) < 2:
-            raise ConfigError(f"{name}@{alias} (version {current}) has no earlier holder to "
-                              "roll back to; promote a version explicitly instead.")
-        previous = holders[-2]
-        return self.set_alias(f"{name}:{previous}", alias, reason or f"rollback from {current}",
-                              force=True, action="rollback", who=who)
+        repeated rollbacks walk further back. Computed and written under the lock, so
+        two concurrent rollbacks move it back twice, never skip or repeat a version."""
+        with self._locked(name):
+            entries = self.audit(name)
+            current = _replay(entries).get(alias)
+            if current is None:
+                raise ConfigError(f"model {name!r} has no alias {alias!r} to roll back.")
+            holders = _holders(entries, alias)
+            if len(holders) < 2:
+                raise ConfigError(f"{name}@{alias} (version {current}) has no earlier holder to "
+                                  "roll back to; promote a version explicitly instead.")
+            previous = holders[-2]
+            self.get(name, previous)   # still there?
+            entry = _entry("rollback", alias, current, previous,
+                           reason or f"rollback from {current}", True, who)
+            self._record(name, entry)
+        return entry
 
-    def _append_audit(self, name: str, entry: dict[str, Any]) -> None:
-        path = fileio.join(self.root, name, AUDIT)
+    def repair(self, name: str) -> dict[str, Any]:
+        """Rewrites aliases.json from the ledger (and cuts a torn last ledger line)."""
+        with self._locked(name):
+            before = self._read_view(name)
+            self._cut_torn_tail(name)
+            after = self.aliases(name)
+            self._write_view(name, after)
+        return {"before": before, "after": after}
+
+    def _record(self, name: str, entry: dict[str, Any]) -> None:
+        """Ledger first (synced), then the view. Called under the lock."""
+        path = fileio.join(self._model_dir(name), AUDIT)
         line = json.dumps(entry, sort_keys=True) + "\n"
         if fileio.is_remote(path):
             old = fileio.read_text(path) if fileio.exists(path) else ""
             fileio.write_text(path, old + line)
         else:
+            self._cut_torn_tail(name)
             with open(path, "a", encoding="utf-8") as handle:
                 handle.write(line)
                 handle.flush()
                 os.fsync(handle.fileno())
+        self._write_view(name, self.aliases(name))
+
+    def _cut_torn_tail(self, name: str) -> None:
+        path = fileio.join(self._model_dir(name), AUDIT)
+        if fileio.is_remote(path) or not os.path.isfile(path):
+            return
+        with open(path, "rb+") as handle:
+            data = handle.read()
+            if data and not data.endswith(b"\n"):
+                handle.truncate(data.rfind(b"\n") + 1)
+
+    def _read_view(self, name: str) -> Any:
+        path = fileio.join(self._model_dir(name), ALIASES)
+        try:
+            return json.loads(fileio.read_text(path)) if fileio.exists(path) else {}
+        except (ValueError, UnicodeDecodeError):
+            return "(damaged)"
+
+    def _write_view(self, name: str, aliases: dict[str, int]) -> None:
+        fileio.write_text_atomic(fileio.join(self._model_dir(name), ALIASES),
+                                 json.dumps(aliases, indent=2, sort_keys=True))
+
+
+def _entry(action: str, alias: str, current: int | None, target: int | None, reason: str,
+           force: bool, who: str | None) -> dict[str, Any]:
+    return {"time": runtime.utc_now(), "who": who or _user(), "action": action, "alias": alias,
+            "from": current, "to": target, "reason": reason, "force": force}
+
+
+def _replay(entries: list[dict[str, Any]]) -> dict[str, int]:
+    aliases: dict[str, int] = {}
+    for entry in entries:
+        if entry.get("action") == "delete" or entry["to"] is None:
+            aliases.pop(entry["alias"], None)
+        else:
+            aliases[entry["alias"]] = int(entry["to"])
+    return aliases
+
+
+def _holders(entries: list[dict[str, Any]], alias: str) -> list[int]:
+    """The alias's history as a stack: promotions push (a repeat of the top is no
+    change), rollbacks pop, a delete clears it. The top is the current holder."""
+    stack: list[int] = []
+    for entry in entries:
+        if entry["alias"] != alias:
+            continue
+        if entry.get("action") == "delete":
+            stack.clear()
+        elif entry.get("action") == "rollback":
+            if stack:
+                stack.pop()
+            if not stack or stack[-1] != entry["to"]:
+                stack.append(int(entry["to"]))
+        elif not stack or stack[-1] != entry["to"]:
+            stack.append(int(entry["to"]))
+    return stack
+
+
+def _require_blessed(version: Version) -> None:
+    try:
+        card = version.card
+    except RegistryError as exc:
+        raise PromotionRefused(f"{version.ref} cannot be checked: {exc} Pass --force to "
+                               "promote it anyway (recorded in the audit log).") from exc
+    blessed = bool(card.get("blessing", {}).get("blessed")) and \
+        bool(card.get("infra_validation", {}).get("passed", True))
+    if not blessed:
+        why = card.get("blessing", {}).get("reason") or \
+            card.get("infra_validation", {}).get("reason") or "no blessing on record"
+        raise PromotionRefused(f"{version.ref} is not blessed ({why}); pass --force to "
+                               "promote it anyway (recorded in the audit log).")
 
 
 def _user() -> str:
@@ -269,6 +431,42 @@ def _user() -> str:
         return os.environ.get("IMGPIPE_USER") or getpass.getuser()
     except (KeyError, OSError):
         return "unknown"
+
+
+@contextlib.contextmanager
+def _held(lock_path: str, blocking: bool = False) -> Iterator[None]:
+    """Holds an exclusive lock on `lock_path` (local paths) while the block runs."""
+    if fileio.is_remote(lock_path):
+        yield
+        return
+    import fcntl
+
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            yield
+        finally:
+            if not blocking:   # a private lock: gone with its owner's work
+                with contextlib.suppress(OSError):
+                    os.remove(lock_path)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _lock_is_free(lock_path: str) -> bool:
+    """True when no live process holds `lock_path` (or it does not exist)."""
+    import fcntl
+
+    try:
+        handle = open(lock_path, "a")
+    except OSError:
+        return True
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return True
 
 
 def _copyfile(src: str, dst: str) -> None:

@@ -1,9 +1,13 @@
 """Process-level facts and chores shared by the steps and the runners: the package
-version, UTC timestamps, and handing freed memory back to the OS."""
+version, UTC timestamps, handing freed memory back to the OS, stopping on signals,
+telling whether a recorded process still runs, and a private temporary folder."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import os
+from typing import Iterator
 
 
 def package_version() -> str:
@@ -43,3 +47,151 @@ def release_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+# --- stopping on signals -------------------------------------------------------------
+
+
+class Stopped(BaseException):
+    """The process was asked to stop (SIGINT / SIGTERM). A BaseException, like
+    KeyboardInterrupt, so that no `except Exception` in a library swallows it."""
+
+    def __init__(self, signal_name: str):
+        super().__init__(f"stopped by {signal_name}")
+        self.signal_name = signal_name
+
+    @property
+    def exit_code(self) -> int:
+        return 130 if self.signal_name == "SIGINT" else 143
+
+
+_STOP: dict[str, str] = {}
+
+
+def install_stop_handlers() -> None:
+    """SIGINT and SIGTERM raise Stopped in the main thread, once the first arrives:
+    runs record their end, temporary files go, and library threads stay quiet."""
+    import logging
+    import signal
+    import threading
+
+    def handler(signum: int, frame) -> None:
+        name = signal.Signals(signum).name
+        first = not _STOP
+        _STOP.setdefault("signal", name)
+        # Threads of Beam/TF that fail because of the stop would print tracebacks.
+        logging.disable(logging.CRITICAL)
+        threading.excepthook = lambda args: None
+        if first:
+            raise Stopped(name)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, handler)
+
+
+def stop_signal() -> str | None:
+    """The signal that asked this process to stop, if one did."""
+    return _STOP.get("signal")
+
+
+# --- who is running ------------------------------------------------------------------
+
+
+def process_identity(pid: int | None = None) -> str:
+    """host:pid:start-time of a process (the start time tells a reused pid apart)."""
+    import socket
+
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid)}"
+
+
+def _start_time(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return "?"
+
+
+def process_alive(identity: str | None) -> bool | None:
+    """Whether the process `identity` names is still running; None when that cannot be
+    told from here (another host, or no identity recorded)."""
+    import socket
+
+    if not identity or identity.count(":") != 2:
+        return None
+    host, pid, started = identity.split(":")
+    if host != socket.gethostname():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return started == "?" or _start_time(int(pid)) == started
+
+
+# --- a private temporary folder ---------------------------------------------------------
+
+_TEMP_PREFIX = "imgpipe-tmp-"
+_TEMP_DEPTH: list[str] = []
+
+
+@contextlib.contextmanager
+def private_tempdir() -> Iterator[str]:
+    """Points `tempfile` and TMPDIR (child processes too) at a folder of our own while
+    the block runs, and removes it after: TensorFlow's autograph files, Beam's pipeline
+    temp dirs and tensorflow-transform's scratch never pile up in the system's TMPDIR.
+    A folder left by a killed process is removed by the next one (its lock is free)."""
+    import fcntl
+    import shutil
+    import tempfile
+
+    if _TEMP_DEPTH:           # nested: the outer folder serves
+        yield _TEMP_DEPTH[-1]
+        return
+    base = tempfile.gettempdir()
+    _remove_dead_tempdirs(base)
+    path = tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=base)
+    lock = open(os.path.join(path, ".lock"), "a")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    saved = tempfile.tempdir, os.environ.get("TMPDIR")
+    tempfile.tempdir = path
+    os.environ["TMPDIR"] = path
+    _TEMP_DEPTH.append(path)
+    try:
+        yield path
+    finally:
+        _TEMP_DEPTH.pop()
+        tempfile.tempdir = saved[0]
+        if saved[1] is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved[1]
+        shutil.rmtree(path, ignore_errors=True)
+        lock.close()
+
+
+def _remove_dead_tempdirs(base: str) -> None:
+    import fcntl
+    import shutil
+
+    try:
+        entries = [e for e in os.listdir(base) if e.startswith(_TEMP_PREFIX)]
+    except OSError:
+        return
+    import time
+
+    for entry in entries:
+        path = os.path.join(base, entry)
+        try:
+            lock = os.path.join(path, ".lock")
+            made = os.path.getmtime(lock if os.path.exists(lock) else path)
+            if time.time() - made < 5:
+                continue   # just made: its owner may not hold its lock yet
+            with open(lock, "a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            continue   # alive (locked), or not ours to touch

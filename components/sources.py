@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -95,6 +96,26 @@ def _split_name(name: str) -> str | None:
     return SPLIT_ALIASES.get(name.lower())
 
 
+def text(name: str) -> str:
+    """A file or folder name as text: names that are not UTF-8 (legal on Linux; Python
+    holds their bytes as surrogates) show those bytes as \\xNN escapes."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def check_label(label: Any, where: str) -> str:
+    """A class name: text without control characters (it becomes a line of the label
+    vocabulary and a column of TSV files). Numbers are taken as their text."""
+    if isinstance(label, bool) or not isinstance(label, (str, int)):
+        raise DataError(f"{where}: the label must be a class name (text or a whole number), "
+                        f"got {json.dumps(label, default=str)[:80]}; one label per image.")
+    label = text(str(label))
+    if any(ord(c) < 32 or ord(c) == 127 for c in label):
+        raise DataError(f"{where}: class name {label!r} contains a tab, newline or other "
+                        "control character; rename it (class names become lines of the label "
+                        "vocabulary).")
+    return label
+
+
 def _folder_items(root: str) -> list[FileItem]:
     entries = sorted(e for e in os.listdir(root) if not e.startswith("."))
     dirs = [e for e in entries if os.path.isdir(os.path.join(root, e))]
@@ -112,11 +133,13 @@ def _folder_items(root: str) -> list[FileItem]:
                     continue
                 sub_path = os.path.join(split_root, sub)
                 if os.path.isdir(sub_path):
-                    items.extend(_class_files(sub_path, sub, split))
+                    items.extend(_class_files(sub_path, check_label(sub, f"folder {text(sub_path)!r}"),
+                                              split))
                 else:
                     items.append(FileItem(sub_path, None, split))
         else:
-            items.extend(_class_files(os.path.join(root, top), top, None))
+            class_dir = os.path.join(root, top)
+            items.extend(_class_files(class_dir, check_label(top, f"folder {text(class_dir)!r}"), None))
     return items
 
 
@@ -138,29 +161,56 @@ def read_manifest(path: str) -> list[tuple[int, dict[str, Any], str | None]]:
     the row has neither. Ingest and `imgpipe predict` both read manifests this way."""
     base = os.path.dirname(path)
     csv_file = path.lower().endswith(".csv")
-    rows: list[dict[str, Any]] = []
     try:
-        with open(path, encoding="utf-8", newline="") as handle:
-            if csv_file:
-                rows = list(csv.DictReader(handle))
-            else:
-                for number, line in enumerate(handle, 1):
-                    if line.strip():
-                        try:
-                            rows.append(json.loads(line))
-                        except ValueError as exc:
-                            raise DataError(f"{path}:{number}: not a JSON object ({exc}); "
-                                            "each line must be {\"path\": ..., \"label\": ...}.") \
-                                from exc
+        with open(path, "rb") as handle:
+            raw = handle.read()
     except OSError as exc:
-        raise DataError(f"cannot read manifest {path}: {exc}") from exc
+        raise DataError(f"cannot read manifest {path}: {exc.strerror}") from exc
+    try:
+        content = raw.decode("utf-8-sig")      # a byte-order mark is not part of a header
+    except UnicodeDecodeError as exc:
+        raise DataError(f"manifest {path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at "
+                        f"offset {exc.start}); save it as UTF-8.") from exc
+    rows = _csv_rows(path, content) if csv_file else _jsonl_rows(path, content)
     out = []
-    for number, row in enumerate(rows, 2 if csv_file else 1):
+    for number, row in rows:
         ref = row.get("path") or row.get("uri")
+        if ref is not None and not isinstance(ref, str):
+            raise DataError(f"{path}: row {number}: 'path' must be text (a file path or URI), "
+                            f"got {json.dumps(ref, default=str)[:80]}.")
         full = None if not ref else \
             ref if "://" in ref or os.path.isabs(ref) else os.path.join(base, ref)
         out.append((number, row, full))
     return out
+
+
+def _csv_rows(path: str, content: str) -> list[tuple[int, dict[str, Any]]]:
+    reader = csv.DictReader(io.StringIO(content, newline=""))
+    rows = []
+    try:
+        for row in reader:
+            rows.append((reader.line_num, row))
+    except csv.Error as exc:
+        raise DataError(f"{path}: line {reader.line_num + 1}: {exc} (a manifest row holds a "
+                        "path, a label and an optional split); fix that line.") from exc
+    return rows
+
+
+def _jsonl_rows(path: str, content: str) -> list[tuple[int, dict[str, Any]]]:
+    rows = []
+    for number, line in enumerate(content.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise DataError(f"{path}:{number}: not valid JSON ({exc}); each line must be "
+                            '{"path": ..., "label": ...}.') from exc
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{number}: a JSON {type(row).__name__}, not an object; each "
+                            'line must be {"path": ..., "label": ...}.')
+        rows.append((number, row))
+    return rows
 
 
 def _manifest_items(path: str) -> list[FileItem]:
@@ -176,7 +226,7 @@ def _manifest_items(path: str) -> list[FileItem]:
             split = _split_name(str(split))
         else:
             split = None
-        items.append(FileItem(full, str(row["label"]), split))
+        items.append(FileItem(full, check_label(row["label"], f"{path}: row {number}"), split))
     return items
 
 
@@ -245,6 +295,8 @@ def _load_arrays(source: Source) -> datasets.ArrayDataset:
         images = archive[_npz_key(archive, ("images", "x", "arr_0"), "image", path)]
         labels = archive[_npz_key(archive, ("labels", "y", "arr_1"), "label", path)]
         splits = archive["splits"].astype(str) if "splits" in archive.files else None
+        for label in np.unique(labels.astype(str)) if labels.ndim == 1 else ():
+            check_label(str(label), path)
         if labels.ndim == 2:  # one-hot, as in the course's data_with_labels.npz variants
             labels = labels.argmax(axis=1)
         if len(images) != len(labels):
@@ -330,7 +382,7 @@ def fingerprint(source: Source, ingest: IngestConfig) -> str:
         root = os.path.dirname(source.location) if source.kind == "manifest" else source.location
         for item in list_files(source, ingest):
             rel = os.path.relpath(item.path, root) if "://" not in item.path else item.path
-            digest.update(f"{rel}\0{item.label}\0{item.split}\0".encode())
+            digest.update(f"{rel}\0{item.label}\0{item.split}\0".encode("utf-8", "surrogateescape"))
             if os.path.isfile(item.path):
                 fileio.hash_file(item.path, digest)
             else:

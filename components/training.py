@@ -153,3 +153,45 @@ def optimizer(cfg: TrainConfig, learning_rate: float | None = None):
     if opt.name == "sgd":
         return keras.optimizers.SGD(rate, momentum=opt.momentum)
     return keras.optimizers.RMSprop(rate, momentum=opt.momentum)
+
+
+class EpochLog:
+    """A Keras callback that appends each finished epoch's metrics to a JSON-lines file
+    (synced), so the history of a run killed and resumed by BackupAndRestore is whole.
+    Built on first use so importing this module does not import Keras."""
+
+    def __new__(cls, path: str, phase: int = 1):
+        import keras
+
+        class _EpochLog(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                line = json.dumps({"epoch": int(epoch), "phase": phase,
+                                   **{k: float(v) for k, v in (logs or {}).items()}})
+                with open(path, "a", encoding="utf-8") as handle:
+                    handle.write(line + "\n")
+                    handle.flush()
+                    os.fsync(handle.fileno())
+
+        return _EpochLog()
+
+
+def read_epoch_log(path: str) -> dict[str, list[float]]:
+    """{metric: [value per epoch]} from an EpochLog file; an epoch logged twice (its
+    checkpoint was not written before a kill, so it ran again) counts once, the later."""
+    if not os.path.isfile(path):
+        return {}
+    epochs: dict[int, dict[str, float]] = {}
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue   # a line torn by a kill
+                epochs[entry.pop("epoch")] = entry
+    history: dict[str, list[float]] = {}
+    for epoch in sorted(epochs):
+        for key, value in epochs[epoch].items():
+            history.setdefault(key, []).append(float(value))
+    return history

@@ -4,11 +4,13 @@ checks do not pay for TensorFlow or Beam."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 from typing import Any, Callable, Sequence
 
+from components import runtime
 from components.config import BUILTIN_DATASETS, MODEL_KINDS
 from components.errors import ImgpipeError, NotBlessed
 
@@ -78,7 +80,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
 def _compiled(args: argparse.Namespace):
+    """(config, package path, parameters); a package compiled here lives in a temporary
+    folder removed afterwards."""
     import tempfile
 
     from pipeline import config as config_lib
@@ -86,10 +91,26 @@ def _compiled(args: argparse.Namespace):
     from pipeline.submit import parameters
 
     cfg = config_lib.load(args.config, args.overrides, resolve_paths=False)
-    package = args.package or os.path.join(tempfile.mkdtemp(prefix="imgpipe-"), "pipeline.yaml")
-    if not args.package:
-        kfp_pipeline.compile_pipeline(cfg, package)
-    return cfg, package, parameters(cfg.to_dict())
+    if args.package:
+        yield cfg, args.package, parameters(cfg.to_dict())
+        return
+    with tempfile.TemporaryDirectory(prefix="imgpipe-submit-") as folder:
+        package = kfp_pipeline.compile_pipeline(cfg, os.path.join(folder, "pipeline.yaml"))
+        yield cfg, package, parameters(cfg.to_dict())
+
+
+def _reach(target: str, call: Callable[[], Any]) -> Any:
+    """A call to a remote service; its failure (no credentials, unreachable host, a
+    refused request) is one line naming the service, not a traceback."""
+    try:
+        return call()
+    except ImgpipeError:
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:300].rstrip(".")
+        raise ImgpipeError(f"{target} failed: {type(exc).__name__}: {first}. Check the "
+                           "credentials (gcloud auth application-default login) and the "
+                           "target (--project/--region, --kfp-host).") from exc
 
 
 def _adapter(args: argparse.Namespace):
@@ -101,26 +122,32 @@ def _adapter(args: argparse.Namespace):
                    if not getattr(args, k)]
         if missing:
             raise ConfigError(f"--vertex needs {', '.join(missing)}.")
-        return VertexAdapter(VertexTarget(args.project, args.region, args.pipeline_root,
-                                          args.service_account))
+        target = VertexTarget(args.project, args.region, args.pipeline_root,
+                              args.service_account)
+        return _reach("connecting to Vertex AI", lambda: VertexAdapter(target))
     if args.kfp_host:
-        return KfpAdapter(args.kfp_host, experiment=args.experiment)
+        return _reach(f"connecting to {args.kfp_host}",
+                      lambda: KfpAdapter(args.kfp_host, experiment=args.experiment))
     raise ConfigError("say where: --vertex --project P --region R --pipeline-root gs://... "
                       "or --kfp-host https://...")
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    cfg, package, params = _compiled(args)
-    name = args.name or cfg.name
-    print(f"submitted {name}: {_adapter(args).submit(name, package, params)}")
+    adapter = _adapter(args)
+    with _compiled(args) as (cfg, package, params):
+        name = args.name or cfg.name
+        job = _reach("submitting the run", lambda: adapter.submit(name, package, params))
+    print(f"submitted {name}: {job}")
     return 0
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
-    cfg, package, params = _compiled(args)
-    name = args.name or cfg.name
-    print(f"scheduled {name} ({args.cron}): "
-          f"{_adapter(args).schedule(name, package, params, args.cron)}")
+    adapter = _adapter(args)
+    with _compiled(args) as (cfg, package, params):
+        name = args.name or cfg.name
+        schedule = _reach("creating the schedule",
+                          lambda: adapter.schedule(name, package, params, args.cron))
+    print(f"scheduled {name} ({args.cron}): {schedule}")
     return 0
 
 
@@ -155,7 +182,7 @@ def _store(runs_dir: str):
     if not os.path.isfile(path):
         raise ImgpipeError(f"no runs under {runs_dir!r} (no {METADATA_FILE}); run a pipeline "
                            "first (imgpipe run CONFIG) or pass --runs-dir.")
-    return MetadataStore(path)
+    return MetadataStore(path, read_only=True)
 
 
 def cmd_runs_list(args: argparse.Namespace) -> int:
@@ -216,8 +243,9 @@ def cmd_config_schema(args: argparse.Namespace) -> int:
 
     text = json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        from components import fileio
+
+        fileio.write_text_atomic(fileio.prepare_output(args.output, "-o"), text)
         print(f"wrote {args.output}")
     else:
         sys.stdout.write(text)
@@ -240,6 +268,8 @@ def cmd_schema_infer(args: argparse.Namespace) -> int:
     from pipeline.local import run_pipeline
 
     cfg = config_lib.load(args.config, args.overrides)
+    output = fileio.prepare_output(args.output or os.path.join("schemas", f"{cfg.name}.pbtxt"),
+                                   "-o")
     result = run_pipeline(cfg, args.runs_dir, args.config, until="ingest",
                           log=lambda line: None)
     if result.error is not None:
@@ -247,11 +277,9 @@ def cmd_schema_infer(args: argparse.Namespace) -> int:
     stats_uri = result.steps[0].outputs["statistics"]
     stats = json.loads(fileio.read_text(artifacts.read(stats_uri).path("stats.json")))
     text = schema.schema_to_text(schema.infer_schema(stats))
-    output = args.output or os.path.join("schemas", f"{cfg.name}.pbtxt")
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    with open(output, "w", encoding="utf-8") as handle:
-        handle.write(f"# TFMD schema of raw image examples, inferred by `imgpipe schema infer` "
-                     f"from run {result.run_id}.\n" + text)
+    fileio.write_text_atomic(
+        output, f"# TFMD schema of raw image examples, inferred by `imgpipe schema infer` "
+                f"from run {result.run_id}.\n" + text)
     print(f"wrote {output} ({len(stats['class_names'])} classes, from run {result.run_id}); "
           f"enforce it with validate.schema: {output}")
     return 0
@@ -294,6 +322,9 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     print(f"{'MODEL:VERSION':<28} {'ACCURACY':>8} {'BLESSED':>7} {'INFRA':>5} {'AGE':>5}  "
           f"{'KIND':<9} ALIASES")
     for row in rows:
+        if row.get("error"):
+            print(f"{row['ref']:<28} DAMAGED: {row['error']}")
+            continue
         accuracy = "-" if row["accuracy"] is None else f"{row['accuracy']:.4f}"
         print(f"{row['ref']:<28} {accuracy:>8} {str(row['blessed']).lower():>7} "
               f"{str(row['infra']).lower():>5} {row['age']:>5}  {row['kind'] or '-':<9} "
@@ -364,16 +395,41 @@ def cmd_models_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def _alias_change(name: str, entry: dict[str, Any], json_output: bool) -> None:
+    if json_output:
+        print(json.dumps(dict(entry, model=name), indent=2))
+    elif entry.get("unchanged"):
+        print(f"{name}@{entry['alias']} already points at version {entry['to']}; nothing "
+              "changed (not recorded).")
+    else:
+        before = "(none)" if entry["from"] is None else f"version {entry['from']}"
+        after = "(deleted)" if entry["to"] is None else f"version {entry['to']}"
+        print(f"{name}@{entry['alias']}: {before} -> {after} ({entry['action']}"
+              f"{', forced' if entry['force'] and entry['action'] == 'promote' else ''})")
+
+
 def cmd_models_promote(args: argparse.Namespace) -> int:
-    entry = _registry(args).set_alias(args.ref, args.to, args.reason or "", args.force)
-    print(f"{args.ref.split(':')[0].split('@')[0]}@{entry['alias']}: {entry['from']} -> "
-          f"{entry['to']}{' (forced)' if entry['force'] else ''}")
+    registry = _registry(args)
+    entry = registry.set_alias(args.ref, args.to, args.reason or "", args.force)
+    _alias_change(registry.resolve(args.ref).name, entry, args.json)
     return 0
 
 
 def cmd_models_rollback(args: argparse.Namespace) -> int:
     entry = _registry(args).rollback(args.model, args.alias, args.reason or "")
-    print(f"{args.model}@{args.alias}: {entry['from']} -> {entry['to']} (rollback)")
+    _alias_change(args.model, entry, args.json)
+    return 0
+
+
+def cmd_models_repair(args: argparse.Namespace) -> int:
+    result = _registry(args).repair(args.model)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif result["before"] == result["after"]:
+        print(f"{args.model}: aliases.json already matches the ledger: {result['after']}")
+    else:
+        print(f"{args.model}: aliases.json rewritten from the ledger: {result['before']} -> "
+              f"{result['after']}")
     return 0
 
 
@@ -386,6 +442,7 @@ def _add_models_parser(sub) -> None:
         "diff": (cmd_models_diff, "two versions' metrics side by side"),
         "promote": (cmd_models_promote, "point an alias at a version"),
         "rollback": (cmd_models_rollback, "move an alias back to its previous holder"),
+        "repair": (cmd_models_repair, "rewrite aliases.json from the audit ledger"),
     }
     for name, (func, text) in commands.items():
         p = models.add_parser(name, help=text)
@@ -403,10 +460,12 @@ def _add_models_parser(sub) -> None:
             p.add_argument("--reason")
             p.add_argument("--force", action="store_true",
                            help="promote even if not blessed (recorded in the audit log)")
-        else:
+        elif name == "rollback":
             p.add_argument("model")
             p.add_argument("--alias", required=True)
             p.add_argument("--reason")
+        else:
+            p.add_argument("model")
         p.add_argument("--registry", help="registry root (default: the --config's push "
                                           "destination, else ./serving)")
         p.add_argument("--config", help="take the registry from this config's push.destination")
@@ -415,9 +474,11 @@ def _add_models_parser(sub) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from components import predict
+    from components import fileio, predict
     from components.config import BeamConfig
 
+    if args.output:
+        fileio.prepare_output(args.output, "-o")
     model = args.model
     if not os.path.isdir(model):
         model = _registry(args).resolve(model).path
@@ -443,8 +504,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error style: one line, exit 2, and where to look."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"imgpipe: error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="imgpipe", description="TFX-style batch pipeline for image classification.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -469,8 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("inputs", nargs="+", help="image files, folders or a CSV/JSONL manifest")
     predict.add_argument("-o", "--output", help="out.csv or out.jsonl (default: CSV to stdout)")
     predict.add_argument("--registry", help="registry root (default: ./serving)")
-    predict.add_argument("--top-k", type=int, default=3)
-    predict.add_argument("--batch-size", type=int, default=64)
+    predict.add_argument("--top-k", type=positive_int, default=3)
+    predict.add_argument("--batch-size", type=positive_int, default=64)
     predict.add_argument("--beam", action="store_true",
                          help="run as a Beam job (default above 20,000 files)")
     predict.add_argument("--config", help="take the registry and Beam options from this config")
@@ -480,7 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="runs_command", required=True)
     runs_list = runs.add_parser("list", help="runs, newest first")
     runs_list.add_argument("--pipeline", help="only this pipeline name")
-    runs_list.add_argument("--limit", type=int, default=20)
+    runs_list.add_argument("--limit", type=positive_int, default=20)
     runs_show = runs.add_parser("show", help="one run: steps, cache decisions, artifacts")
     runs_show.add_argument("run_id", help="run id (or a unique prefix)")
     for p, fn in ((runs_list, cmd_runs_list), (runs_show, cmd_runs_show)):
@@ -498,7 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     summary = sub.add_parser("summary", help="print a model's Keras summary without training")
     summary.add_argument("--model", required=True, choices=MODEL_KINDS)
     summary.add_argument("--input-shape", required=True, help="H,W,C, e.g. 36,36,1")
-    summary.add_argument("--classes", type=int, required=True)
+    summary.add_argument("--classes", type=positive_int, required=True)
     summary.set_defaults(func=cmd_summary)
 
     schema_cmd = sub.add_parser("schema", help="TFMD schema of raw examples").add_subparsers(
@@ -537,21 +616,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     _quiet_libraries()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:   # --help, --version, or a usage error already printed
+        return int(exc.code or 0)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
-        return func(args)
+        with runtime.private_tempdir():
+            return func(args)
     except ImgpipeError as exc:
         print(f"imgpipe: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("imgpipe: interrupted", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, runtime.Stopped) as exc:
+        return _stopped(exc)
+    except BrokenPipeError:
+        return _closed_pipe()
+    except Exception:
+        if runtime.stop_signal():   # a library turned our stop into an error of its own
+            return _stopped(runtime.Stopped(runtime.stop_signal()))
+        raise
+
+
+def _stopped(exc: BaseException) -> int:
+    name = exc.signal_name if isinstance(exc, runtime.Stopped) else "SIGINT"
+    print(f"imgpipe: interrupted ({name}); the run is recorded as failed and resumes from "
+          "the first unfinished step when started again.", file=sys.stderr)
+    return 130 if name == "SIGINT" else 143
+
+
+def _closed_pipe() -> int:
+    """`imgpipe ... | head`: the reader left; say nothing more, exit quietly."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 0
 
 
 def _entry() -> Any:  # pragma: no cover
+    runtime.install_stop_handlers()
     code = main()
-    sys.stdout.flush()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        code = _closed_pipe()
     sys.stderr.flush()
     # TensorFlow, TFT and pyarrow can segfault while the interpreter tears down their
     # native state, which would turn a finished run's exit code into 139. Everything
@@ -560,4 +666,4 @@ def _entry() -> Any:  # pragma: no cover
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    _entry()

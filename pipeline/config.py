@@ -12,14 +12,13 @@ import re
 from typing import Any, Optional
 
 import yaml
-from pydantic import ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from components.config import (BeamConfig, DataConfig, EvaluateConfig, IngestConfig,
                                InfraValidateConfig, ModelConfig, PushConfig, Section, TrainConfig,
-                               TransformConfig, ValidateConfig)
+                               TransformConfig, ValidateConfig, identifier)
 from components.errors import ConfigError
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class KfpStepConfig(Section):
@@ -75,10 +74,17 @@ class PipelineConfig(Section):
     @field_validator("name")
     @classmethod
     def _valid_name(cls, value: str) -> str:
-        if not _NAME.match(value):
-            raise ValueError("name must be letters, digits, '_', '.' or '-' (it names the "
-                             f"model in the registry), got {value!r}")
-        return value
+        return identifier(value, "name (it names the model in the registry)")
+
+    @model_validator(mode="after")
+    def _image_fits_max_pixels(self) -> "PipelineConfig":
+        height, width = self.data.image_size
+        if height * width > self.ingest.max_pixels:
+            raise ValueError(f"data.image_size {height}x{width} is {height * width:,} pixels, "
+                             f"over ingest.max_pixels {self.ingest.max_pixels:,}; the transform "
+                             "would materialize images larger than any input may be. Use a "
+                             "smaller image_size")
+        return self
 
     @property
     def model_name(self) -> str:
@@ -139,6 +145,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {text!r}: the value is not valid YAML ({exc.problem}).") from exc
+    _check_size(value, f"--set {key.strip()}")
     return key.strip(), value
 
 
@@ -185,17 +192,7 @@ def load(path: str | None, overrides: list[str] = (), resolve_paths: bool = True
     tree: dict[str, Any] = {}
     where = path or "defaults"
     if path is not None:
-        if not os.path.isfile(path):
-            raise ConfigError(f"config file {path!r} not found; pass the path of a YAML "
-                              "config, e.g. configs/fonts.yaml.")
-        try:
-            with open(path, encoding="utf-8") as handle:
-                tree = yaml.safe_load(handle) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise ConfigError(f"{path}: invalid YAML{at}: {getattr(exc, 'problem', exc)}; "
-                              "fix the syntax.") from exc
+        tree = _read_yaml(path)
     for text in overrides:
         key, value = parse_override(text)
         if not isinstance(tree, dict):
@@ -206,6 +203,54 @@ def load(path: str | None, overrides: list[str] = (), resolve_paths: bool = True
     if path is not None and resolve_paths:
         _resolve_paths(config, os.path.dirname(os.path.abspath(path)))
     return config
+
+
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_VALUES = 100_000
+
+
+def _read_yaml(path: str) -> Any:
+    """A config file's YAML, loaded safely: no Python objects, at most 1 MiB, and at most
+    100,000 values once YAML aliases are expanded (an alias bomb stops here instead of
+    growing memory without bound in whatever walks the tree next)."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} not found; pass the path of a YAML "
+                          "config, e.g. configs/fonts.yaml.")
+    with open(path, "rb") as handle:
+        raw = handle.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path} is over {MAX_CONFIG_BYTES // 1024} KiB; a pipeline config "
+                          "is a few lines of YAML: check that this is the right file.")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
+                          f"{exc.start}); save it as UTF-8.") from exc
+    try:
+        tree = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: invalid YAML{at}: {getattr(exc, 'problem', exc)}; "
+                          "fix the syntax.") from exc
+    _check_size(tree, path)
+    return tree
+
+
+def _check_size(tree: Any, where: str) -> None:
+    count, stack = 0, [tree]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > MAX_CONFIG_VALUES:
+            raise ConfigError(f"{where} expands to more than {MAX_CONFIG_VALUES:,} values "
+                              "(YAML aliases that repeat each other?); write the config out "
+                              "without them.")
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 def _resolve_paths(config: PipelineConfig, config_dir: str) -> None:

@@ -179,8 +179,16 @@ def build_pipeline(config: PipelineConfig) -> Callable:
 def compile_pipeline(config: PipelineConfig, output: str) -> str:
     from kfp import compiler
 
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    compiler.Compiler().compile(build_pipeline(config), output)
+    from components import fileio
+
+    fileio.prepare_output(output, "-o")
+    partial = f"{output}.partial-{os.getpid()}.yaml"
+    try:
+        compiler.Compiler().compile(build_pipeline(config), partial)
+        os.replace(partial, output)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
     return output
 
 

@@ -10,13 +10,15 @@ since the step last ran, or which file of the cached output is damaged.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from components import artifacts, fileio, runtime
+from components.config import BUILTIN_PREFIX
 from components.errors import ArtifactError, ConfigError, ImgpipeError
 from pipeline import cache, dag, invoke
 from pipeline.config import PipelineConfig
@@ -79,6 +81,7 @@ class LocalRunner:
         names = dag.names(self.steps)
         if until is not None and until not in names:
             raise ConfigError(f"--until {until!r} is not a step; steps are {', '.join(names)}.")
+        preflight(self.config, self.runs_dir, names[: names.index(until) + 1] if until else names)
         run_id = self.store.start_run(self.config.name, self.config.to_dict(), self.config_path)
         self.log(f"run {run_id}  (pipeline {self.config.name}, runs dir {self.runs_dir})")
         produced: dict[str, artifacts.Artifact] = {}
@@ -93,6 +96,10 @@ class LocalRunner:
                 self.log(f"  {node.name:<10} FAILED: {exc}")
                 self._report(run_id, "failed", results, str(exc))
                 return RunResult(run_id, self.runs_dir, "failed", results, exc)
+            except BaseException as exc:
+                # A bug, a library failure, Ctrl-C or SIGTERM: the run still ends on record.
+                self.store.end_run(run_id, "failed", failure_reason(exc))
+                raise
             results.append(result)
         self.store.end_run(run_id, "succeeded")
         self._report(run_id, "succeeded", results)
@@ -119,13 +126,45 @@ class LocalRunner:
         prepared = self._prepare(run_id, node, produced)
         if not node.spec.cache:
             decision = "always runs (effects outside its artifacts; idempotent)"
-        elif not self.use_cache:
-            decision = "cache disabled (--no-cache)"
-        else:
-            reused, decision = self._reuse(run_id, prepared, produced)
-            if reused is not None:
-                return reused
-        return self._execute(run_id, prepared, decision, produced)
+            return self._execute(run_id, prepared, decision, produced, scratch=None)
+        # One execution of a (step, key) at a time: a concurrent run of the same config
+        # waits here, then reuses the result instead of sharing checkpoints.
+        scratch = os.path.join(self.runs_dir, "scratch", node.name, prepared.key[:16])
+        with self._key_lock(scratch, run_id, node.name):
+            if self.use_cache:
+                reused, decision = self._reuse(run_id, prepared, produced)
+                if reused is not None:
+                    return reused
+            else:
+                decision = "cache disabled (--no-cache)"
+            return self._execute(run_id, prepared, decision, produced, scratch)
+
+    @contextlib.contextmanager
+    def _key_lock(self, scratch: str, run_id: str, step: str) -> Iterator[None]:
+        """Held while a step with this key is looked up and executed. Its scratch folder
+        (checkpoints) can then only be an earlier *failed* execution's, never a live one."""
+        import fcntl
+
+        os.makedirs(os.path.dirname(scratch), exist_ok=True)
+        with open(f"{scratch}.lock", "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another run"
+                self.log(f"  {step:<10} waiting  (run {holder} is executing this step with "
+                         "the same inputs)")
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            handle.seek(0)
+            handle.truncate()
+            handle.write(run_id)
+            handle.flush()
+            try:
+                yield
+            finally:
+                handle.seek(0)
+                handle.truncate()
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _prepare(self, run_id: str, node: dag.Node,
                  produced: dict[str, artifacts.Artifact]) -> _Prepared:
@@ -200,7 +239,7 @@ class LocalRunner:
         return outputs, None
 
     def _execute(self, run_id: str, prepared: _Prepared, decision: str,
-                 produced: dict[str, artifacts.Artifact]) -> StepResult:
+                 produced: dict[str, artifacts.Artifact], scratch: str | None) -> StepResult:
         node, name = prepared.node, prepared.node.name
         execution_id = self.store.start_execution(run_id, name, prepared.key, prepared.parts,
                                                   decision)
@@ -210,8 +249,6 @@ class LocalRunner:
                                            art.fingerprint, art.properties, art.created)
         step_dir = os.path.join(self.runs_dir, run_id, name)
         out_uris = {output: os.path.join(step_dir, output) for output in node.spec.outputs}
-        # Stable across reruns of the same key: a killed step resumes from it.
-        scratch = os.path.join(self.runs_dir, "scratch", name, prepared.key[:16])
         producer = {"run_id": run_id, "step": name, "execution_id": execution_id,
                     "pipeline": self.config.name}
         self.log(f"  {name:<10} running  ({decision})")
@@ -226,6 +263,9 @@ class LocalRunner:
             raise
         except Exception:  # a bug or library failure: keep the traceback on record
             self.store.finish_execution(execution_id, "failed", error=traceback.format_exc())
+            raise
+        except BaseException as exc:  # Ctrl-C, SIGTERM
+            self.store.finish_execution(execution_id, "failed", error=failure_reason(exc))
             raise
         seconds = time.perf_counter() - started
         runtime.release_memory()
@@ -243,6 +283,39 @@ class LocalRunner:
             self.log(f"             {line}")
         return StepResult(name, "ran", decision, seconds,
                           {n: a.uri for n, a in outputs.items()}, summary)
+
+
+def preflight(config: PipelineConfig, runs_dir: str, steps: list[str]) -> None:
+    """Mistakes that would otherwise surface only after the expensive steps."""
+    source = config.data.source
+    if not source.startswith(BUILTIN_PREFIX) and not fileio.is_remote(source):
+        src, runs = os.path.realpath(source), os.path.realpath(runs_dir)
+        if os.path.isdir(src) and (runs == src or runs.startswith(src + os.sep)):
+            raise ConfigError(f"the runs folder {runs_dir} is inside data.source {source}: a run "
+                              "would write into the data it reads; pass --runs-dir elsewhere.")
+    destination = config.push.destination
+    if "push" in steps and not fileio.is_remote(destination):
+        if os.path.exists(destination) and not os.path.isdir(destination):
+            raise ConfigError(f"push.destination {destination!r} is a file; it must be a folder "
+                              "(the registry root): fix push.destination.")
+        existing = os.path.abspath(destination)
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+            raise ConfigError(f"push.destination {destination!r} cannot be written ({existing} "
+                              "is not a writable folder); fix push.destination or its "
+                              "permissions.")
+
+
+def failure_reason(exc: BaseException) -> str:
+    """How a run or execution ended, in one line."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (SIGINT)"
+    if isinstance(exc, runtime.Stopped):
+        return f"interrupted ({exc.signal_name})"
+    if runtime.stop_signal():     # a library turned the stop into its own exception
+        return f"interrupted ({runtime.stop_signal()})"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def run_pipeline(config: PipelineConfig, runs_dir: str = "runs", config_path: str | None = None,

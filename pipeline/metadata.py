@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from components import runtime
+from components.errors import ImgpipeError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -27,7 +28,8 @@ CREATE TABLE IF NOT EXISTS runs (
     status TEXT NOT NULL,            -- running | succeeded | failed
     error TEXT,
     started TEXT NOT NULL,
-    ended TEXT
+    ended TEXT,
+    process TEXT                     -- host:pid:start-time of the process running it
 );
 CREATE TABLE IF NOT EXISTS executions (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -105,22 +107,57 @@ class ArtifactRecord:
 class MetadataStore:
     """Lineage store on SQLite. Safe for concurrent runs in separate processes."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, read_only: bool = False):
+        """`read_only`: for commands that only look (runs list/show), which then work on
+        a runs folder that cannot be written."""
         self.path = path
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with self._connect() as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(_SCHEMA)
+        self.read_only = read_only
+        if read_only:
+            return
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            with self._connect() as conn:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.executescript(_SCHEMA)
+                columns = {row["name"] for row in conn.execute("PRAGMA table_info(runs)")}
+                if "process" not in columns:   # a store written before runs recorded it
+                    conn.execute("ALTER TABLE runs ADD COLUMN process TEXT")
+        except (OSError, sqlite3.Error) as exc:
+            raise ImgpipeError(f"cannot write the metadata store {path} ({exc}); the runs "
+                               "folder must be writable and have free space: free some or "
+                               "pass --runs-dir elsewhere.") from exc
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA busy_timeout=60000")
+        try:
+            conn = self._open()
+        except sqlite3.Error as exc:
+            raise ImgpipeError(f"cannot open the metadata store {self.path} ({exc}).") from exc
         try:
             yield conn
+        except sqlite3.OperationalError as exc:
+            if "full" in str(exc) or "readonly" in str(exc) or "disk" in str(exc):
+                raise ImgpipeError(f"the metadata store {self.path} cannot be written ({exc}); "
+                                   "free space or pass --runs-dir elsewhere.") from exc
+            raise
         finally:
             conn.close()
+
+    def _open(self) -> sqlite3.Connection:
+        if not self.read_only:
+            conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        else:
+            base = f"file:{os.path.abspath(self.path)}?mode=ro"
+            try:
+                conn = sqlite3.connect(base, timeout=60, isolation_level=None, uri=True)
+                conn.execute("SELECT 1 FROM runs LIMIT 1")
+            except sqlite3.Error:
+                # a folder we cannot write: read the file as it is (WAL ignored)
+                conn = sqlite3.connect(base + "&immutable=1", timeout=60,
+                                       isolation_level=None, uri=True)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA busy_timeout=60000")
+        return conn
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -139,9 +176,10 @@ class MetadataStore:
         run_id = new_run_id()
         with self._transaction() as conn:
             conn.execute(
-                "INSERT INTO runs (id, pipeline, config_path, config_json, status, started) "
-                "VALUES (?, ?, ?, ?, 'running', ?)",
-                (run_id, pipeline, config_path, json.dumps(config, sort_keys=True), _now()))
+                "INSERT INTO runs (id, pipeline, config_path, config_json, status, started, "
+                "process) VALUES (?, ?, ?, ?, 'running', ?, ?)",
+                (run_id, pipeline, config_path, json.dumps(config, sort_keys=True), _now(),
+                 runtime.process_identity()))
         return run_id
 
     def end_run(self, run_id: str, status: str, error: str | None = None) -> None:
@@ -165,8 +203,13 @@ class MetadataStore:
 
     @staticmethod
     def _run_dict(row: sqlite3.Row) -> dict[str, Any]:
+        """A run; one still 'running' whose process is gone reads as 'died'."""
         out = dict(row)
         out["config"] = json.loads(out.pop("config_json"))
+        if out["status"] == "running" and runtime.process_alive(out.get("process")) is False:
+            out["status"] = "died"
+            out["error"] = out["error"] or (f"its process ({out['process'].split(':')[1]}) "
+                                            "ended without recording an end (killed?)")
         return out
 
     # --- executions ----------------------------------------------------------------

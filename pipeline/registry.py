@@ -50,10 +50,20 @@ def version_row(version: Version, aliases: dict[str, int]) -> dict[str, Any]:
 
 
 def list_versions(registry: Registry, name: str | None = None) -> list[dict[str, Any]]:
+    """One row per version; a version whose card is damaged is listed with the error
+    (so the listing still shows what is there)."""
+    from components.registry import RegistryError
+
     rows = []
     for model in ([name] if name else registry.models()):
         aliases = registry.aliases(model)
-        rows.extend(version_row(v, aliases) for v in registry.versions(model))
+        for version in registry.versions(model):
+            try:
+                rows.append(version_row(version, aliases))
+            except RegistryError as exc:
+                rows.append({"ref": version.ref, "version": version.version, "error": str(exc),
+                             "aliases": sorted(a for a, v in aliases.items()
+                                               if v == version.version)})
     return rows
 
 

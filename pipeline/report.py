@@ -269,6 +269,5 @@ def write(run_dir: str, run_id: str, status: str, steps: list[Any], error: str |
     if anomalies is not None:
         parts.append(_validation_section(anomalies))
     path = path or os.path.join(run_dir, "report.html")
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write("\n".join(parts))
+    fileio.write_text_atomic(path, "\n".join(parts))
     return path

@@ -35,3 +35,25 @@ def consume(examples: artifacts.Artifact, train: TrainConfig, statistics: str,
             json.dump({"epochs": train.epochs, "input": examples.fingerprint}, handle)
         writer.commit()
     return {}
+
+
+@step(name="slow", inputs={"examples": artifacts.Examples},
+      outputs={"statistics": artifacts.Statistics}, config=("train",), scratch=True)
+def slow(examples: artifacts.Artifact, train: TrainConfig, statistics: str,
+         scratch: str | None = None, producer: dict[str, Any] | None = None):
+    """Claims its scratch folder, works a while, and fails if anyone else wrote there."""
+    import time
+
+    os.makedirs(scratch, exist_ok=True)
+    owner = os.path.join(scratch, "owner")
+    with open(owner, "w") as handle:
+        handle.write(str(os.getpid()))
+    time.sleep(float(os.environ.get("FAKE_SLOW_SECONDS", "1.5")))
+    with open(owner) as handle:
+        if handle.read() != str(os.getpid()):
+            raise RuntimeError("another execution wrote into my scratch folder")
+    with artifacts.writing(statistics, "Statistics", producer) as writer:
+        with open(writer.file("stats.json"), "w") as handle:
+            json.dump({"epochs": train.epochs}, handle)
+        writer.commit()
+    return {}

@@ -87,7 +87,8 @@ def test_enumerations_have_one_home():
     the builders, the loaders and the CLI's choices all read them from there."""
     import typing
 
-    from components import config as sections, datasets, models
+    from components import config as sections
+    from components import datasets, models
 
     assert tuple(models.DEFAULTS) == sections.MODEL_KINDS
     assert typing.get_args(sections.ModelKind) == sections.MODEL_KINDS

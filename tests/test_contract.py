@@ -14,7 +14,8 @@ import pytest
 from components import artifacts
 from components.config import DataConfig, TrainConfig
 from components.contract import Maybe, check_signature, spec_of, step
-from pipeline import cache, config as config_lib, dag, invoke
+from pipeline import cache, dag, invoke
+from pipeline import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

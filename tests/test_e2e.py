@@ -99,8 +99,14 @@ def test_predict_as_a_beam_job_matches_in_process(tmp_path):
     """The Beam path of `imgpipe predict` (large inputs) gives the same rows, in order,
     with bad files reported per row."""
     from components import artifacts, predict
+    from components.config import (
+        BeamConfig,
+        DataConfig,
+        ModelConfig,
+        TrainConfig,
+        TransformConfig,
+    )
     from components.steps import train, transform
-    from components.config import BeamConfig, DataConfig, ModelConfig, TrainConfig, TransformConfig
     from tests import fixtures
 
     examples, _ = fixtures.examples_artifact(tmp_path, per_class=6)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from components import artifacts
-from components.steps import ingest
 from components.config import BeamConfig, DataConfig, IngestConfig
 from components.errors import DataError
+from components.steps import ingest
 from tests import fixtures
 
 
@@ -74,7 +74,7 @@ def test_splits_are_deterministic(tmp_path):
     _, second, _, _ = run_ingest(tmp_path, tmp_path / "src", name="b")
     assert first.properties["counts"] == second.properties["counts"]
     assert first.fingerprint == second.fingerprint
-    ids = lambda art, s: sorted(r["id"] for r in read_examples(art, s))  # noqa: E731
+    ids = lambda art, s: sorted(r["id"] for r in read_examples(art, s))
     assert ids(first, "eval") == ids(second, "eval")
 
 
@@ -159,8 +159,7 @@ def test_csv_and_jsonl_manifests(tmp_path):
         writer.writeheader()
         writer.writerows(rows)
     with open(tmp_path / "m.jsonl", "w") as handle:
-        for row in rows:
-            handle.write(json.dumps({"uri": row["path"], "label": row["label"]}) + "\n")
+        handle.writelines(json.dumps({"uri": row["path"], "label": row["label"]}) + "\n" for row in rows)
     _, _, _, stats = run_ingest(tmp_path, tmp_path / "m.csv", name="csv")
     assert stats["counts"]["eval"] == {"cat": 1, "dog": 1, "fox": 1}
     _, _, _, stats = run_ingest(tmp_path, tmp_path / "m.jsonl", name="jsonl")
@@ -269,7 +268,7 @@ def test_hash_split_keeps_near_duplicates_in_one_split(tmp_path):
     assert "eval images moved to train as near-duplicates" in summary["lines"][1]
     rows = [line.split("\t") for line in open(stats_art.path("thumbnails.tsv")).read().split("\n")
             if line]
-    thumbs = {split: neardup.as_array([base64.b64decode(r[3]) for r in rows if r[1] == split])
+    thumbs = {split: neardup.as_array([base64.b64decode(r[2]) for r in rows if r[1] == split])
               for split in ("train", "eval")}
     assert len(thumbs["eval"]) == sum(stats["counts"]["eval"].values()) > 0
     found, _ = neardup.matches(thumbs["eval"], thumbs["train"], 6.0)

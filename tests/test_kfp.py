@@ -9,7 +9,9 @@ import re
 import pytest
 import yaml
 
-from pipeline import cli, config as config_lib, kfp as kfp_pipeline, submit
+from pipeline import cli, submit
+from pipeline import config as config_lib
+from pipeline import kfp as kfp_pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "deploy", "example.yaml")
@@ -206,14 +208,14 @@ def test_dockerfiles_install_the_package_from_pyproject():
 
     project = tomllib.load(open(os.path.join(ROOT, "pyproject.toml"), "rb"))
     lock = open(os.path.join(ROOT, "requirements.lock")).read()
-    tf_version = re.search(r"^tensorflow==([\d.]+)$", lock, re.M)[1]
+    tf_version = re.search(r"^tensorflow==([\d.]+)$", lock, re.MULTILINE)[1]
     for name in ("Dockerfile", "Dockerfile.gpu"):
         text = open(os.path.join(ROOT, "deploy", name)).read()
-        assert re.search(r"^COPY pyproject.toml requirements.lock", text, re.M)
+        assert re.search(r"^COPY pyproject.toml requirements.lock", text, re.MULTILINE)
         for package in project["tool"]["setuptools"]["packages"]:
-            assert re.search(rf"^COPY {package} \./{package}$", text, re.M), (name, package)
-        assert re.search(r"^RUN pip install -c requirements.lock \.$", text, re.M), name
-        base = re.search(r"^FROM (\S+)", text, re.M)[1]
+            assert re.search(rf"^COPY {package} \./{package}$", text, re.MULTILINE), (name, package)
+        assert re.search(r"^RUN pip install -c requirements.lock \.$", text, re.MULTILINE), name
+        base = re.search(r"^FROM (\S+)", text, re.MULTILINE)[1]
         if name == "Dockerfile":
             assert base.startswith("python:3.11") and ">=3.11,<3.12" == project[
                 "project"]["requires-python"]

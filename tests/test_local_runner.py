@@ -130,3 +130,52 @@ def test_run_pipeline_uses_the_real_dag(make_config, tmp_path):
 
     with pytest.raises(ConfigError, match="is not a step; steps are ingest"):
         run_pipeline(make_config(), str(tmp_path), until="bogus", log=lambda line: None)
+
+
+SLOW = (dag.node(fake_steps.produce), dag.node(fake_steps.slow, examples="produce.examples"))
+
+
+def test_same_config_at_once_runs_each_step_once_with_private_scratch(tmp_path):
+    """Two processes, same config, same runs dir: the second waits for the first's
+    execution of a step with the same key and reuses it; no scratch is shared."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; sys.path.insert(0, '.');"
+        "from pipeline import config; from tests.test_local_runner import SLOW;"
+        "from pipeline.local import LocalRunner;"
+        "cfg = config.from_dict({'name': 'c', 'data': {'source': 'same'}});"
+        f"r = LocalRunner(cfg, {str(tmp_path)!r}, log=lambda l: None, steps=SLOW).run();"
+        "print(r.status, [s.status for s in r.steps])")
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate() for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    statuses = sorted(out.strip() for out, _ in outs)
+    assert statuses[0].startswith("succeeded") and statuses[1].startswith("succeeded")
+    store = MetadataStore(str(tmp_path / "metadata.sqlite"))
+    slow = [e for r in store.list_runs("c") for e in store.executions(r["id"])
+            if e.step == "slow"]
+    assert sorted(e.status for e in slow) == ["cached", "succeeded"]
+
+
+def test_an_exception_ends_the_run_on_record(tmp_path, make_config, monkeypatch):
+    monkeypatch.setenv("FAKE_CONSUME_FAILS", "1")
+    with pytest.raises(RuntimeError):
+        run(make_config(data={"source": "a"}), tmp_path)
+    [record] = MetadataStore(str(tmp_path / "metadata.sqlite")).list_runs()
+    assert record["status"] == "failed" and record["error"] == "RuntimeError: consume crashed"
+
+
+def test_a_run_whose_process_is_gone_shows_as_died(tmp_path):
+    import sqlite3
+
+    store = MetadataStore(str(tmp_path / "metadata.sqlite"))
+    run_id = store.start_run("p", {}, None)
+    assert store.get_run(run_id)["status"] == "running"      # this process: alive
+    with sqlite3.connect(store.path) as conn:
+        host = store.get_run(run_id)["process"].split(":")[0]
+        conn.execute("UPDATE runs SET process=? WHERE id=?", (f"{host}:999999:1", run_id))
+    record = store.get_run(run_id)
+    assert record["status"] == "died" and "ended without recording an end" in record["error"]

@@ -126,14 +126,166 @@ def test_registry_defaults_to_the_config_destination(tmp_path, capsys):
     assert [row["ref"] for row in json.loads(capsys.readouterr().out)] == ["m:1"]
 
 
-def test_a_killed_push_leaves_nothing_visible_and_is_cleaned_later(tmp_path):
+def test_a_killed_push_leaves_nothing_visible_and_is_cleaned_by_the_next(tmp_path):
+    import fcntl
+
     root = tmp_path / "serving"
-    (root / "m" / ".push-dead").mkdir(parents=True)
+    (root / "m" / ".push-dead").mkdir(parents=True)           # its process is gone
     (root / "m" / ".push-dead" / "saved_model.pb").write_text("half")
-    old = os.path.getmtime(root / "m" / ".push-dead") - 7 * 3600
-    os.utime(root / "m" / ".push-dead", (old, old))
-    (root / "m" / ".push-running").mkdir()
+    (root / "m" / ".push-running").mkdir()                    # its process holds the lock
+    holder = open(root / "m" / ".push-running.lock", "a")
+    fcntl.flock(holder, fcntl.LOCK_EX)
     reg = Registry(str(root))
-    assert reg.versions("m") == []          # TF Serving and the registry ignore it
+    assert reg.versions("m") == []          # TF Serving and the registry ignore both
     reg.push("m", fake_saved_model(tmp_path / "sm"), card())
-    assert sorted(os.listdir(root / "m")) == [".push-running", "1"]
+    assert sorted(os.listdir(root / "m")) == [".push-running", ".push-running.lock", "1"]
+    holder.close()
+
+
+def test_a_failed_push_removes_its_copy(tmp_path, monkeypatch):
+    import errno
+
+    from components import registry as registry_module
+
+    reg = Registry(str(tmp_path / "serving"))
+    real = registry_module._copyfile
+
+    def disk_full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(registry_module, "_copyfile", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        reg.push("m", fake_saved_model(tmp_path / "sm"), card(),
+                 {"model.keras": str(tmp_path / "sm" / "saved_model.pb")})
+    assert os.listdir(tmp_path / "serving" / "m") == []      # no hidden copy, no lock file
+    monkeypatch.setattr(registry_module, "_copyfile", real)
+    assert reg.push("m", str(tmp_path / "sm"), card()).version == 1
+
+
+def test_only_complete_versions_count(tmp_path):
+    reg = Registry(str(tmp_path / "serving"))
+    reg.push("m", fake_saved_model(tmp_path / "sm"), card())
+    (tmp_path / "serving" / "m" / "7").write_text("a stray file")
+    (tmp_path / "serving" / "m" / "8").mkdir()
+    assert [v.version for v in reg.versions("m")] == [1]
+    assert reg.resolve("m@latest").version == 1
+    assert reg.push("m", str(tmp_path / "sm"), card()).version == 2
+
+
+def test_a_no_op_is_not_recorded_and_rollback_moves_or_says_why(tmp_path):
+    reg = Registry(str(tmp_path / "serving"))
+    src = fake_saved_model(tmp_path / "sm")
+    for _ in range(2):
+        reg.push("m", src, card())
+    reg.set_alias("m:1", "production")
+    assert reg.set_alias("m:1", "production").get("unchanged")     # e.g. a cached rerun
+    reg.set_alias("m:2", "production")
+    reg.set_alias("m:2", "production")
+    assert [(e["from"], e["to"]) for e in reg.audit("m")] == [(None, 1), (1, 2)]
+    entry = reg.rollback("m", "production")
+    assert (entry["from"], entry["to"]) == (2, 1)
+    with pytest.raises(ConfigError, match="no earlier holder"):
+        reg.rollback("m", "production")
+    assert reg.aliases("m") == {"production": 1}
+
+
+def _rollback(root, barrier, queue):
+    barrier.wait()
+    try:
+        entry = Registry(root).rollback("m", "production")
+        queue.put((entry["from"], entry["to"]))
+    except ConfigError as exc:
+        queue.put(str(exc))
+
+
+def test_concurrent_rollbacks_each_move_one_step(tmp_path):
+    ctx = multiprocessing.get_context("fork")
+    src = fake_saved_model(tmp_path / "sm")
+    for attempt in range(3):
+        root = str(tmp_path / f"serving{attempt}")
+        reg = Registry(root)
+        for version in range(1, 6):
+            reg.push("m", src, card())
+            reg.set_alias(f"m:{version}", "production")
+        barrier, queue = ctx.Barrier(2), ctx.Queue()
+        procs = [ctx.Process(target=_rollback, args=(root, barrier, queue)) for _ in range(2)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        moves = sorted(queue.get() for _ in range(2))
+        assert moves == [(4, 3), (5, 4)], moves
+        assert reg.aliases("m") == {"production": 3}
+        assert reg.rollback("m", "production")["to"] == 2   # the next one skips nothing
+
+
+def test_the_ledger_is_written_first_and_wins(tmp_path, monkeypatch):
+    from components import registry as registry_module
+
+    root = tmp_path / "serving"
+    reg = Registry(str(root))
+    src = fake_saved_model(tmp_path / "sm")
+    for _ in range(2):
+        reg.push("m", src, card())
+    reg.set_alias("m:1", "production")
+
+    # killed after the ledger line, before aliases.json: the change is audited and in force
+    def killed(self, name, aliases):
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(registry_module.Registry, "_write_view", killed)
+    with pytest.raises(KeyboardInterrupt):
+        reg.set_alias("m:2", "production")
+    monkeypatch.undo()
+    assert json.load(open(root / "m" / "aliases.json")) == {"production": 1}   # stale view
+    assert reg.aliases("m") == {"production": 2}
+    assert [e["to"] for e in reg.audit("m")] == [1, 2]
+    assert reg.repair("m") == {"before": {"production": 1}, "after": {"production": 2}}
+    assert json.load(open(root / "m" / "aliases.json")) == {"production": 2}
+
+    # killed mid-append: a torn last line is no change, and the next writer cuts it
+    with open(root / "m" / "audit.jsonl", "a") as handle:
+        handle.write('{"action": "promote", "alias": "production", "to": 1')
+    assert reg.aliases("m") == {"production": 2}
+    reg.set_alias("m:1", "staging")
+    assert [e["alias"] for e in reg.audit("m")] == ["production", "production", "staging"]
+
+
+def test_damaged_registry_files_are_named_with_their_repair(tmp_path, capsys):
+    root = tmp_path / "serving"
+    reg = Registry(str(root))
+    src = fake_saved_model(tmp_path / "sm")
+    for _ in range(2):
+        reg.push("m", src, card())
+    reg.set_alias("m:1", "production")
+    (root / "m" / "aliases.json").write_text("{not json")        # only a view: harmless
+    assert reg.aliases("m") == {"production": 1}
+    (root / "m" / "2" / "model_card.json").write_text("{broken")
+    assert cli.main(["models", "list", "--registry", str(root)]) == 0
+    listing = capsys.readouterr().out
+    assert "m:1" in listing and "m:2" in listing and "DAMAGED" in listing
+    assert cli.main(["models", "promote", "m:2", "--to", "staging", "--registry", str(root)]) == 4
+    err = capsys.readouterr().err
+    assert "2/model_card.json is damaged" in err and len(err.strip().splitlines()) == 1
+    assert cli.main(["models", "promote", "m:2", "--to", "staging", "--force",
+                     "--registry", str(root)]) == 0
+    with open(root / "m" / "audit.jsonl", "r+") as handle:
+        lines = handle.read().splitlines()
+        handle.seek(0)
+        handle.write("\n".join(["{oops"] + lines[1:]) + "\n")
+        handle.truncate()
+    assert cli.main(["models", "show", "m@staging", "--registry", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert "audit.jsonl line 1 is damaged" in err and "imgpipe models repair m" in err
+
+
+@pytest.mark.parametrize("args", [
+    ["models", "list", "../x"], ["models", "show", "../x:1"], ["models", "rollback", "../x",
+                                                               "--alias", "production"],
+    ["models", "promote", "m:1", "--to", "../prod"], ["models", "promote", "m:1", "--to",
+                                                      "prod\n"]])
+def test_references_outside_the_registry_are_refused(tmp_path, capsys, args):
+    root = tmp_path / "serving"
+    Registry(str(root)).push("m", fake_saved_model(tmp_path / "sm"), card())
+    assert cli.main([*args, "--registry", str(root)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1

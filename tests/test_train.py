@@ -9,9 +9,15 @@ import numpy as np
 import pytest
 
 from components import artifacts, models
-from components.steps import train, transform
-from components.config import BeamConfig, DataConfig, ModelConfig, TrainConfig, TransformConfig
+from components.config import (
+    BeamConfig,
+    DataConfig,
+    ModelConfig,
+    TrainConfig,
+    TransformConfig,
+)
 from components.errors import TrainingError
+from components.steps import train, transform
 from pipeline import cli
 from tests import fixtures
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from components import artifacts, features
-from components.steps import transform
 from components.config import BeamConfig, DataConfig, TransformConfig
+from components.steps import transform
 from tests import fixtures
 from tests.fixtures import CLASSES, examples_artifact
 
@@ -98,7 +98,7 @@ def test_beam_output_equals_serving_layer(tmp_path):
     layer = tft.TFTransformOutput(graph.uri).transform_features_layer()
     parsed = tf.io.parse_example(tf.constant(raw["eval"]), features.raw_feature_spec())
     eager = {k: v.numpy() for k, v in layer(parsed).items()}
-    key = lambda img, lab: (int(lab), round(float(img.sum()), 3))  # noqa: E731
+    key = lambda img, lab: (int(lab), round(float(img.sum()), 3))
     beam_sorted = sorted(beam_rows, key=lambda r: key(r["image"], r["label_id"]))
     order = sorted(range(len(eager["label_id"])),
                    key=lambda i: key(eager["image"][i], eager["label_id"][i]))

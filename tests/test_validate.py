@@ -7,10 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from components import artifacts, schema as schema_lib
-from components.steps import validate
+from components import artifacts
+from components import schema as schema_lib
 from components.config import ValidateConfig
 from components.errors import ConfigError, ValidationFailed
+from components.steps import validate
 
 BASE = {
     "num_inputs": 100, "num_examples": 100, "num_quarantined": 0, "bad_fraction": 0.0,
@@ -40,7 +41,7 @@ def stats_artifact(tmp_path, name, stats, thumbnails=None):
         with open(writer.file("thumbnails.tsv"), "w") as handle:
             for record_id, split, thumb in thumbnails:
                 encoded = base64.b64encode(np.asarray(thumb, np.uint8).tobytes()).decode()
-                handle.write(f"{record_id}\t{split}\tx\t{encoded}\n")
+                handle.write(f"{record_id}\t{split}\t{encoded}\n")
         return writer.commit()
 
 

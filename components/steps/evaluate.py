@@ -187,7 +187,7 @@ def score_examples(files: list[str], models: dict[str, tuple[str, list[str]]],
                  for name, fn in fns.items()}
         for i in range(len(parsed[features.LABEL])):
             row = {"id": parsed[features.ID][i].decode(),
-                   "source": parsed[features.SOURCE][i].decode(),
+                   "source": parsed[features.SOURCE][i].decode("utf-8", "surrogateescape"),
                    "label": parsed[features.LABEL][i].decode()}
             for name, (_, vocabulary) in models.items():
                 key = "predicted" if name == first else f"{name}_predicted"

@@ -243,7 +243,7 @@ def shard_examples(shard: tuple[str, list[Record]]) -> list[bytes]:
 
 
 def thumbnail_lines(shard: tuple[str, list[Record]]) -> str:
-    return "\n".join(f"{r.id}\t{r.split}\t{r.label}\t{base64.b64encode(r.thumbnail).decode()}"
+    return "\n".join(f"{r.id}\t{r.split}\t{base64.b64encode(r.thumbnail).decode()}"
                      for r in shard[1])
 
 

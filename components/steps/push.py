@@ -70,6 +70,17 @@ def model_card(trained_model: artifacts.Artifact, blessing: artifacts.Artifact,
     }
 
 
+def _fingerprint(version) -> str | None:
+    """The model fingerprint on a version's card (None when the card is damaged: that
+    version cannot be this model's earlier push as far as we can tell)."""
+    from components.registry import RegistryError
+
+    try:
+        return version.card.get("model", {}).get("fingerprint")
+    except RegistryError:
+        return None
+
+
 class VertexModelRegistry:
     """Uploads a pushed version to Vertex AI Model Registry as a new version of one
     model (`aiplatform.Model.upload(parent_model=...)`), with version aliases.
@@ -128,7 +139,7 @@ def run(trained_model: artifacts.Artifact, blessing: artifacts.Artifact,
         lines = [f"NOTHING PUSHED ({record['reason']})"]
     else:
         existing = [v for v in registry.versions(name)
-                    if v.card.get("model", {}).get("fingerprint") == trained_model.fingerprint]
+                    if _fingerprint(v) == trained_model.fingerprint]
         if existing:
             version = existing[-1]
             record.update(pushed=True, version=version.version, path=version.path,
@@ -145,11 +156,14 @@ def run(trained_model: artifacts.Artifact, blessing: artifacts.Artifact,
                           reason="blessed and served in infra validation")
             lines = [f"pushed {version.ref} to {version.path}"]
         if push.promote_to:
-            registry.set_alias(version.ref, push.promote_to,
-                               reason=f"auto-promoted by run {(producer or {}).get('run_id')}",
-                               who="pipeline")
+            moved = registry.set_alias(
+                version.ref, push.promote_to, who="pipeline",
+                reason=f"auto-promoted by run {(producer or {}).get('run_id')}")
             record["alias"] = push.promote_to
-            lines.append(f"{name}@{push.promote_to} -> version {version.version}")
+            lines.append(f"{name}@{push.promote_to} already points at version {version.version}"
+                         if moved.get("unchanged") else
+                         f"{name}@{push.promote_to}: version {moved['from'] or '(none)'} -> "
+                         f"{version.version}")
         if push.vertex is not None and not record.get("already"):
             vertex = VertexModelRegistry(push.vertex.project, push.vertex.region,
                                          push.vertex.serving_image)

@@ -15,13 +15,14 @@ import logging
 import os
 from typing import Any
 
-from components import artifacts, fileio, models
+from components import artifacts, fileio, models, training
 from components.config import ModelConfig, TrainConfig
 from components.contract import step
 from components.errors import ConfigError, TrainingError
 from components.training import choose_strategy, export, make_dataset, optimizer
 
 log = logging.getLogger("imgpipe.train")
+EPOCH_LOG = "epochs.jsonl"
 
 
 def external_inputs(model: ModelConfig, train: TrainConfig) -> dict[str, str]:
@@ -37,6 +38,61 @@ def external_inputs(model: ModelConfig, train: TrainConfig) -> dict[str, str]:
 # --- the step ----------------------------------------------------------------------
 
 
+def _fit(net, train_ds, eval_ds, model: ModelConfig, train: TrainConfig, strategy, loss: str,
+         work: str, logs: str) -> dict[str, list[float]]:
+    """Fits one or two phases (transfer fine-tuning) and returns the whole history.
+    `work` keeps the checkpoints (BackupAndRestore, which deletes its folder when a
+    phase ends) and an epoch log appended as each epoch ends, so a resumed run
+    reports the epochs before the restart too."""
+    import keras
+
+    epoch_log = os.path.join(work, EPOCH_LOG)
+    callbacks = [
+        # Two checkpoints: a process killed while writing the latest one resumes from
+        # the one before instead of failing on a half-written file.
+        keras.callbacks.BackupAndRestore(backup_dir=os.path.join(work, "backup"),
+                                         double_checkpoint=True),
+        keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.TensorBoard(log_dir=logs),
+        training.EpochLog(epoch_log, phase=1)]
+    if train.early_stopping_patience:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=train.early_stopping_patience,
+            restore_best_weights=True))
+    net.fit(train_ds, validation_data=eval_ds, epochs=train.epochs, callbacks=callbacks,
+            verbose=0)
+    if model.kind == "transfer" and model.fine_tune_layers and model.fine_tune_epochs:
+        # Second phase: the top of the base learns at a lower rate (recompiling resets
+        # the optimizer, as the course does).
+        with strategy.scope():
+            unfrozen = models.unfreeze_top(net, model.fine_tune_layers)
+            net.compile(optimizer=optimizer(train, model.fine_tune_learning_rate),
+                        loss=loss, metrics=list(train.metrics),
+                        steps_per_execution=train.steps_per_execution)
+        log.info("fine-tuning the top %d base layers (%d more trainable weights)",
+                 model.fine_tune_layers, unfrozen)
+        done = len(training.read_epoch_log(epoch_log).get("loss", []))
+        callbacks[0] = keras.callbacks.BackupAndRestore(
+            backup_dir=os.path.join(work, "fine_tune"), double_checkpoint=True)
+        callbacks[3] = training.EpochLog(epoch_log, phase=2)
+        net.fit(train_ds, validation_data=eval_ds, initial_epoch=done,
+                epochs=done + model.fine_tune_epochs, callbacks=callbacks, verbose=0)
+    return training.read_epoch_log(epoch_log)
+
+
+def _mixed_precision(train: TrainConfig, strategy) -> None:
+    import keras
+    import tensorflow as tf
+
+    if train.mixed_precision == "none":
+        return
+    policy = train.mixed_precision
+    if policy == "auto":
+        policy = ("mixed_bfloat16" if "TPU" in type(strategy).__name__ else
+                  "mixed_float16" if tf.config.list_logical_devices("GPU") else "float32")
+    keras.mixed_precision.set_global_policy(policy)
+
+
 @step(name="train",
       # The raw examples are read when the transform was not materialized.
       inputs={"transform_graph": artifacts.TransformGraph, "examples": artifacts.Examples},
@@ -45,68 +101,35 @@ def external_inputs(model: ModelConfig, train: TrainConfig) -> dict[str, str]:
 def run(transform_graph: artifacts.Artifact, examples: artifacts.Artifact, model: ModelConfig,
         train: TrainConfig, trained_model: str, scratch: str | None = None,
         producer: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Trains `model.kind` and writes a Model artifact (SavedModel, history, logs)."""
+    """Trains `model.kind` and writes a Model artifact (SavedModel, history, logs).
+    `scratch`: where checkpoints survive a killed attempt (resumed by the next one)."""
     import keras
     import numpy as np
-    import tensorflow as tf
 
     keras.utils.set_random_seed(train.seed)
     strategy, reason = choose_strategy(train.strategy)
     log.info("strategy: %s (%s)", type(strategy).__name__, reason)
-    if train.mixed_precision != "none":
-        policy = train.mixed_precision
-        if policy == "auto":
-            policy = ("mixed_bfloat16" if "TPU" in type(strategy).__name__ else
-                      "mixed_float16" if tf.config.list_logical_devices("GPU") else "float32")
-        keras.mixed_precision.set_global_policy(policy)
+    _mixed_precision(train, strategy)
     sparse = train.loss == "sparse_categorical_crossentropy"
     loss = "sparse_categorical_crossentropy" if sparse else "categorical_crossentropy"
-    global_batch = train.batch_size * strategy.num_replicas_in_sync
     replicas = strategy.num_replicas_in_sync
+    global_batch = train.batch_size * replicas
     train_ds = make_dataset(transform_graph, examples, "train", global_batch, train, True, sparse,
                             replicas)
     eval_ds = make_dataset(transform_graph, examples, "eval", global_batch, train, False, sparse,
                            replicas)
     shape = tuple(transform_graph.properties["image_shape"])
-    num_classes = transform_graph.properties["num_classes"]
     with strategy.scope():
-        net = models.build(model, shape, num_classes)
+        net = models.build(model, shape, transform_graph.properties["num_classes"])
         net.compile(optimizer=optimizer(train), loss=loss, metrics=list(train.metrics),
                     steps_per_execution=train.steps_per_execution)
 
     with artifacts.writing(trained_model, artifacts.Model, producer) as writer:
-        backup = scratch or writer.file("backup")
-        # Two checkpoints: a process killed while writing the latest one resumes from
-        # the one before instead of failing on a half-written file.
-        callbacks = [keras.callbacks.BackupAndRestore(backup_dir=backup, double_checkpoint=True),
-                     keras.callbacks.TerminateOnNaN(),
-                     keras.callbacks.TensorBoard(log_dir=writer.file("logs"))]
-        if train.early_stopping_patience:
-            callbacks.append(keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=train.early_stopping_patience,
-                restore_best_weights=True))
-        history = net.fit(train_ds, validation_data=eval_ds, epochs=train.epochs,
-                          callbacks=callbacks, verbose=0)
-        hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
-        if model.kind == "transfer" and model.fine_tune_layers and model.fine_tune_epochs:
-            # Second phase: the top of the base learns at a lower rate (recompiling
-            # resets the optimizer, as the course does).
-            with strategy.scope():
-                unfrozen = models.unfreeze_top(net, model.fine_tune_layers)
-                net.compile(optimizer=optimizer(train, model.fine_tune_learning_rate),
-                            loss=loss, metrics=list(train.metrics),
-                            steps_per_execution=train.steps_per_execution)
-            log.info("fine-tuning the top %d base layers (%d more trainable weights)",
-                     model.fine_tune_layers, unfrozen)
-            done = len(hist.get("loss", []))
-            callbacks[0] = keras.callbacks.BackupAndRestore(
-                backup_dir=os.path.join(backup, "fine_tune"), double_checkpoint=True)
-            tuned = net.fit(train_ds, validation_data=eval_ds, initial_epoch=done,
-                            epochs=done + model.fine_tune_epochs, callbacks=callbacks,
-                            verbose=0)
-            for k, vals in tuned.history.items():
-                hist.setdefault(k, []).extend(float(v) for v in vals)
-            hist["phase"] = [1.0] * done + [2.0] * (len(hist["loss"]) - done)
+        work = scratch or writer.file("work")
+        # Epochs an earlier, killed attempt finished (BackupAndRestore resumes after them).
+        resumed = len(training.read_epoch_log(os.path.join(work, EPOCH_LOG)).get("loss", []))
+        hist = _fit(net, train_ds, eval_ds, model, train, strategy, loss, work,
+                    writer.file("logs"))
         losses = hist.get("loss", [])
         if any(not np.isfinite(v) for v in losses):
             raise TrainingError(
@@ -117,11 +140,14 @@ def run(transform_graph: artifacts.Artifact, examples: artifacts.Artifact, model
             raise TrainingError(f"the trainer wrote no SavedModel under {writer.path}.")
         # The Keras model too: a later run can start from it (model.weights: run:ID).
         net.save(writer.file("model.keras"))
+        if not scratch:
+            fileio.rmtree(work)
         fileio.write_text(writer.file("history.json"), json.dumps(hist, indent=2))
         final = {k: vals[-1] for k, vals in hist.items() if vals and k != "phase"}
         writer.properties = {"kind": model.kind, "trainable_params": models.trainable_params(net),
                              "strategy": type(strategy).__name__, "strategy_reason": reason,
                              "epochs": len(losses), "final": final,
+                             "resumed_after_epochs": resumed,
                              "label_vocabulary": transform_graph.properties["label_vocabulary"],
                              "image_shape": list(shape)}
         writer.commit()
@@ -129,7 +155,8 @@ def run(transform_graph: artifacts.Artifact, examples: artifacts.Artifact, model
         fileio.rmtree(scratch)  # the backup served its purpose once the model is committed
     accuracy = final.get("val_accuracy")
     return {"final": final, "lines": [
-        f"{model.kind}: {models.trainable_params(net):,} trainable params, {len(losses)} epochs, "
+        f"{model.kind}: {models.trainable_params(net):,} trainable params, {len(losses)} epochs"
+        f"{f' (resumed after epoch {resumed})' if resumed else ''}, "
         f"{type(strategy).__name__} ({reason})",
         f"train accuracy {final.get('accuracy', float('nan')):.3f}, eval accuracy "
         f"{accuracy if accuracy is not None else float('nan'):.3f}"]}

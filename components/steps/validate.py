@@ -133,7 +133,7 @@ def read_thumbnails(path: str) -> dict[str, tuple[list[str], np.ndarray]]:
     if fileio.exists(path):
         with fileio.open_file(path, "rb") as handle:
             for line in handle:
-                record_id, split, _, encoded = line.decode().rstrip("\n").split("\t")
+                record_id, split, encoded = line.decode().rstrip("\n").split("\t")
                 ids.setdefault(split, []).append(record_id)
                 thumbs.setdefault(split, []).append(base64.b64decode(encoded))
     return {split: (ids[split], neardup.as_array(thumbs[split])) for split in ids}

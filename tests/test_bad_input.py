@@ -1,0 +1,147 @@
+"""Every user mistake is one line on stderr and exit 2, before any expensive step.
+One parametrized test per family of input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pipeline import cli
+from tests import fixtures
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def one_line_error(capsys, args, code=2):
+    assert cli.main(args) == code, capsys.readouterr()
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("imgpipe: error:") and len(err.splitlines()) == 1, err
+    return err
+
+
+CONFIGS = {
+    "name with a trailing newline": ('name: "x\\n"\n', "name"),
+    "alias outside the registry": ("push: {promote_to: ../x}\n", "promote_to"),
+    "model name outside the registry": ("push: {model_name: ../../evil}\n", "model_name"),
+    "empty source": ('data: {source: ""}\n', "source is empty"),
+    "image too large": ("data: {image_size: [100000, 100000]}\n", "ingest.max_pixels"),
+    "boolean epochs": ("train: {epochs: true}\n", "boolean"),
+    "unknown beam runner": ("beam: {runner: NoSuchRunner}\n", "unknown Beam runner"),
+    "YAML alias bomb": ("".join(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]\n"
+                                for i in range(1, 9)).replace("*a0", "x"), "100,000 values"),
+    "old hash key": ("validate: {near_duplicate_bits: 2}\n", "near_duplicate_rms"),
+    "moved latency key": ("evaluate: {latency_budget_ms: 10}\n", "infra_validate"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONFIGS))
+def test_config_mistakes(tmp_path, capsys, case):
+    text, expected = CONFIGS[case]
+    path = tmp_path / "c.yaml"
+    path.write_text(("name: t\n" if not text.startswith("name") else "") + text)
+    err = one_line_error(capsys, ["run", str(path), "--runs-dir", str(tmp_path / "runs")])
+    assert expected in err
+    assert not (tmp_path / "runs" / "metadata.sqlite").exists()     # no run started
+
+
+def test_config_file_mistakes(tmp_path, capsys):
+    (tmp_path / "latin1.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
+    assert "not UTF-8" in one_line_error(capsys, ["run", str(tmp_path / "latin1.yaml")])
+    (tmp_path / "dest").write_text("a file where the registry should be")
+    (tmp_path / "c.yaml").write_text(f"name: t\npush: {{destination: '{tmp_path / 'dest'}'}}\n")
+    err = one_line_error(capsys, ["run", str(tmp_path / "c.yaml"), "--runs-dir",
+                                  str(tmp_path / "runs")])
+    assert "push.destination" in err and "is a file" in err
+    fixtures.make_class_folders(str(tmp_path / "src"), per_class=2)
+    (tmp_path / "d.yaml").write_text(f"name: t\ndata: {{source: '{tmp_path / 'src'}'}}\n")
+    err = one_line_error(capsys, ["run", str(tmp_path / "d.yaml"), "--runs-dir",
+                                  str(tmp_path / "src" / "runs")])
+    assert "inside data.source" in err
+
+
+MANIFESTS = {
+    "field over 128 KiB": ("m.csv", ("path,label\n" + "a.png," + "x" * 200_000 + "\n").encode(),
+                           "field larger than field limit"),
+    "not UTF-8": ("m.csv", "path,label\ncaf\xe9.png,a\n".encode("latin-1"), "not UTF-8"),
+    "line not an object": ("m.jsonl", b'["a.png", "cat"]\n', "not an object"),
+    "path not text": ("m.jsonl", b'{"path": 5, "label": "cat"}\n', "'path' must be text"),
+    "label a list": ("m.jsonl", b'{"path": "a.png", "label": ["a", "b"]}\n', "the label must"),
+    "label with a tab": ("m.jsonl", b'{"path": "a.png", "label": "a\\tb"}\n', "control character"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MANIFESTS))
+def test_manifest_mistakes(tmp_path, capsys, case):
+    name, data, expected = MANIFESTS[case]
+    (tmp_path / "a.png").write_bytes(fixtures.png_bytes(fixtures.class_pattern(0, 1)))
+    (tmp_path / name).write_bytes(data)
+    (tmp_path / "c.yaml").write_text(f"name: t\ndata: {{source: '{tmp_path / name}'}}\n")
+    err = one_line_error(capsys, ["run", str(tmp_path / "c.yaml"), "--until", "ingest",
+                                  "--runs-dir", str(tmp_path / "runs")])
+    assert expected in err and name in err
+
+
+def test_legal_but_unusual_names_are_ingested(tmp_path, capsys):
+    """Non-UTF-8 file and folder names are legal on Linux; a BOM in a CSV is no header."""
+    root = os.fsencode(tmp_path / "src")
+    for label in (b"caf\xe9", b"plain"):
+        os.makedirs(os.path.join(root, label))
+        for i in range(6):
+            name = os.path.join(root, label, b"img-\xff%d.png" % i)
+            with open(name, "wb") as handle:
+                handle.write(fixtures.png_bytes(fixtures.class_pattern(len(label), i)))
+    (tmp_path / "c.yaml").write_text(f"name: t\ndata: {{source: '{tmp_path / 'src'}'}}\n")
+    assert cli.main(["run", str(tmp_path / "c.yaml"), "--until", "ingest", "--runs-dir",
+                     str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert "12 examples" in out and "2 classes" in out
+    (tmp_path / "a.png").write_bytes(fixtures.png_bytes(fixtures.class_pattern(0, 1)))
+    (tmp_path / "b.png").write_bytes(fixtures.png_bytes(fixtures.class_pattern(1, 1)))
+    (tmp_path / "m.csv").write_bytes(b"\xef\xbb\xbfpath,label\na.png,cat\nb.png,dog\n")
+    (tmp_path / "d.yaml").write_text(f"name: u\ndata: {{source: '{tmp_path / 'm.csv'}'}}\n")
+    assert cli.main(["run", str(tmp_path / "d.yaml"), "--until", "ingest", "--runs-dir",
+                     str(tmp_path / "runs")]) == 0
+    assert "2 examples" in capsys.readouterr().out
+
+
+def test_class_folder_with_a_newline_is_refused(tmp_path, capsys):
+    fixtures.make_class_folders(str(tmp_path / "src"), classes=("cat", "do\ng"), per_class=2)
+    (tmp_path / "c.yaml").write_text(f"name: t\ndata: {{source: '{tmp_path / 'src'}'}}\n")
+    err = one_line_error(capsys, ["run", str(tmp_path / "c.yaml"), "--until", "ingest",
+                                  "--runs-dir", str(tmp_path / "runs")])
+    assert "control character" in err
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["predict", "m@production", "x.png", "--batch-size", "0"], "must be 1 or more"),
+    (["predict", "m@production", "x.png", "--top-k", "0"], "must be 1 or more"),
+    (["summary", "--model", "transfer", "--input-shape", "8,8,3", "--classes", "3"],
+     "at least 32x32"),
+    (["datasets", "export", "digits", "FILE"], "is a file"),
+    (["predict", "m:1", "x.png", "-o", "DIR"], "is a folder"),
+    (["submit", "deploy/example.yaml", "--kfp-host", "http://127.0.0.1:9"], "failed"),
+])
+def test_command_line_mistakes(tmp_path, capsys, monkeypatch, args, expected):
+    monkeypatch.chdir(ROOT)
+    (tmp_path / "FILE").write_text("x")
+    (tmp_path / "DIR").mkdir()
+    args = [str(tmp_path / a) if a in ("FILE", "DIR") else a for a in args]
+    assert expected in one_line_error(capsys, args)
+
+
+def test_output_files_are_written_where_asked(tmp_path, capsys):
+    target = tmp_path / "missing" / "dir" / "x.json"
+    assert cli.main(["config", "schema", "-o", str(target)]) == 0
+    assert target.is_file()
+    fixtures.write_files(str(tmp_path / "out"), {"keep.txt": b"mine"})
+    err = one_line_error(capsys, ["datasets", "export", "digits", str(tmp_path / "out")])
+    assert "not empty" in err and (tmp_path / "out" / "keep.txt").read_bytes() == b"mine"
+
+
+def test_a_closed_pipe_ends_quietly():
+    proc = subprocess.run(f"{sys.executable} -m pipeline.cli config schema | head -1",
+                          shell=True, cwd=ROOT, capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "{" and proc.stderr == ""
