@@ -26,6 +26,10 @@ BEAM_RUNNERS = ("DataflowRunner", "DirectRunner", "BundleBasedDirectRunner",
                 "SwitchingDirectRunner", "InteractiveRunner", "FlinkRunner", "FnApiRunner",
                 "KafkaStreamsRunner", "PortableRunner", "PrismRunner", "SparkRunner",
                 "TestDirectRunner", "TestDataflowRunner", "PythonRPCDirectRunner")
+# Runners that execute in this process or on this machine: every other runner's
+# workers see none of the container's files.
+LOCAL_RUNNERS = ("DirectRunner", "FnApiRunner", "BundleBasedDirectRunner",
+                 "SwitchingDirectRunner", "InteractiveRunner", "PrismRunner", "TestDirectRunner")
 IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -292,6 +296,11 @@ class BeamConfig(Section):
                              f"{', '.join(BEAM_RUNNERS[:4])} ... or a class path "
                              "(package.module.MyRunner)")
         return value
+
+    @property
+    def remote(self) -> bool:
+        """Whether the runner's workers run elsewhere (Dataflow, Flink, Spark ...)."""
+        return self.runner not in LOCAL_RUNNERS
 
     def pipeline_args(self) -> list[str]:
         """The options as `--key=value` flags for `PipelineOptions`. DirectRunner maps to

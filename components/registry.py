@@ -43,6 +43,7 @@ from components.errors import ConfigError, ImgpipeError
 CARD = "model_card.json"
 ALIASES = "aliases.json"
 AUDIT = "audit.jsonl"
+PIPELINE_STATE = "pipeline_state.json"
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 NAME = re.compile(NAME_PATTERN)
 REF = re.compile(rf"(?P<name>{NAME_PATTERN})(?:@(?P<alias>{NAME_PATTERN})|:(?P<version>\d+))")
@@ -267,6 +268,29 @@ class Registry:
             if os.path.exists(target):
                 raise FileExistsError(target) from exc
             raise
+
+    # --- state the next scheduled run reads -----------------------------------------
+
+    def pipeline_state(self, name: str) -> dict[str, str]:
+        """What the last completed pipeline run of this model recorded (e.g. the URI of
+        its statistics, the baseline the next run's drift check compares with)."""
+        path = fileio.join(self._model_dir(name), PIPELINE_STATE)
+        if not fileio.exists(path):
+            return {}
+        try:
+            state = json.loads(fileio.read_text(path))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise RegistryError(f"{path} is damaged ({exc}); delete it: the next completed "
+                                "run writes it again (one run without a drift check).") from exc
+        return state if isinstance(state, dict) else {}
+
+    def record_pipeline_state(self, name: str, values: dict[str, str]) -> None:
+        base = self._model_dir(name)
+        fileio.makedirs(base)
+        state = self.pipeline_state(name)
+        state.update(values)
+        fileio.write_text_atomic(fileio.join(base, PIPELINE_STATE),
+                                 json.dumps(state, indent=2, sort_keys=True))
 
     # --- aliases -------------------------------------------------------------------
 

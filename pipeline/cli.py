@@ -75,6 +75,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from pipeline import kfp as kfp_pipeline
 
     cfg = config_lib.load(args.config, args.overrides, resolve_paths=False)
+    kfp_pipeline.check_remote(cfg)
     kfp_pipeline.compile_pipeline(cfg, args.output)
     print(f"wrote {args.output} (KFP v2 IR; image {cfg.kfp.image})")
     return 0
@@ -86,17 +87,26 @@ def _compiled(args: argparse.Namespace):
     folder removed afterwards."""
     import tempfile
 
+    from components.errors import ConfigError
     from pipeline import config as config_lib
     from pipeline import kfp as kfp_pipeline
-    from pipeline.submit import parameters
 
     cfg = config_lib.load(args.config, args.overrides, resolve_paths=False)
+    kfp_pipeline.check_remote(cfg)
+    params = kfp_pipeline.runtime_parameters(cfg)
     if args.package:
-        yield cfg, args.package, parameters(cfg.to_dict())
+        fixed = [text.split("=", 1)[0] for text in args.overrides
+                 if text.split("=", 1)[0].strip() not in kfp_pipeline.RUNTIME_PARAMETERS.values()]
+        if fixed:
+            raise ConfigError(
+                f"--set {', '.join(fixed)}: compiled into {args.package}; a run can change "
+                f"only {', '.join(kfp_pipeline.RUNTIME_PARAMETERS.values())}. Drop --package "
+                "to compile with the change.")
+        yield cfg, args.package, params
         return
     with tempfile.TemporaryDirectory(prefix="imgpipe-submit-") as folder:
         package = kfp_pipeline.compile_pipeline(cfg, os.path.join(folder, "pipeline.yaml"))
-        yield cfg, package, parameters(cfg.to_dict())
+        yield cfg, package, params
 
 
 def _reach(target: str, call: Callable[[], Any]) -> Any:
@@ -133,8 +143,8 @@ def _adapter(args: argparse.Namespace):
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    adapter = _adapter(args)
     with _compiled(args) as (cfg, package, params):
+        adapter = _adapter(args)
         name = args.name or cfg.name
         job = _reach("submitting the run", lambda: adapter.submit(name, package, params))
     print(f"submitted {name}: {job}")
@@ -142,8 +152,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
-    adapter = _adapter(args)
     with _compiled(args) as (cfg, package, params):
+        adapter = _adapter(args)
         name = args.name or cfg.name
         schedule = _reach("creating the schedule",
                           lambda: adapter.schedule(name, package, params, args.cron))

@@ -14,7 +14,7 @@ from typing import Any, Optional
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from components.config import (BeamConfig, DataConfig, EvaluateConfig, IngestConfig,
+from components.config import (BUILTIN_PREFIX, BeamConfig, DataConfig, EvaluateConfig, IngestConfig,
                                InfraValidateConfig, ModelConfig, PushConfig, Section, TrainConfig,
                                TransformConfig, ValidateConfig, identifier)
 from components.errors import ConfigError
@@ -33,23 +33,48 @@ class KfpStepConfig(Section):
     accelerator_count: int = Field(1, ge=1)
     caching: bool = True
     retries: int = Field(0, ge=0)
+    image: Optional[str] = Field(None, description="This step's image (default kfp.image), "
+                                                   "e.g. a TPU image for train only.")
+
+
+DEFAULT_KFP_STEPS = {"ingest": {"retries": 2}, "transform": {"retries": 2},
+                     "train": {"memory_request": "8G"}, "evaluate": {"retries": 1}}
 
 
 class KfpConfig(Section):
-    """Kubeflow Pipelines / Vertex AI Pipelines: the step image and per-step resources."""
+    """Kubeflow Pipelines / Vertex AI Pipelines: images and per-step resources. Only
+    read when compiling: a compiled pipeline carries them."""
 
     image: str = Field("us-docker.pkg.dev/my-project/imgpipe/imgpipe:0.1.0",
-                       description="The one image every step runs in (deploy/Dockerfile).")
+                       description="The image steps run in (deploy/Dockerfile), unless a "
+                                   "step names its own.")
     steps: dict[str, KfpStepConfig] = Field(
-        default_factory=lambda: {
-            "ingest": KfpStepConfig(retries=2), "transform": KfpStepConfig(retries=2),
-            "train": KfpStepConfig(memory_request="8G"),
-            "evaluate": KfpStepConfig(retries=1)},
-        description="Per step (ingest, validate, transform, train, evaluate, "
-                    "infra_validate, push, report); unnamed steps get the defaults.")
+        default_factory=lambda: {name: KfpStepConfig(**values)
+                                 for name, values in DEFAULT_KFP_STEPS.items()},
+        description="Per step (ingest, validate, transform, train, evaluate, infra_validate, "
+                    "push, report, resolve); merged key by key into the defaults "
+                    f"{DEFAULT_KFP_STEPS}.")
+
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _merge_defaults(cls, value: Any) -> Any:
+        """`--set kfp.steps.train.accelerator_type=X` keeps train's memory request."""
+        if not isinstance(value, dict):
+            return value
+        merged = {name: dict(values) for name, values in DEFAULT_KFP_STEPS.items()}
+        for name, values in value.items():
+            if isinstance(values, KfpStepConfig):
+                values = values.model_dump(exclude_unset=True)
+            if not isinstance(values, dict):
+                return value      # let validation say what is wrong
+            merged.setdefault(name, {}).update(values)
+        return merged
 
     def step(self, name: str) -> KfpStepConfig:
         return self.steps.get(name, KfpStepConfig())
+
+    def image_for(self, name: str) -> str:
+        return self.step(name).image or self.image
 
 
 class PipelineConfig(Section):
@@ -75,6 +100,23 @@ class PipelineConfig(Section):
     @classmethod
     def _valid_name(cls, value: str) -> str:
         return identifier(value, "name (it names the model in the registry)")
+
+    @model_validator(mode="after")
+    def _remote_workers_reach_their_paths(self) -> "PipelineConfig":
+        """A remote Beam runner's workers see none of this machine's (or container's)
+        files: what they read and their temp location must be on shared storage."""
+        if not self.beam.remote:
+            return self
+        source = self.data.source
+        if not (source.startswith(BUILTIN_PREFIX) or "://" in source):
+            raise ValueError(f"beam.runner {self.beam.runner} runs workers elsewhere, which "
+                             f"cannot read data.source {source!r}; put the data in a bucket "
+                             "(gs://...)")
+        temp = str(self.beam.options.get("temp_location", ""))
+        if "://" not in temp:
+            raise ValueError(f"beam.runner {self.beam.runner} needs beam.options.temp_location "
+                             f"on shared storage (gs://BUCKET/tmp), got {temp or 'none'}")
+        return self
 
     @model_validator(mode="after")
     def _image_fits_max_pixels(self) -> "PipelineConfig":

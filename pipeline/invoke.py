@@ -71,16 +71,18 @@ class Context:
     model_name: str
     registry_root: str
     baseline_alias: str
+    pipeline: str = ""
     store: Any = field(default=None, compare=False)
 
     @classmethod
     def from_config(cls, config: config_lib.PipelineConfig, store: Any = None) -> "Context":
         return cls(config.model_name, config.push.destination, config.push.baseline_alias,
-                   store)
+                   config.name, store)
 
     def to_json(self) -> str:
         return json.dumps({"model_name": self.model_name, "registry_root": self.registry_root,
-                           "baseline_alias": self.baseline_alias}, sort_keys=True)
+                           "baseline_alias": self.baseline_alias, "pipeline": self.pipeline},
+                          sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "Context":
@@ -107,12 +109,16 @@ def needs_context(node: Node, step_cfg: dict[str, Any]) -> bool:
     from components.registry import is_reference
 
     weights = step_cfg.get("model", {}).get("weights") or ""
-    return bool(node.spec.resolved) or weights.startswith("run:") or is_reference(weights)
+    return bool(node.spec.resolved) or weights.startswith("run:") or is_reference(weights) \
+        or not node.spec.cache     # an uncached step records where it ran (push: the card)
 
 
-def resolve(node: Node, step_cfg: dict[str, Any], context: Context | None) -> Resolved:
+def resolve(node: Node, step_cfg: dict[str, Any], context: Context | None,
+            pinned: dict[str, str] | None = None) -> Resolved:
     """Typed sections and resolved values; `context` may be None only when the step
-    needs none (`needs_context`)."""
+    needs none (`needs_context`). `pinned`: parameter -> a registry reference fixed
+    before the step ran ('' for none), as the KFP pipeline's resolve task decides it,
+    so that the task's inputs name the version it compares with."""
     spec = node.spec
     if context is None and needs_context(node, step_cfg):
         raise ConfigError(f"step {spec.name} resolves references (the registry baseline or "
@@ -131,7 +137,10 @@ def resolve(node: Node, step_cfg: dict[str, Any], context: Context | None) -> Re
     values: dict[str, Any] = {}
     for param, what in spec.resolved.items():
         if what == contract.BASELINE_MODEL:
-            version = baseline_version(context)
+            if pinned is not None and param in pinned:
+                version = pinned_version(context, pinned[param])
+            else:
+                version = baseline_version(context)
             values[param] = version.path if version else None
             # The baseline's identity, not its path: a new production model reruns the
             # evaluation, the same one keeps it cached.
@@ -146,6 +155,13 @@ def baseline_version(context: Context):
     from components.registry import Registry
 
     return Registry(context.registry_root).holder(context.model_name, context.baseline_alias)
+
+
+def pinned_version(context: Context, ref: str):
+    """The version a pinned reference names ('' = no baseline)."""
+    from components.registry import Registry
+
+    return Registry(context.registry_root).resolve(ref) if ref else None
 
 
 def resolve_weights(weights: str, context: Context) -> str:

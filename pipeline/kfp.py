@@ -31,41 +31,120 @@ UI_OUTPUTS = {"evaluate": (("metrics", "Metrics"), ("confusion", "Classification
 # What the run report shows, as "step.output".
 REPORT_INPUTS = ("ingest.statistics", "validate.anomalies", "train.trained_model",
                  "evaluate.evaluation", "evaluate.blessing", "infra_validate.infra_blessing")
+# Pipeline parameters a schedule can change without recompiling: name -> config key.
+# Each task receives those of the sections it reads (`invoke.step_config`).
+RUNTIME_PARAMETERS = {
+    "data_source": "data.source",
+    "train_epochs": "train.epochs",
+    "train_batch_size": "train.batch_size",
+    "learning_rate": "train.optimizer.learning_rate",
+    "model_kind": "model.kind",
+    "accuracy_min": "evaluate.thresholds.accuracy.min",
+    "accuracy_max_drop": "evaluate.thresholds.accuracy.max_drop",
+    "promote_to": "push.promote_to",
+    "baseline_alias": "push.baseline_alias",
+}
+# Optional keys: '' / an absent threshold mean "not set".
+_OPTIONAL = ("push.promote_to",)
+RESOLVE = "resolve"
+# Folders of this repository that deploy/Dockerfile copies into the image.
+IMAGE_FOLDERS = ("schemas/", "configs/")
 
 
 def kfp_type(artifact_type: str) -> str:
     return KFP_TYPES.get(artifact_type, "Artifact")
 
 
-def _component_source(node: dag.Node) -> str:
+def _get(tree: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return None
+        tree = tree[part]
+    return tree
+
+
+def runtime_parameters(config: PipelineConfig) -> dict[str, Any]:
+    """The pipeline parameters with this config's values: every key in
+    RUNTIME_PARAMETERS that the config sets (an unset threshold is not a parameter)."""
+    tree = config.to_dict()
+    out = {}
+    for name, key in RUNTIME_PARAMETERS.items():
+        value = _get(tree, key)
+        if value is None and key in _OPTIONAL:
+            value = ""
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def _parameters_for(sections: tuple[str, ...], available: dict[str, Any]) -> list[str]:
+    return [name for name in available
+            if RUNTIME_PARAMETERS[name].split(".")[0] in sections]
+
+
+def _param_type(value: Any) -> str:
+    return {bool: "bool", int: "int", float: "float"}.get(type(value), "str")
+
+
+def _component_source(node: dag.Node, params: dict[str, Any]) -> str:
     """The Python source of the step's component: a typed signature and one call.
-    Inputs wired to an earlier run (`previous`) have no KFP edge and are not passed."""
+    Inputs wired to an earlier run (`previous`) and the registry baseline arrive as
+    references pinned by the resolve task. Only push and the report, which are never
+    cached, take the job name (for the model card and the report's title)."""
     spec = node.spec
-    params = ["config_json: str", "context_json: str", "pipeline_name: str", "run_id: str"]
+    signature = ["config_json: str", "context_json: str"]
     names = []
     for param in node.inputs:
-        params.append(f"{param}: Input[{kfp_type(spec.input_type(param))}]")
+        signature.append(f"{param}: Input[{kfp_type(spec.input_type(param))}]")
         names.append(param)
+    pins = [*node.previous, *spec.resolved]
+    signature += [f"pin_{p}: str" for p in pins]
+    mine = _parameters_for((*spec.config, *spec.record), params)
+    signature += [f"p_{name}: {_param_type(params[name])}" for name in mine]
+    if not spec.cache:
+        signature.append("run_id: str")
     for output in spec.outputs:
-        params.append(f"{output}: Output[{kfp_type(spec.output_type(output))}]")
+        signature.append(f"{output}: Output[{kfp_type(spec.output_type(output))}]")
         names.append(output)
     extras = UI_OUTPUTS.get(node.name, ())
-    params += [f"{param}: Output[{kind}]" for param, kind in extras]
+    signature += [f"{param}: Output[{kind}]" for param, kind in extras]
     args = ", ".join(f"{p!r}: {p}" for p in names)
     extra_args = ", ".join(f"{p!r}: {p}" for p, _ in extras)
-    return (f"def {node.name}({', '.join(params)}) -> bool:\n"
+    pin_args = ", ".join(f"{p!r}: pin_{p}" for p in pins)
+    overrides = ", ".join(f"{RUNTIME_PARAMETERS[n]!r}: p_{n}" for n in mine)
+    run_id = "run_id" if not spec.cache else "''"
+    return (f"def {node.name}({', '.join(signature)}) -> bool:\n"
             f"    from pipeline.kfp import run_step\n"
-            f"    return run_step({node.name!r}, config_json, context_json, pipeline_name, run_id, "
-            f"{{{args}}}, {{{extra_args}}})\n")
+            f"    return run_step({node.name!r}, config_json, context_json, {run_id}, "
+            f"{{{args}}}, {{{extra_args}}}, {{{pin_args}}}, {{{overrides}}})\n")
+
+
+def _resolve_source(params: dict[str, Any]) -> str:
+    """The resolve task (never cached): pins what this run compares with, so that the
+    inputs of evaluate and validate change exactly when their comparison target does."""
+    outputs = ", ".join(f"({name!r}, str)" for name in _pins())
+    alias = "p_baseline_alias" if "baseline_alias" in params else "''"
+    signature = "context_json: str" + (", p_baseline_alias: str" if "baseline_alias" in params
+                                       else "")
+    return (f"def {RESOLVE}({signature}) -> NamedTuple('Pins', [{outputs}]):\n"
+            f"    from pipeline.kfp import resolve_pins\n"
+            f"    return resolve_pins(context_json, {alias})\n")
+
+
+def _pins() -> list[str]:
+    """Output names of the resolve task: one per previous-run input and per baseline."""
+    names = [f"{node.name}__{param}" for node in dag.STEPS for param in node.previous]
+    names += [f"{node.name}__{param}" for node in dag.STEPS for param in node.spec.resolved]
+    return names
 
 
 def _report_source() -> str:
     params = ", ".join(f"{ref.split('.')[1]}: Input[{kfp_type(_output_type(ref))}]"
                        for ref in REPORT_INPUTS)
     mapping = ", ".join(f"{ref!r}: {ref.split('.')[1]}" for ref in REPORT_INPUTS)
-    return (f"def report(run_id: str, {params}, report: Output[HTML]):\n"
+    return (f"def report(context_json: str, run_id: str, {params}, report: Output[HTML]):\n"
             f"    from pipeline.kfp import write_report\n"
-            f"    write_report(run_id, {{{mapping}}}, report)\n")
+            f"    write_report(context_json, run_id, {{{mapping}}}, report)\n")
 
 
 def _output_type(ref: str) -> str:
@@ -73,25 +152,37 @@ def _output_type(ref: str) -> str:
     return dag.get(step).spec.output_type(output)
 
 
-def _make_component(name: str, source: str, image: str):
-    """A `dsl.component` from generated source (registered with linecache so KFP can
-    read the function's source back, as it does for a function in a file)."""
-    from kfp import dsl
-
-    filename = f"<imgpipe-component-{name}>"
+def _make_function(name: str, source: str, namespace: dict[str, Any]):
+    """A function from generated source (registered with linecache so KFP can read its
+    source back, as it does for a function in a file)."""
+    filename = f"<imgpipe-{name}>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    namespace = {k: getattr(dsl, k) for k in ("Input", "Output", "Dataset", "Model", "Artifact",
-                                              "Metrics", "ClassificationMetrics", "HTML")}
     # dont_inherit: this module's `from __future__ import annotations` would turn the
     # annotations into strings, which KFP cannot read as types.
     exec(compile(source, filename, "exec", dont_inherit=True), namespace)  # noqa: S102 - our own generated code
-    return dsl.component(namespace[name], base_image=image, install_kfp_package=False)
+    return namespace[name]
+
+
+def _make_component(name: str, source: str, image: str):
+    from typing import NamedTuple
+
+    from kfp import dsl
+
+    namespace = {k: getattr(dsl, k) for k in ("Input", "Output", "Dataset", "Model", "Artifact",
+                                              "Metrics", "ClassificationMetrics", "HTML")}
+    namespace["NamedTuple"] = NamedTuple
+    return dsl.component(_make_function(name, source, namespace), base_image=image,
+                         install_kfp_package=False)
 
 
 def components(config: PipelineConfig) -> dict[str, Any]:
-    comps = {node.name: _make_component(node.name, _component_source(node), config.kfp.image)
+    params = runtime_parameters(config)
+    comps = {node.name: _make_component(node.name, _component_source(node, params),
+                                        config.kfp.image_for(node.name))
              for node in dag.STEPS}
-    comps["report"] = _make_component("report", _report_source(), config.kfp.image)
+    comps["report"] = _make_component("report", _report_source(), config.kfp.image_for("report"))
+    comps[RESOLVE] = _make_component(RESOLVE, _resolve_source(params),
+                                     config.kfp.image_for(RESOLVE))
     return comps
 
 
@@ -134,28 +225,39 @@ def gates_of(node: dag.Node, steps: tuple[dag.Node, ...] = dag.STEPS) -> list[st
 
 
 def build_pipeline(config: PipelineConfig) -> Callable:
-    """The `@dsl.pipeline` function for this config. Each task receives only the config
-    its step reads (`invoke.step_config`) and, when it resolves references, the context
-    for that (registry root, model name, baseline alias)."""
+    """The `@dsl.pipeline` function for this config: typed parameters (RUNTIME_PARAMETERS,
+    defaults from the config), one task per step with only the config it reads, a
+    resolve task pinning the baseline and the previous statistics, the push under the
+    gates, and the report."""
     from kfp import dsl
 
     comps = components(config)
-    context = invoke.Context.from_config(config)
+    context = invoke.Context.from_config(config).to_json()
+    params = runtime_parameters(config)
 
-    @dsl.pipeline(name=config.name, description=f"imgpipe: {config.name} "
-                  f"({config.model.kind} on {config.data.source})")
-    def pipeline():
+    def assemble(values: dict[str, Any]) -> None:
         run_id = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
+        resolve_args = {"p_baseline_alias": values["baseline_alias"]} \
+            if "baseline_alias" in values else {}
+        pins = _configure(comps[RESOLVE](context_json=context, **resolve_args), config,
+                          RESOLVE, cacheable=False)
         tasks: dict[str, Any] = {}
 
         def add(node: dag.Node):
             step_cfg = invoke.step_config(node, config)
             kwargs = {param: tasks[ref.split(".")[0]].outputs[ref.split(".")[1]]
                       for param, ref in node.inputs.items()}
+            kwargs.update({f"pin_{p}": pins.outputs[f"{node.name}__{p}"]
+                           for p in [*node.previous, *node.spec.resolved]})
+            kwargs.update({f"p_{n}": values[n]
+                           for n in _parameters_for((*node.spec.config, *node.spec.record),
+                                                    params)})
+            if not node.spec.cache:
+                kwargs["run_id"] = run_id
             task = comps[node.name](
-                config_json=json.dumps(step_cfg, sort_keys=True),
-                context_json=context.to_json() if invoke.needs_context(node, step_cfg) else "",
-                pipeline_name=config.name, run_id=run_id, **kwargs)
+                config_json=json.dumps(without_runtime_keys(step_cfg), sort_keys=True),
+                context_json=context if invoke.needs_context(node, step_cfg) else "",
+                **kwargs)
             tasks[node.name] = _configure(task, config, node.name, node.spec.cache)
 
         def add_gated(node: dag.Node, gates: list[str]):
@@ -170,10 +272,52 @@ def build_pipeline(config: PipelineConfig) -> Callable:
         for node in dag.STEPS:
             add_gated(node, gates_of(node))
         _configure(comps["report"](
-            run_id=run_id, **{ref.split(".")[1]: tasks[ref.split(".")[0]].outputs[
-                ref.split(".")[1]] for ref in REPORT_INPUTS}), config, "report")
+            context_json=context, run_id=run_id,
+            **{ref.split(".")[1]: tasks[ref.split(".")[0]].outputs[ref.split(".")[1]]
+               for ref in REPORT_INPUTS}), config, "report", cacheable=False)
 
-    return pipeline
+    signature = ", ".join(f"{name}: {_param_type(value)} = {value!r}"
+                          for name, value in params.items())
+    source = (f"def pipeline({signature}):\n"
+              f"    assemble({{{', '.join(f'{n!r}: {n}' for n in params)}}})\n")
+    fn = _make_function("pipeline", source, {"assemble": assemble})
+    return dsl.pipeline(name=config.name, description=f"imgpipe: {config.name} "
+                        f"({config.model.kind} on {config.data.source})")(fn)
+
+
+def _in_bucket(path: str | None) -> bool:
+    """gs:// (or another object store), or Vertex's /gcs/ mount of the buckets."""
+    return bool(path) and ("://" in path or path.startswith("/gcs/"))
+
+
+def check_remote(config: PipelineConfig) -> None:
+    """What a compiled pipeline cannot reach from its containers: paths on this
+    machine. One ConfigError naming the key and the fix."""
+    from components.config import BUILTIN_PREFIX
+    from components.errors import ConfigError
+    from components.registry import is_reference
+
+    source = config.data.source
+    if not (source.startswith(BUILTIN_PREFIX) or _in_bucket(source)):
+        raise ConfigError(f"data.source {source!r} is a path on this machine, which the "
+                          "pipeline's containers cannot read; copy the data to a bucket and "
+                          "use gs://BUCKET/... (or a built-in dataset).")
+    if not _in_bucket(config.push.destination):
+        raise ConfigError(f"push.destination {config.push.destination!r} would be lost with "
+                          "each container (and every run would find no baseline); use "
+                          "gs://BUCKET/serving.")
+    schema = config.validate_.schema_path
+    if schema and not _in_bucket(schema) and (os.path.isabs(schema) or not any(
+            schema.startswith(folder) for folder in IMAGE_FOLDERS)):
+        raise ConfigError(f"validate.schema {schema!r} is not in the image (it holds "
+                          f"{', '.join(IMAGE_FOLDERS)} of this repository) nor in a bucket; "
+                          "commit it under schemas/ or copy it to gs://.")
+    weights = config.model.weights
+    if weights and weights != "imagenet" and not is_reference(weights) and \
+            not _in_bucket(weights):
+        raise ConfigError(f"model.weights {weights!r} is not reachable from the pipeline "
+                          "(run:ID needs the local metadata store, a file must be in a "
+                          "bucket); use a pushed model (NAME@ALIAS) or gs://.")
 
 
 def compile_pipeline(config: PipelineConfig, output: str) -> str:
@@ -231,25 +375,32 @@ def _exit_without_teardown() -> None:
     atexit.register(leave)
 
 
-def run_step(name: str, config_json: str, context_json: str, pipeline_name: str, run_id: str,
-             artifacts_in: dict[str, Any], extras: dict[str, Any]) -> bool:
-    """The body of every step component: KFP artifacts -> our artifacts, the step
-    through `pipeline.invoke`, properties back onto the KFP artifacts' metadata.
-    Returns the step's gate value (True for steps without a gate)."""
+def run_step(name: str, config_json: str, context_json: str, run_id: str,
+             artifacts_in: dict[str, Any], extras: dict[str, Any], pins: dict[str, str],
+             overrides: dict[str, Any]) -> bool:
+    """The body of every step component: run-time parameters into the step's config,
+    KFP artifacts -> our artifacts (pinned references for previous-run inputs and the
+    baseline), the step through `pipeline.invoke`, properties back onto the KFP
+    artifacts' metadata. Returns the step's gate value (True for steps without one)."""
     from components import artifacts, fileio
 
     _exit_without_teardown()
     node = dag.get(name)
-    step_cfg = json.loads(config_json)
+    step_cfg = apply_overrides(json.loads(config_json), overrides)
     context = invoke.Context.from_json(context_json) if context_json else None
-    resolved = invoke.resolve(node, step_cfg, context)
+    resolved = invoke.resolve(node, step_cfg, context,
+                              pinned={p: pins[p] for p in node.spec.resolved})
     inputs = {p: artifacts.read(_location(artifacts_in[p]), node.spec.input_type(p))
               for p in node.inputs}
+    for param in node.previous:
+        inputs[param] = (artifacts.read(pins[param], node.spec.input_type(param))
+                         if pins.get(param) and artifacts.is_committed(pins[param]) else None)
     outputs = {o: _location(artifacts_in[o]) for o in node.spec.outputs}
     for path in outputs.values():
         # A retried task writes to the same URIs as the attempt that failed: start clean.
         fileio.rmtree(path)
-    producer = {"run_id": run_id, "step": name, "engine": "kfp", "pipeline": pipeline_name}
+    producer = {"run_id": run_id or None, "step": name, "engine": "kfp",
+                "pipeline": context.pipeline if context else None}
     summary = invoke.call(node, resolved, inputs, outputs, producer) or {}
     for output in node.spec.outputs:
         written = artifacts.read(outputs[output])
@@ -259,6 +410,60 @@ def run_step(name: str, config_json: str, context_json: str, pipeline_name: str,
     if name == "evaluate":
         _log_ui_metrics(outputs["evaluation"], extras)
     return invoke.gate_value(node, summary)
+
+
+def without_runtime_keys(step_cfg: dict[str, Any]) -> dict[str, Any]:
+    """A step's compiled config without the keys that arrive as pipeline parameters:
+    two compiles that differ only in such a key give identical task specs."""
+    out = json.loads(json.dumps(step_cfg))
+    for key in RUNTIME_PARAMETERS.values():
+        section, *path = key.split(".")
+        for tree in (out.get(section), out.get(invoke.RECORD, {}).get(section)):
+            for part in path[:-1]:
+                tree = tree.get(part) if isinstance(tree, dict) else None
+            if isinstance(tree, dict):
+                tree.pop(path[-1], None)
+    return out
+
+
+def apply_overrides(step_cfg: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Run-time pipeline parameters into a step's config (its sections, and the
+    sections it records). '' for an optional key means unset."""
+    for key, value in overrides.items():
+        section, *path = key.split(".")
+        for tree in (step_cfg.get(section), step_cfg.get(invoke.RECORD, {}).get(section)):
+            if tree is None:
+                continue
+            for part in path[:-1]:
+                tree = tree.setdefault(part, {})
+            tree[path[-1]] = None if value == "" and key in _OPTIONAL else value
+    return step_cfg
+
+
+def resolve_pins(context_json: str, baseline_alias: str = ""):
+    """The resolve task's body: the registry version holding the baseline alias now,
+    and the artifacts the last completed run recorded for previous-run inputs."""
+    from collections import namedtuple
+
+    from components.registry import Registry
+
+    _exit_without_teardown()
+    context = invoke.Context.from_json(context_json)
+    if baseline_alias:
+        context = invoke.Context(context.model_name, context.registry_root, baseline_alias,
+                                 context.pipeline)
+    registry = Registry(context.registry_root)
+    state = registry.pipeline_state(context.model_name)
+    values = {}
+    for node in dag.STEPS:
+        for param, ref in node.previous.items():
+            values[f"{node.name}__{param}"] = state.get(ref, "")
+        for param in node.spec.resolved:
+            version = invoke.baseline_version(context)
+            values[f"{node.name}__{param}"] = version.ref if version else ""
+    for key, value in values.items():
+        print(f"resolve: {key} = {value or '(none)'}")
+    return namedtuple("Pins", list(values))(**values)
 
 
 def _log_ui_metrics(evaluation: str, extras: dict[str, Any]) -> None:
@@ -274,7 +479,11 @@ def _log_ui_metrics(evaluation: str, extras: dict[str, Any]) -> None:
                                              metrics["metrics"]["confusion"])
 
 
-def write_report(run_id: str, artifacts_in: dict[str, Any], html_out: Any) -> None:
+def write_report(context_json: str, run_id: str, artifacts_in: dict[str, Any],
+                 html_out: Any) -> None:
+    """The report task: the run's report, and the pipeline state the next run reads
+    (its statistics, for the drift check)."""
+    from components.registry import Registry
     from pipeline import report
 
     _exit_without_teardown()
@@ -283,6 +492,11 @@ def write_report(run_id: str, artifacts_in: dict[str, Any], html_out: Any) -> No
              for ref, art in artifacts_in.items()]
     run_dir = os.path.dirname(html_out.path)
     report.write(run_dir, run_id, "succeeded", steps, path=html_out.path)
+    context = invoke.Context.from_json(context_json)
+    previous_refs = {ref for node in dag.STEPS for ref in node.previous.values()}
+    Registry(context.registry_root).record_pipeline_state(
+        context.model_name, {ref: _location(art) for ref, art in artifacts_in.items()
+                             if ref in previous_refs})
 
 
 # --- local run of the compiled pipeline ----------------------------------------------

@@ -287,6 +287,11 @@ class LocalRunner:
 
 def preflight(config: PipelineConfig, runs_dir: str, steps: list[str]) -> None:
     """Mistakes that would otherwise surface only after the expensive steps."""
+    if config.beam.remote:
+        raise ConfigError(f"beam.runner {config.beam.runner}: its workers cannot write the "
+                          f"artifacts of a local run under {runs_dir}; run the pipeline on "
+                          "Vertex AI / Kubeflow (imgpipe submit), where they go to the "
+                          "pipeline root in a bucket, or use DirectRunner here.")
     source = config.data.source
     if not source.startswith(BUILTIN_PREFIX) and not fileio.is_remote(source):
         src, runs = os.path.realpath(source), os.path.realpath(runs_dir)

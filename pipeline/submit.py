@@ -80,7 +80,4 @@ def _kfp_cron(cron: str) -> str:
     return cron if len(fields) == 6 else " ".join(["0", *fields])
 
 
-def parameters(config_dict: dict[str, Any]) -> dict[str, Any]:
-    """Run-time parameter values for the compiled pipeline. Each task carries the config
-    its step reads as compiled constants, so a run needs none."""
-    return {}
+

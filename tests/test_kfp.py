@@ -3,6 +3,7 @@ local runner, submit/schedule adapters, and the step image's install line."""
 
 import glob
 import inspect
+import json
 import os
 import re
 
@@ -31,12 +32,13 @@ def test_compiled_ir_has_the_dag_the_gate_and_resources(tmp_path):
     loaded = components.load_component_from_file(path)     # valid IR for the SDK
     assert loaded.name == "fonts-deep-cnn"
     root = spec["root"]["dag"]["tasks"]
-    assert set(root) == {"ingest", "validate", "transform", "train", "evaluate",
+    assert set(root) == {"resolve", "ingest", "validate", "transform", "train", "evaluate",
                          "infra-validate", "report", "condition-1"}
     deps = {name: set(task.get("dependentTasks", [])) for name, task in root.items()}
     assert deps["transform"] == {"ingest", "validate"}
     assert deps["train"] == {"ingest", "transform"}
-    assert deps["evaluate"] == {"ingest", "train"}
+    assert deps["evaluate"] == {"ingest", "train", "resolve"}
+    assert deps["validate"] == {"ingest", "resolve"}
     # the push sits under two conditions: the blessing, then the infra verdict
     outer = root["condition-1"]
     assert "evaluate-Output" in outer["triggerPolicy"]["condition"]
@@ -66,6 +68,125 @@ def test_compiled_ir_has_the_dag_the_gate_and_resources(tmp_path):
         "us-docker.pkg.dev/my-project/imgpipe/imgpipe:0.1.0"}
     # each component body only calls the step through pipeline.kfp
     assert "run_step('train'" in " ".join(train["command"])
+
+
+def _task_inputs(spec):
+    """task name -> its input parameters, over the root DAG and every condition."""
+    out = {}
+    for component in [spec["root"], *spec["components"].values()]:
+        for name, task in component.get("dag", {}).get("tasks", {}).items():
+            out[name] = task
+    return out
+
+
+def test_kfp_caching_is_correct_across_runs(tmp_path):
+    """A scheduled run reuses a task exactly when its result would not change: no task
+    that may be cached takes anything derived from the job; each takes only the config
+    it reads; push, resolve and report are never cached; evaluate and validate take the
+    baseline and previous statistics the resolve task pinned."""
+    def compile_with(*overrides):
+        out = str(tmp_path / f"p{len(overrides)}.yaml")
+        cfg = config_lib.load(EXAMPLE, list(overrides), resolve_paths=False)
+        kfp_pipeline.compile_pipeline(cfg, out)
+        return yaml.safe_load(open(out))
+
+    base, longer = compile_with(), compile_with("train.epochs=3", "model.dropout=0.2")
+    for step in ("ingest", "validate", "transform"):
+        for key in (f"comp-{step}", ):
+            assert base["components"][key] == longer["components"][key], step
+        assert base["deploymentSpec"]["executors"][f"exec-{step}"] == \
+            longer["deploymentSpec"]["executors"][f"exec-{step}"], step
+        assert _task_inputs(base)[step] == _task_inputs(longer)[step], step
+    assert _task_inputs(base)["train"] != _task_inputs(longer)["train"]   # dropout is compiled
+    assert base["root"]["inputDefinitions"]["parameters"]["train_epochs"]["defaultValue"] == 40
+    assert longer["root"]["inputDefinitions"]["parameters"]["train_epochs"]["defaultValue"] == 3
+
+    tasks = _task_inputs(base)
+    for name, task in tasks.items():
+        if name.startswith("condition"):
+            continue
+        text = json.dumps(task.get("inputs", {}))
+        cached = task.get("cachingOptions") == {"enableCache": True}
+        assert cached == (name not in ("push", "resolve", "report")), name
+        if cached:
+            assert "pipeline_job" not in text and "PIPELINE_JOB" not in text, name
+    evaluate = tasks["evaluate"]["inputs"]["parameters"]
+    assert evaluate["pin_baseline"]["taskOutputParameter"] == {
+        "outputParameterKey": "evaluate__baseline", "producerTask": "resolve"}
+    validate = tasks["validate"]["inputs"]["parameters"]
+    assert validate["pin_baseline_statistics"]["taskOutputParameter"]["producerTask"] == "resolve"
+    # each task's config holds only the sections it reads
+    ingest_cfg = json.loads(tasks["ingest"]["inputs"]["parameters"]["config_json"]["runtimeValue"]
+                            ["constant"])
+    assert set(ingest_cfg) == {"data", "ingest", "beam"} and "source" not in ingest_cfg["data"]
+
+
+def test_runtime_parameters_are_typed_with_the_config_defaults(tmp_path):
+    _, spec = compiled(tmp_path)
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert {name: (p["parameterType"], p["defaultValue"]) for name, p in params.items()} == {
+        "data_source": ("STRING", "builtin:fonts"), "train_epochs": ("NUMBER_INTEGER", 40),
+        "train_batch_size": ("NUMBER_INTEGER", 64), "learning_rate": ("NUMBER_DOUBLE", 0.001),
+        "model_kind": ("STRING", "deep_cnn"), "accuracy_min": ("NUMBER_DOUBLE", 0.8),
+        "accuracy_max_drop": ("NUMBER_DOUBLE", 0.01), "promote_to": ("STRING", "staging"),
+        "baseline_alias": ("STRING", "production")}
+    # a task receives the parameters of the sections it reads, and applies them
+    tasks = _task_inputs(spec)
+    assert set(tasks["train"]["inputs"]["parameters"]) >= {
+        "p_train_epochs", "p_train_batch_size", "p_learning_rate", "p_model_kind"}
+    assert not any(k.startswith("p_") for k in tasks["validate"]["inputs"]["parameters"])
+    step_cfg = {"train": {"epochs": 40, "optimizer": {"name": "adam"}},
+                "record": {"evaluate": {"thresholds": {}}}}
+    kfp_pipeline.apply_overrides(step_cfg, {"train.epochs": 3,
+                                            "evaluate.thresholds.accuracy.min": 0.9,
+                                            "train.optimizer.learning_rate": 0.01})
+    assert step_cfg == {"train": {"epochs": 3, "optimizer": {"name": "adam",
+                                                             "learning_rate": 0.01}},
+                        "record": {"evaluate": {"thresholds": {"accuracy": {"min": 0.9}}}}}
+
+
+def test_partial_kfp_step_settings_merge_into_the_defaults():
+    cfg = config_lib.load(None, ["kfp.steps.train.accelerator_type=TPU_V5_LITEPOD",
+                                 "kfp.steps.push.caching=false"])
+    train = cfg.kfp.step("train")
+    assert train.accelerator_type == "TPU_V5_LITEPOD" and train.memory_request == "8G"
+    assert cfg.kfp.step("ingest").retries == 2 and cfg.kfp.step("push").caching is False
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("data.source=/home/me/photos", "data.source"),
+    ("push.destination=./serving", "push.destination"),
+    ("validate.schema=/home/me/schema.pbtxt", "validate.schema"),
+    ("model.weights=/home/me/base.keras", "model.weights"),
+    ("model.weights=run:20261101-aaaa", "model.weights"),
+])
+def test_compile_refuses_what_containers_cannot_reach(tmp_path, capsys, override, expected):
+    args = ["compile", EXAMPLE, "--set", override, "-o", str(tmp_path / "p.yaml")]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "p.yaml").exists()
+
+
+def test_remote_beam_runner_needs_shared_paths(capsys):
+    from components.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot read data.source"):
+        config_lib.load(None, ["beam.runner=DataflowRunner", "data.source=/data/photos"])
+    with pytest.raises(ConfigError, match="temp_location"):
+        config_lib.load(None, ["beam.runner=DataflowRunner", "data.source=gs://b/photos"])
+    cfg = config_lib.load(None, ["beam.runner=DataflowRunner", "data.source=gs://b/photos",
+                                 "beam.options={temp_location: gs://b/tmp}"])
+    assert cfg.beam.remote
+
+
+def test_submit_with_a_package_takes_only_runtime_overrides(tmp_path, capsys):
+    package = str(tmp_path / "p.yaml")
+    assert cli.main(["compile", EXAMPLE, "-o", package]) == 0
+    capsys.readouterr()
+    args = ["submit", EXAMPLE, "--package", package, "--kfp-host", "http://127.0.0.1:9"]
+    assert cli.main([*args, "--set", "model.dropout=0.2"]) == 2
+    assert "compiled into" in capsys.readouterr().err
 
 
 def test_committed_pipeline_spec_is_current(tmp_path):
@@ -155,14 +276,15 @@ def test_vertex_adapter_calls():
                            "PipelineJob": Job, "PipelineJobSchedule": Schedule})
     adapter = submit.VertexAdapter(submit.VertexTarget("p", "europe-west4", "gs://b/root",
                                                        "sa@p.iam"), aiplatform=fake)
-    params = submit.parameters({"name": "x"})
+    params = kfp_pipeline.runtime_parameters(config_lib.load(EXAMPLE, ["train.epochs=3"],
+                                                             resolve_paths=False))
     assert adapter.submit("fonts", "p.yaml", params).endswith("pipelineJobs/1")
     assert adapter.schedule("fonts", "p.yaml", params, "0 3 * * *").endswith("schedules/2")
     calls = {name: kwargs for name, _, kwargs in rec.calls}
     assert calls["init"] == {"project": "p", "location": "europe-west4"}
     assert calls["PipelineJob"]["template_path"] == "p.yaml"
     assert calls["PipelineJob"]["pipeline_root"] == "gs://b/root"
-    assert calls["PipelineJob"]["parameter_values"] == {}
+    assert calls["PipelineJob"]["parameter_values"]["train_epochs"] == 3
     assert calls["submit"] == {"service_account": "sa@p.iam"}
     assert calls["create"]["cron"] == "0 3 * * *"
 

@@ -174,7 +174,7 @@ def test_weights_reference_to_an_earlier_run(tmp_path):
     store.record_artifact(execution, "output", "trained_model", "/models/abc", "Model", "f", {},
                           "now")
     store.finish_execution(execution, "succeeded")
-    context = Context("p", str(tmp_path), "production", store)
+    context = Context("p", str(tmp_path), "production", store=store)
     assert resolve_weights(f"run:{run_id[:8]}", context) == "/models/abc/model.keras"
     with pytest.raises(Exception, match="no unique run"):
         resolve_weights("run:nope", context)
