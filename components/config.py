@@ -197,8 +197,12 @@ class TrainConfig(Section):
     loss: Literal["auto", "categorical_crossentropy", "sparse_categorical_crossentropy"] = "auto"
     metrics: list[str] = ["accuracy"]
     strategy: Literal["auto", "tpu", "mirrored", "multi_worker", "default"] = "auto"
-    steps_per_execution: int = Field(1, gt=0)
-    mixed_precision: Literal["none", "auto", "mixed_float16", "mixed_bfloat16"] = "none"
+    steps_per_execution: Optional[int] = Field(
+        None, gt=0, description="Batches per tf.function call; default 32 on a TPU (where "
+                                "each call has a high fixed cost), else 1.")
+    mixed_precision: Literal["none", "auto", "mixed_float16", "mixed_bfloat16"] = Field(
+        "auto", description="auto: bfloat16 on a TPU, float32 elsewhere (float16 on GPUs "
+                            "only when asked for: mixed_float16).")
     early_stopping_patience: Optional[int] = Field(None, gt=0)
     seed: int = 42
     cache_memory_mb: int = Field(1024, ge=0, description="Cache the training data in memory "

@@ -14,21 +14,65 @@ from components.config import TrainConfig
 from components.errors import TrainingError
 
 
-def choose_strategy(name: str):
-    """(strategy, reason). `auto`: TPU if a cluster resolves, Mirrored on several GPUs,
-    MultiWorkerMirrored when TF_CONFIG names several workers, else the default."""
+# A TPU node is named by these (TPUClusterResolver reads them); a TPU VM needs none.
+TPU_ENV = ("TPU_NAME", "TPU_CONFIG", "KUBE_GOOGLE_CLOUD_TPU_ENDPOINTS")
+# Set on a compiled train task that asked for an accelerator (kfp.steps.train).
+ACCELERATOR_ENV = "IMGPIPE_ACCELERATOR"
+
+
+def tpu_requested(strategy: str) -> bool:
+    """A TPU was asked for: `train.strategy: tpu`, or the task's accelerator request."""
+    return strategy == "tpu" or os.environ.get(ACCELERATOR_ENV, "").upper().startswith("TPU")
+
+
+def _tpu_hardware_visible() -> bool:
+    """Cheap signs of a TPU VM (device files libtpu opens), so that `auto` on a CPU or
+    GPU machine does not try to initialize a TPU system."""
+    import glob
+
+    return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
+
+
+def resolve_tpu():
+    """A connected, initialized TPUClusterResolver: from TPU_NAME / TPU_CONFIG (a TPU
+    node) when they are set, else `tpu="local"` (the TPU VM this runs on). Raises
+    TrainingError with each attempt's reason."""
     import tensorflow as tf
 
-    if name in ("tpu", "auto"):
+    attempts = []
+    if any(os.environ.get(name) for name in TPU_ENV):
+        attempts.append(("TPU_NAME/TPU_CONFIG", {}))
+    attempts.append(("this TPU VM (tpu='local')", {"tpu": "local"}))
+    errors = []
+    for label, kwargs in attempts:
         try:
-            resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(**kwargs)
             tf.config.experimental_connect_to_cluster(resolver)
             tf.tpu.experimental.initialize_tpu_system(resolver)
-            return tf.distribute.TPUStrategy(resolver), f"TPU cluster {resolver.master()}"
+            return resolver, label
         except (ValueError, RuntimeError, tf.errors.OpError) as exc:
-            if name == "tpu":
-                raise TrainingError(f"train.strategy is tpu but no TPU resolves ({exc}); run "
-                                    "on a TPU VM / Colab TPU or use strategy: auto.") from exc
+            errors.append(f"{label}: {type(exc).__name__}: {exc}")
+    raise TrainingError("no TPU resolves (" + "; ".join(errors) + ")")
+
+
+def choose_strategy(name: str):
+    """(strategy, reason). `auto`: a TPU when one is visible, MultiWorkerMirrored when
+    TF_CONFIG names several workers, Mirrored on several GPUs, else the default. A TPU
+    that was asked for and does not resolve is an error, never a silent CPU run."""
+    import tensorflow as tf
+
+    requested = tpu_requested(name)
+    if requested or (name == "auto" and (any(os.environ.get(n) for n in TPU_ENV)
+                                         or _tpu_hardware_visible())):
+        try:
+            resolver, where = resolve_tpu()
+            return tf.distribute.TPUStrategy(resolver), f"TPU from {where}"
+        except TrainingError as exc:
+            if requested:
+                raise TrainingError(
+                    f"a TPU was requested (train.strategy {name!r}, "
+                    f"{ACCELERATOR_ENV}={os.environ.get(ACCELERATOR_ENV, '')!r}) but {exc}; "
+                    "run on a TPU VM or set TPU_NAME, or drop the TPU request.") from exc
     workers = len(json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {}).get(
         "worker", []))
     if name == "multi_worker" or (name == "auto" and workers > 1):
@@ -46,11 +90,30 @@ def choose_strategy(name: str):
 # --- input pipeline ----------------------------------------------------------------
 
 
+def is_tpu(strategy) -> bool:
+    return "TPU" in type(strategy).__name__
+
+
+def is_chief(strategy) -> bool:
+    """Whether this process writes the model: always, except on the non-chief workers
+    of a multi-worker run (TF_CONFIG; the chief, or worker 0 when there is none)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    task_type = getattr(resolver, "task_type", None)
+    if not task_type:
+        return True
+    has_chief = "chief" in (resolver.cluster_spec().as_dict() or {})
+    return task_type == "chief" or (task_type == "worker" and not has_chief
+                                    and resolver.task_id == 0)
+
+
 def make_dataset(graph: artifacts.Artifact, examples: artifacts.Artifact, split: str,
                  batch_size: int, cfg: TrainConfig, training: bool, sparse: bool,
-                 replicas: int = 1):
+                 static: bool = False):
     """(image, label) batches from the transformed TFRecords, or from the raw ones
-    through the transform layer when the examples were not materialized."""
+    through the transform layer when the examples were not materialized. `static`
+    (TPUs, several replicas): every batch is full; eval batches are then padded with
+    examples of weight 0 ((image, label, weight) batches), so a small eval split under
+    many replicas still gives whole batches and exact weighted metrics."""
     import tensorflow as tf
     import tensorflow_transform as tft
 
@@ -79,6 +142,12 @@ def make_dataset(graph: artifacts.Artifact, examples: artifacts.Artifact, split:
     image_bytes = 4 * math.prod(graph.properties["image_shape"])
     fits = count * image_bytes <= cfg.cache_memory_mb * 2 ** 20
     ds = tf.data.Dataset.from_tensor_slices(files)
+    # Several workers each take every n-th example: sharding by file would leave a
+    # worker without data when there are fewer files than workers.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = \
+        tf.data.experimental.AutoShardPolicy.DATA
+    ds = ds.with_options(options)
     ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
                        cycle_length=min(len(files), 4), num_parallel_calls=tf.data.AUTOTUNE,
                        deterministic=True)
@@ -90,11 +159,23 @@ def make_dataset(graph: artifacts.Artifact, examples: artifacts.Artifact, split:
         if training:
             ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed)
         ds = ds.batch(256).map(parse, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
-    # Static shapes for TPUs and steps_per_execution: every training batch is full; with
-    # several replicas eval batches are full too (a replica with an empty shard fails
-    # the cross-replica sum). The evaluate step scores every eval example anyway.
-    full = training or replicas > 1
-    return ds.batch(batch_size, drop_remainder=full).prefetch(tf.data.AUTOTUNE)
+    if training:
+        # Full batches: static shapes for TPUs and steps_per_execution.
+        return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    if not static:
+        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    # A replica with an empty shard fails the cross-replica sum, and TPUs need static
+    # shapes: complete the last batch with weight-0 examples (batch_size - 1 of them
+    # always suffice; the unused ones are dropped, whatever the split's size).
+    padding = batch_size - 1
+    shape = graph.properties["image_shape"]
+    blank = (tf.zeros(shape, tf.float32),
+             tf.zeros([], tf.int64) if sparse else
+             tf.zeros([graph.properties["num_classes"]], tf.float32), tf.zeros([]))
+    weighted = ds.map(lambda image, label: (image, label, tf.ones([])))
+    pad = tf.data.Dataset.from_tensors(blank).repeat(padding)
+    return weighted.concatenate(pad).batch(batch_size, drop_remainder=True).prefetch(
+        tf.data.AUTOTUNE)
 
 
 # --- export ------------------------------------------------------------------------
@@ -195,3 +276,88 @@ def read_epoch_log(path: str) -> dict[str, list[float]]:
         for key, value in epochs[epoch].items():
             history.setdefault(key, []).append(float(value))
     return history
+
+
+# --- training under MultiWorkerMirroredStrategy ----------------------------------------
+
+
+def is_multi_worker(strategy) -> bool:
+    import tensorflow as tf
+
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def strategy_name(strategy) -> str:
+    """The public name (MultiWorkerMirroredStrategy's class is CollectiveAllReduce...)."""
+    return "MultiWorkerMirroredStrategy" if is_multi_worker(strategy) else \
+        type(strategy).__name__.lstrip("_")
+
+
+def fit_multi_worker(net, optimizer_, train_ds, eval_ds, strategy, sparse: bool,
+                     global_batch: int, first_epoch: int, epochs: int, work: str,
+                     phase: int) -> None:
+    """Keras 3's `fit` does not run under MultiWorkerMirroredStrategy (keras-team/keras
+    issue 20585); this loop does what the trainer needs of it: per-epoch loss and
+    accuracy on train and (weighted, padded) eval batches appended to the epoch log,
+    and a checkpoint per epoch in `work` that a restarted attempt resumes from. Every
+    worker runs it (the collective ops need all); only the chief's files are kept."""
+    import keras
+    import tensorflow as tf
+
+    chief = is_chief(strategy)
+    with strategy.scope():
+        losses = (keras.losses.SparseCategoricalCrossentropy if sparse
+                  else keras.losses.CategoricalCrossentropy)(reduction=None)
+        accuracy = (keras.metrics.SparseCategoricalAccuracy if sparse
+                    else keras.metrics.CategoricalAccuracy)()
+        epoch_done = tf.Variable(first_epoch, dtype=tf.int64, trainable=False)
+    checkpoint = tf.train.Checkpoint(model=net, optimizer=optimizer_, epoch=epoch_done)
+    folder = os.path.join(work, f"loop-phase{phase}") if chief else os.path.join(
+        work, f"loop-phase{phase}-worker{strategy.cluster_resolver.task_id}")
+    manager = tf.train.CheckpointManager(checkpoint, folder, max_to_keep=2)
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint)
+
+    @tf.function
+    def train_step(batch):
+        def replica(images, labels):
+            with tf.GradientTape() as tape:
+                probs = net(images, training=True)
+                loss = tf.reduce_sum(losses(labels, probs)) / global_batch
+            grads = tape.gradient(loss, net.trainable_variables)
+            optimizer_.apply_gradients(zip(grads, net.trainable_variables))
+            accuracy.update_state(labels, probs)
+            return loss
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(replica, args=batch),
+                               axis=None)
+
+    @tf.function
+    def eval_step(batch):
+        def replica(images, labels, weights):
+            probs = net(images, training=False)
+            correct = tf.cast(tf.equal(tf.argmax(probs, -1), labels if sparse else
+                                       tf.argmax(labels, -1)), tf.float32)
+            return (tf.reduce_sum(losses(labels, probs) * weights),
+                    tf.reduce_sum(correct * weights), tf.reduce_sum(weights))
+        parts = strategy.run(replica, args=batch)
+        return [strategy.reduce(tf.distribute.ReduceOp.SUM, p, axis=None) for p in parts]
+
+    train_dist = strategy.experimental_distribute_dataset(train_ds)
+    eval_dist = strategy.experimental_distribute_dataset(eval_ds)
+    log = EpochLog(os.path.join(work, "epochs.jsonl"), phase=phase) if chief else None
+    for epoch in range(int(epoch_done.numpy()), epochs):
+        accuracy.reset_state()
+        total, steps = 0.0, 0
+        for batch in train_dist:
+            total += float(train_step(batch))
+            steps += 1
+        sums = [0.0, 0.0, 0.0]
+        for batch in eval_dist:
+            sums = [s + float(v) for s, v in zip(sums, eval_step(batch))]
+        logs = {"loss": total / max(steps, 1), "accuracy": float(accuracy.result()),
+                "val_loss": sums[0] / max(sums[2], 1.0),
+                "val_accuracy": sums[1] / max(sums[2], 1.0)}
+        epoch_done.assign(epoch + 1)
+        manager.save()          # every worker saves (collective); the chief's is kept
+        if log is not None:
+            log.on_epoch_end(epoch, logs)

@@ -201,6 +201,10 @@ def _configure(task, config: PipelineConfig, name: str, cacheable: bool = True):
     if step.accelerator_type:
         task.set_accelerator_type(step.accelerator_type)
         task.set_accelerator_limit(step.accelerator_count)
+        # The trainer fails loudly when the TPU it was given does not resolve.
+        from components.training import ACCELERATOR_ENV
+
+        task.set_env_variable(ACCELERATOR_ENV, step.accelerator_type)
     if step.retries:
         task.set_retry(step.retries)
     return task

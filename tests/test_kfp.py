@@ -375,3 +375,22 @@ def test_vertex_model_registry_upload_calls():
     assert upload["artifact_uri"] == "gs://b/serving/fonts/2"
     assert upload["version_aliases"] == ["staging"]
     assert upload["serving_container_image_uri"] == "serving-image"
+
+
+def test_a_tpu_request_and_image_reach_only_the_train_task(tmp_path):
+    cfg = config_lib.load(EXAMPLE, ["kfp.steps.train.accelerator_type=TPU_V5_LITEPOD",
+                                    "kfp.steps.train.accelerator_count=8",
+                                    "kfp.steps.train.image=us-docker.pkg.dev/p/imgpipe/tpu:0.1"],
+                          resolve_paths=False)
+    out = str(tmp_path / "tpu.yaml")
+    kfp_pipeline.compile_pipeline(cfg, out)
+    executors = yaml.safe_load(open(out))["deploymentSpec"]["executors"]
+    train = executors.pop("exec-train")["container"]
+    assert train["resources"]["accelerator"]["resourceType"] == "TPU_V5_LITEPOD"
+    assert train["resources"]["accelerator"]["resourceCount"] == "8"
+    assert train["image"] == "us-docker.pkg.dev/p/imgpipe/tpu:0.1"
+    assert {"name": "IMGPIPE_ACCELERATOR", "value": "TPU_V5_LITEPOD"} in train["env"]
+    for name, executor in executors.items():
+        container = executor["container"]
+        assert "accelerator" not in container.get("resources", {}), name
+        assert container["image"] == "us-docker.pkg.dev/my-project/imgpipe/imgpipe:0.1.0", name

@@ -94,3 +94,69 @@ def test_killed_training_resumes_from_last_epoch(tmp_path):
     assert last_saved <= rerun["resumed_after"] <= last_saved + 2 and rerun["resumed_after"] >= 2
     assert rerun["epochs"] == epochs
     assert not backup.exists()  # removed once the model is committed
+
+
+WORKER = """
+import json, os, sys
+sys.path.insert(0, {root!r})
+os.environ["TF_CONFIG"] = json.dumps({{"cluster": {{"worker": {workers!r}}},
+                                      "task": {{"type": "worker", "index": {index}}}}})
+from components import artifacts
+from components.steps import train
+from components.config import ModelConfig, TrainConfig
+work = {work!r}
+summary = train.run(artifacts.read(work + "/tg"), artifacts.read(work + "/examples"),
+                    ModelConfig(kind="cnn"), TrainConfig(epochs=8, batch_size={batch}),
+                    trained_model=work + "/{name}")
+print("RESULT " + json.dumps(summary), flush=True)
+os._exit(0)
+"""
+
+
+def _free_ports(n):
+    import socket
+
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_two_workers_train_with_multi_worker_mirrored_and_only_the_chief_writes(tmp_path):
+    """Two worker processes on 127.0.0.1 with TF_CONFIG (what Vertex multi-replica jobs
+    set) train through the trainer itself; the chief commits the model, the other
+    writes nothing; the result matches one worker with the same global batch."""
+    from components import artifacts
+    from components.config import BeamConfig, DataConfig, TransformConfig
+    from components.steps import transform
+    from tests import fixtures
+
+    examples, _ = fixtures.examples_artifact(tmp_path, per_class=24)
+    transform.run(examples, DataConfig(image_size=(12, 12)), TransformConfig(), BeamConfig(),
+                  transform_graph=str(tmp_path / "tg"))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    procs = [subprocess.Popen(
+        [sys.executable, "-c", WORKER.format(root=ROOT, workers=workers, index=i,
+                                             work=str(tmp_path), batch=4, name=f"mw{i}")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for i in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    chief = artifacts.read(str(tmp_path / "mw0"))
+    assert chief.properties["strategy"] == "MultiWorkerMirroredStrategy"
+    assert not os.path.exists(tmp_path / "mw1")             # the other worker wrote nothing
+    assert "trained with the chief" in outs[1][0]
+
+    single = result(subprocess.run(
+        [sys.executable, "-c", WORKER.replace('os.environ["TF_CONFIG"]', "_unused")
+         .format(root=ROOT, workers=[], index=0, work=str(tmp_path), batch=8, name="one")],
+        capture_output=True, text=True, env=env, check=True).stdout)
+    one = artifacts.read(str(tmp_path / "one"))
+    assert one.properties["kind"] == chief.properties["kind"] == "cnn"
+    assert one.properties["trainable_params"] == chief.properties["trainable_params"]
+    assert chief.properties["final"]["val_accuracy"] >= 0.6
+    assert abs(chief.properties["final"]["val_accuracy"] - single["final"]["val_accuracy"]) <= 0.34

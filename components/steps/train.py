@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from components import artifacts, fileio, models, training
@@ -22,6 +23,12 @@ from components.errors import ConfigError, TrainingError
 from components.training import choose_strategy, export, make_dataset, optimizer
 
 log = logging.getLogger("imgpipe.train")
+
+
+def _tf_version() -> str:
+    import tensorflow as tf
+
+    return tf.__version__
 EPOCH_LOG = "epochs.jsonl"
 
 
@@ -38,8 +45,60 @@ def external_inputs(model: ModelConfig, train: TrainConfig) -> dict[str, str]:
 # --- the step ----------------------------------------------------------------------
 
 
-def _fit(net, train_ds, eval_ds, model: ModelConfig, train: TrainConfig, strategy, loss: str,
-         work: str, logs: str) -> dict[str, list[float]]:
+def _fit_multi_worker(net, train_ds, eval_ds, model, train, strategy, plan, loss,
+                      work) -> dict[str, list[float]]:
+    """The same phases through the multi-worker loop (no TensorBoard or early stopping
+    there: their callbacks need Keras' fit)."""
+    sparse = loss.startswith("sparse")
+    batch = train.batch_size * strategy.num_replicas_in_sync
+    training.fit_multi_worker(net, net.optimizer, train_ds, eval_ds, strategy, sparse, batch,
+                              0, train.epochs, work, phase=1)
+    if model.kind == "transfer" and model.fine_tune_layers and model.fine_tune_epochs:
+        with strategy.scope():
+            models.unfreeze_top(net, model.fine_tune_layers)
+            _compile(net, train, plan, loss, model.fine_tune_learning_rate)
+        training.fit_multi_worker(net, net.optimizer, train_ds, eval_ds, strategy, sparse,
+                                  batch, train.epochs, train.epochs + model.fine_tune_epochs,
+                                  work, phase=2)
+    return training.read_epoch_log(os.path.join(work, EPOCH_LOG))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How this strategy trains: precision policy, batches per call, static shapes."""
+
+    policy: str
+    steps_per_execution: int
+    static: bool          # full batches everywhere (TPU, several replicas)
+    notes: str
+
+
+def plan_for(train: TrainConfig, strategy) -> Plan:
+    """The defaults under `auto` on a TPU (bfloat16, 32 steps per call, static shapes),
+    float32 and one step per call elsewhere; explicit config values win."""
+    tpu = training.is_tpu(strategy)
+    policy = train.mixed_precision
+    if policy == "auto":
+        policy = "mixed_bfloat16" if tpu else "float32"
+    elif policy == "none":
+        policy = "float32"
+    steps = train.steps_per_execution or (32 if tpu else 1)
+    static = tpu or strategy.num_replicas_in_sync > 1
+    notes = (f"precision {policy}, {steps} step(s) per execution"
+             + (", static batch shapes (eval padded with weight-0 examples)" if static else ""))
+    return Plan(policy, steps, static, notes)
+
+
+def _compile(net, train: TrainConfig, plan: Plan, loss: str, rate: float | None = None) -> None:
+    # Padded eval batches carry weights: metrics must use them.
+    metric_args = ({"weighted_metrics": list(train.metrics)} if plan.static
+                   else {"metrics": list(train.metrics)})
+    net.compile(optimizer=optimizer(train, rate), loss=loss,
+                steps_per_execution=plan.steps_per_execution, **metric_args)
+
+
+def _fit(net, train_ds, eval_ds, model: ModelConfig, train: TrainConfig, strategy, plan: Plan,
+         loss: str, work: str, logs: str) -> dict[str, list[float]]:
     """Fits one or two phases (transfer fine-tuning) and returns the whole history.
     `work` keeps the checkpoints (BackupAndRestore, which deletes its folder when a
     phase ends) and an epoch log appended as each epoch ends, so a resumed run
@@ -47,6 +106,9 @@ def _fit(net, train_ds, eval_ds, model: ModelConfig, train: TrainConfig, strateg
     import keras
 
     epoch_log = os.path.join(work, EPOCH_LOG)
+    if training.is_multi_worker(strategy):
+        return _fit_multi_worker(net, train_ds, eval_ds, model, train, strategy, plan, loss,
+                                 work)
     callbacks = [
         # Two checkpoints: a process killed while writing the latest one resumes from
         # the one before instead of failing on a half-written file.
@@ -66,9 +128,7 @@ def _fit(net, train_ds, eval_ds, model: ModelConfig, train: TrainConfig, strateg
         # the optimizer, as the course does).
         with strategy.scope():
             unfrozen = models.unfreeze_top(net, model.fine_tune_layers)
-            net.compile(optimizer=optimizer(train, model.fine_tune_learning_rate),
-                        loss=loss, metrics=list(train.metrics),
-                        steps_per_execution=train.steps_per_execution)
+            _compile(net, train, plan, loss, model.fine_tune_learning_rate)
         log.info("fine-tuning the top %d base layers (%d more trainable weights)",
                  model.fine_tune_layers, unfrozen)
         done = len(training.read_epoch_log(epoch_log).get("loss", []))
@@ -80,17 +140,19 @@ def _fit(net, train_ds, eval_ds, model: ModelConfig, train: TrainConfig, strateg
     return training.read_epoch_log(epoch_log)
 
 
-def _mixed_precision(train: TrainConfig, strategy) -> None:
-    import keras
-    import tensorflow as tf
+def _train_as_worker(net, train_ds, eval_ds, model, train, strategy, plan, loss,
+                     transform_graph) -> dict[str, Any]:
+    import tempfile
 
-    if train.mixed_precision == "none":
-        return
-    policy = train.mixed_precision
-    if policy == "auto":
-        policy = ("mixed_bfloat16" if "TPU" in type(strategy).__name__ else
-                  "mixed_float16" if tf.config.list_logical_devices("GPU") else "float32")
-    keras.mixed_precision.set_global_policy(policy)
+    with tempfile.TemporaryDirectory(prefix="imgpipe-worker-") as work:
+        _fit(net, train_ds, eval_ds, model, train, strategy, plan, loss, work,
+             os.path.join(work, "logs"))
+        # Saving under MultiWorkerMirroredStrategy is collective too: every worker saves,
+        # only the chief's copy is kept.
+        export(net, transform_graph, os.path.join(work, "saved_model"))
+    return {"final": {}, "lines": [f"worker {strategy.cluster_resolver.task_type} "
+                                   f"{strategy.cluster_resolver.task_id}: trained with the "
+                                   "chief, which writes the model"]}
 
 
 @step(name="train",
@@ -108,27 +170,31 @@ def run(transform_graph: artifacts.Artifact, examples: artifacts.Artifact, model
 
     keras.utils.set_random_seed(train.seed)
     strategy, reason = choose_strategy(train.strategy)
-    log.info("strategy: %s (%s)", type(strategy).__name__, reason)
-    _mixed_precision(train, strategy)
+    plan = plan_for(train, strategy)
+    log.info("strategy: %s (%s); %s", training.strategy_name(strategy), reason, plan.notes)
+    keras.mixed_precision.set_global_policy(plan.policy)
     sparse = train.loss == "sparse_categorical_crossentropy"
     loss = "sparse_categorical_crossentropy" if sparse else "categorical_crossentropy"
-    replicas = strategy.num_replicas_in_sync
-    global_batch = train.batch_size * replicas
+    global_batch = train.batch_size * strategy.num_replicas_in_sync
     train_ds = make_dataset(transform_graph, examples, "train", global_batch, train, True, sparse,
-                            replicas)
+                            plan.static)
     eval_ds = make_dataset(transform_graph, examples, "eval", global_batch, train, False, sparse,
-                           replicas)
+                           plan.static)
     shape = tuple(transform_graph.properties["image_shape"])
     with strategy.scope():
         net = models.build(model, shape, transform_graph.properties["num_classes"])
-        net.compile(optimizer=optimizer(train), loss=loss, metrics=list(train.metrics),
-                    steps_per_execution=train.steps_per_execution)
+        _compile(net, train, plan, loss)
 
+    if not training.is_chief(strategy):
+        # A non-chief worker of a multi-worker run trains in step with the chief (the
+        # collective ops need it) and writes nothing that outlives it.
+        return _train_as_worker(net, train_ds, eval_ds, model, train, strategy, plan, loss,
+                                transform_graph)
     with artifacts.writing(trained_model, artifacts.Model, producer) as writer:
         work = scratch or writer.file("work")
         # Epochs an earlier, killed attempt finished (BackupAndRestore resumes after them).
         resumed = len(training.read_epoch_log(os.path.join(work, EPOCH_LOG)).get("loss", []))
-        hist = _fit(net, train_ds, eval_ds, model, train, strategy, loss, work,
+        hist = _fit(net, train_ds, eval_ds, model, train, strategy, plan, loss, work,
                     writer.file("logs"))
         losses = hist.get("loss", [])
         if any(not np.isfinite(v) for v in losses):
@@ -145,7 +211,9 @@ def run(transform_graph: artifacts.Artifact, examples: artifacts.Artifact, model
         fileio.write_text(writer.file("history.json"), json.dumps(hist, indent=2))
         final = {k: vals[-1] for k, vals in hist.items() if vals and k != "phase"}
         writer.properties = {"kind": model.kind, "trainable_params": models.trainable_params(net),
-                             "strategy": type(strategy).__name__, "strategy_reason": reason,
+                             "strategy": training.strategy_name(strategy), "strategy_reason": reason,
+                             "training_plan": plan.notes,
+                             "tensorflow_version": _tf_version(),
                              "epochs": len(losses), "final": final,
                              "resumed_after_epochs": resumed,
                              "label_vocabulary": transform_graph.properties["label_vocabulary"],
@@ -157,6 +225,6 @@ def run(transform_graph: artifacts.Artifact, examples: artifacts.Artifact, model
     return {"final": final, "lines": [
         f"{model.kind}: {models.trainable_params(net):,} trainable params, {len(losses)} epochs"
         f"{f' (resumed after epoch {resumed})' if resumed else ''}, "
-        f"{type(strategy).__name__} ({reason})",
+        f"{training.strategy_name(strategy)} ({reason})",
         f"train accuracy {final.get('accuracy', float('nan')):.3f}, eval accuracy "
         f"{accuracy if accuracy is not None else float('nan'):.3f}"]}

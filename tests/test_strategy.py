@@ -1,0 +1,120 @@
+"""Distribution: how the trainer finds a TPU (and never falls back silently when one
+was asked for), the TPU defaults under auto, and eval batches under many replicas."""
+
+from __future__ import annotations
+
+import pytest
+
+from components import artifacts, runtime, training
+from components.config import BeamConfig, DataConfig, TrainConfig, TransformConfig
+from components.errors import TrainingError
+from components.steps import train, transform
+from tests import fixtures
+
+
+@pytest.fixture(autouse=True)
+def private_tmp():
+    """These tests call the trainer's helpers directly (not through a step, which has a
+    private temporary folder of its own): keep TensorFlow's autograph files contained."""
+    with runtime.private_tempdir():
+        yield
+
+
+class FakeResolver:
+    calls: list = []
+    works: set = set()
+
+    def __init__(self, **kwargs):
+        FakeResolver.calls.append(kwargs)
+        self.kwargs = kwargs
+
+    def master(self):
+        return "grpc://tpu"
+
+
+@pytest.fixture
+def fake_tpu(monkeypatch):
+    import tensorflow as tf
+
+    FakeResolver.calls, FakeResolver.works = [], set()
+
+    def initialize(resolver):
+        key = "local" if resolver.kwargs.get("tpu") == "local" else "named"
+        if key not in FakeResolver.works:
+            raise tf.errors.NotFoundError(None, None, f"no TPU ({key})")
+
+    monkeypatch.setattr(tf.distribute.cluster_resolver, "TPUClusterResolver", FakeResolver)
+    monkeypatch.setattr(tf.config, "experimental_connect_to_cluster", lambda resolver: None)
+    monkeypatch.setattr(tf.tpu.experimental, "initialize_tpu_system", initialize)
+    monkeypatch.setattr(tf.distribute, "TPUStrategy",
+                        type("TPUStrategy", (), {"__init__": lambda self, r: None,
+                                                 "num_replicas_in_sync": 8}))
+    for name in training.TPU_ENV + (training.ACCELERATOR_ENV,):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(training, "_tpu_hardware_visible", lambda: False)
+    return monkeypatch
+
+
+def test_tpu_resolution_order(fake_tpu):
+    fake_tpu.setenv("TPU_NAME", "my-tpu")
+    FakeResolver.works = {"named"}
+    strategy, reason = training.choose_strategy("auto")
+    assert type(strategy).__name__ == "TPUStrategy" and "TPU_NAME" in reason
+    assert FakeResolver.calls == [{}]                     # TPU_NAME first
+    FakeResolver.calls, FakeResolver.works = [], {"local"}
+    strategy, reason = training.choose_strategy("tpu")
+    assert FakeResolver.calls == [{}, {"tpu": "local"}]   # then this TPU VM
+    assert "tpu='local'" in reason
+
+
+def test_a_requested_tpu_never_falls_back_silently(fake_tpu):
+    with pytest.raises(TrainingError, match="a TPU was requested"):
+        training.choose_strategy("tpu")
+    fake_tpu.setenv(training.ACCELERATOR_ENV, "TPU_V5_LITEPOD")     # the KFP task asked
+    with pytest.raises(TrainingError, match="TPU_V5_LITEPOD"):
+        training.choose_strategy("auto")
+    fake_tpu.delenv(training.ACCELERATOR_ENV)
+    FakeResolver.calls = []
+    strategy, reason = training.choose_strategy("auto")   # nothing asked, nothing visible
+    assert "default strategy" in reason and FakeResolver.calls == []
+
+
+def test_tpu_defaults_under_auto():
+    tpu = type("TPUStrategy", (), {"num_replicas_in_sync": 8})()
+    cpu = type("_DefaultDistributionStrategy", (), {"num_replicas_in_sync": 1})()
+    on_tpu = train.plan_for(TrainConfig(), tpu)
+    assert (on_tpu.policy, on_tpu.steps_per_execution, on_tpu.static) == \
+        ("mixed_bfloat16", 32, True)
+    assert "bfloat16" in on_tpu.notes and "static" in on_tpu.notes
+    elsewhere = train.plan_for(TrainConfig(), cpu)
+    assert (elsewhere.policy, elsewhere.steps_per_execution, elsewhere.static) == \
+        ("float32", 1, False)
+    explicit = train.plan_for(TrainConfig(mixed_precision="none", steps_per_execution=4), tpu)
+    assert (explicit.policy, explicit.steps_per_execution) == ("float32", 4)
+
+
+@pytest.fixture(scope="module")
+def small_graph(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("strategy")
+    examples, _ = fixtures.examples_artifact(tmp, per_class=8)      # eval: 3 examples
+    transform.run(examples, DataConfig(image_size=(12, 12)), TransformConfig(), BeamConfig(),
+                  transform_graph=str(tmp / "tg"))
+    return artifacts.read(str(tmp / "tg")), examples
+
+
+def test_eval_under_many_replicas_is_padded_not_dropped(small_graph):
+    import numpy as np
+
+    graph, examples = small_graph
+    cfg = TrainConfig(batch_size=8)
+    # 8 replicas x 8 = a global batch of 64 for 3 eval examples: dropping the remainder
+    # would leave no batch at all
+    batches = list(training.make_dataset(graph, examples, "eval", 64, cfg, False, False,
+                                         static=True))
+    assert len(batches) == 1
+    images, labels, weights = batches[0]
+    assert images.shape[0] == 64 and float(np.sum(weights)) == 3.0
+    assert np.allclose(labels.numpy()[weights.numpy() == 0], 0)
+    plain = list(training.make_dataset(graph, examples, "eval", 64, cfg, False, False))
+    assert len(plain) == 1 and plain[0][0].shape[0] == 3
+    assert np.allclose(plain[0][0].numpy(), images.numpy()[:3])
