@@ -120,10 +120,12 @@ def load_digits() -> ArrayDataset:
 
 def read_idx(path: str) -> np.ndarray:
     """Reads an MNIST-style IDX file (plain or gzip) into a numpy array."""
-    opener = gzip.open if path.endswith(".gz") else open
+    from components import fileio
+
     try:
-        with opener(path, "rb") as handle:
-            data = handle.read()
+        data = fileio.read_bytes(path)
+        if path.endswith(".gz"):
+            data = gzip.decompress(data)
     except (OSError, EOFError) as exc:
         raise DataError(f"cannot read IDX file {path}: {exc}") from exc
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:

@@ -1,9 +1,13 @@
-"""File I/O on local paths and remote URIs (gs://, s3:// ...) behind one small interface.
+"""File I/O on local paths and remote URIs behind one small interface.
 
-Local paths use the standard library, so the CLI and cache checks stay fast (no
-TensorFlow import); any path with a scheme goes through `tf.io.gfile`, which speaks
-GCS and the other filesystems TensorFlow was built with. Callers never branch on the
-scheme themselves.
+Local paths use the standard library (the CLI and cache checks stay fast, no
+TensorFlow import); gs:// goes through the google-cloud-storage client
+(`components/gcs.py`), which also offers the conditional writes the registry claims
+versions and moves aliases with; any other scheme (s3:// ...) goes through
+`tf.io.gfile`. Callers never branch on the scheme themselves.
+
+TensorFlow reads (TFRecords, SavedModels, the transform graph) take `tf_path(uri)`:
+inside a Vertex AI container a gs:// URI becomes its path under the /gcs/ mount.
 """
 
 from __future__ import annotations
@@ -15,16 +19,36 @@ import shutil
 import threading
 from typing import IO, Any, Iterator
 
+GCS_MOUNT = "/gcs"
+
 
 def is_remote(path: str) -> bool:
     """True for URIs with a scheme such as gs://, which local os calls cannot reach."""
     return "://" in str(path)
 
 
+def _is_gcs(path: str) -> bool:
+    return str(path).startswith("gs://")
+
+
+def _gcs():
+    from components import gcs
+
+    return gcs
+
+
 def _gfile():
-    import tensorflow as tf  # deferred: only remote paths pay for the import
+    import tensorflow as tf  # deferred: only other remote schemes pay for the import
 
     return tf.io.gfile
+
+
+def tf_path(path: str) -> str:
+    """The path TensorFlow should open: gs://B/x as /gcs/B/x where Vertex mounts the
+    buckets (TensorFlow's own gs:// client then is not involved), else unchanged."""
+    if _is_gcs(path) and os.path.isdir(GCS_MOUNT):
+        return os.path.join(GCS_MOUNT, path[len("gs://"):])
+    return path
 
 
 def join(base: str, *parts: str) -> str:
@@ -36,14 +60,20 @@ def join(base: str, *parts: str) -> str:
 
 
 def exists(path: str) -> bool:
+    if _is_gcs(path):
+        return _gcs().exists(path)
     return _gfile().exists(path) if is_remote(path) else os.path.exists(path)
 
 
 def isdir(path: str) -> bool:
+    if _is_gcs(path):
+        return _gcs().isdir(path)
     return _gfile().isdir(path) if is_remote(path) else os.path.isdir(path)
 
 
 def makedirs(path: str) -> None:
+    if _is_gcs(path):
+        return                      # prefixes need no creating
     if is_remote(path):
         _gfile().makedirs(path)
     else:
@@ -51,16 +81,23 @@ def makedirs(path: str) -> None:
 
 
 def listdir(path: str) -> list[str]:
+    if _is_gcs(path):
+        return _gcs().listdir(path)
     names = _gfile().listdir(path) if is_remote(path) else os.listdir(path)
     return sorted(name.rstrip("/") for name in names)
 
 
 def glob(pattern: str) -> list[str]:
+    if _is_gcs(pattern):
+        return _gcs().glob(pattern)
     return sorted(_gfile().glob(pattern) if is_remote(pattern) else _glob.glob(pattern))
 
 
 def walk_files(root: str) -> Iterator[str]:
     """Yields every file under `root` (recursively), sorted, as full paths."""
+    if _is_gcs(root):
+        yield from _gcs().walk_files(root)
+        return
     if is_remote(root):
         for dirpath, _, files in _gfile().walk(root):
             for name in sorted(files):
@@ -73,6 +110,8 @@ def walk_files(root: str) -> Iterator[str]:
 
 
 def open_file(path: str, mode: str = "rb") -> IO:
+    if _is_gcs(path):
+        return _gcs().open_file(path, mode)
     if is_remote(path):
         return _gfile().GFile(path, mode)
     if any(flag in mode for flag in "wa"):
@@ -81,6 +120,8 @@ def open_file(path: str, mode: str = "rb") -> IO:
 
 
 def read_bytes(path: str) -> bytes:
+    if _is_gcs(path):
+        return _gcs().read_bytes(path)
     with open_file(path, "rb") as handle:
         return handle.read()
 
@@ -90,8 +131,15 @@ def read_text(path: str) -> str:
 
 
 def write_text(path: str, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    if _is_gcs(path):
+        _gcs().write_bytes(path, data)
+        return
     with open_file(path, "wb") as handle:
-        handle.write(text.encode("utf-8"))
+        handle.write(data)
 
 
 def write_text_atomic(path: str, text: str) -> None:
@@ -101,11 +149,10 @@ def write_text_atomic(path: str, text: str) -> None:
 
 def write_bytes_atomic(path: str, data: bytes) -> None:
     """Writes a file so readers see either the old content or the complete new one:
-    a temporary file in the same folder, renamed over `path` (removed on failure)."""
+    a temporary file in the same folder, renamed over `path` (removed on failure). An
+    object store publishes an object only when its upload completes."""
     if is_remote(path):
-        # Object stores publish an object only when its upload completes.
-        with open_file(path, "wb") as handle:
-            handle.write(data)
+        write_bytes(path, data)
         return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
@@ -119,6 +166,48 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def create_if_absent(path: str, data: bytes) -> bool:
+    """Writes `path` only when nothing is there; False when another writer was first
+    (an object precondition on gs://, O_EXCL locally)."""
+    if _is_gcs(path):
+        return _gcs().create_if_absent(path, data)
+    if is_remote(path):
+        raise NotImplementedError(f"no conditional create on {path.split('://')[0]}://")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    return True
+
+
+def read_versioned(path: str) -> tuple[bytes, int]:
+    """(content, generation) of an object (b'', 0 when absent): for compare-and-swap."""
+    if not _is_gcs(path):
+        raise NotImplementedError(f"no object generations on {path}")
+    return _gcs().read_versioned(path)
+
+
+def swap(path: str, data: bytes, generation: int) -> bool:
+    """Writes an object only if it is still at `generation` (0: absent)."""
+    if not _is_gcs(path):
+        raise NotImplementedError(f"no object generations on {path}")
+    return _gcs().swap(path, data, generation)
+
+
+def copy(src: str, dst: str) -> None:
+    """Copies one file (across local paths and URIs)."""
+    if _is_gcs(src) and _is_gcs(dst):
+        _gcs().copy(src, dst)
+    elif is_remote(src) or is_remote(dst):
+        write_bytes(dst, read_bytes(src))
+    else:
+        os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+        shutil.copy2(src, dst)
 
 
 def prepare_output(path: str, what: str) -> str:
@@ -148,12 +237,17 @@ def prepare_output(path: str, what: str) -> str:
 
 def rename(src: str, dst: str) -> None:
     if is_remote(src):
-        _gfile().rename(src, dst, overwrite=False)
+        for path in list(walk_files(src)) or [src]:
+            copy(path, dst + path[len(src):])
+        rmtree(src)
     else:
         os.rename(src, dst)
 
 
 def rmtree(path: str) -> None:
+    if _is_gcs(path):
+        _gcs().rmtree(path)
+        return
     if not exists(path):
         return
     if is_remote(path):
@@ -189,6 +283,8 @@ def stat_signature(path: str) -> str | None:
 
 def file_size(path: str) -> int | None:
     """Size in bytes, or None when the file does not exist."""
+    if _is_gcs(path):
+        return _gcs().size(path)
     try:
         return _gfile().stat(path).length if is_remote(path) else os.path.getsize(path)
     except Exception:  # gfile raises NotFoundError, os raises OSError

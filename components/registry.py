@@ -43,6 +43,7 @@ from components.errors import ConfigError, ImgpipeError
 CARD = "model_card.json"
 ALIASES = "aliases.json"
 AUDIT = "audit.jsonl"
+CLAIM = ".claim"          # a version number taken on an object store (create-if-absent)
 PIPELINE_STATE = "pipeline_state.json"
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 NAME = re.compile(NAME_PATTERN)
@@ -140,29 +141,7 @@ class Registry:
         path = fileio.join(self._model_dir(name), AUDIT)
         if not fileio.exists(path):
             return []
-        try:
-            text = fileio.read_text(path)
-        except UnicodeDecodeError as exc:
-            raise RegistryError(f"{path} is not UTF-8 text; restore it from a backup, or "
-                                "remove it to start a new alias history.") from exc
-        lines = text.split("\n")
-        complete, torn = lines[:-1], lines[-1]   # text after the last newline never committed
-        del torn
-        entries = []
-        for number, line in enumerate(complete, 1):
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-                if not isinstance(entry, dict) or "alias" not in entry or "to" not in entry:
-                    raise ValueError("not an alias change record")
-            except ValueError as exc:
-                raise RegistryError(
-                    f"{path} line {number} is damaged ({exc}); the ledger records every alias "
-                    f"change: fix or delete that line, then run `imgpipe models repair {name}` "
-                    "to rewrite aliases.json from it.") from exc
-            entries.append(entry)
-        return entries
+        return _parse_ledger(path, name, fileio.read_bytes(path))
 
     def aliases(self, name: str) -> dict[str, int]:
         """alias -> version, from the ledger (aliases.json is a view of it)."""
@@ -207,21 +186,52 @@ class Registry:
     def push(self, name: str, saved_model: str, card: dict[str, Any],
              extra_files: dict[str, str] | None = None) -> Version:
         """Copies a SavedModel (+ card and extra files) in as the next version. A failed
-        push removes its hidden copy before the error propagates."""
+        push removes its copy before the error propagates."""
         base = self._model_dir(name)
+        files = _files_of(saved_model, "") + [
+            entry for rel, src in (extra_files or {}).items() for entry in _files_of(src, rel)]
+        if fileio.is_remote(base):
+            return self._push_remote(name, base, files, card)
         fileio.makedirs(base)
         self._clean_dead_pushes(base)
         staging = fileio.join(base, f".push-{uuid.uuid4().hex}")
         with _held(f"{staging}.lock"):
             try:
-                _copytree(saved_model, staging)
-                for rel, src in (extra_files or {}).items():
-                    _copytree(src, fileio.join(staging, rel)) if fileio.isdir(src) else \
-                        _copyfile(src, fileio.join(staging, rel))
+                for src, rel in files:
+                    fileio.copy(src, fileio.join(staging, rel))
                 return self._claim_version(name, base, staging, card)
             except BaseException:
                 fileio.rmtree(staging)
                 raise
+
+    def _push_remote(self, name: str, base: str, files: list[tuple[str, str]],
+                     card: dict[str, Any]) -> Version:
+        """An object store has no rename: claim the next number with a create-if-absent
+        marker (two pushes never get the same one), copy the files in, and write
+        saved_model.pb last (TF Serving and `versions` wait for it)."""
+        for _ in range(1000):
+            taken = [int(n) for n in fileio.listdir(base) if n.isdigit()] \
+                if fileio.isdir(base) else []
+            number = max(taken, default=0) + 1
+            claim = {"time": runtime.utc_now(), "who": _user(),
+                     "process": runtime.process_identity()}
+            if fileio.create_if_absent(fileio.join(base, str(number), CLAIM),
+                                       json.dumps(claim).encode()):
+                break
+        else:
+            raise ImgpipeError(f"could not claim a version under {base}.")
+        target = fileio.join(base, str(number))
+        try:
+            stamped = dict(card, name=name, version=number, pushed=runtime.utc_now())
+            fileio.write_text(fileio.join(target, CARD), json.dumps(stamped, indent=2,
+                                                                    default=str))
+            ready = [(src, rel) for src, rel in files if rel == "saved_model.pb"]
+            for src, rel in [f for f in files if f not in ready] + ready:
+                fileio.copy(src, fileio.join(target, rel))
+        except BaseException:
+            fileio.rmtree(target)
+            raise
+        return Version(name, number, target)
 
     def _claim_version(self, name: str, base: str, staging: str,
                        card: dict[str, Any]) -> Version:
@@ -254,14 +264,6 @@ class Registry:
                     os.remove(f"{path}.lock")
 
     def _publish(self, staging: str, target: str) -> None:
-        if fileio.is_remote(target):
-            # No atomic rename on object stores: concurrent pushes to one gs:// model
-            # are not safe (documented); TF Serving waits for saved_model.pb.
-            if fileio.exists(target):
-                raise FileExistsError(target)
-            _copytree(staging, target)
-            fileio.rmtree(staging)
-            return
         try:
             os.rename(staging, target)  # fails when target exists and is not empty
         except OSError as exc:
@@ -294,16 +296,6 @@ class Registry:
 
     # --- aliases -------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _locked(self, name: str) -> Iterator[None]:
-        base = self._model_dir(name)
-        if fileio.is_remote(base):
-            yield
-            return
-        os.makedirs(base, exist_ok=True)
-        with _held(os.path.join(base, ".lock"), blocking=True):
-            yield
-
     def set_alias(self, ref: str, alias: str, reason: str = "", force: bool = False,
                   action: str = "promote", who: str | None = None) -> dict[str, Any]:
         """Points `alias` at the version `ref` names; refuses a version that is not
@@ -315,32 +307,32 @@ class Registry:
         version = self.resolve(ref)
         if not force:
             _require_blessed(version)
-        with self._locked(version.name):
-            current = self.aliases(version.name).get(alias)
+
+        def decide(entries: list[dict[str, Any]]) -> dict[str, Any]:
+            current = _replay(entries).get(alias)
             entry = _entry(action, alias, current, version.version, reason, force, who)
-            if current == version.version:
-                return dict(entry, unchanged=True)
-            self._record(version.name, entry)
-        return entry
+            return dict(entry, unchanged=True) if current == version.version else entry
+
+        return self._change(version.name, decide)
 
     def delete_alias(self, name: str, alias: str, reason: str = "",
                      who: str | None = None) -> dict[str, Any]:
-        with self._locked(name):
-            current = self.aliases(name).get(alias)
-            if current is None:
+        def decide(entries: list[dict[str, Any]]) -> dict[str, Any]:
+            aliases = _replay(entries)
+            if alias not in aliases:
                 raise ConfigError(f"model {name!r} has no alias {alias!r} to delete (aliases: "
-                                  f"{', '.join(sorted(self.aliases(name))) or 'none'}).")
-            entry = _entry("delete", alias, current, None, reason, False, who)
-            self._record(name, entry)
-        return entry
+                                  f"{', '.join(sorted(aliases)) or 'none'}).")
+            return _entry("delete", alias, aliases[alias], None, reason, False, who)
+
+        return self._change(name, decide)
 
     def rollback(self, name: str, alias: str, reason: str = "",
                  who: str | None = None) -> dict[str, Any]:
         """Moves `alias` back to the version that held it before the current holder;
-        repeated rollbacks walk further back. Computed and written under the lock, so
-        two concurrent rollbacks move it back twice, never skip or repeat a version."""
-        with self._locked(name):
-            entries = self.audit(name)
+        repeated rollbacks walk further back. Decided on the ledger as it is when the
+        change is written (under the lock, or retried on a changed ledger), so two
+        concurrent rollbacks move it back twice, never skip or repeat a version."""
+        def decide(entries: list[dict[str, Any]]) -> dict[str, Any]:
             current = _replay(entries).get(alias)
             if current is None:
                 raise ConfigError(f"model {name!r} has no alias {alias!r} to roll back.")
@@ -348,45 +340,55 @@ class Registry:
             if len(holders) < 2:
                 raise ConfigError(f"{name}@{alias} (version {current}) has no earlier holder to "
                                   "roll back to; promote a version explicitly instead.")
-            previous = holders[-2]
-            self.get(name, previous)   # still there?
-            entry = _entry("rollback", alias, current, previous,
-                           reason or f"rollback from {current}", True, who)
-            self._record(name, entry)
-        return entry
+            self.get(name, holders[-2])   # still there?
+            return _entry("rollback", alias, current, holders[-2],
+                          reason or f"rollback from {current}", True, who)
+
+        return self._change(name, decide)
 
     def repair(self, name: str) -> dict[str, Any]:
         """Rewrites aliases.json from the ledger (and cuts a torn last ledger line)."""
-        with self._locked(name):
-            before = self._read_view(name)
-            self._cut_torn_tail(name)
-            after = self.aliases(name)
-            self._write_view(name, after)
-        return {"before": before, "after": after}
+        before = self._read_view(name)
+        self._change(name, lambda entries: None)     # cuts a torn tail, writes the view
+        return {"before": before, "after": self.aliases(name)}
 
-    def _record(self, name: str, entry: dict[str, Any]) -> None:
-        """Ledger first (synced), then the view. Called under the lock."""
-        path = fileio.join(self._model_dir(name), AUDIT)
-        line = json.dumps(entry, sort_keys=True) + "\n"
-        if fileio.is_remote(path):
-            old = fileio.read_text(path) if fileio.exists(path) else ""
-            fileio.write_text(path, old + line)
-        else:
-            self._cut_torn_tail(name)
-            with open(path, "a", encoding="utf-8") as handle:
-                handle.write(line)
-                handle.flush()
-                os.fsync(handle.fileno())
-        self._write_view(name, self.aliases(name))
+    def _change(self, name: str, decide) -> dict[str, Any]:
+        """Appends the entry `decide(entries)` returns to the ledger, then rewrites the
+        view. Local roots: under the model's lock. Object stores: compare-and-swap on
+        the ledger's generation, retried (and decided again) when another writer was
+        first. An entry marked `unchanged` (or None) is not recorded."""
+        ledger = fileio.join(self._model_dir(name), AUDIT)
+        if not fileio.is_remote(ledger):
+            with self._locked(name):
+                data = fileio.read_bytes(ledger) if fileio.exists(ledger) else b""
+                whole = data[:data.rfind(b"\n") + 1]     # a torn tail never happened
+                entry = decide(_parse_ledger(ledger, name, whole))
+                if whole != data:
+                    fileio.write_bytes_atomic(ledger, whole)
+                if entry is not None and not entry.get("unchanged"):
+                    _append_synced(ledger, json.dumps(entry, sort_keys=True) + "\n")
+                self._write_view(name, self.aliases(name))
+            return entry
+        for _ in range(100):
+            data, generation = fileio.read_versioned(ledger)
+            whole = data[:data.rfind(b"\n") + 1]
+            entry = decide(_parse_ledger(ledger, name, whole))
+            if entry is None or entry.get("unchanged"):
+                self._write_view(name, _replay(_parse_ledger(ledger, name, whole)))
+                return entry
+            line = json.dumps(entry, sort_keys=True).encode() + b"\n"
+            if fileio.swap(ledger, whole + line, generation):
+                self._write_view(name, self.aliases(name))
+                return entry
+        raise ImgpipeError(f"{ledger} kept changing under 100 attempts to record an alias "
+                           "change; try again.")
 
-    def _cut_torn_tail(self, name: str) -> None:
-        path = fileio.join(self._model_dir(name), AUDIT)
-        if fileio.is_remote(path) or not os.path.isfile(path):
-            return
-        with open(path, "rb+") as handle:
-            data = handle.read()
-            if data and not data.endswith(b"\n"):
-                handle.truncate(data.rfind(b"\n") + 1)
+    @contextlib.contextmanager
+    def _locked(self, name: str) -> Iterator[None]:
+        base = self._model_dir(name)
+        os.makedirs(base, exist_ok=True)
+        with _held(os.path.join(base, ".lock"), blocking=True):
+            yield
 
     def _read_view(self, name: str) -> Any:
         path = fileio.join(self._model_dir(name), ALIASES)
@@ -398,6 +400,46 @@ class Registry:
     def _write_view(self, name: str, aliases: dict[str, int]) -> None:
         fileio.write_text_atomic(fileio.join(self._model_dir(name), ALIASES),
                                  json.dumps(aliases, indent=2, sort_keys=True))
+
+
+def _parse_ledger(path: str, name: str, data: bytes) -> list[dict[str, Any]]:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RegistryError(f"{path} is not UTF-8 text; restore it from a backup, or "
+                            "remove it to start a new alias history.") from exc
+    entries = []
+    # Text after the last newline is a torn append that never committed.
+    for number, line in enumerate(text.split("\n")[:-1], 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            if not isinstance(entry, dict) or "alias" not in entry or "to" not in entry:
+                raise ValueError("not an alias change record")
+        except ValueError as exc:
+            raise RegistryError(
+                f"{path} line {number} is damaged ({exc}); the ledger records every alias "
+                f"change: fix or delete that line, then run `imgpipe models repair {name}` "
+                "to rewrite aliases.json from it.") from exc
+        entries.append(entry)
+    return entries
+
+
+def _append_synced(path: str, line: str) -> None:
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(line)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _files_of(src: str, rel: str) -> list[tuple[str, str]]:
+    """(source file, relative destination) for a file or every file under a folder."""
+    if not fileio.isdir(src):
+        return [(src, rel)]
+    prefix = src.rstrip("/") + "/"
+    return [(path, fileio.join(rel, path[len(prefix):]) if rel else path[len(prefix):])
+            for path in fileio.walk_files(src)]
 
 
 def _entry(action: str, alias: str, current: int | None, target: int | None, reason: str,
@@ -491,20 +533,3 @@ def _lock_is_free(lock_path: str) -> bool:
             return False
         fcntl.flock(handle, fcntl.LOCK_UN)
         return True
-
-
-def _copyfile(src: str, dst: str) -> None:
-    fileio.makedirs(os.path.dirname(dst) if not fileio.is_remote(dst) else dst.rsplit("/", 1)[0])
-    if fileio.is_remote(src) or fileio.is_remote(dst):
-        fileio._gfile().copy(src, dst, overwrite=True)
-    else:
-        shutil.copy2(src, dst)
-
-
-def _copytree(src: str, dst: str) -> None:
-    if not (fileio.is_remote(src) or fileio.is_remote(dst)):
-        shutil.copytree(src, dst)
-        return
-    prefix = src.rstrip("/") + "/"
-    for path in fileio.walk_files(src):
-        _copyfile(path, fileio.join(dst, path[len(prefix):]))

@@ -66,12 +66,12 @@ def resolve(data: DataConfig) -> Source:
             raise DataError(f"data.source {text!r}: unknown built-in dataset; use one of "
                             + ", ".join(BUILTIN_PREFIX + n for n in BUILTIN_DATASETS) + ".")
         return Source("builtin", name)
-    path = os.path.abspath(os.path.expanduser(text))
-    if not os.path.exists(path):
+    path = text if fileio.is_remote(text) else os.path.abspath(os.path.expanduser(text))
+    if not fileio.exists(path):
         raise DataError(f"data.source {text!r} does not exist; give a folder of class folders, "
                         "a .csv/.jsonl manifest, an .npz file, IDX files or builtin:fonts.")
     lower = path.lower()
-    if os.path.isdir(path):
+    if fileio.isdir(path):
         if _idx_images(path):
             return Source("idx", path)
         return Source("folder", path)
@@ -89,7 +89,7 @@ def resolve(data: DataConfig) -> Source:
 
 
 def _idx_images(directory: str) -> list[str]:
-    return sorted(name for name in os.listdir(directory) if datasets.is_idx_images(name))
+    return sorted(name for name in fileio.listdir(directory) if datasets.is_idx_images(name))
 
 
 def _split_name(name: str) -> str | None:
@@ -117,37 +117,35 @@ def check_label(label: Any, where: str) -> str:
 
 
 def _folder_items(root: str) -> list[FileItem]:
-    entries = sorted(e for e in os.listdir(root) if not e.startswith("."))
-    dirs = [e for e in entries if os.path.isdir(os.path.join(root, e))]
+    entries = sorted(e for e in fileio.listdir(root) if not e.startswith("."))
+    dirs = [e for e in entries if fileio.isdir(fileio.join(root, e))]
     split_layout = bool(dirs) and all(_split_name(d) for d in dirs)
-    items: list[FileItem] = []
-    for entry in entries:
-        if entry not in dirs:
-            items.append(FileItem(os.path.join(root, entry), None, None))
+    items: list[FileItem] = [FileItem(fileio.join(root, entry), None, None)
+                             for entry in entries if entry not in dirs]
     for top in dirs:
         if split_layout:
             split = _split_name(top)
-            split_root = os.path.join(root, top)
-            for sub in sorted(os.listdir(split_root)):
+            split_root = fileio.join(root, top)
+            for sub in fileio.listdir(split_root):
                 if sub.startswith("."):
                     continue
-                sub_path = os.path.join(split_root, sub)
-                if os.path.isdir(sub_path):
-                    items.extend(_class_files(sub_path, check_label(sub, f"folder {text(sub_path)!r}"),
-                                              split))
+                sub_path = fileio.join(split_root, sub)
+                if fileio.isdir(sub_path):
+                    items.extend(_class_files(sub_path, check_label(
+                        sub, f"folder {text(sub_path)!r}"), split))
                 else:
                     items.append(FileItem(sub_path, None, split))
         else:
-            class_dir = os.path.join(root, top)
-            items.extend(_class_files(class_dir, check_label(top, f"folder {text(class_dir)!r}"), None))
+            class_dir = fileio.join(root, top)
+            items.extend(_class_files(class_dir, check_label(
+                top, f"folder {text(class_dir)!r}"), None))
     return items
 
 
 def _class_files(class_dir: str, label: str, split: str | None) -> list[FileItem]:
-    files = []
-    for dirpath, dirnames, names in os.walk(class_dir):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        files.extend(os.path.join(dirpath, n) for n in sorted(names) if not n.startswith("."))
+    prefix = class_dir.rstrip("/") + "/"
+    files = [path for path in fileio.walk_files(class_dir)
+             if not any(part.startswith(".") for part in path[len(prefix):].split("/"))]
     if not files:
         where = f"{split}/" if split else ""
         raise DataError(f"class folder {where}{label!r} ({class_dir}) has no files; add images "
@@ -159,13 +157,12 @@ def read_manifest(path: str) -> list[tuple[int, dict[str, Any], str | None]]:
     """Rows of a CSV (header line) or JSONL manifest as (row number, row, file path);
     the path comes from `path` (or `uri`), relative to the manifest's folder, None when
     the row has neither. Ingest and `imgpipe predict` both read manifests this way."""
-    base = os.path.dirname(path)
+    base = path.rsplit("/", 1)[0]
     csv_file = path.lower().endswith(".csv")
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read()
+        raw = fileio.read_bytes(path)
     except OSError as exc:
-        raise DataError(f"cannot read manifest {path}: {exc.strerror}") from exc
+        raise DataError(f"cannot read manifest {path}: {exc.strerror or exc}") from exc
     try:
         content = raw.decode("utf-8-sig")      # a byte-order mark is not part of a header
     except UnicodeDecodeError as exc:
@@ -179,7 +176,7 @@ def read_manifest(path: str) -> list[tuple[int, dict[str, Any], str | None]]:
             raise DataError(f"{path}: row {number}: 'path' must be text (a file path or URI), "
                             f"got {json.dumps(ref, default=str)[:80]}.")
         full = None if not ref else \
-            ref if "://" in ref or os.path.isabs(ref) else os.path.join(base, ref)
+            ref if "://" in ref or os.path.isabs(ref) else fileio.join(base, ref)
         out.append((number, row, full))
     return out
 
@@ -257,14 +254,22 @@ def _npz_key(archive: Any, candidates: tuple[str, ...], what: str, path: str) ->
 _LAST_ARRAYS: dict[tuple, datasets.ArrayDataset] = {}
 
 
+def _array_files(source: Source) -> list[str]:
+    """The files an array source reads (an NPZ file; IDX image and label files)."""
+    if source.kind == "npz":
+        return [source.location]
+    if fileio.isdir(source.location):
+        return [fileio.join(source.location, n) for n in fileio.listdir(source.location)
+                if "ubyte" in n]
+    return [source.location, datasets.idx_labels_path(source.location)]
+
+
 def _arrays_key(source: Source) -> tuple:
-    """Identifies the arrays' content cheaply: the source plus its files' size and mtime."""
+    """Identifies the arrays' content cheaply: the source plus its files' signatures."""
     if source.kind == "builtin":
         return (source,)
-    paths = ([os.path.join(source.location, n) for n in sorted(os.listdir(source.location))]
-             if os.path.isdir(source.location) else [source.location])
-    return (source, tuple((p, os.path.getsize(p), os.path.getmtime(p)) for p in paths
-                          if os.path.isfile(p)))
+    return (source, tuple((p, fileio.stat_signature(p) or fileio.file_size(p))
+                          for p in _array_files(source)))
 
 
 def forget_arrays() -> None:
@@ -289,7 +294,7 @@ def _load_arrays(source: Source) -> datasets.ArrayDataset:
     if source.kind == "npz":
         path = source.location
         try:
-            archive = np.load(path, allow_pickle=False)
+            archive = np.load(io.BytesIO(fileio.read_bytes(path)), allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise DataError(f"cannot read NPZ file {path}: {exc}") from exc
         images = archive[_npz_key(archive, ("images", "x", "arr_0"), "image", path)]
@@ -306,7 +311,7 @@ def _load_arrays(source: Source) -> datasets.ArrayDataset:
             images = np.clip(np.round(images.astype(np.float64) * scale), 0, 255).astype(np.uint8)
         if splits is not None:
             splits = np.asarray([_split_name(s) or s for s in splits])
-        names = np.asarray([f"{os.path.basename(path)}#{i}" for i in range(len(images))])
+        names = np.asarray([f"{path.rsplit('/', 1)[-1]}#{i}" for i in range(len(images))])
         return datasets.ArrayDataset(images, labels.astype(str), splits, names)
     if source.kind == "idx":
         return _load_idx(source.location)
@@ -314,22 +319,22 @@ def _load_arrays(source: Source) -> datasets.ArrayDataset:
 
 
 def _load_idx(location: str) -> datasets.ArrayDataset:
-    if os.path.isdir(location):
+    if fileio.isdir(location):
         pairs = []
         for name in _idx_images(location):
-            images = os.path.join(location, name)
+            images = fileio.join(location, name)
             pairs.append((images, datasets.idx_labels_path(images), datasets.idx_split(images)))
     else:
         pairs = [(location, datasets.idx_labels_path(location), None)]
     parts = []
     for images_path, labels_path, split in pairs:
-        if not os.path.isfile(labels_path):
+        if not fileio.exists(labels_path):
             raise DataError(f"IDX images {images_path} has no labels file {labels_path}; put "
                             "the *-labels-idx1-ubyte file next to it.")
         images, labels = datasets.read_idx(images_path), datasets.read_idx(labels_path)
         if len(images) != len(labels):
             raise DataError(f"{images_path}: {len(images)} images but {len(labels)} labels.")
-        base = os.path.basename(images_path)
+        base = images_path.rsplit("/", 1)[-1]
         parts.append((images, labels.astype(str),
                       np.full(len(labels), split or ""),
                       np.asarray([f"{base}#{i}" for i in range(len(labels))])))
@@ -379,25 +384,20 @@ def fingerprint(source: Source, ingest: IngestConfig) -> str:
     if source.kind in ("folder", "manifest"):
         if source.kind == "manifest":
             fileio.hash_file(source.location, digest)
-        root = os.path.dirname(source.location) if source.kind == "manifest" else source.location
+        root = source.location.rsplit("/", 1)[0] if source.kind == "manifest" \
+            else source.location
         for item in list_files(source, ingest):
-            rel = os.path.relpath(item.path, root) if "://" not in item.path else item.path
-            digest.update(f"{rel}\0{item.label}\0{item.split}\0".encode("utf-8", "surrogateescape"))
-            if os.path.isfile(item.path):
+            rel = item.path[len(root):].lstrip("/") if item.path.startswith(root) else item.path
+            digest.update(f"{rel}\0{item.label}\0{item.split}\0".encode("utf-8",
+                                                                           "surrogateescape"))
+            try:
                 fileio.hash_file(item.path, digest)
-            else:
+            except OSError:
                 digest.update(b"<missing>")
         return digest.hexdigest()
-    paths = [source.location]
-    if source.kind == "idx":
-        if os.path.isdir(source.location):
-            paths = [os.path.join(source.location, n) for n in sorted(os.listdir(source.location))
-                     if "ubyte" in n]
-        else:
-            paths.append(datasets.idx_labels_path(source.location))
-    for path in paths:
-        digest.update(os.path.basename(path).encode() + b"\0")
-        if os.path.isfile(path):
+    for path in _array_files(source):
+        digest.update(path.rsplit("/", 1)[-1].encode() + b"\0")
+        if fileio.exists(path):
             fileio.hash_file(path, digest)
     return digest.hexdigest()
 

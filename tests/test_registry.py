@@ -145,20 +145,24 @@ def test_a_killed_push_leaves_nothing_visible_and_is_cleaned_by_the_next(tmp_pat
 def test_a_failed_push_removes_its_copy(tmp_path, monkeypatch):
     import errno
 
-    from components import registry as registry_module
+    from components import fileio
 
     reg = Registry(str(tmp_path / "serving"))
-    real = registry_module._copyfile
+    real = fileio.copy
+    copied = []
 
     def disk_full(src, dst):
-        raise OSError(errno.ENOSPC, "No space left on device")
+        if copied:          # the second file: the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        copied.append(dst)
+        real(src, dst)
 
-    monkeypatch.setattr(registry_module, "_copyfile", disk_full)
+    monkeypatch.setattr(fileio, "copy", disk_full)
     with pytest.raises(OSError, match="No space left"):
         reg.push("m", fake_saved_model(tmp_path / "sm"), card(),
                  {"model.keras": str(tmp_path / "sm" / "saved_model.pb")})
-    assert os.listdir(tmp_path / "serving" / "m") == []      # no hidden copy, no lock file
-    monkeypatch.setattr(registry_module, "_copyfile", real)
+    assert copied and os.listdir(tmp_path / "serving" / "m") == []   # no hidden copy, no lock
+    monkeypatch.setattr(fileio, "copy", real)
     assert reg.push("m", str(tmp_path / "sm"), card()).version == 1
 
 

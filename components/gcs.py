@@ -1,0 +1,162 @@
+"""Google Cloud Storage behind `components/fileio.py`: gs:// paths through the
+google-cloud-storage client (which, unlike TensorFlow's built-in gs:// filesystem,
+honours STORAGE_EMULATOR_HOST, so the tests run it against a GCS protocol server on
+127.0.0.1), plus the two conditional writes that make concurrent writers safe without
+locks: create-if-absent (`if_generation_match=0`) and compare-and-swap on an object's
+generation.
+
+Folders do not exist on GCS: a "folder" is the prefix of the objects below it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import os
+from typing import IO, Iterator
+
+
+def split(path: str) -> tuple[str, str]:
+    """gs://bucket/a/b -> ('bucket', 'a/b')."""
+    rest = path[len("gs://"):]
+    bucket, _, name = rest.partition("/")
+    return bucket, name
+
+
+@functools.lru_cache(maxsize=1)
+def _client_for(emulator: str | None, project: str | None):
+    from google.cloud import storage
+
+    return storage.Client(project=project)
+
+
+def client():
+    """One client per process (and per emulator, for tests that start one)."""
+    return _client_for(os.environ.get("STORAGE_EMULATOR_HOST"),
+                       os.environ.get("GOOGLE_CLOUD_PROJECT"))
+
+
+def _blob(path: str):
+    bucket, name = split(path)
+    return client().bucket(bucket).blob(name)
+
+
+def _prefix(path: str) -> str:
+    name = split(path)[1]
+    return name.rstrip("/") + "/" if name else ""
+
+
+def exists(path: str) -> bool:
+    return _blob(path).exists() or isdir(path)
+
+
+def isdir(path: str) -> bool:
+    bucket, _ = split(path)
+    return any(True for _ in client().list_blobs(bucket, prefix=_prefix(path), max_results=1))
+
+
+def listdir(path: str) -> list[str]:
+    bucket, _ = split(path)
+    prefix = _prefix(path)
+    pages = client().list_blobs(bucket, prefix=prefix, delimiter="/")
+    names = [blob.name[len(prefix):] for blob in pages]
+    names += [p[len(prefix):].rstrip("/") for p in pages.prefixes]
+    return sorted(n for n in names if n)
+
+
+def walk_files(root: str) -> Iterator[str]:
+    bucket, _ = split(root)
+    for blob in sorted(client().list_blobs(bucket, prefix=_prefix(root)), key=lambda b: b.name):
+        yield f"gs://{bucket}/{blob.name}"
+
+
+def glob(pattern: str) -> list[str]:
+    bucket, name = split(pattern)
+    fixed = name[:min((name.index(c) for c in "*?[" if c in name), default=len(name))]
+    matches = []
+    for blob in client().list_blobs(bucket, prefix=fixed):
+        if fnmatch.fnmatchcase(blob.name, name):
+            matches.append(f"gs://{bucket}/{blob.name}")
+    return sorted(matches)
+
+
+def open_file(path: str, mode: str = "rb") -> IO:
+    if "r" in mode:
+        return _blob(path).open("rb" if "b" in mode else "r")
+    return _blob(path).open("wb" if "b" in mode else "w")
+
+
+def read_bytes(path: str) -> bytes:
+    from google.api_core.exceptions import NotFound
+
+    try:
+        return _blob(path).download_as_bytes()
+    except NotFound as exc:
+        raise FileNotFoundError(path) from exc
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """One upload: readers see the old object or the new one, never a part."""
+    _blob(path).upload_from_string(data)
+
+
+def size(path: str) -> int | None:
+    bucket, name = split(path)
+    blob = client().bucket(bucket).get_blob(name)
+    return None if blob is None else blob.size
+
+
+def copy(src: str, dst: str) -> None:
+    src_bucket, src_name = split(src)
+    dst_bucket, dst_name = split(dst)
+    bucket = client().bucket(src_bucket)
+    bucket.copy_blob(bucket.blob(src_name), client().bucket(dst_bucket), dst_name)
+
+
+def rmtree(path: str) -> None:
+    bucket, name = split(path)
+    for blob in list(client().list_blobs(bucket, prefix=_prefix(path))):
+        blob.delete()
+    blob = client().bucket(bucket).blob(name)
+    if name and blob.exists():
+        blob.delete()
+
+
+# --- conditional writes --------------------------------------------------------------
+
+
+def create_if_absent(path: str, data: bytes) -> bool:
+    """Writes `path` only if no object is there; False when another writer was first."""
+    from google.api_core.exceptions import PreconditionFailed
+
+    try:
+        _blob(path).upload_from_string(data, if_generation_match=0)
+    except PreconditionFailed:
+        return False
+    return True
+
+
+def read_versioned(path: str) -> tuple[bytes, int]:
+    """(content, generation); (b'', 0) when absent. The generation is read with the
+    metadata, before the content, so a compare-and-swap on it is exact."""
+    bucket, name = split(path)
+    blob = client().bucket(bucket).get_blob(name)
+    if blob is None:
+        return b"", 0
+    from google.api_core.exceptions import NotFound, PreconditionFailed
+
+    try:
+        return blob.download_as_bytes(if_generation_match=blob.generation), blob.generation
+    except (NotFound, PreconditionFailed):
+        return read_versioned(path)    # replaced between the two requests: read again
+
+
+def swap(path: str, data: bytes, generation: int) -> bool:
+    """Writes `path` only if it is still at `generation` (0: absent); False otherwise."""
+    from google.api_core.exceptions import PreconditionFailed
+
+    try:
+        _blob(path).upload_from_string(data, if_generation_match=generation)
+    except PreconditionFailed:
+        return False
+    return True

