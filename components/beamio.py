@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
+import uuid
+from typing import Iterator
 
+from components import fileio
 from components.config import BeamConfig
 
 # Measured with bench/ingest.py on 2 cores: below this many inputs the DirectRunner's
@@ -25,6 +30,22 @@ def pipeline_args(beam: BeamConfig, num_inputs: int | None = None) -> list[str]:
         else:
             args.append("--direct_running_mode=in_memory")
     return args
+
+
+@contextlib.contextmanager
+def temp_dir(beam: BeamConfig, purpose: str) -> Iterator[str]:
+    """A temporary folder the runner's workers can reach: under the pipeline's
+    temp_location (a bucket) for a remote runner, a local one otherwise; removed after."""
+    if beam.remote:
+        path = fileio.join(str(beam.options["temp_location"]),
+                           f"imgpipe-{purpose}-{uuid.uuid4().hex}")
+        try:
+            yield path
+        finally:
+            fileio.rmtree(path)
+        return
+    with tempfile.TemporaryDirectory(prefix=f"imgpipe-{purpose}-") as path:
+        yield path
 
 
 def options_from_args(args: list[str]):

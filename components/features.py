@@ -166,7 +166,10 @@ def read_raw_examples(files: list[str], limit: int | None = None
     the first `limit` examples only when given."""
     import tensorflow as tf
 
-    records = tf.data.TFRecordDataset(files, compression_type="GZIP")
+    from components import fileio
+
+    records = tf.data.TFRecordDataset([fileio.tf_path(f) for f in files],
+                                      compression_type="GZIP")
     if limit is not None:
         records = records.take(limit)
     serialized = [r.numpy() for r in records]

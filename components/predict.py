@@ -59,7 +59,7 @@ def load_model(saved_model: str):
 
     if not fileio.exists(fileio.join(saved_model, "saved_model.pb")):
         raise ConfigError(f"{saved_model} is not a SavedModel directory (no saved_model.pb).")
-    loaded = tf.saved_model.load(saved_model)
+    loaded = tf.saved_model.load(fileio.tf_path(saved_model))
     if "serving_images" not in loaded.signatures:
         raise ConfigError(f"{saved_model} has no serving_images signature; export it with "
                           "imgpipe's trainer.")

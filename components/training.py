@@ -117,7 +117,7 @@ def make_dataset(graph: artifacts.Artifact, examples: artifacts.Artifact, split:
     import tensorflow as tf
     import tensorflow_transform as tft
 
-    output = tft.TFTransformOutput(graph.uri)
+    output = tft.TFTransformOutput(fileio.tf_path(graph.uri))
     label_key = features.LABEL_ID if sparse else features.LABEL_ONEHOT
     if graph.properties.get("materialized", True):
         files = fileio.glob(graph.path("examples", split, "*.tfrecord.gz"))
@@ -141,7 +141,7 @@ def make_dataset(graph: artifacts.Artifact, examples: artifacts.Artifact, split:
     count = graph.properties["counts"].get(split, 0)
     image_bytes = 4 * math.prod(graph.properties["image_shape"])
     fits = count * image_bytes <= cfg.cache_memory_mb * 2 ** 20
-    ds = tf.data.Dataset.from_tensor_slices(files)
+    ds = tf.data.Dataset.from_tensor_slices([fileio.tf_path(f) for f in files])
     # Several workers each take every n-th example: sharding by file would leave a
     # worker without data when there are fewer files than workers.
     options = tf.data.Options()
@@ -187,7 +187,7 @@ def export(model, graph: artifacts.Artifact, path: str) -> None:
     import tensorflow as tf
     import tensorflow_transform as tft
 
-    output = tft.TFTransformOutput(graph.uri)
+    output = tft.TFTransformOutput(fileio.tf_path(graph.uri))
     vocabulary = graph.properties["label_vocabulary"]
 
     class Serving(tf.Module):
@@ -219,7 +219,7 @@ def export(model, graph: artifacts.Artifact, path: str) -> None:
             return self.tft_layer(raw)
 
     module = Serving()
-    tf.saved_model.save(module, path, signatures={
+    tf.saved_model.save(module, fileio.tf_path(path), signatures={
         "serving_default": module.serve_examples, "serving_images": module.serve_images,
         "transform_features": module.transform_features})
 

@@ -206,3 +206,28 @@ def test_damaged_cached_model_is_retrained_and_thresholds_do_not_rerun_the_probe
     assert statuses["evaluate"] == "ran" and statuses["infra_validate"] == "cached"
     assert "config.evaluate.thresholds.accuracy.min: 0.5 -> 0.6" in \
         outputs(third, "evaluate").decision
+
+
+def test_every_beam_step_runs_multi_process(make_config, tmp_path):
+    """The Beam steps on the DirectRunner's multi-process mode: their functions and
+    DoFns travel to worker processes by pickling, as they would to Dataflow workers."""
+    cfg = make_config(name="mp", data={"source": "builtin:digits", "image_size": [8, 8],
+                                       "eval_fraction": 0.2},
+                      model={"kind": "logistic"}, train={"epochs": 2, "batch_size": 32},
+                      evaluate={"thresholds": {"accuracy": {"min": 0.3}},
+                                "bootstrap_samples": 50},
+                      push={"destination": str(tmp_path / "serving")},
+                      beam={"options": {"direct_running_mode": "multi_processing",
+                                        "direct_num_workers": 2}})
+    result = run_pipeline(cfg, str(tmp_path / "runs"), until="evaluate", log=lambda _: None)
+    assert result.status == "succeeded", result.error
+    assert {s.step: s.status for s in result.steps} == {
+        "ingest": "ran", "validate": "ran", "transform": "ran", "train": "ran",
+        "evaluate": "ran"}
+    evaluation = outputs(result, "evaluate").summary
+    assert evaluation["accuracy"] > 0.3     # 2 epochs of logistic regression
+    predictions = open(os.path.join(outputs(result, "evaluate").outputs["evaluation"],
+                                    "predictions.jsonl")).read().splitlines()
+    assert len(predictions) == sum(
+        outputs(result, "ingest").summary["splits"].values()) - outputs(
+        result, "ingest").summary["splits"]["train"]

@@ -161,48 +161,6 @@ def validation_checks(output: str) -> tuple[bool, list[dict[str, Any]]]:
     return bool(result.validation_ok), failures
 
 
-# --- per-example predictions ---------------------------------------------------------
-
-
-def score_examples(files: list[str], models: dict[str, tuple[str, list[str]]],
-                   gallery: int = GALLERY, batch: int = 256
-                   ) -> tuple[list[dict[str, Any]], list[tuple[float, int, bytes]]]:
-    """Streams the raw eval examples through each model's `serving_default` (name ->
-    (SavedModel dir, vocabulary)); one row per example with the top-1 prediction of
-    each, and the image bytes of the `gallery` most confident mistakes of the first
-    model. Memory: the rows and the gallery, not the examples."""
-    import heapq
-
-    import tensorflow as tf
-
-    fns = {name: tf.saved_model.load(path).signatures["serving_default"]
-           for name, (path, _) in models.items()}
-    first = next(iter(models))
-    spec = features.labeled_image_spec()
-    rows: list[dict[str, Any]] = []
-    worst: list[tuple[float, int, bytes]] = []   # min-heap of (probability, index, image)
-    for serialized in tf.data.TFRecordDataset(files, compression_type="GZIP").batch(batch):
-        parsed = {k: v.numpy() for k, v in tf.io.parse_example(serialized, spec).items()}
-        probs = {name: fn(examples=serialized)["probabilities"].numpy()
-                 for name, fn in fns.items()}
-        for i in range(len(parsed[features.LABEL])):
-            row = {"id": parsed[features.ID][i].decode(),
-                   "source": parsed[features.SOURCE][i].decode("utf-8", "surrogateescape"),
-                   "label": parsed[features.LABEL][i].decode()}
-            for name, (_, vocabulary) in models.items():
-                key = "predicted" if name == first else f"{name}_predicted"
-                row[key] = vocabulary[int(probs[name][i].argmax())]
-            row["probability"] = float(probs[first][i].max())
-            if row["predicted"] != row["label"]:
-                item = (row["probability"], len(rows), parsed[features.IMAGE][i])
-                if len(worst) < gallery:
-                    heapq.heappush(worst, item)
-                elif item[0] > worst[0][0]:
-                    heapq.heapreplace(worst, item)
-            rows.append(row)
-    return rows, sorted(worst, key=lambda item: (-item[0], item[1]))
-
-
 def _thumbnail(data: bytes, size: int = 96) -> bytes:
     from PIL import Image
 
@@ -230,11 +188,11 @@ def _run_tfma(examples: artifacts.Artifact, saved: str, baseline: str | None, co
     from apache_beam.options.pipeline_options import PipelineOptions
 
     started = time.perf_counter()
-    models = [tfma.default_eval_shared_model(eval_saved_model_path=saved,
+    models = [tfma.default_eval_shared_model(eval_saved_model_path=fileio.tf_path(saved),
                                              model_name=CANDIDATE, eval_config=config)]
     if baseline:
         models.append(tfma.default_eval_shared_model(
-            eval_saved_model_path=baseline, model_name=BASELINE, eval_config=config))
+            eval_saved_model_path=fileio.tf_path(baseline), model_name=BASELINE, eval_config=config))
     tfma.run_model_analysis(
         eval_shared_model=models if baseline else models[0], eval_config=config,
         data_location=examples.path("eval", "*.tfrecord.gz"),
@@ -243,15 +201,15 @@ def _run_tfma(examples: artifacts.Artifact, saved: str, baseline: str | None, co
     return time.perf_counter() - started
 
 
-def _write_gallery(writer: artifacts.ArtifactWriter, worst: list[tuple[float, int, bytes]],
+def _write_gallery(writer: artifacts.ArtifactWriter, worst: list[tuple[float, str, bytes]],
                    rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The most confident mistakes as thumbnails under misclassified/."""
+    by_id = {row["id"]: row for row in rows}
     gallery = []
-    for rank, (_, index, image) in enumerate(worst):
+    for rank, (_, ident, image) in enumerate(worst):
         name = f"{rank:02d}.png"
-        with fileio.open_file(writer.file("misclassified", name), "wb") as handle:
-            handle.write(_thumbnail(image))
-        gallery.append({"file": f"misclassified/{name}", **rows[index]})
+        fileio.write_bytes(writer.file("misclassified", name), _thumbnail(image))
+        gallery.append({"file": f"misclassified/{name}", **by_id[ident]})
     return gallery
 
 
@@ -352,20 +310,23 @@ def run(examples: artifacts.Artifact, trained_model: artifacts.Artifact,
     config = eval_config(evaluate, len(vocabulary), baseline is not None)
 
     with artifacts.writing(evaluation, artifacts.Evaluation, producer) as writer:
-        # Per-example predictions of both models on the same examples, before TFMA
-        # loads its own copies (the models are released first: a lower peak RSS).
+        # Per-example predictions of both models on the same examples, as a Beam job on
+        # the configured runner (Dataflow workers for large splits), before TFMA loads
+        # its own copies (the models are released first: a lower peak RSS).
+        from components import scoring
+
         scored = {CANDIDATE: (saved, vocabulary)}
         if baseline:
             scored[BASELINE] = (baseline, base_vocab)
-        rows, worst = score_examples(files, scored)
+        eval_count = sum(examples.properties.get("counts", {}).get("eval", {}).values())
+        rows, worst = scoring.score_eval_split(
+            files, scored, writer.path, beamio.pipeline_args(beam, eval_count), GALLERY)
         runtime.release_memory()
         output = writer.file("tfma")
         tfma_seconds = _run_tfma(examples, saved, baseline, config, beam, output)
         metrics = read_tfma(output, CANDIDATE if baseline else None, vocabulary)
         base_metrics = read_tfma(output, BASELINE, base_vocab) if baseline else None
         tfma_ok, failures = validation_checks(output)
-        fileio.write_text(writer.file("predictions.jsonl"),
-                          "".join(json.dumps(r) + "\n" for r in rows))
         gallery = _write_gallery(writer, worst, rows)
 
         labels = [row["label"] for row in rows]

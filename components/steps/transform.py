@@ -12,14 +12,33 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 from typing import Any
 
-from components import artifacts, features, fileio
+from components import artifacts, beamio, features, fileio
 from components.artifacts import SPLITS
 from components.config import BeamConfig, DataConfig, TransformConfig
 from components.contract import Maybe, step
 from components.errors import DataError
+
+
+def check_decodable(serialized: bytes) -> Any:
+    """A record whose image bytes still decode, or (tagged "bad") why not."""
+    from apache_beam import pvalue
+    from tensorflow.core.example import example_pb2
+
+    from components.imaging import BadImage, check_image
+
+    feature = example_pb2.Example.FromString(serialized).features.feature
+    data = feature[features.IMAGE].bytes_list.value
+    try:
+        if not data:
+            raise BadImage("no image/encoded value")
+        check_image(data[0], 2 ** 62)
+    except BadImage as exc:
+        record_id = feature[features.ID].bytes_list.value
+        return [pvalue.TaggedOutput("bad", {"id": record_id[0].decode() if record_id else "",
+                                            "reason": str(exc)})]
+    return [serialized]
 
 
 def _pipeline(pipeline: Any, examples: artifacts.Artifact, out_dir: str, data: DataConfig,
@@ -30,39 +49,15 @@ def _pipeline(pipeline: Any, examples: artifacts.Artifact, out_dir: str, data: D
     from tensorflow_transform.tf_metadata import schema_utils
     from tfx_bsl.public import tfxio
 
-    from components.imaging import BadImage, check_image
-
     raw_schema = schema_utils.schema_from_feature_spec(features.raw_feature_spec())
     record_io = tfxio.TFExampleBeamRecord(physical_format="tfrecord", schema=raw_schema,
                                           telemetry_descriptors=["imgpipe", "transform"])
-
-    class CheckDecodable(beam.DoFn):
-        """Drops (and reports) records whose image bytes no longer decode."""
-
-        def setup(self):
-            import tensorflow as tf
-
-            self._parse = tf.train.Example.FromString
-
-        def process(self, serialized: bytes):
-            feature = self._parse(serialized).features.feature
-            data = feature[features.IMAGE].bytes_list.value
-            try:
-                if not data:
-                    raise BadImage("no image/encoded value")
-                check_image(data[0], 2 ** 62)
-            except BadImage as exc:
-                record_id = feature[features.ID].bytes_list.value
-                yield beam.pvalue.TaggedOutput("bad", {
-                    "id": record_id[0].decode() if record_id else "", "reason": str(exc)})
-                return
-            yield serialized
 
     def read(split: str):
         pattern = examples.path(split, "*.tfrecord.gz")
         checked = (pipeline
                    | f"Read{split}" >> beam.io.ReadFromTFRecord(pattern)
-                   | f"Check{split}" >> beam.ParDo(CheckDecodable()).with_outputs(
+                   | f"Check{split}" >> beam.FlatMap(check_decodable).with_outputs(
                        "bad", main="good"))
         return checked.good | f"Batches{split}" >> record_io.BeamSource(), checked.bad
 
@@ -130,8 +125,6 @@ def run(examples: artifacts.Artifact, data: DataConfig, transform: TransformConf
     import apache_beam as beam_lib
     import tensorflow_transform as tft
 
-    from components import beamio
-
     # TFT warns on every run that instance dicts are slower than record batches; the
     # coder we write with needs instance dicts, so the warning is noise here.
     logging.getLogger("absl").setLevel(logging.ERROR)
@@ -139,7 +132,7 @@ def run(examples: artifacts.Artifact, data: DataConfig, transform: TransformConf
     num_classes = len(class_names)
     num_examples = examples.properties.get("num_examples")
     with artifacts.writing(transform_graph, artifacts.TransformGraph, producer) as writer, \
-            tempfile.TemporaryDirectory(prefix="imgpipe-tft-") as temp_dir:
+            beamio.temp_dir(beam, "tft") as temp_dir:
         options = beamio.pipeline_options(beam, num_examples)
         with beam_lib.Pipeline(options=options) as pipeline:
             _pipeline(pipeline, examples, writer.path, data, transform, num_classes, temp_dir)
