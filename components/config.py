@@ -253,9 +253,12 @@ class VertexPushConfig(Section):
 
     project: str
     region: str = "us-central1"
-    serving_image: str = Field(
-        "us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest",
-        description="Serving container for the uploaded SavedModel.")
+    serving_image: Optional[str] = Field(
+        None, description="Serving container; default: TF Serving of the TensorFlow version "
+                          "that built the model (Vertex's prebuilt tf2 image up to 2.15, else "
+                          "REGION-docker.pkg.dev/PROJECT/imgpipe/tensorflow-serving:VERSION, "
+                          "see deploy/Dockerfile.serving). A prebuilt image of another "
+                          "TensorFlow version is refused.")
 
 
 class PushConfig(Section):

@@ -415,18 +415,44 @@ def _alias_change(name: str, entry: dict[str, Any], json_output: bool) -> None:
         before = "(none)" if entry["from"] is None else f"version {entry['from']}"
         after = "(deleted)" if entry["to"] is None else f"version {entry['to']}"
         print(f"{name}@{entry['alias']}: {before} -> {after} ({entry['action']}"
-              f"{', forced' if entry['force'] and entry['action'] == 'promote' else ''})")
+              f"{', forced' if entry['force'] and entry['action'] == 'promote' else ''})"
+              + (f"; also on Vertex AI ({entry['vertex_model']})" if entry.get("vertex_model")
+                 else ""))
+
+
+def _sync_vertex(registry, name: str, version: int | None, alias: str, removed: bool,
+                 entry: dict[str, Any]) -> None:
+    """Moves the alias on Vertex AI Model Registry too, when the version went there."""
+    from components import vertex
+
+    if version is None:
+        return
+    try:
+        model = vertex.sync_alias(registry.get(name, version).path, alias, removed)
+    except ImgpipeError:
+        raise
+    except Exception as exc:
+        raise ImgpipeError(
+            f"{name}@{alias} moved in the registry, but not on Vertex AI ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); run the same command "
+            "again to retry (the registry side is already done).") from exc
+    if model:
+        entry["vertex_model"] = model
 
 
 def cmd_models_promote(args: argparse.Namespace) -> int:
     registry = _registry(args)
     entry = registry.set_alias(args.ref, args.to, args.reason or "", args.force)
-    _alias_change(registry.resolve(args.ref).name, entry, args.json)
+    name = registry.resolve(args.ref).name
+    _sync_vertex(registry, name, entry["to"], entry["alias"], False, entry)
+    _alias_change(name, entry, args.json)
     return 0
 
 
 def cmd_models_rollback(args: argparse.Namespace) -> int:
-    entry = _registry(args).rollback(args.model, args.alias, args.reason or "")
+    registry = _registry(args)
+    entry = registry.rollback(args.model, args.alias, args.reason or "")
+    _sync_vertex(registry, args.model, entry["to"], entry["alias"], False, entry)
     _alias_change(args.model, entry, args.json)
     return 0
 

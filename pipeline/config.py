@@ -21,6 +21,16 @@ from components.errors import ConfigError
 
 
 
+class VertexJobConfig(Section):
+    """Run a step as a Vertex AI custom job (Vertex AI Pipelines only), for what a
+    pipeline task cannot ask for: several replicas (multi-worker training; Vertex sets
+    TF_CONFIG) or a machine type with a TPU topology."""
+
+    machine_type: str = Field("n1-standard-8", description="e.g. ct5lp-hightpu-4t for TPU v5e")
+    replica_count: int = Field(1, ge=1, description="Workers (the first is the chief).")
+    tpu_topology: Optional[str] = Field(None, description="e.g. 2x2 (with a TPU accelerator).")
+
+
 class KfpStepConfig(Section):
     """Resources and behaviour of one step on Kubeflow / Vertex AI Pipelines."""
 
@@ -35,6 +45,7 @@ class KfpStepConfig(Section):
     retries: int = Field(0, ge=0)
     image: Optional[str] = Field(None, description="This step's image (default kfp.image), "
                                                    "e.g. a TPU image for train only.")
+    vertex_job: Optional[VertexJobConfig] = None
 
 
 DEFAULT_KFP_STEPS = {"ingest": {"retries": 2}, "transform": {"retries": 2},

@@ -186,10 +186,40 @@ def components(config: PipelineConfig) -> dict[str, Any]:
     return comps
 
 
+def vertex_job(component, config: PipelineConfig, name: str):
+    """The component itself, or wrapped as a Vertex AI custom job when the step asks
+    for replicas or a TPU topology (google-cloud-pipeline-components; the accelerator
+    then goes to the job's machine spec instead of the task)."""
+    step = config.kfp.step(name)
+    job = step.vertex_job
+    if job is None:
+        return component
+    from google_cloud_pipeline_components.v1.custom_job import \
+        create_custom_training_job_from_component
+
+    from components.training import ACCELERATOR_ENV
+
+    accelerator = {"accelerator_type": step.accelerator_type,
+                   "accelerator_count": step.accelerator_count} if step.accelerator_type else {}
+    wrapped = create_custom_training_job_from_component(
+        component, display_name=f"{config.name}-{name}", replica_count=job.replica_count,
+        machine_type=job.machine_type,
+        env=[{"name": ACCELERATOR_ENV, "value": step.accelerator_type}]
+        if step.accelerator_type else None, **accelerator)
+    if job.tpu_topology:
+        for pool in wrapped.component_spec.inputs["worker_pool_specs"].default:
+            pool["machine_spec"]["tpu_topology"] = job.tpu_topology
+    return wrapped
+
+
 def _configure(task, config: PipelineConfig, name: str, cacheable: bool = True):
     step = config.kfp.step(name)
     task.set_display_name(name)
     task.set_caching_options(step.caching and cacheable)
+    if step.vertex_job is not None:
+        if step.retries:
+            task.set_retry(step.retries)
+        return task            # resources are the custom job's machine spec
     if step.cpu_request:
         task.set_cpu_request(step.cpu_request)
     if step.cpu_limit:
@@ -258,7 +288,8 @@ def build_pipeline(config: PipelineConfig) -> Callable:
                                                     params)})
             if not node.spec.cache:
                 kwargs["run_id"] = run_id
-            task = comps[node.name](
+            component = vertex_job(comps[node.name], config, node.name)
+            task = component(
                 config_json=json.dumps(without_runtime_keys(step_cfg), sort_keys=True),
                 context_json=context if invoke.needs_context(node, step_cfg) else "",
                 **kwargs)
@@ -316,6 +347,11 @@ def check_remote(config: PipelineConfig) -> None:
         raise ConfigError(f"validate.schema {schema!r} is not in the image (it holds "
                           f"{', '.join(IMAGE_FOLDERS)} of this repository) nor in a bucket; "
                           "commit it under schemas/ or copy it to gs://.")
+    if config.push.vertex is not None:
+        from components import vertex
+
+        vertex.serving_image(config.push.vertex.serving_image, config.push.vertex.project,
+                             config.push.vertex.region)
     weights = config.model.weights
     if weights and weights != "imagenet" and not is_reference(weights) and \
             not _in_bucket(weights):

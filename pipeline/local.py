@@ -298,6 +298,11 @@ def preflight(config: PipelineConfig, runs_dir: str, steps: list[str]) -> None:
         if os.path.isdir(src) and (runs == src or runs.startswith(src + os.sep)):
             raise ConfigError(f"the runs folder {runs_dir} is inside data.source {source}: a run "
                               "would write into the data it reads; pass --runs-dir elsewhere.")
+    if "push" in steps and config.push.vertex is not None:
+        from components import vertex
+
+        vertex.serving_image(config.push.vertex.serving_image, config.push.vertex.project,
+                             config.push.vertex.region)     # a mismatched image stops here
     destination = config.push.destination
     if "push" in steps and not fileio.is_remote(destination):
         if os.path.exists(destination) and not os.path.isdir(destination):

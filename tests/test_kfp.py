@@ -331,26 +331,30 @@ def test_dockerfiles_install_the_package_from_pyproject():
     project = tomllib.load(open(os.path.join(ROOT, "pyproject.toml"), "rb"))
     lock = open(os.path.join(ROOT, "requirements.lock")).read()
     tf_version = re.search(r"^tensorflow==([\d.]+)$", lock, re.MULTILINE)[1]
-    for name in ("Dockerfile", "Dockerfile.gpu"):
+    for name in ("Dockerfile", "Dockerfile.gpu", "Dockerfile.tpu"):
         text = open(os.path.join(ROOT, "deploy", name)).read()
         assert re.search(r"^COPY pyproject.toml requirements.lock", text, re.MULTILINE)
         for package in project["tool"]["setuptools"]["packages"]:
             assert re.search(rf"^COPY {package} \./{package}$", text, re.MULTILINE), (name, package)
         assert re.search(r"^RUN pip install -c requirements.lock \.$", text, re.MULTILINE), name
         base = re.search(r"^FROM (\S+)", text, re.MULTILINE)[1]
-        if name == "Dockerfile":
+        if name == "Dockerfile.gpu":
+            assert base == f"tensorflow/tensorflow:{tf_version}-gpu"
+        else:
             assert base.startswith("python:3.11") and ">=3.11,<3.12" == project[
                 "project"]["requires-python"]
-        else:
-            assert base == f"tensorflow/tensorflow:{tf_version}-gpu"
+        for folder in kfp_pipeline.IMAGE_FOLDERS:     # what compile lets configs refer to
+            assert re.search(rf"^COPY {folder.rstrip('/')} \./{folder.rstrip('/')}$", text,
+                             re.MULTILINE), (name, folder)
+    tpu = open(os.path.join(ROOT, "deploy", "Dockerfile.tpu")).read()
+    assert re.search(r"pip uninstall -y tensorflow .*tensorflow-tpu==2\.20\.0", tpu, re.S)
+    serving = open(os.path.join(ROOT, "deploy", "Dockerfile.serving")).read()
+    assert re.search(r"^FROM (\S+)", serving, re.MULTILINE)[1] == f"tensorflow/serving:{tf_version}"
 
 
-def test_vertex_model_registry_upload_calls():
+def _fake_aiplatform(rec):
     from google.cloud import aiplatform as real
 
-    from components.steps.push import VertexModelRegistry
-
-    rec = Recorder(real)
     parent = type("M", (), {"resource_name": "projects/p/locations/r/models/7"})
 
     class Model:
@@ -362,35 +366,101 @@ def test_vertex_model_registry_upload_calls():
         @staticmethod
         def upload(**kwargs):
             rec.check("upload", real.Model.upload, **kwargs)
-            return type("U", (), {"resource_name": "projects/p/locations/r/models/7@2"})
+            return type("U", (), {"resource_name": "projects/p/locations/r/models/7",
+                                  "version_id": "2"})
 
-    fake = type("ai", (), {"init": staticmethod(lambda **kw: rec.check("init", real.init, **kw)),
-                           "Model": Model})
-    vertex = VertexModelRegistry("p", "us-central1", "serving-image", aiplatform=fake)
-    name = vertex.upload("fonts", "gs://b/serving/fonts/2", {"imgpipe_version": "2"},
-                         ["staging"])
-    assert name.endswith("@2")
+    class ModelRegistry:
+        def __init__(self, model):
+            rec.check("ModelRegistry", real.models.ModelRegistry.__init__, None, model)
+            self.model = model
+
+        def add_version_aliases(self, *args, **kwargs):
+            rec.check("add_version_aliases", real.models.ModelRegistry.add_version_aliases,
+                      None, *args, **kwargs)
+
+        def remove_version_aliases(self, *args, **kwargs):
+            rec.check("remove_version_aliases",
+                      real.models.ModelRegistry.remove_version_aliases, None, *args, **kwargs)
+
+    models = type("models", (), {"ModelRegistry": ModelRegistry})
+    return type("ai", (), {"init": staticmethod(lambda **kw: rec.check("init", real.init, **kw)),
+                           "Model": Model, "models": models})
+
+
+def test_vertex_model_registry_upload_calls():
+    from google.cloud import aiplatform as real
+
+    from components import vertex
+
+    rec = Recorder(real)
+    registry = vertex.VertexModelRegistry("p", "us-central1", aiplatform=_fake_aiplatform(rec))
+    image = vertex.serving_image(None, "p", "us-central1", "2.21.0")
+    assert image == "us-central1-docker.pkg.dev/p/imgpipe/tensorflow-serving:2.21.0"
+    container = vertex.serving_spec(image, "gs://b/serving", "fonts", 2)
+    record = registry.upload("fonts", "gs://b/serving/fonts/2", {"imgpipe_version": "2"},
+                             ["staging"], container)
+    assert record == {"project": "p", "region": "us-central1",
+                      "model": "projects/p/locations/r/models/7", "version_id": "2"}
     upload = {n: k for n, _, k in rec.calls}["upload"]
     assert upload["parent_model"] == "projects/p/locations/r/models/7"   # a new version
     assert upload["artifact_uri"] == "gs://b/serving/fonts/2"
     assert upload["version_aliases"] == ["staging"]
-    assert upload["serving_container_image_uri"] == "serving-image"
+    assert upload["serving_container_image_uri"] == image
+    assert upload["serving_container_predict_route"] == "/v1/models/fonts:predict"
+    assert "--model_config_file=gs://b/serving/fonts/2/serving.config" in \
+        upload["serving_container_args"]
+    assert "versions: 2" in vertex.model_config("gs://b/serving", "fonts", 2)
+    # up to TF 2.15 Vertex's own prebuilt image; never one of another TF version
+    assert vertex.serving_image(None, "p", "europe-west4", "2.15.1") == \
+        "europe-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest"
+    with pytest.raises(Exception, match="serves TensorFlow 2.15, the models are built with 2.21"):
+        vertex.serving_image("us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest",
+                             "p", "us-central1", "2.21.0")
 
 
-def test_a_tpu_request_and_image_reach_only_the_train_task(tmp_path):
-    cfg = config_lib.load(EXAMPLE, ["kfp.steps.train.accelerator_type=TPU_V5_LITEPOD",
-                                    "kfp.steps.train.accelerator_count=8",
-                                    "kfp.steps.train.image=us-docker.pkg.dev/p/imgpipe/tpu:0.1"],
-                          resolve_paths=False)
-    out = str(tmp_path / "tpu.yaml")
+def test_promotion_and_rollback_move_the_vertex_aliases_too(tmp_path, capsys, monkeypatch):
+    from google.cloud import aiplatform as real
+
+    from components import vertex
+    from components.registry import Registry
+
+    rec = Recorder(real)
+    monkeypatch.setattr(vertex, "client_module", _fake_aiplatform(rec))
+    registry = Registry(str(tmp_path / "serving"))
+    for number in (1, 2):
+        folder = tmp_path / f"sm{number}"
+        folder.mkdir()
+        (folder / "saved_model.pb").write_text("graph")
+        version = registry.push("m", str(folder), {"blessing": {"blessed": True}})
+        (tmp_path / "serving" / "m" / str(number) / "vertex.json").write_text(json.dumps(
+            {"project": "p", "region": "r", "model": "projects/p/locations/r/models/7",
+             "version_id": str(number)}))
+    root = ["--registry", str(tmp_path / "serving")]
+    assert cli.main(["models", "promote", "m:1", "--to", "production", *root]) == 0
+    assert cli.main(["models", "promote", "m:2", "--to", "production", *root]) == 0
+    assert "also on Vertex AI" in capsys.readouterr().out
+    assert cli.main(["models", "rollback", "m", "--alias", "production", *root]) == 0
+    moves = [args for name, args, _ in rec.calls if name == "add_version_aliases"]
+    assert moves == [(None, ["production"], "1"), (None, ["production"], "2"),
+                     (None, ["production"], "1")]
+    assert version.version == 2
+
+
+def test_training_replicas_and_tpu_topology_as_a_vertex_custom_job(tmp_path):
+    cfg = config_lib.load(EXAMPLE, [
+        "kfp.steps.train={accelerator_type: TPU_V5_LITEPOD, accelerator_count: 4, "
+        "vertex_job: {machine_type: ct5lp-hightpu-4t, replica_count: 2, tpu_topology: 2x2}}"],
+        resolve_paths=False)
+    out = str(tmp_path / "job.yaml")
     kfp_pipeline.compile_pipeline(cfg, out)
-    executors = yaml.safe_load(open(out))["deploymentSpec"]["executors"]
-    train = executors.pop("exec-train")["container"]
-    assert train["resources"]["accelerator"]["resourceType"] == "TPU_V5_LITEPOD"
-    assert train["resources"]["accelerator"]["resourceCount"] == "8"
-    assert train["image"] == "us-docker.pkg.dev/p/imgpipe/tpu:0.1"
-    assert {"name": "IMGPIPE_ACCELERATOR", "value": "TPU_V5_LITEPOD"} in train["env"]
-    for name, executor in executors.items():
-        container = executor["container"]
-        assert "accelerator" not in container.get("resources", {}), name
-        assert container["image"] == "us-docker.pkg.dev/my-project/imgpipe/imgpipe:0.1.0", name
+    spec = yaml.safe_load(open(out))
+    train_component = spec["components"][spec["root"]["dag"]["tasks"]["train"]["componentRef"]
+                                         ["name"]]
+    pools = train_component["inputDefinitions"]["parameters"]["worker_pool_specs"]["defaultValue"]
+    assert len(pools) == 2 and pools[1]["replica_count"] == 1          # chief + 1 worker
+    assert pools[0]["machine_spec"] == {"machine_type": "ct5lp-hightpu-4t",
+                                        "accelerator_type": "TPU_V5_LITEPOD",
+                                        "accelerator_count": 4, "tpu_topology": "2x2"}
+    assert {"name": "IMGPIPE_ACCELERATOR", "value": "TPU_V5_LITEPOD"} in \
+        pools[0]["container_spec"]["env"]
+    assert "run_step('train'" in " ".join(pools[0]["container_spec"]["command"])

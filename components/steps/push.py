@@ -6,8 +6,8 @@ still succeeds and records why (the run ends with exit 0 and says so; `imgpipe r
 --require-push` turns it into exit 4 for CI). Pushing is idempotent: a model whose
 SavedModel is already a version of this name is not pushed twice.
 
-Optional: the same version also goes to Vertex AI Model Registry (`push.vertex`),
-through `VertexModelRegistry` below: untested against the live service.
+Optional: the same version also goes to Vertex AI Model Registry (`push.vertex`,
+`components/vertex.py`): untested against the live service.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import json
 import subprocess
 from typing import Any
 
-from components import artifacts, fileio, runtime
+from components import artifacts, fileio, runtime, vertex
 from components.config import PushConfig
 from components.contract import step
 from components.errors import ConfigError
@@ -70,6 +70,25 @@ def model_card(trained_model: artifacts.Artifact, blessing: artifacts.Artifact,
     }
 
 
+def _upload_to_vertex(push: PushConfig, registry: Registry, version,
+                      trained_model: artifacts.Artifact) -> dict[str, str]:
+    """The version as a new version of the Vertex model of the same name, served by a
+    TF Serving of the TensorFlow version that built it; where it went is recorded next
+    to the version (vertex.json), for promotions to move Vertex aliases too."""
+    cfg = push.vertex
+    image = vertex.serving_image(cfg.serving_image, cfg.project, cfg.region,
+                                 trained_model.properties.get("tensorflow_version"))
+    container = vertex.serving_spec(image, registry.root, version.name, version.version)
+    if "serving_container_args" in container:
+        fileio.write_text(vertex.model_config_path(registry.root, version.name, version.version),
+                          vertex.model_config(registry.root, version.name, version.version))
+    record = vertex.VertexModelRegistry(cfg.project, cfg.region).upload(
+        version.name, version.path, {"imgpipe_version": str(version.version)},
+        [push.promote_to] if push.promote_to else [], container)
+    fileio.write_text(fileio.join(version.path, vertex.RECORD), json.dumps(record, indent=2))
+    return record
+
+
 def _fingerprint(version) -> str | None:
     """The model fingerprint on a version's card (None when the card is damaged: that
     version cannot be this model's earlier push as far as we can tell)."""
@@ -79,31 +98,6 @@ def _fingerprint(version) -> str | None:
         return version.card.get("model", {}).get("fingerprint")
     except RegistryError:
         return None
-
-
-class VertexModelRegistry:
-    """Uploads a pushed version to Vertex AI Model Registry as a new version of one
-    model (`aiplatform.Model.upload(parent_model=...)`), with version aliases.
-    Untested against the live service (not reachable from here); the calls are
-    unit-tested with a fake `aiplatform` module."""
-
-    def __init__(self, project: str, region: str, serving_image: str, aiplatform=None):
-        if aiplatform is None:
-            from google.cloud import aiplatform  # only when Vertex is configured
-        self.aiplatform = aiplatform
-        self.project, self.region, self.serving_image = project, region, serving_image
-
-    def upload(self, display_name: str, artifact_uri: str, labels: dict[str, str],
-               aliases: list[str]) -> str:
-        ai = self.aiplatform
-        ai.init(project=self.project, location=self.region)
-        existing = ai.Model.list(filter=f'display_name="{display_name}"')
-        model = ai.Model.upload(
-            display_name=display_name, artifact_uri=artifact_uri,
-            serving_container_image_uri=self.serving_image,
-            parent_model=existing[0].resource_name if existing else None,
-            is_default_version=True, version_aliases=aliases or None, labels=labels)
-        return model.resource_name
 
 
 @step(name="push",
@@ -165,12 +159,9 @@ def run(trained_model: artifacts.Artifact, blessing: artifacts.Artifact,
                          f"{name}@{push.promote_to}: version {moved['from'] or '(none)'} -> "
                          f"{version.version}")
         if push.vertex is not None and not record.get("already"):
-            vertex = VertexModelRegistry(push.vertex.project, push.vertex.region,
-                                         push.vertex.serving_image)
-            record["vertex_model"] = vertex.upload(
-                name, version.path, {"imgpipe_version": str(version.version)},
-                [push.promote_to] if push.promote_to else [])
-            lines.append(f"uploaded to Vertex AI Model Registry: {record['vertex_model']}")
+            record["vertex"] = _upload_to_vertex(push, registry, version, trained_model)
+            lines.append(f"uploaded to Vertex AI Model Registry: {record['vertex']['model']} "
+                         f"version {record['vertex']['version_id']}")
     with artifacts.writing(pushed_model, artifacts.PushedModel, producer) as writer:
         fileio.write_text(writer.file("push.json"), json.dumps(record, indent=2))
         writer.properties = record

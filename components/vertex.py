@@ -1,0 +1,137 @@
+"""Vertex AI Model Registry, kept in step with our registry: each pushed version is
+uploaded as a new version of one Vertex model, and moving an alias here (promote,
+rollback, delete) moves it there. Untested against the live service (not reachable
+from where this was built); every call is unit-tested against the real client
+library's signatures with a recording fake.
+
+Serving image: a model is served by TensorFlow Serving of the version it was built
+with. Vertex's prebuilt TF containers stop at 2.15 (2026-11), so the default for newer
+models is a TF Serving image of that exact version mirrored into the project's
+Artifact Registry (deploy/Dockerfile.serving), started with TF Serving's own REST
+routes and a model config that serves exactly this version from the registry.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from components import fileio
+from components.errors import ConfigError
+
+RECORD = "vertex.json"     # next to a pushed version: where it went in Vertex
+# The client library module to use instead of google.cloud.aiplatform (tests).
+client_module: Any = None
+PREBUILT = re.compile(r"/vertex-ai/prediction/tf2-(cpu|gpu)\.2-(\d+):")
+NEWEST_PREBUILT_MINOR = 15
+REST_PORT = 8501
+
+
+def tensorflow_version() -> str:
+    import importlib.metadata
+
+    return importlib.metadata.version("tensorflow")
+
+
+def serving_image(configured: str | None, project: str, region: str,
+                  tf_version: str | None = None) -> str:
+    """The serving image for models built with `tf_version` (default: the installed
+    TensorFlow). A Vertex prebuilt image of another TensorFlow version is refused."""
+    tf_version = tf_version or tensorflow_version()
+    minor = int(tf_version.split(".")[1])
+    if configured:
+        match = PREBUILT.search(configured)
+        if match and int(match[2]) != minor:
+            raise ConfigError(
+                f"push.vertex.serving_image {configured} serves TensorFlow 2.{match[2]}, the "
+                f"models are built with {tf_version}; use a TF Serving {tf_version} image "
+                "(deploy/Dockerfile.serving) or leave serving_image unset.")
+        return configured
+    if minor <= NEWEST_PREBUILT_MINOR:
+        return f"{region.split('-')[0]}-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-{minor}:latest"
+    return f"{region}-docker.pkg.dev/{project}/imgpipe/tensorflow-serving:{tf_version}"
+
+
+def serving_spec(image: str, registry_root: str, name: str, version: int) -> dict[str, Any]:
+    """Model.upload's container arguments. A prebuilt image reads the artifact itself;
+    TF Serving is told to serve exactly `version` from the registry's model folder
+    (its layout is TF Serving's) through a model config written next to the version."""
+    if PREBUILT.search(image):
+        return {"serving_container_image_uri": image}
+    return {
+        "serving_container_image_uri": image,
+        "serving_container_command": ["tensorflow_model_server"],
+        "serving_container_args": [f"--rest_api_port={REST_PORT}",
+                                   f"--model_config_file={model_config_path(registry_root, name, version)}"],
+        "serving_container_ports": [REST_PORT],
+        "serving_container_predict_route": f"/v1/models/{name}:predict",
+        "serving_container_health_route": f"/v1/models/{name}",
+    }
+
+
+def model_config_path(registry_root: str, name: str, version: int) -> str:
+    return fileio.join(registry_root, name, str(version), "serving.config")
+
+
+def model_config(registry_root: str, name: str, version: int) -> str:
+    """TF Serving's model config (text proto) serving one version of the model folder."""
+    return (f'model_config_list {{ config {{ name: "{name}" '
+            f'base_path: "{fileio.join(registry_root, name)}" model_platform: "tensorflow" '
+            f"model_version_policy {{ specific {{ versions: {version} }} }} }} }}\n")
+
+
+class VertexModelRegistry:
+    """`aiplatform.Model.upload(parent_model=...)` for each pushed version, and the
+    version aliases through `aiplatform.models.ModelRegistry`."""
+
+    def __init__(self, project: str, region: str, aiplatform: Any = None):
+        aiplatform = aiplatform or client_module
+        if aiplatform is None:
+            from google.cloud import aiplatform  # only when Vertex is configured
+        self.ai = aiplatform
+        self.project, self.region = project, region
+
+    def upload(self, display_name: str, artifact_uri: str, labels: dict[str, str],
+               aliases: list[str], container: dict[str, Any]) -> dict[str, str]:
+        ai = self.ai
+        ai.init(project=self.project, location=self.region)
+        existing = ai.Model.list(filter=f'display_name="{display_name}"')
+        model = ai.Model.upload(
+            display_name=display_name, artifact_uri=artifact_uri,
+            parent_model=existing[0].resource_name if existing else None,
+            is_default_version=True, version_aliases=list(aliases) or None, labels=labels,
+            **container)
+        return {"project": self.project, "region": self.region,
+                "model": model.resource_name, "version_id": str(model.version_id)}
+
+    def move_alias(self, record: dict[str, str], alias: str) -> None:
+        """Points `alias` at the recorded version (Vertex moves it off another one)."""
+        self._registry(record).add_version_aliases([alias], record["version_id"])
+
+    def remove_alias(self, record: dict[str, str], alias: str) -> None:
+        self._registry(record).remove_version_aliases([alias], record["version_id"])
+
+    def _registry(self, record: dict[str, str]):
+        self.ai.init(project=record["project"], location=record["region"])
+        return self.ai.models.ModelRegistry(record["model"].split("@")[0])
+
+
+def read_record(version_path: str) -> dict[str, str] | None:
+    path = fileio.join(version_path, RECORD)
+    return json.loads(fileio.read_text(path)) if fileio.exists(path) else None
+
+
+def sync_alias(version_path: str, alias: str, removed: bool = False,
+               aiplatform: Any = None) -> str | None:
+    """Mirrors an alias change onto Vertex when the version was uploaded there;
+    returns the Vertex model it touched (None when the version is not on Vertex)."""
+    record = read_record(version_path)
+    if record is None:
+        return None
+    registry = VertexModelRegistry(record["project"], record["region"], aiplatform)
+    if removed:
+        registry.remove_alias(record, alias)
+    else:
+        registry.move_alias(record, alias)
+    return record["model"]
