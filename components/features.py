@@ -23,6 +23,8 @@ _SMALL = [bytes((i,)) for i in range(128)]
 def _varint(value: int) -> bytes:
     if 0 <= value < 128:
         return _SMALL[value]
+    if 0 <= value < 16384:
+        return bytes(((value & 0x7F) | 0x80, value >> 7))
     if value < 0:
         value += 1 << 64  # int64 two's complement, as protobuf encodes negatives
     out = bytearray()
@@ -42,29 +44,72 @@ def _field(number: int, payload: bytes) -> bytes:
 
 
 def _feature(value: bytes | str | int) -> bytes:
+    """A tf.train.Feature holding one value. Built by hand (the hot loop of ingest):
+    Feature.bytes_list (field 1) or Feature.int64_list (field 3), each a list whose
+    field 1 holds the value(s)."""
     if isinstance(value, int):
         packed = _varint(value)
-        return _field(3, _field(1, packed))           # Feature.int64_list (packed values)
+        inner = b"\x0a" + _varint(len(packed)) + packed
+        return b"\x1a" + _varint(len(inner)) + inner
     # surrogateescape: a file name that is not UTF-8 keeps its bytes
     data = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
-    return _field(1, _field(1, data))                 # Feature.bytes_list.value
+    size = len(data)
+    inner_head = b"\x0a" + (_SMALL[size] if size < 128 else _varint(size))
+    inner_size = len(inner_head) + size
+    return b"\x0a" + (_SMALL[inner_size] if inner_size < 128 else _varint(inner_size)) + \
+        inner_head + data
 
 
-_KEYS: dict[str, bytes] = {}
+_KEY_FIELDS: dict[str, bytes] = {}
 
 
-def _key(key: str) -> bytes:
-    encoded = _KEYS.get(key)
-    if encoded is None:
-        encoded = _KEYS[key] = _field(1, key.encode("utf-8"))
-    return encoded
+def _bytes_entry(key: str, value: bytes | str) -> bytes:
+    """`_entry` for a bytes value, joined once (the per-image entries: id, image, source)."""
+    key_field = _KEY_FIELDS.get(key)
+    if key_field is None:
+        key_field = _KEY_FIELDS[key] = _field(1, key.encode("utf-8"))
+    data = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
+    size = _varint(len(data))
+    list_size = 1 + len(size) + len(data)                       # BytesList
+    list_head = _varint(list_size)
+    feature_size = 1 + len(list_head) + list_size               # Feature.bytes_list
+    feature_head = _varint(feature_size)
+    entry_size = len(key_field) + 1 + len(feature_head) + feature_size
+    return b"".join((b"\x0a", _varint(entry_size), key_field, b"\x12", feature_head,
+                     b"\x0a", list_head, b"\x0a", size, data))
+
+
+def _entry(key: str, value: bytes | str | int) -> bytes:
+    """One map entry of Features.feature: the key (field 1), the Feature (field 2)."""
+    if not isinstance(value, int):
+        return _bytes_entry(key, value)
+    feature = _feature(value)
+    entry = _field(1, key.encode("utf-8")) + b"\x12" + _varint(len(feature)) + feature
+    return b"\x0a" + _varint(len(entry)) + entry
+
+
+# Entries that repeat across a dataset (label, format, sizes) are encoded once.
+_REPEATED = frozenset({LABEL, FORMAT, HEIGHT, WIDTH, CHANNELS})
+_ENTRIES: dict[tuple[str, bytes | str | int], bytes] = {}
+_MAX_CACHED = 1 << 16
 
 
 def encode_example(features: dict[str, bytes | str | int]) -> bytes:
     """Serialized `tf.train.Example` with one value per feature (bytes, str or int)."""
-    entries = b"".join(_field(1, _key(key) + _field(2, _feature(value)))
-                       for key, value in sorted(features.items()))
-    return _field(1, entries)                         # Example.features.feature map
+    parts = []
+    for key in sorted(features):
+        value = features[key]
+        if key in _REPEATED:
+            entry = _ENTRIES.get((key, value))
+            if entry is None:
+                entry = _entry(key, value)
+                if len(_ENTRIES) < _MAX_CACHED:
+                    _ENTRIES[key, value] = entry
+        else:
+            entry = _entry(key, value)
+        parts.append(entry)
+    entries = b"".join(parts)
+    return b"\x0a" + _varint(len(entries)) + entries                    # Example.features
 
 
 # --- transformed features and the preprocessing_fn -----------------------------------

@@ -11,8 +11,9 @@ from components.errors import DataError
 from pipeline import cli
 
 # sha256 over (relative path, bytes) of every file of `imgpipe datasets export fonts`
-# with the pinned Pillow, FreeType (inside Pillow's wheel) and matplotlib fonts.
-FONTS_EXPORT_SHA256 = "dc5b3b93fc326088b4d3da47608a053cf85b9fa8292a05e5374d749793689816"
+# with the pinned Pillow, FreeType (inside Pillow's wheel), matplotlib fonts and zlib
+# (our own PNG writer compresses with zlib level 1).
+FONTS_EXPORT_SHA256 = "548890876bfe0d520de11d79451c571725daf8f077d6d7404701adedb1e60459"
 
 
 def tree_hash(root):
@@ -96,3 +97,18 @@ def test_fashion_mnist_given_split_passes_default_validation(tmp_path, capsys):
                      str(tmp_path / "runs")]) == 0
     out = capsys.readouterr().out
     assert "train 60000, eval 10000" in out and "warning: near_duplicate_leak" in out
+
+
+@pytest.mark.parametrize("shape", [(7, 5), (9, 4, 3), (3, 11, 4), (1, 1)])
+def test_png_writer_round_trips_through_pillow_and_tensorflow(shape):
+    import io
+
+    import tensorflow as tf
+    from PIL import Image
+
+    image = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    png = datasets.encode_png(image)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), image)
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    decoded = tf.io.decode_png(png, channels=channels).numpy()
+    assert np.array_equal(decoded.reshape(image.shape), image)
