@@ -105,8 +105,6 @@ class IngestConfig(Section):
     max_pixels: int = Field(MAX_PIXELS, gt=0,
                             description="Images with more pixels are quarantined "
                                         "(decompression-bomb guard).")
-    num_shards: int = Field(0, ge=0, description="TFRecord shards per split; 0 lets the "
-                                                 "runner choose (no extra shuffle).")
     near_duplicate_rms: float = Field(
         6.0, gt=0.0, le=255.0,
         description="Images whose 16x16 grayscale thumbnails differ by at most this RMS "

@@ -122,8 +122,23 @@ def open_file(path: str, mode: str = "rb") -> IO:
 def read_bytes(path: str) -> bytes:
     if _is_gcs(path):
         return _gcs().read_bytes(path)
-    with open_file(path, "rb") as handle:
-        return handle.read()
+    if is_remote(path):
+        with open_file(path, "rb") as handle:
+            return handle.read()
+    # Unbuffered os calls: a third of open().read()'s cost on small files (ingest reads
+    # every image through here).
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        want = min(os.fstat(fd).st_size + 1, 1 << 30)
+        data = os.read(fd, want)
+        if 0 < len(data) < want:        # a regular file reads short only at its end
+            return data
+        chunks = [data]
+        while chunks[-1]:               # grew since fstat, or larger than one read
+            chunks.append(os.read(fd, 1 << 24))
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def read_text(path: str) -> str:

@@ -49,12 +49,14 @@ class FileItem:
 
 @dataclass(frozen=True)
 class WorkUnit:
-    """A chunk of the input processed by one Beam element: files or an array range."""
+    """A chunk of the input processed by one Beam element: the items [start, stop) of
+    an array source, or of a file source's listing (the JSON file at `listing`, which
+    each worker reads once: the pipeline graph stays small however many files)."""
 
     source: Source
-    files: tuple[FileItem, ...] = ()
     start: int = 0
     stop: int = 0
+    listing: str = ""
 
 
 def resolve(data: DataConfig) -> Source:
@@ -273,8 +275,9 @@ def _arrays_key(source: Source) -> tuple:
 
 
 def forget_arrays() -> None:
-    """Drops the kept arrays (ingest calls it once its pipeline has finished)."""
+    """Drops the kept arrays and listing (ingest calls it once its pipeline finished)."""
     _LAST_ARRAYS.clear()
+    _LAST_LISTING.clear()
 
 
 def load_arrays(source: Source) -> datasets.ArrayDataset:
@@ -348,25 +351,46 @@ def _load_idx(location: str) -> datasets.ArrayDataset:
 
 @dataclass(frozen=True)
 class Plan:
-    units: list[WorkUnit]
+    source: Source
     num_inputs: int
     splits_given: bool   # some inputs carry their own split (folders, manifest, dataset)
+    files: list[FileItem] | None = None    # file sources: what to read, in order
+
+    def units(self, listing: str = "") -> list[WorkUnit]:
+        """The work units; a file source's listing must first be written to `listing`
+        (`write_listing`) where every worker can read it."""
+        if self.files is not None and not listing:
+            raise ValueError("a file source's work units need its listing file")
+        size = ARRAYS_PER_UNIT if self.files is None else FILES_PER_UNIT
+        return [WorkUnit(self.source, start, min(start + size, self.num_inputs), listing)
+                for start in range(0, self.num_inputs, size)]
 
 
 def plan(source: Source, ingest: IngestConfig) -> Plan:
-    """Work units for Beam, the number of inputs they cover, whether splits are given."""
+    """The inputs to read: how many, whether splits are given, and the files."""
     if source.kind in ("folder", "manifest"):
         items = list_files(source, ingest)
-        units = [WorkUnit(source, tuple(items[i:i + FILES_PER_UNIT]))
-                 for i in range(0, len(items), FILES_PER_UNIT)]
-        return Plan(units, len(items), any(item.split for item in items))
+        return Plan(source, len(items), any(item.split for item in items), items)
     arrays = load_arrays(source)
     total = len(arrays.labels)
     if total == 0:
         raise DataError(f"data.source {source.location} holds no images.")
-    units = [WorkUnit(source, start=i, stop=min(i + ARRAYS_PER_UNIT, total))
-             for i in range(0, total, ARRAYS_PER_UNIT)]
-    return Plan(units, total, arrays.splits is not None)
+    return Plan(source, total, arrays.splits is not None)
+
+
+def write_listing(path: str, items: list[FileItem]) -> None:
+    fileio.write_text(path, json.dumps([[i.path, i.label, i.split] for i in items]))
+
+
+_LAST_LISTING: dict[str, list[FileItem]] = {}
+
+
+def load_listing(path: str) -> list[FileItem]:
+    """The listing at `path`; the last one read stays loaded (one read per worker)."""
+    if path not in _LAST_LISTING:
+        _LAST_LISTING.clear()
+        _LAST_LISTING[path] = [FileItem(*row) for row in json.loads(fileio.read_text(path))]
+    return _LAST_LISTING[path]
 
 
 def fingerprint(source: Source, ingest: IngestConfig) -> str:
@@ -402,16 +426,47 @@ def fingerprint(source: Source, ingest: IngestConfig) -> str:
     return digest.hexdigest()
 
 
+# Bucket objects are read ahead of the decoding by threads, hiding each object's request
+# latency. Local files are read in line: measured on 2 cores, threads made a 36x36 PNG
+# corpus 40% slower (the GIL hand-offs cost more than the reads).
+READ_AHEAD = 16
+_READERS: list[Any] = []
+
+
+def _read_one(item: FileItem) -> tuple[FileItem, bytes | None, str | None]:
+    try:
+        return item, fileio.read_bytes(item.path), None
+    except OSError as exc:
+        return item, None, f"unreadable: {exc}"
+
+
+def _read_ahead(items: list[FileItem]) -> Iterator[tuple[FileItem, bytes | None, str | None]]:
+    """(item, bytes or None, read error or None) in order; bucket objects are fetched
+    by threads, at most READ_AHEAD ahead of the consumer."""
+    if not items or not fileio.is_remote(items[0].path):
+        yield from map(_read_one, items)
+        return
+    import collections
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not _READERS:
+        _READERS.append(ThreadPoolExecutor(READ_AHEAD, thread_name_prefix="imgpipe-read"))
+    pool = _READERS[0]
+    pending: collections.deque = collections.deque()
+    for item in items:
+        pending.append(pool.submit(_read_one, item))
+        if len(pending) >= READ_AHEAD:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
 def iter_unit(unit: WorkUnit, arrays: datasets.ArrayDataset | None
               ) -> Iterator[tuple[str, bytes | None, str | None, str | None, str | None]]:
     """Yields (source path, bytes or None, label, split, read error) for a work unit."""
-    if unit.files:
-        for item in unit.files:
-            try:
-                data = fileio.read_bytes(item.path)
-                yield item.path, data, item.label, item.split, None
-            except OSError as exc:
-                yield item.path, None, item.label, item.split, f"unreadable: {exc}"
+    if unit.listing:
+        for item, data, error in _read_ahead(load_listing(unit.listing)[unit.start:unit.stop]):
+            yield item.path, data, item.label, item.split, error
         return
     assert arrays is not None
     for index in range(unit.start, unit.stop):

@@ -295,3 +295,87 @@ def test_near_duplicate_search_is_exact():
     assert np.allclose(rms[planted], brute[planted])
     move = neardup.eval_to_move(reference, query, 6.0)
     assert set(np.flatnonzero(move)) == set(planted)
+
+
+@pytest.mark.parametrize("shape", [(12, 36, 36), (12, 28, 28, 1), (12, 40, 24, 3)])
+def test_array_fast_path_matches_the_per_image_path(shape):
+    """Array sources skip decoding; what they record must equal what the per-image path
+    records for the same pixels encoded as PNG (ids, splits, examples, statistics)."""
+    from components import datasets, sources
+
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, shape, dtype=np.uint8)
+    images[:4] //= 3                       # darker images: a spread of brightness
+    arrays = datasets.ArrayDataset(images=images, labels=np.array(["a", "b"] * 6),
+                                   names=np.array([f"img{i}" for i in range(12)]))
+    unit = sources.WorkUnit(source=None, start=2, stop=12)   # an array range
+    fast = list(ingest.process_arrays(unit, arrays, max_pixels=10**6, classes=None,
+                                      eval_fraction=0.3))
+    assert len(fast) == 10
+    for offset, record in enumerate(fast):
+        index = 2 + offset
+        slow = ingest.process_input(
+            f"img{index}", datasets.encode_png(images[index]), arrays.labels[index], None,
+            None, max_pixels=10**6, classes=None, eval_fraction=0.3)
+        assert record._replace(thumbnail=b"", brightness=0, contrast=0) == \
+            slow._replace(thumbnail=b"", brightness=0, contrast=0)
+        assert record.brightness == pytest.approx(slow.brightness, abs=1e-6)
+        assert record.contrast == pytest.approx(slow.contrast, abs=1e-6)
+        diff = np.abs(np.frombuffer(record.thumbnail, np.uint8).astype(int)
+                      - np.frombuffer(slow.thumbnail, np.uint8))
+        assert diff.max() <= 1
+
+
+def test_tfrecord_writer_is_read_back_by_tensorflow_with_checksums(tmp_path):
+    import tensorflow as tf
+
+    from components import tfrecord
+
+    records = [b"", b"x", os.urandom(300), b"y" * 70_000]
+    path = str(tmp_path / "a.tfrecord.gz")
+    tfrecord.write_gzip(path, records)
+    read = [r.numpy() for r in tf.data.TFRecordDataset(path, compression_type="GZIP")]
+    assert read == records
+    framed = bytearray(tfrecord.frame(records))
+    framed[len(framed) // 2] ^= 0xFF                 # one flipped bit inside a record
+    (tmp_path / "bad.tfrecord").write_bytes(bytes(framed))
+    with pytest.raises(tf.errors.DataLossError):
+        list(tf.data.TFRecordDataset(str(tmp_path / "bad.tfrecord")))
+
+
+@pytest.mark.parametrize("shape", [(36, 36), (28, 28), (8, 8), (40, 24), (16, 16), (300, 200)])
+def test_thumbnails_match_pillows_box_resize(shape):
+    from PIL import Image
+
+    from components import neardup
+
+    gray = np.random.default_rng(2).integers(0, 256, (3, *shape), dtype=np.uint8)
+    thumbs, brightness, contrast = neardup.describe(gray)
+    for image, thumb, b, c in zip(gray, thumbs, brightness, contrast):
+        pillow = np.asarray(Image.fromarray(image).resize((16, 16), Image.Resampling.BOX))
+        assert np.abs(np.frombuffer(thumb, np.uint8).reshape(16, 16).astype(int)
+                      - pillow).max() <= 1
+        assert b == pytest.approx(image.mean() / 255) and c == pytest.approx(image.std() / 255)
+
+
+def test_example_encoder_matches_protobuf():
+    """The hand-built wire format parses as the same tf.train.Example protobuf builds,
+    across every varint width (short and 20 kB values, negative ints, non-UTF-8 names)."""
+    import tensorflow as tf
+
+    from components import features
+
+    values = {features.IMAGE: bytes(range(256)) * 80, features.FORMAT: "png",
+              features.LABEL: "é" * 70, features.HEIGHT: 300, features.WIDTH: -1,
+              features.CHANNELS: 2 ** 40, features.ID: "a" * 32,
+              features.SOURCE: "/data/\udcff-name.png", "empty": b""}
+    expected = tf.train.Example()
+    for key, value in values.items():
+        feature = expected.features.feature[key]
+        if isinstance(value, int):
+            feature.int64_list.value.append(value)
+        else:
+            feature.bytes_list.value.append(
+                value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value)
+    for _ in range(2):      # the second time from the cache of repeated entries
+        assert tf.train.Example.FromString(features.encode_example(values)) == expected

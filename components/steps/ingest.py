@@ -16,7 +16,9 @@ import json
 import shutil
 from typing import Any, Iterable, Iterator, NamedTuple
 
-from components import artifacts, features, fileio, sources
+import numpy as np
+
+from components import artifacts, features, fileio, neardup, sources
 from components.artifacts import SPLITS
 from components.config import BeamConfig, DataConfig, IngestConfig
 from components.contract import step
@@ -49,12 +51,13 @@ def hash_split(record_id: str, eval_fraction: float) -> str:
     return "eval" if int(record_id[:8], 16) / 2 ** 32 < eval_fraction else "train"
 
 
-def process_input(path: str, data: bytes | None, label: str | None, split: str | None,
-                  read_error: str | None, *, max_pixels: int, classes: frozenset[str] | None,
-                  eval_fraction: float, extensions: frozenset[str] | None = None
-                  ) -> Record | dict[str, str]:
-    """One input -> a Record, or a quarantine entry {path, label, reason}. Files whose
-    extension is not in `extensions` are quarantined (listed, never silently skipped)."""
+def check_input(path: str, data: bytes | None, label: str | None, split: str | None,
+                read_error: str | None, *, max_pixels: int, classes: frozenset[str] | None,
+                eval_fraction: float, extensions: frozenset[str] | None = None
+                ) -> tuple[Record, Any] | dict[str, str]:
+    """One input -> (a Record without its pixel statistics, its grayscale pixels), or a
+    quarantine entry {path, label, reason}. Files whose extension is not in
+    `extensions` are quarantined (listed, never silently skipped)."""
     def bad(reason: str) -> dict[str, str]:
         return {"path": path, "label": label or "", "reason": reason}
 
@@ -81,7 +84,77 @@ def process_input(path: str, data: bytes | None, label: str | None, split: str |
     })
     return Record(record_id, split, label, example, image.height, image.width, image.channels,
                   image.original_format.lower() + ("->png" if image.converted else ""),
-                  image.converted, image.thumbnail, image.brightness, image.contrast)
+                  image.converted, b"", 0.0, 0.0), image.gray
+
+
+def with_statistics(checked: list[tuple[Record, Any]]) -> list[Record]:
+    """Records with their thumbnails, brightness and contrast, computed for the batch."""
+    described = neardup.describe_each([gray for _, gray in checked])
+    # built positionally: NamedTuple._replace costs more than the statistics here
+    return [Record(*record[:-3], thumb, brightness, contrast)
+            for (record, _), (thumb, brightness, contrast) in zip(checked, described)]
+
+
+def process_input(*args: Any, **kwargs: Any) -> Record | dict[str, str]:
+    """One input -> a Record, or a quarantine entry (`check_input`'s arguments)."""
+    out = check_input(*args, **kwargs)
+    return out if isinstance(out, dict) else with_statistics([out])[0]
+
+
+def _fast_arrays(arrays: Any) -> bool:
+    """Grayscale or RGB uint8 arrays take the vectorized path (others: per image)."""
+    images = arrays.images
+    return images.ndim == 3 or (images.ndim == 4 and images.shape[-1] in (1, 3))
+
+
+def process_arrays(unit: sources.WorkUnit, arrays: Any, *, max_pixels: int,
+                   classes: frozenset[str] | None, eval_fraction: float
+                   ) -> Iterator[Record | dict[str, str]]:
+    """A work unit of an array source (built-in, NPZ, IDX): the images are known-good
+    pixels, so nothing is decoded: each is encoded to PNG once, and the statistics ingest
+    keeps (brightness, contrast, the 16x16 thumbnail) come from the pixels, the first
+    two for the whole unit at once. The same Record as `process_input` would make from
+    the PNG."""
+    import numpy as np
+
+    from components import datasets
+
+    images = arrays.images[unit.start:unit.stop]
+    if images.ndim == 4 and images.shape[-1] == 1:
+        images = images[..., 0]
+    if images.ndim == 4:     # RGB: Pillow's own conversion to L, so thumbnails agree
+        wide = images.astype(np.uint32)
+        gray = ((wide[..., 0] * 19595 + wide[..., 1] * 38470 + wide[..., 2] * 7471 + 0x8000)
+                >> 16).astype(np.uint8)
+    else:
+        gray = images
+    height, width = images.shape[1:3]
+    channels = 3 if images.ndim == 4 else 1
+    thumbs, brightness, contrast = neardup.describe(gray)
+    for offset in range(len(images)):
+        index = unit.start + offset
+        path = str(arrays.names[index])
+        label = str(arrays.labels[index])
+        if classes is not None and label not in classes:
+            yield {"path": path, "label": label,
+                   "reason": f"label {label!r} is not in data.classes"}
+            continue
+        if height * width > max_pixels:
+            yield {"path": path, "label": label,
+                   "reason": f"image claims {width}x{height} = {height * width:,} pixels, over "
+                             f"ingest.max_pixels = {max_pixels:,} (possible decompression bomb)"}
+            continue
+        png = datasets.encode_png(images[offset])
+        record_id = content_id(png)
+        given = None if arrays.splits is None else (str(arrays.splits[index]) or None)
+        split = given or hash_split(record_id, eval_fraction)
+        example = features.encode_example({
+            features.IMAGE: png, features.FORMAT: "png", features.LABEL: label,
+            features.HEIGHT: int(height), features.WIDTH: int(width),
+            features.CHANNELS: channels, features.ID: record_id, features.SOURCE: path})
+        yield Record(record_id, split, label, example, int(height), int(width), channels,
+                     "png", False, thumbs[offset], float(brightness[offset]),
+                     float(contrast[offset]))
 
 
 # --- statistics ----------------------------------------------------------------------
@@ -132,17 +205,11 @@ def _merge(accs: Iterable[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _count_repeats(key_ids: tuple[str, Iterable[list[str]]]) -> tuple[str, int]:
-    """(split, extra copies) for one id bucket: n identical images count n - 1."""
-    (split, _), id_lists = key_ids
-    seen: dict[str, int] = {}
-    for ids in id_lists:
-        for record_id in ids:
-            seen[record_id] = seen.get(record_id, 0) + 1
-    return split, sum(n - 1 for n in seen.values())
-
-
 # --- the Beam pipeline: module-level functions (pickled by reference) ----------------
+
+
+# grayscale pixels held for one batch of statistics (large photos: described a few at a time)
+_PENDING_PIXELS = 1 << 24
 
 
 def process_unit(unit: sources.WorkUnit, *, data: DataConfig, ingest: IngestConfig
@@ -154,16 +221,34 @@ def process_unit(unit: sources.WorkUnit, *, data: DataConfig, ingest: IngestConf
 
     classes = frozenset(data.classes) if data.classes else None
     extensions = frozenset(e.lower().lstrip(".") for e in ingest.extensions)
-    arrays = None if unit.files else sources.load_arrays(unit.source)
+    arrays = None if unit.listing else sources.load_arrays(unit.source)
     by_split: dict[str, list[Record]] = {}
-    for item in sources.iter_unit(unit, arrays):
-        out = process_input(*item, max_pixels=ingest.max_pixels, classes=classes,
-                            eval_fraction=data.eval_fraction,
-                            extensions=extensions if unit.files else None)
-        if isinstance(out, Record):
-            by_split.setdefault(out.split, []).append(out)
-        else:
+    items = sources.iter_unit(unit, arrays)
+    if arrays is not None and _fast_arrays(arrays):
+        items = []
+        for out in process_arrays(unit, arrays, max_pixels=ingest.max_pixels, classes=classes,
+                                  eval_fraction=data.eval_fraction):
+            if isinstance(out, Record):
+                by_split.setdefault(out.split, []).append(out)
+            else:
+                yield pvalue.TaggedOutput("quarantine", out)
+    pending: list[tuple[Record, Any]] = []
+    pending_pixels = 0
+    for item in items:
+        out = check_input(*item, max_pixels=ingest.max_pixels, classes=classes,
+                          eval_fraction=data.eval_fraction,
+                          extensions=extensions if unit.listing else None)
+        if isinstance(out, dict):
             yield pvalue.TaggedOutput("quarantine", out)
+            continue
+        pending.append(out)
+        pending_pixels += out[1].size
+        if pending_pixels > _PENDING_PIXELS:
+            for record in with_statistics(pending):
+                by_split.setdefault(record.split, []).append(record)
+            pending, pending_pixels = [], 0
+    for record in with_statistics(pending):
+        by_split.setdefault(record.split, []).append(record)
     for split, records in sorted(by_split.items()):
         yield split, records
 
@@ -179,187 +264,154 @@ def split_is(shard: tuple[str, list[Record]], split: str) -> bool:
     return shard[0] == split
 
 
-def shard_ids(shard: tuple[str, list[Record]]) -> set[str]:
-    return {record.id for record in shard[1]}
+def thumbnail_rows(shard: tuple[str, list[Record]]) -> tuple[str, str, bytes]:
+    """A shard's (split, ids joined by newlines, thumbnails joined): three objects, not
+    three per image (Beam's runner sizes side inputs by walking every object)."""
+    split, records = shard
+    return split, "\n".join(r.id for r in records), b"".join(r.thumbnail for r in records)
 
 
-def union_ids(sets: Iterable[set[str]]) -> set[str]:
-    return set().union(*sets)
+class Decision(NamedTuple):
+    """What needs every image at once: eval images that move to train (near-duplicates
+    of train, hash splits) or are dropped (copies of train images, given splits), and
+    the repeated images per final split."""
+    moved: frozenset[str]
+    dropped: frozenset[str]
+    duplicates: dict[str, int]
 
 
-def drop_train_copies(shard: tuple[str, list[Record]], train: set[str]) -> Iterator[Any]:
-    """An eval shard without the images that are also in train (counted, tagged
-    "dropped"): a given split may hold the same file twice."""
+def decide(shards: list[tuple[str, str, bytes]], splits_given: bool, max_rms: float,
+           thumbnails_path: str) -> Decision:
+    """The Decision, from every shard's `thumbnail_rows`; writes thumbnails.tsv with the
+    final splits (validation's leak check reads it). Holds 256 bytes and an id per
+    image: the only step that sees the whole dataset."""
+    ids: list[str] = []
+    splits: list[str] = []
+    for split, shard_ids, _ in shards:
+        names = shard_ids.split("\n") if shard_ids else []
+        ids += names
+        splits += [split] * len(names)
+    thumbs = np.frombuffer(b"".join(t for _, _, t in shards), np.uint8
+                           ).reshape(-1, neardup.THUMBNAIL_BYTES)
+    order = sorted(range(len(ids)), key=lambda k: (ids[k], splits[k]))  # any bundle order
+    ids = [ids[k] for k in order]
+    splits = [splits[k] for k in order]
+    thumbs = thumbs[order] if len(order) else thumbs
+    moved: frozenset[str] = frozenset()
+    dropped: frozenset[str] = frozenset()
+    is_eval = np.array([split == "eval" for split in splits], bool)
+    if splits_given:
+        train_ids = {i for i, split in zip(ids, splits) if split == "train"}
+        dropped = frozenset(i for i, split in zip(ids, splits)
+                            if split == "eval" and i in train_ids)
+    else:
+        eval_rows = np.flatnonzero(is_eval)
+        move = neardup.eval_to_move(thumbs[~is_eval], thumbs[eval_rows], max_rms)
+        moved = frozenset(ids[k] for k in eval_rows[move])
+    keep = [k for k in range(len(ids)) if not (splits[k] == "eval" and ids[k] in dropped)]
+    final = [(ids[k], "train" if ids[k] in moved else splits[k]) for k in keep]
+    seen: dict[tuple[str, str], int] = {}
+    for i, split in final:
+        seen[split, i] = seen.get((split, i), 0) + 1
+    duplicates: dict[str, int] = {}
+    for (split, _), n in seen.items():
+        duplicates[split] = duplicates.get(split, 0) + n - 1
+    kept = thumbs[keep].tobytes()
+    size = neardup.THUMBNAIL_BYTES
+    fileio.write_text(thumbnails_path, "".join(
+        f"{i}\t{split}\t{base64.b64encode(kept[n * size:(n + 1) * size]).decode()}\n"
+        for n, (i, split) in enumerate(final)))
+    return Decision(moved, dropped, duplicates)
+
+
+def route_eval(shard: tuple[str, list[Record]], decision: Decision) -> Iterator[Any]:
+    """An eval shard without its dropped images; its moved images go to train (tagged
+    "moved")."""
     from apache_beam import pvalue
 
     split, records = shard
-    kept = [r for r in records if r.id not in train]
-    if len(kept) < len(records):
-        yield pvalue.TaggedOutput("dropped", len(records) - len(kept))
-    yield split, kept
-
-
-def thumbnail_row(shard: tuple[str, list[Record]]) -> list[tuple[str, str, bytes]]:
-    return [(r.id, r.split, r.thumbnail) for r in shard[1]]
-
-
-def eval_ids_to_move(rows: list[tuple[str, str, bytes]], max_rms: float) -> set[str]:
-    """Eval images that join train so that no eval image has a near-duplicate in train
-    (a hash split is then leak-free by construction)."""
-    from components import neardup
-
-    ordered = sorted(rows)                 # deterministic, whatever the bundle order
-    train = [t for _, split, t in ordered if split == "train"]
-    eval_rows = [(i, t) for i, split, t in ordered if split == "eval"]
-    move = neardup.eval_to_move(neardup.as_array(train),
-                                neardup.as_array([t for _, t in eval_rows]), max_rms)
-    return {eval_rows[k][0] for k in map(int, move.nonzero()[0])}
-
-
-def route_eval(shard: tuple[str, list[Record]], moved: set[str]) -> Iterator[Any]:
-    """Eval records stay, or go to train (tagged "moved") when near-duplicates of train."""
-    from apache_beam import pvalue
-
-    split, records = shard
-    staying = [r for r in records if r.id not in moved]
-    going = [r._replace(split="train") for r in records if r.id in moved]
+    if not decision.moved and not decision.dropped:
+        yield shard
+        return
+    staying = [r for r in records if r.id not in decision.moved and r.id not in decision.dropped]
+    going = [r._replace(split="train") for r in records if r.id in decision.moved]
     if going:
         yield pvalue.TaggedOutput("moved", ("train", going))
     yield split, staying
-
-
-def _id_buckets(shard: tuple[str, list[Record]]) -> Iterator[tuple[tuple[str, str], list[str]]]:
-    """Ids grouped by (split, first hex digit): 16 groups per split to count repeats."""
-    split, records = shard
-    buckets: dict[str, list[str]] = {}
-    for record in records:
-        buckets.setdefault(record.id[0], []).append(record.id)
-    for bucket, ids in buckets.items():
-        yield (split, bucket), ids
-
-
-def shard_examples(shard: tuple[str, list[Record]]) -> list[bytes]:
-    return [r.example for r in shard[1]]
-
-
-def thumbnail_lines(shard: tuple[str, list[Record]]) -> str:
-    return "\n".join(f"{r.id}\t{r.split}\t{base64.b64encode(r.thumbnail).decode()}"
-                     for r in shard[1])
 
 
 def reason_kind(entry: dict[str, str]) -> str:
     return entry["reason"].split(" (")[0].split(":")[0]
 
 
-def finish_stats(stats: dict[str, Any], duplicates: dict[str, int], reasons: dict[str, int],
-                 dropped: int, moved: int) -> str:
-    return json.dumps(dict(stats, duplicates=duplicates, quarantine_reasons=reasons,
-                           eval_dropped_as_train_duplicates=dropped,
-                           eval_moved_to_train_near_duplicates=moved), sort_keys=True)
+def finish(stats: dict[str, Any], decision: Decision, quarantine: list[dict[str, str]],
+           stats_dir: str) -> None:
+    """Writes quarantine.jsonl and partial_stats.json (summarized after the pipeline)."""
+    quarantine = sorted(quarantine, key=lambda q: (q["path"], q["reason"]))
+    fileio.write_text(fileio.join(stats_dir, "quarantine.jsonl"),
+                      "".join(json.dumps(q, sort_keys=True) + "\n" for q in quarantine))
+    reasons: dict[str, int] = {}
+    for entry in quarantine:
+        kind = reason_kind(entry)
+        reasons[kind] = reasons.get(kind, 0) + 1
+    fileio.write_text(fileio.join(stats_dir, "partial_stats.json"), json.dumps(dict(
+        stats, duplicates=decision.duplicates, quarantine_reasons=reasons,
+        eval_dropped_as_train_duplicates=len(decision.dropped),
+        eval_moved_to_train_near_duplicates=len(decision.moved)), sort_keys=True))
 
 
-def _check_inputs(pipeline: Any, plan: sources.Plan, data: DataConfig, ingest: IngestConfig,
-                  parallel: bool) -> tuple[Any, Any]:
-    """(shards, quarantine). Records travel in per-unit, per-split batches: Beam's
-    per-element cost (~10 us a hop) is paid once per shard except on the way into the
-    TFRecord sink."""
+def write_shard(shard: tuple[str, list[Record]], examples_dir: str, prefix: str
+                ) -> tuple[str, list[Record]]:
+    """Writes a shard's examples as one GZIP TFRecord file of its split, named by the
+    hash of its record ids (a retried bundle writes the same file again), and passes
+    the records on without their example bytes (the statistics do not need them)."""
+    from components import tfrecord
+
+    split, records = shard
+    if not records:
+        return shard
+    name = hashlib.sha256("".join(r.id for r in records).encode()).hexdigest()[:16]
+    tfrecord.write_gzip(fileio.join(examples_dir, split, f"{prefix}-{name}.tfrecord.gz"),
+                        [r.example for r in records])
+    return split, [r._replace(example=b"") for r in records]
+
+
+def _build_pipeline(pipeline: Any, units: list[sources.WorkUnit], splits_given: bool,
+                    data: DataConfig, ingest: IngestConfig, examples_dir: str, stats_dir: str,
+                    parallel: bool) -> None:
+    """Check every input (per work unit), decide what needs the whole dataset (moves,
+    drops, repeats) from the thumbnails alone, route eval shards by that decision, write
+    each shard from the worker that holds it, and merge per-shard statistics. Records
+    travel in per-unit, per-split batches: Beam's per-element cost is paid per shard.
+    Train shards never wait: only eval shards wait for the decision."""
     import apache_beam as beam
 
-    processed = (pipeline
-                 | "Units" >> beam.Create(plan.units, reshuffle=parallel and len(plan.units) > 1)
-                 | "Check" >> beam.FlatMap(process_unit, data=data, ingest=ingest)
-                 .with_outputs("quarantine", main="shards"))
-    return processed.shards, processed.quarantine
-
-
-def _final_splits(pipeline: Any, shards: Any, splits_given: bool, ingest: IngestConfig
-                  ) -> tuple[list[Any], Any, Any]:
-    """([train shards, eval shards, moved shards], dropped count, moved count).
-
-    Train shards go straight to their sink; only eval shards wait for a decision that
-    needs every image: given splits drop eval copies of train images, a hash split
-    moves eval images with a near-duplicate in train (and their own near-duplicates)
-    to train. Memory: eval's examples and every image's 256-byte thumbnail."""
-    import apache_beam as beam
-
-    train = shards | "TrainShards" >> beam.Filter(split_is, "train")
-    eval_ = shards | "EvalShards" >> beam.Filter(split_is, "eval")
-    zero = pipeline | "Zero" >> beam.Create([0])
-    if splits_given:
-        train_ids = (train | "TrainIdSet" >> beam.Map(shard_ids)
-                     | "UnionIds" >> beam.CombineGlobally(union_ids).without_defaults())
-        checked = eval_ | "DropCopies" >> beam.FlatMap(
-            drop_train_copies, train=beam.pvalue.AsSingleton(train_ids, default_value=set())
-        ).with_outputs("dropped", main="eval")
-        dropped = checked.dropped | "SumDropped" >> beam.CombineGlobally(sum)
-        return [train, checked.eval], dropped, zero
-    to_move = (shards
-               | "Thumbnails" >> beam.FlatMap(thumbnail_row)
-               | "AllThumbnails" >> beam.combiners.ToList()
-               | "NearDuplicates" >> beam.Map(eval_ids_to_move, ingest.near_duplicate_rms))
-    routed = eval_ | "Route" >> beam.FlatMap(
-        route_eval, moved=beam.pvalue.AsSingleton(to_move)).with_outputs("moved", main="eval")
-    return [train, routed.eval, routed.moved], zero, to_move | "MovedCount" >> beam.Map(len)
-
-
-def _write_examples(final: list[Any], examples_dir: str, ingest: IngestConfig) -> None:
-    import apache_beam as beam
-
-    gzip = beam.io.filesystem.CompressionTypes.GZIP
-    for (split, prefix), shards in zip((("train", "part"), ("eval", "part"), ("train", "moved")),
-                                       final):   # no "moved" shards when splits are given
-        (shards
-         | f"Examples{split}{prefix}" >> beam.FlatMap(shard_examples)
-         | f"Write{split}{prefix}" >> beam.io.WriteToTFRecord(
-             fileio.join(examples_dir, split, prefix), file_name_suffix=".tfrecord.gz",
-             num_shards=ingest.num_shards if prefix == "part" else 1, compression_type=gzip))
-
-
-def _write_statistics(final: list[Any], quarantine: Any, dropped: Any, moved: Any,
-                      stats_dir: str) -> None:
-    """partial_stats.json (summarized after the pipeline), quarantine.jsonl and
-    thumbnails.tsv, all of the final splits. Every branch is reduced to small values
-    before the branches meet, so no example bytes wait in a buffer."""
-    import apache_beam as beam
-
-    def over_final(label: str, fn: Any, transform: Any = beam.FlatMap) -> Any:
-        parts = [shards | f"{label}{i}" >> transform(fn) for i, shards in enumerate(final)]
-        return parts | f"{label}All" >> beam.Flatten()
-
-    duplicates = (over_final("IdBuckets", _id_buckets)
-                  | "GroupBuckets" >> beam.GroupByKey()
-                  | "Repeats" >> beam.Map(_count_repeats)
-                  | "PerSplit" >> beam.CombinePerKey(sum)
-                  | "DupDict" >> beam.combiners.ToDict())
-    reasons = (quarantine
-               | "ReasonKind" >> beam.Map(reason_kind)
-               | "ReasonCount" >> beam.combiners.Count.PerElement()
-               | "ReasonDict" >> beam.combiners.ToDict())
-    (over_final("ShardStats", shard_stats, beam.Map)
-     | "Stats" >> beam.CombineGlobally(_merge)
-     | "Finish" >> beam.Map(finish_stats, beam.pvalue.AsSingleton(duplicates),
-                            beam.pvalue.AsSingleton(reasons), beam.pvalue.AsSingleton(dropped),
-                            beam.pvalue.AsSingleton(moved))
-     | "WriteStats" >> beam.io.WriteToText(fileio.join(stats_dir, "partial_stats"),
-                                           file_name_suffix=".json", shard_name_template=""))
-    (quarantine
-     | "QuarantineJson" >> beam.Map(lambda q: json.dumps(q, sort_keys=True))
-     | "WriteQuarantine" >> beam.io.WriteToText(fileio.join(stats_dir, "quarantine"),
-                                                file_name_suffix=".jsonl",
-                                                shard_name_template=""))
-    (over_final("ThumbnailLines", thumbnail_lines, beam.Map)
-     | "NonEmpty" >> beam.Filter(bool)
-     | "WriteThumbnails" >> beam.io.WriteToText(fileio.join(stats_dir, "thumbnails"),
-                                                file_name_suffix=".tsv",
-                                                shard_name_template=""))
-
-
-def _build_pipeline(pipeline: Any, plan: sources.Plan, data: DataConfig, ingest: IngestConfig,
-                    examples_dir: str, stats_dir: str, parallel: bool) -> None:
-    shards, quarantine = _check_inputs(pipeline, plan, data, ingest, parallel)
-    final, dropped, moved = _final_splits(pipeline, shards, plan.splits_given, ingest)
-    _write_examples(final, examples_dir, ingest)
-    _write_statistics(final, quarantine, dropped, moved, stats_dir)
+    checked = (pipeline
+               | "Units" >> beam.Create(units, reshuffle=parallel and len(units) > 1)
+               | "Check" >> beam.FlatMap(process_unit, data=data, ingest=ingest)
+               .with_outputs("quarantine", main="shards"))
+    shards = checked.shards
+    decision = beam.pvalue.AsSingleton(
+        shards
+        | "Thumbnails" >> beam.Map(thumbnail_rows)
+        | "AllThumbnails" >> beam.combiners.ToList()
+        | "Decide" >> beam.Map(decide, splits_given, ingest.near_duplicate_rms,
+                               fileio.join(stats_dir, "thumbnails.tsv")))
+    routed = (shards
+              | "EvalShards" >> beam.Filter(split_is, "eval")
+              | "Route" >> beam.FlatMap(route_eval, decision).with_outputs("moved", main="eval"))
+    final = {("train", "part"): shards | "TrainShards" >> beam.Filter(split_is, "train"),
+             ("eval", "part"): routed.eval, ("train", "moved"): routed.moved}
+    stats = [parts | f"Write{split}{prefix}" >> beam.Map(write_shard, examples_dir, prefix)
+             | f"Stats{split}{prefix}" >> beam.Map(shard_stats)
+             for (split, prefix), parts in final.items()]
+    (stats
+     | "AllStats" >> beam.Flatten()
+     | "MergeStats" >> beam.CombineGlobally(_merge)
+     | "Finish" >> beam.Map(finish, decision,
+                            beam.pvalue.AsSingleton(checked.quarantine
+                                                    | "AllQuarantined" >> beam.combiners.ToList()),
+                            stats_dir))
 
 
 def _summarize(raw: dict[str, Any], num_inputs: int, near_duplicate_rms: float
@@ -415,8 +467,15 @@ def run(data: DataConfig, ingest: IngestConfig, beam: BeamConfig, examples: str,
         args = beamio.pipeline_args(beam, plan.num_inputs)
         # In-process runs gain nothing from spreading the units over workers.
         parallel = "--direct_running_mode=in_memory" not in args
-        with beam_lib.Pipeline(options=beamio.options_from_args(args)) as pipeline:
-            _build_pipeline(pipeline, plan, data, ingest, ex_w.path, st_w.path, parallel)
+        with beamio.temp_dir(beam, "ingest") as temp:
+            listing = ""
+            if plan.files is not None:
+                listing = fileio.join(temp, "listing.json")
+                sources.write_listing(listing, plan.files)
+            units = plan.units(listing)
+            with beam_lib.Pipeline(options=beamio.options_from_args(args)) as pipeline:
+                _build_pipeline(pipeline, units, plan.splits_given, data, ingest, ex_w.path,
+                                st_w.path, parallel)
         sources.forget_arrays()
         partial = fileio.join(st_w.path, "partial_stats.json")
         stats = _summarize(json.loads(fileio.read_text(partial)), plan.num_inputs,
