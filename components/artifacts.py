@@ -60,8 +60,10 @@ class Anomalies:
 class TransformGraph:
     """tensorflow-transform output. Layout: `{uri}/transform_fn/`,
     `{uri}/transformed_metadata/` (as written by `WriteTransformFn`) and, when
-    materialized, `{uri}/examples/{split}/part-*.tfrecord.gz`. Properties:
-    `label_vocabulary`, `num_classes`, `image_shape`."""
+    materialized, `{uri}/examples/{split}/part-*.tfrecord.gz` (per example: the resized
+    pixels as uint8 bytes, `label_id`, `pixel_scale`, `pixel_offset`; see
+    components/features). Properties: `label_vocabulary`, `num_classes`, `image_shape`,
+    `materialized`, `counts`."""
 
 
 class Model:

@@ -7,7 +7,7 @@ Defaults are the course's values, so a config that names only its data source wo
 from __future__ import annotations
 
 import re
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -152,8 +152,10 @@ class TransformConfig(Section):
     normalize: Literal["scale", "standardize"] = Field(
         "scale", description="scale: pixels / 255; standardize: full-pass mean and std.")
     keep_aspect_ratio: bool = Field(False, description="Pad instead of stretching.")
-    materialize: bool = Field(True, description="Write transformed examples; false makes "
-                                                "the trainer apply the graph in tf.data.")
+    materialize: Union[Literal["auto"], bool] = Field(
+        "auto", description="true: write the transformed pixels (uint8) once; false: the "
+        "trainer applies the graph in tf.data and caches in memory what fits. auto: write "
+        "them when all examples' pixels exceed 1 GiB (the default train.cache_memory_mb).")
 
 
 ModelKind = Literal[MODEL_KINDS]

@@ -7,6 +7,8 @@ the protobuf wire format directly so that ingest workers need no TensorFlow impo
 
 from __future__ import annotations
 
+import struct
+
 IMAGE = "image/encoded"
 FORMAT = "image/format"
 LABEL = "label"
@@ -43,10 +45,13 @@ def _field(number: int, payload: bytes) -> bytes:
     return _varint((number << 3) | 2) + _varint(len(payload)) + payload
 
 
-def _feature(value: bytes | str | int) -> bytes:
+def _feature(value: bytes | str | int | float) -> bytes:
     """A tf.train.Feature holding one value. Built by hand (the hot loop of ingest):
-    Feature.bytes_list (field 1) or Feature.int64_list (field 3), each a list whose
-    field 1 holds the value(s)."""
+    Feature.bytes_list (field 1), float_list (field 2, packed float32) or int64_list
+    (field 3), each a list whose field 1 holds the value(s)."""
+    if isinstance(value, float):
+        inner = b"\x0a\x04" + struct.pack("<f", value)
+        return b"\x12" + _SMALL[len(inner)] + inner
     if isinstance(value, int):
         packed = _varint(value)
         inner = b"\x0a" + _varint(len(packed)) + packed
@@ -79,9 +84,9 @@ def _bytes_entry(key: str, value: bytes | str) -> bytes:
                      b"\x0a", list_head, b"\x0a", size, data))
 
 
-def _entry(key: str, value: bytes | str | int) -> bytes:
+def _entry(key: str, value: bytes | str | int | float) -> bytes:
     """One map entry of Features.feature: the key (field 1), the Feature (field 2)."""
-    if not isinstance(value, int):
+    if isinstance(value, (bytes, str)):
         return _bytes_entry(key, value)
     feature = _feature(value)
     entry = _field(1, key.encode("utf-8")) + b"\x12" + _varint(len(feature)) + feature
@@ -90,21 +95,22 @@ def _entry(key: str, value: bytes | str | int) -> bytes:
 
 # Entries that repeat across a dataset (label, format, sizes) are encoded once.
 _REPEATED = frozenset({LABEL, FORMAT, HEIGHT, WIDTH, CHANNELS})
-_ENTRIES: dict[tuple[str, bytes | str | int], bytes] = {}
+_ENTRIES: dict[tuple[str, type, bytes | str | int | float], bytes] = {}
 _MAX_CACHED = 1 << 16
 
 
-def encode_example(features: dict[str, bytes | str | int]) -> bytes:
-    """Serialized `tf.train.Example` with one value per feature (bytes, str or int)."""
+def encode_example(features: dict[str, bytes | str | int | float]) -> bytes:
+    """Serialized `tf.train.Example` with one value per feature (bytes, str, int or
+    float, the last as float32)."""
     parts = []
     for key in sorted(features):
         value = features[key]
         if key in _REPEATED:
-            entry = _ENTRIES.get((key, value))
+            entry = _ENTRIES.get((key, type(value), value))
             if entry is None:
                 entry = _entry(key, value)
                 if len(_ENTRIES) < _MAX_CACHED:
-                    _ENTRIES[key, value] = entry
+                    _ENTRIES[key, type(value), value] = entry
         else:
             entry = _entry(key, value)
         parts.append(entry)
@@ -114,10 +120,17 @@ def encode_example(features: dict[str, bytes | str | int]) -> bytes:
 
 # --- transformed features and the preprocessing_fn -----------------------------------
 
-TRANSFORMED_IMAGE = "image"
+TRANSFORMED_IMAGE = "image"        # float32 [H, W, C]: PIXELS * PIXEL_SCALE + PIXEL_OFFSET
+PIXELS = "pixels"                  # the resized pixels, whole numbers 0-255
+PIXEL_SCALE = "pixel_scale"        # the normalization, per example (full-pass constants)
+PIXEL_OFFSET = "pixel_offset"
 LABEL_ID = "label_id"
 LABEL_ONEHOT = "label_onehot"
 LABEL_VOCABULARY = "label"          # tft vocabulary file name (an asset of the graph)
+# What a materialized transform writes per example: the pixels as uint8 bytes (1 byte
+# per value, not a float list), the label id and the normalization; the trainer
+# applies `pixels * scale + offset`, the same arithmetic as the served graph.
+PIXEL_BYTES = "pixels_uint8"
 
 
 def raw_feature_spec() -> dict:
@@ -130,7 +143,8 @@ def raw_feature_spec() -> dict:
 
 def decode_and_resize(encoded, image_size: tuple[int, int], channels: int,
                       keep_aspect_ratio: bool):
-    """Encoded JPEG/PNG bytes [N] -> float32 [N, H, W, C] pixel values in 0-255."""
+    """Encoded JPEG/PNG bytes [N] -> float32 [N, H, W, C] whole pixel values in 0-255
+    (rounded after the resize, so that they are exactly what uint8 stores)."""
     import tensorflow as tf
 
     height, width = image_size
@@ -140,8 +154,10 @@ def decode_and_resize(encoded, image_size: tuple[int, int], channels: int,
         image = tf.cast(image, tf.float32)
         image.set_shape([None, None, channels])
         if keep_aspect_ratio:
-            return tf.image.resize_with_pad(image, height, width, method="bilinear")
-        return tf.image.resize(image, [height, width], method="bilinear")
+            image = tf.image.resize_with_pad(image, height, width, method="bilinear")
+        else:
+            image = tf.image.resize(image, [height, width], method="bilinear")
+        return tf.clip_by_value(tf.round(image), 0.0, 255.0)
 
     return tf.map_fn(one, encoded, fn_output_signature=tf.TensorSpec(
         [height, width, channels], tf.float32))
@@ -160,17 +176,22 @@ def make_preprocessing_fn(image_size: tuple[int, int], channels: int, normalize:
     import tensorflow_transform as tft
 
     def preprocessing_fn(inputs):
-        image = decode_and_resize(tf.reshape(inputs[IMAGE], [-1]), image_size, channels,
-                                  keep_aspect_ratio) / 255.0
+        pixels = decode_and_resize(tf.reshape(inputs[IMAGE], [-1]), image_size, channels,
+                                   keep_aspect_ratio)
+        scale, offset = tf.constant(1 / 255.0), tf.constant(0.0)
         if normalize == "standardize":
-            mean = tft.mean(image)
-            std = tf.sqrt(tft.var(image))
-            image = (image - mean) / tf.maximum(std, 1e-6)
+            mean = tft.mean(pixels / 255.0)
+            std = tf.maximum(tf.sqrt(tft.var(pixels / 255.0)), 1e-6)
+            scale, offset = scale / std, -mean / std
+        batch = tf.shape(pixels)[0]
         label_id = tft.compute_and_apply_vocabulary(
             tf.reshape(inputs[LABEL], [-1]), default_value=-1, vocab_filename=LABEL_VOCABULARY,
             fingerprint_shuffle=True)
         return {
-            TRANSFORMED_IMAGE: image,
+            TRANSFORMED_IMAGE: pixels * scale + offset,
+            PIXELS: pixels,
+            PIXEL_SCALE: tf.fill([batch], scale),
+            PIXEL_OFFSET: tf.fill([batch], offset),
             LABEL_ID: label_id,
             LABEL_ONEHOT: tf.one_hot(label_id, num_classes, dtype=tf.float32),
         }

@@ -77,6 +77,18 @@ def _open(data: bytes) -> Image.Image:
     return Image.open(io.BytesIO(data))
 
 
+def verify_decodes(data: bytes) -> None:
+    """Raises BadImage unless the bytes fully decode (a re-check, after ingest's)."""
+    if not data:
+        raise BadImage("empty image (0 bytes)")
+    try:
+        _open(data).load()
+    except UnidentifiedImageError:
+        raise BadImage("not an image (no known image format in the bytes)") from None
+    except Exception as exc:
+        raise BadImage(f"corrupt or truncated image ({type(exc).__name__}: {exc})") from None
+
+
 def check_image(data: bytes, max_pixels: int) -> CheckedImage:
     """Validates and normalizes one encoded image; raises BadImage(reason)."""
     if not data:

@@ -118,14 +118,23 @@ def make_dataset(graph: artifacts.Artifact, examples: artifacts.Artifact, split:
     import tensorflow_transform as tft
 
     output = tft.TFTransformOutput(fileio.tf_path(graph.uri))
-    label_key = features.LABEL_ID if sparse else features.LABEL_ONEHOT
+    shape = graph.properties["image_shape"]
+    num_classes = graph.properties["num_classes"]
+    # Both paths yield (uint8 pixels, label id, scale, offset): what is cached is a
+    # quarter of the float32 images, and the scaling runs after the cache.
     if graph.properties.get("materialized", True):
         files = fileio.glob(graph.path("examples", split, "*.tfrecord.gz"))
-        spec = output.transformed_feature_spec()
-        spec = {features.TRANSFORMED_IMAGE: spec[features.TRANSFORMED_IMAGE],
-                label_key: spec[label_key]}
-        to_pair = lambda batch: (batch[features.TRANSFORMED_IMAGE], batch[label_key])  # noqa
-        parse = lambda raw: to_pair(tf.io.parse_example(raw, spec))  # noqa: E731
+        spec = {features.PIXEL_BYTES: tf.io.FixedLenFeature([], tf.string),
+                features.LABEL_ID: tf.io.FixedLenFeature([], tf.int64),
+                features.PIXEL_SCALE: tf.io.FixedLenFeature([], tf.float32),
+                features.PIXEL_OFFSET: tf.io.FixedLenFeature([], tf.float32)}
+
+        def parse(raw):
+            batch = tf.io.parse_example(raw, spec)
+            pixels = tf.reshape(tf.io.decode_raw(batch[features.PIXEL_BYTES], tf.uint8),
+                                [-1, *shape])
+            return (pixels, batch[features.LABEL_ID], batch[features.PIXEL_SCALE],
+                    batch[features.PIXEL_OFFSET])
     else:
         files = fileio.glob(examples.path(split, "*.tfrecord.gz"))
         layer = output.transform_features_layer()
@@ -134,13 +143,20 @@ def make_dataset(graph: artifacts.Artifact, examples: artifacts.Artifact, split:
         def parse(raw):
             out = layer(tf.io.parse_example(raw, raw_spec))
             keep = out[features.LABEL_ID] >= 0
-            return (tf.boolean_mask(out[features.TRANSFORMED_IMAGE], keep),
-                    tf.boolean_mask(out[label_key], keep))
+            pixels, label_id, scale, offset = (tf.boolean_mask(out[key], keep) for key in (
+                features.PIXELS, features.LABEL_ID, features.PIXEL_SCALE,
+                features.PIXEL_OFFSET))
+            return tf.cast(pixels, tf.uint8), label_id, scale, offset
     if not files:
         raise TrainingError(f"no {split} examples under {graph.uri}; rerun the transform step.")
+
+    def to_model(pixels, label_id, scale, offset):
+        image = tf.cast(pixels, tf.float32) * scale + offset
+        label = label_id if sparse else tf.one_hot(label_id, num_classes, dtype=tf.float32)
+        return image, label
+
     count = graph.properties["counts"].get(split, 0)
-    image_bytes = 4 * math.prod(graph.properties["image_shape"])
-    fits = count * image_bytes <= cfg.cache_memory_mb * 2 ** 20
+    fits = count * math.prod(shape) <= cfg.cache_memory_mb * 2 ** 20
     ds = tf.data.Dataset.from_tensor_slices([fileio.tf_path(f) for f in files])
     # Several workers each take every n-th example: sharding by file would leave a
     # worker without data when there are fewer files than workers.
@@ -151,7 +167,7 @@ def make_dataset(graph: artifacts.Artifact, examples: artifacts.Artifact, split:
     ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
                        cycle_length=min(len(files), 4), num_parallel_calls=tf.data.AUTOTUNE,
                        deterministic=True)
-    if fits and graph.properties.get("materialized", True):
+    if fits:
         ds = ds.batch(256).map(parse, num_parallel_calls=tf.data.AUTOTUNE).unbatch().cache()
         if training:
             ds = ds.shuffle(min(count, 100_000) or 1, seed=cfg.seed, reshuffle_each_iteration=True)
@@ -159,6 +175,7 @@ def make_dataset(graph: artifacts.Artifact, examples: artifacts.Artifact, split:
         if training:
             ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed)
         ds = ds.batch(256).map(parse, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+    ds = ds.map(to_model, num_parallel_calls=tf.data.AUTOTUNE)
     if training:
         # Full batches: static shapes for TPUs and steps_per_execution.
         return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
@@ -168,10 +185,9 @@ def make_dataset(graph: artifacts.Artifact, examples: artifacts.Artifact, split:
     # shapes: complete the last batch with weight-0 examples (batch_size - 1 of them
     # always suffice; the unused ones are dropped, whatever the split's size).
     padding = batch_size - 1
-    shape = graph.properties["image_shape"]
     blank = (tf.zeros(shape, tf.float32),
-             tf.zeros([], tf.int64) if sparse else
-             tf.zeros([graph.properties["num_classes"]], tf.float32), tf.zeros([]))
+             tf.zeros([], tf.int64) if sparse else tf.zeros([num_classes], tf.float32),
+             tf.zeros([]))
     weighted = ds.map(lambda image, label: (image, label, tf.ones([])))
     pad = tf.data.Dataset.from_tensors(blank).repeat(padding)
     return weighted.concatenate(pad).batch(batch_size, drop_remainder=True).prefetch(

@@ -130,7 +130,14 @@ def examples_artifact(tmp_path, name="examples", per_class=6, extra_eval=(), ext
             with tf.io.TFRecordWriter(path, options) as out:
                 for record in records:
                     out.write(record)
-        writer.properties = {"class_names": list(CLASSES), "num_examples": 3 * per_class}
+        counts = {split: {} for split in raw}          # as ingest records them
+        for split, records in raw.items():
+            for record in records:
+                label = tf.train.Example.FromString(record).features.feature[
+                    features.LABEL].bytes_list.value[0].decode()
+                counts[split][label] = counts[split].get(label, 0) + 1
+        writer.properties = {"class_names": list(CLASSES), "counts": counts,
+                             "num_examples": sum(len(r) for r in raw.values())}
         art = writer.commit()
     return art, raw
 

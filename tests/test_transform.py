@@ -11,6 +11,7 @@ from tests.fixtures import CLASSES, examples_artifact
 
 
 def run_transform(tmp_path, examples, name="tg", size=(10, 10), channels=1, **cfg):
+    cfg.setdefault("materialize", True)
     uri = str(tmp_path / name)
     summary = transform.run(examples, DataConfig(image_size=size, channels=channels),
                             TransformConfig(**cfg), BeamConfig(), transform_graph=uri)
@@ -18,15 +19,22 @@ def run_transform(tmp_path, examples, name="tg", size=(10, 10), channels=1, **cf
 
 
 def read_transformed(graph, split):
+    """The materialized examples, as the model sees them: image = pixels * scale + offset."""
     import tensorflow as tf
-    import tensorflow_transform as tft
 
-    spec = tft.TFTransformOutput(graph.uri).transformed_feature_spec()
+    spec = {features.PIXEL_BYTES: tf.io.FixedLenFeature([], tf.string),
+            features.LABEL_ID: tf.io.FixedLenFeature([], tf.int64),
+            features.PIXEL_SCALE: tf.io.FixedLenFeature([], tf.float32),
+            features.PIXEL_OFFSET: tf.io.FixedLenFeature([], tf.float32)}
     files = tf.io.gfile.glob(graph.path("examples", split, "*.tfrecord.gz"))
     rows = []
     for raw in tf.data.TFRecordDataset(files, compression_type="GZIP"):
-        parsed = tf.io.parse_single_example(raw, spec)
-        rows.append({k: v.numpy() for k, v in parsed.items()})
+        parsed = {k: v.numpy() for k, v in tf.io.parse_single_example(raw, spec).items()}
+        pixels = np.frombuffer(parsed[features.PIXEL_BYTES], np.uint8).reshape(
+            graph.properties["image_shape"])
+        rows.append({"pixels": pixels, "label_id": parsed[features.LABEL_ID],
+                     "image": pixels.astype(np.float32) * parsed[features.PIXEL_SCALE]
+                     + parsed[features.PIXEL_OFFSET]})
     return rows
 
 
@@ -41,8 +49,8 @@ def test_scale_outputs_shape_range_onehot(tmp_path):
     for row in rows:
         assert row["image"].shape == (10, 10, 1) and row["image"].dtype == np.float32
         assert 0.0 <= row["image"].min() and row["image"].max() <= 1.0
-        assert row["label_onehot"].shape == (3,) and row["label_onehot"].sum() == 1.0
-        assert row["label_onehot"].argmax() == row["label_id"]
+        assert np.allclose(row["image"], row["pixels"] / 255.0, atol=1e-6)
+        assert 0 <= row["label_id"] < 3
     vocab = graph.properties["label_vocabulary"]
     assert {vocab[r["label_id"]] for r in rows} == set(CLASSES)
 
@@ -106,7 +114,22 @@ def test_beam_output_equals_serving_layer(tmp_path):
     for row, i in zip(beam_sorted, order):
         assert row["label_id"] == eager["label_id"][i]
         assert np.max(np.abs(row["image"] - eager["image"][i])) <= 1e-6
-        assert np.array_equal(row["label_onehot"], eager["label_onehot"][i])
+        assert np.array_equal(row["pixels"], eager["pixels"][i].astype(np.uint8))
+        assert eager["label_onehot"][i].argmax() == eager["label_id"][i]
+
+
+def test_materialize_auto_writes_pixels_only_for_large_data(tmp_path):
+    """auto: small data leaves the decoding to the trainer (which caches it); above
+    1 GiB of pixels the transform writes them once."""
+    examples, _ = examples_artifact(tmp_path)
+    graph, summary = run_transform(tmp_path, examples, materialize="auto")
+    assert graph.properties["materialized"] is False
+    assert not (tmp_path / "tg" / "examples").exists()
+    assert graph.properties["counts"] == {"train": 15, "eval": 3}     # what training reads
+    big = TransformConfig(materialize="auto")
+    assert transform.should_materialize(big, DataConfig(image_size=[192, 192], channels=3),
+                                        20_000)
+    assert not transform.should_materialize(big, DataConfig(image_size=[28, 28]), 70_000)
 
 
 @pytest.mark.slow

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+import math
+from typing import Any, Iterator
 
 from components import artifacts, beamio, features, fileio
 from components.artifacts import SPLITS
@@ -26,14 +27,14 @@ def check_decodable(serialized: bytes) -> Any:
     from apache_beam import pvalue
     from tensorflow.core.example import example_pb2
 
-    from components.imaging import BadImage, check_image
+    from components.imaging import BadImage, verify_decodes
 
     feature = example_pb2.Example.FromString(serialized).features.feature
     data = feature[features.IMAGE].bytes_list.value
     try:
         if not data:
             raise BadImage("no image/encoded value")
-        check_image(data[0], 2 ** 62)
+        verify_decodes(data[0])
     except BadImage as exc:
         record_id = feature[features.ID].bytes_list.value
         return [pvalue.TaggedOutput("bad", {"id": record_id[0].decode() if record_id else "",
@@ -41,10 +42,50 @@ def check_decodable(serialized: bytes) -> Any:
     return [serialized]
 
 
+# Values (pixels) per record batch the transform holds at once: 1,000 small images, or
+# a few dozen 192x192 photos.
+_BATCH_VALUES = 1 << 23
+
+
+def write_batch(element: tuple[Any, Any], directory: str, split: str) -> Iterator[Any]:
+    """Writes one transformed record batch as a GZIP TFRecord file of compact examples
+    (uint8 pixel bytes, label id, normalization), named by its content, and yields the
+    counts: examples written, and eval images whose label training never saw (dropped)."""
+    import hashlib
+
+    import numpy as np
+
+    from components import tfrecord
+
+    batch = element[0]
+
+    def column(name: str) -> np.ndarray:
+        return batch.column(name).flatten().to_numpy().reshape(batch.num_rows, -1)
+
+    label_ids = column(features.LABEL_ID)[:, 0]
+    known = np.flatnonzero(label_ids >= 0)
+    pixels = column(features.PIXELS).astype(np.uint8)         # whole numbers 0-255
+    scale = column(features.PIXEL_SCALE)[:, 0]
+    offset = column(features.PIXEL_OFFSET)[:, 0]
+    records = [features.encode_example({
+        features.PIXEL_BYTES: pixels[k].tobytes(), features.LABEL_ID: int(label_ids[k]),
+        features.PIXEL_SCALE: float(scale[k]), features.PIXEL_OFFSET: float(offset[k])})
+        for k in known]
+    if records:
+        digest = hashlib.sha256()
+        for record in records:
+            digest.update(record)
+        tfrecord.write_gzip(fileio.join(directory, f"part-{digest.hexdigest()[:16]}.tfrecord.gz"),
+                            records)
+    yield f"{split}/examples", len(records)
+    if len(known) < batch.num_rows:
+        yield f"{split}/unknown_label", batch.num_rows - len(known)
+
+
 def _pipeline(pipeline: Any, examples: artifacts.Artifact, out_dir: str, data: DataConfig,
-              transform: TransformConfig, num_classes: int, temp_dir: str) -> None:
+              transform: TransformConfig, num_classes: int, temp_dir: str,
+              materialize: bool) -> None:
     import apache_beam as beam
-    import tensorflow_transform as tft
     import tensorflow_transform.beam as tft_beam
     from tensorflow_transform.tf_metadata import schema_utils
     from tfx_bsl.public import tfxio
@@ -65,37 +106,26 @@ def _pipeline(pipeline: Any, examples: artifacts.Artifact, out_dir: str, data: D
         tuple(data.image_size), data.channels, transform.normalize, num_classes,
         transform.keep_aspect_ratio)
     counts = []
-    with tft_beam.Context(temp_dir=temp_dir):
+    values = math.prod(data.image_size) * data.channels
+    with tft_beam.Context(temp_dir=temp_dir,
+                          desired_batch_size=max(1, min(1000, _BATCH_VALUES // values))):
         train_raw, train_bad = read("train")
-        eval_raw, eval_bad = read("eval")
         adapter = record_io.TensorAdapterConfig()
-        if transform.materialize:
-            (train_out, train_meta), transform_fn = (
-                (train_raw, adapter)
-                | "AnalyzeAndTransform" >> tft_beam.AnalyzeAndTransformDataset(preprocessing_fn))
-            eval_out, _ = ((eval_raw, adapter), transform_fn) | "TransformEval" >> \
-                tft_beam.TransformDataset()
-            coder = tft.coders.ExampleProtoCoder(train_meta.schema)
-            for split, rows in (("train", train_out), ("eval", eval_out)):
-                tagged = rows | f"Known{split}" >> beam.FlatMap(
-                    lambda row: [row] if row[features.LABEL_ID] >= 0
-                    else [beam.pvalue.TaggedOutput("unknown", 1)]).with_outputs(
-                        "unknown", main="known")
-                (tagged.known
-                 | f"Encode{split}" >> beam.Map(coder.encode)
-                 | f"Write{split}" >> beam.io.WriteToTFRecord(
-                     fileio.join(out_dir, "examples", split, "part"),
-                     file_name_suffix=".tfrecord.gz",
-                     compression_type=beam.io.filesystem.CompressionTypes.GZIP))
-                counts.append(tagged.known | f"Count{split}" >> beam.Map(
-                    lambda _, s=split: (f"{s}/examples", 1)))
-                counts.append(tagged.unknown | f"CountUnknown{split}" >> beam.Map(
-                    lambda _, s=split: (f"{s}/unknown_label", 1)))
-        else:
-            transform_fn = (train_raw, adapter) | "Analyze" >> tft_beam.AnalyzeDataset(
-                preprocessing_fn)
+        transform_fn = (train_raw, adapter) | "Analyze" >> tft_beam.AnalyzeDataset(
+            preprocessing_fn)
+        if materialize:
+            eval_raw, eval_bad = read("eval")
+            for split, raw in (("train", train_raw), ("eval", eval_raw)):
+                batches, _ = (((raw, adapter), transform_fn)
+                              | f"Transform{split}" >> tft_beam.TransformDataset(
+                                  exclude_outputs=[features.TRANSFORMED_IMAGE,
+                                                   features.LABEL_ONEHOT],
+                                  output_record_batches=True))
+                counts.append(batches | f"Write{split}" >> beam.FlatMap(
+                    write_batch, fileio.join(out_dir, "examples", split), split))
         _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(out_dir)
-    for split, bad in (("train", train_bad), ("eval", eval_bad)):
+    bad_splits = [("train", train_bad)] + ([("eval", eval_bad)] if materialize else [])
+    for split, bad in bad_splits:
         counts.append(bad | f"CountBad{split}" >> beam.Map(
             lambda _, s=split: (f"{s}/undecodable", 1)))
         (bad | f"BadJson{split}" >> beam.Map(lambda b, s=split: json.dumps({"split": s, **b}))
@@ -109,6 +139,20 @@ def _pipeline(pipeline: Any, examples: artifacts.Artifact, out_dir: str, data: D
      | "CountJson" >> beam.Map(json.dumps)
      | "WriteCounts" >> beam.io.WriteToText(fileio.join(out_dir, "counts"),
                                             file_name_suffix=".json", shard_name_template=""))
+
+
+# `materialize: auto` writes the transformed pixels above this size: below it the
+# trainer decodes each image once and keeps the pixels in its in-memory cache
+# (train.cache_memory_mb defaults to the same 1 GiB), which saves writing and reading.
+AUTO_MATERIALIZE_BYTES = 1 << 30
+
+
+def should_materialize(transform: TransformConfig, data: DataConfig,
+                       num_examples: int | None) -> bool:
+    if transform.materialize != "auto":
+        return bool(transform.materialize)
+    pixels = math.prod(data.image_size) * data.channels
+    return num_examples is None or num_examples * pixels > AUTO_MATERIALIZE_BYTES
 
 
 @step(name="transform",
@@ -125,17 +169,17 @@ def run(examples: artifacts.Artifact, data: DataConfig, transform: TransformConf
     import apache_beam as beam_lib
     import tensorflow_transform as tft
 
-    # TFT warns on every run that instance dicts are slower than record batches; the
-    # coder we write with needs instance dicts, so the warning is noise here.
-    logging.getLogger("absl").setLevel(logging.ERROR)
+    logging.getLogger("absl").setLevel(logging.ERROR)   # TFT's per-run notices
     class_names = examples.properties["class_names"]
     num_classes = len(class_names)
     num_examples = examples.properties.get("num_examples")
+    materialize = should_materialize(transform, data, num_examples)
     with artifacts.writing(transform_graph, artifacts.TransformGraph, producer) as writer, \
             beamio.temp_dir(beam, "tft") as temp_dir:
         options = beamio.pipeline_options(beam, num_examples)
         with beam_lib.Pipeline(options=options) as pipeline:
-            _pipeline(pipeline, examples, writer.path, data, transform, num_classes, temp_dir)
+            _pipeline(pipeline, examples, writer.path, data, transform, num_classes, temp_dir,
+                      materialize)
         counts = json.loads(fileio.read_text(writer.file("counts.json")))
         output = tft.TFTransformOutput(writer.path)
         vocabulary = [v.decode() if isinstance(v, bytes) else v
@@ -146,12 +190,16 @@ def run(examples: artifacts.Artifact, data: DataConfig, transform: TransformConf
                 f"{sorted(class_names)}; every class needs training images (see the "
                 "validate step's anomalies).")
         image_shape = [*data.image_size, data.channels]
-        split_counts = {split: counts.get(f"{split}/examples", 0) for split in SPLITS}
+        if materialize:
+            split_counts = {split: counts.get(f"{split}/examples", 0) for split in SPLITS}
+        else:     # what the trainer will read: ingest's examples (less undecodable ones)
+            split_counts = {split: sum(examples.properties["counts"].get(split, {}).values())
+                            - counts.get(f"{split}/undecodable", 0) for split in SPLITS}
         dropped = {key: n for key, n in sorted(counts.items()) if not key.endswith("/examples")}
         writer.properties = {
             "label_vocabulary": vocabulary, "num_classes": num_classes,
             "image_shape": image_shape, "normalize": transform.normalize,
-            "materialized": transform.materialize, "counts": split_counts, "dropped": dropped,
+            "materialized": materialize, "counts": split_counts, "dropped": dropped,
         }
         writer.fingerprint = artifacts.fingerprint_json({
             "graph": artifacts.fingerprint_files(
@@ -161,7 +209,7 @@ def run(examples: artifacts.Artifact, data: DataConfig, transform: TransformConf
         writer.commit()
     lines = [f"label vocabulary ({num_classes}): {', '.join(vocabulary)}; "
              f"image {'x'.join(map(str, image_shape))}, normalize={transform.normalize}"]
-    if transform.materialize:
+    if materialize:
         lines.append(f"transformed train {split_counts['train']}, eval {split_counts['eval']}")
     if dropped:
         lines.append(f"dropped: {dropped} (see dropped-*.jsonl)")
