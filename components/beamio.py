@@ -11,10 +11,13 @@ from typing import Iterator
 from components import fileio
 from components.config import BeamConfig
 
-# Measured with bench/ingest.py on 2 cores: below this many inputs the DirectRunner's
-# multi-process mode loses more to worker start-up and pickling than it gains (ingest,
-# transform, evaluate; `imgpipe predict` switches to a Beam job at the same size).
-PARALLEL_MIN_INPUTS = 20_000
+# The DirectRunner's multi-process mode pays ~2.6 s of worker start-up plus pickling
+# every element between processes. Measured with bench/ingest.py on 2 cores it never
+# paid off (61,380 PNGs: 7.8 s in-process, 11.4 s with 2 workers), so it is chosen only
+# on machines with more cores and for this many inputs (not measured here: no such
+# machine). `imgpipe predict` switches to a Beam job at the same size.
+PARALLEL_MIN_INPUTS = 100_000
+PARALLEL_MIN_CORES = 4
 
 
 def pipeline_args(beam: BeamConfig, num_inputs: int | None = None) -> list[str]:
@@ -22,7 +25,8 @@ def pipeline_args(beam: BeamConfig, num_inputs: int | None = None) -> list[str]:
     unless the config sets `direct_running_mode` itself."""
     args = beam.pipeline_args()
     if beam.runner == "DirectRunner" and "direct_running_mode" not in beam.options:
-        big = num_inputs is not None and num_inputs >= PARALLEL_MIN_INPUTS
+        big = (num_inputs is not None and num_inputs >= PARALLEL_MIN_INPUTS
+               and (os.cpu_count() or 1) >= PARALLEL_MIN_CORES)
         if big:
             args.append("--direct_running_mode=multi_processing")
             if "direct_num_workers" not in beam.options:

@@ -123,3 +123,12 @@ def test_eval_config_scopes_thresholds_to_the_configured_slices():
     assert '"k": 3' in top_k.config                      # k capped at the class count
     assert not evaluate.eval_config(cfg, 3, with_baseline=False).metrics_specs[0].metrics[
         0].per_slice_thresholds[0].threshold.HasField("change_threshold")
+
+
+def test_label_slices_only_when_a_threshold_or_slice_names_them():
+    """TFMA computes every metric per slice: the label slices (10x the work on
+    10 classes) are asked for only when the config needs them."""
+    plain = evaluate.eval_config(EvaluateConfig(slice_features=["height"]), 3, False)
+    assert [list(s.feature_keys) for s in plain.slicing_specs] == [[], ["height"]]
+    asked = evaluate.eval_config(EvaluateConfig(slice_features=["label"]), 3, False)
+    assert [list(s.feature_keys) for s in asked.slicing_specs] == [[], ["label"]]

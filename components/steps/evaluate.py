@@ -60,7 +60,13 @@ def eval_config(cfg: EvaluateConfig, num_classes: int, with_baseline: bool):
         name=name, signature_name="serving_default", label_key=features.LABEL_ID,
         prediction_key="probabilities", preprocessing_function_names=["transform_features"],
         is_baseline=name == BASELINE) for name in names]
-    slice_keys = [[features.LABEL]] + [[key] for key in cfg.slice_features]
+    # No slice per label unless a threshold names it: TFMA computes every metric (the
+    # per-class ones too) for every slice, which made evaluate cost more than training;
+    # per-label accuracy and counts come from the overall confusion matrix (read_tfma).
+    by_label = any(features.LABEL in (t.slices or []) for t in cfg.thresholds.values()) \
+        or features.LABEL in cfg.slice_features
+    slice_keys = [[features.LABEL]] * by_label + [
+        [key] for key in cfg.slice_features if key != features.LABEL]
     slicing = [config_pb2.SlicingSpec()] + [config_pb2.SlicingSpec(feature_keys=keys)
                                             for keys in slice_keys]
     top_level = dict(TOP_LEVEL)
@@ -140,6 +146,11 @@ def read_tfma(output: str, model_name: str | None, vocabulary: list[str]) -> dic
             for entry in matrix["matrices"][0]["entries"]:
                 confusion[int(entry.get("actualClassId", 0))][
                     int(entry.get("predictedClassId", 0))] = int(entry["numWeightedExamples"])
+    for index, name in enumerate(vocabulary):       # the label slices, from the matrix
+        count = sum(confusion[index])
+        if count and _slice_name(((features.LABEL, name),)) not in slices:
+            slices[_slice_name(((features.LABEL, name),))] = {
+                "accuracy": confusion[index][index] / count, "example_count": float(count)}
     return {"slices": slices, "per_class": per_class, "confusion": confusion}
 
 
