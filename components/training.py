@@ -150,8 +150,10 @@ def make_dataset(graph: artifacts.Artifact, examples: artifacts.Artifact, split:
     if not files:
         raise TrainingError(f"no {split} examples under {graph.uri}; rerun the transform step.")
 
-    def to_model(pixels, label_id, scale, offset):
-        image = tf.cast(pixels, tf.float32) * scale + offset
+    def to_model(pixels, label_id, scale, offset):       # one example or a batch
+        per_image = tf.concat([tf.shape(scale), tf.ones([3], tf.int32)], 0)
+        image = tf.cast(pixels, tf.float32) * tf.reshape(scale, per_image) \
+            + tf.reshape(offset, per_image)
         label = label_id if sparse else tf.one_hot(label_id, num_classes, dtype=tf.float32)
         return image, label
 
@@ -175,12 +177,16 @@ def make_dataset(graph: artifacts.Artifact, examples: artifacts.Artifact, split:
         if training:
             ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed)
         ds = ds.batch(256).map(parse, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
-    ds = ds.map(to_model, num_parallel_calls=tf.data.AUTOTUNE)
+    # The scaling and one-hot run per batch: per element they cost more than a dense
+    # model's training step.
     if training:
         # Full batches: static shapes for TPUs and steps_per_execution.
-        return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+        return ds.batch(batch_size, drop_remainder=True).map(
+            to_model, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
     if not static:
-        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        return ds.batch(batch_size).map(to_model, num_parallel_calls=tf.data.AUTOTUNE) \
+            .prefetch(tf.data.AUTOTUNE)
+    ds = ds.map(to_model, num_parallel_calls=tf.data.AUTOTUNE)
     # A replica with an empty shard fails the cross-replica sum, and TPUs need static
     # shapes: complete the last batch with weight-0 examples (batch_size - 1 of them
     # always suffice; the unused ones are dropped, whatever the split's size).
