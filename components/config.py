@@ -7,7 +7,7 @@ Defaults are the course's values, so a config that names only its data source wo
 from __future__ import annotations
 
 import re
-from typing import Any, Literal, Optional, Union
+from typing import Any, ClassVar, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -46,6 +46,17 @@ class Section(BaseModel):
     a boolean is never taken for a number (YAML's `epochs: true` is a mistake, not 1)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    # keys a section no longer has -> what to write instead (an error that says so)
+    _moved: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            for key, message in cls._moved.items():
+                if key in value:
+                    raise ValueError(message)
+        return value
 
     @field_validator("*", mode="before")
     @classmethod
@@ -137,13 +148,9 @@ class ValidateConfig(Section):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _moved_keys(cls, value: Any) -> Any:
-        if isinstance(value, dict) and "near_duplicate_bits" in value:
-            raise ValueError("near_duplicate_bits is gone: near-duplicates are now decided in "
-                             "pixel space, set by ingest: {near_duplicate_rms: ...}")
-        return value
+    _moved: ClassVar[dict[str, str]] = {
+        "near_duplicate_bits": "near_duplicate_bits is gone: near-duplicates are now decided "
+                               "in pixel space, set by ingest: {near_duplicate_rms: ...}"}
 
 
 class TransformConfig(Section):
@@ -231,13 +238,9 @@ class EvaluateConfig(Section):
     bootstrap_samples: int = Field(1000, gt=0)
     min_class_recall: Optional[float] = Field(None, ge=0.0, le=1.0)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _moved_keys(cls, value: Any) -> Any:
-        if isinstance(value, dict) and "latency_budget_ms" in value:
-            raise ValueError("latency_budget_ms moved to its own section: write "
-                             "infra_validate: {latency_budget_ms: ...}")
-        return value
+    _moved: ClassVar[dict[str, str]] = {
+        "latency_budget_ms": "latency_budget_ms moved to its own section: write "
+                             "infra_validate: {latency_budget_ms: ...}"}
 
 
 class InfraValidateConfig(Section):

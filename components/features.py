@@ -45,24 +45,16 @@ def _field(number: int, payload: bytes) -> bytes:
     return _varint((number << 3) | 2) + _varint(len(payload)) + payload
 
 
-def _feature(value: bytes | str | int | float) -> bytes:
-    """A tf.train.Feature holding one value. Built by hand (the hot loop of ingest):
-    Feature.bytes_list (field 1), float_list (field 2, packed float32) or int64_list
-    (field 3), each a list whose field 1 holds the value(s)."""
+def _feature(value: int | float) -> bytes:
+    """A tf.train.Feature holding one number: Feature.float_list (field 2, packed
+    float32) or int64_list (field 3), each a list whose field 1 holds the value(s).
+    Bytes and strings go through `_bytes_entry`."""
     if isinstance(value, float):
         inner = b"\x0a\x04" + struct.pack("<f", value)
         return b"\x12" + _SMALL[len(inner)] + inner
-    if isinstance(value, int):
-        packed = _varint(value)
-        inner = b"\x0a" + _varint(len(packed)) + packed
-        return b"\x1a" + _varint(len(inner)) + inner
-    # surrogateescape: a file name that is not UTF-8 keeps its bytes
-    data = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
-    size = len(data)
-    inner_head = b"\x0a" + (_SMALL[size] if size < 128 else _varint(size))
-    inner_size = len(inner_head) + size
-    return b"\x0a" + (_SMALL[inner_size] if inner_size < 128 else _varint(inner_size)) + \
-        inner_head + data
+    packed = _varint(value)
+    inner = b"\x0a" + _varint(len(packed)) + packed
+    return b"\x1a" + _varint(len(inner)) + inner
 
 
 _KEY_FIELDS: dict[str, bytes] = {}
@@ -73,6 +65,7 @@ def _bytes_entry(key: str, value: bytes | str) -> bytes:
     key_field = _KEY_FIELDS.get(key)
     if key_field is None:
         key_field = _KEY_FIELDS[key] = _field(1, key.encode("utf-8"))
+    # surrogateescape: a file name that is not UTF-8 keeps its bytes
     data = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
     size = _varint(len(data))
     list_size = 1 + len(size) + len(data)                       # BytesList

@@ -176,12 +176,18 @@ def test_only_complete_versions_count(tmp_path):
     assert reg.push("m", str(tmp_path / "sm"), card()).version == 2
 
 
-def test_a_no_op_is_not_recorded_and_rollback_moves_or_says_why(tmp_path):
+def two_versions(tmp_path) -> Registry:
+    """A registry at tmp_path/serving with m:1 and m:2, production on m:1."""
     reg = Registry(str(tmp_path / "serving"))
     src = fake_saved_model(tmp_path / "sm")
     for _ in range(2):
         reg.push("m", src, card())
     reg.set_alias("m:1", "production")
+    return reg
+
+
+def test_a_no_op_is_not_recorded_and_rollback_moves_or_says_why(tmp_path):
+    reg = two_versions(tmp_path)
     assert reg.set_alias("m:1", "production").get("unchanged")     # e.g. a cached rerun
     reg.set_alias("m:2", "production")
     reg.set_alias("m:2", "production")
@@ -227,11 +233,7 @@ def test_the_ledger_is_written_first_and_wins(tmp_path, monkeypatch):
     from components import registry as registry_module
 
     root = tmp_path / "serving"
-    reg = Registry(str(root))
-    src = fake_saved_model(tmp_path / "sm")
-    for _ in range(2):
-        reg.push("m", src, card())
-    reg.set_alias("m:1", "production")
+    reg = two_versions(tmp_path)
 
     # killed after the ledger line, before aliases.json: the change is audited and in force
     def killed(self, name, aliases):
@@ -257,11 +259,7 @@ def test_the_ledger_is_written_first_and_wins(tmp_path, monkeypatch):
 
 def test_damaged_registry_files_are_named_with_their_repair(tmp_path, capsys):
     root = tmp_path / "serving"
-    reg = Registry(str(root))
-    src = fake_saved_model(tmp_path / "sm")
-    for _ in range(2):
-        reg.push("m", src, card())
-    reg.set_alias("m:1", "production")
+    reg = two_versions(tmp_path)
     (root / "m" / "aliases.json").write_text("{not json")        # only a view: harmless
     assert reg.aliases("m") == {"production": 1}
     (root / "m" / "2" / "model_card.json").write_text("{broken")
