@@ -23,7 +23,10 @@ train: {epochs: 400, batch_size: 8}
 
 
 def _start(tmp_path):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # A TMPDIR of this test's own: imgpipe processes of tests running beside it would
+    # otherwise clean up the killed process's folder before this test looks for it.
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TMPDIR=str(tmp_path / "tmp"))
     return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run",
                              str(tmp_path / "c.yaml"), "--runs-dir", str(tmp_path / "runs")],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -45,7 +48,7 @@ def _wait_for_training(proc, timeout=180):
 
 
 @pytest.mark.slow
-def test_signals_and_kills_end_runs_on_record(tmp_path, capsys):
+def test_signals_and_kills_end_runs_on_record(tmp_path):
     (tmp_path / "c.yaml").write_text(CONFIG)
     store_path = str(tmp_path / "runs" / "metadata.sqlite")
     outcomes = {}
@@ -66,32 +69,20 @@ def test_signals_and_kills_end_runs_on_record(tmp_path, capsys):
     assert outcomes["kill"][0] == "died"
     # The killed process could not remove its private temporary folder; the next imgpipe
     # process does (once the folder is a few seconds old: younger ones may be starting).
-    import tempfile
+    tmp = tmp_path / "tmp"
 
-    def ours():
-        """Private folders of imgpipe processes that are gone (free locks); a live one
-        may belong to a test running beside this one."""
-        import fcntl
+    def left():
+        return [e for e in os.listdir(tmp) if e.startswith("imgpipe-tmp-")]
 
-        dead = set()
-        for entry in os.listdir(tempfile.gettempdir()):
-            path = os.path.join(tempfile.gettempdir(), entry)
-            try:
-                if not entry.startswith("imgpipe-tmp-") or \
-                        time.time() - os.path.getmtime(os.path.join(path, ".lock")) < 5:
-                    continue       # a folder just made (or being removed) by a test beside
-                with open(os.path.join(path, ".lock"), "a") as lock:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    dead.add(entry)
-            except OSError:
-                pass
-        return dead
-
+    assert len(left()) == 1, left()
     time.sleep(6)
-    assert ours()
-    assert cli.main(["runs", "list", "--runs-dir", str(tmp_path / "runs")]) == 0
-    assert "died" in capsys.readouterr().out
-    assert ours() == set()
+    listing = subprocess.run([sys.executable, "-m", "pipeline.cli", "runs", "list",
+                              "--runs-dir", str(tmp_path / "runs")], cwd=ROOT,
+                             env=dict(os.environ, TMPDIR=str(tmp)), capture_output=True,
+                             text=True, timeout=120)
+    assert listing.returncode == 0, listing.stderr
+    assert "died" in listing.stdout
+    assert left() == []
 
 
 def test_an_interrupted_prediction_write_keeps_the_earlier_file(tmp_path, monkeypatch):
