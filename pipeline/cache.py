@@ -144,7 +144,7 @@ def explain_miss(parts: dict[str, Any], previous: Any) -> str:
     if previous is None:
         return "no earlier execution of this step"
     old, new = flatten(previous.key_parts), flatten(parts)
-    if "code.modules" not in old:
+    if not any(name.startswith("code.modules.") for name in old):
         # An execution recorded before module-level code keys: its hash is not comparable.
         old = {k: v for k, v in old.items() if not k.startswith("code.")}
         new = {k: v for k, v in new.items() if not k.startswith("code.")}

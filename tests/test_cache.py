@@ -66,6 +66,18 @@ def test_real_steps_key_on_the_helpers_they_use():
     assert "components.sources" not in train and "components.training" in train
 
 
+def test_a_miss_names_the_module_that_changed():
+    from types import SimpleNamespace
+
+    parts = {"code": {"modules": {"components.scoring": "aaa", "components.gate": "bbb"},
+                      "source": "x"}, "config": {"evaluate": {"top_k": 3}}}
+    previous = SimpleNamespace(id=5, run_id="r1", key_parts={
+        "code": {"modules": {"components.scoring": "ccc", "components.gate": "bbb"},
+                 "source": "y"}, "config": {"evaluate": {"top_k": 3}}})
+    assert cache.explain_miss(parts, previous) == \
+        "changed since run r1: code.modules.components.scoring: 'ccc' -> 'aaa'"
+
+
 def _artifact(tmp_path):
     with artifacts.writing(str(tmp_path / "a"), "Model") as writer:
         os.makedirs(writer.file("saved_model", "variables"))

@@ -11,7 +11,6 @@ import time
 
 import pytest
 
-from pipeline import cli
 from pipeline.metadata import MetadataStore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
