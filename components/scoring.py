@@ -9,6 +9,7 @@ Imports Beam at module level: import this module only where a Beam job is built.
 from __future__ import annotations
 
 import base64
+import io
 import json
 from typing import Any, Iterable, Iterator
 
@@ -17,10 +18,23 @@ import apache_beam as beam
 from components import features, fileio
 
 
+def prediction_keys(name: str, first: bool) -> tuple[str, str]:
+    """(label id key, probabilities key) of a model in the scored examples."""
+    prefix = "" if first else f"{name}/"
+    return f"{prefix}{LABEL_ID}", f"{prefix}probabilities"
+
+
+LABEL_ID = "label_id"
+
+
 class ScoreExamples(beam.DoFn):
     """Batches of serialized raw examples -> one row per example (id, source, label,
-    each model's top-1 class, the first model's probability), and the first model's
-    mistakes tagged "mistakes" as (probability, id, image bytes).
+    each model's top-1 class, the first model's probability); the first model's
+    mistakes tagged "mistakes" as (probability, id, image bytes); each batch's
+    per-class histograms tagged "curves"; and tagged "scored", each example without
+    its image plus every model's label id (in that model's vocabulary, -1 when absent)
+    and probabilities (`prediction_keys`): TFMA computes its metrics from these
+    without running the models a second time.
 
     `models`: name -> (SavedModel directory, label vocabulary); the first one is the
     candidate."""
@@ -35,6 +49,8 @@ class ScoreExamples(beam.DoFn):
         self._fns = {name: tf.saved_model.load(fileio.tf_path(path)).signatures[
             "serving_default"] for name, (path, _) in self.models.items()}
         self._spec = features.labeled_image_spec()
+        self._ids = {name: {label: i for i, label in enumerate(vocabulary)}
+                     for name, (_, vocabulary) in self.models.items()}
 
     def process(self, batch: list[bytes]) -> Iterator[Any]:
         tf = self._tf
@@ -43,6 +59,11 @@ class ScoreExamples(beam.DoFn):
         probs = {name: fn(examples=serialized)["probabilities"].numpy()
                  for name, fn in self._fns.items()}
         first = next(iter(self.models))
+        ids = self._ids[first]
+        yield beam.pvalue.TaggedOutput("curves", curve_histograms(
+            probs[first], [ids.get(label.decode(), -1) for label in parsed[features.LABEL]]))
+        for record in self._scored(batch, parsed, probs, first):
+            yield beam.pvalue.TaggedOutput("scored", record)
         for i in range(len(batch)):
             row = {"id": parsed[features.ID][i].decode(),
                    "source": parsed[features.SOURCE][i].decode("utf-8", "surrogateescape"),
@@ -57,6 +78,53 @@ class ScoreExamples(beam.DoFn):
             yield row
 
 
+    def _scored(self, batch: list[bytes], parsed: dict[str, Any], probs: dict[str, Any],
+                first: str) -> Iterator[bytes]:
+        for i, raw in enumerate(batch):
+            example = self._tf.train.Example.FromString(raw)
+            feature = example.features.feature
+            del feature[features.IMAGE]
+            label = parsed[features.LABEL][i].decode()
+            for name, values in probs.items():
+                label_key, probs_key = prediction_keys(name, name == first)
+                feature[label_key].int64_list.value.append(self._ids[name].get(label, -1))
+                feature[probs_key].float_list.value.extend(values[i].tolist())
+            yield example.SerializeToString()
+
+
+CURVE_BINS = 1000
+
+
+def curve_histograms(probs: Any, label_ids: list[int]) -> dict[str, Any]:
+    """One batch's share of the per-class (one-vs-rest) ROC, PR and calibration
+    curves: for each class, how many positive and negative examples scored in each
+    of CURVE_BINS probability bins (TFMA's AUC uses the same 1,000 thresholds), the
+    sum of its probability and its count of positives. Batches add up."""
+    import numpy as np
+
+    rows, classes = probs.shape
+    positive = np.zeros((rows, classes), bool)
+    labels = np.asarray(label_ids)
+    known = labels >= 0
+    positive[np.nonzero(known)[0], labels[known]] = True
+    bins = np.minimum((probs * CURVE_BINS).astype(np.int64), CURVE_BINS - 1)
+    flat = bins + np.arange(classes)[None, :] * CURVE_BINS
+    size = classes * CURVE_BINS
+    return {"positive": np.bincount(flat[positive], minlength=size).reshape(classes, -1),
+            "negative": np.bincount(flat[~positive], minlength=size).reshape(classes, -1),
+            "probability_sum": probs.sum(axis=0, dtype=np.float64),
+            "positives": positive.sum(axis=0)}
+
+
+def add_histograms(parts: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
+    total = None
+    for part in parts:
+        if part is None:
+            continue
+        total = dict(part) if total is None else {k: total[k] + v for k, v in part.items()}
+    return total
+
+
 def row_json(row: dict[str, Any]) -> str:
     return json.dumps(row, sort_keys=True)
 
@@ -67,12 +135,18 @@ def mistakes_json(items: Iterable[tuple[float, str, bytes]]) -> str:
 
 
 def score_eval_split(files: list[str], models: dict[str, tuple[str, list[str]]], out_dir: str,
-                     pipeline_args: list[str], gallery: int, batch: int = 256
+                     pipeline_args: list[str], gallery: int, eval_config: Any,
+                     tfma_output: str, batch: int = 256
                      ) -> tuple[list[dict[str, Any]], list[tuple[float, str, bytes]]]:
-    """Runs the scoring job over `files` (TFRecords of raw examples), writing
-    `out_dir/predictions.jsonl` and the `gallery` most confident mistakes; returns
-    (rows sorted by id, mistakes most confident first)."""
+    """One Beam job over `files` (TFRecords of raw examples): scores them with every
+    model, writes `out_dir/predictions.jsonl`, the `gallery` most confident mistakes
+    and the per-class curve histograms, and hands the scored examples to TFMA
+    (`eval_config`, results in `tfma_output`). Returns (rows sorted by id, mistakes
+    most confident first)."""
+    import tensorflow_model_analysis as tfma
     from apache_beam.options.pipeline_options import PipelineOptions
+    from tensorflow_model_analysis import constants
+    from tfx_bsl.public.tfxio import TFExampleBeamRecord
 
     with beam.Pipeline(options=PipelineOptions(pipeline_args)) as pipeline:
         scored = (pipeline
@@ -81,7 +155,22 @@ def score_eval_split(files: list[str], models: dict[str, tuple[str, list[str]]],
                       compression_type=beam.io.filesystem.CompressionTypes.GZIP)
                   | "Batch" >> beam.BatchElements(min_batch_size=batch, max_batch_size=batch)
                   | "Score" >> beam.ParDo(ScoreExamples(models)).with_outputs(
-                      "mistakes", main="rows"))
+                      "mistakes", "curves", "scored", main="rows"))
+        tfxio = TFExampleBeamRecord(physical_format="inmem",
+                                    raw_record_column_name=constants.ARROW_INPUT_COLUMN,
+                                    telemetry_descriptors=["imgpipe"])
+        _ = (scored.scored
+             | "ToArrow" >> tfxio.BeamSource()
+             | "ToExtracts" >> tfma.BatchedInputsToExtracts()
+             | "ExtractAndEvaluate" >> tfma.ExtractAndEvaluate(
+                 extractors=_tfma_extractors(eval_config),
+                 evaluators=[tfma.evaluators.MetricsPlotsAndValidationsEvaluator(
+                     eval_config=eval_config)])
+             | "WriteResults" >> tfma.WriteResults(writers=tfma.default_writers(
+                 output_path=tfma_output, eval_config=eval_config)))
+        _ = (scored.curves
+             | "AddCurves" >> beam.CombineGlobally(add_histograms)
+             | "WriteCurves" >> beam.Map(_write_npz, fileio.join(out_dir, "curves.npz")))
         _ = (scored.rows | "RowJson" >> beam.Map(row_json)
              | "WriteRows" >> beam.io.WriteToText(fileio.join(out_dir, "predictions"),
                                                   file_name_suffix=".jsonl",
@@ -100,6 +189,42 @@ def score_eval_split(files: list[str], models: dict[str, tuple[str, list[str]]],
     fileio.rmtree(mistakes_path)
     worst = [(p, ident, base64.b64decode(image)) for p, ident, image in mistakes]
     return rows, sorted(worst, key=lambda item: (-item[0], item[1]))
+
+
+def _tfma_extractors(eval_config: Any) -> list[Any]:
+    """What `tfma.default_extractors` returns for predictions stored with the examples,
+    without redoing the config's defaulting (evaluate.eval_config did it, knowing
+    whether there is a baseline)."""
+    from tensorflow_model_analysis import extractors
+    from tensorflow_model_analysis.extractors import materialized_predictions_extractor
+
+    return [extractors.FeaturesExtractor(eval_config=eval_config),
+            extractors.LabelsExtractor(eval_config=eval_config),
+            extractors.ExampleWeightsExtractor(eval_config=eval_config),
+            materialized_predictions_extractor.MaterializedPredictionsExtractor(
+                eval_config=eval_config),
+            extractors.UnbatchExtractor(),
+            extractors.SliceKeyExtractor(eval_config=eval_config)]
+
+
+def _write_npz(arrays: dict[str, Any] | None, path: str) -> None:
+    import numpy as np
+
+    if arrays:
+        out = io.BytesIO()
+        np.savez_compressed(out, **arrays)
+        fileio.write_bytes(path, out.getvalue())
+
+
+def read_curves(out_dir: str) -> dict[str, Any] | None:
+    """The per-class histograms the scoring job wrote (None when it scored nothing)."""
+    import numpy as np
+
+    path = fileio.join(out_dir, "curves.npz")
+    if not fileio.exists(path):
+        return None
+    with np.load(io.BytesIO(fileio.read_bytes(path))) as data:
+        return {key: data[key] for key in data.files}
 
 
 def _common_pattern(files: list[str]) -> str:
