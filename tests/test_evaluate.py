@@ -132,3 +132,34 @@ def test_label_slices_only_when_a_threshold_or_slice_names_them():
     assert [list(s.feature_keys) for s in plain.slicing_specs] == [[], ["height"]]
     asked = evaluate.eval_config(EvaluateConfig(slice_features=["label"]), 3, False)
     assert [list(s.feature_keys) for s in asked.slicing_specs] == [[], ["label"]]
+
+
+def test_per_class_metrics_match_scikit_learn():
+    """Per-class precision/recall/F1 from the confusion matrix and AUC/calibration from
+    the scoring job's histograms, summed over batches, agree with scikit-learn."""
+    from sklearn import metrics
+
+    from components import scoring
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 3, 600)
+    logits = rng.normal(size=(600, 3)) + 1.5 * np.eye(3)[truth]
+    probs = (np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)).astype(np.float32)
+    parts = [scoring.curve_histograms(probs[i:i + 256], list(truth[i:i + 256]))
+             for i in range(0, 600, 256)]
+    curves = scoring.add_histograms(parts)
+    predicted = probs.argmax(axis=1)
+    confusion = metrics.confusion_matrix(truth, predicted).tolist()
+    got = evaluate.class_metrics(confusion, ["a", "b", "c"], curves)
+    precision, recall, f1, _ = metrics.precision_recall_fscore_support(truth, predicted)
+    for index, name in enumerate("abc"):
+        assert got[name]["precision"] == pytest.approx(precision[index])
+        assert got[name]["recall"] == pytest.approx(recall[index])
+        assert got[name]["f1_score"] == pytest.approx(f1[index])
+        assert got[name]["auc"] == pytest.approx(
+            metrics.roc_auc_score(truth == index, probs[:, index]), abs=2e-3)
+        assert got[name]["calibration"] == pytest.approx(
+            probs[:, index].sum() / (truth == index).sum(), rel=1e-5)
+    # a class never predicted and never seen: no precision, recall or AUC, not zero
+    empty = evaluate.class_metrics([[5, 0], [0, 0]], ["x", "y"], None)["y"]
+    assert empty["precision"] is None and empty["recall"] is None and empty["auc"] is None
