@@ -76,7 +76,16 @@ class Evaluation:
     """TFMA output. Layout: `{uri}/tfma/` (TFMA results), `{uri}/metrics.json`
     (per-slice and per-class metrics, confusion matrix, paired comparison with the
     baseline), `{uri}/predictions.jsonl` (one eval example per line),
-    `{uri}/misclassified/*.png` (thumbnails of the most confident mistakes)."""
+    `{uri}/curves.npz` (per-class histograms of the predicted probability, positives
+    and negatives apart: ROC, AUC and calibration), `{uri}/misclassified/*.png`
+    (thumbnails of the most confident mistakes)."""
+
+
+class HyperParameters:
+    """A search's result (the tune step). Layout: `{uri}/hyperparameters.json` (best
+    values as dotted config keys, the objective and its best score, every trial's
+    values, score and seconds, the search space and algorithm; or, with no search, no
+    values). Properties: `best`, `searched`, `source`."""
 
 
 class Blessing:
@@ -92,8 +101,8 @@ class PushedModel:
 
 TYPES: dict[str, type] = {
     cls.__name__: cls
-    for cls in (Examples, Statistics, Schema, Anomalies, TransformGraph, Model,
-                Evaluation, Blessing, PushedModel)
+    for cls in (Examples, Statistics, Schema, Anomalies, TransformGraph, HyperParameters,
+                Model, Evaluation, Blessing, PushedModel)
 }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import dataclass
 
 from components import artifacts, features, fileio
 from components.config import TrainConfig
@@ -85,6 +86,46 @@ def choose_strategy(name: str):
         return tf.distribute.MirroredStrategy(), f"{len(gpus)} GPUs"
     where = "1 GPU" if gpus else "CPU"
     return tf.distribute.get_strategy(), f"default strategy on {where}"
+
+
+# --- how a strategy trains -----
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How this strategy trains: precision policy, batches per call, static shapes."""
+
+    policy: str
+    steps_per_execution: int
+    static: bool          # full batches everywhere (TPU, several replicas)
+    notes: str
+
+
+def plan_for(train: TrainConfig, strategy) -> Plan:
+    """The defaults under `auto` on a TPU (bfloat16, 32 steps per call, static shapes),
+    float32 and one step per call elsewhere; explicit config values win."""
+    tpu = is_tpu(strategy)
+    policy = train.mixed_precision
+    if policy == "auto":
+        policy = "mixed_bfloat16" if tpu else "float32"
+    elif policy == "none":
+        policy = "float32"
+    steps = train.steps_per_execution or (32 if tpu else 1)
+    static = tpu or strategy.num_replicas_in_sync > 1
+    notes = (f"precision {policy}, {steps} step(s) per execution"
+             + (", static batch shapes (eval padded with weight-0 examples)" if static else ""))
+    return Plan(policy, steps, static, notes)
+
+
+def compile_model(net, train: TrainConfig, plan: Plan, loss: str,
+                  rate: float | None = None) -> None:
+    """Compiles with the config's optimizer (at `rate` when given) and metrics. Padded
+    eval batches carry weights: metrics must use them."""
+    metric_args = ({"weighted_metrics": list(train.metrics)} if plan.static
+                   else {"metrics": list(train.metrics)})
+    net.compile(optimizer=optimizer(train, rate), loss=loss,
+                steps_per_execution=plan.steps_per_execution, **metric_args)
+
 
 
 # --- input pipeline ----------------------------------------------------------------

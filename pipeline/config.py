@@ -16,7 +16,8 @@ from pydantic import ConfigDict, Field, ValidationError, field_validator, model_
 
 from components.config import (BUILTIN_PREFIX, BeamConfig, DataConfig, EvaluateConfig, IngestConfig,
                                InfraValidateConfig, ModelConfig, PushConfig, Section, TrainConfig,
-                               TransformConfig, ValidateConfig, identifier)
+                               TransformConfig, TuneConfig, ValidateConfig, apply_values,
+                               identifier)
 from components.errors import ConfigError
 
 
@@ -100,6 +101,7 @@ class PipelineConfig(Section):
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
     transform: TransformConfig = TransformConfig()
     model: ModelConfig = ModelConfig()
+    tune: TuneConfig = TuneConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     infra_validate: InfraValidateConfig = InfraValidateConfig()
@@ -127,6 +129,32 @@ class PipelineConfig(Section):
         if "://" not in temp:
             raise ValueError(f"beam.runner {self.beam.runner} needs beam.options.temp_location "
                              f"on shared storage (gs://BUCKET/tmp), got {temp or 'none'}")
+        return self
+
+    @model_validator(mode="after")
+    def _search_space_fits_the_config(self) -> "PipelineConfig":
+        """Every searched key exists and accepts each end of its range, the objective is
+        a metric train records: a mistake stops the run before any trial."""
+        tune = self.tune
+        if tune.space and self.train.hyperparameters:
+            raise ValueError("tune.space and train.hyperparameters both given: search "
+                             "(tune.space) or reuse an earlier search "
+                             "(train.hyperparameters), not both")
+        sections = {"model": self.model, "train": self.train}
+        for key, dimension in tune.space.items():
+            for value in dimension.endpoints():
+                try:
+                    apply_values(sections, {key: value})
+                except ValidationError as exc:
+                    first = exc.errors()[0]
+                    raise ValueError(f"tune.space.{key}: {value!r} is not a valid value: "
+                                     f"{first['msg'].removeprefix('Value error, ')}") from None
+        if tune.space:
+            recorded = {"loss", *self.train.metrics}
+            allowed = sorted(recorded | {f"val_{name}" for name in recorded})
+            if tune.objective not in allowed:
+                raise ValueError(f"tune.objective {tune.objective!r} is not a metric train "
+                                 f"records; use one of {', '.join(allowed)}")
         return self
 
     @model_validator(mode="after")
@@ -211,6 +239,8 @@ def _describe(error: dict[str, Any], where: str) -> str:
                 "Fix the spelling or remove it.")
     given = error.get("input")
     msg = error["msg"].removeprefix("Value error, ")
+    if not error["loc"]:             # a check across sections: its message says where
+        return f"{where}: {msg}."
     return (f"{where}: {loc}: {msg} (got {json.dumps(given, default=str)}). "
             f"Fix '{loc}' in the config or pass --set {loc}=VALUE.")
 

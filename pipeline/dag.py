@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from components.contract import StepSpec, spec_of
-from components.steps import evaluate, infra_validate, ingest, push, train, transform, validate
+from components.steps import (evaluate, infra_validate, ingest, push, train, transform, tune,
+                              validate)
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,9 @@ STEPS: tuple[Node, ...] = (
     node(validate.run, statistics="ingest.statistics",
          previous={"baseline_statistics": "ingest.statistics"}),
     node(transform.run, examples="ingest.examples", anomalies="validate.anomalies"),
-    node(train.run, transform_graph="transform.transform_graph", examples="ingest.examples"),
+    node(tune.run, transform_graph="transform.transform_graph", examples="ingest.examples"),
+    node(train.run, transform_graph="transform.transform_graph", examples="ingest.examples",
+         hyperparameters="tune.hyperparameters"),
     node(evaluate.run, examples="ingest.examples", trained_model="train.trained_model"),
     node(infra_validate.run, trained_model="train.trained_model", examples="ingest.examples"),
     node(push.run, trained_model="train.trained_model", blessing="evaluate.blessing",

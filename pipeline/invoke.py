@@ -108,8 +108,10 @@ def needs_context(node: Node, step_cfg: dict[str, Any]) -> bool:
     baseline, or its model weights name a registry version or a run."""
     from components.registry import is_reference
 
-    weights = step_cfg.get("model", {}).get("weights") or ""
-    return bool(node.spec.resolved) or weights.startswith("run:") or is_reference(weights) \
+    refs = [step_cfg.get("model", {}).get("weights") or "",
+            step_cfg.get("train", {}).get("hyperparameters") or ""]
+    return bool(node.spec.resolved) or any(ref.startswith("run:") or is_reference(ref)
+                                           for ref in refs) \
         or not node.spec.cache     # an uncached step records where it ran (push: the card)
 
 
@@ -133,6 +135,12 @@ def resolve(node: Node, step_cfg: dict[str, Any], context: Context | None,
             if path != section.weights:
                 identities["model.weights"] = section.weights
                 section = section.model_copy(update={"weights": path})
+        if name == "train" and section.hyperparameters:
+            path = resolve_hyperparameters(section.hyperparameters, context)
+            # the values' content, not their path: a rerun of that search reruns this
+            identities["train.hyperparameters"] = \
+                f"{section.hyperparameters} {fileio.hash_file(path)}"
+            section = section.model_copy(update={"hyperparameters": path})
         sections[name] = section
     values: dict[str, Any] = {}
     for param, what in spec.resolved.items():
@@ -188,6 +196,32 @@ def resolve_weights(weights: str, context: Context) -> str:
         return fileio.join(version.path, "model.keras")
     raise ConfigError(f"model.weights {weights!r} is not a file, 'imagenet', run:RUN_ID or a "
                       "pushed model reference (NAME@ALIAS, NAME:VERSION).")
+
+
+def resolve_hyperparameters(ref: str, context: Context | None) -> str:
+    """`train.hyperparameters` -> a file holding best values: `run:RUN_ID` -> that run's
+    tune output (needs the local metadata store); `NAME@ALIAS` / `NAME:VERSION` -> the
+    pushed version's model card; a file as is."""
+    if ref.startswith("run:"):
+        run_id = ref[4:]
+        store = context.store if context else None
+        if store is None:
+            raise ConfigError(f"train.hyperparameters {ref} needs the local metadata store; "
+                              "on Kubeflow/Vertex use a pushed model (NAME@ALIAS).")
+        record = store.run_output(run_id, "tune", "hyperparameters")
+        if record is None:
+            raise ConfigError(f"train.hyperparameters {ref}: no unique run {run_id!r} with a "
+                              f"tune step in {store.path}; list runs with `imgpipe runs list`.")
+        return fileio.join(record.uri, "hyperparameters.json")
+    from components.registry import Registry, is_reference
+
+    if is_reference(ref) and context is not None:
+        version = Registry(context.registry_root).resolve(ref)
+        return fileio.join(version.path, "model_card.json")
+    if fileio.exists(ref):
+        return ref
+    raise ConfigError(f"train.hyperparameters {ref!r} is not run:RUN_ID, a pushed model "
+                      "reference (NAME@ALIAS, NAME:VERSION) or a hyperparameters.json file.")
 
 
 def external_fingerprints(node: Node, resolved: Resolved) -> dict[str, str]:

@@ -32,11 +32,12 @@ def test_compiled_ir_has_the_dag_the_gate_and_resources(tmp_path):
     loaded = components.load_component_from_file(path)     # valid IR for the SDK
     assert loaded.name == "fonts-deep-cnn"
     root = spec["root"]["dag"]["tasks"]
-    assert set(root) == {"resolve", "ingest", "validate", "transform", "train", "evaluate",
-                         "infra-validate", "report", "condition-1"}
+    assert set(root) == {"resolve", "ingest", "validate", "transform", "tune", "train",
+                         "evaluate", "infra-validate", "report", "condition-1"}
     deps = {name: set(task.get("dependentTasks", [])) for name, task in root.items()}
     assert deps["transform"] == {"ingest", "validate"}
-    assert deps["train"] == {"ingest", "transform"}
+    assert deps["tune"] == {"ingest", "transform"}
+    assert deps["train"] == {"ingest", "transform", "tune"}
     assert deps["evaluate"] == {"ingest", "train", "resolve"}
     assert deps["validate"] == {"ingest", "resolve"}
     # the push sits under two conditions: the blessing, then the infra verdict

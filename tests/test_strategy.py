@@ -8,7 +8,7 @@ import pytest
 from components import artifacts, runtime, training
 from components.config import BeamConfig, DataConfig, TrainConfig, TransformConfig
 from components.errors import TrainingError
-from components.steps import train, transform
+from components.steps import transform
 from tests import fixtures
 
 
@@ -82,14 +82,14 @@ def test_a_requested_tpu_never_falls_back_silently(fake_tpu):
 def test_tpu_defaults_under_auto():
     tpu = type("TPUStrategy", (), {"num_replicas_in_sync": 8})()
     cpu = type("_DefaultDistributionStrategy", (), {"num_replicas_in_sync": 1})()
-    on_tpu = train.plan_for(TrainConfig(), tpu)
+    on_tpu = training.plan_for(TrainConfig(), tpu)
     assert (on_tpu.policy, on_tpu.steps_per_execution, on_tpu.static) == \
         ("mixed_bfloat16", 32, True)
     assert "bfloat16" in on_tpu.notes and "static" in on_tpu.notes
-    elsewhere = train.plan_for(TrainConfig(), cpu)
+    elsewhere = training.plan_for(TrainConfig(), cpu)
     assert (elsewhere.policy, elsewhere.steps_per_execution, elsewhere.static) == \
         ("float32", 1, False)
-    explicit = train.plan_for(TrainConfig(mixed_precision="none", steps_per_execution=4), tpu)
+    explicit = training.plan_for(TrainConfig(mixed_precision="none", steps_per_execution=4), tpu)
     assert (explicit.policy, explicit.steps_per_execution) == ("float32", 4)
 
 

@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
 from typing import Any
 
 from components import artifacts, fileio, models, training
-from components.config import ModelConfig, TrainConfig
-from components.contract import step
+from components.config import ModelConfig, TrainConfig, apply_values, describe_values
+from components.contract import Maybe, step
 from components.errors import ConfigError, TrainingError
-from components.training import choose_strategy, export, make_dataset, optimizer
+from components.training import Plan, choose_strategy, compile_model, export, make_dataset
 
 log = logging.getLogger("imgpipe.train")
 
@@ -56,45 +55,11 @@ def _fit_multi_worker(net, train_ds, eval_ds, model, train, strategy, plan, loss
     if model.kind == "transfer" and model.fine_tune_layers and model.fine_tune_epochs:
         with strategy.scope():
             models.unfreeze_top(net, model.fine_tune_layers)
-            _compile(net, train, plan, loss, model.fine_tune_learning_rate)
+            compile_model(net, train, plan, loss, model.fine_tune_learning_rate)
         training.fit_multi_worker(net, net.optimizer, train_ds, eval_ds, strategy, sparse,
                                   batch, train.epochs, train.epochs + model.fine_tune_epochs,
                                   work, phase=2)
     return training.read_epoch_log(os.path.join(work, EPOCH_LOG))
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How this strategy trains: precision policy, batches per call, static shapes."""
-
-    policy: str
-    steps_per_execution: int
-    static: bool          # full batches everywhere (TPU, several replicas)
-    notes: str
-
-
-def plan_for(train: TrainConfig, strategy) -> Plan:
-    """The defaults under `auto` on a TPU (bfloat16, 32 steps per call, static shapes),
-    float32 and one step per call elsewhere; explicit config values win."""
-    tpu = training.is_tpu(strategy)
-    policy = train.mixed_precision
-    if policy == "auto":
-        policy = "mixed_bfloat16" if tpu else "float32"
-    elif policy == "none":
-        policy = "float32"
-    steps = train.steps_per_execution or (32 if tpu else 1)
-    static = tpu or strategy.num_replicas_in_sync > 1
-    notes = (f"precision {policy}, {steps} step(s) per execution"
-             + (", static batch shapes (eval padded with weight-0 examples)" if static else ""))
-    return Plan(policy, steps, static, notes)
-
-
-def _compile(net, train: TrainConfig, plan: Plan, loss: str, rate: float | None = None) -> None:
-    # Padded eval batches carry weights: metrics must use them.
-    metric_args = ({"weighted_metrics": list(train.metrics)} if plan.static
-                   else {"metrics": list(train.metrics)})
-    net.compile(optimizer=optimizer(train, rate), loss=loss,
-                steps_per_execution=plan.steps_per_execution, **metric_args)
 
 
 def _fit(net, train_ds, eval_ds, model: ModelConfig, train: TrainConfig, strategy, plan: Plan,
@@ -128,7 +93,7 @@ def _fit(net, train_ds, eval_ds, model: ModelConfig, train: TrainConfig, strateg
         # the optimizer, as the course does).
         with strategy.scope():
             unfrozen = models.unfreeze_top(net, model.fine_tune_layers)
-            _compile(net, train, plan, loss, model.fine_tune_learning_rate)
+            compile_model(net, train, plan, loss, model.fine_tune_learning_rate)
         log.info("fine-tuning the top %d base layers (%d more trainable weights)",
                  model.fine_tune_layers, unfrozen)
         done = len(training.read_epoch_log(epoch_log).get("loss", []))
@@ -157,20 +122,34 @@ def _train_as_worker(net, train_ds, eval_ds, model, train, strategy, plan, loss,
 
 @step(name="train",
       # The raw examples are read when the transform was not materialized.
-      inputs={"transform_graph": artifacts.TransformGraph, "examples": artifacts.Examples},
+      inputs={"transform_graph": artifacts.TransformGraph, "examples": artifacts.Examples,
+              "hyperparameters": Maybe(artifacts.HyperParameters)},
       outputs={"trained_model": artifacts.Model}, config=("model", "train"), scratch=True,
       external=external_inputs)
 def run(transform_graph: artifacts.Artifact, examples: artifacts.Artifact, model: ModelConfig,
-        train: TrainConfig, trained_model: str, scratch: str | None = None,
+        train: TrainConfig, trained_model: str,
+        hyperparameters: artifacts.Artifact | None = None, scratch: str | None = None,
         producer: dict[str, Any] | None = None) -> dict[str, Any]:
     """Trains `model.kind` and writes a Model artifact (SavedModel, history, logs).
-    `scratch`: where checkpoints survive a killed attempt (resumed by the next one)."""
+    The tune step's best values (`hyperparameters`; the DAG always passes it, with no
+    values when nothing was searched) are applied to the config first. `scratch`:
+    where checkpoints survive a killed attempt (resumed by the next one)."""
     import keras
     import numpy as np
 
+    tuned = (hyperparameters.properties.get("best") if hyperparameters else None) or {}
+    if tuned:
+        try:
+            applied = apply_values({"model": model, "train": train}, tuned)
+        except ValueError as exc:
+            raise ConfigError(f"the tuned values {tuned} do not fit this config: {exc}") from exc
+        model, train = applied["model"], applied["train"]
+    # where the values came from: an earlier search (train.hyperparameters) or this run's
+    source = (hyperparameters.properties.get("source") or hyperparameters.uri) if tuned else None
+
     keras.utils.set_random_seed(train.seed)
     strategy, reason = choose_strategy(train.strategy)
-    plan = plan_for(train, strategy)
+    plan = training.plan_for(train, strategy)
     log.info("strategy: %s (%s); %s", training.strategy_name(strategy), reason, plan.notes)
     keras.mixed_precision.set_global_policy(plan.policy)
     sparse = train.loss == "sparse_categorical_crossentropy"
@@ -183,7 +162,7 @@ def run(transform_graph: artifacts.Artifact, examples: artifacts.Artifact, model
     shape = tuple(transform_graph.properties["image_shape"])
     with strategy.scope():
         net = models.build(model, shape, transform_graph.properties["num_classes"])
-        _compile(net, train, plan, loss)
+        compile_model(net, train, plan, loss)
 
     if not training.is_chief(strategy):
         # A non-chief worker of a multi-worker run trains in step with the chief (the
@@ -216,13 +195,15 @@ def run(transform_graph: artifacts.Artifact, examples: artifacts.Artifact, model
                              "tensorflow_version": _tf_version(),
                              "epochs": len(losses), "final": final,
                              "resumed_after_epochs": resumed,
+                             "hyperparameters": {"best": tuned, "source": source},
                              "label_vocabulary": transform_graph.properties["label_vocabulary"],
                              "image_shape": list(shape)}
         writer.commit()
     if scratch:
         fileio.rmtree(scratch)  # the backup served its purpose once the model is committed
     accuracy = final.get("val_accuracy")
-    return {"final": final, "lines": [
+    tuned_line = [f"tuned values: {describe_values(tuned)}"] if tuned else []
+    return {"final": final, "tuned": tuned, "lines": tuned_line + [
         f"{model.kind}: {models.trainable_params(net):,} trainable params, {len(losses)} epochs"
         f"{f' (resumed after epoch {resumed})' if resumed else ''}, "
         f"{training.strategy_name(strategy)} ({reason})",

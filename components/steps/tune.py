@@ -1,0 +1,233 @@
+"""Tune: a KerasTuner search over config keys before train (TFX's Tuner component).
+
+`tune.space` maps dotted config keys of `model` and `train` to ranges. Every trial is
+the model train would build: the config with the trial's values applied, the
+trainer's own input pipeline (`training.make_dataset`), model builder
+(`models.build`) and compile. The result is a HyperParameters artifact whose best
+values train applies to its config. With no space the step searches nothing (train
+uses its config as written); with `train.hyperparameters` it copies an earlier
+search's best values (resolved by the runner to a hyperparameters.json) instead.
+
+The search keeps its state in the step's scratch folder: a killed search resumes from
+its completed trials when the step runs again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from typing import Any
+
+from components import artifacts, fileio
+from components.config import ModelConfig, TrainConfig, TuneConfig, apply_values, describe_values
+from components.contract import step
+from components.errors import ConfigError, TrainingError
+
+log = logging.getLogger("imgpipe.tune")
+RESULT = "hyperparameters.json"
+
+
+def _declare(hp, key: str, dimension) -> Any:
+    """The trial's value of `key`, declared on KerasTuner's HyperParameters."""
+    kind = dimension.kind
+    if kind == "choice":
+        # KerasTuner's Choice takes scalars of one type; lists and mixed choices are
+        # chosen by index and mapped back.
+        values = dimension.choice
+        plain = all(isinstance(v, (int, float, str, bool)) for v in values) and \
+            len({type(v) for v in values}) == 1
+        if plain:
+            return hp.Choice(key, values)
+        return values[hp.Choice(f"{key}#index", list(range(len(values))))]
+    if kind == "int_uniform":
+        low, high = dimension.int_uniform
+        return hp.Int(key, low, high)
+    low, high = getattr(dimension, kind)
+    return hp.Float(key, low, high, sampling="log" if kind == "log_uniform" else "linear")
+
+
+def trial_values(space: dict[str, Any], hp) -> dict[str, Any]:
+    return {key: _declare(hp, key, dimension) for key, dimension in space.items()}
+
+
+class _HyperModel:
+    """KerasTuner's HyperModel over the trainer's machinery (a class built lazily so
+    that importing this module needs no keras_tuner)."""
+
+    @staticmethod
+    def make(tune: TuneConfig, model: ModelConfig, train: TrainConfig,
+             transform_graph: artifacts.Artifact, examples: artifacts.Artifact):
+        import keras_tuner as kt
+
+        from components import models, training
+
+        strategy = training.choose_strategy(train.strategy)[0]
+        plan = training.plan_for(train, strategy)
+        shape = tuple(transform_graph.properties["image_shape"])
+        classes = transform_graph.properties["num_classes"]
+
+        class HyperModel(kt.HyperModel):
+            def configs(self, hp) -> tuple[ModelConfig, TrainConfig]:
+                values = trial_values(tune.space, hp)
+                sections = apply_values({"model": model, "train": train}, values)
+                return sections["model"], sections["train"]
+
+            def build(self, hp):
+                trial_model, trial_train = self.configs(hp)
+                loss = _loss(trial_train)
+                with strategy.scope():
+                    net = models.build(trial_model, shape, classes)
+                    training.compile_model(net, trial_train, plan, loss)
+                return net
+
+            def fit(self, hp, net, *args, **kwargs):
+                _, trial_train = self.configs(hp)
+                sparse = _loss(trial_train).startswith("sparse")
+                batch = trial_train.batch_size * strategy.num_replicas_in_sync
+                train_ds = training.make_dataset(transform_graph, examples, "train", batch,
+                                                 trial_train, True, sparse, plan.static)
+                eval_ds = training.make_dataset(transform_graph, examples, "eval", batch,
+                                                trial_train, False, sparse, plan.static)
+                started = time.perf_counter()
+                kwargs.setdefault("verbose", 0)
+                history = net.fit(train_ds, validation_data=eval_ds, **kwargs)
+                scores = [v for v in history.history.get(tune.objective, [])
+                          if math.isfinite(v)]
+                if not scores:
+                    # a diverged trial: the worst score, so the search moves on
+                    scores = [math.inf if tune.direction() == "min" else -math.inf]
+                best = min(scores) if tune.direction() == "min" else max(scores)
+                return {tune.objective: best, "seconds": time.perf_counter() - started,
+                        "epochs": float(len(history.history.get("loss", [])))}
+
+        return HyperModel()
+
+
+def _loss(train: TrainConfig) -> str:
+    return "sparse_categorical_crossentropy" \
+        if train.loss == "sparse_categorical_crossentropy" else "categorical_crossentropy"
+
+
+def _tuner(tune: TuneConfig, hypermodel, directory: str):
+    import keras_tuner as kt
+
+    objective = kt.Objective(tune.objective, direction=tune.direction())
+    common = {"objective": objective, "seed": tune.seed, "directory": directory,
+              "project_name": "search", "overwrite": False}
+    if tune.algorithm == "random":
+        return kt.RandomSearch(hypermodel, max_trials=tune.max_trials, **common)
+    if tune.algorithm == "bayesian":
+        return kt.BayesianOptimization(hypermodel, max_trials=tune.max_trials, **common)
+    return kt.Hyperband(hypermodel, max_epochs=tune.epochs, factor=3, **common)
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def _trials(tuner, space: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every completed trial in order: the config values it used, score, seconds."""
+    rows = []
+    for trial in sorted(tuner.oracle.trials.values(), key=lambda t: int(t.trial_id)):
+        if trial.status != "COMPLETED":
+            continue
+        values = trial_values(space, trial.hyperparameters)
+        metrics = trial.metrics
+        seconds = metrics.get_best_value("seconds") if metrics.exists("seconds") else None
+        rows.append({"trial": int(trial.trial_id), "values": {k: _plain(v) for k, v in
+                                                              values.items()},
+                     "score": None if trial.score is None or not math.isfinite(trial.score)
+                     else float(trial.score),
+                     "seconds": None if seconds is None else round(float(seconds), 2)})
+    return rows
+
+
+def _search(tune: TuneConfig, model: ModelConfig, train: TrainConfig,
+            transform_graph: artifacts.Artifact, examples: artifacts.Artifact,
+            directory: str) -> dict[str, Any]:
+    import keras
+
+    keras.utils.set_random_seed(tune.seed)
+    hypermodel = _HyperModel.make(tune, model, train, transform_graph, examples)
+    tuner = _tuner(tune, hypermodel, directory)
+    done = sum(t.status == "COMPLETED" for t in tuner.oracle.trials.values())
+    if done:
+        log.info("resuming the search after %d completed trial(s)", done)
+    started = time.perf_counter()
+    search_args = {"verbose": 0} if tune.algorithm == "hyperband" else {"epochs": tune.epochs,
+                                                                      "verbose": 0}
+    try:
+        tuner.search(**search_args)
+    except RuntimeError as exc:            # KerasTuner gives up after failing trials
+        raise TrainingError(f"the search stopped: {exc} (the trials' errors are printed "
+                            "above); completed trials are kept and resume on the next "
+                            "run.") from exc
+    trials = _trials(tuner, tune.space)
+    scored = [t for t in trials if t["score"] is not None]
+    if not scored:
+        raise TrainingError(f"no trial of the search produced a finite {tune.objective}; "
+                            "narrow tune.space (e.g. lower learning rates).")
+    pick = min if tune.direction() == "min" else max
+    best = pick(scored, key=lambda t: t["score"])
+    return {"searched": True, "algorithm": tune.algorithm, "objective": tune.objective,
+            "direction": tune.direction(), "best": best["values"], "best_score": best["score"],
+            "best_trial": best["trial"], "trials": trials,
+            "resumed_after_trials": done,
+            "space": {k: v.model_dump(exclude_none=True) for k, v in tune.space.items()},
+            "epochs_per_trial": tune.epochs, "seed": tune.seed,
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def read_best(path: str) -> dict[str, Any]:
+    """The best values in a hyperparameters.json (a tune output) or a model card."""
+    try:
+        record = json.loads(fileio.read_text(path))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"train.hyperparameters: cannot read {path}: {exc}") from exc
+    if "hyperparameters" in record and "best" not in record:       # a model card
+        record = record["hyperparameters"] or {}
+    best = record.get("best")
+    if not isinstance(best, dict):
+        raise ConfigError(f"train.hyperparameters: {path} holds no best values (a tune "
+                          "step's hyperparameters.json or a model card of a tuned model).")
+    return best
+
+
+@step(name="tune",
+      inputs={"transform_graph": artifacts.TransformGraph, "examples": artifacts.Examples},
+      outputs={"hyperparameters": artifacts.HyperParameters},
+      config=("tune", "model", "train"), scratch=True)
+def run(transform_graph: artifacts.Artifact, examples: artifacts.Artifact, tune: TuneConfig,
+        model: ModelConfig, train: TrainConfig, hyperparameters: str,
+        scratch: str | None = None, producer: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Writes a HyperParameters artifact: a search's result, an earlier one's best
+    values (`train.hyperparameters`, already resolved to a file), or no values."""
+    if train.hyperparameters:
+        best = read_best(train.hyperparameters)
+        apply_values({"model": model, "train": train}, best)      # still valid keys?
+        record = {"searched": False, "source": train.hyperparameters, "best": best}
+        lines = [f"reused the best values of {train.hyperparameters}: {describe_values(best)}"]
+    elif not tune.space:
+        record = {"searched": False, "source": None, "best": {}}
+        lines = ["no tune.space: train uses its config as written"]
+    else:
+        import tempfile
+
+        directory = scratch or tempfile.mkdtemp(prefix="search-")   # inside the step's tmp
+        record = _search(tune, model, train, transform_graph, examples, directory)
+        lines = [f"{len(record['trials'])} trial(s), {tune.algorithm} search, "
+                 f"{tune.epochs} epoch(s) each, {record['seconds']:.0f} s"
+                 + (f" (resumed after {record['resumed_after_trials']})"
+                    if record["resumed_after_trials"] else ""),
+                 f"best {tune.objective} {record['best_score']:.4f} (trial "
+                 f"{record['best_trial']}): {describe_values(record['best'])}"]
+    with artifacts.writing(hyperparameters, artifacts.HyperParameters, producer) as writer:
+        fileio.write_text(writer.file(RESULT), json.dumps(record, indent=2))
+        writer.properties = {"best": record["best"], "searched": record["searched"],
+                             "source": record.get("source")}
+        writer.commit()
+    if scratch and record["searched"]:
+        fileio.rmtree(scratch)        # the search state served its purpose
+    return {"best": record["best"], "searched": record["searched"], "lines": lines}
