@@ -30,7 +30,9 @@ def _read_json(path: str) -> Any:
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     def cell(value: Any) -> str:
         if isinstance(value, float):
-            return f"{value:.4f}"
+            # counts stored as floats (TFMA's example_count) read as counts
+            return str(int(value)) if value.is_integer() and abs(value) < 1e15 \
+                else f"{value:.4g}"
         return html.escape("" if value is None else str(value))
 
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
@@ -46,7 +48,7 @@ def _draw_curves(history: dict) -> bytes:
         for prefix, label in (("", "train"), ("val_", "eval")):
             if history.get(prefix + key):
                 ax.plot(range(1, len(history[prefix + key]) + 1), history[prefix + key],
-                        label=label)
+                        marker="o", markersize=3, label=label)   # one epoch: a point
         ax.set_xlabel("epoch")
         ax.set_title(key)
         ax.legend()
@@ -70,6 +72,40 @@ def _draw_confusion(data: dict) -> bytes:
                         color="white" if value > max(map(max, confusion)) / 2 else "black")
     fig.colorbar(im)
     return _to_png(plt, fig)
+
+
+def _draw_trials(record: dict) -> bytes:
+    """Each trial's score in the order they ran, and the best so far."""
+    plt = _pyplot()
+    trials = [t for t in record["trials"] if t["score"] is not None]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    xs, ys = [t["trial"] for t in trials], [t["score"] for t in trials]
+    ax.scatter(xs, ys, label="trial")
+    pick = min if record.get("direction") == "min" else max
+    best = [pick(ys[:i + 1]) for i in range(len(ys))]
+    ax.step(xs, best, where="post", color="tab:green", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(record["objective"])
+    ax.legend()
+    return _to_png(plt, fig)
+
+
+def _tune_section(record: dict, image: str) -> str:
+    if not record.get("searched"):
+        source = record.get("source")
+        return ("<h2>Tuning</h2><p>" + (f"Best values reused from {html.escape(source)}: "
+                                       if source else "No search (no tune.space).")
+                + html.escape(", ".join(f"{k}={v}" for k, v in record["best"].items()))
+                + "</p>")
+    keys = list(record["space"])
+    rows = [[("★ " if t["trial"] == record["best_trial"] else "") + str(t["trial"]),
+             *[t["values"].get(k) for k in keys], t["score"], t["seconds"]]
+            for t in record["trials"]]
+    head = (f"<h2>Tuning</h2><p>{record['algorithm']} search, {len(record['trials'])} "
+            f"trials of {record['epochs_per_trial']} epochs, {record['seconds']} s; best "
+            f"{html.escape(record['objective'])} {record['best_score']:.4f} (trial "
+            f"{record['best_trial']}), applied to train's config.</p>")
+    return head + image + _table(["trial", *keys, record["objective"], "seconds"], rows)
 
 
 def _pyplot():
@@ -114,8 +150,10 @@ def _plot(name: str, data: Any, draw: Any, out_dir: str, cache_dir: str | None) 
 
 
 def _plots(history: dict | None, metrics: dict | None, out_dir: str,
-           cache_dir: str | None = None) -> dict[str, str]:
+           cache_dir: str | None = None, tuning: dict | None = None) -> dict[str, str]:
     images = {}
+    if tuning and tuning.get("searched") and tuning.get("trials"):
+        images["trials"] = _plot("tuning_trials", tuning, _draw_trials, out_dir, cache_dir)
     if history and history.get("loss"):
         images["curves"] = _plot("training_curves", history, _draw_curves, out_dir, cache_dir)
     confusion = (metrics or {}).get("metrics", {}).get("confusion")
@@ -245,7 +283,8 @@ def write(run_dir: str, run_id: str, status: str, steps: list[Any], error: str |
     blessing = art("evaluate.blessing", "blessing.json")
     infra = art("infra_validate.infra_blessing", "infra_validation.json")
     push = art("push.pushed_model", "push.json")
-    images = _plots(history, metrics, run_dir, plot_cache)
+    tuning = art("tune.hyperparameters", "hyperparameters.json")
+    images = _plots(history, metrics, run_dir, plot_cache, tuning)
 
     parts = [f"<!doctype html><meta charset='utf-8'><title>imgpipe run {run_id}</title>"
              f"<style>{STYLE}</style><h1>Run {html.escape(run_id)}: {html.escape(status)}</h1>"]
@@ -264,6 +303,8 @@ def write(run_dir: str, run_id: str, status: str, steps: list[Any], error: str |
         parts.append(_evaluation_section(metrics, images, outputs["evaluate.evaluation"]))
     if history:
         parts.append("<h2>Training</h2>" + images.get("curves", ""))
+    if tuning:
+        parts.append(_tune_section(tuning, images.get("trials", "")))
     if stats:
         parts.append(_data_section(stats))
     if anomalies is not None:
