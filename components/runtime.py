@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import os
+import re
+import sys
 from typing import Iterator
 
 
@@ -130,6 +132,49 @@ def process_alive(identity: str | None) -> bool | None:
     except PermissionError:
         pass
     return started == "?" or _start_time(int(pid)) == started
+
+
+# --- native start-up notices -------------------------------------------------------------
+
+# Lines TensorFlow's native libraries write straight to file descriptor 2 while loading,
+# before any logging setting applies: notices about CUDA on a machine without a GPU and
+# CPU instruction sets. Nothing in them is for a pipeline user.
+NATIVE_NOISE = re.compile(
+    r"(WARNING: All log messages before absl::InitializeLog\(\) is called"
+    r"|[IWE]\d{4} [\d:.]+\s+\d+ (cudart_stub|cuda_platform|cuda_executor|cuda_diagnostics"
+    r"|cpu_feature_guard|cuda_dnn|cuda_fft|cuda_blas)\.cc:\d+\]"
+    r"|To enable the following instructions: .*rebuild TensorFlow)")
+
+
+@contextlib.contextmanager
+def filtered_native_stderr() -> Iterator[None]:
+    """Points file descriptor 2 (this process's and its children's) at a pipe while the
+    block runs; a thread forwards every line to the real stderr except NATIVE_NOISE."""
+    import threading
+
+    try:
+        saved = os.dup(2)
+        read_fd, write_fd = os.pipe()
+    except OSError:
+        yield
+        return
+
+    def pump() -> None:
+        with os.fdopen(read_fd, "rb") as source:
+            for line in iter(source.readline, b""):
+                if not NATIVE_NOISE.match(line.decode("utf-8", "replace")):
+                    os.write(saved, line)
+
+    thread = threading.Thread(target=pump, name="stderr-filter", daemon=True)
+    thread.start()
+    os.dup2(write_fd, 2)
+    os.close(write_fd)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)               # the pipe's last write end here closes
+        thread.join(timeout=2)          # children still holding it: do not wait long
 
 
 # --- a private temporary folder ---------------------------------------------------------

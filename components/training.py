@@ -320,6 +320,56 @@ class EpochLog:
         return _EpochLog()
 
 
+class Progress:
+    """A Keras callback that reports training as it goes: one line per epoch (metrics,
+    seconds, ETA) on a pipe or log file; on a terminal also a live line of batches
+    within the epoch. `total`: the last epoch number (Keras counts epochs across a
+    resume and a fine-tuning phase, so the numbers run on)."""
+
+    def __new__(cls, total: int, indent: int = 13, stream=None):
+        import sys
+        import time
+
+        import keras
+
+        out = stream or sys.stdout
+        live = hasattr(out, "isatty") and out.isatty()
+        pad = " " * indent
+
+        class _Progress(keras.callbacks.Callback):
+            done, spent = 0, 0.0
+
+            def on_epoch_begin(self, epoch, logs=None):
+                self.epoch = epoch
+                self.started = self.shown = time.perf_counter()
+
+            def on_train_batch_end(self, batch, logs=None):
+                now = time.perf_counter()
+                if live and now - self.shown > 0.2:
+                    self.shown = now
+                    steps = self.params.get("steps")
+                    loss = (logs or {}).get("loss")
+                    out.write(f"\r{pad}epoch {self.epoch + 1}/{total}  batch {batch + 1}"
+                              + (f"/{steps}" if steps else "")
+                              + (f"  loss {float(loss):.4f}" if loss is not None else "")
+                              + "\033[K")
+                    out.flush()
+
+            def on_epoch_end(self, epoch, logs=None):
+                seconds = time.perf_counter() - self.started
+                self.done += 1
+                self.spent += seconds
+                left = total - (epoch + 1)
+                metrics = "  ".join(f"{k} {float(v):.4f}" for k, v in (logs or {}).items()
+                                    if k != "learning_rate")
+                eta = f"  ETA {left * self.spent / self.done:.0f}s" if left > 0 else ""
+                out.write(("\r" if live else "") + f"{pad}epoch {epoch + 1}/{total}  "
+                          f"{metrics}  {seconds:.1f}s{eta}" + ("\033[K" if live else "") + "\n")
+                out.flush()
+
+        return _Progress()
+
+
 def read_epoch_log(path: str) -> dict[str, list[float]]:
     """{metric: [value per epoch]} from an EpochLog file; an epoch logged twice (its
     checkpoint was not written before a kill, so it ran again) counts once, the later."""

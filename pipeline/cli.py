@@ -561,11 +561,17 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="imgpipe", description="TFX-style batch pipeline for image classification.")
+    parser.add_argument("--version", action="version",
+                        version=f"imgpipe {runtime.package_version()}")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also show the libraries' own logs (TensorFlow, Beam, TFMA, "
+                             "KerasTuner)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the pipeline locally (with caching)")
     _add_config_args(run)
-    run.add_argument("--until", help="stop after this step")
+    run.add_argument("--until", metavar="STEP", choices=STEP_NAMES,
+                     help="stop after this step: " + ", ".join(STEP_NAMES))
     run.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR,
                      help="where runs, artifacts and metadata.sqlite live (default ./runs)")
     run.add_argument("--no-cache", action="store_true", help="rerun every step")
@@ -647,10 +653,23 @@ def _quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+# The DAG's steps, for --until's help without importing the DAG (a test holds them equal).
+STEP_NAMES = ("ingest", "validate", "transform", "tune", "train", "evaluate",
+              "infra_validate", "push")
+
+
+def _verbose(argv: Sequence[str]) -> bool:
+    return any(arg in ("-v", "--verbose") for arg in argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    # TensorFlow's C++ start-up chatter buries the pipeline's own output.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    _quiet_libraries()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not _verbose(argv):
+        # TensorFlow's C++ start-up chatter buries the pipeline's own output.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        _quiet_libraries()
+    # -v works anywhere on the line (imgpipe run CONFIG -v), not only before the command
+    argv = [arg for arg in argv if arg not in ("-v", "--verbose")]
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -689,7 +708,10 @@ def _closed_pipe() -> int:
 
 def _entry() -> Any:  # pragma: no cover
     runtime.install_stop_handlers()
-    code = main()
+    with contextlib.ExitStack() as stack:
+        if not _verbose(sys.argv[1:]):
+            stack.enter_context(runtime.filtered_native_stderr())
+        code = main()
     try:
         sys.stdout.flush()
     except BrokenPipeError:

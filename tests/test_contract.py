@@ -144,3 +144,34 @@ def test_the_runners_are_peers():
     assert "pipeline.kfp" not in local_deps and "pipeline.invoke" in local_deps
     registry_deps = cache.code_modules("pipeline.registry")
     assert not {"pipeline.local", "pipeline.kfp"} & set(registry_deps)
+
+
+def test_until_offers_exactly_the_dags_steps():
+    from pipeline import cli
+
+    assert cli.STEP_NAMES == tuple(dag.names())
+
+
+FILTER_CHILD = r"""
+import os, sys
+from components import runtime
+with runtime.filtered_native_stderr():
+    os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n")
+    os.write(2, b"I0000 00:00:1795619253.531391   22700 cudart_stub.cc:31] Could not find cuda drivers\n")
+    os.write(2, b"E0000 00:00:1795619273.714808   22744 cuda_platform.cc:52] failed call to cuInit\n")
+    os.write(2, b"To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow with the appropriate compiler flags.\n")
+    print("imgpipe: error: a real message", file=sys.stderr)
+    os.write(2, b"E0000 00:00:1 123 saved_model.cc:9] a real TensorFlow error\n")
+"""
+
+
+def test_native_startup_notices_are_filtered_and_nothing_else():
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", FILTER_CHILD], cwd=root, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.splitlines() == ["imgpipe: error: a real message",
+                                       "E0000 00:00:1 123 saved_model.cc:9] a real TensorFlow error"]

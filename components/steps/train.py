@@ -74,6 +74,8 @@ def _fit(net, train_ds, eval_ds, model: ModelConfig, train: TrainConfig, strateg
     if training.is_multi_worker(strategy):
         return _fit_multi_worker(net, train_ds, eval_ds, model, train, strategy, plan, loss,
                                  work)
+    total = train.epochs + (model.fine_tune_epochs if model.kind == "transfer"
+                            and model.fine_tune_layers else 0)
     callbacks = [
         # Two checkpoints: a process killed while writing the latest one resumes from
         # the one before instead of failing on a half-written file.
@@ -81,7 +83,8 @@ def _fit(net, train_ds, eval_ds, model: ModelConfig, train: TrainConfig, strateg
                                          double_checkpoint=True),
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.TensorBoard(log_dir=logs),
-        training.EpochLog(epoch_log, phase=1)]
+        training.EpochLog(epoch_log, phase=1),
+        training.Progress(total)]
     if train.early_stopping_patience:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=train.early_stopping_patience,
@@ -173,8 +176,14 @@ def run(transform_graph: artifacts.Artifact, examples: artifacts.Artifact, model
         work = scratch or writer.file("work")
         # Epochs an earlier, killed attempt finished (BackupAndRestore resumes after them).
         resumed = len(training.read_epoch_log(os.path.join(work, EPOCH_LOG)).get("loss", []))
-        hist = _fit(net, train_ds, eval_ds, model, train, strategy, plan, loss, work,
-                    writer.file("logs"))
+        # TensorBoard reads the logs while training runs: under the scratch folder,
+        # whose path stays put (the artifact's is a staging name until the commit).
+        logs = fileio.join(work, "logs") if scratch else writer.file("logs")
+        print(f"             TensorBoard: tensorboard --logdir {logs}", flush=True)
+        hist = _fit(net, train_ds, eval_ds, model, train, strategy, plan, loss, work, logs)
+        if scratch:
+            for path in fileio.walk_files(logs):
+                fileio.copy(path, writer.file("logs", path[len(logs):].lstrip("/")))
         losses = hist.get("loss", [])
         if any(not np.isfinite(v) for v in losses):
             raise TrainingError(
@@ -203,9 +212,10 @@ def run(transform_graph: artifacts.Artifact, examples: artifacts.Artifact, model
         fileio.rmtree(scratch)  # the backup served its purpose once the model is committed
     accuracy = final.get("val_accuracy")
     tuned_line = [f"tuned values: {describe_values(tuned)}"] if tuned else []
+    board = f"TensorBoard: tensorboard --logdir {fileio.join(trained_model, 'logs')}"
     return {"final": final, "tuned": tuned, "lines": tuned_line + [
         f"{model.kind}: {models.trainable_params(net):,} trainable params, {len(losses)} epochs"
         f"{f' (resumed after epoch {resumed})' if resumed else ''}, "
         f"{training.strategy_name(strategy)} ({reason})",
         f"train accuracy {final.get('accuracy', float('nan')):.3f}, eval accuracy "
-        f"{accuracy if accuracy is not None else float('nan'):.3f}"]}
+        f"{accuracy if accuracy is not None else float('nan'):.3f}", board]}

@@ -99,6 +99,10 @@ class _HyperModel:
                     # a diverged trial: the worst score, so the search moves on
                     scores = [math.inf if tune.direction() == "min" else -math.inf]
                 best = min(scores) if tune.direction() == "min" else max(scores)
+                self.trials = getattr(self, "trials", 0) + 1
+                print(f"             trial {self.trials}: {tune.objective} {best:.4f}  "
+                      f"{describe_values(trial_values(tune.space, hp))}  "
+                      f"{time.perf_counter() - started:.0f}s", flush=True)
                 return {tune.objective: best, "seconds": time.perf_counter() - started,
                         "epochs": float(len(history.history.get("loss", [])))}
 
