@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 
 from components import runtime
 from components.config import BUILTIN_DATASETS, MODEL_KINDS
-from components.errors import ImgpipeError, NotBlessed
+from components.errors import ConfigError, ImgpipeError, NotBlessed
 
 DEFAULT_RUNS_DIR = "runs"
 
@@ -313,9 +313,19 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def _registry(args: argparse.Namespace):
+    from components import fileio
     from pipeline.registry import Registry, registry_root
 
-    return Registry(registry_root(args.registry, getattr(args, "config", None)))
+    root = registry_root(args.registry, getattr(args, "config", None))
+    if not fileio.exists(root):
+        raise ConfigError(f"no model registry at {root} (nothing was pushed there); name it "
+                          "with --registry DIR or --config CONFIG (its push.destination).")
+    return Registry(root)
+
+
+# Aliases a newcomer may use without --new-alias; any other name must already exist for
+# the model, so that a typo ("prodution") does not quietly become a new alias.
+COMMON_ALIASES = ("production", "staging", "canary", "candidate")
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
@@ -442,6 +452,11 @@ def _sync_vertex(registry, name: str, version: int | None, alias: str, removed: 
 
 def cmd_models_promote(args: argparse.Namespace) -> int:
     registry = _registry(args)
+    existing = registry.aliases(registry.resolve(args.ref).name)
+    if args.to not in existing and args.to not in COMMON_ALIASES and not args.new_alias:
+        raise ConfigError(f"alias {args.to!r} does not exist yet (existing: "
+                          f"{', '.join(sorted(existing)) or 'none'}); check the spelling, or "
+                          "pass --new-alias to create it.")
     entry = registry.set_alias(args.ref, args.to, args.reason or "", args.force)
     name = registry.resolve(args.ref).name
     _sync_vertex(registry, name, entry["to"], entry["alias"], False, entry)
@@ -454,6 +469,17 @@ def cmd_models_rollback(args: argparse.Namespace) -> int:
     entry = registry.rollback(args.model, args.alias, args.reason or "")
     _sync_vertex(registry, args.model, entry["to"], entry["alias"], False, entry)
     _alias_change(args.model, entry, args.json)
+    return 0
+
+
+def cmd_models_unalias(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    entry = registry.delete_alias(args.model, args.alias, args.reason or "")
+    _sync_vertex(registry, args.model, entry["from"], entry["alias"], True, entry)
+    if args.json:
+        print(json.dumps(entry, indent=2))
+    else:
+        print(f"{args.model}: alias {entry['alias']} removed (was version {entry['from']})")
     return 0
 
 
@@ -478,34 +504,39 @@ def _add_models_parser(sub) -> None:
         "diff": (cmd_models_diff, "two versions' metrics side by side"),
         "promote": (cmd_models_promote, "point an alias at a version"),
         "rollback": (cmd_models_rollback, "move an alias back to its previous holder"),
+        "unalias": (cmd_models_unalias, "remove an alias (recorded in the audit log)"),
         "repair": (cmd_models_repair, "rewrite aliases.json from the audit ledger"),
     }
     for name, (func, text) in commands.items():
         p = models.add_parser(name, help=text)
         if name == "list":
-            p.add_argument("model", nargs="?")
+            p.add_argument("model", nargs="?", help="only this model (default: every model)")
         elif name == "show":
             p.add_argument("ref", help="NAME@ALIAS, NAME:VERSION or NAME@latest")
-            p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR)
+            p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR,
+                           help="runs dir for the lineage (default ./runs)")
         elif name == "diff":
-            p.add_argument("left")
-            p.add_argument("right")
+            p.add_argument("left", help="the earlier version, e.g. NAME@production")
+            p.add_argument("right", help="the version compared with it, e.g. NAME:5")
         elif name == "promote":
-            p.add_argument("ref")
+            p.add_argument("ref", help="the version: NAME:VERSION, NAME@ALIAS or NAME@latest")
             p.add_argument("--to", required=True, help="alias, e.g. production")
-            p.add_argument("--reason")
+            p.add_argument("--reason", help="why (recorded in the audit log)")
             p.add_argument("--force", action="store_true",
                            help="promote even if not blessed (recorded in the audit log)")
-        elif name == "rollback":
-            p.add_argument("model")
-            p.add_argument("--alias", required=True)
-            p.add_argument("--reason")
+            p.add_argument("--new-alias", action="store_true",
+                           help=f"create an alias other than {', '.join(COMMON_ALIASES)} "
+                                "that the model does not have yet")
+        elif name in ("rollback", "unalias"):
+            p.add_argument("model", help="model name")
+            p.add_argument("--alias", required=True, help="the alias, e.g. production")
+            p.add_argument("--reason", help="why (recorded in the audit log)")
         else:
-            p.add_argument("model")
+            p.add_argument("model", help="model name")
         p.add_argument("--registry", help="registry root (default: the --config's push "
                                           "destination, else ./serving)")
         p.add_argument("--config", help="take the registry from this config's push.destination")
-        p.add_argument("--json", action="store_true")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
         p.set_defaults(func=func)
 
 

@@ -291,3 +291,28 @@ def test_references_outside_the_registry_are_refused(tmp_path, capsys, args):
     Registry(str(root)).push("m", fake_saved_model(tmp_path / "sm"), card())
     assert cli.main([*args, "--registry", str(root)]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_alias_typos_are_refused_and_aliases_can_be_removed(tmp_path, capsys):
+    reg = two_versions(tmp_path)
+    root = ["--registry", reg.root]
+    assert cli.main(["models", "promote", "m:2", "--to", "prodution", *root]) == 2
+    assert "alias 'prodution' does not exist yet (existing: production)" in \
+        capsys.readouterr().err
+    assert reg.aliases("m") == {"production": 1}
+    assert cli.main(["models", "promote", "m:2", "--to", "staging", *root]) == 0   # common
+    assert cli.main(["models", "promote", "m:2", "--to", "eu-prod", "--new-alias", *root]) == 0
+    assert reg.aliases("m") == {"production": 1, "staging": 2, "eu-prod": 2}
+    capsys.readouterr()
+    assert cli.main(["models", "unalias", "m", "--alias", "eu-prod", "--reason", "typo",
+                     "--json", *root]) == 0
+    entry = json.loads(capsys.readouterr().out)
+    assert (entry["action"], entry["from"], entry["to"]) == ("delete", 2, None)
+    assert reg.aliases("m") == {"production": 1, "staging": 2}
+    assert reg.audit("m")[-1]["reason"] == "typo"
+    assert cli.main(["models", "unalias", "m", "--alias", "eu-prod", *root]) == 2
+
+
+def test_a_registry_that_does_not_exist_is_an_error(tmp_path, capsys):
+    assert cli.main(["models", "list", "--registry", str(tmp_path / "nowhere")]) == 2
+    assert "no model registry at" in capsys.readouterr().err
