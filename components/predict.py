@@ -53,6 +53,37 @@ def _manifest_paths(path: str) -> list[str]:
     return out
 
 
+def shape_warning(paths: list[str], image_shape: list[int] | None,
+                  sample: int = 50) -> str | None:
+    """A warning when the inputs look nothing like what the model was trained on (a
+    640x480 photo sent to an 8x8 grayscale model is resized and answered confidently):
+    from the headers of up to `sample` files."""
+    if not image_shape or not paths:
+        return None
+    from PIL import Image
+
+    height, width, channels = image_shape
+    odd, seen = [], 0
+    for path in paths[:sample]:
+        try:
+            with Image.open(path) as image:
+                w, h = image.size
+                color = image.mode not in ("L", "LA", "1", "I", "I;16", "F")
+        except Exception:
+            continue                       # unreadable: its row says so
+        seen += 1
+        scale = max(h / height, height / h, w / width, width / w)
+        if scale > 4 or color != (channels == 3):
+            odd.append((w, h, "RGB" if color else "grayscale"))
+    if not odd:
+        return None
+    w, h, mode = odd[0]
+    return (f"{len(odd)} of {seen} images checked (e.g. {w}x{h} {mode}) differ from the "
+            f"model's {width}x{height} {'RGB' if channels == 3 else 'grayscale'} input by more "
+            "than 4x in size or in color: they are resized and converted, and the answers may "
+            "mean little.")
+
+
 def load_model(saved_model: str):
     """The SavedModel and its class names (the label vocabulary asset, in id order)."""
     import tensorflow as tf

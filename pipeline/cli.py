@@ -547,9 +547,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.output:
         fileio.prepare_output(args.output, "-o")
     model = args.model
+    card: dict[str, Any] = {}
     if not os.path.isdir(model):
-        model = _registry(args).resolve(model).path
+        version = _registry(args).resolve(model)
+        model, card = version.path, version.card
+        print(f"model: {version.ref} ({model})", file=sys.stderr)
     paths = predict.expand_inputs(args.inputs)
+    warning = predict.shape_warning(paths, card.get("model", {}).get("image_shape"))
+    if warning:
+        print(f"imgpipe: warning: {warning}", file=sys.stderr)
     from components.beamio import PARALLEL_MIN_INPUTS
 
     if args.beam or len(paths) > PARALLEL_MIN_INPUTS:
@@ -621,8 +627,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("inputs", nargs="+", help="image files, folders or a CSV/JSONL manifest")
     predict.add_argument("-o", "--output", help="out.csv or out.jsonl (default: CSV to stdout)")
     predict.add_argument("--registry", help="registry root (default: ./serving)")
-    predict.add_argument("--top-k", type=positive_int, default=3)
-    predict.add_argument("--batch-size", type=positive_int, default=64)
+    predict.add_argument("--top-k", type=positive_int, default=3,
+                         help="how many classes to list per image (default 3)")
+    predict.add_argument("--batch-size", type=positive_int, default=64,
+                         help="images per model call (default 64)")
     predict.add_argument("--beam", action="store_true",
                          help="run as a Beam job (default above 20,000 files)")
     predict.add_argument("--config", help="take the registry and Beam options from this config")
