@@ -410,9 +410,21 @@ def cmd_models_diff(args: argparse.Namespace) -> int:
               f"{'-' if f1 is None else f'{f1:+.4f}':>9}")
     for key, change in result["config_changes"].items():
         print(f"config {key}: {change['left']!r} -> {change['right']!r}")
+    if result["hyperparameters"]["left"] != result["hyperparameters"]["right"]:
+        print(f"tuned values: {result['hyperparameters']['left'] or 'none'} -> "
+              f"{result['hyperparameters']['right'] or 'none'}")
     if result["data"]["left"] != result["data"]["right"]:
-        print("data: different training data (fingerprints differ)")
+        counts = result["eval_examples"]
+        print(f"imgpipe: warning: the two versions come from different data (fingerprints "
+              f"{str(result['data']['left'])[:12]} and {str(result['data']['right'])[:12]}; "
+              f"{_count(counts['left'])} and {_count(counts['right'])} eval examples): the "
+              "metric changes compare different eval sets, not only the models.",
+              file=sys.stderr)
     return 0
+
+
+def _count(value: Any) -> str:
+    return "?" if value is None else f"{int(value):,}"
 
 
 def _alias_change(name: str, entry: dict[str, Any], json_output: bool) -> None:

@@ -111,5 +111,9 @@ def diff(registry: Registry, left: str, right: str) -> dict[str, Any]:
     return {"left": a.ref, "right": b.ref, "metrics": metrics, "per_class": per_class,
             "config_changes": config_changes,
             "data": {"left": ca.get("data", {}).get("fingerprint"),
-                     "right": cb.get("data", {}).get("fingerprint")}}
+                     "right": cb.get("data", {}).get("fingerprint")},
+            "eval_examples": {"left": ca.get("metrics", {}).get("example_count"),
+                              "right": cb.get("metrics", {}).get("example_count")},
+            "hyperparameters": {"left": (ca.get("hyperparameters") or {}).get("best"),
+                                "right": (cb.get("hyperparameters") or {}).get("best")}}
 

@@ -316,3 +316,18 @@ def test_alias_typos_are_refused_and_aliases_can_be_removed(tmp_path, capsys):
 def test_a_registry_that_does_not_exist_is_an_error(tmp_path, capsys):
     assert cli.main(["models", "list", "--registry", str(tmp_path / "nowhere")]) == 2
     assert "no model registry at" in capsys.readouterr().err
+
+
+def test_diff_warns_when_versions_were_scored_on_different_data(tmp_path, capsys):
+    reg = Registry(str(tmp_path / "serving"))
+    src = fake_saved_model(tmp_path / "sm")
+    for fingerprint, count in (("aaa", 250.0), ("bbb", 300.0)):
+        reg.push("m", src, {**card(), "data": {"fingerprint": fingerprint},
+                            "metrics": {"accuracy": 0.9, "example_count": count}})
+    assert cli.main(["models", "diff", "m:1", "m:2", "--registry", reg.root]) == 0
+    err = capsys.readouterr().err
+    assert "different data" in err and "250 and 300 eval examples" in err
+    reg.push("m", src, {**card(), "data": {"fingerprint": "bbb"},
+                        "metrics": {"accuracy": 0.92, "example_count": 300.0}})
+    assert cli.main(["models", "diff", "m:2", "m:3", "--registry", reg.root]) == 0
+    assert "warning" not in capsys.readouterr().err
