@@ -222,7 +222,7 @@ def test_every_beam_step_runs_multi_process(make_config, tmp_path):
     result = run_pipeline(cfg, str(tmp_path / "runs"), until="evaluate", log=lambda _: None)
     assert result.status == "succeeded", result.error
     assert {s.step: s.status for s in result.steps} == {
-        "ingest": "ran", "validate": "ran", "transform": "ran", "train": "ran",
+        "ingest": "ran", "validate": "ran", "transform": "ran", "tune": "ran", "train": "ran",
         "evaluate": "ran"}
     evaluation = outputs(result, "evaluate").summary
     assert evaluation["accuracy"] > 0.3     # 2 epochs of logistic regression
