@@ -88,7 +88,7 @@ def test_tpu_defaults_under_auto():
     assert "bfloat16" in on_tpu.notes and "static" in on_tpu.notes
     elsewhere = training.plan_for(TrainConfig(), cpu)
     assert (elsewhere.policy, elsewhere.steps_per_execution, elsewhere.static) == \
-        ("float32", 1, False)
+        ("float32", 8, False)
     explicit = training.plan_for(TrainConfig(mixed_precision="none", steps_per_execution=4), tpu)
     assert (explicit.policy, explicit.steps_per_execution) == ("float32", 4)
 
@@ -118,3 +118,10 @@ def test_eval_under_many_replicas_is_padded_not_dropped(small_graph):
     plain = list(training.make_dataset(graph, examples, "eval", 64, cfg, False, False))
     assert len(plain) == 1 and plain[0][0].shape[0] == 3
     assert np.allclose(plain[0][0].numpy(), images.numpy()[:3])
+
+
+def test_several_replicas_train_one_step_per_call_unless_told():
+    mirrored = type("MirroredStrategy", (), {"num_replicas_in_sync": 2})()
+    assert training.plan_for(TrainConfig(), mirrored).steps_per_execution == 1
+    assert training.plan_for(TrainConfig(steps_per_execution=4), mirrored
+                             ).steps_per_execution == 4
