@@ -66,8 +66,38 @@ def _run_kfp_local(cfg, args: argparse.Namespace) -> int:
     except RuntimeError as exc:
         raise ImgpipeError(f"the kfp-local run failed: {exc}; task logs above, "
                            f"artifacts under {root}") from exc
-    print(f"kfp-local run of {cfg.name} succeeded; artifacts under {os.path.abspath(root)}")
-    return 0
+    print(f"kfp-local run of {cfg.name} finished; artifacts under {os.path.abspath(root)}")
+    outcome = _kfp_local_outcome(root)
+    if outcome.get("pushed"):
+        print(f"model: {outcome['model_name']}:{outcome['version']} at {outcome['path']}")
+        return 0
+    print(f"NOTHING PUSHED: {outcome.get('reason') or 'the push step did not run'}")
+    return NotBlessed.exit_code if args.require_push else 0
+
+
+def _kfp_local_outcome(root: str) -> dict[str, Any]:
+    """What the newest kfp.local run under `root` pushed, or why not (its push.json, or
+    the blessing and infra verdicts when the push sat under a failed condition)."""
+    import glob
+
+    runs = sorted(glob.glob(os.path.join(root, "*", "")), key=os.path.getmtime)
+    if not runs:
+        return {}
+    newest = runs[-1]
+
+    def record(name: str) -> dict[str, Any] | None:
+        found = sorted(glob.glob(os.path.join(newest, "**", name), recursive=True))
+        return json.load(open(found[-1])) if found else None
+
+    push = record("push.json")
+    if push is not None:
+        return push
+    blessing, infra = record("blessing.json"), record("infra_validation.json")
+    if blessing is not None and not blessing.get("blessed"):
+        return {"reason": f"not blessed: {blessing.get('reason')}"}
+    if infra is not None and not infra.get("passed"):
+        return {"reason": f"failed infra validation: {infra.get('reason')}"}
+    return {}
 
 
 def cmd_compile(args: argparse.Namespace) -> int:

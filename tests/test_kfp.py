@@ -239,6 +239,21 @@ def test_kfp_local_run_matches_the_local_runner(tmp_path):
     assert os.path.isfile(os.path.join(run_root, "report", "report"))
 
 
+def test_kfp_local_says_what_was_pushed_or_why_not(tmp_path):
+    """The outcome of a kfp.local run is read from its artifacts: a NOT BLESSED run
+    says so and --require-push makes it exit 4, as with the local engine."""
+    run = tmp_path / "kfp" / "tiny-2026"
+    (run / "evaluate" / "blessing").mkdir(parents=True)
+    (run / "evaluate" / "blessing" / "blessing.json").write_text(
+        json.dumps({"blessed": False, "reason": "accuracy (overall): 0.41 vs {\"min\": 0.5}"}))
+    assert cli._kfp_local_outcome(str(tmp_path / "kfp")) == {
+        "reason": "not blessed: accuracy (overall): 0.41 vs {\"min\": 0.5}"}
+    (run / "push" / "pushed_model").mkdir(parents=True)
+    (run / "push" / "pushed_model" / "push.json").write_text(json.dumps(
+        {"pushed": True, "model_name": "tiny", "version": 3, "path": "/s/tiny/3"}))
+    assert cli._kfp_local_outcome(str(tmp_path / "kfp"))["version"] == 3
+
+
 class Recorder:
     """A fake client module: records calls and checks them against the real signatures."""
 
