@@ -36,8 +36,11 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
         return html.escape("" if value is None else str(value))
 
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>"
-                   for row in rows)
+    def td(value: Any) -> str:
+        css = getattr(value, "css", None)
+        return f"<td class='{css}'>{cell(value)}</td>" if css else f"<td>{cell(value)}</td>"
+
+    body = "".join("<tr>" + "".join(td(v) for v in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -178,9 +181,23 @@ def _blessing_section(blessing: dict, infra: dict | None) -> str:
            f"{'BLESSED' if blessing['blessed'] else 'NOT BLESSED'}: "
            f"{html.escape(blessing['reason'])}</p>")
     out += _table(["check", "source", "value", "bound", "verdict", "detail"], [
-        [c["check"], c["source"], c["value"], json.dumps(c.get("bound")), c["verdict"],
+        [c["check"], c["source"], c["value"], _bound(c.get("bound")), c["verdict"],
          c.get("detail", "")] for c in blessing["checks"]])
     return out + (_infra_line(infra) if infra else "")
+
+
+def _bound(bound: dict | None) -> str:
+    """{'min': 0.8} -> '>= 0.8'; {'min': 0.1, 'max': 0.9} -> '>= 0.1, <= 0.9'."""
+    if not bound:
+        return ""
+    signs = {"min": ">=", "max": "<="}
+    return ", ".join(f"{signs.get(k, k)} {v:.4g}" if isinstance(v, (int, float)) else
+                     f"{k} {v}" for k, v in bound.items())
+
+
+# A drop against the baseline this large is shown as a warning even when the gate
+# allowed it (its max_drop is a config choice, the reader should still see it).
+LARGE_DROP = 0.02
 
 
 def _infra_line(infra: dict) -> str:
@@ -199,9 +216,14 @@ def _evaluation_section(metrics: dict, images: dict[str, str], evaluation_uri: s
             f"{comparison['confidence']:.0%} paired bootstrap CI [{comparison['ci_low']:+.4f}, "
             f"{comparison['ci_high']:+.4f}], McNemar p = {comparison['mcnemar_p']:.3g}, "
             f"{comparison['examples']} examples)</p>")
+        if comparison["difference"] <= -LARGE_DROP:
+            parts.append(f"<p class='fail'>Warning: accuracy is "
+                         f"{-comparison['difference']:.1%} below the baseline "
+                         f"{html.escape(str(comparison['baseline']))}.</p>")
     else:
         parts.append("<p>No baseline (no model holds the baseline alias yet).</p>")
-    slices = metrics["metrics"]["slices"]
+    slices = dict(sorted(metrics["metrics"]["slices"].items(),
+                         key=lambda item: (item[0] != "overall", item[0])))
     base_slices = (metrics.get("baseline_metrics") or {}).get("slices", {})
     parts.append(_table(["slice", "accuracy", "top-k accuracy", "examples", "baseline accuracy"],
                         [[name, v.get("accuracy"), v.get("top_k_accuracy"),
@@ -216,13 +238,26 @@ def _evaluation_section(metrics: dict, images: dict[str, str], evaluation_uri: s
 
 def _per_class_table(per_class: dict, comparison: dict | None) -> str:
     base_recall = {k: v["baseline"] for k, v in (comparison or {}).get("class_recall", {}).items()}
+    rows = []
+    for name, v in sorted(per_class.items()):
+        change = None if base_recall.get(name) is None or v.get("recall") is None \
+            else v["recall"] - base_recall[name]
+        rows.append([name, v.get("precision"), v.get("recall"), v.get("f1_score"), v.get("auc"),
+                     v.get("calibration"), base_recall.get(name),
+                     Marked(change, "fail") if change is not None and change <= -0.1
+                     else change])
     return "<h3>Per class</h3>" + _table(
         ["class", "precision", "recall", "F1", "AUC", "calibration", "baseline recall",
-         "recall change"],
-        [[name, v.get("precision"), v.get("recall"), v.get("f1_score"), v.get("auc"),
-          v.get("calibration"), base_recall.get(name),
-          None if base_recall.get(name) is None or v.get("recall") is None
-          else v["recall"] - base_recall[name]] for name, v in per_class.items()])
+         "recall change"], rows)
+
+
+class Marked(float):
+    """A number shown with a CSS class (a recall drop of 10 points or more: 'fail')."""
+
+    def __new__(cls, value: float, css: str):
+        made = super().__new__(cls, value)
+        made.css = css
+        return made
 
 
 def _gallery(gallery: list[dict], evaluation_uri: str) -> str:

@@ -163,3 +163,37 @@ def test_per_class_metrics_match_scikit_learn():
     # a class never predicted and never seen: no precision, recall or AUC, not zero
     empty = evaluate.class_metrics([[5, 0], [0, 0]], ["x", "y"], None)["y"]
     assert empty["precision"] is None and empty["recall"] is None and empty["auc"] is None
+
+
+def test_report_puts_overall_first_reads_bounds_and_flags_drops(tmp_path):
+    from types import SimpleNamespace
+
+    from pipeline import report
+
+    evaluation, blessing = tmp_path / "evaluation", tmp_path / "blessing"
+    evaluation.mkdir()
+    blessing.mkdir()
+    (evaluation / "metrics.json").write_text(json.dumps({
+        "metrics": {"slices": {"label=b": {"accuracy": 0.5, "example_count": 10.0},
+                               "overall": {"accuracy": 0.7, "example_count": 39.0}},
+                    "per_class": {"b": {"recall": 0.3}, "a": {"recall": 0.9}},
+                    "confusion": [[0]]},
+        "comparison": {"baseline": "m:1", "baseline_accuracy": 0.836,
+                       "candidate_accuracy": 0.7, "difference": -0.136, "confidence": 0.95,
+                       "ci_low": -0.2, "ci_high": -0.05, "mcnemar_p": 0.01, "examples": 39,
+                       "class_recall": {"a": {"baseline": 0.9}, "b": {"baseline": 0.71}}},
+        "label_vocabulary": ["b", "a"]}))
+    (blessing / "blessing.json").write_text(json.dumps({
+        "blessed": True, "reason": "all checks passed", "checks": [
+            {"check": "accuracy (overall)", "source": "tfma", "value": 0.7,
+             "bound": {"min": 0.5}, "verdict": "pass"}]}))
+    steps = [SimpleNamespace(step="evaluate", status="ran", seconds=1.0, decision="x",
+                             outputs={"evaluation": str(evaluation),
+                                      "blessing": str(blessing)})]
+    page = open(report.write(str(tmp_path / "run"), "r1", "succeeded", steps)).read()
+    assert "Warning: accuracy is 13.6% below the baseline m:1" in page
+    assert "<td>&gt;= 0.5</td>" in page                      # not raw JSON
+    assert page.index("<td>overall</td>") < page.index("<td>label=b</td>")
+    assert page.index("<td>a</td>") < page.index("<td>b</td>")   # classes by name
+    assert "<td class='fail'>-0.41</td>" in page               # a 41-point recall drop
+    assert "<td>39</td>" in page                               # a count, not 39.0000
