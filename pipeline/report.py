@@ -111,6 +111,58 @@ def _tune_section(record: dict, image: str) -> str:
     return head + image + _table(["trial", *keys, record["objective"], "seconds"], rows)
 
 
+def _draw_roc_calibration(data: dict) -> bytes:
+    """Per-class one-vs-rest ROC curves and a reliability diagram (every class's
+    one-vs-rest probabilities pooled, 10 buckets) from the evaluator's histograms."""
+    import numpy as np
+
+    plt = _pyplot()
+    positive, negative = np.asarray(data["positive"]), np.asarray(data["negative"])
+    vocab = data["vocabulary"]
+    fig, (roc, cal) = plt.subplots(1, 2, figsize=(10, 3.8))
+    shown = np.argsort(-positive.sum(axis=1))[:12]             # the 12 largest classes
+    for index in sorted(shown):
+        tp = np.concatenate([[0], np.cumsum(positive[index][::-1])])
+        fp = np.concatenate([[0], np.cumsum(negative[index][::-1])])
+        if tp[-1] and fp[-1]:
+            roc.plot(fp / fp[-1], tp / tp[-1], linewidth=1,
+                     label=vocab[index] if index < len(vocab) else str(index))
+    roc.plot([0, 1], [0, 1], color="#999", linestyle=":")
+    roc.set_xlabel("false positive rate")
+    roc.set_ylabel("true positive rate")
+    roc.set_title("ROC, one class vs the rest")
+    roc.legend(fontsize=7, ncol=2)
+    buckets = 10
+    pos = positive.sum(axis=0).reshape(buckets, -1).sum(axis=1)
+    neg = negative.sum(axis=0).reshape(buckets, -1).sum(axis=1)
+    total = pos + neg
+    centers = (np.arange(buckets) + 0.5) / buckets
+    keep = total > 0
+    cal.plot([0, 1], [0, 1], color="#999", linestyle=":")
+    cal.plot(centers[keep], pos[keep] / total[keep], marker="o")
+    cal.set_xlabel("predicted probability")
+    cal.set_ylabel("observed frequency")
+    cal.set_title("calibration (all classes pooled)")
+    return _to_png(plt, fig)
+
+
+def _curves_data(evaluation_uri: str | None, vocabulary: list | None) -> dict | None:
+    if not evaluation_uri or not vocabulary:
+        return None
+    import io
+
+    import numpy as np
+
+    path = fileio.join(evaluation_uri, "curves.npz")
+    if not fileio.exists(path):
+        return None
+    with np.load(io.BytesIO(fileio.read_bytes(path))) as arrays:
+        if arrays["positive"].shape[1] % 10:
+            return None
+        return {"positive": arrays["positive"].tolist(), "negative": arrays["negative"].tolist(),
+                "vocabulary": vocabulary}
+
+
 def _pyplot():
     import matplotlib
 
@@ -153,8 +205,13 @@ def _plot(name: str, data: Any, draw: Any, out_dir: str, cache_dir: str | None) 
 
 
 def _plots(history: dict | None, metrics: dict | None, out_dir: str,
-           cache_dir: str | None = None, tuning: dict | None = None) -> dict[str, str]:
+           cache_dir: str | None = None, tuning: dict | None = None,
+           evaluation_uri: str | None = None) -> dict[str, str]:
     images = {}
+    curves = _curves_data(evaluation_uri, (metrics or {}).get("label_vocabulary"))
+    if curves:
+        images["roc"] = _plot("roc_calibration", curves, _draw_roc_calibration, out_dir,
+                              cache_dir)
     if tuning and tuning.get("searched") and tuning.get("trials"):
         images["trials"] = _plot("tuning_trials", tuning, _draw_trials, out_dir, cache_dir)
     if history and history.get("loss"):
@@ -232,6 +289,8 @@ def _evaluation_section(metrics: dict, images: dict[str, str], evaluation_uri: s
     parts.append(_per_class_table(metrics["metrics"]["per_class"], comparison))
     if "confusion" in images:
         parts.append("<h3>Confusion matrix</h3>" + images["confusion"])
+    if "roc" in images:
+        parts.append("<h3>ROC and calibration</h3>" + images["roc"])
     parts.append(_gallery(metrics.get("gallery") or [], evaluation_uri))
     return "".join(parts)
 
@@ -319,7 +378,8 @@ def write(run_dir: str, run_id: str, status: str, steps: list[Any], error: str |
     infra = art("infra_validate.infra_blessing", "infra_validation.json")
     push = art("push.pushed_model", "push.json")
     tuning = art("tune.hyperparameters", "hyperparameters.json")
-    images = _plots(history, metrics, run_dir, plot_cache, tuning)
+    images = _plots(history, metrics, run_dir, plot_cache, tuning,
+                    outputs.get("evaluate.evaluation"))
 
     parts = [f"<!doctype html><meta charset='utf-8'><title>imgpipe run {run_id}</title>"
              f"<style>{STYLE}</style><h1>Run {html.escape(run_id)}: {html.escape(status)}</h1>"]

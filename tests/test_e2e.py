@@ -41,6 +41,8 @@ def test_fonts_pipeline_blesses_pushes_compares_and_predicts(make_config, tmp_pa
     assert os.path.isfile(os.path.join(first.run_dir, "report.html"))
     report = open(os.path.join(first.run_dir, "report.html")).read()
     assert "BLESSED" in report and "Most confident mistakes" in report
+    assert "ROC and calibration" in report           # from the evaluator's histograms
+    assert os.path.isfile(os.path.join(first.run_dir, "roc_calibration.png"))
     card = registry.resolve("fonts:1").card
     assert card["blessing"]["blessed"] and card["run_id"] == first.run_id
     assert card["metrics"]["example_count"] > 200 and card["data"]["examples"] == 2790
