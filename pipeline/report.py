@@ -93,6 +93,23 @@ def _draw_trials(record: dict) -> bytes:
     return _to_png(plt, fig)
 
 
+def _training_notes(model_uri: str, manifest: dict | None) -> str:
+    """Where the TensorBoard logs are, and what trained (kind, plan, tuned values)."""
+    props = (manifest or {}).get("properties", {})
+    lines = [f"TensorBoard: <code>tensorboard --logdir "
+             f"{html.escape(fileio.join(model_uri, 'logs'))}</code>"]
+    if props.get("kind"):
+        lines.append(f"{html.escape(str(props['kind']))}, {props.get('trainable_params', 0):,} "
+                     f"trainable parameters, {props.get('epochs')} epochs, "
+                     f"{html.escape(str(props.get('strategy')))} "
+                     f"({html.escape(str(props.get('training_plan', '')))})")
+    tuned = (props.get("hyperparameters") or {}).get("best")
+    if tuned:
+        lines.append("Tuned values: " + html.escape(
+            ", ".join(f"{k}={v}" for k, v in tuned.items())))
+    return "".join(f"<p>{line}</p>" for line in lines)
+
+
 def _tune_section(record: dict, image: str) -> str:
     if not record.get("searched"):
         source = record.get("source")
@@ -397,7 +414,9 @@ def write(run_dir: str, run_id: str, status: str, steps: list[Any], error: str |
     if metrics:
         parts.append(_evaluation_section(metrics, images, outputs["evaluate.evaluation"]))
     if history:
-        parts.append("<h2>Training</h2>" + images.get("curves", ""))
+        parts.append("<h2>Training</h2>" + images.get("curves", "")
+                     + _training_notes(outputs["train.trained_model"],
+                                       art("train.trained_model", "artifact.json")))
     if tuning:
         parts.append(_tune_section(tuning, images.get("trials", "")))
     if stats:

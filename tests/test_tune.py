@@ -155,6 +155,7 @@ def test_pipeline_tunes_caches_and_reuses_a_search(tmp_path, make_config):
     assert set(best) == {"model.kind", "model.hidden_units"}
     report = open(os.path.join(first.run_dir, "report.html")).read()
     assert "<h2>Tuning</h2>" in report and "2 trials of 1 epochs" in report
+    assert "Tuned values: model." in report and "tensorboard --logdir" in report
     assert os.path.isfile(os.path.join(first.run_dir, "tuning_trials.png"))
     again = run_pipeline(cfg, runs, until="train", log=lambda _: None)
     assert [s.status for s in again.steps if s.step in ("tune", "train")] == ["cached", "cached"]
