@@ -22,7 +22,7 @@ from components import features, fileio, imaging, sources
 from components.config import IMAGE_EXTENSIONS, MAX_PIXELS
 from components.errors import ConfigError, DataError
 
-COLUMNS = ("path", "class", "probability", "top_k", "error")
+COLUMNS = ("path", "class", "probability", "top_k", "error", "model")
 _SUFFIXES = tuple(f".{extension}" for extension in IMAGE_EXTENSIONS)
 
 
@@ -182,11 +182,13 @@ def predict_beam(saved_model: str, paths: list[str], pipeline_args: list[str],
     return [row for _, row in sorted(results, key=lambda pair: pair[0])]
 
 
-def write_rows(rows: list[dict[str, Any]], output: str | None) -> str:
+def write_rows(rows: list[dict[str, Any]], output: str | None, model: str = "") -> str:
     """CSV (top_k as JSON) or JSONL by the output's extension; stdout as CSV. A file is
     written under a temporary name and renamed into place: a failure leaves the
     earlier file as it was. File names that are not UTF-8 (legal on Linux) keep their
-    bytes in CSV and are escaped in JSONL."""
+    bytes in CSV and are escaped in JSONL. `model`: which model answered (NAME:VERSION
+    or its directory), in every row."""
+    rows = [dict(row, model=model) for row in rows]
     if output and output.endswith(".jsonl"):
         text = "".join(json.dumps({k: row.get(k) for k in COLUMNS}) + "\n" for row in rows)
     else:
@@ -197,7 +199,7 @@ def write_rows(rows: list[dict[str, Any]], output: str | None) -> str:
             writer.writerow([row.get("path"), row.get("class", ""),
                              "" if row.get("probability") is None else f"{row['probability']:.6f}",
                              json.dumps(row["top_k"]) if row.get("top_k") else "",
-                             row.get("error", "")])
+                             row.get("error", ""), row["model"]])
         text = buffer.getvalue()
     data = text.encode("utf-8", "surrogateescape")
     if output:

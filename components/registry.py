@@ -61,8 +61,22 @@ class RegistryError(ConfigError):
     """A registry file is damaged; the message names it and the repair."""
 
 
+MLFLOW = re.compile(rf"models:/(?P<name>{NAME_PATTERN})(?:@(?P<alias>{NAME_PATTERN})"
+                    r"|/(?P<version>\d+))")
+
+
+def normalize_reference(text: str) -> str:
+    """MLflow's `models:/NAME@ALIAS` and `models:/NAME/VERSION` -> NAME@ALIAS / NAME:VERSION;
+    anything else as is."""
+    match = MLFLOW.fullmatch(text or "")
+    if not match:
+        return text
+    return f"{match['name']}@{match['alias']}" if match["alias"] else \
+        f"{match['name']}:{match['version']}"
+
+
 def is_reference(text: str) -> bool:
-    return bool(REF.fullmatch(text))
+    return bool(REF.fullmatch(normalize_reference(text)))
 
 
 def check_name(name: str, what: str = "model name") -> str:
@@ -156,11 +170,12 @@ class Registry:
                           f"(versions: {known}).")
 
     def resolve(self, ref: str) -> Version:
-        """NAME@ALIAS, NAME@latest or NAME:VERSION -> a Version."""
-        match = REF.fullmatch(ref)
+        """NAME@ALIAS, NAME@latest or NAME:VERSION (or MLflow's models:/NAME@ALIAS,
+        models:/NAME/VERSION) -> a Version."""
+        match = REF.fullmatch(normalize_reference(ref))
         if not match:
-            raise ConfigError(f"{ref!r} is not a model reference; use NAME@ALIAS, NAME@latest "
-                              "or NAME:VERSION.")
+            raise ConfigError(f"{ref!r} is not a model reference; use NAME@ALIAS, NAME@latest, "
+                              "NAME:VERSION, models:/NAME@ALIAS or models:/NAME/VERSION.")
         name = match["name"]
         if match["version"]:
             return self.get(name, int(match["version"]))

@@ -353,7 +353,7 @@ def _registry(args: argparse.Namespace):
     return Registry(root)
 
 
-# Aliases a newcomer may use without --new-alias; any other name must already exist for
+# Aliases a newcomer may use without --create; any other name must already exist for
 # the model, so that a typo ("prodution") does not quietly become a new alias.
 COMMON_ALIASES = ("production", "staging", "canary", "candidate")
 
@@ -495,10 +495,10 @@ def _sync_vertex(registry, name: str, version: int | None, alias: str, removed: 
 def cmd_models_promote(args: argparse.Namespace) -> int:
     registry = _registry(args)
     existing = registry.aliases(registry.resolve(args.ref).name)
-    if args.to not in existing and args.to not in COMMON_ALIASES and not args.new_alias:
+    if args.to not in existing and args.to not in COMMON_ALIASES and not args.create:
         raise ConfigError(f"alias {args.to!r} does not exist yet (existing: "
                           f"{', '.join(sorted(existing)) or 'none'}); check the spelling, or "
-                          "pass --new-alias to create it.")
+                          "pass --create to add it.")
     entry = registry.set_alias(args.ref, args.to, args.reason or "", args.force)
     name = registry.resolve(args.ref).name
     _sync_vertex(registry, name, entry["to"], entry["alias"], False, entry)
@@ -514,7 +514,7 @@ def cmd_models_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_models_unalias(args: argparse.Namespace) -> int:
+def cmd_models_alias_delete(args: argparse.Namespace) -> int:
     registry = _registry(args)
     entry = registry.delete_alias(args.model, args.alias, args.reason or "")
     _sync_vertex(registry, args.model, entry["from"], entry["alias"], True, entry)
@@ -546,7 +546,6 @@ def _add_models_parser(sub) -> None:
         "diff": (cmd_models_diff, "two versions' metrics side by side"),
         "promote": (cmd_models_promote, "point an alias at a version"),
         "rollback": (cmd_models_rollback, "move an alias back to its previous holder"),
-        "unalias": (cmd_models_unalias, "remove an alias (recorded in the audit log)"),
         "repair": (cmd_models_repair, "rewrite aliases.json from the audit ledger"),
     }
     for name, (func, text) in commands.items():
@@ -566,10 +565,10 @@ def _add_models_parser(sub) -> None:
             p.add_argument("--reason", help="why (recorded in the audit log)")
             p.add_argument("--force", action="store_true",
                            help="promote even if not blessed (recorded in the audit log)")
-            p.add_argument("--new-alias", action="store_true",
+            p.add_argument("--create", action="store_true",
                            help=f"create an alias other than {', '.join(COMMON_ALIASES)} "
                                 "that the model does not have yet")
-        elif name in ("rollback", "unalias"):
+        elif name == "rollback":
             p.add_argument("model", help="model name")
             p.add_argument("--alias", required=True, help="the alias, e.g. production")
             p.add_argument("--reason", help="why (recorded in the audit log)")
@@ -580,6 +579,18 @@ def _add_models_parser(sub) -> None:
         p.add_argument("--config", help="take the registry from this config's push.destination")
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.set_defaults(func=func)
+    alias = models.add_parser("alias", help="manage aliases").add_subparsers(
+        dest="alias_command", required=True)
+    delete = alias.add_parser("delete", help="remove an alias (recorded in the audit log)")
+    delete.add_argument("model", help="model name")
+    delete.add_argument("alias", help="the alias to remove, e.g. staging")
+    delete.add_argument("--reason", help="why (recorded in the audit log)")
+    delete.add_argument("--registry", help="registry root (default: the --config's push "
+                                           "destination, else ./serving)")
+    delete.add_argument("--config", help="take the registry from this config's "
+                                         "push.destination")
+    delete.add_argument("--json", action="store_true", help="machine-readable output")
+    delete.set_defaults(func=cmd_models_alias_delete)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -590,9 +601,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         fileio.prepare_output(args.output, "-o")
     model = args.model
     card: dict[str, Any] = {}
+    answered = os.path.abspath(model)
     if not os.path.isdir(model):
         version = _registry(args).resolve(model)
-        model, card = version.path, version.card
+        model, card, answered = version.path, version.card, version.ref
         print(f"model: {version.ref} ({model})", file=sys.stderr)
     paths = predict.expand_inputs(args.inputs)
     warning = predict.shape_warning(paths, card.get("model", {}).get("image_shape"))
@@ -611,7 +623,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         rows = predict.predict_local(model, paths, args.batch_size, args.top_k,
                                      progress=sys.stderr.isatty())
-    predict.write_rows(rows, args.output)
+    predict.write_rows(rows, args.output, answered)
     bad = sum(1 for r in rows if r.get("error"))
     if args.output:
         print(f"wrote {len(rows)} rows to {args.output} ({bad} unreadable file(s) reported "

@@ -31,8 +31,10 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     def cell(value: Any) -> str:
         if isinstance(value, float):
             # counts stored as floats (TFMA's example_count) read as counts
-            return str(int(value)) if value.is_integer() and abs(value) < 1e15 \
-                else f"{value:.4g}"
+            if value.is_integer() and abs(value) < 1e15:
+                return str(int(value))
+            # rates to 3 decimals; small values (learning rates) to 3 significant digits
+            return f"{value:.3f}" if abs(value) >= 0.01 else f"{value:.3g}"
         return html.escape("" if value is None else str(value))
 
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)

@@ -91,9 +91,11 @@ def test_fonts_pipeline_blesses_pushes_compares_and_predicts(make_config, tmp_pa
     for ident, data in zip(cols[features.ID], cols[features.IMAGE]):
         (folder / f"{ident}.png").write_bytes(data)
     out = str(tmp_path / "pred.csv")
-    assert cli.main(["predict", "fonts:2", str(folder), "-o", out, "--registry",
+    assert cli.main(["predict", "models:/fonts/2", str(folder), "-o", out, "--registry",
                      registry.root]) == 0
-    predicted = {os.path.basename(r["path"])[:-4]: r["class"] for r in csv.DictReader(open(out))}
+    rows = list(csv.DictReader(open(out)))
+    assert {r["model"] for r in rows} == {"fonts:2"}            # which version answered
+    predicted = {os.path.basename(r["path"])[:-4]: r["class"] for r in rows}
     assert predicted == {p["id"]: p["predicted"] for p in predictions}
 
 

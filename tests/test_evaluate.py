@@ -195,5 +195,6 @@ def test_report_puts_overall_first_reads_bounds_and_flags_drops(tmp_path):
     assert "<td>&gt;= 0.5</td>" in page                      # not raw JSON
     assert page.index("<td>overall</td>") < page.index("<td>label=b</td>")
     assert page.index("<td>a</td>") < page.index("<td>b</td>")   # classes by name
-    assert "<td class='fail'>-0.41</td>" in page               # a 41-point recall drop
+    assert "<td class='fail'>-0.410</td>" in page              # a 41-point recall drop
+    assert "<td>0.700</td>" in page                             # rates to 3 decimals
     assert "<td>39</td>" in page                               # a count, not 39.0000

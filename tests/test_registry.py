@@ -301,16 +301,16 @@ def test_alias_typos_are_refused_and_aliases_can_be_removed(tmp_path, capsys):
         capsys.readouterr().err
     assert reg.aliases("m") == {"production": 1}
     assert cli.main(["models", "promote", "m:2", "--to", "staging", *root]) == 0   # common
-    assert cli.main(["models", "promote", "m:2", "--to", "eu-prod", "--new-alias", *root]) == 0
+    assert cli.main(["models", "promote", "m:2", "--to", "eu-prod", "--create", *root]) == 0
     assert reg.aliases("m") == {"production": 1, "staging": 2, "eu-prod": 2}
     capsys.readouterr()
-    assert cli.main(["models", "unalias", "m", "--alias", "eu-prod", "--reason", "typo",
+    assert cli.main(["models", "alias", "delete", "m", "eu-prod", "--reason", "typo",
                      "--json", *root]) == 0
     entry = json.loads(capsys.readouterr().out)
     assert (entry["action"], entry["from"], entry["to"]) == ("delete", 2, None)
     assert reg.aliases("m") == {"production": 1, "staging": 2}
     assert reg.audit("m")[-1]["reason"] == "typo"
-    assert cli.main(["models", "unalias", "m", "--alias", "eu-prod", *root]) == 2
+    assert cli.main(["models", "alias", "delete", "m", "eu-prod", *root]) == 2
 
 
 def test_a_registry_that_does_not_exist_is_an_error(tmp_path, capsys):
@@ -331,3 +331,15 @@ def test_diff_warns_when_versions_were_scored_on_different_data(tmp_path, capsys
                         "metrics": {"accuracy": 0.92, "example_count": 300.0}})
     assert cli.main(["models", "diff", "m:2", "m:3", "--registry", reg.root]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_mlflow_style_references_resolve_like_ours(tmp_path):
+    from components.registry import is_reference, normalize_reference
+
+    reg = two_versions(tmp_path)
+    assert reg.resolve("models:/m@production").version == 1
+    assert reg.resolve("models:/m/2").version == 2
+    assert normalize_reference("models:/m/2") == "m:2" and is_reference("models:/m@staging")
+    assert not is_reference("models:/m") and normalize_reference("m@x") == "m@x"
+    with pytest.raises(ConfigError, match="models:/NAME/VERSION"):
+        reg.resolve("models:/m")
