@@ -77,13 +77,16 @@ def _fit(net, train_ds, eval_ds, model: ModelConfig, train: TrainConfig, strateg
     total = train.epochs + (model.fine_tune_epochs if model.kind == "transfer"
                             and model.fine_tune_layers else 0)
     callbacks = [
+        # The epoch is logged before its checkpoint: a kill between the two reruns an
+        # epoch that is logged twice (read_epoch_log keeps the later), never one that
+        # is checkpointed but missing from the history.
+        training.EpochLog(epoch_log, phase=1),
         # Two checkpoints: a process killed while writing the latest one resumes from
         # the one before instead of failing on a half-written file.
         keras.callbacks.BackupAndRestore(backup_dir=os.path.join(work, "backup"),
                                          double_checkpoint=True),
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.TensorBoard(log_dir=logs),
-        training.EpochLog(epoch_log, phase=1),
         training.Progress(total)]
     if train.early_stopping_patience:
         callbacks.append(keras.callbacks.EarlyStopping(
@@ -100,9 +103,9 @@ def _fit(net, train_ds, eval_ds, model: ModelConfig, train: TrainConfig, strateg
         log.info("fine-tuning the top %d base layers (%d more trainable weights)",
                  model.fine_tune_layers, unfrozen)
         done = len(training.read_epoch_log(epoch_log).get("loss", []))
-        callbacks[0] = keras.callbacks.BackupAndRestore(
+        callbacks[1] = keras.callbacks.BackupAndRestore(
             backup_dir=os.path.join(work, "fine_tune"), double_checkpoint=True)
-        callbacks[3] = training.EpochLog(epoch_log, phase=2)
+        callbacks[0] = training.EpochLog(epoch_log, phase=2)
         net.fit(train_ds, validation_data=eval_ds, initial_epoch=done,
                 epochs=done + model.fine_tune_epochs, callbacks=callbacks, verbose=0)
     return training.read_epoch_log(epoch_log)
