@@ -74,3 +74,14 @@ def class_recalls(labels: list[str], predicted: list[str]) -> dict[str, float]:
         idx = [i for i, label in enumerate(labels) if label == name]
         out[name] = sum(predicted[i] == name for i in idx) / len(idx)
     return out
+
+
+def roc_points(positive: Any, negative: Any) -> tuple[Any, Any] | None:
+    """(false positive rates, true positive rates) of one class against the rest, from
+    per-bin counts of its positive and negative examples (thresholds from high to
+    low); None without both kinds of example."""
+    tp = np.concatenate([[0], np.cumsum(np.asarray(positive)[::-1])])
+    fp = np.concatenate([[0], np.cumsum(np.asarray(negative)[::-1])])
+    if not tp[-1] or not fp[-1]:
+        return None
+    return fp / fp[-1], tp / tp[-1]

@@ -54,7 +54,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_kfp_local(cfg, args: argparse.Namespace) -> int:
-    from components.errors import ConfigError
     from pipeline import kfp as kfp_pipeline
 
     if args.until or args.no_cache:
@@ -80,6 +79,8 @@ def _kfp_local_outcome(root: str) -> dict[str, Any]:
     the blessing and infra verdicts when the push sat under a failed condition)."""
     import glob
 
+    from components import fileio
+
     runs = sorted(glob.glob(os.path.join(root, "*", "")), key=os.path.getmtime)
     if not runs:
         return {}
@@ -87,7 +88,7 @@ def _kfp_local_outcome(root: str) -> dict[str, Any]:
 
     def record(name: str) -> dict[str, Any] | None:
         found = sorted(glob.glob(os.path.join(newest, "**", name), recursive=True))
-        return json.load(open(found[-1])) if found else None
+        return json.loads(fileio.read_text(found[-1])) if found else None
 
     push = record("push.json")
     if push is not None:
@@ -117,7 +118,6 @@ def _compiled(args: argparse.Namespace):
     folder removed afterwards."""
     import tempfile
 
-    from components.errors import ConfigError
     from pipeline import config as config_lib
     from pipeline import kfp as kfp_pipeline
 
@@ -154,7 +154,6 @@ def _reach(target: str, call: Callable[[], Any]) -> Any:
 
 
 def _adapter(args: argparse.Namespace):
-    from components.errors import ConfigError
     from pipeline.submit import KfpAdapter, VertexAdapter, VertexTarget
 
     if args.vertex:
@@ -328,7 +327,6 @@ def cmd_schema_infer(args: argparse.Namespace) -> int:
 def cmd_summary(args: argparse.Namespace) -> int:
     from components import models
     from components.config import ModelConfig
-    from components.errors import ConfigError
 
     try:
         shape = tuple(int(v) for v in args.input_shape.split(","))
@@ -494,13 +492,13 @@ def _sync_vertex(registry, name: str, version: int | None, alias: str, removed: 
 
 def cmd_models_promote(args: argparse.Namespace) -> int:
     registry = _registry(args)
-    existing = registry.aliases(registry.resolve(args.ref).name)
+    name = registry.resolve(args.ref).name
+    existing = registry.aliases(name)
     if args.to not in existing and args.to not in COMMON_ALIASES and not args.create:
         raise ConfigError(f"alias {args.to!r} does not exist yet (existing: "
                           f"{', '.join(sorted(existing)) or 'none'}); check the spelling, or "
                           "pass --create to add it.")
     entry = registry.set_alias(args.ref, args.to, args.reason or "", args.force)
-    name = registry.resolve(args.ref).name
     _sync_vertex(registry, name, entry["to"], entry["alias"], False, entry)
     _alias_change(name, entry, args.json)
     return 0

@@ -176,52 +176,52 @@ def resolve_weights(weights: str, context: Context) -> str:
     """`run:RUN_ID` -> that run's trained Keras model (needs the local metadata store);
     `NAME@ALIAS` / `NAME:VERSION` -> the pushed version's; anything else (imagenet, a
     file) is returned as is."""
-    if weights.startswith("run:"):
-        run_id = weights[4:]
-        store = context.store
-        if store is None:
-            raise ConfigError(f"model.weights {weights} needs the local metadata store; "
-                              "on Kubeflow/Vertex use a pushed model (NAME@ALIAS).")
-        record = store.run_output(run_id, "train", "trained_model")
-        if record is None:
-            raise ConfigError(f"model.weights {weights}: no unique run {run_id!r} with a trained "
-                              f"model in {store.path}; list runs with `imgpipe runs list`.")
-        return fileio.join(record.uri, "model.keras")
-    if weights == "imagenet" or fileio.exists(weights):
+    if weights == "imagenet":
         return weights
-    from components.registry import Registry, is_reference
-
-    if is_reference(weights):
-        version = Registry(context.registry_root).resolve(weights)
-        return fileio.join(version.path, "model.keras")
-    raise ConfigError(f"model.weights {weights!r} is not a file, 'imagenet', run:RUN_ID or a "
-                      "pushed model reference (NAME@ALIAS, NAME:VERSION).")
+    return _resolve_reference(
+        weights, context, "model.weights", ("train", "trained_model", "a trained model"),
+        "model.keras", "model.keras",
+        "is not a file, 'imagenet', run:RUN_ID or a pushed model reference (NAME@ALIAS, "
+        "NAME:VERSION).")
 
 
 def resolve_hyperparameters(ref: str, context: Context | None) -> str:
     """`train.hyperparameters` -> a file holding best values: `run:RUN_ID` -> that run's
     tune output (needs the local metadata store); `NAME@ALIAS` / `NAME:VERSION` -> the
     pushed version's model card; a file as is."""
-    if ref.startswith("run:"):
-        run_id = ref[4:]
+    return _resolve_reference(
+        ref, context, "train.hyperparameters", ("tune", "hyperparameters", "a tune step"),
+        "hyperparameters.json", "model_card.json",
+        "is not run:RUN_ID, a pushed model reference (NAME@ALIAS, NAME:VERSION) or a "
+        "hyperparameters.json file.")
+
+
+def _resolve_reference(value: str, context: Context | None, key: str,
+                       run_output: tuple[str, str, str], run_file: str, version_file: str,
+                       invalid: str) -> str:
+    """A config value naming a file by reference: `run:RUN_ID` -> `run_file` in that
+    run's (step, output) artifact (the local metadata store); an existing file as is;
+    `NAME@ALIAS` / `NAME:VERSION` (or models:/...) -> `version_file` of the pushed
+    version. `run_output`: (step, output, what it is called in messages)."""
+    if value.startswith("run:"):
+        run_id = value[4:]
         store = context.store if context else None
         if store is None:
-            raise ConfigError(f"train.hyperparameters {ref} needs the local metadata store; "
-                              "on Kubeflow/Vertex use a pushed model (NAME@ALIAS).")
-        record = store.run_output(run_id, "tune", "hyperparameters")
+            raise ConfigError(f"{key} {value} needs the local metadata store; on "
+                              "Kubeflow/Vertex use a pushed model (NAME@ALIAS).")
+        step, output, what = run_output
+        record = store.run_output(run_id, step, output)
         if record is None:
-            raise ConfigError(f"train.hyperparameters {ref}: no unique run {run_id!r} with a "
-                              f"tune step in {store.path}; list runs with `imgpipe runs list`.")
-        return fileio.join(record.uri, "hyperparameters.json")
+            raise ConfigError(f"{key} {value}: no unique run {run_id!r} with {what} in "
+                              f"{store.path}; list runs with `imgpipe runs list`.")
+        return fileio.join(record.uri, run_file)
+    if fileio.exists(value):
+        return value
     from components.registry import Registry, is_reference
 
-    if is_reference(ref) and context is not None:
-        version = Registry(context.registry_root).resolve(ref)
-        return fileio.join(version.path, "model_card.json")
-    if fileio.exists(ref):
-        return ref
-    raise ConfigError(f"train.hyperparameters {ref!r} is not run:RUN_ID, a pushed model "
-                      "reference (NAME@ALIAS, NAME:VERSION) or a hyperparameters.json file.")
+    if is_reference(value) and context is not None:
+        return fileio.join(Registry(context.registry_root).resolve(value).path, version_file)
+    raise ConfigError(f"{key} {value!r} {invalid}")
 
 
 def external_fingerprints(node: Node, resolved: Resolved) -> dict[str, str]:

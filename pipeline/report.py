@@ -140,11 +140,12 @@ def _draw_roc_calibration(data: dict) -> bytes:
     vocab = data["vocabulary"]
     fig, (roc, cal) = plt.subplots(1, 2, figsize=(10, 3.8))
     shown = np.argsort(-positive.sum(axis=1))[:12]             # the 12 largest classes
+    from components.gate import roc_points
+
     for index in sorted(shown):
-        tp = np.concatenate([[0], np.cumsum(positive[index][::-1])])
-        fp = np.concatenate([[0], np.cumsum(negative[index][::-1])])
-        if tp[-1] and fp[-1]:
-            roc.plot(fp / fp[-1], tp / tp[-1], linewidth=1,
+        points = roc_points(positive[index], negative[index])
+        if points is not None:
+            roc.plot(*points, linewidth=1,
                      label=vocab[index] if index < len(vocab) else str(index))
     roc.plot([0, 1], [0, 1], color="#999", linestyle=":")
     roc.set_xlabel("false positive rate")
