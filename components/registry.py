@@ -21,8 +21,8 @@ first, then aliases.json is rewritten; aliases are always read by replaying the 
 A process killed in between leaves a ledger line whose change readers already see (the
 view is repaired by the next change or `imgpipe models repair`); one killed while
 appending leaves a torn last line, which is no change at all and is cut off by the next
-writer. Every change computes what it changes under one lock per model (local roots;
-on gs:// the last writer wins, documented).
+writer. Every change decides what it changes under one lock per model on local roots,
+and by compare-and-swap on the ledger's object generation on gs://.
 """
 
 from __future__ import annotations
@@ -202,22 +202,58 @@ class Registry:
              extra_files: dict[str, str] | None = None) -> Version:
         """Copies a SavedModel (+ card and extra files) in as the next version. A failed
         push removes its copy before the error propagates."""
+        return self.push_once(name, saved_model, card, extra_files)[0]
+
+    def push_once(self, name: str, saved_model: str, card: dict[str, Any],
+                  extra_files: dict[str, str] | None = None,
+                  fingerprint: str | None = None) -> tuple[Version, bool]:
+        """(version, already): pushes like `push`, unless a version whose card holds the
+        model `fingerprint` exists, decided under the model's lock when the version is
+        published, so two runs pushing the same model at once make one version."""
         base = self._model_dir(name)
+        found = self.pushed(name, fingerprint)
+        if found is not None:
+            return found, True
         files = _files_of(saved_model, "") + [
             entry for rel, src in (extra_files or {}).items() for entry in _files_of(src, rel)]
         if fileio.is_remote(base):
-            return self._push_remote(name, base, files, card)
+            return self._push_remote(name, base, files, card), False
         fileio.makedirs(base)
-        self._clean_dead_pushes(base)
         staging = fileio.join(base, f".push-{uuid.uuid4().hex}")
-        with _held(f"{staging}.lock"):
+        with contextlib.ExitStack() as held:
+            # Cleaning up dead pushes and taking this push's lock are one step under the
+            # model's lock: a cleaner never sees this copy before its lock is held.
+            with self._locked(name):
+                self._clean_dead_pushes(base)
+                held.enter_context(_held(f"{staging}.lock"))
             try:
                 for src, rel in files:
                     fileio.copy(src, fileio.join(staging, rel))
-                return self._claim_version(name, base, staging, card)
+                if not fileio.exists(fileio.join(staging, "saved_model.pb")):
+                    raise ImgpipeError(f"{saved_model} holds no saved_model.pb: nothing to "
+                                       "push.")
+                with self._locked(name):
+                    found = self.pushed(name, fingerprint)
+                    if found is not None:
+                        fileio.rmtree(staging)
+                        return found, True
+                    return self._claim_version(name, base, staging, card), False
             except BaseException:
                 fileio.rmtree(staging)
                 raise
+
+    def pushed(self, name: str, fingerprint: str | None) -> Version | None:
+        """The newest version whose card records the model `fingerprint` (None when no
+        fingerprint is given or none matches; a damaged card matches nothing)."""
+        if not fingerprint:
+            return None
+        for version in reversed(self.versions(name)):
+            try:
+                if version.card.get("model", {}).get("fingerprint") == fingerprint:
+                    return version
+            except RegistryError:
+                continue
+        return None
 
     def _push_remote(self, name: str, base: str, files: list[tuple[str, str]],
                      card: dict[str, Any]) -> Version:
@@ -250,8 +286,13 @@ class Registry:
 
     def _claim_version(self, name: str, base: str, staging: str,
                        card: dict[str, Any]) -> Version:
+        """Publishes `staging` as the next number (called under the model's lock). A
+        number taken by something that is not a version (a stray file `7`, a half-made
+        folder) is skipped over, never retried."""
+        versions = self.versions(name)
+        number = versions[-1].version if versions else 0
         for _ in range(1000):
-            number = (self.versions(name)[-1].version if self.versions(name) else 0) + 1
+            number += 1
             stamped = dict(card, name=name, version=number, pushed=runtime.utc_now())
             fileio.write_text(fileio.join(staging, CARD),
                               json.dumps(stamped, indent=2, default=str))
@@ -259,16 +300,15 @@ class Registry:
             try:
                 self._publish(staging, target)
             except FileExistsError:
-                continue  # another push took this number: take the next one
+                continue  # taken by something else: take the next one
             return Version(name, number, target)
         raise ImgpipeError(f"could not allocate a version under {base}.")
 
     @staticmethod
     def _clean_dead_pushes(base: str) -> None:
-        """Removes hidden copies of pushes whose process is gone: a running push holds
-        the lock file next to its copy; a dead one holds nothing."""
-        if fileio.is_remote(base):
-            return
+        """Removes hidden copies of pushes whose process is gone (called under the
+        model's lock, which a push holds while it creates its copy's lock): a running
+        push holds the lock file next to its copy; a dead one holds nothing."""
         for entry in os.listdir(base):
             if not entry.startswith(".push-"):
                 continue
@@ -534,17 +574,18 @@ def _held(lock_path: str, blocking: bool = False) -> Iterator[None]:
 
 
 def _lock_is_free(lock_path: str) -> bool:
-    """True when no live process holds `lock_path` (or it does not exist)."""
+    """True when no live process holds `lock_path` (or it does not exist). Never
+    creates the file: a lock that is gone belongs to nobody."""
     import fcntl
 
     try:
-        handle = open(lock_path, "a")
+        fd = os.open(lock_path, os.O_RDONLY)
     except OSError:
         return True
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return False
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)    # closing releases the lock it took
+    return True

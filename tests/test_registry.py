@@ -33,7 +33,8 @@ def test_versions_are_integers_in_the_serving_layout(tmp_path):
     v1 = reg.push("fonts", src, card())
     v2 = reg.push("fonts", src, card())
     assert (v1.version, v2.version) == (1, 2)
-    assert sorted(os.listdir(tmp_path / "serving" / "fonts")) == ["1", "2"]
+    # (plus the model's hidden .lock, which TF Serving ignores)
+    assert sorted(os.listdir(tmp_path / "serving" / "fonts")) == [".lock", "1", "2"]
     assert os.path.isfile(tmp_path / "serving" / "fonts" / "2" / "saved_model.pb")
     assert json.load(open(tmp_path / "serving" / "fonts" / "2" / "model_card.json"))["version"] == 2
     assert reg.resolve("fonts@latest").version == 2 and reg.resolve("fonts:1") == v1
@@ -66,6 +67,87 @@ def test_concurrent_pushes_get_distinct_intact_versions(tmp_path):
         assert open(os.path.join(version.path, "saved_model.pb")).read() == marker * 1000
         assert version.card["version"] == version.version
     assert not [n for n in os.listdir(os.path.join(root, "m")) if n.startswith(".push-")]
+
+
+def _push_many(root, src, worker, rounds, barrier, queue):
+    import fcntl
+    import time
+
+    real_flock = fcntl.flock
+
+    def slow_flock(handle, operation):     # widens the gap between opening and locking
+        if operation & fcntl.LOCK_NB:
+            time.sleep(0.003)
+        return real_flock(handle, operation)
+
+    fcntl.flock = slow_flock
+    barrier.wait()
+    got = []
+    for i in range(rounds):
+        got.append(Registry(root).push("m", src, card(accuracy=worker * 100 + i)).version)
+    queue.put(got)
+
+
+def test_many_pushes_at_once_never_break_a_version_or_block_the_next(tmp_path):
+    """Pushes from several processes, each cleaning up after dead pushes as it starts:
+    no cleaner ever removes a live push's copy, so every push publishes a whole version
+    and the numbers are exactly 1..N."""
+    src = fake_saved_model(tmp_path / "sm")
+    for i in range(20):                     # a copy that takes a while
+        (tmp_path / "sm" / "variables" / f"part{i}").write_text("x" * 2000)
+    ctx = multiprocessing.get_context("fork")
+    workers, rounds = 5, 12
+    root = str(tmp_path / "serving")
+    barrier, queue = ctx.Barrier(workers), ctx.Queue()
+    procs = [ctx.Process(target=_push_many, args=(root, src, w, rounds, barrier, queue))
+             for w in range(workers)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert all(p.exitcode == 0 for p in procs)
+    numbers = sorted(n for _ in procs for n in queue.get())
+    assert numbers == list(range(1, workers * rounds + 1))
+    versions = Registry(root).versions("m")
+    assert [v.version for v in versions] == numbers
+    for version in versions:
+        assert len(os.listdir(os.path.join(version.path, "variables"))) == 21
+        assert version.card["version"] == version.version
+    assert not [n for n in os.listdir(os.path.join(root, "m")) if n.startswith(".push-")]
+
+
+def _push_once(root, src, barrier, queue):
+    barrier.wait()
+    version, already = Registry(root).push_once(
+        "m", src, {**card(), "model": {"fingerprint": "abc"}}, fingerprint="abc")
+    queue.put((version.version, already))
+
+
+def test_one_model_pushed_by_two_runs_at_once_is_one_version(tmp_path):
+    src = fake_saved_model(tmp_path / "sm")
+    ctx = multiprocessing.get_context("fork")
+    for attempt in range(3):
+        root = str(tmp_path / f"serving{attempt}")
+        barrier, queue = ctx.Barrier(2), ctx.Queue()
+        procs = [ctx.Process(target=_push_once, args=(root, src, barrier, queue))
+                 for _ in range(2)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert sorted(queue.get() for _ in procs) == [(1, False), (1, True)]
+        assert [v.version for v in Registry(root).versions("m")] == [1]
+
+
+def test_a_half_made_version_is_skipped_not_collided_with(tmp_path):
+    reg = Registry(str(tmp_path / "serving"))
+    src = fake_saved_model(tmp_path / "sm")
+    reg.push("m", src, card())
+    half = tmp_path / "serving" / "m" / "2"
+    half.mkdir()
+    (half / "model_card.json").write_text("{}")        # no saved_model.pb: not a version
+    assert reg.push("m", src, card()).version == 3
+    assert reg.push("m", src, card()).version == 4
 
 
 def test_promote_refuses_unblessed_unless_forced_and_audits(tmp_path):
@@ -138,7 +220,8 @@ def test_a_killed_push_leaves_nothing_visible_and_is_cleaned_by_the_next(tmp_pat
     reg = Registry(str(root))
     assert reg.versions("m") == []          # TF Serving and the registry ignore both
     reg.push("m", fake_saved_model(tmp_path / "sm"), card())
-    assert sorted(os.listdir(root / "m")) == [".push-running", ".push-running.lock", "1"]
+    assert sorted(os.listdir(root / "m")) == [".lock", ".push-running", ".push-running.lock",
+                                              "1"]
     holder.close()
 
 
@@ -161,7 +244,8 @@ def test_a_failed_push_removes_its_copy(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space left"):
         reg.push("m", fake_saved_model(tmp_path / "sm"), card(),
                  {"model.keras": str(tmp_path / "sm" / "saved_model.pb")})
-    assert copied and os.listdir(tmp_path / "serving" / "m") == []   # no hidden copy, no lock
+    # no hidden copy, no lock of its own (the model's .lock stays, as after any change)
+    assert copied and os.listdir(tmp_path / "serving" / "m") == [".lock"]
     monkeypatch.setattr(fileio, "copy", real)
     assert reg.push("m", str(tmp_path / "sm"), card()).version == 1
 

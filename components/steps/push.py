@@ -90,17 +90,6 @@ def _upload_to_vertex(push: PushConfig, registry: Registry, version,
     return record
 
 
-def _fingerprint(version) -> str | None:
-    """The model fingerprint on a version's card (None when the card is damaged: that
-    version cannot be this model's earlier push as far as we can tell)."""
-    from components.registry import RegistryError
-
-    try:
-        return version.card.get("model", {}).get("fingerprint")
-    except RegistryError:
-        return None
-
-
 @step(name="push",
       inputs={"trained_model": artifacts.Model, "blessing": artifacts.Blessing,
               "infra_blessing": artifacts.Blessing, "evaluation": artifacts.Evaluation,
@@ -133,20 +122,20 @@ def run(trained_model: artifacts.Artifact, blessing: artifacts.Artifact,
         record["reason"] = "; ".join(why)
         lines = [f"NOTHING PUSHED ({record['reason']})"]
     else:
-        existing = [v for v in registry.versions(name)
-                    if _fingerprint(v) == trained_model.fingerprint]
-        if existing:
-            version = existing[-1]
+        card = model_card(trained_model, blessing, infra_blessing, evaluation, statistics,
+                          recorded_config, producer)
+        keras_file = trained_model.path("model.keras")
+        # Already pushed (by an earlier run, or by a run of the same config right now)?
+        # Decided by the registry under its lock, when the version would be published.
+        version, already = registry.push_once(
+            name, trained_model.path("saved_model"), card,
+            {"model.keras": keras_file} if fileio.exists(keras_file) else {},
+            fingerprint=trained_model.fingerprint)
+        if already:
             record.update(pushed=True, version=version.version, path=version.path,
                           already=True, reason="this model was already pushed")
             lines = [f"already pushed as {version.ref} ({version.path})"]
         else:
-            card = model_card(trained_model, blessing, infra_blessing, evaluation, statistics,
-                              recorded_config, producer)
-            keras_file = trained_model.path("model.keras")
-            version = registry.push(name, trained_model.path("saved_model"), card,
-                                    {"model.keras": keras_file}
-                                    if fileio.exists(keras_file) else {})
             record.update(pushed=True, version=version.version, path=version.path,
                           reason="blessed and served in infra validation")
             lines = [f"pushed {version.ref} to {version.path}"]
