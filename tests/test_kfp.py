@@ -364,6 +364,8 @@ def test_dockerfiles_install_the_package_from_pyproject():
                              re.MULTILINE), (name, folder)
     tpu = open(os.path.join(ROOT, "deploy", "Dockerfile.tpu")).read()
     assert re.search(r"pip uninstall -y tensorflow .*tensorflow-tpu==2\.20\.0", tpu, re.S)
+    # tensorflow-tpu 2.20.0 declares libtpu~=0.0.14, which admits any later 0.0.x: exact pin
+    assert re.search(r"\slibtpu==0\.0\.14(\s|$)", tpu) and "libtpu~=" not in tpu.split("RUN")[-1]
     serving = open(os.path.join(ROOT, "deploy", "Dockerfile.serving")).read()
     assert re.search(r"^FROM (\S+)", serving, re.MULTILINE)[1] == f"tensorflow/serving:{tf_version}"
 
