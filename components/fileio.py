@@ -6,8 +6,9 @@ TensorFlow import); gs:// goes through the google-cloud-storage client
 versions and moves aliases with; any other scheme (s3:// ...) goes through
 `tf.io.gfile`. Callers never branch on the scheme themselves.
 
-TensorFlow reads (TFRecords, SavedModels, the transform graph) take `tf_path(uri)`:
-inside a Vertex AI container a gs:// URI becomes its path under the /gcs/ mount.
+TensorFlow reads and writes (TFRecords, SavedModels, the transform graph) take
+`tf_path(uri)`: where a bucket is mounted under /gcs (Vertex AI), a gs:// URI becomes
+its path there; elsewhere it stays a gs:// URI.
 """
 
 from __future__ import annotations
@@ -43,10 +44,19 @@ def _gfile():
     return tf.io.gfile
 
 
+def gcs_mounted(bucket: str) -> bool:
+    """Whether gs://BUCKET is mounted under /gcs (Vertex AI's Cloud Storage FUSE, which
+    mounts either /gcs itself or /gcs/BUCKET). A plain folder named /gcs does not count:
+    on a self-hosted KFP node it is local disk, and TensorFlow writing there while
+    `exists`/`read_bytes` look in the bucket would lose the writes."""
+    return os.path.ismount(GCS_MOUNT) or os.path.ismount(os.path.join(GCS_MOUNT, bucket))
+
+
 def tf_path(path: str) -> str:
-    """The path TensorFlow should open: gs://B/x as /gcs/B/x where Vertex mounts the
-    buckets (TensorFlow's own gs:// client then is not involved), else unchanged."""
-    if _is_gcs(path) and os.path.isdir(GCS_MOUNT):
+    """The path TensorFlow should open: gs://B/x as /gcs/B/x where the bucket is
+    mounted there (TensorFlow's own gs:// client then is not involved), else unchanged,
+    so TensorFlow and this module's gs:// calls always see the same objects."""
+    if _is_gcs(path) and gcs_mounted(path[len("gs://"):].split("/", 1)[0]):
         return os.path.join(GCS_MOUNT, path[len("gs://"):])
     return path
 

@@ -223,3 +223,22 @@ def test_ingest_and_validate_read_a_bucket_and_write_there(on_beam, tmp_path):
                           schema=f"{on_beam}/runs/r/v/s")
     assert result["num_anomalies"] == 0
     assert artifacts.read(f"{on_beam}/runs/r/v/a", artifacts.Anomalies).properties["num_errors"] == 0
+
+
+def test_tensorflow_paths_go_through_the_mount_only_where_the_bucket_is_mounted(
+        tmp_path, monkeypatch):
+    """A folder named /gcs that is not a mount (a self-hosted KFP node) must not take
+    TensorFlow's writes while the storage layer looks in the bucket."""
+    from components import fileio
+
+    mount = tmp_path / "gcs"
+    (mount / "b").mkdir(parents=True)
+    monkeypatch.setattr(fileio, "GCS_MOUNT", str(mount))
+    assert fileio.tf_path("gs://b/runs/model") == "gs://b/runs/model"
+    assert fileio.tf_path(str(tmp_path / "x")) == str(tmp_path / "x")
+    real = os.path.ismount
+    for mounted in (str(mount), str(mount / "b")):        # /gcs itself, or /gcs/BUCKET
+        monkeypatch.setattr(os.path, "ismount", lambda p, m=mounted: p == m or real(p))
+        assert fileio.tf_path("gs://b/runs/model") == str(mount / "b" / "runs" / "model")
+    monkeypatch.setattr(os.path, "ismount", lambda p: p == str(mount / "b") or real(p))
+    assert fileio.tf_path("gs://other/x") == "gs://other/x"
