@@ -7,6 +7,8 @@ Defaults are the course's values, so a config that names only its data source wo
 from __future__ import annotations
 
 import re
+import types
+import typing
 from typing import Any, ClassVar, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -30,6 +32,8 @@ BEAM_RUNNERS = ("DataflowRunner", "DirectRunner", "BundleBasedDirectRunner",
 # workers see none of the container's files.
 LOCAL_RUNNERS = ("DirectRunner", "FnApiRunner", "BundleBasedDirectRunner",
                  "SwitchingDirectRunner", "InteractiveRunner", "PrismRunner", "TestDirectRunner")
+# The alias every model has: its newest version (never set, never a baseline).
+LATEST_ALIAS = "latest"
 IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -61,11 +65,36 @@ class Section(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _no_bool_numbers(cls, value: Any, info) -> Any:
-        if isinstance(value, bool):
-            annotation = cls.model_fields[info.field_name].annotation
-            if annotation in (int, float, Optional[int], Optional[float]):
-                raise ValueError(f"expected a number, got the boolean {value}")
+        if _bool_for_number(cls.model_fields[info.field_name].annotation, value):
+            raise ValueError("expected a number, got a boolean" if isinstance(value, bool)
+                             else "expected numbers, got a boolean among them")
         return value
+
+
+def _wants_number(annotation: Any) -> bool:
+    """A number type: int, float or a Literal of numbers, through Optional/Union."""
+    if annotation in (int, float):
+        return True
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is Literal:
+        return bool(args) and all(isinstance(a, (int, float)) and not isinstance(a, bool)
+                                  for a in args)
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        return any(_wants_number(a) for a in args if a is not type(None))
+    return False
+
+
+def _bool_for_number(annotation: Any, value: Any) -> bool:
+    """A boolean where the type wants a number, also inside a list or tuple
+    (`image_size: [true, 36]`, `hidden_units: [true]`; Python's True == 1)."""
+    if isinstance(value, bool):
+        return _wants_number(annotation)
+    if not isinstance(value, (list, tuple)):
+        return False
+    args = [a for a in typing.get_args(annotation) if a is not type(None) and a is not Ellipsis]
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        return any(_bool_for_number(a, value) for a in args)
+    return any(isinstance(item, bool) for item in value) and any(_wants_number(a) for a in args)
 
 
 class DataConfig(Section):
@@ -391,6 +420,10 @@ class PushConfig(Section):
     @field_validator("model_name", "promote_to", "baseline_alias")
     @classmethod
     def _identifiers(cls, value: Optional[str], info) -> Optional[str]:
+        if info.field_name != "model_name" and value == LATEST_ALIAS:
+            raise ValueError(f"'{LATEST_ALIAS}' always means the newest version and cannot be "
+                             "moved or compared against; use an alias such as staging or "
+                             "production")
         return identifier(value, info.field_name)
 
     @field_validator("destination")

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from components import fileio, runtime
+from components.config import LATEST_ALIAS
 from components.errors import ConfigError, ImgpipeError
 
 CARD = "model_card.json"
@@ -48,7 +49,7 @@ PIPELINE_STATE = "pipeline_state.json"
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 NAME = re.compile(NAME_PATTERN)
 REF = re.compile(rf"(?P<name>{NAME_PATTERN})(?:@(?P<alias>{NAME_PATTERN})|:(?P<version>\d+))")
-LATEST = "latest"
+LATEST = LATEST_ALIAS
 
 
 class PromotionRefused(ImgpipeError):

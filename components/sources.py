@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -100,8 +101,14 @@ def _split_name(name: str) -> str | None:
 
 def text(name: str) -> str:
     """A file or folder name as text: names that are not UTF-8 (legal on Linux; Python
-    holds their bytes as surrogates) show those bytes as \\xNN escapes."""
+    holds their bytes as surrogates) show those bytes as \\xNN escapes; any other lone
+    surrogate (JSON's "\\ud800") as a \\uNNNN escape."""
+    name = _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m[0]):04x}", name)
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+# Surrogates that surrogateescape cannot turn back into a byte (it uses U+DC80-U+DCFF).
+_LONE_SURROGATE = re.compile("[\ud800-\udc7f\udd00-\udfff]")
 
 
 def check_label(label: Any, where: str) -> str:
@@ -208,6 +215,12 @@ def _jsonl_rows(path: str, content: str) -> list[tuple[int, dict[str, Any]]]:
         if not isinstance(row, dict):
             raise DataError(f"{path}:{number}: a JSON {type(row).__name__}, not an object; each "
                             'line must be {"path": ..., "label": ...}.')
+        long = [key for key, value in row.items()
+                if isinstance(value, str) and len(value) > csv.field_size_limit()]
+        if long:      # the same bound as a CSV manifest's fields
+            raise DataError(f"{path}:{number}: field {long[0]!r} is larger than the field limit "
+                            f"({csv.field_size_limit():,} characters); a manifest row holds a "
+                            "path, a label and an optional split.")
         rows.append((number, row))
     return rows
 

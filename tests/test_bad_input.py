@@ -29,6 +29,11 @@ CONFIGS = {
     "empty source": ('data: {source: ""}\n', "source is empty"),
     "image too large": ("data: {image_size: [100000, 100000]}\n", "ingest.max_pixels"),
     "boolean epochs": ("train: {epochs: true}\n", "boolean"),
+    "boolean in the image size": ("data: {image_size: [true, 36]}\n", "boolean"),
+    "boolean channels": ("data: {channels: true}\n", "boolean"),
+    "boolean layer width": ("model: {hidden_units: [true, 64]}\n", "boolean"),
+    "promote to latest": ("push: {promote_to: latest}\n", "'latest' always means"),
+    "baseline latest": ("push: {baseline_alias: latest}\n", "'latest' always means"),
     "unknown beam runner": ("beam: {runner: NoSuchRunner}\n", "unknown Beam runner"),
     "YAML alias bomb": ("".join(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]\n"
                                 for i in range(1, 9)).replace("*a0", "x"), "100,000 values"),
@@ -70,6 +75,8 @@ MANIFESTS = {
     "path not text": ("m.jsonl", b'{"path": 5, "label": "cat"}\n', "'path' must be text"),
     "label a list": ("m.jsonl", b'{"path": "a.png", "label": ["a", "b"]}\n', "the label must"),
     "label with a tab": ("m.jsonl", b'{"path": "a.png", "label": "a\\tb"}\n', "control character"),
+    "JSONL field over 128 KiB": ("m.jsonl", b'{"path": "a.png", "label": "' + b"x" * 200_000
+                                 + b'"}\n', "larger than the field limit"),
 }
 
 
@@ -105,6 +112,30 @@ def test_legal_but_unusual_names_are_ingested(tmp_path, capsys):
     assert cli.main(["run", str(tmp_path / "d.yaml"), "--until", "ingest", "--runs-dir",
                      str(tmp_path / "runs")]) == 0
     assert "2 examples" in capsys.readouterr().out
+
+
+def test_names_that_are_not_utf8_in_a_manifest_are_ingested_or_quarantined(tmp_path, capsys):
+    """`predict -o x.jsonl` writes a file name that is not UTF-8 as JSON's \\udcff: such
+    a manifest ingests, its missing files are quarantined under a readable name, and a
+    label holding a lone surrogate becomes an escaped class name."""
+    import json
+
+    root = os.fsencode(tmp_path)
+    rows = []
+    for i in range(6):
+        for label in ("a", "b"):
+            with open(os.path.join(root, b"%s\xff%d.png" % (label.encode(), i)), "wb") as handle:
+                handle.write(fixtures.png_bytes(fixtures.class_pattern(ord(label) % 3, i)))
+            rows.append({"path": f"{label}\udcff{i}.png", "label": label})
+    rows.append({"path": "missing\udcff.png", "label": "a"})
+    rows.append({"path": "a\udcff0.png", "label": "c\ud800"})
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "c.yaml").write_text(f"name: t\ndata: {{source: '{tmp_path / 'm.jsonl'}'}}\n"
+                                     "ingest: {max_bad_fraction: 0.2}\n")
+    assert cli.main(["run", str(tmp_path / "c.yaml"), "--until", "ingest", "--runs-dir",
+                     str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert "13 examples" in out and "3 classes" in out and "1 quarantined" in out, out
 
 
 def test_class_folder_with_a_newline_is_refused(tmp_path, capsys):

@@ -59,7 +59,9 @@ def check_input(path: str, data: bytes | None, label: str | None, split: str | N
     quarantine entry {path, label, reason}. Files whose extension is not in
     `extensions` are quarantined (listed, never silently skipped)."""
     def bad(reason: str) -> dict[str, str]:
-        return {"path": path, "label": label or "", "reason": reason}
+        # as text: a name that is not UTF-8 must still travel through Beam and be listed
+        return {"path": sources.text(path), "label": sources.text(label or ""),
+                "reason": sources.text(reason)}
 
     if read_error:
         return bad(read_error)
