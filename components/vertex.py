@@ -4,9 +4,11 @@ rollback, delete) moves it there. Untested against the live service (not reachab
 from where this was built); every call is unit-tested against the real client
 library's signatures with a recording fake.
 
-Serving image: a model is served by TensorFlow Serving of the version it was built
-with. Vertex's prebuilt TF containers stop at 2.15 (2026-11), so the default for newer
-models is a TF Serving image of that exact version mirrored into the project's
+Serving image: a model is served by TensorFlow Serving of the pipeline's TensorFlow
+version (or of the model's, if newer): TF Serving loads SavedModels of its own or an
+older TensorFlow, so one serving image covers the CPU/GPU images' models (2.21) and the
+TPU image's (2.20). Vertex's prebuilt TF containers stop at 2.15 (2026-11), so the
+default is a TF Serving image of that exact version mirrored into the project's
 Artifact Registry (deploy/Dockerfile.serving), started with TF Serving's own REST
 routes and a model config that serves exactly this version from the registry.
 """
@@ -34,23 +36,40 @@ def tensorflow_version() -> str:
     return importlib.metadata.version("tensorflow")
 
 
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+
+
+def serving_version(model_tf: str | None, pipeline_tf: str | None = None) -> str:
+    """The TensorFlow Serving version for a model built with `model_tf`: the pipeline's
+    own TensorFlow (`pipeline_tf`, default the installed one: what deploy/Dockerfile.serving
+    mirrors and what infra_validate loaded the model with), or the model's when that
+    is newer. TF Serving loads SavedModels written by its own or an older TensorFlow, so
+    a model trained in the TPU image (tensorflow-tpu 2.20) is served by the 2.21 image
+    the deploy builds, never by a 2.20 image nobody built."""
+    pipeline_tf = pipeline_tf or tensorflow_version()
+    return max(model_tf or pipeline_tf, pipeline_tf, key=_version_key)
+
+
 def serving_image(configured: str | None, project: str, region: str,
-                  tf_version: str | None = None) -> str:
-    """The serving image for models built with `tf_version` (default: the installed
-    TensorFlow). A Vertex prebuilt image of another TensorFlow version is refused."""
-    tf_version = tf_version or tensorflow_version()
-    minor = int(tf_version.split(".")[1])
+                  tf_version: str | None = None, pipeline_tf: str | None = None) -> str:
+    """The serving image for a model built with `tf_version` (default: the installed
+    TensorFlow), served by TF Serving `serving_version(...)`. A Vertex prebuilt image of
+    an older TensorFlow than the model's is refused."""
+    tf_version = tf_version or pipeline_tf or tensorflow_version()
     if configured:
         match = PREBUILT.search(configured)
-        if match and int(match[2]) != minor:
+        if match and int(match[2]) < _version_key(tf_version)[1]:
             raise ConfigError(
                 f"push.vertex.serving_image {configured} serves TensorFlow 2.{match[2]}, the "
                 f"models are built with {tf_version}; use a TF Serving {tf_version} image "
                 "(deploy/Dockerfile.serving) or leave serving_image unset.")
         return configured
+    serving = serving_version(tf_version, pipeline_tf)
+    minor = _version_key(serving)[1]
     if minor <= NEWEST_PREBUILT_MINOR:
         return f"{region.split('-')[0]}-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-{minor}:latest"
-    return f"{region}-docker.pkg.dev/{project}/imgpipe/tensorflow-serving:{tf_version}"
+    return f"{region}-docker.pkg.dev/{project}/imgpipe/tensorflow-serving:{serving}"
 
 
 def serving_spec(image: str, registry_root: str, name: str, version: int) -> dict[str, Any]:

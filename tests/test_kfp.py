@@ -428,8 +428,17 @@ def test_vertex_model_registry_upload_calls():
     assert "--model_config_file=gs://b/serving/fonts/2/serving.config" in \
         upload["serving_container_args"]
     assert "versions: 2" in vertex.model_config("gs://b/serving", "fonts", 2)
-    # up to TF 2.15 Vertex's own prebuilt image; never one of another TF version
-    assert vertex.serving_image(None, "p", "europe-west4", "2.15.1") == \
+    # a model from the TPU image (tensorflow-tpu 2.20) is served by the one TF Serving
+    # image the deploy builds (the pipeline's 2.21), which loads older SavedModels
+    assert vertex.serving_version("2.20.0", "2.21.0") == "2.21.0"
+    assert vertex.serving_image(None, "p", "us-central1", "2.20.0", "2.21.0") == image
+    assert vertex.serving_image(None, "p", "us-central1", "2.20.0") == image    # installed TF
+    assert vertex.serving_version("2.22.1", "2.21.0") == "2.22.1"        # never an older one
+    tag = re.search(r"^# .*tensorflow-serving:(\S+) \.$", open(os.path.join(
+        ROOT, "deploy", "Dockerfile.serving")).read(), re.MULTILINE)[1]
+    assert image.endswith(f":{tag}")                  # the tag deploy/README builds
+    # up to TF 2.15 Vertex's own prebuilt image; never one older than the model
+    assert vertex.serving_image(None, "p", "europe-west4", "2.15.1", "2.15.1") == \
         "europe-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest"
     with pytest.raises(Exception, match="serves TensorFlow 2.15, the models are built with 2.21"):
         vertex.serving_image("us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest",
