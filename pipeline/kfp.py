@@ -49,6 +49,7 @@ _OPTIONAL = ("push.promote_to",)
 RESOLVE = "resolve"
 # Folders of this repository that deploy/Dockerfile copies into the image.
 IMAGE_FOLDERS = ("schemas/", "configs/")
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def kfp_type(artifact_type: str) -> str:
@@ -320,6 +321,13 @@ def build_pipeline(config: PipelineConfig) -> Callable:
                         f"({config.model.kind} on {config.data.source})")(fn)
 
 
+def _in_image_folders(path: str) -> bool:
+    """Whether a relative path under IMAGE_FOLDERS names a file that the image will hold:
+    one in this project (deploy/Dockerfile builds from its root), or in the current
+    folder (compiling from a checkout of the project)."""
+    return any(os.path.isfile(os.path.join(base, path)) for base in (PROJECT_ROOT, os.getcwd()))
+
+
 def _in_bucket(path: str | None) -> bool:
     """gs:// (or another object store), or Vertex's /gcs/ mount of the buckets."""
     return bool(path) and ("://" in path or path.startswith("/gcs/"))
@@ -347,6 +355,10 @@ def check_remote(config: PipelineConfig) -> None:
         raise ConfigError(f"validate.schema {schema!r} is not in the image (it holds "
                           f"{', '.join(IMAGE_FOLDERS)} of this repository) nor in a bucket; "
                           "commit it under schemas/ or copy it to gs://.")
+    if schema and not _in_bucket(schema) and not _in_image_folders(schema):
+        raise ConfigError(f"validate.schema {schema!r} does not exist in this project (the "
+                          f"image copies {', '.join(IMAGE_FOLDERS)} from {PROJECT_ROOT}); fix "
+                          "the path or add the file there before building the image.")
     if config.push.vertex is not None:
         from components import vertex
 

@@ -158,6 +158,7 @@ def test_partial_kfp_step_settings_merge_into_the_defaults():
     ("data.source=/home/me/photos", "data.source"),
     ("push.destination=./serving", "push.destination"),
     ("validate.schema=/home/me/schema.pbtxt", "validate.schema"),
+    ("validate.schema=schemas/nope.pbtxt", "does not exist in this project"),
     ("model.weights=/home/me/base.keras", "model.weights"),
     ("model.weights=run:20261101-aaaa", "model.weights"),
 ])
