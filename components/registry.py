@@ -471,8 +471,7 @@ def _parse_ledger(path: str, name: str, data: bytes) -> list[dict[str, Any]]:
             continue
         try:
             entry = json.loads(line)
-            if not isinstance(entry, dict) or "alias" not in entry or "to" not in entry:
-                raise ValueError("not an alias change record")
+            _check_entry(entry)
         except ValueError as exc:
             raise RegistryError(
                 f"{path} line {number} is damaged ({exc}); the ledger records every alias "
@@ -480,6 +479,21 @@ def _parse_ledger(path: str, name: str, data: bytes) -> list[dict[str, Any]]:
                 "to rewrite aliases.json from it.") from exc
         entries.append(entry)
     return entries
+
+
+def _check_entry(entry: Any) -> None:
+    """A ledger line is an alias change: an alias name, a target version (None for a
+    delete), an action; ValueError otherwise."""
+    if not isinstance(entry, dict) or "alias" not in entry or "to" not in entry:
+        raise ValueError("not an alias change record")
+    if not isinstance(entry["alias"], str) or not NAME.fullmatch(entry["alias"]):
+        raise ValueError(f"alias {entry['alias']!r} is not an alias name")
+    for key in ("to", "from"):
+        value = entry.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"{key!r} is {value!r}, not a version number")
+    if not isinstance(entry.get("action", ""), str):
+        raise ValueError(f"action {entry['action']!r} is not text")
 
 
 def _append_synced(path: str, line: str) -> None:

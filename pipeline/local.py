@@ -82,11 +82,15 @@ class LocalRunner:
         if until is not None and until not in names:
             raise ConfigError(f"--until {until!r} is not a step; steps are {', '.join(names)}.")
         preflight(self.config, self.runs_dir, names[: names.index(until) + 1] if until else names)
+        last = names.index(until) if until else len(names) - 1
+        for node in self.steps[: last + 1]:
+            # References (the baseline, model.weights, train.hyperparameters) resolve
+            # now: a wrong one or a damaged registry file stops the run before it starts.
+            invoke.resolve(node, invoke.step_config(node, self.config), self.context)
         run_id = self.store.start_run(self.config.name, self.config.to_dict(), self.config_path)
         self.log(f"run {run_id}  (pipeline {self.config.name}, runs dir {self.runs_dir})")
         produced: dict[str, artifacts.Artifact] = {}
         results: list[StepResult] = []
-        last = names.index(until) if until else len(names) - 1
         for node in self.steps[: last + 1]:
             try:
                 result = self._run_step(run_id, node, produced)

@@ -56,7 +56,14 @@ def list_versions(registry: Registry, name: str | None = None) -> list[dict[str,
 
     rows = []
     for model in ([name] if name else registry.models()):
-        aliases = registry.aliases(model)
+        try:
+            aliases = registry.aliases(model)
+        except RegistryError as exc:
+            if name:       # the one model asked for: its error is the answer
+                raise
+            # one model's damaged ledger must not hide the others
+            rows.append({"ref": f"{model}:*", "version": None, "error": str(exc), "aliases": []})
+            continue
         for version in registry.versions(model):
             try:
                 rows.append(version_row(version, aliases))

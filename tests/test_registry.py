@@ -365,6 +365,41 @@ def test_damaged_registry_files_are_named_with_their_repair(tmp_path, capsys):
     assert "audit.jsonl line 1 is damaged" in err and "imgpipe models repair m" in err
 
 
+@pytest.mark.parametrize("line", ['{"alias": "production", "to": "abc"}',
+                                  '{"alias": ["x"], "to": 1}',
+                                  '{"alias": "production", "to": true}',
+                                  '{"alias": "production", "to": 1, "action": 5}'])
+def test_a_ledger_line_of_the_wrong_shape_is_named(tmp_path, capsys, line):
+    root = tmp_path / "serving"
+    reg = two_versions(tmp_path)
+    Registry(str(root)).push("other", fake_saved_model(tmp_path / "sm2"), card())
+    with open(root / "m" / "audit.jsonl", "a") as handle:
+        handle.write(line + "\n")
+    assert cli.main(["models", "show", "m@production", "--registry", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert "audit.jsonl line 2 is damaged" in err and len(err.strip().splitlines()) == 1
+    # the listing still shows every other model, and this one as damaged
+    assert cli.main(["models", "list", "--registry", str(root)]) == 0
+    listing = capsys.readouterr().out
+    assert "other:1" in listing and "m:* " in listing and "DAMAGED" in listing
+    with pytest.raises(ConfigError, match="line 2 is damaged"):
+        reg.aliases("m")
+
+
+def test_a_damaged_baseline_stops_the_run_before_it_starts(tmp_path, capsys):
+    root = tmp_path / "serving"
+    two_versions(tmp_path)                               # production on m:1
+    (root / "m" / "1" / "model_card.json").write_text("{broken")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"name: m\ndata: {{source: builtin:digits}}\n"
+                      f"push: {{destination: '{root}'}}\n")
+    assert cli.main(["run", str(config), "--runs-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert "1/model_card.json is damaged" in err and len(err.strip().splitlines()) == 1
+    assert cli.main(["runs", "list", "--runs-dir", str(tmp_path / "runs"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []      # no run was started
+
+
 @pytest.mark.parametrize("args", [
     ["models", "list", "../x"], ["models", "show", "../x:1"], ["models", "rollback", "../x",
                                                                "--alias", "production"],
