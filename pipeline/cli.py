@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
+import re
 import sys
 from typing import Any, Callable, Sequence
 
@@ -132,6 +134,19 @@ def _compiled(args: argparse.Namespace):
                 f"--set {', '.join(fixed)}: compiled into {args.package}; a run can change "
                 f"only {', '.join(kfp_pipeline.RUNTIME_PARAMETERS.values())}. Drop --package "
                 "to compile with the change.")
+        # Only what the package declares: a parameter it lacks would be refused by the
+        # service, or ignored while the run uses the compiled value.
+        declared = kfp_pipeline.package_parameters(args.package)
+        if declared is not None:
+            by_key = {key: name for name, key in kfp_pipeline.RUNTIME_PARAMETERS.items()}
+            undeclared = [key for key in (t.split("=", 1)[0].strip() for t in args.overrides)
+                          if by_key[key] not in declared]
+            if undeclared:
+                raise ConfigError(
+                    f"--set {', '.join(undeclared)}: {args.package} declares no parameter for "
+                    f"it (it declares {', '.join(sorted(declared)) or 'none'}); drop --package "
+                    "to compile with the change.")
+            params = {name: value for name, value in params.items() if name in declared}
         yield cfg, args.package, params
         return
     with tempfile.TemporaryDirectory(prefix="imgpipe-submit-") as folder:
@@ -777,10 +792,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _stopped(exc)
     except BrokenPipeError:
         return _closed_pipe()
-    except Exception:
+    except Exception as exc:
         if runtime.stop_signal():   # a library turned our stop into an error of its own
             return _stopped(runtime.Stopped(runtime.stop_signal()))
-        raise
+        storage = storage_error(exc)
+        if storage is None:
+            raise
+        print(f"imgpipe: error: {storage}", file=sys.stderr)
+        return 2
+
+
+# errno -> what it means for the user, for the storage failures a user fixes
+_STORAGE_ERRORS = {errno.ENOSPC: "no space left on the device",
+                   errno.EDQUOT: "the disk quota is used up",
+                   errno.EROFS: "the file system is read-only",
+                   errno.EACCES: "permission denied"}
+_WRAPPED_ERRNO = re.compile(r"\[Errno (\d+)\][^'\n]*?(?:: '([^']+)')?")
+
+
+def storage_error(exc: BaseException) -> str | None:
+    """One line for a full, read-only or forbidden disk, also when a library (Beam,
+    TensorFlow) wrapped the OSError into an error of its own; None for anything else."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _STORAGE_ERRORS:
+            return _storage_line(current.errno, current.filename)
+        current = current.__cause__ or current.__context__
+    match = _WRAPPED_ERRNO.search(str(exc))
+    if match and int(match[1]) in _STORAGE_ERRORS:
+        return _storage_line(int(match[1]), match[2])
+    return None
+
+
+def _storage_line(code: int, path: str | None) -> str:
+    where = f" writing {path}" if path else ""
+    return (f"{_STORAGE_ERRORS[code]}{where}; free space or fix the permissions, or point "
+            "--runs-dir, push.destination or -o at another folder. A run stopped this way "
+            "is recorded as failed and resumes from its first unfinished step.")
 
 
 def _stopped(exc: BaseException) -> int:

@@ -372,6 +372,26 @@ def check_remote(config: PipelineConfig) -> None:
                           "bucket); use a pushed model (NAME@ALIAS) or gs://.")
 
 
+def package_parameters(package: str) -> set[str] | None:
+    """The run-time parameters a compiled pipeline declares (its root's inputs); None
+    for a template on a web address (Vertex's Artifact Registry), not read here."""
+    import yaml
+
+    if package.startswith(("https://", "http://")):
+        return None
+
+    from components import fileio
+    from components.errors import ConfigError
+
+    try:
+        spec = yaml.safe_load(fileio.read_text(package))
+        return set(spec["root"].get("inputDefinitions", {}).get("parameters", {}))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError,
+            AttributeError) as exc:
+        raise ConfigError(f"--package {package!r} is not a readable compiled pipeline "
+                          f"({type(exc).__name__}); compile one with `imgpipe compile`.") from exc
+
+
 def compile_pipeline(config: PipelineConfig, output: str) -> str:
     from kfp import compiler
 

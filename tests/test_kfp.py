@@ -182,13 +182,53 @@ def test_remote_beam_runner_needs_shared_paths(capsys):
     assert cfg.beam.remote
 
 
-def test_submit_with_a_package_takes_only_runtime_overrides(tmp_path, capsys):
+def test_submit_with_a_package_takes_only_runtime_overrides(tmp_path, capsys, monkeypatch):
+    """--set of a run-time key reaches the adapter as the package's parameter, without
+    recompiling; a key compiled into the package, or one the package declares no
+    parameter for, is one line and exit 2."""
     package = str(tmp_path / "p.yaml")
+    lean = str(tmp_path / "lean.yaml")             # compiled without accuracy_max_drop
     assert cli.main(["compile", EXAMPLE, "-o", package]) == 0
+    assert cli.main(["compile", EXAMPLE, "-o", lean,
+                     "--set", "evaluate.thresholds.accuracy.max_drop=null"]) == 0
     capsys.readouterr()
-    args = ["submit", EXAMPLE, "--package", package, "--kfp-host", "http://127.0.0.1:9"]
-    assert cli.main([*args, "--set", "model.dropout=0.2"]) == 2
-    assert "compiled into" in capsys.readouterr().err
+    calls = []
+
+    class Adapter:
+        def submit(self, name, package, parameters):
+            calls.append(("submit", package, parameters))
+            return "job-1"
+
+        def schedule(self, name, package, parameters, cron):
+            calls.append(("schedule", package, parameters, cron))
+            return "schedule-1"
+
+    def no_compiling(*args, **kwargs):
+        raise AssertionError("recompiled although --package was given")
+
+    monkeypatch.setattr(cli, "_adapter", lambda args: Adapter())
+    monkeypatch.setattr(kfp_pipeline, "compile_pipeline", no_compiling)
+    target = ["--kfp-host", "http://127.0.0.1:9"]
+    assert cli.main(["submit", EXAMPLE, "--package", package, *target,
+                     "--set", "train.epochs=5", "--set", "data.source=gs://b/photos"]) == 0
+    assert cli.main(["schedule", EXAMPLE, "--package", package, *target, "--cron",
+                     "0 3 * * *", "--set", "evaluate.thresholds.accuracy.max_drop=0.02"]) == 0
+    (_, sent_to, params), (_, scheduled, sparams, cron) = calls
+    assert sent_to == scheduled == package and cron == "0 3 * * *"
+    assert params["train_epochs"] == 5 and params["data_source"] == "gs://b/photos"
+    assert sparams["accuracy_max_drop"] == 0.02 and sparams["train_epochs"] == 40
+    assert set(params) == kfp_pipeline.package_parameters(package)
+    capsys.readouterr()
+
+    for extra, says in ((["--set", "model.dropout=0.2"], "compiled into"),
+                        (["--set", "evaluate.thresholds.accuracy.max_drop=0.02"],
+                         "declares no parameter")):
+        assert cli.main(["submit", EXAMPLE, "--package", lean, *target, *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert says in err and len(err.splitlines()) == 1, err
+    # without --set, only the parameters the package declares are sent
+    assert cli.main(["submit", EXAMPLE, "--package", lean, *target]) == 0
+    assert "accuracy_max_drop" not in calls[-1][2] and calls[-1][2]["accuracy_min"] == 0.8
 
 
 def test_committed_pipeline_spec_is_current(tmp_path):
