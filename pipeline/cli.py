@@ -807,7 +807,7 @@ _STORAGE_ERRORS = {errno.ENOSPC: "no space left on the device",
                    errno.EDQUOT: "the disk quota is used up",
                    errno.EROFS: "the file system is read-only",
                    errno.EACCES: "permission denied"}
-_WRAPPED_ERRNO = re.compile(r"\[Errno (\d+)\][^'\n]*?(?:: '([^']+)')?")
+_WRAPPED_ERRNO = re.compile(r"\[Errno (\d+)\] [^:'\n]*(?:: '([^']+)')?")
 
 
 def storage_error(exc: BaseException) -> str | None:

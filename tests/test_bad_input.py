@@ -163,6 +163,40 @@ def test_command_line_mistakes(tmp_path, capsys, monkeypatch, args, expected):
     assert expected in one_line_error(capsys, args)
 
 
+def test_a_full_disk_mid_step_is_one_line_and_the_run_is_on_record(tmp_path, capsys,
+                                                                    monkeypatch):
+    """The disk fills while Beam writes a shard: Beam wraps the OSError into its own
+    error; the user still gets one line naming the file, exit 2, and a failed run."""
+    import errno
+
+    from components import tfrecord
+
+    def full(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    monkeypatch.setattr(tfrecord, "write_gzip", full)
+    (tmp_path / "c.yaml").write_text("name: t\ndata: {source: builtin:digits}\n")
+    err = one_line_error(capsys, ["run", str(tmp_path / "c.yaml"), "--until", "ingest",
+                                  "--runs-dir", str(tmp_path / "runs")])
+    assert "no space left on the device writing" in err and ".tfrecord.gz" in err
+    assert cli.main(["runs", "list", "--runs-dir", str(tmp_path / "runs"), "--json"]) == 0
+    import json
+
+    [run] = json.loads(capsys.readouterr().out)
+    assert run["status"] == "failed"
+
+
+def test_storage_errors_are_found_inside_wrapped_errors():
+    import errno
+
+    assert cli.storage_error(OSError(errno.EROFS, "Read-only file system", "/ro/x")) == \
+        cli.storage_error(RuntimeError("OSError: [Errno 30] Read-only file system: '/ro/x' "
+                                       "[while running 'Write']"))
+    assert "read-only" in cli.storage_error(OSError(errno.EROFS, "x", "/ro/x"))
+    assert cli.storage_error(RuntimeError("[Errno 2] No such file")) is None
+    assert cli.storage_error(ValueError("something else")) is None
+
+
 def test_output_files_are_written_where_asked(tmp_path, capsys):
     target = tmp_path / "missing" / "dir" / "x.json"
     assert cli.main(["config", "schema", "-o", str(target)]) == 0
