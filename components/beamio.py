@@ -41,6 +41,11 @@ def temp_dir(beam: BeamConfig, purpose: str) -> Iterator[str]:
     """A temporary folder the runner's workers can reach: under the pipeline's
     temp_location (a bucket) for a remote runner, a local one otherwise; removed after."""
     if beam.remote:
+        if not beam.options.get("temp_location"):
+            from components.errors import ConfigError
+
+            raise ConfigError(f"beam.runner {beam.runner} needs beam.options.temp_location on "
+                              "shared storage (gs://BUCKET/tmp) for its temporary files.")
         path = fileio.join(str(beam.options["temp_location"]),
                            f"imgpipe-{purpose}-{uuid.uuid4().hex}")
         try:

@@ -22,6 +22,10 @@ from components.errors import ConfigError
 
 
 
+# Beam options naming the image Dataflow workers run (the second is its older name).
+DATAFLOW_IMAGE_OPTIONS = ("sdk_container_image", "worker_harness_container_image")
+
+
 class VertexJobConfig(Section):
     """Run a step as a Vertex AI custom job (Vertex AI Pipelines only), for what a
     pipeline task cannot ask for: several replicas (multi-worker training; Vertex sets
@@ -125,10 +129,19 @@ class PipelineConfig(Section):
             raise ValueError(f"beam.runner {self.beam.runner} runs workers elsewhere, which "
                              f"cannot read data.source {source!r}; put the data in a bucket "
                              "(gs://...)")
-        temp = str(self.beam.options.get("temp_location", ""))
-        if "://" not in temp:
-            raise ValueError(f"beam.runner {self.beam.runner} needs beam.options.temp_location "
-                             f"on shared storage (gs://BUCKET/tmp), got {temp or 'none'}")
+        # Unset, the temp location is a folder under the pipeline root next to each
+        # step's outputs (pipeline/invoke.py: beam_for_outputs).
+        temp = self.beam.options.get("temp_location")
+        if temp is not None and "://" not in str(temp):
+            raise ValueError(f"beam.runner {self.beam.runner} runs workers elsewhere, which "
+                             f"cannot reach beam.options.temp_location {temp!r}; use shared "
+                             "storage (gs://BUCKET/tmp) or leave it unset (then it is under "
+                             "the pipeline root)")
+        if self.beam.runner == "DataflowRunner" and not any(
+                self.beam.options.get(key) for key in DATAFLOW_IMAGE_OPTIONS):
+            raise ValueError("beam.runner DataflowRunner needs beam.options.sdk_container_image "
+                             "(the step image, deploy/Dockerfile): Dataflow's default workers "
+                             "lack imgpipe and its pinned libraries")
         return self
 
     @model_validator(mode="after")

@@ -246,13 +246,33 @@ def call(node: Node, resolved: Resolved, inputs: dict[str, artifacts.Artifact | 
     kwargs.update(resolved.values)
     kwargs.update(outputs)
     if spec.beam:
-        kwargs[BEAM] = resolved.beam
+        kwargs[BEAM] = beam_for_outputs(resolved.beam, outputs)
     if spec.record:
         kwargs["recorded_config"] = resolved.record
     if spec.scratch:
         kwargs["scratch"] = scratch
     kwargs[contract.PRODUCER] = producer
     return spec.fn(**kwargs)
+
+
+BEAM_TEMP = "beam-temp"
+
+
+def beam_for_outputs(beam: Section, outputs: dict[str, str]) -> Section:
+    """The Beam section a step runs with: a remote runner without
+    `beam.options.temp_location` gets a folder under the pipeline root, next to the
+    step's outputs (`{root}/.../{task}/beam-temp`; Dataflow stages there too, and
+    tensorflow-transform's temp dir goes under it), so every path its workers are given
+    is under the pipeline root. Not part of any cache key (only `beam.runner` is)."""
+    if not beam.remote or beam.options.get("temp_location") or not outputs:
+        return beam
+    first = sorted(outputs.values())[0]
+    if not fileio.is_remote(first):
+        raise ConfigError(f"beam.runner {beam.runner} runs workers elsewhere, which cannot "
+                          f"write this step's outputs ({first}); use a pipeline root in a "
+                          "bucket (gs://...) and set beam.options.temp_location there.")
+    temp = fileio.join(first.rstrip("/").rsplit("/", 1)[0], BEAM_TEMP)
+    return beam.model_copy(update={"options": {**beam.options, "temp_location": temp}})
 
 
 def gate_value(node: Node, summary: dict[str, Any] | None) -> bool:

@@ -170,16 +170,49 @@ def test_compile_refuses_what_containers_cannot_reach(tmp_path, capsys, override
     assert not (tmp_path / "p.yaml").exists()
 
 
-def test_remote_beam_runner_needs_shared_paths(capsys):
-    from components.errors import ConfigError
+DATAFLOW = ["beam.runner=DataflowRunner", "beam.options.sdk_container_image=IMAGE"]
 
-    with pytest.raises(ConfigError, match="cannot read data.source"):
-        config_lib.load(None, ["beam.runner=DataflowRunner", "data.source=/data/photos"])
-    with pytest.raises(ConfigError, match="temp_location"):
-        config_lib.load(None, ["beam.runner=DataflowRunner", "data.source=gs://b/photos"])
-    cfg = config_lib.load(None, ["beam.runner=DataflowRunner", "data.source=gs://b/photos",
-                                 "beam.options={temp_location: gs://b/tmp}"])
-    assert cfg.beam.remote
+
+@pytest.mark.parametrize("overrides,says", [
+    (["data.source=/data/photos"], "cannot read data.source '/data/photos'"),
+    (["data.source=gs://b/photos", "beam.options.temp_location=/tmp/beam"],
+     "cannot reach beam.options.temp_location '/tmp/beam'"),
+    (["data.source=gs://b/photos", "beam.options.sdk_container_image="],
+     "DataflowRunner needs beam.options.sdk_container_image"),
+])
+def test_remote_beam_runner_with_local_paths_is_refused_by_the_cli(tmp_path, capsys, overrides,
+                                                                   says):
+    args = ["compile", EXAMPLE, *[a for o in [*DATAFLOW, *overrides] for a in ("--set", o)],
+            "-o", str(tmp_path / "p.yaml")]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert says in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "p.yaml").exists()
+
+
+def test_remote_beam_temp_defaults_under_the_pipeline_root():
+    """Without temp_location, a remote runner's temp (and Dataflow's staging, and
+    tensorflow-transform's temp dir under it) is next to the step's outputs, under the
+    pipeline root; a set one is kept; local outputs cannot serve remote workers."""
+    from components.errors import ConfigError
+    from pipeline import invoke
+
+    cfg = config_lib.load(None, [*DATAFLOW, "data.source=gs://b/photos"])
+    assert cfg.beam.remote and "temp_location" not in cfg.beam.options
+    outputs = {"statistics": "gs://b/root/123/job-7/ingest/statistics",
+               "examples": "gs://b/root/123/job-7/ingest/examples"}
+    beam = invoke.beam_for_outputs(cfg.beam, outputs)
+    assert beam.options["temp_location"] == "gs://b/root/123/job-7/ingest/beam-temp"
+    assert beam.options["sdk_container_image"] == "IMAGE" and "temp_location" not in \
+        cfg.beam.options                                   # the config is not changed
+    assert "--temp_location=gs://b/root/123/job-7/ingest/beam-temp" in beam.pipeline_args()
+    kept = config_lib.load(None, [*DATAFLOW, "data.source=gs://b/photos",
+                                  "beam.options.temp_location=gs://b/tmp"]).beam
+    assert invoke.beam_for_outputs(kept, outputs).options["temp_location"] == "gs://b/tmp"
+    with pytest.raises(ConfigError, match="cannot write this step's outputs"):
+        invoke.beam_for_outputs(cfg.beam, {"examples": "/runs/r/ingest/examples"})
+    local = config_lib.load(None).beam
+    assert invoke.beam_for_outputs(local, {"examples": "/runs/r/x"}) is local
 
 
 def test_submit_with_a_package_takes_only_runtime_overrides(tmp_path, capsys, monkeypatch):
