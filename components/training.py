@@ -56,6 +56,37 @@ def resolve_tpu():
     raise TrainingError("no TPU resolves (" + "; ".join(errors) + ")")
 
 
+def _tf_config() -> dict:
+    try:
+        config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    except ValueError as exc:
+        raise TrainingError(f"TF_CONFIG is not JSON ({exc}); it names the cluster's tasks.") \
+            from exc
+    return config if isinstance(config, dict) else {}
+
+
+def cluster_size() -> int:
+    """The training replicas TF_CONFIG names: its chief plus its workers. Vertex AI
+    names the first worker pool `chief` and the others `worker`, so a 2-replica job is
+    {"chief": [a], "worker": [b]}; plain TF_CONFIGs may have only workers."""
+    cluster = _tf_config().get("cluster") or {}
+    return len(cluster.get("chief") or []) + len(cluster.get("worker") or [])
+
+
+def is_chief_task() -> bool:
+    """Whether this process is the one that writes outputs, from TF_CONFIG alone (no
+    TensorFlow import): true without TF_CONFIG or with one replica, for the `chief`
+    task, and for worker 0 when there is no chief; false for the other workers and for
+    evaluator/ps tasks."""
+    config = _tf_config()
+    cluster = config.get("cluster") or {}
+    if cluster_size() <= 1:
+        return True
+    task = config.get("task") or {}
+    kind, index = task.get("type"), int(task.get("index") or 0)
+    return kind == "chief" or (kind == "worker" and not cluster.get("chief") and index == 0)
+
+
 def choose_strategy(name: str):
     """(strategy, reason). `auto`: a TPU when one is visible, MultiWorkerMirrored when
     TF_CONFIG names several workers, Mirrored on several GPUs, else the default. A TPU
@@ -74,10 +105,10 @@ def choose_strategy(name: str):
                     f"a TPU was requested (train.strategy {name!r}, "
                     f"{ACCELERATOR_ENV}={os.environ.get(ACCELERATOR_ENV, '')!r}) but {exc}; "
                     "run on a TPU VM or set TPU_NAME, or drop the TPU request.") from exc
-    workers = len(json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {}).get(
-        "worker", []))
+    workers = cluster_size()
     if name == "multi_worker" or (name == "auto" and workers > 1):
-        return tf.distribute.MultiWorkerMirroredStrategy(), f"TF_CONFIG names {workers} workers"
+        return (tf.distribute.MultiWorkerMirroredStrategy(),
+                f"TF_CONFIG names {workers} workers (chief included)")
     gpus = tf.config.list_logical_devices("GPU")
     if name == "mirrored":
         devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]

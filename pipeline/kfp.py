@@ -447,6 +447,16 @@ def _exit_without_teardown() -> None:
     atexit.register(leave)
 
 
+def _leave_as_replica() -> None:
+    """A non-chief replica leaves before the KFP executor writes the task's output
+    metadata: every replica shares that file, and only the chief's is the task's."""
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def run_step(name: str, config_json: str, context_json: str, run_id: str,
              artifacts_in: dict[str, Any], extras: dict[str, Any], pins: dict[str, str],
              overrides: dict[str, Any]) -> bool:
@@ -455,6 +465,7 @@ def run_step(name: str, config_json: str, context_json: str, run_id: str,
     baseline), the step through `pipeline.invoke`, properties back onto the KFP
     artifacts' metadata. Returns the step's gate value (True for steps without one)."""
     from components import artifacts, fileio
+    from components.training import is_chief_task
 
     _exit_without_teardown()
     node = dag.get(name)
@@ -468,17 +479,24 @@ def run_step(name: str, config_json: str, context_json: str, run_id: str,
         inputs[param] = (artifacts.read(pins[param], node.spec.input_type(param))
                          if pins.get(param) and artifacts.is_committed(pins[param]) else None)
     outputs = {o: _location(artifacts_in[o]) for o in node.spec.outputs}
-    for path in outputs.values():
-        # A retried task writes to the same URIs as the attempt that failed: start clean.
-        fileio.rmtree(path)
+    # One replica of a multi-replica Vertex job (TF_CONFIG) is the chief, which writes the
+    # outputs; the others share the same output URIs and only train in step with it.
+    chief = is_chief_task()
+    if chief:
+        for path in outputs.values():
+            # A retried task writes to the same URIs as the attempt that failed: start clean.
+            fileio.rmtree(path)
     producer = {"run_id": run_id or None, "step": name, "engine": "kfp",
                 "pipeline": context.pipeline if context else None}
     summary = invoke.call(node, resolved, inputs, outputs, producer) or {}
+    for line in summary.get("lines", []):
+        print(f"{name}: {line}")
+    if not chief:
+        _leave_as_replica()
+        return True
     for output in node.spec.outputs:
         written = artifacts.read(outputs[output])
         artifacts_in[output].metadata.update(_jsonable(written.properties))
-    for line in summary.get("lines", []):
-        print(f"{name}: {line}")
     if name == "evaluate":
         _log_ui_metrics(outputs["evaluation"], extras)
     return invoke.gate_value(node, summary)

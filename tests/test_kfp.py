@@ -264,6 +264,53 @@ def test_submit_with_a_package_takes_only_runtime_overrides(tmp_path, capsys, mo
     assert "accuracy_max_drop" not in calls[-1][2] and calls[-1][2]["accuracy_min"] == 0.8
 
 
+def test_only_the_chief_replica_wipes_and_reads_the_shared_outputs(tmp_path, monkeypatch):
+    """Every replica of a multi-replica Vertex job runs the task body with the same
+    output URIs: a worker (TF_CONFIG with a chief) neither wipes them at start nor reads
+    them at the end, and leaves before the executor writes the task's outputs."""
+    from types import SimpleNamespace
+
+    from components import artifacts
+    from pipeline import dag, invoke
+
+    monkeypatch.setattr(kfp_pipeline, "_exit_without_teardown", lambda: None)
+    left = []
+    monkeypatch.setattr(kfp_pipeline, "_leave_as_replica", lambda: left.append(True))
+
+    def committing_call(node, resolved, inputs, outputs, producer):
+        for output, uri in outputs.items():
+            with artifacts.writing(uri, node.spec.output_type(output)) as writer:
+                open(writer.file("x.txt"), "w").write(output)
+                writer.properties = {"made_by": output}
+                writer.commit()
+        return {"lines": ["done"]}
+
+    calls = []
+    monkeypatch.setattr(invoke, "call", lambda *a: calls.append(a) or {"lines": ["in step"]})
+    folders = {name: tmp_path / name for name in ("examples", "statistics")}
+    for folder in folders.values():
+        folder.mkdir()
+        (folder / "theirs.txt").write_text("the chief's")
+    kfp_artifacts = {name: SimpleNamespace(path=str(f), uri=str(f), metadata={})
+                     for name, f in folders.items()}
+    step_cfg = json.dumps(invoke.step_config(dag.get("ingest"), config_lib.load(None)))
+    cluster = {"chief": ["127.0.0.1:1"], "worker": ["127.0.0.1:2"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster,
+                                                "task": {"type": "worker", "index": 0}}))
+    assert kfp_pipeline.run_step("ingest", step_cfg, "", "", kfp_artifacts, {}, {}, {}) is True
+    assert len(calls) == 1 and left == [True]
+    assert all((f / "theirs.txt").exists() for f in folders.values())          # not wiped
+    assert all(a.metadata == {} for a in kfp_artifacts.values())               # not read
+
+    monkeypatch.setattr(invoke, "call", committing_call)
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster,
+                                                "task": {"type": "chief", "index": 0}}))
+    assert kfp_pipeline.run_step("ingest", step_cfg, "", "", kfp_artifacts, {}, {}, {}) is True
+    assert left == [True]                                   # the chief stays for the executor
+    assert not any((f / "theirs.txt").exists() for f in folders.values())      # started clean
+    assert kfp_artifacts["examples"].metadata == {"made_by": "examples"}
+
+
 def test_committed_pipeline_spec_is_current(tmp_path):
     path, _ = compiled(tmp_path)
     committed = open(os.path.join(ROOT, "deploy", "pipeline.yaml")).read()

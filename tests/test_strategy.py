@@ -125,3 +125,36 @@ def test_several_replicas_train_one_step_per_call_unless_told():
     assert training.plan_for(TrainConfig(), mirrored).steps_per_execution == 1
     assert training.plan_for(TrainConfig(steps_per_execution=4), mirrored
                              ).steps_per_execution == 4
+
+
+@pytest.mark.parametrize("cluster,task,chief", [
+    ({"chief": ["a:1"], "worker": ["b:1"]}, {"type": "chief", "index": 0}, True),
+    ({"chief": ["a:1"], "worker": ["b:1"]}, {"type": "worker", "index": 0}, False),
+    ({"worker": ["a:1", "b:1"]}, {"type": "worker", "index": 0}, True),
+    ({"worker": ["a:1", "b:1"]}, {"type": "worker", "index": 1}, False),
+    ({"chief": ["a:1"], "worker": ["b:1"], "evaluator": ["c:1"]}, {"type": "evaluator"}, False),
+])
+def test_vertex_tf_config_counts_the_chief_and_picks_multi_worker(monkeypatch, cluster, task,
+                                                                  chief):
+    """Vertex names workerpool0 `chief` and the rest `worker`: a chief and one worker
+    are two replicas (MultiWorkerMirrored under auto), and only the chief writes."""
+    import json
+
+    import tensorflow as tf
+
+    made = []
+    monkeypatch.setattr(tf.distribute, "MultiWorkerMirroredStrategy",
+                        lambda: made.append(True) or "mwms")
+    monkeypatch.setattr(training, "_tpu_hardware_visible", lambda: False)
+    for name in training.TPU_ENV + (training.ACCELERATOR_ENV,):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": task}))
+    assert training.cluster_size() == 2
+    assert training.is_chief_task() is chief
+    strategy, reason = training.choose_strategy("auto")
+    assert strategy == "mwms" and made and reason == "TF_CONFIG names 2 workers (chief included)"
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"chief": ["a:1"]},
+                                                "task": {"type": "chief", "index": 0}}))
+    assert training.cluster_size() == 1 and training.is_chief_task()
+    monkeypatch.delenv("TF_CONFIG")
+    assert training.cluster_size() == 0 and training.is_chief_task()

@@ -98,19 +98,47 @@ def test_killed_training_resumes_from_last_epoch(tmp_path):
 
 WORKER = """
 import json, os, sys
+from types import SimpleNamespace
 sys.path.insert(0, {root!r})
-os.environ["TF_CONFIG"] = json.dumps({{"cluster": {{"worker": {workers!r}}},
-                                      "task": {{"type": "worker", "index": {index}}}}})
-from components import artifacts
-from components.steps import train
-from components.config import ModelConfig, TrainConfig
+if {cluster!r}:
+    # what Vertex sets for a 2-replica job: workerpool0 is the chief, the others workers
+    os.environ["TF_CONFIG"] = json.dumps({{"cluster": {cluster!r},
+                                          "task": {{"type": {kind!r}, "index": 0}}}})
+from pipeline import config as config_lib, dag, invoke
+from pipeline.kfp import run_step
 work = {work!r}
-summary = train.run(artifacts.read(work + "/tg"), artifacts.read(work + "/examples"),
-                    ModelConfig(kind="cnn"), TrainConfig(epochs=8, batch_size={batch}),
-                    trained_model=work + "/{name}")
-print("RESULT " + json.dumps(summary), flush=True)
-os._exit(0)
+cfg = config_lib.load(None, ["model.kind=cnn", "train.epochs=8", "train.batch_size={batch}"])
+def art(name):
+    return SimpleNamespace(path=work + "/" + name, uri=work + "/" + name, metadata={{}})
+# the task's KFP artifacts: every replica gets the same output URI
+kfp_artifacts = {{"transform_graph": art("tg"), "examples": art("examples"),
+                 "hyperparameters": art("hp"), "trained_model": art({name!r})}}
+run_step("train", json.dumps(invoke.step_config(dag.get("train"), cfg)), "", "",
+         kfp_artifacts, {{}}, {{}}, {{}})
+print("RESULT " + json.dumps(kfp_artifacts["trained_model"].metadata), flush=True)
 """
+
+
+def _prepare(tmp_path):
+    """Examples, their transform graph, and the (empty) tune output train takes."""
+    from components import artifacts
+    from components.config import BeamConfig, DataConfig, TransformConfig
+    from components.steps import transform
+    from tests import fixtures
+
+    examples, _ = fixtures.examples_artifact(tmp_path, per_class=24)
+    transform.run(examples, DataConfig(image_size=(12, 12)), TransformConfig(), BeamConfig(),
+                  transform_graph=str(tmp_path / "tg"))
+    with artifacts.writing(str(tmp_path / "hp"), artifacts.HyperParameters) as writer:
+        with open(writer.file("hyperparameters.json"), "w") as handle:
+            handle.write("{}")
+        writer.properties = {"best": {}}
+        writer.commit()
+
+
+def _worker(tmp_path, name, batch, cluster=None, kind=""):
+    return [sys.executable, "-c", WORKER.format(root=ROOT, work=str(tmp_path), name=name,
+                                                batch=batch, cluster=cluster or {}, kind=kind)]
 
 
 def _free_ports(n):
@@ -126,37 +154,38 @@ def _free_ports(n):
 
 
 @pytest.mark.slow
-def test_two_workers_train_with_multi_worker_mirrored_and_only_the_chief_writes(tmp_path):
-    """Two worker processes on 127.0.0.1 with TF_CONFIG (what Vertex multi-replica jobs
-    set) train through the trainer itself; the chief commits the model, the other
-    writes nothing; the result matches one worker with the same global batch."""
+def test_chief_and_worker_train_through_run_step_and_only_the_chief_writes(tmp_path):
+    """A Vertex 2-replica job's TF_CONFIG (one `chief`, one `worker`) on 127.0.0.1: both
+    replicas run the KFP task body (`run_step`) with the same output URI and train with
+    MultiWorkerMirroredStrategy through the trainer itself; the chief commits the model
+    and fills the task's metadata, the worker neither wipes nor reads the output and
+    leaves before the executor would write the task's outputs; the result matches one
+    replica with the same global batch."""
     from components import artifacts
-    from components.config import BeamConfig, DataConfig, TransformConfig
-    from components.steps import transform
-    from tests import fixtures
 
-    examples, _ = fixtures.examples_artifact(tmp_path, per_class=24)
-    transform.run(examples, DataConfig(image_size=(12, 12)), TransformConfig(), BeamConfig(),
-                  transform_graph=str(tmp_path / "tg"))
+    _prepare(tmp_path)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
-    procs = [subprocess.Popen(
-        [sys.executable, "-c", WORKER.format(root=ROOT, workers=workers, index=i,
-                                             work=str(tmp_path), batch=4, name=f"mw{i}")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for i in range(2)]
+    chief_at, worker_at = (f"127.0.0.1:{p}" for p in _free_ports(2))
+    cluster = {"chief": [chief_at], "worker": [worker_at]}
+    procs = [subprocess.Popen(_worker(tmp_path, "shared", 4, cluster, kind),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for kind in ("chief", "worker")]
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
-    chief = artifacts.read(str(tmp_path / "mw0"))
-    assert chief.properties["strategy"] == "MultiWorkerMirroredStrategy"
-    assert not os.path.exists(tmp_path / "mw1")             # the other worker wrote nothing
+    model = artifacts.read(str(tmp_path / "shared"))
+    assert model.properties["strategy"] == "MultiWorkerMirroredStrategy"
+    assert "2 workers (chief included)" in model.properties["strategy_reason"]
+    assert result(outs[0][0])["strategy"] == "MultiWorkerMirroredStrategy"   # chief's metadata
     assert "trained with the chief" in outs[1][0]
+    assert "RESULT" not in outs[1][0]           # the worker left before any output metadata
+    assert artifacts.verify(model)[0] == []     # nobody wiped or rewrote the chief's files
 
-    single = result(subprocess.run(
-        [sys.executable, "-c", WORKER.replace('os.environ["TF_CONFIG"]', "_unused")
-         .format(root=ROOT, workers=[], index=0, work=str(tmp_path), batch=8, name="one")],
-        capture_output=True, text=True, env=env, check=True).stdout)
+    single = subprocess.run(_worker(tmp_path, "one", 8), capture_output=True, text=True,
+                            env=env, check=True)
     one = artifacts.read(str(tmp_path / "one"))
-    assert one.properties["kind"] == chief.properties["kind"] == "cnn"
-    assert one.properties["trainable_params"] == chief.properties["trainable_params"]
-    assert chief.properties["final"]["val_accuracy"] >= 0.6
-    assert abs(chief.properties["final"]["val_accuracy"] - single["final"]["val_accuracy"]) <= 0.34
+    assert one.properties["strategy"] != "MultiWorkerMirroredStrategy"
+    assert one.properties["kind"] == model.properties["kind"] == "cnn"
+    assert one.properties["trainable_params"] == model.properties["trainable_params"]
+    assert model.properties["final"]["val_accuracy"] >= 0.6
+    assert abs(model.properties["final"]["val_accuracy"] -
+               result(single.stdout)["final"]["val_accuracy"]) <= 0.34
