@@ -22,6 +22,47 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 BASES = {"mobilenet_v2": "MobileNetV2", "efficientnet_b0": "EfficientNetB0",
          "resnet50": "ResNet50"}
 MIN_BASE_SIZE = 32   # the smallest input the Keras application bases accept
+# 2x2 max-pooling layers per convolutional kind: each halves height and width
+POOLINGS = {"cnn": 1, "deep_cnn": 2}
+CONV_FILTERS = 4     # the last convolution's filters in both convolutional kinds
+# Weights of the first dense layer past which a model cannot train on this kind of
+# machine (4 bytes each, three copies with Adam): 250 million, 3 GB.
+MAX_DENSE_WEIGHTS = 250_000_000
+
+
+def check_input(cfg: ModelConfig, input_shape: tuple[int, int, int]) -> None:
+    """What the builder would reject or could never fit in memory, found without
+    building (no TensorFlow): ConfigError saying what to change."""
+    height, width, channels = input_shape
+    if cfg.kind == "transfer":
+        if cfg.weights and cfg.weights != "imagenet" and not cfg.weights.endswith(".h5"):
+            return          # our own model (a reference or .keras): checked when it loads
+        if channels != 3:
+            raise ConfigError(f"model.kind transfer needs 3-channel input, got {input_shape}; "
+                              "set data.channels: 3")
+        if min(height, width) < MIN_BASE_SIZE:
+            raise ConfigError(f"model.base {cfg.base} needs images of at least {MIN_BASE_SIZE}"
+                              f"x{MIN_BASE_SIZE}, got {height}x{width}; set data.image_size to "
+                              "[96, 96] or more (the course uses 192)")
+        return
+    poolings = POOLINGS.get(cfg.kind, 0)
+    if min(height, width) < 2 ** poolings:
+        raise ConfigError(f"model.kind {cfg.kind} pools {poolings} time(s) by 2, so it needs "
+                          f"images of at least {2 ** poolings}x{2 ** poolings}, got "
+                          f"{height}x{width}; raise data.image_size")
+    if poolings:
+        features = (height >> poolings) * (width >> poolings) * CONV_FILTERS
+    else:
+        features = height * width * channels
+    units = cfg.hidden_units if cfg.hidden_units is not None else \
+        DEFAULTS[cfg.kind]["hidden_units"]
+    weights = features * (units[0] if units else 2)
+    if weights > MAX_DENSE_WEIGHTS:
+        instead = "transfer with pooling: avg" if poolings else "cnn, deep_cnn or transfer"
+        raise ConfigError(f"model.kind {cfg.kind} on {height}x{width}x{channels} images would "
+                          f"have {weights:,} weights in its first dense layer (over "
+                          f"{MAX_DENSE_WEIGHTS:,}, about 3 GB to train); use a smaller "
+                          f"data.image_size or model.kind {instead}")
 
 
 def _dense_stack(x, units: list[int], activation: str, initializer: str, dropout: float | None):
@@ -43,6 +84,7 @@ def build(cfg: ModelConfig, input_shape: tuple[int, int, int], num_classes: int,
 
     if num_classes < 2:
         raise ConfigError(f"a classifier needs at least 2 classes, got {num_classes}.")
+    check_input(cfg, input_shape)
     defaults = DEFAULTS[cfg.kind]
     units = cfg.hidden_units if cfg.hidden_units is not None else defaults["hidden_units"]
     activation = cfg.activation or defaults["activation"]
@@ -100,14 +142,8 @@ def transfer_base(cfg: ModelConfig, input_shape: tuple[int, int, int], weights: 
             layer, (keras.layers.Flatten, keras.layers.GlobalAveragePooling2D,
                     keras.layers.GlobalMaxPooling2D))), own.layers[-2])
         return keras.Model(own.inputs, cut.output, name="base")
-    if input_shape[-1] != 3:
-        raise ConfigError(f"model.kind transfer needs 3-channel input, got {input_shape}; "
-                          "set data.channels: 3.")
+    check_input(cfg, input_shape)
     application = getattr(keras.applications, BASES[cfg.base])
-    if min(input_shape[:2]) < MIN_BASE_SIZE:
-        raise ConfigError(f"model.base {cfg.base} needs images of at least {MIN_BASE_SIZE}x"
-                          f"{MIN_BASE_SIZE}, got {input_shape[0]}x{input_shape[1]}; set "
-                          "data.image_size to [96, 96] or more (the course uses 192).")
     base = application(input_shape=input_shape, include_top=False,
                        weights="imagenet" if weights == "imagenet" else None)
     if weights and weights != "imagenet":

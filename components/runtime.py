@@ -142,7 +142,7 @@ def process_alive(identity: str | None) -> bool | None:
 NATIVE_NOISE = re.compile(
     r"(WARNING: All log messages before absl::InitializeLog\(\) is called"
     r"|[IWE]\d{4} [\d:.]+\s+\d+ (cudart_stub|cuda_platform|cuda_executor|cuda_diagnostics"
-    r"|cpu_feature_guard|cuda_dnn|cuda_fft|cuda_blas)\.cc:\d+\]"
+    r"|cpu_feature_guard|cuda_dnn|cuda_fft|cuda_blas|port)\.cc:\d+\]"
     r"|To enable the following instructions: .*rebuild TensorFlow)")
 
 

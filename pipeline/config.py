@@ -180,6 +180,18 @@ class PipelineConfig(Section):
                              "smaller image_size")
         return self
 
+    @model_validator(mode="after")
+    def _model_fits_the_images(self) -> "PipelineConfig":
+        """A model kind that cannot take (or cannot fit in memory at) this image size
+        stops here, not after ingest and transform."""
+        from components import models
+
+        try:
+            models.check_input(self.model, (*self.data.image_size, self.data.channels))
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
+        return self
+
     @property
     def model_name(self) -> str:
         """The model's name in the registry: `push.model_name`, else the pipeline name."""

@@ -175,3 +175,18 @@ def test_native_startup_notices_are_filtered_and_nothing_else():
     assert out.returncode == 0, out.stderr
     assert out.stderr.splitlines() == ["imgpipe: error: a real message",
                                        "E0000 00:00:1 123 saved_model.cc:9] a real TensorFlow error"]
+
+
+def test_a_tensorflow_command_prints_nothing_on_stderr():
+    """The real command line, TensorFlow loaded: no absl, CUDA or oneDNN start-up lines."""
+    import subprocess
+    import sys
+
+    imgpipe = os.path.join(os.path.dirname(sys.executable), "imgpipe")
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL",
+                                                            "CUDA_VISIBLE_DEVICES")}
+    out = subprocess.run([imgpipe, "summary", "--model", "dense", "--input-shape", "8,8,1",
+                          "--classes", "3"], capture_output=True, text=True, timeout=120,
+                         env=env)
+    assert out.returncode == 0 and "Trainable params" in out.stdout
+    assert out.stderr == ""
