@@ -339,8 +339,8 @@ def _read_yaml(path: str) -> Any:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}: invalid YAML{at}: {getattr(exc, 'problem', exc)}; "
-                          "fix the syntax.") from exc
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())   # one line
+        raise ConfigError(f"{path}: invalid YAML{at}: {problem}; fix the syntax.") from exc
     _check_size(tree, path)
     return tree
 

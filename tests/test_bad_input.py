@@ -3,6 +3,7 @@ One parametrized test per family of input."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -42,6 +43,7 @@ CONFIGS = {
     "unknown beam runner": ("beam: {runner: NoSuchRunner}\n", "unknown Beam runner"),
     "YAML alias bomb": ("".join(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]\n"
                                 for i in range(1, 9)).replace("*a0", "x"), "100,000 values"),
+    "NUL byte": ("data: {source: builtin:digits}\x00\n", "invalid YAML"),
     "old hash key": ("validate: {near_duplicate_bits: 2}\n", "near_duplicate_rms"),
     "moved latency key": ("evaluate: {latency_budget_ms: 10}\n", "infra_validate"),
 }
@@ -163,9 +165,13 @@ def test_class_folder_with_a_newline_is_refused(tmp_path, capsys):
     (["datasets", "export", "digits", "FILE"], "is a file"),
     (["predict", "m:1", "x.png", "-o", "DIR"], "is a folder"),
     (["submit", "deploy/example.yaml", "--kfp-host", "http://127.0.0.1:9"], "failed"),
+    (["submit", "deploy/example.yaml", "--vertex", "--project", "p", "--region", "us-central1",
+      "--pipeline-root", "gs://b/r"], "credentials"),
 ])
 def test_command_line_mistakes(tmp_path, capsys, monkeypatch, args, expected):
     monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))     # no credentials here
     (tmp_path / "FILE").write_text("x")
     (tmp_path / "DIR").mkdir()
     args = [str(tmp_path / a) if a in ("FILE", "DIR") else a for a in args]
@@ -193,6 +199,37 @@ def test_a_full_disk_mid_step_is_one_line_and_the_run_is_on_record(tmp_path, cap
 
     [run] = json.loads(capsys.readouterr().out)
     assert run["status"] == "failed"
+
+
+def test_a_runs_folder_that_cannot_be_written(tmp_path, capsys, monkeypatch):
+    """A run needs to write its runs folder (one line, exit 2, before any step); `runs
+    list` only reads, so it still works on a folder that has become read-only."""
+    import sqlite3
+
+    from pipeline import metadata
+
+    (tmp_path / "c.yaml").write_text("name: t\ndata: {source: builtin:digits}\n")
+    (tmp_path / "afile").write_text("x")
+    err = one_line_error(capsys, ["run", str(tmp_path / "c.yaml"), "--until", "ingest",
+                                  "--runs-dir", str(tmp_path / "afile" / "runs")])
+    assert "cannot write the metadata store" in err
+    runs = tmp_path / "runs"
+    assert cli.main(["run", str(tmp_path / "c.yaml"), "--until", "ingest", "--runs-dir",
+                     str(runs)]) == 0
+    capsys.readouterr()
+    real_open = metadata.MetadataStore._open
+
+    def read_only_disk(self):
+        if not self.read_only:
+            raise sqlite3.OperationalError("attempt to write a readonly database")
+        return real_open(self)
+
+    monkeypatch.setattr(metadata.MetadataStore, "_open", read_only_disk)
+    assert cli.main(["runs", "list", "--runs-dir", str(runs), "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 1
+    err = one_line_error(capsys, ["run", str(tmp_path / "c.yaml"), "--until", "ingest",
+                                  "--runs-dir", str(runs)])
+    assert "metadata store" in err and "readonly" in err
 
 
 def test_storage_errors_are_found_inside_wrapped_errors():

@@ -141,20 +141,25 @@ def test_same_config_at_once_runs_each_step_once_with_private_scratch(tmp_path):
     import subprocess
     import sys
 
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
     script = (
-        "import sys; sys.path.insert(0, '.');"
+        "import os, sys, time; sys.path.insert(0, '.');"
         "from pipeline import config; from tests.test_local_runner import SLOW;"
         "from pipeline.local import LocalRunner;"
         "cfg = config.from_dict({'name': 'c', 'data': {'source': 'same'}});"
-        f"r = LocalRunner(cfg, {str(tmp_path)!r}, log=lambda l: None, steps=SLOW).run();"
+        # a barrier: both processes are ready before either starts its run
+        f"open(os.path.join({str(barrier)!r}, sys.argv[1]), 'w').close();"
+        f"[time.sleep(0.01) for _ in range(3000) if len(os.listdir({str(barrier)!r})) < 2];"
+        f"r = LocalRunner(cfg, {str(tmp_path / 'runs')!r}, log=lambda l: None, steps=SLOW).run();"
         "print(r.status, [s.status for s in r.steps])")
-    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(i)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
     outs = [p.communicate() for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     statuses = sorted(out.strip() for out, _ in outs)
     assert statuses[0].startswith("succeeded") and statuses[1].startswith("succeeded")
-    store = MetadataStore(str(tmp_path / "metadata.sqlite"))
+    store = MetadataStore(str(tmp_path / "runs" / "metadata.sqlite"))
     slow = [e for r in store.list_runs("c") for e in store.executions(r["id"])
             if e.step == "slow"]
     assert sorted(e.status for e in slow) == ["cached", "succeeded"]

@@ -462,3 +462,46 @@ def test_mlflow_style_references_resolve_like_ours(tmp_path):
     assert not is_reference("models:/m") and normalize_reference("m@x") == "m@x"
     with pytest.raises(ConfigError, match="models:/NAME/VERSION"):
         reg.resolve("models:/m")
+
+
+def _committed(uri, kind, files, properties=None):
+    from components import artifacts
+
+    with artifacts.writing(str(uri), kind) as writer:
+        for name, text in files.items():
+            os.makedirs(os.path.dirname(writer.file(name)), exist_ok=True)
+            with open(writer.file(name), "w") as handle:
+                handle.write(text)
+        writer.properties = properties or {}
+        return writer.commit()
+
+
+def test_pushing_the_same_model_again_neither_pushes_nor_records_a_promotion(tmp_path):
+    """A cached rerun with push.promote_to: the model is already pushed and the alias
+    already points at it, so the ledger gets no `X -> X` entry."""
+    from components import artifacts
+    from components.config import PushConfig
+    from components.steps import push
+
+    model = _committed(tmp_path / "model", artifacts.Model,
+                       {"saved_model/saved_model.pb": "pb", "saved_model/variables/v": "w"},
+                       {"kind": "dense"})
+    blessing = _committed(tmp_path / "blessing", artifacts.Blessing, {"blessing.json": json.dumps(
+        {"blessed": True, "reason": "ok", "baseline": None, "gate": "point", "checks": []})},
+        {"blessed": True})
+    infra = _committed(tmp_path / "infra", artifacts.Blessing, {"infra_validation.json": json.dumps(
+        {"passed": True, "reason": "served"})}, {"passed": True})
+    evaluation = _committed(tmp_path / "evaluation", artifacts.Evaluation, {"metrics.json": json.dumps(
+        {"metrics": {"slices": {"overall": {"accuracy": 0.9}}, "per_class": {}}})})
+    statistics = _committed(tmp_path / "statistics", artifacts.Statistics,
+                            {"stats.json": json.dumps({"num_examples": 10})})
+    cfg = PushConfig(destination=str(tmp_path / "serving"), model_name="m",
+                     promote_to="staging")
+    results = [push.run(model, blessing, infra, evaluation, statistics, cfg,
+                        str(tmp_path / f"pushed{i}"), {}, {"run_id": f"r{i}"}) for i in range(2)]
+    assert results[0]["version"] == results[1]["version"] == 1
+    assert results[1].get("already") and "already points at version 1" in results[1]["lines"][-1]
+    reg = Registry(str(tmp_path / "serving"))
+    assert [v.version for v in reg.versions("m")] == [1]
+    assert [(e["alias"], e["from"], e["to"]) for e in reg.audit("m")] == [("staging", None, 1)]
+
