@@ -293,6 +293,30 @@ def hash_file(path: str, digest: Any = None) -> str:
     return digest.hexdigest()
 
 
+def identities(paths: list[str]) -> dict[str, str | None]:
+    """path -> a cheap identity that changes when the file's content can have changed
+    (None for a missing file): on gs:// the object's generation and size, from one
+    listing per bucket under the paths' common prefix, never its bytes (a data source in
+    a bucket can be many gigabytes); elsewhere the SHA-256 of its content."""
+    out: dict[str, str | None] = {}
+    by_bucket: dict[str, list[str]] = {}
+    for path in paths:
+        if _is_gcs(path):
+            by_bucket.setdefault(path[len("gs://"):].split("/", 1)[0], []).append(path)
+            continue
+        try:
+            out[path] = hash_file(path)
+        except OSError:
+            out[path] = None
+    for group in by_bucket.values():
+        prefix = os.path.commonprefix(group)
+        if prefix not in group:        # list from the last '/': a folder, not a name's start
+            prefix = prefix[:prefix.rfind("/") + 1]
+        listed = _gcs().signatures(prefix)
+        out.update({path: listed.get(path) for path in group})
+    return out
+
+
 def stat_signature(path: str) -> str | None:
     """Size, modification and change times and inode of a local file: when all four
     are unchanged the content has not been rewritten. None for remote paths (object

@@ -70,6 +70,15 @@ def walk_files(root: str) -> Iterator[str]:
         yield f"gs://{bucket}/{blob.name}"
 
 
+def signatures(prefix: str) -> dict[str, str]:
+    """gs://... -> "generation:size" for every object whose name starts with the name
+    part of `prefix`, from one listing (no object is read). An object rewritten in
+    place gets a new generation, so the signature changes whenever its content can."""
+    bucket, name = split(prefix)
+    return {f"gs://{bucket}/{blob.name}": f"{blob.generation}:{blob.size}"
+            for blob in client().list_blobs(bucket, prefix=name)}
+
+
 def glob(pattern: str) -> list[str]:
     bucket, name = split(pattern)
     fixed = name[:min((name.index(c) for c in "*?[" if c in name), default=len(name))]

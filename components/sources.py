@@ -408,7 +408,10 @@ def load_listing(path: str) -> list[FileItem]:
 
 def fingerprint(source: Source, ingest: IngestConfig) -> str:
     """A content hash of everything the source reads (paths relative, bytes hashed):
-    the same files elsewhere give the same fingerprint, a changed pixel a new one."""
+    the same files elsewhere give the same fingerprint, a changed pixel a new one.
+    Objects in a bucket are identified by generation and size from the storage layer's
+    listing instead of their bytes (`fileio.identities`): a new or rewritten object
+    changes it without reading every image on each scheduled run."""
     digest = hashlib.sha256(f"{source.kind}\0".encode())
     if source.kind == "builtin":
         digest.update(source.location.encode())
@@ -423,18 +426,27 @@ def fingerprint(source: Source, ingest: IngestConfig) -> str:
             fileio.hash_file(source.location, digest)
         root = source.location.rsplit("/", 1)[0] if source.kind == "manifest" \
             else source.location
-        for item in list_files(source, ingest):
+        items = list_files(source, ingest)
+        listed = fileio.identities([i.path for i in items if fileio.is_remote(i.path)])
+        for item in items:
             rel = item.path[len(root):].lstrip("/") if item.path.startswith(root) else item.path
             digest.update(f"{rel}\0{item.label}\0{item.split}\0".encode("utf-8",
                                                                            "surrogateescape"))
+            if item.path in listed:
+                digest.update((listed[item.path] or "<missing>").encode())
+                continue
             try:
                 fileio.hash_file(item.path, digest)
             except OSError:
                 digest.update(b"<missing>")
         return digest.hexdigest()
-    for path in _array_files(source):
+    files = _array_files(source)
+    listed = fileio.identities([p for p in files if fileio.is_remote(p)])
+    for path in files:
         digest.update(path.rsplit("/", 1)[-1].encode() + b"\0")
-        if fileio.exists(path):
+        if path in listed:
+            digest.update((listed[path] or "").encode())
+        elif fileio.exists(path):
             fileio.hash_file(path, digest)
     return digest.hexdigest()
 

@@ -231,6 +231,62 @@ def external_fingerprints(node: Node, resolved: Resolved) -> dict[str, str]:
     return node.spec.external(**resolved.sections)
 
 
+# Config keys that may name a registry version (NAME@ALIAS, NAME:VERSION).
+REFERENCE_KEYS = ("model.weights", "train.hyperparameters")
+
+
+def reads_outside_inputs(node: Node) -> bool:
+    """Whether the step's result depends on something no step of the run produces:
+    files it declares `external` (the data source, a schema file, start weights) or a
+    registry version one of its config keys may name (REFERENCE_KEYS)."""
+    return node.spec.external is not None or any(
+        key.split(".")[0] in node.spec.config for key in REFERENCE_KEYS)
+
+
+def pin_outside_inputs(node: Node, step_cfg: dict[str, Any], context: Context) -> dict[str, Any]:
+    """What the KFP resolve task pins for a step that `reads_outside_inputs`:
+
+    - `refs`: each registry reference in REFERENCE_KEYS as the exact version it names
+      now (`photos@production` -> `photos:7`); the step's task resolves that version,
+      not the alias again;
+    - `fingerprint`: a hash of those versions' identities (ref + model card hash) and of
+      the step's `external` fingerprints (the data source: object listings in a bucket;
+      a schema file's content), computed with the referenced keys left out: a pushed
+      version is identified by its card, its files are not read.
+
+    The same inputs give the same pin byte for byte, so the step's task is cached
+    exactly until one of them changes."""
+    from components.registry import Registry, is_reference
+
+    cfg = json.loads(json.dumps(step_cfg))
+    refs: dict[str, str] = {}
+    identity: dict[str, Any] = {}
+    for key in REFERENCE_KEYS:
+        section, name = key.split(".")
+        value = (cfg.get(section) or {}).get(name) if section in node.spec.config else None
+        if not value or value.startswith("run:") or not is_reference(value) \
+                or fileio.exists(value):
+            continue
+        version = Registry(context.registry_root).resolve(value)
+        refs[key] = version.ref
+        identity[key] = f"{version.ref} {artifacts.fingerprint_json(version.card)}"
+        cfg[section][name] = None
+    if node.spec.external is not None:
+        types = config_lib.section_types()
+        identity.update(node.spec.external(**{
+            name: types[name].model_validate(cfg[name]) for name in node.spec.config}))
+    return {"refs": refs, "fingerprint": artifacts.fingerprint_json(identity)}
+
+
+def apply_pinned_refs(step_cfg: dict[str, Any], pin: dict[str, Any]) -> dict[str, Any]:
+    """The step's config with the references the resolve task pinned (`refs`)."""
+    for key, ref in (pin.get("refs") or {}).items():
+        section, name = key.split(".")
+        if section in step_cfg:
+            step_cfg[section][name] = ref
+    return step_cfg
+
+
 # --- 4. the call ------------------------------------------------------------------------
 
 

@@ -5,11 +5,14 @@ Every step becomes a lightweight KFP component generated from its declared contr
 examples, `Model` for models, `Artifact` for the rest, plus `Metrics` /
 `ClassificationMetrics` from the evaluator and an `HTML` report), the config the step
 reads as a JSON parameter, and a body that only calls `run_step`, which goes through
-`pipeline/invoke.py` like the local runner. All components run in one image
-(`kfp.image`); per-step resources, caching and retries come from `kfp.steps`. A step
-that consumes the output of a gating step (the push) runs only under `dsl.If` on each
-gate (the evaluator's blessing, the infra validator's verdict); the baseline is
-resolved from the registry at run time.
+`pipeline/invoke.py` like the local runner. Components run in `kfp.image` unless a step
+names its own (`kfp.steps.STEP.image`); per-step resources, caching and retries come
+from `kfp.steps`. A step that consumes the output of a gating step (the push) runs only
+under `dsl.If` on each gate (the evaluator's blessing, the infra validator's verdict).
+A never-cached resolve task pins, per run, what cached tasks compare with or read from
+outside the run (the baseline, the previous statistics, the data source, the schema,
+referenced registry versions), so each task's inputs change exactly when its result
+should.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ RUNTIME_PARAMETERS = {
 # Optional keys: '' / an absent threshold mean "not set".
 _OPTIONAL = ("push.promote_to",)
 RESOLVE = "resolve"
+# The pin of what a step reads from outside the run (invoke.pin_outside_inputs).
+EXTERNAL = "external"
 # Folders of this repository that deploy/Dockerfile copies into the image.
 IMAGE_FOLDERS = ("schemas/", "configs/")
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -98,7 +103,7 @@ def _component_source(node: dag.Node, params: dict[str, Any]) -> str:
     for param in node.inputs:
         signature.append(f"{param}: Input[{kfp_type(spec.input_type(param))}]")
         names.append(param)
-    pins = [*node.previous, *spec.resolved]
+    pins = _pin_params(node)
     signature += [f"pin_{p}: str" for p in pins]
     mine = _parameters_for((*spec.config, *spec.record), params)
     signature += [f"p_{name}: {_param_type(params[name])}" for name in mine]
@@ -121,22 +126,54 @@ def _component_source(node: dag.Node, params: dict[str, Any]) -> str:
 
 
 def _resolve_source(params: dict[str, Any]) -> str:
-    """The resolve task (never cached): pins what this run compares with, so that the
-    inputs of evaluate and validate change exactly when their comparison target does."""
+    """The resolve task (never cached): pins what this run compares with and what its
+    steps read from outside the run, so that the inputs of each task change exactly
+    when its result should: the baseline version (evaluate), the previous statistics
+    (validate), and for the steps that read outside inputs (`invoke.reads_outside_inputs`:
+    ingest, validate, tune, train) the registry versions their references name and a
+    fingerprint of their external files. It takes those steps' configs and run-time
+    parameters (it is never cached, so they cost no cache hits)."""
     outputs = ", ".join(f"({name!r}, str)" for name in _pins())
     alias = "p_baseline_alias" if "baseline_alias" in params else "''"
-    signature = "context_json: str" + (", p_baseline_alias: str" if "baseline_alias" in params
-                                       else "")
+    mine = _resolve_parameters(params)
+    signature = ", ".join(["context_json: str", "configs_json: str"]
+                          + [f"p_{name}: {_param_type(params[name])}" for name in mine])
+    overrides = ", ".join(f"{RUNTIME_PARAMETERS[n]!r}: p_{n}" for n in mine
+                          if n != "baseline_alias")
     return (f"def {RESOLVE}({signature}) -> NamedTuple('Pins', [{outputs}]):\n"
             f"    from pipeline.kfp import resolve_pins\n"
-            f"    return resolve_pins(context_json, {alias})\n")
+            f"    return resolve_pins(context_json, {alias}, configs_json, {{{overrides}}})\n")
+
+
+def _outside_readers() -> list[dag.Node]:
+    return [node for node in dag.STEPS if invoke.reads_outside_inputs(node)]
+
+
+def _resolve_parameters(params: dict[str, Any]) -> list[str]:
+    """The run-time parameters the resolve task takes: the baseline alias, and those of
+    the sections the steps with outside inputs read."""
+    sections = {s for node in _outside_readers() for s in node.spec.config}
+    return [name for name in params
+            if name == "baseline_alias" or RUNTIME_PARAMETERS[name].split(".")[0] in sections]
+
+
+def resolve_configs(config: PipelineConfig) -> str:
+    """The resolve task's `configs_json`: the compiled config of each step with outside
+    inputs (without the run-time keys, which arrive as parameters)."""
+    return json.dumps({node.name: without_runtime_keys(invoke.step_config(node, config))
+                       for node in _outside_readers()}, sort_keys=True)
+
+
+def _pin_params(node: dag.Node) -> list[str]:
+    """A step task's pinned inputs: previous-run inputs, resolved values (the baseline)
+    and, for a step with outside inputs, EXTERNAL."""
+    return [*node.previous, *node.spec.resolved,
+            *([EXTERNAL] if invoke.reads_outside_inputs(node) else [])]
 
 
 def _pins() -> list[str]:
-    """Output names of the resolve task: one per previous-run input and per baseline."""
-    names = [f"{node.name}__{param}" for node in dag.STEPS for param in node.previous]
-    names += [f"{node.name}__{param}" for node in dag.STEPS for param in node.spec.resolved]
-    return names
+    """Output names of the resolve task: `STEP__PIN` for each pinned input of each step."""
+    return [f"{node.name}__{param}" for node in dag.STEPS for param in _pin_params(node)]
 
 
 def _report_source() -> str:
@@ -272,10 +309,10 @@ def build_pipeline(config: PipelineConfig) -> Callable:
 
     def assemble(values: dict[str, Any]) -> None:
         run_id = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
-        resolve_args = {"p_baseline_alias": values["baseline_alias"]} \
-            if "baseline_alias" in values else {}
-        pins = _configure(comps[RESOLVE](context_json=context, **resolve_args), config,
-                          RESOLVE, cacheable=False)
+        resolve_args = {f"p_{name}": values[name] for name in _resolve_parameters(params)}
+        pins = _configure(comps[RESOLVE](context_json=context,
+                                         configs_json=resolve_configs(config),
+                                         **resolve_args), config, RESOLVE, cacheable=False)
         tasks: dict[str, Any] = {}
 
         def add(node: dag.Node):
@@ -283,7 +320,7 @@ def build_pipeline(config: PipelineConfig) -> Callable:
             kwargs = {param: tasks[ref.split(".")[0]].outputs[ref.split(".")[1]]
                       for param, ref in node.inputs.items()}
             kwargs.update({f"pin_{p}": pins.outputs[f"{node.name}__{p}"]
-                           for p in [*node.previous, *node.spec.resolved]})
+                           for p in _pin_params(node)})
             kwargs.update({f"p_{n}": values[n]
                            for n in _parameters_for((*node.spec.config, *node.spec.record),
                                                     params)})
@@ -470,6 +507,9 @@ def run_step(name: str, config_json: str, context_json: str, run_id: str,
     _exit_without_teardown()
     node = dag.get(name)
     step_cfg = apply_overrides(json.loads(config_json), overrides)
+    if pins.get(EXTERNAL):
+        # the registry versions the resolve task found, not the aliases again
+        step_cfg = invoke.apply_pinned_refs(step_cfg, json.loads(pins[EXTERNAL]))
     context = invoke.Context.from_json(context_json) if context_json else None
     resolved = invoke.resolve(node, step_cfg, context,
                               pinned={p: pins[p] for p in node.spec.resolved})
@@ -530,11 +570,15 @@ def apply_overrides(step_cfg: dict[str, Any], overrides: dict[str, Any]) -> dict
     return step_cfg
 
 
-def resolve_pins(context_json: str, baseline_alias: str = ""):
+def resolve_pins(context_json: str, baseline_alias: str = "", configs_json: str = "",
+                 overrides: dict[str, Any] | None = None):
     """The resolve task's body: the registry version holding the baseline alias now,
-    and the artifacts the last completed run recorded for previous-run inputs."""
+    the artifacts the last completed run recorded for previous-run inputs, and for each
+    step with outside inputs (`configs_json`: its compiled config; `overrides`: the
+    run-time parameters) the pin of those inputs (`invoke.pin_outside_inputs`)."""
     from collections import namedtuple
 
+    from components.errors import ConfigError
     from components.registry import Registry
 
     _exit_without_teardown()
@@ -544,6 +588,7 @@ def resolve_pins(context_json: str, baseline_alias: str = ""):
                                  context.pipeline)
     registry = Registry(context.registry_root)
     state = registry.pipeline_state(context.model_name)
+    configs = json.loads(configs_json) if configs_json else {}
     values = {}
     for node in dag.STEPS:
         for param, ref in node.previous.items():
@@ -551,6 +596,13 @@ def resolve_pins(context_json: str, baseline_alias: str = ""):
         for param in node.spec.resolved:
             version = invoke.baseline_version(context)
             values[f"{node.name}__{param}"] = version.ref if version else ""
+        if invoke.reads_outside_inputs(node):
+            if node.name not in configs:
+                raise ConfigError(f"the compiled pipeline gives the resolve task no config "
+                                  f"for {node.name}; recompile it with this imgpipe version.")
+            step_cfg = apply_overrides(configs[node.name], dict(overrides or {}))
+            values[f"{node.name}__{EXTERNAL}"] = json.dumps(
+                invoke.pin_outside_inputs(node, step_cfg, context), sort_keys=True)
     for key, value in values.items():
         print(f"resolve: {key} = {value or '(none)'}")
     return namedtuple("Pins", list(values))(**values)

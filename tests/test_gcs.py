@@ -242,3 +242,82 @@ def test_tensorflow_paths_go_through_the_mount_only_where_the_bucket_is_mounted(
         assert fileio.tf_path("gs://b/runs/model") == str(mount / "b" / "runs" / "model")
     monkeypatch.setattr(os.path, "ismount", lambda p: p == str(mount / "b") or real(p))
     assert fileio.tf_path("gs://other/x") == "gs://other/x"
+
+
+def _resolve(cfg, **params):
+    """The KFP resolve task's outputs for `cfg`, called as the compiled task calls it
+    (its configs and the run-time parameters, `params` overriding the defaults)."""
+    from pipeline import invoke
+    from pipeline import kfp as kfp_pipeline
+
+    values = {**kfp_pipeline.runtime_parameters(cfg), **params}
+    names = kfp_pipeline._resolve_parameters(values)
+    overrides = {kfp_pipeline.RUNTIME_PARAMETERS[n]: values[n] for n in names
+                 if n != "baseline_alias"}
+    pins = kfp_pipeline.resolve_pins(invoke.Context.from_config(cfg).to_json(),
+                                     values["baseline_alias"], kfp_pipeline.resolve_configs(cfg),
+                                     overrides)
+    return pins._asdict()
+
+
+def test_kfp_pins_change_exactly_when_outside_inputs_do(on_fake, tmp_path, monkeypatch):
+    """On KFP a task is reused while its inputs are unchanged, so the resolve task pins
+    what a step reads from outside the run: new objects under the bucket source change
+    ingest's pin (only), an edited schema validate's, a moved production alias the
+    start weights' of tune and train; nothing changed gives identical pins."""
+    from components import fileio
+    from components.registry import Registry
+    from pipeline import config as config_lib
+    from pipeline import invoke
+    from pipeline import kfp as kfp_pipeline
+
+    monkeypatch.setattr(kfp_pipeline, "_exit_without_teardown", lambda: None)
+    root = f"{on_fake}/pins"
+    local = tmp_path / "src"
+    fixtures.make_class_folders(str(local), per_class=3)
+    for path in sorted(local.rglob("*.png")):
+        fileio.write_bytes(f"{root}/photos/{path.relative_to(local)}", path.read_bytes())
+    fileio.write_text(f"{root}/schema.pbtxt", "feature { name: 'image' }\n")
+    model = tmp_path / "sm"
+    model.mkdir()
+    (model / "saved_model.pb").write_text("graph")
+    (model / "model.keras").write_text("weights")
+    registry = Registry(f"{root}/serving")
+    for _ in range(2):
+        registry.push("base", str(model), _card())
+    registry.set_alias("base:1", "production")
+    cfg = config_lib.from_dict({
+        "name": "photos", "data": {"source": f"{root}/photos"},
+        "validate": {"schema": f"{root}/schema.pbtxt"},
+        "model": {"kind": "transfer", "weights": "base@production"},
+        "push": {"destination": f"{root}/serving"}})
+
+    first = _resolve(cfg)
+    assert set(first) >= {"ingest__external", "validate__external", "tune__external",
+                          "train__external", "validate__baseline_statistics",
+                          "evaluate__baseline"}
+    assert _resolve(cfg) == first                           # nothing changed: same inputs
+    train_pin = json.loads(first["train__external"])
+    assert train_pin["refs"] == {"model.weights": "base:1"}
+    # the train task resolves the pinned version, not the alias again
+    step_cfg = invoke.apply_pinned_refs({"model": {"weights": "base@production"}}, train_pin)
+    assert step_cfg["model"]["weights"] == "base:1"
+
+    def changed(before, after):
+        return {key for key in before if before[key] != after[key]}
+
+    fileio.write_bytes(f"{root}/photos/cat/new.png", (local / "cat" / "000.png").read_bytes())
+    second = _resolve(cfg)
+    assert changed(first, second) == {"ingest__external"}
+    fileio.write_text(f"{root}/schema.pbtxt", "feature { name: 'image' } # edited\n")
+    third = _resolve(cfg)
+    assert changed(second, third) == {"validate__external"}
+    registry.set_alias("base:2", "production")
+    fourth = _resolve(cfg)
+    assert changed(third, fourth) == {"tune__external", "train__external"}
+    assert json.loads(fourth["train__external"])["refs"] == {"model.weights": "base:2"}
+    assert _resolve(cfg) == fourth
+    # the data source as a run-time parameter: another folder, another pin
+    other = _resolve(cfg, data_source=f"{root}/photos/cat")
+    assert changed(fourth, other) == {"ingest__external"}
+    fileio.rmtree(root)

@@ -35,9 +35,11 @@ def test_compiled_ir_has_the_dag_the_gate_and_resources(tmp_path):
     assert set(root) == {"resolve", "ingest", "validate", "transform", "tune", "train",
                          "evaluate", "infra-validate", "report", "condition-1"}
     deps = {name: set(task.get("dependentTasks", [])) for name, task in root.items()}
+    # resolve pins what a step reads from outside the run (data, schema, references)
+    assert deps["ingest"] == {"resolve"}
     assert deps["transform"] == {"ingest", "validate"}
-    assert deps["tune"] == {"ingest", "transform"}
-    assert deps["train"] == {"ingest", "transform", "tune"}
+    assert deps["tune"] == {"ingest", "transform", "resolve"}
+    assert deps["train"] == {"ingest", "transform", "tune", "resolve"}
     assert deps["evaluate"] == {"ingest", "train", "resolve"}
     assert deps["validate"] == {"ingest", "resolve"}
     # the push sits under two conditions: the blessing, then the infra verdict
