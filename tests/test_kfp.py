@@ -614,3 +614,52 @@ def test_training_replicas_and_tpu_topology_as_a_vertex_custom_job(tmp_path):
     assert {"name": "IMGPIPE_ACCELERATOR", "value": "TPU_V5_LITEPOD"} in \
         pools[0]["container_spec"]["env"]
     assert "run_step('train'" in " ".join(pools[0]["container_spec"]["command"])
+
+
+TPU_IMAGE = "us-docker.pkg.dev/p/imgpipe/imgpipe:0.1.0-tpu"
+DEFAULT_IMAGE = "us-docker.pkg.dev/my-project/imgpipe/imgpipe:0.1.0"
+
+
+@pytest.mark.parametrize("custom_job", [False, True])
+def test_tpu_request_and_image_only_on_the_train_task(tmp_path, custom_job):
+    """The deploy walkthrough's TPU trainer: the accelerator, its count, the machine
+    type and topology, IMGPIPE_ACCELERATOR and the TPU image appear on the train task
+    (its container, or its Vertex custom job's worker pool) and nowhere else; every
+    other task runs the default image with no accelerator."""
+    job = ", vertex_job: {machine_type: ct5lp-hightpu-4t, tpu_topology: 2x2}" if custom_job \
+        else ""
+    cfg = config_lib.load(EXAMPLE, [f"kfp.steps.train={{image: {TPU_IMAGE}, accelerator_type: "
+                                    f"TPU_V5_LITEPOD, accelerator_count: 4{job}}}"],
+                          resolve_paths=False)
+    out = str(tmp_path / "tpu.yaml")
+    kfp_pipeline.compile_pipeline(cfg, out)
+    spec = yaml.safe_load(open(out))
+    markers = [TPU_IMAGE, "TPU_V5_LITEPOD", "IMGPIPE_ACCELERATOR"] + \
+        (["ct5lp-hightpu-4t", "2x2"] if custom_job else [])
+    executors = spec["deploymentSpec"]["executors"]
+    for name, executor in executors.items():
+        text = json.dumps(executor)
+        if name == "exec-train" and not custom_job:
+            container = executor["container"]
+            assert container["image"] == TPU_IMAGE
+            assert container["resources"]["accelerator"]["resourceType"] == "TPU_V5_LITEPOD"
+            assert str(container["resources"]["accelerator"]["resourceCount"]) == "4"
+            assert {"name": "IMGPIPE_ACCELERATOR", "value": "TPU_V5_LITEPOD"} in container["env"]
+            continue
+        assert not any(m in text for m in markers), name
+        assert "accelerator" not in executor["container"].get("resources", {}), name
+        if name != "exec-train":           # (a custom job's launcher runs GCPC's image)
+            assert executor["container"]["image"] == DEFAULT_IMAGE, name
+    for name, component in spec["components"].items():
+        if name != "comp-train":
+            assert not any(m in json.dumps(component) for m in markers), name
+    tasks = _task_inputs(spec)
+    assert not any(m in json.dumps(task) for name, task in tasks.items() if name != "train"
+                   for m in markers)
+    if custom_job:
+        pools = spec["components"]["comp-train"]["inputDefinitions"]["parameters"][
+            "worker_pool_specs"]["defaultValue"]
+        assert [p["container_spec"]["image_uri"] for p in pools] == [TPU_IMAGE]
+        assert pools[0]["machine_spec"] == {"machine_type": "ct5lp-hightpu-4t",
+                                            "accelerator_type": "TPU_V5_LITEPOD",
+                                            "accelerator_count": 4, "tpu_topology": "2x2"}
