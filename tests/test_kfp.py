@@ -663,3 +663,63 @@ def test_tpu_request_and_image_only_on_the_train_task(tmp_path, custom_job):
         assert pools[0]["machine_spec"] == {"machine_type": "ct5lp-hightpu-4t",
                                             "accelerator_type": "TPU_V5_LITEPOD",
                                             "accelerator_count": 4, "tpu_topology": "2x2"}
+
+
+def test_drift_on_kfp_a_second_run_validates_against_the_first_runs_statistics(
+        tmp_path, monkeypatch):
+    """The report task of run 1 records its statistics in the registry; run 2's resolve
+    task pins them and run 2's validate task (run_step) compares with them: a class
+    share that moved past validate.max_class_drift stops the run, as locally."""
+    import copy
+    from types import SimpleNamespace
+
+    from components.errors import ValidationFailed
+    from pipeline import dag, invoke
+    from pipeline import report as report_lib
+    from tests.test_validate import BASE, stats_artifact
+
+    monkeypatch.setattr(kfp_pipeline, "_exit_without_teardown", lambda: None)
+    monkeypatch.setattr(report_lib, "write", lambda *args, **kwargs: None)   # not under test
+    cfg = config_lib.load(None, ["name=photos", f"push.destination={tmp_path / 'serving'}"])
+    context = invoke.Context.from_config(cfg).to_json()
+    root = tmp_path / "pipeline-root"
+
+    def kfp_artifact(path):
+        return SimpleNamespace(path=str(path), uri=str(path), metadata={})
+
+    def resolve():
+        params = kfp_pipeline.runtime_parameters(cfg)
+        overrides = {kfp_pipeline.RUNTIME_PARAMETERS[n]: params[n]
+                     for n in kfp_pipeline._resolve_parameters(params) if n != "baseline_alias"}
+        return kfp_pipeline.resolve_pins(context, params["baseline_alias"],
+                                         kfp_pipeline.resolve_configs(cfg), overrides)._asdict()
+
+    def validate(run, stats):
+        pins = resolve()
+        outputs = {o: kfp_artifact(root / run / "validate" / o) for o in ("anomalies", "schema")}
+        node = dag.get("validate")
+        step_cfg = kfp_pipeline.without_runtime_keys(invoke.step_config(node, cfg))
+        return pins, kfp_pipeline.run_step(
+            "validate", json.dumps(step_cfg), "", "",
+            {"statistics": kfp_artifact(stats.uri), **outputs}, {},
+            {p: pins[f"validate__{p}"] for p in kfp_pipeline._pin_params(node)}, {})
+
+    first = stats_artifact(root / "run-1" / "ingest", "statistics", BASE)
+    pins, gate = validate("run-1", first)
+    assert pins["validate__baseline_statistics"] == "" and gate is True    # nothing before
+    others = {ref: kfp_artifact(root / "run-1" / ref.replace(".", "/"))
+              for ref in kfp_pipeline.REPORT_INPUTS if ref != "ingest.statistics"}
+    kfp_pipeline.write_report(context, "run-1", {"ingest.statistics": kfp_artifact(first.uri),
+                                                 **others},
+                              kfp_artifact(root / "run-1" / "report" / "report"))
+
+    shifted = copy.deepcopy(BASE)
+    shifted["counts"]["train"] = {"cat": 70, "dog": 20}        # 0.5 -> 0.78 of train
+    second = stats_artifact(root / "run-2" / "ingest", "statistics", shifted)
+    with pytest.raises(ValidationFailed, match="L-inf 0.278"):
+        validate("run-2", second)
+    pins = resolve()
+    assert pins["validate__baseline_statistics"] == first.uri        # from the registry
+    # an unchanged distribution passes the same gate
+    same = stats_artifact(root / "run-3" / "ingest", "statistics", BASE)
+    assert validate("run-3", same)[1] is True
