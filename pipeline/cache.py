@@ -56,31 +56,79 @@ def _is_module(name: str) -> bool:
     return _origin(name) is not None
 
 
-@functools.lru_cache(maxsize=512)
-def _parse(path: str, mtime_ns: int, size: int) -> tuple[str, tuple[str, ...]]:
+# Parsed files by (path, mtime, size, inode), kept in the runs folder between processes
+# (`use_index`): a fully cached rerun does not parse the project's sources again.
+_INDEX: dict[str, list[Any]] = {}
+_INDEX_STATE = {"path": None, "dirty": False}
+
+
+def use_index(path: str) -> None:
+    """Loads (and later `save_index` writes) the parsed-files index at `path`."""
+    import json
+
+    _INDEX_STATE.update(path=path, dirty=False)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            loaded = json.load(handle)
+        if isinstance(loaded, dict):
+            _INDEX.update(loaded)
+    except (OSError, ValueError):
+        pass            # no index yet, or a damaged one: parse again
+
+
+def save_index() -> None:
+    """Writes the index when this process parsed anything new (never fails a run)."""
+    import json
+
+    path = _INDEX_STATE["path"]
+    if not path or not _INDEX_STATE["dirty"]:
+        return
+    for version in list(_INDEX):      # keep only the files' current versions
+        file = version.rsplit(":", 3)[0]
+        try:
+            st = os.stat(file)
+        except OSError:
+            st = None
+        if st is None or version != f"{file}:{st.st_mtime_ns}:{st.st_size}:{st.st_ino}":
+            del _INDEX[version]
+    try:
+        from components import fileio
+
+        fileio.write_text_atomic(path, json.dumps(_INDEX, sort_keys=True))
+        _INDEX_STATE["dirty"] = False
+    except OSError:
+        pass
+
+
+def _parse(path: str, st: os.stat_result) -> tuple[str, tuple[str, ...]]:
     """(content hash, project modules imported anywhere in the file). Cached per file
-    version, so an edited file is read again."""
-    with open(path, "rb") as handle:
-        source = handle.read()
-    found = []
-    for item in ast.walk(ast.parse(source, path)):
-        if isinstance(item, ast.Import):
-            found.extend(alias.name for alias in item.names)
-        elif isinstance(item, ast.ImportFrom) and item.module and item.level == 0:
-            found.append(item.module)
-            # `from components import features` imports the module components.features
-            found.extend(f"{item.module}.{alias.name}" for alias in item.names)
-    wanted = tuple(sorted({name for name in found
-                           if name.split(".")[0] in PROJECT_PACKAGES and _is_module(name)}))
-    return hashlib.sha256(source).hexdigest(), wanted
+    version (its size, modification time and inode), so an edited file is read again."""
+    version = f"{path}:{st.st_mtime_ns}:{st.st_size}:{st.st_ino}"
+    cached = _INDEX.get(version)
+    if cached is None:
+        with open(path, "rb") as handle:
+            source = handle.read()
+        found = set()
+        for item in ast.walk(ast.parse(source, path)):
+            if isinstance(item, ast.Import):
+                found.update(alias.name for alias in item.names)
+            elif isinstance(item, ast.ImportFrom) and item.module and item.level == 0:
+                found.add(item.module)
+                # `from components import features` imports the module components.features
+                found.update(f"{item.module}.{alias.name}" for alias in item.names)
+        cached = [hashlib.sha256(source).hexdigest(),
+                  sorted(name for name in found if name.split(".")[0] in PROJECT_PACKAGES)]
+        _INDEX[version] = cached
+        _INDEX_STATE["dirty"] = True
+    # which names are modules is decided now: a module added later is found
+    return cached[0], tuple(name for name in cached[1] if _is_module(name))
 
 
 def _file_info(module: str) -> tuple[str, tuple[str, ...]]:
     path = _origin(module)
     if path is None:
         return f"{module}:missing", ()
-    st = os.stat(path)
-    return _parse(path, st.st_mtime_ns, st.st_size)
+    return _parse(path, os.stat(path))
 
 
 def code_modules(module: str) -> list[str]:

@@ -25,6 +25,7 @@ from pipeline.config import PipelineConfig
 from pipeline.metadata import Execution, MetadataStore
 
 METADATA_FILE = "metadata.sqlite"
+CODE_INDEX_FILE = ".code-index.json"     # pipeline/cache.py: parsed sources, by file version
 
 
 @dataclass
@@ -75,6 +76,7 @@ class LocalRunner:
         self.use_cache = use_cache
         self.log = log
         self.store = MetadataStore(os.path.join(self.runs_dir, METADATA_FILE))
+        cache.use_index(os.path.join(self.runs_dir, CODE_INDEX_FILE))
         self.context = invoke.Context.from_config(config, self.store)
 
     def run(self, until: str | None = None) -> RunResult:
@@ -94,6 +96,7 @@ class LocalRunner:
         for node in self.steps[: last + 1]:
             try:
                 result = self._run_step(run_id, node, produced)
+                cache.save_index()        # sources parsed for the keys, for the next run
             except ImgpipeError as exc:
                 results.append(StepResult(node.name, "failed", "", error=str(exc)))
                 self.store.end_run(run_id, "failed", str(exc))

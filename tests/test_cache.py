@@ -33,7 +33,9 @@ def fakeproj(tmp_path, monkeypatch):
         (root / "fakeproj" / name).write_text(text)
     monkeypatch.syspath_prepend(str(root))
     monkeypatch.setattr(cache, "PROJECT_PACKAGES", ("fakeproj",))
+    cache._package_dir.cache_clear()       # another test's fakeproj lived elsewhere
     yield root / "fakeproj"
+    cache._package_dir.cache_clear()
     for name in [m for m in sys.modules if m.startswith("fakeproj")]:
         del sys.modules[name]
 
@@ -55,6 +57,37 @@ def test_code_fingerprint_follows_imports(fakeproj):
     _touch_edit(fakeproj / "shared.py", "def f():\n    return 1\n")   # both use it
     assert cache.code_fingerprint("fakeproj.step_a")["source"] != a2["source"]
     assert cache.code_fingerprint("fakeproj.step_b")["source"] != b2["source"]
+
+
+def test_parsed_sources_are_kept_between_processes(fakeproj, tmp_path, monkeypatch):
+    """The index in the runs folder spares a later process the parsing; an edited file
+    is parsed again; a new helper module is found though its importer is unchanged."""
+    import ast
+
+    index = str(tmp_path / "index.json")
+    monkeypatch.setattr(cache, "_INDEX", {})
+    cache.use_index(index)
+    first = cache.code_fingerprint("fakeproj.step_a")
+    cache.save_index()
+    monkeypatch.setattr(cache, "_INDEX", {})                  # a new process
+    cache.use_index(index)
+
+    def no_parsing(*args, **kwargs):
+        raise AssertionError("parsed a file the index knows")
+
+    monkeypatch.setattr(ast, "parse", no_parsing)
+    assert cache.code_fingerprint("fakeproj.step_a") == first
+    monkeypatch.undo()
+    monkeypatch.syspath_prepend(str(fakeproj.parent))
+    monkeypatch.setattr(cache, "PROJECT_PACKAGES", ("fakeproj",))
+    monkeypatch.setattr(cache, "_INDEX", {})
+    cache.use_index(index)
+    _touch_edit(fakeproj / "helper_a.py", "VALUE = 10\n")
+    assert cache.code_fingerprint("fakeproj.step_a")["source"] != first["source"]
+    (fakeproj / "step_c.py").write_text("from fakeproj import later\n")
+    assert "fakeproj.later" not in cache.code_modules("fakeproj.step_c")
+    (fakeproj / "later.py").write_text("X = 1\n")
+    assert "fakeproj.later" in cache.code_modules("fakeproj.step_c")
 
 
 def test_real_steps_key_on_the_helpers_they_use():
