@@ -27,6 +27,8 @@ _REQUIRED_KEYS = ("type", "manifest_version", "fingerprint", "properties", "prod
                   "files")
 
 
+# What marks a SavedModel directory complete (TF Serving treats it as ready).
+SAVED_MODEL_PB = "saved_model.pb"
 # The splits of every Examples artifact, in this order.
 SPLITS = ("train", "eval")
 
@@ -71,6 +73,9 @@ class Model:
     signatures), `{uri}/model.keras` (the Keras model, a base for later runs),
     `{uri}/history.json`, `{uri}/logs/` (TensorBoard)."""
 
+    SAVED_MODEL = "saved_model"
+    KERAS_FILE = "model.keras"
+
 
 class Evaluation:
     """TFMA output. Layout: `{uri}/tfma/` (TFMA results), `{uri}/metrics.json`
@@ -86,6 +91,8 @@ class HyperParameters:
     values as dotted config keys, the objective and its best score, every trial's
     values, score and seconds, the search space and algorithm; or, with no search, no
     values). Properties: `best`, `searched`, `source`."""
+
+    FILE = "hyperparameters.json"
 
 
 class Blessing:

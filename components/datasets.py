@@ -47,6 +47,11 @@ def is_idx_images(name: str) -> bool:
     return IDX_IMAGES in name
 
 
+def is_idx_file(name: str) -> bool:
+    """An IDX images or labels file."""
+    return IDX_IMAGES in name or IDX_LABELS in name
+
+
 def idx_labels_path(images_path: str) -> str:
     """The labels file that belongs to an IDX images file."""
     return images_path.replace(IDX_IMAGES, IDX_LABELS)

@@ -26,6 +26,14 @@ class BadImage(ValueError):
     """The bytes are not a usable image; `str(exc)` is the quarantine reason."""
 
 
+def pixels_over(width: int, height: int, max_pixels: int) -> str | None:
+    """Why an image of this size is refused (a decompression-bomb guard), or None."""
+    if width * height <= max_pixels:
+        return None
+    return (f"image claims {width}x{height} = {width * height:,} pixels, over "
+            f"ingest.max_pixels = {max_pixels:,} (possible decompression bomb)")
+
+
 @dataclass(frozen=True)
 class CheckedImage:
     data: bytes            # what is stored: the original bytes or a PNG conversion
@@ -102,9 +110,9 @@ def check_image(data: bytes, max_pixels: int) -> CheckedImage:
     width, height = img.size
     if width <= 0 or height <= 0:
         raise BadImage(f"image has no pixels ({width}x{height})")
-    if width * height > max_pixels:
-        raise BadImage(f"image claims {width}x{height} = {width * height:,} pixels, over "
-                       f"ingest.max_pixels = {max_pixels:,} (possible decompression bomb)")
+    too_large = pixels_over(width, height, max_pixels)
+    if too_large:
+        raise BadImage(too_large)
     original = (img.format or "unknown").upper()
     progressive = bool(img.info.get("progressive") or img.info.get("progression"))
     try:

@@ -18,7 +18,7 @@ import sys
 import time
 from typing import Any, Iterable, Iterator
 
-from components import features, fileio, imaging, sources
+from components import artifacts, features, fileio, imaging, sources
 from components.config import IMAGE_EXTENSIONS, MAX_PIXELS
 from components.errors import ConfigError, DataError
 
@@ -88,7 +88,7 @@ def load_model(saved_model: str):
     """The SavedModel and its class names (the label vocabulary asset, in id order)."""
     import tensorflow as tf
 
-    if not fileio.exists(fileio.join(saved_model, "saved_model.pb")):
+    if not fileio.exists(fileio.join(saved_model, artifacts.SAVED_MODEL_PB)):
         raise ConfigError(f"{saved_model} is not a SavedModel directory (no saved_model.pb).")
     loaded = tf.saved_model.load(fileio.tf_path(saved_model))
     if "serving_images" not in loaded.signatures:

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from components import fileio, runtime
+from components.artifacts import SAVED_MODEL_PB
 from components.config import LATEST_ALIAS
 from components.errors import ConfigError, ImgpipeError
 
@@ -147,7 +148,7 @@ class Registry:
         if not fileio.isdir(base):
             return []
         numbers = sorted(int(n) for n in fileio.listdir(base)
-                         if n.isdigit() and fileio.exists(fileio.join(base, n, "saved_model.pb")))
+                         if n.isdigit() and fileio.exists(fileio.join(base, n, SAVED_MODEL_PB)))
         return [Version(name, n, fileio.join(base, str(n))) for n in numbers]
 
     def audit(self, name: str) -> list[dict[str, Any]]:
@@ -230,7 +231,7 @@ class Registry:
             try:
                 for src, rel in files:
                     fileio.copy(src, fileio.join(staging, rel))
-                if not fileio.exists(fileio.join(staging, "saved_model.pb")):
+                if not fileio.exists(fileio.join(staging, SAVED_MODEL_PB)):
                     raise ImgpipeError(f"{saved_model} holds no saved_model.pb: nothing to "
                                        "push.")
                 with self._locked(name):
@@ -277,7 +278,7 @@ class Registry:
             stamped = dict(card, name=name, version=number, pushed=runtime.utc_now())
             fileio.write_text(fileio.join(target, CARD), json.dumps(stamped, indent=2,
                                                                     default=str))
-            ready = [(src, rel) for src, rel in files if rel == "saved_model.pb"]
+            ready = [(src, rel) for src, rel in files if rel == SAVED_MODEL_PB]
             for src, rel in [f for f in files if f not in ready] + ready:
                 fileio.copy(src, fileio.join(target, rel))
         except BaseException:

@@ -275,7 +275,7 @@ def _array_files(source: Source) -> list[str]:
         return [source.location]
     if fileio.isdir(source.location):
         return [fileio.join(source.location, n) for n in fileio.listdir(source.location)
-                if "ubyte" in n]
+                if datasets.is_idx_file(n)]
     return [source.location, datasets.idx_labels_path(source.location)]
 
 
@@ -418,7 +418,7 @@ def fingerprint(source: Source, ingest: IngestConfig) -> str:
         if source.location == "fashion_mnist":
             directory = datasets.fashion_mnist_dir()
             for name in sorted(os.listdir(directory)) if directory else ():
-                if "ubyte" in name:
+                if datasets.is_idx_file(name):
                     fileio.hash_file(os.path.join(directory, name), digest)
         return digest.hexdigest()
     if source.kind in ("folder", "manifest"):

@@ -13,6 +13,7 @@ import sys
 from typing import Any, Callable, Sequence
 
 from components import runtime
+from components.beamio import PARALLEL_MIN_INPUTS
 from components.config import BUILTIN_DATASETS, MODEL_KINDS
 from components.errors import ConfigError, ImgpipeError, NotBlessed
 
@@ -229,7 +230,7 @@ def _add_cloud_parsers(sub) -> None:
 
 
 def _store(runs_dir: str):
-    from pipeline.local import METADATA_FILE
+    from pipeline.metadata import METADATA_FILE
     from pipeline.metadata import MetadataStore
 
     path = os.path.join(runs_dir, METADATA_FILE)
@@ -623,8 +624,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     warning = predict.shape_warning(paths, card.get("model", {}).get("image_shape"))
     if warning:
         print(f"imgpipe: warning: {warning}", file=sys.stderr)
-    from components.beamio import PARALLEL_MIN_INPUTS
-
     if args.beam or len(paths) > PARALLEL_MIN_INPUTS:
         beam = BeamConfig()
         if args.config:
@@ -674,8 +673,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the pipeline locally (with caching)")
     _add_config_args(run)
-    run.add_argument("--until", metavar="STEP", choices=STEP_NAMES,
-                     help="stop after this step: " + ", ".join(STEP_NAMES))
+    from pipeline import dag     # the steps, as the DAG names them
+
+    run.add_argument("--until", metavar="STEP", choices=dag.names(),
+                     help="stop after this step: " + ", ".join(dag.names()))
     run.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR,
                      help="where runs, artifacts and metadata.sqlite live (default ./runs)")
     run.add_argument("--no-cache", action="store_true", help="rerun every step")
@@ -699,7 +700,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=positive_int, default=64,
                          help="images per model call (default 64)")
     predict.add_argument("--beam", action="store_true",
-                         help="run as a Beam job (default above 20,000 files)")
+                         help="run as a Beam job (default above "
+                              f"{PARALLEL_MIN_INPUTS:,} files)")
     predict.add_argument("--config", help="take the registry and Beam options from this config")
     predict.set_defaults(func=cmd_predict)
 
@@ -757,11 +759,6 @@ def _quiet_libraries() -> None:
         warnings.filterwarnings("ignore", message=message)
     for name in ("tensorflow", "absl"):
         logging.getLogger(name).setLevel(logging.ERROR)
-
-
-# The DAG's steps, for --until's help without importing the DAG (a test holds them equal).
-STEP_NAMES = ("ingest", "validate", "transform", "tune", "train", "evaluate",
-              "infra_validate", "push")
 
 
 def _verbose(argv: Sequence[str]) -> bool:

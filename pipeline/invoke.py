@@ -23,6 +23,7 @@ from typing import Any
 from components import artifacts, contract, fileio
 from components.config import Section
 from components.errors import ConfigError
+from components.registry import CARD
 from pipeline import config as config_lib
 from pipeline.dag import Node
 
@@ -180,7 +181,7 @@ def resolve_weights(weights: str, context: Context) -> str:
         return weights
     return _resolve_reference(
         weights, context, "model.weights", ("train", "trained_model", "a trained model"),
-        "model.keras", "model.keras",
+        artifacts.Model.KERAS_FILE, artifacts.Model.KERAS_FILE,
         "is not a file, 'imagenet', run:RUN_ID or a pushed model reference (NAME@ALIAS, "
         "NAME:VERSION).")
 
@@ -191,7 +192,7 @@ def resolve_hyperparameters(ref: str, context: Context | None) -> str:
     pushed version's model card; a file as is."""
     return _resolve_reference(
         ref, context, "train.hyperparameters", ("tune", "hyperparameters", "a tune step"),
-        "hyperparameters.json", "model_card.json",
+        artifacts.HyperParameters.FILE, CARD,
         "is not run:RUN_ID, a pushed model reference (NAME@ALIAS, NAME:VERSION) or a "
         "hyperparameters.json file.")
 

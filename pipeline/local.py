@@ -22,9 +22,8 @@ from components.config import BUILTIN_PREFIX
 from components.errors import ArtifactError, ConfigError, ImgpipeError
 from pipeline import cache, dag, invoke
 from pipeline.config import PipelineConfig
-from pipeline.metadata import Execution, MetadataStore
+from pipeline.metadata import METADATA_FILE, Execution, MetadataStore
 
-METADATA_FILE = "metadata.sqlite"
 CODE_INDEX_FILE = ".code-index.json"     # pipeline/cache.py: parsed sources, by file version
 
 

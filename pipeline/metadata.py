@@ -19,6 +19,9 @@ from typing import Any, Iterator
 from components import runtime
 from components.errors import ImgpipeError
 
+# The store's file in a runs folder.
+METADATA_FILE = "metadata.sqlite"
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,

@@ -74,7 +74,7 @@ def list_versions(registry: Registry, name: str | None = None) -> list[dict[str,
     return rows
 
 
-def show(registry: Registry, ref: str, runs_dir: str | None = None) -> dict[str, Any]:
+def show(registry: Registry, ref: str, runs_dir: str) -> dict[str, Any]:
     """A version's card, aliases, audit entries and (when the metadata store is at
     hand) the lineage of the run that produced it."""
     version = registry.resolve(ref)
@@ -84,10 +84,11 @@ def show(registry: Registry, ref: str, runs_dir: str | None = None) -> dict[str,
                               if v == version.version),
             "card": card,
             "audit": [e for e in registry.audit(version.name) if e["to"] == version.version]}
-    store_path = os.path.join(runs_dir or "runs", "metadata.sqlite")
+    from pipeline.metadata import METADATA_FILE, MetadataStore
+
+    store_path = os.path.join(runs_dir, METADATA_FILE)
     model_uri = card.get("artifacts", {}).get("model")
     if model_uri and os.path.isfile(store_path):
-        from pipeline.metadata import MetadataStore
 
         info["lineage"] = MetadataStore(store_path).lineage(model_uri)
     return info

@@ -12,7 +12,7 @@ import json
 import os
 from typing import Any
 
-from components import fileio
+from components import artifacts, fileio
 
 STYLE = """body{font:14px system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;
@@ -205,8 +205,6 @@ def _plot(name: str, data: Any, draw: Any, out_dir: str, cache_dir: str | None) 
     """`draw(data)` as `out_dir/NAME.png` and an embedded <img>. With a cache dir, a
     plot of the same data (and the same plotting code) is drawn once: a fully cached
     rerun then never imports matplotlib."""
-    from components import artifacts
-
     png = None
     cached = None
     if cache_dir:
@@ -397,7 +395,7 @@ def write(run_dir: str, run_id: str, status: str, steps: list[Any], error: str |
     blessing = art("evaluate.blessing", "blessing.json")
     infra = art("infra_validate.infra_blessing", "infra_validation.json")
     push = art("push.pushed_model", "push.json")
-    tuning = art("tune.hyperparameters", "hyperparameters.json")
+    tuning = art("tune.hyperparameters", artifacts.HyperParameters.FILE)
     images = _plots(history, metrics, run_dir, plot_cache, tuning,
                     outputs.get("evaluate.evaluation"))
 
@@ -419,7 +417,7 @@ def write(run_dir: str, run_id: str, status: str, steps: list[Any], error: str |
     if history:
         parts.append("<h2>Training</h2>" + images.get("curves", "")
                      + _training_notes(outputs["train.trained_model"],
-                                       art("train.trained_model", "artifact.json")))
+                                       art("train.trained_model", artifacts.MANIFEST_NAME)))
     if tuning:
         parts.append(_tune_section(tuning, images.get("trials", "")))
     if stats:

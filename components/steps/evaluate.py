@@ -26,6 +26,7 @@ from typing import Any
 from components import artifacts, beamio, features, fileio, gate, runtime
 from components.config import BeamConfig, EvaluateConfig
 from components.contract import BASELINE_MODEL, step
+from components.registry import CARD
 
 CANDIDATE, BASELINE = "candidate", "baseline"
 # Config metric name -> (TFMA class name, config JSON)
@@ -220,7 +221,7 @@ def _thumbnail(data: bytes, size: int = 96) -> bytes:
 
 
 def _baseline_card(baseline: str | None) -> dict[str, Any]:
-    path = fileio.join(baseline, "model_card.json") if baseline else None
+    path = fileio.join(baseline, CARD) if baseline else None
     return json.loads(fileio.read_text(path)) if path and fileio.exists(path) else {}
 
 

@@ -23,7 +23,7 @@ from components.artifacts import SPLITS
 from components.config import BeamConfig, DataConfig, IngestConfig
 from components.contract import step
 from components.errors import DataError
-from components.imaging import BadImage, check_image, content_id
+from components.imaging import BadImage, check_image, content_id, pixels_over
 
 
 class Record(NamedTuple):
@@ -141,10 +141,9 @@ def process_arrays(unit: sources.WorkUnit, arrays: Any, *, max_pixels: int,
             yield {"path": path, "label": label,
                    "reason": f"label {label!r} is not in data.classes"}
             continue
-        if height * width > max_pixels:
-            yield {"path": path, "label": label,
-                   "reason": f"image claims {width}x{height} = {height * width:,} pixels, over "
-                             f"ingest.max_pixels = {max_pixels:,} (possible decompression bomb)"}
+        too_large = pixels_over(width, height, max_pixels)
+        if too_large:
+            yield {"path": path, "label": label, "reason": too_large}
             continue
         png = datasets.encode_png(images[offset])
         record_id = content_id(png)

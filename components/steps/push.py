@@ -124,12 +124,12 @@ def run(trained_model: artifacts.Artifact, blessing: artifacts.Artifact,
     else:
         card = model_card(trained_model, blessing, infra_blessing, evaluation, statistics,
                           recorded_config, producer)
-        keras_file = trained_model.path("model.keras")
+        keras_file = trained_model.path(artifacts.Model.KERAS_FILE)
         # Already pushed (by an earlier run, or by a run of the same config right now)?
         # Decided by the registry under its lock, when the version would be published.
         version, already = registry.push_once(
             name, trained_model.path("saved_model"), card,
-            {"model.keras": keras_file} if fileio.exists(keras_file) else {},
+            {artifacts.Model.KERAS_FILE: keras_file} if fileio.exists(keras_file) else {},
             fingerprint=trained_model.fingerprint)
         if already:
             record.update(pushed=True, version=version.version, path=version.path,

@@ -193,10 +193,10 @@ def run(transform_graph: artifacts.Artifact, examples: artifacts.Artifact, model
                 f"training diverged: loss became NaN/inf at epoch {len(losses)}; lower "
                 "train.optimizer.learning_rate or check the input normalization.")
         export(net, transform_graph, writer.file("saved_model"))
-        if not fileio.exists(writer.file("saved_model", "saved_model.pb")):
+        if not fileio.exists(writer.file(artifacts.Model.SAVED_MODEL, artifacts.SAVED_MODEL_PB)):
             raise TrainingError(f"the trainer wrote no SavedModel under {writer.path}.")
         # The Keras model too: a later run can start from it (model.weights: run:ID).
-        net.save(writer.file("model.keras"))
+        net.save(writer.file(artifacts.Model.KERAS_FILE))
         if not scratch:
             fileio.rmtree(work)
         fileio.write_text(writer.file("history.json"), json.dumps(hist, indent=2))

@@ -26,7 +26,7 @@ from components.contract import step
 from components.errors import ConfigError, TrainingError
 
 log = logging.getLogger("imgpipe.tune")
-RESULT = "hyperparameters.json"
+RESULT = artifacts.HyperParameters.FILE
 
 
 def _declare(hp, key: str, dimension) -> Any:

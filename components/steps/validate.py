@@ -170,7 +170,7 @@ def check_near_duplicates(thumbnails_path: str, max_rms: float, cfg: ValidateCon
 def external_inputs(validate: ValidateConfig) -> dict[str, str]:
     """The enforced schema file is an input too: editing it must rerun validation."""
     if validate.schema_path and fileio.exists(validate.schema_path):
-        return {"schema_file": artifacts.fingerprint_json(fileio.read_text(validate.schema_path))}
+        return {"schema_file": fileio.hash_file(validate.schema_path)}
     return {}
 
 
