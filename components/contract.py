@@ -142,10 +142,10 @@ def check_signature(spec: StepSpec, sections: Mapping[str, type]) -> list[str]:
         if name not in params:
             problems.append(f"{spec.name}: declared {expected[name]} {name!r} is not a "
                             "parameter of the function")
-    for name, param in params.items():
-        if name not in expected and param.default is inspect.Parameter.empty:
+    for name in params:
+        if name not in expected:
             problems.append(f"{spec.name}: parameter {name!r} is not declared (the runner "
-                            "would not pass it)")
+                            "would never pass it)")
     hints = typing.get_type_hints(spec.fn)
     for name in spec.inputs:
         hint = hints.get(name)
@@ -173,6 +173,12 @@ def check_signature(spec: StepSpec, sections: Mapping[str, type]) -> list[str]:
     for name in spec.record:
         if name not in sections:
             problems.append(f"{spec.name}: records config section {name!r}, which does not exist")
+    if spec.external is not None:
+        wanted = inspect.signature(spec.external).parameters
+        for name, param in wanted.items():
+            if name not in spec.config and param.default is inspect.Parameter.empty:
+                problems.append(f"{spec.name}: external inputs function takes {name!r}, which "
+                                "is not a config section the step reads")
     for name, what in spec.resolved.items():
         if what not in RESOLVABLE:
             problems.append(f"{spec.name}: {name!r} asks the runner to resolve unknown {what!r}")

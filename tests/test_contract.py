@@ -27,16 +27,23 @@ def test_every_step_declaration_agrees_with_its_function():
 
 
 def test_a_disagreeing_declaration_is_reported():
+    def external(data, schema):
+        return {}
+
     @step(name="broken", inputs={"examples": artifacts.Examples, "gone": artifacts.Examples,
                                  "before": Maybe(artifacts.Statistics)},
-          outputs={"model": artifacts.Model}, config=("data", "train", "nosuch"))
+          outputs={"model": artifacts.Model}, config=("data", "train", "nosuch"),
+          external=external)
     def broken(examples: artifacts.Artifact, before: artifacts.Artifact, data: TrainConfig,
-               train: TrainConfig, model: int, extra: str, producer: Any = None):
+               train: TrainConfig, model: int, extra: str, quiet: artifacts.Artifact = None,
+               producer: Any = None):
         return {}
 
     problems = "\n".join(check_signature(spec_of(broken), config_lib.section_types()))
     assert "declared input 'gone' is not a parameter" in problems
     assert "parameter 'extra' is not declared" in problems
+    assert "parameter 'quiet' is not declared" in problems     # a default hides nothing
+    assert "external inputs function takes 'schema'" in problems
     assert "optional input 'before' needs a default of None" in problems
     assert "config 'data' should be annotated DataConfig" in problems
     assert "output 'model' should be annotated str" in problems
