@@ -192,15 +192,45 @@ def make_dataset(graph: artifacts.Artifact, examples: artifacts.Artifact, split:
     examples of weight 0 ((image, label, weight) batches), so a small eval split under
     many replicas still gives whole batches and exact weighted metrics."""
     import tensorflow as tf
-    import tensorflow_transform as tft
 
-    output = tft.TFTransformOutput(fileio.tf_path(graph.uri))
+    files, parse = _record_parser(graph, examples, split)
+    if not files:
+        raise TrainingError(f"no {split} examples under {graph.uri}; rerun the transform step.")
     shape = graph.properties["image_shape"]
     num_classes = graph.properties["num_classes"]
-    # Both paths yield (uint8 pixels, label id, scale, offset): what is cached is a
-    # quarter of the float32 images, and the scaling runs after the cache.
+
+    def to_model(pixels, label_id, scale, offset):       # one example or a batch
+        per_image = tf.concat([tf.shape(scale), tf.ones([3], tf.int32)], 0)
+        image = tf.cast(pixels, tf.float32) * tf.reshape(scale, per_image) \
+            + tf.reshape(offset, per_image)
+        label = label_id if sparse else tf.one_hot(label_id, num_classes, dtype=tf.float32)
+        return image, label
+
+    count = graph.properties["counts"].get(split, 0)
+    ds = _examples(files, parse, count, count * math.prod(shape) <= cfg.cache_memory_mb * 2 ** 20,
+                   training, cfg)
+    # The scaling and one-hot run per batch: per element they cost more than a dense
+    # model's training step.
+    if training:
+        # Full batches: static shapes for TPUs and steps_per_execution.
+        return ds.batch(batch_size, drop_remainder=True).map(
+            to_model, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    if not static:
+        return ds.batch(batch_size).map(to_model, num_parallel_calls=tf.data.AUTOTUNE) \
+            .prefetch(tf.data.AUTOTUNE)
+    return _padded_batches(ds.map(to_model, num_parallel_calls=tf.data.AUTOTUNE), batch_size,
+                           shape, num_classes, sparse)
+
+
+def _record_parser(graph: artifacts.Artifact, examples: artifacts.Artifact, split: str):
+    """(the split's TFRecord files, a function from a batch of serialized records to
+    (uint8 pixels, label id, scale, offset)). Both paths yield uint8 pixels: what is
+    cached is a quarter of the float32 images, and the scaling runs after the cache."""
+    import tensorflow as tf
+    import tensorflow_transform as tft
+
+    shape = graph.properties["image_shape"]
     if graph.properties.get("materialized", True):
-        files = fileio.glob(graph.path("examples", split, "*.tfrecord.gz"))
         spec = {features.PIXEL_BYTES: tf.io.FixedLenFeature([], tf.string),
                 features.LABEL_ID: tf.io.FixedLenFeature([], tf.int64),
                 features.PIXEL_SCALE: tf.io.FixedLenFeature([], tf.float32),
@@ -212,30 +242,27 @@ def make_dataset(graph: artifacts.Artifact, examples: artifacts.Artifact, split:
                                 [-1, *shape])
             return (pixels, batch[features.LABEL_ID], batch[features.PIXEL_SCALE],
                     batch[features.PIXEL_OFFSET])
-    else:
-        files = fileio.glob(examples.path(split, "*.tfrecord.gz"))
-        layer = output.transform_features_layer()
-        raw_spec = features.raw_feature_spec()
 
-        def parse(raw):
-            out = layer(tf.io.parse_example(raw, raw_spec))
-            keep = out[features.LABEL_ID] >= 0
-            pixels, label_id, scale, offset = (tf.boolean_mask(out[key], keep) for key in (
-                features.PIXELS, features.LABEL_ID, features.PIXEL_SCALE,
-                features.PIXEL_OFFSET))
-            return tf.cast(pixels, tf.uint8), label_id, scale, offset
-    if not files:
-        raise TrainingError(f"no {split} examples under {graph.uri}; rerun the transform step.")
+        return fileio.glob(graph.path("examples", split, "*.tfrecord.gz")), parse
+    layer = tft.TFTransformOutput(fileio.tf_path(graph.uri)).transform_features_layer()
+    raw_spec = features.raw_feature_spec()
 
-    def to_model(pixels, label_id, scale, offset):       # one example or a batch
-        per_image = tf.concat([tf.shape(scale), tf.ones([3], tf.int32)], 0)
-        image = tf.cast(pixels, tf.float32) * tf.reshape(scale, per_image) \
-            + tf.reshape(offset, per_image)
-        label = label_id if sparse else tf.one_hot(label_id, num_classes, dtype=tf.float32)
-        return image, label
+    def parse_raw(raw):
+        out = layer(tf.io.parse_example(raw, raw_spec))
+        keep = out[features.LABEL_ID] >= 0
+        pixels, label_id, scale, offset = (tf.boolean_mask(out[key], keep) for key in (
+            features.PIXELS, features.LABEL_ID, features.PIXEL_SCALE, features.PIXEL_OFFSET))
+        return tf.cast(pixels, tf.uint8), label_id, scale, offset
 
-    count = graph.properties["counts"].get(split, 0)
-    fits = count * math.prod(shape) <= cfg.cache_memory_mb * 2 ** 20
+    return fileio.glob(examples.path(split, "*.tfrecord.gz")), parse_raw
+
+
+def _examples(files: list[str], parse, count: int, fits: bool, training: bool,
+              cfg: TrainConfig):
+    """Parsed examples, one at a time: read in parallel, cached in memory when they fit
+    `train.cache_memory_mb`, shuffled (seeded) for training."""
+    import tensorflow as tf
+
     ds = tf.data.Dataset.from_tensor_slices([fileio.tf_path(f) for f in files])
     # Several workers each take every n-th example: sharding by file would leave a
     # worker without data when there are fewer files than workers.
@@ -250,29 +277,24 @@ def make_dataset(graph: artifacts.Artifact, examples: artifacts.Artifact, split:
         ds = ds.batch(256).map(parse, num_parallel_calls=tf.data.AUTOTUNE).unbatch().cache()
         if training:
             ds = ds.shuffle(min(count, 100_000) or 1, seed=cfg.seed, reshuffle_each_iteration=True)
-    else:
-        if training:
-            ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed)
-        ds = ds.batch(256).map(parse, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
-    # The scaling and one-hot run per batch: per element they cost more than a dense
-    # model's training step.
+        return ds
     if training:
-        # Full batches: static shapes for TPUs and steps_per_execution.
-        return ds.batch(batch_size, drop_remainder=True).map(
-            to_model, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-    if not static:
-        return ds.batch(batch_size).map(to_model, num_parallel_calls=tf.data.AUTOTUNE) \
-            .prefetch(tf.data.AUTOTUNE)
-    ds = ds.map(to_model, num_parallel_calls=tf.data.AUTOTUNE)
-    # A replica with an empty shard fails the cross-replica sum, and TPUs need static
-    # shapes: complete the last batch with weight-0 examples (batch_size - 1 of them
-    # always suffice; the unused ones are dropped, whatever the split's size).
-    padding = batch_size - 1
+        ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed)
+    return ds.batch(256).map(parse, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+
+
+def _padded_batches(ds, batch_size: int, shape: list[int], num_classes: int, sparse: bool):
+    """(image, label, weight) full batches: a replica with an empty shard fails the
+    cross-replica sum, and TPUs need static shapes, so the last batch is completed with
+    weight-0 examples (batch_size - 1 of them always suffice; the unused ones are
+    dropped, whatever the split's size)."""
+    import tensorflow as tf
+
     blank = (tf.zeros(shape, tf.float32),
              tf.zeros([], tf.int64) if sparse else tf.zeros([num_classes], tf.float32),
              tf.zeros([]))
     weighted = ds.map(lambda image, label: (image, label, tf.ones([])))
-    pad = tf.data.Dataset.from_tensors(blank).repeat(padding)
+    pad = tf.data.Dataset.from_tensors(blank).repeat(batch_size - 1)
     return weighted.concatenate(pad).batch(batch_size, drop_remainder=True).prefetch(
         tf.data.AUTOTUNE)
 

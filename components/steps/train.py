@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from components import artifacts, fileio, models, training
@@ -44,26 +45,41 @@ def external_inputs(model: ModelConfig, train: TrainConfig) -> dict[str, str]:
 # --- the step ----------------------------------------------------------------------
 
 
-def _fit_multi_worker(net, train_ds, eval_ds, model, train, strategy, plan, loss,
-                      work) -> dict[str, list[float]]:
+@dataclass
+class Fitting:
+    """What fitting needs besides the config: the compiled model, the input pipelines,
+    the strategy (and why it was chosen) and how it trains."""
+
+    net: Any
+    train_ds: Any
+    eval_ds: Any
+    strategy: Any
+    reason: str
+    plan: Plan
+    loss: str
+
+
+def _fit_multi_worker(fitting: Fitting, model: ModelConfig, train: TrainConfig,
+                      work: str) -> dict[str, list[float]]:
     """The same phases through the multi-worker loop (no TensorBoard or early stopping
     there: their callbacks need Keras' fit)."""
-    sparse = loss.startswith("sparse")
+    net, strategy = fitting.net, fitting.strategy
+    sparse = fitting.loss.startswith("sparse")
     batch = train.batch_size * strategy.num_replicas_in_sync
-    training.fit_multi_worker(net, net.optimizer, train_ds, eval_ds, strategy, sparse, batch,
-                              0, train.epochs, work, phase=1)
+    training.fit_multi_worker(net, net.optimizer, fitting.train_ds, fitting.eval_ds, strategy,
+                              sparse, batch, 0, train.epochs, work, phase=1)
     if model.kind == "transfer" and model.fine_tune_layers and model.fine_tune_epochs:
         with strategy.scope():
             models.unfreeze_top(net, model.fine_tune_layers)
-            compile_model(net, train, plan, loss, model.fine_tune_learning_rate)
-        training.fit_multi_worker(net, net.optimizer, train_ds, eval_ds, strategy, sparse,
-                                  batch, train.epochs, train.epochs + model.fine_tune_epochs,
-                                  work, phase=2)
+            compile_model(net, train, fitting.plan, fitting.loss, model.fine_tune_learning_rate)
+        training.fit_multi_worker(net, net.optimizer, fitting.train_ds, fitting.eval_ds,
+                                  strategy, sparse, batch, train.epochs,
+                                  train.epochs + model.fine_tune_epochs, work, phase=2)
     return training.read_epoch_log(os.path.join(work, EPOCH_LOG))
 
 
-def _fit(net, train_ds, eval_ds, model: ModelConfig, train: TrainConfig, strategy, plan: Plan,
-         loss: str, work: str, logs: str) -> dict[str, list[float]]:
+def _fit(fitting: Fitting, model: ModelConfig, train: TrainConfig, work: str,
+         logs: str) -> dict[str, list[float]]:
     """Fits one or two phases (transfer fine-tuning) and returns the whole history.
     `work` keeps the checkpoints (BackupAndRestore, which deletes its folder when a
     phase ends) and an epoch log appended as each epoch ends, so a resumed run
@@ -71,9 +87,9 @@ def _fit(net, train_ds, eval_ds, model: ModelConfig, train: TrainConfig, strateg
     import keras
 
     epoch_log = os.path.join(work, EPOCH_LOG)
-    if training.is_multi_worker(strategy):
-        return _fit_multi_worker(net, train_ds, eval_ds, model, train, strategy, plan, loss,
-                                 work)
+    if training.is_multi_worker(fitting.strategy):
+        return _fit_multi_worker(fitting, model, train, work)
+    net = fitting.net
     total = train.epochs + (model.fine_tune_epochs if model.kind == "transfer"
                             and model.fine_tune_layers else 0)
     callbacks = [
@@ -92,38 +108,37 @@ def _fit(net, train_ds, eval_ds, model: ModelConfig, train: TrainConfig, strateg
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=train.early_stopping_patience,
             restore_best_weights=True))
-    net.fit(train_ds, validation_data=eval_ds, epochs=train.epochs, callbacks=callbacks,
-            verbose=0)
+    net.fit(fitting.train_ds, validation_data=fitting.eval_ds, epochs=train.epochs,
+            callbacks=callbacks, verbose=0)
     if model.kind == "transfer" and model.fine_tune_layers and model.fine_tune_epochs:
         # Second phase: the top of the base learns at a lower rate (recompiling resets
         # the optimizer, as the course does).
-        with strategy.scope():
+        with fitting.strategy.scope():
             unfrozen = models.unfreeze_top(net, model.fine_tune_layers)
-            compile_model(net, train, plan, loss, model.fine_tune_learning_rate)
+            compile_model(net, train, fitting.plan, fitting.loss, model.fine_tune_learning_rate)
         log.info("fine-tuning the top %d base layers (%d more trainable weights)",
                  model.fine_tune_layers, unfrozen)
         done = len(training.read_epoch_log(epoch_log).get("loss", []))
         callbacks[1] = keras.callbacks.BackupAndRestore(
             backup_dir=os.path.join(work, "fine_tune"), double_checkpoint=True)
         callbacks[0] = training.EpochLog(epoch_log, phase=2)
-        net.fit(train_ds, validation_data=eval_ds, initial_epoch=done,
+        net.fit(fitting.train_ds, validation_data=fitting.eval_ds, initial_epoch=done,
                 epochs=done + model.fine_tune_epochs, callbacks=callbacks, verbose=0)
     return training.read_epoch_log(epoch_log)
 
 
-def _train_as_worker(net, train_ds, eval_ds, model, train, strategy, plan, loss,
-                     transform_graph) -> dict[str, Any]:
+def _train_as_worker(fitting: Fitting, model: ModelConfig, train: TrainConfig,
+                     transform_graph: artifacts.Artifact) -> dict[str, Any]:
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="imgpipe-worker-") as work:
-        _fit(net, train_ds, eval_ds, model, train, strategy, plan, loss, work,
-             os.path.join(work, "logs"))
+        _fit(fitting, model, train, work, os.path.join(work, "logs"))
         # Saving under MultiWorkerMirroredStrategy is collective too: every worker saves,
         # only the chief's copy is kept.
-        export(net, transform_graph, os.path.join(work, "saved_model"))
-    return {"final": {}, "lines": [f"worker {strategy.cluster_resolver.task_type} "
-                                   f"{strategy.cluster_resolver.task_id}: trained with the "
-                                   "chief, which writes the model"]}
+        export(fitting.net, transform_graph, os.path.join(work, "saved_model"))
+    resolver = fitting.strategy.cluster_resolver
+    return {"final": {}, "lines": [f"worker {resolver.task_type} {resolver.task_id}: trained "
+                                   "with the chief, which writes the model"]}
 
 
 @step(name="train",
@@ -141,18 +156,8 @@ def run(transform_graph: artifacts.Artifact, examples: artifacts.Artifact, model
     values when nothing was searched) are applied to the config first. `scratch`:
     where checkpoints survive a killed attempt (resumed by the next one)."""
     import keras
-    import numpy as np
 
-    tuned = (hyperparameters.properties.get("best") if hyperparameters else None) or {}
-    if tuned:
-        try:
-            applied = apply_values({"model": model, "train": train}, tuned)
-        except ValueError as exc:
-            raise ConfigError(f"the tuned values {tuned} do not fit this config: {exc}") from exc
-        model, train = applied["model"], applied["train"]
-    # where the values came from: an earlier search (train.hyperparameters) or this run's
-    source = (hyperparameters.properties.get("source") or hyperparameters.uri) if tuned else None
-
+    model, train, tuned = _with_tuned_values(hyperparameters, model, train)
     keras.utils.set_random_seed(train.seed)
     strategy, reason = choose_strategy(train.strategy)
     plan = training.plan_for(train, strategy)
@@ -169,12 +174,46 @@ def run(transform_graph: artifacts.Artifact, examples: artifacts.Artifact, model
     with strategy.scope():
         net = models.build(model, shape, transform_graph.properties["num_classes"])
         compile_model(net, train, plan, loss)
+    fitting = Fitting(net, train_ds, eval_ds, strategy, reason, plan, loss)
 
     if not training.is_chief(strategy):
         # A non-chief worker of a multi-worker run trains in step with the chief (the
         # collective ops need it) and writes nothing that outlives it.
-        return _train_as_worker(net, train_ds, eval_ds, model, train, strategy, plan, loss,
-                                transform_graph)
+        return _train_as_worker(fitting, model, train, transform_graph)
+    final, epochs, resumed = _fit_and_write(fitting, model, train, tuned, transform_graph,
+                                            trained_model, scratch, producer)
+    if scratch:
+        fileio.rmtree(scratch)  # the backup served its purpose once the model is committed
+    return {"final": final, "tuned": tuned["best"],
+            "lines": _lines(fitting, model, tuned["best"], epochs, resumed, final, trained_model)}
+
+
+def _with_tuned_values(hyperparameters: artifacts.Artifact | None, model: ModelConfig,
+                       train: TrainConfig) -> tuple[ModelConfig, TrainConfig, dict[str, Any]]:
+    """The config with the tune step's best values applied, and {best, source}: the
+    values and where they came from (an earlier search via train.hyperparameters, or
+    this run's)."""
+    best = (hyperparameters.properties.get("best") if hyperparameters else None) or {}
+    if not best:
+        return model, train, {"best": {}, "source": None}
+    try:
+        applied = apply_values({"model": model, "train": train}, best)
+    except ValueError as exc:
+        raise ConfigError(f"the tuned values {best} do not fit this config: {exc}") from exc
+    source = hyperparameters.properties.get("source") or hyperparameters.uri
+    return applied["model"], applied["train"], {"best": best, "source": source}
+
+
+def _fit_and_write(fitting: Fitting, model: ModelConfig, train: TrainConfig,
+                   tuned: dict[str, Any], transform_graph: artifacts.Artifact,
+                   trained_model: str, scratch: str | None, producer: dict[str, Any] | None
+                   ) -> tuple[dict[str, float], int, int]:
+    """Trains and commits the Model artifact (SavedModel with the transform inside, the
+    Keras model, history, logs); returns (final metrics, epochs, epochs resumed after)."""
+    import numpy as np
+
+    net, strategy = fitting.net, fitting.strategy
+
     with artifacts.writing(trained_model, artifacts.Model, producer) as writer:
         work = scratch or writer.file("work")
         # Epochs an earlier, killed attempt finished (BackupAndRestore resumes after them).
@@ -183,7 +222,7 @@ def run(transform_graph: artifacts.Artifact, examples: artifacts.Artifact, model
         # whose path stays put (the artifact's is a staging name until the commit).
         logs = fileio.join(work, "logs") if scratch else writer.file("logs")
         print(f"             TensorBoard: tensorboard --logdir {logs}", flush=True)
-        hist = _fit(net, train_ds, eval_ds, model, train, strategy, plan, loss, work, logs)
+        hist = _fit(fitting, model, train, work, logs)
         if scratch:
             for path in fileio.walk_files(logs):
                 fileio.copy(path, writer.file("logs", path[len(logs):].lstrip("/")))
@@ -192,7 +231,7 @@ def run(transform_graph: artifacts.Artifact, examples: artifacts.Artifact, model
             raise TrainingError(
                 f"training diverged: loss became NaN/inf at epoch {len(losses)}; lower "
                 "train.optimizer.learning_rate or check the input normalization.")
-        export(net, transform_graph, writer.file("saved_model"))
+        export(net, transform_graph, writer.file(artifacts.Model.SAVED_MODEL))
         if not fileio.exists(writer.file(artifacts.Model.SAVED_MODEL, artifacts.SAVED_MODEL_PB)):
             raise TrainingError(f"the trainer wrote no SavedModel under {writer.path}.")
         # The Keras model too: a later run can start from it (model.weights: run:ID).
@@ -202,23 +241,27 @@ def run(transform_graph: artifacts.Artifact, examples: artifacts.Artifact, model
         fileio.write_text(writer.file("history.json"), json.dumps(hist, indent=2))
         final = {k: vals[-1] for k, vals in hist.items() if vals and k != "phase"}
         writer.properties = {"kind": model.kind, "trainable_params": models.trainable_params(net),
-                             "strategy": training.strategy_name(strategy), "strategy_reason": reason,
-                             "training_plan": plan.notes,
+                             "strategy": training.strategy_name(strategy),
+                             "strategy_reason": fitting.reason,
+                             "training_plan": fitting.plan.notes,
                              "tensorflow_version": _tf_version(),
                              "epochs": len(losses), "final": final,
                              "resumed_after_epochs": resumed,
-                             "hyperparameters": {"best": tuned, "source": source},
+                             "hyperparameters": tuned,
                              "label_vocabulary": transform_graph.properties["label_vocabulary"],
-                             "image_shape": list(shape)}
+                             "image_shape": list(transform_graph.properties["image_shape"])}
         writer.commit()
-    if scratch:
-        fileio.rmtree(scratch)  # the backup served its purpose once the model is committed
+    return final, len(losses), resumed
+
+
+def _lines(fitting: Fitting, model: ModelConfig, tuned: dict[str, Any], epochs: int,
+           resumed: int, final: dict[str, float], trained_model: str) -> list[str]:
     accuracy = final.get("val_accuracy")
     tuned_line = [f"tuned values: {describe_values(tuned)}"] if tuned else []
-    board = f"TensorBoard: tensorboard --logdir {fileio.join(trained_model, 'logs')}"
-    return {"final": final, "tuned": tuned, "lines": tuned_line + [
-        f"{model.kind}: {models.trainable_params(net):,} trainable params, {len(losses)} epochs"
-        f"{f' (resumed after epoch {resumed})' if resumed else ''}, "
-        f"{training.strategy_name(strategy)} ({reason})",
+    return tuned_line + [
+        f"{model.kind}: {models.trainable_params(fitting.net):,} trainable params, {epochs} "
+        f"epochs{f' (resumed after epoch {resumed})' if resumed else ''}, "
+        f"{training.strategy_name(fitting.strategy)} ({fitting.reason})",
         f"train accuracy {final.get('accuracy', float('nan')):.3f}, eval accuracy "
-        f"{accuracy if accuracy is not None else float('nan'):.3f}", board]}
+        f"{accuracy if accuracy is not None else float('nan'):.3f}",
+        f"TensorBoard: tensorboard --logdir {fileio.join(trained_model, 'logs')}"]
