@@ -209,17 +209,19 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 def _add_cloud_parsers(sub) -> None:
     comp = sub.add_parser("compile", help="compile the pipeline to KFP v2 IR YAML")
     _add_config_args(comp)
-    comp.add_argument("-o", "--output", default="pipeline.yaml")
+    comp.add_argument("-o", "--output", default="pipeline.yaml",
+                      help="where to write the IR YAML (default pipeline.yaml)")
     comp.set_defaults(func=cmd_compile)
     for name, func, text in (("submit", cmd_submit, "run the pipeline on Vertex AI / KFP"),
                              ("schedule", cmd_schedule, "run it on a cron schedule")):
         p = sub.add_parser(name, help=text)
         _add_config_args(p)
         p.add_argument("--vertex", action="store_true", help="Vertex AI Pipelines")
-        p.add_argument("--project")
-        p.add_argument("--region")
+        p.add_argument("--project", help="Google Cloud project (with --vertex)")
+        p.add_argument("--region", help="Vertex AI region, e.g. us-central1 (with --vertex)")
         p.add_argument("--pipeline-root", help="gs://BUCKET/PATH for artifacts")
-        p.add_argument("--service-account")
+        p.add_argument("--service-account",
+                       help="service account the pipeline runs as (default: the project's)")
         p.add_argument("--kfp-host", help="Kubeflow Pipelines endpoint")
         p.add_argument("--experiment", default="imgpipe", help="KFP experiment")
         p.add_argument("--package", help="a compiled pipeline YAML (default: compile now)")
@@ -230,8 +232,7 @@ def _add_cloud_parsers(sub) -> None:
 
 
 def _store(runs_dir: str):
-    from pipeline.metadata import METADATA_FILE
-    from pipeline.metadata import MetadataStore
+    from pipeline.metadata import METADATA_FILE, MetadataStore
 
     path = os.path.join(runs_dir, METADATA_FILE)
     if not os.path.isfile(path):
@@ -670,11 +671,20 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also show the libraries' own logs (TensorFlow, Beam, TFMA, "
                              "KerasTuner)")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_run_parser(sub)
+    _add_models_parser(sub)
+    _add_cloud_parsers(sub)
+    _add_predict_parser(sub)
+    _add_runs_parser(sub)
+    _add_helper_parsers(sub)
+    return parser
+
+
+def _add_run_parser(sub: Any) -> None:
+    from pipeline import dag     # the steps, as the DAG names them
 
     run = sub.add_parser("run", help="run the pipeline locally (with caching)")
     _add_config_args(run)
-    from pipeline import dag     # the steps, as the DAG names them
-
     run.add_argument("--until", metavar="STEP", choices=dag.names(),
                      help="stop after this step: " + ", ".join(dag.names()))
     run.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR,
@@ -688,8 +698,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "infra validation); default: exit 0 and say so")
     run.set_defaults(func=cmd_run)
 
-    _add_models_parser(sub)
-    _add_cloud_parsers(sub)
+
+def _add_predict_parser(sub: Any) -> None:
     predict = sub.add_parser("predict", help="classify image files with a pushed model")
     predict.add_argument("model", help="NAME@ALIAS, NAME:VERSION, NAME@latest or a SavedModel dir")
     predict.add_argument("inputs", nargs="+", help="image files, folders or a CSV/JSONL manifest")
@@ -705,29 +715,37 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--config", help="take the registry and Beam options from this config")
     predict.set_defaults(func=cmd_predict)
 
+
+def _add_runs_parser(sub: Any) -> None:
     runs = sub.add_parser("runs", help="inspect earlier runs").add_subparsers(
         dest="runs_command", required=True)
     runs_list = runs.add_parser("list", help="runs, newest first")
     runs_list.add_argument("--pipeline", help="only this pipeline name")
-    runs_list.add_argument("--limit", type=positive_int, default=20)
+    runs_list.add_argument("--limit", type=positive_int, default=20,
+                           help="at most this many runs (default 20)")
     runs_show = runs.add_parser("show", help="one run: steps, cache decisions, artifacts")
     runs_show.add_argument("run_id", help="run id (or a unique prefix)")
     for p, fn in ((runs_list, cmd_runs_list), (runs_show, cmd_runs_show)):
-        p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR)
+        p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR,
+                       help="the runs folder (default ./runs)")
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.set_defaults(func=fn)
 
+
+def _add_helper_parsers(sub: Any) -> None:
+    """datasets export, summary, schema infer, config schema/show."""
     ds = sub.add_parser("datasets", help="built-in datasets").add_subparsers(
         dest="datasets_command", required=True)
     export = ds.add_parser("export", help="write a built-in dataset as class folders of PNGs")
-    export.add_argument("name", choices=BUILTIN_DATASETS)
-    export.add_argument("out_dir")
+    export.add_argument("name", choices=BUILTIN_DATASETS, help="which built-in dataset")
+    export.add_argument("out_dir", help="an empty or new folder to write CLASS/*.png into")
     export.set_defaults(func=cmd_datasets_export)
 
     summary = sub.add_parser("summary", help="print a model's Keras summary without training")
-    summary.add_argument("--model", required=True, choices=MODEL_KINDS)
+    summary.add_argument("--model", required=True, choices=MODEL_KINDS, help="model.kind")
     summary.add_argument("--input-shape", required=True, help="H,W,C, e.g. 36,36,1")
-    summary.add_argument("--classes", type=positive_int, required=True)
+    summary.add_argument("--classes", type=positive_int, required=True,
+                         help="number of classes (the output layer's width)")
     summary.set_defaults(func=cmd_summary)
 
     schema_cmd = sub.add_parser("schema", help="TFMD schema of raw examples").add_subparsers(
@@ -735,18 +753,18 @@ def build_parser() -> argparse.ArgumentParser:
     infer = schema_cmd.add_parser("infer", help="write a schema from the statistics of a run")
     _add_config_args(infer)
     infer.add_argument("-o", "--output", help="default: schemas/NAME.pbtxt")
-    infer.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR)
+    infer.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR,
+                       help="the runs folder whose latest statistics to use (default ./runs)")
     infer.set_defaults(func=cmd_schema_infer)
 
     cfg = sub.add_parser("config", help="config helpers").add_subparsers(
         dest="config_command", required=True)
     schema = cfg.add_parser("schema", help="print (or write) the config's JSON schema")
-    schema.add_argument("-o", "--output")
+    schema.add_argument("-o", "--output", help="write it to this file (default: stdout)")
     schema.set_defaults(func=cmd_config_schema)
     show = cfg.add_parser("show", help="print the full config with defaults")
     _add_config_args(show)
     show.set_defaults(func=cmd_config_show)
-    return parser
 
 
 def _quiet_libraries() -> None:

@@ -97,3 +97,23 @@ def test_enumerations_have_one_home():
     assert tuple(actions["model"].choices) == sections.MODEL_KINDS
     for name in sections.BUILTIN_DATASETS:
         assert callable(getattr(datasets, f"load_{name}"))
+
+
+def test_every_command_line_argument_has_help():
+    import argparse
+
+    from pipeline import cli
+
+    missing = []
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    walk(child, f"{path} {name}")
+            elif not isinstance(action, (argparse._HelpAction, argparse._VersionAction)) \
+                    and not action.help:
+                missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(cli.build_parser(), "imgpipe")
+    assert missing == []
