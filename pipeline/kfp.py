@@ -537,7 +537,7 @@ def run_step(name: str, config_json: str, context_json: str, run_id: str,
     for output in node.spec.outputs:
         written = artifacts.read(outputs[output])
         artifacts_in[output].metadata.update(_jsonable(written.properties))
-    if name == "evaluate":
+    if name in UI_OUTPUTS:        # the run page's metrics, from the step's Evaluation
         _log_ui_metrics(outputs["evaluation"], extras)
     return invoke.gate_value(node, summary)
 
