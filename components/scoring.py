@@ -37,10 +37,13 @@ class ScoreExamples(beam.DoFn):
     without running the models a second time.
 
     `models`: name -> (SavedModel directory, label vocabulary); the first one is the
-    candidate."""
+    candidate. `slice_keys`: the raw features TFMA slices by, the only ones the scored
+    examples keep (TFMA parses every feature of every example it is given)."""
 
-    def __init__(self, models: dict[str, tuple[str, list[str]]]):
+    def __init__(self, models: dict[str, tuple[str, list[str]]],
+                 slice_keys: tuple[str, ...] = ()):
         self.models = models
+        self.slice_keys = slice_keys
 
     def setup(self) -> None:
         import tensorflow as tf
@@ -81,9 +84,12 @@ class ScoreExamples(beam.DoFn):
     def _scored(self, batch: list[bytes], parsed: dict[str, Any], probs: dict[str, Any],
                 first: str) -> Iterator[bytes]:
         for i, raw in enumerate(batch):
-            example = self._tf.train.Example.FromString(raw)
+            source = self._tf.train.Example.FromString(raw).features.feature
+            example = self._tf.train.Example()
             feature = example.features.feature
-            del feature[features.IMAGE]
+            for key in self.slice_keys:
+                if key in source:
+                    feature[key].CopyFrom(source[key])
             label = parsed[features.LABEL][i].decode()
             for name, values in probs.items():
                 label_key, probs_key = prediction_keys(name, name == first)
@@ -154,7 +160,9 @@ def score_eval_split(files: list[str], models: dict[str, tuple[str, list[str]]],
                       files[0] if len(files) == 1 else _common_pattern(files),
                       compression_type=beam.io.filesystem.CompressionTypes.GZIP)
                   | "Batch" >> beam.BatchElements(min_batch_size=batch, max_batch_size=batch)
-                  | "Score" >> beam.ParDo(ScoreExamples(models)).with_outputs(
+                  | "Score" >> beam.ParDo(ScoreExamples(models, tuple(sorted({
+                      key for spec in eval_config.slicing_specs for key in spec.feature_keys}))))
+                  .with_outputs(
                       "mistakes", "curves", "scored", main="rows"))
         tfxio = TFExampleBeamRecord(physical_format="inmem",
                                     raw_record_column_name=constants.ARROW_INPUT_COLUMN,
