@@ -42,8 +42,8 @@ class Examples:
     `class_names`."""
 
 
-class Statistics:
-    """Ingest statistics. Layout: `{uri}/stats.json` (counts per split and class,
+class ExampleStatistics:
+    """Ingest statistics (TFX's ExampleStatistics). Layout: `{uri}/stats.json` (counts per split and class,
     size/channel histograms, exact duplicates, quarantine counts, per-class brightness
     and contrast, eval images dropped or moved to train), `{uri}/thumbnails.tsv` (id,
     split, base64 16x16 grayscale thumbnail per image, for near-duplicate
@@ -54,8 +54,8 @@ class Schema:
     """The enforced schema. Layout: `{uri}/schema.pbtxt` (TFMD Schema text proto)."""
 
 
-class Anomalies:
-    """Validation result. Layout: `{uri}/anomalies.json` (list of anomalies with kind,
+class ExampleAnomalies:
+    """Validation result (TFX's ExampleAnomalies). Layout: `{uri}/anomalies.json` (list of anomalies with kind,
     feature, description, severity)."""
 
 
@@ -77,8 +77,8 @@ class Model:
     KERAS_FILE = "model.keras"
 
 
-class Evaluation:
-    """TFMA output. Layout: `{uri}/tfma/` (TFMA results), `{uri}/metrics.json`
+class ModelEvaluation:
+    """The evaluator's output (TFX's ModelEvaluation). Layout: `{uri}/tfma/` (TFMA results), `{uri}/metrics.json`
     (per-slice and per-class metrics, confusion matrix, paired comparison with the
     baseline), `{uri}/predictions.jsonl` (one eval example per line),
     `{uri}/curves.npz` (per-class histograms of the predicted probability, positives
@@ -95,9 +95,13 @@ class HyperParameters:
     FILE = "hyperparameters.json"
 
 
-class Blessing:
-    """Blessing verdict. Layout: `{uri}/blessing.json` (blessed, every check with
-    value, bound and verdict, baseline) or, for infra validation,
+class ModelBlessing:
+    """The evaluator's verdict (TFX's ModelBlessing). Layout: `{uri}/blessing.json`
+    (blessed, every check with value, bound and verdict, baseline)."""
+
+
+class InfraBlessing:
+    """The infra validator's verdict (TFX's InfraBlessing). Layout:
     `{uri}/infra_validation.json` (passed, reason, probe report)."""
 
 
@@ -108,9 +112,31 @@ class PushedModel:
 
 TYPES: dict[str, type] = {
     cls.__name__: cls
-    for cls in (Examples, Statistics, Schema, Anomalies, TransformGraph, HyperParameters,
-                Model, Evaluation, Blessing, PushedModel)
+    for cls in (Examples, ExampleStatistics, Schema, ExampleAnomalies, TransformGraph,
+                HyperParameters, Model, ModelEvaluation, ModelBlessing, InfraBlessing,
+                PushedModel)
 }
+
+# Type names of manifests (and metadata rows) written before TFX's names were adopted.
+# "Blessing" was both verdicts: its file says which (`type_name`).
+RENAMED = {"Statistics": "ExampleStatistics", "Anomalies": "ExampleAnomalies",
+           "Evaluation": "ModelEvaluation"}
+_OLD_BLESSING = "Blessing"
+
+
+def type_name(recorded: str, files: dict[str, Any] | None = None) -> str:
+    """The current name of a recorded artifact type (a manifest's or a metadata row's):
+    an older imgpipe's name maps to its TFX name, so artifacts it wrote still read."""
+    if recorded == _OLD_BLESSING:
+        return (InfraBlessing.__name__ if "infra_validation.json" in (files or {})
+                else ModelBlessing.__name__)
+    return RENAMED.get(recorded, recorded)
+
+
+def _type_matches(actual: str, wanted: str) -> bool:
+    if wanted == _OLD_BLESSING:      # an older metadata row: either verdict
+        return actual in (ModelBlessing.__name__, InfraBlessing.__name__)
+    return actual == type_name(wanted)
 
 
 # --- reading -----------------------------------------------------------------------
@@ -151,9 +177,10 @@ def read(uri: str, expected_type: type | str | None = None) -> Artifact:
                             f"{', '.join(missing)}); rerun the step that produces it.")
     wanted = expected_type if isinstance(expected_type, str) or expected_type is None \
         else expected_type.__name__
-    if wanted and manifest["type"] != wanted:
-        raise ArtifactError(f"{uri} holds a {manifest['type']} artifact, expected {wanted}.")
-    return Artifact(uri=uri, type=manifest["type"], fingerprint=manifest["fingerprint"],
+    actual = type_name(manifest["type"], manifest["files"])
+    if wanted and not _type_matches(actual, wanted):
+        raise ArtifactError(f"{uri} holds a {actual} artifact, expected {type_name(wanted)}.")
+    return Artifact(uri=uri, type=actual, fingerprint=manifest["fingerprint"],
                     properties=manifest["properties"], producer=manifest["producer"],
                     created=manifest["created"], files=manifest["files"])
 

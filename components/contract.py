@@ -9,9 +9,9 @@ wires the specs together with real imports; `pipeline/invoke.py` is the one plac
 turns a spec + config + input artifacts into a call. `check_signature` holds the
 declaration and the function's signature together (a test runs it on every step).
 
-    @step(name="validate", inputs={"statistics": Statistics,
-                                   "baseline_statistics": Maybe(Statistics)},
-          outputs={"anomalies": Anomalies, "schema": Schema}, config=("validate",))
+    @step(name="validate", inputs={"statistics": ExampleStatistics,
+                                   "baseline_statistics": Maybe(ExampleStatistics)},
+          outputs={"anomalies": ExampleAnomalies, "schema": Schema}, config=("validate",))
     def run(statistics, baseline_statistics, validate, anomalies, schema, producer): ...
 """
 

@@ -536,7 +536,9 @@ def run_step(name: str, config_json: str, context_json: str, run_id: str,
         return True
     for output in node.spec.outputs:
         written = artifacts.read(outputs[output])
-        artifacts_in[output].metadata.update(_jsonable(written.properties))
+        # KFP knows these as Dataset / Model / Artifact; the metadata names the TFX type.
+        artifacts_in[output].metadata.update(_jsonable(written.properties),
+                                             artifact_type=written.type)
     if name in UI_OUTPUTS:        # the run page's metrics, from the step's Evaluation
         _log_ui_metrics(outputs["evaluation"], extras)
     return invoke.gate_value(node, summary)

@@ -24,13 +24,13 @@ def produce(data: DataConfig, examples: str, producer: dict[str, Any] | None = N
 
 
 @step(name="consume", inputs={"examples": artifacts.Examples},
-      outputs={"statistics": artifacts.Statistics}, config=("train",))
+      outputs={"statistics": artifacts.ExampleStatistics}, config=("train",))
 def consume(examples: artifacts.Artifact, train: TrainConfig, statistics: str,
             producer: dict[str, Any] | None = None):
     CALLS.append("consume")
     if os.environ.get("FAKE_CONSUME_FAILS"):
         raise RuntimeError("consume crashed")
-    with artifacts.writing(statistics, "Statistics", producer) as writer:
+    with artifacts.writing(statistics, "ExampleStatistics", producer) as writer:
         with open(writer.file("stats.json"), "w") as handle:
             json.dump({"epochs": train.epochs, "input": examples.fingerprint}, handle)
         writer.commit()
@@ -38,7 +38,7 @@ def consume(examples: artifacts.Artifact, train: TrainConfig, statistics: str,
 
 
 @step(name="slow", inputs={"examples": artifacts.Examples},
-      outputs={"statistics": artifacts.Statistics}, config=("train",), scratch=True)
+      outputs={"statistics": artifacts.ExampleStatistics}, config=("train",), scratch=True)
 def slow(examples: artifacts.Artifact, train: TrainConfig, statistics: str,
          scratch: str | None = None, producer: dict[str, Any] | None = None):
     """Claims its scratch folder, works a while, and fails if anyone else wrote there."""
@@ -52,7 +52,7 @@ def slow(examples: artifacts.Artifact, train: TrainConfig, statistics: str,
     with open(owner) as handle:
         if handle.read() != str(os.getpid()):
             raise RuntimeError("another execution wrote into my scratch folder")
-    with artifacts.writing(statistics, "Statistics", producer) as writer:
+    with artifacts.writing(statistics, "ExampleStatistics", producer) as writer:
         with open(writer.file("stats.json"), "w") as handle:
             json.dump({"epochs": train.epochs}, handle)
         writer.commit()

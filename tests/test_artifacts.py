@@ -33,12 +33,12 @@ def test_commit_then_read(tmp_path):
 def test_fingerprint_is_content_not_location(tmp_path):
     prints = []
     for name in ("a", "b"):
-        with artifacts.writing(str(tmp_path / name), "Statistics") as writer:
+        with artifacts.writing(str(tmp_path / name), "ExampleStatistics") as writer:
             with open(writer.file("stats.json"), "w") as handle:
                 handle.write('{"n": 1}')
             prints.append(writer.commit().fingerprint)
     assert prints[0] == prints[1]
-    with artifacts.writing(str(tmp_path / "c"), "Statistics") as writer:
+    with artifacts.writing(str(tmp_path / "c"), "ExampleStatistics") as writer:
         with open(writer.file("stats.json"), "w") as handle:
             handle.write('{"n": 2}')
         assert writer.commit().fingerprint != prints[0]
@@ -102,3 +102,42 @@ def test_committed_artifacts_are_immutable(tmp_path):
 def test_unknown_type_is_rejected(tmp_path):
     with pytest.raises(ArtifactError, match="unknown artifact type"):
         artifacts.ArtifactWriter(str(tmp_path / "x"), "Banana")
+
+
+def _renamed(uri, old_type):
+    """Rewrites a committed manifest's type to the name an older imgpipe wrote."""
+    path = os.path.join(uri, artifacts.MANIFEST_NAME)
+    manifest = json.load(open(path))
+    manifest["type"] = old_type
+    with open(path, "w") as handle:
+        json.dump(manifest, handle)
+
+
+@pytest.mark.parametrize("new, old, file", [
+    ("ExampleStatistics", "Statistics", "stats.json"),
+    ("ExampleAnomalies", "Anomalies", "anomalies.json"),
+    ("ModelEvaluation", "Evaluation", "metrics.json"),
+    ("ModelBlessing", "Blessing", "blessing.json"),
+    ("InfraBlessing", "Blessing", "infra_validation.json"),
+])
+def test_manifests_with_the_old_type_names_still_read(tmp_path, new, old, file):
+    """Artifacts written before TFX's type names (Statistics, Anomalies, Evaluation,
+    Blessing) read as their TFX type, whether asked for by the new name (a step's
+    declaration) or by the old one (an older metadata row)."""
+    uri = str(tmp_path / "a")
+    with artifacts.writing(uri, new) as writer:
+        with open(writer.file(file), "w") as handle:
+            handle.write("{}")
+        writer.commit()
+    _renamed(uri, old)
+    assert artifacts.read(uri, getattr(artifacts, new)).type == new
+    assert artifacts.read(uri, old).type == new
+    assert artifacts.read(uri).type == new
+    other = "InfraBlessing" if new == "ModelBlessing" else "ModelBlessing"
+    with pytest.raises(ArtifactError, match=f"holds a {new} artifact, expected {other}"):
+        artifacts.read(uri, other)
+
+
+def test_old_type_names_cannot_be_written(tmp_path):
+    with pytest.raises(ArtifactError, match="unknown artifact type 'Blessing'"):
+        artifacts.writing(str(tmp_path / "b"), "Blessing").__enter__()

@@ -31,7 +31,7 @@ def test_a_disagreeing_declaration_is_reported():
         return {}
 
     @step(name="broken", inputs={"examples": artifacts.Examples, "gone": artifacts.Examples,
-                                 "before": Maybe(artifacts.Statistics)},
+                                 "before": Maybe(artifacts.ExampleStatistics)},
           outputs={"model": artifacts.Model}, config=("data", "train", "nosuch"),
           external=external)
     def broken(examples: artifacts.Artifact, before: artifacts.Artifact, data: TrainConfig,
@@ -52,7 +52,7 @@ def test_a_disagreeing_declaration_is_reported():
 
 
 def test_wiring_is_checked_against_declared_types():
-    @step(name="make", outputs={"statistics": artifacts.Statistics})
+    @step(name="make", outputs={"statistics": artifacts.ExampleStatistics})
     def make(statistics: str, producer: Any = None):
         return {}
 
@@ -67,7 +67,7 @@ def test_wiring_is_checked_against_declared_types():
         dag.node(use, examples="make.statistics", previous={"old": "make.nothing"}),
     ))
     text = "\n".join(problems)
-    assert "use: examples expects Examples, make.statistics is Statistics" in text
+    assert "use: examples expects Examples, make.statistics is ExampleStatistics" in text
     assert "use: old <- 'make.nothing' names no output of an earlier step" in text
     assert "'old' comes from an earlier run, which may not exist" in text
     assert dag.wiring_problems((dag.node(use),)) == [
@@ -95,8 +95,8 @@ def test_call_passes_exactly_the_declared_parameters(tmp_path, make_config):
     seen = {}
 
     @step(name="spy", inputs={"examples": artifacts.Examples,
-                              "before": Maybe(artifacts.Statistics)},
-          outputs={"statistics": artifacts.Statistics}, config=("data",), scratch=True)
+                              "before": Maybe(artifacts.ExampleStatistics)},
+          outputs={"statistics": artifacts.ExampleStatistics}, config=("data",), scratch=True)
     def spy(examples: artifacts.Artifact, data: DataConfig, statistics: str,
             before: artifacts.Artifact | None = None, scratch: str | None = None,
             producer: Any = None):

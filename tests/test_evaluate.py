@@ -84,7 +84,7 @@ def test_infra_validation_catches_a_broken_model(tmp_path):
     examples, _ = fixtures.examples_artifact(tmp_path, per_class=4)
     model = _model_artifact(tmp_path, lambda p: _broken_model(p, fixtures.CLASSES))
     summary = infra.run(model, examples, InfraValidateConfig(), infra_blessing=str(tmp_path / "ib"))
-    verdict = artifacts.read(str(tmp_path / "ib"), "Blessing")
+    verdict = artifacts.read(str(tmp_path / "ib"), "InfraBlessing")
     assert summary["passed"] is False and verdict.properties["passed"] is False
     assert "do not sum to 1" in verdict.properties["reason"]
     assert "outside the vocabulary" in verdict.properties["reason"]

@@ -272,13 +272,13 @@ def test_ingest_and_validate_read_a_bucket_and_write_there(on_beam, tmp_path, ki
     examples = artifacts.read(f"{runs}/ingest/examples", artifacts.Examples)
     assert sum(sum(c.values()) for c in examples.properties["counts"].values()) == count
     assert fileio.glob(f"{runs}/ingest/examples/train/*.tfrecord.gz")
-    statistics = artifacts.read(f"{runs}/ingest/statistics", artifacts.Statistics)
+    statistics = artifacts.read(f"{runs}/ingest/statistics", artifacts.ExampleStatistics)
     assert artifacts.verify(statistics)[0] == []
     # the synthetic arrays repeat patterns across splits: near-duplicates are their data's
     # property, not the storage's
     cfg = ValidateConfig() if kind == "folders" else ValidateConfig(max_near_duplicate_fraction=1.0)
     result = validate.run(statistics, cfg, anomalies=f"{runs}/v/a", schema=f"{runs}/v/s")
-    assert artifacts.read(f"{runs}/v/a", artifacts.Anomalies).properties["num_errors"] == 0
+    assert artifacts.read(f"{runs}/v/a", artifacts.ExampleAnomalies).properties["num_errors"] == 0
     if kind == "folders":
         assert result["num_anomalies"] == 0
 

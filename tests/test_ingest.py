@@ -22,7 +22,7 @@ def run_ingest(tmp_path, source, name="out", **data_args):
                          examples=str(tmp_path / name / "examples"),
                          statistics=str(tmp_path / name / "statistics"))
     examples = artifacts.read(str(tmp_path / name / "examples"), artifacts.Examples)
-    stats_art = artifacts.read(str(tmp_path / name / "statistics"), artifacts.Statistics)
+    stats_art = artifacts.read(str(tmp_path / name / "statistics"), artifacts.ExampleStatistics)
     stats = json.load(open(stats_art.path("stats.json")))
     return summary, examples, stats_art, stats
 

@@ -310,7 +310,9 @@ def test_only_the_chief_replica_wipes_and_reads_the_shared_outputs(tmp_path, mon
     assert kfp_pipeline.run_step("ingest", step_cfg, "", "", kfp_artifacts, {}, {}, {}) is True
     assert left == [True]                                   # the chief stays for the executor
     assert not any((f / "theirs.txt").exists() for f in folders.values())      # started clean
-    assert kfp_artifacts["examples"].metadata == {"made_by": "examples"}
+    assert kfp_artifacts["examples"].metadata == {"made_by": "examples",
+                                                  "artifact_type": "Examples"}
+    assert kfp_artifacts["statistics"].metadata["artifact_type"] == "ExampleStatistics"
 
 
 def test_committed_pipeline_spec_is_current(tmp_path):

@@ -184,3 +184,24 @@ def test_a_run_whose_process_is_gone_shows_as_died(tmp_path):
         conn.execute("UPDATE runs SET process=? WHERE id=?", (f"{host}:999999:1", run_id))
     record = store.get_run(run_id)
     assert record["status"] == "died" and "ended without recording an end" in record["error"]
+
+
+def test_runs_recorded_with_the_old_type_names_are_reused(tmp_path, make_config):
+    """A runs folder from before TFX's type names (manifests and metadata rows saying
+    Statistics) still serves its cached outputs, now typed ExampleStatistics."""
+    import json
+    import os
+    import sqlite3
+
+    cfg = make_config(data={"source": "a"})
+    first = run(cfg, tmp_path)
+    stats_uri = first.steps[1].outputs["statistics"]
+    manifest_path = os.path.join(stats_uri, "artifact.json")
+    manifest = json.load(open(manifest_path))
+    manifest["type"] = "Statistics"
+    json.dump(manifest, open(manifest_path, "w"))
+    with sqlite3.connect(tmp_path / "metadata.sqlite") as conn:
+        conn.execute("UPDATE artifacts SET type='Statistics' WHERE uri=?", (stats_uri,))
+    second = run(cfg, tmp_path)
+    assert [s.status for s in second.steps] == ["cached", "cached"]
+    assert second.steps[1].outputs == first.steps[1].outputs

@@ -486,14 +486,16 @@ def test_pushing_the_same_model_again_neither_pushes_nor_records_a_promotion(tmp
     model = _committed(tmp_path / "model", artifacts.Model,
                        {"saved_model/saved_model.pb": "pb", "saved_model/variables/v": "w"},
                        {"kind": "dense"})
-    blessing = _committed(tmp_path / "blessing", artifacts.Blessing, {"blessing.json": json.dumps(
-        {"blessed": True, "reason": "ok", "baseline": None, "gate": "point", "checks": []})},
-        {"blessed": True})
-    infra = _committed(tmp_path / "infra", artifacts.Blessing, {"infra_validation.json": json.dumps(
-        {"passed": True, "reason": "served"})}, {"passed": True})
-    evaluation = _committed(tmp_path / "evaluation", artifacts.Evaluation, {"metrics.json": json.dumps(
-        {"metrics": {"slices": {"overall": {"accuracy": 0.9}}, "per_class": {}}})})
-    statistics = _committed(tmp_path / "statistics", artifacts.Statistics,
+    blessing = _committed(tmp_path / "blessing", artifacts.ModelBlessing, {
+        "blessing.json": json.dumps({"blessed": True, "reason": "ok", "baseline": None,
+                                     "gate": "point", "checks": []})}, {"blessed": True})
+    infra = _committed(tmp_path / "infra", artifacts.InfraBlessing, {
+        "infra_validation.json": json.dumps({"passed": True, "reason": "served"})},
+        {"passed": True})
+    evaluation = _committed(tmp_path / "evaluation", artifacts.ModelEvaluation, {
+        "metrics.json": json.dumps(
+            {"metrics": {"slices": {"overall": {"accuracy": 0.9}}, "per_class": {}}})})
+    statistics = _committed(tmp_path / "statistics", artifacts.ExampleStatistics,
                             {"stats.json": json.dumps({"num_examples": 10})})
     cfg = PushConfig(destination=str(tmp_path / "serving"), model_name="m",
                      promote_to="staging")

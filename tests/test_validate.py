@@ -36,7 +36,7 @@ def stats_artifact(tmp_path, name, stats, thumbnails=None):
     if thumbnails is None:
         thumbnails = [(f"t{i}", "train", random_thumbnail(rng)) for i in range(90)]
         thumbnails += [(f"e{i}", "eval", random_thumbnail(rng)) for i in range(10)]
-    with artifacts.writing(str(tmp_path / name), "Statistics") as writer:
+    with artifacts.writing(str(tmp_path / name), "ExampleStatistics") as writer:
         open(writer.file("stats.json"), "w").write(json.dumps(stats))
         with open(writer.file("thumbnails.tsv"), "w") as handle:
             for record_id, split, thumb in thumbnails:

@@ -11,7 +11,7 @@ TFMA has no paired test of "is the candidate worse than the baseline". Both mode
 therefore also run on the same eval examples, and the per-example correctness pairs
 give a bootstrap confidence interval for the accuracy difference and McNemar's exact
 test. `evaluate.gate` says whether "not worse" means the point estimate or the lower
-confidence bound. The Blessing lists every check with value, bound and verdict.
+confidence bound. The ModelBlessing lists every check with value, bound and verdict.
 """
 
 from __future__ import annotations
@@ -316,13 +316,14 @@ def _summary_lines(accuracy: float | None, examples: int, comparison: dict[str, 
 
 @step(name="evaluate",
       inputs={"examples": artifacts.Examples, "trained_model": artifacts.Model},
-      outputs={"evaluation": artifacts.Evaluation, "blessing": artifacts.Blessing},
+      outputs={"evaluation": artifacts.ModelEvaluation, "blessing": artifacts.ModelBlessing},
       config=("evaluate",), beam=("runner",), resolved={"baseline": BASELINE_MODEL},
       gate="blessed")
 def run(examples: artifacts.Artifact, trained_model: artifacts.Artifact,
         evaluate: EvaluateConfig, beam: BeamConfig, evaluation: str, blessing: str,
         baseline: str | None = None, producer: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Writes an Evaluation (TFMA output, metrics, predictions, gallery) and a Blessing.
+    """Writes a ModelEvaluation (TFMA output, metrics, predictions, gallery) and a
+    ModelBlessing.
     `baseline`: the directory of the pushed version that holds the baseline alias
     (`push.baseline_alias`, resolved by the runner), or None."""
     files = features.split_files(examples, "eval")
@@ -333,7 +334,7 @@ def run(examples: artifacts.Artifact, trained_model: artifacts.Artifact,
     base_vocab = base_card.get("label_vocabulary", vocabulary)
     config = eval_config(evaluate, len(vocabulary), baseline is not None)
 
-    with artifacts.writing(evaluation, artifacts.Evaluation, producer) as writer:
+    with artifacts.writing(evaluation, artifacts.ModelEvaluation, producer) as writer:
         # One Beam job on the configured runner (Dataflow workers for large splits):
         # both models score the same examples, and TFMA computes its metrics from those
         # predictions instead of running the models a second time.
@@ -378,7 +379,7 @@ def run(examples: artifacts.Artifact, trained_model: artifacts.Artifact,
         writer.commit()
 
     blessed, reason = _verdict(tfma_ok, checks)
-    with artifacts.writing(blessing, artifacts.Blessing, producer) as writer:
+    with artifacts.writing(blessing, artifacts.ModelBlessing, producer) as writer:
         record = {"blessed": blessed, "reason": reason, "baseline": base_ref,
                   "gate": evaluate.gate, "checks": checks}
         fileio.write_text(writer.file("blessing.json"), json.dumps(record, indent=2))

@@ -123,11 +123,12 @@ def verdict(report: dict[str, Any], batch: int, vocabulary: list[str],
 
 @step(name="infra_validate",
       inputs={"trained_model": artifacts.Model, "examples": artifacts.Examples},
-      outputs={"infra_blessing": artifacts.Blessing}, config=("infra_validate",), gate="passed")
+      outputs={"infra_blessing": artifacts.InfraBlessing}, config=("infra_validate",),
+      gate="passed")
 def run(trained_model: artifacts.Artifact, examples: artifacts.Artifact,
         infra_validate: InfraValidateConfig, infra_blessing: str,
         producer: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Writes a Blessing (kind infra) with the probe report and the verdict."""
+    """Writes an InfraBlessing with the probe report and the verdict."""
     files = features.split_files(examples, "eval")
     serialized, cols = features.read_raw_examples(files, limit=PROBE_EXAMPLES)
     images = cols[features.IMAGE]
@@ -136,7 +137,7 @@ def run(trained_model: artifacts.Artifact, examples: artifacts.Artifact,
                        infra_validate.latency_budget_ms)
     passed = not problems
     reason = "served both signatures in a fresh process" if passed else "; ".join(problems)
-    with artifacts.writing(infra_blessing, artifacts.Blessing, producer) as writer:
+    with artifacts.writing(infra_blessing, artifacts.InfraBlessing, producer) as writer:
         fileio.write_text(writer.file("infra_validation.json"), json.dumps(
             {"passed": passed, "reason": reason, "report": report}, indent=2))
         writer.properties = {"kind": "infra", "passed": passed, "reason": reason,

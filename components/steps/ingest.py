@@ -452,7 +452,8 @@ def _summarize(raw: dict[str, Any], num_inputs: int, near_duplicate_rms: float
     }
 
 
-@step(name="ingest", outputs={"examples": artifacts.Examples, "statistics": artifacts.Statistics},
+@step(name="ingest",
+      outputs={"examples": artifacts.Examples, "statistics": artifacts.ExampleStatistics},
       config=("data", "ingest"), beam=("runner",), external=external_inputs)
 def run(data: DataConfig, ingest: IngestConfig, beam: BeamConfig, examples: str,
         statistics: str, producer: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -464,7 +465,7 @@ def run(data: DataConfig, ingest: IngestConfig, beam: BeamConfig, examples: str,
     source = sources.resolve(data)
     plan = sources.plan(source, ingest)
     with artifacts.writing(examples, artifacts.Examples, producer) as ex_w, \
-            artifacts.writing(statistics, artifacts.Statistics, producer) as st_w:
+            artifacts.writing(statistics, artifacts.ExampleStatistics, producer) as st_w:
         args = beamio.pipeline_args(beam, plan.num_inputs)
         # In-process runs gain nothing from spreading the units over workers.
         parallel = "--direct_running_mode=in_memory" not in args

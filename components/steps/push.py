@@ -91,9 +91,9 @@ def _upload_to_vertex(push: PushConfig, registry: Registry, version,
 
 
 @step(name="push",
-      inputs={"trained_model": artifacts.Model, "blessing": artifacts.Blessing,
-              "infra_blessing": artifacts.Blessing, "evaluation": artifacts.Evaluation,
-              "statistics": artifacts.Statistics},
+      inputs={"trained_model": artifacts.Model, "blessing": artifacts.ModelBlessing,
+              "infra_blessing": artifacts.InfraBlessing,
+              "evaluation": artifacts.ModelEvaluation, "statistics": artifacts.ExampleStatistics},
       outputs={"pushed_model": artifacts.PushedModel}, config=("push",),
       # The model card records the config that made the model; pushing has effects
       # outside its artifact (the registry), so it is never reused from a cache.

@@ -158,7 +158,7 @@ def should_materialize(transform: TransformConfig, data: DataConfig,
 @step(name="transform",
       # Validation gates transform: its anomalies are an input, so a failed validation
       # stops the run before this step and a changed verdict reruns it.
-      inputs={"examples": artifacts.Examples, "anomalies": Maybe(artifacts.Anomalies)},
+      inputs={"examples": artifacts.Examples, "anomalies": Maybe(artifacts.ExampleAnomalies)},
       outputs={"transform_graph": artifacts.TransformGraph},
       config=("data", "transform"), beam=("runner",))
 def run(examples: artifacts.Artifact, data: DataConfig, transform: TransformConfig,

@@ -4,7 +4,7 @@ Checks: unknown or missing classes, channel counts and sizes out of range, empty
 splits, eval missing a class, class-share drift (L-infinity distance, as TFDV
 measures it), decode-failure rate, near-duplicate images across train and eval
 (confirmed in pixel space on ingest's thumbnails), per-class brightness/contrast drift. Writes
-an Anomalies artifact (and the Schema it enforced); any error stops the run.
+an ExampleAnomalies artifact (and the Schema it enforced); any error stops the run.
 """
 
 from __future__ import annotations
@@ -174,14 +174,14 @@ def external_inputs(validate: ValidateConfig) -> dict[str, str]:
     return {}
 
 
-@step(name="validate", inputs={"statistics": artifacts.Statistics,
-                               "baseline_statistics": Maybe(artifacts.Statistics)},
-      outputs={"anomalies": artifacts.Anomalies, "schema": artifacts.Schema},
+@step(name="validate", inputs={"statistics": artifacts.ExampleStatistics,
+                               "baseline_statistics": Maybe(artifacts.ExampleStatistics)},
+      outputs={"anomalies": artifacts.ExampleAnomalies, "schema": artifacts.Schema},
       config=("validate",), external=external_inputs)
 def run(statistics: artifacts.Artifact, validate: ValidateConfig, anomalies: str, schema: str,
         baseline_statistics: artifacts.Artifact | None = None,
         producer: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Checks `statistics`; writes Anomalies and Schema; raises ValidationFailed on errors."""
+    """Checks `statistics`; writes ExampleAnomalies and Schema; raises ValidationFailed on errors."""
     stats = json.loads(fileio.read_text(statistics.path("stats.json")))
     previous = (json.loads(fileio.read_text(baseline_statistics.path("stats.json")))
                 if baseline_statistics is not None else None)
@@ -201,7 +201,7 @@ def run(statistics: artifacts.Artifact, validate: ValidateConfig, anomalies: str
         fileio.write_text(writer.file("schema.pbtxt"), schema_to_text(enforced))
         writer.properties = {"origin": origin, "class_names": domain(enforced, features.LABEL)}
         writer.commit()
-    with artifacts.writing(anomalies, artifacts.Anomalies, producer) as writer:
+    with artifacts.writing(anomalies, artifacts.ExampleAnomalies, producer) as writer:
         body = {"anomalies": found, "near_duplicates": leak_report, "schema": origin,
                 "baseline": baseline_statistics.uri if baseline_statistics else None}
         fileio.write_text(writer.file("anomalies.json"), json.dumps(body, indent=2))
