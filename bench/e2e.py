@@ -1,5 +1,5 @@
 """The whole local pipeline on the built-in digits (configs/digits.yaml: 80/20 split,
-a small CNN, 5 epochs, batch 32), as a user runs it: `imgpipe run` in a fresh process.
+a small CNN, 8 epochs, batch 32), as a user runs it: `imgpipe run` in a fresh process.
 
 Measures, medians over --repeats: wall time cold (empty runs and serving dirs), wall
 time of an unchanged rerun (every step cached), peak RSS of the pipeline process, the

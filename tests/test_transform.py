@@ -40,7 +40,7 @@ def read_transformed(graph, split):
 
 def test_scale_outputs_shape_range_onehot(tmp_path):
     examples, _ = examples_artifact(tmp_path)
-    graph, summary = run_transform(tmp_path, examples)
+    graph, summary = run_transform(tmp_path, examples, normalize="scale")
     assert graph.properties["num_classes"] == 3
     assert sorted(graph.properties["label_vocabulary"]) == list(CLASSES)
     assert graph.properties["counts"] == {"train": 15, "eval": 3}
@@ -65,7 +65,7 @@ def test_standardize_uses_full_pass_statistics(tmp_path):
 def test_rgb_resize_with_padding(tmp_path):
     examples, _ = examples_artifact(tmp_path, channels=3, size=8)
     graph, _ = run_transform(tmp_path, examples, size=(16, 8), channels=3,
-                             keep_aspect_ratio=True)
+                             keep_aspect_ratio=True, normalize="scale")
     row = read_transformed(graph, "eval")[0]
     assert row["image"].shape == (16, 8, 3)
     assert np.allclose(row["image"][:4], 0.0)  # padded top band keeps the aspect ratio
@@ -148,7 +148,7 @@ def test_pipeline_caches_validate_and_transform(tmp_path, make_config):
     # unchanged, so transform's inputs are unchanged too
     third = run_pipeline(cfg, str(tmp_path / "runs"), until="transform", **quiet)
     assert [s.status for s in third.steps] == ["cached", "cached", "cached"]
-    cfg.transform.normalize = "standardize"
+    cfg.transform.normalize = "scale"
     fourth = run_pipeline(cfg, str(tmp_path / "runs"), until="transform", **quiet)
     assert [s.status for s in fourth.steps] == ["cached", "cached", "ran"]
-    assert "config.transform.normalize: 'scale' -> 'standardize'" in fourth.steps[2].decision
+    assert "config.transform.normalize: 'standardize' -> 'scale'" in fourth.steps[2].decision
