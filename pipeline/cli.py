@@ -20,88 +20,100 @@ from components.errors import ConfigError, ImgpipeError, NotBlessed
 DEFAULT_RUNS_DIR = "runs"
 
 
+def _add_json_arg(parser: argparse.ArgumentParser,
+                  text: str = "the result as JSON on stdout") -> None:
+    parser.add_argument("--json", action="store_true", help=text)
+
+
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="pipeline config YAML, e.g. configs/fonts.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
 
 
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def _note(args: argparse.Namespace) -> Callable[[str], None]:
+    """Where a command's progress and notes go: stdout, or stderr under --json (stdout
+    then holds only the JSON result)."""
+    # Bound now, and written without print(): a kfp-local run redirects sys.stdout and
+    # kfp.local replaces print() while it streams a task's output.
+    stream = sys.stderr if getattr(args, "json", False) else sys.stdout
+
+    def note(line: str) -> None:
+        stream.write(line + "\n")
+        stream.flush()
+
+    return note
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr(enabled: bool):
+    """Under --json, whatever the steps print (epoch lines, Beam's and TensorFlow's
+    output, also from child processes) goes to stderr: stdout holds only the result."""
+    if not enabled:
+        yield
+        return
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+        os.dup2(2, 1)
+    except OSError:
+        saved = None
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stderr.flush()
+        if saved is not None:
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline import config as config_lib
-    from pipeline.local import run_pipeline
 
     cfg = config_lib.load(args.config, args.overrides)
-    if args.engine == "kfp-local":
-        return _run_kfp_local(cfg, args)
-    result = run_pipeline(cfg, args.runs_dir, args.config, until=args.until,
-                          use_cache=not args.no_cache)
+    log = _note(args)
+    with _stdout_to_stderr(args.json):
+        if args.engine == "kfp-local":
+            from pipeline import kfp as kfp_pipeline
+
+            if args.until or args.no_cache:
+                raise ConfigError("--until/--no-cache apply to the local engine; kfp-local runs "
+                                  "the whole compiled pipeline (kfp.local reuses nothing).")
+            result = kfp_pipeline.run_local(cfg, args.runs_dir, args.config, log=log,
+                                            verbose=args.verbose)
+        else:
+            from pipeline.local import run_pipeline
+
+            result = run_pipeline(cfg, args.runs_dir, args.config, until=args.until,
+                                  use_cache=not args.no_cache, log=log)
+    push = result.push_outcome()
+    code = NotBlessed.exit_code if (args.require_push and push is not None
+                                    and not push.get("pushed")) else 0
+    if args.json:
+        _print_json(result.to_json())
     if result.error is not None:
         raise result.error
+    if args.json:
+        return code
     ran = sum(1 for s in result.steps if s.status == "ran")
     cached = sum(1 for s in result.steps if s.status == "cached")
-    print(f"run {result.run_id} succeeded: {ran} step(s) ran, {cached} reused from cache.")
+    print(f"run {result.run_id} succeeded: {ran} step(s) ran, {cached} reused from cache"
+          + (f" ({result.engine})." if result.engine != "local" else "."))
     for step in result.steps:
         for name, uri in step.outputs.items():
             print(f"  {step.step}.{name}: {uri}")
     print(f"details: imgpipe runs show {result.run_id} --runs-dir {args.runs_dir}")
-    push = next((s for s in result.steps if s.step == "push"), None)
-    if push is not None and push.summary is not None:
-        if push.summary.get("pushed"):
-            print(f"model: {push.summary['model_name']}:{push.summary['version']} at "
-                  f"{push.summary['path']}")
-        else:
-            print(f"NOTHING PUSHED: {push.summary.get('reason')}")
-            if args.require_push:
-                return NotBlessed.exit_code
-    return 0
-
-
-def _run_kfp_local(cfg, args: argparse.Namespace) -> int:
-    from pipeline import kfp as kfp_pipeline
-
-    if args.until or args.no_cache:
-        raise ConfigError("--until/--no-cache apply to the local engine; kfp-local runs the "
-                          "whole compiled pipeline (per-step caching is kfp.steps.*.caching).")
-    root = os.path.join(args.runs_dir, "kfp")
-    try:
-        kfp_pipeline.run_local(cfg, root)
-    except RuntimeError as exc:
-        raise ImgpipeError(f"the kfp-local run failed: {exc}; task logs above, "
-                           f"artifacts under {root}") from exc
-    print(f"kfp-local run of {cfg.name} finished; artifacts under {os.path.abspath(root)}")
-    outcome = _kfp_local_outcome(root)
-    if outcome.get("pushed"):
-        print(f"model: {outcome['model_name']}:{outcome['version']} at {outcome['path']}")
-        return 0
-    print(f"NOTHING PUSHED: {outcome.get('reason') or 'the push step did not run'}")
-    return NotBlessed.exit_code if args.require_push else 0
-
-
-def _kfp_local_outcome(root: str) -> dict[str, Any]:
-    """What the newest kfp.local run under `root` pushed, or why not (its push.json, or
-    the blessing and infra verdicts when the push sat under a failed condition)."""
-    import glob
-
-    from components import fileio
-
-    runs = sorted(glob.glob(os.path.join(root, "*", "")), key=os.path.getmtime)
-    if not runs:
-        return {}
-    newest = runs[-1]
-
-    def record(name: str) -> dict[str, Any] | None:
-        found = sorted(glob.glob(os.path.join(newest, "**", name), recursive=True))
-        return json.loads(fileio.read_text(found[-1])) if found else None
-
-    push = record("push.json")
     if push is not None:
-        return push
-    blessing, infra = record("blessing.json"), record("infra_validation.json")
-    if blessing is not None and not blessing.get("blessed"):
-        return {"reason": f"not blessed: {blessing.get('reason')}"}
-    if infra is not None and not infra.get("passed"):
-        return {"reason": f"failed infra validation: {infra.get('reason')}"}
-    return {}
+        if push.get("pushed"):
+            print(f"model: {push['model_name']}:{push['version']} at {push['path']}")
+        else:
+            print(f"NOTHING PUSHED: {push.get('reason')}")
+    return code
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -111,7 +123,12 @@ def cmd_compile(args: argparse.Namespace) -> int:
     cfg = config_lib.load(args.config, args.overrides, resolve_paths=False)
     kfp_pipeline.check_remote(cfg)
     kfp_pipeline.compile_pipeline(cfg, args.output)
-    print(f"wrote {args.output} (KFP v2 IR; image {cfg.kfp.image})")
+    if args.json:
+        _print_json({"output": os.path.abspath(args.output), "pipeline": cfg.name,
+                     "image": cfg.kfp.image,
+                     "parameters": kfp_pipeline.runtime_parameters(cfg)})
+    else:
+        print(f"wrote {args.output} (KFP v2 IR; image {cfg.kfp.image})")
     return 0
 
 
@@ -192,7 +209,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
         adapter = _adapter(args)
         name = args.name or cfg.name
         job = _reach("submitting the run", lambda: adapter.submit(name, package, params))
-    print(f"submitted {name}: {job}")
+    if args.json:
+        _print_json({"name": name, "target": _target(args), "job": str(job),
+                     "parameters": params})
+    else:
+        print(f"submitted {name}: {job}")
     return 0
 
 
@@ -202,8 +223,19 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         name = args.name or cfg.name
         schedule = _reach("creating the schedule",
                           lambda: adapter.schedule(name, package, params, args.cron))
-    print(f"scheduled {name} ({args.cron}): {schedule}")
+    if args.json:
+        _print_json({"name": name, "target": _target(args), "cron": args.cron,
+                     "schedule": str(schedule), "parameters": params})
+    else:
+        print(f"scheduled {name} ({args.cron}): {schedule}")
     return 0
+
+
+def _target(args: argparse.Namespace) -> dict[str, Any]:
+    if args.vertex:
+        return {"service": "vertex", "project": args.project, "region": args.region,
+                "pipeline_root": args.pipeline_root}
+    return {"service": "kfp", "host": args.kfp_host, "experiment": args.experiment}
 
 
 def _add_cloud_parsers(sub) -> None:
@@ -211,6 +243,7 @@ def _add_cloud_parsers(sub) -> None:
     _add_config_args(comp)
     comp.add_argument("-o", "--output", default="pipeline.yaml",
                       help="where to write the IR YAML (default pipeline.yaml)")
+    _add_json_arg(comp)
     comp.set_defaults(func=cmd_compile)
     for name, func, text in (("submit", cmd_submit, "run the pipeline on Vertex AI / KFP"),
                              ("schedule", cmd_schedule, "run it on a cron schedule")):
@@ -228,6 +261,7 @@ def _add_cloud_parsers(sub) -> None:
         p.add_argument("--name", help="run / schedule display name (default: config name)")
         if name == "schedule":
             p.add_argument("--cron", required=True, help='e.g. "0 3 * * *"')
+        _add_json_arg(p)
         p.set_defaults(func=func)
 
 
@@ -247,13 +281,14 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(runs, indent=2, default=str))
         return 0
-    print(f"{'RUN':<24} {'PIPELINE':<16} {'STATUS':<10} {'STEPS':<28} STARTED")
+    print(f"{'RUN':<24} {'PIPELINE':<16} {'ENGINE':<9} {'STATUS':<10} {'STEPS':<28} STARTED")
+    marks = {"cached": "*", "skipped": "-", "failed": "!"}
     for run in runs:
-        steps = store.executions(run["id"])
-        marks = " ".join(f"{e.step}{'*' if e.status == 'cached' else ''}" for e in steps)
-        print(f"{run['id']:<24} {run['pipeline']:<16} {run['status']:<10} {marks:<28} "
-              f"{run['started'][:19]}")
-    print("(* = reused from cache)")
+        steps = " ".join(f"{e.step}{marks.get(e.status, '')}"
+                         for e in store.executions(run["id"]))
+        print(f"{run['id']:<24} {run['pipeline']:<16} {run['engine']:<9} {run['status']:<10} "
+              f"{steps:<28} {run['started'][:19]}")
+    print("(* = reused from cache, - = not run: its gate closed, ! = failed)")
     return 0
 
 
@@ -264,7 +299,8 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return 0
-    print(f"run {info['id']}  pipeline {info['pipeline']}  status {info['status']}")
+    print(f"run {info['id']}  pipeline {info['pipeline']}  engine {info['engine']}  "
+          f"status {info['status']}")
     print(f"  config: {info['config_path'] or '(defaults)'}  started {info['started']}  "
           f"ended {info['ended']}")
     if info.get("error"):
@@ -289,8 +325,12 @@ def cmd_datasets_export(args: argparse.Namespace) -> int:
     from components import datasets
 
     counts = datasets.export(args.name, args.out_dir)
-    print(f"wrote {sum(counts.values())} PNG files in {len(counts)} class folders under "
-          f"{args.out_dir}")
+    if args.json:
+        _print_json({"dataset": args.name, "out_dir": os.path.abspath(args.out_dir),
+                     "files": sum(counts.values()), "classes": counts})
+    else:
+        print(f"wrote {sum(counts.values())} PNG files in {len(counts)} class folders under "
+              f"{args.out_dir}")
     return 0
 
 
@@ -302,8 +342,11 @@ def cmd_config_schema(args: argparse.Namespace) -> int:
         from components import fileio
 
         fileio.write_text_atomic(fileio.prepare_output(args.output, "-o"), text)
-        print(f"wrote {args.output}")
-    else:
+        if args.json:
+            _print_json({"output": os.path.abspath(args.output)})
+        else:
+            print(f"wrote {args.output}")
+    else:                        # the schema itself is JSON, with or without --json
         sys.stdout.write(text)
     return 0
 
@@ -314,30 +357,50 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     from pipeline import config as config_lib
 
     cfg = config_lib.load(args.config, args.overrides)
-    sys.stdout.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if args.json:
+        _print_json(cfg.to_dict())
+    else:
+        sys.stdout.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     return 0
 
 
 def cmd_schema_infer(args: argparse.Namespace) -> int:
+    """A schema from the statistics of this config's data: those of an earlier run
+    whose ingest this config would reuse (nothing runs), else ingest runs first."""
     from components import artifacts, fileio, schema
     from pipeline import config as config_lib
-    from pipeline.local import run_pipeline
+    from pipeline.local import LocalRunner
 
     cfg = config_lib.load(args.config, args.overrides)
     output = fileio.prepare_output(args.output or os.path.join("schemas", f"{cfg.name}.pbtxt"),
                                    "-o")
-    result = run_pipeline(cfg, args.runs_dir, args.config, until="ingest",
-                          log=lambda line: None)
-    if result.error is not None:
-        raise result.error
-    stats_uri = result.steps[0].outputs["statistics"]
-    stats = json.loads(fileio.read_text(artifacts.read(stats_uri).path("stats.json")))
+    note = _note(args)
+    runner = LocalRunner(cfg, args.runs_dir, args.config, log=note)
+    found, why = runner.cached_output("ingest", "statistics")
+    if found is not None:
+        stats_art, run_id, ran = found[0], found[1].run_id, False
+        note(f"using the statistics of run {run_id} (its ingest read the same data with the "
+             "same config and code; nothing runs)")
+    else:
+        note(f"running ingest first: no run under {args.runs_dir} has statistics for this "
+             f"config's data ({why}); it is recorded as a run of {cfg.name}")
+        with _stdout_to_stderr(args.json):
+            result = runner.run(until="ingest")
+        if result.error is not None:
+            raise result.error
+        stats_art = artifacts.read(result.steps[0].outputs["statistics"])
+        run_id, ran = result.run_id, True
+    stats = json.loads(fileio.read_text(stats_art.path("stats.json")))
     text = schema.schema_to_text(schema.infer_schema(stats))
     fileio.write_text_atomic(
         output, f"# TFMD schema of raw image examples, inferred by `imgpipe schema infer` "
-                f"from run {result.run_id}.\n" + text)
-    print(f"wrote {output} ({len(stats['class_names'])} classes, from run {result.run_id}); "
-          f"enforce it with validate.schema: {output}")
+                f"from the statistics of run {run_id}.\n" + text)
+    if args.json:
+        _print_json({"output": os.path.abspath(output), "classes": stats["class_names"],
+                     "run_id": run_id, "statistics": stats_art.uri, "ran_ingest": ran})
+    else:
+        print(f"wrote {output} ({len(stats['class_names'])} classes, from the statistics of "
+              f"run {run_id}); enforce it with validate.schema: {output}")
     return 0
 
 
@@ -352,9 +415,24 @@ def cmd_summary(args: argparse.Namespace) -> int:
     if len(shape) != 3 or min(shape) <= 0:
         raise ConfigError(f"--input-shape {args.input_shape!r} must be H,W,C, e.g. 36,36,1.")
     model = models.build(ModelConfig(kind=args.model), shape, args.classes)
+    if args.json:
+        _print_json({"model": args.model, "input_shape": list(shape), "classes": args.classes,
+                     "params": model.count_params(),
+                     "trainable_params": models.trainable_params(model),
+                     "layers": [_layer_row(layer) for layer in model.layers]})
+        return 0
     model.summary()
     print(f"Trainable params: {models.trainable_params(model):,}")
     return 0
+
+
+def _layer_row(layer: Any) -> dict[str, Any]:
+    try:
+        shape = [None if d is None else int(d) for d in layer.output.shape]
+    except (AttributeError, ValueError, TypeError):
+        shape = None          # a layer used more than once has no single output
+    return {"name": layer.name, "type": type(layer).__name__, "output_shape": shape,
+            "params": layer.count_params()}
 
 
 def _registry(args: argparse.Namespace):
@@ -636,8 +714,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         rows = predict.predict_local(model, paths, args.batch_size, args.top_k,
                                      progress=sys.stderr.isatty())
-    predict.write_rows(rows, args.output, answered)
     bad = sum(1 for r in rows if r.get("error"))
+    if args.json:
+        if args.output:
+            predict.write_rows(rows, args.output, answered)
+        _print_json({"model": answered, "output": os.path.abspath(args.output) if args.output
+                     else None, "rows": len(rows), "unreadable": bad,
+                     **({} if args.output else {"predictions": [
+                         dict({k: row.get(k) for k in predict.COLUMNS}, model=answered)
+                         for row in rows]})})
+        return 0
+    predict.write_rows(rows, args.output, answered)
     if args.output:
         print(f"wrote {len(rows)} rows to {args.output} ({bad} unreadable file(s) reported "
               "in the error column)")
@@ -696,6 +783,8 @@ def _add_run_parser(sub: Any) -> None:
     run.add_argument("--require-push", action="store_true",
                      help="exit 4 when the model was not pushed (not blessed or failed "
                           "infra validation); default: exit 0 and say so")
+    _add_json_arg(run, "the run's result as one JSON object (steps, verdict, pushed "
+                       "version); progress goes to stderr")
     run.set_defaults(func=cmd_run)
 
 
@@ -713,6 +802,8 @@ def _add_predict_parser(sub: Any) -> None:
                          help="run as a Beam job (default above "
                               f"{PARALLEL_MIN_INPUTS:,} files)")
     predict.add_argument("--config", help="take the registry and Beam options from this config")
+    _add_json_arg(predict, "one JSON object: the model, counts, and the predictions (or "
+                           "where -o wrote them)")
     predict.set_defaults(func=cmd_predict)
 
 
@@ -739,6 +830,7 @@ def _add_helper_parsers(sub: Any) -> None:
     export = ds.add_parser("export", help="write a built-in dataset as class folders of PNGs")
     export.add_argument("name", choices=BUILTIN_DATASETS, help="which built-in dataset")
     export.add_argument("out_dir", help="an empty or new folder to write CLASS/*.png into")
+    _add_json_arg(export)
     export.set_defaults(func=cmd_datasets_export)
 
     summary = sub.add_parser("summary", help="print a model's Keras summary without training")
@@ -746,6 +838,7 @@ def _add_helper_parsers(sub: Any) -> None:
     summary.add_argument("--input-shape", required=True, help="H,W,C, e.g. 36,36,1")
     summary.add_argument("--classes", type=positive_int, required=True,
                          help="number of classes (the output layer's width)")
+    _add_json_arg(summary, "the layers and parameter counts as JSON")
     summary.set_defaults(func=cmd_summary)
 
     schema_cmd = sub.add_parser("schema", help="TFMD schema of raw examples").add_subparsers(
@@ -754,16 +847,22 @@ def _add_helper_parsers(sub: Any) -> None:
     _add_config_args(infer)
     infer.add_argument("-o", "--output", help="default: schemas/NAME.pbtxt")
     infer.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR,
-                       help="the runs folder whose latest statistics to use (default ./runs)")
+                       help="the runs folder to take the statistics from; ingest runs (and "
+                            "is recorded there) when no run has them for this config's data "
+                            "(default ./runs)")
+    _add_json_arg(infer)
     infer.set_defaults(func=cmd_schema_infer)
 
     cfg = sub.add_parser("config", help="config helpers").add_subparsers(
         dest="config_command", required=True)
     schema = cfg.add_parser("schema", help="print (or write) the config's JSON schema")
     schema.add_argument("-o", "--output", help="write it to this file (default: stdout)")
+    _add_json_arg(schema, "with -o: where it was written, as JSON (the schema itself is "
+                          "JSON already)")
     schema.set_defaults(func=cmd_config_schema)
     show = cfg.add_parser("show", help="print the full config with defaults")
     _add_config_args(show)
+    _add_json_arg(show, "the config as JSON instead of YAML")
     show.set_defaults(func=cmd_config_show)
 
 
@@ -785,7 +884,8 @@ def _verbose(argv: Sequence[str]) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not _verbose(argv):
+    verbose = _verbose(argv)
+    if not verbose:
         # TensorFlow's C++ start-up chatter buries the pipeline's own output.
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         _quiet_libraries()
@@ -796,6 +896,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:   # --help, --version, or a usage error already printed
         return int(exc.code or 0)
+    args.verbose = verbose
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         with runtime.private_tempdir():

@@ -14,7 +14,7 @@ import contextlib
 import os
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from components import artifacts, fileio, runtime
@@ -23,32 +23,9 @@ from components.errors import ArtifactError, ConfigError, ImgpipeError
 from pipeline import cache, dag, invoke
 from pipeline.config import PipelineConfig
 from pipeline.metadata import METADATA_FILE, Execution, MetadataStore
+from pipeline.results import RunResult, StepResult  # noqa: F401 - also imported from here
 
 CODE_INDEX_FILE = ".code-index.json"     # pipeline/cache.py: parsed sources, by file version
-
-
-@dataclass
-class StepResult:
-    step: str
-    status: str                     # ran | cached | failed | skipped
-    decision: str
-    seconds: float = 0.0
-    outputs: dict[str, str] = field(default_factory=dict)
-    summary: dict[str, Any] | None = None
-    error: str | None = None
-
-
-@dataclass
-class RunResult:
-    run_id: str
-    runs_dir: str
-    status: str
-    steps: list[StepResult]
-    error: ImgpipeError | None = None
-
-    @property
-    def run_dir(self) -> str:
-        return os.path.join(self.runs_dir, self.run_id)
 
 
 @dataclass
@@ -110,6 +87,25 @@ class LocalRunner:
         self.store.end_run(run_id, "succeeded")
         self._report(run_id, "succeeded", results)
         return RunResult(run_id, self.runs_dir, "succeeded", results)
+
+    def cached_output(self, step: str, output: str
+                      ) -> tuple[tuple[artifacts.Artifact, Execution] | None, str]:
+        """`step.output` of the earlier execution a run would reuse now (same code,
+        config and inputs; outputs verify) with that execution, without starting a run;
+        or None and why not. Only for a step without upstream inputs (ingest)."""
+        node = dag.get(step, self.steps)
+        if node.inputs or node.previous:
+            raise ValueError(f"{step} has upstream inputs; run the pipeline instead")
+        prepared = self._prepare("", node, {})
+        damaged = None
+        for candidate in self.store.find_cached(step, prepared.key):
+            outputs, problem = self._verified_outputs(candidate)
+            if outputs is not None:
+                return (outputs[output], candidate), "cached"
+            damaged = damaged or (f"the output of execution {candidate.id} (run "
+                                  f"{candidate.run_id}) no longer verifies: {problem}")
+        return None, damaged or cache.explain_miss(
+            prepared.parts, self.store.last_execution(self.config.name, step))
 
     def _report(self, run_id: str, status: str, results: list[StepResult],
                 error: str | None = None) -> None:

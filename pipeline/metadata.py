@@ -21,6 +21,9 @@ from components.errors import ImgpipeError
 
 # The store's file in a runs folder.
 METADATA_FILE = "metadata.sqlite"
+# The cache key of executions run by an engine without this store's cache keys
+# (kfp.local): never reused, never compared with a key.
+UNKEYED = "unkeyed"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -32,7 +35,8 @@ CREATE TABLE IF NOT EXISTS runs (
     error TEXT,
     started TEXT NOT NULL,
     ended TEXT,
-    process TEXT                     -- host:pid:start-time of the process running it
+    process TEXT,                    -- host:pid:start-time of the process running it
+    engine TEXT                      -- local | kfp-local (NULL: local, before it was kept)
 );
 CREATE TABLE IF NOT EXISTS executions (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -123,8 +127,9 @@ class MetadataStore:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.executescript(_SCHEMA)
                 columns = {row["name"] for row in conn.execute("PRAGMA table_info(runs)")}
-                if "process" not in columns:   # a store written before runs recorded it
-                    conn.execute("ALTER TABLE runs ADD COLUMN process TEXT")
+                for column in ("process", "engine"):   # a store from before runs kept it
+                    if column not in columns:
+                        conn.execute(f"ALTER TABLE runs ADD COLUMN {column} TEXT")
         except (OSError, sqlite3.Error) as exc:
             raise ImgpipeError(f"cannot write the metadata store {path} ({exc}); the runs "
                                "folder must be writable and have free space: free some or "
@@ -175,14 +180,15 @@ class MetadataStore:
 
     # --- runs ----------------------------------------------------------------------
 
-    def start_run(self, pipeline: str, config: dict[str, Any], config_path: str | None) -> str:
+    def start_run(self, pipeline: str, config: dict[str, Any], config_path: str | None,
+                  engine: str = "local") -> str:
         run_id = new_run_id()
         with self._transaction() as conn:
             conn.execute(
                 "INSERT INTO runs (id, pipeline, config_path, config_json, status, started, "
-                "process) VALUES (?, ?, ?, ?, 'running', ?, ?)",
+                "process, engine) VALUES (?, ?, ?, ?, 'running', ?, ?, ?)",
                 (run_id, pipeline, config_path, json.dumps(config, sort_keys=True), _now(),
-                 runtime.process_identity()))
+                 runtime.process_identity(), engine))
         return run_id
 
     def end_run(self, run_id: str, status: str, error: str | None = None) -> None:
@@ -209,6 +215,7 @@ class MetadataStore:
         """A run; one still 'running' whose process is gone reads as 'died'."""
         out = dict(row)
         out["config"] = json.loads(out.pop("config_json"))
+        out["engine"] = out.get("engine") or "local"
         if out["status"] == "running" and runtime.process_alive(out.get("process")) is False:
             out["status"] = "died"
             out["error"] = out["error"] or (f"its process ({out['process'].split(':')[1]}) "
@@ -270,7 +277,8 @@ class MetadataStore:
             row = conn.execute(
                 "SELECT e.* FROM executions e JOIN runs r ON r.id = e.run_id "
                 "WHERE r.pipeline=? AND e.step=? AND e.status IN ('succeeded', 'cached') "
-                "ORDER BY e.id DESC LIMIT 1", (pipeline, step)).fetchone()
+                "AND e.cache_key != ? ORDER BY e.id DESC LIMIT 1",
+                (pipeline, step, UNKEYED)).fetchone()
         return self._execution(row) if row else None
 
     def previous_output(self, pipeline: str, step: str, output: str,

@@ -74,3 +74,44 @@ def test_validation_defaults_pass_standard_data_and_stop_real_leaks(tmp_path, ca
     assert cli.main(["run", str(cfg), "--until", "validate", "--runs-dir", runs]) == 3
     err = capsys.readouterr().err
     assert "near_duplicate_leak" in err and "3 of 21 eval images" in err
+
+
+def test_schema_infer_says_whether_it_runs_ingest_or_reuses_a_run(tmp_path, capsys):
+    """No run with statistics for this config's data: ingest runs first, and it says so
+    (the run is on record). Then the same command reuses that run's statistics, names
+    it, and starts no run; changed data runs ingest again and says what changed."""
+    from pipeline.metadata import MetadataStore
+
+    fixtures.make_class_folders(str(tmp_path / "src"), per_class=8)
+    cfg = write_config(tmp_path, tmp_path / "src")
+    runs = str(tmp_path / "runs")
+    out_path = str(tmp_path / "s.pbtxt")
+    assert cli.main(["schema", "infer", cfg, "--runs-dir", runs, "-o", out_path]) == 0
+    out = capsys.readouterr().out
+    assert "running ingest first: no run under" in out
+    assert "(no earlier execution of this step)" in out and "ingest     done" in out
+    [run] = MetadataStore(f"{runs}/metadata.sqlite", read_only=True).list_runs()
+    assert f"wrote {out_path} (3 classes, from the statistics of run {run['id']})" in out
+    assert f"from the statistics of run {run['id']}" in open(out_path).read()
+
+    result = json.loads(_json_run(capsys, ["schema", "infer", cfg, "--runs-dir", runs,
+                                           "-o", out_path, "--json"]))
+    assert result["ran_ingest"] is False and result["run_id"] == run["id"]
+    assert result["classes"] == ["cat", "dog", "fox"]
+    assert len(MetadataStore(f"{runs}/metadata.sqlite", read_only=True).list_runs()) == 1
+    assert cli.main(["schema", "infer", cfg, "--runs-dir", runs, "-o", out_path]) == 0
+    assert f"using the statistics of run {run['id']}" in capsys.readouterr().out
+
+    fixtures.make_class_folders(str(tmp_path / "src"), per_class=1, first=50)   # new images
+    assert cli.main(["schema", "infer", cfg, "--runs-dir", runs, "-o", out_path]) == 0
+    out = capsys.readouterr().out
+    assert "running ingest first" in out and "inputs.source" in out
+    assert len(MetadataStore(f"{runs}/metadata.sqlite", read_only=True).list_runs()) == 2
+
+
+def _json_run(capsys, argv):
+    """stdout of a --json command; its notes went to stderr."""
+    assert cli.main(argv) == 0
+    captured = capsys.readouterr()
+    assert "using the statistics of run" in captured.err
+    return captured.out

@@ -1,7 +1,6 @@
 """The KFP v2 pipeline: compiled IR, the committed spec, a kfp.local run matching the
 local runner, submit/schedule adapters, and the step image's install line."""
 
-import glob
 import inspect
 import json
 import os
@@ -334,21 +333,48 @@ push: {destination: SERVING}
 
 
 @pytest.mark.slow
-def test_kfp_local_run_matches_the_local_runner(tmp_path):
+def test_kfp_local_run_matches_the_local_runner(tmp_path, capsys):
+    """`imgpipe run configs/digits.yaml --engine kfp-local` as a user runs it: under 60
+    lines in all, the local engine's step lines and verdict, the run in `runs list` /
+    `runs show` with its engine, report.html; its artifacts match a local run's."""
+    import subprocess
+    import sys
+
     from components import artifacts
     from components.registry import Registry
     from pipeline.local import run_pipeline
 
-    config_path = tmp_path / "tiny.yaml"
-    config_path.write_text(TINY.replace("SERVING", str(tmp_path / "serving")))
-    assert cli.main(["run", str(config_path), "--engine", "kfp-local", "--runs-dir",
-                     str(tmp_path / "kfpruns")]) == 0
-    [run_root] = glob.glob(str(tmp_path / "kfpruns" / "kfp" / "tiny-*"))
+    serving = f"push.destination={tmp_path / 'serving'}"
+    config_path = os.path.join(ROOT, "configs", "digits.yaml")
+    runs = str(tmp_path / "kfpruns")
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    for name in ("TF_CPP_MIN_LOG_LEVEL", "CUDA_VISIBLE_DEVICES"):    # as in a user's shell
+        env.pop(name, None)
+    done = subprocess.run([os.path.join(os.path.dirname(sys.executable), "imgpipe"), "run",
+                           config_path, "--set", serving, "--engine", "kfp-local",
+                           "--runs-dir", runs], capture_output=True, text=True, env=env)
+    lines = (done.stdout + done.stderr).splitlines()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(lines) < 60, "\n".join(lines)
+    assert done.stderr == "" and "\x1b[" not in done.stdout
+    for noise in ("KFP Executor", "executor_input", "base image", "warnings.warn", "cuda"):
+        assert noise not in done.stdout, noise
+    for step in ("ingest", "validate", "transform", "tune", "train", "evaluate"):
+        assert f"  {step:<10} done " in done.stdout, step
+    assert "             BLESSED" in done.stdout and "             epoch 8/8 " in done.stdout
+    run_id = lines[0].split()[1]
+    assert f"model: digits-cnn:1 at {tmp_path / 'serving'}" in done.stdout
+    assert os.path.isfile(os.path.join(runs, run_id, "report.html"))
+    assert cli.main(["runs", "show", run_id, "--runs-dir", runs]) == 0
+    shown = capsys.readouterr().out
+    assert "engine kfp-local  status succeeded" in shown and "[push] succeeded" in shown
+    card = Registry(str(tmp_path / "serving")).versions("digits-cnn")[0].card
+    assert card["run_id"] == run_id and card["pipeline"] == "digits-cnn"
 
     def kfp_artifact(task, name):
-        return artifacts.read(os.path.join(run_root, task, name))
+        return artifacts.read(os.path.join(runs, run_id, task, name))
 
-    local = run_pipeline(config_lib.load(str(config_path)), str(tmp_path / "runs"),
+    local = run_pipeline(config_lib.load(config_path, [serving]), str(tmp_path / "runs"),
                          log=lambda _: None)
     outs = {f"{s.step}.{n}": artifacts.read(u) for s in local.steps for n, u in s.outputs.items()}
     assert kfp_artifact("ingest", "examples").properties["counts"] == \
@@ -358,25 +384,158 @@ def test_kfp_local_run_matches_the_local_runner(tmp_path):
     kfp_accuracy = kfp_artifact("evaluate", "evaluation").properties["accuracy"]
     local_accuracy = outs["evaluate.evaluation"].properties["accuracy"]
     assert kfp_accuracy > 0.9 and abs(kfp_accuracy - local_accuracy) < 0.03
-    # the gated push ran in the KFP run and the report is there
-    versions = Registry(str(tmp_path / "serving")).versions("tiny")
-    assert [v.card["pipeline"] for v in versions][:1] == ["tiny"]
-    assert os.path.isfile(os.path.join(run_root, "report", "report"))
 
 
-def test_kfp_local_says_what_was_pushed_or_why_not(tmp_path):
-    """The outcome of a kfp.local run is read from its artifacts: a NOT BLESSED run
-    says so and --require-push makes it exit 4, as with the local engine."""
-    run = tmp_path / "kfp" / "tiny-2026"
-    (run / "evaluate" / "blessing").mkdir(parents=True)
-    (run / "evaluate" / "blessing" / "blessing.json").write_text(
-        json.dumps({"blessed": False, "reason": "accuracy (overall): 0.41 vs {\"min\": 0.5}"}))
-    assert cli._kfp_local_outcome(str(tmp_path / "kfp")) == {
-        "reason": "not blessed: accuracy (overall): 0.41 vs {\"min\": 0.5}"}
-    (run / "push" / "pushed_model").mkdir(parents=True)
-    (run / "push" / "pushed_model" / "push.json").write_text(json.dumps(
-        {"pushed": True, "model_name": "tiny", "version": 3, "path": "/s/tiny/3"}))
-    assert cli._kfp_local_outcome(str(tmp_path / "kfp"))["version"] == 3
+def _fake_kfp_local(blessed=True, fail_at=None):
+    """A stand-in for the compiled pipeline under kfp.local: prints what kfp.local
+    prints (its coloured INFO lines, each task's executor input and indented output)
+    and commits each step's outputs where kfp.local puts them."""
+    import sys
+
+    from kfp.local import logging_utils
+
+    from components import artifacts
+    from pipeline import dag
+
+    def run():
+        from kfp.local import executor_input_utils
+
+        root = os.path.join(os.environ["FAKE_KFP_ROOT"],
+                            executor_input_utils.get_local_pipeline_resource_name("tiny"))
+        out = sys.stdout
+
+        def task(name, lines=(), status="SUCCESS"):
+            out.write(f"08:00:00.000 - INFO - Executing task \x1b[96m'{name}'\x1b[0m\n")
+            out.write("08:00:00.001 - INFO - Streamed logs:\n\n")
+            with logging_utils.indented_print():     # as kfp.local streams a task's output
+                for line in ["[KFP Executor 2026-11-30 08:00:00,000 INFO]: Got executor_input:",
+                             "{", '    "inputs": {', '        "parameterValues": {}', "    }",
+                             "}", "I0000 00:00:1796026510.352781    1792 cudart_stub.cc:31] "
+                             "Could not find cuda drivers on your machine, GPU will not be used.",
+                             *lines]:
+                    print(line)
+            if status != "SUCCESS":
+                raise RuntimeError(f"Task '{name}' finished with status FAILURE")
+            out.write(f"08:00:01.000 - INFO - Task \x1b[96m'{name}'\x1b[0m finished with "
+                      f"status \x1b[92m{status}\x1b[0m\n")
+            out.write("-" * 80 + "\n")
+
+        out.write("08:00:00.000 - INFO - Running pipeline: \x1b[95m'tiny'\x1b[0m\n")
+        task("resolve", ["resolve: evaluate__baseline = (none)"])
+        for node in dag.STEPS:
+            if node.name == "push" and not blessed:
+                continue
+            folder = node.name.replace("_", "-")
+            if node.name == fail_at:
+                task(folder, ["Traceback (most recent call last):", '  File "x.py", line 1',
+                              "components.errors.DataError: the source has no images; "
+                              "add some."], status="FAILURE")
+            for output in node.spec.outputs:
+                with artifacts.writing(os.path.join(root, folder, output),
+                                       node.spec.output_type(output)) as writer:
+                    open(writer.file("x.json"), "w").write("{}")
+                    if output == "blessing":
+                        writer.properties = {"blessed": blessed, "reason": "accuracy 0.41 "
+                                             "below its bound 0.5" if not blessed else "ok"}
+                    elif output == "infra_blessing":
+                        writer.properties = {"passed": True, "reason": "served"}
+                    elif output == "pushed_model":
+                        writer.properties = {"pushed": True, "model_name": "tiny",
+                                             "version": 1, "path": "/s/tiny/1"}
+                    writer.commit()
+            progress = ["             epoch 1/2  loss 0.5000  2.0s  ETA 2s",
+                        "             epoch 2/2  loss 0.4000  2.0s"] \
+                if node.name == "train" else []
+            task(folder, progress + [f"{node.name}: {node.name} said something"])
+        task("report")
+        out.write("08:00:09.000 - INFO - Pipeline 'tiny' finished with status SUCCESS\n")
+
+    return lambda config: run
+
+
+@pytest.mark.parametrize("blessed", [True, False])
+def test_kfp_local_is_recorded_and_printed_like_a_local_run(tmp_path, capsys, monkeypatch,
+                                                            blessed):
+    """kfp.local's output becomes the local runner's step lines (no executor input, no
+    INFO lines, no colours); the run, its executions and artifacts are in the runs
+    folder's metadata store (engine kfp-local) under RUNS/RUN_ID like a local run's,
+    with report.html; a gate that closed skips the push and says NOTHING PUSHED, and
+    --require-push exits 4."""
+    from pipeline.local import describe_run
+    from pipeline.metadata import MetadataStore
+
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("FAKE_KFP_ROOT", str(runs))
+    monkeypatch.setattr(kfp_pipeline, "build_pipeline", _fake_kfp_local(blessed))
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY.replace("SERVING", str(tmp_path / "serving")))
+    code = cli.main(["run", str(config), "--engine", "kfp-local", "--runs-dir", str(runs),
+                     "--require-push"])
+    out, err = capsys.readouterr()
+    assert code == (0 if blessed else 4), out + err
+    assert err == "" and "\x1b" not in out
+    assert "KFP Executor" not in out and "INFO" not in out and "cuda" not in out
+    assert "  ingest     running  (kfp.local runs every task; no cache)" in out
+    assert "             epoch 1/2  loss 0.5000" in out
+    assert "             epoch 2/2  loss 0.4000" in out     # each progress line, not every other
+    assert "  train      done" in out and "             train said something" in out
+    run_id = out.split()[1]
+    assert (runs / run_id / "report.html").is_file()
+    if blessed:
+        assert "model: tiny:1 at /s/tiny/1" in out
+    else:
+        assert ("  push       skipped  (not run: its gate is closed (not blessed: accuracy "
+                "0.41 below its bound 0.5))") in out
+        assert "NOTHING PUSHED: not blessed: accuracy 0.41 below its bound 0.5" in out
+    assert len(out.splitlines()) < 60
+
+    store = MetadataStore(str(runs / "metadata.sqlite"), read_only=True)
+    [run] = store.list_runs()
+    assert run["id"] == run_id and run["engine"] == "kfp-local" and run["status"] == "succeeded"
+    info = describe_run(store, run_id)
+    steps = {s["step"]: s for s in info["steps"]}
+    assert steps["push"]["status"] == ("succeeded" if blessed else "skipped")
+    assert steps["train"]["inputs"]["examples"] == str(runs / run_id / "ingest" / "examples")
+    assert steps["infra_validate"]["outputs"]["infra_blessing"]["type"] == "InfraBlessing"
+    assert steps["evaluate"]["summary"]["blessed"] is blessed
+    assert cli.main(["runs", "list", "--runs-dir", str(runs)]) == 0
+    listing = capsys.readouterr().out
+    assert run_id in listing and "kfp-local" in listing
+    assert ("push-" in listing) is not blessed
+
+    monkeypatch.setattr(kfp_pipeline, "build_pipeline", _fake_kfp_local(blessed))
+    assert cli.main(["run", str(config), "--engine", "kfp-local", "--runs-dir", str(runs),
+                     "--json"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert result["engine"] == "kfp-local" and result["blessed"] is blessed
+    assert result["verdict"] == ("pushed" if blessed else "nothing pushed")
+    assert result["pushed"] == ({"model_name": "tiny", "version": 1, "path": "/s/tiny/1",
+                                 "alias": None} if blessed else None)
+    assert "  ingest     running" in captured.err
+
+
+def test_a_failed_kfp_local_task_is_one_line_and_on_record(tmp_path, capsys, monkeypatch):
+    from pipeline.local import describe_run
+    from pipeline.metadata import MetadataStore
+
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("FAKE_KFP_ROOT", str(runs))
+    monkeypatch.setattr(kfp_pipeline, "build_pipeline", _fake_kfp_local(fail_at="transform"))
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY.replace("SERVING", str(tmp_path / "serving")))
+    assert cli.main(["run", str(config), "--engine", "kfp-local", "--runs-dir",
+                     str(runs)]) == 2
+    out, err = capsys.readouterr()
+    assert "  transform  FAILED" in out
+    assert err.strip() == "imgpipe: error: the source has no images; add some."
+    store = MetadataStore(str(runs / "metadata.sqlite"), read_only=True)
+    [run] = store.list_runs()
+    assert run["status"] == "failed" and "no images" in run["error"]
+    steps = {s["step"]: s for s in describe_run(store, run["id"])["steps"]}
+    assert steps["transform"]["status"] == "failed"
+    assert "components.errors.DataError" in steps["transform"]["error"]
+    assert steps["validate"]["status"] == "succeeded" and "train" not in steps
 
 
 class Recorder:
