@@ -76,6 +76,33 @@ def class_recalls(labels: list[str], predicted: list[str]) -> dict[str, float]:
     return out
 
 
+def bound_words(bound: dict[str, Any] | None) -> str:
+    """A check's bound as a reader says it: {'min': 0.8} -> '>= 0.8';
+    {'min': 0.1, 'max': 0.9} -> '>= 0.1, <= 0.9'."""
+    if not bound:
+        return ""
+    signs = {"min": ">=", "max": "<="}
+    return ", ".join(f"{signs.get(k, k)} {v:.4g}" if isinstance(v, (int, float)) else
+                     f"{k} {v}" for k, v in bound.items())
+
+
+def pr_points(positive: Any, negative: Any) -> tuple[Any, Any, float] | None:
+    """(recalls, precisions, average precision) of one class against the rest, from the
+    same per-bin counts as `roc_points` (thresholds from high to low, from the first
+    one that predicts anything); None without a positive example. The average precision
+    is the sum of precision times each step in recall (scikit-learn's definition, on
+    the bins' thresholds)."""
+    tp = np.cumsum(np.asarray(positive)[::-1])
+    fp = np.cumsum(np.asarray(negative)[::-1])
+    if not len(tp) or not tp[-1]:
+        return None
+    predicted = tp + fp
+    keep = predicted > 0
+    recall, precision = tp[keep] / tp[-1], tp[keep] / predicted[keep]
+    average = float(np.sum(np.diff(np.concatenate([[0.0], recall])) * precision))
+    return np.concatenate([[0.0], recall]), np.concatenate([[precision[0]], precision]), average
+
+
 def roc_points(positive: Any, negative: Any) -> tuple[Any, Any] | None:
     """(false positive rates, true positive rates) of one class against the rest, from
     per-bin counts of its positive and negative examples (thresholds from high to

@@ -52,6 +52,17 @@ def step_config(node: Node, config: config_lib.PipelineConfig) -> dict[str, Any]
     return out
 
 
+def recorded_config(config: config_lib.PipelineConfig,
+                    steps: tuple[Node, ...] | None = None) -> dict[str, Any]:
+    """{section: values} of the sections the steps record with a model (the push step's
+    model card), as the run report shows them."""
+    from pipeline import dag
+
+    names = dict.fromkeys(s for node in (steps or dag.STEPS) for s in node.spec.record)
+    return {name: config.section(name).model_dump(mode="json", by_alias=True)
+            for name in names}
+
+
 def keyed_config(node: Node, step_cfg: dict[str, Any]) -> dict[str, Any]:
     """The part of a step's config that decides its output (the cache key): its
     sections and only the declared `beam` keys (worker counts do not change results)."""

@@ -178,13 +178,32 @@ def _pins() -> list[str]:
     return [f"{node.name}__{param}" for node in dag.STEPS for param in _pin_params(node)]
 
 
-def _report_source() -> str:
-    params = ", ".join(f"{ref.split('.')[1]}: Input[{kfp_type(_output_type(ref))}]"
+def _report_source(params: dict[str, Any]) -> str:
+    """The report task: the run's artifacts, and the config the model card records
+    (`config_json`, with the run-time parameters of its sections applied)."""
+    inputs = ", ".join(f"{ref.split('.')[1]}: Input[{kfp_type(_output_type(ref))}]"
                        for ref in REPORT_INPUTS)
     mapping = ", ".join(f"{ref!r}: {ref.split('.')[1]}" for ref in REPORT_INPUTS)
-    return (f"def report(context_json: str, run_id: str, {params}, report: Output[HTML]):\n"
+    mine = _report_parameters(params)
+    values = "".join(f"p_{name}: {_param_type(params[name])}, " for name in mine)
+    overrides = ", ".join(f"{RUNTIME_PARAMETERS[n]!r}: p_{n}" for n in mine)
+    return (f"def report(context_json: str, config_json: str, run_id: str, {values}{inputs}, "
+            f"report: Output[HTML]):\n"
             f"    from pipeline.kfp import write_report\n"
-            f"    write_report(context_json, run_id, {{{mapping}}}, report)\n")
+            f"    write_report(context_json, run_id, {{{mapping}}}, report, config_json, "
+            f"{{{overrides}}})\n")
+
+
+def _report_parameters(params: dict[str, Any]) -> list[str]:
+    recorded = {s for node in dag.STEPS for s in node.spec.record}
+    return _parameters_for(tuple(recorded), params)
+
+
+def report_config(config: PipelineConfig) -> str:
+    """The report task's `config_json`: the recorded sections, without the run-time
+    keys (they arrive as parameters)."""
+    return json.dumps(without_runtime_keys({invoke.RECORD: invoke.recorded_config(config)}),
+                      sort_keys=True)
 
 
 def _output_type(ref: str) -> str:
@@ -220,7 +239,8 @@ def components(config: PipelineConfig) -> dict[str, Any]:
     comps = {node.name: _make_component(node.name, _component_source(node, params),
                                         config.kfp.image_for(node.name))
              for node in dag.STEPS}
-    comps["report"] = _make_component("report", _report_source(), config.kfp.image_for("report"))
+    comps["report"] = _make_component("report", _report_source(params),
+                                      config.kfp.image_for("report"))
     comps[RESOLVE] = _make_component(RESOLVE, _resolve_source(params),
                                      config.kfp.image_for(RESOLVE))
     return comps
@@ -347,7 +367,8 @@ def build_pipeline(config: PipelineConfig) -> Callable:
         for node in dag.STEPS:
             add_gated(node, gates_of(node))
         _configure(comps["report"](
-            context_json=context, run_id=run_id,
+            context_json=context, config_json=report_config(config), run_id=run_id,
+            **{f"p_{name}": values[name] for name in _report_parameters(params)},
             **{ref.split(".")[1]: tasks[ref.split(".")[0]].outputs[ref.split(".")[1]]
                for ref in REPORT_INPUTS}), config, "report", cacheable=False)
 
@@ -626,7 +647,8 @@ def _log_ui_metrics(evaluation: str, extras: dict[str, Any]) -> None:
 
 
 def write_report(context_json: str, run_id: str, artifacts_in: dict[str, Any],
-                 html_out: Any) -> None:
+                 html_out: Any, config_json: str = "",
+                 overrides: dict[str, Any] | None = None) -> None:
     """The report task: the run's report, and the pipeline state the next run reads
     (its statistics, for the drift check)."""
     from components.registry import Registry
@@ -637,7 +659,9 @@ def write_report(context_json: str, run_id: str, artifacts_in: dict[str, Any],
                              outputs={ref.split(".")[1]: _location(art)})
              for ref, art in artifacts_in.items()]
     run_dir = os.path.dirname(html_out.path)
-    report.write(run_dir, run_id, "succeeded", steps, path=html_out.path)
+    recorded = (apply_overrides(json.loads(config_json), dict(overrides or {})).get(
+        invoke.RECORD) if config_json else None)
+    report.write(run_dir, run_id, "succeeded", steps, path=html_out.path, config=recorded)
     context = invoke.Context.from_json(context_json)
     previous_refs = {ref for node in dag.STEPS for ref in node.previous.values()}
     Registry(context.registry_root).record_pipeline_state(
@@ -925,7 +949,8 @@ def run_local(config: PipelineConfig, runs_dir: str = "runs", config_path: str |
         try:
             path = report.write(os.path.join(runs_dir, run_id), run_id, status,
                                 recorder.results, None if error is None else str(error),
-                                plot_cache=os.path.join(runs_dir, ".plots"))
+                                plot_cache=os.path.join(runs_dir, ".plots"),
+                                config=invoke.recorded_config(config))
             log(f"  report   {path}")
         except Exception as exc:  # a report must never fail the run it describes
             log(f"  (report not written: {type(exc).__name__}: {exc})")

@@ -115,7 +115,8 @@ class LocalRunner:
 
         try:
             path = report.write(os.path.join(self.runs_dir, run_id), run_id, status, results,
-                                error, plot_cache=os.path.join(self.runs_dir, ".plots"))
+                                error, plot_cache=os.path.join(self.runs_dir, ".plots"),
+                                config=invoke.recorded_config(self.config))
         except Exception as exc:  # a report must never fail the run it describes
             self.log(f"  (report not written: {type(exc).__name__}: {exc})")
             return

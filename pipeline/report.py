@@ -1,8 +1,10 @@
 """The run report: one self-contained `report.html` (plots embedded, PNGs also written
-next to it) per run, for the reviewer of a promotion: data and quarantine summary,
-anomalies, training curves, confusion matrix, per-class metrics, every blessing check
-with the baseline comparison and its confidence interval, a gallery of the most
-confident mistakes, and what was pushed where."""
+next to it) per run, for the reviewer of a promotion: what was pushed where, every
+blessing check with the baseline comparison and its confidence interval, per-slice and
+per-class metrics, the candidate's and the baseline's confusion matrices side by side,
+ROC, precision-recall and calibration curves, a gallery of the most confident mistakes,
+training curves, the config and tuned values that made the model, pointers to the
+TensorBoard logs and the stored TFMA result, data and quarantine, anomalies."""
 
 from __future__ import annotations
 
@@ -16,11 +18,15 @@ from components import artifacts, fileio
 
 STYLE = """body{font:14px system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;
-text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+text-align:left;vertical-align:top}th{background:#f3f3f3}td.num{text-align:right}
 .pass{color:#17702a;font-weight:600}.fail{color:#b00020;font-weight:600}
 .gallery{display:flex;flex-wrap:wrap;gap:10px}.gallery figure{margin:0;width:120px;
 font-size:11px}.gallery img{width:96px;image-rendering:pixelated;border:1px solid #ccc}
-h2{border-bottom:1px solid #ddd;padding-bottom:3px;margin-top:1.6em}"""
+h2{border-bottom:1px solid #ddd;padding-bottom:3px;margin-top:1.6em}img{max-width:100%}
+.config{display:flex;flex-wrap:wrap;gap:14px;align-items:flex-start}.config table{margin:0}
+.config caption{font-weight:600;text-align:left;padding-bottom:2px}
+.tuned{background:#fff5d6;font-weight:600}code{background:#f4f4f4;padding:1px 4px}
+.pointers li{margin:.3em 0}"""
 
 
 def _read_json(path: str) -> Any:
@@ -30,20 +36,27 @@ def _read_json(path: str) -> Any:
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     def cell(value: Any) -> str:
         if isinstance(value, float):
-            # counts stored as floats (TFMA's example_count) read as counts
-            if value.is_integer() and abs(value) < 1e15:
-                return str(int(value))
-            # rates to 3 decimals; small values (learning rates) to 3 significant digits
-            return f"{value:.3f}" if abs(value) >= 0.01 else f"{value:.3g}"
+            # rates to 3 decimals (1.000, not 1: counts are ints by the time they get
+            # here); small values (learning rates) to 3 significant digits
+            return f"{value:.3f}" if abs(value) >= 0.01 or value == 0 else f"{value:.3g}"
         return html.escape("" if value is None else str(value))
 
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     def td(value: Any) -> str:
-        css = getattr(value, "css", None)
+        css = " ".join(c for c in (getattr(value, "css", None), _numeric(value) and "num") if c)
         return f"<td class='{css}'>{cell(value)}</td>" if css else f"<td>{cell(value)}</td>"
 
     body = "".join("<tr>" + "".join(td(v) for v in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
+
+
+class Figure(str):
+    """A number already formatted (seconds to 0.1): shown as is, aligned as a number."""
+
+
+def _numeric(value: Any) -> bool:
+    """Numbers sit right-aligned in a table."""
+    return isinstance(value, (int, float, Figure)) and not isinstance(value, bool)
 
 
 def _draw_curves(history: dict) -> bytes:
@@ -55,27 +68,55 @@ def _draw_curves(history: dict) -> bytes:
                 ax.plot(range(1, len(history[prefix + key]) + 1), history[prefix + key],
                         marker="o", markersize=3, label=label)   # one epoch: a point
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(_whole_numbers())
         ax.set_title(key)
         ax.legend()
     return _to_png(plt, fig)
 
 
+def _whole_numbers():
+    """Axis ticks on whole numbers (epochs, trials): 1, 2, not 1.0, 1.2, ..."""
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
+
+
+def _by_name(matrix: list[list[int]], vocabulary: list[str], classes: list[str]
+             ) -> list[list[int]]:
+    """A confusion matrix in vocabulary order -> rows and columns in `classes` order
+    (a class the model does not know: zeros)."""
+    index = {name: i for i, name in enumerate(vocabulary)}
+    return [[matrix[index[a]][index[b]] if a in index and b in index
+             and index[a] < len(matrix) and index[b] < len(matrix[index[a]]) else 0
+             for b in classes] for a in classes]
+
+
 def _draw_confusion(data: dict) -> bytes:
+    """The candidate's confusion matrix, and the baseline's beside it on the same eval
+    examples when there is one; classes by name in both."""
     plt = _pyplot()
-    confusion, vocab = data["confusion"], data["vocabulary"]
+    panels = [(data["title"], data["confusion"])]
+    if data.get("baseline") is not None:
+        panels.append((data["baseline_title"], data["baseline"]))
+    vocab = data["classes"]
     size = max(3.5, 0.45 * len(vocab))
-    fig, ax = plt.subplots(figsize=(size + 1, size))
-    im = ax.imshow(confusion, cmap="Blues")
-    ax.set_xticks(range(len(vocab)), vocab, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(len(vocab)), vocab, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if len(vocab) <= 15:
-        for i, row in enumerate(confusion):
-            for j, value in enumerate(row):
-                ax.text(j, i, str(value), ha="center", va="center", fontsize=7,
-                        color="white" if value > max(map(max, confusion)) / 2 else "black")
-    fig.colorbar(im)
+    fig, axes = plt.subplots(1, len(panels), figsize=((size + 1) * len(panels), size),
+                             squeeze=False)
+    for ax, (title, confusion) in zip(axes[0], panels):
+        im = ax.imshow(confusion, cmap="Blues")
+        ax.set_xticks(range(len(vocab)), vocab, rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(len(vocab)), vocab, fontsize=8)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(title, fontsize=10)
+        if len(vocab) <= 15:
+            top = max(map(max, confusion)) or 1
+            for i, row in enumerate(confusion):
+                for j, value in enumerate(row):
+                    ax.text(j, i, str(value), ha="center", va="center", fontsize=7,
+                            color="white" if value > top / 2 else "black")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
     return _to_png(plt, fig)
 
 
@@ -90,26 +131,98 @@ def _draw_trials(record: dict) -> bytes:
     best = [pick(ys[:i + 1]) for i in range(len(ys))]
     ax.step(xs, best, where="post", color="tab:green", label="best so far")
     ax.set_xlabel("trial")
+    ax.xaxis.set_major_locator(_whole_numbers())
     ax.set_ylabel(record["objective"])
     ax.legend()
     return _to_png(plt, fig)
 
 
-def _training_notes(model_uri: str, manifest: dict | None) -> str:
-    """Where the TensorBoard logs are, and what trained (kind, plan, tuned values)."""
+def _training_notes(manifest: dict | None) -> str:
+    """What trained (kind, plan) and the tuned values it trained with."""
     props = (manifest or {}).get("properties", {})
-    lines = [f"TensorBoard: <code>tensorboard --logdir "
-             f"{html.escape(fileio.join(model_uri, 'logs'))}</code>"]
+    lines = []
     if props.get("kind"):
         lines.append(f"{html.escape(str(props['kind']))}, {props.get('trainable_params', 0):,} "
                      f"trainable parameters, {props.get('epochs')} epochs, "
                      f"{html.escape(str(props.get('strategy')))} "
                      f"({html.escape(str(props.get('training_plan', '')))})")
-    tuned = (props.get("hyperparameters") or {}).get("best")
+    tuned = _tuned(manifest)
     if tuned:
         lines.append("Tuned values: " + html.escape(
-            ", ".join(f"{k}={v}" for k, v in tuned.items())))
+            ", ".join(f"{k}={_config_value(v)}" for k, v in tuned.items())))
     return "".join(f"<p>{line}</p>" for line in lines)
+
+
+def _tuned(manifest: dict | None) -> dict[str, Any]:
+    """The tuned values train applied over its config (dotted keys), if any."""
+    props = (manifest or {}).get("properties", {})
+    return dict((props.get("hyperparameters") or {}).get("best") or {})
+
+
+def _pointers(model_uri: str | None, evaluation_uri: str | None,
+              metrics: dict | None) -> str:
+    """Where to look further: the TensorBoard logs and the stored TFMA result."""
+    items = []
+    if model_uri:
+        items.append("TensorBoard (training curves, graph): <code>tensorboard --logdir "
+                     f"{html.escape(fileio.join(model_uri, 'logs'))}</code>")
+    if evaluation_uri:
+        name = (metrics or {}).get("tfma_model_name")
+        if name is None and (metrics or {}).get("comparison"):
+            name = "candidate"          # evaluations written before the name was recorded
+        arguments = repr(fileio.join(evaluation_uri, "tfma")) + (
+            f", model_name={name!r}" if name else "")
+        items.append("TFMA result (slices, plots, in a notebook): <code>import "
+                     "tensorflow_model_analysis as tfma; result = "
+                     f"tfma.load_eval_result({html.escape(arguments)})</code>")
+    if not items:
+        return ""
+    return ("<h2>Look further</h2><ul class='pointers'>"
+            + "".join(f"<li>{item}</li>" for item in items) + "</ul>")
+
+
+def _flatten(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(tree, dict) and tree:
+        out: list[tuple[str, Any]] = []
+        for key, value in tree.items():
+            out.extend(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return [(prefix, tree)]
+
+
+def _config_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"            # a tuned learning rate, not 0.00010928280642635887
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    if value is None:
+        return "none"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _config_section(config: dict[str, Any], tuned: dict[str, Any]) -> str:
+    """The sections the model card records, one small table each; a value the search
+    tuned is shown as trained, with the config's value beside it."""
+    tables = []
+    for section, values in config.items():
+        rows = []
+        for key, value in _flatten(values or {}):
+            dotted = f"{section}.{key}"
+            if dotted in tuned:
+                rows.append(f"<tr class='tuned'><td>{html.escape(key)}</td><td>"
+                            f"{html.escape(_config_value(tuned[dotted]))} (tuned; config "
+                            f"{html.escape(_config_value(value))})</td></tr>")
+            else:
+                rows.append(f"<tr><td>{html.escape(key)}</td>"
+                            f"<td>{html.escape(_config_value(value))}</td></tr>")
+        tables.append(f"<table><caption>{html.escape(section)}</caption>{''.join(rows)}"
+                      "</table>")
+    missing = {k: v for k, v in tuned.items() if k.split(".")[0] not in config}
+    extra = ("<p>Tuned values outside these sections: " + html.escape(", ".join(
+        f"{k}={v}" for k, v in missing.items())) + "</p>") if missing else ""
+    return ("<h2>Config</h2><p>The sections recorded in the model card"
+            + (" (tuned values highlighted)" if tuned else "") + ".</p>"
+            + f"<div class='config'>{''.join(tables)}</div>" + extra)
 
 
 def _tune_section(record: dict, image: str) -> str:
@@ -121,7 +234,8 @@ def _tune_section(record: dict, image: str) -> str:
                 + "</p>")
     keys = list(record["space"])
     rows = [[("★ " if t["trial"] == record["best_trial"] else "") + str(t["trial"]),
-             *[t["values"].get(k) for k in keys], t["score"], t["seconds"]]
+             *[t["values"].get(k) for k in keys], t["score"],
+             None if t["seconds"] is None else Figure(f"{t['seconds']:.1f}")]
             for t in record["trials"]]
     head = (f"<h2>Tuning</h2><p>{record['algorithm']} search, {len(record['trials'])} "
             f"trials of {record['epochs_per_trial']} epochs, {record['seconds']} s; best "
@@ -142,7 +256,7 @@ def _draw_roc_calibration(data: dict) -> bytes:
     shown = np.argsort(-positive.sum(axis=1))[:12]             # the 12 largest classes
     from components.gate import roc_points
 
-    for index in sorted(shown):
+    for index in sorted(shown, key=lambda i: str(vocab[i]) if i < len(vocab) else str(i)):
         points = roc_points(positive[index], negative[index])
         if points is not None:
             roc.plot(*points, linewidth=1,
@@ -163,6 +277,33 @@ def _draw_roc_calibration(data: dict) -> bytes:
     cal.set_xlabel("predicted probability")
     cal.set_ylabel("observed frequency")
     cal.set_title("calibration (all classes pooled)")
+    return _to_png(plt, fig)
+
+
+def _draw_precision_recall(data: dict) -> bytes:
+    """Per-class one-vs-rest precision-recall curves (the 12 largest classes), each
+    with its average precision, from the evaluator's histograms."""
+    import numpy as np
+
+    from components.gate import pr_points
+
+    plt = _pyplot()
+    positive, negative = np.asarray(data["positive"]), np.asarray(data["negative"])
+    vocab = data["vocabulary"]
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    shown = np.argsort(-positive.sum(axis=1))[:12]
+    for index in sorted(shown, key=lambda i: str(vocab[i]) if i < len(vocab) else str(i)):
+        points = pr_points(positive[index], negative[index])
+        if points is not None:
+            recall, precision, average = points
+            name = vocab[index] if index < len(vocab) else str(index)
+            ax.plot(recall, precision, linewidth=1, label=f"{name} (AP {average:.3f})")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_title("precision-recall, one class vs the rest")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))  # off the curves
     return _to_png(plt, fig)
 
 
@@ -230,17 +371,36 @@ def _plots(history: dict | None, metrics: dict | None, out_dir: str,
     if curves:
         images["roc"] = _plot("roc_calibration", curves, _draw_roc_calibration, out_dir,
                               cache_dir)
+        images["pr"] = _plot("precision_recall", curves, _draw_precision_recall, out_dir,
+                             cache_dir)
     if tuning and tuning.get("searched") and tuning.get("trials"):
         images["trials"] = _plot("tuning_trials", tuning, _draw_trials, out_dir, cache_dir)
     if history and history.get("loss"):
         images["curves"] = _plot("training_curves", history, _draw_curves, out_dir, cache_dir)
-    confusion = (metrics or {}).get("metrics", {}).get("confusion")
-    vocab = (metrics or {}).get("label_vocabulary")
-    if confusion and vocab and any(any(row) for row in confusion):
-        images["confusion"] = _plot("confusion_matrix",
-                                    {"confusion": confusion, "vocabulary": vocab},
-                                    _draw_confusion, out_dir, cache_dir)
+    confusion = _confusion_data(metrics)
+    if confusion:
+        images["confusion"] = _plot("confusion_matrix", confusion, _draw_confusion, out_dir,
+                                    cache_dir)
     return images
+
+
+def _confusion_data(metrics: dict | None) -> dict | None:
+    """The candidate's confusion matrix and, with a baseline, the baseline's on the
+    same examples: both with rows and columns in class-name order."""
+    metrics = metrics or {}
+    confusion = metrics.get("metrics", {}).get("confusion")
+    vocab = metrics.get("label_vocabulary")
+    if not (confusion and vocab and any(any(row) for row in confusion)):
+        return None
+    base = (metrics.get("baseline_metrics") or {}).get("confusion")
+    base_vocab = metrics.get("baseline_vocabulary") or vocab
+    classes = sorted(set(vocab) | (set(base_vocab) if base else set()), key=str)
+    data = {"classes": classes, "confusion": _by_name(confusion, vocab, classes),
+            "title": "this run's model", "baseline": None}
+    if base and any(any(row) for row in base):
+        data.update(baseline=_by_name(base, base_vocab, classes),
+                    baseline_title=f"baseline {metrics.get('baseline') or ''}".strip())
+    return data
 
 
 def _push_section(push: dict) -> str:
@@ -262,12 +422,10 @@ def _blessing_section(blessing: dict, infra: dict | None) -> str:
 
 
 def _bound(bound: dict | None) -> str:
-    """{'min': 0.8} -> '>= 0.8'; {'min': 0.1, 'max': 0.9} -> '>= 0.1, <= 0.9'."""
-    if not bound:
-        return ""
-    signs = {"min": ">=", "max": "<="}
-    return ", ".join(f"{signs.get(k, k)} {v:.4g}" if isinstance(v, (int, float)) else
-                     f"{k} {v}" for k, v in bound.items())
+    """{'min': 0.8} -> '>= 0.8' (components.gate.bound_words)."""
+    from components.gate import bound_words
+
+    return bound_words(bound).replace(" ", "\u00a0")      # one line: '>= -0.2'
 
 
 # A drop against the baseline this large is shown as a warning even when the gate
@@ -302,13 +460,18 @@ def _evaluation_section(metrics: dict, images: dict[str, str], evaluation_uri: s
     base_slices = (metrics.get("baseline_metrics") or {}).get("slices", {})
     parts.append(_table(["slice", "accuracy", "top-k accuracy", "examples", "baseline accuracy"],
                         [[name, v.get("accuracy"), v.get("top_k_accuracy"),
-                          v.get("example_count"), base_slices.get(name, {}).get("accuracy")]
+                          _count(v.get("example_count")),
+                          base_slices.get(name, {}).get("accuracy")]
                          for name, v in slices.items()]))
     parts.append(_per_class_table(metrics["metrics"]["per_class"], comparison))
     if "confusion" in images:
-        parts.append("<h3>Confusion matrix</h3>" + images["confusion"])
+        both = bool((metrics.get("baseline_metrics") or {}).get("confusion"))
+        parts.append(("<h3>Confusion matrices: this run's model and the baseline</h3>"
+                      if both else "<h3>Confusion matrix</h3>") + images["confusion"])
     if "roc" in images:
         parts.append("<h3>ROC and calibration</h3>" + images["roc"])
+    if "pr" in images:
+        parts.append("<h3>Precision-recall</h3>" + images["pr"])
     parts.append(_gallery(metrics.get("gallery") or [], evaluation_uri))
     return "".join(parts)
 
@@ -326,6 +489,11 @@ def _per_class_table(per_class: dict, comparison: dict | None) -> str:
     return "<h3>Per class</h3>" + _table(
         ["class", "precision", "recall", "F1", "AUC", "calibration", "baseline recall",
          "recall change"], rows)
+
+
+def _count(value: Any) -> Any:
+    """TFMA stores counts as floats: 39.0 -> 39."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 class Marked(float):
@@ -378,10 +546,12 @@ def _validation_section(anomalies: Any) -> str:
 
 
 def write(run_dir: str, run_id: str, status: str, steps: list[Any], error: str | None = None,
-          path: str | None = None, plot_cache: str | None = None) -> str:
+          path: str | None = None, plot_cache: str | None = None,
+          config: dict[str, Any] | None = None) -> str:
     """Writes `run_dir/report.html` (or `path`) from the run's step results: objects with
     `step`, `status`, `seconds`, `decision` and `outputs` {name: uri}. `plot_cache`: a
-    folder where plots are kept by the hash of their data, shared by runs."""
+    folder where plots are kept by the hash of their data, shared by runs. `config`:
+    the sections the model card records ({section: values})."""
     os.makedirs(run_dir, exist_ok=True)
     outputs = {f"{s.step}.{name}": uri for s in steps for name, uri in s.outputs.items()}
 
@@ -405,7 +575,7 @@ def write(run_dir: str, run_id: str, status: str, steps: list[Any], error: str |
         parts.append(f"<p class='fail'>{html.escape(error)}</p>")
     parts.append("<h2>Steps</h2>" + _table(
         ["step", "status", "seconds", "decision"],
-        [[s.step, s.status, round(s.seconds, 1), s.decision] for s in steps]))
+        [[s.step, s.status, Figure(f"{s.seconds:.1f}"), s.decision] for s in steps]))
     if push:
         parts.append(_push_section(push))
     if blessing:
@@ -414,12 +584,16 @@ def write(run_dir: str, run_id: str, status: str, steps: list[Any], error: str |
         parts.append(_infra_line(infra))
     if metrics:
         parts.append(_evaluation_section(metrics, images, outputs["evaluate.evaluation"]))
+    model_manifest = art("train.trained_model", artifacts.MANIFEST_NAME)
     if history:
         parts.append("<h2>Training</h2>" + images.get("curves", "")
-                     + _training_notes(outputs["train.trained_model"],
-                                       art("train.trained_model", artifacts.MANIFEST_NAME)))
+                     + _training_notes(model_manifest))
     if tuning:
         parts.append(_tune_section(tuning, images.get("trials", "")))
+    if config:
+        parts.append(_config_section(config, _tuned(model_manifest)))
+    parts.append(_pointers(outputs.get("train.trained_model") if history else None,
+                           outputs.get("evaluate.evaluation") if metrics else None, metrics))
     if stats:
         parts.append(_data_section(stats))
     if anomalies is not None:

@@ -192,9 +192,162 @@ def test_report_puts_overall_first_reads_bounds_and_flags_drops(tmp_path):
                                       "blessing": str(blessing)})]
     page = open(report.write(str(tmp_path / "run"), "r1", "succeeded", steps)).read()
     assert "Warning: accuracy is 13.6% below the baseline m:1" in page
-    assert "<td>&gt;= 0.5</td>" in page                      # not raw JSON
+    assert "<td>&gt;=\xa00.5</td>" in page                    # not raw JSON, on one line
     assert page.index("<td>overall</td>") < page.index("<td>label=b</td>")
     assert page.index("<td>a</td>") < page.index("<td>b</td>")   # classes by name
-    assert "<td class='fail'>-0.410</td>" in page              # a 41-point recall drop
-    assert "<td>0.700</td>" in page                             # rates to 3 decimals
-    assert "<td>39</td>" in page                               # a count, not 39.0000
+    assert "<td class='fail num'>-0.410</td>" in page          # a 41-point recall drop
+    assert "<td class='num'>0.700</td>" in page                # rates to 3 decimals
+    assert "<td class='num'>39</td>" in page                   # a count, not 39.0000
+
+
+def test_precision_recall_points_match_scikit_learn():
+    """Precision-recall per class from the evaluator's histograms: the average
+    precision agrees with scikit-learn's on the unbinned scores."""
+    from sklearn import metrics
+
+    from components import scoring
+
+    rng = np.random.default_rng(1)
+    truth = rng.integers(0, 3, 900)
+    logits = rng.normal(size=(900, 3)) + 1.2 * np.eye(3)[truth]
+    probs = (np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)).astype(np.float32)
+    curves = scoring.curve_histograms(probs, list(truth))
+    for index in range(3):
+        recall, precision, average = gate.pr_points(curves["positive"][index],
+                                                    curves["negative"][index])
+        assert recall[0] == 0 and recall[-1] == pytest.approx(1.0)
+        assert precision[-1] == pytest.approx((truth == index).mean())   # threshold 0
+        assert average == pytest.approx(
+            metrics.average_precision_score(truth == index, probs[:, index]), abs=5e-3)
+    assert gate.pr_points(np.zeros(10), np.ones(10)) is None         # no positives
+
+
+class _Page:
+    """report.html parsed: headings, tables' cells, images, code pointers."""
+
+    def __init__(self, text):
+        from html.parser import HTMLParser
+
+        page = self
+        self.headings, self.cells, self.images, self.codes = [], [], [], []
+        self.tuned_rows = []
+
+        class Parser(HTMLParser):
+            stack = []
+
+            def handle_starttag(self, tag, attrs):
+                attrs = dict(attrs)
+                self.stack.append((tag, attrs))
+                if tag == "img":
+                    page.images.append(attrs["src"])
+
+            def handle_endtag(self, tag):
+                while self.stack and self.stack.pop()[0] != tag:
+                    pass
+
+            def handle_data(self, data):
+                tags = [t for t, _ in self.stack]
+                if tags and tags[-1] in ("h1", "h2", "h3"):
+                    page.headings.append(data.strip())
+                elif tags and tags[-1] in ("td", "th"):
+                    page.cells.append(data.strip())
+                    if any(a.get("class") == "tuned" for t, a in self.stack if t == "tr"):
+                        page.tuned_rows.append(data.strip())
+                elif tags and tags[-1] == "code":
+                    page.codes.append(data.strip())
+
+        Parser().feed(text)
+
+
+def test_report_decides_a_promotion(tmp_path):
+    """The report shows both confusion matrices (classes by name, each in its own
+    vocabulary's order before), ROC, calibration and precision-recall from the stored
+    histograms, the recorded config with the tuned values marked, and the TensorBoard
+    and tfma.load_eval_result pointers; self-contained (every image embedded)."""
+    import io
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from components import scoring
+    from pipeline import report
+
+    evaluation, blessing, model = (tmp_path / n for n in ("evaluation", "blessing", "model"))
+    for folder in (evaluation, blessing, model):
+        folder.mkdir()
+    rng = np.random.default_rng(2)
+    truth = rng.integers(0, 3, 120)
+    probs = np.eye(3)[truth] * 0.6 + rng.uniform(size=(120, 3)) * 0.4
+    probs = (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
+    curves = scoring.curve_histograms(probs, list(truth))
+    np.savez(evaluation / "curves.npz", positive=curves["positive"],
+             negative=curves["negative"])
+    (evaluation / "metrics.json").write_text(json.dumps({
+        "metrics": {"slices": {"overall": {"accuracy": 0.925, "example_count": 120.0}},
+                    "per_class": {"cat": {"precision": 0.9, "recall": 1.0}},
+                    "confusion": [[40, 1, 0], [2, 35, 3], [1, 2, 36]]},   # dog, cat, fox
+        "label_vocabulary": ["dog", "cat", "fox"],
+        "baseline": "pets:3",
+        "baseline_metrics": {"slices": {"overall": {"accuracy": 0.9}},
+                             "confusion": [[37, 2, 1], [1, 36, 4], [3, 1, 35]]},
+        "baseline_vocabulary": ["cat", "fox", "dog"],
+        "tfma_model_name": "candidate",
+        "comparison": {"baseline": "pets:3", "baseline_accuracy": 0.9,
+                       "candidate_accuracy": 0.925, "difference": 0.025, "confidence": 0.95,
+                       "ci_low": -0.01, "ci_high": 0.06, "mcnemar_p": 0.2, "examples": 120,
+                       "class_recall": {}}}))
+    (blessing / "blessing.json").write_text(json.dumps(
+        {"blessed": True, "reason": "all checks passed", "checks": []}))
+    (model / "history.json").write_text(json.dumps({"loss": [0.9, 0.5], "accuracy": [0.6, 0.8]}))
+    (model / "artifact.json").write_text(json.dumps({"properties": {
+        "kind": "cnn", "trainable_params": 4914, "epochs": 2, "strategy": "default",
+        "hyperparameters": {"best": {"model.dropout": 0.1}}}}))
+    steps = [SimpleNamespace(step="train", status="ran", seconds=3.25, decision="x",
+                             outputs={"trained_model": str(model)}),
+             SimpleNamespace(step="evaluate", status="ran", seconds=1.0, decision="x",
+                             outputs={"evaluation": str(evaluation), "blessing": str(blessing)})]
+    config = {"model": {"kind": "cnn", "dropout": 0.25, "hidden_units": [64]},
+              "train": {"epochs": 2, "optimizer": {"name": "adam", "learning_rate": 0.01}}}
+    run_dir = tmp_path / "run"
+    page = _Page(open(report.write(str(run_dir), "r1", "succeeded", steps,
+                                   config=config)).read())
+
+    for heading in ("Blessing", "Evaluation", "Training", "Config", "Look further",
+                    "Confusion matrices: this run's model and the baseline",
+                    "ROC and calibration", "Precision-recall"):
+        assert heading in page.headings, heading
+    assert page.headings.index("Config") > page.headings.index("Training")
+    assert "3.2" in page.cells and "0.925" in page.cells and "120" in page.cells
+    assert "1.000" in page.cells                                 # a rate of 1, not a count
+    assert ["dropout", "0.1 (tuned; config 0.25)"] == page.tuned_rows
+    assert "optimizer.learning_rate" in page.cells and "[64]" in page.cells
+    assert f"tensorboard --logdir {model / 'logs'}" in page.codes
+    assert ("import tensorflow_model_analysis as tfma; result = tfma.load_eval_result("
+            f"'{evaluation / 'tfma'}', model_name='candidate')") in page.codes
+    assert all(src.startswith("data:image/png;base64,") for src in page.images)
+    assert len(page.images) == 4      # training curves, confusion, ROC+calibration, PR
+    for name in ("confusion_matrix", "roc_calibration", "precision_recall"):
+        assert (run_dir / f"{name}.png").is_file()
+    width, height = Image.open(io.BytesIO((run_dir / "confusion_matrix.png").read_bytes())).size
+    assert width > 1.6 * height                                     # two matrices side by side
+
+    # the matrices in class-name order, each from its own vocabulary
+    from pipeline.report import _confusion_data
+
+    data = _confusion_data(json.load(open(evaluation / "metrics.json")))
+    assert data["classes"] == ["cat", "dog", "fox"]
+    assert data["confusion"][0] == [35, 2, 3]          # true cat: cat, dog, fox
+    assert data["baseline"][0] == [37, 1, 2] and data["baseline_title"] == "baseline pets:3"
+
+
+def test_a_failed_check_reads_its_bound_in_words():
+    """The blessing's reason (printed as NOTHING PUSHED: ...) says '(needs >= 0.5)',
+    not a JSON object."""
+    blessed, reason = evaluate._verdict(True, [
+        {"check": "accuracy (overall)", "value": 0.41234, "bound": {"min": 0.5},
+         "verdict": "fail"},
+        {"check": "accuracy change vs m:1", "value": -0.2, "bound": {"min": -0.01},
+         "verdict": "fail"}])
+    assert not blessed
+    assert reason == ("accuracy (overall): 0.4123 (needs >= 0.5); accuracy change vs m:1: "
+                      "-0.2 (needs >= -0.01)")

@@ -884,3 +884,25 @@ def test_drift_on_kfp_a_second_run_validates_against_the_first_runs_statistics(
     # an unchanged distribution passes the same gate
     same = stats_artifact(root / "run-3" / "ingest", "statistics", BASE)
     assert validate("run-3", same)[1] is True
+
+
+def test_the_report_task_shows_the_recorded_config_with_run_time_values(tmp_path, monkeypatch):
+    """On KFP / Vertex the report shows the config the model card records, with the
+    run's pipeline parameters applied (a schedule's train_epochs, not the compiled one)."""
+    from types import SimpleNamespace
+
+    from pipeline import invoke
+
+    monkeypatch.setattr(kfp_pipeline, "_exit_without_teardown", lambda: None)
+    cfg = config_lib.load(None, ["name=photos", f"push.destination={tmp_path / 'serving'}"])
+    compiled = json.loads(kfp_pipeline.report_config(cfg))
+    assert "epochs" not in compiled["record"]["train"]                # a run-time parameter
+    assert "kind" not in compiled["record"]["model"] and "dropout" in compiled["record"]["model"]
+    arts = {ref: SimpleNamespace(path=str(tmp_path / ref), uri=str(tmp_path / ref), metadata={})
+            for ref in kfp_pipeline.REPORT_INPUTS}
+    html_out = SimpleNamespace(path=str(tmp_path / "report" / "report"))
+    kfp_pipeline.write_report(invoke.Context.from_config(cfg).to_json(), "run-1", arts,
+                              html_out, kfp_pipeline.report_config(cfg), {"train.epochs": 7})
+    page = open(html_out.path).read()
+    assert "<caption>train</caption>" in page and "<td>epochs</td><td>7</td>" in page
+    assert "<caption>data</caption>" in page and "<caption>evaluate</caption>" in page

@@ -295,7 +295,8 @@ def _verdict(tfma_ok: bool, checks: list[dict[str, Any]]) -> tuple[bool, str]:
     failed = [c for c in checks if c["verdict"] == "fail"]
     reason = "all checks passed" if blessed else "; ".join(
         f"{c['check']}: {c['value'] if c['value'] is None else round(c['value'], 4)}"
-        f"{' vs ' + json.dumps(c['bound']) if c.get('bound') else ''}" for c in failed) \
+        f"{' (needs ' + gate.bound_words(c['bound']) + ')' if c.get('bound') else ''}"
+        for c in failed) \
         or "TFMA validation failed"
     return blessed, reason
 
@@ -372,7 +373,12 @@ def run(examples: artifacts.Artifact, trained_model: artifacts.Artifact,
         summary = {"model": trained_model.uri, "baseline": base_ref,
                    "examples": len(rows), "metrics": metrics, "baseline_metrics": base_metrics,
                    "comparison": comparison, "class_recall": recalls, "gallery": gallery,
-                   "label_vocabulary": vocabulary, "scoring_and_tfma_seconds": round(seconds, 2)}
+                   "label_vocabulary": vocabulary,
+                   # the baseline's confusion matrix is in its own class order
+                   "baseline_vocabulary": base_vocab if baseline else None,
+                   # tfma.load_eval_result(tfma/, model_name=...) reads the stored result
+                   "tfma_model_name": CANDIDATE if baseline else None,
+                   "scoring_and_tfma_seconds": round(seconds, 2)}
         fileio.write_text(writer.file("metrics.json"), json.dumps(summary, indent=2))
         writer.properties = {"accuracy": overall.get("accuracy"),
                              "examples": len(rows), "baseline": base_ref}
