@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 
 from components import artifacts, features, fileio
-from components.config import TrainConfig
+from components.config import CACHE_BYTES_PER_EXAMPLE, TrainConfig
 from components.errors import TrainingError
 
 
@@ -183,6 +183,11 @@ def is_chief(strategy) -> bool:
                                     and resolver.task_id == 0)
 
 
+def cache_bytes(count: int, shape: list[int]) -> int:
+    """What caching `count` decoded examples of `shape` costs in memory."""
+    return count * (math.prod(shape) + CACHE_BYTES_PER_EXAMPLE)
+
+
 def make_dataset(graph: artifacts.Artifact, examples: artifacts.Artifact, split: str,
                  batch_size: int, cfg: TrainConfig, training: bool, sparse: bool,
                  static: bool = False):
@@ -207,7 +212,7 @@ def make_dataset(graph: artifacts.Artifact, examples: artifacts.Artifact, split:
         return image, label
 
     count = graph.properties["counts"].get(split, 0)
-    fits = count * math.prod(shape) <= cfg.cache_memory_mb * 2 ** 20
+    fits = cache_bytes(count, shape) <= cfg.cache_memory_mb * 2 ** 20
     ds = _examples(files, parse, count, fits, training, cfg)
     if fits:
         # Past the in-memory cache the work is light (shuffle, batch, scale), and tf.data's

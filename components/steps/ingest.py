@@ -216,8 +216,9 @@ _PENDING_PIXELS = 1 << 24
 def process_unit(unit: sources.WorkUnit, *, data: DataConfig, ingest: IngestConfig
                  ) -> Iterator[Any]:
     """Reads and checks every input of a work unit: one (split, [Record]) shard per
-    split, and a tagged quarantine entry per bad input. Array sources are decoded once
-    per process (`sources.load_arrays` keeps the last one)."""
+    split (train shards as the main output, eval shards tagged "eval"), and a tagged
+    quarantine entry per bad input. Array sources are decoded once per process
+    (`sources.load_arrays` keeps the last one)."""
     from apache_beam import pvalue
 
     classes = frozenset(data.classes) if data.classes else None
@@ -251,7 +252,10 @@ def process_unit(unit: sources.WorkUnit, *, data: DataConfig, ingest: IngestConf
     for record in with_statistics(pending):
         by_split.setdefault(record.split, []).append(record)
     for split, records in sorted(by_split.items()):
-        yield split, records
+        # Apart from the start: only eval shards wait for the whole dataset's decision,
+        # so only they are held between stages (the runner keeps a stage's input).
+        yield (split, records) if split == "train" else pvalue.TaggedOutput("eval",
+                                                                            (split, records))
 
 
 def shard_stats(shard: tuple[str, list[Record]]) -> dict[str, Any]:
@@ -259,10 +263,6 @@ def shard_stats(shard: tuple[str, list[Record]]) -> dict[str, Any]:
     for record in shard[1]:
         _add(acc, record)
     return acc
-
-
-def split_is(shard: tuple[str, list[Record]], split: str) -> bool:
-    return shard[0] == split
 
 
 def thumbnail_rows(shard: tuple[str, list[Record]]) -> tuple[str, str, bytes]:
@@ -317,11 +317,11 @@ def decide(shards: list[tuple[str, str, bytes]], splits_given: bool, max_rms: fl
     duplicates: dict[str, int] = {}
     for (split, _), n in seen.items():
         duplicates[split] = duplicates.get(split, 0) + n - 1
-    kept = thumbs[keep].tobytes()
-    size = neardup.THUMBNAIL_BYTES
-    fileio.write_text(thumbnails_path, "".join(
-        f"{i}\t{split}\t{base64.b64encode(kept[n * size:(n + 1) * size]).decode()}\n"
-        for n, (i, split) in enumerate(final)))
+    with fileio.open_file(thumbnails_path, "w") as out:     # streamed: a line per image
+        for start in range(0, len(final), 8192):
+            out.write("".join(
+                f"{i}\t{split}\t{base64.b64encode(thumbs[k].tobytes()).decode()}\n"
+                for k, (i, split) in zip(keep[start:start + 8192], final[start:start + 8192])))
     return Decision(moved, dropped, duplicates)
 
 
@@ -390,19 +390,18 @@ def _build_pipeline(pipeline: Any, units: list[sources.WorkUnit], splits_given: 
     checked = (pipeline
                | "Units" >> beam.Create(units, reshuffle=parallel and len(units) > 1)
                | "Check" >> beam.FlatMap(process_unit, data=data, ingest=ingest)
-               .with_outputs("quarantine", main="shards"))
-    shards = checked.shards
+               .with_outputs("quarantine", "eval", main="train"))
     decision = beam.pvalue.AsSingleton(
-        shards
-        | "Thumbnails" >> beam.Map(thumbnail_rows)
+        [checked.train | "TrainThumbnails" >> beam.Map(thumbnail_rows),
+         checked.eval | "EvalThumbnails" >> beam.Map(thumbnail_rows)]
+        | "Thumbnails" >> beam.Flatten()
         | "AllThumbnails" >> beam.combiners.ToList()
         | "Decide" >> beam.Map(decide, splits_given, ingest.near_duplicate_rms,
                                fileio.join(stats_dir, "thumbnails.tsv")))
-    routed = (shards
-              | "EvalShards" >> beam.Filter(split_is, "eval")
+    routed = (checked.eval
               | "Route" >> beam.FlatMap(route_eval, decision).with_outputs("moved", main="eval"))
-    final = {("train", "part"): shards | "TrainShards" >> beam.Filter(split_is, "train"),
-             ("eval", "part"): routed.eval, ("train", "moved"): routed.moved}
+    final = {("train", "part"): checked.train, ("eval", "part"): routed.eval,
+             ("train", "moved"): routed.moved}
     stats = [parts | f"Write{split}{prefix}" >> beam.Map(write_shard, examples_dir, prefix)
              | f"Stats{split}{prefix}" >> beam.Map(shard_stats)
              for (split, prefix), parts in final.items()]
