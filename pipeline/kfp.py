@@ -737,13 +737,13 @@ class _TaskLog:
             self.recorder.end(ended[1], ended[2], self.lines, self.tail)
             self.task = None
             return
-        if self.task is None or task_step(self.task) is None:
+        if self.task is None:
             return
+        node = task_step(self.task)         # None: the resolve or report task
         text = line[len(_TASK_INDENT):] if line.startswith(_TASK_INDENT) else line
-        prefix = f"{task_step(self.task).name}: "
-        if text.startswith(prefix):
-            self.lines.append(text[len(prefix):])
-        elif _STEP_LINE.match(text):
+        if node is not None and text.startswith(f"{node.name}: "):
+            self.lines.append(text[len(node.name) + 2:])
+        elif node is not None and _STEP_LINE.match(text):
             self.recorder.log(text.rstrip())
         elif text.strip() and not text.startswith("[KFP Executor") \
                 and not _NATIVE_LOG.match(text):
@@ -931,7 +931,10 @@ def run_local(config: PipelineConfig, runs_dir: str = "runs", config_path: str |
                 warnings.filterwarnings("ignore", module="kfp")
             build_pipeline(config)()
     except RuntimeError as exc:       # kfp.local: a task ended with FAILURE
-        failed = next(iter(recorder.running), None)
+        failed = task_log.task        # kfp.local raises before it logs the task's end
+        if failed is None:            # not a task's failure: kfp.local's own error
+            store.end_run(run_id, "failed", f"{type(exc).__name__}: {exc}")
+            raise
         tail = task_log.tail
         recorder.fail_running(tail)
         error = _task_error(tail, failed)

@@ -420,16 +420,18 @@ def _fake_kfp_local(blessed=True, fail_at=None):
                       f"status \x1b[92m{status}\x1b[0m\n")
             out.write("-" * 80 + "\n")
 
+        failure = ["Traceback (most recent call last):", '  File "x.py", line 1',
+                   "components.errors.DataError: the source has no images; add some."]
         out.write("08:00:00.000 - INFO - Running pipeline: \x1b[95m'tiny'\x1b[0m\n")
-        task("resolve", ["resolve: evaluate__baseline = (none)"])
+        task("resolve", ["resolve: evaluate__baseline = (none)"]
+             + (failure if fail_at == "resolve" else []),
+             status="FAILURE" if fail_at == "resolve" else "SUCCESS")
         for node in dag.STEPS:
             if node.name == "push" and not blessed:
                 continue
             folder = node.name.replace("_", "-")
             if node.name == fail_at:
-                task(folder, ["Traceback (most recent call last):", '  File "x.py", line 1',
-                              "components.errors.DataError: the source has no images; "
-                              "add some."], status="FAILURE")
+                task(folder, failure, status="FAILURE")
             for output in node.spec.outputs:
                 with artifacts.writing(os.path.join(root, folder, output),
                                        node.spec.output_type(output)) as writer:
@@ -515,24 +517,30 @@ def test_kfp_local_is_recorded_and_printed_like_a_local_run(tmp_path, capsys, mo
     assert "  ingest     running" in captured.err
 
 
-def test_a_failed_kfp_local_task_is_one_line_and_on_record(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("task", ["transform", "resolve"])
+def test_a_failed_kfp_local_task_is_one_line_and_on_record(tmp_path, capsys, monkeypatch, task):
+    """A step's or the resolve task's failure ends the CLI with the task's own error in
+    one line (exit 2 for a DataError), and the run is on record as failed."""
     from pipeline.local import describe_run
     from pipeline.metadata import MetadataStore
 
     runs = tmp_path / "runs"
     monkeypatch.setenv("FAKE_KFP_ROOT", str(runs))
-    monkeypatch.setattr(kfp_pipeline, "build_pipeline", _fake_kfp_local(fail_at="transform"))
+    monkeypatch.setattr(kfp_pipeline, "build_pipeline", _fake_kfp_local(fail_at=task))
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY.replace("SERVING", str(tmp_path / "serving")))
     assert cli.main(["run", str(config), "--engine", "kfp-local", "--runs-dir",
                      str(runs)]) == 2
     out, err = capsys.readouterr()
-    assert "  transform  FAILED" in out
     assert err.strip() == "imgpipe: error: the source has no images; add some."
     store = MetadataStore(str(runs / "metadata.sqlite"), read_only=True)
     [run] = store.list_runs()
     assert run["status"] == "failed" and "no images" in run["error"]
     steps = {s["step"]: s for s in describe_run(store, run["id"])["steps"]}
+    if task == "resolve":
+        assert steps == {}
+        return
+    assert "  transform  FAILED" in out
     assert steps["transform"]["status"] == "failed"
     assert "components.errors.DataError" in steps["transform"]["error"]
     assert steps["validate"]["status"] == "succeeded" and "train" not in steps
