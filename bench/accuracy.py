@@ -1,0 +1,67 @@
+"""Eval accuracy of the shipped configs against the floors the project holds them to.
+
+Runs `imgpipe run CONFIG --until evaluate` in a fresh folder for each config and seed
+(`--set train.seed=N`), as a user would, and prints each eval accuracy with its floor:
+fonts deep CNN >= 0.85, digits >= 0.95, sign-language deep CNN >= 0.85 (when
+../shared/data/sign_language_digits is there). Fashion-MNIST's floor is relative to the
+tutorial's own script, measured side by side by bench/fashion.py.
+Usage: python bench/accuracy.py [--seeds 42,1,2] [--configs fonts,digits,sign_language]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IMGPIPE = os.path.join(os.path.dirname(sys.executable), "imgpipe")
+PHOTOS = os.path.join(ROOT, "..", "shared", "data", "sign_language_digits")
+FLOORS = {"fonts": 0.85, "digits": 0.95, "sign_language": 0.85}
+
+
+def accuracy(config: str, seed: int, work: str, extra: list[str]) -> float:
+    out = subprocess.run([IMGPIPE, "run", config, "--until", "evaluate", "--set",
+                          f"train.seed={seed}", *extra], cwd=work, text=True,
+                         capture_output=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    found = re.search(r"accuracy ([\d.]+) on \d+ eval examples", out.stdout)
+    if out.returncode != 0 or not found:
+        raise SystemExit(f"{config} (seed {seed}) failed:\n{out.stdout[-2000:]}{out.stderr[-2000:]}")
+    return float(found[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seeds", default="42", help="comma-separated train.seed values")
+    parser.add_argument("--configs", default=",".join(FLOORS))
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    failed = []
+    for name in args.configs.split(","):
+        config = os.path.join(ROOT, "configs", f"{name}.yaml")
+        extra = []
+        if name == "sign_language":
+            if not os.path.isdir(PHOTOS):
+                print(f"{name}: skipped ({PHOTOS} is not here)")
+                continue
+            extra = ["--set", f"data.source={os.path.abspath(PHOTOS)}"]
+        with tempfile.TemporaryDirectory() as work:    # ingest and transform run once
+            values = [accuracy(config, seed, work, extra) for seed in seeds]
+        low = min(values)
+        verdict = "met" if low >= FLOORS[name] else "NOT met"
+        print(f"{name}: eval accuracy " + ", ".join(f"{v:.4f} (seed {s})"
+                                                   for v, s in zip(values, seeds))
+              + f"; median {statistics.median(values):.4f}, lowest {low:.4f}; "
+                f"floor {FLOORS[name]}: {verdict}", flush=True)
+        if low < FLOORS[name]:
+            failed.append(name)
+    if failed:
+        raise SystemExit(f"below the floor: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()
