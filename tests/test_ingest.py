@@ -379,3 +379,25 @@ def test_example_encoder_matches_protobuf():
                 value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value)
     for _ in range(2):      # the second time from the cache of repeated entries
         assert tf.train.Example.FromString(features.encode_example(values)) == expected
+
+
+def test_the_decode_recheck_catches_any_damaged_byte():
+    """Transform re-checks each record: a PNG by its chunk CRCs (one flipped byte of the
+    compressed pixels, a cut-off file), a JPEG by decoding it."""
+    import io
+
+    from PIL import Image
+
+    from components.imaging import BadImage, verify_decodes
+
+    png = fixtures.png_bytes(fixtures.class_pattern(1, 3))
+    verify_decodes(png)
+    idat = png.index(b"IDAT") + 8
+    for damaged in (png[:idat] + bytes([png[idat] ^ 0xFF]) + png[idat + 1:], png[:-20]):
+        with pytest.raises(BadImage):
+            verify_decodes(damaged)
+    out = io.BytesIO()
+    Image.fromarray(np.full((32, 32, 3), 120, np.uint8)).save(out, format="JPEG")
+    verify_decodes(out.getvalue())
+    with pytest.raises(BadImage):
+        verify_decodes(out.getvalue()[:len(out.getvalue()) // 2])
