@@ -162,3 +162,21 @@ def make_photo_folders(root: str, per_class: int, classes=CLASSES, first: int = 
         for v in (jpeg_copies_of or {}).get(label, []):
             with open(os.path.join(root, label, f"copy-{v:03d}.jpg"), "wb") as handle:
                 handle.write(jpeg_bytes(Image.fromarray(smooth_image(1000 * li + v)), quality=75))
+
+
+def race(target, args_per_process: list[tuple], timeout: float = 60) -> tuple[list, list]:
+    """Runs `target(*args, barrier, queue)` in one forked process per args tuple, all
+    released at once by the barrier; returns (exit codes, what each put on the queue,
+    in the order they finished)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    barrier, queue = ctx.Barrier(len(args_per_process)), ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*args, barrier, queue))
+             for args in args_per_process]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout)
+    codes = [proc.exitcode for proc in procs]
+    return codes, [queue.get(timeout=5) for code in codes if code == 0]

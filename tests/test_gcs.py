@@ -7,7 +7,6 @@ Beam data steps reading a bucket and writing their artifacts there
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 
 import pytest
@@ -134,16 +133,9 @@ def test_concurrent_pushes_to_a_bucket_claim_distinct_versions(on_fake, fake_gcs
         (folder / "saved_model.pb").write_text(str(i) * 100)
         (folder / "variables" / "variables.index").write_text(str(i))
         sources.append(str(folder))
-    ctx = multiprocessing.get_context("fork")
-    barrier, queue = ctx.Barrier(4), ctx.Queue()
-    procs = [ctx.Process(target=_push, args=(fake_gcs, root, sources[i], i, barrier, queue))
-             for i in range(4)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-    assert [p.exitcode for p in procs] == [0] * 4
-    assert sorted(queue.get() for _ in range(4)) == [1, 2, 3, 4]
+    codes, versions = fixtures.race(_push, [(fake_gcs, root, sources[i], i) for i in range(4)],
+                                    timeout=120)
+    assert codes == [0] * 4 and sorted(versions) == [1, 2, 3, 4]
     registry = Registry(root)
     for version in registry.versions("m"):
         marker = str(version.card["marker"])
@@ -179,16 +171,8 @@ def test_alias_changes_on_a_bucket_are_compare_and_swap(on_fake, fake_gcs, tmp_p
         registry.push("m", str(folder), _card())
         registry.set_alias(f"m:{version}", "production")
     assert registry.set_alias("m:5", "production").get("unchanged")
-    ctx = multiprocessing.get_context("fork")
-    barrier, queue = ctx.Barrier(2), ctx.Queue()
-    procs = [ctx.Process(target=_rollback, args=(fake_gcs, root, barrier, queue))
-             for _ in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-    assert [p.exitcode for p in procs] == [0, 0]
-    assert sorted(queue.get() for _ in range(2)) == [(4, 3), (5, 4)]
+    codes, moves = fixtures.race(_rollback, [(fake_gcs, root)] * 2, timeout=120)
+    assert codes == [0, 0] and sorted(moves) == [(4, 3), (5, 4)]
     assert registry.aliases("m") == {"production": 3}
     assert [e["to"] for e in registry.audit("m")] == [1, 2, 3, 4, 5, 4, 3]
     from components import fileio

@@ -2,7 +2,6 @@
 promotion rules and rollback."""
 
 import json
-import multiprocessing
 import os
 
 import pytest
@@ -10,6 +9,7 @@ import pytest
 from components.errors import ConfigError
 from components.registry import PromotionRefused, Registry
 from pipeline import cli
+from tests import fixtures
 
 
 def fake_saved_model(path, marker="x"):
@@ -50,16 +50,9 @@ def _push(root, src, marker, barrier, queue):
 def test_concurrent_pushes_get_distinct_intact_versions(tmp_path):
     root = str(tmp_path / "serving")
     sources = [fake_saved_model(tmp_path / f"sm{i}", marker=str(i)) for i in range(4)]
-    ctx = multiprocessing.get_context("fork")
-    barrier, queue = ctx.Barrier(4), ctx.Queue()
-    procs = [ctx.Process(target=_push, args=(root, sources[i], i, barrier, queue))
-             for i in range(4)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-    assert all(p.exitcode == 0 for p in procs)
-    versions = sorted(queue.get() for _ in range(4))
+    codes, versions = fixtures.race(_push, [(root, sources[i], i) for i in range(4)])
+    assert codes == [0] * 4
+    versions = sorted(versions)
     assert versions == [1, 2, 3, 4]
     for version in Registry(root).versions("m"):
         marker = str(int(version.card["metrics"]["accuracy"]))
@@ -95,18 +88,12 @@ def test_many_pushes_at_once_never_break_a_version_or_block_the_next(tmp_path):
     src = fake_saved_model(tmp_path / "sm")
     for i in range(20):                     # a copy that takes a while
         (tmp_path / "sm" / "variables" / f"part{i}").write_text("x" * 2000)
-    ctx = multiprocessing.get_context("fork")
     workers, rounds = 5, 12
     root = str(tmp_path / "serving")
-    barrier, queue = ctx.Barrier(workers), ctx.Queue()
-    procs = [ctx.Process(target=_push_many, args=(root, src, w, rounds, barrier, queue))
-             for w in range(workers)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-    assert all(p.exitcode == 0 for p in procs)
-    numbers = sorted(n for _ in procs for n in queue.get())
+    codes, pushed = fixtures.race(_push_many, [(root, src, w, rounds) for w in range(workers)],
+                                  timeout=120)
+    assert codes == [0] * workers
+    numbers = sorted(n for numbers in pushed for n in numbers)
     assert numbers == list(range(1, workers * rounds + 1))
     versions = Registry(root).versions("m")
     assert [v.version for v in versions] == numbers
@@ -125,17 +112,10 @@ def _push_once(root, src, barrier, queue):
 
 def test_one_model_pushed_by_two_runs_at_once_is_one_version(tmp_path):
     src = fake_saved_model(tmp_path / "sm")
-    ctx = multiprocessing.get_context("fork")
     for attempt in range(3):
         root = str(tmp_path / f"serving{attempt}")
-        barrier, queue = ctx.Barrier(2), ctx.Queue()
-        procs = [ctx.Process(target=_push_once, args=(root, src, barrier, queue))
-                 for _ in range(2)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(60)
-        assert sorted(queue.get() for _ in procs) == [(1, False), (1, True)]
+        codes, results = fixtures.race(_push_once, [(root, src)] * 2)
+        assert codes == [0, 0] and sorted(results) == [(1, False), (1, True)]
         assert [v.version for v in Registry(root).versions("m")] == [1]
 
 
@@ -293,7 +273,6 @@ def _rollback(root, barrier, queue):
 
 
 def test_concurrent_rollbacks_each_move_one_step(tmp_path):
-    ctx = multiprocessing.get_context("fork")
     src = fake_saved_model(tmp_path / "sm")
     for attempt in range(3):
         root = str(tmp_path / f"serving{attempt}")
@@ -301,13 +280,8 @@ def test_concurrent_rollbacks_each_move_one_step(tmp_path):
         for version in range(1, 6):
             reg.push("m", src, card())
             reg.set_alias(f"m:{version}", "production")
-        barrier, queue = ctx.Barrier(2), ctx.Queue()
-        procs = [ctx.Process(target=_rollback, args=(root, barrier, queue)) for _ in range(2)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(60)
-        moves = sorted(queue.get() for _ in range(2))
+        codes, moves = fixtures.race(_rollback, [(root,)] * 2)
+        moves = sorted(moves)
         assert moves == [(4, 3), (5, 4)], moves
         assert reg.aliases("m") == {"production": 3}
         assert reg.rollback("m", "production")["to"] == 2   # the next one skips nothing
