@@ -59,6 +59,8 @@ class StepSpec:
               (checkpoints), private to the execution.
     cache:    False for steps with effects outside their artifacts (push).
     gate:     summary key whose truth lets the push run (blessed, passed).
+    isolated: the step's work runs in a child process (infra validation's fresh
+              TensorFlow), so the local runner may run it beside the next steps.
     external: f(**config sections) -> {name: fingerprint} of files the step reads
               that no step produces (the data source, a schema file, start weights).
     """
@@ -74,6 +76,7 @@ class StepSpec:
     scratch: bool = False
     cache: bool = True
     gate: str | None = None
+    isolated: bool = False
     external: Callable[..., dict[str, str]] | None = None
 
     @property

@@ -67,26 +67,52 @@ class LocalRunner:
             invoke.resolve(node, invoke.step_config(node, self.config), self.context)
         run_id = self.store.start_run(self.config.name, self.config.to_dict(), self.config_path)
         self.log(f"run {run_id}  (pipeline {self.config.name}, runs dir {self.runs_dir})")
+        # One temporary folder for the run: steps running side by side share it (a step
+        # of its own would point the process-wide TMPDIR elsewhere under the other).
+        with runtime.private_tempdir(), _Beside() as beside:
+            return self._run_steps(run_id, self.steps[: last + 1], beside)
+
+    def _run_steps(self, run_id: str, steps: tuple[dag.Node, ...], beside: "_Beside"
+                   ) -> RunResult:
+        """The steps in DAG order. A step declared `isolated` (its work runs in a child
+        process) starts beside the others as soon as its inputs exist, and is waited
+        for when a later step reads its outputs (infra validation's fresh TensorFlow
+        process loads the model while evaluate scores it)."""
         produced: dict[str, artifacts.Artifact] = {}
-        results: list[StepResult] = []
-        for node in self.steps[: last + 1]:
+        results: dict[str, StepResult] = {}
+        order = [node.name for node in steps]
+        for node in steps:
+            current = node.name              # the step whose failure would end the run
             try:
-                result = self._run_step(run_id, node, produced)
+                for later in steps:
+                    if later.spec.isolated and later.name not in results and \
+                            not beside.started(later.name) and _upstream(later) <= set(results):
+                        beside.start(later.name, self._run_step, run_id, later, produced)
+                for name in sorted(_upstream(node) | ({node.name} & beside.names()),
+                                   key=order.index):
+                    if beside.started(name) and name not in results:
+                        current = name
+                        results[name] = beside.result(name)
+                current = node.name
+                if node.name not in results:
+                    results[node.name] = self._run_step(run_id, node, produced)
                 cache.save_index()        # sources parsed for the keys, for the next run
             except ImgpipeError as exc:
-                results.append(StepResult(node.name, "failed", "", error=str(exc)))
+                done = [results[n] for n in order if n in results]
+                done.append(StepResult(current, "failed", "", error=str(exc)))
+                beside.wait()
                 self.store.end_run(run_id, "failed", str(exc))
-                self.log(f"  {node.name:<10} FAILED: {exc}")
-                self._report(run_id, "failed", results, str(exc))
-                return RunResult(run_id, self.runs_dir, "failed", results, exc)
+                self.log(f"  {current:<10} FAILED: {exc}")
+                self._report(run_id, "failed", done, str(exc))
+                return RunResult(run_id, self.runs_dir, "failed", done, exc)
             except BaseException as exc:
                 # A bug, a library failure, Ctrl-C or SIGTERM: the run still ends on record.
                 self.store.end_run(run_id, "failed", failure_reason(exc))
                 raise
-            results.append(result)
+        ordered = [results[n] for n in order]
         self.store.end_run(run_id, "succeeded")
-        self._report(run_id, "succeeded", results)
-        return RunResult(run_id, self.runs_dir, "succeeded", results)
+        self._report(run_id, "succeeded", ordered)
+        return RunResult(run_id, self.runs_dir, "succeeded", ordered)
 
     def cached_output(self, step: str, output: str
                       ) -> tuple[tuple[artifacts.Artifact, Execution] | None, str]:
@@ -286,6 +312,47 @@ class LocalRunner:
             self.log(f"             {line}")
         return StepResult(name, "ran", decision, seconds,
                           {n: a.uri for n, a in outputs.items()}, summary)
+
+
+def _upstream(node: dag.Node) -> set[str]:
+    """The steps of the same run whose outputs `node` reads."""
+    return {ref.split(".", 1)[0] for ref in node.inputs.values()}
+
+
+class _Beside:
+    """Steps running in a background thread beside the main one (one at a time)."""
+
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgpipe-step")
+        self._futures: dict[str, Any] = {}
+
+    def __enter__(self) -> "_Beside":
+        return self
+
+    def __exit__(self, kind: Any, *_: Any) -> None:
+        # after a failure or an interrupt, do not wait for a step beside (its child
+        # process ends with ours); otherwise it has been waited for already
+        self._pool.shutdown(wait=kind is None, cancel_futures=True)
+
+    def start(self, name: str, fn: Callable[..., StepResult], *args: Any) -> None:
+        self._futures[name] = self._pool.submit(fn, *args)
+
+    def started(self, name: str) -> bool:
+        return name in self._futures
+
+    def names(self) -> set[str]:
+        return set(self._futures)
+
+    def result(self, name: str) -> StepResult:
+        """The step's result; its exception if it failed (raised here, in the caller)."""
+        return self._futures[name].result()
+
+    def wait(self) -> None:
+        """Lets steps still running beside finish (their records end cleanly)."""
+        for future in self._futures.values():
+            future.exception()
 
 
 def preflight(config: PipelineConfig, runs_dir: str, steps: list[str]) -> None:

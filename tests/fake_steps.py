@@ -57,3 +57,45 @@ def slow(examples: artifacts.Artifact, train: TrainConfig, statistics: str,
             json.dump({"epochs": train.epochs}, handle)
         writer.commit()
     return {}
+
+
+# A rendezvous of two steps that both read `produce`: `probe` (isolated) waits for the
+# file `meet` writes, so it passes only when the runner runs it beside `meet`.
+RENDEZVOUS = "FAKE_RENDEZVOUS"
+
+
+@step(name="probe", inputs={"examples": artifacts.Examples},
+      outputs={"statistics": artifacts.ExampleStatistics}, config=("train",), isolated=True)
+def probe(examples: artifacts.Artifact, train: TrainConfig, statistics: str,
+          producer: dict[str, Any] | None = None):
+    import time
+
+    marker = os.environ[RENDEZVOUS]
+    for _ in range(200):
+        if os.path.exists(marker):
+            break
+        time.sleep(0.05)
+    else:
+        raise RuntimeError("probe ran alone: meet never wrote its marker")
+    if os.environ.get("FAKE_PROBE_FAILS"):
+        from components.errors import DataError
+
+        raise DataError("the probe found the model broken")
+    with artifacts.writing(statistics, "ExampleStatistics", producer) as writer:
+        with open(writer.file("stats.json"), "w") as handle:
+            json.dump({"probe": True}, handle)
+        writer.commit()
+    return {"lines": ["probed"]}
+
+
+@step(name="meet", inputs={"examples": artifacts.Examples},
+      outputs={"statistics": artifacts.ExampleStatistics}, config=("data",))
+def meet(examples: artifacts.Artifact, data: DataConfig, statistics: str,
+         producer: dict[str, Any] | None = None):
+    with open(os.environ[RENDEZVOUS], "w") as handle:
+        handle.write("met")
+    with artifacts.writing(statistics, "ExampleStatistics", producer) as writer:
+        with open(writer.file("stats.json"), "w") as handle:
+            json.dump({"meet": True}, handle)
+        writer.commit()
+    return {}

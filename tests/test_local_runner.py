@@ -205,3 +205,33 @@ def test_runs_recorded_with_the_old_type_names_are_reused(tmp_path, make_config)
     second = run(cfg, tmp_path)
     assert [s.status for s in second.steps] == ["cached", "cached"]
     assert second.steps[1].outputs == first.steps[1].outputs
+
+
+SIDE_BY_SIDE = (dag.node(fake_steps.produce),
+                dag.node(fake_steps.meet, examples="produce.examples"),
+                dag.node(fake_steps.probe, examples="produce.examples"),
+                dag.node(fake_steps.consume, examples="produce.examples"))
+
+
+def test_an_isolated_step_runs_beside_the_next_ones(tmp_path, make_config, monkeypatch):
+    """`probe` is declared isolated and comes after `meet` in the DAG, but both need only
+    `produce`: probe starts as soon as produce is done and waits for a file meet writes.
+    Results and records stay in DAG order; a failure beside ends the run on record."""
+    monkeypatch.setenv(fake_steps.RENDEZVOUS, str(tmp_path / "marker"))
+    lines = []
+    result = LocalRunner(make_config(data={"source": "a"}), str(tmp_path / "runs"),
+                         log=lines.append, steps=SIDE_BY_SIDE).run()
+    assert result.status == "succeeded"
+    assert [s.step for s in result.steps] == ["produce", "meet", "probe", "consume"]
+    assert all(s.status == "ran" for s in result.steps)
+    assert lines.index(next(line for line in lines if line.startswith("  probe ") and
+                            "running" in line)) < \
+        lines.index(next(line for line in lines if line.startswith("  meet ") and "done" in line))
+    (tmp_path / "marker").unlink()
+    monkeypatch.setenv("FAKE_PROBE_FAILS", "1")
+    failed = LocalRunner(make_config(data={"source": "a"}), str(tmp_path / "runs"),
+                         log=lambda line: None, steps=SIDE_BY_SIDE, use_cache=False).run()
+    assert failed.status == "failed" and failed.steps[-1].step == "probe"
+    assert "model broken" in failed.steps[-1].error
+    [newest, _] = MetadataStore(str(tmp_path / "runs" / "metadata.sqlite")).list_runs()
+    assert newest["status"] == "failed" and "model broken" in newest["error"]

@@ -124,7 +124,7 @@ def verdict(report: dict[str, Any], batch: int, vocabulary: list[str],
 @step(name="infra_validate",
       inputs={"trained_model": artifacts.Model, "examples": artifacts.Examples},
       outputs={"infra_blessing": artifacts.InfraBlessing}, config=("infra_validate",),
-      gate="passed")
+      gate="passed", isolated=True)
 def run(trained_model: artifacts.Artifact, examples: artifacts.Artifact,
         infra_validate: InfraValidateConfig, infra_blessing: str,
         producer: dict[str, Any] | None = None) -> dict[str, Any]:
