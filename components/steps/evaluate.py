@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 
-from components import artifacts, beamio, features, fileio, gate, runtime
+from components import artifacts, beamio, features, fileio, gate
 from components.config import BeamConfig, EvaluateConfig
 from components.contract import BASELINE_MODEL, step
 from components.registry import CARD
@@ -351,7 +351,6 @@ def run(examples: artifacts.Artifact, trained_model: artifacts.Artifact,
             files, scored, writer.path, beamio.pipeline_args(beam, eval_count), GALLERY,
             config, output)
         seconds = time.perf_counter() - started
-        runtime.release_memory()
         metrics = read_tfma(output, CANDIDATE if baseline else None, vocabulary,
                             scoring.read_curves(writer.path))
         base_metrics = read_tfma(output, BASELINE, base_vocab) if baseline else None
