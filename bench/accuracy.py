@@ -6,6 +6,7 @@ fonts deep CNN >= 0.85, digits >= 0.95, sign-language deep CNN >= 0.85 (when
 ../shared/data/sign_language_digits is there). Fashion-MNIST's floor is relative to the
 tutorial's own script, measured side by side by bench/fashion.py.
 Usage: python bench/accuracy.py [--seeds 42,1,2] [--configs fonts,digits,sign_language]
+                                [--set KEY=VALUE ...]   (e.g. transform.normalize=scale)
 """
 
 from __future__ import annotations
@@ -38,17 +39,19 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", default="42", help="comma-separated train.seed values")
     parser.add_argument("--configs", default=",".join(FLOORS))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for every run, as `imgpipe run --set`")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     failed = []
     for name in args.configs.split(","):
         config = os.path.join(ROOT, "configs", f"{name}.yaml")
-        extra = []
+        extra = [arg for value in args.set for arg in ("--set", value)]
         if name == "sign_language":
             if not os.path.isdir(PHOTOS):
                 print(f"{name}: skipped ({PHOTOS} is not here)")
                 continue
-            extra = ["--set", f"data.source={os.path.abspath(PHOTOS)}"]
+            extra += ["--set", f"data.source={os.path.abspath(PHOTOS)}"]
         with tempfile.TemporaryDirectory() as work:    # ingest and transform run once
             values = [accuracy(config, seed, work, extra) for seed in seeds]
         low = min(values)
