@@ -178,6 +178,8 @@ def key(parts: dict[str, Any]) -> str:
 
 
 def _short(value: Any) -> str:
+    if value is None:
+        return "(none)"  # the part is new or gone, e.g. the first previous statistics
     text = repr(value)
     if isinstance(value, str) and len(value) == 64:
         text = value[:12]  # a hash: the prefix is enough to tell them apart

@@ -109,6 +109,11 @@ def test_a_miss_names_the_module_that_changed():
                  "source": "y"}, "config": {"evaluate": {"top_k": 3}}})
     assert cache.explain_miss(parts, previous) == \
         "changed since run r1: code.modules.components.scoring: 'ccc' -> 'aaa'"
+    # a part that was absent reads as such, not as a Python None
+    previous.key_parts["inputs"] = {"baseline_statistics": None}
+    parts["inputs"] = {"baseline_statistics": "f" * 64}
+    assert cache.explain_miss(parts, previous).endswith(
+        "; inputs.baseline_statistics: (none) -> ffffffffffff")
 
 
 def _artifact(tmp_path):
