@@ -281,13 +281,14 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(runs, indent=2, default=str))
         return 0
-    print(f"{'RUN':<24} {'PIPELINE':<16} {'ENGINE':<9} {'STATUS':<10} {'STEPS':<28} STARTED")
+    # STEPS last: its width grows with the DAG
+    print(f"{'RUN':<24} {'PIPELINE':<16} {'ENGINE':<9} {'STATUS':<10} {'STARTED':<19} STEPS")
     marks = {"cached": "*", "skipped": "-", "failed": "!"}
     for run in runs:
         steps = " ".join(f"{e.step}{marks.get(e.status, '')}"
                          for e in store.executions(run["id"]))
         print(f"{run['id']:<24} {run['pipeline']:<16} {run['engine']:<9} {run['status']:<10} "
-              f"{steps:<28} {run['started'][:19]}")
+              f"{run['started'][:19]:<19} {steps}")
     print("(* = reused from cache, - = not run: its gate closed, ! = failed)")
     return 0
 
