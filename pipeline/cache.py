@@ -19,7 +19,7 @@ import importlib.util
 import os
 from typing import Any
 
-from components import artifacts, runtime
+from components import artifacts, fileio, runtime
 
 PROJECT_PACKAGES = ("components", "pipeline")
 # Libraries whose versions change what a step computes.
@@ -56,8 +56,10 @@ def _is_module(name: str) -> bool:
     return _origin(name) is not None
 
 
-# Parsed files by (path, mtime, size, inode), kept in the runs folder between processes
-# (`use_index`): a fully cached rerun does not parse the project's sources again.
+# Parsed files: path -> [stat signature, content hash, project names it imports], kept
+# in the runs folder between processes (`use_index`): a fully cached rerun does not
+# parse the project's sources again. The signature (fileio.stat_signature: size, times,
+# inode) tells whether the file changed since.
 _INDEX: dict[str, list[Any]] = {}
 _INDEX_STATE = {"path": None, "dirty": False}
 
@@ -83,29 +85,27 @@ def save_index() -> None:
     path = _INDEX_STATE["path"]
     if not path or not _INDEX_STATE["dirty"]:
         return
-    for version in list(_INDEX):      # keep only the files' current versions
-        file = version.rsplit(":", 3)[0]
-        try:
-            st = os.stat(file)
-        except OSError:
-            st = None
-        if st is None or version != f"{file}:{st.st_mtime_ns}:{st.st_size}:{st.st_ino}":
-            del _INDEX[version]
+    for file in list(_INDEX):      # keep only files that still are as they were parsed
+        if not _entry_current(file, fileio.stat_signature(file)):
+            del _INDEX[file]
     try:
-        from components import fileio
-
         fileio.write_text_atomic(path, json.dumps(_INDEX, sort_keys=True))
         _INDEX_STATE["dirty"] = False
     except OSError:
         pass
 
 
-def _parse(path: str, st: os.stat_result) -> tuple[str, tuple[str, ...]]:
-    """(content hash, project modules imported anywhere in the file). Cached per file
-    version (its size, modification time and inode), so an edited file is read again."""
-    version = f"{path}:{st.st_mtime_ns}:{st.st_size}:{st.st_ino}"
-    cached = _INDEX.get(version)
-    if cached is None:
+def _entry_current(path: str, signature: str | None) -> bool:
+    entry = _INDEX.get(path)
+    return signature is not None and isinstance(entry, list) and len(entry) == 3 \
+        and entry[0] == signature
+
+
+def _parse(path: str) -> tuple[str, tuple[str, ...]]:
+    """(content hash, project modules imported anywhere in the file). Kept per file
+    version (`_INDEX`), so an edited file is read again."""
+    signature = fileio.stat_signature(path)
+    if not _entry_current(path, signature):
         with open(path, "rb") as handle:
             source = handle.read()
         found = set()
@@ -116,19 +116,19 @@ def _parse(path: str, st: os.stat_result) -> tuple[str, tuple[str, ...]]:
                 found.add(item.module)
                 # `from components import features` imports the module components.features
                 found.update(f"{item.module}.{alias.name}" for alias in item.names)
-        cached = [hashlib.sha256(source).hexdigest(),
-                  sorted(name for name in found if name.split(".")[0] in PROJECT_PACKAGES)]
-        _INDEX[version] = cached
+        _INDEX[path] = [signature, hashlib.sha256(source).hexdigest(),
+                        sorted(name for name in found if name.split(".")[0] in PROJECT_PACKAGES)]
         _INDEX_STATE["dirty"] = True
+    _, digest, names = _INDEX[path]
     # which names are modules is decided now: a module added later is found
-    return cached[0], tuple(name for name in cached[1] if _is_module(name))
+    return digest, tuple(name for name in names if _is_module(name))
 
 
 def _file_info(module: str) -> tuple[str, tuple[str, ...]]:
     path = _origin(module)
     if path is None:
         return f"{module}:missing", ()
-    return _parse(path, os.stat(path))
+    return _parse(path)
 
 
 def code_modules(module: str) -> list[str]:
