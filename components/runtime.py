@@ -179,6 +179,11 @@ def filtered_native_stderr() -> Iterator[None]:
 
 # --- a private temporary folder ---------------------------------------------------------
 
+# A step's detail lines (its summary, epochs, trials) start under the state column of
+# the runner's step lines ("  NAME       STATE    ..."): 2 + 10 + 1 characters in.
+DETAIL_INDENT = " " * 13
+
+
 _TEMP_PREFIX = "imgpipe-tmp-"
 _TEMP_DEPTH: list[str] = []
 

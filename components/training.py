@@ -10,7 +10,7 @@ import math
 import os
 from dataclasses import dataclass
 
-from components import artifacts, features, fileio
+from components import artifacts, features, fileio, runtime
 from components.config import CACHE_BYTES_PER_EXAMPLE, TrainConfig
 from components.errors import TrainingError
 
@@ -396,7 +396,7 @@ class Progress:
     within the epoch. `total`: the last epoch number (Keras counts epochs across a
     resume and a fine-tuning phase, so the numbers run on)."""
 
-    def __new__(cls, total: int, indent: int = 13, stream=None):
+    def __new__(cls, total: int, stream=None):
         import sys
         import time
 
@@ -404,7 +404,7 @@ class Progress:
 
         out = stream or sys.stdout
         live = hasattr(out, "isatty") and out.isatty()
-        pad = " " * indent
+        pad = runtime.DETAIL_INDENT      # under the runner's step line
 
         class _Progress(keras.callbacks.Callback):
             done, spent = 0, 0.0

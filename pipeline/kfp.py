@@ -26,8 +26,10 @@ import re
 from types import SimpleNamespace
 from typing import Any, Callable, Iterator
 
+from components import runtime
 from pipeline import dag, invoke
 from pipeline.config import PipelineConfig
+from pipeline.results import StepResult, detail_line, step_line
 
 # Artifact type -> KFP artifact class name.
 KFP_TYPES = {"Examples": "Dataset", "Model": "Model", "PushedModel": "Model"}
@@ -679,7 +681,7 @@ _TASK_END = re.compile(r" - (?:INFO|ERROR) - Task '([^']+)' finished with status
 _TASK_INDENT = " " * 4
 # A step's own progress lines (epochs, trials) are indented as the local runner
 # indents them; kfp.local's JSON dumps are indented by multiples of 4.
-_STEP_LINE = re.compile(r"^ {13}\S")
+_STEP_LINE = re.compile("^" + runtime.DETAIL_INDENT + r"\S")
 _ERROR_LINE = re.compile(r"^components\.errors\.(\w+): (.+)$")
 # TensorFlow's native log lines (I0000 00:00:... file.cc:N] ...): never the error.
 _NATIVE_LOG = re.compile(r"^[IWEF]\d{4} ")
@@ -781,13 +783,12 @@ class _Recorder:
                 self.store.record_artifact(execution, "input", param, art.uri, art.type,
                                            art.fingerprint, art.properties, art.created)
         self.running[node.name] = (execution, time.perf_counter())
-        self.log(f"  {node.name:<10} running  ({DECISION_LOCAL})")
+        self.log(step_line(node.name, "running", f"({DECISION_LOCAL})"))
 
     def end(self, task: str, status: str, lines: list[str], tail: list[str]) -> None:
         import time
 
         from components import artifacts
-        from pipeline.results import StepResult
 
         node = task_step(task)
         if node is None or node.name not in self.running:
@@ -799,7 +800,7 @@ class _Recorder:
             self.store.finish_execution(execution, "failed", error=error)
             self.results.append(StepResult(node.name, "failed", DECISION_LOCAL, seconds,
                                            error=error))
-            self.log(f"  {node.name:<10} FAILED   {seconds:.1f}s")
+            self.log(step_line(node.name, "FAILED", f"{seconds:.1f}s"))
             return
         outputs = {o: artifacts.read(self._uri(node, o), node.spec.output_type(o))
                    for o in node.spec.outputs}
@@ -816,9 +817,9 @@ class _Recorder:
         self.store.finish_execution(execution, "succeeded", summary=summary)
         self.results.append(StepResult(node.name, "ran", DECISION_LOCAL, seconds,
                                        {o: a.uri for o, a in outputs.items()}, summary))
-        self.log(f"  {node.name:<10} done     {seconds:.1f}s")
+        self.log(step_line(node.name, "done", f"{seconds:.1f}s"))
         for line in lines:
-            self.log(f"             {line}")
+            self.log(detail_line(line))
 
     def fail_running(self, tail: list[str]) -> None:
         """The task kfp.local stopped the run on (it raises before logging its end)."""
@@ -829,7 +830,6 @@ class _Recorder:
         """Steps that did not run because a gate before them closed: recorded as
         skipped with the reason, and for the push the verdict (nothing pushed)."""
         from pipeline.metadata import UNKEYED
-        from pipeline.results import StepResult
 
         done = {r.step: r for r in self.results}
         for node in dag.STEPS:
@@ -852,9 +852,9 @@ class _Recorder:
                                                    decision)
             self.store.finish_execution(execution, "skipped", summary=summary)
             self.results.append(StepResult(node.name, "skipped", decision, summary=summary))
-            self.log(f"  {node.name:<10} skipped  ({decision})")
+            self.log(step_line(node.name, "skipped", f"({decision})"))
             for line in summary["lines"]:
-                self.log(f"             {line}")
+                self.log(detail_line(line))
 
 
 DECISION_LOCAL = "kfp.local runs every task; no cache"
@@ -902,7 +902,6 @@ def run_local(config: PipelineConfig, runs_dir: str = "runs", config_path: str |
 
     from kfp import local
 
-    from components import runtime
     from pipeline import report
     from pipeline.metadata import METADATA_FILE, MetadataStore
     from pipeline.results import RunResult

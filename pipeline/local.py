@@ -23,7 +23,7 @@ from components.errors import ArtifactError, ConfigError, ImgpipeError
 from pipeline import cache, dag, invoke
 from pipeline.config import PipelineConfig
 from pipeline.metadata import METADATA_FILE, Execution, MetadataStore
-from pipeline.results import RunResult, StepResult  # noqa: F401 - also imported from here
+from pipeline.results import RunResult, StepResult, detail_line, step_line
 
 CODE_INDEX_FILE = ".code-index.json"     # pipeline/cache.py: parsed sources, by file version
 
@@ -231,7 +231,7 @@ class LocalRunner:
             self.store.record_cached(run_id, name, candidate, decision)
             for output, art in outputs.items():
                 produced[f"{name}.{output}"] = art
-            self.log(f"  {name:<10} cached   {decision}")
+            self.log(step_line(name, "cached", decision))
             return StepResult(name, "cached", decision,
                               outputs={n: a.uri for n, a in outputs.items()},
                               summary=candidate.summary), decision
@@ -280,7 +280,7 @@ class LocalRunner:
         out_uris = {output: os.path.join(step_dir, output) for output in node.spec.outputs}
         producer = {"run_id": run_id, "step": name, "execution_id": execution_id,
                     "pipeline": self.config.name}
-        self.log(f"  {name:<10} running  ({decision})")
+        self.log(step_line(name, "running", f"({decision})"))
         started = time.perf_counter()
         try:
             summary = invoke.call(node, prepared.resolved, prepared.inputs, out_uris, producer,
@@ -307,9 +307,9 @@ class LocalRunner:
                 if (sig := fileio.stat_signature(fileio.join(art.uri, rel))) is not None})
             produced[f"{name}.{output}"] = art
         self.store.finish_execution(execution_id, "succeeded", summary=summary)
-        self.log(f"  {name:<10} done     {seconds:.1f}s")
+        self.log(step_line(name, "done", f"{seconds:.1f}s"))
         for line in (summary or {}).get("lines", []):
-            self.log(f"             {line}")
+            self.log(detail_line(line))
         return StepResult(name, "ran", decision, seconds,
                           {n: a.uri for n, a in outputs.items()}, summary)
 

@@ -9,6 +9,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from components.errors import ImgpipeError
+from components.runtime import DETAIL_INDENT
+
+
+def step_line(step: str, state: str, text: str = "") -> str:
+    """The line a runner prints as a step changes state (running, cached, done,
+    skipped ...), the same for every engine: '  NAME       STATE    TEXT'."""
+    return f"  {step:<10} {state:<8} {text}".rstrip()
+
+
+def detail_line(line: str) -> str:
+    """One of a step's summary lines, under its step line."""
+    return DETAIL_INDENT + line
 
 
 @dataclass

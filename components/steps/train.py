@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from components import artifacts, fileio, models, training
+from components import artifacts, fileio, models, runtime, training
 from components.config import ModelConfig, TrainConfig, apply_values, describe_values
 from components.contract import Maybe, step
 from components.errors import ConfigError, TrainingError
@@ -221,7 +221,7 @@ def _fit_and_write(fitting: Fitting, model: ModelConfig, train: TrainConfig,
         # TensorBoard reads the logs while training runs: under the scratch folder,
         # whose path stays put (the artifact's is a staging name until the commit).
         logs = fileio.join(work, "logs") if scratch else writer.file("logs")
-        print(f"             TensorBoard: tensorboard --logdir {logs}", flush=True)
+        print(f"{runtime.DETAIL_INDENT}TensorBoard: tensorboard --logdir {logs}", flush=True)
         hist = _fit(fitting, model, train, work, logs)
         if scratch:
             for path in fileio.walk_files(logs):

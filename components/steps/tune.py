@@ -20,7 +20,7 @@ import math
 import time
 from typing import Any
 
-from components import artifacts, fileio
+from components import artifacts, fileio, runtime
 from components.config import ModelConfig, TrainConfig, TuneConfig, apply_values, describe_values
 from components.contract import step
 from components.errors import ConfigError, TrainingError
@@ -100,7 +100,7 @@ class _HyperModel:
                     scores = [math.inf if tune.direction() == "min" else -math.inf]
                 best = min(scores) if tune.direction() == "min" else max(scores)
                 self.trials = getattr(self, "trials", 0) + 1
-                print(f"             trial {self.trials}: {tune.objective} {best:.4f}  "
+                print(f"{runtime.DETAIL_INDENT}trial {self.trials}: {tune.objective} {best:.4f}  "
                       f"{describe_values(trial_values(tune.space, hp))}  "
                       f"{time.perf_counter() - started:.0f}s", flush=True)
                 return {tune.objective: best, "seconds": time.perf_counter() - started,
