@@ -59,8 +59,9 @@ def slow(examples: artifacts.Artifact, train: TrainConfig, statistics: str,
     return {}
 
 
-# A rendezvous of two steps that both read `produce`: `probe` (isolated) waits for the
-# file `meet` writes, so it passes only when the runner runs it beside `meet`.
+# A rendezvous of two steps that both read `produce`: `meet` waits for the file `probe`
+# (isolated, after it in the DAG) writes, so it passes only when the runner has started
+# probe beside it.
 RENDEZVOUS = "FAKE_RENDEZVOUS"
 
 
@@ -68,15 +69,8 @@ RENDEZVOUS = "FAKE_RENDEZVOUS"
       outputs={"statistics": artifacts.ExampleStatistics}, config=("train",), isolated=True)
 def probe(examples: artifacts.Artifact, train: TrainConfig, statistics: str,
           producer: dict[str, Any] | None = None):
-    import time
-
-    marker = os.environ[RENDEZVOUS]
-    for _ in range(200):
-        if os.path.exists(marker):
-            break
-        time.sleep(0.05)
-    else:
-        raise RuntimeError("probe ran alone: meet never wrote its marker")
+    with open(os.environ[RENDEZVOUS], "w") as handle:
+        handle.write("probe started")
     if os.environ.get("FAKE_PROBE_FAILS"):
         from components.errors import DataError
 
@@ -92,8 +86,15 @@ def probe(examples: artifacts.Artifact, train: TrainConfig, statistics: str,
       outputs={"statistics": artifacts.ExampleStatistics}, config=("data",))
 def meet(examples: artifacts.Artifact, data: DataConfig, statistics: str,
          producer: dict[str, Any] | None = None):
-    with open(os.environ[RENDEZVOUS], "w") as handle:
-        handle.write("met")
+    import time
+
+    marker = os.environ[RENDEZVOUS]
+    for _ in range(200):
+        if os.path.exists(marker):
+            break
+        time.sleep(0.05)
+    else:
+        raise RuntimeError("meet ran alone: probe, after it in the DAG, never started")
     with artifacts.writing(statistics, "ExampleStatistics", producer) as writer:
         with open(writer.file("stats.json"), "w") as handle:
             json.dump({"meet": True}, handle)

@@ -215,7 +215,7 @@ SIDE_BY_SIDE = (dag.node(fake_steps.produce),
 
 def test_an_isolated_step_runs_beside_the_next_ones(tmp_path, make_config, monkeypatch):
     """`probe` is declared isolated and comes after `meet` in the DAG, but both need only
-    `produce`: probe starts as soon as produce is done and waits for a file meet writes.
+    `produce`: probe starts as soon as produce is done; meet waits for a file probe writes.
     Results and records stay in DAG order; a failure beside ends the run on record."""
     monkeypatch.setenv(fake_steps.RENDEZVOUS, str(tmp_path / "marker"))
     lines = []
