@@ -776,12 +776,11 @@ class _Recorder:
             return
         execution = self.store.start_execution(self.run_id, node.name, UNKEYED, {},
                                                DECISION_LOCAL)
-        for param, ref in node.inputs.items():
-            uri = self._uri(dag.get(ref.split(".")[0]), ref.split(".")[1])
-            if artifacts.is_committed(uri):
-                art = artifacts.read(uri)
-                self.store.record_artifact(execution, "input", param, art.uri, art.type,
-                                           art.fingerprint, art.properties, art.created)
+        uris = {param: self._uri(dag.get(ref.split(".")[0]), ref.split(".")[1])
+                for param, ref in node.inputs.items()}
+        self.store.record_artifacts(execution, "input", {
+            param: artifacts.read(uri) for param, uri in uris.items()
+            if artifacts.is_committed(uri)})
         self.running[node.name] = (execution, time.perf_counter())
         self.log(step_line(node.name, "running", f"({DECISION_LOCAL})"))
 
@@ -804,10 +803,9 @@ class _Recorder:
             return
         outputs = {o: artifacts.read(self._uri(node, o), node.spec.output_type(o))
                    for o in node.spec.outputs}
+        self.store.record_artifacts(execution, "output", outputs)
         summary: dict[str, Any] = {}
-        for output, art in outputs.items():
-            self.store.record_artifact(execution, "output", output, art.uri, art.type,
-                                       art.fingerprint, art.properties, art.created)
+        for art in outputs.values():
             if art.type == "PushedModel":
                 summary.update(art.properties)        # pushed, version, path or reason
             elif node.spec.gate in art.properties:
@@ -947,13 +945,7 @@ def run_local(config: PipelineConfig, runs_dir: str = "runs", config_path: str |
     status = "failed" if error is not None else "succeeded"
     store.end_run(run_id, status, None if error is None else str(error))
     runtime.release_memory()
-    if any(r.outputs for r in recorder.results):
-        try:
-            path = report.write(os.path.join(runs_dir, run_id), run_id, status,
-                                recorder.results, None if error is None else str(error),
-                                plot_cache=os.path.join(runs_dir, ".plots"),
-                                config=invoke.recorded_config(config))
-            log(f"  report   {path}")
-        except Exception as exc:  # a report must never fail the run it describes
-            log(f"  (report not written: {type(exc).__name__}: {exc})")
+    report.write_for_run(runs_dir, run_id, status, recorder.results,
+                         None if error is None else str(error),
+                         invoke.recorded_config(config), log)
     return RunResult(run_id, runs_dir, status, recorder.results, error, engine=ENGINE_LOCAL)

@@ -135,18 +135,10 @@ class LocalRunner:
 
     def _report(self, run_id: str, status: str, results: list[StepResult],
                 error: str | None = None) -> None:
-        if not any(r.outputs for r in results):
-            return
-        from pipeline import report  # matplotlib: only once there is something to show
+        from pipeline import report
 
-        try:
-            path = report.write(os.path.join(self.runs_dir, run_id), run_id, status, results,
-                                error, plot_cache=os.path.join(self.runs_dir, ".plots"),
-                                config=invoke.recorded_config(self.config))
-        except Exception as exc:  # a report must never fail the run it describes
-            self.log(f"  (report not written: {type(exc).__name__}: {exc})")
-            return
-        self.log(f"  report   {path}")
+        report.write_for_run(self.runs_dir, run_id, status, results, error,
+                             invoke.recorded_config(self.config), self.log)
 
     # --- one step ---------------------------------------------------------------------
 
@@ -272,10 +264,7 @@ class LocalRunner:
         node, name = prepared.node, prepared.node.name
         execution_id = self.store.start_execution(run_id, name, prepared.key, prepared.parts,
                                                   decision)
-        for param, art in prepared.inputs.items():
-            if art is not None:
-                self.store.record_artifact(execution_id, "input", param, art.uri, art.type,
-                                           art.fingerprint, art.properties, art.created)
+        self.store.record_artifacts(execution_id, "input", prepared.inputs)
         step_dir = os.path.join(self.runs_dir, run_id, name)
         out_uris = {output: os.path.join(step_dir, output) for output in node.spec.outputs}
         producer = {"run_id": run_id, "step": name, "execution_id": execution_id,
@@ -298,9 +287,8 @@ class LocalRunner:
             raise
         seconds = time.perf_counter() - started
         runtime.release_memory()
+        self.store.record_artifacts(execution_id, "output", outputs)
         for output, art in outputs.items():
-            self.store.record_artifact(execution_id, "output", output, art.uri, art.type,
-                                       art.fingerprint, art.properties, art.created)
             # Hashed at commit a moment ago: remember the files as verified.
             self.store.save_signatures(art.uri, {
                 rel: sig for rel in art.files

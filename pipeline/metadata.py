@@ -339,6 +339,14 @@ class MetadataStore:
                          "VALUES (?, ?, ?, ?)", (execution_id, artifact_id, kind, name))
         return int(artifact_id)
 
+    def record_artifacts(self, execution_id: int, kind: str, arts: dict[str, Any]) -> None:
+        """Links each artifact (`components.artifacts.Artifact`; None is skipped) to the
+        execution as its input or output `name`."""
+        for name, art in arts.items():
+            if art is not None:
+                self.record_artifact(execution_id, kind, name, art.uri, art.type,
+                                     art.fingerprint, art.properties, art.created)
+
     def artifacts_of(self, execution_id: int, kind: str | None = None) -> list[dict[str, Any]]:
         query = ("SELECT a.*, ev.kind AS event, ev.name AS name FROM events ev "
                  "JOIN artifacts a ON a.id = ev.artifact_id WHERE ev.execution_id=?")

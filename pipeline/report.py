@@ -545,6 +545,22 @@ def _validation_section(anomalies: Any) -> str:
         if items else "<p>No anomalies.</p>")
 
 
+def write_for_run(runs_dir: str, run_id: str, status: str, steps: list[Any],
+                  error: str | None, config: dict[str, Any], log: Any) -> None:
+    """A runner's report of a finished run: RUNS_DIR/RUN_ID/report.html (plots kept in
+    RUNS_DIR/.plots), its path logged; nothing when no step produced outputs. A report
+    never fails the run it describes: an error writing it is logged instead."""
+    if not any(s.outputs for s in steps):
+        return
+    try:
+        path = write(os.path.join(runs_dir, run_id), run_id, status, steps, error,
+                     plot_cache=os.path.join(runs_dir, ".plots"), config=config)
+    except Exception as exc:
+        log(f"  (report not written: {type(exc).__name__}: {exc})")
+        return
+    log(f"  report   {path}")
+
+
 def write(run_dir: str, run_id: str, status: str, steps: list[Any], error: str | None = None,
           path: str | None = None, plot_cache: str | None = None,
           config: dict[str, Any] | None = None) -> str:
