@@ -279,7 +279,7 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
     store = _store(args.runs_dir)
     runs = store.list_runs(args.pipeline, args.limit)
     if args.json:
-        print(json.dumps(runs, indent=2, default=str))
+        _print_json(runs)
         return 0
     # STEPS last: its width grows with the DAG
     print(f"{'RUN':<24} {'PIPELINE':<16} {'ENGINE':<9} {'STATUS':<10} {'STARTED':<19} STEPS")
@@ -298,7 +298,7 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
 
     info = describe_run(_store(args.runs_dir), args.run_id)
     if args.json:
-        print(json.dumps(info, indent=2, default=str))
+        _print_json(info)
         return 0
     print(f"run {info['id']}  pipeline {info['pipeline']}  engine {info['engine']}  "
           f"status {info['status']}")
@@ -458,7 +458,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     registry = _registry(args)
     rows = list_versions(registry, args.model)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        _print_json(rows)
         return 0
     if not rows:
         print(f"no pushed models under {registry.root}")
@@ -481,7 +481,7 @@ def cmd_models_show(args: argparse.Namespace) -> int:
 
     info = show(_registry(args), args.ref, args.runs_dir)
     if args.json:
-        print(json.dumps(info, indent=2, default=str))
+        _print_json(info)
         return 0
     card = info["card"]
     print(f"{info['ref']}  aliases: {', '.join(info['aliases']) or '-'}  path: {info['path']}")
@@ -516,7 +516,7 @@ def cmd_models_diff(args: argparse.Namespace) -> int:
 
     result = diff(_registry(args), args.left, args.right)
     if args.json:
-        print(json.dumps(result, indent=2, default=str))
+        _print_json(result)
         return 0
 
     def num(value: Any) -> str:
@@ -553,7 +553,7 @@ def _count(value: Any) -> str:
 
 def _alias_change(name: str, entry: dict[str, Any], json_output: bool) -> None:
     if json_output:
-        print(json.dumps(dict(entry, model=name), indent=2))
+        _print_json(dict(entry, model=name))
     elif entry.get("unchanged"):
         print(f"{name}@{entry['alias']} already points at version {entry['to']}; nothing "
               "changed (not recorded).")
@@ -613,7 +613,7 @@ def cmd_models_alias_delete(args: argparse.Namespace) -> int:
     entry = registry.delete_alias(args.model, args.alias, args.reason or "")
     _sync_vertex(registry, args.model, entry["from"], entry["alias"], True, entry)
     if args.json:
-        print(json.dumps(entry, indent=2))
+        _print_json(entry)
     else:
         print(f"{args.model}: alias {entry['alias']} removed (was version {entry['from']})")
     return 0
@@ -622,7 +622,7 @@ def cmd_models_alias_delete(args: argparse.Namespace) -> int:
 def cmd_models_repair(args: argparse.Namespace) -> int:
     result = _registry(args).repair(args.model)
     if args.json:
-        print(json.dumps(result, indent=2))
+        _print_json(result)
     elif result["before"] == result["after"]:
         print(f"{args.model}: aliases.json already matches the ledger: {result['after']}")
     else:
