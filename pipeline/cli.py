@@ -671,7 +671,7 @@ def _add_models_parser(sub) -> None:
         p.add_argument("--registry", help="registry root (default: the --config's push "
                                           "destination, else ./serving)")
         p.add_argument("--config", help="take the registry from this config's push.destination")
-        p.add_argument("--json", action="store_true", help="machine-readable output")
+        _add_json_arg(p)
         p.set_defaults(func=func)
     alias = models.add_parser("alias", help="manage aliases").add_subparsers(
         dest="alias_command", required=True)
@@ -683,7 +683,7 @@ def _add_models_parser(sub) -> None:
                                            "destination, else ./serving)")
     delete.add_argument("--config", help="take the registry from this config's "
                                          "push.destination")
-    delete.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_json_arg(delete)
     delete.set_defaults(func=cmd_models_alias_delete)
 
 
@@ -820,7 +820,7 @@ def _add_runs_parser(sub: Any) -> None:
     for p, fn in ((runs_list, cmd_runs_list), (runs_show, cmd_runs_show)):
         p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR,
                        help="the runs folder (default ./runs)")
-        p.add_argument("--json", action="store_true", help="machine-readable output")
+        _add_json_arg(p)
         p.set_defaults(func=fn)
 
 
