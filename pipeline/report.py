@@ -244,6 +244,16 @@ def _tune_section(record: dict, image: str) -> str:
     return head + image + _table(["trial", *keys, record["objective"], "seconds"], rows)
 
 
+def _largest_classes(positive: Any, vocab: list) -> list[tuple[int, str]]:
+    """(index, name) of the 12 classes with the most eval examples, by name: the ones a
+    per-class curve plot shows."""
+    import numpy as np
+
+    shown = np.argsort(-positive.sum(axis=1))[:12]
+    named = [(int(i), str(vocab[i]) if i < len(vocab) else str(i)) for i in shown]
+    return sorted(named, key=lambda item: item[1])
+
+
 def _draw_roc_calibration(data: dict) -> bytes:
     """Per-class one-vs-rest ROC curves and a reliability diagram (every class's
     one-vs-rest probabilities pooled, 10 buckets) from the evaluator's histograms."""
@@ -253,14 +263,12 @@ def _draw_roc_calibration(data: dict) -> bytes:
     positive, negative = np.asarray(data["positive"]), np.asarray(data["negative"])
     vocab = data["vocabulary"]
     fig, (roc, cal) = plt.subplots(1, 2, figsize=(10, 3.8))
-    shown = np.argsort(-positive.sum(axis=1))[:12]             # the 12 largest classes
     from components.gate import roc_points
 
-    for index in sorted(shown, key=lambda i: str(vocab[i]) if i < len(vocab) else str(i)):
+    for index, name in _largest_classes(positive, vocab):
         points = roc_points(positive[index], negative[index])
         if points is not None:
-            roc.plot(*points, linewidth=1,
-                     label=vocab[index] if index < len(vocab) else str(index))
+            roc.plot(*points, linewidth=1, label=name)
     roc.plot([0, 1], [0, 1], color="#999", linestyle=":")
     roc.set_xlabel("false positive rate")
     roc.set_ylabel("true positive rate")
@@ -291,12 +299,10 @@ def _draw_precision_recall(data: dict) -> bytes:
     positive, negative = np.asarray(data["positive"]), np.asarray(data["negative"])
     vocab = data["vocabulary"]
     fig, ax = plt.subplots(figsize=(7.5, 3.8))
-    shown = np.argsort(-positive.sum(axis=1))[:12]
-    for index in sorted(shown, key=lambda i: str(vocab[i]) if i < len(vocab) else str(i)):
+    for index, name in _largest_classes(positive, vocab):
         points = pr_points(positive[index], negative[index])
         if points is not None:
             recall, precision, average = points
-            name = vocab[index] if index < len(vocab) else str(index)
             ax.plot(recall, precision, linewidth=1, label=f"{name} (AP {average:.3f})")
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
