@@ -83,8 +83,14 @@ def is_chief_task() -> bool:
     if cluster_size() <= 1:
         return True
     task = config.get("task") or {}
-    kind, index = task.get("type"), int(task.get("index") or 0)
-    return kind == "chief" or (kind == "worker" and not cluster.get("chief") and index == 0)
+    return _writes_outputs(task.get("type"), int(task.get("index") or 0),
+                           bool(cluster.get("chief")))
+
+
+def _writes_outputs(task_type: str | None, task_id: int, has_chief: bool) -> bool:
+    """The replica of a cluster that writes outputs: the chief, or worker 0 when the
+    cluster has none."""
+    return task_type == "chief" or (task_type == "worker" and not has_chief and task_id == 0)
 
 
 def choose_strategy(name: str):
@@ -178,9 +184,8 @@ def is_chief(strategy) -> bool:
     task_type = getattr(resolver, "task_type", None)
     if not task_type:
         return True
-    has_chief = "chief" in (resolver.cluster_spec().as_dict() or {})
-    return task_type == "chief" or (task_type == "worker" and not has_chief
-                                    and resolver.task_id == 0)
+    return _writes_outputs(task_type, resolver.task_id,
+                           "chief" in (resolver.cluster_spec().as_dict() or {}))
 
 
 def cache_bytes(count: int, shape: list[int]) -> int:
