@@ -142,7 +142,7 @@ def transfer_base(cfg: ModelConfig, input_shape: tuple[int, int, int], weights: 
             layer, (keras.layers.Flatten, keras.layers.GlobalAveragePooling2D,
                     keras.layers.GlobalMaxPooling2D))), own.layers[-2])
         return keras.Model(own.inputs, cut.output, name="base")
-    check_input(cfg, input_shape)
+    # channels and size were checked by build (check_input)
     application = getattr(keras.applications, BASES[cfg.base])
     base = application(input_shape=input_shape, include_top=False,
                        weights="imagenet" if weights == "imagenet" else None)
