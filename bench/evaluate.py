@@ -47,11 +47,12 @@ def plain(examples, model) -> float:
     import tensorflow as tf
     from sklearn import metrics
 
-    from components import features
+    from components import artifacts, features
 
     started = time.perf_counter()
     vocabulary = model.properties["label_vocabulary"]
-    serve = tf.saved_model.load(model.path("saved_model")).signatures["serving_default"]
+    serve = tf.saved_model.load(model.path(artifacts.Model.SAVED_MODEL)).signatures[
+        "serving_default"]
     spec = {features.LABEL: tf.io.FixedLenFeature([], tf.string)}
     labels, probs = [], []
     for batch in tf.data.TFRecordDataset(features.split_files(examples, "eval"),

@@ -329,7 +329,7 @@ def run(examples: artifacts.Artifact, trained_model: artifacts.Artifact,
     (`push.baseline_alias`, resolved by the runner), or None."""
     files = features.split_files(examples, "eval")
     vocabulary = trained_model.properties["label_vocabulary"]
-    saved = trained_model.path("saved_model")
+    saved = trained_model.path(artifacts.Model.SAVED_MODEL)
     base_card = _baseline_card(baseline)
     base_ref = f"{base_card.get('name')}:{base_card.get('version')}" if baseline else None
     base_vocab = base_card.get("label_vocabulary", vocabulary)

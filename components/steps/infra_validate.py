@@ -132,7 +132,8 @@ def run(trained_model: artifacts.Artifact, examples: artifacts.Artifact,
     files = features.split_files(examples, "eval")
     serialized, cols = features.read_raw_examples(files, limit=PROBE_EXAMPLES)
     images = cols[features.IMAGE]
-    report = probe(fileio.tf_path(trained_model.path("saved_model")), serialized, images)
+    saved_model = fileio.tf_path(trained_model.path(artifacts.Model.SAVED_MODEL))
+    report = probe(saved_model, serialized, images)
     problems = verdict(report, len(serialized), trained_model.properties["label_vocabulary"],
                        infra_validate.latency_budget_ms)
     passed = not problems

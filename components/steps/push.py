@@ -128,7 +128,7 @@ def run(trained_model: artifacts.Artifact, blessing: artifacts.Artifact,
         # Already pushed (by an earlier run, or by a run of the same config right now)?
         # Decided by the registry under its lock, when the version would be published.
         version, already = registry.push_once(
-            name, trained_model.path("saved_model"), card,
+            name, trained_model.path(artifacts.Model.SAVED_MODEL), card,
             {artifacts.Model.KERAS_FILE: keras_file} if fileio.exists(keras_file) else {},
             fingerprint=trained_model.fingerprint)
         if already:

@@ -135,7 +135,7 @@ def _train_as_worker(fitting: Fitting, model: ModelConfig, train: TrainConfig,
         _fit(fitting, model, train, work, os.path.join(work, "logs"))
         # Saving under MultiWorkerMirroredStrategy is collective too: every worker saves,
         # only the chief's copy is kept.
-        export(fitting.net, transform_graph, os.path.join(work, "saved_model"))
+        export(fitting.net, transform_graph, os.path.join(work, artifacts.Model.SAVED_MODEL))
     resolver = fitting.strategy.cluster_resolver
     return {"final": {}, "lines": [f"worker {resolver.task_type} {resolver.task_id}: trained "
                                    "with the chief, which writes the model"]}
