@@ -94,6 +94,18 @@ def test_bad_records_are_counted_not_fatal(tmp_path):
     assert '"id": "corrupt"' in dropped
 
 
+def test_a_bad_train_record_is_left_out_of_the_materialized_split(tmp_path):
+    """The training split is read twice (analysis, then transform); the second read
+    skips the records the first found undecodable."""
+    corrupt = features.encode_example({features.IMAGE: b"\x89PNG\r\n\x1a\nbroken",
+                                       features.LABEL: "cat", features.ID: "corrupt"})
+    examples, _ = examples_artifact(tmp_path, extra_train=(corrupt,))
+    graph, _ = run_transform(tmp_path, examples)
+    assert graph.properties["dropped"] == {"train/undecodable": 1}
+    assert len(read_transformed(graph, "train")) == \
+        sum(examples.properties["counts"]["train"].values()) - 1
+
+
 def test_beam_output_equals_serving_layer(tmp_path):
     """Training/serving skew: the Beam output and the graph's Keras layer agree."""
     import tensorflow as tf

@@ -42,8 +42,9 @@ def check_decodable(serialized: bytes) -> Any:
     return [serialized]
 
 
-def not_listed(serialized: bytes, bad_ids: list[str]) -> bool:
-    """Whether a record's id is not among `bad_ids` (parsed only when there are any)."""
+def not_listed(serialized: bytes, bad_ids: dict[str, bool]) -> bool:
+    """Whether a record's id is not among `bad_ids` (parsed only when there are any;
+    a dict, so each record is one lookup however many are bad)."""
     if not bad_ids:
         return True
     from tensorflow.core.example import example_pb2
@@ -116,7 +117,7 @@ def _pipeline(pipeline: Any, examples: artifacts.Artifact, out_dir: str, data: D
         """The split once more, less the records the first read found undecodable: the
         analysis needs all of it before the transform starts, and a runner would
         otherwise hold the whole split in memory between the two passes."""
-        bad_ids = beam.pvalue.AsList(bad | f"BadIds{split}" >> beam.Map(lambda b: b["id"]))
+        bad_ids = beam.pvalue.AsDict(bad | f"BadIds{split}" >> beam.Map(lambda b: (b["id"], True)))
         return (pipeline
                 | f"Read{split}Again" >> beam.io.ReadFromTFRecord(
                     examples.path(split, "*.tfrecord.gz"))
