@@ -89,7 +89,6 @@ def show(registry: Registry, ref: str, runs_dir: str) -> dict[str, Any]:
     store_path = os.path.join(runs_dir, METADATA_FILE)
     model_uri = card.get("artifacts", {}).get("model")
     if model_uri and os.path.isfile(store_path):
-
         info["lineage"] = MetadataStore(store_path).lineage(model_uri)
     return info
 
