@@ -23,29 +23,29 @@ view is repaired by the next change or `imgpipe models repair`); one killed whil
 appending leaves a torn last line, which is no change at all and is cut off by the next
 writer. Every change decides what it changes under one lock per model on local roots,
 and by compare-and-swap on the ledger's object generation on gs://.
+
+`Registry` decides (versions, aliases, promotion rules, whether a model is already
+pushed); the two storage protocols are `LocalStore` and `BucketStore` in
+`components.registry_store`, one of them chosen from the root.
 """
 
 from __future__ import annotations
 
-import contextlib
-import getpass
 import json
 import os
 import re
-import shutil
-import uuid
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from components import fileio, runtime
 from components.artifacts import SAVED_MODEL_PB
 from components.config import LATEST_ALIAS
 from components.errors import ConfigError, ImgpipeError
+from components.registry_store import CARD, BucketStore, LocalStore, Push, Store
+from components.registry_store import user as _user
 
-CARD = "model_card.json"
 ALIASES = "aliases.json"
 AUDIT = "audit.jsonl"
-CLAIM = ".claim"          # a version number taken on an object store (create-if-absent)
 PIPELINE_STATE = "pipeline_state.json"
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 NAME = re.compile(NAME_PATTERN)
@@ -129,6 +129,7 @@ class Registry:
 
     def __init__(self, root: str):
         self.root = root if fileio.is_remote(root) else os.path.abspath(root)
+        self._store: Store = BucketStore() if fileio.is_remote(root) else LocalStore()
 
     def _model_dir(self, name: str) -> str:
         return fileio.join(self.root, check_name(name))
@@ -218,31 +219,22 @@ class Registry:
             return found, True
         files = _files_of(saved_model, "") + [
             entry for rel, src in (extra_files or {}).items() for entry in _files_of(src, rel)]
-        if fileio.is_remote(base):
-            return self._push_remote(name, base, files, card), False
-        fileio.makedirs(base)
-        staging = fileio.join(base, f".push-{uuid.uuid4().hex}")
-        with contextlib.ExitStack() as held:
-            # Cleaning up dead pushes and taking this push's lock are one step under the
-            # model's lock: a cleaner never sees this copy before its lock is held.
-            with self._locked(name):
-                self._clean_dead_pushes(base)
-                held.enter_context(_held(f"{staging}.lock"))
-            try:
-                for src, rel in files:
-                    fileio.copy(src, fileio.join(staging, rel))
-                if not fileio.exists(fileio.join(staging, SAVED_MODEL_PB)):
-                    raise ImgpipeError(f"{saved_model} holds no saved_model.pb: nothing to "
-                                       "push.")
-                with self._locked(name):
-                    found = self.pushed(name, fingerprint)
-                    if found is not None:
-                        fileio.rmtree(staging)
-                        return found, True
-                    return self._claim_version(name, base, staging, card), False
-            except BaseException:
-                fileio.rmtree(staging)
-                raise
+
+        def stamped(number: int) -> str:
+            return json.dumps(dict(card, name=name, version=number, pushed=runtime.utc_now()),
+                              indent=2, default=str)
+
+        def pushed_now() -> tuple[int, str] | None:
+            found = self.pushed(name, fingerprint)
+            return None if found is None else (found.version, found.path)
+
+        def newest() -> int:
+            versions = self.versions(name)
+            return versions[-1].version if versions else 0
+
+        number, path, already = self._store.publish(
+            Push(base, files, saved_model, stamped, pushed_now, newest))
+        return Version(name, number, path), already
 
     def pushed(self, name: str, fingerprint: str | None) -> Version | None:
         """The newest version whose card records the model `fingerprint` (None when no
@@ -256,77 +248,6 @@ class Registry:
             except RegistryError:
                 continue
         return None
-
-    def _push_remote(self, name: str, base: str, files: list[tuple[str, str]],
-                     card: dict[str, Any]) -> Version:
-        """An object store has no rename: claim the next number with a create-if-absent
-        marker (two pushes never get the same one), copy the files in, and write
-        saved_model.pb last (TF Serving and `versions` wait for it)."""
-        for _ in range(1000):
-            taken = [int(n) for n in fileio.listdir(base) if n.isdigit()] \
-                if fileio.isdir(base) else []
-            number = max(taken, default=0) + 1
-            claim = {"time": runtime.utc_now(), "who": _user(),
-                     "process": runtime.process_identity()}
-            if fileio.create_if_absent(fileio.join(base, str(number), CLAIM),
-                                       json.dumps(claim).encode()):
-                break
-        else:
-            raise ImgpipeError(f"could not claim a version under {base}.")
-        target = fileio.join(base, str(number))
-        try:
-            stamped = dict(card, name=name, version=number, pushed=runtime.utc_now())
-            fileio.write_text(fileio.join(target, CARD), json.dumps(stamped, indent=2,
-                                                                    default=str))
-            ready = [(src, rel) for src, rel in files if rel == SAVED_MODEL_PB]
-            for src, rel in [f for f in files if f not in ready] + ready:
-                fileio.copy(src, fileio.join(target, rel))
-        except BaseException:
-            fileio.rmtree(target)
-            raise
-        return Version(name, number, target)
-
-    def _claim_version(self, name: str, base: str, staging: str,
-                       card: dict[str, Any]) -> Version:
-        """Publishes `staging` as the next number (called under the model's lock). A
-        number taken by something that is not a version (a stray file `7`, a half-made
-        folder) is skipped over, never retried."""
-        versions = self.versions(name)
-        number = versions[-1].version if versions else 0
-        for _ in range(1000):
-            number += 1
-            stamped = dict(card, name=name, version=number, pushed=runtime.utc_now())
-            fileio.write_text(fileio.join(staging, CARD),
-                              json.dumps(stamped, indent=2, default=str))
-            target = fileio.join(base, str(number))
-            try:
-                self._publish(staging, target)
-            except FileExistsError:
-                continue  # taken by something else: take the next one
-            return Version(name, number, target)
-        raise ImgpipeError(f"could not allocate a version under {base}.")
-
-    @staticmethod
-    def _clean_dead_pushes(base: str) -> None:
-        """Removes hidden copies of pushes whose process is gone (called under the
-        model's lock, which a push holds while it creates its copy's lock): a running
-        push holds the lock file next to its copy; a dead one holds nothing."""
-        for entry in os.listdir(base):
-            if not entry.startswith(".push-"):
-                continue
-            path = os.path.join(base, entry.removesuffix(".lock"))
-            if _lock_is_free(f"{path}.lock"):
-                shutil.rmtree(path, ignore_errors=True)
-                with contextlib.suppress(OSError):
-                    os.remove(f"{path}.lock")
-
-    def _publish(self, staging: str, target: str) -> None:
-        try:
-            os.rename(staging, target)  # fails when target exists and is not empty
-        except OSError as exc:
-            if os.path.exists(target):
-                raise FileExistsError(target) from exc
-            raise
 
     # --- state the next scheduled run reads -----------------------------------------
 
@@ -415,37 +336,18 @@ class Registry:
         the ledger's generation, retried (and decided again) when another writer was
         first. An entry marked `unchanged` (or None) is not recorded."""
         ledger = fileio.join(self._model_dir(name), AUDIT)
-        if not fileio.is_remote(ledger):
-            with self._locked(name):
-                data = fileio.read_bytes(ledger) if fileio.exists(ledger) else b""
-                whole = data[:data.rfind(b"\n") + 1]     # a torn tail never happened
-                entry = decide(_parse_ledger(ledger, name, whole))
-                if whole != data:
-                    fileio.write_bytes_atomic(ledger, whole)
-                if entry is not None and not entry.get("unchanged"):
-                    _append_synced(ledger, json.dumps(entry, sort_keys=True) + "\n")
-                self._write_view(name, self.aliases(name))
-            return entry
-        for _ in range(100):
-            data, generation = fileio.read_versioned(ledger)
-            whole = data[:data.rfind(b"\n") + 1]
+
+        def decided(whole: bytes) -> tuple[dict[str, Any] | None, bytes]:
             entry = decide(_parse_ledger(ledger, name, whole))
             if entry is None or entry.get("unchanged"):
-                self._write_view(name, _replay(_parse_ledger(ledger, name, whole)))
-                return entry
-            line = json.dumps(entry, sort_keys=True).encode() + b"\n"
-            if fileio.swap(ledger, whole + line, generation):
-                self._write_view(name, self.aliases(name))
-                return entry
-        raise ImgpipeError(f"{ledger} kept changing under 100 attempts to record an alias "
-                           "change; try again.")
+                return entry, b""
+            return entry, json.dumps(entry, sort_keys=True).encode() + b"\n"
 
-    @contextlib.contextmanager
-    def _locked(self, name: str) -> Iterator[None]:
-        base = self._model_dir(name)
-        os.makedirs(base, exist_ok=True)
-        with _held(os.path.join(base, ".lock"), blocking=True):
-            yield
+        def view(whole: bytes | None) -> None:
+            self._write_view(name, self.aliases(name) if whole is None
+                             else _replay(_parse_ledger(ledger, name, whole)))
+
+        return self._store.change(ledger, decided, view)
 
     def _read_view(self, name: str) -> Any:
         path = fileio.join(self._model_dir(name), ALIASES)
@@ -495,13 +397,6 @@ def _check_entry(entry: Any) -> None:
             raise ValueError(f"{key!r} is {value!r}, not a version number")
     if not isinstance(entry.get("action", ""), str):
         raise ValueError(f"action {entry['action']!r} is not text")
-
-
-def _append_synced(path: str, line: str) -> None:
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(line)
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 def _files_of(src: str, rel: str) -> list[tuple[str, str]]:
@@ -561,47 +456,3 @@ def _require_blessed(version: Version) -> None:
             card.get("infra_validation", {}).get("reason") or "no blessing on record"
         raise PromotionRefused(f"{version.ref} is not blessed ({why}); pass --force to "
                                "promote it anyway (recorded in the audit log).")
-
-
-def _user() -> str:
-    try:
-        return os.environ.get("IMGPIPE_USER") or getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
-
-
-@contextlib.contextmanager
-def _held(lock_path: str, blocking: bool = False) -> Iterator[None]:
-    """Holds an exclusive lock on `lock_path` (local paths) while the block runs."""
-    if fileio.is_remote(lock_path):
-        yield
-        return
-    import fcntl
-
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        try:
-            yield
-        finally:
-            if not blocking:   # a private lock: gone with its owner's work
-                with contextlib.suppress(OSError):
-                    os.remove(lock_path)
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _lock_is_free(lock_path: str) -> bool:
-    """True when no live process holds `lock_path` (or it does not exist). Never
-    creates the file: a lock that is gone belongs to nobody."""
-    import fcntl
-
-    try:
-        fd = os.open(lock_path, os.O_RDONLY)
-    except OSError:
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return False
-    finally:
-        os.close(fd)    # closing releases the lock it took
-    return True
