@@ -15,7 +15,7 @@ import json
 import os
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, TypedDict
 
 from components import fileio, runtime
 from components.errors import ArtifactError
@@ -32,61 +32,149 @@ SAVED_MODEL_PB = "saved_model.pb"
 # The splits of every Examples artifact, in this order.
 SPLITS = ("train", "eval")
 
-# --- artifact types: each docstring documents the on-disk layout -------------------
+# --- artifact types: each owns its layout (file names, typed readers and writers) -----
 
 
-class Examples:
-    """Raw examples. Layout: `{uri}/{split}/part-*.tfrecord.gz` (GZIP TFRecord of
+def _uri(at: "Artifact | str") -> str:
+    return at.uri if isinstance(at, Artifact) else at
+
+
+def _read_json(at: "Artifact | str", name: str) -> Any:
+    return json.loads(fileio.read_text(fileio.join(_uri(at), name)))
+
+
+def _write_json(writer: "ArtifactWriter", name: str, value: Any, **dump: Any) -> None:
+    fileio.write_text(writer.file(name), json.dumps(value, indent=2, **dump))
+
+
+class ArtifactType:
+    """An artifact type: its docstring documents the layout, its constants name the
+    files, and `FILE` (when set) is the JSON document most readers want:
+    `Type.read(artifact_or_uri)`, `Type.write(writer, value)`, and `Type.load(uri)`
+    (None when the file is absent or unreadable: the report of a run that stopped)."""
+
+    FILE: str | None = None
+
+    @classmethod
+    def read(cls, at: "Artifact | str") -> Any:
+        return _read_json(at, cls.FILE)
+
+    @classmethod
+    def write(cls, writer: "ArtifactWriter", value: Any, **dump: Any) -> None:
+        _write_json(writer, cls.FILE, value, **dump)
+
+    @classmethod
+    def load(cls, uri: str | None) -> Any:
+        if not uri:
+            return None
+        try:
+            return cls.read(uri)
+        except (OSError, ValueError):
+            return None
+
+    @classmethod
+    def file_names(cls) -> tuple[str, ...]:
+        """Every file or folder name this type's layout defines (its upper-case str
+        constants)."""
+        return tuple(sorted({value for key, value in vars(cls).items()
+                             if key.isupper() and isinstance(value, str)}))
+
+
+class Examples(ArtifactType):
+    """Raw examples. Layout: `{uri}/{split}/*.tfrecord.gz` (GZIP TFRecord of
     `tf.train.Example` with `image/encoded`, `image/format`, `label`, `height`,
     `width`, `channels`, `id`, `source`). Properties: `splits`, `counts`,
     `class_names`."""
 
+    SHARDS = "*.tfrecord.gz"
 
-class ExampleStatistics:
-    """Ingest statistics (TFX's ExampleStatistics). Layout: `{uri}/stats.json` (counts per split and class,
-    size/channel histograms, exact duplicates, quarantine counts, per-class brightness
-    and contrast, eval images dropped or moved to train), `{uri}/thumbnails.tsv` (id,
-    split, base64 16x16 grayscale thumbnail per image, for near-duplicate
-    checks), `{uri}/quarantine.jsonl` (one rejected input per line: path, reason)."""
+    @classmethod
+    def shards(cls, at: "Artifact | str", split: str) -> list[str]:
+        return fileio.glob(fileio.join(_uri(at), split, cls.SHARDS))
 
 
-class Schema:
+class ExampleStatistics(ArtifactType):
+    """Ingest statistics (TFX's ExampleStatistics). Layout: `{uri}/stats.json` (counts
+    per split and class, size/channel histograms, exact duplicates, quarantine counts,
+    per-class brightness and contrast, eval images dropped or moved to train),
+    `{uri}/thumbnails.tsv` (id, split, base64 16x16 grayscale thumbnail per image, for
+    near-duplicate checks), `{uri}/quarantine.jsonl` (one rejected input per line:
+    path, reason). `partial_stats.json` is ingest's own staging file, never committed."""
+
+    FILE = "stats.json"
+    THUMBNAILS = "thumbnails.tsv"
+    QUARANTINE = "quarantine.jsonl"
+    PARTIAL = "partial_stats.json"
+
+
+class Schema(ArtifactType):
     """The enforced schema. Layout: `{uri}/schema.pbtxt` (TFMD Schema text proto)."""
 
+    TEXT = "schema.pbtxt"
 
-class ExampleAnomalies:
-    """Validation result (TFX's ExampleAnomalies). Layout: `{uri}/anomalies.json` (list of anomalies with kind,
-    feature, description, severity)."""
+    @classmethod
+    def read(cls, at: "Artifact | str") -> str:
+        return fileio.read_text(fileio.join(_uri(at), cls.TEXT))
+
+    @classmethod
+    def write(cls, writer: "ArtifactWriter", value: str, **_: Any) -> None:
+        fileio.write_text(writer.file(cls.TEXT), value)
 
 
-class TransformGraph:
+class ExampleAnomalies(ArtifactType):
+    """Validation result (TFX's ExampleAnomalies). Layout: `{uri}/anomalies.json` (list
+    of anomalies with kind, feature, description, severity)."""
+
+    FILE = "anomalies.json"
+
+
+class TransformGraph(ArtifactType):
     """tensorflow-transform output. Layout: `{uri}/transform_fn/`,
     `{uri}/transformed_metadata/` (as written by `WriteTransformFn`) and, when
     materialized, `{uri}/examples/{split}/part-*.tfrecord.gz` (per example: the resized
     pixels as uint8 bytes, `label_id`, `pixel_scale`, `pixel_offset`; see
-    components/features). Properties: `label_vocabulary`, `num_classes`, `image_shape`,
-    `materialized`, `counts`."""
+    components/features), with `{uri}/counts.json` (examples per split). Properties:
+    `label_vocabulary`, `num_classes`, `image_shape`, `materialized`, `counts`."""
+
+    TRANSFORM_FN = "transform_fn"
+    METADATA = "transformed_metadata"
+    EXAMPLES = "examples"
+    COUNTS = "counts.json"
+
+    @classmethod
+    def shards(cls, at: "Artifact | str", split: str) -> list[str]:
+        return fileio.glob(fileio.join(_uri(at), cls.EXAMPLES, split, Examples.SHARDS))
 
 
-class Model:
+class Model(ArtifactType):
     """Trained model. Layout: `{uri}/saved_model/` (SavedModel with serving
     signatures), `{uri}/model.keras` (the Keras model, a base for later runs),
     `{uri}/history.json`, `{uri}/logs/` (TensorBoard)."""
 
     SAVED_MODEL = "saved_model"
     KERAS_FILE = "model.keras"
+    FILE = "history.json"
+    LOGS = "logs"
 
 
-class ModelEvaluation:
-    """The evaluator's output (TFX's ModelEvaluation). Layout: `{uri}/tfma/` (TFMA results), `{uri}/metrics.json`
-    (per-slice and per-class metrics, confusion matrix, paired comparison with the
-    baseline), `{uri}/predictions.jsonl` (one eval example per line),
-    `{uri}/curves.npz` (per-class histograms of the predicted probability, positives
-    and negatives apart: ROC, AUC and calibration), `{uri}/misclassified/*.png`
-    (thumbnails of the most confident mistakes)."""
+class ModelEvaluation(ArtifactType):
+    """The evaluator's output (TFX's ModelEvaluation). Layout: `{uri}/tfma/` (TFMA
+    results), `{uri}/metrics.json` (per-slice and per-class metrics, confusion matrix,
+    paired comparison with the baseline), `{uri}/predictions.jsonl` (one eval example
+    per line), `{uri}/curves.npz` (per-class histograms of the predicted probability,
+    positives and negatives apart: ROC, AUC and calibration), `{uri}/misclassified/*.png`
+    (thumbnails of the most confident mistakes; `mistakes.json` is the scoring job's
+    staging list of them)."""
+
+    FILE = "metrics.json"
+    TFMA = "tfma"
+    PREDICTIONS = "predictions.jsonl"
+    CURVES = "curves.npz"
+    GALLERY = "misclassified"
+    MISTAKES = "mistakes.json"
 
 
-class HyperParameters:
+class HyperParameters(ArtifactType):
     """A search's result (the tune step). Layout: `{uri}/hyperparameters.json` (best
     values as dotted config keys, the objective and its best score, every trial's
     values, score and seconds, the search space and algorithm; or, with no search, no
@@ -95,19 +183,59 @@ class HyperParameters:
     FILE = "hyperparameters.json"
 
 
-class ModelBlessing:
+class ModelBlessing(ArtifactType):
     """The evaluator's verdict (TFX's ModelBlessing). Layout: `{uri}/blessing.json`
     (blessed, every check with value, bound and verdict, baseline)."""
 
+    FILE = "blessing.json"
 
-class InfraBlessing:
+
+class InfraBlessing(ArtifactType):
     """The infra validator's verdict (TFX's InfraBlessing). Layout:
     `{uri}/infra_validation.json` (passed, reason, probe report)."""
 
+    FILE = "infra_validation.json"
 
-class PushedModel:
+
+class PushedModel(ArtifactType):
     """What the push step did. Layout: `{uri}/push.json` (pushed or not and why,
     registry root, model name, version, path, alias moved)."""
+
+    FILE = "push.json"
+
+
+class ModelCard(TypedDict, total=False):
+    """A pushed version's model card (`model_card.json` in the registry, written by the
+    push step, read by `imgpipe models`, the report and the registry's rules)."""
+
+    model: dict[str, Any]            # kind, trainable_params, image_shape, epochs, fingerprint
+    hyperparameters: dict[str, Any]
+    label_vocabulary: list[str]
+    metrics: dict[str, float]        # the overall slice
+    per_class: dict[str, Any]
+    comparison: dict[str, Any] | None
+    blessing: dict[str, Any]         # blessed, reason, baseline, gate, checks
+    infra_validation: dict[str, Any]  # passed, reason
+    data: dict[str, Any]             # fingerprint, examples, counts, classes, quarantine
+    config: dict[str, Any] | None
+    package_version: str
+    git_commit: str | None
+    run_id: str | None
+    pipeline: str | None
+    artifacts: dict[str, str]
+    created: str
+    pushed: str
+
+
+def card_field(card: ModelCard | dict[str, Any], dotted: str, default: Any = None) -> Any:
+    """`card_field(card, "model.kind")`: a value of a (possibly older or partial) model
+    card, `default` where a part is missing or not a mapping."""
+    value: Any = card
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return default
+        value = value[part]
+    return value
 
 
 TYPES: dict[str, type] = {
@@ -128,7 +256,7 @@ def type_name(recorded: str, files: dict[str, Any] | None = None) -> str:
     """The current name of a recorded artifact type (a manifest's or a metadata row's):
     an older imgpipe's name maps to its TFX name, so artifacts it wrote still read."""
     if recorded == _OLD_BLESSING:
-        return (InfraBlessing.__name__ if "infra_validation.json" in (files or {})
+        return (InfraBlessing.__name__ if InfraBlessing.FILE in (files or {})
                 else ModelBlessing.__name__)
     return RENAMED.get(recorded, recorded)
 
@@ -254,9 +382,13 @@ def verify(artifact: Artifact, known: dict[str, str] | None = None
 class ArtifactWriter:
     """Collects an artifact's files under `path`, then `commit()` publishes it.
 
-    Write files under `writer.path`, set `writer.properties` (and optionally
-    `writer.fingerprint`; the default hashes every file), then commit. Until then
-    the final `uri` holds nothing a reader accepts.
+    The invoker hands every declared output to its step as an open writer (type and
+    producer set) and commits it when the step returns, or aborts it when the step
+    raises. The step writes files under `writer.path` (`writer.file(...)`), sets
+    `writer.properties` (and optionally `writer.fingerprint`; the default hashes every
+    file). Until the commit the final `uri` holds nothing a reader accepts. Storage is
+    touched only when the step first asks for a path, so a replica that writes nothing
+    (a non-chief training worker: `discard()`) leaves the shared location alone.
     """
 
     def __init__(self, uri: str, artifact_type: type | str, producer: dict[str, Any] | None = None):
@@ -268,10 +400,25 @@ class ArtifactWriter:
         self.properties: dict[str, Any] = {}
         self.fingerprint: str | None = None
         self._remote = fileio.is_remote(self.uri)
-        self.path = self.uri if self._remote else f"{self.uri}.staging-{uuid.uuid4().hex[:8]}"
+        self._path: str | None = None
+        self.committed: Artifact | None = None
+        self.discarded = False
+        if not self._remote and fileio.exists(fileio.join(self.uri, MANIFEST_NAME)):
+            raise ArtifactError(f"{self.uri} already holds a committed artifact; "
+                                "artifacts are immutable, write to a new location.")
+
+    @property
+    def path(self) -> str:
+        """Where the artifact's files are written (a staging name on local disks)."""
+        if self._path is None:
+            self._path = self._open()
+        return self._path
+
+    def _open(self) -> str:
+        path = self.uri if self._remote else f"{self.uri}.staging-{uuid.uuid4().hex[:8]}"
         if fileio.exists(self.uri) and not self._remote:
             if fileio.exists(fileio.join(self.uri, MANIFEST_NAME)):
-                raise ArtifactError(f"{self.uri} already holds a committed artifact; "
+                raise ArtifactError(f"{self.uri} was committed while this writer was open; "
                                     "artifacts are immutable, write to a new location.")
             fileio.rmtree(self.uri)  # debris of a killed writer: never committed
         if not self._remote:
@@ -279,7 +426,8 @@ class ArtifactWriter:
                 fileio.rmtree(debris)  # staging left by a killed writer of this uri
         if self._remote:
             fileio.rmtree(fileio.join(self.uri, MANIFEST_NAME))
-        fileio.makedirs(self.path)
+        fileio.makedirs(path)
+        return path
 
     def file(self, *parts: str) -> str:
         """A path inside the artifact being written."""
@@ -288,7 +436,12 @@ class ArtifactWriter:
     def commit(self) -> Artifact:
         """Writes the manifest last and publishes the directory at `uri`. The manifest
         records every file's size and content hash, so a reader (the cache) can tell
-        later whether the artifact is still what was committed."""
+        later whether the artifact is still what was committed. Committing twice returns
+        the first commit's artifact."""
+        if self.committed is not None:
+            return self.committed
+        if self.discarded:
+            raise ArtifactError(f"{self.uri} was discarded; it cannot be committed.")
         files = list_files(self.path)
         fingerprint = self.fingerprint or fingerprint_files(files)
         manifest = {
@@ -304,21 +457,31 @@ class ArtifactWriter:
                                  json.dumps(manifest, indent=2, sort_keys=True, default=str))
         if not self._remote:
             fileio.rename(self.path, self.uri)
-        return read(self.uri, self.type)
+        self.committed = read(self.uri, self.type)
+        return self.committed
 
     def abort(self) -> None:
         """Removes what was written; the artifact never existed."""
-        if not self._remote:
-            fileio.rmtree(self.path)
+        if self._path is not None and not self._remote and self.committed is None:
+            fileio.rmtree(self._path)
+
+    def discard(self) -> None:
+        """This replica writes nothing here (another one, the chief, commits it)."""
+        self.abort()
+        self.discarded = True
 
 
 @contextlib.contextmanager
 def writing(uri: str, artifact_type: type | str,
             producer: dict[str, Any] | None = None) -> Iterator[ArtifactWriter]:
-    """`with writing(uri, Examples) as w: ...; w.commit()` — aborts on any exception."""
+    """`with writing(uri, Examples) as w: ...` for code outside a step (tests, tools):
+    commits when the block ends, aborts on any exception. Steps get their writers
+    from the invoker instead."""
     writer = ArtifactWriter(uri, artifact_type, producer)
     try:
         yield writer
     except BaseException:
         writer.abort()
         raise
+    if not writer.discarded:
+        writer.commit()

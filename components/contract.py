@@ -1,68 +1,118 @@
-"""The step contract: what a DAG step declares about itself, next to its function.
+"""The step contract: a DAG step's signature is its whole interface.
 
-A step is a plain function in `components/steps/`. The `@step(...)` decorator attaches
-a `StepSpec` to it: the artifacts it consumes and produces (with their types), the
-config sections it reads, the Beam options that change its output, what the runner
-resolves for it (the registry baseline, a scratch directory), whether its result may
-be reused from a cache, and the summary key that gates later steps. `pipeline/dag.py`
-wires the specs together with real imports; `pipeline/invoke.py` is the one place that
-turns a spec + config + input artifacts into a call. `check_signature` holds the
-declaration and the function's signature together (a test runs it on every step).
+A step is a plain function in `components/steps/`, as in TFX's `@component` and KFP's
+`Input[...]` / `Output[...]`. Each parameter's annotation says what it is:
 
-    @step(name="validate", inputs={"statistics": ExampleStatistics,
-                                   "baseline_statistics": Maybe(ExampleStatistics)},
-          outputs={"anomalies": ExampleAnomalies, "schema": Schema}, config=("validate",))
-    def run(statistics, baseline_statistics, validate, anomalies, schema, producer): ...
+    @step(gate="passed")
+    def run(statistics: In[ExampleStatistics], validate: ValidateConfig,
+            anomalies: Out[ExampleAnomalies],
+            baseline_statistics: In[ExampleStatistics] | None = None) -> dict: ...
+
+| annotation               | the runner passes                                            |
+|--------------------------|--------------------------------------------------------------|
+| `In[T]`                  | a committed, type-checked `artifacts.Artifact` of type T     |
+| `In[T] | None = None`    | the same, or None (e.g. the previous run's statistics)       |
+| `Out[T]`                 | an open `artifacts.ArtifactWriter` of type T (producer set), |
+|                          | committed when the function returns and aborted when it     |
+|                          | raises, so a step never commits anything itself (a URI     |
+|                          | given instead, as in a direct call, gets a writer too)      |
+| a config `Section` class | that config section; the parameter is named as the section  |
+| `BaselineModel`          | the registry version holding `push.baseline_alias` (or None) |
+| `Scratch`                | a private folder that survives a failed attempt (checkpoints)|
+| `RecordedConfig`         | the sections named in `record=` (the model card's config)    |
+
+`@step(...)` keeps only what a signature cannot say: `gate`, `cache`, `isolated`,
+`external`, the `beam` keys that change results, `record`, and `ui_outputs` (the
+KFP run page's metrics). `StepSpec` is derived from both when the module is imported;
+a parameter whose annotation says nothing the runner can pass is a TypeError there.
+`pipeline/dag.py` wires specs together with real imports and checks the config
+section names; `pipeline/invoke.py` is the one place a spec becomes a call.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Annotated, Any, Callable, Mapping, Optional
 
 from components import artifacts, runtime
+from components.config import BeamConfig, Section
 
 # What the runner can resolve for a step, by parameter meaning.
 BASELINE_MODEL = "baseline_model"   # dir of the registry version holding push.baseline_alias
 RESOLVABLE = (BASELINE_MODEL,)
 
-# Parameters every step function takes, whatever it declares.
-PRODUCER = "producer"
-
 
 @dataclass(frozen=True)
 class Maybe:
-    """An input that may be absent (None), e.g. the previous run's statistics."""
+    """A declared input that may be absent (None): how `In[T] | None` is recorded."""
 
     type: type
 
 
 @dataclass(frozen=True)
-class StepSpec:
-    """A DAG step's interface. Field by field:
+class _Port:
+    direction: str          # "input" | "output"
+    type: type
 
-    inputs:   parameter -> artifact type (or `Maybe(type)`): committed artifacts the
-              step reads; the DAG says which step (or earlier run) produces each.
-    outputs:  parameter -> artifact type: the step receives a URI for each and must
-              commit an artifact of that type there.
+
+@dataclass(frozen=True)
+class _Role:
+    role: str               # "resolved" | "scratch" | "record"
+    what: str = ""
+
+
+class In:
+    """`examples: In[Examples]`: a committed artifact of that type."""
+
+    def __class_getitem__(cls, artifact_type: type) -> Any:
+        return Annotated[artifacts.Artifact, _Port("input", _artifact_type(artifact_type))]
+
+
+class Out:
+    """`examples: Out[Examples]`: an open writer of that type, committed by the invoker."""
+
+    def __class_getitem__(cls, artifact_type: type) -> Any:
+        return Annotated[artifacts.ArtifactWriter, _Port("output", _artifact_type(artifact_type))]
+
+
+BaselineModel = Annotated[Optional[str], _Role("resolved", BASELINE_MODEL)]
+Scratch = Annotated[Optional[str], _Role("scratch")]
+RecordedConfig = Annotated[Optional[dict], _Role("record")]
+
+
+def _artifact_type(artifact_type: Any) -> type:
+    name = getattr(artifact_type, "__name__", None)
+    if artifacts.TYPES.get(name) is not artifact_type:
+        raise TypeError(f"{artifact_type!r} is not an artifact type of components.artifacts "
+                        f"(known: {', '.join(sorted(artifacts.TYPES))})")
+    return artifact_type
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """A DAG step's interface, derived from its signature and `@step(...)`:
+
+    inputs:   parameter -> artifact type (or `Maybe(type)`), from `In[...]`.
+    outputs:  parameter -> artifact type, from `Out[...]`.
     config:   config sections passed as parameters of the same name (their values
               are in the cache key; the step receives nothing else of the config).
     record:   sections the step only records (the model card), passed together as
-              `recorded_config`; never in a cache key (such steps are not cached).
-    beam:     keys of the `beam` section that change the output; a Beam step
-              (non-empty) receives the whole section as `beam`.
-    resolved: parameter -> what the runner resolves (BASELINE_MODEL).
-    scratch:  the step takes `scratch`, a directory that survives a failed attempt
-              (checkpoints), private to the execution.
+              its `RecordedConfig` parameter; never in a cache key (uncached steps only).
+    beam:     keys of the `beam` section that change the output; a Beam step takes
+              the whole section as `beam: BeamConfig`.
+    resolved: parameter -> what the runner resolves (`BaselineModel`).
+    scratch:  the `Scratch` parameter, if any.
     cache:    False for steps with effects outside their artifacts (push).
-    gate:     summary key whose truth lets the push run (blessed, passed).
+    gate:     summary key whose truth lets gated steps run (blessed, passed).
     isolated: the step's work runs in a child process (infra validation's fresh
               TensorFlow), so the local runner may run it beside the next steps.
     external: f(**config sections) -> {name: fingerprint} of files the step reads
               that no step produces (the data source, a schema file, start weights).
+    ui_outputs: (parameter, KFP artifact class) of run-page outputs (KFP only).
     """
 
     name: str
@@ -73,11 +123,14 @@ class StepSpec:
     record: tuple[str, ...] = ()
     beam: tuple[str, ...] = ()
     resolved: Mapping[str, str] = field(default_factory=dict)
-    scratch: bool = False
+    scratch: str | None = None
+    recorded_param: str | None = None
     cache: bool = True
     gate: str | None = None
     isolated: bool = False
     external: Callable[..., dict[str, str]] | None = None
+    ui_outputs: tuple[tuple[str, str], ...] = ()
+    sections: Mapping[str, type] = field(default_factory=dict)
 
     @property
     def module(self) -> str:
@@ -94,21 +147,149 @@ class StepSpec:
         return self.outputs[param].__name__
 
 
-def step(name: str, **declaration: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Declares the decorated function a DAG step (see `StepSpec`). A step runs with
-    a private temporary folder, removed when it returns or fails (TensorFlow, Beam and
-    tensorflow-transform leave files in the temporary folder otherwise)."""
+def step(name: str | None = None, *, gate: str | None = None, cache: bool = True,
+         isolated: bool = False, external: Callable[..., dict[str, str]] | None = None,
+         beam: tuple[str, ...] = (), record: tuple[str, ...] = (),
+         ui_outputs: tuple[tuple[str, str], ...] = ()
+         ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Declares the decorated function a DAG step (see the module docstring). `name`
+    defaults to the module's own name (`components/steps/validate.py` -> validate). A
+    step runs with a private temporary folder, removed when it returns or fails
+    (TensorFlow, Beam and tensorflow-transform leave files there otherwise)."""
 
     def attach(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
         def run_step(*args: Any, **kwargs: Any) -> Any:
-            with runtime.private_tempdir():
-                return fn(*args, **kwargs)
+            kwargs = dict(signature.bind(*args, **kwargs).arguments)
+            writers = _open_writers(spec, kwargs)
+            try:
+                with runtime.private_tempdir():
+                    result = fn(**kwargs)
+            except BaseException:
+                for writer in writers:
+                    writer.abort()
+                raise
+            for writer in writers:
+                if not writer.discarded:
+                    writer.commit()
+            return result
 
-        run_step.spec = StepSpec(name=name, fn=run_step, **declaration)  # type: ignore[attr-defined]
+        signature = inspect.signature(fn)
+        step_name = name or fn.__module__.rsplit(".", 1)[-1]
+        derived = _from_signature(step_name, fn)
+        spec = StepSpec(name=step_name, fn=run_step, gate=gate, cache=cache,
+                        isolated=isolated, external=external, beam=tuple(beam),
+                        record=tuple(record), ui_outputs=tuple(ui_outputs), **derived)
+        problems = _declaration_problems(spec, fn)
+        if problems:
+            raise TypeError(f"step {step_name} ({fn.__module__}): " + "; ".join(problems))
+        run_step.spec = spec  # type: ignore[attr-defined]
         return run_step
 
     return attach
+
+
+def _open_writers(spec: StepSpec, kwargs: dict[str, Any]) -> list[artifacts.ArtifactWriter]:
+    """Each output as an open writer: the invoker's (producer set), or one made here for
+    a URI (a direct call, as tests make)."""
+    writers = []
+    for param, artifact_type in spec.outputs.items():
+        value = kwargs.get(param)
+        if isinstance(value, str):
+            value = kwargs[param] = artifacts.ArtifactWriter(value, artifact_type)
+        if isinstance(value, artifacts.ArtifactWriter):
+            writers.append(value)
+    return writers
+
+
+def _unwrap_optional(hint: Any) -> tuple[Any, bool]:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(hint)) == 2:
+            return args[0], True
+    return hint, False
+
+
+def _from_signature(step_name: str, fn: Callable[..., Any]) -> dict[str, Any]:
+    """inputs, outputs, config sections, resolved values, scratch and recorded-config
+    parameters, read off the annotations."""
+    hints = typing.get_type_hints(fn, include_extras=True)
+    params = inspect.signature(fn).parameters
+    out: dict[str, Any] = {"inputs": {}, "outputs": {}, "resolved": {}, "sections": {},
+                           "scratch": None, "recorded_param": None}
+    config = []
+    for param in params:
+        if param not in hints:
+            raise TypeError(f"step {step_name}: parameter {param!r} has no annotation; say "
+                            "what it is (In[T], Out[T], a config section, BaselineModel, "
+                            "Scratch, RecordedConfig).")
+        hint, optional = _unwrap_optional(hints[param])
+        marks = getattr(hint, "__metadata__", ())
+        mark = next((m for m in marks if isinstance(m, (_Port, _Role))), None)
+        if isinstance(mark, _Port) and mark.direction == "input":
+            out["inputs"][param] = Maybe(mark.type) if optional else mark.type
+        elif isinstance(mark, _Port):
+            if optional:
+                raise TypeError(f"step {step_name}: output {param!r} cannot be optional")
+            out["outputs"][param] = mark.type
+        elif isinstance(mark, _Role) and mark.role == "resolved":
+            out["resolved"][param] = mark.what
+        elif isinstance(mark, _Role) and mark.role == "scratch":
+            out["scratch"] = param
+        elif isinstance(mark, _Role) and mark.role == "record":
+            out["recorded_param"] = param
+        elif inspect.isclass(hint) and issubclass(hint, Section):
+            if hint is BeamConfig:
+                if param != "beam":
+                    raise TypeError(f"step {step_name}: the Beam section is passed as 'beam', "
+                                    f"not {param!r}")
+            else:
+                config.append(param)
+                out["sections"][param] = hint
+        else:
+            raise TypeError(f"step {step_name}: parameter {param!r} is annotated {hint!r}, "
+                            "which the runner cannot pass (In[T], Out[T], a config section, "
+                            "BaselineModel, Scratch, RecordedConfig).")
+    out["config"] = tuple(config)
+    return out
+
+
+def _declaration_problems(spec: StepSpec, fn: Callable[..., Any]) -> list[str]:
+    """What the signature and the `@step` keywords leave inconsistent."""
+    problems = []
+    params = inspect.signature(fn).parameters
+    takes_beam = "beam" in params
+    if takes_beam and not spec.beam:
+        problems.append("takes beam: BeamConfig but declares no beam keys (beam=('runner',))")
+    if spec.beam and not takes_beam:
+        problems.append("declares beam keys but takes no beam: BeamConfig parameter")
+    if bool(spec.record) != bool(spec.recorded_param):
+        problems.append("record=(...) and a RecordedConfig parameter go together")
+    if spec.cache and spec.record:
+        problems.append("a cached step cannot record config (it is not in the cache key)")
+    for param, kind in spec.inputs.items():
+        if isinstance(kind, Maybe) and params[param].default is not None:
+            problems.append(f"optional input {param!r} needs a default of None")
+    for param in (*spec.outputs, *spec.inputs):
+        if param in spec.inputs and isinstance(spec.inputs[param], Maybe):
+            continue
+        if params[param].default is not inspect.Parameter.empty:
+            problems.append(f"{param!r} is required and takes no default")
+    for param, what in spec.resolved.items():
+        if what not in RESOLVABLE:
+            problems.append(f"{param!r} asks the runner to resolve unknown {what!r}")
+    if not spec.outputs:
+        problems.append("a step writes at least one artifact (Out[T])")
+    if spec.external is not None:
+        for param, value in inspect.signature(spec.external).parameters.items():
+            if param not in spec.config and value.default is inspect.Parameter.empty:
+                problems.append(f"external inputs function takes {param!r}, which is not a "
+                                "config section the step reads")
+    ui_names = [p for p, _ in spec.ui_outputs]
+    clash = sorted(set(ui_names) & set(params))
+    if clash:
+        problems.append(f"ui outputs {clash} clash with parameters")
+    return problems
 
 
 def spec_of(fn: Callable[..., Any]) -> StepSpec:
@@ -118,74 +299,17 @@ def spec_of(fn: Callable[..., Any]) -> StepSpec:
     return spec
 
 
-def expected_parameters(spec: StepSpec) -> dict[str, str]:
-    """Every parameter the runner passes, with the role it plays."""
-    out = {p: "input" for p in spec.inputs}
-    out.update({p: "output" for p in spec.outputs})
-    out.update({s: "config" for s in spec.config})
-    out.update({p: "resolved" for p in spec.resolved})
-    if spec.record:
-        out["recorded_config"] = "record"
-    if spec.beam:
-        out["beam"] = "beam"
-    if spec.scratch:
-        out["scratch"] = "scratch"
-    out[PRODUCER] = "producer"
-    return out
-
-
-def check_signature(spec: StepSpec, sections: Mapping[str, type]) -> list[str]:
-    """Where the declaration and the function disagree (empty when they agree).
-    `sections`: config section name -> its class (from the root config)."""
+def section_problems(spec: StepSpec, sections: Mapping[str, type]) -> list[str]:
+    """Config sections the step names that the root config lacks or types differently
+    (`sections`: section name -> its class, from the root config)."""
     problems = []
-    signature = inspect.signature(spec.fn)
-    params = signature.parameters
-    expected = expected_parameters(spec)
-    for name in expected:
-        if name not in params:
-            problems.append(f"{spec.name}: declared {expected[name]} {name!r} is not a "
-                            "parameter of the function")
-    for name in params:
-        if name not in expected:
-            problems.append(f"{spec.name}: parameter {name!r} is not declared (the runner "
-                            "would never pass it)")
-    hints = typing.get_type_hints(spec.fn)
-    for name in spec.inputs:
-        hint = hints.get(name)
-        allowed = (artifacts.Artifact, typing.Optional[artifacts.Artifact]) \
-            if spec.is_optional(name) else (artifacts.Artifact,)
-        if name in params and hint not in allowed:
-            problems.append(f"{spec.name}: input {name!r} should be annotated "
-                            f"{'artifacts.Artifact | None' if spec.is_optional(name) else 'artifacts.Artifact'}"
-                            f", is {hint!r}")
-        if spec.is_optional(name) and name in params and \
-                params[name].default is inspect.Parameter.empty:
-            problems.append(f"{spec.name}: optional input {name!r} needs a default of None")
-    for name in spec.outputs:
-        if name in params and hints.get(name) is not str:
-            problems.append(f"{spec.name}: output {name!r} should be annotated str (a URI)")
-        if spec.outputs[name].__name__ not in artifacts.TYPES:
-            problems.append(f"{spec.name}: output {name!r} has unknown artifact type "
-                            f"{spec.outputs[name]!r}")
-    for name in spec.config:
+    for name, cls in spec.sections.items():
         if name not in sections:
             problems.append(f"{spec.name}: reads config section {name!r}, which does not exist")
-        elif name in params and hints.get(name) is not sections[name]:
+        elif sections[name] is not cls:
             problems.append(f"{spec.name}: config {name!r} should be annotated "
-                            f"{sections[name].__name__}, is {hints.get(name)!r}")
+                            f"{sections[name].__name__}, is {cls.__name__}")
     for name in spec.record:
         if name not in sections:
             problems.append(f"{spec.name}: records config section {name!r}, which does not exist")
-    if spec.external is not None:
-        wanted = inspect.signature(spec.external).parameters
-        for name, param in wanted.items():
-            if name not in spec.config and param.default is inspect.Parameter.empty:
-                problems.append(f"{spec.name}: external inputs function takes {name!r}, which "
-                                "is not a config section the step reads")
-    for name, what in spec.resolved.items():
-        if what not in RESOLVABLE:
-            problems.append(f"{spec.name}: {name!r} asks the runner to resolve unknown {what!r}")
-    if spec.cache and spec.record:
-        problems.append(f"{spec.name}: a cached step cannot take recorded_config (it is not "
-                        "in the cache key)")
     return problems

@@ -14,6 +14,9 @@ from components import artifacts, features, fileio, runtime
 from components.config import CACHE_BYTES_PER_EXAMPLE, TrainConfig
 from components.errors import TrainingError
 
+# The per-epoch log a training attempt keeps in its work folder (resumed after a kill).
+EPOCH_LOG = "epochs.jsonl"
+
 
 # A TPU node is named by these (TPUClusterResolver reads them); a TPU VM needs none.
 TPU_ENV = ("TPU_NAME", "TPU_CONFIG", "KUBE_GOOGLE_CLOUD_TPU_ENDPOINTS")
@@ -260,7 +263,7 @@ def _record_parser(graph: artifacts.Artifact, examples: artifacts.Artifact, spli
             return (pixels, batch[features.LABEL_ID], batch[features.PIXEL_SCALE],
                     batch[features.PIXEL_OFFSET])
 
-        return fileio.glob(graph.path("examples", split, "*.tfrecord.gz")), parse
+        return artifacts.TransformGraph.shards(graph, split), parse
     layer = tft.TFTransformOutput(fileio.tf_path(graph.uri)).transform_features_layer()
     raw_spec = features.raw_feature_spec()
 
@@ -271,7 +274,7 @@ def _record_parser(graph: artifacts.Artifact, examples: artifacts.Artifact, spli
             features.PIXELS, features.LABEL_ID, features.PIXEL_SCALE, features.PIXEL_OFFSET))
         return tf.cast(pixels, tf.uint8), label_id, scale, offset
 
-    return fileio.glob(examples.path(split, "*.tfrecord.gz")), parse_raw
+    return artifacts.Examples.shards(examples, split), parse_raw
 
 
 def _examples(files: list[str], parse, count: int, fits: bool, training: bool,
@@ -532,7 +535,7 @@ def fit_multi_worker(net, optimizer_, train_ds, eval_ds, strategy, sparse: bool,
 
     train_dist = strategy.experimental_distribute_dataset(train_ds)
     eval_dist = strategy.experimental_distribute_dataset(eval_ds)
-    log = EpochLog(os.path.join(work, "epochs.jsonl"), phase=phase) if chief else None
+    log = EpochLog(os.path.join(work, EPOCH_LOG), phase=phase) if chief else None
     for epoch in range(int(epoch_done.numpy()), epochs):
         accuracy.reset_state()
         total, steps = 0.0, 0

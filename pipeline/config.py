@@ -198,7 +198,10 @@ class PipelineConfig(Section):
         return self.push.model_name or self.name
 
     def section(self, name: str) -> Section:
-        """A section by its YAML key (`validate` included)."""
+        """A section by its YAML key (`validate` included), as a step reads it: `push`
+        with `model_name` filled in (`model_name`, the one fallback)."""
+        if name == "push":
+            return self.push.model_copy(update={"model_name": self.model_name})
         return getattr(self, "validate_" if name == "validate" else name)
 
     def to_dict(self) -> dict[str, Any]:

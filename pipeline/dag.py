@@ -1,10 +1,12 @@
 """The one DAG: which step consumes which artifact.
 
-Each step declares its own interface next to its function (`components/contract.py`);
-this module only wires the declared inputs to upstream outputs, with real imports, and
-checks the wiring when it is imported (a misspelt input or a type mismatch fails at
-import, not half-way through a run). The local runner and the KFP adapter both read
-`STEPS`; neither defines a step again.
+Each step's signature is its interface (`components/contract.py`); this module only
+wires the declared inputs to upstream outputs, with real imports, and checks the
+wiring and the config sections the steps name when it is imported (a misspelt input,
+a type mismatch or an unknown section fails at import, not half-way through a run).
+The local runner and the KFP adapter both read `STEPS`; neither defines a step again.
+Code outside the DAG that reads a step's output (the report, the KFP adapter, the
+CLI) names it through `ref("evaluate", "evaluation")`, checked here the same way.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from components.contract import StepSpec, spec_of
+from components.contract import StepSpec, section_problems, spec_of
 from components.steps import (evaluate, infra_validate, ingest, push, train, transform, tune,
                               validate)
 
@@ -86,7 +88,7 @@ def wiring_problems(steps: tuple[Node, ...]) -> list[str]:
                                     f"{ref} is {known[ref]}")
                 if kind == "previous" and param in spec.inputs and not spec.is_optional(param):
                     problems.append(f"{spec.name}: {param!r} comes from an earlier run, which "
-                                    "may not exist: declare it Maybe(...)")
+                                    "may not exist: declare it In[T] | None = None")
         outputs.update(_outputs_of(current))
     return problems
 
@@ -95,9 +97,46 @@ def _outputs_of(current: Node) -> dict[str, str]:
     return {f"{current.name}.{out}": current.spec.output_type(out) for out in current.spec.outputs}
 
 
-_PROBLEMS = wiring_problems(STEPS)
-if _PROBLEMS:  # pragma: no cover - a programming error, caught by importing this module
-    raise TypeError("the DAG's wiring is wrong: " + "; ".join(_PROBLEMS))
+def check(steps: tuple[Node, ...]) -> None:
+    """Raises TypeError when the wiring or a step's config sections are wrong."""
+    from pipeline.config import section_types
+
+    sections = section_types()
+    problems = wiring_problems(steps) + [p for n in steps for p in section_problems(n.spec, sections)]
+    if problems:
+        raise TypeError("the DAG's wiring is wrong: " + "; ".join(problems))
+
+
+check(STEPS)
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A step's output as code outside the DAG names it (`ref("evaluate", "evaluation")`).
+    `uri(outputs)` finds it among a run's outputs ({"step.output": uri}); None when that
+    run did not produce it (it stopped earlier, or ran with --until)."""
+
+    step: str
+    output: str
+    type: str
+
+    def __str__(self) -> str:
+        return f"{self.step}.{self.output}"
+
+    def uri(self, outputs: Mapping[str, str]) -> str | None:
+        return outputs.get(str(self))
+
+
+def ref(step: str, output: str, steps: tuple[Node, ...] | None = None) -> Ref:
+    """The output `output` of step `step`; KeyError when the DAG has no such output, so a
+    renamed output fails where it is referenced, at import."""
+    for candidate in steps or STEPS:
+        if candidate.name == step:
+            if output not in candidate.spec.outputs:
+                raise KeyError(f"step {step} has no output {output!r} (it has "
+                               f"{', '.join(candidate.spec.outputs)})")
+            return Ref(step, output, candidate.spec.output_type(output))
+    raise KeyError(f"the DAG has no step {step!r} ({', '.join(n.name for n in steps or STEPS)})")
 
 
 def names(steps: tuple[Node, ...] = STEPS) -> list[str]:

@@ -36,14 +36,12 @@ RECORD = "record"
 
 def step_config(node: Node, config: config_lib.PipelineConfig) -> dict[str, Any]:
     """{section: {...}} for every section the step reads (plus `beam` for Beam steps
-    and `record` for the sections it only records). `push.model_name` is filled in
-    from the pipeline name here, its one fallback."""
+    and `record` for the sections it only records), as `config.section` gives them
+    (`push.model_name` filled in from the pipeline name)."""
     spec = node.spec
     out: dict[str, Any] = {}
     for name in spec.config:
         out[name] = config.section(name).model_dump(mode="json", by_alias=True)
-        if name == "push":
-            out[name]["model_name"] = config.model_name
     if spec.beam:
         out[BEAM] = config.beam.model_dump(mode="json")
     if spec.record:
@@ -304,7 +302,11 @@ def apply_pinned_refs(step_cfg: dict[str, Any], pin: dict[str, Any]) -> dict[str
 
 def call(node: Node, resolved: Resolved, inputs: dict[str, artifacts.Artifact | None],
          outputs: dict[str, str], producer: dict[str, Any], scratch: str | None = None) -> Any:
-    """Calls the step function with exactly the parameters its contract declares."""
+    """Calls the step function with exactly the parameters its signature declares.
+    Each output is handed over as an open writer of its type with `producer` set; when
+    the function returns, every writer it did not commit or discard is committed, and
+    its scratch folder (which survives a failed attempt) is removed; when it raises,
+    every uncommitted writer is aborted and the scratch folder kept for the retry."""
     spec = node.spec
     kwargs: dict[str, Any] = {param: inputs.get(param) for param in spec.inputs}
     missing = [p for p in spec.inputs if kwargs[p] is None and not spec.is_optional(p)]
@@ -312,15 +314,19 @@ def call(node: Node, resolved: Resolved, inputs: dict[str, artifacts.Artifact | 
         raise ConfigError(f"step {spec.name} lacks its input(s) {', '.join(missing)}.")
     kwargs.update(resolved.sections)
     kwargs.update(resolved.values)
-    kwargs.update(outputs)
+    writers = {name: artifacts.ArtifactWriter(uri, spec.outputs[name], producer)
+               for name, uri in outputs.items()}
+    kwargs.update(writers)
     if spec.beam:
         kwargs[BEAM] = beam_for_outputs(resolved.beam, outputs)
-    if spec.record:
-        kwargs["recorded_config"] = resolved.record
+    if spec.recorded_param:
+        kwargs[spec.recorded_param] = resolved.record
     if spec.scratch:
-        kwargs["scratch"] = scratch
-    kwargs[contract.PRODUCER] = producer
-    return spec.fn(**kwargs)
+        kwargs[spec.scratch] = scratch
+    result = spec.fn(**kwargs)     # commits the writers, or aborts them when it raises
+    if scratch and spec.scratch and not any(w.discarded for w in writers.values()):
+        fileio.rmtree(scratch)      # the checkpoints served their purpose
+    return result
 
 
 BEAM_TEMP = "beam-temp"

@@ -4,43 +4,35 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
-
 from components import artifacts
 from components.config import DataConfig, TrainConfig
-from components.contract import step
+from components.contract import In, Out, Scratch, step
 
 CALLS = []
 
 
-@step(name="produce", outputs={"examples": artifacts.Examples}, config=("data",))
-def produce(data: DataConfig, examples: str, producer: dict[str, Any] | None = None):
+@step(name="produce")
+def produce(data: DataConfig, examples: Out[artifacts.Examples]):
     CALLS.append("produce")
-    with artifacts.writing(examples, "Examples", producer) as writer:
-        with open(writer.file("data.json"), "w") as handle:
-            json.dump({"source": data.source}, handle)
-        writer.commit()
+    with open(examples.file("data.json"), "w") as handle:
+        json.dump({"source": data.source}, handle)
     return {"lines": [f"produced from {data.source}"]}
 
 
-@step(name="consume", inputs={"examples": artifacts.Examples},
-      outputs={"statistics": artifacts.ExampleStatistics}, config=("train",))
-def consume(examples: artifacts.Artifact, train: TrainConfig, statistics: str,
-            producer: dict[str, Any] | None = None):
+@step(name="consume")
+def consume(examples: In[artifacts.Examples], train: TrainConfig,
+            statistics: Out[artifacts.ExampleStatistics]):
     CALLS.append("consume")
     if os.environ.get("FAKE_CONSUME_FAILS"):
         raise RuntimeError("consume crashed")
-    with artifacts.writing(statistics, "ExampleStatistics", producer) as writer:
-        with open(writer.file("stats.json"), "w") as handle:
-            json.dump({"epochs": train.epochs, "input": examples.fingerprint}, handle)
-        writer.commit()
+    artifacts.ExampleStatistics.write(statistics, {"epochs": train.epochs,
+                                                   "input": examples.fingerprint})
     return {}
 
 
-@step(name="slow", inputs={"examples": artifacts.Examples},
-      outputs={"statistics": artifacts.ExampleStatistics}, config=("train",), scratch=True)
-def slow(examples: artifacts.Artifact, train: TrainConfig, statistics: str,
-         scratch: str | None = None, producer: dict[str, Any] | None = None):
+@step(name="slow")
+def slow(examples: In[artifacts.Examples], train: TrainConfig,
+         statistics: Out[artifacts.ExampleStatistics], scratch: Scratch = None):
     """Claims its scratch folder, works a while, and fails if anyone else wrote there."""
     import time
 
@@ -52,10 +44,7 @@ def slow(examples: artifacts.Artifact, train: TrainConfig, statistics: str,
     with open(owner) as handle:
         if handle.read() != str(os.getpid()):
             raise RuntimeError("another execution wrote into my scratch folder")
-    with artifacts.writing(statistics, "ExampleStatistics", producer) as writer:
-        with open(writer.file("stats.json"), "w") as handle:
-            json.dump({"epochs": train.epochs}, handle)
-        writer.commit()
+    artifacts.ExampleStatistics.write(statistics, {"epochs": train.epochs})
     return {}
 
 
@@ -65,27 +54,22 @@ def slow(examples: artifacts.Artifact, train: TrainConfig, statistics: str,
 RENDEZVOUS = "FAKE_RENDEZVOUS"
 
 
-@step(name="probe", inputs={"examples": artifacts.Examples},
-      outputs={"statistics": artifacts.ExampleStatistics}, config=("train",), isolated=True)
-def probe(examples: artifacts.Artifact, train: TrainConfig, statistics: str,
-          producer: dict[str, Any] | None = None):
+@step(name="probe", isolated=True)
+def probe(examples: In[artifacts.Examples], train: TrainConfig,
+          statistics: Out[artifacts.ExampleStatistics]):
     with open(os.environ[RENDEZVOUS], "w") as handle:
         handle.write("probe started")
     if os.environ.get("FAKE_PROBE_FAILS"):
         from components.errors import DataError
 
         raise DataError("the probe found the model broken")
-    with artifacts.writing(statistics, "ExampleStatistics", producer) as writer:
-        with open(writer.file("stats.json"), "w") as handle:
-            json.dump({"probe": True}, handle)
-        writer.commit()
+    artifacts.ExampleStatistics.write(statistics, {"probe": True})
     return {"lines": ["probed"]}
 
 
-@step(name="meet", inputs={"examples": artifacts.Examples},
-      outputs={"statistics": artifacts.ExampleStatistics}, config=("data",))
-def meet(examples: artifacts.Artifact, data: DataConfig, statistics: str,
-         producer: dict[str, Any] | None = None):
+@step(name="meet")
+def meet(examples: In[artifacts.Examples], data: DataConfig,
+         statistics: Out[artifacts.ExampleStatistics]):
     import time
 
     marker = os.environ[RENDEZVOUS]
@@ -95,8 +79,5 @@ def meet(examples: artifacts.Artifact, data: DataConfig, statistics: str,
         time.sleep(0.05)
     else:
         raise RuntimeError("meet ran alone: probe, after it in the DAG, never started")
-    with artifacts.writing(statistics, "ExampleStatistics", producer) as writer:
-        with open(writer.file("stats.json"), "w") as handle:
-            json.dump({"meet": True}, handle)
-        writer.commit()
+    artifacts.ExampleStatistics.write(statistics, {"meet": True})
     return {}

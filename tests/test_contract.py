@@ -12,54 +12,96 @@ from typing import Any
 import pytest
 
 from components import artifacts
-from components.config import DataConfig, TrainConfig
-from components.contract import Maybe, check_signature, spec_of, step
+from components.config import BeamConfig, DataConfig, TrainConfig
+from components.contract import (BASELINE_MODEL, BaselineModel, In, Maybe, Out, Scratch,
+                                 section_problems, spec_of, step)
 from pipeline import cache, dag, invoke
 from pipeline import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_every_step_declaration_agrees_with_its_function():
+def test_every_step_reads_config_sections_the_root_config_has():
     sections = config_lib.section_types()
     for node in dag.STEPS:
-        assert check_signature(node.spec, sections) == [], node.name
+        assert section_problems(node.spec, sections) == [], node.name
+        assert node.spec.outputs, node.name
 
 
-def test_a_disagreeing_declaration_is_reported():
-    def external(data, schema):
+def test_the_signature_is_the_contract():
+    def external(data):
         return {}
 
-    @step(name="broken", inputs={"examples": artifacts.Examples, "gone": artifacts.Examples,
-                                 "before": Maybe(artifacts.ExampleStatistics)},
-          outputs={"model": artifacts.Model}, config=("data", "train", "nosuch"),
-          external=external)
-    def broken(examples: artifacts.Artifact, before: artifacts.Artifact, data: TrainConfig,
-               train: TrainConfig, model: int, extra: str, quiet: artifacts.Artifact = None,
-               producer: Any = None):
+    @step(name="whole", external=external, beam=("runner",))
+    def whole(examples: In[artifacts.Examples], data: DataConfig, beam: BeamConfig,
+              model: Out[artifacts.Model], baseline: BaselineModel = None,
+              before: In[artifacts.ExampleStatistics] | None = None, scratch: Scratch = None):
         return {}
 
-    problems = "\n".join(check_signature(spec_of(broken), config_lib.section_types()))
-    assert "declared input 'gone' is not a parameter" in problems
-    assert "parameter 'extra' is not declared" in problems
-    assert "parameter 'quiet' is not declared" in problems     # a default hides nothing
-    assert "external inputs function takes 'schema'" in problems
-    assert "optional input 'before' needs a default of None" in problems
-    assert "config 'data' should be annotated DataConfig" in problems
-    assert "output 'model' should be annotated str" in problems
+    spec = spec_of(whole)
+    assert dict(spec.inputs) == {"examples": artifacts.Examples,
+                                 "before": Maybe(artifacts.ExampleStatistics)}
+    assert dict(spec.outputs) == {"model": artifacts.Model}
+    assert spec.config == ("data",) and spec.beam == ("runner",)
+    assert dict(spec.resolved) == {"baseline": BASELINE_MODEL}
+    assert spec.scratch == "scratch" and spec.external is external
+    # the module's own name is the default step name
+    assert step(beam=("runner",))(whole.__wrapped__).spec.name == "test_contract"
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: step(name="b")(lambda x, model: None), "has no annotation"),
+    (lambda: _declare("def f(x: str, model: Out[artifacts.Model]): ..."),
+     "parameter 'x' is annotated <class 'str'>, which the runner cannot pass"),
+    (lambda: _declare("def f(x: In[int], model: Out[artifacts.Model]): ..."),
+     "is not an artifact type"),
+    (lambda: _declare("def f(before: In[artifacts.Examples] | None, "
+                      "model: Out[artifacts.Model]): ..."),
+     "optional input 'before' needs a default of None"),
+    (lambda: _declare("def f(model: Out[artifacts.Model] | None = None): ..."),
+     "output 'model' cannot be optional"),
+    (lambda: _declare("def f(data: DataConfig, model: Out[artifacts.Model]): ...",
+                      beam=("runner",)), "declares beam keys but takes no beam"),
+    (lambda: _declare("def f(beam: BeamConfig, model: Out[artifacts.Model]): ..."),
+     "declares no beam keys"),
+    (lambda: _declare("def f(data: DataConfig): ..."), "at least one artifact"),
+    (lambda: _declare("def f(data: DataConfig, model: Out[artifacts.Model]): ...",
+                      record=("data",), cache=False), "go together"),
+    (lambda: _declare("def f(data: DataConfig, model: Out[artifacts.Model]): ...",
+                      external=lambda data, schema: {}), "external inputs function takes 'schema'"),
+])
+def test_a_signature_the_runner_cannot_serve_fails_at_import(make, message):
+    with pytest.raises(TypeError, match=message):
+        make()
+
+
+def _declare(source: str, **keywords: Any):
+    namespace = {"In": In, "Out": Out, "artifacts": artifacts, "DataConfig": DataConfig,
+                 "BeamConfig": BeamConfig}
+    exec(source, namespace)
+    return step(name="f", **keywords)(namespace["f"])
+
+
+def test_section_names_and_types_are_checked_against_the_root_config():
+    @step(name="odd")
+    def odd(data: TrainConfig, nosuch: TrainConfig, model: Out[artifacts.Model]):
+        return {}
+
+    problems = "\n".join(section_problems(spec_of(odd), config_lib.section_types()))
+    assert "config 'data' should be annotated DataConfig, is TrainConfig" in problems
     assert "config section 'nosuch', which does not exist" in problems
-    assert "'nosuch' is not a parameter" in problems
+    with pytest.raises(TypeError, match="nosuch"):
+        dag.check((dag.node(odd),))
 
 
 def test_wiring_is_checked_against_declared_types():
-    @step(name="make", outputs={"statistics": artifacts.ExampleStatistics})
-    def make(statistics: str, producer: Any = None):
+    @step(name="make")
+    def make(statistics: Out[artifacts.ExampleStatistics]):
         return {}
 
-    @step(name="use", inputs={"examples": artifacts.Examples, "old": artifacts.Examples},
-          outputs={"model": artifacts.Model})
-    def use(examples: artifacts.Artifact, old: artifacts.Artifact, model: str,
-            producer: Any = None):
+    @step(name="use")
+    def use(examples: In[artifacts.Examples], old: In[artifacts.Examples],
+            model: Out[artifacts.Model]):
         return {}
 
     problems = dag.wiring_problems((
@@ -72,6 +114,17 @@ def test_wiring_is_checked_against_declared_types():
     assert "'old' comes from an earlier run, which may not exist" in text
     assert dag.wiring_problems((dag.node(use),)) == [
         "use: input 'examples' is not wired", "use: input 'old' is not wired"]
+
+
+def test_output_references_are_checked_where_they_are_made():
+    evaluation = dag.ref("evaluate", "evaluation")
+    assert str(evaluation) == "evaluate.evaluation" and evaluation.type == "ModelEvaluation"
+    assert evaluation.uri({"evaluate.evaluation": "/e"}) == "/e"
+    assert evaluation.uri({}) is None          # not produced in this run
+    with pytest.raises(KeyError, match="no output 'evalution'"):
+        dag.ref("evaluate", "evalution")
+    with pytest.raises(KeyError, match="no step 'evaluation'"):
+        dag.ref("evaluation", "evaluation")
 
 
 def test_each_step_receives_only_the_config_it_reads(make_config):
@@ -91,17 +144,21 @@ def test_each_step_receives_only_the_config_it_reads(make_config):
     assert invoke.keyed_config(ingest, by_name["ingest"])["beam"] == {"runner": "DirectRunner"}
 
 
-def test_call_passes_exactly_the_declared_parameters(tmp_path, make_config):
+def test_call_hands_open_writers_and_commits_them(tmp_path, make_config):
     seen = {}
 
-    @step(name="spy", inputs={"examples": artifacts.Examples,
-                              "before": Maybe(artifacts.ExampleStatistics)},
-          outputs={"statistics": artifacts.ExampleStatistics}, config=("data",), scratch=True)
-    def spy(examples: artifacts.Artifact, data: DataConfig, statistics: str,
-            before: artifacts.Artifact | None = None, scratch: str | None = None,
-            producer: Any = None):
-        seen.update(examples=examples, data=data, statistics=statistics, before=before,
-                    scratch=scratch, producer=producer)
+    @step(name="spy")
+    def spy(examples: In[artifacts.Examples], data: DataConfig,
+            statistics: Out[artifacts.ExampleStatistics],
+            before: In[artifacts.ExampleStatistics] | None = None, scratch: Scratch = None):
+        seen.update(examples=examples, data=data, writer=statistics, before=before,
+                    scratch=scratch)
+        if os.environ.get("SPY_FAILS"):
+            with open(statistics.file("half"), "w") as handle:
+                handle.write("half")
+            raise RuntimeError("spy crashed")
+        artifacts.ExampleStatistics.write(statistics, {"n": 1})
+        statistics.properties = {"n": 1}
         return {"lines": []}
 
     node = dag.node(spy, examples="x.examples")
@@ -109,12 +166,40 @@ def test_call_passes_exactly_the_declared_parameters(tmp_path, make_config):
     context = invoke.Context.from_config(cfg)
     resolved = invoke.resolve(node, invoke.step_config(node, cfg), context)
     examples = artifacts.Artifact(uri="/e", type="Examples", fingerprint="f")
-    invoke.call(node, resolved, {"examples": examples}, {"statistics": "/out"}, {"run_id": "r"},
-                scratch="/s")
-    assert seen == {"examples": examples, "data": cfg.data, "statistics": "/out",
-                    "before": None, "scratch": "/s", "producer": {"run_id": "r"}}
+    out, scratch = str(tmp_path / "out"), tmp_path / "scratch"
+    scratch.mkdir()
+    invoke.call(node, resolved, {"examples": examples}, {"statistics": out}, {"run_id": "r"},
+                scratch=str(scratch))
+    assert seen["examples"] is examples and seen["data"] == cfg.data
+    assert seen["before"] is None and seen["scratch"] == str(scratch)
+    writer = seen["writer"]
+    assert isinstance(writer, artifacts.ArtifactWriter) and writer.uri == out
+    committed = artifacts.read(out, artifacts.ExampleStatistics)
+    assert committed.producer == {"run_id": "r"} and committed.properties == {"n": 1}
+    assert artifacts.ExampleStatistics.read(committed) == {"n": 1}
+    assert not scratch.exists()       # removed once the outputs are committed
     with pytest.raises(Exception, match="lacks its input"):
-        invoke.call(node, resolved, {}, {"statistics": "/out"}, {})
+        invoke.call(node, resolved, {}, {"statistics": out}, {})
+
+
+def test_a_failing_step_leaves_no_artifact_and_keeps_its_scratch(tmp_path, make_config,
+                                                                 monkeypatch):
+    @step(name="spy")
+    def spy(data: DataConfig, statistics: Out[artifacts.ExampleStatistics],
+            scratch: Scratch = None):
+        with open(statistics.file("half"), "w") as handle:
+            handle.write("half")
+        raise RuntimeError("spy crashed")
+
+    node = dag.node(spy)
+    cfg = make_config(data={"source": "builtin:digits"})
+    resolved = invoke.resolve(node, invoke.step_config(node, cfg), None)
+    out, scratch = tmp_path / "out", tmp_path / "scratch"
+    scratch.mkdir()
+    with pytest.raises(RuntimeError, match="spy crashed"):
+        invoke.call(node, resolved, {}, {"statistics": str(out)}, {}, scratch=str(scratch))
+    assert not out.exists() and not list(tmp_path.glob("out.staging-*"))
+    assert scratch.exists()
 
 
 def _modules_under(package: str) -> list[str]:
@@ -142,15 +227,31 @@ def test_layout_steps_live_apart_from_helpers_and_are_named_as_the_dag_names_the
         assert declared == [], f"{module} declares a step outside components/steps"
 
 
+def _is_kfp(module: str) -> bool:
+    return module == "pipeline.kfp" or module.startswith("pipeline.kfp.")
+
+
 def test_the_runners_are_peers():
-    """The KFP adapter and the registry views import no runner; the local runner does
-    not import the KFP adapter. Both call steps through pipeline.invoke."""
-    kfp_deps = cache.code_modules("pipeline.kfp")
-    assert "pipeline.local" not in kfp_deps and "pipeline.invoke" in kfp_deps
+    """The KFP adapter (every module of pipeline/kfp/) and the registry views import no
+    runner; the local runner imports no part of the KFP adapter. Both call steps through
+    pipeline.invoke. What the step containers import (pipeline.kfp.entrypoint) loads
+    neither the compile-time code nor the kfp.local driver, and the package itself
+    imports none of its modules."""
+    kfp_modules = _modules_under("pipeline.kfp")
+    assert {"pipeline.kfp.compile", "pipeline.kfp.entrypoint",
+            "pipeline.kfp.local"} <= set(kfp_modules)
+    for module in ["pipeline.kfp", *kfp_modules]:
+        assert "pipeline.local" not in cache.code_modules(module), module
+    for module in ("pipeline.kfp.compile", "pipeline.kfp.entrypoint", "pipeline.kfp.local"):
+        assert "pipeline.invoke" in cache.code_modules(module), module
+    entry_deps = cache.code_modules("pipeline.kfp.entrypoint")
+    assert not {"pipeline.kfp.compile", "pipeline.kfp.local"} & set(entry_deps)
+    assert [d for d in cache.code_modules("pipeline.kfp") if _is_kfp(d)] == ["pipeline.kfp"]
     local_deps = cache.code_modules("pipeline.local")
-    assert "pipeline.kfp" not in local_deps and "pipeline.invoke" in local_deps
+    assert not [d for d in local_deps if _is_kfp(d)] and "pipeline.invoke" in local_deps
     registry_deps = cache.code_modules("pipeline.registry")
-    assert not {"pipeline.local", "pipeline.kfp"} & set(registry_deps)
+    assert "pipeline.local" not in registry_deps
+    assert not [d for d in registry_deps if _is_kfp(d)]
 
 
 def test_until_offers_exactly_the_dags_steps():

@@ -25,7 +25,7 @@ from typing import Any
 
 from components import artifacts, beamio, features, fileio, gate
 from components.config import BeamConfig, EvaluateConfig
-from components.contract import BASELINE_MODEL, step
+from components.contract import BaselineModel, In, Out, step
 from components.registry import CARD
 
 CANDIDATE, BASELINE = "candidate", "baseline"
@@ -232,8 +232,8 @@ def _write_gallery(writer: artifacts.ArtifactWriter, worst: list[tuple[float, st
     gallery = []
     for rank, (_, ident, image) in enumerate(worst):
         name = f"{rank:02d}.png"
-        fileio.write_bytes(writer.file("misclassified", name), _thumbnail(image))
-        gallery.append({"file": f"misclassified/{name}", **by_id[ident]})
+        fileio.write_bytes(writer.file(artifacts.ModelEvaluation.GALLERY, name), _thumbnail(image))
+        gallery.append({"file": f"{artifacts.ModelEvaluation.GALLERY}/{name}", **by_id[ident]})
     return gallery
 
 
@@ -315,14 +315,13 @@ def _summary_lines(accuracy: float | None, examples: int, comparison: dict[str, 
     return [first, "BLESSED" if blessed else "NOT BLESSED: " + reason]
 
 
-@step(name="evaluate",
-      inputs={"examples": artifacts.Examples, "trained_model": artifacts.Model},
-      outputs={"evaluation": artifacts.ModelEvaluation, "blessing": artifacts.ModelBlessing},
-      config=("evaluate",), beam=("runner",), resolved={"baseline": BASELINE_MODEL},
-      gate="blessed")
-def run(examples: artifacts.Artifact, trained_model: artifacts.Artifact,
-        evaluate: EvaluateConfig, beam: BeamConfig, evaluation: str, blessing: str,
-        baseline: str | None = None, producer: dict[str, Any] | None = None) -> dict[str, Any]:
+# The KFP run page shows the evaluation's overall metrics and confusion matrix.
+@step(gate="blessed", beam=("runner",),
+      ui_outputs=(("metrics", "Metrics"), ("confusion", "ClassificationMetrics")))
+def run(examples: In[artifacts.Examples], trained_model: In[artifacts.Model],
+        evaluate: EvaluateConfig, beam: BeamConfig, evaluation: Out[artifacts.ModelEvaluation],
+        blessing: Out[artifacts.ModelBlessing], baseline: BaselineModel = None
+        ) -> dict[str, Any]:
     """Writes a ModelEvaluation (TFMA output, metrics, predictions, gallery) and a
     ModelBlessing.
     `baseline`: the directory of the pushed version that holds the baseline alias
@@ -335,61 +334,58 @@ def run(examples: artifacts.Artifact, trained_model: artifacts.Artifact,
     base_vocab = base_card.get("label_vocabulary", vocabulary)
     config = eval_config(evaluate, len(vocabulary), baseline is not None)
 
-    with artifacts.writing(evaluation, artifacts.ModelEvaluation, producer) as writer:
-        # One Beam job on the configured runner (Dataflow workers for large splits):
-        # both models score the same examples, and TFMA computes its metrics from those
-        # predictions instead of running the models a second time.
-        from components import scoring
+    writer = evaluation
+    # One Beam job on the configured runner (Dataflow workers for large splits):
+    # both models score the same examples, and TFMA computes its metrics from those
+    # predictions instead of running the models a second time.
+    from components import scoring
 
-        scored = {CANDIDATE: (saved, vocabulary)}
-        if baseline:
-            scored[BASELINE] = (baseline, base_vocab)
-        eval_count = sum(examples.properties.get("counts", {}).get("eval", {}).values())
-        output = writer.file("tfma")
-        started = time.perf_counter()
-        rows, worst = scoring.score_eval_split(
-            files, scored, writer.path, beamio.pipeline_args(beam, eval_count), GALLERY,
-            config, output)
-        seconds = time.perf_counter() - started
-        metrics = read_tfma(output, CANDIDATE if baseline else None, vocabulary,
-                            scoring.read_curves(writer.path))
-        base_metrics = read_tfma(output, BASELINE, base_vocab) if baseline else None
-        tfma_ok, failures = validation_checks(output)
-        gallery = _write_gallery(writer, worst, rows)
+    scored = {CANDIDATE: (saved, vocabulary)}
+    if baseline:
+        scored[BASELINE] = (baseline, base_vocab)
+    eval_count = sum(examples.properties.get("counts", {}).get("eval", {}).values())
+    output = writer.file(artifacts.ModelEvaluation.TFMA)
+    started = time.perf_counter()
+    rows, worst = scoring.score_eval_split(
+        files, scored, writer.path, beamio.pipeline_args(beam, eval_count), GALLERY,
+        config, output)
+    seconds = time.perf_counter() - started
+    metrics = read_tfma(output, CANDIDATE if baseline else None, vocabulary,
+                        scoring.read_curves(writer.path))
+    base_metrics = read_tfma(output, BASELINE, base_vocab) if baseline else None
+    tfma_ok, failures = validation_checks(output)
+    gallery = _write_gallery(writer, worst, rows)
 
-        labels = [row["label"] for row in rows]
-        predicted = [row["predicted"] for row in rows]
-        recalls = gate.class_recalls(labels, predicted)
-        checks = threshold_checks(evaluate, metrics, base_metrics, failures, base_ref)
-        checks += recall_checks(recalls, evaluate.min_class_recall)
-        comparison = None
-        if baseline:
-            base_predicted = [row["baseline_predicted"] for row in rows]
-            comparison = gate.compare(labels, predicted, base_predicted, evaluate, base_ref)
-            checks.append(gate.gate_check(comparison, evaluate, base_ref))
+    labels = [row["label"] for row in rows]
+    predicted = [row["predicted"] for row in rows]
+    recalls = gate.class_recalls(labels, predicted)
+    checks = threshold_checks(evaluate, metrics, base_metrics, failures, base_ref)
+    checks += recall_checks(recalls, evaluate.min_class_recall)
+    comparison = None
+    if baseline:
+        base_predicted = [row["baseline_predicted"] for row in rows]
+        comparison = gate.compare(labels, predicted, base_predicted, evaluate, base_ref)
+        checks.append(gate.gate_check(comparison, evaluate, base_ref))
 
-        overall = metrics["slices"].get("overall", {})
-        summary = {"model": trained_model.uri, "baseline": base_ref,
-                   "examples": len(rows), "metrics": metrics, "baseline_metrics": base_metrics,
-                   "comparison": comparison, "class_recall": recalls, "gallery": gallery,
-                   "label_vocabulary": vocabulary,
-                   # the baseline's confusion matrix is in its own class order
-                   "baseline_vocabulary": base_vocab if baseline else None,
-                   # tfma.load_eval_result(tfma/, model_name=...) reads the stored result
-                   "tfma_model_name": CANDIDATE if baseline else None,
-                   "scoring_and_tfma_seconds": round(seconds, 2)}
-        fileio.write_text(writer.file("metrics.json"), json.dumps(summary, indent=2))
-        writer.properties = {"accuracy": overall.get("accuracy"),
-                             "examples": len(rows), "baseline": base_ref}
-        writer.commit()
+    overall = metrics["slices"].get("overall", {})
+    summary = {"model": trained_model.uri, "baseline": base_ref,
+               "examples": len(rows), "metrics": metrics, "baseline_metrics": base_metrics,
+               "comparison": comparison, "class_recall": recalls, "gallery": gallery,
+               "label_vocabulary": vocabulary,
+               # the baseline's confusion matrix is in its own class order
+               "baseline_vocabulary": base_vocab if baseline else None,
+               # tfma.load_eval_result(tfma/, model_name=...) reads the stored result
+               "tfma_model_name": CANDIDATE if baseline else None,
+               "scoring_and_tfma_seconds": round(seconds, 2)}
+    artifacts.ModelEvaluation.write(writer, summary)
+    writer.properties = {"accuracy": overall.get("accuracy"),
+                         "examples": len(rows), "baseline": base_ref}
 
     blessed, reason = _verdict(tfma_ok, checks)
-    with artifacts.writing(blessing, artifacts.ModelBlessing, producer) as writer:
-        record = {"blessed": blessed, "reason": reason, "baseline": base_ref,
-                  "gate": evaluate.gate, "checks": checks}
-        fileio.write_text(writer.file("blessing.json"), json.dumps(record, indent=2))
-        writer.properties = {"blessed": blessed, "reason": reason, "baseline": base_ref}
-        writer.commit()
+    record = {"blessed": blessed, "reason": reason, "baseline": base_ref,
+              "gate": evaluate.gate, "checks": checks}
+    artifacts.ModelBlessing.write(blessing, record)
+    blessing.properties = {"blessed": blessed, "reason": reason, "baseline": base_ref}
     accuracy = overall.get("accuracy")
     return {"blessed": blessed, "accuracy": accuracy,
             "lines": _summary_lines(accuracy, len(rows), comparison, base_ref, blessed, reason)}

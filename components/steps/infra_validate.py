@@ -18,7 +18,7 @@ from typing import Any
 
 from components import artifacts, features, fileio
 from components.config import InfraValidateConfig
-from components.contract import step
+from components.contract import In, Out, step
 
 PROBE_EXAMPLES = 16
 
@@ -121,13 +121,10 @@ def verdict(report: dict[str, Any], batch: int, vocabulary: list[str],
     return problems
 
 
-@step(name="infra_validate",
-      inputs={"trained_model": artifacts.Model, "examples": artifacts.Examples},
-      outputs={"infra_blessing": artifacts.InfraBlessing}, config=("infra_validate",),
-      gate="passed", isolated=True)
-def run(trained_model: artifacts.Artifact, examples: artifacts.Artifact,
-        infra_validate: InfraValidateConfig, infra_blessing: str,
-        producer: dict[str, Any] | None = None) -> dict[str, Any]:
+@step(gate="passed", isolated=True)
+def run(trained_model: In[artifacts.Model], examples: In[artifacts.Examples],
+        infra_validate: InfraValidateConfig, infra_blessing: Out[artifacts.InfraBlessing]
+        ) -> dict[str, Any]:
     """Writes an InfraBlessing with the probe report and the verdict."""
     files = features.split_files(examples, "eval")
     serialized, cols = features.read_raw_examples(files, limit=PROBE_EXAMPLES)
@@ -138,13 +135,11 @@ def run(trained_model: artifacts.Artifact, examples: artifacts.Artifact,
                        infra_validate.latency_budget_ms)
     passed = not problems
     reason = "served both signatures in a fresh process" if passed else "; ".join(problems)
-    with artifacts.writing(infra_blessing, artifacts.InfraBlessing, producer) as writer:
-        fileio.write_text(writer.file("infra_validation.json"), json.dumps(
-            {"passed": passed, "reason": reason, "report": report}, indent=2))
-        writer.properties = {"kind": "infra", "passed": passed, "reason": reason,
-                             "latency_ms": {k[:-3]: round(v, 1) for k, v in report.items()
-                                            if k.endswith("_ms")}}
-        writer.commit()
+    artifacts.InfraBlessing.write(infra_blessing,
+                                  {"passed": passed, "reason": reason, "report": report})
+    infra_blessing.properties = {"kind": "infra", "passed": passed, "reason": reason,
+                                 "latency_ms": {k[:-3]: round(v, 1) for k, v in report.items()
+                                                if k.endswith("_ms")}}
     lines = [f"{'passed' if passed else 'FAILED'}: {reason}"]
     if passed:
         lines[0] += " (" + ", ".join(f"{k[:-3]} {v:.0f} ms" for k, v in report.items()

@@ -21,7 +21,7 @@ import numpy as np
 from components import artifacts, features, fileio, neardup, sources
 from components.artifacts import SPLITS
 from components.config import BeamConfig, DataConfig, IngestConfig
-from components.contract import step
+from components.contract import Out, step
 from components.errors import DataError
 from components.imaging import BadImage, check_image, content_id, pixels_over
 
@@ -451,11 +451,10 @@ def _summarize(raw: dict[str, Any], num_inputs: int, near_duplicate_rms: float
     }
 
 
-@step(name="ingest",
-      outputs={"examples": artifacts.Examples, "statistics": artifacts.ExampleStatistics},
-      config=("data", "ingest"), beam=("runner",), external=external_inputs)
-def run(data: DataConfig, ingest: IngestConfig, beam: BeamConfig, examples: str,
-        statistics: str, producer: dict[str, Any] | None = None) -> dict[str, Any]:
+@step(beam=("runner",), external=external_inputs)
+def run(data: DataConfig, ingest: IngestConfig, beam: BeamConfig,
+        examples: Out[artifacts.Examples], statistics: Out[artifacts.ExampleStatistics]
+        ) -> dict[str, Any]:
     """Ingests `data.source` into an Examples artifact and a Statistics artifact."""
     import apache_beam as beam_lib
 
@@ -463,40 +462,38 @@ def run(data: DataConfig, ingest: IngestConfig, beam: BeamConfig, examples: str,
 
     source = sources.resolve(data)
     plan = sources.plan(source, ingest)
-    with artifacts.writing(examples, artifacts.Examples, producer) as ex_w, \
-            artifacts.writing(statistics, artifacts.ExampleStatistics, producer) as st_w:
-        args = beamio.pipeline_args(beam, plan.num_inputs)
-        # In-process runs gain nothing from spreading the units over workers.
-        parallel = "--direct_running_mode=in_memory" not in args
-        with beamio.temp_dir(beam, "ingest") as temp:
-            listing = ""
-            if plan.files is not None:
-                listing = fileio.join(temp, "listing.json")
-                sources.write_listing(listing, plan.files)
-            units = plan.units(listing)
-            with beam_lib.Pipeline(options=beamio.options_from_args(args)) as pipeline:
-                _build_pipeline(pipeline, units, plan.splits_given, data, ingest, ex_w.path,
-                                st_w.path, parallel)
-        sources.forget_arrays()
-        partial = fileio.join(st_w.path, "partial_stats.json")
-        stats = _summarize(json.loads(fileio.read_text(partial)), plan.num_inputs,
-                           ingest.near_duplicate_rms)
-        fileio.rmtree(partial)
-        fileio.write_text(st_w.file("stats.json"), json.dumps(stats, indent=2, sort_keys=True))
-        _check(stats, data, ingest, st_w.file("quarantine.jsonl"), examples)
+    ex_w, st_w = examples, statistics
+    args = beamio.pipeline_args(beam, plan.num_inputs)
+    # In-process runs gain nothing from spreading the units over workers.
+    parallel = "--direct_running_mode=in_memory" not in args
+    with beamio.temp_dir(beam, "ingest") as temp:
+        listing = ""
+        if plan.files is not None:
+            listing = fileio.join(temp, "listing.json")
+            sources.write_listing(listing, plan.files)
+        units = plan.units(listing)
+        with beam_lib.Pipeline(options=beamio.options_from_args(args)) as pipeline:
+            _build_pipeline(pipeline, units, plan.splits_given, data, ingest, ex_w.path,
+                            st_w.path, parallel)
+    sources.forget_arrays()
+    partial = st_w.file(artifacts.ExampleStatistics.PARTIAL)
+    stats = _summarize(json.loads(fileio.read_text(partial)), plan.num_inputs,
+                       ingest.near_duplicate_rms)
+    fileio.rmtree(partial)
+    artifacts.ExampleStatistics.write(st_w, stats, sort_keys=True)
+    _check(stats, data, ingest, st_w.file(artifacts.ExampleStatistics.QUARANTINE),
+           examples.uri)
 
-        digest = artifacts.fingerprint_json({"counts": stats["counts"],
-                                             "content": stats["content_digest"]})
-        ex_w.fingerprint = digest
-        ex_w.properties = {"splits": list(SPLITS), "counts": stats["counts"],
-                           "class_names": stats["class_names"],
-                           "num_examples": stats["num_examples"], "source": data.source}
-        st_w.fingerprint = artifacts.fingerprint_json({"examples": digest, "stats": stats})
-        st_w.properties = {key: stats[key] for key in
-                           ("num_inputs", "num_examples", "num_quarantined", "bad_fraction",
-                            "class_names", "duplicates")}
-        ex_w.commit()
-        st_w.commit()
+    digest = artifacts.fingerprint_json({"counts": stats["counts"],
+                                         "content": stats["content_digest"]})
+    ex_w.fingerprint = digest
+    ex_w.properties = {"splits": list(SPLITS), "counts": stats["counts"],
+                       "class_names": stats["class_names"],
+                       "num_examples": stats["num_examples"], "source": data.source}
+    st_w.fingerprint = artifacts.fingerprint_json({"examples": digest, "stats": stats})
+    st_w.properties = {key: stats[key] for key in
+                       ("num_inputs", "num_examples", "num_quarantined", "bad_fraction",
+                        "class_names", "duplicates")}
     split_counts = {split: sum(stats["counts"][split].values()) for split in SPLITS}
     return {
         "num_examples": stats["num_examples"],

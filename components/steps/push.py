@@ -18,7 +18,7 @@ from typing import Any
 
 from components import artifacts, fileio, runtime, vertex
 from components.config import PushConfig
-from components.contract import step
+from components.contract import In, Out, RecordedConfig, step
 from components.errors import ConfigError
 from components.registry import Registry
 
@@ -35,12 +35,12 @@ def git_commit() -> str | None:
 def model_card(trained_model: artifacts.Artifact, blessing: artifacts.Artifact,
                infra_blessing: artifacts.Artifact, evaluation: artifacts.Artifact,
                statistics: artifacts.Artifact, recorded_config: dict[str, Any] | None,
-               producer: dict[str, Any] | None) -> dict[str, Any]:
-    metrics = json.loads(fileio.read_text(evaluation.path("metrics.json")))
-    verdict = json.loads(fileio.read_text(blessing.path("blessing.json")))
-    stats = json.loads(fileio.read_text(statistics.path("stats.json")))
-    infra = json.loads(fileio.read_text(infra_blessing.path("infra_validation.json")))
-    return {
+               producer: dict[str, Any] | None) -> artifacts.ModelCard:
+    metrics = artifacts.ModelEvaluation.read(evaluation)
+    verdict = artifacts.ModelBlessing.read(blessing)
+    stats = artifacts.ExampleStatistics.read(statistics)
+    infra = artifacts.InfraBlessing.read(infra_blessing)
+    return artifacts.ModelCard(**{
         "model": {"kind": trained_model.properties.get("kind"),
                   "trainable_params": trained_model.properties.get("trainable_params"),
                   "image_shape": trained_model.properties.get("image_shape"),
@@ -68,7 +68,7 @@ def model_card(trained_model: artifacts.Artifact, blessing: artifacts.Artifact,
         "artifacts": {"model": trained_model.uri, "evaluation": evaluation.uri,
                       "statistics": statistics.uri},
         "created": runtime.utc_now(),
-    }
+    })
 
 
 def _upload_to_vertex(push: PushConfig, registry: Registry, version,
@@ -90,22 +90,18 @@ def _upload_to_vertex(push: PushConfig, registry: Registry, version,
     return record
 
 
-@step(name="push",
-      inputs={"trained_model": artifacts.Model, "blessing": artifacts.ModelBlessing,
-              "infra_blessing": artifacts.InfraBlessing,
-              "evaluation": artifacts.ModelEvaluation, "statistics": artifacts.ExampleStatistics},
-      outputs={"pushed_model": artifacts.PushedModel}, config=("push",),
-      # The model card records the config that made the model; pushing has effects
-      # outside its artifact (the registry), so it is never reused from a cache.
-      record=("data", "transform", "model", "train", "evaluate"), cache=False)
-def run(trained_model: artifacts.Artifact, blessing: artifacts.Artifact,
-        infra_blessing: artifacts.Artifact, evaluation: artifacts.Artifact,
-        statistics: artifacts.Artifact, push: PushConfig, pushed_model: str,
-        recorded_config: dict[str, Any] | None = None,
-        producer: dict[str, Any] | None = None) -> dict[str, Any]:
+# The model card records the config that made the model; pushing has effects outside
+# its artifact (the registry), so it is never reused from a cache.
+@step(record=("data", "transform", "model", "train", "evaluate"), cache=False)
+def run(trained_model: In[artifacts.Model], blessing: In[artifacts.ModelBlessing],
+        infra_blessing: In[artifacts.InfraBlessing], evaluation: In[artifacts.ModelEvaluation],
+        statistics: In[artifacts.ExampleStatistics], push: PushConfig,
+        pushed_model: Out[artifacts.PushedModel], recorded_config: RecordedConfig = None
+        ) -> dict[str, Any]:
     """Pushes a blessed model that passed infra validation as the next version of
     `push.model_name` (the runner fills it in from the pipeline name when unset)."""
     name = push.model_name
+    producer = pushed_model.producer
     if not name:
         raise ConfigError("push.model_name is not set; the runner fills it from the "
                           "pipeline name: run the step through the pipeline.")
@@ -152,8 +148,6 @@ def run(trained_model: artifacts.Artifact, blessing: artifacts.Artifact,
             record["vertex"] = _upload_to_vertex(push, registry, version, trained_model)
             lines.append(f"uploaded to Vertex AI Model Registry: {record['vertex']['model']} "
                          f"version {record['vertex']['version_id']}")
-    with artifacts.writing(pushed_model, artifacts.PushedModel, producer) as writer:
-        fileio.write_text(writer.file("push.json"), json.dumps(record, indent=2))
-        writer.properties = record
-        writer.commit()
+    artifacts.PushedModel.write(pushed_model, record)
+    pushed_model.properties = record
     return {**record, "lines": lines}

@@ -18,7 +18,7 @@ from typing import Any
 
 from components import artifacts, fileio, models, runtime, training
 from components.config import ModelConfig, TrainConfig, apply_values, describe_values
-from components.contract import Maybe, step
+from components.contract import In, Out, Scratch, step
 from components.errors import ConfigError, TrainingError
 from components.training import Plan, choose_strategy, compile_model, export, make_dataset
 
@@ -29,7 +29,6 @@ def _tf_version() -> str:
     import tensorflow as tf
 
     return tf.__version__
-EPOCH_LOG = "epochs.jsonl"
 
 
 def external_inputs(model: ModelConfig, train: TrainConfig) -> dict[str, str]:
@@ -75,7 +74,7 @@ def _fit_multi_worker(fitting: Fitting, model: ModelConfig, train: TrainConfig,
         training.fit_multi_worker(net, net.optimizer, fitting.train_ds, fitting.eval_ds,
                                   strategy, sparse, batch, train.epochs,
                                   train.epochs + model.fine_tune_epochs, work, phase=2)
-    return training.read_epoch_log(os.path.join(work, EPOCH_LOG))
+    return training.read_epoch_log(os.path.join(work, training.EPOCH_LOG))
 
 
 def _fit(fitting: Fitting, model: ModelConfig, train: TrainConfig, work: str,
@@ -86,7 +85,7 @@ def _fit(fitting: Fitting, model: ModelConfig, train: TrainConfig, work: str,
     reports the epochs before the restart too."""
     import keras
 
-    epoch_log = os.path.join(work, EPOCH_LOG)
+    epoch_log = os.path.join(work, training.EPOCH_LOG)
     if training.is_multi_worker(fitting.strategy):
         return _fit_multi_worker(fitting, model, train, work)
     net = fitting.net
@@ -132,7 +131,7 @@ def _train_as_worker(fitting: Fitting, model: ModelConfig, train: TrainConfig,
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="imgpipe-worker-") as work:
-        _fit(fitting, model, train, work, os.path.join(work, "logs"))
+        _fit(fitting, model, train, work, os.path.join(work, artifacts.Model.LOGS))
         # Saving under MultiWorkerMirroredStrategy is collective too: every worker saves,
         # only the chief's copy is kept.
         export(fitting.net, transform_graph, os.path.join(work, artifacts.Model.SAVED_MODEL))
@@ -141,17 +140,13 @@ def _train_as_worker(fitting: Fitting, model: ModelConfig, train: TrainConfig,
                                    "with the chief, which writes the model"]}
 
 
-@step(name="train",
-      # The raw examples are read when the transform was not materialized.
-      inputs={"transform_graph": artifacts.TransformGraph, "examples": artifacts.Examples,
-              "hyperparameters": Maybe(artifacts.HyperParameters)},
-      outputs={"trained_model": artifacts.Model}, config=("model", "train"), scratch=True,
-      external=external_inputs)
-def run(transform_graph: artifacts.Artifact, examples: artifacts.Artifact, model: ModelConfig,
-        train: TrainConfig, trained_model: str,
-        hyperparameters: artifacts.Artifact | None = None, scratch: str | None = None,
-        producer: dict[str, Any] | None = None) -> dict[str, Any]:
+@step(external=external_inputs)
+def run(transform_graph: In[artifacts.TransformGraph], examples: In[artifacts.Examples],
+        model: ModelConfig, train: TrainConfig, trained_model: Out[artifacts.Model],
+        hyperparameters: In[artifacts.HyperParameters] | None = None,
+        scratch: Scratch = None) -> dict[str, Any]:
     """Trains `model.kind` and writes a Model artifact (SavedModel, history, logs).
+    The raw examples are read when the transform was not materialized.
     The tune step's best values (`hyperparameters`; the DAG always passes it, with no
     values when nothing was searched) are applied to the config first. `scratch`:
     where checkpoints survive a killed attempt (resumed by the next one)."""
@@ -179,13 +174,13 @@ def run(transform_graph: artifacts.Artifact, examples: artifacts.Artifact, model
     if not training.is_chief(strategy):
         # A non-chief worker of a multi-worker run trains in step with the chief (the
         # collective ops need it) and writes nothing that outlives it.
+        trained_model.discard()
         return _train_as_worker(fitting, model, train, transform_graph)
     final, epochs, resumed = _fit_and_write(fitting, model, train, tuned, transform_graph,
-                                            trained_model, scratch, producer)
-    if scratch:
-        fileio.rmtree(scratch)  # the backup served its purpose once the model is committed
+                                            trained_model, scratch)
     return {"final": final, "tuned": tuned["best"],
-            "lines": _lines(fitting, model, tuned["best"], epochs, resumed, final, trained_model)}
+            "lines": _lines(fitting, model, tuned["best"], epochs, resumed, final,
+                            trained_model.uri)}
 
 
 def _with_tuned_values(hyperparameters: artifacts.Artifact | None, model: ModelConfig,
@@ -206,51 +201,49 @@ def _with_tuned_values(hyperparameters: artifacts.Artifact | None, model: ModelC
 
 def _fit_and_write(fitting: Fitting, model: ModelConfig, train: TrainConfig,
                    tuned: dict[str, Any], transform_graph: artifacts.Artifact,
-                   trained_model: str, scratch: str | None, producer: dict[str, Any] | None
+                   writer: artifacts.ArtifactWriter, scratch: str | None
                    ) -> tuple[dict[str, float], int, int]:
-    """Trains and commits the Model artifact (SavedModel with the transform inside, the
+    """Trains and writes the Model artifact (SavedModel with the transform inside, the
     Keras model, history, logs); returns (final metrics, epochs, epochs resumed after)."""
     import numpy as np
 
     net, strategy = fitting.net, fitting.strategy
 
-    with artifacts.writing(trained_model, artifacts.Model, producer) as writer:
-        work = scratch or writer.file("work")
-        # Epochs an earlier, killed attempt finished (BackupAndRestore resumes after them).
-        resumed = len(training.read_epoch_log(os.path.join(work, EPOCH_LOG)).get("loss", []))
-        # TensorBoard reads the logs while training runs: under the scratch folder,
-        # whose path stays put (the artifact's is a staging name until the commit).
-        logs = fileio.join(work, "logs") if scratch else writer.file("logs")
-        print(f"{runtime.DETAIL_INDENT}TensorBoard: tensorboard --logdir {logs}", flush=True)
-        hist = _fit(fitting, model, train, work, logs)
-        if scratch:
-            for path in fileio.walk_files(logs):
-                fileio.copy(path, writer.file("logs", path[len(logs):].lstrip("/")))
-        losses = hist.get("loss", [])
-        if any(not np.isfinite(v) for v in losses):
-            raise TrainingError(
-                f"training diverged: loss became NaN/inf at epoch {len(losses)}; lower "
-                "train.optimizer.learning_rate or check the input normalization.")
-        export(net, transform_graph, writer.file(artifacts.Model.SAVED_MODEL))
-        if not fileio.exists(writer.file(artifacts.Model.SAVED_MODEL, artifacts.SAVED_MODEL_PB)):
-            raise TrainingError(f"the trainer wrote no SavedModel under {writer.path}.")
-        # The Keras model too: a later run can start from it (model.weights: run:ID).
-        net.save(writer.file(artifacts.Model.KERAS_FILE))
-        if not scratch:
-            fileio.rmtree(work)
-        fileio.write_text(writer.file("history.json"), json.dumps(hist, indent=2))
-        final = {k: vals[-1] for k, vals in hist.items() if vals and k != "phase"}
-        writer.properties = {"kind": model.kind, "trainable_params": models.trainable_params(net),
-                             "strategy": training.strategy_name(strategy),
-                             "strategy_reason": fitting.reason,
-                             "training_plan": fitting.plan.notes,
-                             "tensorflow_version": _tf_version(),
-                             "epochs": len(losses), "final": final,
-                             "resumed_after_epochs": resumed,
-                             "hyperparameters": tuned,
-                             "label_vocabulary": transform_graph.properties["label_vocabulary"],
-                             "image_shape": list(transform_graph.properties["image_shape"])}
-        writer.commit()
+    work = scratch or writer.file("work")
+    # Epochs an earlier, killed attempt finished (BackupAndRestore resumes after them).
+    resumed = len(training.read_epoch_log(os.path.join(work, training.EPOCH_LOG)).get("loss", []))
+    # TensorBoard reads the logs while training runs: under the scratch folder,
+    # whose path stays put (the artifact's is a staging name until the commit).
+    logs = fileio.join(work, artifacts.Model.LOGS) if scratch else writer.file(artifacts.Model.LOGS)
+    print(f"{runtime.DETAIL_INDENT}TensorBoard: tensorboard --logdir {logs}", flush=True)
+    hist = _fit(fitting, model, train, work, logs)
+    if scratch:
+        for path in fileio.walk_files(logs):
+            fileio.copy(path, writer.file(artifacts.Model.LOGS, path[len(logs):].lstrip("/")))
+    losses = hist.get("loss", [])
+    if any(not np.isfinite(v) for v in losses):
+        raise TrainingError(
+            f"training diverged: loss became NaN/inf at epoch {len(losses)}; lower "
+            "train.optimizer.learning_rate or check the input normalization.")
+    export(net, transform_graph, writer.file(artifacts.Model.SAVED_MODEL))
+    if not fileio.exists(writer.file(artifacts.Model.SAVED_MODEL, artifacts.SAVED_MODEL_PB)):
+        raise TrainingError(f"the trainer wrote no SavedModel under {writer.path}.")
+    # The Keras model too: a later run can start from it (model.weights: run:ID).
+    net.save(writer.file(artifacts.Model.KERAS_FILE))
+    if not scratch:
+        fileio.rmtree(work)
+    artifacts.Model.write(writer, hist)
+    final = {k: vals[-1] for k, vals in hist.items() if vals and k != "phase"}
+    writer.properties = {"kind": model.kind, "trainable_params": models.trainable_params(net),
+                         "strategy": training.strategy_name(strategy),
+                         "strategy_reason": fitting.reason,
+                         "training_plan": fitting.plan.notes,
+                         "tensorflow_version": _tf_version(),
+                         "epochs": len(losses), "final": final,
+                         "resumed_after_epochs": resumed,
+                         "hyperparameters": tuned,
+                         "label_vocabulary": transform_graph.properties["label_vocabulary"],
+                         "image_shape": list(transform_graph.properties["image_shape"])}
     return final, len(losses), resumed
 
 
@@ -264,4 +257,4 @@ def _lines(fitting: Fitting, model: ModelConfig, tuned: dict[str, Any], epochs: 
         f"{training.strategy_name(fitting.strategy)} ({fitting.reason})",
         f"train accuracy {final.get('accuracy', float('nan')):.3f}, eval accuracy "
         f"{accuracy if accuracy is not None else float('nan'):.3f}",
-        f"TensorBoard: tensorboard --logdir {fileio.join(trained_model, 'logs')}"]
+        f"TensorBoard: tensorboard --logdir {fileio.join(trained_model, artifacts.Model.LOGS)}"]

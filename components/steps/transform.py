@@ -18,7 +18,7 @@ from typing import Any, Iterator
 from components import artifacts, beamio, features, fileio
 from components.artifacts import SPLITS
 from components.config import BeamConfig, DataConfig, TransformConfig
-from components.contract import Maybe, step
+from components.contract import In, Out, step
 from components.errors import DataError
 
 
@@ -106,7 +106,7 @@ def _pipeline(pipeline: Any, examples: artifacts.Artifact, out_dir: str, data: D
                                           telemetry_descriptors=["imgpipe", "transform"])
 
     def read(split: str):
-        pattern = examples.path(split, "*.tfrecord.gz")
+        pattern = examples.path(split, artifacts.Examples.SHARDS)
         checked = (pipeline
                    | f"Read{split}" >> beam.io.ReadFromTFRecord(pattern)
                    | f"Check{split}" >> beam.FlatMap(check_decodable).with_outputs(
@@ -120,7 +120,7 @@ def _pipeline(pipeline: Any, examples: artifacts.Artifact, out_dir: str, data: D
         bad_ids = beam.pvalue.AsDict(bad | f"BadIds{split}" >> beam.Map(lambda b: (b["id"], True)))
         return (pipeline
                 | f"Read{split}Again" >> beam.io.ReadFromTFRecord(
-                    examples.path(split, "*.tfrecord.gz"))
+                    examples.path(split, artifacts.Examples.SHARDS))
                 | f"SkipBad{split}" >> beam.Filter(not_listed, bad_ids)
                 | f"Batches{split}Again" >> record_io.BeamSource())
 
@@ -144,7 +144,8 @@ def _pipeline(pipeline: Any, examples: artifacts.Artifact, out_dir: str, data: D
                                                    features.LABEL_ONEHOT],
                                   output_record_batches=True))
                 counts.append(batches | f"Write{split}" >> beam.FlatMap(
-                    write_batch, fileio.join(out_dir, "examples", split), split))
+                    write_batch, fileio.join(out_dir, artifacts.TransformGraph.EXAMPLES, split),
+                    split))
         _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(out_dir)
     bad_splits = [("train", train_bad)] + ([("eval", eval_bad)] if materialize else [])
     for split, bad in bad_splits:
@@ -159,8 +160,9 @@ def _pipeline(pipeline: Any, examples: artifacts.Artifact, out_dir: str, data: D
      | "SumCounts" >> beam.CombinePerKey(sum)
      | "CountDict" >> beam.combiners.ToDict()
      | "CountJson" >> beam.Map(json.dumps)
-     | "WriteCounts" >> beam.io.WriteToText(fileio.join(out_dir, "counts"),
-                                            file_name_suffix=".json", shard_name_template=""))
+     | "WriteCounts" >> beam.io.WriteToText(
+         fileio.join(out_dir, artifacts.TransformGraph.COUNTS.removesuffix(".json")),
+         file_name_suffix=".json", shard_name_template=""))
 
 
 # `materialize: auto` writes the transformed pixels above this size. Below it the trainer
@@ -179,15 +181,12 @@ def should_materialize(transform: TransformConfig, data: DataConfig,
     return num_examples is None or num_examples * pixels > AUTO_MATERIALIZE_BYTES
 
 
-@step(name="transform",
-      # Validation gates transform: its anomalies are an input, so a failed validation
-      # stops the run before this step and a changed verdict reruns it.
-      inputs={"examples": artifacts.Examples, "anomalies": Maybe(artifacts.ExampleAnomalies)},
-      outputs={"transform_graph": artifacts.TransformGraph},
-      config=("data", "transform"), beam=("runner",))
-def run(examples: artifacts.Artifact, data: DataConfig, transform: TransformConfig,
-        beam: BeamConfig, transform_graph: str, anomalies: artifacts.Artifact | None = None,
-        producer: dict[str, Any] | None = None) -> dict[str, Any]:
+# Validation gates transform: its anomalies are an input, so a failed validation stops
+# the run before this step and a changed verdict reruns it.
+@step(beam=("runner",))
+def run(examples: In[artifacts.Examples], data: DataConfig, transform: TransformConfig,
+        beam: BeamConfig, transform_graph: Out[artifacts.TransformGraph],
+        anomalies: In[artifacts.ExampleAnomalies] | None = None) -> dict[str, Any]:
     """Writes the TransformGraph artifact (graph, vocabulary, transformed examples).
     `anomalies` only orders the step after a passed validation."""
     import apache_beam as beam_lib
@@ -198,13 +197,13 @@ def run(examples: artifacts.Artifact, data: DataConfig, transform: TransformConf
     num_classes = len(class_names)
     num_examples = examples.properties.get("num_examples")
     materialize = should_materialize(transform, data, num_examples)
-    with artifacts.writing(transform_graph, artifacts.TransformGraph, producer) as writer, \
-            beamio.temp_dir(beam, "tft") as temp_dir:
+    writer = transform_graph
+    with beamio.temp_dir(beam, "tft") as temp_dir:
         options = beamio.pipeline_options(beam, num_examples)
         with beam_lib.Pipeline(options=options) as pipeline:
             _pipeline(pipeline, examples, writer.path, data, transform, num_classes, temp_dir,
                       materialize)
-        counts = json.loads(fileio.read_text(writer.file("counts.json")))
+        counts = json.loads(fileio.read_text(writer.file(artifacts.TransformGraph.COUNTS)))
         output = tft.TFTransformOutput(writer.path)
         vocabulary = [v.decode() if isinstance(v, bytes) else v
                       for v in output.vocabulary_by_name(features.LABEL_VOCABULARY)]
@@ -227,10 +226,9 @@ def run(examples: artifacts.Artifact, data: DataConfig, transform: TransformConf
         }
         writer.fingerprint = artifacts.fingerprint_json({
             "graph": artifacts.fingerprint_files(
-                artifacts.list_files(writer.file("transform_fn"))),
+                artifacts.list_files(writer.file(artifacts.TransformGraph.TRANSFORM_FN))),
             "vocabulary": vocabulary, "examples": examples.fingerprint,
             "config": transform.model_dump(), "shape": image_shape})
-        writer.commit()
     lines = [f"label vocabulary ({num_classes}): {', '.join(vocabulary)}; "
              f"image {'x'.join(map(str, image_shape))}, normalize={transform.normalize}"]
     if materialize:

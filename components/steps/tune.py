@@ -22,11 +22,10 @@ from typing import Any
 
 from components import artifacts, fileio, runtime
 from components.config import ModelConfig, TrainConfig, TuneConfig, apply_values, describe_values
-from components.contract import step
+from components.contract import In, Out, Scratch, step
 from components.errors import ConfigError, TrainingError
 
 log = logging.getLogger("imgpipe.tune")
-RESULT = artifacts.HyperParameters.FILE
 
 
 def _declare(hp, key: str, dimension) -> Any:
@@ -199,13 +198,11 @@ def read_best(path: str) -> dict[str, Any]:
     return best
 
 
-@step(name="tune",
-      inputs={"transform_graph": artifacts.TransformGraph, "examples": artifacts.Examples},
-      outputs={"hyperparameters": artifacts.HyperParameters},
-      config=("tune", "model", "train"), scratch=True)
-def run(transform_graph: artifacts.Artifact, examples: artifacts.Artifact, tune: TuneConfig,
-        model: ModelConfig, train: TrainConfig, hyperparameters: str,
-        scratch: str | None = None, producer: dict[str, Any] | None = None) -> dict[str, Any]:
+@step()
+def run(transform_graph: In[artifacts.TransformGraph], examples: In[artifacts.Examples],
+        tune: TuneConfig, model: ModelConfig, train: TrainConfig,
+        hyperparameters: Out[artifacts.HyperParameters], scratch: Scratch = None
+        ) -> dict[str, Any]:
     """Writes a HyperParameters artifact: a search's result, an earlier one's best
     values (`train.hyperparameters`, already resolved to a file), or no values."""
     if train.hyperparameters:
@@ -227,11 +224,7 @@ def run(transform_graph: artifacts.Artifact, examples: artifacts.Artifact, tune:
                     if record["resumed_after_trials"] else ""),
                  f"best {tune.objective} {record['best_score']:.4f} (trial "
                  f"{record['best_trial']}): {describe_values(record['best'])}"]
-    with artifacts.writing(hyperparameters, artifacts.HyperParameters, producer) as writer:
-        fileio.write_text(writer.file(RESULT), json.dumps(record, indent=2))
-        writer.properties = {"best": record["best"], "searched": record["searched"],
-                             "source": record.get("source")}
-        writer.commit()
-    if scratch and record["searched"]:
-        fileio.rmtree(scratch)        # the search state served its purpose
+    artifacts.HyperParameters.write(hyperparameters, record)
+    hyperparameters.properties = {"best": record["best"], "searched": record["searched"],
+                                  "source": record.get("source")}
     return {"best": record["best"], "searched": record["searched"], "lines": lines}

@@ -10,14 +10,13 @@ an ExampleAnomalies artifact (and the Schema it enforced); any error stops the r
 from __future__ import annotations
 
 import base64
-import json
 from typing import Any
 
 import numpy as np
 
 from components import artifacts, features, fileio, neardup
 from components.config import ValidateConfig
-from components.contract import Maybe, step
+from components.contract import In, Out, step
 from components.errors import ValidationFailed
 from components.schema import domain, infer_schema, int_bounds, load_schema, schema_to_text
 
@@ -174,16 +173,13 @@ def external_inputs(validate: ValidateConfig) -> dict[str, str]:
     return {}
 
 
-@step(name="validate", inputs={"statistics": artifacts.ExampleStatistics,
-                               "baseline_statistics": Maybe(artifacts.ExampleStatistics)},
-      outputs={"anomalies": artifacts.ExampleAnomalies, "schema": artifacts.Schema},
-      config=("validate",), external=external_inputs)
-def run(statistics: artifacts.Artifact, validate: ValidateConfig, anomalies: str, schema: str,
-        baseline_statistics: artifacts.Artifact | None = None,
-        producer: dict[str, Any] | None = None) -> dict[str, Any]:
+@step(external=external_inputs)
+def run(statistics: In[artifacts.ExampleStatistics], validate: ValidateConfig,
+        anomalies: Out[artifacts.ExampleAnomalies], schema: Out[artifacts.Schema],
+        baseline_statistics: In[artifacts.ExampleStatistics] | None = None) -> dict[str, Any]:
     """Checks `statistics`; writes ExampleAnomalies and Schema; raises ValidationFailed on errors."""
-    stats = json.loads(fileio.read_text(statistics.path("stats.json")))
-    previous = (json.loads(fileio.read_text(baseline_statistics.path("stats.json")))
+    stats = artifacts.ExampleStatistics.read(statistics)
+    previous = (artifacts.ExampleStatistics.read(baseline_statistics)
                 if baseline_statistics is not None else None)
     if validate.schema_path:
         enforced, origin = load_schema(validate.schema_path), validate.schema_path
@@ -193,27 +189,29 @@ def run(statistics: artifacts.Artifact, validate: ValidateConfig, anomalies: str
     found = (check_schema(stats, enforced) + check_splits(stats) + check_drift(stats, previous, validate)
              + check_bad_fraction(stats, validate))
     leak_anomalies, leak_report = check_near_duplicates(
-        statistics.path("thumbnails.tsv"), stats["near_duplicate_rms"], validate)
+        statistics.path(artifacts.ExampleStatistics.THUMBNAILS), stats["near_duplicate_rms"],
+        validate)
     found += leak_anomalies
     errors = [a for a in found if a["severity"] == ERROR]
 
-    with artifacts.writing(schema, artifacts.Schema, producer) as writer:
-        fileio.write_text(writer.file("schema.pbtxt"), schema_to_text(enforced))
-        writer.properties = {"origin": origin, "class_names": domain(enforced, features.LABEL)}
-        writer.commit()
-    with artifacts.writing(anomalies, artifacts.ExampleAnomalies, producer) as writer:
-        body = {"anomalies": found, "near_duplicates": leak_report, "schema": origin,
-                "baseline": baseline_statistics.uri if baseline_statistics else None}
-        fileio.write_text(writer.file("anomalies.json"), json.dumps(body, indent=2))
-        writer.properties = {"num_errors": len(errors), "num_warnings": len(found) - len(errors),
-                             "kinds": sorted({a["kind"] for a in found})}
-        # The verdict, not where the baseline lives: downstream caches key on it.
-        writer.fingerprint = artifacts.fingerprint_json({"anomalies": found, "schema": origin})
-        writer.commit()
+    artifacts.Schema.write(schema, schema_to_text(enforced))
+    schema.properties = {"origin": origin, "class_names": domain(enforced, features.LABEL)}
+    body = {"anomalies": found, "near_duplicates": leak_report, "schema": origin,
+            "baseline": baseline_statistics.uri if baseline_statistics else None}
+    artifacts.ExampleAnomalies.write(anomalies, body)
+    anomalies.properties = {"num_errors": len(errors), "num_warnings": len(found) - len(errors),
+                            "kinds": sorted({a["kind"] for a in found})}
+    # The verdict, not where the baseline lives: downstream caches key on it.
+    anomalies.fingerprint = artifacts.fingerprint_json({"anomalies": found, "schema": origin})
     lines = [f"{a['severity']}: {a['kind']} [{a['feature']}] {a['description']}" for a in found]
     if errors:
+        # A verdict, not a crash: both artifacts are committed before the run stops, so
+        # the anomalies the message points to are there to read.
+        schema.commit()
+        anomalies.commit()
         raise ValidationFailed(f"{len(errors)} anomalies stop the run (details in "
-                               f"{anomalies}/anomalies.json):\n  " + "\n  ".join(lines))
+                               f"{anomalies.committed.path(artifacts.ExampleAnomalies.FILE)})"
+                               ":\n  " + "\n  ".join(lines))
     baseline = "previous run" if previous else "no previous run"
     return {"num_anomalies": len(found),
             "lines": [f"schema: {origin}; compared with {baseline}; "
