@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from components import artifacts
+from components import artifacts, ingest_checks
 from components.config import BeamConfig, DataConfig, IngestConfig
 from components.errors import DataError
 from components.steps import ingest
@@ -309,12 +309,12 @@ def test_array_fast_path_matches_the_per_image_path(shape):
     arrays = datasets.ArrayDataset(images=images, labels=np.array(["a", "b"] * 6),
                                    names=np.array([f"img{i}" for i in range(12)]))
     unit = sources.WorkUnit(source=None, start=2, stop=12)   # an array range
-    fast = list(ingest.process_arrays(unit, arrays, max_pixels=10**6, classes=None,
-                                      eval_fraction=0.3))
+    fast = list(ingest_checks.process_arrays(unit, arrays, max_pixels=10**6, classes=None,
+                                             eval_fraction=0.3))
     assert len(fast) == 10
     for offset, record in enumerate(fast):
         index = 2 + offset
-        slow = ingest.process_input(
+        slow = ingest_checks.process_input(
             f"img{index}", datasets.encode_png(images[index]), arrays.labels[index], None,
             None, max_pixels=10**6, classes=None, eval_fraction=0.3)
         assert record._replace(thumbnail=b"", brightness=0, contrast=0) == \
