@@ -19,6 +19,7 @@ A step is a plain function in `components/steps/`, as in TFX's `@component` and 
 | a config `Section` class | that config section; the parameter is named as the section  |
 | `BaselineModel`          | the registry version holding `push.baseline_alias` (or None) |
 | `Scratch`                | a private folder that survives a failed attempt (checkpoints)|
+|                          | and is removed once the outputs are committed               |
 | `RecordedConfig`         | the sections named in `record=` (the model card's config)    |
 
 `@step(...)` keeps only what a signature cannot say: `gate`, `cache`, `isolated`,
@@ -38,7 +39,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Callable, Mapping, Optional
 
-from components import artifacts, runtime
+from components import artifacts, fileio, runtime
 from components.config import BeamConfig, Section
 
 # What the runner can resolve for a step, by parameter meaning.
@@ -172,6 +173,9 @@ def step(name: str | None = None, *, gate: str | None = None, cache: bool = True
             for writer in writers:
                 if not writer.discarded:
                     writer.commit()
+            scratch = kwargs.get(spec.scratch) if spec.scratch else None
+            if scratch and not any(writer.discarded for writer in writers):
+                fileio.rmtree(scratch)       # the checkpoints served their purpose
             return result
 
         signature = inspect.signature(fn)

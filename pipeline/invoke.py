@@ -306,7 +306,8 @@ def call(node: Node, resolved: Resolved, inputs: dict[str, artifacts.Artifact | 
     Each output is handed over as an open writer of its type with `producer` set; when
     the function returns, every writer it did not commit or discard is committed, and
     its scratch folder (which survives a failed attempt) is removed; when it raises,
-    every uncommitted writer is aborted and the scratch folder kept for the retry."""
+    every uncommitted writer is aborted and the scratch folder kept for the retry
+    (`components.contract.step` does both)."""
     spec = node.spec
     kwargs: dict[str, Any] = {param: inputs.get(param) for param in spec.inputs}
     missing = [p for p in spec.inputs if kwargs[p] is None and not spec.is_optional(p)]
@@ -323,10 +324,7 @@ def call(node: Node, resolved: Resolved, inputs: dict[str, artifacts.Artifact | 
         kwargs[spec.recorded_param] = resolved.record
     if spec.scratch:
         kwargs[spec.scratch] = scratch
-    result = spec.fn(**kwargs)     # commits the writers, or aborts them when it raises
-    if scratch and spec.scratch and not any(w.discarded for w in writers.values()):
-        fileio.rmtree(scratch)      # the checkpoints served their purpose
-    return result
+    return spec.fn(**kwargs)     # commits the writers, or aborts them when it raises
 
 
 BEAM_TEMP = "beam-temp"
