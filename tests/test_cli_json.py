@@ -7,7 +7,7 @@ import json
 import os
 
 from pipeline import cli
-from pipeline import kfp as kfp_pipeline
+from pipeline.kfp import compile as kfp_compile
 from tests import fixtures
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,7 +94,7 @@ def test_compile_submit_and_schedule_json(tmp_path, capsys, monkeypatch):
     result, _ = json_out(capsys, ["schedule", EXAMPLE, "--package", package, *target,
                                   "--cron", "0 3 * * *", "--json"])
     assert result["schedule"] == "schedule-1" and result["cron"] == "0 3 * * *"
-    assert set(result["parameters"]) == kfp_pipeline.package_parameters(package)
+    assert set(result["parameters"]) == kfp_compile.package_parameters(package)
 
 
 def test_config_show_and_schema_json(tmp_path, capsys):

@@ -290,15 +290,16 @@ def _resolve(cfg, **params):
     """The KFP resolve task's outputs for `cfg`, called as the compiled task calls it
     (its configs and the run-time parameters, `params` overriding the defaults)."""
     from pipeline import invoke
-    from pipeline import kfp as kfp_pipeline
+    from pipeline.kfp import compile as kfp_compile
+    from pipeline.kfp import entrypoint as kfp_entry
 
-    values = {**kfp_pipeline.runtime_parameters(cfg), **params}
-    names = kfp_pipeline._resolve_parameters(values)
-    overrides = {kfp_pipeline.RUNTIME_PARAMETERS[n]: values[n] for n in names
+    values = {**kfp_compile.runtime_parameters(cfg), **params}
+    names = kfp_compile._resolve_parameters(values)
+    overrides = {kfp_compile.RUNTIME_PARAMETERS[n]: values[n] for n in names
                  if n != "baseline_alias"}
-    pins = kfp_pipeline.resolve_pins(invoke.Context.from_config(cfg).to_json(),
-                                     values["baseline_alias"], kfp_pipeline.resolve_configs(cfg),
-                                     overrides)
+    pins = kfp_entry.resolve_pins(invoke.Context.from_config(cfg).to_json(),
+                                  values["baseline_alias"], kfp_compile.resolve_configs(cfg),
+                                  overrides)
     return pins._asdict()
 
 
@@ -311,9 +312,9 @@ def test_kfp_pins_change_exactly_when_outside_inputs_do(on_fake, tmp_path, monke
     from components.registry import Registry
     from pipeline import config as config_lib
     from pipeline import invoke
-    from pipeline import kfp as kfp_pipeline
+    from pipeline.kfp import entrypoint as kfp_entry
 
-    monkeypatch.setattr(kfp_pipeline, "_exit_without_teardown", lambda: None)
+    monkeypatch.setattr(kfp_entry, "_exit_without_teardown", lambda: None)
     root = f"{on_fake}/pins"
     local = tmp_path / "src"
     fixtures.make_class_folders(str(local), per_class=3)

@@ -11,7 +11,9 @@ import yaml
 
 from pipeline import cli, submit
 from pipeline import config as config_lib
-from pipeline import kfp as kfp_pipeline
+from pipeline.kfp import compile as kfp_compile
+from pipeline.kfp import entrypoint as kfp_entry
+from pipeline.kfp import local as kfp_local
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "deploy", "example.yaml")
@@ -20,7 +22,7 @@ EXAMPLE = os.path.join(ROOT, "deploy", "example.yaml")
 def compiled(tmp_path):
     out = str(tmp_path / "p.yaml")
     cfg = config_lib.load(EXAMPLE, resolve_paths=False)
-    kfp_pipeline.compile_pipeline(cfg, out)
+    kfp_compile.compile_pipeline(cfg, out)
     return out, yaml.safe_load(open(out))
 
 
@@ -68,8 +70,9 @@ def test_compiled_ir_has_the_dag_the_gate_and_resources(tmp_path):
     assert root["ingest"]["retryPolicy"]["maxRetryCount"] == 2
     assert {e["container"]["image"] for e in executors.values()} == {
         "us-docker.pkg.dev/my-project/imgpipe/imgpipe:0.1.0"}
-    # each component body only calls the step through pipeline.kfp
+    # each component body only calls the step through pipeline.kfp.entrypoint
     assert "run_step('train'" in " ".join(train["command"])
+    assert "from pipeline.kfp.entrypoint import run_step" in " ".join(train["command"])
 
 
 def _task_inputs(spec):
@@ -89,7 +92,7 @@ def test_kfp_caching_is_correct_across_runs(tmp_path):
     def compile_with(*overrides):
         out = str(tmp_path / f"p{len(overrides)}.yaml")
         cfg = config_lib.load(EXAMPLE, list(overrides), resolve_paths=False)
-        kfp_pipeline.compile_pipeline(cfg, out)
+        kfp_compile.compile_pipeline(cfg, out)
         return yaml.safe_load(open(out))
 
     base, longer = compile_with(), compile_with("train.epochs=3", "model.dropout=0.2")
@@ -139,9 +142,9 @@ def test_runtime_parameters_are_typed_with_the_config_defaults(tmp_path):
     assert not any(k.startswith("p_") for k in tasks["validate"]["inputs"]["parameters"])
     step_cfg = {"train": {"epochs": 40, "optimizer": {"name": "adam"}},
                 "record": {"evaluate": {"thresholds": {}}}}
-    kfp_pipeline.apply_overrides(step_cfg, {"train.epochs": 3,
-                                            "evaluate.thresholds.accuracy.min": 0.9,
-                                            "train.optimizer.learning_rate": 0.01})
+    kfp_entry.apply_overrides(step_cfg, {"train.epochs": 3,
+                                         "evaluate.thresholds.accuracy.min": 0.9,
+                                         "train.optimizer.learning_rate": 0.01})
     assert step_cfg == {"train": {"epochs": 3, "optimizer": {"name": "adam",
                                                              "learning_rate": 0.01}},
                         "record": {"evaluate": {"thresholds": {"accuracy": {"min": 0.9}}}}}
@@ -241,7 +244,7 @@ def test_submit_with_a_package_takes_only_runtime_overrides(tmp_path, capsys, mo
         raise AssertionError("recompiled although --package was given")
 
     monkeypatch.setattr(cli, "_adapter", lambda args: Adapter())
-    monkeypatch.setattr(kfp_pipeline, "compile_pipeline", no_compiling)
+    monkeypatch.setattr(kfp_compile, "compile_pipeline", no_compiling)
     target = ["--kfp-host", "http://127.0.0.1:9"]
     assert cli.main(["submit", EXAMPLE, "--package", package, *target,
                      "--set", "train.epochs=5", "--set", "data.source=gs://b/photos"]) == 0
@@ -251,7 +254,7 @@ def test_submit_with_a_package_takes_only_runtime_overrides(tmp_path, capsys, mo
     assert sent_to == scheduled == package and cron == "0 3 * * *"
     assert params["train_epochs"] == 5 and params["data_source"] == "gs://b/photos"
     assert sparams["accuracy_max_drop"] == 0.02 and sparams["train_epochs"] == 40
-    assert set(params) == kfp_pipeline.package_parameters(package)
+    assert set(params) == kfp_compile.package_parameters(package)
     capsys.readouterr()
 
     for extra, says in ((["--set", "model.dropout=0.2"], "compiled into"),
@@ -274,9 +277,9 @@ def test_only_the_chief_replica_wipes_and_reads_the_shared_outputs(tmp_path, mon
     from components import artifacts
     from pipeline import dag, invoke
 
-    monkeypatch.setattr(kfp_pipeline, "_exit_without_teardown", lambda: None)
+    monkeypatch.setattr(kfp_entry, "_exit_without_teardown", lambda: None)
     left = []
-    monkeypatch.setattr(kfp_pipeline, "_leave_as_replica", lambda: left.append(True))
+    monkeypatch.setattr(kfp_entry, "_leave_as_replica", lambda: left.append(True))
 
     def committing_call(node, resolved, inputs, outputs, producer):
         for output, uri in outputs.items():
@@ -298,7 +301,7 @@ def test_only_the_chief_replica_wipes_and_reads_the_shared_outputs(tmp_path, mon
     cluster = {"chief": ["127.0.0.1:1"], "worker": ["127.0.0.1:2"]}
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster,
                                                 "task": {"type": "worker", "index": 0}}))
-    assert kfp_pipeline.run_step("ingest", step_cfg, "", "", kfp_artifacts, {}, {}, {}) is True
+    assert kfp_entry.run_step("ingest", step_cfg, "", "", kfp_artifacts, {}, {}, {}) is True
     assert len(calls) == 1 and left == [True]
     assert all((f / "theirs.txt").exists() for f in folders.values())          # not wiped
     assert all(a.metadata == {} for a in kfp_artifacts.values())               # not read
@@ -306,7 +309,7 @@ def test_only_the_chief_replica_wipes_and_reads_the_shared_outputs(tmp_path, mon
     monkeypatch.setattr(invoke, "call", committing_call)
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster,
                                                 "task": {"type": "chief", "index": 0}}))
-    assert kfp_pipeline.run_step("ingest", step_cfg, "", "", kfp_artifacts, {}, {}, {}) is True
+    assert kfp_entry.run_step("ingest", step_cfg, "", "", kfp_artifacts, {}, {}, {}) is True
     assert left == [True]                                   # the chief stays for the executor
     assert not any((f / "theirs.txt").exists() for f in folders.values())      # started clean
     assert kfp_artifacts["examples"].metadata == {"made_by": "examples",
@@ -468,7 +471,7 @@ def test_kfp_local_is_recorded_and_printed_like_a_local_run(tmp_path, capsys, mo
 
     runs = tmp_path / "runs"
     monkeypatch.setenv("FAKE_KFP_ROOT", str(runs))
-    monkeypatch.setattr(kfp_pipeline, "build_pipeline", _fake_kfp_local(blessed))
+    monkeypatch.setattr(kfp_local, "build_pipeline", _fake_kfp_local(blessed))
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY.replace("SERVING", str(tmp_path / "serving")))
     code = cli.main(["run", str(config), "--engine", "kfp-local", "--runs-dir", str(runs),
@@ -505,7 +508,7 @@ def test_kfp_local_is_recorded_and_printed_like_a_local_run(tmp_path, capsys, mo
     assert run_id in listing and "kfp-local" in listing
     assert ("push-" in listing) is not blessed
 
-    monkeypatch.setattr(kfp_pipeline, "build_pipeline", _fake_kfp_local(blessed))
+    monkeypatch.setattr(kfp_local, "build_pipeline", _fake_kfp_local(blessed))
     assert cli.main(["run", str(config), "--engine", "kfp-local", "--runs-dir", str(runs),
                      "--json"]) == 0
     captured = capsys.readouterr()
@@ -526,7 +529,7 @@ def test_a_failed_kfp_local_task_is_one_line_and_on_record(tmp_path, capsys, mon
 
     runs = tmp_path / "runs"
     monkeypatch.setenv("FAKE_KFP_ROOT", str(runs))
-    monkeypatch.setattr(kfp_pipeline, "build_pipeline", _fake_kfp_local(fail_at=task))
+    monkeypatch.setattr(kfp_local, "build_pipeline", _fake_kfp_local(fail_at=task))
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY.replace("SERVING", str(tmp_path / "serving")))
     assert cli.main(["run", str(config), "--engine", "kfp-local", "--runs-dir",
@@ -584,8 +587,8 @@ def test_vertex_adapter_calls():
                            "PipelineJob": Job, "PipelineJobSchedule": Schedule})
     adapter = submit.VertexAdapter(submit.VertexTarget("p", "europe-west4", "gs://b/root",
                                                        "sa@p.iam"), aiplatform=fake)
-    params = kfp_pipeline.runtime_parameters(config_lib.load(EXAMPLE, ["train.epochs=3"],
-                                                             resolve_paths=False))
+    params = kfp_compile.runtime_parameters(config_lib.load(EXAMPLE, ["train.epochs=3"],
+                                                            resolve_paths=False))
     assert adapter.submit("fonts", "p.yaml", params).endswith("pipelineJobs/1")
     assert adapter.schedule("fonts", "p.yaml", params, "0 3 * * *").endswith("schedules/2")
     calls = {name: kwargs for name, _, kwargs in rec.calls}
@@ -659,7 +662,7 @@ def test_dockerfiles_install_the_package_from_pyproject():
         else:
             # the images run the Python the suite and the lock are made on
             assert base.startswith("python:3.11") and "3.11" in supported
-        for folder in kfp_pipeline.IMAGE_FOLDERS:     # what compile lets configs refer to
+        for folder in kfp_compile.IMAGE_FOLDERS:      # what compile lets configs refer to
             assert re.search(rf"^COPY {folder.rstrip('/')} \./{folder.rstrip('/')}$", text,
                              re.MULTILINE), (name, folder)
     tpu = open(os.path.join(ROOT, "deploy", "Dockerfile.tpu")).read()
@@ -779,7 +782,7 @@ def test_training_replicas_and_tpu_topology_as_a_vertex_custom_job(tmp_path):
         "vertex_job: {machine_type: ct5lp-hightpu-4t, replica_count: 2, tpu_topology: 2x2}}"],
         resolve_paths=False)
     out = str(tmp_path / "job.yaml")
-    kfp_pipeline.compile_pipeline(cfg, out)
+    kfp_compile.compile_pipeline(cfg, out)
     spec = yaml.safe_load(open(out))
     train_component = spec["components"][spec["root"]["dag"]["tasks"]["train"]["componentRef"]
                                          ["name"]]
@@ -809,7 +812,7 @@ def test_tpu_request_and_image_only_on_the_train_task(tmp_path, custom_job):
                                     f"TPU_V5_LITEPOD, accelerator_count: 4{job}}}"],
                           resolve_paths=False)
     out = str(tmp_path / "tpu.yaml")
-    kfp_pipeline.compile_pipeline(cfg, out)
+    kfp_compile.compile_pipeline(cfg, out)
     spec = yaml.safe_load(open(out))
     markers = [TPU_IMAGE, "TPU_V5_LITEPOD", "IMGPIPE_ACCELERATOR"] + \
         (["ct5lp-hightpu-4t", "2x2"] if custom_job else [])
@@ -855,7 +858,7 @@ def test_drift_on_kfp_a_second_run_validates_against_the_first_runs_statistics(
     from pipeline import report as report_lib
     from tests.test_validate import BASE, stats_artifact
 
-    monkeypatch.setattr(kfp_pipeline, "_exit_without_teardown", lambda: None)
+    monkeypatch.setattr(kfp_entry, "_exit_without_teardown", lambda: None)
     monkeypatch.setattr(report_lib, "write", lambda *args, **kwargs: None)   # not under test
     cfg = config_lib.load(None, ["name=photos", f"push.destination={tmp_path / 'serving'}"])
     context = invoke.Context.from_config(cfg).to_json()
@@ -865,30 +868,30 @@ def test_drift_on_kfp_a_second_run_validates_against_the_first_runs_statistics(
         return SimpleNamespace(path=str(path), uri=str(path), metadata={})
 
     def resolve():
-        params = kfp_pipeline.runtime_parameters(cfg)
-        overrides = {kfp_pipeline.RUNTIME_PARAMETERS[n]: params[n]
-                     for n in kfp_pipeline._resolve_parameters(params) if n != "baseline_alias"}
-        return kfp_pipeline.resolve_pins(context, params["baseline_alias"],
-                                         kfp_pipeline.resolve_configs(cfg), overrides)._asdict()
+        params = kfp_compile.runtime_parameters(cfg)
+        overrides = {kfp_compile.RUNTIME_PARAMETERS[n]: params[n]
+                     for n in kfp_compile._resolve_parameters(params) if n != "baseline_alias"}
+        return kfp_entry.resolve_pins(context, params["baseline_alias"],
+                                      kfp_compile.resolve_configs(cfg), overrides)._asdict()
 
     def validate(run, stats):
         pins = resolve()
         outputs = {o: kfp_artifact(root / run / "validate" / o) for o in ("anomalies", "schema")}
         node = dag.get("validate")
-        step_cfg = kfp_pipeline.without_runtime_keys(invoke.step_config(node, cfg))
-        return pins, kfp_pipeline.run_step(
+        step_cfg = kfp_compile.without_runtime_keys(invoke.step_config(node, cfg))
+        return pins, kfp_entry.run_step(
             "validate", json.dumps(step_cfg), "", "",
             {"statistics": kfp_artifact(stats.uri), **outputs}, {},
-            {p: pins[f"validate__{p}"] for p in kfp_pipeline._pin_params(node)}, {})
+            {p: pins[f"validate__{p}"] for p in kfp_compile._pin_params(node)}, {})
 
     first = stats_artifact(root / "run-1" / "ingest", "statistics", BASE)
     pins, gate = validate("run-1", first)
     assert pins["validate__baseline_statistics"] == "" and gate is True    # nothing before
     others = {ref: kfp_artifact(root / "run-1" / ref.replace(".", "/"))
-              for ref in kfp_pipeline.REPORT_INPUTS if ref != "ingest.statistics"}
-    kfp_pipeline.write_report(context, "run-1", {"ingest.statistics": kfp_artifact(first.uri),
-                                                 **others},
-                              kfp_artifact(root / "run-1" / "report" / "report"))
+              for ref in kfp_compile.REPORT_INPUTS if ref != "ingest.statistics"}
+    kfp_entry.write_report(context, "run-1", {"ingest.statistics": kfp_artifact(first.uri),
+                                              **others},
+                           kfp_artifact(root / "run-1" / "report" / "report"))
 
     shifted = copy.deepcopy(BASE)
     shifted["counts"]["train"] = {"cat": 70, "dog": 20}        # 0.5 -> 0.78 of train
@@ -909,16 +912,16 @@ def test_the_report_task_shows_the_recorded_config_with_run_time_values(tmp_path
 
     from pipeline import invoke
 
-    monkeypatch.setattr(kfp_pipeline, "_exit_without_teardown", lambda: None)
+    monkeypatch.setattr(kfp_entry, "_exit_without_teardown", lambda: None)
     cfg = config_lib.load(None, ["name=photos", f"push.destination={tmp_path / 'serving'}"])
-    compiled = json.loads(kfp_pipeline.report_config(cfg))
+    compiled = json.loads(kfp_compile.report_config(cfg))
     assert "epochs" not in compiled["record"]["train"]                # a run-time parameter
     assert "kind" not in compiled["record"]["model"] and "dropout" in compiled["record"]["model"]
     arts = {ref: SimpleNamespace(path=str(tmp_path / ref), uri=str(tmp_path / ref), metadata={})
-            for ref in kfp_pipeline.REPORT_INPUTS}
+            for ref in kfp_compile.REPORT_INPUTS}
     html_out = SimpleNamespace(path=str(tmp_path / "report" / "report"))
-    kfp_pipeline.write_report(invoke.Context.from_config(cfg).to_json(), "run-1", arts,
-                              html_out, kfp_pipeline.report_config(cfg), {"train.epochs": 7})
+    kfp_entry.write_report(invoke.Context.from_config(cfg).to_json(), "run-1", arts,
+                           html_out, kfp_compile.report_config(cfg), {"train.epochs": 7})
     page = open(html_out.path).read()
     assert "<caption>train</caption>" in page and "<td>epochs</td><td>7</td>" in page
     assert "<caption>data</caption>" in page and "<caption>evaluate</caption>" in page

@@ -105,7 +105,7 @@ if {cluster!r}:
     os.environ["TF_CONFIG"] = json.dumps({{"cluster": {cluster!r},
                                           "task": {{"type": {kind!r}, "index": 0}}}})
 from pipeline import config as config_lib, dag, invoke
-from pipeline.kfp import run_step
+from pipeline.kfp.entrypoint import run_step
 work = {work!r}
 cfg = config_lib.load(None, ["model.kind=cnn", "train.epochs=8", "train.batch_size={batch}"])
 def art(name):

@@ -1,0 +1,18 @@
+"""The DAG of `pipeline/dag.py` as a Kubeflow Pipelines v2 pipeline: three programs
+that run in different places, one module each.
+
+- `compile.py`: on the user's machine, at compile time. Generates one typed component
+  per step from its contract, the resolve and report tasks, and the `@dsl.pipeline`
+  (gates, resources, caching, run-time parameters); checks that a config can run
+  remotely (`check_remote`) and writes the IR (`compile_pipeline`).
+- `entrypoint.py`: inside each step's container, at run time. The one stable module
+  the generated component code imports (`run_step`, `resolve_pins`, `write_report`);
+  it imports neither `compile.py` nor `local.py`.
+- `local.py`: on the user's machine, running the compiled pipeline with `kfp.local`
+  (`run_local`) and recording it like a local run.
+- `shared.py`: the names compile and entrypoint must agree on (run-time parameters,
+  the external-inputs pin, the UI outputs).
+
+This package imports none of them, so importing `pipeline.kfp.entrypoint` in a
+container loads only what the steps need.
+"""

@@ -1,0 +1,462 @@
+"""The DAG of `pipeline/dag.py` as a Kubeflow Pipelines v2 pipeline.
+
+Every step becomes a lightweight KFP component generated from its declared contract
+(no second definition of the steps): typed inputs and outputs (`Dataset` for
+examples, `Model` for models, `Artifact` for the rest, plus `Metrics` /
+`ClassificationMetrics` from the evaluator and an `HTML` report), the config the step
+reads as a JSON parameter, and a body that only calls `run_step`
+(`pipeline/kfp/entrypoint.py`), which goes through `pipeline/invoke.py` like the local
+runner. Components run in `kfp.image` unless a step
+names its own (`kfp.steps.STEP.image`); per-step resources, caching and retries come
+from `kfp.steps`. A step that consumes the output of a gating step (the push) runs only
+under `dsl.If` on each gate (the evaluator's blessing, the infra validator's verdict).
+A never-cached resolve task pins, per run, what cached tasks compare with or read from
+outside the run (the baseline, the previous statistics, the data source, the schema,
+referenced registry versions), so each task's inputs change exactly when its result
+should.
+"""
+
+from __future__ import annotations
+
+import json
+import linecache
+import os
+from typing import Any, Callable
+
+from pipeline import dag, invoke
+from pipeline.config import PipelineConfig
+from pipeline.kfp.shared import EXTERNAL, OPTIONAL, RUNTIME_PARAMETERS, UI_OUTPUTS
+
+# Artifact type -> KFP artifact class name.
+KFP_TYPES = {"Examples": "Dataset", "Model": "Model", "PushedModel": "Model"}
+# What the run report shows, as "step.output".
+REPORT_INPUTS = ("ingest.statistics", "validate.anomalies", "train.trained_model",
+                 "evaluate.evaluation", "evaluate.blessing", "infra_validate.infra_blessing")
+RESOLVE = "resolve"
+# Folders of this repository that deploy/Dockerfile copies into the image.
+IMAGE_FOLDERS = ("schemas/", "configs/")
+# pipeline/kfp/compile.py -> the repository root
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def kfp_type(artifact_type: str) -> str:
+    return KFP_TYPES.get(artifact_type, "Artifact")
+
+
+def _get(tree: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return None
+        tree = tree[part]
+    return tree
+
+
+def runtime_parameters(config: PipelineConfig) -> dict[str, Any]:
+    """The pipeline parameters with this config's values: every key in
+    RUNTIME_PARAMETERS that the config sets (an unset threshold is not a parameter)."""
+    tree = config.to_dict()
+    out = {}
+    for name, key in RUNTIME_PARAMETERS.items():
+        value = _get(tree, key)
+        if value is None and key in OPTIONAL:
+            value = ""
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def without_runtime_keys(step_cfg: dict[str, Any]) -> dict[str, Any]:
+    """A step's compiled config without the keys that arrive as pipeline parameters:
+    two compiles that differ only in such a key give identical task specs."""
+    out = json.loads(json.dumps(step_cfg))
+    for key in RUNTIME_PARAMETERS.values():
+        section, *path = key.split(".")
+        for tree in (out.get(section), out.get(invoke.RECORD, {}).get(section)):
+            for part in path[:-1]:
+                tree = tree.get(part) if isinstance(tree, dict) else None
+            if isinstance(tree, dict):
+                tree.pop(path[-1], None)
+    return out
+
+
+def _parameters_for(sections: tuple[str, ...], available: dict[str, Any]) -> list[str]:
+    return [name for name in available
+            if RUNTIME_PARAMETERS[name].split(".")[0] in sections]
+
+
+def _param_type(value: Any) -> str:
+    return {bool: "bool", int: "int", float: "float"}.get(type(value), "str")
+
+
+def _component_source(node: dag.Node, params: dict[str, Any]) -> str:
+    """The Python source of the step's component: a typed signature and one call.
+    Inputs wired to an earlier run (`previous`) and the registry baseline arrive as
+    references pinned by the resolve task. Only push and the report, which are never
+    cached, take the job name (for the model card and the report's title)."""
+    spec = node.spec
+    signature = ["config_json: str", "context_json: str"]
+    names = []
+    for param in node.inputs:
+        signature.append(f"{param}: Input[{kfp_type(spec.input_type(param))}]")
+        names.append(param)
+    pins = _pin_params(node)
+    signature += [f"pin_{p}: str" for p in pins]
+    mine = _parameters_for((*spec.config, *spec.record), params)
+    signature += [f"p_{name}: {_param_type(params[name])}" for name in mine]
+    if not spec.cache:
+        signature.append("run_id: str")
+    for output in spec.outputs:
+        signature.append(f"{output}: Output[{kfp_type(spec.output_type(output))}]")
+        names.append(output)
+    extras = UI_OUTPUTS.get(node.name, ())
+    signature += [f"{param}: Output[{kind}]" for param, kind in extras]
+    args = ", ".join(f"{p!r}: {p}" for p in names)
+    extra_args = ", ".join(f"{p!r}: {p}" for p, _ in extras)
+    pin_args = ", ".join(f"{p!r}: pin_{p}" for p in pins)
+    overrides = ", ".join(f"{RUNTIME_PARAMETERS[n]!r}: p_{n}" for n in mine)
+    run_id = "run_id" if not spec.cache else "''"
+    return (f"def {node.name}({', '.join(signature)}) -> bool:\n"
+            f"    from pipeline.kfp.entrypoint import run_step\n"
+            f"    return run_step({node.name!r}, config_json, context_json, {run_id}, "
+            f"{{{args}}}, {{{extra_args}}}, {{{pin_args}}}, {{{overrides}}})\n")
+
+
+def _resolve_source(params: dict[str, Any]) -> str:
+    """The resolve task (never cached): pins what this run compares with and what its
+    steps read from outside the run, so that the inputs of each task change exactly
+    when its result should: the baseline version (evaluate), the previous statistics
+    (validate), and for the steps that read outside inputs (`invoke.reads_outside_inputs`:
+    ingest, validate, tune, train) the registry versions their references name and a
+    fingerprint of their external files. It takes those steps' configs and run-time
+    parameters (it is never cached, so they cost no cache hits)."""
+    outputs = ", ".join(f"({name!r}, str)" for name in _pins())
+    alias = "p_baseline_alias" if "baseline_alias" in params else "''"
+    mine = _resolve_parameters(params)
+    signature = ", ".join(["context_json: str", "configs_json: str"]
+                          + [f"p_{name}: {_param_type(params[name])}" for name in mine])
+    overrides = ", ".join(f"{RUNTIME_PARAMETERS[n]!r}: p_{n}" for n in mine
+                          if n != "baseline_alias")
+    return (f"def {RESOLVE}({signature}) -> NamedTuple('Pins', [{outputs}]):\n"
+            f"    from pipeline.kfp.entrypoint import resolve_pins\n"
+            f"    return resolve_pins(context_json, {alias}, configs_json, {{{overrides}}})\n")
+
+
+def _outside_readers() -> list[dag.Node]:
+    return [node for node in dag.STEPS if invoke.reads_outside_inputs(node)]
+
+
+def _resolve_parameters(params: dict[str, Any]) -> list[str]:
+    """The run-time parameters the resolve task takes: the baseline alias, and those of
+    the sections the steps with outside inputs read."""
+    sections = {s for node in _outside_readers() for s in node.spec.config}
+    return [name for name in params
+            if name == "baseline_alias" or RUNTIME_PARAMETERS[name].split(".")[0] in sections]
+
+
+def resolve_configs(config: PipelineConfig) -> str:
+    """The resolve task's `configs_json`: the compiled config of each step with outside
+    inputs (without the run-time keys, which arrive as parameters)."""
+    return json.dumps({node.name: without_runtime_keys(invoke.step_config(node, config))
+                       for node in _outside_readers()}, sort_keys=True)
+
+
+def _pin_params(node: dag.Node) -> list[str]:
+    """A step task's pinned inputs: previous-run inputs, resolved values (the baseline)
+    and, for a step with outside inputs, EXTERNAL."""
+    return [*node.previous, *node.spec.resolved,
+            *([EXTERNAL] if invoke.reads_outside_inputs(node) else [])]
+
+
+def _pins() -> list[str]:
+    """Output names of the resolve task: `STEP__PIN` for each pinned input of each step."""
+    return [f"{node.name}__{param}" for node in dag.STEPS for param in _pin_params(node)]
+
+
+def _report_source(params: dict[str, Any]) -> str:
+    """The report task: the run's artifacts, and the config the model card records
+    (`config_json`, with the run-time parameters of its sections applied)."""
+    inputs = ", ".join(f"{ref.split('.')[1]}: Input[{kfp_type(_output_type(ref))}]"
+                       for ref in REPORT_INPUTS)
+    mapping = ", ".join(f"{ref!r}: {ref.split('.')[1]}" for ref in REPORT_INPUTS)
+    mine = _report_parameters(params)
+    values = "".join(f"p_{name}: {_param_type(params[name])}, " for name in mine)
+    overrides = ", ".join(f"{RUNTIME_PARAMETERS[n]!r}: p_{n}" for n in mine)
+    return (f"def report(context_json: str, config_json: str, run_id: str, {values}{inputs}, "
+            f"report: Output[HTML]):\n"
+            f"    from pipeline.kfp.entrypoint import write_report\n"
+            f"    write_report(context_json, run_id, {{{mapping}}}, report, config_json, "
+            f"{{{overrides}}})\n")
+
+
+def _report_parameters(params: dict[str, Any]) -> list[str]:
+    recorded = {s for node in dag.STEPS for s in node.spec.record}
+    return _parameters_for(tuple(recorded), params)
+
+
+def report_config(config: PipelineConfig) -> str:
+    """The report task's `config_json`: the recorded sections, without the run-time
+    keys (they arrive as parameters)."""
+    return json.dumps(without_runtime_keys({invoke.RECORD: invoke.recorded_config(config)}),
+                      sort_keys=True)
+
+
+def _output_type(ref: str) -> str:
+    step, output = ref.split(".")
+    return dag.get(step).spec.output_type(output)
+
+
+def _make_function(name: str, source: str, namespace: dict[str, Any]):
+    """A function from generated source (registered with linecache so KFP can read its
+    source back, as it does for a function in a file)."""
+    filename = f"<imgpipe-{name}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    # dont_inherit: this module's `from __future__ import annotations` would turn the
+    # annotations into strings, which KFP cannot read as types.
+    exec(compile(source, filename, "exec", dont_inherit=True), namespace)  # noqa: S102 - our own generated code
+    return namespace[name]
+
+
+def _make_component(name: str, source: str, image: str):
+    from typing import NamedTuple
+
+    from kfp import dsl
+
+    namespace = {k: getattr(dsl, k) for k in ("Input", "Output", "Dataset", "Model", "Artifact",
+                                              "Metrics", "ClassificationMetrics", "HTML")}
+    namespace["NamedTuple"] = NamedTuple
+    return dsl.component(_make_function(name, source, namespace), base_image=image,
+                         install_kfp_package=False)
+
+
+def components(config: PipelineConfig) -> dict[str, Any]:
+    params = runtime_parameters(config)
+    comps = {node.name: _make_component(node.name, _component_source(node, params),
+                                        config.kfp.image_for(node.name))
+             for node in dag.STEPS}
+    comps["report"] = _make_component("report", _report_source(params),
+                                      config.kfp.image_for("report"))
+    comps[RESOLVE] = _make_component(RESOLVE, _resolve_source(params),
+                                     config.kfp.image_for(RESOLVE))
+    return comps
+
+
+def vertex_job(component, config: PipelineConfig, name: str):
+    """The component itself, or wrapped as a Vertex AI custom job when the step asks
+    for replicas or a TPU topology (google-cloud-pipeline-components; the accelerator
+    then goes to the job's machine spec instead of the task)."""
+    step = config.kfp.step(name)
+    job = step.vertex_job
+    if job is None:
+        return component
+    from google_cloud_pipeline_components.v1.custom_job import \
+        create_custom_training_job_from_component
+
+    from components.training import ACCELERATOR_ENV
+
+    accelerator = {"accelerator_type": step.accelerator_type,
+                   "accelerator_count": step.accelerator_count} if step.accelerator_type else {}
+    wrapped = create_custom_training_job_from_component(
+        component, display_name=f"{config.name}-{name}", replica_count=job.replica_count,
+        machine_type=job.machine_type,
+        env=[{"name": ACCELERATOR_ENV, "value": step.accelerator_type}]
+        if step.accelerator_type else None, **accelerator)
+    if job.tpu_topology:
+        for pool in wrapped.component_spec.inputs["worker_pool_specs"].default:
+            pool["machine_spec"]["tpu_topology"] = job.tpu_topology
+    return wrapped
+
+
+def _configure(task, config: PipelineConfig, name: str, cacheable: bool = True):
+    step = config.kfp.step(name)
+    task.set_display_name(name)
+    task.set_caching_options(step.caching and cacheable)
+    if step.vertex_job is not None:
+        if step.retries:
+            task.set_retry(step.retries)
+        return task            # resources are the custom job's machine spec
+    if step.cpu_request:
+        task.set_cpu_request(step.cpu_request)
+    if step.cpu_limit:
+        task.set_cpu_limit(step.cpu_limit)
+    if step.memory_request:
+        task.set_memory_request(step.memory_request)
+    if step.memory_limit:
+        task.set_memory_limit(step.memory_limit)
+    if step.accelerator_type:
+        task.set_accelerator_type(step.accelerator_type)
+        task.set_accelerator_limit(step.accelerator_count)
+        # The trainer fails loudly when the TPU it was given does not resolve.
+        from components.training import ACCELERATOR_ENV
+
+        task.set_env_variable(ACCELERATOR_ENV, step.accelerator_type)
+    if step.retries:
+        task.set_retry(step.retries)
+    return task
+
+
+def gates_of(node: dag.Node, steps: tuple[dag.Node, ...] = dag.STEPS) -> list[str]:
+    """The gating steps whose outputs `node` consumes, directly or through others: it
+    runs only when each of their gates passed (the push: blessed and served)."""
+    found: list[str] = []
+    frontier = [ref.split(".")[0] for ref in node.inputs.values()]
+    seen: set[str] = set()
+    while frontier:
+        name = frontier.pop(0)
+        if name in seen:
+            continue
+        seen.add(name)
+        upstream = dag.get(name, steps)
+        if upstream.spec.gate is not None:
+            found.append(name)
+        frontier.extend(ref.split(".")[0] for ref in upstream.inputs.values())
+    return [n.name for n in steps if n.name in found]
+
+
+def build_pipeline(config: PipelineConfig) -> Callable:
+    """The `@dsl.pipeline` function for this config: typed parameters (RUNTIME_PARAMETERS,
+    defaults from the config), one task per step with only the config it reads, a
+    resolve task pinning the baseline and the previous statistics, the push under the
+    gates, and the report."""
+    from kfp import dsl
+
+    comps = components(config)
+    context = invoke.Context.from_config(config).to_json()
+    params = runtime_parameters(config)
+
+    def assemble(values: dict[str, Any]) -> None:
+        run_id = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
+        resolve_args = {f"p_{name}": values[name] for name in _resolve_parameters(params)}
+        pins = _configure(comps[RESOLVE](context_json=context,
+                                         configs_json=resolve_configs(config),
+                                         **resolve_args), config, RESOLVE, cacheable=False)
+        tasks: dict[str, Any] = {}
+
+        def add(node: dag.Node):
+            step_cfg = invoke.step_config(node, config)
+            kwargs = {param: tasks[ref.split(".")[0]].outputs[ref.split(".")[1]]
+                      for param, ref in node.inputs.items()}
+            kwargs.update({f"pin_{p}": pins.outputs[f"{node.name}__{p}"]
+                           for p in _pin_params(node)})
+            kwargs.update({f"p_{n}": values[n]
+                           for n in _parameters_for((*node.spec.config, *node.spec.record),
+                                                    params)})
+            if not node.spec.cache:
+                kwargs["run_id"] = run_id
+            component = vertex_job(comps[node.name], config, node.name)
+            task = component(
+                config_json=json.dumps(without_runtime_keys(step_cfg), sort_keys=True),
+                context_json=context if invoke.needs_context(node, step_cfg) else "",
+                **kwargs)
+            tasks[node.name] = _configure(task, config, node.name, node.spec.cache)
+
+        def add_gated(node: dag.Node, gates: list[str]):
+            if not gates:
+                add(node)
+                return
+            gate = gates[0]
+            with dsl.If(tasks[gate].outputs["Output"] == True,  # noqa: E712
+                        name=f"{gate.replace('_', '-')}-passed"):
+                add_gated(node, gates[1:])
+
+        for node in dag.STEPS:
+            add_gated(node, gates_of(node))
+        _configure(comps["report"](
+            context_json=context, config_json=report_config(config), run_id=run_id,
+            **{f"p_{name}": values[name] for name in _report_parameters(params)},
+            **{ref.split(".")[1]: tasks[ref.split(".")[0]].outputs[ref.split(".")[1]]
+               for ref in REPORT_INPUTS}), config, "report", cacheable=False)
+
+    signature = ", ".join(f"{name}: {_param_type(value)} = {value!r}"
+                          for name, value in params.items())
+    source = (f"def pipeline({signature}):\n"
+              f"    assemble({{{', '.join(f'{n!r}: {n}' for n in params)}}})\n")
+    fn = _make_function("pipeline", source, {"assemble": assemble})
+    return dsl.pipeline(name=config.name, description=f"imgpipe: {config.name} "
+                        f"({config.model.kind} on {config.data.source})")(fn)
+
+
+def _in_image_folders(path: str) -> bool:
+    """Whether a relative path under IMAGE_FOLDERS names a file that the image will hold:
+    one in this project (deploy/Dockerfile builds from its root), or in the current
+    folder (compiling from a checkout of the project)."""
+    return any(os.path.isfile(os.path.join(base, path)) for base in (PROJECT_ROOT, os.getcwd()))
+
+
+def _in_bucket(path: str | None) -> bool:
+    """gs:// (or another object store), or Vertex's /gcs/ mount of the buckets."""
+    return bool(path) and ("://" in path or path.startswith("/gcs/"))
+
+
+def check_remote(config: PipelineConfig) -> None:
+    """What a compiled pipeline cannot reach from its containers: paths on this
+    machine. One ConfigError naming the key and the fix."""
+    from components.config import BUILTIN_PREFIX
+    from components.errors import ConfigError
+    from components.registry import is_reference
+
+    source = config.data.source
+    if not (source.startswith(BUILTIN_PREFIX) or _in_bucket(source)):
+        raise ConfigError(f"data.source {source!r} is a path on this machine, which the "
+                          "pipeline's containers cannot read; copy the data to a bucket and "
+                          "use gs://BUCKET/... (or a built-in dataset).")
+    if not _in_bucket(config.push.destination):
+        raise ConfigError(f"push.destination {config.push.destination!r} would be lost with "
+                          "each container (and every run would find no baseline); use "
+                          "gs://BUCKET/serving.")
+    schema = config.validate_.schema_path
+    if schema and not _in_bucket(schema) and (os.path.isabs(schema) or not any(
+            schema.startswith(folder) for folder in IMAGE_FOLDERS)):
+        raise ConfigError(f"validate.schema {schema!r} is not in the image (it holds "
+                          f"{', '.join(IMAGE_FOLDERS)} of this repository) nor in a bucket; "
+                          "commit it under schemas/ or copy it to gs://.")
+    if schema and not _in_bucket(schema) and not _in_image_folders(schema):
+        raise ConfigError(f"validate.schema {schema!r} does not exist in this project (the "
+                          f"image copies {', '.join(IMAGE_FOLDERS)} from {PROJECT_ROOT}); fix "
+                          "the path or add the file there before building the image.")
+    if config.push.vertex is not None:
+        from components import vertex
+
+        vertex.serving_image(config.push.vertex.serving_image, config.push.vertex.project,
+                             config.push.vertex.region)
+    weights = config.model.weights
+    if weights and weights != "imagenet" and not is_reference(weights) and \
+            not _in_bucket(weights):
+        raise ConfigError(f"model.weights {weights!r} is not reachable from the pipeline "
+                          "(run:ID needs the local metadata store, a file must be in a "
+                          "bucket); use a pushed model (NAME@ALIAS) or gs://.")
+
+
+def package_parameters(package: str) -> set[str] | None:
+    """The run-time parameters a compiled pipeline declares (its root's inputs); None
+    for a template on a web address (Vertex's Artifact Registry), not read here."""
+    import yaml
+
+    if package.startswith(("https://", "http://")):
+        return None
+
+    from components import fileio
+    from components.errors import ConfigError
+
+    try:
+        spec = yaml.safe_load(fileio.read_text(package))
+        return set(spec["root"].get("inputDefinitions", {}).get("parameters", {}))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError,
+            AttributeError) as exc:
+        raise ConfigError(f"--package {package!r} is not a readable compiled pipeline "
+                          f"({type(exc).__name__}); compile one with `imgpipe compile`.") from exc
+
+
+def compile_pipeline(config: PipelineConfig, output: str) -> str:
+    from kfp import compiler
+
+    from components import fileio
+
+    fileio.prepare_output(output, "-o")
+    partial = f"{output}.partial-{os.getpid()}.yaml"
+    try:
+        compiler.Compiler().compile(build_pipeline(config), partial)
+        os.replace(partial, output)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    return output

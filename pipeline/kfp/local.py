@@ -1,0 +1,294 @@
+"""Runs the compiled pipeline with `kfp.local` on this machine (`imgpipe run --engine
+kfp-local`): builds it with `pipeline/kfp/compile.py`, reads kfp.local's console output
+task by task, and records the run as the local runner records one (the runs folder's
+metadata store, engine kfp-local; the local runner's step lines; report.html)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from typing import Any, Callable, Iterator
+
+from components import runtime
+from pipeline import dag, invoke
+from pipeline.config import PipelineConfig
+from pipeline.kfp.compile import build_pipeline, gates_of
+from pipeline.results import StepResult, detail_line, step_line
+
+ENGINE_LOCAL = "kfp-local"
+# kfp.local's console: its own log lines, and each task's output indented by 4 spaces.
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_TASK_START = re.compile(r" - INFO - Executing task '([^']+)'$")
+_TASK_END = re.compile(r" - (?:INFO|ERROR) - Task '([^']+)' finished with status (\w+)$")
+_TASK_INDENT = " " * 4
+# A step's own progress lines (epochs, trials) are indented as the local runner
+# indents them; kfp.local's JSON dumps are indented by multiples of 4.
+_STEP_LINE = re.compile("^" + runtime.DETAIL_INDENT + r"\S")
+_ERROR_LINE = re.compile(r"^components\.errors\.(\w+): (.+)$")
+# TensorFlow's native log lines (I0000 00:00:... file.cc:N] ...): never the error.
+_NATIVE_LOG = re.compile(r"^[IWEF]\d{4} ")
+# What a closed gate means for the steps behind it, as the push step words it.
+_CLOSED_GATE = {"blessed": "not blessed", "passed": "infra validation failed"}
+
+
+def task_step(task: str) -> dag.Node | None:
+    """The DAG step a kfp.local task runs (KFP names `infra_validate` infra-validate);
+    None for the resolve and report tasks."""
+    for node in dag.STEPS:
+        if node.name.replace("_", "-") == task or node.name == task:
+            return node
+    return None
+
+
+class _TaskLog:
+    """kfp.local's console output, read line by line. Task starts and ends go to
+    `recorder`; the lines a step prints for the user (its summary, which `run_step`
+    prints as 'STEP: line', and its progress lines) go with them. Everything else (the
+    executor input, KFP's INFO lines, library notices) is kept per task only for the
+    error of a failed one, and echoed as it came with -v."""
+
+    def __init__(self, recorder: "_Recorder", echo: Any = None):
+        self.recorder, self.echo = recorder, echo
+        self.partial = ""
+        self.task: str | None = None
+        self.lines: list[str] = []
+        self.tail: list[str] = []
+
+    def write(self, text: str) -> int:
+        if self.echo is not None:
+            self.echo.write(text)
+        self.partial += text
+        *complete, self.partial = self.partial.split("\n")
+        for line in complete:
+            self._line(_ANSI.sub("", line).rstrip("\r"))
+        return len(text)
+
+    def flush(self) -> None:
+        if self.echo is not None:
+            self.echo.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def _line(self, line: str) -> None:
+        started = _TASK_START.search(line)
+        if started:
+            self.task, self.lines, self.tail = started[1], [], []
+            self.recorder.start(self.task)
+            return
+        ended = _TASK_END.search(line)
+        if ended:
+            self.recorder.end(ended[1], ended[2], self.lines, self.tail)
+            self.task = None
+            return
+        if self.task is None:
+            return
+        node = task_step(self.task)         # None: the resolve or report task
+        text = line[len(_TASK_INDENT):] if line.startswith(_TASK_INDENT) else line
+        if node is not None and text.startswith(f"{node.name}: "):
+            self.lines.append(text[len(node.name) + 2:])
+        elif node is not None and _STEP_LINE.match(text):
+            self.recorder.log(text.rstrip())
+        elif text.strip() and not text.startswith("[KFP Executor") \
+                and not _NATIVE_LOG.match(text):
+            self.tail = (self.tail + [text.rstrip()])[-40:]
+
+
+class _Recorder:
+    """A kfp.local run in the metadata store as its tasks start and end: one execution
+    per step (inputs, outputs with their fingerprints, summary lines), the step lines
+    the local runner prints, and the steps' results."""
+
+    def __init__(self, store: Any, run_id: str, run_root: str, log: Callable[[str], None]):
+        self.store, self.run_id, self.run_root, self.log = store, run_id, run_root, log
+        self.results: list[Any] = []
+        self.running: dict[str, tuple[int, float]] = {}
+
+    def _uri(self, node: dag.Node, output: str) -> str:
+        return os.path.join(self.run_root, node.name.replace("_", "-"), output)
+
+    def start(self, task: str) -> None:
+        import time
+
+        from components import artifacts
+        from pipeline.metadata import UNKEYED
+
+        node = task_step(task)
+        if node is None:
+            return
+        execution = self.store.start_execution(self.run_id, node.name, UNKEYED, {},
+                                               DECISION_LOCAL)
+        uris = {param: self._uri(dag.get(ref.split(".")[0]), ref.split(".")[1])
+                for param, ref in node.inputs.items()}
+        self.store.record_artifacts(execution, "input", {
+            param: artifacts.read(uri) for param, uri in uris.items()
+            if artifacts.is_committed(uri)})
+        self.running[node.name] = (execution, time.perf_counter())
+        self.log(step_line(node.name, "running", f"({DECISION_LOCAL})"))
+
+    def end(self, task: str, status: str, lines: list[str], tail: list[str]) -> None:
+        import time
+
+        from components import artifacts
+
+        node = task_step(task)
+        if node is None or node.name not in self.running:
+            return
+        execution, began = self.running.pop(node.name)
+        seconds = time.perf_counter() - began
+        if status != "SUCCESS":
+            error = "\n".join(tail) or f"the task ended with status {status}"
+            self.store.finish_execution(execution, "failed", error=error)
+            self.results.append(StepResult(node.name, "failed", DECISION_LOCAL, seconds,
+                                           error=error))
+            self.log(step_line(node.name, "FAILED", f"{seconds:.1f}s"))
+            return
+        outputs = {o: artifacts.read(self._uri(node, o), node.spec.output_type(o))
+                   for o in node.spec.outputs}
+        self.store.record_artifacts(execution, "output", outputs)
+        summary: dict[str, Any] = {}
+        for art in outputs.values():
+            if art.type == "PushedModel":
+                summary.update(art.properties)        # pushed, version, path or reason
+            elif node.spec.gate in art.properties:
+                summary[node.spec.gate] = art.properties[node.spec.gate]
+                summary["reason"] = art.properties.get("reason")
+        summary["lines"] = list(lines)
+        self.store.finish_execution(execution, "succeeded", summary=summary)
+        self.results.append(StepResult(node.name, "ran", DECISION_LOCAL, seconds,
+                                       {o: a.uri for o, a in outputs.items()}, summary))
+        self.log(step_line(node.name, "done", f"{seconds:.1f}s"))
+        for line in lines:
+            self.log(detail_line(line))
+
+    def fail_running(self, tail: list[str]) -> None:
+        """The task kfp.local stopped the run on (it raises before logging its end)."""
+        for name in list(self.running):
+            self.end(name, "FAILURE", [], tail)
+
+    def skipped(self) -> None:
+        """Steps that did not run because a gate before them closed: recorded as
+        skipped with the reason, and for the push the verdict (nothing pushed)."""
+        from pipeline.metadata import UNKEYED
+
+        done = {r.step: r for r in self.results}
+        for node in dag.STEPS:
+            if node.name in done:
+                continue
+            closed = [done[g] for g in gates_of(node)
+                      if g in done and not (done[g].summary or {}).get(dag.get(g).spec.gate)]
+            if not closed:
+                continue
+            reason = "; ".join(
+                f"{_CLOSED_GATE.get(dag.get(r.step).spec.gate, r.step + ' gate closed')}: "
+                f"{(r.summary or {}).get('reason')}" for r in closed)
+            decision = f"not run: its gate is closed ({reason})"
+            pushes = "PushedModel" in [node.spec.output_type(o) for o in node.spec.outputs]
+            summary = {"lines": [f"NOTHING PUSHED ({reason})" if pushes else
+                                 f"not run ({reason})"], "reason": reason}
+            if pushes:
+                summary["pushed"] = False
+            execution = self.store.start_execution(self.run_id, node.name, UNKEYED, {},
+                                                   decision)
+            self.store.finish_execution(execution, "skipped", summary=summary)
+            self.results.append(StepResult(node.name, "skipped", decision, summary=summary))
+            self.log(step_line(node.name, "skipped", f"({decision})"))
+            for line in summary["lines"]:
+                self.log(detail_line(line))
+
+
+DECISION_LOCAL = "kfp.local runs every task; no cache"
+
+
+@contextlib.contextmanager
+def _named_run(run_id: str) -> Iterator[None]:
+    """kfp.local names a run PIPELINE-TIMESTAMP; name it with the metadata store's run
+    id, so its artifacts lie under RUNS_DIR/RUN_ID/ as a local run's do and the run id
+    that push records in the model card is the one `imgpipe runs show` knows."""
+    from kfp.local import executor_input_utils
+
+    original = executor_input_utils.get_local_pipeline_resource_name
+    executor_input_utils.get_local_pipeline_resource_name = lambda name: run_id
+    try:
+        yield
+    finally:
+        executor_input_utils.get_local_pipeline_resource_name = original
+
+
+def _task_error(tail: list[str], task: str | None) -> Any:
+    """The error a failed task raised, as the CLI's error (our own exception class
+    when the task's traceback names one), or an ImgpipeError with its last lines."""
+    from components import errors
+
+    for line in reversed(tail):
+        found = _ERROR_LINE.match(line.strip())
+        if found and isinstance(getattr(errors, found[1], None), type):
+            return getattr(errors, found[1])(found[2])
+    last = [line.strip() for line in tail if line.strip()
+             and not line.lstrip().startswith(("{", "}", '"', "[", "]"))][-3:]
+    return errors.ImgpipeError(f"the kfp.local task {task or '?'} failed: "
+                               + (" | ".join(last) or "it ended without an error message "
+                                  "(killed?)") + "; rerun with -v for its whole log.")
+
+
+def run_local(config: PipelineConfig, runs_dir: str = "runs", config_path: str | None = None,
+              log: Callable[[str], None] | None = None, verbose: bool = False) -> Any:
+    """Runs the compiled KFP pipeline with `kfp.local` (a subprocess per task, in this
+    environment) and records it as the local runner records a run: in the runs folder's
+    metadata store (engine kfp-local), artifacts under RUNS_DIR/RUN_ID/TASK/, a
+    report.html; prints the local runner's step lines (-v: kfp.local's own output)."""
+    import sys
+    import warnings
+
+    from kfp import local
+
+    from pipeline import report
+    from pipeline.metadata import METADATA_FILE, MetadataStore
+    from pipeline.results import RunResult
+
+    if log is None:
+        # not print(): kfp.local replaces it while it streams a task's output
+        out = sys.stdout
+
+        def log(line: str) -> None:
+            out.write(line + "\n")
+            out.flush()
+
+    runs_dir = os.path.abspath(runs_dir)
+    store = MetadataStore(os.path.join(runs_dir, METADATA_FILE))
+    run_id = store.start_run(config.name, config.to_dict(), config_path, engine=ENGINE_LOCAL)
+    log(f"run {run_id}  (pipeline {config.name}, runs dir {runs_dir}, engine {ENGINE_LOCAL})")
+    recorder = _Recorder(store, run_id, os.path.join(runs_dir, run_id), log)
+    task_log = _TaskLog(recorder, echo=sys.stdout if verbose else None)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=runs_dir,
+               raise_on_error=True)
+    error = None
+    try:
+        with warnings.catch_warnings(), _named_run(run_id), \
+                contextlib.redirect_stdout(task_log):
+            if not verbose:   # the base-image and ignored-resource notices, per task
+                warnings.filterwarnings("ignore", module="kfp")
+            build_pipeline(config)()
+    except RuntimeError as exc:       # kfp.local: a task ended with FAILURE
+        failed = task_log.task        # kfp.local raises before it logs the task's end
+        if failed is None:            # not a task's failure: kfp.local's own error
+            store.end_run(run_id, "failed", f"{type(exc).__name__}: {exc}")
+            raise
+        tail = task_log.tail
+        recorder.fail_running(tail)
+        error = _task_error(tail, failed)
+        error.__cause__ = exc
+    except BaseException as exc:     # a bug, Ctrl-C, SIGTERM: the run still ends on record
+        recorder.fail_running([f"interrupted ({type(exc).__name__})"])
+        store.end_run(run_id, "failed", f"{type(exc).__name__}: {exc}")
+        raise
+    if error is None:
+        recorder.skipped()
+    status = "failed" if error is not None else "succeeded"
+    store.end_run(run_id, status, None if error is None else str(error))
+    runtime.release_memory()
+    report.write_for_run(runs_dir, run_id, status, recorder.results,
+                         None if error is None else str(error),
+                         invoke.recorded_config(config), log)
+    return RunResult(run_id, runs_dir, status, recorder.results, error, engine=ENGINE_LOCAL)

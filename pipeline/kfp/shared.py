@@ -1,0 +1,25 @@
+"""Names the compiled pipeline and the step containers must agree on: the run-time
+pipeline parameters (and which of them may be unset), the pin of a step's outside
+inputs, and the extra UI outputs of a step. Imported by `pipeline/kfp/compile.py`,
+which writes them into the IR, and by `pipeline/kfp/entrypoint.py`, which reads them
+back inside the container; it imports nothing."""
+
+# Extra KFP outputs for the pipeline UI: step -> (parameter, KFP type).
+UI_OUTPUTS = {"evaluate": (("metrics", "Metrics"), ("confusion", "ClassificationMetrics"))}
+# Pipeline parameters a schedule can change without recompiling: name -> config key.
+# Each task receives those of the sections it reads (`invoke.step_config`).
+RUNTIME_PARAMETERS = {
+    "data_source": "data.source",
+    "train_epochs": "train.epochs",
+    "train_batch_size": "train.batch_size",
+    "learning_rate": "train.optimizer.learning_rate",
+    "model_kind": "model.kind",
+    "accuracy_min": "evaluate.thresholds.accuracy.min",
+    "accuracy_max_drop": "evaluate.thresholds.accuracy.max_drop",
+    "promote_to": "push.promote_to",
+    "baseline_alias": "push.baseline_alias",
+}
+# Optional keys: '' / an absent threshold mean "not set".
+OPTIONAL = ("push.promote_to",)
+# The pin of what a step reads from outside the run (invoke.pin_outside_inputs).
+EXTERNAL = "external"
