@@ -84,7 +84,7 @@ def test_compile_submit_and_schedule_json(tmp_path, capsys, monkeypatch):
         def schedule(self, name, package, parameters, cron):
             return "schedule-1"
 
-    monkeypatch.setattr(cli, "_adapter", lambda args: Adapter())
+    monkeypatch.setattr(cli.run, "_adapter", lambda args: Adapter())
     target = ["--kfp-host", "http://127.0.0.1:9"]
     result, _ = json_out(capsys, ["submit", EXAMPLE, "--package", package, *target, "--json",
                                   "--set", "train.epochs=5"])

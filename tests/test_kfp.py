@@ -243,7 +243,7 @@ def test_submit_with_a_package_takes_only_runtime_overrides(tmp_path, capsys, mo
     def no_compiling(*args, **kwargs):
         raise AssertionError("recompiled although --package was given")
 
-    monkeypatch.setattr(cli, "_adapter", lambda args: Adapter())
+    monkeypatch.setattr(cli.run, "_adapter", lambda args: Adapter())
     monkeypatch.setattr(kfp_compile, "compile_pipeline", no_compiling)
     target = ["--kfp-host", "http://127.0.0.1:9"]
     assert cli.main(["submit", EXAMPLE, "--package", package, *target,

@@ -1,0 +1,336 @@
+"""The model registry: `models list/show/diff/promote/rollback/repair`, `models alias
+delete`, and `predict` with a pushed model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from components.beamio import PARALLEL_MIN_INPUTS
+from components.errors import ConfigError, ImgpipeError
+from pipeline.cli.common import DEFAULT_RUNS_DIR, Result, _add_json_arg, positive_int
+
+
+def _registry(args: argparse.Namespace):
+    from components import fileio
+    from pipeline.registry import Registry, registry_root
+
+    root = registry_root(args.registry, getattr(args, "config", None))
+    if not fileio.exists(root):
+        raise ConfigError(f"no model registry at {root} (nothing was pushed there); name it "
+                          "with --registry DIR or --config CONFIG (its push.destination).")
+    return Registry(root)
+
+
+# Aliases a newcomer may use without --create; any other name must already exist for
+# the model, so that a typo ("prodution") does not quietly become a new alias.
+COMMON_ALIASES = ("production", "staging", "canary", "candidate")
+
+
+def cmd_models_list(args: argparse.Namespace) -> Result:
+    from pipeline.registry import list_versions
+
+    registry = _registry(args)
+    rows = list_versions(registry, args.model)
+
+    def text() -> None:
+        if not rows:
+            print(f"no pushed models under {registry.root}")
+            return
+        print(f"{'MODEL:VERSION':<28} {'ACCURACY':>8} {'BLESSED':>7} {'INFRA':>5} {'AGE':>5}  "
+              f"{'KIND':<9} ALIASES")
+        for row in rows:
+            if row.get("error"):
+                print(f"{row['ref']:<28} DAMAGED: {row['error']}")
+                continue
+            accuracy = "-" if row["accuracy"] is None else f"{row['accuracy']:.4f}"
+            print(f"{row['ref']:<28} {accuracy:>8} {str(row['blessed']).lower():>7} "
+                  f"{str(row['infra']).lower():>5} {row['age']:>5}  {row['kind'] or '-':<9} "
+                  f"{','.join(row['aliases'])}")
+
+    return Result(data=rows, text=text)
+
+
+def cmd_models_show(args: argparse.Namespace) -> Result:
+    from pipeline.registry import show
+
+    info = show(_registry(args), args.ref, args.runs_dir)
+
+    def text() -> None:
+        card = info["card"]
+        print(f"{info['ref']}  aliases: {', '.join(info['aliases']) or '-'}  "
+              f"path: {info['path']}")
+        print(f"  model: {card.get('model', {}).get('kind')}, "
+              f"{card.get('model', {}).get('trainable_params')} params; "
+              f"run {card.get('run_id')}; "
+              f"package {card.get('package_version')} git {card.get('git_commit') or '-'}")
+        metrics = card.get("metrics", {})
+        print("  metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
+                                        if isinstance(v, float)))
+        blessing = card.get("blessing", {})
+        print(f"  blessing: {'blessed' if blessing.get('blessed') else 'NOT blessed'} "
+              f"({blessing.get('reason')}); baseline {blessing.get('baseline') or '-'}")
+        for check in blessing.get("checks", []):
+            value = check["value"] if check["value"] is None else round(check["value"], 4)
+            print(f"    [{check['verdict']}] {check['check']}: {value} "
+                  f"{check.get('detail', '')}")
+        print(f"  infra validation: {card.get('infra_validation', {}).get('reason')}")
+        data = card.get("data", {})
+        print(f"  data: {data.get('examples')} examples, classes {data.get('classes')}, "
+              f"fingerprint {json.dumps(data.get('fingerprint'))[:80]}")
+        for entry in info["audit"]:
+            print(f"  audit: {entry['time']} {entry['who']} {entry['action']} "
+                  f"@{entry['alias']} {entry['from']} -> {entry['to']}"
+                  f"{' (forced)' if entry['force'] else ''} {entry['reason']}")
+        for item in info.get("lineage", []):
+            print(f"  lineage: {item['name']} ({item['type']}, run {item['run_id']}) -> "
+                  f"{item['consumed_by']}: {item['uri']}")
+
+    return Result(data=info, text=text)
+
+
+def cmd_models_diff(args: argparse.Namespace) -> Result:
+    from pipeline.registry import diff
+
+    result = diff(_registry(args), args.left, args.right)
+
+    def num(value: Any) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    def text() -> None:
+        print(f"{'METRIC':<20} {result['left']:>14} {result['right']:>14} {'CHANGE':>9}")
+        for key, row in result["metrics"].items():
+            change = "-" if row["change"] is None else f"{row['change']:+.4f}"
+            print(f"{key:<20} {num(row['left']):>14} {num(row['right']):>14} {change:>9}")
+        print(f"\n{'CLASS':<24} {'RECALL':>15} {'PRECISION':>15} {'F1 CHANGE':>9}")
+        for name, row in result["per_class"].items():
+            f1 = row["f1_score"]["change"]
+            print(f"{name:<24} {num(row['recall']['left'])}->{num(row['recall']['right'])} "
+                  f"{num(row['precision']['left'])}->{num(row['precision']['right'])} "
+                  f"{'-' if f1 is None else f'{f1:+.4f}':>9}")
+        for key, change in result["config_changes"].items():
+            print(f"config {key}: {change['left']!r} -> {change['right']!r}")
+        if result["hyperparameters"]["left"] != result["hyperparameters"]["right"]:
+            print(f"tuned values: {result['hyperparameters']['left'] or 'none'} -> "
+                  f"{result['hyperparameters']['right'] or 'none'}")
+        if result["data"]["left"] != result["data"]["right"]:
+            counts = result["eval_examples"]
+            print(f"imgpipe: warning: the two versions come from different data (fingerprints "
+                  f"{str(result['data']['left'])[:12]} and {str(result['data']['right'])[:12]}; "
+                  f"{_count(counts['left'])} and {_count(counts['right'])} eval examples): the "
+                  "metric changes compare different eval sets, not only the models.",
+                  file=sys.stderr)
+
+    return Result(data=result, text=text)
+
+
+def _count(value: Any) -> str:
+    return "?" if value is None else f"{int(value):,}"
+
+
+def _alias_change(name: str, entry: dict[str, Any]) -> Result:
+    def text() -> None:
+        if entry.get("unchanged"):
+            print(f"{name}@{entry['alias']} already points at version {entry['to']}; nothing "
+                  "changed (not recorded).")
+            return
+        before = "(none)" if entry["from"] is None else f"version {entry['from']}"
+        after = "(deleted)" if entry["to"] is None else f"version {entry['to']}"
+        print(f"{name}@{entry['alias']}: {before} -> {after} ({entry['action']}"
+              f"{', forced' if entry['force'] and entry['action'] == 'promote' else ''})"
+              + (f"; also on Vertex AI ({entry['vertex_model']})" if entry.get("vertex_model")
+                 else ""))
+
+    return Result(data=dict(entry, model=name), text=text)
+
+
+def _sync_vertex(registry, name: str, version: int | None, alias: str, removed: bool,
+                 entry: dict[str, Any]) -> None:
+    """Moves the alias on Vertex AI Model Registry too, when the version went there."""
+    from components import vertex
+
+    if version is None:
+        return
+    try:
+        model = vertex.sync_alias(registry.get(name, version).path, alias, removed)
+    except ImgpipeError:
+        raise
+    except Exception as exc:
+        raise ImgpipeError(
+            f"{name}@{alias} moved in the registry, but not on Vertex AI ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); run the same command "
+            "again to retry (the registry side is already done).") from exc
+    if model:
+        entry["vertex_model"] = model
+
+
+def cmd_models_promote(args: argparse.Namespace) -> Result:
+    registry = _registry(args)
+    name = registry.resolve(args.ref).name
+    existing = registry.aliases(name)
+    if args.to not in existing and args.to not in COMMON_ALIASES and not args.create:
+        raise ConfigError(f"alias {args.to!r} does not exist yet (existing: "
+                          f"{', '.join(sorted(existing)) or 'none'}); check the spelling, or "
+                          "pass --create to add it.")
+    entry = registry.set_alias(args.ref, args.to, args.reason or "", args.force)
+    _sync_vertex(registry, name, entry["to"], entry["alias"], False, entry)
+    return _alias_change(name, entry)
+
+
+def cmd_models_rollback(args: argparse.Namespace) -> Result:
+    registry = _registry(args)
+    entry = registry.rollback(args.model, args.alias, args.reason or "")
+    _sync_vertex(registry, args.model, entry["to"], entry["alias"], False, entry)
+    return _alias_change(args.model, entry)
+
+
+def cmd_models_alias_delete(args: argparse.Namespace) -> Result:
+    registry = _registry(args)
+    entry = registry.delete_alias(args.model, args.alias, args.reason or "")
+    _sync_vertex(registry, args.model, entry["from"], entry["alias"], True, entry)
+    return Result(data=entry, text=lambda: print(
+        f"{args.model}: alias {entry['alias']} removed (was version {entry['from']})"))
+
+
+def cmd_models_repair(args: argparse.Namespace) -> Result:
+    result = _registry(args).repair(args.model)
+
+    def text() -> None:
+        if result["before"] == result["after"]:
+            print(f"{args.model}: aliases.json already matches the ledger: {result['after']}")
+        else:
+            print(f"{args.model}: aliases.json rewritten from the ledger: {result['before']} "
+                  f"-> {result['after']}")
+
+    return Result(data=result, text=text)
+
+
+def register(sub: Any) -> None:
+    """`models ...`."""
+    models = sub.add_parser("models", help="the model registry: versions, aliases, promotion"
+                            ).add_subparsers(dest="models_command", required=True)
+    commands = {
+        "list": (cmd_models_list, "versions with key metrics, blessing, aliases, age"),
+        "show": (cmd_models_show, "a version's card, lineage and audit"),
+        "diff": (cmd_models_diff, "two versions' metrics side by side"),
+        "promote": (cmd_models_promote, "point an alias at a version"),
+        "rollback": (cmd_models_rollback, "move an alias back to its previous holder"),
+        "repair": (cmd_models_repair, "rewrite aliases.json from the audit ledger"),
+    }
+    for name, (func, text) in commands.items():
+        p = models.add_parser(name, help=text)
+        if name == "list":
+            p.add_argument("model", nargs="?", help="only this model (default: every model)")
+        elif name == "show":
+            p.add_argument("ref", help="NAME@ALIAS, NAME:VERSION or NAME@latest")
+            p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR,
+                           help="runs dir for the lineage (default ./runs)")
+        elif name == "diff":
+            p.add_argument("left", help="the earlier version, e.g. NAME@production")
+            p.add_argument("right", help="the version compared with it, e.g. NAME:5")
+        elif name == "promote":
+            p.add_argument("ref", help="the version: NAME:VERSION, NAME@ALIAS or NAME@latest")
+            p.add_argument("--to", required=True, help="alias, e.g. production")
+            p.add_argument("--reason", help="why (recorded in the audit log)")
+            p.add_argument("--force", action="store_true",
+                           help="promote even if not blessed (recorded in the audit log)")
+            p.add_argument("--create", action="store_true",
+                           help=f"create an alias other than {', '.join(COMMON_ALIASES)} "
+                                "that the model does not have yet")
+        elif name == "rollback":
+            p.add_argument("model", help="model name")
+            p.add_argument("--alias", required=True, help="the alias, e.g. production")
+            p.add_argument("--reason", help="why (recorded in the audit log)")
+        else:
+            p.add_argument("model", help="model name")
+        _add_registry_args(p)
+        _add_json_arg(p)
+        p.set_defaults(func=func)
+    alias = models.add_parser("alias", help="manage aliases").add_subparsers(
+        dest="alias_command", required=True)
+    delete = alias.add_parser("delete", help="remove an alias (recorded in the audit log)")
+    delete.add_argument("model", help="model name")
+    delete.add_argument("alias", help="the alias to remove, e.g. staging")
+    delete.add_argument("--reason", help="why (recorded in the audit log)")
+    _add_registry_args(delete)
+    _add_json_arg(delete)
+    delete.set_defaults(func=cmd_models_alias_delete)
+
+
+def _add_registry_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--registry", help="registry root (default: the --config's push "
+                                           "destination, else ./serving)")
+    parser.add_argument("--config", help="take the registry from this config's "
+                                         "push.destination")
+
+
+def cmd_predict(args: argparse.Namespace) -> Result:
+    from components import fileio, predict
+    from components.config import BeamConfig
+
+    if args.output:
+        fileio.prepare_output(args.output, "-o")
+    model = args.model
+    card: dict[str, Any] = {}
+    answered = os.path.abspath(model)
+    if not os.path.isdir(model):
+        version = _registry(args).resolve(model)
+        model, card, answered = version.path, version.card, version.ref
+        print(f"model: {version.ref} ({model})", file=sys.stderr)
+    paths = predict.expand_inputs(args.inputs)
+    warning = predict.shape_warning(paths, card.get("model", {}).get("image_shape"))
+    if warning:
+        print(f"imgpipe: warning: {warning}", file=sys.stderr)
+    if args.beam or len(paths) > PARALLEL_MIN_INPUTS:
+        beam = BeamConfig()
+        if args.config:
+            from pipeline import config as config_lib
+
+            beam = config_lib.load(args.config).beam
+        rows = predict.predict_beam(model, paths, beam.pipeline_args(), args.batch_size,
+                                    args.top_k)
+    else:
+        rows = predict.predict_local(model, paths, args.batch_size, args.top_k,
+                                     progress=sys.stderr.isatty())
+    bad = sum(1 for r in rows if r.get("error"))
+    if args.output:
+        predict.write_rows(rows, args.output, answered)
+
+    def data() -> dict[str, Any]:
+        return {"model": answered, "output": os.path.abspath(args.output) if args.output
+                else None, "rows": len(rows), "unreadable": bad,
+                **({} if args.output else {"predictions": [
+                    dict({k: row.get(k) for k in predict.COLUMNS}, model=answered)
+                    for row in rows]})}
+
+    def text() -> None:
+        if args.output:
+            print(f"wrote {len(rows)} rows to {args.output} ({bad} unreadable file(s) "
+                  "reported in the error column)")
+        else:                    # the rows themselves, as CSV on stdout
+            predict.write_rows(rows, args.output, answered)
+
+    return Result(data=data, text=text)
+
+
+def register_predict(sub: Any) -> None:
+    """`predict` (listed after `schedule` in --help, as before)."""
+    predict = sub.add_parser("predict", help="classify image files with a pushed model")
+    predict.add_argument("model", help="NAME@ALIAS, NAME:VERSION, NAME@latest or a SavedModel dir")
+    predict.add_argument("inputs", nargs="+", help="image files, folders or a CSV/JSONL manifest")
+    predict.add_argument("-o", "--output", help="out.csv or out.jsonl (default: CSV to stdout)")
+    predict.add_argument("--registry", help="registry root (default: ./serving)")
+    predict.add_argument("--top-k", type=positive_int, default=3,
+                         help="how many classes to list per image (default 3)")
+    predict.add_argument("--batch-size", type=positive_int, default=64,
+                         help="images per model call (default 64)")
+    predict.add_argument("--beam", action="store_true",
+                         help="run as a Beam job (default above "
+                              f"{PARALLEL_MIN_INPUTS:,} files)")
+    predict.add_argument("--config", help="take the registry and Beam options from this config")
+    _add_json_arg(predict, "one JSON object: the model, counts, and the predictions (or "
+                           "where -o wrote them)")
+    predict.set_defaults(func=cmd_predict)

@@ -1,0 +1,217 @@
+"""Running the pipeline: `run` (locally, or the compiled pipeline under kfp.local), and
+on a KFP service: `compile`, `submit`, `schedule`."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+from typing import Any, Callable
+
+from components.errors import ConfigError, ImgpipeError, NotBlessed
+from pipeline.cli.common import (DEFAULT_RUNS_DIR, Result, _add_config_args, _add_json_arg,
+                                 _note, _stdout_to_stderr)
+
+
+def cmd_run(args: argparse.Namespace) -> Result:
+    from pipeline import config as config_lib
+
+    cfg = config_lib.load(args.config, args.overrides)
+    log = _note(args)
+    with _stdout_to_stderr(args.json):
+        if args.engine == "kfp-local":
+            from pipeline.kfp import local as kfp_local
+
+            if args.until or args.no_cache:
+                raise ConfigError("--until/--no-cache apply to the local engine; kfp-local runs "
+                                  "the whole compiled pipeline (kfp.local reuses nothing).")
+            result = kfp_local.run_local(cfg, args.runs_dir, args.config, log=log,
+                                         verbose=args.verbose)
+        else:
+            from pipeline.local import run_pipeline
+
+            result = run_pipeline(cfg, args.runs_dir, args.config, until=args.until,
+                                  use_cache=not args.no_cache, log=log)
+    push = result.push_outcome()
+    code = NotBlessed.exit_code if (args.require_push and push is not None
+                                    and not push.get("pushed")) else 0
+
+    def text() -> None:
+        ran = sum(1 for s in result.steps if s.status == "ran")
+        cached = sum(1 for s in result.steps if s.status == "cached")
+        print(f"run {result.run_id} succeeded: {ran} step(s) ran, {cached} reused from cache"
+              + (f" ({result.engine})." if result.engine != "local" else "."))
+        for step in result.steps:
+            for name, uri in step.outputs.items():
+                print(f"  {step.step}.{name}: {uri}")
+        print(f"details: imgpipe runs show {result.run_id} --runs-dir {args.runs_dir}")
+        if push is not None:
+            if push.get("pushed"):
+                print(f"model: {push['model_name']}:{push['version']} at {push['path']}")
+            else:
+                print(f"NOTHING PUSHED: {push.get('reason')}")
+
+    return Result(data=result.to_json, text=text, code=code, error=result.error)
+
+
+def cmd_compile(args: argparse.Namespace) -> Result:
+    from pipeline import config as config_lib
+    from pipeline.kfp import compile as kfp_compile
+
+    cfg = config_lib.load(args.config, args.overrides, resolve_paths=False)
+    kfp_compile.check_remote(cfg)
+    kfp_compile.compile_pipeline(cfg, args.output)
+    return Result(data=lambda: {"output": os.path.abspath(args.output), "pipeline": cfg.name,
+                                "image": cfg.kfp.image,
+                                "parameters": kfp_compile.runtime_parameters(cfg)},
+                  text=f"wrote {args.output} (KFP v2 IR; image {cfg.kfp.image})")
+
+
+@contextlib.contextmanager
+def _compiled(args: argparse.Namespace):
+    """(config, package path, parameters); a package compiled here lives in a temporary
+    folder removed afterwards."""
+    import tempfile
+
+    from pipeline import config as config_lib
+    from pipeline.kfp import compile as kfp_compile
+
+    cfg = config_lib.load(args.config, args.overrides, resolve_paths=False)
+    kfp_compile.check_remote(cfg)
+    params = kfp_compile.runtime_parameters(cfg)
+    if args.package:
+        fixed = [text.split("=", 1)[0] for text in args.overrides
+                 if text.split("=", 1)[0].strip() not in kfp_compile.RUNTIME_PARAMETERS.values()]
+        if fixed:
+            raise ConfigError(
+                f"--set {', '.join(fixed)}: compiled into {args.package}; a run can change "
+                f"only {', '.join(kfp_compile.RUNTIME_PARAMETERS.values())}. Drop --package "
+                "to compile with the change.")
+        # Only what the package declares: a parameter it lacks would be refused by the
+        # service, or ignored while the run uses the compiled value.
+        declared = kfp_compile.package_parameters(args.package)
+        if declared is not None:
+            by_key = {key: name for name, key in kfp_compile.RUNTIME_PARAMETERS.items()}
+            undeclared = [key for key in (t.split("=", 1)[0].strip() for t in args.overrides)
+                          if by_key[key] not in declared]
+            if undeclared:
+                raise ConfigError(
+                    f"--set {', '.join(undeclared)}: {args.package} declares no parameter for "
+                    f"it (it declares {', '.join(sorted(declared)) or 'none'}); drop --package "
+                    "to compile with the change.")
+            params = {name: value for name, value in params.items() if name in declared}
+        yield cfg, args.package, params
+        return
+    with tempfile.TemporaryDirectory(prefix="imgpipe-submit-") as folder:
+        package = kfp_compile.compile_pipeline(cfg, os.path.join(folder, "pipeline.yaml"))
+        yield cfg, package, params
+
+
+def _reach(target: str, call: Callable[[], Any]) -> Any:
+    """A call to a remote service; its failure (no credentials, unreachable host, a
+    refused request) is one line naming the service, not a traceback."""
+    try:
+        return call()
+    except ImgpipeError:
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:300].rstrip(".")
+        raise ImgpipeError(f"{target} failed: {type(exc).__name__}: {first}. Check the "
+                           "credentials (gcloud auth application-default login) and the "
+                           "target (--project/--region, --kfp-host).") from exc
+
+
+def _adapter(args: argparse.Namespace):
+    from pipeline.submit import KfpAdapter, VertexAdapter, VertexTarget
+
+    if args.vertex:
+        missing = [f"--{k.replace('_', '-')}" for k in ("project", "region", "pipeline_root")
+                   if not getattr(args, k)]
+        if missing:
+            raise ConfigError(f"--vertex needs {', '.join(missing)}.")
+        target = VertexTarget(args.project, args.region, args.pipeline_root,
+                              args.service_account)
+        return _reach("connecting to Vertex AI", lambda: VertexAdapter(target))
+    if args.kfp_host:
+        return _reach(f"connecting to {args.kfp_host}",
+                      lambda: KfpAdapter(args.kfp_host, experiment=args.experiment))
+    raise ConfigError("say where: --vertex --project P --region R --pipeline-root gs://... "
+                      "or --kfp-host https://...")
+
+
+def cmd_submit(args: argparse.Namespace) -> Result:
+    with _compiled(args) as (cfg, package, params):
+        adapter = _adapter(args)
+        name = args.name or cfg.name
+        job = _reach("submitting the run", lambda: adapter.submit(name, package, params))
+    return Result(data={"name": name, "target": _target(args), "job": str(job),
+                        "parameters": params},
+                  text=f"submitted {name}: {job}")
+
+
+def cmd_schedule(args: argparse.Namespace) -> Result:
+    with _compiled(args) as (cfg, package, params):
+        adapter = _adapter(args)
+        name = args.name or cfg.name
+        schedule = _reach("creating the schedule",
+                          lambda: adapter.schedule(name, package, params, args.cron))
+    return Result(data={"name": name, "target": _target(args), "cron": args.cron,
+                        "schedule": str(schedule), "parameters": params},
+                  text=f"scheduled {name} ({args.cron}): {schedule}")
+
+
+def _target(args: argparse.Namespace) -> dict[str, Any]:
+    if args.vertex:
+        return {"service": "vertex", "project": args.project, "region": args.region,
+                "pipeline_root": args.pipeline_root}
+    return {"service": "kfp", "host": args.kfp_host, "experiment": args.experiment}
+
+
+def register(sub: Any) -> None:
+    """`run`."""
+    from pipeline import dag     # the steps, as the DAG names them
+
+    run = sub.add_parser("run", help="run the pipeline locally (with caching)")
+    _add_config_args(run)
+    run.add_argument("--until", metavar="STEP", choices=dag.names(),
+                     help="stop after this step: " + ", ".join(dag.names()))
+    run.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR,
+                     help="where runs, artifacts and metadata.sqlite live (default ./runs)")
+    run.add_argument("--no-cache", action="store_true", help="rerun every step")
+    run.add_argument("--engine", choices=["local", "kfp-local"], default="local",
+                     help="local: cached local runner; kfp-local: the compiled KFP pipeline "
+                          "with kfp.local subprocesses")
+    run.add_argument("--require-push", action="store_true",
+                     help="exit 4 when the model was not pushed (not blessed or failed "
+                          "infra validation); default: exit 0 and say so")
+    _add_json_arg(run, "the run's result as one JSON object (steps, verdict, pushed "
+                       "version); progress goes to stderr")
+    run.set_defaults(func=cmd_run)
+
+
+def register_remote(sub: Any) -> None:
+    """`compile`, `submit`, `schedule` (listed after `models` in --help, as before)."""
+    comp = sub.add_parser("compile", help="compile the pipeline to KFP v2 IR YAML")
+    _add_config_args(comp)
+    comp.add_argument("-o", "--output", default="pipeline.yaml",
+                      help="where to write the IR YAML (default pipeline.yaml)")
+    _add_json_arg(comp)
+    comp.set_defaults(func=cmd_compile)
+    for name, func, text in (("submit", cmd_submit, "run the pipeline on Vertex AI / KFP"),
+                             ("schedule", cmd_schedule, "run it on a cron schedule")):
+        p = sub.add_parser(name, help=text)
+        _add_config_args(p)
+        p.add_argument("--vertex", action="store_true", help="Vertex AI Pipelines")
+        p.add_argument("--project", help="Google Cloud project (with --vertex)")
+        p.add_argument("--region", help="Vertex AI region, e.g. us-central1 (with --vertex)")
+        p.add_argument("--pipeline-root", help="gs://BUCKET/PATH for artifacts")
+        p.add_argument("--service-account",
+                       help="service account the pipeline runs as (default: the project's)")
+        p.add_argument("--kfp-host", help="Kubeflow Pipelines endpoint")
+        p.add_argument("--experiment", default="imgpipe", help="KFP experiment")
+        p.add_argument("--package", help="a compiled pipeline YAML (default: compile now)")
+        p.add_argument("--name", help="run / schedule display name (default: config name)")
+        if name == "schedule":
+            p.add_argument("--cron", required=True, help='e.g. "0 3 * * *"')
+        _add_json_arg(p)
+        p.set_defaults(func=func)

@@ -1,0 +1,160 @@
+"""Helpers around a pipeline: `datasets export`, `summary`, `schema infer`,
+`config schema` and `config show`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from components.config import BUILTIN_DATASETS, MODEL_KINDS
+from components.errors import ConfigError
+from pipeline.cli.common import (DEFAULT_RUNS_DIR, Result, _add_config_args, _add_json_arg,
+                                 _note, _stdout_to_stderr, positive_int)
+
+
+def cmd_datasets_export(args: argparse.Namespace) -> Result:
+    from components import datasets
+
+    counts = datasets.export(args.name, args.out_dir)
+    return Result(data={"dataset": args.name, "out_dir": os.path.abspath(args.out_dir),
+                        "files": sum(counts.values()), "classes": counts},
+                  text=f"wrote {sum(counts.values())} PNG files in {len(counts)} class "
+                       f"folders under {args.out_dir}")
+
+
+def cmd_config_schema(args: argparse.Namespace) -> Result:
+    from pipeline.config import json_schema
+
+    text = json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
+    if not args.output:          # the schema itself is JSON, with or without --json
+        return Result(data=None, text=lambda: sys.stdout.write(text))
+    from components import fileio
+
+    fileio.write_text_atomic(fileio.prepare_output(args.output, "-o"), text)
+    return Result(data={"output": os.path.abspath(args.output)}, text=f"wrote {args.output}")
+
+
+def cmd_config_show(args: argparse.Namespace) -> Result:
+    import yaml
+
+    from pipeline import config as config_lib
+
+    cfg = config_lib.load(args.config, args.overrides)
+    return Result(data=cfg.to_dict,
+                  text=lambda: sys.stdout.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
+
+
+def cmd_schema_infer(args: argparse.Namespace) -> Result:
+    """A schema from the statistics of this config's data: those of an earlier run
+    whose ingest this config would reuse (nothing runs), else ingest runs first."""
+    from components import artifacts, fileio, schema
+    from pipeline import config as config_lib
+    from pipeline.local import LocalRunner
+
+    cfg = config_lib.load(args.config, args.overrides)
+    output = fileio.prepare_output(args.output or os.path.join("schemas", f"{cfg.name}.pbtxt"),
+                                   "-o")
+    note = _note(args)
+    runner = LocalRunner(cfg, args.runs_dir, args.config, log=note)
+    found, why = runner.cached_output("ingest", "statistics")
+    if found is not None:
+        stats_art, run_id, ran = found[0], found[1].run_id, False
+        note(f"using the statistics of run {run_id} (its ingest read the same data with the "
+             "same config and code; nothing runs)")
+    else:
+        note(f"running ingest first: no run under {args.runs_dir} has statistics for this "
+             f"config's data ({why}); it is recorded as a run of {cfg.name}")
+        with _stdout_to_stderr(args.json):
+            result = runner.run(until="ingest")
+        if result.error is not None:
+            raise result.error
+        stats_art = artifacts.read(result.steps[0].outputs["statistics"])
+        run_id, ran = result.run_id, True
+    stats = json.loads(fileio.read_text(stats_art.path("stats.json")))
+    text = schema.schema_to_text(schema.infer_schema(stats))
+    fileio.write_text_atomic(
+        output, f"# TFMD schema of raw image examples, inferred by `imgpipe schema infer` "
+                f"from the statistics of run {run_id}.\n" + text)
+    return Result(data={"output": os.path.abspath(output), "classes": stats["class_names"],
+                        "run_id": run_id, "statistics": stats_art.uri, "ran_ingest": ran},
+                  text=lambda: print(
+                      f"wrote {output} ({len(stats['class_names'])} classes, from the "
+                      f"statistics of run {run_id}); enforce it with validate.schema: {output}"))
+
+
+def cmd_summary(args: argparse.Namespace) -> Result:
+    from components import models
+    from components.config import ModelConfig
+
+    try:
+        shape = tuple(int(v) for v in args.input_shape.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) <= 0:
+        raise ConfigError(f"--input-shape {args.input_shape!r} must be H,W,C, e.g. 36,36,1.")
+    model = models.build(ModelConfig(kind=args.model), shape, args.classes)
+
+    def text() -> None:
+        model.summary()
+        print(f"Trainable params: {models.trainable_params(model):,}")
+
+    return Result(data=lambda: {"model": args.model, "input_shape": list(shape),
+                                "classes": args.classes, "params": model.count_params(),
+                                "trainable_params": models.trainable_params(model),
+                                "layers": [_layer_row(layer) for layer in model.layers]},
+                  text=text)
+
+
+def _layer_row(layer: Any) -> dict[str, Any]:
+    try:
+        shape = [None if d is None else int(d) for d in layer.output.shape]
+    except (AttributeError, ValueError, TypeError):
+        shape = None          # a layer used more than once has no single output
+    return {"name": layer.name, "type": type(layer).__name__, "output_shape": shape,
+            "params": layer.count_params()}
+
+
+def register(sub: Any) -> None:
+    """datasets export, summary, schema infer, config schema/show."""
+    ds = sub.add_parser("datasets", help="built-in datasets").add_subparsers(
+        dest="datasets_command", required=True)
+    export = ds.add_parser("export", help="write a built-in dataset as class folders of PNGs")
+    export.add_argument("name", choices=BUILTIN_DATASETS, help="which built-in dataset")
+    export.add_argument("out_dir", help="an empty or new folder to write CLASS/*.png into")
+    _add_json_arg(export)
+    export.set_defaults(func=cmd_datasets_export)
+
+    summary = sub.add_parser("summary", help="print a model's Keras summary without training")
+    summary.add_argument("--model", required=True, choices=MODEL_KINDS, help="model.kind")
+    summary.add_argument("--input-shape", required=True, help="H,W,C, e.g. 36,36,1")
+    summary.add_argument("--classes", type=positive_int, required=True,
+                         help="number of classes (the output layer's width)")
+    _add_json_arg(summary, "the layers and parameter counts as JSON")
+    summary.set_defaults(func=cmd_summary)
+
+    schema_cmd = sub.add_parser("schema", help="TFMD schema of raw examples").add_subparsers(
+        dest="schema_command", required=True)
+    infer = schema_cmd.add_parser("infer", help="write a schema from the statistics of a run")
+    _add_config_args(infer)
+    infer.add_argument("-o", "--output", help="default: schemas/NAME.pbtxt")
+    infer.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR,
+                       help="the runs folder to take the statistics from; ingest runs (and "
+                            "is recorded there) when no run has them for this config's data "
+                            "(default ./runs)")
+    _add_json_arg(infer)
+    infer.set_defaults(func=cmd_schema_infer)
+
+    cfg = sub.add_parser("config", help="config helpers").add_subparsers(
+        dest="config_command", required=True)
+    schema = cfg.add_parser("schema", help="print (or write) the config's JSON schema")
+    schema.add_argument("-o", "--output", help="write it to this file (default: stdout)")
+    _add_json_arg(schema, "with -o: where it was written, as JSON (the schema itself is "
+                          "JSON already)")
+    schema.set_defaults(func=cmd_config_schema)
+    show = cfg.add_parser("show", help="print the full config with defaults")
+    _add_config_args(show)
+    _add_json_arg(show, "the config as JSON instead of YAML")
+    show.set_defaults(func=cmd_config_show)
