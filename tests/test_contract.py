@@ -4,6 +4,7 @@ from helpers."""
 
 from __future__ import annotations
 
+import ast
 import importlib
 import os
 import pkgutil
@@ -260,6 +261,42 @@ def test_until_offers_exactly_the_dags_steps():
     until = next(a for a in cli.build_parser()._subparsers._group_actions[0].choices[
         "run"]._actions if a.dest == "until")
     assert list(until.choices) == dag.names() and ", ".join(dag.names()) in until.help
+
+
+def _own_imports(module: str) -> set[str]:
+    """What the module's own file imports, anywhere in it (inside functions too)."""
+    with open(os.path.join(ROOT, *module.split(".")) + ".py") as handle:
+        tree = ast.parse(handle.read())
+    found = set()
+    for item in ast.walk(tree):
+        if isinstance(item, ast.Import):
+            found.update(alias.name for alias in item.names)
+        elif isinstance(item, ast.ImportFrom) and item.module:
+            found.add(item.module)
+            found.update(f"{item.module}.{alias.name}" for alias in item.names)
+    return found
+
+
+def test_the_cli_command_groups_are_peers():
+    """Each command group of pipeline/cli/ imports the shared helpers (common), never
+    another group, the dispatcher or the exit codes; common and exits import no part of
+    the CLI. Building the parser loads neither TensorFlow, Beam nor KFP: the handlers
+    import them when they run."""
+    import subprocess
+    import sys
+
+    groups = {"pipeline.cli.run", "pipeline.cli.models", "pipeline.cli.runs",
+              "pipeline.cli.tools"}
+    modules = set(_modules_under("pipeline.cli")) - {"pipeline.cli.__main__"}
+    assert modules == groups | {"pipeline.cli.common", "pipeline.cli.exits"}
+    for module in modules:
+        cli_deps = (_own_imports(module) & modules) | (_own_imports(module) & {"pipeline.cli"})
+        assert cli_deps <= ({"pipeline.cli.common"} if module in groups else set()), module
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys; from pipeline import cli; cli.build_parser(); "
+         "print(sorted(m for m in ('tensorflow', 'apache_beam', 'kfp') if m in sys.modules))"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert loaded.stdout.strip() == "[]", loaded.stderr
 
 
 FILTER_CHILD = r"""
