@@ -15,6 +15,17 @@ import os
 from typing import Any
 
 from components import artifacts, fileio
+from pipeline import dag
+
+# The step outputs the report reads (checked against the DAG when this module loads).
+STATISTICS = dag.ref("ingest", "statistics")
+ANOMALIES = dag.ref("validate", "anomalies")
+HYPERPARAMETERS = dag.ref("tune", "hyperparameters")
+MODEL = dag.ref("train", "trained_model")
+EVALUATION = dag.ref("evaluate", "evaluation")
+BLESSING = dag.ref("evaluate", "blessing")
+INFRA_BLESSING = dag.ref("infra_validate", "infra_blessing")
+PUSHED_MODEL = dag.ref("push", "pushed_model")
 
 STYLE = """body{font:14px system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;
@@ -165,12 +176,12 @@ def _pointers(model_uri: str | None, evaluation_uri: str | None,
     items = []
     if model_uri:
         items.append("TensorBoard (training curves, graph): <code>tensorboard --logdir "
-                     f"{html.escape(fileio.join(model_uri, 'logs'))}</code>")
+                     f"{html.escape(fileio.join(model_uri, artifacts.Model.LOGS))}</code>")
     if evaluation_uri:
         name = (metrics or {}).get("tfma_model_name")
         if name is None and (metrics or {}).get("comparison"):
             name = "candidate"          # evaluations written before the name was recorded
-        arguments = repr(fileio.join(evaluation_uri, "tfma")) + (
+        arguments = repr(fileio.join(evaluation_uri, artifacts.ModelEvaluation.TFMA)) + (
             f", model_name={name!r}" if name else "")
         items.append("TFMA result (slices, plots, in a notebook): <code>import "
                      "tensorflow_model_analysis as tfma; result = "
@@ -320,7 +331,7 @@ def _curves_data(evaluation_uri: str | None, vocabulary: list | None) -> dict | 
 
     import numpy as np
 
-    path = fileio.join(evaluation_uri, "curves.npz")
+    path = fileio.join(evaluation_uri, artifacts.ModelEvaluation.CURVES)
     if not fileio.exists(path):
         return None
     with np.load(io.BytesIO(fileio.read_bytes(path))) as arrays:
@@ -576,20 +587,16 @@ def write(run_dir: str, run_id: str, status: str, steps: list[Any], error: str |
     the sections the model card records ({section: values})."""
     os.makedirs(run_dir, exist_ok=True)
     outputs = {f"{s.step}.{name}": uri for s in steps for name, uri in s.outputs.items()}
-
-    def art(ref: str, *parts: str) -> Any:
-        return _read_json(fileio.join(outputs[ref], *parts)) if ref in outputs else None
-
-    stats = art("ingest.statistics", "stats.json")
-    anomalies = art("validate.anomalies", "anomalies.json")
-    history = art("train.trained_model", "history.json")
-    metrics = art("evaluate.evaluation", "metrics.json")
-    blessing = art("evaluate.blessing", "blessing.json")
-    infra = art("infra_validate.infra_blessing", "infra_validation.json")
-    push = art("push.pushed_model", "push.json")
-    tuning = art("tune.hyperparameters", artifacts.HyperParameters.FILE)
-    images = _plots(history, metrics, run_dir, plot_cache, tuning,
-                    outputs.get("evaluate.evaluation"))
+    model_uri, evaluation_uri = MODEL.uri(outputs), EVALUATION.uri(outputs)
+    stats = artifacts.ExampleStatistics.load(STATISTICS.uri(outputs))
+    anomalies = artifacts.ExampleAnomalies.load(ANOMALIES.uri(outputs))
+    history = artifacts.Model.load(model_uri)
+    metrics = artifacts.ModelEvaluation.load(evaluation_uri)
+    blessing = artifacts.ModelBlessing.load(BLESSING.uri(outputs))
+    infra = artifacts.InfraBlessing.load(INFRA_BLESSING.uri(outputs))
+    push = artifacts.PushedModel.load(PUSHED_MODEL.uri(outputs))
+    tuning = artifacts.HyperParameters.load(HYPERPARAMETERS.uri(outputs))
+    images = _plots(history, metrics, run_dir, plot_cache, tuning, evaluation_uri)
 
     parts = [f"<!doctype html><meta charset='utf-8'><title>imgpipe run {run_id}</title>"
              f"<style>{STYLE}</style><h1>Run {html.escape(run_id)}: {html.escape(status)}</h1>"]
@@ -605,8 +612,9 @@ def write(run_dir: str, run_id: str, status: str, steps: list[Any], error: str |
     elif infra:
         parts.append(_infra_line(infra))
     if metrics:
-        parts.append(_evaluation_section(metrics, images, outputs["evaluate.evaluation"]))
-    model_manifest = art("train.trained_model", artifacts.MANIFEST_NAME)
+        parts.append(_evaluation_section(metrics, images, evaluation_uri))
+    model_manifest = _read_json(fileio.join(model_uri, artifacts.MANIFEST_NAME)) \
+        if model_uri else None
     if history:
         parts.append("<h2>Training</h2>" + images.get("curves", "")
                      + _training_notes(model_manifest))
@@ -614,8 +622,8 @@ def write(run_dir: str, run_id: str, status: str, steps: list[Any], error: str |
         parts.append(_tune_section(tuning, images.get("trials", "")))
     if config:
         parts.append(_config_section(config, _tuned(model_manifest)))
-    parts.append(_pointers(outputs.get("train.trained_model") if history else None,
-                           outputs.get("evaluate.evaluation") if metrics else None, metrics))
+    parts.append(_pointers(model_uri if history else None,
+                           evaluation_uri if metrics else None, metrics))
     if stats:
         parts.append(_data_section(stats))
     if anomalies is not None:

@@ -887,8 +887,8 @@ def test_drift_on_kfp_a_second_run_validates_against_the_first_runs_statistics(
     first = stats_artifact(root / "run-1" / "ingest", "statistics", BASE)
     pins, gate = validate("run-1", first)
     assert pins["validate__baseline_statistics"] == "" and gate is True    # nothing before
-    others = {ref: kfp_artifact(root / "run-1" / ref.replace(".", "/"))
-              for ref in kfp_compile.REPORT_INPUTS if ref != "ingest.statistics"}
+    others = {str(ref): kfp_artifact(root / "run-1" / ref.step / ref.output)
+              for ref in kfp_compile.REPORT_INPUTS if str(ref) != "ingest.statistics"}
     kfp_entry.write_report(context, "run-1", {"ingest.statistics": kfp_artifact(first.uri),
                                               **others},
                            kfp_artifact(root / "run-1" / "report" / "report"))
@@ -917,7 +917,8 @@ def test_the_report_task_shows_the_recorded_config_with_run_time_values(tmp_path
     compiled = json.loads(kfp_compile.report_config(cfg))
     assert "epochs" not in compiled["record"]["train"]                # a run-time parameter
     assert "kind" not in compiled["record"]["model"] and "dropout" in compiled["record"]["model"]
-    arts = {ref: SimpleNamespace(path=str(tmp_path / ref), uri=str(tmp_path / ref), metadata={})
+    arts = {str(ref): SimpleNamespace(path=str(tmp_path / str(ref)), uri=str(tmp_path / str(ref)),
+                                      metadata={})
             for ref in kfp_compile.REPORT_INPUTS}
     html_out = SimpleNamespace(path=str(tmp_path / "report" / "report"))
     kfp_entry.write_report(invoke.Context.from_config(cfg).to_json(), "run-1", arts,

@@ -25,13 +25,14 @@ from typing import Any, Callable
 
 from pipeline import dag, invoke
 from pipeline.config import PipelineConfig
-from pipeline.kfp.shared import EXTERNAL, OPTIONAL, RUNTIME_PARAMETERS, UI_OUTPUTS
+from pipeline.kfp.shared import EXTERNAL, OPTIONAL, RUNTIME_PARAMETERS
 
 # Artifact type -> KFP artifact class name.
 KFP_TYPES = {"Examples": "Dataset", "Model": "Model", "PushedModel": "Model"}
-# What the run report shows, as "step.output".
-REPORT_INPUTS = ("ingest.statistics", "validate.anomalies", "train.trained_model",
-                 "evaluate.evaluation", "evaluate.blessing", "infra_validate.infra_blessing")
+# The step outputs the report task shows (checked against the DAG at import).
+REPORT_INPUTS = tuple(dag.ref(step, output) for step, output in (
+    ("ingest", "statistics"), ("validate", "anomalies"), ("train", "trained_model"),
+    ("evaluate", "evaluation"), ("evaluate", "blessing"), ("infra_validate", "infra_blessing")))
 RESOLVE = "resolve"
 # Folders of this repository that deploy/Dockerfile copies into the image.
 IMAGE_FOLDERS = ("schemas/", "configs/")
@@ -108,7 +109,7 @@ def _component_source(node: dag.Node, params: dict[str, Any]) -> str:
     for output in spec.outputs:
         signature.append(f"{output}: Output[{kfp_type(spec.output_type(output))}]")
         names.append(output)
-    extras = UI_OUTPUTS.get(node.name, ())
+    extras = node.spec.ui_outputs
     signature += [f"{param}: Output[{kind}]" for param, kind in extras]
     args = ", ".join(f"{p!r}: {p}" for p in names)
     extra_args = ", ".join(f"{p!r}: {p}" for p, _ in extras)
@@ -175,9 +176,8 @@ def _pins() -> list[str]:
 def _report_source(params: dict[str, Any]) -> str:
     """The report task: the run's artifacts, and the config the model card records
     (`config_json`, with the run-time parameters of its sections applied)."""
-    inputs = ", ".join(f"{ref.split('.')[1]}: Input[{kfp_type(_output_type(ref))}]"
-                       for ref in REPORT_INPUTS)
-    mapping = ", ".join(f"{ref!r}: {ref.split('.')[1]}" for ref in REPORT_INPUTS)
+    inputs = ", ".join(f"{ref.output}: Input[{kfp_type(ref.type)}]" for ref in REPORT_INPUTS)
+    mapping = ", ".join(f"{str(ref)!r}: {ref.output}" for ref in REPORT_INPUTS)
     mine = _report_parameters(params)
     values = "".join(f"p_{name}: {_param_type(params[name])}, " for name in mine)
     overrides = ", ".join(f"{RUNTIME_PARAMETERS[n]!r}: p_{n}" for n in mine)
@@ -198,11 +198,6 @@ def report_config(config: PipelineConfig) -> str:
     keys (they arrive as parameters)."""
     return json.dumps(without_runtime_keys({invoke.RECORD: invoke.recorded_config(config)}),
                       sort_keys=True)
-
-
-def _output_type(ref: str) -> str:
-    step, output = ref.split(".")
-    return dag.get(step).spec.output_type(output)
 
 
 def _make_function(name: str, source: str, namespace: dict[str, Any]):
@@ -363,8 +358,8 @@ def build_pipeline(config: PipelineConfig) -> Callable:
         _configure(comps["report"](
             context_json=context, config_json=report_config(config), run_id=run_id,
             **{f"p_{name}": values[name] for name in _report_parameters(params)},
-            **{ref.split(".")[1]: tasks[ref.split(".")[0]].outputs[ref.split(".")[1]]
-               for ref in REPORT_INPUTS}), config, "report", cacheable=False)
+            **{ref.output: tasks[ref.step].outputs[ref.output] for ref in REPORT_INPUTS}),
+        config, "report", cacheable=False)
 
     signature = ", ".join(f"{name}: {_param_type(value)} = {value!r}"
                           for name, value in params.items())

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from pipeline import dag, invoke
-from pipeline.kfp.shared import EXTERNAL, OPTIONAL, UI_OUTPUTS
+from pipeline.kfp.shared import EXTERNAL, OPTIONAL
 
 
 def _location(artifact: Any) -> str:
@@ -108,8 +108,10 @@ def run_step(name: str, config_json: str, context_json: str, run_id: str,
         # KFP knows these as Dataset / Model / Artifact; the metadata names the TFX type.
         artifacts_in[output].metadata.update(_jsonable(written.properties),
                                              artifact_type=written.type)
-    if name in UI_OUTPUTS:        # the run page's metrics, from the step's Evaluation
-        _log_ui_metrics(outputs["evaluation"], extras)
+    if node.spec.ui_outputs:      # the run page's metrics, from the step's Evaluation
+        evaluation = next(o for o, t in node.spec.outputs.items()
+                          if t is artifacts.ModelEvaluation)
+        _log_ui_metrics(outputs[evaluation], extras)
     return invoke.gate_value(node, summary)
 
 
@@ -167,9 +169,9 @@ def resolve_pins(context_json: str, baseline_alias: str = "", configs_json: str 
 
 def _log_ui_metrics(evaluation: str, extras: dict[str, Any]) -> None:
     """Overall metrics and the confusion matrix for the KFP / Vertex run page."""
-    from components import fileio
+    from components import artifacts
 
-    metrics = json.loads(fileio.read_text(fileio.join(evaluation, "metrics.json")))
+    metrics = artifacts.ModelEvaluation.read(evaluation)
     overall = metrics["metrics"]["slices"].get("overall", {})
     for key, value in overall.items():
         if isinstance(value, (int, float)):
