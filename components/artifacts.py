@@ -245,6 +245,20 @@ TYPES: dict[str, type] = {
                 PushedModel)
 }
 
+
+
+def register_type(cls: type) -> type:
+    """A class decorator for an artifact type defined outside this module (a user's own
+    step): its name becomes known to writers, readers and the step contract."""
+    if not (isinstance(cls, type) and issubclass(cls, ArtifactType)):
+        raise TypeError(f"{cls!r} is not an ArtifactType subclass")
+    known = TYPES.get(cls.__name__)
+    if known is not None and known is not cls and known.__module__ == __name__:
+        raise TypeError(f"artifact type {cls.__name__} is a built-in type")
+    TYPES[cls.__name__] = cls
+    return cls
+
+
 # Type names of manifests (and metadata rows) written before TFX's names were adopted.
 # "Blessing" was both verdicts: its file says which (`type_name`).
 RENAMED = {"Statistics": "ExampleStatistics", "Anomalies": "ExampleAnomalies",

@@ -139,6 +139,34 @@ def ref(step: str, output: str, steps: tuple[Node, ...] | None = None) -> Ref:
     raise KeyError(f"the DAG has no step {step!r} ({', '.join(n.name for n in steps or STEPS)})")
 
 
+def load(location: str = "") -> tuple[Node, ...]:
+    """The DAG a run uses: `STEPS`, or the steps a user's module defines at
+    "package.module:ATTRIBUTE" (`--dag`), e.g. the built-in steps and one more:
+
+        from pipeline import dag
+        from mysteps import count_classes
+        STEPS = (*dag.STEPS, dag.node(count_classes.run, examples="ingest.examples"))
+
+    checked as STEPS is (a ConfigError naming the problems)."""
+    if not location:
+        return STEPS
+    import importlib
+
+    from components.errors import ConfigError
+
+    module, _, attribute = location.partition(":")
+    try:
+        steps = tuple(getattr(importlib.import_module(module), attribute or "STEPS"))
+    except (ImportError, AttributeError, TypeError) as exc:
+        raise ConfigError(f"--dag {location!r}: {type(exc).__name__}: {exc}; give "
+                          "MODULE:ATTRIBUTE naming a tuple of dag.node(...) steps.") from None
+    try:
+        check(steps)
+    except TypeError as exc:
+        raise ConfigError(f"--dag {location!r}: {exc}") from None
+    return steps
+
+
 def names(steps: tuple[Node, ...] = STEPS) -> list[str]:
     return [n.name for n in steps]
 

@@ -138,7 +138,7 @@ class LocalRunner:
         from pipeline import report
 
         report.write_for_run(self.runs_dir, run_id, status, results, error,
-                             invoke.recorded_config(self.config), self.log)
+                             invoke.recorded_config(self.config, self.steps), self.log)
 
     # --- one step ---------------------------------------------------------------------
 
@@ -388,9 +388,11 @@ def failure_reason(exc: BaseException) -> str:
 
 def run_pipeline(config: PipelineConfig, runs_dir: str = "runs", config_path: str | None = None,
                  until: str | None = None, use_cache: bool = True,
-                 log: Callable[[str], None] = print) -> RunResult:
-    """Runs the pipeline locally; see LocalRunner."""
-    runner = LocalRunner(config, runs_dir, config_path, use_cache, log)
+                 log: Callable[[str], None] = print, dag_location: str = "") -> RunResult:
+    """Runs the pipeline locally; see LocalRunner. `dag_location`: a user's DAG
+    (`dag.load`), '' for the built-in one."""
+    runner = LocalRunner(config, runs_dir, config_path, use_cache, log,
+                         dag.load(dag_location))
     return runner.run(until)
 
 

@@ -644,6 +644,12 @@ def test_dockerfiles_install_the_package_from_pyproject():
     from packaging.specifiers import SpecifierSet
 
     project = tomllib.load(open(os.path.join(ROOT, "pyproject.toml"), "rb"))
+    # a wheel holds the subpackages too: the containers import pipeline.kfp.entrypoint
+    from setuptools import find_packages
+
+    found = find_packages(ROOT, include=project["tool"]["setuptools"]["packages"]["find"]["include"])
+    assert {"components", "components.steps", "pipeline", "pipeline.kfp", "pipeline.cli"} <= set(found)
+    assert not [p for p in found if p.startswith("tests")]
     supported = SpecifierSet(project["project"]["requires-python"])
     # the range the pinned stack's wheels declare (see pyproject.toml)
     assert [v for v in ("3.9", "3.10", "3.11", "3.12", "3.13", "3.14") if v in supported] == \
@@ -653,7 +659,7 @@ def test_dockerfiles_install_the_package_from_pyproject():
     for name in ("Dockerfile", "Dockerfile.gpu", "Dockerfile.tpu"):
         text = open(os.path.join(ROOT, "deploy", name)).read()
         assert re.search(r"^COPY pyproject.toml requirements.lock", text, re.MULTILINE)
-        for package in project["tool"]["setuptools"]["packages"]:
+        for package in ("components", "pipeline"):
             assert re.search(rf"^COPY {package} \./{package}$", text, re.MULTILINE), (name, package)
         assert re.search(r"^RUN pip install -c requirements.lock \.$", text, re.MULTILINE), name
         base = re.search(r"^FROM (\S+)", text, re.MULTILINE)[1]

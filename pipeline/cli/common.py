@@ -44,6 +44,12 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
                         metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
 
 
+def _add_dag_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dag", default="", metavar="MODULE:ATTRIBUTE",
+                        help="run your own steps: a tuple of dag.node(...) in an importable "
+                             "module, e.g. mysteps:STEPS (default: the built-in DAG)")
+
+
 def _note(args: argparse.Namespace) -> Callable[[str], None]:
     """Where a command's progress and notes go: stdout, or stderr under --json (stdout
     then holds only the JSON result)."""

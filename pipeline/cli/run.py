@@ -9,8 +9,8 @@ import os
 from typing import Any, Callable
 
 from components.errors import ConfigError, ImgpipeError, NotBlessed
-from pipeline.cli.common import (DEFAULT_RUNS_DIR, Result, _add_config_args, _add_json_arg,
-                                 _note, _stdout_to_stderr)
+from pipeline.cli.common import (DEFAULT_RUNS_DIR, Result, _add_config_args, _add_dag_arg,
+                                 _add_json_arg, _note, _stdout_to_stderr)
 
 
 def cmd_run(args: argparse.Namespace) -> Result:
@@ -26,12 +26,12 @@ def cmd_run(args: argparse.Namespace) -> Result:
                 raise ConfigError("--until/--no-cache apply to the local engine; kfp-local runs "
                                   "the whole compiled pipeline (kfp.local reuses nothing).")
             result = kfp_local.run_local(cfg, args.runs_dir, args.config, log=log,
-                                         verbose=args.verbose)
+                                         verbose=args.verbose, dag_location=args.dag)
         else:
             from pipeline.local import run_pipeline
 
             result = run_pipeline(cfg, args.runs_dir, args.config, until=args.until,
-                                  use_cache=not args.no_cache, log=log)
+                                  use_cache=not args.no_cache, log=log, dag_location=args.dag)
     push = result.push_outcome()
     code = NotBlessed.exit_code if (args.require_push and push is not None
                                     and not push.get("pushed")) else 0
@@ -60,7 +60,7 @@ def cmd_compile(args: argparse.Namespace) -> Result:
 
     cfg = config_lib.load(args.config, args.overrides, resolve_paths=False)
     kfp_compile.check_remote(cfg)
-    kfp_compile.compile_pipeline(cfg, args.output)
+    kfp_compile.compile_pipeline(cfg, args.output, args.dag)
     return Result(data=lambda: {"output": os.path.abspath(args.output), "pipeline": cfg.name,
                                 "image": cfg.kfp.image,
                                 "parameters": kfp_compile.runtime_parameters(cfg)},
@@ -103,7 +103,8 @@ def _compiled(args: argparse.Namespace):
         yield cfg, args.package, params
         return
     with tempfile.TemporaryDirectory(prefix="imgpipe-submit-") as folder:
-        package = kfp_compile.compile_pipeline(cfg, os.path.join(folder, "pipeline.yaml"))
+        package = kfp_compile.compile_pipeline(cfg, os.path.join(folder, "pipeline.yaml"),
+                                               args.dag)
         yield cfg, package, params
 
 
@@ -173,8 +174,10 @@ def register(sub: Any) -> None:
 
     run = sub.add_parser("run", help="run the pipeline locally (with caching)")
     _add_config_args(run)
-    run.add_argument("--until", metavar="STEP", choices=dag.names(),
+    # not argparse choices: a --dag of your own has steps of its own (the runner checks)
+    run.add_argument("--until", metavar="STEP",
                      help="stop after this step: " + ", ".join(dag.names()))
+    _add_dag_arg(run)
     run.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR,
                      help="where runs, artifacts and metadata.sqlite live (default ./runs)")
     run.add_argument("--no-cache", action="store_true", help="rerun every step")
@@ -195,6 +198,7 @@ def register_remote(sub: Any) -> None:
     _add_config_args(comp)
     comp.add_argument("-o", "--output", default="pipeline.yaml",
                       help="where to write the IR YAML (default pipeline.yaml)")
+    _add_dag_arg(comp)
     _add_json_arg(comp)
     comp.set_defaults(func=cmd_compile)
     for name, func, text in (("submit", cmd_submit, "run the pipeline on Vertex AI / KFP"),
@@ -211,6 +215,7 @@ def register_remote(sub: Any) -> None:
         p.add_argument("--experiment", default="imgpipe", help="KFP experiment")
         p.add_argument("--package", help="a compiled pipeline YAML (default: compile now)")
         p.add_argument("--name", help="run / schedule display name (default: config name)")
+        _add_dag_arg(p)
         if name == "schedule":
             p.add_argument("--cron", required=True, help='e.g. "0 3 * * *"')
         _add_json_arg(p)

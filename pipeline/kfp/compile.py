@@ -89,7 +89,13 @@ def _param_type(value: Any) -> str:
     return {bool: "bool", int: "int", float: "float"}.get(type(value), "str")
 
 
-def _component_source(node: dag.Node, params: dict[str, Any]) -> str:
+def _dag_arg(location: str) -> str:
+    """The generated call's DAG argument: none for the built-in DAG (so its compiled
+    spec does not change), else where the container finds the user's steps."""
+    return f", dag_location={location!r}" if location else ""
+
+
+def _component_source(node: dag.Node, params: dict[str, Any], location: str = "") -> str:
     """The Python source of the step's component: a typed signature and one call.
     Inputs wired to an earlier run (`previous`) and the registry baseline arrive as
     references pinned by the resolve task. Only push and the report, which are never
@@ -119,10 +125,11 @@ def _component_source(node: dag.Node, params: dict[str, Any]) -> str:
     return (f"def {node.name}({', '.join(signature)}) -> bool:\n"
             f"    from pipeline.kfp.entrypoint import run_step\n"
             f"    return run_step({node.name!r}, config_json, context_json, {run_id}, "
-            f"{{{args}}}, {{{extra_args}}}, {{{pin_args}}}, {{{overrides}}})\n")
+            f"{{{args}}}, {{{extra_args}}}, {{{pin_args}}}, {{{overrides}}}"
+            f"{_dag_arg(location)})\n")
 
 
-def _resolve_source(params: dict[str, Any]) -> str:
+def _resolve_source(params: dict[str, Any], location: str = "") -> str:
     """The resolve task (never cached): pins what this run compares with and what its
     steps read from outside the run, so that the inputs of each task change exactly
     when its result should: the baseline version (evaluate), the previous statistics
@@ -130,35 +137,36 @@ def _resolve_source(params: dict[str, Any]) -> str:
     ingest, validate, tune, train) the registry versions their references name and a
     fingerprint of their external files. It takes those steps' configs and run-time
     parameters (it is never cached, so they cost no cache hits)."""
-    outputs = ", ".join(f"({name!r}, str)" for name in _pins())
+    outputs = ", ".join(f"({name!r}, str)" for name in _pins(location))
     alias = "p_baseline_alias" if "baseline_alias" in params else "''"
-    mine = _resolve_parameters(params)
+    mine = _resolve_parameters(params, location)
     signature = ", ".join(["context_json: str", "configs_json: str"]
                           + [f"p_{name}: {_param_type(params[name])}" for name in mine])
     overrides = ", ".join(f"{RUNTIME_PARAMETERS[n]!r}: p_{n}" for n in mine
                           if n != "baseline_alias")
     return (f"def {RESOLVE}({signature}) -> NamedTuple('Pins', [{outputs}]):\n"
             f"    from pipeline.kfp.entrypoint import resolve_pins\n"
-            f"    return resolve_pins(context_json, {alias}, configs_json, {{{overrides}}})\n")
+            f"    return resolve_pins(context_json, {alias}, configs_json, {{{overrides}}}"
+            f"{_dag_arg(location)})\n")
 
 
-def _outside_readers() -> list[dag.Node]:
-    return [node for node in dag.STEPS if invoke.reads_outside_inputs(node)]
+def _outside_readers(location: str = "") -> list[dag.Node]:
+    return [node for node in dag.load(location) if invoke.reads_outside_inputs(node)]
 
 
-def _resolve_parameters(params: dict[str, Any]) -> list[str]:
+def _resolve_parameters(params: dict[str, Any], location: str = "") -> list[str]:
     """The run-time parameters the resolve task takes: the baseline alias, and those of
     the sections the steps with outside inputs read."""
-    sections = {s for node in _outside_readers() for s in node.spec.config}
+    sections = {s for node in _outside_readers(location) for s in node.spec.config}
     return [name for name in params
             if name == "baseline_alias" or RUNTIME_PARAMETERS[name].split(".")[0] in sections]
 
 
-def resolve_configs(config: PipelineConfig) -> str:
+def resolve_configs(config: PipelineConfig, location: str = "") -> str:
     """The resolve task's `configs_json`: the compiled config of each step with outside
     inputs (without the run-time keys, which arrive as parameters)."""
     return json.dumps({node.name: without_runtime_keys(invoke.step_config(node, config))
-                       for node in _outside_readers()}, sort_keys=True)
+                       for node in _outside_readers(location)}, sort_keys=True)
 
 
 def _pin_params(node: dag.Node) -> list[str]:
@@ -168,36 +176,37 @@ def _pin_params(node: dag.Node) -> list[str]:
             *([EXTERNAL] if invoke.reads_outside_inputs(node) else [])]
 
 
-def _pins() -> list[str]:
+def _pins(location: str = "") -> list[str]:
     """Output names of the resolve task: `STEP__PIN` for each pinned input of each step."""
-    return [f"{node.name}__{param}" for node in dag.STEPS for param in _pin_params(node)]
+    return [f"{node.name}__{param}" for node in dag.load(location)
+            for param in _pin_params(node)]
 
 
-def _report_source(params: dict[str, Any]) -> str:
+def _report_source(params: dict[str, Any], location: str = "") -> str:
     """The report task: the run's artifacts, and the config the model card records
     (`config_json`, with the run-time parameters of its sections applied)."""
     inputs = ", ".join(f"{ref.output}: Input[{kfp_type(ref.type)}]" for ref in REPORT_INPUTS)
     mapping = ", ".join(f"{str(ref)!r}: {ref.output}" for ref in REPORT_INPUTS)
-    mine = _report_parameters(params)
+    mine = _report_parameters(params, location)
     values = "".join(f"p_{name}: {_param_type(params[name])}, " for name in mine)
     overrides = ", ".join(f"{RUNTIME_PARAMETERS[n]!r}: p_{n}" for n in mine)
     return (f"def report(context_json: str, config_json: str, run_id: str, {values}{inputs}, "
             f"report: Output[HTML]):\n"
             f"    from pipeline.kfp.entrypoint import write_report\n"
             f"    write_report(context_json, run_id, {{{mapping}}}, report, config_json, "
-            f"{{{overrides}}})\n")
+            f"{{{overrides}}}{_dag_arg(location)})\n")
 
 
-def _report_parameters(params: dict[str, Any]) -> list[str]:
-    recorded = {s for node in dag.STEPS for s in node.spec.record}
+def _report_parameters(params: dict[str, Any], location: str = "") -> list[str]:
+    recorded = {s for node in dag.load(location) for s in node.spec.record}
     return _parameters_for(tuple(recorded), params)
 
 
-def report_config(config: PipelineConfig) -> str:
+def report_config(config: PipelineConfig, location: str = "") -> str:
     """The report task's `config_json`: the recorded sections, without the run-time
     keys (they arrive as parameters)."""
-    return json.dumps(without_runtime_keys({invoke.RECORD: invoke.recorded_config(config)}),
-                      sort_keys=True)
+    recorded = invoke.recorded_config(config, dag.load(location))
+    return json.dumps(without_runtime_keys({invoke.RECORD: recorded}), sort_keys=True)
 
 
 def _make_function(name: str, source: str, namespace: dict[str, Any]):
@@ -223,14 +232,14 @@ def _make_component(name: str, source: str, image: str):
                          install_kfp_package=False)
 
 
-def components(config: PipelineConfig) -> dict[str, Any]:
+def components(config: PipelineConfig, location: str = "") -> dict[str, Any]:
     params = runtime_parameters(config)
-    comps = {node.name: _make_component(node.name, _component_source(node, params),
+    comps = {node.name: _make_component(node.name, _component_source(node, params, location),
                                         config.kfp.image_for(node.name))
-             for node in dag.STEPS}
-    comps["report"] = _make_component("report", _report_source(params),
+             for node in dag.load(location)}
+    comps["report"] = _make_component("report", _report_source(params, location),
                                       config.kfp.image_for("report"))
-    comps[RESOLVE] = _make_component(RESOLVE, _resolve_source(params),
+    comps[RESOLVE] = _make_component(RESOLVE, _resolve_source(params, location),
                                      config.kfp.image_for(RESOLVE))
     return comps
 
@@ -307,22 +316,24 @@ def gates_of(node: dag.Node, steps: tuple[dag.Node, ...] = dag.STEPS) -> list[st
     return [n.name for n in steps if n.name in found]
 
 
-def build_pipeline(config: PipelineConfig) -> Callable:
+def build_pipeline(config: PipelineConfig, location: str = "") -> Callable:
     """The `@dsl.pipeline` function for this config: typed parameters (RUNTIME_PARAMETERS,
     defaults from the config), one task per step with only the config it reads, a
     resolve task pinning the baseline and the previous statistics, the push under the
-    gates, and the report."""
+    gates, and the report. `location`: a user's DAG (`dag.load`), '' for the built-in."""
     from kfp import dsl
 
-    comps = components(config)
+    steps = dag.load(location)
+    comps = components(config, location)
     context = invoke.Context.from_config(config).to_json()
     params = runtime_parameters(config)
 
     def assemble(values: dict[str, Any]) -> None:
         run_id = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
-        resolve_args = {f"p_{name}": values[name] for name in _resolve_parameters(params)}
+        resolve_args = {f"p_{name}": values[name]
+                        for name in _resolve_parameters(params, location)}
         pins = _configure(comps[RESOLVE](context_json=context,
-                                         configs_json=resolve_configs(config),
+                                         configs_json=resolve_configs(config, location),
                                          **resolve_args), config, RESOLVE, cacheable=False)
         tasks: dict[str, Any] = {}
 
@@ -353,11 +364,11 @@ def build_pipeline(config: PipelineConfig) -> Callable:
                         name=f"{gate.replace('_', '-')}-passed"):
                 add_gated(node, gates[1:])
 
-        for node in dag.STEPS:
-            add_gated(node, gates_of(node))
+        for node in steps:
+            add_gated(node, gates_of(node, steps))
         _configure(comps["report"](
-            context_json=context, config_json=report_config(config), run_id=run_id,
-            **{f"p_{name}": values[name] for name in _report_parameters(params)},
+            context_json=context, config_json=report_config(config, location), run_id=run_id,
+            **{f"p_{name}": values[name] for name in _report_parameters(params, location)},
             **{ref.output: tasks[ref.step].outputs[ref.output] for ref in REPORT_INPUTS}),
         config, "report", cacheable=False)
 
@@ -441,7 +452,7 @@ def package_parameters(package: str) -> set[str] | None:
                           f"({type(exc).__name__}); compile one with `imgpipe compile`.") from exc
 
 
-def compile_pipeline(config: PipelineConfig, output: str) -> str:
+def compile_pipeline(config: PipelineConfig, output: str, location: str = "") -> str:
     from kfp import compiler
 
     from components import fileio
@@ -449,7 +460,7 @@ def compile_pipeline(config: PipelineConfig, output: str) -> str:
     fileio.prepare_output(output, "-o")
     partial = f"{output}.partial-{os.getpid()}.yaml"
     try:
-        compiler.Compiler().compile(build_pipeline(config), partial)
+        compiler.Compiler().compile(build_pipeline(config, location), partial)
         os.replace(partial, output)
     finally:
         if os.path.exists(partial):

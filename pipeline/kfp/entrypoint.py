@@ -65,16 +65,17 @@ def _leave_as_replica() -> None:
 
 def run_step(name: str, config_json: str, context_json: str, run_id: str,
              artifacts_in: dict[str, Any], extras: dict[str, Any], pins: dict[str, str],
-             overrides: dict[str, Any]) -> bool:
+             overrides: dict[str, Any], dag_location: str = "") -> bool:
     """The body of every step component: run-time parameters into the step's config,
     KFP artifacts -> our artifacts (pinned references for previous-run inputs and the
     baseline), the step through `pipeline.invoke`, properties back onto the KFP
-    artifacts' metadata. Returns the step's gate value (True for steps without one)."""
+    artifacts' metadata. Returns the step's gate value (True for steps without one).
+    `dag_location`: a user's DAG (`dag.load`), '' for the built-in one."""
     from components import artifacts, fileio
     from components.training import is_chief_task
 
     _exit_without_teardown()
-    node = dag.get(name)
+    node = dag.get(name, dag.load(dag_location))
     step_cfg = apply_overrides(json.loads(config_json), overrides)
     if pins.get(EXTERNAL):
         # the registry versions the resolve task found, not the aliases again
@@ -130,7 +131,7 @@ def apply_overrides(step_cfg: dict[str, Any], overrides: dict[str, Any]) -> dict
 
 
 def resolve_pins(context_json: str, baseline_alias: str = "", configs_json: str = "",
-                 overrides: dict[str, Any] | None = None):
+                 overrides: dict[str, Any] | None = None, dag_location: str = ""):
     """The resolve task's body: the registry version holding the baseline alias now,
     the artifacts the last completed run recorded for previous-run inputs, and for each
     step with outside inputs (`configs_json`: its compiled config; `overrides`: the
@@ -149,7 +150,7 @@ def resolve_pins(context_json: str, baseline_alias: str = "", configs_json: str 
     state = registry.pipeline_state(context.model_name)
     configs = json.loads(configs_json) if configs_json else {}
     values = {}
-    for node in dag.STEPS:
+    for node in dag.load(dag_location):
         for param, ref in node.previous.items():
             values[f"{node.name}__{param}"] = state.get(ref, "")
         for param in node.spec.resolved:
@@ -182,7 +183,7 @@ def _log_ui_metrics(evaluation: str, extras: dict[str, Any]) -> None:
 
 def write_report(context_json: str, run_id: str, artifacts_in: dict[str, Any],
                  html_out: Any, config_json: str = "",
-                 overrides: dict[str, Any] | None = None) -> None:
+                 overrides: dict[str, Any] | None = None, dag_location: str = "") -> None:
     """The report task: the run's report, and the pipeline state the next run reads
     (its statistics, for the drift check)."""
     from components.registry import Registry
@@ -197,7 +198,7 @@ def write_report(context_json: str, run_id: str, artifacts_in: dict[str, Any],
         invoke.RECORD) if config_json else None)
     report.write(run_dir, run_id, "succeeded", steps, path=html_out.path, config=recorded)
     context = invoke.Context.from_json(context_json)
-    previous_refs = {ref for node in dag.STEPS for ref in node.previous.values()}
+    previous_refs = {ref for node in dag.load(dag_location) for ref in node.previous.values()}
     Registry(context.registry_root).record_pipeline_state(
         context.model_name, {ref: _location(art) for ref, art in artifacts_in.items()
                              if ref in previous_refs})

@@ -32,10 +32,10 @@ _NATIVE_LOG = re.compile(r"^[IWEF]\d{4} ")
 _CLOSED_GATE = {"blessed": "not blessed", "passed": "infra validation failed"}
 
 
-def task_step(task: str) -> dag.Node | None:
+def task_step(task: str, steps: tuple[dag.Node, ...] = dag.STEPS) -> dag.Node | None:
     """The DAG step a kfp.local task runs (KFP names `infra_validate` infra-validate);
     None for the resolve and report tasks."""
-    for node in dag.STEPS:
+    for node in steps:
         if node.name.replace("_", "-") == task or node.name == task:
             return node
     return None
@@ -84,7 +84,7 @@ class _TaskLog:
             return
         if self.task is None:
             return
-        node = task_step(self.task)         # None: the resolve or report task
+        node = task_step(self.task, self.recorder.steps)   # None: resolve or report
         text = line[len(_TASK_INDENT):] if line.startswith(_TASK_INDENT) else line
         if node is not None and text.startswith(f"{node.name}: "):
             self.lines.append(text[len(node.name) + 2:])
@@ -100,8 +100,10 @@ class _Recorder:
     per step (inputs, outputs with their fingerprints, summary lines), the step lines
     the local runner prints, and the steps' results."""
 
-    def __init__(self, store: Any, run_id: str, run_root: str, log: Callable[[str], None]):
+    def __init__(self, store: Any, run_id: str, run_root: str, log: Callable[[str], None],
+                 steps: tuple[dag.Node, ...] = dag.STEPS):
         self.store, self.run_id, self.run_root, self.log = store, run_id, run_root, log
+        self.steps = steps
         self.results: list[Any] = []
         self.running: dict[str, tuple[int, float]] = {}
 
@@ -114,12 +116,12 @@ class _Recorder:
         from components import artifacts
         from pipeline.metadata import UNKEYED
 
-        node = task_step(task)
+        node = task_step(task, self.steps)
         if node is None:
             return
         execution = self.store.start_execution(self.run_id, node.name, UNKEYED, {},
                                                DECISION_LOCAL)
-        uris = {param: self._uri(dag.get(ref.split(".")[0]), ref.split(".")[1])
+        uris = {param: self._uri(dag.get(ref.split(".")[0], self.steps), ref.split(".")[1])
                 for param, ref in node.inputs.items()}
         self.store.record_artifacts(execution, "input", {
             param: artifacts.read(uri) for param, uri in uris.items()
@@ -132,7 +134,7 @@ class _Recorder:
 
         from components import artifacts
 
-        node = task_step(task)
+        node = task_step(task, self.steps)
         if node is None or node.name not in self.running:
             return
         execution, began = self.running.pop(node.name)
@@ -173,15 +175,15 @@ class _Recorder:
         from pipeline.metadata import UNKEYED
 
         done = {r.step: r for r in self.results}
-        for node in dag.STEPS:
+        for node in self.steps:
             if node.name in done:
                 continue
-            closed = [done[g] for g in gates_of(node)
-                      if g in done and not (done[g].summary or {}).get(dag.get(g).spec.gate)]
+            closed = [done[g] for g in gates_of(node, self.steps) if g in done and
+                      not (done[g].summary or {}).get(dag.get(g, self.steps).spec.gate)]
             if not closed:
                 continue
             reason = "; ".join(
-                f"{_CLOSED_GATE.get(dag.get(r.step).spec.gate, r.step + ' gate closed')}: "
+                f"{_CLOSED_GATE.get(dag.get(r.step, self.steps).spec.gate, r.step + ' gate closed')}: "
                 f"{(r.summary or {}).get('reason')}" for r in closed)
             decision = f"not run: its gate is closed ({reason})"
             pushes = "PushedModel" in [node.spec.output_type(o) for o in node.spec.outputs]
@@ -233,7 +235,8 @@ def _task_error(tail: list[str], task: str | None) -> Any:
 
 
 def run_local(config: PipelineConfig, runs_dir: str = "runs", config_path: str | None = None,
-              log: Callable[[str], None] | None = None, verbose: bool = False) -> Any:
+              log: Callable[[str], None] | None = None, verbose: bool = False,
+              dag_location: str = "") -> Any:
     """Runs the compiled KFP pipeline with `kfp.local` (a subprocess per task, in this
     environment) and records it as the local runner records a run: in the runs folder's
     metadata store (engine kfp-local), artifacts under RUNS_DIR/RUN_ID/TASK/, a
@@ -259,7 +262,8 @@ def run_local(config: PipelineConfig, runs_dir: str = "runs", config_path: str |
     store = MetadataStore(os.path.join(runs_dir, METADATA_FILE))
     run_id = store.start_run(config.name, config.to_dict(), config_path, engine=ENGINE_LOCAL)
     log(f"run {run_id}  (pipeline {config.name}, runs dir {runs_dir}, engine {ENGINE_LOCAL})")
-    recorder = _Recorder(store, run_id, os.path.join(runs_dir, run_id), log)
+    steps = dag.load(dag_location)
+    recorder = _Recorder(store, run_id, os.path.join(runs_dir, run_id), log, steps)
     task_log = _TaskLog(recorder, echo=sys.stdout if verbose else None)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=runs_dir,
                raise_on_error=True)
@@ -269,7 +273,7 @@ def run_local(config: PipelineConfig, runs_dir: str = "runs", config_path: str |
                 contextlib.redirect_stdout(task_log):
             if not verbose:   # the base-image and ignored-resource notices, per task
                 warnings.filterwarnings("ignore", module="kfp")
-            build_pipeline(config)()
+            build_pipeline(config, dag_location)()
     except RuntimeError as exc:       # kfp.local: a task ended with FAILURE
         failed = task_log.task        # kfp.local raises before it logs the task's end
         if failed is None:            # not a task's failure: kfp.local's own error
@@ -290,5 +294,5 @@ def run_local(config: PipelineConfig, runs_dir: str = "runs", config_path: str |
     runtime.release_memory()
     report.write_for_run(runs_dir, run_id, status, recorder.results,
                          None if error is None else str(error),
-                         invoke.recorded_config(config), log)
+                         invoke.recorded_config(config, steps), log)
     return RunResult(run_id, runs_dir, status, recorder.results, error, engine=ENGINE_LOCAL)
