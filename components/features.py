@@ -199,10 +199,10 @@ _KEPT = (LABEL, ID, SOURCE, IMAGE)
 
 def split_files(examples, split: str) -> list[str]:
     """The TFRecord files of one split of an Examples artifact; an error if none."""
-    from components import fileio
+    from components import artifacts
     from components.errors import ArtifactError
 
-    files = fileio.glob(examples.path(split, "*.tfrecord.gz"))
+    files = artifacts.Examples.shards(examples, split)
     if not files:
         raise ArtifactError(f"no {split} examples under {examples.uri}; the ingest step wrote "
                             "none (check data.eval_fraction or the source's splits).")

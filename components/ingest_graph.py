@@ -17,7 +17,7 @@ from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 
-from components import fileio, neardup, sources
+from components import artifacts, fileio, neardup, sources
 from components.config import DataConfig, IngestConfig
 from components.ingest_checks import (Record, _fast_arrays, check_input, process_arrays,
                                       with_statistics)
@@ -161,13 +161,13 @@ def finish(stats: dict[str, Any], decision: Decision, quarantine: list[dict[str,
            stats_dir: str) -> None:
     """Writes quarantine.jsonl and partial_stats.json (summarized after the pipeline)."""
     quarantine = sorted(quarantine, key=lambda q: (q["path"], q["reason"]))
-    fileio.write_text(fileio.join(stats_dir, "quarantine.jsonl"),
+    fileio.write_text(fileio.join(stats_dir, artifacts.ExampleStatistics.QUARANTINE),
                       "".join(json.dumps(q, sort_keys=True) + "\n" for q in quarantine))
     reasons: dict[str, int] = {}
     for entry in quarantine:
         kind = reason_kind(entry)
         reasons[kind] = reasons.get(kind, 0) + 1
-    fileio.write_text(fileio.join(stats_dir, "partial_stats.json"), json.dumps(dict(
+    fileio.write_text(fileio.join(stats_dir, artifacts.ExampleStatistics.PARTIAL), json.dumps(dict(
         stats, duplicates=decision.duplicates, quarantine_reasons=reasons,
         eval_dropped_as_train_duplicates=len(decision.dropped),
         eval_moved_to_train_near_duplicates=len(decision.moved)), sort_keys=True))
@@ -209,7 +209,7 @@ def _build_pipeline(pipeline: Any, units: list[sources.WorkUnit], splits_given: 
         | "Thumbnails" >> beam.Flatten()
         | "AllThumbnails" >> beam.combiners.ToList()
         | "Decide" >> beam.Map(decide, splits_given, ingest.near_duplicate_rms,
-                               fileio.join(stats_dir, "thumbnails.tsv")))
+                               fileio.join(stats_dir, artifacts.ExampleStatistics.THUMBNAILS)))
     routed = (checked.eval
               | "Route" >> beam.FlatMap(route_eval, decision).with_outputs("moved", main="eval"))
     final = {("train", "part"): checked.train, ("eval", "part"): routed.eval,

@@ -15,7 +15,14 @@ from typing import Any, Iterable, Iterator
 
 import apache_beam as beam
 
-from components import features, fileio
+from components import artifacts, features, fileio
+
+PREDICTIONS, MISTAKES = artifacts.ModelEvaluation.PREDICTIONS, artifacts.ModelEvaluation.MISTAKES
+
+
+def _stem(name: str) -> str:
+    """A file name without its suffix (Beam's text sinks add it)."""
+    return name.rsplit(".", 1)[0]
 
 
 def prediction_keys(name: str, first: bool) -> tuple[str, str]:
@@ -178,21 +185,21 @@ def score_eval_split(files: list[str], models: dict[str, tuple[str, list[str]]],
                  output_path=tfma_output, eval_config=eval_config)))
         _ = (scored.curves
              | "AddCurves" >> beam.CombineGlobally(add_histograms)
-             | "WriteCurves" >> beam.Map(_write_npz, fileio.join(out_dir, "curves.npz")))
+             | "WriteCurves" >> beam.Map(_write_npz, fileio.join(out_dir, artifacts.ModelEvaluation.CURVES)))
         _ = (scored.rows | "RowJson" >> beam.Map(row_json)
-             | "WriteRows" >> beam.io.WriteToText(fileio.join(out_dir, "predictions"),
+             | "WriteRows" >> beam.io.WriteToText(fileio.join(out_dir, _stem(PREDICTIONS)),
                                                   file_name_suffix=".jsonl",
                                                   shard_name_template=""))
         _ = (scored.mistakes
              | "MostConfident" >> beam.combiners.Top.Of(gallery, key=lambda item: item[0])
              | "MistakesJson" >> beam.Map(mistakes_json)
-             | "WriteMistakes" >> beam.io.WriteToText(fileio.join(out_dir, "mistakes"),
+             | "WriteMistakes" >> beam.io.WriteToText(fileio.join(out_dir, _stem(MISTAKES)),
                                                       file_name_suffix=".json",
                                                       shard_name_template=""))
     rows = [json.loads(line) for line in
-            fileio.read_text(fileio.join(out_dir, "predictions.jsonl")).splitlines() if line]
+            fileio.read_text(fileio.join(out_dir, PREDICTIONS)).splitlines() if line]
     rows.sort(key=lambda row: row["id"])
-    mistakes_path = fileio.join(out_dir, "mistakes.json")
+    mistakes_path = fileio.join(out_dir, MISTAKES)
     mistakes = json.loads(fileio.read_text(mistakes_path) or "[]")
     fileio.rmtree(mistakes_path)
     worst = [(p, ident, base64.b64decode(image)) for p, ident, image in mistakes]
@@ -228,7 +235,7 @@ def read_curves(out_dir: str) -> dict[str, Any] | None:
     """The per-class histograms the scoring job wrote (None when it scored nothing)."""
     import numpy as np
 
-    path = fileio.join(out_dir, "curves.npz")
+    path = fileio.join(out_dir, artifacts.ModelEvaluation.CURVES)
     if not fileio.exists(path):
         return None
     with np.load(io.BytesIO(fileio.read_bytes(path))) as data:
@@ -238,4 +245,4 @@ def read_curves(out_dir: str) -> dict[str, Any] | None:
 def _common_pattern(files: list[str]) -> str:
     """A glob that matches exactly the split's files (they share a folder)."""
     folder = files[0].rsplit("/", 1)[0]
-    return fileio.join(folder, "*.tfrecord.gz")
+    return fileio.join(folder, artifacts.Examples.SHARDS)

@@ -16,6 +16,7 @@ from typing import Any
 
 from components import artifacts, fileio
 from pipeline import dag
+from pipeline.results import outputs_by_ref
 
 # The step outputs the report reads (checked against the DAG when this module loads).
 STATISTICS = dag.ref("ingest", "statistics")
@@ -586,7 +587,7 @@ def write(run_dir: str, run_id: str, status: str, steps: list[Any], error: str |
     folder where plots are kept by the hash of their data, shared by runs. `config`:
     the sections the model card records ({section: values})."""
     os.makedirs(run_dir, exist_ok=True)
-    outputs = {f"{s.step}.{name}": uri for s in steps for name, uri in s.outputs.items()}
+    outputs = outputs_by_ref(steps)
     model_uri, evaluation_uri = MODEL.uri(outputs), EVALUATION.uri(outputs)
     stats = artifacts.ExampleStatistics.load(STATISTICS.uri(outputs))
     anomalies = artifacts.ExampleAnomalies.load(ANOMALIES.uri(outputs))

@@ -23,6 +23,11 @@ def detail_line(line: str) -> str:
     return DETAIL_INDENT + line
 
 
+def outputs_by_ref(steps: list[Any]) -> dict[str, str]:
+    """{"step.output": uri} of a run's steps, as `dag.ref(...).uri(...)` looks them up."""
+    return {f"{s.step}.{name}": uri for s in steps for name, uri in s.outputs.items()}
+
+
 @dataclass
 class StepResult:
     step: str
@@ -46,6 +51,10 @@ class RunResult:
     @property
     def run_dir(self) -> str:
         return os.path.join(self.runs_dir, self.run_id)
+
+    @property
+    def outputs(self) -> dict[str, str]:
+        return outputs_by_ref(self.steps)
 
     def step(self, name: str) -> StepResult | None:
         return next((s for s in self.steps if s.step == name), None)

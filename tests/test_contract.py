@@ -341,3 +341,37 @@ def test_a_tensorflow_command_prints_nothing_on_stderr():
                          env=env)
     assert out.returncode == 0 and "Trainable params" in out.stdout
     assert out.stderr == ""
+
+
+def _artifact_file_names() -> set[str]:
+    """Every file or folder name the built-in artifact types define, but for the
+    plain words that are also parameter and config names elsewhere."""
+    names = {name for cls in artifacts.TYPES.values()
+             if cls.__module__ == artifacts.__name__ for name in cls.file_names()}
+    # "tfma" is also the name of a metric's source in a blessing's checks
+    return names - {"examples", "logs", "tfma"} | {artifacts.MANIFEST_NAME}
+
+
+def test_no_artifact_file_name_is_spelled_outside_its_type():
+    """Artifact types own their layout: a file name appears as a literal only in
+    components/artifacts.py; everyone else (steps, runners, the report, the CLI, the
+    benches and these tests) goes through the type's constant or reader."""
+    import ast
+
+    names = _artifact_file_names()
+    assert {"stats.json", "metrics.json", "blessing.json", "saved_model"} <= names
+    found = []
+    for folder in ("components", "pipeline", "bench", "tests"):
+        for base, _, files in os.walk(os.path.join(ROOT, folder)):
+            for file in files:
+                path = os.path.join(base, file)
+                if not file.endswith(".py") or path.endswith(os.path.join("components",
+                                                                          "artifacts.py")):
+                    continue
+                for node in ast.walk(ast.parse(open(path).read())):
+                    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                        value = node.value
+                        if any(value == n or value.startswith(n + "/") for n in names):
+                            found.append(f"{os.path.relpath(path, ROOT)}:{node.lineno} "
+                                         f"{value!r}")
+    assert found == [], "\n".join(found)

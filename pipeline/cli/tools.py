@@ -52,6 +52,7 @@ def cmd_schema_infer(args: argparse.Namespace) -> Result:
     whose ingest this config would reuse (nothing runs), else ingest runs first."""
     from components import artifacts, fileio, schema
     from pipeline import config as config_lib
+    from pipeline import dag
     from pipeline.local import LocalRunner
 
     cfg = config_lib.load(args.config, args.overrides)
@@ -59,7 +60,8 @@ def cmd_schema_infer(args: argparse.Namespace) -> Result:
                                    "-o")
     note = _note(args)
     runner = LocalRunner(cfg, args.runs_dir, args.config, log=note)
-    found, why = runner.cached_output("ingest", "statistics")
+    statistics = dag.ref("ingest", "statistics")
+    found, why = runner.cached_output(statistics.step, statistics.output)
     if found is not None:
         stats_art, run_id, ran = found[0], found[1].run_id, False
         note(f"using the statistics of run {run_id} (its ingest read the same data with the "
@@ -68,12 +70,12 @@ def cmd_schema_infer(args: argparse.Namespace) -> Result:
         note(f"running ingest first: no run under {args.runs_dir} has statistics for this "
              f"config's data ({why}); it is recorded as a run of {cfg.name}")
         with _stdout_to_stderr(args.json):
-            result = runner.run(until="ingest")
+            result = runner.run(until=statistics.step)
         if result.error is not None:
             raise result.error
-        stats_art = artifacts.read(result.steps[0].outputs["statistics"])
+        stats_art = artifacts.read(statistics.uri(result.outputs))
         run_id, ran = result.run_id, True
-    stats = json.loads(fileio.read_text(stats_art.path("stats.json")))
+    stats = artifacts.ExampleStatistics.read(stats_art)
     text = schema.schema_to_text(schema.infer_schema(stats))
     fileio.write_text_atomic(
         output, f"# TFMD schema of raw image examples, inferred by `imgpipe schema infer` "
