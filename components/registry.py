@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from components import fileio, runtime
-from components.artifacts import SAVED_MODEL_PB
+from components.artifacts import SAVED_MODEL_PB, card_field
 from components.config import LATEST_ALIAS
 from components.errors import ConfigError, ImgpipeError
 from components.registry_store import CARD, BucketStore, LocalStore, Push, Store
@@ -120,8 +120,8 @@ class Version:
     @property
     def blessed(self) -> bool:
         card = self.card
-        return bool(card.get("blessing", {}).get("blessed")) and \
-            bool(card.get("infra_validation", {}).get("passed", True))
+        return bool(card_field(card, "blessing.blessed")) and \
+            bool(card_field(card, "infra_validation.passed", True))
 
 
 class Registry:

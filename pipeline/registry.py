@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 from components import runtime
+from components.artifacts import card_field
 from components.config import PushConfig
 from components.registry import PromotionRefused, Registry, Version, is_reference  # noqa: F401
 from pipeline.config import flatten
@@ -38,14 +39,14 @@ def _age(iso: str | None) -> str:
 
 def version_row(version: Version, aliases: dict[str, int]) -> dict[str, Any]:
     card = version.card
-    metrics = card.get("metrics", {})
     return {"ref": version.ref, "version": version.version,
-            "accuracy": metrics.get("accuracy"), "top_k_accuracy": metrics.get("top_k_accuracy"),
-            "examples": metrics.get("example_count"),
-            "blessed": card.get("blessing", {}).get("blessed"),
-            "infra": card.get("infra_validation", {}).get("passed"),
+            "accuracy": card_field(card, "metrics.accuracy"),
+            "top_k_accuracy": card_field(card, "metrics.top_k_accuracy"),
+            "examples": card_field(card, "metrics.example_count"),
+            "blessed": card_field(card, "blessing.blessed"),
+            "infra": card_field(card, "infra_validation.passed"),
             "aliases": sorted(a for a, v in aliases.items() if v == version.version),
-            "kind": card.get("model", {}).get("kind"), "run_id": card.get("run_id"),
+            "kind": card_field(card, "model.kind"), "run_id": card.get("run_id"),
             "pushed": card.get("pushed"), "age": _age(card.get("pushed"))}
 
 
@@ -117,10 +118,10 @@ def diff(registry: Registry, left: str, right: str) -> dict[str, Any]:
             config_changes[key] = {"left": flat_a.get(key), "right": flat_b.get(key)}
     return {"left": a.ref, "right": b.ref, "metrics": metrics, "per_class": per_class,
             "config_changes": config_changes,
-            "data": {"left": ca.get("data", {}).get("fingerprint"),
-                     "right": cb.get("data", {}).get("fingerprint")},
-            "eval_examples": {"left": ca.get("metrics", {}).get("example_count"),
-                              "right": cb.get("metrics", {}).get("example_count")},
-            "hyperparameters": {"left": (ca.get("hyperparameters") or {}).get("best"),
-                                "right": (cb.get("hyperparameters") or {}).get("best")}}
+            "data": {"left": card_field(ca, "data.fingerprint"),
+                     "right": card_field(cb, "data.fingerprint")},
+            "eval_examples": {"left": card_field(ca, "metrics.example_count"),
+                              "right": card_field(cb, "metrics.example_count")},
+            "hyperparameters": {"left": card_field(ca, "hyperparameters.best"),
+                                "right": card_field(cb, "hyperparameters.best")}}
 

@@ -55,32 +55,33 @@ def cmd_models_list(args: argparse.Namespace) -> Result:
 
 
 def cmd_models_show(args: argparse.Namespace) -> Result:
+    from components.artifacts import card_field
     from pipeline.registry import show
 
     info = show(_registry(args), args.ref, args.runs_dir)
 
     def text() -> None:
         card = info["card"]
+
+        def field(dotted: str, default: Any = None) -> Any:
+            return card_field(card, dotted, default)
+
         print(f"{info['ref']}  aliases: {', '.join(info['aliases']) or '-'}  "
               f"path: {info['path']}")
-        print(f"  model: {card.get('model', {}).get('kind')}, "
-              f"{card.get('model', {}).get('trainable_params')} params; "
-              f"run {card.get('run_id')}; "
-              f"package {card.get('package_version')} git {card.get('git_commit') or '-'}")
-        metrics = card.get("metrics", {})
-        print("  metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
+        print(f"  model: {field('model.kind')}, {field('model.trainable_params')} params; "
+              f"run {field('run_id')}; "
+              f"package {field('package_version')} git {field('git_commit') or '-'}")
+        print("  metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in field("metrics", {}).items()
                                         if isinstance(v, float)))
-        blessing = card.get("blessing", {})
-        print(f"  blessing: {'blessed' if blessing.get('blessed') else 'NOT blessed'} "
-              f"({blessing.get('reason')}); baseline {blessing.get('baseline') or '-'}")
-        for check in blessing.get("checks", []):
+        print(f"  blessing: {'blessed' if field('blessing.blessed') else 'NOT blessed'} "
+              f"({field('blessing.reason')}); baseline {field('blessing.baseline') or '-'}")
+        for check in field("blessing.checks", []):
             value = check["value"] if check["value"] is None else round(check["value"], 4)
             print(f"    [{check['verdict']}] {check['check']}: {value} "
                   f"{check.get('detail', '')}")
-        print(f"  infra validation: {card.get('infra_validation', {}).get('reason')}")
-        data = card.get("data", {})
-        print(f"  data: {data.get('examples')} examples, classes {data.get('classes')}, "
-              f"fingerprint {json.dumps(data.get('fingerprint'))[:80]}")
+        print(f"  infra validation: {field('infra_validation.reason')}")
+        print(f"  data: {field('data.examples')} examples, classes {field('data.classes')}, "
+              f"fingerprint {json.dumps(field('data.fingerprint'))[:80]}")
         for entry in info["audit"]:
             print(f"  audit: {entry['time']} {entry['who']} {entry['action']} "
                   f"@{entry['alias']} {entry['from']} -> {entry['to']}"
@@ -269,6 +270,7 @@ def _add_registry_args(parser: argparse.ArgumentParser) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> Result:
     from components import fileio, predict
+    from components.artifacts import card_field
     from components.config import BeamConfig
 
     if args.output:
@@ -281,7 +283,7 @@ def cmd_predict(args: argparse.Namespace) -> Result:
         model, card, answered = version.path, version.card, version.ref
         print(f"model: {version.ref} ({model})", file=sys.stderr)
     paths = predict.expand_inputs(args.inputs)
-    warning = predict.shape_warning(paths, card.get("model", {}).get("image_shape"))
+    warning = predict.shape_warning(paths, card_field(card, "model.image_shape"))
     if warning:
         print(f"imgpipe: warning: {warning}", file=sys.stderr)
     if args.beam or len(paths) > PARALLEL_MIN_INPUTS:
