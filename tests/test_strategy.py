@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from components import artifacts, runtime, training
+from components import artifacts, distribute, runtime, training
 from components.config import BeamConfig, DataConfig, TrainConfig, TransformConfig
 from components.errors import TrainingError
 from components.steps import transform
@@ -49,33 +49,33 @@ def fake_tpu(monkeypatch):
     monkeypatch.setattr(tf.distribute, "TPUStrategy",
                         type("TPUStrategy", (), {"__init__": lambda self, r: None,
                                                  "num_replicas_in_sync": 8}))
-    for name in training.TPU_ENV + (training.ACCELERATOR_ENV,):
+    for name in distribute.TPU_ENV + (distribute.ACCELERATOR_ENV,):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(training, "_tpu_hardware_visible", lambda: False)
+    monkeypatch.setattr(distribute, "_tpu_hardware_visible", lambda: False)
     return monkeypatch
 
 
 def test_tpu_resolution_order(fake_tpu):
     fake_tpu.setenv("TPU_NAME", "my-tpu")
     FakeResolver.works = {"named"}
-    strategy, reason = training.choose_strategy("auto")
+    strategy, reason = distribute.choose_strategy("auto")
     assert type(strategy).__name__ == "TPUStrategy" and "TPU_NAME" in reason
     assert FakeResolver.calls == [{}]                     # TPU_NAME first
     FakeResolver.calls, FakeResolver.works = [], {"local"}
-    strategy, reason = training.choose_strategy("tpu")
+    strategy, reason = distribute.choose_strategy("tpu")
     assert FakeResolver.calls == [{}, {"tpu": "local"}]   # then this TPU VM
     assert "tpu='local'" in reason
 
 
 def test_a_requested_tpu_never_falls_back_silently(fake_tpu):
     with pytest.raises(TrainingError, match="a TPU was requested"):
-        training.choose_strategy("tpu")
-    fake_tpu.setenv(training.ACCELERATOR_ENV, "TPU_V5_LITEPOD")     # the KFP task asked
+        distribute.choose_strategy("tpu")
+    fake_tpu.setenv(distribute.ACCELERATOR_ENV, "TPU_V5_LITEPOD")     # the KFP task asked
     with pytest.raises(TrainingError, match="TPU_V5_LITEPOD"):
-        training.choose_strategy("auto")
-    fake_tpu.delenv(training.ACCELERATOR_ENV)
+        distribute.choose_strategy("auto")
+    fake_tpu.delenv(distribute.ACCELERATOR_ENV)
     FakeResolver.calls = []
-    strategy, reason = training.choose_strategy("auto")   # nothing asked, nothing visible
+    strategy, reason = distribute.choose_strategy("auto")   # nothing asked, nothing visible
     assert "default strategy" in reason and FakeResolver.calls == []
 
 
@@ -145,16 +145,16 @@ def test_vertex_tf_config_counts_the_chief_and_picks_multi_worker(monkeypatch, c
     made = []
     monkeypatch.setattr(tf.distribute, "MultiWorkerMirroredStrategy",
                         lambda: made.append(True) or "mwms")
-    monkeypatch.setattr(training, "_tpu_hardware_visible", lambda: False)
-    for name in training.TPU_ENV + (training.ACCELERATOR_ENV,):
+    monkeypatch.setattr(distribute, "_tpu_hardware_visible", lambda: False)
+    for name in distribute.TPU_ENV + (distribute.ACCELERATOR_ENV,):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": task}))
-    assert training.cluster_size() == 2
-    assert training.is_chief_task() is chief
-    strategy, reason = training.choose_strategy("auto")
+    assert distribute.cluster_size() == 2
+    assert distribute.is_chief_task() is chief
+    strategy, reason = distribute.choose_strategy("auto")
     assert strategy == "mwms" and made and reason == "TF_CONFIG names 2 workers (chief included)"
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"chief": ["a:1"]},
                                                 "task": {"type": "chief", "index": 0}}))
-    assert training.cluster_size() == 1 and training.is_chief_task()
+    assert distribute.cluster_size() == 1 and distribute.is_chief_task()
     monkeypatch.delenv("TF_CONFIG")
-    assert training.cluster_size() == 0 and training.is_chief_task()
+    assert distribute.cluster_size() == 0 and distribute.is_chief_task()

@@ -16,11 +16,12 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from components import artifacts, fileio, models, runtime, training
+from components import artifacts, distribute, fileio, models, runtime, training
 from components.config import ModelConfig, TrainConfig, apply_values, describe_values
 from components.contract import In, Out, Scratch, step
 from components.errors import ConfigError, TrainingError
-from components.training import Plan, choose_strategy, compile_model, export, make_dataset
+from components.distribute import choose_strategy
+from components.training import Plan, compile_model, export, make_dataset
 
 log = logging.getLogger("imgpipe.train")
 
@@ -86,7 +87,7 @@ def _fit(fitting: Fitting, model: ModelConfig, train: TrainConfig, work: str,
     import keras
 
     epoch_log = os.path.join(work, training.EPOCH_LOG)
-    if training.is_multi_worker(fitting.strategy):
+    if distribute.is_multi_worker(fitting.strategy):
         return _fit_multi_worker(fitting, model, train, work)
     net = fitting.net
     total = train.epochs + (model.fine_tune_epochs if model.kind == "transfer"
@@ -156,7 +157,7 @@ def run(transform_graph: In[artifacts.TransformGraph], examples: In[artifacts.Ex
     keras.utils.set_random_seed(train.seed)
     strategy, reason = choose_strategy(train.strategy)
     plan = training.plan_for(train, strategy)
-    log.info("strategy: %s (%s); %s", training.strategy_name(strategy), reason, plan.notes)
+    log.info("strategy: %s (%s); %s", distribute.strategy_name(strategy), reason, plan.notes)
     keras.mixed_precision.set_global_policy(plan.policy)
     sparse = train.loss == "sparse_categorical_crossentropy"
     loss = "sparse_categorical_crossentropy" if sparse else "categorical_crossentropy"
@@ -171,7 +172,7 @@ def run(transform_graph: In[artifacts.TransformGraph], examples: In[artifacts.Ex
         compile_model(net, train, plan, loss)
     fitting = Fitting(net, train_ds, eval_ds, strategy, reason, plan, loss)
 
-    if not training.is_chief(strategy):
+    if not distribute.is_chief(strategy):
         # A non-chief worker of a multi-worker run trains in step with the chief (the
         # collective ops need it) and writes nothing that outlives it.
         trained_model.discard()
@@ -235,7 +236,7 @@ def _fit_and_write(fitting: Fitting, model: ModelConfig, train: TrainConfig,
     artifacts.Model.write(writer, hist)
     final = {k: vals[-1] for k, vals in hist.items() if vals and k != "phase"}
     writer.properties = {"kind": model.kind, "trainable_params": models.trainable_params(net),
-                         "strategy": training.strategy_name(strategy),
+                         "strategy": distribute.strategy_name(strategy),
                          "strategy_reason": fitting.reason,
                          "training_plan": fitting.plan.notes,
                          "tensorflow_version": _tf_version(),
@@ -254,7 +255,7 @@ def _lines(fitting: Fitting, model: ModelConfig, tuned: dict[str, Any], epochs: 
     return tuned_line + [
         f"{model.kind}: {models.trainable_params(fitting.net):,} trainable params, {epochs} "
         f"epochs{f' (resumed after epoch {resumed})' if resumed else ''}, "
-        f"{training.strategy_name(fitting.strategy)} ({fitting.reason})",
+        f"{distribute.strategy_name(fitting.strategy)} ({fitting.reason})",
         f"train accuracy {final.get('accuracy', float('nan')):.3f}, eval accuracy "
         f"{accuracy if accuracy is not None else float('nan'):.3f}",
         f"TensorBoard: tensorboard --logdir {fileio.join(trained_model, artifacts.Model.LOGS)}"]

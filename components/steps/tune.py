@@ -60,9 +60,9 @@ class _HyperModel:
              transform_graph: artifacts.Artifact, examples: artifacts.Artifact):
         import keras_tuner as kt
 
-        from components import models, training
+        from components import distribute, models, training
 
-        strategy = training.choose_strategy(train.strategy)[0]
+        strategy = distribute.choose_strategy(train.strategy)[0]
         plan = training.plan_for(train, strategy)
         shape = tuple(transform_graph.properties["image_shape"])
         classes = transform_graph.properties["num_classes"]

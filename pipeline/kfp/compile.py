@@ -255,7 +255,7 @@ def vertex_job(component, config: PipelineConfig, name: str):
     from google_cloud_pipeline_components.v1.custom_job import \
         create_custom_training_job_from_component
 
-    from components.training import ACCELERATOR_ENV
+    from components.distribute import ACCELERATOR_ENV
 
     accelerator = {"accelerator_type": step.accelerator_type,
                    "accelerator_count": step.accelerator_count} if step.accelerator_type else {}
@@ -290,7 +290,7 @@ def _configure(task, config: PipelineConfig, name: str, cacheable: bool = True):
         task.set_accelerator_type(step.accelerator_type)
         task.set_accelerator_limit(step.accelerator_count)
         # The trainer fails loudly when the TPU it was given does not resolve.
-        from components.training import ACCELERATOR_ENV
+        from components.distribute import ACCELERATOR_ENV
 
         task.set_env_variable(ACCELERATOR_ENV, step.accelerator_type)
     if step.retries:

@@ -72,7 +72,7 @@ def run_step(name: str, config_json: str, context_json: str, run_id: str,
     artifacts' metadata. Returns the step's gate value (True for steps without one).
     `dag_location`: a user's DAG (`dag.load`), '' for the built-in one."""
     from components import artifacts, fileio
-    from components.training import is_chief_task
+    from components.distribute import is_chief_task
 
     _exit_without_teardown()
     node = dag.get(name, dag.load(dag_location))
