@@ -22,7 +22,9 @@ from components.errors import ArtifactError
 
 MANIFEST_NAME = "artifact.json"
 # 2: the manifest lists every file with its size and SHA-256 (`files`).
-MANIFEST_VERSION = 2
+# 3: a file on an object store that keeps checksums (gs://) carries the store's own
+#    ("crc32c") instead of a SHA-256; version 2 manifests still read and verify.
+MANIFEST_VERSION = 3
 _REQUIRED_KEYS = ("type", "manifest_version", "fingerprint", "properties", "producer", "created",
                   "files")
 
@@ -345,20 +347,40 @@ def fingerprint_json(value: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def _checksum_kind(entry: dict[str, Any]) -> str | None:
+    """Which content checksum a manifest entry holds: "sha256" (imgpipe hashed the
+    bytes), or the object store's own ("crc32c", "md5"); None when it holds none."""
+    return next((kind for kind in ("sha256", *fileio.STORED_CHECKSUMS) if entry.get(kind)),
+                None)
+
+
 def list_files(root: str) -> dict[str, dict[str, Any]]:
-    """Every file under `root` but the manifest: relative path -> size and SHA-256."""
+    """Every file under `root` but the manifest: relative path -> size and a content
+    checksum. On an object store that keeps checksums (gs://) that is the store's own
+    (`{"size", "crc32c"}`) from one listing, so committing reads no object back (after a
+    Dataflow ingest that would stream the whole dataset through the task); elsewhere the
+    SHA-256 of the bytes."""
     files = {}
     prefix = root.rstrip("/") + "/"
-    for path in fileio.walk_files(root):
+    stored = fileio.stored_checksums(root)
+    for path in (sorted(stored) if stored is not None else fileio.walk_files(root)):
         rel = path[len(prefix):] if path.startswith(prefix) else os.path.relpath(path, root)
-        if rel != MANIFEST_NAME:
-            files[rel] = {"size": fileio.file_size(path), "sha256": fileio.hash_file(path)}
+        if rel == MANIFEST_NAME:
+            continue
+        entry = (stored or {}).get(path)
+        files[rel] = (dict(entry) if entry and _checksum_kind(entry) else
+                      {"size": fileio.file_size(path), "sha256": fileio.hash_file(path)})
     return files
 
 
 def fingerprint_files(files: dict[str, dict[str, Any]]) -> str:
-    """A content hash over a file listing (relative paths and content hashes)."""
-    return fingerprint_json({rel: entry["sha256"] for rel, entry in files.items()})
+    """A content hash over a file listing (relative paths and content checksums: the
+    SHA-256, or the object store's checksum with the size)."""
+    def content(entry: dict[str, Any]) -> str:
+        kind = _checksum_kind(entry)
+        return entry["sha256"] if kind == "sha256" else f"{kind}:{entry['size']}:{entry[kind]}"
+
+    return fingerprint_json({rel: content(entry) for rel, entry in files.items()})
 
 
 def verify(artifact: Artifact, known: dict[str, str] | None = None
@@ -371,23 +393,47 @@ def verify(artifact: Artifact, known: dict[str, str] | None = None
     "saved_model/variables/variables.index is missing"."""
     known = known or {}
     problems, verified = [], {}
+    # On gs:// one listing gives every object's size and checksum (None elsewhere).
+    stored = fileio.stored_checksums(artifact.uri)
     for rel, entry in sorted(artifact.files.items()):
         path = fileio.join(artifact.uri, rel)
         signature = fileio.stat_signature(path)
         if signature is not None and known.get(rel) == signature:
             verified[rel] = signature
             continue
-        size = fileio.file_size(path)
+        listed = stored.get(path) if stored is not None else None
+        size = listed["size"] if listed else (None if stored is not None
+                                               else fileio.file_size(path))
         if size is None:
             problems.append(f"{rel} is missing")
         elif size != entry["size"]:
             problems.append(f"{rel} changed size since it was written ({entry['size']} -> "
                             f"{size} bytes)")
-        elif fileio.hash_file(path) != entry["sha256"]:
-            problems.append(f"{rel} changed since it was written (content differs)")
-        elif signature is not None:
-            verified[rel] = signature
+        else:
+            problem = _content_problem(rel, path, entry, listed)
+            if problem:
+                problems.append(problem)
+            elif signature is not None:
+                verified[rel] = signature
     return problems, verified
+
+
+def _content_problem(rel: str, path: str, entry: dict[str, Any],
+                     listed: dict[str, Any] | None) -> str | None:
+    """Compares a file with its manifest entry like with like: a recorded SHA-256 with
+    the SHA-256 of the bytes now (older manifests on gs:// too), a recorded store
+    checksum with the one the store lists now (no object read)."""
+    kind = _checksum_kind(entry)
+    if kind == "sha256":
+        now = fileio.hash_file(path)
+    elif kind is not None and listed and listed.get(kind):
+        now = listed[kind]
+    else:
+        recorded = f"a {kind} checksum, which the storage does not list for {path}" \
+            if kind else "no checksum"
+        return (f"{rel} cannot be checked: its manifest records {recorded}; rerun the step "
+                "that produces it.")
+    return None if now == entry[kind] else f"{rel} changed since it was written (content differs)"
 
 
 # --- writing -----------------------------------------------------------------------

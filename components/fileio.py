@@ -293,6 +293,21 @@ def hash_file(path: str, digest: Any = None) -> str:
     return digest.hexdigest()
 
 
+# The content checksums an object store keeps per object (`stored_checksums`), in the
+# order a manifest prefers them; a file without one is hashed (SHA-256).
+STORED_CHECKSUMS = ("crc32c", "md5")
+
+
+def stored_checksums(root: str) -> dict[str, dict[str, Any]] | None:
+    """path -> {"size", "crc32c"} (or "md5") for every file under `root`, from the object
+    store's listing (one listing, no object read: the store computed the checksum when
+    the object was written). None where the storage keeps no checksums (local disks,
+    schemes other than gs://): there the content has to be read and hashed."""
+    if _is_gcs(root):
+        return _gcs().checksums(root)
+    return None
+
+
 def identities(paths: list[str]) -> dict[str, str | None]:
     """path -> a cheap identity that changes when the file's content can have changed
     (None for a missing file): on gs:// the object's generation and size, from one

@@ -79,6 +79,23 @@ def signatures(prefix: str) -> dict[str, str]:
             for blob in client().list_blobs(bucket, prefix=name)}
 
 
+def checksums(root: str) -> dict[str, dict[str, int | str]]:
+    """gs://... -> {"size", "crc32c"} for every object under the folder `root`, from one
+    listing (no object is read): the checksum GCS computed when the object was written
+    (base64, as the JSON API gives it). Every object has a CRC32C; where a store lists
+    none, its MD5 ("md5"), and where it lists neither, only the size."""
+    bucket, _ = split(root)
+    out: dict[str, dict[str, int | str]] = {}
+    for blob in client().list_blobs(bucket, prefix=_prefix(root)):
+        entry: dict[str, int | str] = {"size": blob.size}
+        if blob.crc32c:
+            entry["crc32c"] = blob.crc32c
+        elif blob.md5_hash:
+            entry["md5"] = blob.md5_hash
+        out[f"gs://{bucket}/{blob.name}"] = entry
+    return out
+
+
 def glob(pattern: str) -> list[str]:
     bucket, name = split(pattern)
     fixed = name[:min((name.index(c) for c in "*?[" if c in name), default=len(name))]
