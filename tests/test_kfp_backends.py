@@ -1,0 +1,71 @@
+"""The compiled path against what the services expect: the step image as a Dataflow
+worker, GPU images, resources Vertex honours, Kubeflow Pipelines open source as a
+second backend, the identities runs and jobs use, Vertex alias names, and TPU training
+with a search. IR-level tests compile to a temporary file and read the YAML."""
+
+import json
+import os
+import re
+
+import pytest
+import yaml
+
+from pipeline import cli
+from pipeline import config as config_lib
+from pipeline.kfp import compile as kfp_compile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLE = os.path.join(ROOT, "deploy", "example.yaml")
+
+
+def _compile(tmp_path, overrides=(), name="p.yaml"):
+    """(path, the pipeline spec, the platform spec or {}) of the example with overrides."""
+    out = str(tmp_path / name)
+    cfg = config_lib.load(EXAMPLE, list(overrides), resolve_paths=False)
+    kfp_compile.compile_pipeline(cfg, out)
+    docs = list(yaml.safe_load_all(open(out)))
+    return out, docs[0], (docs[1] if len(docs) > 1 else {})
+
+
+def _one_line_error(capsys, args, says):
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and all(s in err for s in
+                                              ([says] if isinstance(says, str) else says)), err
+    return err
+
+
+# 1. The step image is also the Dataflow worker image --------------------------------
+
+def _dockerfile(name):
+    return open(os.path.join(ROOT, "deploy", name)).read()
+
+
+def _python_minor(text):
+    """The Python the image runs: python:X.Y's tag, else the version the build asserts."""
+    base = re.search(r"^FROM (\S+)", text, re.MULTILINE)[1]
+    tagged = re.match(r"python:(\d+\.\d+)", base)
+    if tagged:
+        return tagged[1]
+    checked = re.search(r"^RUN python -c .*sys\.version_info\[:2\] == \((\d+), (\d+)\)", text,
+                        re.MULTILINE)
+    assert checked, f"{base}: the Dockerfile neither names nor checks its Python"
+    return f"{checked[1]}.{checked[2]}"
+
+
+@pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.gpu"])
+def test_step_images_carry_the_beam_boot_program_of_the_locked_beam(name):
+    """Dataflow starts a custom container through /opt/apache/beam/boot, its ENTRYPOINT;
+    the boot program comes from Beam's image of the locked apache-beam and the image's
+    Python. The GPU image installs from the lock like the CPU one."""
+    lock = open(os.path.join(ROOT, "requirements.lock")).read()
+    beam = re.search(r"^apache-beam==([\d.]+)$", lock, re.MULTILINE)[1]
+    text = _dockerfile(name)
+    copied = re.findall(r"^COPY --from=apache/beam_python(\d+\.\d+)_sdk:(\S+) /opt/apache/beam "
+                        r"/opt/apache/beam$", text, re.MULTILINE)
+    assert copied == [(_python_minor(text), beam)], copied
+    entrypoints = re.findall(r"^ENTRYPOINT (.+)$", text, re.MULTILINE)
+    assert [json.loads(e) for e in entrypoints] == [["/opt/apache/beam/boot"]]
+    # the boot program is copied after the install (a Beam upgrade rebuilds only it)
+    assert text.index("RUN pip install -c requirements.lock .") < text.index("COPY --from=")
+    assert re.search(r"^RUN pip install -c requirements.lock \.$", text, re.MULTILINE)
