@@ -69,3 +69,25 @@ def test_step_images_carry_the_beam_boot_program_of_the_locked_beam(name):
     # the boot program is copied after the install (a Beam upgrade rebuilds only it)
     assert text.index("RUN pip install -c requirements.lock .") < text.index("COPY --from=")
     assert re.search(r"^RUN pip install -c requirements.lock \.$", text, re.MULTILINE)
+
+
+# 3. Vertex sizes a task's machine from its limits -----------------------------------
+
+def _resources(spec, task):
+    return spec["deploymentSpec"]["executors"][f"exec-{task}"]["container"].get("resources", {})
+
+
+def test_limits_carry_the_requested_resources_and_requests_stay(tmp_path):
+    """Vertex AI reads only the limits (a request alone ran on its default machine): a
+    step with only requests gets them as limits too; a configured limit is kept; the
+    requests are still there for Kubeflow Pipelines."""
+    _, spec, _ = _compile(tmp_path, ["kfp.steps.transform.memory_limit=6G"])
+    train = _resources(spec, "train")      # example: cpu_request 4, memory_request 16G
+    assert (train["resourceCpuLimit"], train["resourceMemoryLimit"]) == ("4", "16G")
+    assert (train["resourceCpuRequest"], train["resourceMemoryRequest"]) == ("4", "16G")
+    transform = _resources(spec, "transform")  # cpu_request 2, memory_request 4G
+    assert transform["resourceCpuLimit"] == "2" and transform["resourceMemoryLimit"] == "6G"
+    assert transform["resourceMemoryRequest"] == "4G"
+    assert _resources(spec, "evaluate")["resourceMemoryLimit"] == "8G"
+    assert "resourceCpuLimit" not in _resources(spec, "evaluate")   # nothing asked
+    assert _resources(spec, "validate") == {}

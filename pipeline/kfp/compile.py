@@ -270,6 +270,30 @@ def vertex_job(component, config: PipelineConfig, name: str):
     return wrapped
 
 
+def resource_limits(step) -> dict[str, str | None]:
+    """The task's CPU and memory limits: each configured limit, else its request. Vertex
+    AI Pipelines sizes a task's machine from the limits alone and ignores requests (its
+    "Specify the machine configuration for a pipeline step" page; `set_memory_request`
+    "is not available/applicable for Vertex AI", kubeflow/pipelines#8038), so a request
+    without a limit would run on the default e2-standard-4."""
+    return {"cpu": step.cpu_limit or step.cpu_request,
+            "memory": step.memory_limit or step.memory_request}
+
+
+def _set_resources(task, step) -> None:
+    """Limits (what Vertex honours) and the requests that are given (Kubeflow Pipelines
+    sets both on the pod)."""
+    limits = resource_limits(step)
+    if step.cpu_request:
+        task.set_cpu_request(step.cpu_request)
+    if limits["cpu"]:
+        task.set_cpu_limit(limits["cpu"])
+    if step.memory_request:
+        task.set_memory_request(step.memory_request)
+    if limits["memory"]:
+        task.set_memory_limit(limits["memory"])
+
+
 def _configure(task, config: PipelineConfig, name: str, cacheable: bool = True):
     step = config.kfp.step(name)
     task.set_display_name(name)
@@ -278,14 +302,7 @@ def _configure(task, config: PipelineConfig, name: str, cacheable: bool = True):
         if step.retries:
             task.set_retry(step.retries)
         return task            # resources are the custom job's machine spec
-    if step.cpu_request:
-        task.set_cpu_request(step.cpu_request)
-    if step.cpu_limit:
-        task.set_cpu_limit(step.cpu_limit)
-    if step.memory_request:
-        task.set_memory_request(step.memory_request)
-    if step.memory_limit:
-        task.set_memory_limit(step.memory_limit)
+    _set_resources(task, step)
     if step.accelerator_type:
         task.set_accelerator_type(step.accelerator_type)
         task.set_accelerator_limit(step.accelerator_count)
