@@ -332,7 +332,7 @@ def test_report_decides_a_promotion(tmp_path):
     assert width > 1.6 * height                                     # two matrices side by side
 
     # the matrices in class-name order, each from its own vocabulary
-    from pipeline.report import _confusion_data
+    from pipeline.report_plots import _confusion_data
 
     data = _confusion_data(json.load(open(evaluation / "metrics.json")))
     assert data["classes"] == ["cat", "dog", "fox"]
