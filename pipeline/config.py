@@ -52,6 +52,11 @@ class KfpStepConfig(Section):
                                                    "e.g. a TPU image for train only.")
     vertex_job: Optional[VertexJobConfig] = None
 
+    @property
+    def gpu(self) -> bool:
+        """Whether the step asks for an NVIDIA GPU (Vertex AI's names: NVIDIA_TESLA_T4 ...)."""
+        return (self.accelerator_type or "").upper().startswith("NVIDIA_")
+
 
 DEFAULT_KFP_STEPS = {"ingest": {"retries": 2}, "transform": {"retries": 2},
                      "train": {"memory_request": "8G"}, "evaluate": {"retries": 1}}
@@ -64,6 +69,10 @@ class KfpConfig(Section):
     image: str = Field("us-docker.pkg.dev/my-project/imgpipe/imgpipe:0.1.0",
                        description="The image steps run in (deploy/Dockerfile), unless a "
                                    "step names its own.")
+    gpu_image: Optional[str] = Field(
+        None, description="The image of a step that asks for a GPU (accelerator_type "
+                          "NVIDIA_*) and names no image of its own (deploy/Dockerfile.gpu); "
+                          "compile refuses such a step without it.")
     steps: dict[str, KfpStepConfig] = Field(
         default_factory=lambda: {name: KfpStepConfig(**values)
                                  for name, values in DEFAULT_KFP_STEPS.items()},
@@ -90,7 +99,21 @@ class KfpConfig(Section):
         return self.steps.get(name, KfpStepConfig())
 
     def image_for(self, name: str) -> str:
-        return self.step(name).image or self.image
+        """The step's own image, else kfp.gpu_image for a step that asks for a GPU, else
+        kfp.image. A GPU step with neither is refused: in the CPU image TensorFlow has no
+        CUDA and would train on the CPU of the GPU machine."""
+        step = self.step(name)
+        if step.image:
+            return step.image
+        if not step.gpu:
+            return self.image
+        if not self.gpu_image:
+            raise ConfigError(f"kfp.steps.{name}.accelerator_type {step.accelerator_type} asks "
+                              f"for a GPU, but the step names no image and kfp.gpu_image is "
+                              f"unset, so it would run in kfp.image {self.image} (no CUDA: it "
+                              "would train on the CPU); build deploy/Dockerfile.gpu and set "
+                              f"kfp.gpu_image (or kfp.steps.{name}.image) to its tag.")
+        return self.gpu_image
 
 
 class PipelineConfig(Section):

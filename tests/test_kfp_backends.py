@@ -91,3 +91,37 @@ def test_limits_carry_the_requested_resources_and_requests_stay(tmp_path):
     assert _resources(spec, "evaluate")["resourceMemoryLimit"] == "8G"
     assert "resourceCpuLimit" not in _resources(spec, "evaluate")   # nothing asked
     assert _resources(spec, "validate") == {}
+
+
+# 2. A GPU step runs in the GPU image ------------------------------------------------
+
+GPU_IMAGE = "us-docker.pkg.dev/my-project/imgpipe/imgpipe:0.1.0-gpu"
+CPU_IMAGE = "us-docker.pkg.dev/my-project/imgpipe/imgpipe:0.1.0"
+
+
+def _images(spec):
+    return {name.removeprefix("exec-"): executor["container"]["image"]
+            for name, executor in spec["deploymentSpec"]["executors"].items()}
+
+
+def test_a_gpu_step_runs_in_the_gpu_image(tmp_path):
+    """The example's T4 trainer runs in kfp.gpu_image and everything else in kfp.image;
+    a step's own image still wins."""
+    _, spec, _ = _compile(tmp_path)
+    images = _images(spec)
+    assert images.pop("train") == GPU_IMAGE
+    assert set(images.values()) == {CPU_IMAGE}
+    _, own, _ = _compile(tmp_path, ["kfp.steps.train.image=IMAGE:own",
+                                    "kfp.steps.evaluate.accelerator_type=NVIDIA_L4"], "own.yaml")
+    assert _images(own)["train"] == "IMAGE:own" and _images(own)["evaluate"] == GPU_IMAGE
+
+
+def test_a_gpu_step_without_a_gpu_image_is_refused_at_compile(tmp_path, capsys):
+    out = tmp_path / "p.yaml"
+    _one_line_error(capsys, ["compile", EXAMPLE, "--set", "kfp.gpu_image=null", "-o", str(out)],
+                    ["kfp.steps.train.accelerator_type NVIDIA_TESLA_T4", "kfp.gpu_image",
+                     "deploy/Dockerfile.gpu"])
+    assert not out.exists()
+    # a TPU or no accelerator needs no GPU image
+    assert cli.main(["compile", EXAMPLE, "--set", "kfp.gpu_image=null", "--set",
+                     "kfp.steps.train.accelerator_type=null", "-o", str(out)]) == 0
