@@ -167,6 +167,20 @@ def write_bytes(path: str, data: bytes) -> None:
         handle.write(data)
 
 
+def append_text(path: str, text: str) -> None:
+    """Appends `text` to a small file (a log), durably: synced to disk locally; on an
+    object store, which cannot append, the object is rewritten whole with the text
+    added, so a reader sees the old lines or all of the new ones."""
+    if is_remote(path):
+        old = read_bytes(path) if exists(path) else b""
+        write_bytes(path, old + text.encode("utf-8"))
+        return
+    with open_file(path, "a") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 def write_text_atomic(path: str, text: str) -> None:
     """Writes a small file so readers see either nothing or the complete content."""
     write_bytes_atomic(path, text.encode("utf-8"))

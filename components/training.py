@@ -264,13 +264,9 @@ class EpochLog:
 
         class _EpochLog(keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):
-                os.makedirs(os.path.dirname(path), exist_ok=True)
                 line = json.dumps({"epoch": int(epoch), "phase": phase,
                                    **{k: float(v) for k, v in (logs or {}).items()}})
-                with open(path, "a", encoding="utf-8") as handle:
-                    handle.write(line + "\n")
-                    handle.flush()
-                    os.fsync(handle.fileno())
+                fileio.append_text(path, line + "\n")   # a local or gs:// scratch folder
 
         return _EpochLog()
 
@@ -328,17 +324,18 @@ class Progress:
 def read_epoch_log(path: str) -> dict[str, list[float]]:
     """{metric: [value per epoch]} from an EpochLog file; an epoch logged twice (its
     checkpoint was not written before a kill, so it ran again) counts once, the later."""
-    if not os.path.isfile(path):
+    try:
+        text = fileio.read_text(path)      # a local or gs:// scratch folder
+    except OSError:                        # no epoch finished yet
         return {}
     epochs: dict[int, dict[str, float]] = {}
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                try:
-                    entry = json.loads(line)
-                except ValueError:
-                    continue   # a line torn by a kill
-                epochs[entry.pop("epoch")] = entry
+    for line in text.splitlines():
+        if line.strip():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue   # a line torn by a kill
+            epochs[entry.pop("epoch")] = entry
     history: dict[str, list[float]] = {}
     for epoch in sorted(epochs):
         for key, value in epochs[epoch].items():

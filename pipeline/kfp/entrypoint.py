@@ -98,7 +98,10 @@ def run_step(name: str, config_json: str, context_json: str, run_id: str,
             fileio.rmtree(path)
     producer = {"run_id": run_id or None, "step": name, "engine": "kfp",
                 "pipeline": context.pipeline if context else None}
-    summary = invoke.call(node, resolved, inputs, outputs, producer) or {}
+    # A step with a Scratch parameter (train's checkpoints, tune's trials) resumes a
+    # retried attempt from there, as under the local runner.
+    scratch = {"scratch": scratch_folder(outputs)} if node.spec.scratch else {}
+    summary = invoke.call(node, resolved, inputs, outputs, producer, **scratch) or {}
     for line in summary.get("lines", []):
         print(f"{name}: {line}")
     if not chief:
@@ -114,6 +117,22 @@ def run_step(name: str, config_json: str, context_json: str, run_id: str,
                           if t is artifacts.ModelEvaluation)
         _log_ui_metrics(outputs[evaluation], extras)
     return invoke.gate_value(node, summary)
+
+
+# Not an identifier, so never the name of an output beside it.
+SCRATCH = "task-scratch"
+
+
+def scratch_folder(outputs: dict[str, str]) -> str | None:
+    """The task's scratch folder: in the task's folder under the pipeline root, beside
+    its outputs (`{root}/.../{task}/task-scratch`). A retry of the task is given
+    the same output URIs, so the same folder, which unlike the outputs is not wiped when
+    an attempt starts; another run's task has a folder of its own. None for a step
+    without outputs (it then works in a private temporary folder)."""
+    if not outputs:
+        return None
+    first = outputs[sorted(outputs)[0]].rstrip("/")
+    return first.rsplit("/", 1)[0] + "/" + SCRATCH
 
 
 def apply_overrides(step_cfg: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
