@@ -159,6 +159,16 @@ def code_fingerprint(module: str) -> dict[str, Any]:
             "modules": {name: _file_info(name)[0][:12] for name in modules}}
 
 
+def task_code(module: str) -> str:
+    """A compiled task's `code` input: its modules' sources and the package version, as
+    in the local key (the libraries are the image's, pinned by requirements.lock). KFP
+    and Vertex reuse a cached task while its inputs are unchanged, so a task whose code
+    changed must see a changed input even when the image tag stays the same."""
+    found = code_fingerprint(module)
+    return artifacts.fingerprint_json({"source": found["source"],
+                                       "version": found["version"]})[:16]
+
+
 @functools.lru_cache(maxsize=1)
 def library_versions() -> dict[str, str]:
     out = {}

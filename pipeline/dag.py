@@ -27,11 +27,16 @@ class Node:
     previous: parameter -> "step.output" of the newest earlier successful run of this
               pipeline (a baseline, e.g. the statistics drift is measured against);
               None on the first run. Only optional inputs can be wired this way.
+    after:    earlier steps that must have succeeded first although none of their
+              outputs is read (validation before transform): an order and a gate, not
+              an input, so a step that reran with the same verdict (validate checks
+              drift against each new run) leaves this one's cache key alone.
     """
 
     spec: StepSpec
     inputs: Mapping[str, str] = field(default_factory=dict)
     previous: Mapping[str, str] = field(default_factory=dict)
+    after: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -39,15 +44,16 @@ class Node:
 
 
 def node(fn: Callable[..., Any], previous: Mapping[str, str] | None = None,
-         **inputs: str) -> Node:
-    return Node(spec_of(fn), inputs, previous or {})
+         after: tuple[str, ...] = (), **inputs: str) -> Node:
+    return Node(spec_of(fn), inputs, previous or {}, tuple(after))
 
 
 STEPS: tuple[Node, ...] = (
     node(ingest.run),
     node(validate.run, statistics="ingest.statistics",
          previous={"baseline_statistics": "ingest.statistics"}),
-    node(transform.run, examples="ingest.examples", anomalies="validate.anomalies"),
+    # Validation stops the run before transform when it finds errors.
+    node(transform.run, examples="ingest.examples", after=("validate",)),
     node(tune.run, transform_graph="transform.transform_graph", examples="ingest.examples"),
     node(train.run, transform_graph="transform.transform_graph", examples="ingest.examples",
          hyperparameters="tune.hyperparameters"),
@@ -89,6 +95,10 @@ def wiring_problems(steps: tuple[Node, ...]) -> list[str]:
                 if kind == "previous" and param in spec.inputs and not spec.is_optional(param):
                     problems.append(f"{spec.name}: {param!r} comes from an earlier run, which "
                                     "may not exist: declare it In[T] | None = None")
+        earlier = {ref.split(".")[0] for ref in outputs}
+        for name in current.after:
+            if name not in earlier:
+                problems.append(f"{spec.name}: runs after {name!r}, which is no earlier step")
         outputs.update(_outputs_of(current))
     return problems
 

@@ -303,8 +303,8 @@ class LocalRunner:
 
 
 def _upstream(node: dag.Node) -> set[str]:
-    """The steps of the same run whose outputs `node` reads."""
-    return {ref.split(".", 1)[0] for ref in node.inputs.values()}
+    """The steps of the same run whose outputs `node` reads, or that it runs after."""
+    return {ref.split(".", 1)[0] for ref in node.inputs.values()} | set(node.after)
 
 
 class _Beside:

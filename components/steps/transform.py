@@ -181,14 +181,12 @@ def should_materialize(transform: TransformConfig, data: DataConfig,
     return num_examples is None or num_examples * pixels > AUTO_MATERIALIZE_BYTES
 
 
-# Validation gates transform: its anomalies are an input, so a failed validation stops
-# the run before this step and a changed verdict reruns it.
 @step(beam=("runner",))
 def run(examples: In[artifacts.Examples], data: DataConfig, transform: TransformConfig,
-        beam: BeamConfig, transform_graph: Out[artifacts.TransformGraph],
-        anomalies: In[artifacts.ExampleAnomalies] | None = None) -> dict[str, Any]:
-    """Writes the TransformGraph artifact (graph, vocabulary, transformed examples).
-    `anomalies` only orders the step after a passed validation."""
+        beam: BeamConfig, transform_graph: Out[artifacts.TransformGraph]) -> dict[str, Any]:
+    """Writes the TransformGraph artifact (graph, vocabulary, transformed examples). The
+    DAG runs it after a passed validation (`after`), without reading the anomalies: a
+    verdict reached again on the same data reuses this step's cached result."""
     import apache_beam as beam_lib
     import tensorflow_transform as tft
 

@@ -23,7 +23,7 @@ import linecache
 import os
 from typing import Any, Callable
 
-from pipeline import dag, invoke
+from pipeline import cache, dag, invoke
 from pipeline.config import PipelineConfig
 from pipeline.kfp.shared import EXTERNAL, OPTIONAL, RUNTIME_PARAMETERS
 
@@ -112,6 +112,8 @@ def _component_source(node: dag.Node, params: dict[str, Any], location: str = ""
     signature += [f"p_{name}: {_param_type(params[name])}" for name in mine]
     if not spec.cache:
         signature.append("run_id: str")
+    else:
+        signature.append("code: str")      # only in the cache key (pipeline.cache.task_code)
     for output in spec.outputs:
         signature.append(f"{output}: Output[{kfp_type(spec.output_type(output))}]")
         names.append(output)
@@ -319,7 +321,7 @@ def gates_of(node: dag.Node, steps: tuple[dag.Node, ...] = dag.STEPS) -> list[st
     """The gating steps whose outputs `node` consumes, directly or through others: it
     runs only when each of their gates passed (the push: blessed and served)."""
     found: list[str] = []
-    frontier = [ref.split(".")[0] for ref in node.inputs.values()]
+    frontier = [ref.split(".")[0] for ref in node.inputs.values()] + list(node.after)
     seen: set[str] = set()
     while frontier:
         name = frontier.pop(0)
@@ -330,6 +332,7 @@ def gates_of(node: dag.Node, steps: tuple[dag.Node, ...] = dag.STEPS) -> list[st
         if upstream.spec.gate is not None:
             found.append(name)
         frontier.extend(ref.split(".")[0] for ref in upstream.inputs.values())
+        frontier.extend(upstream.after)
     return [n.name for n in steps if n.name in found]
 
 
@@ -365,11 +368,15 @@ def build_pipeline(config: PipelineConfig, location: str = "") -> Callable:
                                                     params)})
             if not node.spec.cache:
                 kwargs["run_id"] = run_id
+            else:
+                kwargs["code"] = cache.task_code(node.spec.module)
             component = vertex_job(comps[node.name], config, node.name)
             task = component(
                 config_json=json.dumps(without_runtime_keys(step_cfg), sort_keys=True),
                 context_json=context if invoke.needs_context(node, step_cfg) else "",
                 **kwargs)
+            for name in node.after:       # an order (and a stop), not an input
+                task.after(tasks[name])
             tasks[node.name] = _configure(task, config, node.name, node.spec.cache)
 
         def add_gated(node: dag.Node, gates: list[str]):
