@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -24,6 +24,17 @@ from components.errors import ConfigError
 
 # Beam options naming the image Dataflow workers run (the second is its older name).
 DATAFLOW_IMAGE_OPTIONS = ("sdk_container_image", "worker_harness_container_image")
+# Where the compiled pipeline runs (kfp.backend): Vertex AI Pipelines, or Kubeflow
+# Pipelines open source on a Kubernetes cluster.
+VERTEX, KUBEFLOW = "vertex", "kubeflow"
+# Vertex AI's NVIDIA accelerator names (aiplatform_v1 AcceleratorType). On GKE each is a
+# node label value, `cloud.google.com/gke-accelerator: nvidia-tesla-t4` (the Compute
+# Engine accelerator type: the name in lower case, '-' for '_').
+NVIDIA_ACCELERATORS = ("NVIDIA_TESLA_K80", "NVIDIA_TESLA_P100", "NVIDIA_TESLA_V100",
+                       "NVIDIA_TESLA_P4", "NVIDIA_TESLA_T4", "NVIDIA_TESLA_A100",
+                       "NVIDIA_A100_80GB", "NVIDIA_L4", "NVIDIA_H100_80GB",
+                       "NVIDIA_H100_MEGA_80GB", "NVIDIA_H200_141GB", "NVIDIA_B200",
+                       "NVIDIA_GB200", "NVIDIA_RTX_PRO_6000")
 
 
 class VertexJobConfig(Section):
@@ -66,6 +77,10 @@ class KfpConfig(Section):
     """Kubeflow Pipelines / Vertex AI Pipelines: images and per-step resources. Only
     read when compiling: a compiled pipeline carries them."""
 
+    backend: Literal["vertex", "kubeflow"] = Field(
+        VERTEX, description="Where the compiled pipeline runs: vertex (Vertex AI Pipelines) "
+                            "or kubeflow (Kubeflow Pipelines open source: GPUs as "
+                            "nvidia.com/gpu with a GKE node selector; no TPUs, no vertex_job).")
     image: str = Field("us-docker.pkg.dev/my-project/imgpipe/imgpipe:0.1.0",
                        description="The image steps run in (deploy/Dockerfile), unless a "
                                    "step names its own.")
@@ -165,6 +180,29 @@ class PipelineConfig(Section):
             raise ValueError("beam.runner DataflowRunner needs beam.options.sdk_container_image "
                              "(the step image, deploy/Dockerfile): Dataflow's default workers "
                              "lack imgpipe and its pinned libraries")
+        return self
+
+    @model_validator(mode="after")
+    def _kfp_steps_fit_the_backend(self) -> "PipelineConfig":
+        """Kubeflow Pipelines open source schedules pods: a GPU is a Kubernetes resource
+        on a node with that GPU, and there is no Vertex TPU or custom job to ask for."""
+        if self.kfp.backend != KUBEFLOW:
+            return self
+        for name, step in sorted(self.kfp.steps.items()):
+            kind = (step.accelerator_type or "").upper()
+            if kind.startswith("TPU"):
+                raise ValueError(f"kfp.steps.{name}.accelerator_type {step.accelerator_type} is "
+                                 "a Vertex AI TPU, which kfp.backend kubeflow cannot request; "
+                                 "use kfp.backend vertex, or a GPU (e.g. NVIDIA_TESLA_T4)")
+            if kind and kind not in NVIDIA_ACCELERATORS:
+                raise ValueError(f"kfp.steps.{name}.accelerator_type {step.accelerator_type} is "
+                                 "not a GPU kfp.backend kubeflow can select nodes for; use one "
+                                 f"of {', '.join(NVIDIA_ACCELERATORS)}")
+            if step.vertex_job is not None:
+                raise ValueError(f"kfp.steps.{name}.vertex_job runs the step as a Vertex AI "
+                                 "custom job, which kfp.backend kubeflow does not launch; drop "
+                                 f"kfp.steps.{name}.vertex_job (one pod) or use kfp.backend "
+                                 "vertex")
         return self
 
     @model_validator(mode="after")

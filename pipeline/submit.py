@@ -48,20 +48,26 @@ class VertexAdapter:
 
 
 class KfpAdapter:
-    """`kfp.Client` on a Kubeflow Pipelines endpoint."""
+    """`kfp.Client` on a Kubeflow Pipelines endpoint. `pipeline_root`: where the run's
+    artifacts go (the service's default is a minio:// root); `service_account`: the
+    Kubernetes service account the run's pods use (None: the service's default)."""
 
     def __init__(self, host: str, client: Any = None, experiment: str = "imgpipe",
-                 namespace: str | None = None):
+                 namespace: str | None = None, pipeline_root: str | None = None,
+                 service_account: str | None = None):
         if client is None:
             import kfp
 
             client = kfp.Client(host=host, namespace=namespace)
         self.client = client
         self.experiment = experiment
+        self.pipeline_root = pipeline_root
+        self.service_account = service_account
 
     def submit(self, name: str, package: str, parameters: dict[str, Any]) -> str:
         result = self.client.create_run_from_pipeline_package(
-            package, arguments=parameters, run_name=name, experiment_name=self.experiment)
+            package, arguments=parameters, run_name=name, experiment_name=self.experiment,
+            pipeline_root=self.pipeline_root, service_account=self.service_account)
         return result.run_id
 
     def schedule(self, name: str, package: str, parameters: dict[str, Any], cron: str,
@@ -70,7 +76,8 @@ class KfpAdapter:
         job = self.client.create_recurring_run(
             experiment_id=experiment.experiment_id, job_name=f"{name}-schedule",
             cron_expression=_kfp_cron(cron), pipeline_package_path=package, params=parameters,
-            max_concurrency=max_concurrent_runs, enabled=True)
+            max_concurrency=max_concurrent_runs, enabled=True, pipeline_root=self.pipeline_root,
+            service_account=self.service_account)
         return job.recurring_run_id
 
 

@@ -245,7 +245,7 @@ def test_submit_with_a_package_takes_only_runtime_overrides(tmp_path, capsys, mo
 
     monkeypatch.setattr(cli.run, "_adapter", lambda args: Adapter())
     monkeypatch.setattr(kfp_compile, "compile_pipeline", no_compiling)
-    target = ["--kfp-host", "http://127.0.0.1:9"]
+    target = ["--vertex", "--project", "p", "--region", "r", "--pipeline-root", "gs://b/r"]
     assert cli.main(["submit", EXAMPLE, "--package", package, *target,
                      "--set", "train.epochs=5", "--set", "data.source=gs://b/photos"]) == 0
     assert cli.main(["schedule", EXAMPLE, "--package", package, *target, "--cron",

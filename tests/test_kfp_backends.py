@@ -125,3 +125,138 @@ def test_a_gpu_step_without_a_gpu_image_is_refused_at_compile(tmp_path, capsys):
     # a TPU or no accelerator needs no GPU image
     assert cli.main(["compile", EXAMPLE, "--set", "kfp.gpu_image=null", "--set",
                      "kfp.steps.train.accelerator_type=null", "-o", str(out)]) == 0
+
+
+# 4. Kubeflow Pipelines open source --------------------------------------------------
+
+KUBEFLOW = ["kfp.backend=kubeflow"]
+
+
+def test_kubeflow_gets_gpus_as_kubernetes_resources_on_gpu_nodes(tmp_path):
+    """KFP's driver puts the accelerator type into the pod's limits as a resource name:
+    on kubeflow the T4 is `nvidia.com/gpu` plus GKE's node label for the model; the
+    trainer still learns the GPU model it asked for; on Vertex nothing changes."""
+    from kfp import components
+
+    path, spec, platform = _compile(tmp_path, KUBEFLOW)
+    assert components.load_component_from_file(path).name == "fonts-deep-cnn"
+    container = spec["deploymentSpec"]["executors"]["exec-train"]["container"]
+    assert container["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert str(container["resources"]["accelerator"]["resourceCount"]) == "1"
+    assert {"name": "IMGPIPE_ACCELERATOR", "value": "NVIDIA_TESLA_T4"} in container["env"]
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert executors == {"exec-train": {"nodeSelector": {"labels": {
+        "cloud.google.com/gke-accelerator": "nvidia-tesla-t4"}}}}
+    # on Kubernetes a limit nobody configured would cap the pod: only requests here
+    assert "resourceMemoryLimit" not in container["resources"]
+    assert container["resources"]["resourceMemoryRequest"] == "16G"
+    assert kfp_compile.package_backend(path) == "kubeflow"
+    assert "train_epochs" in kfp_compile.package_parameters(path)      # two YAML documents
+    vertex_path, vertex, none = _compile(tmp_path, [], "vertex.yaml")
+    assert none == {} and kfp_compile.package_backend(vertex_path) == "vertex"
+    assert vertex["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"][
+        "accelerator"]["resourceType"] == "NVIDIA_TESLA_T4"
+    assert kfp_compile.gke_accelerator("NVIDIA_H100_MEGA_80GB") == "nvidia-h100-mega-80gb"
+
+
+@pytest.mark.parametrize("override,says", [
+    ("kfp.steps.train.accelerator_type=TPU_V5_LITEPOD", ["is a Vertex AI TPU",
+                                                         "use kfp.backend vertex"]),
+    ("kfp.steps.train.accelerator_type=NVIDIA_TESLA_T5", ["not a GPU kfp.backend kubeflow",
+                                                          "NVIDIA_TESLA_T4"]),
+    ("kfp.steps.train.vertex_job={replica_count: 2}", ["custom job", "use kfp.backend vertex"]),
+])
+def test_kubeflow_refuses_what_only_vertex_has(tmp_path, capsys, override, says):
+    _one_line_error(capsys, ["compile", EXAMPLE, "--set", KUBEFLOW[0], "--set", override,
+                             "-o", str(tmp_path / "p.yaml")], says)
+    assert not (tmp_path / "p.yaml").exists()
+
+
+def test_kfp_adapter_passes_the_pipeline_root_and_service_account():
+    """The run and the recurring run get them, with kfp.Client's own keyword names."""
+    import inspect
+
+    import kfp
+
+    from pipeline import submit
+
+    calls = {}
+
+    class Client:
+        def _record(self, name, method, *args, **kwargs):
+            inspect.signature(method).bind(self, *args, **kwargs)     # the real signature
+            calls[name] = kwargs
+            return type("R", (), {"run_id": "run-1", "experiment_id": "exp-1",
+                                  "recurring_run_id": "rr-1"})
+
+        def create_run_from_pipeline_package(self, *args, **kwargs):
+            return self._record("run", kfp.Client.create_run_from_pipeline_package, *args,
+                                **kwargs)
+
+        def create_experiment(self, *args, **kwargs):
+            return self._record("experiment", kfp.Client.create_experiment, *args, **kwargs)
+
+        def create_recurring_run(self, *args, **kwargs):
+            return self._record("recurring", kfp.Client.create_recurring_run, *args, **kwargs)
+
+    adapter = submit.KfpAdapter("https://kfp.example", client=Client(),
+                                pipeline_root="gs://b/root", service_account="pipeline-runner")
+    assert adapter.submit("fonts", "p.yaml", {}) == "run-1"
+    assert adapter.schedule("fonts", "p.yaml", {}, "0 3 * * *") == "rr-1"
+    for name in ("run", "recurring"):
+        assert calls[name]["pipeline_root"] == "gs://b/root", name
+        assert calls[name]["service_account"] == "pipeline-runner", name
+
+
+class _Adapter:
+    def __init__(self, calls):
+        self.calls = calls
+
+    def submit(self, name, package, parameters):
+        self.calls.append(("submit", package))
+        return "job-1"
+
+    def schedule(self, name, package, parameters, cron):
+        self.calls.append(("schedule", package))
+        return "schedule-1"
+
+
+def test_kubeflow_submit_needs_a_bucket_root_and_a_package_for_its_backend(tmp_path, capsys,
+                                                                         monkeypatch):
+    kubeflow, vertex = str(tmp_path / "kf.yaml"), str(tmp_path / "vx.yaml")
+    assert cli.main(["compile", EXAMPLE, "--set", KUBEFLOW[0], "-o", kubeflow]) == 0
+    assert cli.main(["compile", EXAMPLE, "-o", vertex]) == 0
+    capsys.readouterr()
+    seen, calls = [], []
+
+    def adapter(args):
+        seen.append((args.pipeline_root, args.service_account))
+        return _Adapter(calls)
+
+    monkeypatch.setattr(cli.run, "_adapter", adapter)
+    host = ["--kfp-host", "http://127.0.0.1:9"]
+    vertex_target = ["--vertex", "--project", "p", "--region", "r", "--pipeline-root", "gs://b/r"]
+    _one_line_error(capsys, ["submit", EXAMPLE, "--package", kubeflow, *host],
+                    ["--kfp-host needs --pipeline-root gs://", "minio://"])
+    _one_line_error(capsys, ["schedule", EXAMPLE, "--package", kubeflow, *host, "--cron",
+                             "0 3 * * *", "--pipeline-root", "minio://mlpipeline/v2"],
+                    "got 'minio://mlpipeline/v2'")
+    _one_line_error(capsys, ["submit", EXAMPLE, "--package", vertex, *host, "--pipeline-root",
+                             "gs://b/r"], ["compiled for kfp.backend vertex", "--kfp-host"])
+    _one_line_error(capsys, ["submit", EXAMPLE, "--package", kubeflow, *vertex_target],
+                    ["compiled for kfp.backend kubeflow", "--set kfp.backend=vertex"])
+    # compiling now: the config's backend is the package's
+    _one_line_error(capsys, ["submit", EXAMPLE, "--set", KUBEFLOW[0], *vertex_target],
+                    "compiled for kfp.backend kubeflow")
+    assert calls == []
+    assert cli.main(["submit", EXAMPLE, "--package", kubeflow, *host, "--pipeline-root",
+                     "gs://b/r", "--service-account", "pipeline-runner"]) == 0
+    assert cli.main(["submit", EXAMPLE, "--package", vertex, *vertex_target]) == 0
+    assert calls == [("submit", kubeflow), ("submit", vertex)]
+    assert seen[0] == ("gs://b/r", "pipeline-runner")
+    # a package that does not say (compiled before the backend was recorded) is not refused
+    legacy = tmp_path / "legacy.yaml"
+    legacy.write_text(open(vertex).read().replace("IMGPIPE_KFP_BACKEND", "SOMETHING_ELSE"))
+    assert kfp_compile.package_backend(str(legacy)) is None
+    assert cli.main(["submit", EXAMPLE, "--package", str(legacy), *host, "--pipeline-root",
+                     "gs://b/r"]) == 0

@@ -135,13 +135,42 @@ def _adapter(args: argparse.Namespace):
         return _reach("connecting to Vertex AI", lambda: VertexAdapter(target))
     if args.kfp_host:
         return _reach(f"connecting to {args.kfp_host}",
-                      lambda: KfpAdapter(args.kfp_host, experiment=args.experiment))
+                      lambda: KfpAdapter(args.kfp_host, experiment=args.experiment,
+                                         pipeline_root=args.pipeline_root,
+                                         service_account=args.service_account))
     raise ConfigError("say where: --vertex --project P --region R --pipeline-root gs://... "
                       "or --kfp-host https://...")
 
 
+def _check_target(args: argparse.Namespace, cfg: Any, package: str) -> None:
+    """What the chosen service cannot run: a package compiled for the other backend (its
+    accelerators are named for one of them), and on Kubeflow Pipelines a pipeline root
+    outside a bucket (its default minio:// root reaches the steps, where TensorFlow's
+    file system cannot open it)."""
+    from pipeline.config import KUBEFLOW, VERTEX
+    from pipeline.kfp import compile as kfp_compile
+
+    if not (args.vertex or args.kfp_host):
+        return                             # _adapter says how to name a target
+    target = VERTEX if args.vertex else KUBEFLOW
+    built = kfp_compile.package_backend(package) if args.package else cfg.kfp.backend
+    if built is not None and built != target:
+        what = f"--package {args.package}" if args.package else args.config or "the config"
+        flag = "--vertex" if target == VERTEX else "--kfp-host"
+        raise ConfigError(f"{what} is compiled for kfp.backend {built} (accelerators and the "
+                          f"custom jobs are named for that service), not for {flag}; compile "
+                          f"with --set kfp.backend={target} or submit it to its own service.")
+    if target == KUBEFLOW and not (args.pipeline_root or "").startswith("gs://"):
+        got = f" (got {args.pipeline_root!r})" if args.pipeline_root else ""
+        raise ConfigError(f"--kfp-host needs --pipeline-root gs://BUCKET/PATH{got}: Kubeflow "
+                          "Pipelines' default root is minio://, which the steps' TensorFlow "
+                          "(tf.io.gfile) cannot open; give a bucket the run's service "
+                          "account can write.")
+
+
 def cmd_submit(args: argparse.Namespace) -> Result:
     with _compiled(args) as (cfg, package, params):
+        _check_target(args, cfg, package)
         adapter = _adapter(args)
         name = args.name or cfg.name
         job = _reach("submitting the run", lambda: adapter.submit(name, package, params))
@@ -152,6 +181,7 @@ def cmd_submit(args: argparse.Namespace) -> Result:
 
 def cmd_schedule(args: argparse.Namespace) -> Result:
     with _compiled(args) as (cfg, package, params):
+        _check_target(args, cfg, package)
         adapter = _adapter(args)
         name = args.name or cfg.name
         schedule = _reach("creating the schedule",
@@ -165,7 +195,8 @@ def _target(args: argparse.Namespace) -> dict[str, Any]:
     if args.vertex:
         return {"service": "vertex", "project": args.project, "region": args.region,
                 "pipeline_root": args.pipeline_root}
-    return {"service": "kfp", "host": args.kfp_host, "experiment": args.experiment}
+    return {"service": "kfp", "host": args.kfp_host, "experiment": args.experiment,
+            "pipeline_root": args.pipeline_root}
 
 
 def register(sub: Any) -> None:
@@ -208,7 +239,9 @@ def register_remote(sub: Any) -> None:
         p.add_argument("--vertex", action="store_true", help="Vertex AI Pipelines")
         p.add_argument("--project", help="Google Cloud project (with --vertex)")
         p.add_argument("--region", help="Vertex AI region, e.g. us-central1 (with --vertex)")
-        p.add_argument("--pipeline-root", help="gs://BUCKET/PATH for artifacts")
+        p.add_argument("--pipeline-root", help="gs://BUCKET/PATH for artifacts (required: "
+                                               "Kubeflow's default minio:// root is not one "
+                                               "the steps can open)")
         p.add_argument("--service-account",
                        help="service account the pipeline runs as (default: the project's)")
         p.add_argument("--kfp-host", help="Kubeflow Pipelines endpoint")

@@ -24,7 +24,7 @@ import os
 from typing import Any, Callable
 
 from pipeline import cache, dag, invoke
-from pipeline.config import PipelineConfig
+from pipeline.config import KUBEFLOW, VERTEX, PipelineConfig
 from pipeline.kfp.shared import EXTERNAL, OPTIONAL, RUNTIME_PARAMETERS
 
 # Artifact type -> KFP artifact class name.
@@ -34,6 +34,11 @@ REPORT_INPUTS = tuple(dag.ref(step, output) for step, output in (
     ("ingest", "statistics"), ("validate", "anomalies"), ("train", "trained_model"),
     ("evaluate", "evaluation"), ("evaluate", "blessing"), ("infra_validate", "infra_blessing")))
 RESOLVE = "resolve"
+# Set on the resolve task: the kfp.backend the package was compiled for.
+BACKEND_ENV = "IMGPIPE_KFP_BACKEND"
+# Kubeflow Pipelines: a GPU is this Kubernetes resource, its model a GKE node label.
+K8S_GPU_RESOURCE = "nvidia.com/gpu"
+GKE_ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
 # Folders of this repository that deploy/Dockerfile copies into the image.
 IMAGE_FOLDERS = ("schemas/", "configs/")
 # pipeline/kfp/compile.py -> the repository root
@@ -272,20 +277,24 @@ def vertex_job(component, config: PipelineConfig, name: str):
     return wrapped
 
 
-def resource_limits(step) -> dict[str, str | None]:
-    """The task's CPU and memory limits: each configured limit, else its request. Vertex
-    AI Pipelines sizes a task's machine from the limits alone and ignores requests (its
-    "Specify the machine configuration for a pipeline step" page; `set_memory_request`
-    "is not available/applicable for Vertex AI", kubeflow/pipelines#8038), so a request
-    without a limit would run on the default e2-standard-4."""
+def resource_limits(step, backend: str = VERTEX) -> dict[str, str | None]:
+    """The task's CPU and memory limits: on Vertex each configured limit, else its
+    request. Vertex AI Pipelines sizes a task's machine from the limits alone and ignores
+    requests (its "Specify the machine configuration for a pipeline step" page;
+    `set_memory_request` "is not available/applicable for Vertex AI",
+    kubeflow/pipelines#8038), so a request without a limit would run on the default
+    e2-standard-4. On Kubeflow the pod gets what is configured: a request schedules it,
+    and a limit nobody asked for would cap (OOM-kill) a step that bursts past it."""
+    if backend == KUBEFLOW:
+        return {"cpu": step.cpu_limit, "memory": step.memory_limit}
     return {"cpu": step.cpu_limit or step.cpu_request,
             "memory": step.memory_limit or step.memory_request}
 
 
-def _set_resources(task, step) -> None:
+def _set_resources(task, step, backend: str = VERTEX) -> None:
     """Limits (what Vertex honours) and the requests that are given (Kubeflow Pipelines
     sets both on the pod)."""
-    limits = resource_limits(step)
+    limits = resource_limits(step, backend)
     if step.cpu_request:
         task.set_cpu_request(step.cpu_request)
     if limits["cpu"]:
@@ -304,17 +313,60 @@ def _configure(task, config: PipelineConfig, name: str, cacheable: bool = True):
         if step.retries:
             task.set_retry(step.retries)
         return task            # resources are the custom job's machine spec
-    _set_resources(task, step)
+    backend = config.kfp.backend
+    _set_resources(task, step, backend)
     if step.accelerator_type:
-        task.set_accelerator_type(step.accelerator_type)
-        task.set_accelerator_limit(step.accelerator_count)
-        # The trainer fails loudly when the TPU it was given does not resolve.
+        _set_accelerator(task, step, backend)
+        # The trainer fails loudly when the TPU or GPU it asked for is not there.
         from components.distribute import ACCELERATOR_ENV
 
         task.set_env_variable(ACCELERATOR_ENV, step.accelerator_type)
+    if name == RESOLVE:        # which service the package is for (`package_backend`)
+        task.set_env_variable(BACKEND_ENV, backend)
     if step.retries:
         task.set_retry(step.retries)
     return task
+
+
+def gke_accelerator(accelerator_type: str) -> str:
+    """Vertex AI's GPU name as GKE's node label value: NVIDIA_TESLA_T4 -> nvidia-tesla-t4
+    (the Compute Engine accelerator type)."""
+    return accelerator_type.lower().replace("_", "-")
+
+
+def _set_accelerator(task, step, backend: str) -> None:
+    """Vertex AI takes its accelerator names (NVIDIA_TESLA_T4, TPU_V5_LITEPOD). Kubeflow
+    Pipelines puts the accelerator type into the pod's resource limits as a Kubernetes
+    resource name (its driver: `res.Limits[acceleratorType] = count`), so there the type
+    is `nvidia.com/gpu` and the GPU model is a node selector on GKE's accelerator label,
+    as kfp-kubernetes' `add_node_selector` writes it (without depending on that package)."""
+    if backend != KUBEFLOW:
+        task.set_accelerator_type(step.accelerator_type)
+        task.set_accelerator_limit(step.accelerator_count)
+        return
+    task.set_accelerator_type(K8S_GPU_RESOURCE)
+    task.set_accelerator_limit(step.accelerator_count)
+    kubernetes = task.platform_config.setdefault("kubernetes", {})
+    kubernetes.setdefault("nodeSelector", {}).setdefault("labels", {})[GKE_ACCELERATOR_LABEL] = \
+        gke_accelerator(step.accelerator_type)
+
+
+def package_backend(package: str) -> str | None:
+    """The kfp.backend a package was compiled for (the resolve task's BACKEND_ENV); None
+    when it does not say (a template on a web address, or compiled before it was
+    recorded)."""
+    import yaml
+
+    if package.startswith(("https://", "http://")):
+        return None
+    from components import fileio
+
+    try:
+        spec = next(yaml.safe_load_all(fileio.read_text(package)))
+        env = spec["deploymentSpec"]["executors"][f"exec-{RESOLVE}"]["container"].get("env", [])
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError, StopIteration):
+        return None
+    return next((item.get("value") for item in env if item.get("name") == BACKEND_ENV), None)
 
 
 def gates_of(node: dag.Node, steps: tuple[dag.Node, ...] = dag.STEPS) -> list[str]:
@@ -468,10 +520,10 @@ def package_parameters(package: str) -> set[str] | None:
     from components.errors import ConfigError
 
     try:
-        spec = yaml.safe_load(fileio.read_text(package))
+        spec = next(yaml.safe_load_all(fileio.read_text(package)))   # then a platform spec
         return set(spec["root"].get("inputDefinitions", {}).get("parameters", {}))
     except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError,
-            AttributeError) as exc:
+            AttributeError, StopIteration) as exc:
         raise ConfigError(f"--package {package!r} is not a readable compiled pipeline "
                           f"({type(exc).__name__}); compile one with `imgpipe compile`.") from exc
 
