@@ -23,6 +23,9 @@ from components import fileio
 from components.errors import ConfigError
 
 RECORD = "vertex.json"     # next to a pushed version: where it went in Vertex
+# The label each Vertex version carries: the imgpipe registry version it is. An upload
+# looks for it first, so a version is never uploaded twice.
+VERSION_LABEL = "imgpipe_version"
 # The client library module to use instead of google.cloud.aiplatform (tests).
 client_module: Any = None
 PREBUILT = re.compile(r"/vertex-ai/prediction/tf2-(cpu|gpu)\.2-(\d+):")
@@ -113,20 +116,46 @@ class VertexModelRegistry:
 
     def upload(self, display_name: str, artifact_uri: str, labels: dict[str, str],
                aliases: list[str], container: dict[str, Any]) -> dict[str, str]:
+        """A new version of the Vertex model `display_name` (the model itself on the
+        first upload), or, when Vertex already holds a version with the same
+        `VERSION_LABEL` (an earlier attempt uploaded it and failed before recording
+        it), that version, with `aliases` moved onto it: never a second upload."""
         ai = self.ai
         ai.init(project=self.project, location=self.region)
         existing = ai.Model.list(filter=f'display_name="{display_name}"')
+        parent = existing[0].resource_name if existing else None
+        found = self.find_version(parent, labels.get(VERSION_LABEL)) if parent else None
+        if found is not None:
+            record = self._record(found.model_resource_name, found.version_id)
+            if aliases:
+                self.move_aliases(record, list(aliases))
+            return record
         model = ai.Model.upload(
-            display_name=display_name, artifact_uri=artifact_uri,
-            parent_model=existing[0].resource_name if existing else None,
+            display_name=display_name, artifact_uri=artifact_uri, parent_model=parent,
             is_default_version=True, version_aliases=list(aliases) or None, labels=labels,
             **container)
+        return self._record(model.resource_name, model.version_id)
+
+    def find_version(self, model: str, imgpipe_version: str | None):
+        """The version of the Vertex `model` labelled `VERSION_LABEL=imgpipe_version`
+        (`ModelRegistry.list_versions`' VersionInfo), or None."""
+        if not imgpipe_version:
+            return None
+        versions = self.ai.models.ModelRegistry(model).list_versions(
+            filter=f'labels.{VERSION_LABEL}="{imgpipe_version}"')
+        return versions[0] if versions else None
+
+    def _record(self, model: str, version_id: Any) -> dict[str, str]:
         return {"project": self.project, "region": self.region,
-                "model": model.resource_name, "version_id": str(model.version_id)}
+                "model": model.split("@")[0], "version_id": str(version_id)}
+
+    def move_aliases(self, record: dict[str, str], aliases: list[str]) -> None:
+        """Points `aliases` at the recorded version (Vertex moves them off others)."""
+        self._registry(record).add_version_aliases(aliases, record["version_id"])
 
     def move_alias(self, record: dict[str, str], alias: str) -> None:
         """Points `alias` at the recorded version (Vertex moves it off another one)."""
-        self._registry(record).add_version_aliases([alias], record["version_id"])
+        self.move_aliases(record, [alias])
 
     def remove_alias(self, record: dict[str, str], alias: str) -> None:
         self._registry(record).remove_version_aliases([alias], record["version_id"])
@@ -134,6 +163,24 @@ class VertexModelRegistry:
     def _registry(self, record: dict[str, str]):
         self.ai.init(project=record["project"], location=record["region"])
         return self.ai.models.ModelRegistry(record["model"].split("@")[0])
+
+
+def upload_version(cfg: Any, registry_root: str, version: Any, tf_version: str | None,
+                   aliases: list[str], aiplatform: Any = None) -> dict[str, str]:
+    """A pushed registry version (`registry.Version`) as a version of the Vertex model
+    of the same name (`cfg`: push.vertex), served by a TF Serving of the TensorFlow
+    version that built it (`tf_version`); where it went is recorded next to the version
+    (vertex.json), for promotions to move Vertex aliases too. Safe to repeat after a
+    failure anywhere on the way (`VertexModelRegistry.upload` finds an earlier upload)."""
+    image = serving_image(cfg.serving_image, cfg.project, cfg.region, tf_version)
+    container = serving_spec(image, registry_root, version.name, version.version)
+    if "serving_container_args" in container:
+        fileio.write_text(model_config_path(registry_root, version.name, version.version),
+                          model_config(registry_root, version.name, version.version))
+    record = VertexModelRegistry(cfg.project, cfg.region, aiplatform).upload(
+        version.name, version.path, {VERSION_LABEL: str(version.version)}, aliases, container)
+    fileio.write_text(fileio.join(version.path, RECORD), json.dumps(record, indent=2))
+    return record
 
 
 def read_record(version_path: str) -> dict[str, str] | None:

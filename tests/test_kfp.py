@@ -748,6 +748,11 @@ def _fake_aiplatform(rec):
             rec.check("ModelRegistry", real.models.ModelRegistry.__init__, None, model)
             self.model = model
 
+        def list_versions(self, *args, **kwargs):
+            rec.check("list_versions", real.models.ModelRegistry.list_versions, None, *args,
+                      **kwargs)
+            return []                  # no version of this fake model is labelled yet
+
         def add_version_aliases(self, *args, **kwargs):
             rec.check("add_version_aliases", real.models.ModelRegistry.add_version_aliases,
                       None, *args, **kwargs)

@@ -7,12 +7,13 @@ still succeeds and records why (the run ends with exit 0 and says so; `imgpipe r
 SavedModel is already a version of this name is not pushed twice.
 
 Optional: the same version also goes to Vertex AI Model Registry (`push.vertex`,
-`components/vertex.py`): untested against the live service.
+`components/vertex.py`): untested against the live service. That upload is idempotent
+and retried too: every push of a version that has no Vertex record (vertex.json) yet
+uploads it, after asking Vertex whether an earlier, failed attempt already did.
 """
 
 from __future__ import annotations
 
-import json
 import subprocess
 from typing import Any
 
@@ -71,23 +72,24 @@ def model_card(trained_model: artifacts.Artifact, blessing: artifacts.Artifact,
     })
 
 
-def _upload_to_vertex(push: PushConfig, registry: Registry, version,
-                      trained_model: artifacts.Artifact) -> dict[str, str]:
-    """The version as a new version of the Vertex model of the same name, served by a
-    TF Serving of the TensorFlow version that built it; where it went is recorded next
-    to the version (vertex.json), for promotions to move Vertex aliases too."""
-    cfg = push.vertex
-    image = vertex.serving_image(cfg.serving_image, cfg.project, cfg.region,
-                                 trained_model.properties.get("tensorflow_version"))
-    container = vertex.serving_spec(image, registry.root, version.name, version.version)
-    if "serving_container_args" in container:
-        fileio.write_text(vertex.model_config_path(registry.root, version.name, version.version),
-                          vertex.model_config(registry.root, version.name, version.version))
-    record = vertex.VertexModelRegistry(cfg.project, cfg.region).upload(
-        version.name, version.path, {"imgpipe_version": str(version.version)},
-        [push.promote_to] if push.promote_to else [], container)
-    fileio.write_text(fileio.join(version.path, vertex.RECORD), json.dumps(record, indent=2))
-    return record
+def _to_vertex(push: PushConfig, registry: Registry, version,
+               trained_model: artifacts.Artifact) -> tuple[dict[str, str], str]:
+    """The version in Vertex AI Model Registry: uploaded when it has no Vertex record
+    yet (`vertex.upload_version`, which finds an upload a failed attempt made), else its
+    record, with `push.promote_to` moved there too. (record, the line saying which)."""
+    aliases = [push.promote_to] if push.promote_to else []
+    record = vertex.read_record(version.path)
+    if record is None:
+        record = vertex.upload_version(push.vertex, registry.root, version,
+                                       trained_model.properties.get("tensorflow_version"),
+                                       aliases)
+        return record, (f"uploaded to Vertex AI Model Registry: {record['model']} version "
+                        f"{record['version_id']}")
+    if aliases:
+        vertex.VertexModelRegistry(record["project"], record["region"]).move_aliases(
+            record, aliases)
+    return record, (f"already in Vertex AI Model Registry: {record['model']} version "
+                    f"{record['version_id']}")
 
 
 # The model card records the config that made the model; pushing has effects outside
@@ -144,10 +146,11 @@ def run(trained_model: In[artifacts.Model], blessing: In[artifacts.ModelBlessing
                          if moved.get("unchanged") else
                          f"{name}@{push.promote_to}: version {moved['from'] or '(none)'} -> "
                          f"{version.version}")
-        if push.vertex is not None and not record.get("already"):
-            record["vertex"] = _upload_to_vertex(push, registry, version, trained_model)
-            lines.append(f"uploaded to Vertex AI Model Registry: {record['vertex']['model']} "
-                         f"version {record['vertex']['version_id']}")
+        if push.vertex is not None:
+            # Also for a version pushed before: an attempt that failed after publishing
+            # it (upload refused, task killed) left it without its Vertex record.
+            record["vertex"], line = _to_vertex(push, registry, version, trained_model)
+            lines.append(line)
     artifacts.PushedModel.write(pushed_model, record)
     pushed_model.properties = record
     return {**record, "lines": lines}

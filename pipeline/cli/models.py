@@ -1,5 +1,5 @@
-"""The model registry: `models list/show/diff/promote/rollback/repair`, `models alias
-delete`, and `predict` with a pushed model."""
+"""The model registry: `models list/show/diff/promote/rollback/repair/sync-vertex`,
+`models alias delete`, and `predict` with a pushed model."""
 
 from __future__ import annotations
 
@@ -166,6 +166,63 @@ def _sync_vertex(registry, name: str, version: int | None, alias: str, removed: 
             "again to retry (the registry side is already done).") from exc
     if model:
         entry["vertex_model"] = model
+    elif not removed:
+        warning = _missing_from_vertex(registry, name, version, alias)
+        if warning:
+            entry.update(vertex_missing=True, warning=warning)
+            print(f"imgpipe: warning: {warning}", file=sys.stderr)
+
+
+def _missing_from_vertex(registry, name: str, version: int, alias: str) -> str | None:
+    """Why the alias moved only here, when the model is kept in Vertex AI (another of its
+    versions has a Vertex record) but this version is not there (its upload failed)."""
+    from components import vertex
+
+    if not any(vertex.read_record(v.path) for v in registry.versions(name)
+               if v.version != version):
+        return None            # the model is not kept in Vertex at all
+    return (f"{name}:{version} is not in Vertex AI Model Registry (no {vertex.RECORD} in "
+            f"{registry.get(name, version).path}; its upload failed), so {name}@{alias} moved "
+            f"only in imgpipe's registry; `imgpipe models sync-vertex {name}:{version} "
+            "--config CONFIG` uploads it and moves its aliases there too.")
+
+
+def cmd_models_sync_vertex(args: argparse.Namespace) -> Result:
+    """Uploads a pushed version to Vertex AI Model Registry when it is not there yet
+    (the push's upload failed), and points the aliases it holds here at it there."""
+    from components import artifacts, vertex
+    from components.artifacts import card_field
+    from pipeline import config as config_lib
+
+    if not args.config:
+        raise ConfigError("models sync-vertex needs --config CONFIG: its push.vertex says "
+                          "where in Vertex AI the model goes.")
+    cfg = config_lib.load(args.config).push.vertex
+    if cfg is None:
+        raise ConfigError(f"{args.config} has no push.vertex section, so it does not say where "
+                          "in Vertex AI the model goes; add push.vertex (project, region).")
+    registry = _registry(args)
+    version = registry.resolve(args.ref)
+    aliases = sorted(a for a, number in registry.aliases(version.name).items()
+                     if number == version.version)
+    record = vertex.read_record(version.path)
+    uploaded = record is None
+    if uploaded:
+        built, model_uri = None, card_field(version.card, "artifacts.model")
+        try:       # the TensorFlow that built it picks the serving image, as at push
+            built = artifacts.read(model_uri).properties.get("tensorflow_version") \
+                if model_uri else None
+        except (ImgpipeError, OSError):
+            pass   # the run's model is gone: the installed TensorFlow's serving image
+        record = vertex.upload_version(cfg, registry.root, version, built, [])
+    for alias in aliases:
+        vertex.sync_alias(version.path, alias)
+    data = dict(record, ref=version.ref, uploaded=uploaded, aliases=aliases)
+    did = "uploaded to" if uploaded else "already in"
+    return Result(data=data, text=(
+        f"{version.ref} {did} Vertex AI Model Registry: {record['model']} version "
+        f"{record['version_id']}" + (f"; aliases {', '.join(aliases)} point at it there too"
+                                     if aliases else "")))
 
 
 def cmd_models_promote(args: argparse.Namespace) -> Result:
@@ -220,6 +277,8 @@ def register(sub: Any) -> None:
         "promote": (cmd_models_promote, "point an alias at a version"),
         "rollback": (cmd_models_rollback, "move an alias back to its previous holder"),
         "repair": (cmd_models_repair, "rewrite aliases.json from the audit ledger"),
+        "sync-vertex": (cmd_models_sync_vertex, "upload a version missing from Vertex AI "
+                                                "(a failed push) and move its aliases there"),
     }
     for name, (func, text) in commands.items():
         p = models.add_parser(name, help=text)
@@ -241,6 +300,8 @@ def register(sub: Any) -> None:
             p.add_argument("--create", action="store_true",
                            help=f"create an alias other than {', '.join(COMMON_ALIASES)} "
                                 "that the model does not have yet")
+        elif name == "sync-vertex":
+            p.add_argument("ref", help="the version: NAME:VERSION, NAME@ALIAS or NAME@latest")
         elif name == "rollback":
             p.add_argument("model", help="model name")
             p.add_argument("--alias", required=True, help="the alias, e.g. production")
