@@ -84,6 +84,11 @@ class KfpConfig(Section):
     image: str = Field("us-docker.pkg.dev/my-project/imgpipe/imgpipe:0.1.0",
                        description="The image steps run in (deploy/Dockerfile), unless a "
                                    "step names its own.")
+    service_account: Optional[str] = Field(
+        None, description="The account the pipeline and its jobs run as: on vertex a "
+                          "service account email (the pipeline run, a vertex_job custom job, "
+                          "Dataflow workers), on kubeflow a Kubernetes service account (the "
+                          "run's pods). submit/schedule --service-account defaults to it.")
     gpu_image: Optional[str] = Field(
         None, description="The image of a step that asks for a GPU (accelerator_type "
                           "NVIDIA_*) and names no image of its own (deploy/Dockerfile.gpu); "
@@ -203,6 +208,25 @@ class PipelineConfig(Section):
                                  "custom job, which kfp.backend kubeflow does not launch; drop "
                                  f"kfp.steps.{name}.vertex_job (one pod) or use kfp.backend "
                                  "vertex")
+        return self
+
+    @model_validator(mode="after")
+    def _service_account_fits_the_backend(self) -> "PipelineConfig":
+        """Vertex runs pipelines and jobs as a Google service account (an email); KFP
+        as a Kubernetes service account (a DNS name, never with '@')."""
+        account = self.kfp.service_account
+        if account is None:
+            return self
+        if self.kfp.backend == VERTEX and "@" not in account:
+            raise ValueError(f"kfp.service_account {account!r} is not a service account email, "
+                             "which Vertex AI runs pipelines and jobs as; use e.g. "
+                             "runner@PROJECT.iam.gserviceaccount.com")
+        if self.kfp.backend == KUBEFLOW and not re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?",
+                                                              account):
+            raise ValueError(f"kfp.service_account {account!r} is not a Kubernetes service "
+                             "account name, which kfp.backend kubeflow runs pods as; use e.g. "
+                             "pipeline-runner (bound to a Google service account through "
+                             "Workload Identity)")
         return self
 
     @model_validator(mode="after")

@@ -330,21 +330,36 @@ def call(node: Node, resolved: Resolved, inputs: dict[str, artifacts.Artifact | 
 BEAM_TEMP = "beam-temp"
 
 
+# Set by compile on the tasks of a pipeline with DataflowRunner and kfp.service_account
+# (Vertex): the account the task runs as, which its Dataflow workers run as too.
+SERVICE_ACCOUNT_ENV = "IMGPIPE_SERVICE_ACCOUNT"
+
+
 def beam_for_outputs(beam: Section, outputs: dict[str, str]) -> Section:
     """The Beam section a step runs with: a remote runner without
     `beam.options.temp_location` gets a folder under the pipeline root, next to the
     step's outputs (`{root}/.../{task}/beam-temp`; Dataflow stages there too, and
     tensorflow-transform's temp dir goes under it), so every path its workers are given
-    is under the pipeline root. Not part of any cache key (only `beam.runner` is)."""
-    if not beam.remote or beam.options.get("temp_location") or not outputs:
+    is under the pipeline root. DataflowRunner without `service_account_email` gets the
+    task's account (SERVICE_ACCOUNT_ENV), else Dataflow would start the workers as the
+    Compute Engine default service account. Not part of any cache key (only
+    `beam.runner` is)."""
+    import os
+
+    if not beam.remote or not outputs:
         return beam
-    first = sorted(outputs.values())[0]
-    if not fileio.is_remote(first):
-        raise ConfigError(f"beam.runner {beam.runner} runs workers elsewhere, which cannot "
-                          f"write this step's outputs ({first}); use a pipeline root in a "
-                          "bucket (gs://...) and set beam.options.temp_location there.")
-    temp = fileio.join(first.rstrip("/").rsplit("/", 1)[0], BEAM_TEMP)
-    return beam.model_copy(update={"options": {**beam.options, "temp_location": temp}})
+    options = dict(beam.options)
+    account = os.environ.get(SERVICE_ACCOUNT_ENV)
+    if beam.runner == "DataflowRunner" and account and not options.get("service_account_email"):
+        options["service_account_email"] = account
+    if not options.get("temp_location"):
+        first = sorted(outputs.values())[0]
+        if not fileio.is_remote(first):
+            raise ConfigError(f"beam.runner {beam.runner} runs workers elsewhere, which cannot "
+                              f"write this step's outputs ({first}); use a pipeline root in a "
+                              "bucket (gs://...) and set beam.options.temp_location there.")
+        options["temp_location"] = fileio.join(first.rstrip("/").rsplit("/", 1)[0], BEAM_TEMP)
+    return beam if options == beam.options else beam.model_copy(update={"options": options})
 
 
 def gate_value(node: Node, summary: dict[str, Any] | None) -> bool:

@@ -71,9 +71,12 @@ def test_run_json_of_a_failed_run_still_prints_the_result(tmp_path, capsys):
     assert "imgpipe: error:" in err
 
 
+KUBEFLOW = ["--set", "kfp.backend=kubeflow"]       # the package --kfp-host below runs
+
+
 def test_compile_submit_and_schedule_json(tmp_path, capsys, monkeypatch):
     package = str(tmp_path / "p.yaml")
-    result, _ = json_out(capsys, ["compile", EXAMPLE, "-o", package, "--json"])
+    result, _ = json_out(capsys, ["compile", EXAMPLE, "-o", package, "--json", *KUBEFLOW])
     assert result["output"] == package and result["pipeline"] == "fonts-deep-cnn"
     assert result["parameters"]["train_epochs"] == 40 and result["image"]
 
@@ -85,7 +88,7 @@ def test_compile_submit_and_schedule_json(tmp_path, capsys, monkeypatch):
             return "schedule-1"
 
     monkeypatch.setattr(cli.run, "_adapter", lambda args: Adapter())
-    target = ["--kfp-host", "http://127.0.0.1:9"]
+    target = ["--kfp-host", "http://127.0.0.1:9", "--pipeline-root", "gs://b/root"]
     result, _ = json_out(capsys, ["submit", EXAMPLE, "--package", package, *target, "--json",
                                   "--set", "train.epochs=5"])
     assert result["job"].endswith("job-1") and result["parameters"]["train_epochs"] == 5

@@ -260,3 +260,90 @@ def test_kubeflow_submit_needs_a_bucket_root_and_a_package_for_its_backend(tmp_p
     assert kfp_compile.package_backend(str(legacy)) is None
     assert cli.main(["submit", EXAMPLE, "--package", str(legacy), *host, "--pipeline-root",
                      "gs://b/r"]) == 0
+
+
+# 5. The identity the pipeline and its jobs run as -----------------------------------
+
+RUNNER = "runner@my-project.iam.gserviceaccount.com"
+DATAFLOW = ["beam.runner=DataflowRunner", "beam.options.sdk_container_image=IMAGE",
+            "data.source=gs://b/photos"]
+
+
+def test_the_custom_job_and_the_dataflow_workers_run_as_the_pipeline_account(tmp_path):
+    """GCPC's custom job defaults to Vertex AI's Custom Code Service Agent and Dataflow's
+    workers to the Compute Engine default account: both get kfp.service_account."""
+    _, spec, _ = _compile(tmp_path, [f"kfp.service_account={RUNNER}", *DATAFLOW,
+                                     "kfp.steps.train.vertex_job={replica_count: 2}"])
+    train = spec["components"]["comp-train"]["inputDefinitions"]["parameters"]
+    assert train["service_account"]["defaultValue"] == RUNNER
+    pools = train["worker_pool_specs"]["defaultValue"]
+    account_env = {"name": "IMGPIPE_SERVICE_ACCOUNT", "value": RUNNER}
+    assert all(account_env in pool["container_spec"]["env"] for pool in pools)
+    ingest = spec["deploymentSpec"]["executors"]["exec-ingest"]["container"]
+    assert account_env in ingest["env"]
+    # without an account, or with a local runner, nothing is set
+    _, plain, _ = _compile(tmp_path, ["kfp.steps.train.vertex_job={replica_count: 2}"], "q.yaml")
+    assert plain["components"]["comp-train"]["inputDefinitions"]["parameters"][
+        "service_account"]["defaultValue"] == ""
+    assert "IMGPIPE_SERVICE_ACCOUNT" not in json.dumps(plain)
+
+
+def test_dataflow_options_get_the_task_account(monkeypatch):
+    from pipeline import invoke
+
+    outputs = {"examples": "gs://b/root/1/ingest/examples"}
+    cfg = config_lib.load(None, DATAFLOW)
+    assert "service_account_email" not in invoke.beam_for_outputs(cfg.beam, outputs).options
+    monkeypatch.setenv(invoke.SERVICE_ACCOUNT_ENV, RUNNER)
+    beam = invoke.beam_for_outputs(cfg.beam, outputs)
+    assert beam.options["service_account_email"] == RUNNER
+    assert f"--service_account_email={RUNNER}" in beam.pipeline_args()
+    assert beam.options["temp_location"] == "gs://b/root/1/ingest/beam-temp"
+    assert "service_account_email" not in cfg.beam.options          # the config is unchanged
+    # an explicit worker account (and temp location) is kept; other runners get none
+    own = config_lib.load(None, [*DATAFLOW, "beam.options.service_account_email=w@p.iam",
+                                 "beam.options.temp_location=gs://b/tmp"]).beam
+    assert invoke.beam_for_outputs(own, outputs).options["service_account_email"] == "w@p.iam"
+    flink = config_lib.load(None, ["beam.runner=FlinkRunner", "data.source=gs://b/photos"]).beam
+    assert "service_account_email" not in invoke.beam_for_outputs(flink, outputs).options
+
+
+def test_submit_defaults_to_the_pipeline_account_and_refuses_another(tmp_path, capsys,
+                                                                   monkeypatch):
+    config = tmp_path / "runner.yaml"
+    config.write_text(open(EXAMPLE).read().replace("\nkfp:\n", f"\nkfp:\n  service_account: "
+                                                               f"{RUNNER}\n"))
+    package = str(tmp_path / "p.yaml")
+    assert cli.main(["compile", str(config), "-o", package]) == 0
+    capsys.readouterr()
+    seen = []
+
+    def adapter(args):
+        seen.append(args.service_account)
+        return _Adapter([])
+
+    monkeypatch.setattr(cli.run, "_adapter", adapter)
+    vertex = ["--vertex", "--project", "p", "--region", "r", "--pipeline-root", "gs://b/r"]
+    assert cli.main(["submit", str(config), "--package", package, *vertex]) == 0
+    assert cli.main(["schedule", str(config), "--package", package, *vertex, "--cron",
+                     "0 3 * * *", "--service-account", RUNNER]) == 0
+    assert seen == [RUNNER, RUNNER]
+    _one_line_error(capsys, ["submit", str(config), "--package", package, *vertex,
+                             "--service-account", "other@p.iam.gserviceaccount.com"],
+                    ["--service-account other@p.iam.gserviceaccount.com",
+                     f"kfp.service_account {RUNNER}"])
+    assert len(seen) == 2
+    # without kfp.service_account the flag is what is sent (or nothing)
+    assert cli.main(["submit", EXAMPLE, "--package", package, *vertex]) == 0
+    assert cli.main(["submit", EXAMPLE, "--package", package, *vertex,
+                     "--service-account", "other@p.iam.gserviceaccount.com"]) == 0
+    assert seen[2:] == [None, "other@p.iam.gserviceaccount.com"]
+
+
+@pytest.mark.parametrize("overrides,says", [
+    (["kfp.service_account=runner"], "not a service account email"),
+    ([*KUBEFLOW, f"kfp.service_account={RUNNER}"], "not a Kubernetes service account name"),
+])
+def test_a_service_account_of_the_other_kind_is_refused(tmp_path, capsys, overrides, says):
+    _one_line_error(capsys, ["compile", EXAMPLE, *[a for o in overrides for a in ("--set", o)],
+                             "-o", str(tmp_path / "p.yaml")], says)

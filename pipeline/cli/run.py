@@ -146,10 +146,20 @@ def _check_target(args: argparse.Namespace, cfg: Any, package: str) -> None:
     """What the chosen service cannot run: a package compiled for the other backend (its
     accelerators are named for one of them), and on Kubeflow Pipelines a pipeline root
     outside a bucket (its default minio:// root reaches the steps, where TensorFlow's
-    file system cannot open it)."""
+    file system cannot open it). Sets `args.service_account` to kfp.service_account
+    when not given; a different one is refused (the package's custom jobs and Dataflow
+    workers were compiled to run as kfp.service_account)."""
     from pipeline.config import KUBEFLOW, VERTEX
     from pipeline.kfp import compile as kfp_compile
 
+    account = cfg.kfp.service_account
+    if args.service_account and account and args.service_account != account:
+        raise ConfigError(f"--service-account {args.service_account} is not kfp.service_account "
+                          f"{account} of {args.config or 'the config'}, which the pipeline's "
+                          "jobs (custom jobs, Dataflow workers) are compiled to run as; drop "
+                          "--service-account, or set kfp.service_account to it and compile "
+                          "again.")
+    args.service_account = args.service_account or account
     if not (args.vertex or args.kfp_host):
         return                             # _adapter says how to name a target
     target = VERTEX if args.vertex else KUBEFLOW
@@ -195,8 +205,7 @@ def _target(args: argparse.Namespace) -> dict[str, Any]:
     if args.vertex:
         return {"service": "vertex", "project": args.project, "region": args.region,
                 "pipeline_root": args.pipeline_root}
-    return {"service": "kfp", "host": args.kfp_host, "experiment": args.experiment,
-            "pipeline_root": args.pipeline_root}
+    return {"service": "kfp", "host": args.kfp_host, "experiment": args.experiment}
 
 
 def register(sub: Any) -> None:
@@ -243,7 +252,9 @@ def register_remote(sub: Any) -> None:
                                                "Kubeflow's default minio:// root is not one "
                                                "the steps can open)")
         p.add_argument("--service-account",
-                       help="service account the pipeline runs as (default: the project's)")
+                       help="account the run uses (default: kfp.service_account, else the "
+                            "service's default); Vertex: an email, Kubeflow: a Kubernetes "
+                            "service account")
         p.add_argument("--kfp-host", help="Kubeflow Pipelines endpoint")
         p.add_argument("--experiment", default="imgpipe", help="KFP experiment")
         p.add_argument("--package", help="a compiled pipeline YAML (default: compile now)")

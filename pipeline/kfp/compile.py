@@ -266,11 +266,15 @@ def vertex_job(component, config: PipelineConfig, name: str):
 
     accelerator = {"accelerator_type": step.accelerator_type,
                    "accelerator_count": step.accelerator_count} if step.accelerator_type else {}
+    env = [{"name": ACCELERATOR_ENV, "value": step.accelerator_type}] \
+        if step.accelerator_type else []
+    env += [{"name": n, "value": v} for n, v in _identity_env(config).items()]
+    # The job runs as the pipeline's account (GCPC's default is Vertex AI's Custom Code
+    # Service Agent, which cannot read the pipeline root or the registry bucket).
     wrapped = create_custom_training_job_from_component(
         component, display_name=f"{config.name}-{name}", replica_count=job.replica_count,
-        machine_type=job.machine_type,
-        env=[{"name": ACCELERATOR_ENV, "value": step.accelerator_type}]
-        if step.accelerator_type else None, **accelerator)
+        machine_type=job.machine_type, service_account=config.kfp.service_account or "",
+        env=env or None, **accelerator)
     if job.tpu_topology:
         for pool in wrapped.component_spec.inputs["worker_pool_specs"].default:
             pool["machine_spec"]["tpu_topology"] = job.tpu_topology
@@ -323,9 +327,21 @@ def _configure(task, config: PipelineConfig, name: str, cacheable: bool = True):
         task.set_env_variable(ACCELERATOR_ENV, step.accelerator_type)
     if name == RESOLVE:        # which service the package is for (`package_backend`)
         task.set_env_variable(BACKEND_ENV, backend)
+    for env_name, value in _identity_env(config).items():
+        task.set_env_variable(env_name, value)
     if step.retries:
         task.set_retry(step.retries)
     return task
+
+
+def _identity_env(config: PipelineConfig) -> dict[str, str]:
+    """With DataflowRunner on Vertex, the account the tasks run as (kfp.service_account),
+    for `invoke.beam_for_outputs` to start the Dataflow workers as it. On Kubeflow the
+    account is a Kubernetes one, which Dataflow cannot use."""
+    account = config.kfp.service_account
+    if config.beam.runner != "DataflowRunner" or not account or config.kfp.backend != VERTEX:
+        return {}
+    return {invoke.SERVICE_ACCOUNT_ENV: account}
 
 
 def gke_accelerator(accelerator_type: str) -> str:
