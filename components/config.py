@@ -44,6 +44,25 @@ LATEST_ALIAS = "latest"
 IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
+# Vertex AI Model Registry's version aliases (aiplatform Model.version_aliases: "The
+# format is [a-z][a-zA-Z0-9-]{0,126}[a-z0-9] to distinguish from version_id"; its
+# alias page: non-numeric). imgpipe's own aliases allow more ('_', '.', a digit first).
+VERTEX_ALIAS = re.compile(r"[a-z][a-zA-Z0-9-]{0,126}[a-z0-9]")
+
+
+def vertex_alias_problem(alias: str) -> Optional[str]:
+    """Why Vertex AI would refuse `alias` as a version alias (one clause with the rule
+    and, where one exists, the nearest name it accepts), or None."""
+    if VERTEX_ALIAS.fullmatch(alias):
+        return None
+    near = re.sub(r"[^a-zA-Z0-9-]+", "-", alias).strip("-")
+    near = near[:1].lower() + near[1:]
+    hint = f"e.g. {near!r}" if VERTEX_ALIAS.fullmatch(near) else "e.g. 'production' or 'v2'"
+    return (f"Vertex AI version aliases start with a lower-case letter, then letters, digits "
+            f"or '-', and end in a lower-case letter or digit, 2 to 128 characters; use "
+            f"{hint}")
+
+
 def identifier(value: Optional[str], what: str) -> Optional[str]:
     """Names that become folders or aliases: letters, digits, '_', '.', '-', no '..'."""
     if value is not None and (not IDENTIFIER.fullmatch(value) or ".." in value):

@@ -17,7 +17,7 @@ from pydantic import ConfigDict, Field, ValidationError, field_validator, model_
 from components.config import (BUILTIN_PREFIX, BeamConfig, DataConfig, EvaluateConfig, IngestConfig,
                                InfraValidateConfig, ModelConfig, PushConfig, Section, TrainConfig,
                                TransformConfig, TuneConfig, ValidateConfig, apply_values,
-                               identifier)
+                               identifier, vertex_alias_problem)
 from components.errors import ConfigError
 
 
@@ -227,6 +227,21 @@ class PipelineConfig(Section):
                              "account name, which kfp.backend kubeflow runs pods as; use e.g. "
                              "pipeline-runner (bound to a Google service account through "
                              "Workload Identity)")
+        return self
+
+    @model_validator(mode="after")
+    def _aliases_fit_vertex(self) -> "PipelineConfig":
+        """With push.vertex every alias the pipeline moves or reads is also a Vertex AI
+        version alias: one Vertex refuses would fail the push after the model is
+        uploaded, or the promotion after the registry moved."""
+        if self.push.vertex is None:
+            return self
+        for key in ("promote_to", "baseline_alias"):
+            alias = getattr(self.push, key)
+            problem = alias and vertex_alias_problem(alias)
+            if problem:
+                raise ValueError(f"push.{key} {alias!r} is not an alias Vertex AI accepts, and "
+                                 f"push.vertex moves the aliases there too: {problem}")
         return self
 
     @model_validator(mode="after")
@@ -453,13 +468,15 @@ def _resolve_paths(config: PipelineConfig, config_dir: str) -> None:
     """Relative paths resolve against the current directory, else against the config
     file's folder or its parent (so `imgpipe run /repo/configs/x.yaml` works anywhere)."""
     def resolve(value: str | None) -> str | None:
-        if not value or os.path.isabs(value) or "://" in value or ":" in value.split("/")[0] \
-                or os.path.exists(value):
+        if not value or os.path.isabs(value) or "://" in value or ":" in value.split("/")[0]:
+            return value
+        # a span pattern (drops/{YYYY}-{MM}-{DD}/): the folder before its first part
+        fixed = value.split("{", 1)[0].rsplit("/", 1)[0] if "{" in value else value
+        if not fixed or os.path.exists(fixed):
             return value
         for base in (config_dir, os.path.dirname(config_dir)):
-            candidate = os.path.join(base, value)
-            if os.path.exists(candidate):
-                return candidate
+            if os.path.exists(os.path.join(base, fixed)):
+                return os.path.join(base, value)
         return value
 
     config.data.source = resolve(config.data.source)

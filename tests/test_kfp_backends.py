@@ -347,3 +347,47 @@ def test_submit_defaults_to_the_pipeline_account_and_refuses_another(tmp_path, c
 def test_a_service_account_of_the_other_kind_is_refused(tmp_path, capsys, overrides, says):
     _one_line_error(capsys, ["compile", EXAMPLE, *[a for o in overrides for a in ("--set", o)],
                              "-o", str(tmp_path / "p.yaml")], says)
+
+
+# 11. Aliases Vertex AI Model Registry accepts ---------------------------------------
+
+VERTEX_PUSH = "push.vertex={project: p, region: us-central1}"
+
+
+@pytest.mark.parametrize("key,alias,hint", [
+    ("promote_to", "prod_1", "'prod-1'"), ("promote_to", "Staging", "'staging'"),
+    ("baseline_alias", "2024", "'production'"), ("baseline_alias", "x", "'production'"),
+    ("promote_to", "canary-", "'canary'"),
+])
+def test_aliases_vertex_refuses_are_refused_at_load_with_push_vertex(capsys, key, alias, hint):
+    """Vertex's rule ([a-z][a-zA-Z0-9-]{0,126}[a-z0-9], never numeric) is checked only
+    when push.vertex moves aliases there; imgpipe's own registry takes them."""
+    value = f"'{alias}'" if alias.isdigit() else alias          # a string, not YAML's int
+    _one_line_error(capsys, ["config", "show", EXAMPLE, "--set", VERTEX_PUSH, "--set",
+                             f"push.{key}={value}"],
+                    [f"push.{key} '{alias}' is not an alias Vertex AI accepts", f"e.g. {hint}"])
+    assert getattr(config_lib.load(EXAMPLE, [f"push.{key}={value}"]).push, key) == alias
+    for fine in ("staging", "prod-1", "v2", "blue-Green2"):
+        config_lib.load(EXAMPLE, [VERTEX_PUSH, f"push.{key}={fine}"])
+
+
+def test_promoting_to_an_alias_vertex_refuses_is_refused_for_a_model_on_vertex(tmp_path,
+                                                                                capsys):
+    from components.registry import Registry
+
+    registry = Registry(str(tmp_path / "serving"))
+    for number in (1, 2):
+        folder = tmp_path / f"sm{number}"
+        folder.mkdir()
+        (folder / "saved_model.pb").write_text("graph")
+        registry.push("m", str(folder), {"blessing": {"blessed": True}})
+    root = ["--registry", str(tmp_path / "serving")]
+    # not on Vertex: imgpipe's alias rules only
+    assert cli.main(["models", "promote", "m:1", "--to", "prod_1", "--create", *root]) == 0
+    (tmp_path / "serving" / "m" / "1" / "vertex.json").write_text(json.dumps(
+        {"project": "p", "region": "r", "model": "projects/p/locations/r/models/7",
+         "version_id": "1"}))
+    capsys.readouterr()
+    _one_line_error(capsys, ["models", "promote", "m:2", "--to", "prod_2", "--create", *root],
+                    ["alias 'prod_2' cannot move on Vertex AI", "e.g. 'prod-2'"])
+    assert "prod_2" not in registry.aliases("m")            # refused before the registry moved

@@ -233,9 +233,24 @@ def cmd_models_promote(args: argparse.Namespace) -> Result:
         raise ConfigError(f"alias {args.to!r} does not exist yet (existing: "
                           f"{', '.join(sorted(existing)) or 'none'}); check the spelling, or "
                           "pass --create to add it.")
+    _check_vertex_alias(registry, name, args.to)
     entry = registry.set_alias(args.ref, args.to, args.reason or "", args.force)
     _sync_vertex(registry, name, entry["to"], entry["alias"], False, entry)
     return _alias_change(name, entry)
+
+
+def _check_vertex_alias(registry, name: str, alias: str) -> None:
+    """A model kept in Vertex AI Model Registry too (a version of it has a Vertex record)
+    takes only aliases Vertex accepts: refused before the registry moves, instead of a
+    promotion that stands here and fails there."""
+    from components import fileio, vertex
+    from components.config import vertex_alias_problem
+
+    problem = vertex_alias_problem(alias)
+    if problem and any(fileio.exists(fileio.join(v.path, vertex.RECORD))
+                       for v in registry.versions(name)):
+        raise ConfigError(f"alias {alias!r} cannot move on Vertex AI, where {name}'s versions "
+                          f"are kept too: {problem}.")
 
 
 def cmd_models_rollback(args: argparse.Namespace) -> Result:
