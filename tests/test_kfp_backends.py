@@ -391,3 +391,32 @@ def test_promoting_to_an_alias_vertex_refuses_is_refused_for_a_model_on_vertex(t
     _one_line_error(capsys, ["models", "promote", "m:2", "--to", "prod_2", "--create", *root],
                     ["alias 'prod_2' cannot move on Vertex AI", "e.g. 'prod-2'"])
     assert "prod_2" not in registry.aliases("m")            # refused before the registry moved
+
+
+# 13. A TPU trainer with a search ----------------------------------------------------
+
+SPACE = "tune.space={train.optimizer.learning_rate: {log_uniform: [0.0001, 0.01]}}"
+TPU_TRAIN = ("kfp.steps.train={image: IMAGE:tpu, accelerator_type: TPU_V5_LITEPOD, "
+             "accelerator_count: 4}")
+
+
+@pytest.mark.parametrize("overrides,says", [
+    (["train.strategy=tpu", SPACE], "train.strategy tpu with a tune.space"),
+    ([TPU_TRAIN, SPACE], "kfp.steps.train.accelerator_type TPU_V5_LITEPOD with a tune.space"),
+])
+def test_a_tpu_trainer_with_a_search_is_refused_at_compile(tmp_path, capsys, overrides, says):
+    """The tune task has no TPU (train's TPU request is train's): its trials would fail
+    under strategy tpu, or search a CPU plan for a TPU run. Refused with the way out."""
+    out = tmp_path / "p.yaml"
+    _one_line_error(capsys, ["compile", EXAMPLE, *[a for o in overrides for a in ("--set", o)],
+                             "-o", str(out)],
+                    [says, "search on CPU first with a smaller model", "train.hyperparameters"])
+    assert not out.exists()
+
+
+def test_a_tpu_trainer_without_a_search_or_with_a_tpu_tune_compiles(tmp_path):
+    tpu_tune = TPU_TRAIN.replace("kfp.steps.train", "kfp.steps.tune")
+    for overrides in (["train.strategy=tpu", TPU_TRAIN], [SPACE],
+                      ["train.strategy=tpu", TPU_TRAIN, tpu_tune, SPACE]):  # tune has a TPU
+        assert cli.main(["compile", EXAMPLE, *[a for o in overrides for a in ("--set", o)],
+                         "-o", str(tmp_path / "p.yaml")]) == 0, overrides

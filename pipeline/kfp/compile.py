@@ -516,12 +516,37 @@ def check_remote(config: PipelineConfig) -> None:
 
         vertex.serving_image(config.push.vertex.serving_image, config.push.vertex.project,
                              config.push.vertex.region)
+    _check_tpu_search(config)
     weights = config.model.weights
     if weights and weights != "imagenet" and not is_reference(weights) and \
             not _in_bucket(weights):
         raise ConfigError(f"model.weights {weights!r} is not reachable from the pipeline "
                           "(run:ID needs the local metadata store, a file must be in a "
                           "bucket); use a pushed model (NAME@ALIAS) or gs://.")
+
+
+def _check_tpu_search(config: PipelineConfig) -> None:
+    """A TPU trainer with a search: the tune task's trials build the trainer's model
+    under its strategy, but the task runs in its own image with no TPU (only train asks
+    for one), so `strategy: tpu` fails there and a TPU accelerator's plan (bfloat16,
+    static shapes) is searched on CPU. Refused unless kfp.steps.tune asks for a TPU too."""
+    from components.errors import ConfigError
+
+    def is_tpu(name: str) -> bool:
+        return (config.kfp.step(name).accelerator_type or "").upper().startswith("TPU")
+
+    if not config.tune.space or is_tpu("tune"):
+        return
+    tpu = (["train.strategy tpu"] if config.train.strategy == "tpu" else []) + \
+        ([f"kfp.steps.train.accelerator_type {config.kfp.step('train').accelerator_type}"]
+         if is_tpu("train") else [])
+    if tpu:
+        raise ConfigError(f"{' and '.join(tpu)} with a tune.space: the tune task runs its "
+                          "trials without a TPU (in kfp.image), where the TPU trainer fails; "
+                          "search on CPU first with a smaller model (a run with tune.space, "
+                          "train.strategy auto and no TPU), then pass its result as "
+                          "train.hyperparameters (NAME@ALIAS of its pushed model, or "
+                          "gs://.../hyperparameters.json) with tune.space {} here.")
 
 
 def package_parameters(package: str) -> set[str] | None:
