@@ -24,6 +24,26 @@ def tpu_requested(strategy: str) -> bool:
     return strategy == "tpu" or os.environ.get(ACCELERATOR_ENV, "").upper().startswith("TPU")
 
 
+def gpu_requested() -> str | None:
+    """The GPU the task asked for: ACCELERATOR_ENV naming an NVIDIA type (Vertex AI's
+    names, NVIDIA_TESLA_T4 ...), else None."""
+    kind = os.environ.get(ACCELERATOR_ENV, "")
+    return kind if kind.upper().startswith("NVIDIA") else None
+
+
+def _check_requested_gpu(tf) -> None:
+    """A task that asked for a GPU and sees none fails here, as a TPU request does: the
+    default strategy would train on the CPU of the machine the GPU was paid for."""
+    gpu = gpu_requested()
+    if not gpu or tf.config.list_physical_devices("GPU"):
+        return
+    why = ("this TensorFlow is built without CUDA (the CPU image?)"
+           if not tf.test.is_built_with_cuda() else "no GPU device is visible (driver?)")
+    raise TrainingError(f"{ACCELERATOR_ENV}={gpu} asked for a GPU, but TensorFlow sees none: "
+                        f"{why}; run the step in kfp.gpu_image (deploy/Dockerfile.gpu) on a "
+                        "machine with that GPU, or drop the step's accelerator_type.")
+
+
 def _tpu_hardware_visible() -> bool:
     """Cheap signs of a TPU VM (device files libtpu opens), so that `auto` on a CPU or
     GPU machine does not try to initialize a TPU system."""
@@ -94,9 +114,10 @@ def _writes_outputs(task_type: str | None, task_id: int, has_chief: bool) -> boo
 def choose_strategy(name: str):
     """(strategy, reason). `auto`: a TPU when one is visible, MultiWorkerMirrored when
     TF_CONFIG names several workers, Mirrored on several GPUs, else the default. A TPU
-    that was asked for and does not resolve is an error, never a silent CPU run."""
+    or a GPU that was asked for and is not there is an error, never a silent CPU run."""
     import tensorflow as tf
 
+    _check_requested_gpu(tf)
     requested = tpu_requested(name)
     if requested or (name == "auto" and (any(os.environ.get(n) for n in TPU_ENV)
                                          or _tpu_hardware_visible())):

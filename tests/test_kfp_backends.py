@@ -420,3 +420,35 @@ def test_a_tpu_trainer_without_a_search_or_with_a_tpu_tune_compiles(tmp_path):
                       ["train.strategy=tpu", TPU_TRAIN, tpu_tune, SPACE]):  # tune has a TPU
         assert cli.main(["compile", EXAMPLE, *[a for o in overrides for a in ("--set", o)],
                          "-o", str(tmp_path / "p.yaml")]) == 0, overrides
+
+
+# 2 (runtime). A task that asked for a GPU and has none fails ------------------------
+
+def test_a_gpu_request_without_a_gpu_fails_instead_of_training_on_cpu(monkeypatch):
+    """As the TPU rule: IMGPIPE_ACCELERATOR naming an NVIDIA type and no GPU visible to
+    TensorFlow (this CPU machine) is one line and exit 2, not 'default strategy on CPU'."""
+    import tensorflow as tf
+
+    from components import distribute
+    from components.errors import TrainingError
+
+    assert TrainingError.exit_code == 2
+    monkeypatch.delenv(distribute.ACCELERATOR_ENV, raising=False)
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    monkeypatch.setattr(distribute, "_tpu_hardware_visible", lambda: False)
+    real = tf.config.list_physical_devices
+    if real("GPU"):
+        monkeypatch.setattr(tf.config, "list_physical_devices",
+                            lambda kind=None: [] if kind == "GPU" else real(kind))
+    assert distribute.choose_strategy("auto")[1] == "default strategy on CPU"   # nothing asked
+    monkeypatch.setenv(distribute.ACCELERATOR_ENV, "NVIDIA_TESLA_T4")
+    with pytest.raises(TrainingError) as raised:
+        distribute.choose_strategy("auto")
+    message = str(raised.value)
+    assert len(message.splitlines()) == 1
+    assert "IMGPIPE_ACCELERATOR=NVIDIA_TESLA_T4 asked for a GPU" in message
+    assert "kfp.gpu_image" in message
+    # with a GPU in sight the request is met (here a stand-in device list)
+    monkeypatch.setattr(tf.config, "list_physical_devices",
+                        lambda kind=None: ["GPU:0"] if kind == "GPU" else real(kind))
+    assert distribute.choose_strategy("auto")[0] is not None
