@@ -129,7 +129,8 @@ class DataConfig(Section):
     source: str = Field(
         "builtin:fonts",
         description="builtin:fonts|digits|fashion_mnist, a folder of class folders, "
-                    "a CSV/JSONL manifest, an NPZ file, or MNIST IDX files.")
+                    "a CSV/JSONL manifest, an NPZ file, or MNIST IDX files; with {SPAN} "
+                    "or {YYYY}{MM}{DD} (and {VERSION}) in it, many data drops (data.spans).")
     image_size: tuple[int, int] = Field((36, 36), description="[height, width] after transform.")
     channels: Literal[1, 3] = Field(1, description="1 (grayscale) or 3 (RGB) after transform.")
     eval_fraction: float = Field(0.1, gt=0.0, lt=1.0,
@@ -138,6 +139,20 @@ class DataConfig(Section):
     classes: Optional[list[str]] = Field(
         None, description="Allowed class names; images with other labels are quarantined. "
                           "Default: every label found.")
+    spans: Optional[Union[Literal["latest"], dict[str, Any], list[Union[int, str]]]] = Field(
+        None, description="Which data drops of a pattern source (data.source with {SPAN}, "
+                          "or {YYYY}, {MM} and {DD}; with {VERSION} the highest version of "
+                          "a span wins) to read: latest (the default), {rolling: N} (the "
+                          "newest N), {range: [A, B]} (both included), a list, or "
+                          "{scheduled: -1d} (the day before the run's schedule time; date "
+                          "patterns). Spans are whole numbers for {SPAN}, YYYY-MM-DD for "
+                          "dates (components/spans.py).")
+    on_missing: Literal["fail", "skip"] = Field(
+        "fail", description="A span data.spans asks for that does not exist: fail (never "
+                            "quietly train on old data) or skip it with a warning.")
+    eval_spans: Literal["newest", "all"] = Field(
+        "newest", description="Whose eval split a window of spans evaluates on: the newest "
+                              "span's, or every span's.")
 
     @field_validator("source")
     @classmethod
@@ -146,6 +161,43 @@ class DataConfig(Section):
             raise ValueError("source is empty; name a folder, a manifest, an .npz or IDX "
                              "file, or builtin:fonts")
         return value
+
+    @field_validator("source")
+    @classmethod
+    def _source_pattern(cls, value: str) -> str:
+        if "{" in value:                  # spans.py loads only for a pattern
+            from components import spans
+            from components.errors import ConfigError
+
+            if spans.has_pattern(value):
+                try:
+                    spans.Pattern.parse(value)
+                except ConfigError as exc:
+                    raise ValueError(str(exc).removeprefix(f"data.source {value!r} ")
+                                     .rstrip(".")) from None
+        return value
+
+    @field_validator("spans", mode="before")
+    @classmethod
+    def _spans_shape(cls, value: Any, info) -> Any:
+        if isinstance(value, str) and value.strip()[:1] in ("{", "[", '"'):
+            import json           # a KFP run-time parameter arrives as JSON text
+
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ValueError(f"{value!r} is not JSON (a window given as a pipeline "
+                                 "parameter, e.g. {\"rolling\": 7})") from None
+        source = info.data.get("source")
+        return value if source is None else _checked_spans(value, source)
+
+    @model_validator(mode="after")
+    def _spans_follow_source(self) -> "DataConfig":
+        try:                                            # after data.source is reassigned
+            _checked_spans(self.spans, self.source)
+        except ValueError as exc:
+            raise ValueError(f"data.spans: {exc}") from None
+        return self
 
     @field_validator("image_size")
     @classmethod
@@ -161,6 +213,23 @@ class DataConfig(Section):
         if value is not None and (not value or len(set(value)) != len(value)):
             raise ValueError("classes must be a non-empty list of distinct names")
         return value
+
+
+def _checked_spans(value: Any, source: str) -> Any:
+    """data.spans in canonical form, checked against data.source's pattern."""
+    if value is None:
+        return value
+    from components import spans
+    from components.errors import ConfigError
+
+    if not spans.has_pattern(source):
+        raise ValueError(f"given, but data.source {source!r} has no span pattern; "
+                         "name the drops in data.source with {SPAN} (e.g. data/span-{SPAN}/) "
+                         "or {YYYY}-{MM}-{DD}, or remove data.spans")
+    try:
+        return spans.check_spans(value, spans.Pattern.parse(source).kind)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
 
 
 class IngestConfig(Section):
