@@ -86,13 +86,36 @@ class Examples(ArtifactType):
     """Raw examples. Layout: `{uri}/{split}/*.tfrecord.gz` (GZIP TFRecord of
     `tf.train.Example` with `image/encoded`, `image/format`, `label`, `height`,
     `width`, `channels`, `id`, `source`). Properties: `splits`, `counts`,
-    `class_names`."""
+    `class_names`.
+
+    A window of data drops (spans) is an Examples artifact that holds no records of its
+    own: its property `parts` lists each span's Examples artifact (oldest first; `uri`,
+    `span`, `fingerprint`), reused by reference, and `eval_spans` says which parts'
+    eval splits are evaluated on (`newest`: the newest span's, the older spans' eval
+    images then train too; `all`). `counts` are what the splits hold read that way."""
 
     SHARDS = "*.tfrecord.gz"
+    PARTS = "parts.json"      # a window's parts, as in its `parts` property
+
+    @classmethod
+    def patterns(cls, at: "Artifact | str", split: str) -> list[str]:
+        """Globs of the split's TFRecord files (one per part for a window of spans)."""
+        if not isinstance(at, Artifact) or not at.properties.get("parts"):
+            return [fileio.join(_uri(at), split, cls.SHARDS)]
+        parts = at.properties["parts"]
+        newest_only = at.properties.get("eval_spans", "newest") == "newest"
+        out = []
+        for index, part in enumerate(parts):
+            newest = index == len(parts) - 1
+            splits = ([split] if not newest_only else
+                      ["eval"] if split == "eval" and newest else
+                      [] if split == "eval" else ["train"] if newest else ["train", "eval"])
+            out += [fileio.join(part["uri"], s, cls.SHARDS) for s in splits]
+        return out
 
     @classmethod
     def shards(cls, at: "Artifact | str", split: str) -> list[str]:
-        return fileio.glob(fileio.join(_uri(at), split, cls.SHARDS))
+        return [path for pattern in cls.patterns(at, split) for path in fileio.glob(pattern)]
 
 
 class ExampleStatistics(ArtifactType):

@@ -21,6 +21,9 @@ A step is a plain function in `components/steps/`, as in TFX's `@component` and 
 | `Scratch`                | a private folder that survives a failed attempt (checkpoints)|
 |                          | and is removed once the outputs are committed               |
 | `RecordedConfig`         | the sections named in `record=` (the model card's config)    |
+| `Shared`                 | a folder kept across runs (of one runs dir / pipeline root) |
+|                          | and this step's code, for work later runs reuse: ingest's  |
+|                          | per-span artifacts; None where the runner has none         |
 
 `@step(...)` keeps only what a signature cannot say: `gate`, `cache`, `isolated`,
 `external`, the `beam` keys that change results, `record`, and `ui_outputs` (the
@@ -82,6 +85,7 @@ class Out:
 
 BaselineModel = Annotated[Optional[str], _Role("resolved", BASELINE_MODEL)]
 Scratch = Annotated[Optional[str], _Role("scratch")]
+Shared = Annotated[Optional[str], _Role("shared")]
 RecordedConfig = Annotated[Optional[dict], _Role("record")]
 
 
@@ -125,6 +129,7 @@ class StepSpec:
     beam: tuple[str, ...] = ()
     resolved: Mapping[str, str] = field(default_factory=dict)
     scratch: str | None = None
+    shared: str | None = None
     recorded_param: str | None = None
     cache: bool = True
     gate: str | None = None
@@ -220,7 +225,7 @@ def _from_signature(step_name: str, fn: Callable[..., Any]) -> dict[str, Any]:
     hints = typing.get_type_hints(fn, include_extras=True)
     params = inspect.signature(fn).parameters
     out: dict[str, Any] = {"inputs": {}, "outputs": {}, "resolved": {}, "sections": {},
-                           "scratch": None, "recorded_param": None}
+                           "scratch": None, "shared": None, "recorded_param": None}
     config = []
     for param in params:
         if param not in hints:
@@ -238,8 +243,8 @@ def _from_signature(step_name: str, fn: Callable[..., Any]) -> dict[str, Any]:
             out["outputs"][param] = mark.type
         elif isinstance(mark, _Role) and mark.role == "resolved":
             out["resolved"][param] = mark.what
-        elif isinstance(mark, _Role) and mark.role == "scratch":
-            out["scratch"] = param
+        elif isinstance(mark, _Role) and mark.role in ("scratch", "shared"):
+            out[mark.role] = param
         elif isinstance(mark, _Role) and mark.role == "record":
             out["recorded_param"] = param
         elif inspect.isclass(hint) and issubclass(hint, Section):

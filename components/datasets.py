@@ -224,11 +224,17 @@ def encode_png(image: np.ndarray) -> bytes:
             + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 1)) + _PNG_END)
 
 
-def export(name: str, out_dir: str) -> dict[str, int]:
+def export(name: str, out_dir: str, drops: int | None = None,
+           first_day: str | None = None) -> dict[str, int]:
     """Writes a built-in dataset as class folders of PNGs (split folders when the
     dataset has its own split) into a new or empty folder, all at once: the files are
     written under a temporary sibling name that is renamed into place, so a failure
-    leaves nothing and no existing file is overwritten. Returns files per class."""
+    leaves nothing and no existing file is overwritten. Returns files per class.
+
+    `drops`: deal the images into that many daily drops instead, `OUT/YYYY-MM-DD/...`
+    from `first_day` (default: so that the last drop is today), as a data source that
+    grows by a folder a day (`data.source: OUT/{YYYY}-{MM}-{DD}/`)."""
+    import datetime
     import shutil
 
     target = os.path.abspath(out_dir)
@@ -238,11 +244,20 @@ def export(name: str, out_dir: str) -> dict[str, int]:
         raise DataError(f"{out_dir!r} is not empty; export into a new or empty folder (the "
                         "export never overwrites files).")
     data = load(name)
+    days: list[str] = []
+    if drops:
+        try:
+            start = (datetime.date.fromisoformat(first_day) if first_day else
+                     datetime.date.today() - datetime.timedelta(days=drops - 1))
+        except ValueError:
+            raise DataError(f"first day {first_day!r} is not a date; give YYYY-MM-DD, "
+                            "e.g. 2026-12-01.") from None
+        days = [(start + datetime.timedelta(days=i)).isoformat() for i in range(drops)]
     partial = f"{target}.partial-{os.getpid()}"
     counts: dict[str, int] = {}
     try:
-        for image, label, rel in zip(data.images, data.labels, data.names):
-            path = os.path.join(partial, str(rel))
+        for index, (image, label, rel) in enumerate(zip(data.images, data.labels, data.names)):
+            path = os.path.join(partial, *([days[index % len(days)]] if days else []), str(rel))
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "wb") as handle:
                 handle.write(encode_png(image))

@@ -162,10 +162,10 @@ def score_eval_split(files: list[str], models: dict[str, tuple[str, list[str]]],
     from tfx_bsl.public.tfxio import TFExampleBeamRecord
 
     with beam.Pipeline(options=PipelineOptions(pipeline_args)) as pipeline:
-        scored = (pipeline
-                  | "Read" >> beam.io.ReadFromTFRecord(
-                      files[0] if len(files) == 1 else _common_pattern(files),
-                      compression_type=beam.io.filesystem.CompressionTypes.GZIP)
+        reads = [pipeline | f"Read{i}" >> beam.io.ReadFromTFRecord(
+                     pattern, compression_type=beam.io.filesystem.CompressionTypes.GZIP)
+                 for i, pattern in enumerate(_patterns(files))]
+        scored = (reads | "Records" >> beam.Flatten()
                   | "Batch" >> beam.BatchElements(min_batch_size=batch, max_batch_size=batch)
                   | "Score" >> beam.ParDo(ScoreExamples(models, tuple(sorted({
                       key for spec in eval_config.slicing_specs for key in spec.feature_keys}))))
@@ -242,7 +242,10 @@ def read_curves(out_dir: str) -> dict[str, Any] | None:
         return {key: data[key] for key in data.files}
 
 
-def _common_pattern(files: list[str]) -> str:
-    """A glob that matches exactly the split's files (they share a folder)."""
-    folder = files[0].rsplit("/", 1)[0]
-    return fileio.join(folder, artifacts.Examples.SHARDS)
+def _patterns(files: list[str]) -> list[str]:
+    """Globs that match exactly the split's files: one per folder they are in (one for
+    an ingest's split, one per span for a window of spans)."""
+    if len(files) == 1:
+        return files
+    folders = sorted({path.rsplit("/", 1)[0] for path in files})
+    return [fileio.join(folder, artifacts.Examples.SHARDS) for folder in folders]

@@ -122,7 +122,8 @@ def needs_context(node: Node, step_cfg: dict[str, Any]) -> bool:
             step_cfg.get("train", {}).get("hyperparameters") or ""]
     return bool(node.spec.resolved) or any(ref.startswith("run:") or is_reference(ref)
                                            for ref in refs) \
-        or not node.spec.cache     # an uncached step records where it ran (push: the card)
+        or not node.spec.cache \
+        or bool(node.spec.shared)  # push records where it ran; Shared is by the registry
 
 
 def resolve(node: Node, step_cfg: dict[str, Any], context: Context | None,
@@ -253,12 +254,16 @@ def reads_outside_inputs(node: Node) -> bool:
         key.split(".")[0] in node.spec.config for key in REFERENCE_KEYS)
 
 
-def pin_outside_inputs(node: Node, step_cfg: dict[str, Any], context: Context) -> dict[str, Any]:
+def pin_outside_inputs(node: Node, step_cfg: dict[str, Any], context: Context,
+                       now: Any = None) -> dict[str, Any]:
     """What the KFP resolve task pins for a step that `reads_outside_inputs`:
 
     - `refs`: each registry reference in REFERENCE_KEYS as the exact version it names
       now (`photos@production` -> `photos:7`); the step's task resolves that version,
       not the alias again;
+    - `refs["data.spans"]`: a window of data drops given relative to the schedule
+      (`data.spans: {scheduled: -1d}`) as the concrete spans it names at `now` (the
+      run's schedule time), so the ingest task's inputs name the drops it reads;
     - `fingerprint`: a hash of those versions' identities (ref + model card hash) and of
       the step's `external` fingerprints (the data source: object listings in a bucket;
       a schema file's content), computed with the referenced keys left out: a pushed
@@ -269,7 +274,7 @@ def pin_outside_inputs(node: Node, step_cfg: dict[str, Any], context: Context) -
     from components.registry import Registry, is_reference
 
     cfg = json.loads(json.dumps(step_cfg))
-    refs: dict[str, str] = {}
+    refs: dict[str, Any] = {}
     identity: dict[str, Any] = {}
     for key in REFERENCE_KEYS:
         section, name = key.split(".")
@@ -281,6 +286,13 @@ def pin_outside_inputs(node: Node, step_cfg: dict[str, Any], context: Context) -
         refs[key] = version.ref
         identity[key] = f"{version.ref} {artifacts.fingerprint_json(version.card)}"
         cfg[section][name] = None
+    spans_cfg = (cfg.get("data") or {}).get("spans") if "data" in node.spec.config else None
+    if isinstance(spans_cfg, dict) and "scheduled" in spans_cfg:
+        from components import ingest_window
+
+        data = config_lib.section_types()["data"].model_validate(cfg["data"])
+        chosen, _ = ingest_window.window(data, now)
+        cfg["data"]["spans"] = refs["data.spans"] = [s.date or s.number for s in chosen]
     if node.spec.external is not None:
         types = config_lib.section_types()
         identity.update(node.spec.external(**{
@@ -301,7 +313,8 @@ def apply_pinned_refs(step_cfg: dict[str, Any], pin: dict[str, Any]) -> dict[str
 
 
 def call(node: Node, resolved: Resolved, inputs: dict[str, artifacts.Artifact | None],
-         outputs: dict[str, str], producer: dict[str, Any], scratch: str | None = None) -> Any:
+         outputs: dict[str, str], producer: dict[str, Any], scratch: str | None = None,
+         shared: str | None = None) -> Any:
     """Calls the step function with exactly the parameters its signature declares.
     Each output is handed over as an open writer of its type with `producer` set; when
     the function returns, every writer it did not commit or discard is committed, and
@@ -324,6 +337,8 @@ def call(node: Node, resolved: Resolved, inputs: dict[str, artifacts.Artifact | 
         kwargs[spec.recorded_param] = resolved.record
     if spec.scratch:
         kwargs[spec.scratch] = scratch
+    if spec.shared:
+        kwargs[spec.shared] = shared
     return spec.fn(**kwargs)     # commits the writers, or aborts them when it raises
 
 
@@ -360,6 +375,25 @@ def beam_for_outputs(beam: Section, outputs: dict[str, str]) -> Section:
                               "bucket (gs://...) and set beam.options.temp_location there.")
         options["temp_location"] = fileio.join(first.rstrip("/").rsplit("/", 1)[0], BEAM_TEMP)
     return beam if options == beam.options else beam.model_copy(update={"options": options})
+
+
+SHARED = "imgpipe-shared"
+
+
+def shared_folder(root: str, node: Node, code: str) -> str:
+    """A step's `Shared` folder under `root`: `{root}/{step}/{code}`. Keyed by the step's
+    code fingerprint, so what an older version of the step wrote there is not reused.
+    Locally `root` is the runs directory's `shared/`; on KFP `shared_root(registry)`."""
+    return fileio.join(root, node.name, code)
+
+
+def shared_root(registry_root: str) -> str:
+    """Where KFP tasks keep `Shared` folders: beside the registry, in its bucket
+    (`gs://b/serving` -> `gs://b/imgpipe-shared`), the one lasting location every run
+    of the pipeline knows."""
+    parent = registry_root.rstrip("/").rsplit("/", 1)[0]
+    return fileio.join(parent if "/" in registry_root.rstrip("/").split("://", 1)[-1]
+                       else registry_root.rstrip("/"), SHARED)
 
 
 def gate_value(node: Node, summary: dict[str, Any] | None) -> bool:

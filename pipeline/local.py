@@ -272,8 +272,11 @@ class LocalRunner:
         self.log(step_line(name, "running", f"({decision})"))
         started = time.perf_counter()
         try:
+            shared = invoke.shared_folder(os.path.join(self.runs_dir, "shared"), node,
+                                          prepared.parts["code"]["source"][:16]) \
+                if node.spec.shared else None
             summary = invoke.call(node, prepared.resolved, prepared.inputs, out_uris, producer,
-                                  scratch)
+                                  scratch, shared)
             outputs = {output: artifacts.read(uri, node.spec.output_type(output))
                        for output, uri in out_uris.items()}
         except ImgpipeError as exc:

@@ -17,7 +17,7 @@ from typing import Any
 
 from components import artifacts, fileio
 from pipeline import dag
-from pipeline.report_plots import _plots
+from pipeline.report_plots import _plots, spans_plot
 from pipeline.results import outputs_by_ref
 
 # The step outputs the report reads (checked against the DAG when this module loads).
@@ -302,12 +302,24 @@ def _split_total(counts: Any) -> Any:
     return sum(counts.values()) if isinstance(counts, dict) else counts
 
 
-def _data_section(stats: dict) -> str:
+def _data_section(stats: dict, spans_image: str = "") -> str:
     out = "<h2>Data</h2>" + _table(
         ["examples", "inputs", "quarantined", "bad fraction", "train", "eval"],
         [[stats["num_examples"], stats["num_inputs"], stats["num_quarantined"],
           stats["bad_fraction"], _split_total(stats["counts"].get("train", {})),
           _split_total(stats["counts"].get("eval", {}))]])
+    window = stats.get("spans") or []
+    if window:
+        classes = sorted({c for part in window for split in part["counts"].values()
+                          for c in split})
+        out += (f"<h3>Spans ({len(window)}; evaluated on "
+                f"{'the newest' if stats.get('eval_spans', 'newest') == 'newest' else 'all'})</h3>"
+                + _table(["span", "version", "examples", *classes],
+                         [[part["span"], part.get("version") if part.get("version") is not None
+                           else "-", part["num_examples"],
+                           *[sum(split.get(c, 0) for split in part["counts"].values())
+                             for c in classes]] for part in window])
+                + spans_image)
     if stats.get("quarantine_reasons"):
         out += "<h3>Quarantine</h3>" + _table(["reason", "files"],
                                               sorted(stats["quarantine_reasons"].items()))
@@ -385,7 +397,7 @@ def write(run_dir: str, run_id: str, status: str, steps: list[Any], error: str |
     parts.append(_pointers(model_uri if history else None,
                            evaluation_uri if metrics else None, metrics))
     if stats:
-        parts.append(_data_section(stats))
+        parts.append(_data_section(stats, spans_plot(stats, run_dir, plot_cache)))
     if anomalies is not None:
         parts.append(_validation_section(anomalies))
     path = path or os.path.join(run_dir, "report.html")

@@ -91,6 +91,32 @@ def _draw_trials(record: dict) -> bytes:
     return _to_png(plt, fig)
 
 
+def _draw_spans(window: list[dict]) -> bytes:
+    """Each class's share of each span (all its images), spans in order: a drifted drop
+    stands out as a jump."""
+    plt = _pyplot()
+    labels = [part["span"] for part in window]
+    totals = [sum(sum(c.values()) for c in part["counts"].values()) or 1 for part in window]
+    classes = sorted({c for part in window for split in part["counts"].values() for c in split})
+    fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(labels) + 2), 3.2))
+    for name in classes:
+        shares = [sum(split.get(name, 0) for split in part["counts"].values()) / total
+                  for part, total in zip(window, totals)]
+        ax.plot(range(len(labels)), shares, marker="o", label=name)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_ylabel("class share")
+    if len(classes) <= 12:
+        ax.legend(fontsize=7, ncol=2)
+    return _to_png(plt, fig)
+
+
+def spans_plot(stats: dict | None, out_dir: str, cache_dir: str | None) -> str:
+    """The class shares across a window of spans, or '' for a plain source."""
+    window = (stats or {}).get("spans") or []
+    return _plot("span_class_shares", window, _draw_spans, out_dir, cache_dir) \
+        if len(window) > 1 else ""
+
+
 def _largest_classes(positive: Any, vocab: list) -> list[tuple[int, str]]:
     """(index, name) of the 12 classes with the most eval examples, by name: the ones a
     per-class curve plot shows."""

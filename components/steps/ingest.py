@@ -17,25 +17,67 @@ import json
 import shutil
 from typing import Any
 
-from components import artifacts, fileio, sources
+from components import artifacts, fileio, sources, spans
 from components.artifacts import SPLITS
 from components.config import BeamConfig, DataConfig, IngestConfig
-from components.contract import Out, step
+from components.contract import Out, Shared, step
 from components.errors import DataError
 from components.ingest_graph import _build_pipeline
 from components.ingest_stats import _summarize
 
 
 def external_inputs(data: DataConfig, ingest: IngestConfig) -> dict[str, str]:
-    """The source's content fingerprint: ingest reads files the DAG does not produce."""
+    """The source's content fingerprint: ingest reads files the DAG does not produce.
+    For a window of spans, each selected span's (so a new drop reruns the step, which
+    then ingests only that drop)."""
+    if _has_pattern(data.source):
+        from components import ingest_window
+
+        return {"spans": artifacts.fingerprint_json(ingest_window.fingerprints(data, ingest))}
     return {"source": sources.fingerprint(sources.resolve(data), ingest)}
 
 
 @step(beam=("runner",), external=external_inputs)
 def run(data: DataConfig, ingest: IngestConfig, beam: BeamConfig,
-        examples: Out[artifacts.Examples], statistics: Out[artifacts.ExampleStatistics]
-        ) -> dict[str, Any]:
-    """Ingests `data.source` into an Examples artifact and a Statistics artifact."""
+        examples: Out[artifacts.Examples], statistics: Out[artifacts.ExampleStatistics],
+        shared: Shared = None) -> dict[str, Any]:
+    """Ingests `data.source` into an Examples artifact and a Statistics artifact; a
+    source with a span pattern, the window `data.spans` selects, each span once
+    (`components/ingest_window.py`; reused from `shared` by later runs)."""
+    if not _has_pattern(data.source):
+        return _ingest_one(data, ingest, beam, examples, statistics)
+    import tempfile
+
+    from components import ingest_window
+
+    store = shared or tempfile.mkdtemp(prefix="spans-")     # inside the step's tmp
+    parts, fresh, warnings = ingest_window.ingest_parts(
+        data, ingest, store, examples.producer,
+        lambda one, ex_w, st_w: _ingest_one(one, ingest, beam, ex_w, st_w))
+    stats = ingest_window.write_union(parts, data, examples, statistics)
+    split_counts = {split: sum(stats["counts"][split].values()) for split in SPLITS}
+    labels = [part["span"] for part in parts]
+    reused = [label for label in labels if label not in fresh]
+    return {
+        "num_examples": stats["num_examples"], "num_quarantined": stats["num_quarantined"],
+        "splits": split_counts, "spans": labels, "ingested": fresh, "reused": reused,
+        "lines": warnings + [
+            f"{len(labels)} span(s) {labels[0]}..{labels[-1]}: ingested {len(fresh)} "
+            f"({', '.join(fresh) or 'none'}), reused {len(reused)}",
+            f"{stats['num_examples']} examples (train {split_counts['train']}, eval "
+            f"{split_counts['eval']} from {'the newest span' if data.eval_spans == 'newest' else 'every span'}), "
+            f"{len(stats['class_names'])} classes, {stats['num_quarantined']} quarantined"],
+    }
+
+
+def _has_pattern(source: str) -> bool:
+    return spans.has_pattern(source)
+
+
+def _ingest_one(data: DataConfig, ingest: IngestConfig, beam: BeamConfig,
+                examples: artifacts.ArtifactWriter, statistics: artifacts.ArtifactWriter
+                ) -> dict[str, Any]:
+    """One plain source (or one span) into the two writers; the step's summary."""
     import apache_beam as beam_lib
 
     from components import beamio

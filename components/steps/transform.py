@@ -105,10 +105,14 @@ def _pipeline(pipeline: Any, examples: artifacts.Artifact, out_dir: str, data: D
     record_io = tfxio.TFExampleBeamRecord(physical_format="tfrecord", schema=raw_schema,
                                           telemetry_descriptors=["imgpipe", "transform"])
 
+    def records(split: str, again: str = ""):
+        """The split's records (one read per part of a window of spans)."""
+        reads = [pipeline | f"Read{split}{again}{i}" >> beam.io.ReadFromTFRecord(pattern)
+                 for i, pattern in enumerate(artifacts.Examples.patterns(examples, split))]
+        return reads | f"All{split}{again}" >> beam.Flatten()
+
     def read(split: str):
-        pattern = examples.path(split, artifacts.Examples.SHARDS)
-        checked = (pipeline
-                   | f"Read{split}" >> beam.io.ReadFromTFRecord(pattern)
+        checked = (records(split)
                    | f"Check{split}" >> beam.FlatMap(check_decodable).with_outputs(
                        "bad", main="good"))
         return checked.good | f"Batches{split}" >> record_io.BeamSource(), checked.bad
@@ -118,9 +122,7 @@ def _pipeline(pipeline: Any, examples: artifacts.Artifact, out_dir: str, data: D
         analysis needs all of it before the transform starts, and a runner would
         otherwise hold the whole split in memory between the two passes."""
         bad_ids = beam.pvalue.AsDict(bad | f"BadIds{split}" >> beam.Map(lambda b: (b["id"], True)))
-        return (pipeline
-                | f"Read{split}Again" >> beam.io.ReadFromTFRecord(
-                    examples.path(split, artifacts.Examples.SHARDS))
+        return (records(split, "Again")
                 | f"SkipBad{split}" >> beam.Filter(not_listed, bad_ids)
                 | f"Batches{split}Again" >> record_io.BeamSource())
 

@@ -93,7 +93,7 @@ def linf_distance(a: dict[str, float], b: dict[str, float]) -> tuple[float, str]
 
 
 def check_drift(stats: dict[str, Any], previous: dict[str, Any] | None,
-                cfg: ValidateConfig) -> list[dict[str, str]]:
+                cfg: ValidateConfig, against: str = "the previous run") -> list[dict[str, str]]:
     if previous is None:
         return []
     out = []
@@ -101,7 +101,7 @@ def check_drift(stats: dict[str, Any], previous: dict[str, Any] | None,
     if distance > cfg.max_class_drift:
         out.append(_anomaly("class_drift", features.LABEL,
                             f"class shares moved by L-inf {distance:.3f} (class {label!r}) vs "
-                            f"the previous run, over validate.max_class_drift {cfg.max_class_drift}"))
+                            f"{against}, over validate.max_class_drift {cfg.max_class_drift}"))
     for label, now in sorted(stats["pixels"].get("train", {}).items()):
         before = previous.get("pixels", {}).get("train", {}).get(label)
         if before is None:
@@ -111,10 +111,35 @@ def check_drift(stats: dict[str, Any], previous: dict[str, Any] | None,
             if abs(change) > cfg.max_brightness_drift:
                 out.append(_anomaly(f"{what}_drift", features.IMAGE,
                                     f"class {label!r} mean {what} changed by {change:+.3f} "
-                                    f"(0-1 scale) vs the previous run, over "
+                                    f"(0-1 scale) vs {against}, over "
                                     f"validate.max_brightness_drift {cfg.max_brightness_drift}",
                                     WARNING))
     return out
+
+
+def check_newest_span(stats: dict[str, Any], cfg: ValidateConfig) -> list[dict[str, str]]:
+    """A window of spans: the newest drop against the rest of the window (the data the
+    model also trains on), class shares and brightness/contrast, as a run is checked
+    against the run before. Comparing with the rest rather than with the one previous
+    drop keeps a single drifted drop from also failing the normal drop after it."""
+    window = stats.get("spans") or []
+    if len(window) < 2:
+        return []
+    from components import ingest_window
+
+    def whole(stats: dict[str, Any]) -> dict[str, Any]:
+        # every image of the drop: its train/eval split is a hash, noise on a small drop
+        counts: dict[str, int] = {}
+        for split in stats["counts"].values():
+            for label, n in split.items():
+                counts[label] = counts.get(label, 0) + n
+        return {**stats, "counts": {"train": counts}}
+
+    newest = artifacts.ExampleStatistics.read(window[-1]["statistics"])
+    rest = [artifacts.ExampleStatistics.read(part["statistics"]) for part in window[:-1]]
+    merged = ingest_window.merge_stats(rest, window[:-1], "all")
+    return check_drift(whole(newest), whole(merged), cfg,
+                       f"the window's other {len(rest)} span(s) (newest span {window[-1]['span']})")
 
 
 def check_bad_fraction(stats: dict[str, Any], cfg: ValidateConfig) -> list[dict[str, str]]:
@@ -186,7 +211,12 @@ def run(statistics: In[artifacts.ExampleStatistics], validate: ValidateConfig,
     else:
         enforced, origin = infer_schema(stats), "inferred from this run's statistics"
 
-    found = (check_schema(stats, enforced) + check_splits(stats) + check_drift(stats, previous, validate)
+    spans = stats.get("spans")
+    # A window of spans is checked drop by drop (the newest against the rest); the
+    # window against the previous run's window would mostly compare a span with itself.
+    drift = check_newest_span(stats, validate) if spans else \
+        check_drift(stats, previous, validate)
+    found = (check_schema(stats, enforced) + check_splits(stats) + drift
              + check_bad_fraction(stats, validate))
     leak_anomalies, leak_report = check_near_duplicates(
         statistics.path(artifacts.ExampleStatistics.THUMBNAILS), stats["near_duplicate_rms"],
@@ -212,7 +242,9 @@ def run(statistics: In[artifacts.ExampleStatistics], validate: ValidateConfig,
         raise ValidationFailed(f"{len(errors)} anomalies stop the run (details in "
                                f"{anomalies.committed.path(artifacts.ExampleAnomalies.FILE)})"
                                ":\n  " + "\n  ".join(lines))
-    baseline = "previous run" if previous else "no previous run"
+    baseline = (f"the window's other spans (newest {spans[-1]['span']})" if spans and len(spans) > 1
+                else "a single span" if spans else
+                "previous run" if previous else "no previous run")
     return {"num_anomalies": len(found),
             "lines": [f"schema: {origin}; compared with {baseline}; "
                       f"{len(found)} warning(s)"] + lines}

@@ -15,7 +15,7 @@ import sys
 from typing import Any, Callable, Sequence
 
 from components import runtime
-from pipeline.cli import exits, models, run, runs, tools
+from pipeline.cli import backfill, exits, models, run, runs, tools
 from pipeline.cli.common import Parser, Result, positive_int
 from pipeline.cli.exits import storage_error
 
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.register_remote(sub)
     models.register_predict(sub)
     runs.register(sub)
+    backfill.register(sub)
     tools.register(sub)
     return parser
 

@@ -23,17 +23,23 @@ def _store(runs_dir: str):
 def cmd_runs_list(args: argparse.Namespace) -> Result:
     store = _store(args.runs_dir)
     runs = store.list_runs(args.pipeline, args.limit)
+    executions = {run["id"]: store.executions(run["id"]) for run in runs}
+    for run in runs:                  # the data drops (spans) the run's ingest read
+        run["spans"] = next(((e.summary or {}).get("spans") for e in executions[run["id"]]
+                             if e.step == "ingest" and (e.summary or {}).get("spans")), None)
 
     def text() -> None:
         # STEPS last: its width grows with the DAG
         print(f"{'RUN':<24} {'PIPELINE':<16} {'ENGINE':<9} {'STATUS':<10} {'STARTED':<19} "
-              "STEPS")
+              f"{'SPANS':<23} STEPS")
         marks = {"cached": "*", "skipped": "-", "failed": "!"}
         for run in runs:
-            steps = " ".join(f"{e.step}{marks.get(e.status, '')}"
-                             for e in store.executions(run["id"]))
+            steps = " ".join(f"{e.step}{marks.get(e.status, '')}" for e in executions[run["id"]])
+            window = run["spans"]
+            spans = "-" if not window else window[0] if len(window) == 1 else \
+                f"{window[0]}..{window[-1]} ({len(window)})"
             print(f"{run['id']:<24} {run['pipeline']:<16} {run['engine']:<9} "
-                  f"{run['status']:<10} {run['started'][:19]:<19} {steps}")
+                  f"{run['status']:<10} {run['started'][:19]:<19} {spans:<23} {steps}")
         print("(* = reused from cache, - = not run: its gate closed, ! = failed)")
 
     return Result(data=runs, text=text)

@@ -18,11 +18,14 @@ from pipeline.cli.common import (DEFAULT_RUNS_DIR, Result, _add_config_args, _ad
 def cmd_datasets_export(args: argparse.Namespace) -> Result:
     from components import datasets
 
-    counts = datasets.export(args.name, args.out_dir)
+    counts = datasets.export(args.name, args.out_dir, args.drops, args.first_day)
+    where = (f"{args.drops} daily drop folders (YYYY-MM-DD/CLASS/) under {args.out_dir}; "
+             f"read them with data.source: {args.out_dir.rstrip('/')}/{{YYYY}}-{{MM}}-{{DD}}/"
+             if args.drops else f"{len(counts)} class folders under {args.out_dir}")
     return Result(data={"dataset": args.name, "out_dir": os.path.abspath(args.out_dir),
-                        "files": sum(counts.values()), "classes": counts},
-                  text=f"wrote {sum(counts.values())} PNG files in {len(counts)} class "
-                       f"folders under {args.out_dir}")
+                        "files": sum(counts.values()), "classes": counts,
+                        "drops": args.drops},
+                  text=f"wrote {sum(counts.values())} PNG files in {where}")
 
 
 def cmd_config_schema(args: argparse.Namespace) -> Result:
@@ -126,6 +129,11 @@ def register(sub: Any) -> None:
     export = ds.add_parser("export", help="write a built-in dataset as class folders of PNGs")
     export.add_argument("name", choices=BUILTIN_DATASETS, help="which built-in dataset")
     export.add_argument("out_dir", help="an empty or new folder to write CLASS/*.png into")
+    export.add_argument("--drops", type=positive_int, metavar="N",
+                        help="deal the images into N daily drops, OUT/YYYY-MM-DD/CLASS/*.png "
+                             "(a source for data.spans)")
+    export.add_argument("--first-day", metavar="YYYY-MM-DD",
+                        help="the first drop's date (default: the last drop is today)")
     _add_json_arg(export)
     export.set_defaults(func=cmd_datasets_export)
 

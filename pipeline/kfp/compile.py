@@ -64,6 +64,12 @@ def runtime_parameters(config: PipelineConfig) -> dict[str, Any]:
     out = {}
     for name, key in RUNTIME_PARAMETERS.items():
         value = _get(tree, key)
+        if key == "data.spans":
+            from components import spans
+
+            if not spans.has_pattern(config.data.source):      # a plain source: no window
+                continue
+            value = json.dumps("latest" if value is None else value, sort_keys=True)
         if value is None and key in OPTIONAL:
             value = ""
         if value is not None:
@@ -133,7 +139,7 @@ def _component_source(node: dag.Node, params: dict[str, Any], location: str = ""
             f"    from pipeline.kfp.entrypoint import run_step\n"
             f"    return run_step({node.name!r}, config_json, context_json, {run_id}, "
             f"{{{args}}}, {{{extra_args}}}, {{{pin_args}}}, {{{overrides}}}"
-            f"{_dag_arg(location)})\n")
+            f"{', code=code' if spec.shared else ''}{_dag_arg(location)})\n")
 
 
 def _resolve_source(params: dict[str, Any], location: str = "") -> str:
@@ -147,14 +153,16 @@ def _resolve_source(params: dict[str, Any], location: str = "") -> str:
     outputs = ", ".join(f"({name!r}, str)" for name in _pins(location))
     alias = "p_baseline_alias" if "baseline_alias" in params else "''"
     mine = _resolve_parameters(params, location)
+    scheduled = "data_spans" in params
     signature = ", ".join(["context_json: str", "configs_json: str"]
-                          + [f"p_{name}: {_param_type(params[name])}" for name in mine])
+                          + [f"p_{name}: {_param_type(params[name])}" for name in mine]
+                          + (["schedule_time: str"] if scheduled else []))
     overrides = ", ".join(f"{RUNTIME_PARAMETERS[n]!r}: p_{n}" for n in mine
                           if n != "baseline_alias")
     return (f"def {RESOLVE}({signature}) -> NamedTuple('Pins', [{outputs}]):\n"
             f"    from pipeline.kfp.entrypoint import resolve_pins\n"
             f"    return resolve_pins(context_json, {alias}, configs_json, {{{overrides}}}"
-            f"{_dag_arg(location)})\n")
+            f"{_dag_arg(location)}{', schedule_time=schedule_time' if scheduled else ''})\n")
 
 
 def _outside_readers(location: str = "") -> list[dag.Node]:
@@ -404,11 +412,14 @@ def gates_of(node: dag.Node, steps: tuple[dag.Node, ...] = dag.STEPS) -> list[st
     return [n.name for n in steps if n.name in found]
 
 
-def build_pipeline(config: PipelineConfig, location: str = "") -> Callable:
+def build_pipeline(config: PipelineConfig, location: str = "", scheduled: bool = True
+                   ) -> Callable:
     """The `@dsl.pipeline` function for this config: typed parameters (RUNTIME_PARAMETERS,
     defaults from the config), one task per step with only the config it reads, a
     resolve task pinning the baseline and the previous statistics, the push under the
-    gates, and the report. `location`: a user's DAG (`dag.load`), '' for the built-in."""
+    gates, and the report. `location`: a user's DAG (`dag.load`), '' for the built-in.
+    `scheduled`: False for kfp.local, which has no schedules (nor their placeholder):
+    the resolve task then places a scheduled window at the time it runs."""
     from kfp import dsl
 
     steps = dag.load(location)
@@ -420,6 +431,9 @@ def build_pipeline(config: PipelineConfig, location: str = "") -> Callable:
         run_id = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
         resolve_args = {f"p_{name}": values[name]
                         for name in _resolve_parameters(params, location)}
+        if "data_spans" in params:      # only the resolve task sees the schedule time
+            resolve_args["schedule_time"] = \
+                dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER if scheduled else ""
         pins = _configure(comps[RESOLVE](context_json=context,
                                          configs_json=resolve_configs(config, location),
                                          **resolve_args), config, RESOLVE, cacheable=False)

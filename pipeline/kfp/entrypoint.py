@@ -65,7 +65,7 @@ def _leave_as_replica() -> None:
 
 def run_step(name: str, config_json: str, context_json: str, run_id: str,
              artifacts_in: dict[str, Any], extras: dict[str, Any], pins: dict[str, str],
-             overrides: dict[str, Any], dag_location: str = "") -> bool:
+             overrides: dict[str, Any], dag_location: str = "", code: str = "") -> bool:
     """The body of every step component: run-time parameters into the step's config,
     KFP artifacts -> our artifacts (pinned references for previous-run inputs and the
     baseline), the step through `pipeline.invoke`, properties back onto the KFP
@@ -101,6 +101,11 @@ def run_step(name: str, config_json: str, context_json: str, run_id: str,
     # A step with a Scratch parameter (train's checkpoints, tune's trials) resumes a
     # retried attempt from there, as under the local runner.
     scratch = {"scratch": scratch_folder(outputs)} if node.spec.scratch else {}
+    # A step with a Shared folder (ingest's per-span artifacts) keeps it beside the
+    # registry, keyed by its code (`code`: the task's code fingerprint).
+    if node.spec.shared and context is not None:
+        scratch["shared"] = invoke.shared_folder(invoke.shared_root(context.registry_root),
+                                                 node, code)
     summary = invoke.call(node, resolved, inputs, outputs, producer, **scratch) or {}
     for line in summary.get("lines", []):
         print(f"{name}: {line}")
@@ -135,6 +140,17 @@ def scratch_folder(outputs: dict[str, str]) -> str | None:
     return first.rsplit("/", 1)[0] + "/" + SCRATCH
 
 
+def _schedule_time(text: str) -> Any:
+    """The run's schedule time (UTC), or now for a run that no schedule started (the
+    placeholder then arrives empty or unresolved)."""
+    import datetime
+
+    try:
+        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except (ValueError, AttributeError):
+        return datetime.datetime.now(datetime.timezone.utc)
+
+
 def apply_overrides(step_cfg: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """Run-time pipeline parameters into a step's config (its sections, and the
     sections it records). '' for an optional key means unset."""
@@ -150,7 +166,8 @@ def apply_overrides(step_cfg: dict[str, Any], overrides: dict[str, Any]) -> dict
 
 
 def resolve_pins(context_json: str, baseline_alias: str = "", configs_json: str = "",
-                 overrides: dict[str, Any] | None = None, dag_location: str = ""):
+                 overrides: dict[str, Any] | None = None, dag_location: str = "",
+                 schedule_time: str = ""):
     """The resolve task's body: the registry version holding the baseline alias now,
     the artifacts the last completed run recorded for previous-run inputs, and for each
     step with outside inputs (`configs_json`: its compiled config; `overrides`: the
@@ -181,7 +198,8 @@ def resolve_pins(context_json: str, baseline_alias: str = "", configs_json: str 
                                   f"for {node.name}; recompile it with this imgpipe version.")
             step_cfg = apply_overrides(configs[node.name], dict(overrides or {}))
             values[f"{node.name}__{EXTERNAL}"] = json.dumps(
-                invoke.pin_outside_inputs(node, step_cfg, context), sort_keys=True)
+                invoke.pin_outside_inputs(node, step_cfg, context, _schedule_time(schedule_time)),
+                sort_keys=True)
     for key, value in values.items():
         print(f"resolve: {key} = {value or '(none)'}")
     return namedtuple("Pins", list(values))(**values)

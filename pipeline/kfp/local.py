@@ -273,7 +273,7 @@ def run_local(config: PipelineConfig, runs_dir: str = "runs", config_path: str |
                 contextlib.redirect_stdout(task_log):
             if not verbose:   # the base-image and ignored-resource notices, per task
                 warnings.filterwarnings("ignore", module="kfp")
-            build_pipeline(config, dag_location)()
+            build_pipeline(config, dag_location, scheduled=False)()
     except RuntimeError as exc:       # kfp.local: a task ended with FAILURE
         failed = task_log.task        # kfp.local raises before it logs the task's end
         if failed is None:            # not a task's failure: kfp.local's own error

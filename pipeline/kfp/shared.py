@@ -8,6 +8,9 @@ back inside the container; it imports nothing."""
 # Each task receives those of the sections it reads (`invoke.step_config`).
 RUNTIME_PARAMETERS = {
     "data_source": "data.source",
+    # a source with a span pattern: the window, as JSON ("latest", {"rolling": 7},
+    # {"scheduled": "-1d"}, [..]); the resolve task turns a scheduled one into spans
+    "data_spans": "data.spans",
     "train_epochs": "train.epochs",
     "train_batch_size": "train.batch_size",
     "learning_rate": "train.optimizer.learning_rate",

@@ -1,0 +1,203 @@
+"""Continuous training on data drops (spans): each span ingested once and reused by
+later windows, the window read by reference, the newest drop validated against the
+rest, scheduled windows on KFP, backfill, and the lineage in `runs list`."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import yaml
+
+from components import artifacts
+from pipeline import cli
+from pipeline import config as config_lib
+from tests.fixtures import make_class_folders
+
+CLASSES = ("cat", "dog", "fox")
+
+
+def drop(root, day: str, per_class=16, shares=None) -> None:
+    """One day's folder of class folders, unique images per day."""
+    first = int(day.replace("-", "")) % 100000 * 40
+    for index, label in enumerate(CLASSES):
+        count = per_class if shares is None else shares[index]
+        make_class_folders(str(root / day), classes=(label,), per_class=count, first=first)
+        first += 1000
+
+
+def config(tmp_path, spans, **data) -> str:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "daily",
+        "data": {"source": str(tmp_path / "drops") + "/{YYYY}-{MM}-{DD}/",
+                 "image_size": [12, 12], "channels": 1, "eval_fraction": 0.4,
+                 "spans": spans, **data},
+        "validate": {"max_near_duplicate_fraction": 1.0},
+        "model": {"kind": "logistic"}, "train": {"epochs": 1, "batch_size": 16},
+        "evaluate": {"thresholds": {"accuracy": {"min": 0.0}}},
+        "push": {"destination": str(tmp_path / "serving")}}))
+    return str(path)
+
+
+def run(path, capsys, *extra) -> tuple[int, str]:
+    code = cli.main(["run", path, "--runs-dir", str(os.path.dirname(path) + "/runs"), *extra])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def ingest_summary(out: str) -> str:
+    return next(line for line in out.splitlines() if "span(s) " in line and ": ingested" in line)
+
+
+def test_a_rolling_window_ingests_only_the_new_span_and_reads_the_rest_by_reference(
+        tmp_path, capsys):
+    for day in ("2026-11-28", "2026-11-29", "2026-11-30"):
+        drop(tmp_path / "drops", day)
+    path = config(tmp_path, {"rolling": 2})
+    code, out = run(path, capsys, "--until", "validate")
+    assert code == 0, out
+    assert "2 span(s) 2026-11-29..2026-11-30: ingested 2" in ingest_summary(out)
+
+    drop(tmp_path / "drops", "2026-12-01")        # the next day's drop lands
+    code, out = run(path, capsys, "--until", "transform")
+    assert code == 0, out
+    assert "2 span(s) 2026-11-30..2026-12-01: ingested 1 (2026-12-01), reused 1" \
+        in ingest_summary(out)
+    uri = next(line.split(": ", 1)[1] for line in out.splitlines()
+               if line.startswith("  ingest.examples: "))
+    examples = artifacts.read(uri, artifacts.Examples)
+    assert examples.properties["spans"] == ["2026-11-30", "2026-12-01"]
+    parts = examples.properties["parts"]
+    # by reference: the window's artifact holds no records of its own
+    assert not any(f.endswith(".tfrecord.gz") for f in examples.files)
+    assert all(part["uri"].startswith(str(tmp_path / "runs" / "shared")) for part in parts)
+    # eval is the newest span's eval split; the older span's eval images train too
+    eval_files = artifacts.Examples.shards(examples, "eval")
+    assert eval_files and all(f.startswith(parts[-1]["uri"]) for f in eval_files)
+    train_files = artifacts.Examples.shards(examples, "train")
+    assert any(f.startswith(os.path.join(parts[0]["uri"], "eval")) for f in train_files)
+    counts = examples.properties["counts"]
+    assert sum(counts["train"].values()) + sum(counts["eval"].values()) == 2 * 3 * 16
+    transformed = next(line.split(": ", 1)[1] for line in out.splitlines()
+                       if line.startswith("  transform.transform_graph: "))
+    graph = artifacts.read(transformed, artifacts.TransformGraph)
+    assert sorted(graph.properties["label_vocabulary"]) == list(CLASSES)
+
+    # the runs list shows each run's window
+    assert cli.main(["runs", "list", "--runs-dir", str(tmp_path / "runs")]) == 0
+    listed = capsys.readouterr().out
+    assert "2026-11-30..2026-12-01 (2)" in listed and "2026-11-29..2026-11-30 (2)" in listed
+
+
+def test_a_drifted_drop_stops_at_validate_and_the_window_trains_on(tmp_path, capsys):
+    for day in ("2026-11-28", "2026-11-29", "2026-11-30"):
+        drop(tmp_path / "drops", day)
+    drop(tmp_path / "drops", "2026-12-01", shares=(20, 2, 2))      # planted class drift
+    path = config(tmp_path, {"rolling": 4})
+    code, out = run(path, capsys, "--until", "validate")
+    assert code == 3, out
+    assert "class shares moved by L-inf" in out and "the window's other 3 span(s)" in out
+    # the same window without the drifted day passes
+    path = config(tmp_path, {"range": ["2026-11-28", "2026-11-30"]})
+    code, out = run(path, capsys, "--until", "validate")
+    assert code == 0, out
+
+
+def test_a_missing_span_fails_unless_told_to_skip(tmp_path, capsys):
+    for day in ("2026-11-28", "2026-11-30"):
+        drop(tmp_path / "drops", day)
+    path = config(tmp_path, ["2026-11-28", "2026-11-29", "2026-11-30"])
+    code, out = run(path, capsys, "--until", "ingest")
+    assert code == 2 and "2026-11-29" in out, out
+    path = config(tmp_path, ["2026-11-28", "2026-11-29", "2026-11-30"], on_missing="skip")
+    code, out = run(path, capsys, "--until", "ingest")
+    assert code == 0 and "2 span(s) 2026-11-28..2026-11-30" in ingest_summary(out), out
+
+
+def test_backfill_runs_each_span_in_order_and_stops_at_the_first_failure(tmp_path, capsys):
+    for day in ("2026-11-28", "2026-11-29", "2026-11-30"):
+        drop(tmp_path / "drops", day)
+    drop(tmp_path / "drops", "2026-12-01", shares=(20, 2, 2))
+    drop(tmp_path / "drops", "2026-12-02")
+    path = config(tmp_path, {"rolling": 3})
+    code = cli.main(["backfill", path, "--spans", "2026-11-29..2026-12-02", "--runs-dir",
+                     str(tmp_path / "runs"), "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert code == 3 and result["stopped"]
+    assert [r["span"] for r in result["runs"]] == ["2026-11-29", "2026-11-30", "2026-12-01"]
+    assert [r["status"] for r in result["runs"]] == ["succeeded", "succeeded", "failed"]
+    assert result["runs"][1]["window"] == ["2026-11-28", "2026-11-29", "2026-11-30"]
+
+
+def _compiled(tmp_path, spans) -> dict:
+    from pipeline.kfp import compile as kfp_compile
+
+    cfg = config_lib.load(None, ["data.source=gs://b/drops/{YYYY}-{MM}-{DD}/",
+                                 f"data.spans={json.dumps(spans)}",
+                                 "push.destination=gs://b/serving"], resolve_paths=False)
+    out = str(tmp_path / f"p{abs(hash(json.dumps(spans)))}.yaml")
+    kfp_compile.compile_pipeline(cfg, out)
+    return yaml.safe_load(open(out))
+
+
+def test_the_compiled_window_is_a_run_time_parameter_and_the_schedule_time_only_resolves(
+        tmp_path):
+    rolling, scheduled = _compiled(tmp_path, {"rolling": 7}), _compiled(tmp_path,
+                                                                       {"scheduled": "-1d"})
+    params = rolling["root"]["inputDefinitions"]["parameters"]
+    assert json.loads(params["data_spans"]["defaultValue"]) == {"rolling": 7}
+    tasks = rolling["root"]["dag"]["tasks"]
+    # the ingest task takes the window as a parameter, not compiled into its config
+    assert tasks["ingest"]["inputs"]["parameters"]["p_data_spans"] == {
+        "componentInputParameter": "data_spans"}
+    assert "spans" not in json.loads(tasks["ingest"]["inputs"]["parameters"]["config_json"]
+                                     ["runtimeValue"]["constant"])["data"]
+    # the schedule time reaches the resolve task only
+    text = yaml.safe_dump(scheduled["root"])
+    assert text.count("pipeline_job_schedule_time_utc") == 1
+    assert "pipeline_job_schedule_time_utc" in yaml.safe_dump(
+        scheduled["root"]["dag"]["tasks"]["resolve"])
+    # two windows: the same ingest task spec, only the parameter's default differs
+    assert rolling["root"]["dag"]["tasks"]["ingest"] == scheduled["root"]["dag"]["tasks"]["ingest"]
+    assert rolling["components"]["comp-ingest"] == scheduled["components"]["comp-ingest"]
+
+
+def test_the_resolve_task_pins_a_scheduled_window_as_the_spans_it_names(tmp_path):
+    import datetime
+
+    from pipeline import dag, invoke
+
+    for day in ("2026-11-29", "2026-11-30", "2026-12-01"):
+        drop(tmp_path / "drops", day, per_class=2)
+    cfg = config_lib.load(config(tmp_path, {"scheduled": "-1d"}))
+    node = dag.get("ingest")
+    pin = invoke.pin_outside_inputs(node, invoke.step_config(node, cfg),
+                                    invoke.Context.from_config(cfg),
+                                    datetime.datetime(2026, 12, 1, 3, 0))
+    assert pin["refs"]["data.spans"] == ["2026-11-30"]
+    later = invoke.pin_outside_inputs(node, invoke.step_config(node, cfg),
+                                      invoke.Context.from_config(cfg),
+                                      datetime.datetime(2026, 12, 2, 3, 0))
+    assert later["refs"]["data.spans"] == ["2026-12-01"]
+    assert later["fingerprint"] != pin["fingerprint"]
+
+
+@pytest.mark.slow
+def test_a_two_span_window_runs_under_kfp_local(tmp_path):
+    import subprocess
+    import sys
+
+    for day in ("2026-11-30", "2026-12-01"):
+        drop(tmp_path / "drops", day)
+    path = config(tmp_path, {"rolling": 2})
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    done = subprocess.run([os.path.join(os.path.dirname(sys.executable), "imgpipe"), "run",
+                           path, "--engine", "kfp-local", "--runs-dir", str(tmp_path / "k")],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 span(s) 2026-11-30..2026-12-01: ingested 2" in done.stdout
+    assert "  push       done " in done.stdout
+    # the spans were kept beside the registry, for the next scheduled run
+    assert os.path.isdir(tmp_path / "imgpipe-shared" / "ingest")
