@@ -201,3 +201,19 @@ def test_a_two_span_window_runs_under_kfp_local(tmp_path):
     assert "  push       done " in done.stdout
     # the spans were kept beside the registry, for the next scheduled run
     assert os.path.isdir(tmp_path / "imgpipe-shared" / "ingest")
+
+
+def test_the_model_card_records_the_spans_and_models_show_prints_them(tmp_path, capsys):
+    for day in ("2026-11-29", "2026-11-30"):
+        drop(tmp_path / "drops", day)
+    path = config(tmp_path, {"rolling": 2})
+    code, out = run(path, capsys)
+    assert code == 0 and "pushed daily:1" in out, out
+    from components.registry import Registry
+
+    card = Registry(str(tmp_path / "serving")).versions("daily")[0].card
+    assert card["data"]["spans"] == ["2026-11-29", "2026-11-30"]
+    assert card["data"]["evaluated_on"] == ["2026-11-30"]
+    assert cli.main(["models", "show", "daily:1", "--registry", str(tmp_path / "serving")]) == 0
+    assert "spans: trained on 2026-11-29, 2026-11-30; evaluated on 2026-11-30" in \
+        capsys.readouterr().out

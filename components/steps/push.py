@@ -60,7 +60,13 @@ def model_card(trained_model: artifacts.Artifact, blessing: artifacts.Artifact,
                  "examples": stats.get("num_examples"), "counts": stats.get("counts"),
                  "classes": stats.get("class_names"),
                  "quarantined": stats.get("num_quarantined"),
-                 "quarantine_reasons": stats.get("quarantine_reasons")},
+                 "quarantine_reasons": stats.get("quarantine_reasons"),
+                 # a window of data drops: the spans trained on, and those evaluated on
+                 "spans": [s["span"] for s in stats.get("spans") or []] or None,
+                 "evaluated_on": ([s["span"] for s in stats["spans"]][-1:]
+                                  if stats.get("eval_spans", "newest") == "newest"
+                                  else [s["span"] for s in stats["spans"]])
+                 if stats.get("spans") else None},
         "config": recorded_config,
         "package_version": runtime.package_version(),
         "git_commit": git_commit(),

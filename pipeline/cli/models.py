@@ -82,6 +82,9 @@ def cmd_models_show(args: argparse.Namespace) -> Result:
         print(f"  infra validation: {field('infra_validation.reason')}")
         print(f"  data: {field('data.examples')} examples, classes {field('data.classes')}, "
               f"fingerprint {json.dumps(field('data.fingerprint'))[:80]}")
+        if field("data.spans"):
+            print(f"  spans: trained on {', '.join(field('data.spans'))}; evaluated on "
+                  f"{', '.join(field('data.evaluated_on') or [])}")
         for entry in info["audit"]:
             print(f"  audit: {entry['time']} {entry['who']} {entry['action']} "
                   f"@{entry['alias']} {entry['from']} -> {entry['to']}"
