@@ -122,8 +122,7 @@ def needs_context(node: Node, step_cfg: dict[str, Any]) -> bool:
             step_cfg.get("train", {}).get("hyperparameters") or ""]
     return bool(node.spec.resolved) or any(ref.startswith("run:") or is_reference(ref)
                                            for ref in refs) \
-        or not node.spec.cache \
-        or bool(node.spec.shared)  # push records where it ran; Shared is by the registry
+        or not node.spec.cache     # an uncached step records where it ran (push: the card)
 
 
 def resolve(node: Node, step_cfg: dict[str, Any], context: Context | None,

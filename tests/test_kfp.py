@@ -502,7 +502,7 @@ def _fake_kfp_local(blessed=True, fail_at=None):
         task("report")
         out.write("08:00:09.000 - INFO - Pipeline 'tiny' finished with status SUCCESS\n")
 
-    return lambda config: run
+    return lambda config, *args, **kwargs: run
 
 
 @pytest.mark.parametrize("blessed", [True, False])

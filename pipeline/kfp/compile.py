@@ -455,7 +455,9 @@ def build_pipeline(config: PipelineConfig, location: str = "", scheduled: bool =
             component = vertex_job(comps[node.name], config, node.name)
             task = component(
                 config_json=json.dumps(without_runtime_keys(step_cfg), sort_keys=True),
-                context_json=context if invoke.needs_context(node, step_cfg) else "",
+                # a Shared folder lives beside the registry the context names
+                context_json=context if invoke.needs_context(node, step_cfg)
+                or node.spec.shared else "",
                 **kwargs)
             for name in node.after:       # an order (and a stop), not an input
                 task.after(tasks[name])
