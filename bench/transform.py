@@ -38,10 +38,10 @@ def ingest(source: str, out: str, image_size, channels):
 def floor(examples, data, out_dir: str) -> tuple[float, int]:
     import tensorflow as tf
 
-    from components import features
+    from components import artifacts, features
 
     started = time.perf_counter()
-    files = tf.io.gfile.glob(examples.path("*", "*.tfrecord.gz"))
+    files = tf.io.gfile.glob(examples.path("*", artifacts.Examples.SHARDS))
     spec = features.raw_feature_spec()
     ids = {name: i for i, name in enumerate(sorted(examples.properties["class_names"]))}
 

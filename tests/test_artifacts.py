@@ -34,12 +34,12 @@ def test_fingerprint_is_content_not_location(tmp_path):
     prints = []
     for name in ("a", "b"):
         with artifacts.writing(str(tmp_path / name), "ExampleStatistics") as writer:
-            with open(writer.file("stats.json"), "w") as handle:
+            with open(writer.file(artifacts.ExampleStatistics.FILE), "w") as handle:
                 handle.write('{"n": 1}')
             prints.append(writer.commit().fingerprint)
     assert prints[0] == prints[1]
     with artifacts.writing(str(tmp_path / "c"), "ExampleStatistics") as writer:
-        with open(writer.file("stats.json"), "w") as handle:
+        with open(writer.file(artifacts.ExampleStatistics.FILE), "w") as handle:
             handle.write('{"n": 2}')
         assert writer.commit().fingerprint != prints[0]
 
@@ -49,7 +49,7 @@ def test_directory_without_manifest_is_rejected(tmp_path):
     (tmp_path / "half" / "data.bin").write_bytes(b"x")
     with pytest.raises(ArtifactError, match="not a committed artifact"):
         artifacts.read(str(tmp_path / "half"))
-    (tmp_path / "half" / "artifact.json").write_text(json.dumps({"type": "Examples"}))
+    (tmp_path / "half" / artifacts.MANIFEST_NAME).write_text(json.dumps({"type": "Examples"}))
     with pytest.raises(ArtifactError, match="incomplete"):
         artifacts.read(str(tmp_path / "half"))
 
@@ -114,11 +114,11 @@ def _renamed(uri, old_type):
 
 
 @pytest.mark.parametrize("new, old, file", [
-    ("ExampleStatistics", "Statistics", "stats.json"),
-    ("ExampleAnomalies", "Anomalies", "anomalies.json"),
-    ("ModelEvaluation", "Evaluation", "metrics.json"),
-    ("ModelBlessing", "Blessing", "blessing.json"),
-    ("InfraBlessing", "Blessing", "infra_validation.json"),
+    ("ExampleStatistics", "Statistics", artifacts.ExampleStatistics.FILE),
+    ("ExampleAnomalies", "Anomalies", artifacts.ExampleAnomalies.FILE),
+    ("ModelEvaluation", "Evaluation", artifacts.ModelEvaluation.FILE),
+    ("ModelBlessing", "Blessing", artifacts.ModelBlessing.FILE),
+    ("InfraBlessing", "Blessing", artifacts.InfraBlessing.FILE),
 ])
 def test_manifests_with_the_old_type_names_still_read(tmp_path, new, old, file):
     """Artifacts written before TFX's type names (Statistics, Anomalies, Evaluation,

@@ -116,11 +116,15 @@ def test_a_miss_names_the_module_that_changed():
         "; inputs.baseline_statistics: (none) -> ffffffffffff")
 
 
+# a Model artifact's SavedModel graph and a variables file, relative to the artifact
+GRAPH = f"{artifacts.Model.SAVED_MODEL}/{artifacts.SAVED_MODEL_PB}"
+VARIABLES = f"{artifacts.Model.SAVED_MODEL}/variables/variables.data"
+
+
 def _artifact(tmp_path):
     with artifacts.writing(str(tmp_path / "a"), "Model") as writer:
-        os.makedirs(writer.file("saved_model", "variables"))
-        for rel, data in (("saved_model/saved_model.pb", b"graph"),
-                          ("saved_model/variables/variables.data", b"weights" * 100)):
+        os.makedirs(writer.file(artifacts.Model.SAVED_MODEL, "variables"))
+        for rel, data in ((GRAPH, b"graph"), (VARIABLES, b"weights" * 100)):
             with open(writer.file(rel), "wb") as handle:
                 handle.write(data)
         return writer.commit()
@@ -128,18 +132,17 @@ def _artifact(tmp_path):
 
 def test_verify_notices_missing_truncated_and_altered_files(tmp_path):
     art = _artifact(tmp_path)
-    assert set(art.files) == {"saved_model/saved_model.pb", "saved_model/variables/variables.data"}
+    assert set(art.files) == {GRAPH, VARIABLES}
     problems, verified = artifacts.verify(art)
     assert problems == [] and set(verified) == set(art.files)
-    data = tmp_path / "a" / "saved_model" / "variables" / "variables.data"
+    data = tmp_path / "a" / artifacts.Model.SAVED_MODEL / "variables" / "variables.data"
     data.write_bytes(b"weights" * 100 + b"!")
     assert artifacts.verify(art)[0] == [
-        "saved_model/variables/variables.data changed size since it was written "
-        "(700 -> 701 bytes)"]
+        f"{VARIABLES} changed size since it was written (700 -> 701 bytes)"]
     data.write_bytes(b"WEIGHTS" * 100)
     assert "content differs" in artifacts.verify(art)[0][0]
     data.unlink()
-    assert artifacts.verify(art)[0] == ["saved_model/variables/variables.data is missing"]
+    assert artifacts.verify(art)[0] == [f"{VARIABLES} is missing"]
 
 
 def test_verify_does_not_reread_unchanged_files(tmp_path, monkeypatch):
@@ -151,9 +154,9 @@ def test_verify_does_not_reread_unchanged_files(tmp_path, monkeypatch):
     assert artifacts.verify(art, known) == ([], known)
     assert reads == []
     time.sleep(0.01)
-    (tmp_path / "a" / "saved_model" / "saved_model.pb").write_bytes(b"graph")  # same bytes
+    (tmp_path / "a" / GRAPH).write_bytes(b"graph")  # same bytes
     problems, again = artifacts.verify(art, known)
-    assert problems == [] and reads == [str(tmp_path / "a" / "saved_model" / "saved_model.pb")]
+    assert problems == [] and reads == [str(tmp_path / "a" / GRAPH)]
     assert again != known
 
 
@@ -166,13 +169,14 @@ def test_a_damaged_cached_output_reruns_and_says_why(tmp_path, make_config):
 
     first = run()
     stats = first.steps[1].outputs["statistics"]
-    with open(os.path.join(stats, "stats.json"), "a") as handle:
+    with open(os.path.join(stats, artifacts.ExampleStatistics.FILE), "a") as handle:
         handle.write(" ")
     fake_steps.CALLS.clear()
     second = run()
     assert [s.status for s in second.steps] == ["cached", "ran"]
     assert fake_steps.CALLS == ["consume"]
-    assert "no longer verifies: statistics: stats.json changed size" in second.steps[1].decision
+    assert (f"no longer verifies: statistics: {artifacts.ExampleStatistics.FILE} changed size"
+            in second.steps[1].decision)
     third = run()
     assert [s.status for s in third.steps] == ["cached", "cached"]
     assert third.steps[1].outputs == second.steps[1].outputs

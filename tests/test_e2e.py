@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from components import artifacts
 from components.registry import Registry
 from pipeline import cli
 from pipeline.local import run_pipeline
@@ -56,8 +57,7 @@ def test_fonts_pipeline_blesses_pushes_compares_and_predicts(make_config, tmp_pa
     assert worse.status == "succeeded"
     assert [s.status for s in worse.steps if s.step in ("ingest", "transform")] == \
         ["cached", "cached"]                                     # same data, reused
-    blessing = json.load(open(os.path.join(outputs(worse, "evaluate").outputs["blessing"],
-                                           "blessing.json")))
+    blessing = artifacts.ModelBlessing.read(outputs(worse, "evaluate").outputs["blessing"])
     assert not blessing["blessed"] and blessing["baseline"] == "fonts:1"
     failed = {c["check"] for c in blessing["checks"] if c["verdict"] == "fail"}
     assert any("not worse than fonts:1" in c for c in failed)
@@ -80,8 +80,8 @@ def test_fonts_pipeline_blesses_pushes_compares_and_predicts(make_config, tmp_pa
 
     # 4. predict on the eval images as PNG files = the evaluator's predictions.
     evaluation = outputs(better, "evaluate").outputs["evaluation"]
-    predictions = [json.loads(line) for line in open(os.path.join(evaluation,
-                                                                  "predictions.jsonl"))]
+    predictions = [json.loads(line) for line in open(
+        os.path.join(evaluation, artifacts.ModelEvaluation.PREDICTIONS))]
     from components import features
     examples = outputs(better, "ingest").outputs["examples"]
     import glob
@@ -102,7 +102,7 @@ def test_fonts_pipeline_blesses_pushes_compares_and_predicts(make_config, tmp_pa
 def test_predict_as_a_beam_job_matches_in_process(tmp_path):
     """The Beam path of `imgpipe predict` (large inputs) gives the same rows, in order,
     with bad files reported per row."""
-    from components import artifacts, predict
+    from components import predict
     from components.config import (
         BeamConfig,
         DataConfig,
@@ -125,7 +125,7 @@ def test_predict_as_a_beam_job_matches_in_process(tmp_path):
         paths.append(str(path))
     (tmp_path / "bad.png").write_bytes(b"not an image")
     paths.insert(4, str(tmp_path / "bad.png"))
-    saved = str(tmp_path / "m" / "saved_model")
+    saved = str(tmp_path / "m" / artifacts.Model.SAVED_MODEL)
     local = predict.predict_local(saved, paths, batch_size=4, progress=False)
     beam = predict.predict_beam(saved, paths, BeamConfig().pipeline_args(), batch_size=4)
     assert [r["path"] for r in beam] == paths
@@ -177,7 +177,8 @@ def test_damaged_cached_model_is_retrained_and_thresholds_do_not_rerun_the_probe
 
     first = run_pipeline(cfg(0.5), runs, until="infra_validate", log=lambda _: None)
     model_dir = outputs(first, "train").outputs["trained_model"]
-    [variables] = glob.glob(os.path.join(model_dir, "saved_model", "variables", "*.data-*"))
+    [variables] = glob.glob(os.path.join(model_dir, artifacts.Model.SAVED_MODEL, "variables",
+                                        "*.data-*"))
     os.remove(variables)
 
     second = run_pipeline(cfg(0.5), runs, log=lambda _: None)
@@ -231,7 +232,7 @@ def test_every_beam_step_runs_multi_process(make_config, tmp_path):
     evaluation = outputs(result, "evaluate").summary
     assert evaluation["accuracy"] > 0.3     # 2 epochs of logistic regression
     predictions = open(os.path.join(outputs(result, "evaluate").outputs["evaluation"],
-                                    "predictions.jsonl")).read().splitlines()
+                                    artifacts.ModelEvaluation.PREDICTIONS)).read().splitlines()
     assert len(predictions) == sum(
         outputs(result, "ingest").summary["splits"].values()) - outputs(
         result, "ingest").summary["splits"]["train"]

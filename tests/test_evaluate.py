@@ -74,7 +74,7 @@ def _broken_model(path, vocabulary):
 def _model_artifact(tmp_path, build):
     uri = str(tmp_path / "model")
     with artifacts.writing(uri, artifacts.Model) as writer:
-        build(writer.file("saved_model"))
+        build(writer.file(artifacts.Model.SAVED_MODEL))
         writer.properties = {"label_vocabulary": list(fixtures.CLASSES)}
         writer.commit()
     return artifacts.read(uri)
@@ -100,7 +100,7 @@ def test_infra_validation_catches_a_model_that_does_not_load(tmp_path):
 
     model = _model_artifact(tmp_path, not_a_model)
     infra.run(model, examples, InfraValidateConfig(), infra_blessing=str(tmp_path / "ib"))
-    record = json.load(open(tmp_path / "ib" / "infra_validation.json"))
+    record = artifacts.InfraBlessing.read(str(tmp_path / "ib"))
     assert record["passed"] is False and "fresh process" in record["reason"]
 
 
@@ -173,7 +173,7 @@ def test_report_puts_overall_first_reads_bounds_and_flags_drops(tmp_path):
     evaluation, blessing = tmp_path / "evaluation", tmp_path / "blessing"
     evaluation.mkdir()
     blessing.mkdir()
-    (evaluation / "metrics.json").write_text(json.dumps({
+    (evaluation / artifacts.ModelEvaluation.FILE).write_text(json.dumps({
         "metrics": {"slices": {"label=b": {"accuracy": 0.5, "example_count": 10.0},
                                "overall": {"accuracy": 0.7, "example_count": 39.0}},
                     "per_class": {"b": {"recall": 0.3}, "a": {"recall": 0.9}},
@@ -183,7 +183,7 @@ def test_report_puts_overall_first_reads_bounds_and_flags_drops(tmp_path):
                        "ci_low": -0.2, "ci_high": -0.05, "mcnemar_p": 0.01, "examples": 39,
                        "class_recall": {"a": {"baseline": 0.9}, "b": {"baseline": 0.71}}},
         "label_vocabulary": ["b", "a"]}))
-    (blessing / "blessing.json").write_text(json.dumps({
+    (blessing / artifacts.ModelBlessing.FILE).write_text(json.dumps({
         "blessed": True, "reason": "all checks passed", "checks": [
             {"check": "accuracy (overall)", "source": "tfma", "value": 0.7,
              "bound": {"min": 0.5}, "verdict": "pass"}]}))
@@ -280,9 +280,9 @@ def test_report_decides_a_promotion(tmp_path):
     probs = np.eye(3)[truth] * 0.6 + rng.uniform(size=(120, 3)) * 0.4
     probs = (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
     curves = scoring.curve_histograms(probs, list(truth))
-    np.savez(evaluation / "curves.npz", positive=curves["positive"],
+    np.savez(evaluation / artifacts.ModelEvaluation.CURVES, positive=curves["positive"],
              negative=curves["negative"])
-    (evaluation / "metrics.json").write_text(json.dumps({
+    (evaluation / artifacts.ModelEvaluation.FILE).write_text(json.dumps({
         "metrics": {"slices": {"overall": {"accuracy": 0.925, "example_count": 120.0}},
                     "per_class": {"cat": {"precision": 0.9, "recall": 1.0}},
                     "confusion": [[40, 1, 0], [2, 35, 3], [1, 2, 36]]},   # dog, cat, fox
@@ -296,10 +296,11 @@ def test_report_decides_a_promotion(tmp_path):
                        "candidate_accuracy": 0.925, "difference": 0.025, "confidence": 0.95,
                        "ci_low": -0.01, "ci_high": 0.06, "mcnemar_p": 0.2, "examples": 120,
                        "class_recall": {}}}))
-    (blessing / "blessing.json").write_text(json.dumps(
+    (blessing / artifacts.ModelBlessing.FILE).write_text(json.dumps(
         {"blessed": True, "reason": "all checks passed", "checks": []}))
-    (model / "history.json").write_text(json.dumps({"loss": [0.9, 0.5], "accuracy": [0.6, 0.8]}))
-    (model / "artifact.json").write_text(json.dumps({"properties": {
+    (model / artifacts.Model.FILE).write_text(json.dumps({"loss": [0.9, 0.5],
+                                                        "accuracy": [0.6, 0.8]}))
+    (model / artifacts.MANIFEST_NAME).write_text(json.dumps({"properties": {
         "kind": "cnn", "trainable_params": 4914, "epochs": 2, "strategy": "default",
         "hyperparameters": {"best": {"model.dropout": 0.1}}}}))
     steps = [SimpleNamespace(step="train", status="ran", seconds=3.25, decision="x",
@@ -334,7 +335,7 @@ def test_report_decides_a_promotion(tmp_path):
     # the matrices in class-name order, each from its own vocabulary
     from pipeline.report_plots import _confusion_data
 
-    data = _confusion_data(json.load(open(evaluation / "metrics.json")))
+    data = _confusion_data(artifacts.ModelEvaluation.read(str(evaluation)))
     assert data["classes"] == ["cat", "dog", "fox"]
     assert data["confusion"][0] == [35, 2, 3]          # true cat: cat, dog, fox
     assert data["baseline"][0] == [37, 1, 2] and data["baseline_title"] == "baseline pets:3"

@@ -95,15 +95,17 @@ def test_artifacts_on_gcs_are_committed_by_their_manifest(on_fake):
     from components.errors import ArtifactError
 
     uri = f"{on_fake}/runs/r1/train/model"
+    graph = f"{artifacts.Model.SAVED_MODEL}/{artifacts.SAVED_MODEL_PB}"
     with artifacts.writing(uri, "Model") as writer:
-        fileio.write_text(writer.file("saved_model", "saved_model.pb"), "graph")
+        fileio.write_text(writer.file(artifacts.Model.SAVED_MODEL, artifacts.SAVED_MODEL_PB),
+                          "graph")
         with pytest.raises(ArtifactError, match="not a committed artifact"):
             artifacts.read(uri)                     # no manifest yet: does not exist
         art = writer.commit()
-    assert artifacts.read(uri).files == art.files and set(art.files) == {"saved_model/saved_model.pb"}
+    assert artifacts.read(uri).files == art.files and set(art.files) == {graph}
     assert artifacts.verify(art)[0] == []
-    fileio.write_text(f"{uri}/saved_model/saved_model.pb", "tampered")
-    assert "saved_model/saved_model.pb changed" in artifacts.verify(art)[0][0]
+    fileio.write_text(f"{uri}/{graph}", "tampered")
+    assert f"{graph} changed" in artifacts.verify(art)[0][0]
 
 
 def _card():
@@ -308,7 +310,7 @@ def test_kfp_pins_change_exactly_when_outside_inputs_do(on_fake, tmp_path, monke
     what a step reads from outside the run: new objects under the bucket source change
     ingest's pin (only), an edited schema validate's, a moved production alias the
     start weights' of tune and train; nothing changed gives identical pins."""
-    from components import fileio
+    from components import artifacts, fileio
     from components.registry import Registry
     from pipeline import config as config_lib
     from pipeline import invoke
@@ -324,7 +326,7 @@ def test_kfp_pins_change_exactly_when_outside_inputs_do(on_fake, tmp_path, monke
     model = tmp_path / "sm"
     model.mkdir()
     (model / "saved_model.pb").write_text("graph")
-    (model / "model.keras").write_text("weights")
+    (model / artifacts.Model.KERAS_FILE).write_text("weights")
     registry = Registry(f"{root}/serving")
     for _ in range(2):
         registry.push("base", str(model), _card())

@@ -23,7 +23,7 @@ def run_ingest(tmp_path, source, name="out", **data_args):
                          statistics=str(tmp_path / name / "statistics"))
     examples = artifacts.read(str(tmp_path / name / "examples"), artifacts.Examples)
     stats_art = artifacts.read(str(tmp_path / name / "statistics"), artifacts.ExampleStatistics)
-    stats = json.load(open(stats_art.path("stats.json")))
+    stats = artifacts.ExampleStatistics.read(stats_art)
     return summary, examples, stats_art, stats
 
 
@@ -31,7 +31,7 @@ def read_examples(examples, split):
     """Parses a split back with TensorFlow and decodes every image."""
     import tensorflow as tf
 
-    files = tf.io.gfile.glob(examples.path(split, "*.tfrecord.gz"))
+    files = artifacts.Examples.shards(examples, split)
     out = []
     spec = {key: tf.io.FixedLenFeature([], tf.string)
             for key in ("image/encoded", "image/format", "label", "id", "source")}
@@ -105,7 +105,8 @@ def test_bad_inputs_are_quarantined_with_exact_counts(tmp_path):
     summary, examples, stats_art, stats = run_ingest(
         tmp_path, tmp_path / "src", ingest={"max_bad_fraction": 0.2})
     assert summary["num_examples"] == 30 and summary["num_quarantined"] == 4
-    lines = [json.loads(line) for line in open(stats_art.path("quarantine.jsonl"))]
+    quarantine = stats_art.path(artifacts.ExampleStatistics.QUARANTINE)
+    lines = [json.loads(line) for line in open(quarantine)]
     reasons = {os.path.basename(q["path"]): q["reason"] for q in lines}
     assert set(reasons) == {"empty.png", "truncated.jpg", "notes.png", "bomb.png"}
     assert reasons["empty.png"].startswith("empty file")
@@ -219,7 +220,7 @@ def test_class_list_quarantines_other_labels(tmp_path):
         tmp_path, tmp_path / "src", classes=["cat", "dog"], ingest={"max_bad_fraction": 0.5})
     assert summary["num_quarantined"] == 10
     assert examples.properties["class_names"] == ["cat", "dog"]
-    line = json.loads(open(stats_art.path("quarantine.jsonl")).readline())
+    line = json.loads(open(stats_art.path(artifacts.ExampleStatistics.QUARANTINE)).readline())
     assert "not in data.classes" in line["reason"]
 
 
@@ -247,7 +248,7 @@ def test_files_outside_class_folders_are_quarantined_not_dropped(tmp_path):
     (tmp_path / "src" / "cat" / "README.txt").write_text("notes")
     summary, _, stats_art, _ = run_ingest(tmp_path, tmp_path / "src")
     assert summary["num_quarantined"] == 2
-    text = open(stats_art.path("quarantine.jsonl")).read()
+    text = open(stats_art.path(artifacts.ExampleStatistics.QUARANTINE)).read()
     assert "not inside a class folder" in text
     assert "file extension 'txt' is not in ingest.extensions" in text
 
@@ -266,8 +267,8 @@ def test_hash_split_keeps_near_duplicates_in_one_split(tmp_path):
     assert summary["num_examples"] == 54
     assert stats["eval_moved_to_train_near_duplicates"] > 0
     assert "eval images moved to train as near-duplicates" in summary["lines"][1]
-    rows = [line.split("\t") for line in open(stats_art.path("thumbnails.tsv")).read().split("\n")
-            if line]
+    thumbnails = stats_art.path(artifacts.ExampleStatistics.THUMBNAILS)
+    rows = [line.split("\t") for line in open(thumbnails).read().split("\n") if line]
     thumbs = {split: neardup.as_array([base64.b64decode(r[2]) for r in rows if r[1] == split])
               for split in ("train", "eval")}
     assert len(thumbs["eval"]) == sum(stats["counts"]["eval"].values()) > 0

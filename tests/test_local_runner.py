@@ -193,10 +193,12 @@ def test_runs_recorded_with_the_old_type_names_are_reused(tmp_path, make_config)
     import os
     import sqlite3
 
+    from components import artifacts
+
     cfg = make_config(data={"source": "a"})
     first = run(cfg, tmp_path)
     stats_uri = first.steps[1].outputs["statistics"]
-    manifest_path = os.path.join(stats_uri, "artifact.json")
+    manifest_path = os.path.join(stats_uri, artifacts.MANIFEST_NAME)
     manifest = json.load(open(manifest_path))
     manifest["type"] = "Statistics"
     json.dump(manifest, open(manifest_path, "w"))

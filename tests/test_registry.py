@@ -208,7 +208,7 @@ def test_a_killed_push_leaves_nothing_visible_and_is_cleaned_by_the_next(tmp_pat
 def test_a_failed_push_removes_its_copy(tmp_path, monkeypatch):
     import errno
 
-    from components import fileio
+    from components import artifacts, fileio
 
     reg = Registry(str(tmp_path / "serving"))
     real = fileio.copy
@@ -223,7 +223,7 @@ def test_a_failed_push_removes_its_copy(tmp_path, monkeypatch):
     monkeypatch.setattr(fileio, "copy", disk_full)
     with pytest.raises(OSError, match="No space left"):
         reg.push("m", fake_saved_model(tmp_path / "sm"), card(),
-                 {"model.keras": str(tmp_path / "sm" / "saved_model.pb")})
+                 {artifacts.Model.KERAS_FILE: str(tmp_path / "sm" / "saved_model.pb")})
     # no hidden copy, no lock of its own (the model's .lock stays, as after any change)
     assert copied and os.listdir(tmp_path / "serving" / "m") == [".lock"]
     monkeypatch.setattr(fileio, "copy", real)
@@ -457,20 +457,23 @@ def test_pushing_the_same_model_again_neither_pushes_nor_records_a_promotion(tmp
     from components.config import PushConfig
     from components.steps import push
 
+    saved_model = artifacts.Model.SAVED_MODEL
     model = _committed(tmp_path / "model", artifacts.Model,
-                       {"saved_model/saved_model.pb": "pb", "saved_model/variables/v": "w"},
+                       {f"{saved_model}/{artifacts.SAVED_MODEL_PB}": "pb",
+                        f"{saved_model}/variables/v": "w"},
                        {"kind": "dense"})
     blessing = _committed(tmp_path / "blessing", artifacts.ModelBlessing, {
-        "blessing.json": json.dumps({"blessed": True, "reason": "ok", "baseline": None,
-                                     "gate": "point", "checks": []})}, {"blessed": True})
+        artifacts.ModelBlessing.FILE: json.dumps({"blessed": True, "reason": "ok",
+                                                  "baseline": None, "gate": "point",
+                                                  "checks": []})}, {"blessed": True})
     infra = _committed(tmp_path / "infra", artifacts.InfraBlessing, {
-        "infra_validation.json": json.dumps({"passed": True, "reason": "served"})},
+        artifacts.InfraBlessing.FILE: json.dumps({"passed": True, "reason": "served"})},
         {"passed": True})
     evaluation = _committed(tmp_path / "evaluation", artifacts.ModelEvaluation, {
-        "metrics.json": json.dumps(
+        artifacts.ModelEvaluation.FILE: json.dumps(
             {"metrics": {"slices": {"overall": {"accuracy": 0.9}}, "per_class": {}}})})
     statistics = _committed(tmp_path / "statistics", artifacts.ExampleStatistics,
-                            {"stats.json": json.dumps({"num_examples": 10})})
+                            {artifacts.ExampleStatistics.FILE: json.dumps({"num_examples": 10})})
     cfg = PushConfig(destination=str(tmp_path / "serving"), model_name="m",
                      promote_to="staging")
     results = [push.run(model, blessing, infra, evaluation, statistics, cfg,

@@ -79,7 +79,7 @@ def test_trains_and_exports_model(tmp_path, graph):
     summary = train.run(*graph, ModelConfig(kind="cnn"), TrainConfig(epochs=8, batch_size=8),
                         trained_model=str(tmp_path / "m"))
     model = artifacts.read(str(tmp_path / "m"), "Model")
-    history = json.load(open(model.path("history.json")))
+    history = artifacts.Model.read(model)
     assert len(history["loss"]) == 8 and history["loss"][-1] < history["loss"][0]
     assert summary["final"]["accuracy"] > 0.6  # the stripe pattern is easy to learn
     assert model.properties["trainable_params"] == models.trainable_params(
@@ -110,7 +110,7 @@ def test_export_serves_png_bytes_in_a_fresh_process(tmp_path, graph):
 
     train.run(*graph, ModelConfig(kind="logistic"), TrainConfig(epochs=3, batch_size=8),
               trained_model=str(tmp_path / "m"))
-    saved = str(tmp_path / "m" / "saved_model")
+    saved = str(tmp_path / "m" / artifacts.Model.SAVED_MODEL)
     paths = []
     for li in range(3):
         path = tmp_path / f"{li}.png"
@@ -143,14 +143,14 @@ def test_export_serves_png_bytes_in_a_fresh_process(tmp_path, graph):
 def test_transfer_from_our_own_model_then_fine_tune(tmp_path, graph):
     train.run(*graph, ModelConfig(kind="cnn"), TrainConfig(epochs=3, batch_size=8),
               trained_model=str(tmp_path / "first"))
-    own = str(tmp_path / "first" / "model.keras")
+    own = str(tmp_path / "first" / artifacts.Model.KERAS_FILE)
     cfg = ModelConfig(kind="transfer", weights=own, fine_tune_layers=2, fine_tune_epochs=2)
     model = models.build(cfg, (12, 12, 1), 3)
     # the first model's conv layers are the frozen base; only the new head trains
     assert models.trainable_params(model) == 6 * 6 * 4 * 3 + 3   # head on the conv features
     train.run(*graph, cfg, TrainConfig(epochs=2, batch_size=8), trained_model=str(tmp_path / "m"))
     tuned = artifacts.read(str(tmp_path / "m"), "Model")
-    history = json.load(open(tuned.path("history.json")))
+    history = artifacts.Model.read(tuned)
     assert history["phase"] == [1.0, 1.0, 2.0, 2.0] and len(history["loss"]) == 4
     assert tuned.properties["epochs"] == 4
     with pytest.raises(Exception, match="trained on input"):

@@ -130,7 +130,7 @@ def _prepare(tmp_path):
     transform.run(examples, DataConfig(image_size=(12, 12)), TransformConfig(), BeamConfig(),
                   transform_graph=str(tmp_path / "tg"))
     with artifacts.writing(str(tmp_path / "hp"), artifacts.HyperParameters) as writer:
-        with open(writer.file("hyperparameters.json"), "w") as handle:
+        with open(writer.file(artifacts.HyperParameters.FILE), "w") as handle:
             handle.write("{}")
         writer.properties = {"best": {}}
         writer.commit()

@@ -26,7 +26,7 @@ def read_transformed(graph, split):
             features.LABEL_ID: tf.io.FixedLenFeature([], tf.int64),
             features.PIXEL_SCALE: tf.io.FixedLenFeature([], tf.float32),
             features.PIXEL_OFFSET: tf.io.FixedLenFeature([], tf.float32)}
-    files = tf.io.gfile.glob(graph.path("examples", split, "*.tfrecord.gz"))
+    files = artifacts.TransformGraph.shards(graph, split)
     rows = []
     for raw in tf.data.TFRecordDataset(files, compression_type="GZIP"):
         parsed = {k: v.numpy() for k, v in tf.io.parse_single_example(raw, spec).items()}

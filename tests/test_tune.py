@@ -3,7 +3,6 @@ the model card, a search resumes from its completed trials, reruns are cached.""
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
@@ -79,7 +78,7 @@ def test_best_values_reach_train_and_its_record(tmp_path, graph):
     summary = tune.run(*graph, cfg, ModelConfig(kind="cnn"), TrainConfig(batch_size=8),
                        hyperparameters=str(tmp_path / "hp"), scratch=str(tmp_path / "s"))
     found = artifacts.read(str(tmp_path / "hp"), "HyperParameters")
-    record = json.load(open(found.path("hyperparameters.json")))
+    record = artifacts.HyperParameters.read(found)
     assert len(record["trials"]) == 3 and record["searched"]
     assert all(t["score"] is not None and t["seconds"] > 0 for t in record["trials"])
     best = record["best"]
@@ -131,7 +130,7 @@ def test_an_interrupted_search_resumes_from_completed_trials(tmp_path, graph, mo
     fits.clear()
     summary = tune.run(*graph, cfg, ModelConfig(), TrainConfig(batch_size=8),
                        hyperparameters=str(tmp_path / "hp"), scratch=scratch)
-    record = json.load(open(tmp_path / "hp" / "hyperparameters.json"))
+    record = artifacts.HyperParameters.read(str(tmp_path / "hp"))
     assert record["resumed_after_trials"] == 2 and len(fits) == 1   # only the third ran again
     assert len(record["trials"]) == 3 and "resumed after 2" in summary["lines"][0]
 

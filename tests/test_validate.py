@@ -37,8 +37,8 @@ def stats_artifact(tmp_path, name, stats, thumbnails=None):
         thumbnails = [(f"t{i}", "train", random_thumbnail(rng)) for i in range(90)]
         thumbnails += [(f"e{i}", "eval", random_thumbnail(rng)) for i in range(10)]
     with artifacts.writing(str(tmp_path / name), "ExampleStatistics") as writer:
-        open(writer.file("stats.json"), "w").write(json.dumps(stats))
-        with open(writer.file("thumbnails.tsv"), "w") as handle:
+        open(writer.file(artifacts.ExampleStatistics.FILE), "w").write(json.dumps(stats))
+        with open(writer.file(artifacts.ExampleStatistics.THUMBNAILS), "w") as handle:
             for record_id, split, thumb in thumbnails:
                 encoded = base64.b64encode(np.asarray(thumb, np.uint8).tobytes()).decode()
                 handle.write(f"{record_id}\t{split}\t{encoded}\n")
@@ -51,21 +51,21 @@ def run(tmp_path, stats_art, cfg=None, baseline=None, name="v"):
 
 
 def kinds(tmp_path, name="v"):
-    body = json.load(open(tmp_path / name / "a" / "anomalies.json"))
+    body = artifacts.ExampleAnomalies.read(str(tmp_path / name / "a"))
     return {a["kind"]: a["severity"] for a in body["anomalies"]}
 
 
 def test_clean_statistics_pass_and_write_schema(tmp_path):
     summary = run(tmp_path, stats_artifact(tmp_path, "s", BASE))
     assert summary["num_anomalies"] == 0
-    schema = schema_lib.load_schema(str(tmp_path / "v" / "s" / "schema.pbtxt"))
+    schema = schema_lib.load_schema(str(tmp_path / "v" / "s" / artifacts.Schema.TEXT))
     assert schema_lib.domain(schema, "label") == ["cat", "dog"]
     assert schema_lib.int_bounds(schema, "height") == (12, 16)
     assert schema_lib.int_bounds(schema, "channels") == (1, 1)
 
 
 def test_enforced_schema_flags_classes_channels_sizes(tmp_path):
-    schema_path = tmp_path / "schema.pbtxt"
+    schema_path = tmp_path / artifacts.Schema.TEXT
     schema_path.write_text(schema_lib.schema_to_text(schema_lib.infer_schema(BASE)))
     changed = copy.deepcopy(BASE)
     changed["counts"]["train"] = {"cat": 40, "owl": 50}
@@ -134,7 +134,7 @@ def test_near_duplicates_across_splits_are_confirmed_in_pixel_space(tmp_path):
     art = stats_artifact(tmp_path, "s", BASE, rows)
     with pytest.raises(ValidationFailed, match="1 of 3 eval images"):
         run(tmp_path, art)            # RMS 6: only e0 is near; 33% > 1%
-    body = json.load(open(tmp_path / "v" / "a" / "anomalies.json"))
+    body = artifacts.ExampleAnomalies.read(str(tmp_path / "v" / "a"))
     [pair] = body["near_duplicates"]["pairs"]
     assert (pair["eval_id"], pair["train_id"]) == ("e0", "t0") and pair["rms"] < 2.5
     loose = dict(BASE, near_duplicate_rms=12.0)          # as ingest recorded it
