@@ -477,7 +477,9 @@ def test_pushing_the_same_model_again_neither_pushes_nor_records_a_promotion(tmp
     cfg = PushConfig(destination=str(tmp_path / "serving"), model_name="m",
                      promote_to="staging")
     results = [push.run(model, blessing, infra, evaluation, statistics, cfg,
-                        str(tmp_path / f"pushed{i}"), {}, {"run_id": f"r{i}"}) for i in range(2)]
+                        artifacts.ArtifactWriter(str(tmp_path / f"pushed{i}"),
+                                                 artifacts.PushedModel, {"run_id": f"r{i}"}),
+                        {}) for i in range(2)]
     assert results[0]["version"] == results[1]["version"] == 1
     assert results[1].get("already") and "already points at version 1" in results[1]["lines"][-1]
     reg = Registry(str(tmp_path / "serving"))
