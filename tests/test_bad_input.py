@@ -164,7 +164,8 @@ def test_class_folder_with_a_newline_is_refused(tmp_path, capsys):
      "weights in its first dense layer"),
     (["datasets", "export", "digits", "FILE"], "is a file"),
     (["predict", "m:1", "x.png", "-o", "DIR"], "is a folder"),
-    (["submit", "deploy/example.yaml", "--kfp-host", "http://127.0.0.1:9"], "failed"),
+    (["submit", "deploy/example.yaml", "--kfp-host", "http://127.0.0.1:9", "--set",
+      "kfp.backend=kubeflow", "--pipeline-root", "gs://b/root"], "failed"),
     (["submit", "deploy/example.yaml", "--vertex", "--project", "p", "--region", "us-central1",
       "--pipeline-root", "gs://b/r"], "credentials"),
 ])
