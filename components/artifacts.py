@@ -233,7 +233,8 @@ class ModelCard(TypedDict, total=False):
     """A pushed version's model card (`model_card.json` in the registry, written by the
     push step, read by `imgpipe models`, the report and the registry's rules)."""
 
-    model: dict[str, Any]            # kind, trainable_params, image_shape, epochs, fingerprint
+    model: dict[str, Any]            # kind, trainable_params, image_shape, epochs, fingerprint,
+    #                                  architecture, warm_start ({ref, version} or None)
     hyperparameters: dict[str, Any]
     label_vocabulary: list[str]
     metrics: dict[str, float]        # the overall slice

@@ -352,6 +352,15 @@ class TrainConfig(Section):
         None, description="Reuse an earlier search instead of tuning: run:RUN_ID (a run "
                           "with a tune step), a pushed model (NAME@ALIAS, NAME:VERSION) or "
                           "a hyperparameters.json file.")
+    warm_start: Optional[str] = Field(
+        None, description="Start training from the weights of a model this pipeline trained "
+                          "(scheduled retrains): a pushed model (NAME@ALIAS, NAME:VERSION) "
+                          "or run:RUN_ID. Its architecture, input shape and classes must "
+                          "match this config's; the optimizer and compile settings stay "
+                          "this config's. Not with model.weights.")
+    # Where the runner resolved `warm_start` (now the Keras file) from: {ref, version}
+    # (`pipeline.invoke.resolve`). Not config: never dumped, validated or keyed.
+    _warm_start_source: Optional[dict[str, str]] = None
 
 
 # Sections and keys a search may vary: what the trial's model and training read.

@@ -35,7 +35,7 @@ def check_input(cfg: ModelConfig, input_shape: tuple[int, int, int]) -> None:
     building (no TensorFlow): ConfigError saying what to change."""
     height, width, channels = input_shape
     if cfg.kind == "transfer":
-        if cfg.weights and cfg.weights != "imagenet" and not cfg.weights.endswith(".h5"):
+        if _own_base(cfg):
             return          # our own model (a reference or .keras): checked when it loads
         if channels != 3:
             raise ConfigError(f"model.kind transfer needs 3-channel input, got {input_shape}; "
@@ -54,8 +54,7 @@ def check_input(cfg: ModelConfig, input_shape: tuple[int, int, int]) -> None:
         features = (height >> poolings) * (width >> poolings) * CONV_FILTERS
     else:
         features = height * width * channels
-    units = cfg.hidden_units if cfg.hidden_units is not None else \
-        DEFAULTS[cfg.kind]["hidden_units"]
+    units = _units(cfg)
     weights = features * (units[0] if units else 2)
     if weights > MAX_DENSE_WEIGHTS:
         instead = "transfer with pooling: avg" if poolings else "cnn, deep_cnn or transfer"
@@ -63,6 +62,138 @@ def check_input(cfg: ModelConfig, input_shape: tuple[int, int, int]) -> None:
                           f"have {weights:,} weights in its first dense layer (over "
                           f"{MAX_DENSE_WEIGHTS:,}, about 3 GB to train); use a smaller "
                           f"data.image_size or model.kind {instead}")
+
+
+def _own_base(cfg: ModelConfig) -> bool:
+    """A transfer base cut from a model this pipeline trained (a reference or .keras in
+    model.weights), not a Keras application's."""
+    return bool(cfg.weights) and cfg.weights != "imagenet" and not cfg.weights.endswith(".h5")
+
+
+def _units(cfg: ModelConfig) -> list[int]:
+    return list(cfg.hidden_units if cfg.hidden_units is not None
+                else DEFAULTS[cfg.kind]["hidden_units"])
+
+
+def architecture(cfg: ModelConfig) -> dict[str, Any]:
+    """What decides the shapes of a model's layers besides its input and its classes:
+    the kind and its dense widths, or a transfer model's base and pooling."""
+    if cfg.kind == "transfer":
+        return {"kind": cfg.kind, "base": OWN_BASE if _own_base(cfg) else cfg.base,
+                "pooling": cfg.pooling}
+    return {"kind": cfg.kind, "hidden_units": _units(cfg)}
+
+
+# A transfer model's base when model.weights named a model this pipeline trained.
+OWN_BASE = "a model this pipeline trained (model.weights)"
+# The architecture keys as the config names them (model.KEY).
+ARCHITECTURE_KEYS = ("kind", "hidden_units", "base", "pooling")
+
+
+def recorded_architecture(card: dict[str, Any]) -> dict[str, Any]:
+    """The architecture a model card (or a Model artifact's properties, as a card) says
+    its model has: `model.architecture` as train records it, else (older cards) the
+    recorded model config with the tuned values applied, else only `model.kind`."""
+    from components.artifacts import card_field
+    from components.config import apply_values
+
+    recorded = card_field(card, "model.architecture")
+    if isinstance(recorded, dict):
+        return recorded
+    config = card_field(card, "config.model")
+    if isinstance(config, dict):
+        try:
+            cfg = ModelConfig.model_validate(config)
+            best = {k: v for k, v in (card_field(card, "hyperparameters.best") or {}).items()
+                    if k.startswith("model.")}
+            return architecture(apply_values({"model": cfg}, best)["model"] if best else cfg)
+        except ValueError:
+            pass
+    kind = card_field(card, "model.kind")
+    return {"kind": kind} if kind else {}
+
+
+def _shape_text(shape) -> str:
+    return "x".join(str(n) for n in shape)
+
+
+def warm_start_problem(cfg: ModelConfig, input_shape: tuple[int, int, int],
+                       num_classes: int | None, card: dict[str, Any], what: str,
+                       unknown: frozenset[str] | set[str] = frozenset()) -> str | None:
+    """Why the model a card describes cannot start `cfg`'s model (one line: what differs
+    and how to fix it), or None. `what` names the source in the message (`train.warm_start
+    photos@production (photos:7)`); `num_classes` None: not known yet; `unknown`: model
+    keys a search sets later (checked when train copies the layers)."""
+    from components.artifacts import card_field
+
+    recorded, mine = recorded_architecture(card), architecture(cfg)
+    kind = recorded.get("kind")
+    if kind and "kind" not in unknown and kind != cfg.kind:
+        return (f"{what} is a {kind} model and model.kind is {cfg.kind}; set model.kind: "
+                f"{kind}, or warm start from a {cfg.kind} model.")
+    shape = card_field(card, "model.image_shape")
+    if shape and tuple(shape) != tuple(input_shape):
+        height, width, channels = shape
+        return (f"{what} was trained on {_shape_text(shape)} images and this config feeds "
+                f"{_shape_text(input_shape)}; set data.image_size: [{height}, {width}] and "
+                f"data.channels: {channels}, or warm start from a model of "
+                f"{_shape_text(input_shape)} images.")
+    if kind == cfg.kind and not {"kind"} & set(unknown):
+        for key in ARCHITECTURE_KEYS[1:]:
+            if key in recorded and key in mine and key not in unknown \
+                    and recorded[key] != mine[key]:
+                return (f"{what} has model.{key} {recorded[key]} and this config builds "
+                        f"{mine[key]}; set model.{key}: {recorded[key]}, or warm start from a "
+                        f"model with {mine[key]}.")
+    classes = card_field(card, "label_vocabulary")
+    if num_classes is not None and classes and len(classes) != num_classes:
+        return (f"{what} has {len(classes)} classes ({', '.join(map(str, classes))}) and "
+                f"this data has {num_classes}; warm start from a model of the same classes "
+                "or drop train.warm_start to train from scratch.")
+    return None
+
+
+def warm_start(net, keras_file: str, cfg: ModelConfig, input_shape: tuple[int, int, int],
+               num_classes: int, what: str) -> int:
+    """Copies the weights of the Keras model in `keras_file` into `net` (built from
+    `cfg`) layer by layer; returns how many weights were copied. Only the weights: the
+    optimizer and compile settings stay `net`'s. ConfigError naming the first layer
+    whose shapes differ (another kind, other widths, input or classes)."""
+    import keras
+
+    from components.errors import ConfigError
+
+    own = keras.saving.load_model(keras_file, compile=False)
+    card = {"model": {"kind": own.name, "image_shape": list(own.input_shape[1:])}}
+    problem = warm_start_problem(cfg, input_shape, None, card, what) \
+        if own.name in DEFAULTS else None
+    if problem is None and own.output_shape[-1] != num_classes:
+        problem = (f"{what} has {own.output_shape[-1]} classes and this data has "
+                   f"{num_classes}; warm start from a model of the same classes or drop "
+                   "train.warm_start to train from scratch.")
+    if problem:
+        raise ConfigError(problem)
+    theirs = [layer for layer in own.layers if layer.weights]
+    mine = [layer for layer in net.layers if layer.weights]
+    if len(theirs) != len(mine):
+        raise ConfigError(f"{what} has {len(theirs)} layers with weights and model.kind "
+                          f"{cfg.kind} here has {len(mine)}; set model.hidden_units (and the "
+                          "other model keys) as that model was trained, or drop "
+                          "train.warm_start.")
+    copied = 0
+    for index, (source, target) in enumerate(zip(theirs, mine)):
+        values = source.get_weights()
+        shapes = [tuple(v.shape) for v in values]
+        wanted = [tuple(w.shape) for w in target.weights]
+        if type(source) is not type(target) or shapes != wanted:
+            raise ConfigError(
+                f"{what}: its layer {index + 1} ({type(source).__name__} {shapes}) does not "
+                f"fit layer {index + 1} here ({type(target).__name__} {wanted}); set "
+                "model.hidden_units (and the other model keys) as that model was trained, "
+                "or drop train.warm_start.")
+        target.set_weights(values)
+        copied += sum(int(v.size) for v in values)
+    return copied
 
 
 def _dense_stack(x, units: list[int], activation: str, initializer: str, dropout: float | None):
@@ -86,7 +217,7 @@ def build(cfg: ModelConfig, input_shape: tuple[int, int, int], num_classes: int,
         raise ConfigError(f"a classifier needs at least 2 classes, got {num_classes}.")
     check_input(cfg, input_shape)
     defaults = DEFAULTS[cfg.kind]
-    units = cfg.hidden_units if cfg.hidden_units is not None else defaults["hidden_units"]
+    units = _units(cfg)
     activation = cfg.activation or defaults["activation"]
     init = cfg.initializer
     inputs = keras.Input(shape=input_shape, name="image")

@@ -271,6 +271,15 @@ class PipelineConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _one_start(self) -> "PipelineConfig":
+        """A warm start copies every layer, a transfer base's too: no model.weights."""
+        if self.train.warm_start and self.model.weights:
+            raise ValueError(f"model.weights {self.model.weights!r} and train.warm_start "
+                             f"{self.train.warm_start!r} both given: the warm start copies "
+                             "every layer, a transfer base's too; drop model.weights")
+        return self
+
+    @model_validator(mode="after")
     def _image_fits_max_pixels(self) -> "PipelineConfig":
         height, width = self.data.image_size
         if height * width > self.ingest.max_pixels:

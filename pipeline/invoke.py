@@ -119,7 +119,8 @@ def needs_context(node: Node, step_cfg: dict[str, Any]) -> bool:
     from components.registry import is_reference
 
     refs = [step_cfg.get("model", {}).get("weights") or "",
-            step_cfg.get("train", {}).get("hyperparameters") or ""]
+            step_cfg.get("train", {}).get("hyperparameters") or "",
+            step_cfg.get("train", {}).get("warm_start") or ""]
     return bool(node.spec.resolved) or any(ref.startswith("run:") or is_reference(ref)
                                            for ref in refs) \
         or not node.spec.cache     # an uncached step records where it ran (push: the card)
@@ -151,6 +152,13 @@ def resolve(node: Node, step_cfg: dict[str, Any], context: Context | None,
             identities["train.hyperparameters"] = \
                 f"{section.hyperparameters} {fileio.hash_file(path)}"
             section = section.model_copy(update={"hyperparameters": path})
+        if name == "train" and section.warm_start and reads_key(node, WARM_START):
+            source = warm_start_source(section.warm_start, context,
+                                       (step_cfg.get(PINNED_FROM) or {}).get(WARM_START))
+            # the version's identity (ref + card hash): a moved alias reruns train
+            identities[WARM_START] = source.identity
+            section = section.model_copy(update={"warm_start": source.path})
+            section._warm_start_source = source.record
         sections[name] = section
     values: dict[str, Any] = {}
     for param, what in spec.resolved.items():
@@ -206,6 +214,98 @@ def resolve_hyperparameters(ref: str, context: Context | None) -> str:
         "hyperparameters.json file.")
 
 
+WARM_START = "train.warm_start"
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """The model `train.warm_start` names: the reference as configured, the exact
+    version (`photos:7`, or `run:ID` for a local run's model), its Keras file, its
+    identity for the cache key (ref + model card hash; a run's model fingerprint) and
+    its card (a run's model: its Model artifact's properties, as a card)."""
+
+    ref: str
+    version: str
+    path: str
+    identity: str
+    card: dict[str, Any]
+
+    @property
+    def record(self) -> dict[str, str]:
+        """What the trained model records of its start: {ref, version}."""
+        return {"ref": self.ref, "version": self.version}
+
+    def describe(self) -> str:
+        return self.version + (f" ({self.ref})" if self.ref != self.version else "")
+
+
+def warm_start_source(value: str, context: Context | None,
+                      configured: str | None = None) -> WarmStart:
+    """`train.warm_start` -> the model to start from: `NAME@ALIAS` / `NAME:VERSION` (or
+    models:/...) -> that pushed version's Keras file; `run:RUN_ID` -> that run's trained
+    model (the local metadata store). `configured`: the reference as written, when
+    `value` is the version the KFP resolve task pinned it to."""
+    from components.registry import Registry, is_reference
+
+    ref = configured or value
+    if value.startswith("run:"):
+        path = _resolve_reference(value, context, WARM_START,
+                                  ("train", "trained_model", "a trained model"),
+                                  artifacts.Model.KERAS_FILE, artifacts.Model.KERAS_FILE, "")
+        model = artifacts.read(path[: -len(artifacts.Model.KERAS_FILE)].rstrip("/"),
+                               artifacts.Model)
+        run = f"run:{model.producer.get('run_id') or value[4:]}"
+        card = {"model": {key: model.properties.get(key)
+                          for key in ("kind", "image_shape", "architecture")},
+                "label_vocabulary": model.properties.get("label_vocabulary")}
+        return WarmStart(ref, run, path, f"{run} {model.fingerprint}", card)
+    if not is_reference(value) or context is None:
+        raise ConfigError(f"{WARM_START} {value!r} is not a pushed model reference (NAME@ALIAS, "
+                          "NAME:VERSION) or run:RUN_ID; name the model to start from, e.g. "
+                          f"{WARM_START}: {context.model_name if context else 'NAME'}@production.")
+    version = Registry(context.registry_root).resolve(value)
+    path = fileio.join(version.path, artifacts.Model.KERAS_FILE)
+    if not fileio.exists(path):
+        raise ConfigError(f"{WARM_START} {ref}: {version.ref} has no Keras model to start from "
+                          f"({path} is missing: it was pushed without one); warm start from a "
+                          "version pushed by this imgpipe, or drop train.warm_start.")
+    card = version.card
+    return WarmStart(ref, version.ref, path,
+                     f"{version.ref} {artifacts.fingerprint_json(card)}", card)
+
+
+def check_warm_start(config: config_lib.PipelineConfig, context: Context) -> WarmStart | None:
+    """`train.warm_start` against the config before any step runs (the local runner's
+    preflight, `imgpipe compile`): the referenced model's kind, architecture and image
+    shape from its card, its classes when `data.classes` fixes them. A mismatch is a
+    ConfigError naming it and the fix; the number of classes otherwise, and model keys
+    a search sets, are checked by train when it copies the layers."""
+    from components import models
+    from components.config import apply_values
+
+    train = config.train
+    if not train.warm_start:
+        return None
+    source = warm_start_source(train.warm_start, context)
+    model = config.model
+    if train.hyperparameters:
+        from components.steps.tune import read_best
+
+        best = read_best(resolve_hyperparameters(train.hyperparameters, context))
+        try:
+            model = apply_values({"model": model, "train": train}, best)["model"]
+        except ValueError:
+            pass                    # train says so, with the values
+    searched = {key.split(".", 1)[1] for key in config.tune.space if key.startswith("model.")}
+    classes = len(config.data.classes) if config.data.classes else None
+    problem = models.warm_start_problem(
+        model, (*config.data.image_size, config.data.channels), classes, source.card,
+        f"{WARM_START} {source.describe()}", unknown=searched)
+    if problem:
+        raise ConfigError(problem)
+    return source
+
+
 def _resolve_reference(value: str, context: Context | None, key: str,
                        run_output: tuple[str, str, str], run_file: str, version_file: str,
                        invalid: str) -> str:
@@ -242,7 +342,18 @@ def external_fingerprints(node: Node, resolved: Resolved) -> dict[str, str]:
 
 
 # Config keys that may name a registry version (NAME@ALIAS, NAME:VERSION).
-REFERENCE_KEYS = ("model.weights", "train.hyperparameters")
+REFERENCE_KEYS = ("model.weights", "train.hyperparameters", WARM_START)
+# What `apply_pinned_refs` keeps of a pinned key's value as configured (`photos@production`
+# for `photos:7`), for the step to say where its start came from.
+PINNED_FROM = "pinned_from"
+
+
+def reads_key(node: Node, key: str) -> bool:
+    """Whether the step reads the REFERENCE_KEYS key: one of its sections holds it, and
+    `train.warm_start` only for the step that writes a Model (train; tune's trials start
+    from scratch, so a moved alias does not rerun the search)."""
+    return key.split(".")[0] in node.spec.config and (
+        key != WARM_START or artifacts.Model in node.spec.outputs.values())
 
 
 def reads_outside_inputs(node: Node) -> bool:
@@ -277,7 +388,7 @@ def pin_outside_inputs(node: Node, step_cfg: dict[str, Any], context: Context,
     identity: dict[str, Any] = {}
     for key in REFERENCE_KEYS:
         section, name = key.split(".")
-        value = (cfg.get(section) or {}).get(name) if section in node.spec.config else None
+        value = (cfg.get(section) or {}).get(name) if reads_key(node, key) else None
         if not value or value.startswith("run:") or not is_reference(value) \
                 or fileio.exists(value):
             continue
@@ -304,6 +415,8 @@ def apply_pinned_refs(step_cfg: dict[str, Any], pin: dict[str, Any]) -> dict[str
     for key, ref in (pin.get("refs") or {}).items():
         section, name = key.split(".")
         if section in step_cfg:
+            if step_cfg[section].get(name) != ref:
+                step_cfg.setdefault(PINNED_FROM, {})[key] = step_cfg[section].get(name)
             step_cfg[section][name] = ref
     return step_cfg
 

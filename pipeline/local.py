@@ -59,7 +59,8 @@ class LocalRunner:
         names = dag.names(self.steps)
         if until is not None and until not in names:
             raise ConfigError(f"--until {until!r} is not a step; steps are {', '.join(names)}.")
-        preflight(self.config, self.runs_dir, names[: names.index(until) + 1] if until else names)
+        preflight(self.config, self.runs_dir, names[: names.index(until) + 1] if until else names,
+                  self.context)
         last = names.index(until) if until else len(names) - 1
         for node in self.steps[: last + 1]:
             # References (the baseline, model.weights, train.hyperparameters) resolve
@@ -346,8 +347,14 @@ class _Beside:
             future.exception()
 
 
-def preflight(config: PipelineConfig, runs_dir: str, steps: list[str]) -> None:
-    """Mistakes that would otherwise surface only after the expensive steps."""
+def preflight(config: PipelineConfig, runs_dir: str, steps: list[str],
+              context: invoke.Context | None = None) -> None:
+    """Mistakes that would otherwise surface only after the expensive steps. `context`:
+    where references resolve (default: the config's registry, the runs folder's store)."""
+    if "train" in steps and config.train.warm_start:
+        # a model that cannot start this config's stops the run before ingest
+        invoke.check_warm_start(config, context or invoke.Context.from_config(
+            config, MetadataStore(os.path.join(runs_dir, METADATA_FILE))))
     if config.beam.remote:
         raise ConfigError(f"beam.runner {config.beam.runner}: its workers cannot write the "
                           f"artifacts of a local run under {runs_dir}; run the pipeline on "

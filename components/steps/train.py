@@ -153,6 +153,7 @@ def run(transform_graph: In[artifacts.TransformGraph], examples: In[artifacts.Ex
     where checkpoints survive a killed attempt (resumed by the next one)."""
     import keras
 
+    source = _warm_start_source(model, train)
     model, train, tuned = _with_tuned_values(hyperparameters, model, train)
     keras.utils.set_random_seed(train.seed)
     strategy, reason = choose_strategy(train.strategy)
@@ -167,8 +168,14 @@ def run(transform_graph: In[artifacts.TransformGraph], examples: In[artifacts.Ex
     eval_ds = make_dataset(transform_graph, examples, "eval", global_batch, train, False, sparse,
                            plan.static)
     shape = tuple(transform_graph.properties["image_shape"])
+    num_classes = transform_graph.properties["num_classes"]
     with strategy.scope():
-        net = models.build(model, shape, transform_graph.properties["num_classes"])
+        net = models.build(model, shape, num_classes)
+        if source is not None:
+            # the configured model, then the referenced model's weights layer by layer
+            # (not that model itself: the optimizer and compile settings stay this config's)
+            models.warm_start(net, train.warm_start, model, shape, num_classes,
+                              f"train.warm_start {_describe(source)}")
         compile_model(net, train, plan, loss)
     fitting = Fitting(net, train_ds, eval_ds, strategy, reason, plan, loss)
 
@@ -178,10 +185,38 @@ def run(transform_graph: In[artifacts.TransformGraph], examples: In[artifacts.Ex
         trained_model.discard()
         return _train_as_worker(fitting, model, train, transform_graph)
     final, epochs, resumed = _fit_and_write(fitting, model, train, tuned, transform_graph,
-                                            trained_model, scratch)
-    return {"final": final, "tuned": tuned["best"],
-            "lines": _lines(fitting, model, tuned["best"], epochs, resumed, final,
-                            trained_model.uri)}
+                                            trained_model, scratch, source)
+    started = [f"warm start from {_describe(source)}"] if source else []
+    return {"final": final, "tuned": tuned["best"], "warm_start": source,
+            "lines": started + _lines(fitting, model, tuned["best"], epochs, resumed, final,
+                                      trained_model.uri)}
+
+
+def _warm_start_source(model: ModelConfig, train: TrainConfig) -> dict[str, str] | None:
+    """{ref, version} of the model `train.warm_start` names (the runner resolved it to
+    its Keras file), or None. Refuses it with model.weights (the warm start copies
+    every layer, a transfer base's too) and a reference the runner did not resolve."""
+    if not train.warm_start:
+        return None
+    if model.weights:
+        raise ConfigError(f"model.weights {model.weights} and train.warm_start "
+                          f"{train.warm_start} both given: the warm start copies every layer, "
+                          "a transfer base's too; drop model.weights.")
+    source = train._warm_start_source
+    if source is None:
+        if not train.warm_start.endswith(artifacts.Model.KERAS_FILE) or \
+                not fileio.exists(train.warm_start):
+            raise ConfigError(f"train.warm_start {train.warm_start} was not resolved to a "
+                              "model; run the step through the pipeline (imgpipe run), which "
+                              "resolves NAME@ALIAS, NAME:VERSION and run:RUN_ID.")
+        source = {"ref": train.warm_start, "version": train.warm_start}
+    return dict(source)
+
+
+def _describe(source: dict[str, str]) -> str:
+    """`photos:7 (photos@production)`, or `photos:7` when it was named so."""
+    return source["version"] + (f" ({source['ref']})" if source["ref"] != source["version"]
+                                else "")
 
 
 def _with_tuned_values(hyperparameters: artifacts.Artifact | None, model: ModelConfig,
@@ -202,8 +237,8 @@ def _with_tuned_values(hyperparameters: artifacts.Artifact | None, model: ModelC
 
 def _fit_and_write(fitting: Fitting, model: ModelConfig, train: TrainConfig,
                    tuned: dict[str, Any], transform_graph: artifacts.Artifact,
-                   writer: artifacts.ArtifactWriter, scratch: str | None
-                   ) -> tuple[dict[str, float], int, int]:
+                   writer: artifacts.ArtifactWriter, scratch: str | None,
+                   source: dict[str, str] | None = None) -> tuple[dict[str, float], int, int]:
     """Trains and writes the Model artifact (SavedModel with the transform inside, the
     Keras model, history, logs); returns (final metrics, epochs, epochs resumed after)."""
     import numpy as np
@@ -243,6 +278,10 @@ def _fit_and_write(fitting: Fitting, model: ModelConfig, train: TrainConfig,
                          "epochs": len(losses), "final": final,
                          "resumed_after_epochs": resumed,
                          "hyperparameters": tuned,
+                         # what the model is (a later warm start checks it) and what it
+                         # started from: {ref, version}, None when from scratch
+                         "architecture": models.architecture(model),
+                         "warm_start": source,
                          "label_vocabulary": transform_graph.properties["label_vocabulary"],
                          "image_shape": list(transform_graph.properties["image_shape"])}
     return final, len(losses), resumed

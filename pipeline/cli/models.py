@@ -71,6 +71,11 @@ def cmd_models_show(args: argparse.Namespace) -> Result:
         print(f"  model: {field('model.kind')}, {field('model.trainable_params')} params; "
               f"run {field('run_id')}; "
               f"package {field('package_version')} git {field('git_commit') or '-'}")
+        start = field("model.warm_start")
+        if start:
+            print(f"  warm start: from {start.get('version')}"
+                  + (f" ({start['ref']})" if start.get("ref") not in (None, start.get("version"))
+                     else ""))
         print("  metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in field("metrics", {}).items()
                                         if isinstance(v, float)))
         print(f"  blessing: {'blessed' if field('blessing.blessed') else 'NOT blessed'} "

@@ -539,6 +539,29 @@ def check_remote(config: PipelineConfig) -> None:
         raise ConfigError(f"model.weights {weights!r} is not reachable from the pipeline "
                           "(run:ID needs the local metadata store, a file must be in a "
                           "bucket); use a pushed model (NAME@ALIAS) or gs://.")
+    _check_warm_start(config)
+
+
+def _check_warm_start(config: PipelineConfig) -> None:
+    """`train.warm_start` names a pushed model, and where the registry can be read from
+    here, one whose card fits the config (`invoke.check_warm_start`); without access
+    (no credentials, no network) the resolve task pins it and train checks it."""
+    from components.errors import ConfigError, ImgpipeError
+    from components.registry import is_reference
+
+    warm = config.train.warm_start
+    if not warm:
+        return
+    if not is_reference(warm):
+        raise ConfigError(f"train.warm_start {warm!r} is not reachable from the pipeline "
+                          "(run:ID needs the local metadata store); use a pushed model "
+                          f"({config.model_name}@production or NAME:VERSION).")
+    try:
+        invoke.check_warm_start(config, invoke.Context.from_config(config))
+    except ImgpipeError:
+        raise
+    except Exception:       # the registry cannot be read from here (credentials, network)
+        return
 
 
 def _check_tpu_search(config: PipelineConfig) -> None:
