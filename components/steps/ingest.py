@@ -17,7 +17,7 @@ import json
 import shutil
 from typing import Any
 
-from components import artifacts, fileio, sources, spans
+from components import artifacts, fileio, ingest_window, sources, spans
 from components.artifacts import SPLITS
 from components.config import BeamConfig, DataConfig, IngestConfig
 from components.contract import Out, Shared, step
@@ -30,9 +30,7 @@ def external_inputs(data: DataConfig, ingest: IngestConfig) -> dict[str, str]:
     """The source's content fingerprint: ingest reads files the DAG does not produce.
     For a window of spans, each selected span's (so a new drop reruns the step, which
     then ingests only that drop)."""
-    if _has_pattern(data.source):
-        from components import ingest_window
-
+    if spans.has_pattern(data.source):
         return {"spans": artifacts.fingerprint_json(ingest_window.fingerprints(data, ingest))}
     return {"source": sources.fingerprint(sources.resolve(data), ingest)}
 
@@ -44,11 +42,9 @@ def run(data: DataConfig, ingest: IngestConfig, beam: BeamConfig,
     """Ingests `data.source` into an Examples artifact and a Statistics artifact; a
     source with a span pattern, the window `data.spans` selects, each span once
     (`components/ingest_window.py`; reused from `shared` by later runs)."""
-    if not _has_pattern(data.source):
+    if not spans.has_pattern(data.source):
         return _ingest_one(data, ingest, beam, examples, statistics)
     import tempfile
-
-    from components import ingest_window
 
     store = shared or tempfile.mkdtemp(prefix="spans-")     # inside the step's tmp
     parts, fresh, warnings = ingest_window.ingest_parts(
@@ -68,10 +64,6 @@ def run(data: DataConfig, ingest: IngestConfig, beam: BeamConfig,
             f"{split_counts['eval']} from {'the newest span' if data.eval_spans == 'newest' else 'every span'}), "
             f"{len(stats['class_names'])} classes, {stats['num_quarantined']} quarantined"],
     }
-
-
-def _has_pattern(source: str) -> bool:
-    return spans.has_pattern(source)
 
 
 def _ingest_one(data: DataConfig, ingest: IngestConfig, beam: BeamConfig,
