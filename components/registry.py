@@ -195,6 +195,13 @@ class Registry:
                               f"`imgpipe models promote {name}:N --to {match['alias']}`.")
         return self.get(name, aliases[match["alias"]])
 
+    def nothing_pushed(self, ref: str) -> bool:
+        """`ref` is NAME@ALIAS (not NAME@latest or NAME:VERSION) and no version of NAME
+        is pushed yet: what a scheduled retrain's first run finds."""
+        match = REF.fullmatch(normalize_reference(ref))
+        return bool(match and match["alias"] and match["alias"] != LATEST
+                    and not self.versions(match["name"]))
+
     def holder(self, name: str, alias: str) -> Version | None:
         aliases = self.aliases(name)
         return self.get(name, aliases[alias]) if alias in aliases else None

@@ -152,9 +152,10 @@ def resolve(node: Node, step_cfg: dict[str, Any], context: Context | None,
             identities["train.hyperparameters"] = \
                 f"{section.hyperparameters} {fileio.hash_file(path)}"
             section = section.model_copy(update={"hyperparameters": path})
-        if name == "train" and section.warm_start and reads_key(node, WARM_START):
-            source = warm_start_source(section.warm_start, context,
-                                       (step_cfg.get(PINNED_FROM) or {}).get(WARM_START))
+        configured = (step_cfg.get(PINNED_FROM) or {}).get(WARM_START)
+        if name == "train" and (section.warm_start or configured) \
+                and reads_key(node, WARM_START):
+            source = warm_start_source(section.warm_start or "", context, configured)
             # the version's identity (ref + card hash): a moved alias reruns train
             identities[WARM_START] = source.identity
             section = section.model_copy(update={"warm_start": source.path})
@@ -225,18 +226,24 @@ class WarmStart:
     its card (a run's model: its Model artifact's properties, as a card)."""
 
     ref: str
-    version: str
-    path: str
+    version: str | None         # None: nothing is pushed under the name yet (first run)
+    path: str | None
     identity: str
     card: dict[str, Any]
 
+    @classmethod
+    def first(cls, ref: str) -> "WarmStart":
+        """`NAME@ALIAS` before any version of NAME is pushed: a schedule's first run
+        trains from random initialisation (and says so) instead of failing."""
+        return cls(ref, None, None, f"{ref} (nothing pushed)", {})
+
     @property
-    def record(self) -> dict[str, str]:
+    def record(self) -> dict[str, str | None]:
         """What the trained model records of its start: {ref, version}."""
         return {"ref": self.ref, "version": self.version}
 
     def describe(self) -> str:
-        return self.version + (f" ({self.ref})" if self.ref != self.version else "")
+        return (self.version or "") + (f" ({self.ref})" if self.ref != self.version else "")
 
 
 def warm_start_source(value: str, context: Context | None,
@@ -244,10 +251,15 @@ def warm_start_source(value: str, context: Context | None,
     """`train.warm_start` -> the model to start from: `NAME@ALIAS` / `NAME:VERSION` (or
     models:/...) -> that pushed version's Keras file; `run:RUN_ID` -> that run's trained
     model (the local metadata store). `configured`: the reference as written, when
-    `value` is the version the KFP resolve task pinned it to."""
+    `value` is the version the KFP resolve task pinned it to ('' when it found nothing
+    pushed under the name). `NAME@ALIAS` while no version of NAME exists is the first
+    run of a schedule: `WarmStart.first` (train from scratch); once one exists, a
+    missing alias is an error."""
     from components.registry import Registry, is_reference
 
     ref = configured or value
+    if not value and configured:
+        return WarmStart.first(configured)
     if value.startswith("run:"):
         path = _resolve_reference(value, context, WARM_START,
                                   ("train", "trained_model", "a trained model"),
@@ -263,7 +275,10 @@ def warm_start_source(value: str, context: Context | None,
         raise ConfigError(f"{WARM_START} {value!r} is not a pushed model reference (NAME@ALIAS, "
                           "NAME:VERSION) or run:RUN_ID; name the model to start from, e.g. "
                           f"{WARM_START}: {context.model_name if context else 'NAME'}@production.")
-    version = Registry(context.registry_root).resolve(value)
+    registry = Registry(context.registry_root)
+    if registry.nothing_pushed(value):
+        return WarmStart.first(ref)
+    version = registry.resolve(value)
     path = fileio.join(version.path, artifacts.Model.KERAS_FILE)
     if not fileio.exists(path):
         raise ConfigError(f"{WARM_START} {ref}: {version.ref} has no Keras model to start from "
@@ -287,6 +302,8 @@ def check_warm_start(config: config_lib.PipelineConfig, context: Context) -> War
     if not train.warm_start:
         return None
     source = warm_start_source(train.warm_start, context)
+    if source.version is None:
+        return None                 # the first push: train starts from scratch
     model = config.model
     if train.hyperparameters:
         from components.steps.tune import read_best
@@ -392,7 +409,12 @@ def pin_outside_inputs(node: Node, step_cfg: dict[str, Any], context: Context,
         if not value or value.startswith("run:") or not is_reference(value) \
                 or fileio.exists(value):
             continue
-        version = Registry(context.registry_root).resolve(value)
+        registry = Registry(context.registry_root)
+        if key == WARM_START and registry.nothing_pushed(value):
+            refs[key] = identity[key] = ""      # the first push: train from scratch
+            cfg[section][name] = None
+            continue
+        version = registry.resolve(value)
         refs[key] = version.ref
         identity[key] = f"{version.ref} {artifacts.fingerprint_json(version.card)}"
         cfg[section][name] = None

@@ -323,3 +323,39 @@ def test_warm_start_from_an_earlier_local_run(tmp_path, graph, registry):
                                           "and model.kind is dense"):
         invoke.check_warm_start(_config(registry, model={"kind": "dense"},
                                         train={"warm_start": f"run:{run_id[:8]}"}), context)
+
+
+def test_a_schedules_first_run_trains_from_scratch_and_says_so(tmp_path, graph, registry,
+                                                               capsys):
+    """`NAME@ALIAS` while nothing is pushed under NAME (a new schedule's first run):
+    train starts from random initialisation, its summary and card say so, and the KFP
+    pin records no version; once a version exists, a missing alias is still refused."""
+    empty = Registry(str(tmp_path / "empty-serving"))
+    cfg = _config(empty, train={"epochs": 1, "batch_size": 8})
+    context = invoke.Context(NAME, empty.root, "production", NAME, None)
+    assert invoke.check_warm_start(cfg, context) is None
+    node, resolved = _resolved_train(cfg, context)
+    assert resolved.sections["train"].warm_start is None
+    uri = str(tmp_path / "first")
+    summary = invoke.call(node, resolved, {"transform_graph": graph[0], "examples": graph[1],
+                                           "hyperparameters": None},
+                          {"trained_model": uri}, {"run_id": "first"})
+    assert summary["lines"][0] == (f"no warm start: nothing is pushed as {NAME}@production "
+                                   "yet (the first run trains from random initialisation)")
+    model = artifacts.read(uri, artifacts.Model)
+    assert model.properties["warm_start"] == {"ref": f"{NAME}@production", "version": None}
+
+    # on KFP the resolve task pins "" (nothing to start from) and train trains cold
+    pin = invoke.pin_outside_inputs(node, invoke.step_config(node, cfg), context)
+    assert pin["refs"] == {"train.warm_start": ""}
+    _, pinned = _resolved_train(cfg, context, pin=pin)
+    assert pinned.sections["train"]._warm_start_source == {"ref": f"{NAME}@production",
+                                                           "version": None}
+    version = _push(tmp_path, model, empty.root, tag="first")
+    capsys.readouterr()
+    assert cli.main(["models", "show", f"{NAME}:{version}", "--registry", empty.root]) == 0
+    assert (f"warm start: none ({NAME}@production named no pushed version yet)"
+            in capsys.readouterr().out)
+    # photos:1 now exists and has no alias 'production': an error, not a cold start
+    with pytest.raises(ConfigError, match="no alias 'production'"):
+        invoke.check_warm_start(cfg, context)

@@ -171,7 +171,7 @@ def run(transform_graph: In[artifacts.TransformGraph], examples: In[artifacts.Ex
     num_classes = transform_graph.properties["num_classes"]
     with strategy.scope():
         net = models.build(model, shape, num_classes)
-        if source is not None:
+        if source is not None and source["version"] is not None:
             # the configured model, then the referenced model's weights layer by layer
             # (not that model itself: the optimizer and compile settings stay this config's)
             models.warm_start(net, train.warm_start, model, shape, num_classes,
@@ -186,7 +186,10 @@ def run(transform_graph: In[artifacts.TransformGraph], examples: In[artifacts.Ex
         return _train_as_worker(fitting, model, train, transform_graph)
     final, epochs, resumed = _fit_and_write(fitting, model, train, tuned, transform_graph,
                                             trained_model, scratch, source)
-    started = [f"warm start from {_describe(source)}"] if source else []
+    started = [] if source is None else [f"warm start from {_describe(source)}"] \
+        if source["version"] is not None else \
+        [f"no warm start: nothing is pushed as {source['ref']} yet (the first run trains "
+         "from random initialisation)"]
     return {"final": final, "tuned": tuned["best"], "warm_start": source,
             "lines": started + _lines(fitting, model, tuned["best"], epochs, resumed, final,
                                       trained_model.uri)}
@@ -196,13 +199,15 @@ def _warm_start_source(model: ModelConfig, train: TrainConfig) -> dict[str, str]
     """{ref, version} of the model `train.warm_start` names (the runner resolved it to
     its Keras file), or None. Refuses it with model.weights (the warm start copies
     every layer, a transfer base's too) and a reference the runner did not resolve."""
+    source = train._warm_start_source
+    if source is not None and source.get("version") is None:
+        return dict(source)         # nothing pushed under the name yet
     if not train.warm_start:
         return None
     if model.weights:
         raise ConfigError(f"model.weights {model.weights} and train.warm_start "
                           f"{train.warm_start} both given: the warm start copies every layer, "
                           "a transfer base's too; drop model.weights.")
-    source = train._warm_start_source
     if source is None:
         if not train.warm_start.endswith(artifacts.Model.KERAS_FILE) or \
                 not fileio.exists(train.warm_start):

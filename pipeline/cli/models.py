@@ -72,7 +72,9 @@ def cmd_models_show(args: argparse.Namespace) -> Result:
               f"run {field('run_id')}; "
               f"package {field('package_version')} git {field('git_commit') or '-'}")
         start = field("model.warm_start")
-        if start:
+        if start and not start.get("version"):
+            print(f"  warm start: none ({start.get('ref')} named no pushed version yet)")
+        elif start:
             print(f"  warm start: from {start.get('version')}"
                   + (f" ({start['ref']})" if start.get("ref") not in (None, start.get("version"))
                      else ""))
