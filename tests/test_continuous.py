@@ -217,3 +217,19 @@ def test_the_model_card_records_the_spans_and_models_show_prints_them(tmp_path, 
     assert cli.main(["models", "show", "daily:1", "--registry", str(tmp_path / "serving")]) == 0
     assert "spans: trained on 2026-11-29, 2026-11-30; evaluated on 2026-11-30" in \
         capsys.readouterr().out
+
+
+def test_the_spans_example_runs_as_the_readme_says(tmp_path, capsys, monkeypatch):
+    """README: `imgpipe datasets export digits drops --drops 7`, then `imgpipe run
+    configs/spans.yaml` in that folder: the newest 3 days ingested, blessed on the
+    newest day's eval split, pushed."""
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["datasets", "export", "digits", "drops", "--drops", "7"]) == 0
+    example = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "spans.yaml")
+    code = cli.main(["run", example, "--runs-dir", str(tmp_path / "runs")])
+    captured = capsys.readouterr()
+    out = captured.out + captured.err
+    assert code == 0, out
+    assert ": ingested 3 (" in ingest_summary(out)
+    assert "\n             BLESSED" in out
+    assert os.path.isdir(tmp_path / "serving" / "digits-daily" / "1")
