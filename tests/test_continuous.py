@@ -63,8 +63,8 @@ def test_a_rolling_window_ingests_only_the_new_span_and_reads_the_rest_by_refere
     drop(tmp_path / "drops", "2026-12-01")        # the next day's drop lands
     code, out = run(path, capsys, "--until", "transform")
     assert code == 0, out
-    assert "2 span(s) 2026-11-30..2026-12-01: ingested 1 (2026-12-01), reused 1" \
-        in ingest_summary(out)
+    assert "2 span(s) 2026-11-30..2026-12-01: ingested 1 (2026-12-01), reused 1 " \
+        "(2026-11-30)" in ingest_summary(out)
     uri = next(line.split(": ", 1)[1] for line in out.splitlines()
                if line.startswith("  ingest.examples: "))
     examples = artifacts.read(uri, artifacts.Examples)
@@ -89,6 +89,17 @@ def test_a_rolling_window_ingests_only_the_new_span_and_reads_the_rest_by_refere
     assert cli.main(["runs", "list", "--runs-dir", str(tmp_path / "runs")]) == 0
     listed = capsys.readouterr().out
     assert "2026-11-30..2026-12-01 (2)" in listed and "2026-11-29..2026-11-30 (2)" in listed
+    # ... and `runs show` which spans the run ingested anew and which it reused
+    run_id = next(line.split()[1] for line in out.splitlines() if line.startswith("run "))
+    assert cli.main(["runs", "show", run_id, "--runs-dir", str(tmp_path / "runs")]) == 0
+    shown = capsys.readouterr().out
+    assert "ingested 1 (2026-12-01), reused 1 (2026-11-30)" in shown
+    assert cli.main(["runs", "show", run_id, "--runs-dir", str(tmp_path / "runs"),
+                     "--json"]) == 0
+    ingest = next(step for step in json.loads(capsys.readouterr().out)["steps"]
+                  if step["step"] == "ingest")
+    assert (ingest["summary"]["ingested"], ingest["summary"]["reused"]) == \
+        (["2026-12-01"], ["2026-11-30"])
 
 
 def test_a_drifted_drop_stops_at_validate_and_the_window_trains_on(tmp_path, capsys):

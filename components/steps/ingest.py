@@ -59,11 +59,19 @@ def run(data: DataConfig, ingest: IngestConfig, beam: BeamConfig,
         "splits": split_counts, "spans": labels, "ingested": fresh, "reused": reused,
         "lines": warnings + [
             f"{len(labels)} span(s) {labels[0]}..{labels[-1]}: ingested {len(fresh)} "
-            f"({', '.join(fresh) or 'none'}), reused {len(reused)}",
+            f"({_named(fresh)}), reused {len(reused)}" + (f" ({_named(reused)})" if reused else ""),
             f"{stats['num_examples']} examples (train {split_counts['train']}, eval "
             f"{split_counts['eval']} from {'the newest span' if data.eval_spans == 'newest' else 'every span'}), "
             f"{len(stats['class_names'])} classes, {stats['num_quarantined']} quarantined"],
     }
+
+
+def _named(labels: list[str]) -> str:
+    """Span labels for a summary line: all of them up to six, else the first two and
+    the last (every label is in the summary's `ingested` / `reused` lists)."""
+    if len(labels) <= 6:
+        return ", ".join(labels) or "none"
+    return f"{labels[0]}, {labels[1]}, ... {labels[-1]}"
 
 
 def _ingest_one(data: DataConfig, ingest: IngestConfig, beam: BeamConfig,
