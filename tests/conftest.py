@@ -3,14 +3,18 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
-import pytest
+import re
+import shutil
+import subprocess
+import tempfile
 
-from pipeline import config as config_lib
+import pytest
 
 
 @pytest.fixture
 def make_config():
     """Builds a PipelineConfig from keyword sections, e.g. make_config(data={...})."""
+    from pipeline import config as config_lib
 
     def build(**sections):
         tree = {"name": sections.pop("name", "test")}
@@ -20,29 +24,117 @@ def make_config():
     return build
 
 
-# --- the whole suite leaves TMPDIR as it found it ----------------------------------------
-# Checked once, in the controlling process (with pytest-xdist the workers' live private
-# folders would otherwise look like leaks to each other).
+# --- the suite's own temporary folder ----------------------------------------------------
+# The controlling process makes a fresh folder in the system's TMPDIR and points
+# `tempfile` and TMPDIR at it; pytest-xdist's workers and every child process inherit it
+# through the environment. At the end whatever is left in it is a leak of the suite (the
+# run fails and names it) and the folder is removed. Other programs' entries in the
+# shared /tmp are never counted. pytest's own tmp_path folders stay where they were
+# (PYTEST_DEBUG_TEMPROOT: the system's TMPDIR), kept for a look after a failure.
 
-def _temp_entries() -> set[str]:
-    import tempfile
+SUITE_TMPDIR = "IMGPIPE_SUITE_TMPDIR"      # the folder, for workers and child processes
 
-    return {e for e in os.listdir(tempfile.gettempdir()) if not e.startswith("pytest-of-")}
+
+def _use_tempdir(path: str) -> None:
+    os.environ["TMPDIR"] = path
+    tempfile.tempdir = path
 
 
 def pytest_configure(config):
-    if not hasattr(config, "workerinput"):
-        config._temp_before = _temp_entries()
-
-
-def pytest_sessionfinish(session, exitstatus):
-    config = session.config
-    if hasattr(config, "workerinput") or not hasattr(config, "_temp_before"):
+    if hasattr(config, "workerinput"):      # an xdist worker: the controller's folder
+        path = os.environ.get(SUITE_TMPDIR)
+        if path and os.path.isdir(path):
+            _use_tempdir(path)
         return
-    left = sorted(_temp_entries() - config._temp_before)
-    if left:
-        import tempfile
+    system = tempfile.gettempdir()
+    path = tempfile.mkdtemp(prefix="imgpipe-tests-", dir=system)
+    config._suite_tmp = (path, os.environ.get("TMPDIR"), tempfile.tempdir)
+    os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", system)
+    os.environ[SUITE_TMPDIR] = path
+    _use_tempdir(path)
 
-        print(f"\nthe test suite left {len(left)} entries in {tempfile.gettempdir()}: "
-              f"{left[:10]}")
-        session.exitstatus = 1
+
+@pytest.hookimpl(wrapper=True)
+def pytest_sessionfinish(session, exitstatus):
+    # a wrapper: its second half runs after pytest-xdist has stopped its workers
+    result = yield
+    config = session.config
+    if hasattr(config, "workerinput") or not hasattr(config, "_suite_tmp"):
+        return result
+    path = config._suite_tmp[0]
+    try:
+        left = sorted(os.listdir(path))
+    except OSError:
+        left = []
+    if left:
+        print(f"\nthe test suite left {len(left)} entries in its temporary folder "
+              f"{path}: {left[:20]}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    _remove_suite_tmp(config)
+    return result
+
+
+def pytest_unconfigure(config):
+    _remove_suite_tmp(config)      # a run that ended before its session did (--help)
+
+
+def _remove_suite_tmp(config) -> None:
+    if hasattr(config, "workerinput") or not hasattr(config, "_suite_tmp"):
+        return
+    path, saved_env, saved_tempdir = config._suite_tmp
+    del config._suite_tmp
+    shutil.rmtree(path, ignore_errors=True)
+    tempfile.tempdir = saved_tempdir
+    if saved_env is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = saved_env
+    os.environ.pop(SUITE_TMPDIR, None)
+
+
+# --- child processes whose TMPDIR a test redirected ---------------------------------------
+# A test that gives a child process a TMPDIR of its own (kfp-local, the faults CLI) hides
+# that process's temporary files from the check above; each such folder is looked at
+# when the test ends, and new temporary entries in it fail the test by name.
+
+_TEMP_NAME = re.compile(r"imgpipe-tmp-|tmp[a-z0-9_]{8}$|__autograph_generated_file")
+
+
+def _inside(path: str, folder: str | None) -> bool:
+    if not folder:
+        return False
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder + os.sep)
+
+
+def _listing(folder: str) -> set[str]:
+    try:
+        return set(os.listdir(folder))
+    except OSError:
+        return set()
+
+
+@pytest.fixture(autouse=True)
+def _redirected_tmpdirs_are_left_clean():
+    watched: dict[str, set[str]] = {}
+    suite = os.environ.get(SUITE_TMPDIR)
+    original = subprocess.Popen.__init__
+
+    def init(self, *args, **kwargs):
+        env = kwargs.get("env")
+        folder = (os.environ if env is None else env).get("TMPDIR")
+        if folder and folder not in watched and not _inside(folder, suite):
+            watched[folder] = _listing(folder)
+        original(self, *args, **kwargs)
+
+    subprocess.Popen.__init__ = init
+    try:
+        yield
+    finally:
+        subprocess.Popen.__init__ = original
+    left = {folder: sorted(e for e in _listing(folder) - before if _TEMP_NAME.match(e))
+            for folder, before in watched.items()}
+    left = {folder: entries for folder, entries in left.items() if entries}
+    if left:
+        pytest.fail("child processes left temporary entries in the TMPDIR the test gave "
+                    f"them: {left}", pytrace=False)
