@@ -465,12 +465,19 @@ def _fake_kfp_local(blessed=True, fail_at=None):
                              *lines]:
                     print(line)
             if status != "SUCCESS":
-                raise RuntimeError(f"Task '{name}' finished with status FAILURE")
+                # kfp.local 2.17 logs the failed task's end, then raises
+                # (pipeline_orchestrator.log_and_maybe_raise_for_failure)
+                out.write(f"08:00:01.000 - ERROR - Task \x1b[96m'{name}'\x1b[0m finished "
+                          f"with status \x1b[91mFAILURE\x1b[0m\n")
+                raise RuntimeError(f"Pipeline \x1b[95m'tiny'\x1b[0m finished with status "
+                                   f"\x1b[91mFAILURE\x1b[0m. Inner task failed: "
+                                   f"\x1b[96m'{name}'\x1b[0m.")
             out.write(f"08:00:01.000 - INFO - Task \x1b[96m'{name}'\x1b[0m finished with "
                       f"status \x1b[92m{status}\x1b[0m\n")
             out.write("-" * 80 + "\n")
 
         failure = ["Traceback (most recent call last):", '  File "x.py", line 1',
+                   "    run(x)", "    ^^^^^^",
                    "components.errors.DataError: the source has no images; add some."]
         out.write("08:00:00.000 - INFO - Running pipeline: \x1b[95m'tiny'\x1b[0m\n")
         task("resolve", ["resolve: evaluate__baseline = (none)"]
@@ -590,9 +597,12 @@ def test_a_failed_kfp_local_task_is_one_line_and_on_record(tmp_path, capsys, mon
     if task == "resolve":
         assert steps == {}
         return
-    assert "  transform  FAILED" in out
+    # the step line names the task's own error; no traceback markers, no escape codes
+    assert re.search(r"  transform  FAILED +[\d.]+s: the source has no images; add some\.", out)
+    assert "^^^" not in out and "\x1b" not in out
     assert steps["transform"]["status"] == "failed"
-    assert "components.errors.DataError" in steps["transform"]["error"]
+    assert steps["transform"]["error"] == "the source has no images; add some."
+    assert "\x1b" not in run["error"]
     assert steps["validate"]["status"] == "succeeded" and "train" not in steps
 
 

@@ -28,6 +28,8 @@ _STEP_LINE = re.compile("^" + runtime.DETAIL_INDENT + r"\S")
 _ERROR_LINE = re.compile(r"^components\.errors\.(\w+): (.+)$")
 # TensorFlow's native log lines (I0000 00:00:... file.cc:N] ...): never the error.
 _NATIVE_LOG = re.compile(r"^[IWEF]\d{4} ")
+# A traceback's markers under the failing expression (^^^^^^): never the error.
+_CARETS = re.compile(r"^[\s~^]+$")
 # What a closed gate means for the steps behind it, as the push step words it.
 _CLOSED_GATE = {"blessed": "not blessed", "passed": "infra validation failed"}
 
@@ -54,6 +56,9 @@ class _TaskLog:
         self.task: str | None = None
         self.lines: list[str] = []
         self.tail: list[str] = []
+        # the task that ended with FAILURE and its last lines: kfp.local logs the end
+        # of a failed task, then raises
+        self.failed: tuple[str, list[str]] | None = None
 
     def write(self, text: str) -> int:
         if self.echo is not None:
@@ -80,6 +85,8 @@ class _TaskLog:
         ended = _TASK_END.search(line)
         if ended:
             self.recorder.end(ended[1], ended[2], self.lines, self.tail)
+            if ended[2] != "SUCCESS":
+                self.failed = (ended[1], self.tail)
             self.task = None
             return
         if self.task is None:
@@ -88,10 +95,10 @@ class _TaskLog:
         text = line[len(_TASK_INDENT):] if line.startswith(_TASK_INDENT) else line
         if node is not None and text.startswith(f"{node.name}: "):
             self.lines.append(text[len(node.name) + 2:])
-        elif node is not None and _STEP_LINE.match(text):
+        elif node is not None and _STEP_LINE.match(text) and not _CARETS.match(text):
             self.recorder.log(text.rstrip())
         elif text.strip() and not text.startswith("[KFP Executor") \
-                and not _NATIVE_LOG.match(text):
+                and not _NATIVE_LOG.match(text) and not _CARETS.match(text):
             self.tail = (self.tail + [text.rstrip()])[-40:]
 
 
@@ -140,11 +147,12 @@ class _Recorder:
         execution, began = self.running.pop(node.name)
         seconds = time.perf_counter() - began
         if status != "SUCCESS":
-            error = "\n".join(tail) or f"the task ended with status {status}"
+            # the task's own error, one line, as the local runner records it
+            error = str(_task_error(tail, task, hint=False))
             self.store.finish_execution(execution, "failed", error=error)
             self.results.append(StepResult(node.name, "failed", DECISION_LOCAL, seconds,
                                            error=error))
-            self.log(step_line(node.name, "FAILED", f"{seconds:.1f}s"))
+            self.log(step_line(node.name, "FAILED", f"{seconds:.1f}s: {error}"))
             return
         outputs = {o: artifacts.read(self._uri(node, o), node.spec.output_type(o))
                    for o in node.spec.outputs}
@@ -218,20 +226,23 @@ def _named_run(run_id: str) -> Iterator[None]:
         executor_input_utils.get_local_pipeline_resource_name = original
 
 
-def _task_error(tail: list[str], task: str | None) -> Any:
+def _task_error(tail: list[str], task: str | None, hint: bool = True) -> Any:
     """The error a failed task raised, as the CLI's error (our own exception class
     when the task's traceback names one), or an ImgpipeError with its last lines."""
     from components import errors
 
-    for line in reversed(tail):
-        found = _ERROR_LINE.match(line.strip())
+    for index in range(len(tail) - 1, -1, -1):
+        found = _ERROR_LINE.match(tail[index].strip())
         if found and isinstance(getattr(errors, found[1], None), type):
-            return getattr(errors, found[1])(found[2])
-    last = [line.strip() for line in tail if line.strip()
-             and not line.lstrip().startswith(("{", "}", '"', "[", "]"))][-3:]
+            # a message of several lines (validate's anomalies) goes on below it
+            rest = [line.rstrip() for line in tail[index + 1:] if line.strip()]
+            return getattr(errors, found[1])("\n".join([found[2], *rest]))
+    last = [line.strip() for line in tail if line.strip() and not _CARETS.match(line)
+            and not line.lstrip().startswith(("{", "}", '"', "[", "]", "File ", "Traceback"))]
     return errors.ImgpipeError(f"the kfp.local task {task or '?'} failed: "
-                               + (" | ".join(last) or "it ended without an error message "
-                                  "(killed?)") + "; rerun with -v for its whole log.")
+                               + (" | ".join(last[-2:]) or "it ended without an error "
+                                  "message (killed?)")
+                               + ("; rerun with -v for its whole log." if hint else ""))
 
 
 def run_local(config: PipelineConfig, runs_dir: str = "runs", config_path: str | None = None,
@@ -275,11 +286,10 @@ def run_local(config: PipelineConfig, runs_dir: str = "runs", config_path: str |
                 warnings.filterwarnings("ignore", module="kfp")
             build_pipeline(config, dag_location, scheduled=False)()
     except RuntimeError as exc:       # kfp.local: a task ended with FAILURE
-        failed = task_log.task        # kfp.local raises before it logs the task's end
+        failed, tail = task_log.failed or (task_log.task, task_log.tail)
         if failed is None:            # not a task's failure: kfp.local's own error
-            store.end_run(run_id, "failed", f"{type(exc).__name__}: {exc}")
+            store.end_run(run_id, "failed", _ANSI.sub("", f"{type(exc).__name__}: {exc}"))
             raise
-        tail = task_log.tail
         recorder.fail_running(tail)
         error = _task_error(tail, failed)
         error.__cause__ = exc
