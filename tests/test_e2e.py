@@ -236,3 +236,40 @@ def test_every_beam_step_runs_multi_process(make_config, tmp_path):
     assert len(predictions) == sum(
         outputs(result, "ingest").summary["splits"].values()) - outputs(
         result, "ingest").summary["splits"]["train"]
+
+
+def test_require_push_exits_4_through_the_cli_when_nothing_is_pushed(tmp_path, capsys):
+    """`imgpipe run --require-push` (what a scheduler checks): a run whose model is not
+    blessed succeeds and pushes nothing; without the flag it exits 0, with it 4 (the
+    NotBlessed exit code); once a model is pushed the flag exits 0 again."""
+    from components.errors import NotBlessed
+
+    config = tmp_path / "digits.yaml"
+
+    def write(minimum):
+        config.write_text(
+            "name: strict\n"
+            "data: {source: 'builtin:digits', image_size: [8, 8], eval_fraction: 0.2}\n"
+            "model: {kind: logistic}\ntrain: {epochs: 1, batch_size: 32}\n"
+            f"evaluate: {{thresholds: {{accuracy: {{min: {minimum}}}}}, bootstrap_samples: 50}}\n"
+            f"push: {{destination: {str(tmp_path / 'serving')!r}}}\n")
+
+    def run(*flags):
+        code = cli.main(["run", str(config), "--runs-dir", str(tmp_path / "runs"), "--json",
+                         *flags])
+        return code, json.loads(capsys.readouterr().out)
+
+    write(0.999)                              # one epoch of logistic regression: far below
+    code, result = run()
+    assert code == 0 and result["status"] == "succeeded", result
+    assert result["blessed"] is False and result["pushed"] is None
+    assert "not blessed" in result["reason"]
+    code, result = run("--require-push")      # the same run again, reused up to push
+    assert code == NotBlessed.exit_code == 4, result
+    assert result["status"] == "succeeded" and result["pushed"] is None
+    assert not os.path.exists(tmp_path / "serving" / "strict" / "1")
+
+    write(0.1)
+    code, result = run("--require-push")
+    assert code == 0, result
+    assert result["blessed"] is True and result["pushed"]["version"] == 1
