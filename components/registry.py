@@ -115,6 +115,12 @@ class Version:
         if not isinstance(card, dict):
             raise RegistryError(f"{card_path} is not a JSON object; restore it or move "
                                 f"{self.path} out of the registry.")
+        problem = _card_problem(card)
+        if problem:
+            raise RegistryError(
+                f"{card_path} is damaged ({problem}); restore it from the run that pushed "
+                f"{self.ref} (its model card is rebuilt by pushing that run's model again) or "
+                f"move the folder {self.path} out of the registry.")
         return card
 
     @property
@@ -132,24 +138,65 @@ class Registry:
         self._store: Store = BucketStore() if fileio.is_remote(root) else LocalStore()
 
     def _model_dir(self, name: str) -> str:
-        return fileio.join(self.root, check_name(name))
+        path = fileio.join(self.root, check_name(name))
+        self._refuse_outside(path)
+        return path
+
+    # --- links out of the root -------------------------------------------------------
+
+    def _outside(self, path: str) -> str | None:
+        """The real path of `path` when a symbolic link takes it out of the root (None
+        when it stays inside, and always on gs://, which has no links): a registry
+        lists, promotes and serves only what was pushed into it."""
+        if fileio.is_remote(self.root):
+            return None
+        real, root = os.path.realpath(path), os.path.realpath(self.root)
+        return None if real == root or real.startswith(root.rstrip(os.sep) + os.sep) else real
+
+    def _refuse_outside(self, path: str) -> None:
+        real = self._outside(path)
+        if real is not None:
+            raise RegistryError(f"{path} {_leaves(real, self.root)}")
+
+    def links_outside(self, name: str | None = None) -> list[tuple[str, str]]:
+        """(link, real path) for each model folder (or, for `name`, version folder) that
+        a symbolic link takes out of the root: what `models` and `versions` skip."""
+        if fileio.is_remote(self.root) or not fileio.isdir(self.root):
+            return []
+        found = []
+        for model in [name] if name else sorted(os.listdir(self.root)):
+            path = os.path.join(self.root, model)
+            if not NAME.fullmatch(model) or not os.path.isdir(path):
+                continue
+            real = self._outside(path)
+            if real is not None:
+                found.append((path, real))
+                continue
+            for entry in sorted(os.listdir(path)):
+                real = self._outside(os.path.join(path, entry)) if entry.isdigit() else None
+                if real is not None:
+                    found.append((os.path.join(path, entry), real))
+        return found
 
     # --- reading -------------------------------------------------------------------
 
     def models(self) -> list[str]:
+        """Model folders in the root (not those a link takes out of it)."""
         if not fileio.isdir(self.root):
             return []
         return sorted(n for n in fileio.listdir(self.root)
-                      if NAME.fullmatch(n) and fileio.isdir(fileio.join(self.root, n)))
+                      if NAME.fullmatch(n) and fileio.isdir(fileio.join(self.root, n))
+                      and self._outside(fileio.join(self.root, n)) is None)
 
     def versions(self, name: str) -> list[Version]:
         """Complete versions only: integer folders holding saved_model.pb (a stray file
-        or an empty folder named 7 is not a version)."""
+        or an empty folder named 7 is not a version, nor is a link out of the root)."""
         base = self._model_dir(name)
         if not fileio.isdir(base):
             return []
         numbers = sorted(int(n) for n in fileio.listdir(base)
-                         if n.isdigit() and fileio.exists(fileio.join(base, n, SAVED_MODEL_PB)))
+                         if n.isdigit() and fileio.exists(fileio.join(base, n, SAVED_MODEL_PB))
+                         and self._outside(fileio.join(base, n)) is None)
         return [Version(name, n, fileio.join(base, str(n))) for n in numbers]
 
     def audit(self, name: str) -> list[dict[str, Any]]:
@@ -168,9 +215,30 @@ class Registry:
         for candidate in self.versions(name):
             if candidate.version == version:
                 return candidate
+        self._refuse_outside(fileio.join(self._model_dir(name), str(version)))
         known = ", ".join(str(v.version) for v in self.versions(name)) or "none"
         raise ConfigError(f"no version {version} of model {name!r} in {self.root} "
                           f"(versions: {known}).")
+
+    def _held_by(self, name: str, alias: str, number: int) -> Version:
+        """The version `name@alias` points at; when its folder is gone, an error naming
+        the alias, the folder and how to point the alias elsewhere."""
+        for candidate in self.versions(name):
+            if candidate.version == number:
+                return candidate
+        path = fileio.join(self._model_dir(name), str(number))
+        self._refuse_outside(path)
+        raise ConfigError(
+            f"{name}@{alias} points at version {number}, but {_gone(path)}; point the alias at "
+            f"a version that is there with `imgpipe models promote {name}:N --to {alias}` "
+            f"(versions: {', '.join(str(v.version) for v in self.versions(name)) or 'none'}), "
+            f"or remove it with `imgpipe models alias delete {name} {alias}`.")
+
+    def dangling(self, name: str) -> dict[str, int]:
+        """alias -> version for the aliases whose version folder is gone (deleted,
+        moved, half-made): `models list` shows them as missing."""
+        present = {v.version for v in self.versions(name)}
+        return {alias: n for alias, n in self.aliases(name).items() if n not in present}
 
     def resolve(self, ref: str) -> Version:
         """NAME@ALIAS, NAME@latest or NAME:VERSION (or MLflow's models:/NAME@ALIAS,
@@ -193,7 +261,7 @@ class Registry:
             raise ConfigError(f"model {name!r} has no alias {match['alias']!r} in {self.root} "
                               f"(aliases: {', '.join(sorted(aliases)) or 'none'}); set one with "
                               f"`imgpipe models promote {name}:N --to {match['alias']}`.")
-        return self.get(name, aliases[match["alias"]])
+        return self._held_by(name, match["alias"], aliases[match["alias"]])
 
     def nothing_pushed(self, ref: str) -> bool:
         """`ref` is NAME@ALIAS (not NAME@latest or NAME:VERSION) and no version of NAME
@@ -204,7 +272,7 @@ class Registry:
 
     def holder(self, name: str, alias: str) -> Version | None:
         aliases = self.aliases(name)
-        return self.get(name, aliases[alias]) if alias in aliases else None
+        return self._held_by(name, alias, aliases[alias]) if alias in aliases else None
 
     # --- pushing -------------------------------------------------------------------
 
@@ -325,9 +393,16 @@ class Registry:
             if len(holders) < 2:
                 raise ConfigError(f"{name}@{alias} (version {current}) has no earlier holder to "
                                   "roll back to; promote a version explicitly instead.")
-            self.get(name, holders[-2])   # still there?
+            if holders[-2] not in {v.version for v in self.versions(name)}:
+                path = fileio.join(self._model_dir(name), str(holders[-2]))
+                self._refuse_outside(path)
+                raise ConfigError(f"cannot roll {name}@{alias} back to version {holders[-2]}: "
+                                  f"{_gone(path)}; promote a version that is there instead with "
+                                  f"`imgpipe models promote {name}:N --to {alias}`.")
+            # Not forced: rollback takes no --force, and the ledger records only what the
+            # user asked for (the earlier holder passed its own promotion).
             return _entry("rollback", alias, current, holders[-2],
-                          reason or f"rollback from {current}", True, who)
+                          reason or f"rollback from {current}", False, who)
 
         return self._change(name, decide)
 
@@ -366,6 +441,54 @@ class Registry:
     def _write_view(self, name: str, aliases: dict[str, int]) -> None:
         fileio.write_text_atomic(fileio.join(self._model_dir(name), ALIASES),
                                  json.dumps(aliases, indent=2, sort_keys=True))
+
+
+def _leaves(real: str, root: str) -> str:
+    """Why a folder a link takes out of the root is refused, and the fix."""
+    return (f"is a link to {real}, outside the registry {root}; the registry lists, promotes "
+            "and serves only what was pushed into it: remove the link (the folder it points "
+            "at stays) and push that model with `imgpipe run`.")
+
+
+def _gone(path: str) -> str:
+    """What is wrong with a version folder that is not a complete version."""
+    if not fileio.exists(path):
+        return f"its folder {path} is gone (deleted or moved)"
+    return f"its folder {path} holds no {SAVED_MODEL_PB} (not a complete version)"
+
+
+def _is_number(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _card_problem(card: dict[str, Any]) -> str | None:
+    """What makes a card's metrics unreadable (`"accuracy": "high"`), or None: listings,
+    diffs and the evaluator's baseline compare them as numbers."""
+    for key in ("metrics", "per_class"):
+        if key in card and not isinstance(card[key], dict):
+            return f"{key} is {card[key]!r}, not an object"
+    for metric, value in card.get("metrics", {}).items():
+        if not _is_number(value):
+            return f"metrics.{metric} is {value!r}, not a number"
+    for label, values in card.get("per_class", {}).items():
+        if not isinstance(values, dict):
+            return f"per_class.{label} is {values!r}, not an object"
+        for metric, value in values.items():
+            if not _is_number(value):
+                return f"per_class.{label}.{metric} is {value!r}, not a number"
+    if card.get("pushed") is not None and not _is_time(card["pushed"]):
+        return f"pushed is {card['pushed']!r}, not a time such as 2025-01-31T12:00:00+00:00"
+    return None
+
+
+def _is_time(value: Any) -> bool:
+    """An ISO 8601 time with a zone, as `runtime.utc_now` writes it (listings age it)."""
+    import datetime
+
+    try:
+        return datetime.datetime.fromisoformat(value).tzinfo is not None
+    except (TypeError, ValueError):
+        return False
 
 
 def _parse_ledger(path: str, name: str, data: bytes) -> list[dict[str, Any]]:

@@ -193,7 +193,7 @@ def _publish(staging: str, target: str) -> None:
     try:
         os.rename(staging, target)  # fails when target exists and is not empty
     except OSError as exc:
-        if os.path.exists(target):
+        if os.path.lexists(target):    # a link (even one to nothing) takes the number too
             raise FileExistsError(target) from exc
         raise
 

@@ -34,24 +34,68 @@ def cmd_models_list(args: argparse.Namespace) -> Result:
     from pipeline.registry import list_versions
 
     registry = _registry(args)
-    rows = list_versions(registry, args.model)
+    for link, real in registry.links_outside(args.model):
+        print(f"imgpipe: warning: skipped {link}: a link to {real}, outside the registry "
+              f"{registry.root} (the registry lists, promotes and serves only what was "
+              "pushed into it); remove the link.", file=sys.stderr)
+    rows = _with_missing(registry, list_versions(registry, args.model), args.model)
 
     def text() -> None:
         if not rows:
-            print(f"no pushed models under {registry.root}")
+            if args.model:
+                others = [m for m in registry.models() if m != args.model]
+                print(f"model {args.model!r} has no pushed versions under {registry.root} "
+                      f"(models there: {', '.join(others) or 'none'})")
+            else:
+                print(f"no pushed models under {registry.root}")
             return
         print(f"{'MODEL:VERSION':<28} {'ACCURACY':>8} {'BLESSED':>7} {'INFRA':>5} {'AGE':>5}  "
               f"{'KIND':<9} ALIASES")
         for row in rows:
+            if row.get("missing"):
+                print(f"{row['ref']:<28} MISSING: "
+                      + ", ".join(f"{a} -> {row['version']} (missing)" for a in row["aliases"])
+                      + f"; {row['error']}")
+                continue
             if row.get("error"):
                 print(f"{row['ref']:<28} DAMAGED: {row['error']}")
                 continue
             accuracy = "-" if row["accuracy"] is None else f"{row['accuracy']:.4f}"
             print(f"{row['ref']:<28} {accuracy:>8} {str(row['blessed']).lower():>7} "
-                  f"{str(row['infra']).lower():>5} {row['age']:>5}  {row['kind'] or '-':<9} "
-                  f"{','.join(row['aliases'])}")
+                  f"{str(row['infra']).lower():>5} {row['age']:>5}  "
+                  f"{str(row['kind'] or '-'):<9} {','.join(row['aliases'])}")
 
     return Result(data=rows, text=text)
+
+
+def _with_missing(registry, rows: list[dict[str, Any]], name: str | None
+                  ) -> list[dict[str, Any]]:
+    """`rows` plus one row per version an alias still names whose folder is gone, so
+    the listing shows the alias (and its repair) instead of dropping it."""
+    from components.registry import RegistryError
+
+    missing = []
+    for model in [name] if name else registry.models():
+        try:
+            dangling = registry.dangling(model)
+        except RegistryError:
+            continue          # a damaged ledger: its row already says so
+        for number in sorted(set(dangling.values())):
+            aliases = sorted(a for a, n in dangling.items() if n == number)
+            try:
+                registry.resolve(f"{model}@{aliases[0]}")
+                continue      # there after all (pushed meanwhile)
+            except ImgpipeError as exc:
+                error = str(exc)
+            missing.append({"ref": f"{model}:{number}", "version": number, "missing": True,
+                            "aliases": aliases, "error": error})
+    if not missing:
+        return rows
+
+    def order(row: dict[str, Any]) -> tuple[str, int]:
+        return row["ref"].rsplit(":", 1)[0], -1 if row["version"] is None else row["version"]
+
+    return sorted(rows + missing, key=order)
 
 
 def cmd_models_show(args: argparse.Namespace) -> Result:
@@ -78,13 +122,17 @@ def cmd_models_show(args: argparse.Namespace) -> Result:
             print(f"  warm start: from {start.get('version')}"
                   + (f" ({start['ref']})" if start.get("ref") not in (None, start.get("version"))
                      else ""))
-        print("  metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in field("metrics", {}).items()
-                                        if isinstance(v, float)))
+        print("  metrics: " + ", ".join(f"{k} {_metric(k, v)}"
+                                        for k, v in field("metrics", {}).items()))
         print(f"  blessing: {'blessed' if field('blessing.blessed') else 'NOT blessed'} "
               f"({field('blessing.reason')}); baseline {field('blessing.baseline') or '-'}")
-        for check in field("blessing.checks", []):
-            value = check["value"] if check["value"] is None else round(check["value"], 4)
-            print(f"    [{check['verdict']}] {check['check']}: {value} "
+        checks = field("blessing.checks", [])
+        for check in checks if isinstance(checks, list) else []:
+            check = check if isinstance(check, dict) else {"check": check}
+            value = check.get("value")
+            if isinstance(value, float):
+                value = round(value, 4)
+            print(f"    [{check.get('verdict', '?')}] {check.get('check', '?')}: {value} "
                   f"{check.get('detail', '')}")
         print(f"  infra validation: {field('infra_validation.reason')}")
         print(f"  data: {field('data.examples')} examples, classes {field('data.classes')}, "
@@ -93,9 +141,12 @@ def cmd_models_show(args: argparse.Namespace) -> Result:
             print(f"  spans: trained on {', '.join(field('data.spans'))}; evaluated on "
                   f"{', '.join(field('data.evaluated_on') or [])}")
         for entry in info["audit"]:
-            print(f"  audit: {entry['time']} {entry['who']} {entry['action']} "
-                  f"@{entry['alias']} {entry['from']} -> {entry['to']}"
-                  f"{' (forced)' if entry['force'] else ''} {entry['reason']}")
+            # A rollback has no --force: ledgers written before it stopped recording one
+            # say force true on every rollback, which nobody asked for.
+            forced = entry.get("force") and entry.get("action") != "rollback"
+            print(f"  audit: {entry.get('time', '?')} {entry.get('who', '?')} "
+                  f"{entry.get('action', 'promote')} @{entry['alias']} {entry.get('from')} -> "
+                  f"{entry['to']}{' (forced)' if forced else ''} {entry.get('reason') or ''}")
         for item in info.get("lineage", []):
             print(f"  lineage: {item['name']} ({item['type']}, run {item['run_id']}) -> "
                   f"{item['consumed_by']}: {item['uri']}")
@@ -108,22 +159,26 @@ def cmd_models_diff(args: argparse.Namespace) -> Result:
 
     result = diff(_registry(args), args.left, args.right)
 
-    def num(value: Any) -> str:
-        return "-" if value is None else f"{value:.4f}"
+    def change(key: str, value: Any) -> str:
+        return "-" if value is None else (f"{value:+,.0f}" if _is_count(key, value)
+                                          else f"{value:+.4f}")
 
     def text() -> None:
-        print(f"{'METRIC':<20} {result['left']:>14} {result['right']:>14} {'CHANGE':>9}")
-        for key, row in result["metrics"].items():
-            change = "-" if row["change"] is None else f"{row['change']:+.4f}"
-            print(f"{key:<20} {num(row['left']):>14} {num(row['right']):>14} {change:>9}")
-        print(f"\n{'CLASS':<24} {'RECALL':>15} {'PRECISION':>15} {'F1 CHANGE':>9}")
-        for name, row in result["per_class"].items():
-            f1 = row["f1_score"]["change"]
-            print(f"{name:<24} {num(row['recall']['left'])}->{num(row['recall']['right'])} "
-                  f"{num(row['precision']['left'])}->{num(row['precision']['right'])} "
-                  f"{'-' if f1 is None else f'{f1:+.4f}':>9}")
-        for key, change in result["config_changes"].items():
-            print(f"config {key}: {change['left']!r} -> {change['right']!r}")
+        _table([("METRIC", result["left"], result["right"], "CHANGE")] + [
+            (key, _metric(key, row["left"]), _metric(key, row["right"]),
+             change(key, row["change"])) for key, row in result["metrics"].items()])
+        if result["per_class"]:
+            print()
+
+            def pair(row: dict[str, Any]) -> str:
+                return f"{_metric('', row['left'])} -> {_metric('', row['right'])}"
+
+            _table([("CLASS", "RECALL", "PRECISION", "F1 CHANGE")] + [
+                (name, pair(row["recall"]), pair(row["precision"]),
+                 change("", row["f1_score"]["change"]))
+                for name, row in result["per_class"].items()])
+        for key, change_ in result["config_changes"].items():
+            print(f"config {key}: {change_['left']!r} -> {change_['right']!r}")
         if result["hyperparameters"]["left"] != result["hyperparameters"]["right"]:
             print(f"tuned values: {result['hyperparameters']['left'] or 'none'} -> "
                   f"{result['hyperparameters']['right'] or 'none'}")
@@ -136,6 +191,31 @@ def cmd_models_diff(args: argparse.Namespace) -> Result:
                   file=sys.stderr)
 
     return Result(data=result, text=text)
+
+
+def _is_count(key: str, value: Any) -> bool:
+    """Counts (example_count, num_*) print as whole numbers; the evaluator writes
+    them as floats (346.0)."""
+    return (key.endswith("_count") or key.startswith("num_")) or \
+        (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _metric(key: str, value: Any) -> str:
+    """A metric as the listings print it: counts whole, rates to 4 places."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    return f"{value:,.0f}" if _is_count(key, value) else f"{value:.4f}"
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    """Prints rows (the first a header) in columns as wide as their widest cell: the
+    first left-aligned, the others right-aligned."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join([row[0].ljust(widths[0])] + [
+            cell.rjust(width) for cell, width in zip(row[1:], widths[1:])]).rstrip())
 
 
 def _count(value: Any) -> str:
@@ -279,16 +359,32 @@ def cmd_models_alias_delete(args: argparse.Namespace) -> Result:
 
 
 def cmd_models_repair(args: argparse.Namespace) -> Result:
-    result = _registry(args).repair(args.model)
+    registry = _registry(args)
+    result = registry.repair(args.model)
+    dangling = registry.dangling(args.model)
+
+    def holder(aliases: dict[str, Any], alias: str) -> str:
+        return f"version {aliases[alias]}" if alias in aliases else "(none)"
 
     def text() -> None:
-        if result["before"] == result["after"]:
-            print(f"{args.model}: aliases.json already matches the ledger: {result['after']}")
+        before, after = result["before"], result["after"]
+        if before == after:
+            print(f"{args.model}: aliases.json already matches the ledger "
+                  f"({len(after)} alias{'' if len(after) == 1 else 'es'})")
         else:
-            print(f"{args.model}: aliases.json rewritten from the ledger: {result['before']} "
-                  f"-> {result['after']}")
+            print(f"{args.model}: aliases.json rewritten from the ledger (audit.jsonl)"
+                  + ("; it was damaged" if not isinstance(before, dict) else ""))
+        known = isinstance(before, dict)      # else unreadable: only what it is now
+        for alias in sorted(set(before if known else ()) | set(after)):
+            was, now = holder(before, alias) if known else None, holder(after, alias)
+            print(f"  {alias}: {now}" if was in (None, now) else f"  {alias}: {was} -> {now}")
+        for alias, number in sorted(dangling.items()):
+            print(f"imgpipe: warning: {args.model}@{alias} points at version {number}, whose "
+                  f"folder is gone; point it at a version that is there with `imgpipe models "
+                  f"promote {args.model}:N --to {alias}` (repair rewrites only aliases.json).",
+                  file=sys.stderr)
 
-    return Result(data=result, text=text)
+    return Result(data=dict(result, missing=dangling), text=text)
 
 
 def register(sub: Any) -> None:
