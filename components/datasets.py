@@ -30,6 +30,10 @@ FONT_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 FONT_SIZE = 36
 FONT_POINTS = 24
 FONT_SHIFTS = tuple((dx, dy) for dy in (-2, 0, 2) for dx in (-2, 0, 2))
+# Images a built-in dataset trains on at most (fashion_mnist: its own train split), known
+# before it loads: a training batch larger than this is refused before the run starts.
+TRAIN_IMAGES = {"fonts": len(FONT_FILES) * len(FONT_CHARS) * len(FONT_SHIFTS),
+                "digits": 1797, "fashion_mnist": 60000}
 
 FASHION_CLASSES = ("tshirt_top", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
                    "sneaker", "bag", "ankle_boot")

@@ -10,10 +10,16 @@ Folders do not exist on GCS: a "folder" is the prefix of the objects below it.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import functools
+import inspect
 import os
-from typing import IO, Iterator
+from typing import IO, Any, Callable, Iterator, TypeVar
+
+from components.errors import ConfigError
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def split(path: str) -> tuple[str, str]:
@@ -36,6 +42,51 @@ def client():
                        os.environ.get("GOOGLE_CLOUD_PROJECT"))
 
 
+def _explained(function: F) -> F:
+    """The storage failures a user fixes, as one line naming the path and the fix: no
+    credentials (or ones that cannot be refreshed), access denied, no such bucket."""
+    @contextlib.contextmanager
+    def explaining(path: str) -> Iterator[None]:
+        from google.api_core import exceptions as api
+        from google.auth import exceptions as auth
+
+        try:
+            yield
+        except auth.GoogleAuthError as exc:
+            raise ConfigError(
+                f"{path}: no usable Google Cloud credentials ({_first_line(exc)}); run "
+                "`gcloud auth application-default login`, or set "
+                "GOOGLE_APPLICATION_CREDENTIALS to a service account key file.") from None
+        except (api.Forbidden, api.Unauthorized) as exc:
+            raise ConfigError(
+                f"{path}: access denied ({_first_line(exc)}); grant this account "
+                f"roles/storage.objectAdmin on gs://{split(path)[0]}, or use another "
+                "bucket.") from None
+        except api.NotFound as exc:
+            if "bucket does not exist" not in str(exc).lower():
+                raise
+            raise ConfigError(f"{path}: bucket gs://{split(path)[0]} does not exist; create "
+                              "it (gcloud storage buckets create) or fix the path.") from None
+
+    if inspect.isgeneratorfunction(function):
+        @functools.wraps(function)
+        def generator(path: str, *args: Any, **kwargs: Any) -> Any:
+            with explaining(path):
+                yield from function(path, *args, **kwargs)
+        return generator  # type: ignore[return-value]
+
+    @functools.wraps(function)
+    def wrapper(path: str, *args: Any, **kwargs: Any) -> Any:
+        with explaining(path):
+            return function(path, *args, **kwargs)
+    return wrapper  # type: ignore[return-value]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
+
+
 def _blob(path: str):
     bucket, name = split(path)
     return client().bucket(bucket).blob(name)
@@ -46,15 +97,18 @@ def _prefix(path: str) -> str:
     return name.rstrip("/") + "/" if name else ""
 
 
+@_explained
 def exists(path: str) -> bool:
     return _blob(path).exists() or isdir(path)
 
 
+@_explained
 def isdir(path: str) -> bool:
     bucket, _ = split(path)
     return any(True for _ in client().list_blobs(bucket, prefix=_prefix(path), max_results=1))
 
 
+@_explained
 def listdir(path: str) -> list[str]:
     bucket, _ = split(path)
     prefix = _prefix(path)
@@ -64,12 +118,14 @@ def listdir(path: str) -> list[str]:
     return sorted(n for n in names if n)
 
 
+@_explained
 def walk_files(root: str) -> Iterator[str]:
     bucket, _ = split(root)
     for blob in sorted(client().list_blobs(bucket, prefix=_prefix(root)), key=lambda b: b.name):
         yield f"gs://{bucket}/{blob.name}"
 
 
+@_explained
 def signatures(prefix: str) -> dict[str, str]:
     """gs://... -> "generation:size" for every object whose name starts with the name
     part of `prefix`, from one listing (no object is read). An object rewritten in
@@ -79,6 +135,7 @@ def signatures(prefix: str) -> dict[str, str]:
             for blob in client().list_blobs(bucket, prefix=name)}
 
 
+@_explained
 def checksums(root: str) -> dict[str, dict[str, int | str]]:
     """gs://... -> {"size", "crc32c"} for every object under the folder `root`, from one
     listing (no object is read): the checksum GCS computed when the object was written
@@ -96,6 +153,7 @@ def checksums(root: str) -> dict[str, dict[str, int | str]]:
     return out
 
 
+@_explained
 def glob(pattern: str) -> list[str]:
     bucket, name = split(pattern)
     fixed = name[:min((name.index(c) for c in "*?[" if c in name), default=len(name))]
@@ -106,12 +164,14 @@ def glob(pattern: str) -> list[str]:
     return sorted(matches)
 
 
+@_explained
 def open_file(path: str, mode: str = "rb") -> IO:
     if "r" in mode:
         return _blob(path).open("rb" if "b" in mode else "r")
     return _blob(path).open("wb" if "b" in mode else "w")
 
 
+@_explained
 def read_bytes(path: str) -> bytes:
     from google.api_core.exceptions import NotFound
 
@@ -121,17 +181,20 @@ def read_bytes(path: str) -> bytes:
         raise FileNotFoundError(path) from exc
 
 
+@_explained
 def write_bytes(path: str, data: bytes) -> None:
     """One upload: readers see the old object or the new one, never a part."""
     _blob(path).upload_from_string(data)
 
 
+@_explained
 def size(path: str) -> int | None:
     bucket, name = split(path)
     blob = client().bucket(bucket).get_blob(name)
     return None if blob is None else blob.size
 
 
+@_explained
 def copy(src: str, dst: str) -> None:
     src_bucket, src_name = split(src)
     dst_bucket, dst_name = split(dst)
@@ -139,6 +202,7 @@ def copy(src: str, dst: str) -> None:
     bucket.copy_blob(bucket.blob(src_name), client().bucket(dst_bucket), dst_name)
 
 
+@_explained
 def rmtree(path: str) -> None:
     bucket, name = split(path)
     for blob in list(client().list_blobs(bucket, prefix=_prefix(path))):
@@ -151,6 +215,7 @@ def rmtree(path: str) -> None:
 # --- conditional writes --------------------------------------------------------------
 
 
+@_explained
 def create_if_absent(path: str, data: bytes) -> bool:
     """Writes `path` only if no object is there; False when another writer was first."""
     from google.api_core.exceptions import PreconditionFailed
@@ -162,6 +227,7 @@ def create_if_absent(path: str, data: bytes) -> bool:
     return True
 
 
+@_explained
 def read_versioned(path: str) -> tuple[bytes, int]:
     """(content, generation); (b'', 0) when absent. The generation is read with the
     metadata, before the content, so a compare-and-swap on it is exact."""
@@ -177,6 +243,7 @@ def read_versioned(path: str) -> tuple[bytes, int]:
         return read_versioned(path)    # replaced between the two requests: read again
 
 
+@_explained
 def swap(path: str, data: bytes, generation: int) -> bool:
     """Writes `path` only if it is still at `generation` (0: absent); False otherwise."""
     from google.api_core.exceptions import PreconditionFailed

@@ -163,6 +163,8 @@ def run(transform_graph: In[artifacts.TransformGraph], examples: In[artifacts.Ex
     sparse = train.loss == "sparse_categorical_crossentropy"
     loss = "sparse_categorical_crossentropy" if sparse else "categorical_crossentropy"
     global_batch = train.batch_size * strategy.num_replicas_in_sync
+    check_batch_fits(global_batch, transform_graph.properties["counts"].get("train", 0),
+                     strategy.num_replicas_in_sync)
     train_ds = make_dataset(transform_graph, examples, "train", global_batch, train, True, sparse,
                             plan.static)
     eval_ds = make_dataset(transform_graph, examples, "eval", global_batch, train, False, sparse,
@@ -193,6 +195,20 @@ def run(transform_graph: In[artifacts.TransformGraph], examples: In[artifacts.Ex
     return {"final": final, "tuned": tuned["best"], "warm_start": source,
             "lines": started + _lines(fitting, model, tuned["best"], epochs, resumed, final,
                                       trained_model.uri)}
+
+
+def check_batch_fits(global_batch: int, examples: int, replicas: int = 1) -> None:
+    """Training batches are full (static shapes), so a batch larger than the training
+    split gives no batch at all: no optimizer step, a model of random weights. Refused
+    before anything trains."""
+    if examples >= global_batch:
+        return
+    per_replica = f" x {replicas} replicas = {global_batch}" if replicas > 1 else ""
+    raise ConfigError(
+        f"train.batch_size {global_batch // replicas}{per_replica} is larger than the "
+        f"training split ({examples} examples): not one full batch, so no optimizer step "
+        f"would run; set train.batch_size to at most {max(1, examples // replicas)} "
+        "(e.g. 32).")
 
 
 def _warm_start_source(model: ModelConfig, train: TrainConfig) -> dict[str, str] | None:
@@ -262,6 +278,10 @@ def _fit_and_write(fitting: Fitting, model: ModelConfig, train: TrainConfig,
         for path in fileio.walk_files(logs):
             fileio.copy(path, writer.file(artifacts.Model.LOGS, path[len(logs):].lstrip("/")))
     losses = hist.get("loss", [])
+    steps = int(net.optimizer.iterations.numpy())
+    if steps == 0:
+        raise TrainingError("training took no optimizer step (no full batch in any epoch); "
+                            "lower train.batch_size, or add training images.")
     if any(not np.isfinite(v) for v in losses):
         raise TrainingError(
             f"training diverged: loss became NaN/inf at epoch {len(losses)}; lower "
@@ -280,7 +300,7 @@ def _fit_and_write(fitting: Fitting, model: ModelConfig, train: TrainConfig,
                          "strategy_reason": fitting.reason,
                          "training_plan": fitting.plan.notes,
                          "tensorflow_version": _tf_version(),
-                         "epochs": len(losses), "final": final,
+                         "epochs": len(losses), "final": final, "optimizer_steps": steps,
                          "resumed_after_epochs": resumed,
                          "hyperparameters": tuned,
                          # what the model is (a later warm start checks it) and what it
