@@ -15,6 +15,7 @@ Both are found through STORAGE_EMULATOR_HOST by google-cloud-storage and Beam.
 from __future__ import annotations
 
 import os
+import selectors
 import socket
 import subprocess
 import sys
@@ -28,20 +29,85 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 20.0) -> None:
+def _listening_inodes(port: int) -> set[str] | None:
+    """The inodes of the sockets listening on 127.0.0.1:PORT; None without /proc."""
+    inodes, seen = set(), False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as handle:
+                rows = handle.read().splitlines()[1:]
+        except OSError:
+            continue
+        seen = True
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    return inodes if seen else None
+
+
+def _listens(proc: subprocess.Popen, port: int) -> bool | None:
+    """Whether `proc` itself is the one listening on PORT (not another test's server
+    that took the port first); None where /proc cannot tell."""
+    listening = _listening_inodes(port)
+    try:
+        fds = os.listdir(f"/proc/{proc.pid}/fd")
+    except OSError:
+        return None
+    if listening is None:
+        return None
+    sockets = set()
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{proc.pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            sockets.add(target[len("socket:["):-1])
+    return bool(sockets & listening)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/storage/v1/b", timeout=1) as reply:
+            return reply.status == 200
+    except OSError:
+        return False
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, port: int, timeout: float = 20.0) -> bool:
+    """True once `proc` listens on PORT and answers there; False if it exited first (the
+    port was taken before it could bind it)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the GCS server exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url + "/storage/v1/b", timeout=1) as reply:
-                if reply.status == 200:
-                    return
-        except OSError:
-            pass
+            return False
+        if _listens(proc, port) is not False and _answers(url):
+            return True
         time.sleep(0.05)
     stop(proc)
     raise RuntimeError(f"the GCS server at {url} did not answer within {timeout} s")
+
+
+def _read_line(proc: subprocess.Popen, timeout: float) -> str:
+    """The first line the child writes to its stdout, within `timeout` seconds (a plain
+    readline() would wait for ever on a child that hangs before writing it)."""
+    deadline, data = time.monotonic() + timeout, b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        while b"\n" not in data:
+            left = deadline - time.monotonic()
+            if left <= 0 or not selector.select(left):
+                break
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                break
+            data += chunk
+    if b"\n" not in data:
+        stop(proc)
+        raise RuntimeError(f"the GCS server wrote no port within {timeout} s "
+                           f"(exit code {proc.poll()}): {data!r}")
+    return data.split(b"\n", 1)[0].decode()
 
 
 def available(which: str) -> str | None:
@@ -66,19 +132,45 @@ def _fake_gcs_server_binary() -> str:
 
 
 def start(which: str) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    if which == "fake-gcs-server":
+    """The server, started on a port of its own, and its URL once it answers there.
+
+    gcp-storage-emulator binds port 0 and reports the port it got. fake-gcs-server needs
+    its port up front (its upload URLs name it): a free port is picked, and since
+    another process (a test beside this one under xdist) can take it before the server
+    binds it, the server must be the one listening there, else it starts again on
+    another port."""
+    if which != "fake-gcs-server":
+        command = [sys.executable, "-c", _PRECONDITIONS + _EMULATOR]
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        port = int(_read_line(proc, 30))
+        proc.stdout.close()
+        url = f"http://127.0.0.1:{port}"
+        if not _wait_ready(url, proc, port):
+            raise RuntimeError(f"the GCS server exited with {proc.returncode}")
+        return proc, url
+    for _ in range(5):
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}"
         command = [_fake_gcs_server_binary(), "-scheme", "http", "-host", "127.0.0.1",
                    "-port", str(port), "-backend", "memory", "-external-url", url,
                    "-log-level", "error"]
-    else:
-        command = [sys.executable, "-c", _PRECONDITIONS + "\nfrom gcp_storage_emulator.__main__ "
-                   f"import main\nmain(['start', '--host', '127.0.0.1', '--port', '{port}', "
-                   "'--in-memory', '--quiet'])\n"]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_ready(url, proc)
-    return proc, url
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if _wait_ready(url, proc, port):
+            return proc, url
+    raise RuntimeError(f"fake-gcs-server could not bind a port (last exit {proc.returncode})")
+
+
+# gcp-storage-emulator on a port of its choosing, reported on stdout
+_EMULATOR = """
+import logging, sys, threading
+from gcp_storage_emulator.server import create_server
+logging.getLogger("").setLevel(logging.CRITICAL)
+_server = create_server("127.0.0.1", 0, in_memory=True)
+_server.start()
+print(_server._api._httpd.server_address[1], flush=True)
+sys.stdout.close()
+threading.Event().wait()
+"""
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -90,15 +182,17 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def use(url: str) -> None:
+def use(url: str, monkeypatch) -> None:
     """Points google-cloud-storage and Beam (in this process) at the server, with no
-    credentials: Beam would otherwise spend ~25 s retrying google.auth.default()."""
-    os.environ["STORAGE_EMULATOR_HOST"] = url
-    os.environ.setdefault("NO_GCE_CHECK", "true")
+    credentials: Beam would otherwise spend ~25 s retrying google.auth.default(). Through
+    the test's `monkeypatch`, so the environment and Beam are as before once it ends."""
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", url)
+    if "NO_GCE_CHECK" not in os.environ:
+        monkeypatch.setenv("NO_GCE_CHECK", "true")
     from apache_beam.internal.gcp import auth
 
-    auth._Credentials._credentials_init = True
-    auth._Credentials._credentials = None
+    monkeypatch.setattr(auth._Credentials, "_credentials_init", True)
+    monkeypatch.setattr(auth._Credentials, "_credentials", None)
 
 
 # ifGenerationMatch / ifGenerationNotMatch for gcp-storage-emulator, and the generation

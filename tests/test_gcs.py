@@ -38,10 +38,10 @@ def beam_gcs():
     gcs_server.stop(proc)
 
 
-def _point_at(url, bucket=BUCKET):
+def _point_at(url, monkeypatch, bucket=BUCKET):
     from components import gcs
 
-    gcs_server.use(url)
+    gcs_server.use(url, monkeypatch)
     gcs._client_for.cache_clear()
     client = gcs.client()
     if client.lookup_bucket(bucket) is None:
@@ -51,14 +51,96 @@ def _point_at(url, bucket=BUCKET):
 
 @pytest.fixture
 def on_fake(fake_gcs, monkeypatch):
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", fake_gcs)
-    return _point_at(fake_gcs)
+    from components import gcs
+
+    yield _point_at(fake_gcs, monkeypatch)
+    gcs._client_for.cache_clear()       # no client for a server that is going away
 
 
 @pytest.fixture
 def on_beam(beam_gcs, monkeypatch):
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", beam_gcs)
-    return _point_at(beam_gcs)
+    from components import gcs
+
+    yield _point_at(beam_gcs, monkeypatch)
+    gcs._client_for.cache_clear()
+
+
+class _OtherServer:
+    """Another test's GCS server (as under pytest-xdist) holding a port: answers 200."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        hits = self.hits = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                hits.append(self.path)
+                body = b'{"kind": "storage#buckets", "items": []}'
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join()
+
+
+@pytest.mark.parametrize("which", ["fake-gcs-server", "gcp-storage-emulator"])
+def test_a_started_server_is_its_own_even_when_its_port_was_taken(which, monkeypatch):
+    """A port picked free can be taken by another worker's server before ours binds it:
+    start() hands back its own server, and nothing of ours talks to the other one."""
+    import urllib.request
+
+    reason = gcs_server.available(which)
+    if reason:
+        pytest.skip(reason)
+    other = _OtherServer()
+    taken = [other.port]
+    pick = gcs_server._free_port
+    monkeypatch.setattr(gcs_server, "_free_port", lambda: taken.pop() if taken else pick())
+    proc = None
+    try:
+        proc, url = gcs_server.start(which)
+        assert url != f"http://127.0.0.1:{other.port}"
+        request = urllib.request.Request(f"{url}/storage/v1/b?project=p", method="POST",
+                                         data=b'{"name": "mine"}',
+                                         headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(request, timeout=10).close()
+        with urllib.request.urlopen(f"{url}/storage/v1/b?project=p", timeout=10) as reply:
+            assert [b["name"] for b in json.load(reply)["items"]] == ["mine"]
+        assert other.hits == []
+    finally:
+        if proc is not None:
+            gcs_server.stop(proc)
+        other.close()
+
+
+def test_pointing_at_a_server_is_undone_when_the_test_ends(monkeypatch):
+    """gcs_server.use() changes the process's environment and Beam's credentials only
+    for the test that calls it (other tests on the same worker see neither)."""
+    from apache_beam.internal.gcp import auth
+
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    monkeypatch.delenv("NO_GCE_CHECK", raising=False)
+    before = (auth._Credentials._credentials_init, auth._Credentials._credentials)
+    with pytest.MonkeyPatch.context() as inner:
+        gcs_server.use("http://127.0.0.1:1", inner)
+        assert os.environ["STORAGE_EMULATOR_HOST"] == "http://127.0.0.1:1"
+        assert os.environ["NO_GCE_CHECK"] == "true" and auth._Credentials._credentials_init
+    assert "STORAGE_EMULATOR_HOST" not in os.environ and "NO_GCE_CHECK" not in os.environ
+    assert (auth._Credentials._credentials_init, auth._Credentials._credentials) == before
 
 
 def test_storage_layer_on_gcs(on_fake):
