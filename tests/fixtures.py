@@ -167,8 +167,10 @@ def make_photo_folders(root: str, per_class: int, classes=CLASSES, first: int = 
 def race(target, args_per_process: list[tuple], timeout: float = 60) -> tuple[list, list]:
     """Runs `target(*args, barrier, queue)` in one forked process per args tuple, all
     released at once by the barrier; returns (exit codes, what each put on the queue,
-    in the order they finished)."""
+    in the order they finished). `timeout` bounds the whole race: a process still
+    running then is killed (its code -9), not left behind."""
     import multiprocessing
+    import time
 
     ctx = multiprocessing.get_context("fork")
     barrier, queue = ctx.Barrier(len(args_per_process)), ctx.Queue()
@@ -176,7 +178,12 @@ def race(target, args_per_process: list[tuple], timeout: float = 60) -> tuple[li
              for args in args_per_process]
     for proc in procs:
         proc.start()
+    deadline = time.monotonic() + timeout
     for proc in procs:
-        proc.join(timeout)
+        proc.join(max(0.0, deadline - time.monotonic()))
+    for proc in procs:              # one still running at the deadline: killed (-9)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
     codes = [proc.exitcode for proc in procs]
     return codes, [queue.get(timeout=5) for code in codes if code == 0]

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -32,18 +34,56 @@ def _start(tmp_path):
                             text=True)
 
 
-def _wait_for_training(proc, timeout=180):
-    deadline = time.time() + timeout
-    lines = []
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if line.strip().startswith("train") and "running" in line:
-            time.sleep(3)       # well inside training
-            return lines
-    raise AssertionError("training never started:\n" + "".join(lines))
+class _Output:
+    """A child's stdout and stderr, read by threads as they come: a readline() on the
+    pipe itself would block past any deadline while the child is quiet."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self.closed = 0
+        self.changed = threading.Condition()
+        self.readers = [threading.Thread(target=self._read, args=(stream, lines), daemon=True)
+                        for stream, lines in ((proc.stdout, self.out), (proc.stderr, self.err))]
+        for reader in self.readers:
+            reader.start()
+
+    def _read(self, stream, lines):
+        for line in stream:
+            with self.changed:
+                lines.append(line)
+                self.changed.notify_all()
+        with self.changed:
+            self.closed += 1
+            self.changed.notify_all()
+
+    def wait_for(self, predicate, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while not predicate(self.out):
+                left = deadline - time.monotonic()
+                if left <= 0 or self.closed == 2:
+                    raise AssertionError(f"{what} never happened:\n" + "".join(self.out)
+                                         + "".join(self.err)[-3000:])
+                self.changed.wait(left)
+
+    def finish(self, timeout: float) -> tuple[str, str]:
+        """(stdout, stderr) once the child has exited."""
+        self.proc.wait(timeout)
+        for reader in self.readers:
+            reader.join(timeout)
+        with self.changed:
+            return "".join(self.out), "".join(self.err)
+
+
+EPOCH = re.compile(r"\s+epoch (\d+)/")
+
+
+def _training_underway(lines) -> bool:
+    """Train is running and has finished two epochs: well inside training, past the
+    run's start and the first epoch's tracing."""
+    return any(int(m.group(1)) >= 2 for m in map(EPOCH.match, lines) if m)
 
 
 @pytest.mark.slow
@@ -54,9 +94,15 @@ def test_signals_and_kills_end_runs_on_record(tmp_path):
     for how, signum, code in (("SIGINT", signal.SIGINT, 130), ("SIGTERM", signal.SIGTERM, 143),
                               ("kill", signal.SIGKILL, -9)):
         proc = _start(tmp_path)
-        _wait_for_training(proc)
-        proc.send_signal(signum)
-        out, err = proc.communicate(timeout=120)
+        try:
+            output = _Output(proc)
+            output.wait_for(_training_underway, 180, "training")
+            proc.send_signal(signum)
+            out, err = output.finish(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
         assert proc.returncode == code, (how, err[-2000:])
         if how != "kill":
             assert "Traceback" not in err and "Traceback" not in out
@@ -74,7 +120,10 @@ def test_signals_and_kills_end_runs_on_record(tmp_path):
         return [e for e in os.listdir(tmp) if e.startswith("imgpipe-tmp-")]
 
     assert len(left()) == 1, left()
-    time.sleep(6)
+    # the folder as it is once its dead owner's last few seconds are past (no waiting)
+    lock = tmp / left()[0] / ".lock"
+    aged = time.time() - 60
+    os.utime(lock if lock.exists() else tmp / left()[0], (aged, aged))
     listing = subprocess.run([sys.executable, "-m", "pipeline.cli", "runs", "list",
                               "--runs-dir", str(tmp_path / "runs")], cwd=ROOT,
                              env=dict(os.environ, TMPDIR=str(tmp)), capture_output=True,
@@ -82,6 +131,24 @@ def test_signals_and_kills_end_runs_on_record(tmp_path):
     assert listing.returncode == 0, listing.stderr
     assert "died" in listing.stdout
     assert left() == []
+
+
+def test_waiting_on_a_quiet_child_ends_at_its_deadline():
+    """The wait for training reads the child's output beside it, so a child that goes
+    quiet fails the wait at its deadline instead of blocking the test for ever."""
+    proc = subprocess.Popen([sys.executable, "-c",
+                             "import time; print('started', flush=True); time.sleep(60)"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        output = _Output(proc)
+        began = time.monotonic()
+        with pytest.raises(AssertionError, match="training never happened"):
+            output.wait_for(_training_underway, 1.0, "training")
+        assert time.monotonic() - began < 10
+        assert output.out == ["started\n"]
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_an_interrupted_prediction_write_keeps_the_earlier_file(tmp_path, monkeypatch):
