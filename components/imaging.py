@@ -2,7 +2,9 @@
 
 Baseline JPEG and 8-bit grayscale/RGB PNG keep their original bytes. Valid images in
 other modes (CMYK or progressive JPEG, 16-bit, palette or alpha PNG, GIF, BMP, WebP)
-are converted once to 8-bit grayscale or RGB PNG. Anything that does not fully
+are converted once to 8-bit grayscale or RGB PNG, and so is an image whose EXIF
+orientation says it is stored rotated or mirrored (phone photos): it is turned upright
+first (as `PIL.ImageOps.exif_transpose` does), since `tf.io.decode_image` ignores EXIF. Anything that does not fully
 decode, or that claims more pixels than allowed, raises BadImage with a reason.
 """
 
@@ -38,13 +40,14 @@ def pixels_over(width: int, height: int, max_pixels: int) -> str | None:
 class CheckedImage:
     data: bytes            # what is stored: the original bytes or a PNG conversion
     format: str            # 'jpeg' or 'png'
-    height: int
+    height: int            # upright (after the EXIF orientation)
     width: int
     channels: int          # 1 or 3
     converted: bool        # True when `data` is a re-encoding
     original_format: str   # what the file was (JPEG, PNG, GIF, ...)
     gray: np.ndarray       # the pixels as 8-bit grayscale [H, W], for the statistics
                            # and near-duplicate thumbnails (components/neardup.describe)
+    rotated: bool = False  # turned upright by its EXIF orientation (then converted)
 
 
 def content_id(data: bytes) -> str:
@@ -83,6 +86,32 @@ def _open(data: bytes) -> Image.Image:
         if data.startswith(signature):
             return plugin(io.BytesIO(data))
     return Image.open(io.BytesIO(data))
+
+
+# Where Pillow finds an orientation: EXIF (JPEG APP1, PNG eXIf, WebP) or XMP. Other
+# formats (TIFF keeps it among its own tags) are always asked.
+_ORIENTATION_KEYS = ("exif", "xmp", "XML:com.adobe.xmp", "Raw profile type exif")
+
+
+# EXIF orientation -> the transpose that makes the pixels upright (the table
+# `PIL.ImageOps.exif_transpose` applies).
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+            4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+            6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
+
+
+def orientation(img: Image.Image) -> int:
+    """The image's EXIF orientation (1: upright, 2-8: stored mirrored and/or rotated);
+    1 without a tag. Asks Pillow's EXIF reader only when the image carries metadata
+    that can hold one (it costs a tenth of a small PNG's check)."""
+    if img.format in ("PNG", "JPEG") and not any(k in img.info for k in _ORIENTATION_KEYS):
+        return 1
+    try:
+        value = img.getexif().get(0x0112, 1)
+    except Exception:       # damaged EXIF: the pixels still decode, keep them as stored
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
 def verify_decodes(data: bytes) -> None:
@@ -125,12 +154,17 @@ def check_image(data: bytes, max_pixels: int) -> CheckedImage:
         img.load()
     except Exception as exc:
         raise BadImage(f"corrupt or truncated {original} ({type(exc).__name__}: {exc})") from None
-    keep = ((original == "JPEG" and img.mode in ("L", "RGB") and not progressive)
-            or (original == "PNG" and img.mode in ("L", "RGB")))
+    rotated = orientation(img) != 1
+    keep = not rotated and (
+        (original == "JPEG" and img.mode in ("L", "RGB") and not progressive)
+        or (original == "PNG" and img.mode in ("L", "RGB")))
     if keep:
         normalized, stored, fmt = img, data, original.lower()
     else:
         normalized = _to_8bit(img)
+        if rotated:     # upright pixels (the PNG carries no EXIF to turn them again)
+            normalized = normalized.transpose(_UPRIGHT[orientation(img)])
+            width, height = normalized.size
         buffer = io.BytesIO()
         normalized.save(buffer, format="PNG")
         stored, fmt = buffer.getvalue(), "png"
@@ -139,4 +173,5 @@ def check_image(data: bytes, max_pixels: int) -> CheckedImage:
         data=stored, format=fmt, height=height, width=width,
         channels=1 if normalized.mode == "L" else 3, converted=not keep,
         original_format=original,
-        gray=np.frombuffer(gray.tobytes(), np.uint8).reshape(height, width))
+        gray=np.frombuffer(gray.tobytes(), np.uint8).reshape(height, width), rotated=rotated)
+
