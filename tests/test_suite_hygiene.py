@@ -135,3 +135,21 @@ def test_a_leak_into_a_redirected_tmpdir_fails_that_test_by_name(tmp_path):
     assert "2 passed, 1 error" in out, out
     assert "ERROR" in out and "test_a_child_with_its_own_tmpdir_leaves_its_folder" in out, out
     assert "left temporary entries" in out and "imgpipe-tmp-" in out, out
+
+
+def test_the_license_is_an_spdx_expression_setuptools_builds_without_warnings():
+    """`make` on a fresh machine: setuptools >= 77 warns for pages about a
+    `project.license` table, and refuses an SPDX string beside a `License ::`
+    classifier; the string form needs setuptools >= 77 in the build's requirements."""
+    import re
+    import tomllib
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as handle:
+        pyproject = tomllib.load(handle)
+    project = pyproject["project"]
+    assert project["license"] == "Apache-2.0"
+    assert not [c for c in project.get("classifiers", []) if c.startswith("License ::")]
+    [setuptools] = [r for r in pyproject["build-system"]["requires"]
+                    if re.match(r"setuptools\b", r)]
+    minimum = re.search(r">=\s*(\d+)", setuptools)
+    assert minimum and int(minimum.group(1)) >= 77, setuptools
