@@ -225,3 +225,119 @@ def test_a_promotion_racing_push_promote_to_records_both_and_one_wins(tmp_path):
     pushed_move = next(e for e in entries if e["to"] == 2)
     assert pushed_move["who"] == "pipeline"
     assert line == f"m@production: version {pushed_move['from'] or '(none)'} -> 2"
+
+
+# --- atomic writes of the files a user keeps ----------------------------------------------
+
+
+@contextlib.contextmanager
+def torn_writes(monkeypatch, folder, after: int = 0):
+    """Every file opened for writing under `folder`, after the first `after` ones, gets
+    half of its first write and then a full disk (ENOSPC): what a crash or a full disk
+    mid-write leaves. `open` and `io.open` (pathlib) both."""
+    import io
+
+    real_open, folder = builtins.open, os.path.abspath(folder)
+    opened = {"n": 0}
+
+    class Torn:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def write(self, data):
+            self.handle.write(data[: len(data) // 2])
+            self.handle.flush()
+            raise OSError(errno.ENOSPC, "No space left on device", self.handle.name)
+
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+    def opener(file, mode="r", *args, **kwargs):
+        handle = real_open(file, mode, *args, **kwargs)
+        if isinstance(file, (str, os.PathLike)) and any(c in mode for c in "wax+") and \
+                os.path.abspath(file).startswith(folder + os.sep):
+            opened["n"] += 1
+            if opened["n"] > after:
+                return Torn(handle)
+        return handle
+
+    monkeypatch.setattr(builtins, "open", opener)
+    monkeypatch.setattr(io, "open", opener)
+    try:
+        yield opened
+    finally:
+        monkeypatch.setattr(builtins, "open", real_open)
+        monkeypatch.setattr(io, "open", real_open)
+
+
+def _tree(folder) -> dict[str, bytes]:
+    return {os.path.relpath(os.path.join(d, f), folder): open(os.path.join(d, f), "rb").read()
+            for d, _, files in os.walk(folder) for f in files}
+
+
+def test_a_failed_datasets_export_leaves_no_folder_and_no_partial_files(tmp_path, monkeypatch,
+                                                                        capsys):
+    from pipeline import cli
+
+    out = tmp_path / "exported"
+    with torn_writes(monkeypatch, tmp_path, after=25) as opened:
+        assert cli.main(["datasets", "export", "digits", str(out)]) == 2
+    assert opened["n"] > 25                       # it failed part way, not at the start
+    assert "no space left on the device" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []             # no folder, no .partial sibling
+    assert cli.main(["datasets", "export", "digits", str(out)]) == 0   # and it can retry
+    assert len(_tree(out)) == 1797
+
+
+def test_a_failed_report_write_keeps_the_old_report(tmp_path, monkeypatch):
+    from pipeline import config as config_lib
+    from pipeline import report
+    from pipeline.local import LocalRunner
+    from tests.test_local_runner import STEPS
+
+    cfg = config_lib.from_dict({"name": "r", "data": {"source": "a"}})
+    result = LocalRunner(cfg, str(tmp_path), log=lambda _: None, steps=STEPS).run()
+    before = _tree(result.run_dir)
+    assert before["report.html"].startswith(b"<!doctype html>")
+    with torn_writes(monkeypatch, result.run_dir), pytest.raises(OSError):
+        report.write(result.run_dir, result.run_id, "succeeded", result.steps)
+    assert _tree(result.run_dir) == before        # the old report whole, no temporary file
+
+
+def test_a_failed_schema_infer_keeps_the_old_schema(tmp_path, monkeypatch, capsys):
+    from pipeline import cli
+
+    config = tmp_path / "c.yaml"
+    config.write_text("name: s\ndata: {source: 'builtin:digits', image_size: [8, 8]}\n")
+    out = tmp_path / "out" / "s.pbtxt"
+    args = ["schema", "infer", str(config), "-o", str(out), "--runs-dir", str(tmp_path / "runs")]
+    assert cli.main(args) == 0
+    before = _tree(out.parent)
+    assert "feature" in before["s.pbtxt"].decode()
+    with torn_writes(monkeypatch, out.parent):
+        assert cli.main(args) == 2                 # the statistics are reused, the write fails
+    assert "no space left on the device" in capsys.readouterr().err
+    assert _tree(out.parent) == before
+
+
+def test_a_failed_compile_keeps_the_old_package(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from pipeline import cli
+
+    out = tmp_path / "out" / "pipeline.yaml"
+    args = ["compile", os.path.join(ROOT, "configs", "digits.yaml"), "--set",
+            "push.destination=gs://b/serving", "-o", str(out)]
+    assert cli.main(args) == 0
+    before = _tree(out.parent)
+    assert "deploymentSpec" in yaml.safe_load(before["pipeline.yaml"])
+    with torn_writes(monkeypatch, out.parent):
+        assert cli.main(args) == 2
+    assert "no space left on the device" in capsys.readouterr().err
+    assert _tree(out.parent) == before
