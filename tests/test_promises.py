@@ -382,3 +382,50 @@ def test_ingest_and_evaluate_pass_their_input_counts_to_the_mode_policy():
 
     assert "beamio.pipeline_args(beam, plan.num_inputs)" in inspect.getsource(ingest)
     assert "beamio.pipeline_args(beam, eval_count)" in inspect.getsource(evaluate)
+
+
+# --- a promotion moves evaluate's baseline on KFP -----------------------------------------
+
+
+def test_models_promote_changes_the_evaluate_baseline_the_resolve_task_pins(tmp_path,
+                                                                            monkeypatch, capsys):
+    """On KFP the platform reuses evaluate while its inputs are unchanged; the baseline
+    it compares against is the resolve task's `evaluate__baseline` output, wired into
+    the evaluate task. `imgpipe models promote` must change that pin (and so evaluate's
+    cache key), or a cached evaluate would keep blessing against the old production."""
+    import yaml
+
+    from pipeline import cli, invoke
+    from pipeline import config as config_lib
+    from pipeline.kfp import compile as kfp_compile
+    from pipeline.kfp import entrypoint as kfp_entry
+
+    monkeypatch.setattr(kfp_entry, "_exit_without_teardown", lambda: None)
+    reg = _registry(tmp_path, 2, [1])
+    cfg = config_lib.load(None, ["name=m", f"push.destination={reg.root}"],
+                          resolve_paths=False)
+    spec = yaml.safe_load(open(kfp_compile.compile_pipeline(cfg, str(tmp_path / "p.yaml"))))
+    evaluate_inputs = spec["root"]["dag"]["tasks"]["evaluate"]["inputs"]["parameters"]
+    wired = [source["taskOutputParameter"]["outputParameterKey"]
+             for source in evaluate_inputs.values() if "taskOutputParameter" in source
+             and source["taskOutputParameter"]["producerTask"] == "resolve"]
+    assert "evaluate__baseline" in wired, evaluate_inputs
+
+    def pins():
+        params = kfp_compile.runtime_parameters(cfg)
+        overrides = {kfp_compile.RUNTIME_PARAMETERS[n]: params[n]
+                     for n in kfp_compile._resolve_parameters(params) if n != "baseline_alias"}
+        return kfp_entry.resolve_pins(invoke.Context.from_config(cfg).to_json(),
+                                      params["baseline_alias"],
+                                      kfp_compile.resolve_configs(cfg), overrides)._asdict()
+
+    before = pins()
+    assert before["evaluate__baseline"] == "m:1"
+    assert cli.main(["models", "promote", "m:2", "--to", "production", "--registry",
+                     reg.root]) == 0
+    after = pins()
+    assert after["evaluate__baseline"] == "m:2"
+    assert cli.main(["models", "rollback", "m", "--alias", "production", "--registry",
+                     reg.root]) == 0
+    assert pins()["evaluate__baseline"] == "m:1"
+    capsys.readouterr()
