@@ -271,6 +271,21 @@ class EpochLog:
         return _EpochLog()
 
 
+def format_duration(seconds: float) -> str:
+    """A time left as a person reads it: 42s, 12m 5s, 3h 4m, 3d 4h; above 99 days
+    (an epoch count no run finishes) only >99d."""
+    total = round(seconds)
+    if total < 60:
+        return f"{total}s"
+    if total < 3600:
+        return f"{total // 60}m {total % 60}s"
+    if total < 86400:
+        return f"{total // 3600}h {total % 3600 // 60}m"
+    if total < 100 * 86400:
+        return f"{total // 86400}d {total % 86400 // 3600}h"
+    return ">99d"
+
+
 class Progress:
     """A Keras callback that reports training as it goes: one line per epoch (metrics,
     seconds, ETA) on a pipe or log file; on a terminal also a live line of batches
@@ -313,7 +328,8 @@ class Progress:
                 left = total - (epoch + 1)
                 metrics = "  ".join(f"{k} {float(v):.4f}" for k, v in (logs or {}).items()
                                     if k != "learning_rate")
-                eta = f"  ETA {left * self.spent / self.done:.0f}s" if left > 0 else ""
+                eta = (f"  ETA {format_duration(left * self.spent / self.done)}"
+                       if left > 0 else "")
                 out.write(("\r" if live else "") + f"{pad}epoch {epoch + 1}/{total}  "
                           f"{metrics}  {seconds:.1f}s{eta}" + ("\033[K" if live else "") + "\n")
                 out.flush()
