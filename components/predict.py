@@ -1,11 +1,12 @@
 """Batch prediction with a pushed (or any exported) model on raw image files.
 
-Inputs: files, folders (searched recursively for image extensions) and CSV/JSONL
-manifests with a `path` column. Each file is checked as ingest checks it (odd
-formats converted to PNG); a bad file gets a row with its error instead of stopping
-the job. Images go through the model's `serving_images` signature in batches, in
-this process with a progress line, or, for large inputs, as a Beam job (a DoFn that
-loads the model once per worker) with the pipeline's runner options.
+Inputs: files, folders (searched recursively; a file without an image extension
+gets a row saying so) and CSV/JSONL manifests with a `path` column. Each file is
+checked as ingest checks it (odd formats converted to PNG); a bad file gets a row
+with its error instead of stopping the job. Images go through the model's
+`serving_images` signature in batches, in this process with a progress line, or, for
+large inputs, as a Beam job (a DoFn that loads the model once per worker) with the
+pipeline's runner options.
 """
 
 from __future__ import annotations
@@ -26,22 +27,68 @@ COLUMNS = ("path", "class", "probability", "top_k", "error", "model")
 _SUFFIXES = tuple(f".{extension}" for extension in IMAGE_EXTENSIONS)
 
 
-def expand_inputs(inputs: Iterable[str]) -> list[str]:
-    """Files, folders (recursive, image extensions) and manifests -> file paths."""
-    paths: list[str] = []
+def list_inputs(inputs: Iterable[str]) -> list[tuple[str, str | None]]:
+    """Every file the inputs name, in order, with why it is not read (None: it is).
+    Folders are searched recursively, hidden entries left out; a file in a folder
+    without an image extension is listed with the reason, as ingest quarantines it,
+    never skipped in silence. A file named, or listed in a manifest, is always read.
+    Nothing to read at all (empty folders) is a DataError."""
+    inputs = list(inputs)
+    listed: list[tuple[str, str | None]] = []
     for item in inputs:
         if os.path.isdir(item):
-            for root, _, names in sorted(os.walk(item)):
-                paths.extend(os.path.join(root, n) for n in sorted(names)
-                             if n.lower().endswith(_SUFFIXES))
+            for root, folders, names in os.walk(item):
+                folders[:] = sorted(f for f in folders if not f.startswith("."))
+                listed.extend((os.path.join(root, n), _unsupported(n)) for n in sorted(names)
+                              if not n.startswith("."))
         elif item.lower().endswith((".csv", ".jsonl")):
-            paths.extend(_manifest_paths(item))
+            listed.extend((path, None) for path in _manifest_paths(item))
         elif fileio.exists(item):
-            paths.append(item)
+            listed.append((item, None))
         else:
             raise DataError(f"input {item} does not exist; pass image files, folders or a "
                             ".csv/.jsonl manifest with a 'path' column.")
-    return paths
+    if not any(why is None for _, why in listed):
+        found = (f"only {len(listed)} file(s) without an image extension (e.g. "
+                 f"{listed[0][0]})" if listed else "it holds no files")
+        raise DataError(f"no images to predict in {' '.join(inputs)}: {found}; pass image "
+                        f"files ({', '.join(_SUFFIXES)}), folders holding them, or a "
+                        ".csv/.jsonl manifest.")
+    return listed
+
+
+def _unsupported(name: str) -> str | None:
+    if name.lower().endswith(_SUFFIXES):
+        return None
+    extension = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    return (f"file extension {extension or '(none)'!r} is not an image extension "
+            f"({', '.join(IMAGE_EXTENSIONS)}); convert it, or name the file itself to try it")
+
+
+def expand_inputs(inputs: Iterable[str]) -> list[str]:
+    """Files, folders (recursive, image extensions) and manifests -> the file paths to
+    read (`list_inputs` also lists the files left out, and why)."""
+    return [path for path, why in list_inputs(inputs) if why is None]
+
+
+def with_unread(listed: list[tuple[str, str | None]],
+                rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows for the files read, with an error row for each file listed but not
+    read, in `list_inputs`' order."""
+    answered = iter(rows)
+    return [next(answered) if why is None else {"path": path, "error": why}
+            for path, why in listed]
+
+
+def looks_like_rows(head: str) -> bool:
+    """Whether a file starting with `head` is an earlier output of `write_rows`."""
+    first = head.split("\n", 1)[0]
+    if first.startswith("{"):
+        try:
+            return set(COLUMNS) <= set(json.loads(first))
+        except ValueError:
+            return False
+    return first.rstrip("\r") == ",".join(COLUMNS)
 
 
 def _manifest_paths(path: str) -> list[str]:
@@ -189,7 +236,7 @@ def write_rows(rows: list[dict[str, Any]], output: str | None, model: str = "") 
     bytes in CSV and are escaped in JSONL. `model`: which model answered (NAME:VERSION
     or its directory), in every row."""
     rows = [dict(row, model=model) for row in rows]
-    if output and output.endswith(".jsonl"):
+    if output and output.lower().endswith(".jsonl"):
         text = "".join(json.dumps({k: row.get(k) for k in COLUMNS}) + "\n" for row in rows)
     else:
         buffer = io.StringIO()

@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with runtime.private_tempdir():
             return _emit(func(args), getattr(args, "json", False))
     except (KeyboardInterrupt, runtime.Stopped, Exception) as exc:
-        code = exits.exit_code(exc)
+        code = exits.exit_code(exc, getattr(args, "stopped", None))
         if code is None:
             raise
         return code

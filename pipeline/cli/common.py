@@ -1,5 +1,6 @@
 """What the command groups share: the Result a handler returns, the common arguments,
-where notes go, and the parser class with the CLI's error style."""
+where notes go, the checks on an -o file, and the parser class with the CLI's error
+style."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import argparse
 import contextlib
 import os
 import sys
+import tempfile
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 DEFAULT_RUNS_DIR = "runs"
 
@@ -103,3 +105,105 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # type: ignore[override]
         self.exit(2, f"imgpipe: error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+@dataclass(frozen=True)
+class OutputKind:
+    """What a command writes with -o: its name in messages, the file suffixes that say
+    so, and how to recognise an earlier output of the same kind (which -o may replace
+    without --force) from the start of an existing file."""
+
+    name: str
+    suffixes: tuple[str, ...]
+    same: Callable[[str], bool]
+
+
+def _earlier_predictions(head: str) -> bool:
+    from components.predict import looks_like_rows
+
+    return looks_like_rows(head)
+
+
+# What `predict -o` writes: CSV, or JSONL by the suffix (components.predict.write_rows).
+PREDICTIONS = OutputKind("predictions (CSV or JSONL)", (".csv", ".jsonl"),
+                         _earlier_predictions)
+# What a command that records no run leaves when stopped: its output is written at the
+# end, in one rename.
+NOTHING_WRITTEN = "stopped; nothing was written."
+
+
+def _add_force_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--force", action="store_true",
+                        help="let -o replace an existing file that is not an earlier output "
+                             "of this command (never one of its inputs)")
+
+
+def _same_file(a: str, b: str) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)          # hard links
+    except OSError:
+        return False
+
+
+def _head(path: str, size: int = 4096) -> str | None:
+    """The start of a file as text; None when it is not UTF-8 text (an image)."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(size)
+    except OSError:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # a multi-byte character cut at the end of the sample is still text
+        return data[:exc.start].decode("utf-8") if exc.start > size - 4 else None
+
+
+def check_output(path: str, kind: OutputKind, inputs: Iterable[str] = (),
+                 force: bool = False, what: str = "-o") -> str:
+    """Refuses, before any work, an output that would lose something or could not be
+    written: one of the command's `inputs` (also through a link), a suffix that is not
+    `kind`'s, an existing file that is not an earlier output of `kind` (unless `force`),
+    a folder, or a place nothing can be created in. Returns `path`."""
+    from components import fileio
+    from components.errors import ConfigError
+
+    remote = fileio.is_remote(path)
+    for item in inputs:
+        if item and (path == item if remote or fileio.is_remote(item)
+                     else os.path.lexists(path) and _same_file(path, item)):
+            raise ConfigError(f"{what} {path} is one of this command's inputs ({item}); writing "
+                              "there would replace it. Give another file name, e.g. "
+                              f"{_example(path, kind)}.")
+    if not remote and os.path.isdir(path):
+        raise ConfigError(f"{what} {path} is a folder; give a file name inside it, e.g. "
+                          f"{os.path.join(path, 'out' + kind.suffixes[0])}.")
+    if not path.lower().endswith(kind.suffixes):
+        raise ConfigError(f"{what} {path}: this command writes {kind.name}, so the file name "
+                          f"must end in {' or '.join(kind.suffixes)}; e.g. "
+                          f"{_example(path, kind)}.")
+    if remote:
+        return path
+    if os.path.isfile(path) and os.path.getsize(path) and not force:
+        head = _head(path)
+        if head is None or not kind.same(head):
+            raise ConfigError(f"{what} {path} already exists and does not hold {kind.name} "
+                              "from an earlier run of this command; choose another name, or "
+                              "pass --force to replace it.")
+    fileio.prepare_output(path, what)            # the parent created, writable
+    parent = os.path.dirname(os.path.abspath(path))
+    try:                                         # root passes os.access anywhere (/proc)
+        handle, probe = tempfile.mkstemp(prefix=".imgpipe-probe-", dir=parent)
+        os.close(handle)
+        os.remove(probe)
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: cannot create a file in {parent} "
+                          f"({exc.strerror}); choose another folder.") from exc
+    return path
+
+
+def _example(path: str, kind: OutputKind) -> str:
+    stem = os.path.splitext(path)[0]
+    return stem + ("-out" if path.lower().endswith(kind.suffixes) else "") + kind.suffixes[0]

@@ -13,18 +13,25 @@ from components import runtime
 from components.errors import ImgpipeError
 
 
-def exit_code(exc: BaseException) -> int | None:
+# What a stop means for a command that records a run; a command that does not says
+# its own (the `stopped` default of its parser).
+RUN_STOPPED = ("the run is recorded as failed and resumes from the first unfinished step "
+               "when started again.")
+
+
+def exit_code(exc: BaseException, stopped: str | None = None) -> int | None:
     """The exit code for `exc`, its line already printed on stderr; None for an error
-    the CLI does not explain (the caller re-raises it)."""
+    the CLI does not explain (the caller re-raises it). `stopped`: what an interrupt
+    leaves behind, for this command (default: a run on record)."""
     if isinstance(exc, ImgpipeError):
         print(f"imgpipe: error: {exc}", file=sys.stderr)
         return exc.exit_code
     if isinstance(exc, (KeyboardInterrupt, runtime.Stopped)):
-        return _stopped(exc)
+        return _stopped(exc, stopped)
     if isinstance(exc, BrokenPipeError):
         return closed_pipe()
     if runtime.stop_signal():   # a library turned our stop into an error of its own
-        return _stopped(runtime.Stopped(runtime.stop_signal()))
+        return _stopped(runtime.Stopped(runtime.stop_signal()), stopped)
     storage = storage_error(exc)
     if storage is None:
         return None
@@ -63,10 +70,9 @@ def _storage_line(code: int, path: str | None) -> str:
             "is recorded as failed and resumes from its first unfinished step.")
 
 
-def _stopped(exc: BaseException) -> int:
+def _stopped(exc: BaseException, stopped: str | None = None) -> int:
     name = exc.signal_name if isinstance(exc, runtime.Stopped) else "SIGINT"
-    print(f"imgpipe: interrupted ({name}); the run is recorded as failed and resumes from "
-          "the first unfinished step when started again.", file=sys.stderr)
+    print(f"imgpipe: interrupted ({name}); {stopped or RUN_STOPPED}", file=sys.stderr)
     return 130 if name == "SIGINT" else 143
 
 

@@ -9,8 +9,13 @@ import os
 from typing import Any, Callable
 
 from components.errors import ConfigError, ImgpipeError, NotBlessed
-from pipeline.cli.common import (DEFAULT_RUNS_DIR, Result, _add_config_args, _add_dag_arg,
-                                 _add_json_arg, _note, _stdout_to_stderr)
+from pipeline.cli.common import (DEFAULT_RUNS_DIR, NOTHING_WRITTEN, OutputKind, Result,
+                                 _add_config_args, _add_dag_arg, _add_force_arg, _add_json_arg,
+                                 _note, _stdout_to_stderr, check_output)
+
+# What `compile -o` writes; an earlier package starts with KFP's header comment.
+KFP_PACKAGE = OutputKind("a KFP pipeline package (IR YAML)", (".yaml", ".yml"),
+                         lambda head: head.startswith("# PIPELINE DEFINITION"))
 
 
 def cmd_run(args: argparse.Namespace) -> Result:
@@ -58,6 +63,7 @@ def cmd_compile(args: argparse.Namespace) -> Result:
     from pipeline import config as config_lib
     from pipeline.kfp import compile as kfp_compile
 
+    check_output(args.output, KFP_PACKAGE, inputs=[args.config], force=args.force)
     cfg = config_lib.load(args.config, args.overrides, resolve_paths=False)
     kfp_compile.check_remote(cfg)
     kfp_compile.compile_pipeline(cfg, args.output, args.dag)
@@ -238,9 +244,10 @@ def register_remote(sub: Any) -> None:
     _add_config_args(comp)
     comp.add_argument("-o", "--output", default="pipeline.yaml",
                       help="where to write the IR YAML (default pipeline.yaml)")
+    _add_force_arg(comp)
     _add_dag_arg(comp)
     _add_json_arg(comp)
-    comp.set_defaults(func=cmd_compile)
+    comp.set_defaults(func=cmd_compile, stopped=NOTHING_WRITTEN)
     for name, func, text in (("submit", cmd_submit, "run the pipeline on Vertex AI / KFP"),
                              ("schedule", cmd_schedule, "run it on a cron schedule")):
         p = sub.add_parser(name, help=text)

@@ -6,13 +6,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from typing import Any
 
 from components.config import BUILTIN_DATASETS, MODEL_KINDS
 from components.errors import ConfigError
-from pipeline.cli.common import (DEFAULT_RUNS_DIR, Result, _add_config_args, _add_json_arg,
-                                 _note, _stdout_to_stderr, positive_int)
+from pipeline.cli.common import (DEFAULT_RUNS_DIR, NOTHING_WRITTEN, OutputKind, Result,
+                                 _add_config_args, _add_force_arg, _add_json_arg, _note,
+                                 _stdout_to_stderr, check_output, positive_int)
+
+# What -o writes; an existing file passes as an earlier output by how it starts.
+JSON_SCHEMA = OutputKind("a JSON schema", (".json",),
+                         lambda head: head.lstrip().startswith("{")
+                         and re.search(r'"(\$schema|\$defs|properties)"', head) is not None)
+TFMD_SCHEMA = OutputKind("a TFMD schema (text proto)", (".pbtxt", ".txt"),
+                         lambda head: head.startswith("# TFMD schema")
+                         or re.search(r"^feature\s*\{", head, re.MULTILINE) is not None)
 
 
 def cmd_datasets_export(args: argparse.Namespace) -> Result:
@@ -36,7 +46,7 @@ def cmd_config_schema(args: argparse.Namespace) -> Result:
         return Result(data=None, text=lambda: sys.stdout.write(text))
     from components import fileio
 
-    fileio.write_text_atomic(fileio.prepare_output(args.output, "-o"), text)
+    fileio.write_text_atomic(check_output(args.output, JSON_SCHEMA, force=args.force), text)
     return Result(data={"output": os.path.abspath(args.output)}, text=f"wrote {args.output}")
 
 
@@ -59,8 +69,8 @@ def cmd_schema_infer(args: argparse.Namespace) -> Result:
     from pipeline.local import LocalRunner
 
     cfg = config_lib.load(args.config, args.overrides)
-    output = fileio.prepare_output(args.output or os.path.join("schemas", f"{cfg.name}.pbtxt"),
-                                   "-o")
+    output = check_output(args.output or os.path.join("schemas", f"{cfg.name}.pbtxt"),
+                          TFMD_SCHEMA, inputs=[args.config], force=args.force)
     note = _note(args)
     runner = LocalRunner(cfg, args.runs_dir, args.config, log=note)
     statistics = dag.ref("ingest", "statistics")
@@ -103,8 +113,7 @@ def cmd_summary(args: argparse.Namespace) -> Result:
     model = models.build(ModelConfig(kind=args.model), shape, args.classes)
 
     def text() -> None:
-        model.summary()
-        print(f"Trainable params: {models.trainable_params(model):,}")
+        model.summary()          # ends with Keras' own total and trainable counts
 
     return Result(data=lambda: {"model": args.model, "input_shape": list(shape),
                                 "classes": args.classes, "params": model.count_params(),
@@ -135,7 +144,7 @@ def register(sub: Any) -> None:
     export.add_argument("--first-day", metavar="YYYY-MM-DD",
                         help="the first drop's date (default: the last drop is today)")
     _add_json_arg(export)
-    export.set_defaults(func=cmd_datasets_export)
+    export.set_defaults(func=cmd_datasets_export, stopped=NOTHING_WRITTEN)
 
     summary = sub.add_parser("summary", help="print a model's Keras summary without training")
     summary.add_argument("--model", required=True, choices=MODEL_KINDS, help="model.kind")
@@ -143,13 +152,14 @@ def register(sub: Any) -> None:
     summary.add_argument("--classes", type=positive_int, required=True,
                          help="number of classes (the output layer's width)")
     _add_json_arg(summary, "the layers and parameter counts as JSON")
-    summary.set_defaults(func=cmd_summary)
+    summary.set_defaults(func=cmd_summary, stopped="stopped.")
 
     schema_cmd = sub.add_parser("schema", help="TFMD schema of raw examples").add_subparsers(
         dest="schema_command", required=True)
     infer = schema_cmd.add_parser("infer", help="write a schema from the statistics of a run")
     _add_config_args(infer)
-    infer.add_argument("-o", "--output", help="default: schemas/NAME.pbtxt")
+    infer.add_argument("-o", "--output", help="a .pbtxt file (default: schemas/NAME.pbtxt)")
+    _add_force_arg(infer)
     infer.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR,
                        help="the runs folder to take the statistics from; ingest runs (and "
                             "is recorded there) when no run has them for this config's data "
@@ -160,11 +170,12 @@ def register(sub: Any) -> None:
     cfg = sub.add_parser("config", help="config helpers").add_subparsers(
         dest="config_command", required=True)
     schema = cfg.add_parser("schema", help="print (or write) the config's JSON schema")
-    schema.add_argument("-o", "--output", help="write it to this file (default: stdout)")
+    schema.add_argument("-o", "--output", help="write it to this .json file (default: stdout)")
+    _add_force_arg(schema)
     _add_json_arg(schema, "with -o: where it was written, as JSON (the schema itself is "
                           "JSON already)")
-    schema.set_defaults(func=cmd_config_schema)
+    schema.set_defaults(func=cmd_config_schema, stopped=NOTHING_WRITTEN)
     show = cfg.add_parser("show", help="print the full config with defaults")
     _add_config_args(show)
     _add_json_arg(show, "the config as JSON instead of YAML")
-    show.set_defaults(func=cmd_config_show)
+    show.set_defaults(func=cmd_config_show, stopped="stopped.")
