@@ -11,7 +11,8 @@ from typing import Any
 
 from components.beamio import PARALLEL_MIN_INPUTS
 from components.errors import ConfigError, ImgpipeError
-from pipeline.cli.common import DEFAULT_RUNS_DIR, Result, _add_json_arg, positive_int
+from pipeline.cli.common import (DEFAULT_RUNS_DIR, NOTHING_WRITTEN, PREDICTIONS, Result,
+                                 _add_force_arg, _add_json_arg, check_output, positive_int)
 
 
 def _registry(args: argparse.Namespace):
@@ -451,20 +452,20 @@ def _add_registry_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> Result:
-    from components import fileio, predict
+    from components import predict
     from components.artifacts import card_field
     from components.config import BeamConfig
 
-    if args.output:
-        fileio.prepare_output(args.output, "-o")
+    if args.output:          # before anything loads: a mistake costs no inference
+        check_output(args.output, PREDICTIONS, inputs=args.inputs, force=args.force)
+    listed = predict.list_inputs(args.inputs)
+    paths = [path for path, why in listed if why is None]
     model = args.model
     card: dict[str, Any] = {}
     answered = os.path.abspath(model)
     if not os.path.isdir(model):
         version = _registry(args).resolve(model)
         model, card, answered = version.path, version.card, version.ref
-        print(f"model: {version.ref} ({model})", file=sys.stderr)
-    paths = predict.expand_inputs(args.inputs)
     warning = predict.shape_warning(paths, card_field(card, "model.image_shape"))
     if warning:
         print(f"imgpipe: warning: {warning}", file=sys.stderr)
@@ -479,6 +480,7 @@ def cmd_predict(args: argparse.Namespace) -> Result:
     else:
         rows = predict.predict_local(model, paths, args.batch_size, args.top_k,
                                      progress=sys.stderr.isatty())
+    rows = predict.with_unread(listed, rows)
     bad = sum(1 for r in rows if r.get("error"))
     if args.output:
         predict.write_rows(rows, args.output, answered)
@@ -492,8 +494,8 @@ def cmd_predict(args: argparse.Namespace) -> Result:
 
     def text() -> None:
         if args.output:
-            print(f"wrote {len(rows)} rows to {args.output} ({bad} unreadable file(s) "
-                  "reported in the error column)")
+            print(f"wrote {len(rows)} rows to {args.output} (model {answered}; {bad} "
+                  "unreadable file(s) reported in the error column)")
         else:                    # the rows themselves, as CSV on stdout
             predict.write_rows(rows, args.output, answered)
 
@@ -506,6 +508,7 @@ def register_predict(sub: Any) -> None:
     predict.add_argument("model", help="NAME@ALIAS, NAME:VERSION, NAME@latest or a SavedModel dir")
     predict.add_argument("inputs", nargs="+", help="image files, folders or a CSV/JSONL manifest")
     predict.add_argument("-o", "--output", help="out.csv or out.jsonl (default: CSV to stdout)")
+    _add_force_arg(predict)
     predict.add_argument("--registry", help="registry root (default: ./serving)")
     predict.add_argument("--top-k", type=positive_int, default=3,
                          help="how many classes to list per image (default 3)")
@@ -517,4 +520,4 @@ def register_predict(sub: Any) -> None:
     predict.add_argument("--config", help="take the registry and Beam options from this config")
     _add_json_arg(predict, "one JSON object: the model, counts, and the predictions (or "
                            "where -o wrote them)")
-    predict.set_defaults(func=cmd_predict)
+    predict.set_defaults(func=cmd_predict, stopped=NOTHING_WRITTEN)
