@@ -14,6 +14,7 @@ from pipeline import config as config_lib
 from pipeline.kfp import compile as kfp_compile
 from pipeline.kfp import entrypoint as kfp_entry
 from pipeline.kfp import local as kfp_local
+from tests.test_cloud_state import fake_vertex  # noqa: F401  (a fixture: stateful Vertex)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "deploy", "example.yaml")
@@ -736,8 +737,18 @@ def test_dockerfiles_install_the_package_from_pyproject():
     assert re.search(r"^FROM (\S+)", serving, re.MULTILINE)[1] == f"tensorflow/serving:{tf_version}"
 
 
-def _fake_aiplatform(rec):
+def _fake_aiplatform(rec, models=("fonts",), labelled=()):
+    """google.cloud.aiplatform as far as the uploader uses it, with `filter` honoured as
+    the real Model.list / ModelRegistry.list_versions honour it: `display_name="X"`
+    finds the Vertex model only when X is one of `models` (models/7), and
+    `labels.imgpipe_version="N"` finds a version of it only when N is in `labelled`
+    (an upload an earlier attempt made). Any other filter fails the test."""
     from google.cloud import aiplatform as real
+
+    def match(text, pattern):
+        found = re.fullmatch(pattern, text or "")
+        assert found, f"the fake does not know the filter {text!r}"
+        return found[1]
 
     parent = type("M", (), {"resource_name": "projects/p/locations/r/models/7"})
 
@@ -745,7 +756,8 @@ def _fake_aiplatform(rec):
         @staticmethod
         def list(**kwargs):
             rec.check("list", real.Model.list, **kwargs)
-            return [parent]
+            return [parent] if match(kwargs.get("filter"), r'display_name="([^"]*)"') in \
+                models else []
 
         @staticmethod
         def upload(**kwargs):
@@ -761,7 +773,11 @@ def _fake_aiplatform(rec):
         def list_versions(self, *args, **kwargs):
             rec.check("list_versions", real.models.ModelRegistry.list_versions, None, *args,
                       **kwargs)
-            return []                  # no version of this fake model is labelled yet
+            wanted = match(kwargs.get("filter"), r'labels\.imgpipe_version="([^"]*)"')
+            return [real.models.VersionInfo(
+                version_id=f"v{wanted}", version_create_time=None, version_update_time=None,
+                model_display_name="fonts", model_resource_name=self.model,
+                version_aliases=[])] if wanted in labelled else []
 
         def add_version_aliases(self, *args, **kwargs):
             rec.check("add_version_aliases", real.models.ModelRegistry.add_version_aliases,
@@ -771,9 +787,9 @@ def _fake_aiplatform(rec):
             rec.check("remove_version_aliases",
                       real.models.ModelRegistry.remove_version_aliases, None, *args, **kwargs)
 
-    models = type("models", (), {"ModelRegistry": ModelRegistry})
+    models_module = type("models", (), {"ModelRegistry": ModelRegistry})
     return type("ai", (), {"init": staticmethod(lambda **kw: rec.check("init", real.init, **kw)),
-                           "Model": Model, "models": models})
+                           "Model": Model, "models": models_module})
 
 
 def test_vertex_model_registry_upload_calls():
@@ -799,6 +815,27 @@ def test_vertex_model_registry_upload_calls():
     assert "--model_config_file=gs://b/serving/fonts/2/serving.config" in \
         upload["serving_container_args"]
     assert "versions: 2" in vertex.model_config("gs://b/serving", "fonts", 2)
+    lookups = [kw["filter"] for name, _, kw in rec.calls if name in ("list", "list_versions")]
+    assert lookups == ['display_name="fonts"', 'labels.imgpipe_version="2"']
+
+    # a model Vertex does not hold yet: the first upload makes it (no parent model)
+    rec.calls.clear()
+    registry.upload("digits", "gs://b/serving/digits/1", {"imgpipe_version": "1"}, [],
+                    container)
+    upload = {n: k for n, _, k in rec.calls}["upload"]
+    assert upload["parent_model"] is None and upload["display_name"] == "digits"
+    assert upload["version_aliases"] is None
+    assert "list_versions" not in [n for n, _, _ in rec.calls]
+
+    # a version an earlier attempt uploaded (found by its label): not uploaded again,
+    # its aliases moved instead
+    rec = Recorder(real)
+    registry = vertex.VertexModelRegistry("p", "us-central1",
+                                          aiplatform=_fake_aiplatform(rec, labelled=("3",)))
+    record = registry.upload("fonts", "gs://b/serving/fonts/3", {"imgpipe_version": "3"},
+                             ["staging"], container)
+    assert record["version_id"] == "v3" and "upload" not in [n for n, _, _ in rec.calls]
+    assert [a for n, a, _ in rec.calls if n == "add_version_aliases"] == [(None, ["staging"], "v3")]
     # a model from the TPU image (tensorflow-tpu 2.20) is served by the one TF Serving
     # image the deploy builds (the pipeline's 2.21), which loads older SavedModels
     assert vertex.serving_version("2.20.0", "2.21.0") == "2.21.0"
@@ -816,32 +853,40 @@ def test_vertex_model_registry_upload_calls():
                              "p", "us-central1", "2.21.0")
 
 
-def test_promotion_and_rollback_move_the_vertex_aliases_too(tmp_path, capsys, monkeypatch):
-    from google.cloud import aiplatform as real
-
-    from components import vertex
+def test_promotion_and_rollback_move_the_vertex_aliases_too(tmp_path, capsys, fake_vertex):
+    """Two versions pushed by the push step with push.vertex (the stateful fake of
+    tests.test_cloud_state, which honours `filter`): each is uploaded as a version of
+    one Vertex model and recorded; promote and rollback then move the Vertex alias
+    with the registry's, onto the version each push recorded."""
+    from components import artifacts
+    from components.config import PushConfig, VertexPushConfig
     from components.registry import Registry
+    from components.steps import push
+    from tests.test_cloud_state import _push_inputs
 
-    rec = Recorder(real)
-    monkeypatch.setattr(vertex, "client_module", _fake_aiplatform(rec))
-    registry = Registry(str(tmp_path / "serving"))
-    for number in (1, 2):
-        folder = tmp_path / f"sm{number}"
-        folder.mkdir()
-        (folder / "saved_model.pb").write_text("graph")
-        version = registry.push("m", str(folder), {"blessing": {"blessed": True}})
-        (tmp_path / "serving" / "m" / str(number) / "vertex.json").write_text(json.dumps(
-            {"project": "p", "region": "r", "model": "projects/p/locations/r/models/7",
-             "version_id": str(number)}))
-    root = ["--registry", str(tmp_path / "serving")]
+    serving = str(tmp_path / "serving")
+    cfg = PushConfig(destination=serving, model_name="m", vertex=VertexPushConfig(project="p"))
+    for number, seed in ((1, "a"), (2, "b")):
+        summary = push.run(*_push_inputs(tmp_path, seed), cfg, artifacts.ArtifactWriter(
+            str(tmp_path / f"pushed-{seed}"), artifacts.PushedModel, {"run_id": seed}), {})
+        assert summary["version"] == number
+        assert summary["lines"][-1] == ("uploaded to Vertex AI Model Registry: "
+                                        f"projects/p/locations/r/models/1 version {number}")
+    uploads = fake_vertex.uploads()
+    assert [u["parent_model"] for u in uploads] == [None, "projects/p/locations/r/models/1"]
+    assert fake_vertex.versions() == [("1", {"imgpipe_version": "1"}, []),
+                                      ("2", {"imgpipe_version": "2"}, [])]
+    root = ["--registry", serving]
     assert cli.main(["models", "promote", "m:1", "--to", "production", *root]) == 0
     assert cli.main(["models", "promote", "m:2", "--to", "production", *root]) == 0
     assert "also on Vertex AI" in capsys.readouterr().out
+    assert [aliases for _, _, aliases in fake_vertex.versions()] == [[], ["production"]]
     assert cli.main(["models", "rollback", "m", "--alias", "production", *root]) == 0
-    moves = [args for name, args, _ in rec.calls if name == "add_version_aliases"]
+    assert Registry(serving).aliases("m") == {"production": 1}
+    assert [aliases for _, _, aliases in fake_vertex.versions()] == [["production"], []]
+    moves = [args for name, args, _ in fake_vertex.rec.calls if name == "add_version_aliases"]
     assert moves == [(None, ["production"], "1"), (None, ["production"], "2"),
                      (None, ["production"], "1")]
-    assert version.version == 2
 
 
 def test_training_replicas_and_tpu_topology_as_a_vertex_custom_job(tmp_path):
