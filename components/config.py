@@ -6,6 +6,8 @@ Defaults are the course's values, so a config that names only its data source wo
 
 from __future__ import annotations
 
+import math
+import os
 import re
 import types
 import typing
@@ -27,6 +29,20 @@ CACHE_MEMORY_MB = 256
 # What tf.data's cache holds per example besides the pixels (tensors, shapes, refcounts).
 CACHE_BYTES_PER_EXAMPLE = 700
 MODEL_KINDS = ("logistic", "dense", "mlp", "hidden1", "dnn", "cnn", "deep_cnn", "transfer")
+# train.metrics: the Keras 3 metric names that compile without arguments and fit on the
+# classifier's softmax output -> the labels they need ("sparse": integer labels, train.loss
+# sparse_categorical_crossentropy; "one_hot": any other loss; None: either, Keras picks).
+TRAIN_METRICS = {"accuracy": None, "acc": None,
+                 "categorical_accuracy": "one_hot", "categorical_crossentropy": "one_hot",
+                 "top_k_categorical_accuracy": "one_hot", "auc": "one_hot",
+                 "precision": "one_hot", "recall": "one_hot",
+                 "sparse_categorical_accuracy": "sparse",
+                 "sparse_categorical_crossentropy": "sparse",
+                 "sparse_top_k_categorical_accuracy": "sparse"}
+# evaluate.thresholds: the metrics evaluate computes (components/steps/evaluate.py's
+# TOP_LEVEL and top_k_accuracy) -> the range of their values.
+EVALUATE_METRICS = {"accuracy": (0.0, 1.0), "top_k_accuracy": (0.0, 1.0),
+                    "example_count": (0.0, math.inf)}
 
 
 # Beam's runner names (apache_beam.runners.runner._RUNNER_MAP; a test holds them
@@ -71,11 +87,66 @@ def identifier(value: Optional[str], what: str) -> Optional[str]:
     return value
 
 
+# $NAME and ${NAME} in a path field: a variable of the environment the config loads in.
+ENV_VARIABLE = re.compile(r"\$(?:\{([^}]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+PATH_HELP = " $VAR, ${VAR} and a leading ~ expand when the config loads (an unset variable "\
+            "is an error)."
+
+
+def expand_path(value: Any) -> Any:
+    """A path field's value with $VAR / ${VAR} from the environment and a leading ~
+    expanded; ValueError naming an unset (or malformed) variable. Anything not a
+    string goes on to the field's own type check."""
+    if not isinstance(value, str):
+        return value
+
+    def variable(match: re.Match) -> str:
+        name = match[1] if match[1] is not None else match[2]
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ValueError(f"{match[0]!r} is not an environment variable reference; write "
+                             "$NAME or ${NAME}")
+        if name not in os.environ:
+            raise ValueError(f"environment variable {name} is not set; export {name}=... "
+                             "before running, or write the path out")
+        return os.environ[name]
+
+    expanded = ENV_VARIABLE.sub(variable, value)
+    return os.path.expanduser(expanded) if expanded.startswith("~") else expanded
+
+
+# A container image reference (distribution/reference's grammar: [HOST[:PORT]/]PATH
+# [:TAG][@DIGEST], each path component lower-case letters and digits with . _ __ - between).
+_HOST_PART = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
+_PATH_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+IMAGE_REFERENCE = re.compile(
+    rf"(?P<name>(?:{_HOST_PART}(?:\.{_HOST_PART})*(?::[0-9]+)?/)?{_PATH_PART}(?:/{_PATH_PART})*)"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?")
+
+
+def image_reference(value: Optional[str], what: str) -> Optional[str]:
+    """A container image reference Docker and Kubernetes accept, or ValueError. As
+    Docker reads one, a first component without '.' or ':' (and not localhost) is part
+    of the path, so lower case like the rest."""
+    match = IMAGE_REFERENCE.fullmatch(value) if value is not None else None
+    first = value.split("/", 1)[0] if "/" in (value or "") else ""
+    host = "." in first or ":" in first or first == "localhost"
+    if value is not None and (match is None or len(match["name"]) > 255
+                              or (first and not host and first != first.lower())):
+        raise ValueError(f"{what} {value!r} is not a container image reference; write "
+                         "[HOST[:PORT]/]PATH[:TAG][@sha256:DIGEST] with a lower-case path, e.g. "
+                         "us-docker.pkg.dev/my-project/imgpipe/imgpipe:0.1.0")
+    return value
+
+
 class Section(BaseModel):
     """A config section: unknown keys are errors, values are checked on assignment, and
     a boolean is never taken for a number (YAML's `epochs: true` is a mistake, not 1)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    # allow_inf_nan: YAML's .inf and .nan pass every bound pydantic checks (inf > 0), then
+    # fail (or train nothing) steps later; no setting takes them.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False,
+                              allow_inf_nan=False)
     # keys a section no longer has -> what to write instead (an error that says so)
     _moved: ClassVar[dict[str, str]] = {}
 
@@ -130,7 +201,8 @@ class DataConfig(Section):
         "builtin:fonts",
         description="builtin:fonts|digits|fashion_mnist, a folder of class folders, "
                     "a CSV/JSONL manifest, an NPZ file, or MNIST IDX files; with {SPAN} "
-                    "or {YYYY}{MM}{DD} (and {VERSION}) in it, many data drops (data.spans).")
+                    "or {YYYY}{MM}{DD} (and {VERSION}) in it, many data drops (data.spans)."
+                    + PATH_HELP)
     image_size: tuple[int, int] = Field((36, 36), description="[height, width] after transform.")
     channels: Literal[1, 3] = Field(1, description="1 (grayscale) or 3 (RGB) after transform.")
     eval_fraction: float = Field(0.1, gt=0.0, lt=1.0,
@@ -153,6 +225,11 @@ class DataConfig(Section):
     eval_spans: Literal["newest", "all"] = Field(
         "newest", description="Whose eval split a window of spans evaluates on: the newest "
                               "span's, or every span's.")
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _expand_source(cls, value: Any) -> Any:
+        return expand_path(value)
 
     @field_validator("source")
     @classmethod
@@ -256,7 +333,8 @@ class ValidateConfig(Section):
 
     schema_path: Optional[str] = Field(
         None, alias="schema",
-        description="TFMD schema (text proto) to enforce; default: inferred from this run.")
+        description="TFMD schema (text proto) to enforce; default: inferred from this run. "
+                    "A local file must exist when the config loads." + PATH_HELP)
     max_class_drift: float = Field(0.1, ge=0.0, le=1.0,
                                    description="L-infinity distance of class shares vs the "
                                                "previous run above which drift is an error.")
@@ -271,6 +349,11 @@ class ValidateConfig(Section):
                                             description="Decode-failure rate that warns.")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
+
+    @field_validator("schema_path", mode="before")
+    @classmethod
+    def _expand_schema(cls, value: Any) -> Any:
+        return expand_path(value)
 
     _moved: ClassVar[dict[str, str]] = {
         "near_duplicate_bits": "near_duplicate_bits is gone: near-duplicates are now decided "
@@ -307,12 +390,26 @@ class ModelConfig(Section):
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
     base: Literal["mobilenet_v2", "efficientnet_b0", "resnet50"] = "mobilenet_v2"
     weights: Optional[str] = Field(None, description="Transfer base weights: imagenet, a "
-                                                     "weights file, run:RUN_ID, or MODEL@ALIAS.")
+                                                     "weights file, run:RUN_ID, or MODEL@ALIAS."
+                                                     + PATH_HELP)
     pooling: Literal["flatten", "avg", "max"] = "flatten"
     fine_tune_layers: int = Field(0, ge=0, description="Unfreeze the top N base layers in a "
                                                        "second phase.")
     fine_tune_epochs: int = Field(0, ge=0)
     fine_tune_learning_rate: float = Field(1e-5, gt=0.0)
+
+    @field_validator("hidden_units")
+    @classmethod
+    def _positive_units(cls, value: Optional[list[int]]) -> Optional[list[int]]:
+        if value is not None and any(units <= 0 for units in value):
+            raise ValueError(f"hidden_units are layer widths and must be > 0, got {value}; "
+                             "e.g. hidden_units: [128, 32], or [] for no hidden layer")
+        return value
+
+    @field_validator("weights", mode="before")
+    @classmethod
+    def _expand_weights(cls, value: Any) -> Any:
+        return expand_path(value)
 
 
 class OptimizerConfig(Section):
@@ -330,7 +427,11 @@ class TrainConfig(Section):
     batch_size: int = Field(64, gt=0, description="Per-replica batch size.")
     optimizer: OptimizerConfig = OptimizerConfig()
     loss: Literal["auto", "categorical_crossentropy", "sparse_categorical_crossentropy"] = "auto"
-    metrics: list[str] = ["accuracy"]
+    metrics: list[str] = Field(
+        ["accuracy"], description="Keras metrics train records (and tune.objective may name): "
+                                  f"{', '.join(TRAIN_METRICS)}; sparse_* with train.loss "
+                                  "sparse_categorical_crossentropy only, the other "
+                                  "categorical ones, auc, precision and recall without it.")
     strategy: Literal["auto", "tpu", "mirrored", "multi_worker", "default"] = "auto"
     steps_per_execution: Optional[int] = Field(
         None, gt=0, description="Batches per tf.function call; default 32 on a TPU (where "
@@ -351,13 +452,44 @@ class TrainConfig(Section):
     hyperparameters: Optional[str] = Field(
         None, description="Reuse an earlier search instead of tuning: run:RUN_ID (a run "
                           "with a tune step), a pushed model (NAME@ALIAS, NAME:VERSION) or "
-                          "a hyperparameters.json file.")
+                          "a hyperparameters.json file." + PATH_HELP)
     warm_start: Optional[str] = Field(
         None, description="Start training from the weights of a model this pipeline trained "
                           "(scheduled retrains): a pushed model (NAME@ALIAS, NAME:VERSION) "
                           "or run:RUN_ID. Its architecture, input shape and classes must "
                           "match this config's; the optimizer and compile settings stay "
                           "this config's. Not with model.weights.")
+
+    @field_validator("hyperparameters", mode="before")
+    @classmethod
+    def _expand_hyperparameters(cls, value: Any) -> Any:
+        return expand_path(value)
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, value: list[str]) -> list[str]:
+        unknown = [name for name in value if name not in TRAIN_METRICS]
+        if unknown:
+            raise ValueError(f"unknown metric(s) {', '.join(map(repr, unknown))}; use "
+                             f"{', '.join(TRAIN_METRICS)}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"metrics repeats a name: {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _metrics_fit_the_labels(self) -> "TrainConfig":
+        labels = "sparse" if self.loss == "sparse_categorical_crossentropy" else "one_hot"
+        wrong = [name for name in self.metrics if TRAIN_METRICS[name] not in (None, labels)]
+        if wrong:
+            instead = ("set train.loss: sparse_categorical_crossentropy" if labels == "one_hot"
+                       else "drop train.loss (one-hot labels)")
+            raise ValueError(f"train.metrics {', '.join(wrong)} need "
+                             f"{'integer' if labels == 'one_hot' else 'one-hot'} labels, and "
+                             f"train.loss {self.loss} trains on {labels.replace('_', '-')} "
+                             f"labels; use accuracy (either labels), or "
+                             f"{instead}")
+        return self
+
     # Where the runner resolved `warm_start` (now the Keras file) from: {ref, version}
     # (`pipeline.invoke.resolve`). Not config: never dumped, validated or keyed.
     _warm_start_source: Optional[dict[str, str]] = None
@@ -479,7 +611,10 @@ class ThresholdConfig(Section):
 class EvaluateConfig(Section):
     """TFMA metrics, thresholds and the statistical gate against the baseline."""
 
-    thresholds: dict[str, ThresholdConfig] = {"accuracy": ThresholdConfig(min=0.5)}
+    thresholds: dict[str, ThresholdConfig] = Field(
+        {"accuracy": ThresholdConfig(min=0.5)},
+        description=f"Metric -> bounds; metrics: {', '.join(EVALUATE_METRICS)} (accuracy and "
+                    "top_k_accuracy are shares, in [0, 1]).")
     top_k: int = Field(3, gt=0)
     slice_features: list[str] = Field([], description="Raw features to slice by, e.g. source.")
     gate: Literal["point", "lower_bound"] = Field(
@@ -488,6 +623,32 @@ class EvaluateConfig(Section):
     confidence: float = Field(0.95, gt=0.0, lt=1.0)
     bootstrap_samples: int = Field(1000, gt=0)
     min_class_recall: Optional[float] = Field(None, ge=0.0, le=1.0)
+
+    @field_validator("thresholds")
+    @classmethod
+    def _known_thresholds(cls, value: dict[str, ThresholdConfig]
+                          ) -> dict[str, ThresholdConfig]:
+        unknown = sorted(set(value) - set(EVALUATE_METRICS))
+        if unknown:
+            raise ValueError(f"unknown metrics {unknown}; thresholds apply to the metrics "
+                             f"evaluate computes: {', '.join(EVALUATE_METRICS)}")
+        for name, threshold in value.items():
+            low, high = EVALUATE_METRICS[name]
+            within = f"in [{low:g}, {high:g}]" if high < math.inf else f">= {low:g}"
+            for key in ("min", "max"):
+                bound = getattr(threshold, key)
+                if bound is not None and not low <= bound <= high:
+                    example = f"; e.g. {key}: 0.8" if high == 1.0 else ""
+                    raise ValueError(f"{name}.{key} {bound:g} is outside the values {name} "
+                                     f"takes ({within}){example}")
+            if threshold.max_drop is not None and threshold.max_drop > high - low:
+                raise ValueError(f"{name}.max_drop {threshold.max_drop:g} is more than {name} "
+                                 f"can drop ({within}); e.g. max_drop: 0.02")
+            if threshold.min is not None and threshold.max is not None \
+                    and threshold.min > threshold.max:
+                raise ValueError(f"{name}.min {threshold.min:g} is above {name}.max "
+                                 f"{threshold.max:g}: no value passes")
+        return value
 
     _moved: ClassVar[dict[str, str]] = {
         "latency_budget_ms": "latency_budget_ms moved to its own section: write "
@@ -519,7 +680,8 @@ class PushConfig(Section):
     """Where blessed models go (TF Serving layout) and which alias moves with them."""
 
     destination: str = Field("./serving", description="Local folder or gs:// path (TF Serving "
-                                                      "layout); also the registry root.")
+                                                      "layout); also the registry root."
+                                                      + PATH_HELP)
     model_name: Optional[str] = Field(None, description="Registry name; default: the "
                                                         "pipeline name.")
     promote_to: Optional[str] = Field(None, description="Alias to move to each pushed version, "
@@ -536,6 +698,11 @@ class PushConfig(Section):
                              "moved or compared against; use an alias such as staging or "
                              "production")
         return identifier(value, info.field_name)
+
+    @field_validator("destination", mode="before")
+    @classmethod
+    def _expand_destination(cls, value: Any) -> Any:
+        return expand_path(value)
 
     @field_validator("destination")
     @classmethod

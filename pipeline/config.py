@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any, Literal, Optional
+import types
+import typing
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -17,7 +19,7 @@ from pydantic import ConfigDict, Field, ValidationError, field_validator, model_
 from components.config import (BUILTIN_PREFIX, BeamConfig, DataConfig, EvaluateConfig, IngestConfig,
                                InfraValidateConfig, ModelConfig, PushConfig, Section, TrainConfig,
                                TransformConfig, TuneConfig, ValidateConfig, apply_values,
-                               identifier, vertex_alias_problem)
+                               identifier, image_reference, vertex_alias_problem)
 from components.errors import ConfigError
 
 
@@ -47,12 +49,22 @@ class VertexJobConfig(Section):
     tpu_topology: Optional[str] = Field(None, description="e.g. 2x2 (with a TPU accelerator).")
 
 
+# The Kubernetes quantities KFP's set_cpu_*/set_memory_* accept (kfp.dsl.PipelineTask
+# _validate_cpu_request_limit / _validate_memory_request_limit): CPUs as a number or
+# millicores, memory as whole bytes with an optional decimal or binary suffix.
+CPU_QUANTITY = re.compile(r"([0-9]*[.])?[0-9]+m?")
+MEMORY_QUANTITY = re.compile(r"[0-9]+(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?")
+
+
 class KfpStepConfig(Section):
     """Resources and behaviour of one step on Kubeflow / Vertex AI Pipelines."""
 
-    cpu_request: Optional[str] = Field(None, description="e.g. '2'")
+    cpu_request: Optional[str] = Field(None, description="CPUs: a number or millicores, "
+                                                         "e.g. '2', '1.5', '500m'")
     cpu_limit: Optional[str] = Field(None, description="e.g. '4'")
-    memory_request: Optional[str] = Field(None, description="e.g. '4G'")
+    memory_request: Optional[str] = Field(None, description="Bytes with an optional suffix "
+                                                            "(K, M, G, T, P, E or Ki ... Ei), "
+                                                            "e.g. '4G', '512Mi'")
     memory_limit: Optional[str] = Field(None, description="e.g. '8G'")
     accelerator_type: Optional[str] = Field(None, description="e.g. NVIDIA_TESLA_T4, "
                                                               "TPU_V5_LITEPOD")
@@ -62,6 +74,37 @@ class KfpStepConfig(Section):
     image: Optional[str] = Field(None, description="This step's image (default kfp.image), "
                                                    "e.g. a TPU image for train only.")
     vertex_job: Optional[VertexJobConfig] = None
+
+    @field_validator("cpu_request", "cpu_limit", "memory_request", "memory_limit",
+                     mode="before")
+    @classmethod
+    def _number_as_text(cls, value: Any) -> Any:
+        """`cpu_request: 2` in YAML is a number: the quantity '2'."""
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return f"{value:g}" if isinstance(value, float) else str(value)
+        return value
+
+    @field_validator("cpu_request", "cpu_limit")
+    @classmethod
+    def _cpu_quantity(cls, value: Optional[str], info) -> Optional[str]:
+        if value is not None and not CPU_QUANTITY.fullmatch(value):
+            raise ValueError(f"{info.field_name} {value!r} is not a CPU quantity; write a "
+                             "number of CPUs or millicores, e.g. '2', '1.5' or '500m'")
+        return value
+
+    @field_validator("memory_request", "memory_limit")
+    @classmethod
+    def _memory_quantity(cls, value: Optional[str], info) -> Optional[str]:
+        if value is not None and not MEMORY_QUANTITY.fullmatch(value):
+            raise ValueError(f"{info.field_name} {value!r} is not a memory quantity; write "
+                             "whole bytes with an optional suffix K, M, G, T, P, E or Ki, "
+                             "Mi, Gi, Ti, Pi, Ei, e.g. '4G' or '512Mi'")
+        return value
+
+    @field_validator("image")
+    @classmethod
+    def _image_reference(cls, value: Optional[str]) -> Optional[str]:
+        return image_reference(value, "image")
 
     @property
     def gpu(self) -> bool:
@@ -99,6 +142,11 @@ class KfpConfig(Section):
         description="Per step (ingest, validate, transform, train, evaluate, infra_validate, "
                     "push, report, resolve); merged key by key into the defaults "
                     f"{DEFAULT_KFP_STEPS}.")
+
+    @field_validator("image", "gpu_image")
+    @classmethod
+    def _image_reference(cls, value: Optional[str], info) -> Optional[str]:
+        return image_reference(value, info.field_name)
 
     @field_validator("steps", mode="before")
     @classmethod
@@ -246,18 +294,26 @@ class PipelineConfig(Section):
 
     @model_validator(mode="after")
     def _search_space_fits_the_config(self) -> "PipelineConfig":
-        """Every searched key exists and accepts each end of its range, the objective is
-        a metric train records: a mistake stops the run before any trial."""
+        """Every searched key exists, its range draws values of the key's type, and the
+        whole config (every cross-section rule too) accepts each choice and each end of
+        each range, the objective is a metric train records: a mistake stops the run
+        before any trial."""
         tune = self.tune
         if tune.space and self.train.hyperparameters:
             raise ValueError("tune.space and train.hyperparameters both given: search "
                              "(tune.space) or reuse an earlier search "
                              "(train.hyperparameters), not both")
         sections = {"model": self.model, "train": self.train}
+        base = self.model_dump(mode="json", by_alias=True)
+        base["tune"]["space"] = {}                  # each value alone, without recursing
         for key, dimension in tune.space.items():
+            _range_fits_the_type(key, dimension.kind, dimension.endpoints())
             for value in dimension.endpoints():
                 try:
-                    apply_values(sections, {key: value})
+                    trial = apply_values(sections, {key: value})
+                    PipelineConfig.model_validate(
+                        {**base, **{name: section.model_dump(mode="json", by_alias=True)
+                                    for name, section in trial.items()}})
                 except ValidationError as exc:
                     first = exc.errors()[0]
                     raise ValueError(f"tune.space.{key}: {value!r} is not a valid value: "
@@ -318,6 +374,40 @@ class PipelineConfig(Section):
         return self.model_dump(mode="json", by_alias=True)
 
 
+def _key_type(key: str) -> Any:
+    """The annotation of a dotted config key (`train.optimizer.learning_rate` -> float)."""
+    annotation: Any = PipelineConfig
+    for part in key.split("."):
+        fields = getattr(annotation, "model_fields", None)
+        if not isinstance(annotation, type) or fields is None or part not in fields:
+            return None                    # apply_values says which key does not exist
+        annotation = fields[part].annotation
+    return annotation
+
+
+def _range_fits_the_type(key: str, kind: str, ends: list[Any]) -> None:
+    """A range draws numbers: floats (uniform, log_uniform) only for a float key, whole
+    numbers (int_uniform) for an int or float key; anything else is searched by choice."""
+    if kind == "choice":
+        return
+    annotation = _key_type(key)
+    if annotation is None:
+        return
+    args = [a for a in typing.get_args(annotation) if a is not type(None)] \
+        if typing.get_origin(annotation) in (Union, types.UnionType) else [annotation]
+    if float in args:
+        return
+    span = ", ".join(str(round(end)) for end in ends)
+    if int in args:
+        if kind != "int_uniform":
+            raise ValueError(f"tune.space.{key}: {kind} draws fractional numbers and {key} "
+                             f"takes whole numbers; use int_uniform: [{span}] or a choice "
+                             "of integers")
+        return
+    raise ValueError(f"tune.space.{key}: {key} is not a number, so no {kind} range fits it; "
+                     "list the values to try as choice: [...]")
+
+
 PipelineConfig.model_config["populate_by_name"] = True
 PipelineConfig.model_rebuild(force=True)
 
@@ -360,7 +450,9 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"--set {text!r} is not KEY=VALUE; write e.g. "
                           "--set train.epochs=5 or --set data.image_size=[28,28].")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _load_yaml(raw) if raw.strip() else ""
+    except DuplicateKey as exc:
+        raise ConfigError(f"--set {text!r}: {exc}.") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {text!r}: the value is not valid YAML ({exc.problem}).") from exc
     _check_size(value, f"--set {key.strip()}")
@@ -418,15 +510,89 @@ def load(path: str | None, overrides: list[str] = (), resolve_paths: bool = True
         if not isinstance(tree, dict):
             break
         _set_dotted(tree, key, value)
-    config = from_dict(tree, where if not overrides else f"{where} (with --set)")
-    # Compiling for a container keeps relative paths relative (to the image's WORKDIR).
-    if path is not None and resolve_paths:
-        _resolve_paths(config, os.path.dirname(os.path.abspath(path)))
+    where = where if not overrides else f"{where} (with --set)"
+    config = from_dict(tree, where)
+    # Compiling for a container keeps relative paths relative (to the image's WORKDIR),
+    # and its files are the container's: only a config that runs here is checked for them.
+    if resolve_paths:
+        if path is not None:
+            _resolve_paths(config, os.path.dirname(os.path.abspath(path)))
+        _check_local_files(config, where)
     return config
+
+
+def _check_local_files(config: PipelineConfig, where: str) -> None:
+    """A local schema file that does not exist stops the run here, not after ingest (a
+    bucket path is read where the step runs)."""
+    schema = config.validate_.schema_path
+    if schema and "://" not in schema and not os.path.isfile(schema):
+        looked = "" if os.path.isabs(schema) else \
+            f" (looked in {os.getcwd()} and beside the config)"
+        raise ConfigError(f"{where}: validate.schema {schema!r} is not a file{looked}; give "
+                          "the path of a TFMD schema text proto (e.g. one `imgpipe runs "
+                          "show` lists under validate.schema), a gs:// path, or drop "
+                          "validate.schema to infer the schema from the data.")
 
 
 MAX_CONFIG_BYTES = 1 << 20
 MAX_CONFIG_VALUES = 100_000
+
+
+class DuplicateKey(yaml.YAMLError):
+    """A mapping names a key twice: YAML would keep the second value and drop the first."""
+
+
+class _Loader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the
+    last and silently drops the first, a whole section with it). Checked on the
+    composed nodes, before construction flattens `<<` merges, whose keys may be
+    overridden: that is what a merge is for."""
+
+    def get_single_node(self):
+        node = super().get_single_node()
+        if node is not None:
+            self._check_duplicates(node, [], set())
+        return node
+
+    def _check_duplicates(self, node: yaml.Node, path: list[str], seen: set[int]) -> None:
+        if id(node) in seen:                 # an alias: its node was checked where defined
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                self._check_duplicates(item, [*path[:-1], f"{path[-1]}[{index}]"]
+                                       if path else [f"[{index}]"], seen)
+            return
+        if not isinstance(node, yaml.MappingNode):
+            return
+        first: dict[Any, yaml.Mark] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or \
+                    not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                earlier = first.setdefault(key, key_node.start_mark)
+            except TypeError:                # an unhashable key: construction says so
+                continue
+            if earlier is not key_node.start_mark:
+                raise DuplicateKey(f"key '{'.'.join([*path, str(key)])}' is given twice, at "
+                                   f"{_place(earlier, key_node.start_mark)}; YAML would keep "
+                                   "only the second, silently dropping the first (and every "
+                                   "key under it): merge the two into one")
+            self._check_duplicates(value_node, [*path, str(key)], seen)
+
+
+def _place(first: yaml.Mark, second: yaml.Mark) -> str:
+    """'line 2 and line 9', or with columns when both are on one line."""
+    if first.line == second.line:
+        return f"line {first.line + 1}, columns {first.column + 1} and {second.column + 1}"
+    return f"line {first.line + 1} and line {second.line + 1}"
+
+
+def _load_yaml(text: str) -> Any:
+    """YAML text as Python values: safe (no objects), and no key given twice."""
+    return yaml.load(text, Loader=_Loader)
 
 
 def _read_yaml(path: str) -> Any:
@@ -447,7 +613,9 @@ def _read_yaml(path: str) -> Any:
         raise ConfigError(f"{path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
                           f"{exc.start}); save it as UTF-8.") from exc
     try:
-        tree = yaml.safe_load(text) or {}
+        tree = _load_yaml(text) or {}
+    except DuplicateKey as exc:
+        raise ConfigError(f"{path}: {exc}.") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

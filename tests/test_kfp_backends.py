@@ -111,9 +111,9 @@ def test_a_gpu_step_runs_in_the_gpu_image(tmp_path):
     images = _images(spec)
     assert images.pop("train") == GPU_IMAGE
     assert set(images.values()) == {CPU_IMAGE}
-    _, own, _ = _compile(tmp_path, ["kfp.steps.train.image=IMAGE:own",
+    _, own, _ = _compile(tmp_path, ["kfp.steps.train.image=image:own",
                                     "kfp.steps.evaluate.accelerator_type=NVIDIA_L4"], "own.yaml")
-    assert _images(own)["train"] == "IMAGE:own" and _images(own)["evaluate"] == GPU_IMAGE
+    assert _images(own)["train"] == "image:own" and _images(own)["evaluate"] == GPU_IMAGE
 
 
 def test_a_gpu_step_without_a_gpu_image_is_refused_at_compile(tmp_path, capsys):
@@ -396,7 +396,7 @@ def test_promoting_to_an_alias_vertex_refuses_is_refused_for_a_model_on_vertex(t
 # 13. A TPU trainer with a search ----------------------------------------------------
 
 SPACE = "tune.space={train.optimizer.learning_rate: {log_uniform: [0.0001, 0.01]}}"
-TPU_TRAIN = ("kfp.steps.train={image: IMAGE:tpu, accelerator_type: TPU_V5_LITEPOD, "
+TPU_TRAIN = ("kfp.steps.train={image: image:tpu, accelerator_type: TPU_V5_LITEPOD, "
              "accelerator_count: 4}")
 
 

@@ -423,6 +423,7 @@ def build_pipeline(config: PipelineConfig, location: str = "", scheduled: bool =
     from kfp import dsl
 
     steps = dag.load(location)
+    check_step_names(config, steps)
     comps = components(config, location)
     context = invoke.Context.from_config(config).to_json()
     params = runtime_parameters(config)
@@ -499,6 +500,21 @@ def _in_image_folders(path: str) -> bool:
 def _in_bucket(path: str | None) -> bool:
     """gs:// (or another object store), or Vertex's /gcs/ mount of the buckets."""
     return bool(path) and ("://" in path or path.startswith("/gcs/"))
+
+
+def check_step_names(config: PipelineConfig, steps: tuple[dag.Node, ...]) -> None:
+    """Every kfp.steps key names a task of this pipeline (its DAG's steps, the report
+    and resolve): a misspelt one would compile with its resources silently unused."""
+    from components.errors import ConfigError
+    from pipeline.config import DEFAULT_KFP_STEPS
+
+    tasks = [node.name for node in steps] + ["report", RESOLVE]
+    known = set(tasks) | set(DEFAULT_KFP_STEPS)     # a default for a step a DAG leaves out
+    unknown = sorted(set(config.kfp.steps) - known)
+    if unknown:
+        raise ConfigError(f"kfp.steps.{unknown[0]}: this pipeline has no step "
+                          f"{unknown[0]!r}; its steps are {', '.join(tasks)}. Fix the name "
+                          "or remove it.")
 
 
 def check_remote(config: PipelineConfig) -> None:
