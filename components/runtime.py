@@ -84,7 +84,9 @@ def install_stop_handlers() -> None:
         # Threads of Beam/TF that fail because of the stop would print tracebacks.
         logging.disable(logging.CRITICAL)
         threading.excepthook = lambda args: None
-        if first:
+        if first and _DEFERRED:
+            _DEFERRED[-1] = name        # raised by raise_deferred_stop, after the record
+        elif first:
             raise Stopped(name)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -94,6 +96,34 @@ def install_stop_handlers() -> None:
 def stop_signal() -> str | None:
     """The signal that asked this process to stop, if one did."""
     return _STOP.get("signal")
+
+
+# A stack of open `deferred_stop` blocks; each holds the signal that arrived in it.
+_DEFERRED: list[str | None] = []
+
+
+@contextlib.contextmanager
+def deferred_stop() -> Iterator[None]:
+    """A stop (SIGINT/SIGTERM) that arrives inside the block does not interrupt it: an
+    effect outside the artifacts (a version published, an alias moved) completes and is
+    recorded. The stop is then raised by `raise_deferred_stop`, which the runner calls
+    once it has recorded the step; a stop that came before the block raises at once."""
+    _DEFERRED.append(None)
+    try:
+        yield
+    finally:
+        pending = _DEFERRED.pop()
+        if pending is not None:
+            _PENDING.append(pending)
+
+
+_PENDING: list[str] = []
+
+
+def raise_deferred_stop() -> None:
+    """Raises the stop a `deferred_stop` block held back, if one did."""
+    if _PENDING:
+        raise Stopped(_PENDING.pop())
 
 
 # --- who is running ------------------------------------------------------------------

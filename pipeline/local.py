@@ -302,6 +302,7 @@ class LocalRunner:
         self.log(step_line(name, "done", f"{seconds:.1f}s"))
         for line in (summary or {}).get("lines", []):
             self.log(detail_line(line))
+        runtime.raise_deferred_stop()      # a stop the step held back (push): now on record
         return StepResult(name, "ran", decision, seconds,
                           {n: a.uri for n, a in outputs.items()}, summary)
 

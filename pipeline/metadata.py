@@ -192,9 +192,15 @@ class MetadataStore:
         return run_id
 
     def end_run(self, run_id: str, status: str, error: str | None = None) -> None:
+        """Ends the run, and every execution of it still running (a step beside the one
+        that failed or was interrupted: it ends with the run, as its child process does)."""
+        now = _now()
         with self._transaction() as conn:
             conn.execute("UPDATE runs SET status=?, error=?, ended=? WHERE id=?",
-                         (status, error, _now(), run_id))
+                         (status, error, now, run_id))
+            conn.execute("UPDATE executions SET status='failed', error=?, ended=? "
+                         "WHERE run_id=? AND status='running'",
+                         (f"ended with the run: {error or status}", now, run_id))
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         with self._connect() as conn:

@@ -145,3 +145,98 @@ def test_kfp_local_names_the_resolve_tasks_error_in_one_line(tmp_path, capsys):
     [run] = MetadataStore(str(runs / METADATA_FILE)).list_runs()
     assert run["status"] == "failed" and "does not exist" in run["error"]
     assert "\x1b" not in run["error"]
+
+
+# --- every execution of an ended run has an end state; push records what it did ----------
+
+# Runs `imgpipe run` (the real entry point, with its stop handlers) and sends this
+# process SIGTERM at a named point: "evaluate" once infra validation runs beside it,
+# "push" just after the registry published the version.
+_STOP_AT = r"""
+import os, signal, sys, time
+point, runs = sys.argv[1], sys.argv[2]
+from pipeline import invoke
+from components.registry import Registry
+from pipeline.metadata import MetadataStore
+
+def stop():
+    os.kill(os.getpid(), signal.SIGTERM)
+
+if point == "evaluate":
+    call = invoke.call
+    def patched(node, *args, **kwargs):
+        if node.spec.name == "evaluate":
+            store = MetadataStore(os.path.join(runs, "metadata.sqlite"), read_only=True)
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                run = store.list_runs(limit=1)[0]
+                if any(e.step == "infra_validate" and e.status == "running"
+                       for e in store.executions(run["id"])):
+                    break
+                time.sleep(0.05)
+            stop()
+            time.sleep(120)          # the stop interrupts this
+        return call(node, *args, **kwargs)
+    invoke.call = patched
+else:
+    push_once = Registry.push_once
+    def patched(self, *args, **kwargs):
+        result = push_once(self, *args, **kwargs)
+        stop()
+        return result
+    Registry.push_once = patched
+sys.argv = ["imgpipe", *sys.argv[3:]]
+from pipeline.cli import _entry
+_entry()
+"""
+
+
+@pytest.fixture(scope="module")
+def warm_runs(tmp_path_factory):
+    """A runs folder whose ingest, validate and transform later runs reuse."""
+    tmp = tmp_path_factory.mktemp("signals")
+    path = _config(tmp, model={"kind": "logistic"})
+    assert cli.main(["run", path, "--runs-dir", str(tmp / "runs")]) == 0
+    return tmp, path
+
+
+@pytest.mark.parametrize("point", ["evaluate", "push"])
+def test_a_stopped_run_leaves_no_execution_running_and_push_records_its_version(
+        warm_runs, point):
+    import subprocess
+    import sys
+
+    from pipeline.local import describe_run
+
+    tmp, path = warm_runs
+    runs = str(tmp / "runs")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(
+        [sys.executable, "-c", _STOP_AT, point, runs, "run", path, "--runs-dir", runs,
+         "--set", f"train.seed={7 if point == 'evaluate' else 8}",
+         "--set", "push.promote_to=staging"],
+        cwd=root, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert proc.returncode == 143, proc.stdout[-2000:] + proc.stderr[-2000:]
+    store = MetadataStore(os.path.join(runs, METADATA_FILE), read_only=True)
+    run = store.list_runs(limit=1)[0]
+    assert run["status"] == "failed" and run["error"] == "interrupted (SIGTERM)"
+    steps = describe_run(store, run["id"])["steps"]
+    assert all(step["status"] != "running" for step in steps), steps
+    by_step = {step["step"]: step for step in steps}
+    if point == "evaluate":
+        assert by_step["evaluate"]["status"] == "failed"
+        assert by_step["infra_validate"]["status"] == "failed"
+        assert "interrupted (SIGTERM)" in by_step["infra_validate"]["error"]
+        assert "push" not in by_step
+        return
+    # the version was published, so the run's record says so: push succeeded, with it
+    push = by_step["push"]
+    assert push["status"] == "succeeded", push
+    assert push["summary"]["pushed"] is True and push["summary"]["alias"] == "staging"
+    version = push["summary"]["version"]
+    from components.registry import Registry
+
+    registry = Registry(str(tmp / "serving"))
+    assert registry.get("base", version).ref == f"base:{version}"
+    assert registry.aliases("base")["staging"] == version

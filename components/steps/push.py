@@ -132,34 +132,37 @@ def run(trained_model: In[artifacts.Model], blessing: In[artifacts.ModelBlessing
         card = model_card(trained_model, blessing, infra_blessing, evaluation, statistics,
                           recorded_config, producer)
         keras_file = trained_model.path(artifacts.Model.KERAS_FILE)
-        # Already pushed (by an earlier run, or by a run of the same config right now)?
-        # Decided by the registry under its lock, when the version would be published.
-        version, already = registry.push_once(
-            name, trained_model.path(artifacts.Model.SAVED_MODEL), card,
-            {artifacts.Model.KERAS_FILE: keras_file} if fileio.exists(keras_file) else {},
-            fingerprint=trained_model.fingerprint)
-        if already:
-            record.update(pushed=True, version=version.version, path=version.path,
-                          already=True, reason="this model was already pushed")
-            lines = [f"already pushed as {version.ref} ({version.path})"]
-        else:
-            record.update(pushed=True, version=version.version, path=version.path,
-                          reason="blessed and served in infra validation")
-            lines = [f"pushed {version.ref} to {version.path}"]
-        if push.promote_to:
-            moved = registry.set_alias(
-                version.ref, push.promote_to, who="pipeline",
-                reason=f"auto-promoted by run {(producer or {}).get('run_id')}")
-            record["alias"] = push.promote_to
-            lines.append(f"{name}@{push.promote_to} already points at version {version.version}"
-                         if moved.get("unchanged") else
-                         f"{name}@{push.promote_to}: version {moved['from'] or '(none)'} -> "
-                         f"{version.version}")
-        if push.vertex is not None:
-            # Also for a version pushed before: an attempt that failed after publishing
-            # it (upload refused, task killed) left it without its Vertex record.
-            record["vertex"], line = _to_vertex(push, registry, version, trained_model)
-            lines.append(line)
+        # A stop (Ctrl-C, SIGTERM) during the publish waits until the version, its
+        # alias and this step's record are written: the run then says what was pushed.
+        with runtime.deferred_stop():
+            # Already pushed (by an earlier run, or by a run of the same config right now)?
+            # Decided by the registry under its lock, when the version would be published.
+            version, already = registry.push_once(
+                name, trained_model.path(artifacts.Model.SAVED_MODEL), card,
+                {artifacts.Model.KERAS_FILE: keras_file} if fileio.exists(keras_file) else {},
+                fingerprint=trained_model.fingerprint)
+            if already:
+                record.update(pushed=True, version=version.version, path=version.path,
+                              already=True, reason="this model was already pushed")
+                lines = [f"already pushed as {version.ref} ({version.path})"]
+            else:
+                record.update(pushed=True, version=version.version, path=version.path,
+                              reason="blessed and served in infra validation")
+                lines = [f"pushed {version.ref} to {version.path}"]
+            if push.promote_to:
+                moved = registry.set_alias(
+                    version.ref, push.promote_to, who="pipeline",
+                    reason=f"auto-promoted by run {(producer or {}).get('run_id')}")
+                record["alias"] = push.promote_to
+                lines.append(f"{name}@{push.promote_to} already points at version {version.version}"
+                             if moved.get("unchanged") else
+                             f"{name}@{push.promote_to}: version {moved['from'] or '(none)'} -> "
+                             f"{version.version}")
+            if push.vertex is not None:
+                # Also for a version pushed before: an attempt that failed after publishing
+                # it (upload refused, task killed) left it without its Vertex record.
+                record["vertex"], line = _to_vertex(push, registry, version, trained_model)
+                lines.append(line)
     artifacts.PushedModel.write(pushed_model, record)
     pushed_model.properties = record
     return {**record, "lines": lines}
