@@ -159,7 +159,8 @@ class LocalRunner:
                     return reused
             else:
                 decision = "cache disabled (--no-cache)"
-            return self._execute(run_id, prepared, decision, produced, scratch)
+            return self._execute(run_id, prepared, _resuming(decision, scratch), produced,
+                                 scratch)
 
     @contextlib.contextmanager
     def _key_lock(self, scratch: str, run_id: str, step: str) -> Iterator[None]:
@@ -305,6 +306,18 @@ class LocalRunner:
         runtime.raise_deferred_stop()      # a stop the step held back (push): now on record
         return StepResult(name, "ran", decision, seconds,
                           {n: a.uri for n, a in outputs.items()}, summary)
+
+
+def _resuming(decision: str, scratch: str) -> str:
+    """The decision, and that the step resumes an interrupted attempt when one left its
+    scratch folder (train: the epochs it finished, resumed from their checkpoint)."""
+    if not os.path.isdir(scratch) or not os.listdir(scratch):
+        return decision
+    from components.training import EPOCH_LOG, read_epoch_log
+
+    done = len(read_epoch_log(os.path.join(scratch, EPOCH_LOG)).get("loss", []))
+    after = f" after its epoch {done}" if done else ""
+    return f"{decision}; resumes an interrupted attempt{after} (kept in {scratch})"
 
 
 def _upstream(node: dag.Node) -> set[str]:

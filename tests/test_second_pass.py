@@ -240,3 +240,23 @@ def test_a_stopped_run_leaves_no_execution_running_and_push_records_its_version(
     registry = Registry(str(tmp / "serving"))
     assert registry.get("base", version).ref == f"base:{version}"
     assert registry.aliases("base")["staging"] == version
+
+
+def test_a_step_that_resumes_an_interrupted_attempt_says_so(tmp_path):
+    """A rerun after a killed train resumes from the scratch checkpoint: its decision
+    says so (it said "no earlier execution of this step")."""
+    import json
+
+    from components import training
+    from pipeline.local import _resuming
+
+    scratch = tmp_path / "scratch" / "train" / "0123456789abcdef"
+    assert _resuming("no earlier execution of this step", str(scratch)) == \
+        "no earlier execution of this step"
+    scratch.mkdir(parents=True)
+    (scratch / training.EPOCH_LOG).write_text("".join(
+        json.dumps({"epoch": epoch, "phase": 1, "loss": 1.0 / (epoch + 1)}) + "\n"
+        for epoch in (0, 1, 1, 2)))              # epoch 1 logged twice: ran again after a kill
+    assert _resuming("no earlier execution of this step", str(scratch)) == (
+        f"no earlier execution of this step; resumes an interrupted attempt after its epoch 3 "
+        f"(kept in {scratch})")

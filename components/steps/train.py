@@ -272,7 +272,9 @@ def _fit_and_write(fitting: Fitting, model: ModelConfig, train: TrainConfig,
     # TensorBoard reads the logs while training runs: under the scratch folder,
     # whose path stays put (the artifact's is a staging name until the commit).
     logs = fileio.join(work, artifacts.Model.LOGS) if scratch else writer.file(artifacts.Model.LOGS)
-    print(f"{runtime.DETAIL_INDENT}TensorBoard: tensorboard --logdir {logs}", flush=True)
+    kept = fileio.join(writer.uri, artifacts.Model.LOGS)
+    print(f"{runtime.DETAIL_INDENT}TensorBoard: tensorboard --logdir {logs}"
+          + (f" (while it trains; then in {kept})" if logs != kept else ""), flush=True)
     hist = _fit(fitting, model, train, work, logs)
     if scratch:
         for path in fileio.walk_files(logs):
