@@ -1039,3 +1039,52 @@ def test_the_report_task_shows_the_recorded_config_with_run_time_values(tmp_path
     page = open(html_out.path).read()
     assert "<caption>train</caption>" in page and "<td>epochs</td><td>7</td>" in page
     assert "<caption>data</caption>" in page and "<caption>evaluate</caption>" in page
+
+
+@pytest.mark.slow
+def test_drift_stops_the_second_compiled_run_at_validate_under_kfp_local(tmp_path):
+    """The compiled pipeline, twice through `imgpipe run --engine kfp-local` (about a
+    minute together): run 1 succeeds and its report task records its statistics in the
+    registry; after a drop that moves the class shares, run 2's resolve task pins run
+    1's statistics, its validate task finds the drift and the run stops there, exit 3
+    (ValidationFailed), with nothing trained or pushed."""
+    import subprocess
+    import sys
+
+    from components import artifacts
+    from components.registry import Registry
+    from tests import fixtures
+
+    data = tmp_path / "data"
+    fixtures.make_class_folders(str(data), per_class=30, size=8)
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "name: drifting\n"
+        f"data: {{source: {str(data)!r}, image_size: [8, 8], channels: 1, eval_fraction: 0.25}}\n"
+        "model: {kind: logistic}\ntrain: {epochs: 1, batch_size: 16}\n"
+        "evaluate: {thresholds: {accuracy: {min: 0.1}}, bootstrap_samples: 50}\n"
+        f"push: {{destination: {str(tmp_path / 'serving')!r}}}\n")
+    runs = tmp_path / "runs"
+
+    def run():
+        done = subprocess.run([os.path.join(os.path.dirname(sys.executable), "imgpipe"), "run",
+                               str(config), "--engine", "kfp-local", "--runs-dir", str(runs)],
+                              capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                              env=dict(os.environ, TMPDIR=str(tmp_path)))
+        return done.returncode, done.stdout + done.stderr, done.stdout.split()[1]
+
+    code, out, first = run()
+    assert code == 0, out
+    assert [v.version for v in Registry(str(tmp_path / "serving")).versions("drifting")] == [1]
+
+    fixtures.make_class_folders(str(data), classes=("cat",), per_class=60, size=8, first=30)
+    code, out, second = run()
+    assert code == 3, out                                   # ValidationFailed.exit_code
+    assert "  validate   FAILED" in out and "anomalies stop the run" in out
+    for later in ("transform", "train", "evaluate", "push"):
+        assert f"  {later:<10} done" not in out, later
+    anomalies = artifacts.ExampleAnomalies.read(str(runs / second / "validate" / "anomalies"))
+    assert anomalies["baseline"] == str(runs / first / "ingest" / "statistics")
+    assert [a["kind"] for a in anomalies["anomalies"]] == ["class_drift"]
+    assert "vs the previous run" in anomalies["anomalies"][0]["description"]
+    assert [v.version for v in Registry(str(tmp_path / "serving")).versions("drifting")] == [1]
