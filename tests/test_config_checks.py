@@ -228,13 +228,13 @@ def test_variables_and_home_expand_in_path_fields(tmp_path, monkeypatch):
     monkeypatch.setenv("IMGPIPE_TEST_BUCKET", "my-bucket")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     (tmp_path / "root").mkdir()
-    (tmp_path / "root" / "schema.pbtxt").write_text("")
+    (tmp_path / "root" / "enforced.pbtxt").write_text("")
     path = tmp_path / "c.yaml"
     path.write_text("data: {source: '${IMGPIPE_TEST_ROOT}/photos'}\n"
-                    "validate: {schema: $IMGPIPE_TEST_ROOT/schema.pbtxt}\n"
+                    "validate: {schema: $IMGPIPE_TEST_ROOT/enforced.pbtxt}\n"
                     "push: {destination: ~/serving}\n")
     cfg = config_lib.load(str(path), ["train.hyperparameters=gs://$IMGPIPE_TEST_BUCKET/h.json"])
     assert cfg.data.source == str(tmp_path / "root" / "photos")
-    assert cfg.validate_.schema_path == str(tmp_path / "root" / "schema.pbtxt")
+    assert cfg.validate_.schema_path == str(tmp_path / "root" / "enforced.pbtxt")
     assert cfg.push.destination == str(tmp_path / "home" / "serving")
     assert cfg.train.hyperparameters == "gs://my-bucket/h.json"
