@@ -46,6 +46,8 @@ class FileItem:
     path: str
     label: str | None        # None: the file is not in a class folder (quarantined)
     split: str | None
+    problem: str | None = None     # why it is quarantined without being read
+    raw_label: str | None = None   # the label as given, when surrounding spaces were stripped
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,21 @@ def check_label(label: Any, where: str) -> str:
     return label
 
 
+def clean_label(label: Any, where: str) -> tuple[str, str | None, str | None]:
+    """A manifest's or folder's label as (class name, the label as given when surrounding
+    whitespace was stripped from it, else None, why the input is quarantined, else None):
+    `" cat "` is the class `cat`, not a class apart; a label of only spaces is no class
+    name, and its images are quarantined (the run goes on)."""
+    if isinstance(label, str) and label != label.strip():
+        given = label
+        label = label.strip()
+        if not label:
+            return given, None, (f"empty label ({text(given)!r} is only spaces; give the image "
+                                 "a class name)")
+        return check_label(label, where), given, None
+    return check_label(label, where), None, None
+
+
 def _folder_items(root: str) -> list[FileItem]:
     entries = sorted(e for e in fileio.listdir(root) if not e.startswith("."))
     dirs = [e for e in entries if fileio.isdir(fileio.join(root, e))]
@@ -140,18 +157,20 @@ def _folder_items(root: str) -> list[FileItem]:
                     continue
                 sub_path = fileio.join(split_root, sub)
                 if fileio.isdir(sub_path):
-                    items.extend(_class_files(sub_path, check_label(
+                    items.extend(_class_files(sub_path, clean_label(
                         sub, f"folder {text(sub_path)!r}"), split))
                 else:
                     items.append(FileItem(sub_path, None, split))
         else:
             class_dir = fileio.join(root, top)
-            items.extend(_class_files(class_dir, check_label(
+            items.extend(_class_files(class_dir, clean_label(
                 top, f"folder {text(class_dir)!r}"), None))
     return items
 
 
-def _class_files(class_dir: str, label: str, split: str | None) -> list[FileItem]:
+def _class_files(class_dir: str, cleaned: tuple[str, str | None, str | None],
+                 split: str | None) -> list[FileItem]:
+    label, given, problem = cleaned
     prefix = class_dir.rstrip("/") + "/"
     files = [path for path in fileio.walk_files(class_dir)
              if not any(part.startswith(".") for part in path[len(prefix):].split("/"))]
@@ -159,7 +178,7 @@ def _class_files(class_dir: str, label: str, split: str | None) -> list[FileItem
         where = f"{split}/" if split else ""
         raise DataError(f"class folder {where}{label!r} ({class_dir}) has no files; add images "
                         "or remove the folder.")
-    return [FileItem(path, label, split) for path in files]
+    return [FileItem(path, label, split, problem, given) for path in files]
 
 
 def read_manifest(path: str) -> list[tuple[int, dict[str, Any], str | None]]:
@@ -232,13 +251,16 @@ def _manifest_items(path: str) -> list[FileItem]:
             raise DataError(f"{path}: row {number} lacks 'path' (or 'uri') or 'label'; every "
                             "row needs both (split is optional).")
         split = row.get("split")
+        if isinstance(split, str):
+            split = split.strip()
         if split not in (None, ""):
             if _split_name(str(split)) is None:
                 raise DataError(f"{path}: row {number} has split {split!r}; use train or eval.")
             split = _split_name(str(split))
         else:
             split = None
-        items.append(FileItem(full, check_label(row["label"], f"{path}: row {number}"), split))
+        label, given, problem = clean_label(row["label"], f"{path}: row {number}")
+        items.append(FileItem(full, label, split, problem, given))
     return items
 
 
@@ -369,6 +391,10 @@ class Plan:
     splits_given: bool   # some inputs carry their own split (folders, manifest, dataset)
     files: list[FileItem] | None = None    # file sources: what to read, in order
 
+    def stripped_labels(self) -> list[FileItem]:
+        """The inputs whose label had surrounding whitespace (stripped)."""
+        return [item for item in self.files or () if item.raw_label is not None]
+
     def units(self, listing: str = "") -> list[WorkUnit]:
         """The work units; a file source's listing must first be written to `listing`
         (`write_listing`) where every worker can read it."""
@@ -392,7 +418,8 @@ def plan(source: Source, ingest: IngestConfig) -> Plan:
 
 
 def write_listing(path: str, items: list[FileItem]) -> None:
-    fileio.write_text(path, json.dumps([[i.path, i.label, i.split] for i in items]))
+    fileio.write_text(path, json.dumps([[i.path, i.label, i.split] + ([i.problem] if i.problem
+                                                                      else []) for i in items]))
 
 
 _LAST_LISTING: dict[str, list[FileItem]] = {}
@@ -459,6 +486,8 @@ _READERS: list[Any] = []
 
 
 def _read_one(item: FileItem) -> tuple[FileItem, bytes | None, str | None]:
+    if item.problem:        # quarantined as listed: nothing to read
+        return item, None, item.problem
     try:
         return item, fileio.read_bytes(item.path), None
     except OSError as exc:
