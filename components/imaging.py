@@ -4,8 +4,9 @@ Baseline JPEG and 8-bit grayscale/RGB PNG keep their original bytes. Valid image
 other modes (CMYK or progressive JPEG, 16-bit, palette or alpha PNG, GIF, BMP, WebP)
 are converted once to 8-bit grayscale or RGB PNG, and so is an image whose EXIF
 orientation says it is stored rotated or mirrored (phone photos): it is turned upright
-first (as `PIL.ImageOps.exif_transpose` does), since `tf.io.decode_image` ignores EXIF. Anything that does not fully
-decode, or that claims more pixels than allowed, raises BadImage with a reason.
+first (as `PIL.ImageOps.exif_transpose` does), since `tf.io.decode_image` ignores EXIF.
+Anything that does not fully decode, or that claims more pixels than allowed, raises
+BadImage with a reason.
 """
 
 from __future__ import annotations

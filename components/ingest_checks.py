@@ -27,6 +27,8 @@ class Record(NamedTuple):
     channels: int
     format: str
     converted: bool
+    rotated: bool       # turned upright by its EXIF orientation
+    source: str         # the input's path (names it in a quarantine entry decided later)
     thumbnail: bytes
     brightness: float
     contrast: float
@@ -73,7 +75,7 @@ def check_input(path: str, data: bytes | None, label: str | None, split: str | N
     })
     return Record(record_id, split, label, example, image.height, image.width, image.channels,
                   image.original_format.lower() + ("->png" if image.converted else ""),
-                  image.converted, b"", 0.0, 0.0), image.gray
+                  image.converted, image.rotated, path, b"", 0.0, 0.0), image.gray
 
 
 def with_statistics(checked: list[tuple[Record, Any]]) -> list[Record]:
@@ -141,6 +143,6 @@ def process_arrays(unit: sources.WorkUnit, arrays: Any, *, max_pixels: int,
             features.HEIGHT: int(height), features.WIDTH: int(width),
             features.CHANNELS: channels, features.ID: record_id, features.SOURCE: path})
         yield Record(record_id, split, label, example, int(height), int(width), channels,
-                     "png", False, thumbs[offset], float(brightness[offset]),
+                     "png", False, False, path, thumbs[offset], float(brightness[offset]),
                      float(contrast[offset]))
 

@@ -14,7 +14,7 @@ from components.ingest_checks import Record
 
 def _empty_stats() -> dict[str, Any]:
     return {"counts": {}, "sizes": {}, "channels": {}, "formats": {}, "converted": 0,
-            "pixels": {}, "digest": {}}
+            "rotated": 0, "pixels": {}, "digest": {}}
 
 
 def _add(acc: dict[str, Any], record: Record) -> dict[str, Any]:
@@ -25,6 +25,7 @@ def _add(acc: dict[str, Any], record: Record) -> dict[str, Any]:
     acc["channels"][str(record.channels)] = acc["channels"].get(str(record.channels), 0) + 1
     acc["formats"][record.format] = acc["formats"].get(record.format, 0) + 1
     acc["converted"] += int(record.converted)
+    acc["rotated"] += int(record.rotated)
     key = f"{record.split}/{record.label}"
     sums = acc["pixels"].setdefault(key, [0.0, 0.0, 0.0])
     sums[0] += record.brightness
@@ -48,6 +49,7 @@ def _merge(accs: Iterable[dict[str, Any]]) -> dict[str, Any]:
             for key, n in acc[field].items():
                 out[field][key] = out[field].get(key, 0) + n
         out["converted"] += acc["converted"]
+        out["rotated"] += acc["rotated"]
         for key, sums in acc["pixels"].items():
             target = out["pixels"].setdefault(key, [0.0, 0.0, 0.0])
             for i in range(3):
@@ -85,11 +87,13 @@ def _summarize(raw: dict[str, Any], num_inputs: int, near_duplicate_rms: float
         "channels": raw["channels"],
         "formats": raw["formats"],
         "converted": raw["converted"],
+        "exif_rotated": raw["rotated"],
         "duplicates": {split: raw["duplicates"].get(split, 0) for split in SPLITS},
         "eval_dropped_as_train_duplicates": raw["eval_dropped_as_train_duplicates"],
         "eval_moved_to_train_near_duplicates": raw["eval_moved_to_train_near_duplicates"],
         "near_duplicate_rms": near_duplicate_rms,
         "quarantine_reasons": raw["quarantine_reasons"],
+        "label_conflicts": raw["label_conflicts"],
         "pixels": pixels,
         "content_digest": {split: f"{raw['digest'].get(split, 0):016x}" for split in SPLITS},
     }

@@ -5,7 +5,10 @@ are converted to PNG, bad ones go to `quarantine.jsonl` with a reason, and the s
 fails only when the bad fraction exceeds `ingest.max_bad_fraction`. Splits come from
 the source when it names them, else from a hash of the content, so identical images
 always share a split; an eval image identical to a train image is dropped from eval
-and counted (no leak). Statistics are computed in the same Beam pipeline.
+and counted (no leak), and every copy of an image labelled differently in its copies
+is quarantined ("label conflict"). Labels lose surrounding spaces (counted in the
+summary), and photos are turned upright by their EXIF orientation. Statistics are
+computed in the same Beam pipeline.
 
 This module is the step; the per-input checks live in `components.ingest_checks`, the
 statistics in `components.ingest_stats` and the Beam pipeline in `components.ingest_graph`.
@@ -124,7 +127,9 @@ def _ingest_one(data: DataConfig, ingest: IngestConfig, beam: BeamConfig,
         "lines": [
             f"{stats['num_examples']} examples from {data.source} "
             f"(train {split_counts['train']}, eval {split_counts['eval']}), "
-            f"{len(stats['class_names'])} classes, {stats['converted']} converted to PNG",
+            f"{len(stats['class_names'])} classes, {stats['converted']} converted to PNG"
+            + (f" ({stats['exif_rotated']} turned upright by their EXIF orientation)"
+               if stats["exif_rotated"] else ""),
             f"{stats['num_quarantined']} quarantined "
             f"({stats['bad_fraction']:.1%} of {stats['num_inputs']}); exact duplicates: "
             f"train {stats['duplicates']['train']}, eval {stats['duplicates']['eval']}; "
@@ -132,8 +137,35 @@ def _ingest_one(data: DataConfig, ingest: IngestConfig, beam: BeamConfig,
                f"{stats['eval_dropped_as_train_duplicates']}" if plan.splits_given else
                f"eval images moved to train as near-duplicates of train images: "
                f"{stats['eval_moved_to_train_near_duplicates']}"),
-        ],
+        ] + _label_warnings(plan, stats),
     }
+
+
+def _label_warnings(plan: sources.Plan, stats: dict[str, Any]) -> list[str]:
+    """Summary lines for labels the user should look at: labels given with surrounding
+    spaces (stripped), and identical images labelled differently (all copies
+    quarantined), each with a few examples."""
+    lines = []
+    stripped = plan.stripped_labels()
+    if stripped:
+        shown = {}
+        for item in stripped:
+            shown.setdefault((item.raw_label, item.label), sources.text(item.path))
+        lines.append(
+            f"warning: {len(stripped)} label(s) had surrounding spaces, stripped: "
+            + ", ".join(f"{sources.text(raw)!r} -> {label!r} ({path})"
+                        for (raw, label), path in list(shown.items())[:3])
+            + (", ..." if len(shown) > 3 else ""))
+    conflicts = stats["label_conflicts"]
+    if conflicts["images"]:
+        lines.append(
+            f"warning: {conflicts['images']} image(s) appear with different labels (identical "
+            f"content); all {conflicts['records']} copies quarantined as 'label conflict': "
+            + "; ".join(" vs ".join(f"{path} ({label})" for path, label in copies)
+                        for copies in conflicts["examples"])
+            + ("; ..." if conflicts["images"] > len(conflicts["examples"]) else "")
+            + ". Fix the labels so one image has one class.")
+    return lines
 
 
 def _check(stats: dict[str, Any], data: DataConfig, ingest: IngestConfig,
