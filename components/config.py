@@ -28,7 +28,8 @@ MAX_PIXELS = 50_000_000
 CACHE_MEMORY_MB = 256
 # What tf.data's cache holds per example besides the pixels (tensors, shapes, refcounts).
 CACHE_BYTES_PER_EXAMPLE = 700
-MODEL_KINDS = ("logistic", "dense", "mlp", "hidden1", "dnn", "cnn", "deep_cnn", "transfer")
+MODEL_KINDS = ("logistic", "dense", "mlp", "hidden1", "dnn", "cnn", "deep_cnn", "transfer",
+               "squeezenet", "xception", "resnet")
 # train.metrics: the Keras 3 metric names that compile without arguments and fit on the
 # classifier's softmax output -> the labels they need ("sparse": integer labels, train.loss
 # sparse_categorical_crossentropy; "one_hot": any other loss; None: either, Keras picks).

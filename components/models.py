@@ -18,7 +18,20 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "cnn": {"hidden_units": [32], "activation": "relu"},
     "deep_cnn": {"hidden_units": [32], "activation": "relu"},
     "transfer": {"hidden_units": [], "activation": None},
+    # The modern convnets, from scratch (hidden_units: the stem's and the blocks' widths,
+    # one block per width). Sized for a few thousand 64x64x3 photos on 2 CPU cores.
+    "squeezenet": {"hidden_units": [32, 64, 128, 256], "activation": "relu"},
+    "xception": {"hidden_units": [32, 64, 128, 256], "activation": "relu"},
+    "resnet": {"hidden_units": [32, 64, 128], "activation": "relu"},
 }
+# Kinds that end in global average pooling over their last block, for any input size: a
+# 3x3 stem convolution of the first width (batch norm, activation, a 3x3 stride-2 max
+# pool), then one block per width in hidden_units (squeezenet: a fire module, squeeze
+# 1x1 -> expand 1x1 + 3x3 concatenated; xception: two depthwise-separable 3x3
+# convolutions with a 1x1 shortcut; resnet: two 3x3 convolutions with a shortcut), each
+# block after the first halving height and width (max pool, or stride 2 with a strided
+# 1x1 shortcut). Halving stops once height or width is 1, so any size builds.
+GAP_KINDS = ("squeezenet", "xception", "resnet")
 BASES = {"mobilenet_v2": "MobileNetV2", "efficientnet_b0": "EfficientNetB0",
          "resnet50": "ResNet50"}
 MIN_BASE_SIZE = 32   # the smallest input the Keras application bases accept
@@ -34,6 +47,15 @@ def check_input(cfg: ModelConfig, input_shape: tuple[int, int, int]) -> None:
     """What the builder would reject or could never fit in memory, found without
     building (no TensorFlow): ConfigError saying what to change."""
     height, width, channels = input_shape
+    if cfg.kind in GAP_KINDS:
+        units = _units(cfg)
+        smallest = 2 if cfg.kind == "squeezenet" else 1
+        if not units or min(units) < smallest:
+            raise ConfigError(
+                f"model.kind {cfg.kind} takes model.hidden_units as its stem's and blocks' "
+                f"widths, one block per width, each at least {smallest}; got {units}. e.g. "
+                f"hidden_units: {DEFAULTS[cfg.kind]['hidden_units']}")
+        return              # global pooling: no dense layer grows with the image
     if cfg.kind == "transfer":
         if _own_base(cfg):
             return          # our own model (a reference or .keras): checked when it loads
@@ -206,6 +228,93 @@ def _dense_stack(x, units: list[int], activation: str, initializer: str, dropout
     return x
 
 
+def _halves(x) -> bool:
+    """Whether a stride-2 step still halves x: its height and width are both at least 2."""
+    return min(x.shape[1], x.shape[2]) >= 2
+
+
+def _norm(x, activation: str | None):
+    import keras
+
+    x = keras.layers.BatchNormalization()(x)
+    return keras.layers.Activation(activation)(x) if activation else x
+
+
+def _conv(x, filters: int, size: int, init: str, strides: int = 1):
+    import keras
+
+    return keras.layers.Conv2D(filters, size, strides=strides, padding="same", use_bias=False,
+                               kernel_initializer=init)(x)
+
+
+def _shortcut(x, width: int, downsample: bool, init: str):
+    """The identity, or a (strided) 1x1 convolution with batch norm where the block
+    changes the width or halves the size."""
+    if not downsample and x.shape[-1] == width:
+        return x
+    return _norm(_conv(x, width, 1, init, strides=2 if downsample else 1), None)
+
+
+def _fire(x, width: int, downsample: bool, activation: str, init: str):
+    """SqueezeNet's fire module of `width` output channels: a 1x1 squeeze to width/4,
+    expanded by 1x1 and 3x3 convolutions (width/2 each) concatenated; max pool first
+    when it halves."""
+    import keras
+
+    if downsample:
+        x = keras.layers.MaxPooling2D(3, strides=2, padding="same")(x)
+    squeeze = _norm(_conv(x, max(1, width // 4), 1, init), activation)
+    expand = keras.layers.Concatenate()([_conv(squeeze, width // 2, 1, init),
+                                         _conv(squeeze, width - width // 2, 3, init)])
+    return _norm(expand, activation)
+
+
+def _separable_block(x, width: int, downsample: bool, activation: str, init: str):
+    """Xception's block: activation, two 3x3 depthwise-separable convolutions with batch
+    norm (activation between), a 3x3 stride-2 max pool when it halves; plus the shortcut."""
+    import keras
+
+    def separable(y):
+        return keras.layers.SeparableConv2D(width, 3, padding="same", use_bias=False,
+                                            depthwise_initializer=init,
+                                            pointwise_initializer=init)(y)
+
+    y = keras.layers.Activation(activation)(x)
+    y = _norm(separable(_norm(separable(y), activation)), None)
+    if downsample:
+        y = keras.layers.MaxPooling2D(3, strides=2, padding="same")(y)
+    return keras.layers.Add()([y, _shortcut(x, width, downsample, init)])
+
+
+def _residual_block(x, width: int, downsample: bool, activation: str, init: str):
+    """ResNet's basic block: 3x3 convolution (stride 2 when it halves), batch norm,
+    activation, 3x3 convolution, batch norm, plus the shortcut, then the activation."""
+    import keras
+
+    y = _norm(_conv(x, width, 3, init, strides=2 if downsample else 1), activation)
+    y = _norm(_conv(y, width, 3, init), None)
+    y = keras.layers.Add()([y, _shortcut(x, width, downsample, init)])
+    return keras.layers.Activation(activation)(y)
+
+
+BLOCKS = {"squeezenet": _fire, "xception": _separable_block, "resnet": _residual_block}
+
+
+def _gap_net(x, kind: str, units: list[int], activation: str, init: str):
+    """The stem, one block per width, and the global average pooling (GAP_KINDS)."""
+    import keras
+
+    x = _norm(_conv(x, units[0], 3, init), activation)
+    if _halves(x):
+        x = keras.layers.MaxPooling2D(3, strides=2, padding="same")(x)
+    for index, width in enumerate(units):
+        x = BLOCKS[kind](x, width, index > 0 and _halves(x), activation, init)
+    if kind == "xception":
+        x = keras.layers.Activation(activation)(x)    # its blocks end before the activation
+    # transfer_base cuts a model of these kinds here: the pooled vector is the base
+    return keras.layers.GlobalAveragePooling2D(name="features")(x)
+
+
 def build(cfg: ModelConfig, input_shape: tuple[int, int, int], num_classes: int,
           base_weights: str | None = None):
     """The Keras model for `cfg.kind`; softmax output of `num_classes` probabilities.
@@ -240,6 +349,10 @@ def build(cfg: ModelConfig, input_shape: tuple[int, int, int], num_classes: int,
         x = keras.layers.MaxPooling2D(2)(x)
         x = keras.layers.Flatten()(x)
         x = _dense_stack(x, units, activation, init, cfg.dropout)
+    elif cfg.kind in GAP_KINDS:
+        x = _gap_net(x, cfg.kind, units, activation, init)
+        if cfg.dropout:
+            x = keras.layers.Dropout(cfg.dropout)(x)
     elif cfg.kind == "transfer":
         base = transfer_base(cfg, input_shape, base_weights or cfg.weights)
         base.trainable = False
