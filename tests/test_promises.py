@@ -429,3 +429,54 @@ def test_models_promote_changes_the_evaluate_baseline_the_resolve_task_pins(tmp_
                      reg.root]) == 0
     assert pins()["evaluate__baseline"] == "m:1"
     capsys.readouterr()
+
+
+# --- a fully cached rerun -----------------------------------------------------------------
+
+_HEAVY = ("tensorflow", "apache_beam", "keras", "tensorflow_transform",
+          "tensorflow_model_analysis")
+
+_RERUN = """
+import json, sys
+sys.path.insert(0, {root!r})
+from pipeline import cli
+code = cli.main(["run", {config!r}, "--runs-dir", {runs!r}, "--json"])
+heavy = sorted({{m.split(".")[0] for m in sys.modules}} & set({heavy!r}))
+print("\\nCHECK " + json.dumps({{"code": code, "heavy": heavy}}), flush=True)
+"""
+
+
+def _digits_config(tmp_path, epochs=1, **extra) -> str:
+    config = tmp_path / "digits.yaml"
+    config.write_text(
+        "name: quick\n"
+        "data: {source: 'builtin:digits', image_size: [8, 8], eval_fraction: 0.2}\n"
+        f"model: {{kind: logistic}}\ntrain: {{epochs: {epochs}, batch_size: 32}}\n"
+        "evaluate: {thresholds: {accuracy: {min: 0.1}}, bootstrap_samples: 50}\n"
+        f"push: {{destination: {str(tmp_path / 'serving')!r}}}\n"
+        + "".join(f"{key}: {value}\n" for key, value in extra.items()))
+    return str(config)
+
+
+@pytest.mark.slow
+def test_a_fully_cached_rerun_imports_neither_tensorflow_nor_beam(tmp_path, capsys):
+    """The third run of an unchanged config (the second reruns validate against the
+    first run's statistics) reuses every step and pushes nothing new, in a fresh
+    process that never imports TensorFlow, Keras, TFT, TFMA or Beam."""
+    from pipeline import cli
+
+    config, runs = _digits_config(tmp_path), str(tmp_path / "runs")
+    for _ in range(2):
+        assert cli.main(["run", config, "--runs-dir", runs]) == 0
+    capsys.readouterr()
+    done = subprocess.run([sys.executable, "-c", _RERUN.format(
+        root=ROOT, config=config, runs=runs, heavy=_HEAVY)], capture_output=True, text=True,
+        timeout=300, env=dict(os.environ, TMPDIR=str(tmp_path)))
+    check = json.loads(done.stdout.split("\nCHECK ")[-1])
+    result = json.loads(done.stdout.split("\nCHECK ")[0])
+    assert check["code"] == 0, done.stderr[-3000:]
+    statuses = {s["step"]: s["status"] for s in result["steps"]}
+    assert statuses.pop("push") == "ran" and set(statuses.values()) == {"cached"}, \
+        [(s["step"], s["decision"]) for s in result["steps"] if s["status"] != "cached"]
+    assert result["pushed"]["version"] == 1              # the same model, already pushed
+    assert check["heavy"] == [], check
