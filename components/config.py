@@ -209,6 +209,13 @@ class DataConfig(Section):
     eval_fraction: float = Field(0.1, gt=0.0, lt=1.0,
                                  description="Share of images hashed into the eval split when "
                                              "the source does not name splits.")
+    validation_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0,
+        description="Share of the TRAINING images train and tune hold out as the validation "
+                    "split (chosen by a hash of each image's pixels, so train and validation "
+                    "never share an image): early stopping and tune.objective score on it, "
+                    "never on the eval split evaluate blesses on. 0: no validation split "
+                    "(early stopping watches the training loss).")
     classes: Optional[list[str]] = Field(
         None, description="Allowed class names; images with other labels are quarantined. "
                           "Default: every label found.")
@@ -421,6 +428,51 @@ class OptimizerConfig(Section):
     momentum: float = Field(0.0, ge=0.0, lt=1.0)
 
 
+# train.augment: each layer's default factor (a list of names takes these) and its bounds.
+AUGMENT_LAYERS = {"flip": "horizontal", "rotation": 0.05, "zoom": 0.1, "translation": 0.1,
+                  "contrast": 0.2, "brightness": 0.2}
+AUGMENT_FLIPS = ("horizontal", "vertical", "horizontal_and_vertical")
+AUGMENT_AUTO = "flip horizontal, rotation 0.05, zoom 0.1, translation 0.1, contrast 0.2"
+
+
+def _checked_augment(value: Any) -> Any:
+    """train.augment in canonical form: auto, off, or {layer: factor} (YAML's bare
+    `off`/`no` arrive as False, `on`/`yes` as True = auto)."""
+    if isinstance(value, bool):
+        return "auto" if value else "off"
+    if isinstance(value, str) and value not in ("auto", "off"):
+        raise ValueError(f"augment {value!r}: use auto, off, a list of layers "
+                         f"({', '.join(AUGMENT_LAYERS)}) or a mapping of layers to factors")
+    if isinstance(value, (list, tuple)):
+        unknown = [v for v in value if not isinstance(v, str) or v not in AUGMENT_LAYERS]
+        if unknown or not value or len(set(value)) != len(value):
+            raise ValueError(f"augment list {list(value)}: give distinct layer names from "
+                             f"{', '.join(AUGMENT_LAYERS)}, e.g. [flip, rotation]")
+        value = {name: AUGMENT_LAYERS[name] for name in value}
+    if not isinstance(value, dict):
+        return value
+    if not value:
+        raise ValueError("augment {} names no layer; write augment: off")
+    out: dict[str, Any] = {}
+    for name, factor in value.items():
+        if name not in AUGMENT_LAYERS:
+            raise ValueError(f"augment: unknown layer {name!r}; use "
+                             f"{', '.join(AUGMENT_LAYERS)}")
+        if name == "flip":
+            factor = AUGMENT_LAYERS["flip"] if factor is True else factor
+            if factor not in AUGMENT_FLIPS:
+                raise ValueError(f"augment.flip {factor!r}: use {', '.join(AUGMENT_FLIPS)}")
+        else:
+            top = 0.5 if name == "rotation" else 1.0
+            if isinstance(factor, bool) or not isinstance(factor, (int, float)) \
+                    or not 0 < factor <= top or factor != factor:
+                raise ValueError(f"augment.{name} {factor!r}: a factor > 0 and <= {top:g}, "
+                                 f"e.g. {name}: {AUGMENT_LAYERS[name]}")
+            factor = float(factor)
+        out[name] = factor
+    return out
+
+
 class TrainConfig(Section):
     """Training loop, distribution and input pipeline."""
 
@@ -442,7 +494,21 @@ class TrainConfig(Section):
     mixed_precision: Literal["none", "auto", "mixed_float16", "mixed_bfloat16"] = Field(
         "auto", description="auto: bfloat16 on a TPU, float32 elsewhere (float16 on GPUs "
                             "only when asked for: mixed_float16).")
-    early_stopping_patience: Optional[int] = Field(None, gt=0)
+    augment: Union[Literal["auto", "off"], dict[str, Union[float, str]]] = Field(
+        "auto", description="Random augmentation of the training batches only (in tf.data, "
+                            "never in the exported model or on eval/validation batches), on "
+                            "pixels 0-255 before the normalization. auto: for 3-channel data "
+                            f"{AUGMENT_AUTO}; off for 1-channel data (glyphs and digits: a "
+                            "mirrored glyph is another class or none). off, a list of layer "
+                            f"names ({', '.join(AUGMENT_LAYERS)}), or a mapping of names "
+                            "to factors: {flip: horizontal|vertical|horizontal_and_vertical, "
+                            "rotation: 0.05 (of a full turn), zoom: 0.1, translation: 0.1 "
+                            "(of the size), contrast: 0.2, brightness: 0.2 (of the 0-255 range)}.")
+    early_stopping_patience: Optional[int] = Field(
+        None, gt=0, description="Stop after this many epochs without a lower val_loss on the "
+                                "validation split (data.validation_fraction of the training "
+                                "images; the training loss when there is none) and keep the "
+                                "best epoch's weights.")
     seed: int = 42
     cache_memory_mb: int = Field(
         CACHE_MEMORY_MB, ge=0, description="Cache the decoded training data in memory when it "
@@ -460,6 +526,11 @@ class TrainConfig(Section):
                           "or run:RUN_ID. Its architecture, input shape and classes must "
                           "match this config's; the optimizer and compile settings stay "
                           "this config's. Not with model.weights.")
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment_layers(cls, value: Any) -> Any:
+        return _checked_augment(value)
 
     @field_validator("hyperparameters", mode="before")
     @classmethod
