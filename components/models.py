@@ -19,10 +19,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "deep_cnn": {"hidden_units": [32], "activation": "relu"},
     "transfer": {"hidden_units": [], "activation": None},
     # The modern convnets, from scratch (hidden_units: the stem's and the blocks' widths,
-    # one block per width). Sized for a few thousand 64x64x3 photos on 2 CPU cores.
+    # one block per width). Sized for a few thousand 64x64x3 photos on 2 CPU cores: a
+    # 2,000-image epoch at batch 32 took 8-15 s here (deep_cnn: 2 s), on 10 classes
+    # 124,506 / 49,994 / 308,826 trainable parameters.
     "squeezenet": {"hidden_units": [32, 64, 128, 256], "activation": "relu"},
-    "xception": {"hidden_units": [32, 64, 128, 256], "activation": "relu"},
-    "resnet": {"hidden_units": [32, 64, 128], "activation": "relu"},
+    "xception": {"hidden_units": [16, 32, 64, 128], "activation": "relu"},
+    "resnet": {"hidden_units": [16, 32, 64, 128], "activation": "relu"},
 }
 # Kinds that end in global average pooling over their last block, for any input size: a
 # 3x3 stem convolution of the first width (batch norm, activation, a 3x3 stride-2 max
