@@ -480,3 +480,61 @@ def test_a_fully_cached_rerun_imports_neither_tensorflow_nor_beam(tmp_path, caps
         [(s["step"], s["decision"]) for s in result["steps"] if s["status"] != "cached"]
     assert result["pushed"]["version"] == 1              # the same model, already pushed
     assert check["heavy"] == [], check
+
+
+# --- `imgpipe run` killed mid-train -------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_imgpipe_run_killed_mid_train_resumes_from_its_checkpoint_and_reuses_earlier_steps(
+        tmp_path):
+    """SIGKILL of `imgpipe run` once train has checkpointed an epoch into the runner's
+    scratch folder; the rerun reuses ingest, transform and tune (the first unfinished
+    step is train), resumes training after the saved epoch instead of from scratch,
+    keeps every epoch in the history, and removes the scratch folder."""
+    import signal
+
+    from components import artifacts
+
+    epochs = 12
+    config, runs = _digits_config(tmp_path, epochs=epochs), tmp_path / "runs"
+    config_text = open(config).read().replace("batch_size: 32", "batch_size: 4")
+    open(config, "w").write(config_text)                 # slower epochs: time to kill one
+    command = [os.path.join(os.path.dirname(sys.executable), "imgpipe"), "run", config,
+               "--runs-dir", str(runs), "--until", "train"]
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env, cwd=tmp_path)
+    saved, deadline = None, time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            for state in (runs / "scratch").rglob("training_metadata.json"):
+                with contextlib.suppress(ValueError, OSError):
+                    if json.loads(state.read_text()).get("epoch", -1) >= 1:
+                        saved = state
+            if saved:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "training finished (or failed) before it could be killed"
+        assert saved is not None, "no checkpoint within the deadline"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    last_saved = json.loads(saved.read_text())["epoch"]
+
+    done = subprocess.run(command + ["--json"], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    statuses = {s["step"]: s["status"] for s in result["steps"]}
+    assert [statuses[s] for s in ("ingest", "transform", "tune")] == ["cached"] * 3, statuses
+    assert statuses["train"] == "ran"
+    model = artifacts.read(next(s for s in result["steps"]
+                                if s["step"] == "train")["outputs"]["trained_model"])
+    # resumed after the saved epoch (0-based; one later if the kill hit after the next
+    # checkpoint), not from scratch; the history holds every epoch
+    assert last_saved <= model.properties["resumed_after_epochs"] <= last_saved + 2
+    assert model.properties["resumed_after_epochs"] >= 1
+    history = json.load(open(model.path("history.json")))
+    assert len(history["loss"]) == epochs
+    assert not list((runs / "scratch").rglob("training_metadata.json"))
