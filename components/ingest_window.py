@@ -79,7 +79,8 @@ def ingest_parts(data: DataConfig, ingest: IngestConfig, store: str,
                  ) -> tuple[list[dict[str, Any]], list[str], list[str]]:
     """Each span of the window as committed Examples + ExampleStatistics under `store`,
     ingested now (with `ingest_one`, a plain source's ingest) or reused. Returns the
-    parts (oldest first), the labels ingested anew, and warnings."""
+    parts (oldest first), the labels ingested anew, and warnings (the window's, and the
+    warning lines of each span ingested now: labels stripped, label conflicts)."""
     chosen, warnings = window(data)
     parts, fresh = [], []
     for span in chosen:
@@ -91,7 +92,9 @@ def ingest_parts(data: DataConfig, ingest: IngestConfig, store: str,
             ex_w = artifacts.ArtifactWriter(ex_uri, artifacts.Examples, producer)
             st_w = artifacts.ArtifactWriter(st_uri, artifacts.ExampleStatistics, producer)
             try:
-                ingest_one(span.source(data), ex_w, st_w)
+                summary = ingest_one(span.source(data), ex_w, st_w) or {}
+                warnings += [f"{span.label}: {line}" for line in summary.get("lines", [])
+                             if line.startswith("warning:")]
                 ex_w.commit()
                 st_w.commit()
             except BaseException:

@@ -244,3 +244,15 @@ def test_the_spans_example_runs_as_the_readme_says(tmp_path, capsys, monkeypatch
     assert ": ingested 3 (" in ingest_summary(out)
     assert "\n             BLESSED" in out
     assert os.path.isdir(tmp_path / "serving" / "digits-daily" / "1")
+
+
+def test_a_spans_own_warnings_reach_the_windows_summary(tmp_path, capsys):
+    """A drop whose class folder has a trailing space: the window's ingest says so,
+    naming the span (a span's own summary lines used to be dropped)."""
+    drop(tmp_path / "drops", "2026-11-30")
+    drop(tmp_path / "drops", "2026-12-01")
+    day = tmp_path / "drops" / "2026-12-01"
+    os.rename(day / "cat", day / "cat ")
+    code, out = run(config(tmp_path, {"rolling": 2}), capsys, "--until", "ingest")
+    assert code == 0, out
+    assert "2026-12-01: warning: 16 label(s) had surrounding spaces, stripped: 'cat ' -> 'cat'" in out
