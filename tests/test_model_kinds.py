@@ -9,6 +9,7 @@ import pytest
 from components import models
 from components.config import ModelConfig
 from components.errors import ConfigError
+from tests.test_train import graph  # noqa: F401  (a fixture: 12x12x1 images, 3 classes)
 
 KINDS = ("squeezenet", "xception", "resnet")
 
@@ -216,3 +217,26 @@ def test_transfer_from_a_saved_model_cuts_at_the_pooling(kind, tmp_path):
     assert not np.array_equal(head.kernel.numpy(), start)
     for got, want in zip(base.weights, frozen):        # batch norm statistics included
         assert np.array_equal(got.numpy(), want)
+
+
+@pytest.mark.parametrize("kind", ["xception"])   # ~15 s each; the cut of all three is above
+def test_trained_by_the_train_step_then_transferred(kind, tmp_path, graph):
+    """The trainer's path: train exports a model of the kind and records its
+    architecture; `model.weights` resolved to that model's model.keras (as `run:ID`
+    arrives) starts a transfer model whose only trainable part is the new head."""
+    from components import artifacts
+    from components.config import TrainConfig
+    from components.steps import train
+
+    cfg = ModelConfig(kind=kind, hidden_units=[8, 16])
+    train.run(*graph, cfg, TrainConfig(epochs=1, batch_size=8),
+              trained_model=str(tmp_path / "base"))
+    base = artifacts.read(str(tmp_path / "base"), artifacts.Model)
+    assert base.properties["architecture"] == {"kind": kind, "hidden_units": [8, 16]}
+    own = base.path(artifacts.Model.KERAS_FILE)
+    transfer = ModelConfig(kind="transfer", weights=own)
+    train.run(*graph, transfer, TrainConfig(epochs=1, batch_size=8),
+              trained_model=str(tmp_path / "small"))
+    small = artifacts.read(str(tmp_path / "small"), artifacts.Model)
+    assert small.properties["trainable_params"] == 16 * 3 + 3
+    assert np.isfinite(artifacts.Model.read(small)["loss"]).all()
