@@ -10,9 +10,10 @@ import json
 import math
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from components import artifacts, features, fileio, runtime
-from components.config import CACHE_BYTES_PER_EXAMPLE, TrainConfig
+from components.config import AUGMENT_LAYERS, CACHE_BYTES_PER_EXAMPLE, TrainConfig
 from components.distribute import is_chief, is_tpu
 from components.errors import TrainingError
 
@@ -75,12 +76,16 @@ def cache_bytes(count: int, shape: list[int]) -> int:
 
 def make_dataset(graph: artifacts.Artifact, examples: artifacts.Artifact, split: str,
                  batch_size: int, cfg: TrainConfig, training: bool, sparse: bool,
-                 static: bool = False):
+                 static: bool = False, holdout: "Holdout | None" = None,
+                 part: str | None = None):
     """(image, label) batches from the transformed TFRecords, or from the raw ones
     through the transform layer when the examples were not materialized. `static`
     (TPUs, several replicas): every batch is full; eval batches are then padded with
     examples of weight 0 ((image, label, weight) batches), so a small eval split under
-    many replicas still gives whole batches and exact weighted metrics."""
+    many replicas still gives whole batches and exact weighted metrics.
+    `holdout` and `part` (FIT or VALIDATION): that part of the train split (a used
+    holdout; see `holdout`). `training`: shuffled, full batches, and `train.augment`
+    applied (on pixels 0-255, before the normalization; never on other batches)."""
     import tensorflow as tf
 
     files, parse = _record_parser(graph, examples, split)
@@ -88,6 +93,15 @@ def make_dataset(graph: artifacts.Artifact, examples: artifacts.Artifact, split:
         raise TrainingError(f"no {split} examples under {graph.uri}; rerun the transform step.")
     shape = graph.properties["image_shape"]
     num_classes = graph.properties["num_classes"]
+    count = graph.properties["counts"].get(split, 0)
+    if part is not None:
+        if split != "train" or holdout is None or not holdout.used or part not in (FIT,
+                                                                                  VALIDATION):
+            raise TrainingError(f"no {part} part of the {split} split: {holdout and holdout.note}")
+        parse = _carved(parse, holdout.fraction, part == VALIDATION)
+        count = holdout.validation_count if part == VALIDATION else holdout.fit_count
+    augment = _augmenter(augmentation(cfg.augment, shape[-1])[0], cfg.seed) if training \
+        else None
 
     def to_model(pixels, label_id, scale, offset):       # one example or a batch
         per_image = tf.concat([tf.shape(scale), tf.ones([3], tf.int32)], 0)
@@ -96,7 +110,6 @@ def make_dataset(graph: artifacts.Artifact, examples: artifacts.Artifact, split:
         label = label_id if sparse else tf.one_hot(label_id, num_classes, dtype=tf.float32)
         return image, label
 
-    count = graph.properties["counts"].get(split, 0)
     fits = cache_bytes(count, shape) <= cfg.cache_memory_mb * 2 ** 20
     ds = _examples(files, parse, count, fits, training, cfg)
     if fits:
@@ -109,9 +122,15 @@ def make_dataset(graph: artifacts.Artifact, examples: artifacts.Artifact, split:
     # The scaling and one-hot run per batch: per element they cost more than a dense
     # model's training step.
     if training:
-        # Full batches: static shapes for TPUs and steps_per_execution.
+        # Full batches: static shapes for TPUs and steps_per_execution. Augmentation
+        # runs here, per batch on the CPU, on the uint8 pixels as floats 0-255 (the range
+        # its contrast and brightness layers are given), then the normalization.
+        def augmented(pixels, label_id, scale, offset):
+            return to_model(augment(tf.cast(pixels, tf.float32)), label_id, scale, offset)
+
         return ds.batch(batch_size, drop_remainder=True).map(
-            to_model, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+            augmented if augment else to_model,
+            num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
     if not static:
         return ds.batch(batch_size).map(to_model, num_parallel_calls=tf.data.AUTOTUNE) \
             .prefetch(tf.data.AUTOTUNE)
@@ -152,6 +171,149 @@ def _record_parser(graph: artifacts.Artifact, examples: artifacts.Artifact, spli
         return tf.cast(pixels, tf.uint8), label_id, scale, offset
 
     return artifacts.Examples.shards(examples, split), parse_raw
+
+
+# --- augmentation (training batches only) ----------------------------------------------
+
+
+def augmentation(augment, channels: int) -> tuple[list[tuple[str, Any]], str]:
+    """([(layer, factor)], what the summary says) for `train.augment` on images of
+    `channels`: auto is off for 1-channel data (glyphs and digits, where a mirrored or
+    turned glyph is another class or none) and AUGMENT_AUTO's layers for 3 channels."""
+    if augment == "off":
+        return [], "augmentation: off (train.augment: off)"
+    if augment == "auto":
+        if channels == 1:
+            return [], ("augmentation: off (train.augment auto, 1-channel data: glyphs and "
+                        "digits are not flipped or turned)")
+        layers = [(name, AUGMENT_LAYERS[name]) for name in
+                  ("flip", "rotation", "zoom", "translation", "contrast")]
+        how = "train.augment auto, 3-channel data"
+    else:
+        layers, how = list(augment.items()), "train.augment"
+    return layers, ("augmentation: " + ", ".join(f"{name} {factor:g}" if not isinstance(
+        factor, str) else f"{name} {factor}" for name, factor in layers)
+        + f" ({how}; training batches only, pixels 0-255 before the normalization)")
+
+
+def _augmenter(layers: list[tuple[str, Any]], seed: int):
+    """A function from a batch of float pixels 0-255 to the same, randomly augmented
+    (Keras preprocessing layers run in tf.data, seeded: the same run augments alike),
+    or None when there is nothing to apply."""
+    if not layers:
+        return None
+    import keras
+
+    value_range = (0.0, 255.0)
+    build = {
+        "flip": lambda f, s: keras.layers.RandomFlip(f, seed=s),
+        "rotation": lambda f, s: keras.layers.RandomRotation(f, fill_mode="nearest", seed=s),
+        "zoom": lambda f, s: keras.layers.RandomZoom(f, fill_mode="nearest", seed=s),
+        "translation": lambda f, s: keras.layers.RandomTranslation(f, f, fill_mode="nearest",
+                                                                   seed=s),
+        "contrast": lambda f, s: keras.layers.RandomContrast(f, value_range=value_range,
+                                                             seed=s),
+        "brightness": lambda f, s: keras.layers.RandomBrightness(f, value_range=value_range,
+                                                                 seed=s)}
+    built = [build[name](factor, seed + k) for k, (name, factor) in enumerate(layers)]
+
+    def augment(pixels):
+        for layer in built:
+            pixels = layer(pixels, training=True)
+        return pixels
+
+    return augment
+
+
+# --- the validation split, carved from train -------------------------------------------
+
+FIT, VALIDATION = "fit", "validation"
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """The validation split carved from the train split: `used` when both parts hold
+    every training class (else training keeps every image and `note` says why)."""
+
+    fraction: float
+    used: bool
+    fit_count: int
+    validation_count: int
+    note: str
+
+
+def _in_validation(pixels, fraction: float):
+    """Which images of a uint8 batch belong to the validation part: a fingerprint of
+    each image's pixels (the same on every platform, and for the materialized and the
+    raw path), so an image and its exact copies fall on the same side in every run. Not
+    ingest's eval hash of the id (that would correlate with the eval split)."""
+    import tensorflow as tf
+
+    digest = tf.cast(tf.fingerprint(pixels)[:, :4], tf.int64)
+    value = digest[:, 0] + digest[:, 1] * 256 + digest[:, 2] * 65536 + digest[:, 3] * 16777216
+    return tf.cast(value, tf.float64) < fraction * 2.0 ** 32
+
+
+def _carved(parse, fraction: float, validation: bool):
+    import tensorflow as tf
+
+    def parse_part(raw):
+        parsed = parse(raw)
+        chosen = _in_validation(parsed[0], fraction)
+        chosen = chosen if validation else tf.logical_not(chosen)
+        return tuple(tf.boolean_mask(t, chosen) for t in parsed)
+
+    return parse_part
+
+
+def holdout(graph: artifacts.Artifact, examples: artifacts.Artifact, fraction: float,
+            min_fit: int = 1) -> Holdout:
+    """Counts both parts of the train split (one read of its records) and decides
+    whether the validation part is used: not when `fraction` is 0, the part is empty,
+    a training class would be missing from either part, or fewer than `min_fit` images
+    (one full batch) would be left to fit on."""
+    import numpy as np
+    import tensorflow as tf
+
+    files, parse = _record_parser(graph, examples, "train")
+    vocabulary = graph.properties["label_vocabulary"]
+    classes = len(vocabulary)
+    held = np.zeros(classes, np.int64)
+    kept = np.zeros(classes, np.int64)
+    if files and fraction > 0:
+        ds = tf.data.TFRecordDataset([fileio.tf_path(f) for f in files],
+                                     compression_type="GZIP").batch(1024)
+
+        def sides(raw):
+            parsed = parse(raw)
+            return _in_validation(parsed[0], fraction), parsed[1]
+
+        for chosen, label in ds.map(sides).as_numpy_iterator():
+            held += np.bincount(label[chosen], minlength=classes)[:classes]
+            kept += np.bincount(label[~chosen], minlength=classes)[:classes]
+    total = int(held.sum() + kept.sum())
+    present = (held + kept) > 0
+    where = f"data.validation_fraction {fraction:g} of {total} training images"
+    fallback = ("; training fits on every training image, early stopping watches the "
+                "training loss, and nothing is selected on the eval split")
+    if fraction == 0:
+        total = graph.properties["counts"].get("train", 0)
+        return Holdout(0.0, False, total, 0, "no validation split (data.validation_fraction "
+                       "0)" + fallback)
+    missing = [vocabulary[i] for i in np.flatnonzero(present & (held == 0))]
+    lost = [vocabulary[i] for i in np.flatnonzero(present & (kept == 0))]
+    why = ("no image" if held.sum() == 0 else
+           f"no image of {', '.join(map(repr, missing[:5]))}" if missing else
+           f"no image of {', '.join(map(repr, lost[:5]))} to fit on" if lost else
+           f"{int(kept.sum())} images to fit on, under one batch of {min_fit}"
+           if kept.sum() < min_fit else None)
+    if why:
+        return Holdout(fraction, False, total, 0,
+                       f"no validation split: {where} would hold out {why}" + fallback)
+    return Holdout(fraction, True, int(kept.sum()), int(held.sum()),
+                   f"validation split: {int(held.sum())} of {total} training images "
+                   f"(data.validation_fraction {fraction:g}, by a hash of the pixels); "
+                   "val_ metrics and early stopping score on it, not on the eval split")
 
 
 def _examples(files: list[str], parse, count: int, fits: bool, training: bool,
@@ -362,12 +524,41 @@ def read_epoch_log(path: str) -> dict[str, list[float]]:
 # --- training under MultiWorkerMirroredStrategy ----------------------------------------
 
 
+def evaluate_multi_worker(net, ds, strategy, sparse: bool) -> dict[str, float]:
+    """{loss, accuracy} of `net` over (weighted, padded) batches under
+    MultiWorkerMirroredStrategy, where Keras' evaluate does not run either. Every worker
+    calls it (collective)."""
+    import keras
+    import tensorflow as tf
+
+    with strategy.scope():
+        losses = (keras.losses.SparseCategoricalCrossentropy if sparse
+                  else keras.losses.CategoricalCrossentropy)(reduction=None)
+
+    @tf.function
+    def step(batch):
+        def replica(images, labels, weights):
+            probs = net(images, training=False)
+            correct = tf.cast(tf.equal(tf.argmax(probs, -1), labels if sparse else
+                                       tf.argmax(labels, -1)), tf.float32)
+            return (tf.reduce_sum(losses(labels, probs) * weights),
+                    tf.reduce_sum(correct * weights), tf.reduce_sum(weights))
+        parts = strategy.run(replica, args=batch)
+        return [strategy.reduce(tf.distribute.ReduceOp.SUM, p, axis=None) for p in parts]
+
+    sums = [0.0, 0.0, 0.0]
+    for batch in strategy.experimental_distribute_dataset(ds):
+        sums = [s + float(v) for s, v in zip(sums, step(batch))]
+    return {"loss": sums[0] / max(sums[2], 1.0), "accuracy": sums[1] / max(sums[2], 1.0)}
+
+
 def fit_multi_worker(net, optimizer_, train_ds, eval_ds, strategy, sparse: bool,
                      global_batch: int, first_epoch: int, epochs: int, work: str,
                      phase: int) -> None:
     """Keras 3's `fit` does not run under MultiWorkerMirroredStrategy (keras-team/keras
     issue 20585); this loop does what the trainer needs of it: per-epoch loss and
-    accuracy on train and (weighted, padded) eval batches appended to the epoch log,
+    accuracy on train and (weighted, padded) validation batches (`eval_ds`: the
+    validation part of the train split, or None) appended to the epoch log,
     and a checkpoint per epoch in `work` that a restarted attempt resumes from. Every
     worker runs it (the collective ops need all); only the chief's files are kept."""
     import keras
@@ -412,7 +603,7 @@ def fit_multi_worker(net, optimizer_, train_ds, eval_ds, strategy, sparse: bool,
         return [strategy.reduce(tf.distribute.ReduceOp.SUM, p, axis=None) for p in parts]
 
     train_dist = strategy.experimental_distribute_dataset(train_ds)
-    eval_dist = strategy.experimental_distribute_dataset(eval_ds)
+    eval_dist = None if eval_ds is None else strategy.experimental_distribute_dataset(eval_ds)
     log = EpochLog(os.path.join(work, EPOCH_LOG), phase=phase) if chief else None
     for epoch in range(int(epoch_done.numpy()), epochs):
         accuracy.reset_state()
@@ -420,12 +611,13 @@ def fit_multi_worker(net, optimizer_, train_ds, eval_ds, strategy, sparse: bool,
         for batch in train_dist:
             total += float(train_step(batch))
             steps += 1
-        sums = [0.0, 0.0, 0.0]
-        for batch in eval_dist:
-            sums = [s + float(v) for s, v in zip(sums, eval_step(batch))]
-        logs = {"loss": total / max(steps, 1), "accuracy": float(accuracy.result()),
-                "val_loss": sums[0] / max(sums[2], 1.0),
-                "val_accuracy": sums[1] / max(sums[2], 1.0)}
+        logs = {"loss": total / max(steps, 1), "accuracy": float(accuracy.result())}
+        if eval_dist is not None:
+            sums = [0.0, 0.0, 0.0]
+            for batch in eval_dist:
+                sums = [s + float(v) for s, v in zip(sums, eval_step(batch))]
+            logs.update({"val_loss": sums[0] / max(sums[2], 1.0),
+                         "val_accuracy": sums[1] / max(sums[2], 1.0)})
         epoch_done.assign(epoch + 1)
         manager.save()          # every worker saves (collective); the chief's is kept
         if log is not None:

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from components import artifacts, distribute, fileio, models, runtime, training
-from components.config import ModelConfig, TrainConfig, apply_values, describe_values
+from components.config import (DataConfig, ModelConfig, TrainConfig, apply_values,
+                               describe_values)
 from components.contract import In, Out, Scratch, step
 from components.errors import ConfigError, TrainingError
 from components.distribute import choose_strategy
@@ -32,7 +33,8 @@ def _tf_version() -> str:
     return tf.__version__
 
 
-def external_inputs(model: ModelConfig, train: TrainConfig) -> dict[str, str]:
+def external_inputs(model: ModelConfig, train: TrainConfig,
+                    data: DataConfig = None) -> dict[str, str]:
     """Starting weights are an input the DAG does not produce: their content is in the
     cache key (a retrained base model reruns this step)."""
     if not model.weights or model.weights == "imagenet":
@@ -47,8 +49,11 @@ def external_inputs(model: ModelConfig, train: TrainConfig) -> dict[str, str]:
 
 @dataclass
 class Fitting:
-    """What fitting needs besides the config: the compiled model, the input pipelines,
-    the strategy (and why it was chosen) and how it trains."""
+    """What fitting needs besides the config: the compiled model, the input pipelines
+    (`train_ds` the fit part of the train split, `val_ds` its validation part or None,
+    `eval_ds` the eval split, scored once after fitting and never selected on), the
+    strategy (and why it was chosen) and how it trains. `kept_epoch`: the epoch whose
+    weights the model keeps (1-based), set by the fit."""
 
     net: Any
     train_ds: Any
@@ -57,6 +62,10 @@ class Fitting:
     reason: str
     plan: Plan
     loss: str
+    val_ds: Any = None
+    holdout: training.Holdout | None = None
+    augmentation: str = ""
+    kept_epoch: int | None = None
 
 
 def _fit_multi_worker(fitting: Fitting, model: ModelConfig, train: TrainConfig,
@@ -66,13 +75,13 @@ def _fit_multi_worker(fitting: Fitting, model: ModelConfig, train: TrainConfig,
     net, strategy = fitting.net, fitting.strategy
     sparse = fitting.loss.startswith("sparse")
     batch = train.batch_size * strategy.num_replicas_in_sync
-    training.fit_multi_worker(net, net.optimizer, fitting.train_ds, fitting.eval_ds, strategy,
+    training.fit_multi_worker(net, net.optimizer, fitting.train_ds, fitting.val_ds, strategy,
                               sparse, batch, 0, train.epochs, work, phase=1)
     if model.kind == "transfer" and model.fine_tune_layers and model.fine_tune_epochs:
         with strategy.scope():
             models.unfreeze_top(net, model.fine_tune_layers)
             compile_model(net, train, fitting.plan, fitting.loss, model.fine_tune_learning_rate)
-        training.fit_multi_worker(net, net.optimizer, fitting.train_ds, fitting.eval_ds,
+        training.fit_multi_worker(net, net.optimizer, fitting.train_ds, fitting.val_ds,
                                   strategy, sparse, batch, train.epochs,
                                   train.epochs + model.fine_tune_epochs, work, phase=2)
     return training.read_epoch_log(os.path.join(work, training.EPOCH_LOG))
@@ -104,11 +113,15 @@ def _fit(fitting: Fitting, model: ModelConfig, train: TrainConfig, work: str,
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.TensorBoard(log_dir=logs),
         training.Progress(total)]
+    stopping = None
     if train.early_stopping_patience:
-        callbacks.append(keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=train.early_stopping_patience,
-            restore_best_weights=True))
-    net.fit(fitting.train_ds, validation_data=fitting.eval_ds, epochs=train.epochs,
+        # On the validation part of the train split (the training loss without one),
+        # never on the eval split evaluate blesses on; the best epoch's weights are kept.
+        stopping = keras.callbacks.EarlyStopping(
+            monitor="val_loss" if fitting.val_ds is not None else "loss",
+            patience=train.early_stopping_patience, restore_best_weights=True)
+        callbacks.append(stopping)
+    net.fit(fitting.train_ds, validation_data=fitting.val_ds, epochs=train.epochs,
             callbacks=callbacks, verbose=0)
     if model.kind == "transfer" and model.fine_tune_layers and model.fine_tune_epochs:
         # Second phase: the top of the base learns at a lower rate (recompiling resets
@@ -122,9 +135,13 @@ def _fit(fitting: Fitting, model: ModelConfig, train: TrainConfig, work: str,
         callbacks[1] = keras.callbacks.BackupAndRestore(
             backup_dir=os.path.join(work, "fine_tune"), double_checkpoint=True)
         callbacks[0] = training.EpochLog(epoch_log, phase=2)
-        net.fit(fitting.train_ds, validation_data=fitting.eval_ds, initial_epoch=done,
+        net.fit(fitting.train_ds, validation_data=fitting.val_ds, initial_epoch=done,
                 epochs=done + model.fine_tune_epochs, callbacks=callbacks, verbose=0)
-    return training.read_epoch_log(epoch_log)
+    history = training.read_epoch_log(epoch_log)
+    # Keras counts epochs across a resume and the fine-tuning phase, as the log does.
+    if stopping is not None and stopping.best_weights is not None:
+        fitting.kept_epoch = int(stopping.best_epoch) + 1
+    return history
 
 
 def _train_as_worker(fitting: Fitting, model: ModelConfig, train: TrainConfig,
@@ -133,6 +150,7 @@ def _train_as_worker(fitting: Fitting, model: ModelConfig, train: TrainConfig,
 
     with tempfile.TemporaryDirectory(prefix="imgpipe-worker-") as work:
         _fit(fitting, model, train, work, os.path.join(work, artifacts.Model.LOGS))
+        _score_eval(fitting)            # collective, as on the chief
         # Saving under MultiWorkerMirroredStrategy is collective too: every worker saves,
         # only the chief's copy is kept.
         export(fitting.net, transform_graph, os.path.join(work, artifacts.Model.SAVED_MODEL))
@@ -145,9 +163,12 @@ def _train_as_worker(fitting: Fitting, model: ModelConfig, train: TrainConfig,
 def run(transform_graph: In[artifacts.TransformGraph], examples: In[artifacts.Examples],
         model: ModelConfig, train: TrainConfig, trained_model: Out[artifacts.Model],
         hyperparameters: In[artifacts.HyperParameters] | None = None,
-        scratch: Scratch = None) -> dict[str, Any]:
+        scratch: Scratch = None, data: DataConfig = None) -> dict[str, Any]:
     """Trains `model.kind` and writes a Model artifact (SavedModel, history, logs).
-    The raw examples are read when the transform was not materialized.
+    The raw examples are read when the transform was not materialized. The model is
+    fitted on the train split less its validation part (`data.validation_fraction`),
+    which the epochs' val_ metrics and early stopping score on; the eval split is
+    scored once, after fitting (eval_ metrics), and selects nothing.
     The tune step's best values (`hyperparameters`; the DAG always passes it, with no
     values when nothing was searched) are applied to the config first. `scratch`:
     where checkpoints survive a killed attempt (resumed by the next one)."""
@@ -165,8 +186,10 @@ def run(transform_graph: In[artifacts.TransformGraph], examples: In[artifacts.Ex
     global_batch = train.batch_size * strategy.num_replicas_in_sync
     check_batch_fits(global_batch, transform_graph.properties["counts"].get("train", 0),
                      strategy.num_replicas_in_sync)
-    train_ds = make_dataset(transform_graph, examples, "train", global_batch, train, True, sparse,
-                            plan.static)
+    held = training.holdout(transform_graph, examples, (data or DataConfig()).validation_fraction,
+                            min_fit=global_batch)
+    train_ds, val_ds = training_datasets(transform_graph, examples, global_batch, train, sparse,
+                                         plan.static, held)
     eval_ds = make_dataset(transform_graph, examples, "eval", global_batch, train, False, sparse,
                            plan.static)
     shape = tuple(transform_graph.properties["image_shape"])
@@ -179,7 +202,9 @@ def run(transform_graph: In[artifacts.TransformGraph], examples: In[artifacts.Ex
             models.warm_start(net, train.warm_start, model, shape, num_classes,
                               f"train.warm_start {_describe(source)}")
         compile_model(net, train, plan, loss)
-    fitting = Fitting(net, train_ds, eval_ds, strategy, reason, plan, loss)
+    fitting = Fitting(net, train_ds, eval_ds, strategy, reason, plan, loss, val_ds, held,
+                      training.augmentation(train.augment, shape[-1])[1])
+    log.info("%s; %s", fitting.augmentation, held.note)
 
     if not distribute.is_chief(strategy):
         # A non-chief worker of a multi-worker run trains in step with the chief (the
@@ -195,6 +220,30 @@ def run(transform_graph: In[artifacts.TransformGraph], examples: In[artifacts.Ex
     return {"final": final, "tuned": tuned["best"], "warm_start": source,
             "lines": started + _lines(fitting, model, tuned["best"], epochs, resumed, final,
                                       trained_model.uri)}
+
+
+def training_datasets(graph: artifacts.Artifact, examples: artifacts.Artifact, batch: int,
+                      train: TrainConfig, sparse: bool, static: bool,
+                      held: training.Holdout) -> tuple[Any, Any]:
+    """(the batches to fit on, the validation batches or None): the train split's two
+    parts when the holdout is used, else the whole train split and no validation."""
+    if not held.used:
+        return make_dataset(graph, examples, "train", batch, train, True, sparse, static), None
+    return (make_dataset(graph, examples, "train", batch, train, True, sparse, static,
+                         held, training.FIT),
+            make_dataset(graph, examples, "train", batch, train, False, sparse, static,
+                         held, training.VALIDATION))
+
+
+def _score_eval(fitting: Fitting) -> dict[str, float]:
+    """{eval_loss, eval_<metric>...} of the kept weights on the eval split: reported,
+    never selected on."""
+    if distribute.is_multi_worker(fitting.strategy):
+        scores = training.evaluate_multi_worker(fitting.net, fitting.eval_ds, fitting.strategy,
+                                                fitting.loss.startswith("sparse"))
+    else:
+        scores = fitting.net.evaluate(fitting.eval_ds, return_dict=True, verbose=0)
+    return {f"eval_{k}": float(v) for k, v in scores.items()}
 
 
 def check_batch_fits(global_batch: int, examples: int, replicas: int = 1) -> None:
@@ -276,6 +325,7 @@ def _fit_and_write(fitting: Fitting, model: ModelConfig, train: TrainConfig,
     print(f"{runtime.DETAIL_INDENT}TensorBoard: tensorboard --logdir {logs}"
           + (f" (while it trains; then in {kept})" if logs != kept else ""), flush=True)
     hist = _fit(fitting, model, train, work, logs)
+    scored = _score_eval(fitting)
     if scratch:
         for path in fileio.walk_files(logs):
             fileio.copy(path, writer.file(artifacts.Model.LOGS, path[len(logs):].lstrip("/")))
@@ -296,13 +346,24 @@ def _fit_and_write(fitting: Fitting, model: ModelConfig, train: TrainConfig,
     if not scratch:
         fileio.rmtree(work)
     artifacts.Model.write(writer, hist)
-    final = {k: vals[-1] for k, vals in hist.items() if vals and k != "phase"}
+    # The kept epoch's metrics (early stopping restores the best epoch's weights), and
+    # the eval split's score of those weights.
+    kept = min(fitting.kept_epoch or len(losses), len(losses))
+    final = {k: vals[kept - 1] for k, vals in hist.items() if len(vals) >= kept and k != "phase"}
+    final.update(scored)
     writer.properties = {"kind": model.kind, "trainable_params": models.trainable_params(net),
                          "strategy": distribute.strategy_name(strategy),
                          "strategy_reason": fitting.reason,
                          "training_plan": fitting.plan.notes,
                          "tensorflow_version": _tf_version(),
                          "epochs": len(losses), "final": final, "optimizer_steps": steps,
+                         "kept_epoch": kept,
+                         "validation": {"used": fitting.holdout.used,
+                                        "fraction": fitting.holdout.fraction,
+                                        "images": fitting.holdout.validation_count,
+                                        "fit_images": fitting.holdout.fit_count,
+                                        "note": fitting.holdout.note},
+                         "augmentation": fitting.augmentation,
                          "resumed_after_epochs": resumed,
                          "hyperparameters": tuned,
                          # what the model is (a later warm start checks it) and what it
@@ -311,17 +372,25 @@ def _fit_and_write(fitting: Fitting, model: ModelConfig, train: TrainConfig,
                          "warm_start": source,
                          "label_vocabulary": transform_graph.properties["label_vocabulary"],
                          "image_shape": list(transform_graph.properties["image_shape"])}
+    fitting.kept_epoch = kept
     return final, len(losses), resumed
 
 
 def _lines(fitting: Fitting, model: ModelConfig, tuned: dict[str, Any], epochs: int,
            resumed: int, final: dict[str, float], trained_model: str) -> list[str]:
-    accuracy = final.get("val_accuracy")
+    def value(key: str) -> str:
+        return f"{final[key]:.3f}" if key in final else "n/a"
+
     tuned_line = [f"tuned values: {describe_values(tuned)}"] if tuned else []
+    kept = fitting.kept_epoch or epochs
     return tuned_line + [
         f"{model.kind}: {models.trainable_params(fitting.net):,} trainable params, {epochs} "
         f"epochs{f' (resumed after epoch {resumed})' if resumed else ''}, "
         f"{distribute.strategy_name(fitting.strategy)} ({fitting.reason})",
-        f"train accuracy {final.get('accuracy', float('nan')):.3f}, eval accuracy "
-        f"{accuracy if accuracy is not None else float('nan'):.3f}",
+        fitting.augmentation, fitting.holdout.note,
+        f"kept epoch {kept} of {epochs}" + (" (early stopping restored its weights)"
+                                             if kept != epochs else "")
+        + f": train accuracy {value('accuracy')}, validation accuracy "
+        f"{value('val_accuracy')}; eval accuracy {value('eval_accuracy')} (eval split, "
+        "scored after training)",
         f"TensorBoard: tensorboard --logdir {fileio.join(trained_model, artifacts.Model.LOGS)}"]

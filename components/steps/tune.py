@@ -21,7 +21,8 @@ import time
 from typing import Any
 
 from components import artifacts, fileio, runtime
-from components.config import ModelConfig, TrainConfig, TuneConfig, apply_values, describe_values
+from components.config import (DataConfig, ModelConfig, TrainConfig, TuneConfig, apply_values,
+                               describe_values)
 from components.contract import In, Out, Scratch, step
 from components.errors import ConfigError, TrainingError
 
@@ -57,7 +58,11 @@ class _HyperModel:
 
     @staticmethod
     def make(tune: TuneConfig, model: ModelConfig, train: TrainConfig,
-             transform_graph: artifacts.Artifact, examples: artifacts.Artifact):
+             transform_graph: artifacts.Artifact, examples: artifacts.Artifact,
+             held: Any):
+        """`held`: the validation part of the train split (training.Holdout) every trial
+        is scored on; when it is not used, trials are scored on the training metric
+        (`tune.objective` without val_), never on the eval split."""
         import keras_tuner as kt
 
         from components import distribute, models, training
@@ -66,6 +71,7 @@ class _HyperModel:
         plan = training.plan_for(train, strategy)
         shape = tuple(transform_graph.properties["image_shape"])
         classes = transform_graph.properties["num_classes"]
+        scored_on = _scored_metric(tune.objective, held.used)
 
         class HyperModel(kt.HyperModel):
             def configs(self, hp) -> tuple[ModelConfig, TrainConfig]:
@@ -85,27 +91,39 @@ class _HyperModel:
                 _, trial_train = self.configs(hp)
                 sparse = _loss(trial_train).startswith("sparse")
                 batch = trial_train.batch_size * strategy.num_replicas_in_sync
-                train_ds = training.make_dataset(transform_graph, examples, "train", batch,
-                                                 trial_train, True, sparse, plan.static)
-                eval_ds = training.make_dataset(transform_graph, examples, "eval", batch,
-                                                trial_train, False, sparse, plan.static)
+                if held.used:
+                    train_ds, val_ds = (training.make_dataset(
+                        transform_graph, examples, "train", batch, trial_train,
+                        part == training.FIT, sparse, plan.static, held, part)
+                        for part in (training.FIT, training.VALIDATION))
+                else:
+                    train_ds = training.make_dataset(transform_graph, examples, "train", batch,
+                                                     trial_train, True, sparse, plan.static)
+                    val_ds = None
                 started = time.perf_counter()
                 kwargs.setdefault("verbose", 0)
-                history = net.fit(train_ds, validation_data=eval_ds, **kwargs)
-                scores = [v for v in history.history.get(tune.objective, [])
+                kwargs.pop("validation_data", None)     # never the eval split
+                history = net.fit(train_ds, validation_data=val_ds, **kwargs)
+                scores = [v for v in history.history.get(scored_on, [])
                           if math.isfinite(v)]
                 if not scores:
                     # a diverged trial: the worst score, so the search moves on
                     scores = [math.inf if tune.direction() == "min" else -math.inf]
                 best = min(scores) if tune.direction() == "min" else max(scores)
                 self.trials = getattr(self, "trials", 0) + 1
-                print(f"{runtime.DETAIL_INDENT}trial {self.trials}: {tune.objective} {best:.4f}  "
+                print(f"{runtime.DETAIL_INDENT}trial {self.trials}: {scored_on} {best:.4f}  "
                       f"{describe_values(trial_values(tune.space, hp))}  "
                       f"{time.perf_counter() - started:.0f}s", flush=True)
                 return {tune.objective: best, "seconds": time.perf_counter() - started,
                         "epochs": float(len(history.history.get("loss", [])))}
 
         return HyperModel()
+
+
+def _scored_metric(objective: str, validation: bool) -> str:
+    """The history key a trial is scored by: `objective` on the validation split, or
+    the same metric on the training batches when there is no validation split."""
+    return objective if validation else objective.removeprefix("val_")
 
 
 def _loss(train: TrainConfig) -> str:
@@ -149,11 +167,11 @@ def _trials(tuner, space: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _search(tune: TuneConfig, model: ModelConfig, train: TrainConfig,
             transform_graph: artifacts.Artifact, examples: artifacts.Artifact,
-            directory: str) -> dict[str, Any]:
+            directory: str, held: Any) -> dict[str, Any]:
     import keras
 
     keras.utils.set_random_seed(tune.seed)
-    hypermodel = _HyperModel.make(tune, model, train, transform_graph, examples)
+    hypermodel = _HyperModel.make(tune, model, train, transform_graph, examples, held)
     tuner = _tuner(tune, hypermodel, directory)
     done = sum(t.status == "COMPLETED" for t in tuner.oracle.trials.values())
     if done:
@@ -180,6 +198,8 @@ def _search(tune: TuneConfig, model: ModelConfig, train: TrainConfig,
             "resumed_after_trials": done,
             "space": {k: v.model_dump(exclude_none=True) for k, v in tune.space.items()},
             "epochs_per_trial": tune.epochs, "seed": tune.seed,
+            "scored_on": {"metric": _scored_metric(tune.objective, held.used),
+                          "validation_images": held.validation_count, "note": held.note},
             "seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -201,10 +221,12 @@ def read_best(path: str) -> dict[str, Any]:
 @step()
 def run(transform_graph: In[artifacts.TransformGraph], examples: In[artifacts.Examples],
         tune: TuneConfig, model: ModelConfig, train: TrainConfig,
-        hyperparameters: Out[artifacts.HyperParameters], scratch: Scratch = None
-        ) -> dict[str, Any]:
+        hyperparameters: Out[artifacts.HyperParameters], scratch: Scratch = None,
+        data: DataConfig = None) -> dict[str, Any]:
     """Writes a HyperParameters artifact: a search's result, an earlier one's best
-    values (`train.hyperparameters`, already resolved to a file), or no values."""
+    values (`train.hyperparameters`, already resolved to a file), or no values. Trials
+    fit on the train split less its validation part (`data.validation_fraction`) and
+    are scored on that part, never on the eval split evaluate blesses on."""
     if train.hyperparameters:
         best = read_best(train.hyperparameters)
         apply_values({"model": model, "train": train}, best)      # still valid keys?
@@ -216,14 +238,21 @@ def run(transform_graph: In[artifacts.TransformGraph], examples: In[artifacts.Ex
     else:
         import tempfile
 
+        from components import training
+
         directory = scratch or tempfile.mkdtemp(prefix="search-")   # inside the step's tmp
-        record = _search(tune, model, train, transform_graph, examples, directory)
+        held = training.holdout(transform_graph, examples,
+                                (data or DataConfig()).validation_fraction)
+        record = _search(tune, model, train, transform_graph, examples, directory, held)
+        scored = record["scored_on"]["metric"]
         lines = [f"{len(record['trials'])} trial(s), {tune.algorithm} search, "
                  f"{tune.epochs} epoch(s) each, {record['seconds']:.0f} s"
                  + (f" (resumed after {record['resumed_after_trials']})"
                     if record["resumed_after_trials"] else ""),
-                 f"best {tune.objective} {record['best_score']:.4f} (trial "
-                 f"{record['best_trial']}): {describe_values(record['best'])}"]
+                 f"best {scored} {record['best_score']:.4f} (trial "
+                 f"{record['best_trial']}): {describe_values(record['best'])}",
+                 held.note if held.used else
+                 f"{held.note}; trials are scored on {scored} (training batches)"]
     artifacts.HyperParameters.write(hyperparameters, record)
     hyperparameters.properties = {"best": record["best"], "searched": record["searched"],
                                   "source": record.get("source")}
