@@ -135,7 +135,10 @@ def test_names_that_are_not_utf8_in_a_manifest_are_ingested_or_quarantined(tmp_p
                 handle.write(fixtures.png_bytes(fixtures.class_pattern(ord(label) % 3, i)))
             rows.append({"path": f"{label}\udcff{i}.png", "label": label})
     rows.append({"path": "missing\udcff.png", "label": "a"})
-    rows.append({"path": "a\udcff0.png", "label": "c\ud800"})
+    # an image of its own: the same file under a second label is a label conflict
+    with open(os.path.join(root, b"c\xff0.png"), "wb") as handle:
+        handle.write(fixtures.png_bytes(fixtures.class_pattern(2, 99)))
+    rows.append({"path": "c\udcff0.png", "label": "c\ud800"})
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "c.yaml").write_text(f"name: t\ndata: {{source: '{tmp_path / 'm.jsonl'}'}}\n"
                                      "ingest: {max_bad_fraction: 0.2}\n")

@@ -133,7 +133,8 @@ def test_each_step_receives_only_the_config_it_reads(make_config):
                       infra_validate={"latency_budget_ms": 500})
     by_name = {node.name: invoke.step_config(node, cfg) for node in dag.STEPS}
     assert set(by_name["ingest"]) == {"data", "ingest", "beam"}
-    assert set(by_name["train"]) == {"model", "train"}
+    # data: validation_fraction (the validation split train carves from the train split)
+    assert set(by_name["train"]) == {"model", "train", "data"}
     assert set(by_name["infra_validate"]) == {"infra_validate"}
     assert set(by_name["evaluate"]) == {"evaluate", "beam"}
     # push reads its own section (model name filled in) and records what made the model

@@ -169,7 +169,7 @@ def test_architecture_is_what_a_warm_start_checks(kind, tmp_path):
     # the layer-by-layer copy (train.warm_start) from a saved model of the kind
     source = models.build(cfg, (12, 12, 3), 3)
     _fit_one_step(source, (12, 12, 3), 3)
-    path = str(tmp_path / "model.keras")
+    path = str(tmp_path / "source.keras")
     source.save(path)
     net = models.build(cfg, (12, 12, 3), 3)
     copied = models.warm_start(net, path, cfg, (12, 12, 3), 3, "photos:1")
@@ -192,7 +192,7 @@ def test_transfer_from_a_saved_model_cuts_at_the_pooling(kind, tmp_path):
     shape = (12, 12, 3)
     source = models.build(ModelConfig(kind=kind, hidden_units=WIDTHS), shape, 4)
     _fit_one_step(source, shape, 4)
-    path = str(tmp_path / "model.keras")
+    path = str(tmp_path / "source.keras")
     source.save(path)
     saved = keras.saving.load_model(path, compile=False)
 

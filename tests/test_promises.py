@@ -535,6 +535,6 @@ def test_imgpipe_run_killed_mid_train_resumes_from_its_checkpoint_and_reuses_ear
     # checkpoint), not from scratch; the history holds every epoch
     assert last_saved <= model.properties["resumed_after_epochs"] <= last_saved + 2
     assert model.properties["resumed_after_epochs"] >= 1
-    history = json.load(open(model.path("history.json")))
+    history = json.load(open(model.path(artifacts.Model.FILE)))
     assert len(history["loss"]) == epochs
     assert not list((runs / "scratch").rglob("training_metadata.json"))

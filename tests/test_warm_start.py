@@ -194,7 +194,7 @@ def _saved(tmp_path, cfg, classes, shape=(12, 12, 1)):
 def test_other_classes_are_refused_at_train(tmp_path, graph):
     start = _saved(tmp_path, ModelConfig(kind="cnn"), 4)
     with pytest.raises(ConfigError, match=r"has 4 classes and this data has 3; warm start from"):
-        train.run(*graph, ModelConfig(kind="cnn"), TrainConfig(epochs=1, warm_start=start),
+        train.run(*graph, ModelConfig(kind="cnn"), TrainConfig(epochs=1, batch_size=8, warm_start=start),
                   trained_model=str(tmp_path / "m"))
     assert not artifacts.is_committed(str(tmp_path / "m"))
 
@@ -204,11 +204,11 @@ def test_other_layer_shapes_are_refused_at_train(tmp_path, graph):
     start = _saved(tmp_path, ModelConfig(kind="cnn", hidden_units=[8]), 3)
     with pytest.raises(ConfigError, match=r"its layer 2 \(Dense \[\(144, 8\), \(8,\)\]\) does "
                                           r"not fit layer 2 here \(Dense \[\(144, 32\), \(32,\)\]\)"):
-        train.run(*graph, ModelConfig(kind="cnn"), TrainConfig(epochs=1, warm_start=start),
+        train.run(*graph, ModelConfig(kind="cnn"), TrainConfig(epochs=1, batch_size=8, warm_start=start),
                   trained_model=str(tmp_path / "m"))
     start = _saved(tmp_path, ModelConfig(kind="dense"), 3)
     with pytest.raises(ConfigError, match="is a dense model and model.kind is cnn"):
-        train.run(*graph, ModelConfig(kind="cnn"), TrainConfig(epochs=1, warm_start=start),
+        train.run(*graph, ModelConfig(kind="cnn"), TrainConfig(epochs=1, batch_size=8, warm_start=start),
                   trained_model=str(tmp_path / "m"))
 
 
