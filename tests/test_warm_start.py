@@ -132,6 +132,9 @@ def test_training_starts_from_the_referenced_models_weights(tmp_path, graph, reg
     version = _push(tmp_path, model, registry.root, tag="warm")
     card = registry.get(NAME, version).card
     assert card["model"]["warm_start"] == {"ref": f"{NAME}@production", "version": f"{NAME}:1"}
+    # ... and which epoch's weights were kept, on which validation split
+    assert card["model"]["kept_epoch"] == model.properties["kept_epoch"] in (1, 2)
+    assert card["model"]["validation"] == model.properties["validation"]
     capsys.readouterr()
     assert cli.main(["models", "show", f"{NAME}:{version}", "--registry", registry.root]) == 0
     assert f"warm start: from {NAME}:1 ({NAME}@production)" in capsys.readouterr().out

@@ -46,6 +46,11 @@ def model_card(trained_model: artifacts.Artifact, blessing: artifacts.Artifact,
                   "trainable_params": trained_model.properties.get("trainable_params"),
                   "image_shape": trained_model.properties.get("image_shape"),
                   "epochs": trained_model.properties.get("epochs"),
+                  # the epoch whose weights were kept (early stopping restores the best
+                  # on the validation split) and how that split was carved
+                  "kept_epoch": trained_model.properties.get("kept_epoch"),
+                  "validation": trained_model.properties.get("validation"),
+                  "augmentation": trained_model.properties.get("augmentation"),
                   "fingerprint": trained_model.fingerprint,
                   # what a later warm start checks, and where this one started from
                   "architecture": trained_model.properties.get("architecture"),
