@@ -426,6 +426,23 @@ class OptimizerConfig(Section):
     beta_1: float = Field(0.9, ge=0.0, lt=1.0)
     beta_2: float = Field(0.999, ge=0.0, lt=1.0)
     momentum: float = Field(0.0, ge=0.0, lt=1.0)
+    schedule: Literal["constant", "cosine", "exponential", "one_cycle"] = Field(
+        "constant", description="The learning rate over training: constant; cosine (decays "
+                                "to 0 by the last step, after warmup_epochs of linear "
+                                "warmup); exponential (x decay_rate each epoch); one_cycle "
+                                "(from learning_rate/25 up to learning_rate over the first "
+                                "30% of the steps, or warmup_epochs, then cosine down).")
+    warmup_epochs: float = Field(0.0, ge=0.0, description="Linear warmup (cosine, one_cycle).")
+    decay_rate: float = Field(0.9, gt=0.0, lt=1.0,
+                              description="The exponential schedule's factor per epoch.")
+
+    @model_validator(mode="after")
+    def _warmup_has_a_schedule(self) -> "OptimizerConfig":
+        if self.warmup_epochs and self.schedule in ("constant", "exponential"):
+            raise ValueError(f"warmup_epochs {self.warmup_epochs:g} with schedule "
+                             f"{self.schedule}: warmup is for schedule cosine or one_cycle; "
+                             "set one of those, or drop warmup_epochs")
+        return self
 
 
 # train.augment: each layer's default factor (a list of names takes these) and its bounds.
@@ -509,6 +526,9 @@ class TrainConfig(Section):
                                 "validation split (data.validation_fraction of the training "
                                 "images; the training loss when there is none) and keep the "
                                 "best epoch's weights.")
+    label_smoothing: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Softens the one-hot targets (e.g. 0.1): the "
+                                         "categorical loss only.")
     seed: int = 42
     cache_memory_mb: int = Field(
         CACHE_MEMORY_MB, ge=0, description="Cache the decoded training data in memory when it "
@@ -560,6 +580,10 @@ class TrainConfig(Section):
                              f"train.loss {self.loss} trains on {labels.replace('_', '-')} "
                              f"labels; use accuracy (either labels), or "
                              f"{instead}")
+        if self.label_smoothing and self.loss == "sparse_categorical_crossentropy":
+            raise ValueError(f"train.label_smoothing {self.label_smoothing:g} smooths one-hot "
+                             "targets and train.loss sparse_categorical_crossentropy trains on "
+                             "integer labels; drop train.loss, or label_smoothing")
         return self
 
     # Where the runner resolved `warm_start` (now the Keras file) from: {ref, version}

@@ -56,13 +56,50 @@ def plan_for(train: TrainConfig, strategy) -> Plan:
 
 
 def compile_model(net, train: TrainConfig, plan: Plan, loss: str,
-                  rate: float | None = None) -> None:
-    """Compiles with the config's optimizer (at `rate` when given) and metrics. Padded
-    eval batches carry weights: metrics must use them."""
+                  rate: float | None = None, steps_per_epoch: int | None = None,
+                  epochs: int | None = None) -> None:
+    """Compiles with the config's optimizer (at `rate` when given: a constant rate, as a
+    fine-tuning phase has; else `train.optimizer.schedule` over `epochs` of
+    `steps_per_epoch`) and metrics, and `train.label_smoothing` on the categorical loss.
+    Padded eval batches carry weights: metrics must use them."""
+    import keras
+
     metric_args = ({"weighted_metrics": list(train.metrics)} if plan.static
                    else {"metrics": list(train.metrics)})
-    net.compile(optimizer=optimizer(train, rate), loss=loss,
+    if train.label_smoothing and loss == "categorical_crossentropy":
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing)
+    schedule = None if rate is not None else \
+        learning_rate_schedule(train, steps_per_epoch, epochs or train.epochs)
+    net.compile(optimizer=optimizer(train, rate if schedule is None else schedule), loss=loss,
                 steps_per_execution=plan.steps_per_execution, **metric_args)
+
+
+def learning_rate_schedule(train: TrainConfig, steps_per_epoch: int | None, epochs: int):
+    """The Keras schedule `train.optimizer.schedule` names, over `epochs` of
+    `steps_per_epoch` optimizer steps; None for a constant rate (or when the steps are
+    not known: a caller that cannot count them trains at the constant rate)."""
+    import keras
+
+    opt = train.optimizer
+    if opt.schedule == "constant" or not steps_per_epoch:
+        return None
+    total = max(1, steps_per_epoch * epochs)
+    rate = opt.learning_rate
+    schedules = keras.optimizers.schedules
+    if opt.schedule == "exponential":
+        return schedules.ExponentialDecay(rate, decay_steps=steps_per_epoch,
+                                          decay_rate=opt.decay_rate)
+    if opt.schedule == "one_cycle":
+        warmup = int(opt.warmup_epochs * steps_per_epoch) if opt.warmup_epochs \
+            else int(0.3 * total)
+        start = rate / 25
+    else:                                    # cosine
+        warmup, start = int(opt.warmup_epochs * steps_per_epoch), 0.0
+    warmup = min(warmup, total - 1)
+    if not warmup:
+        return schedules.CosineDecay(rate, decay_steps=total)
+    return schedules.CosineDecay(start, decay_steps=total - warmup, warmup_target=rate,
+                                 warmup_steps=warmup)
 
 
 
@@ -404,11 +441,25 @@ def export(model, graph: artifacts.Artifact, path: str) -> None:
         "transform_features": module.transform_features})
 
 
-def optimizer(cfg: TrainConfig, learning_rate: float | None = None):
+def describe_schedule(train: TrainConfig) -> list[str]:
+    """A summary line for a schedule or label smoothing other than the defaults."""
+    opt, parts = train.optimizer, []
+    if opt.schedule != "constant":
+        warm = f", warmup {opt.warmup_epochs:g} epoch(s)" if opt.warmup_epochs else ""
+        every = f" x{opt.decay_rate:g} per epoch" if opt.schedule == "exponential" else ""
+        parts.append(f"learning rate: {opt.schedule} from {opt.learning_rate:g}{every}{warm}")
+    if train.label_smoothing:
+        parts.append(f"label smoothing {train.label_smoothing:g}")
+    return ["; ".join(parts)] if parts else []
+
+
+def optimizer(cfg: TrainConfig, learning_rate: Any = None):
+    """The configured optimizer at `learning_rate` (a number or a Keras schedule;
+    default train.optimizer.learning_rate)."""
     import keras
 
     opt = cfg.optimizer
-    rate = learning_rate or opt.learning_rate
+    rate = opt.learning_rate if learning_rate is None else learning_rate
     if opt.name == "adam":
         return keras.optimizers.Adam(rate, beta_1=opt.beta_1, beta_2=opt.beta_2)
     if opt.name == "sgd":

@@ -5,7 +5,10 @@ images it has), it does augment 3-channel photos, augmentation never reaches the
 or validation batches nor the exported model (serving is deterministic, the SavedModel
 holds no augmentation layer), brightness/contrast work on pixels 0-255 before the
 normalization (augmented images stay in the normalized range), and the summary says
-which augmentation ran."""
+which augmentation ran.
+
+train.optimizer.schedule and train.label_smoothing (issue 25.3): the learning rate at
+given steps, what the trained model's optimizer was compiled with, and the refusals."""
 
 from __future__ import annotations
 
@@ -152,3 +155,71 @@ def test_yaml_off_and_lists_load():
     assert cfg.train.augment == "off"
     cfg = config_lib.from_dict({"train": {"augment": ["flip", "zoom"]}})
     assert cfg.train.augment == {"flip": "horizontal", "zoom": 0.1}
+
+
+# --- learning-rate schedules and label smoothing -------------------------------------------
+
+
+@pytest.mark.parametrize("schedule, extra, expected", [
+    # 4 epochs of 10 steps from 0.01
+    ("cosine", {}, {0: 0.01, 20: 0.005, 40: 0.0}),
+    ("cosine", {"warmup_epochs": 1}, {0: 0.0, 5: 0.005, 10: 0.01, 25: 0.005, 40: 0.0}),
+    ("exponential", {"decay_rate": 0.5}, {0: 0.01, 10: 0.005, 20: 0.0025, 30: 0.00125}),
+    # up from 0.01/25 over 30% of the 40 steps, then a cosine down
+    ("one_cycle", {}, {0: 0.0004, 12: 0.01, 26: 0.005, 40: 0.0}),
+    ("one_cycle", {"warmup_epochs": 2}, {0: 0.0004, 20: 0.01, 30: 0.005}),
+])
+def test_schedule_values_at_given_steps(schedule, extra, expected):
+    cfg = TrainConfig(epochs=4, optimizer={"learning_rate": 0.01, "schedule": schedule, **extra})
+    rate = training.learning_rate_schedule(cfg, steps_per_epoch=10, epochs=4)
+    for step, value in expected.items():
+        assert float(rate(step)) == pytest.approx(value, abs=1e-6), (step, float(rate(step)))
+
+
+def test_constant_is_todays_behaviour():
+    assert training.learning_rate_schedule(TrainConfig(), 10, 4) is None
+    assert training.describe_schedule(TrainConfig()) == []
+
+
+def test_training_follows_the_schedule_and_smooths_labels(gray, tmp_path):
+    """The model train writes was compiled with the schedule over its real step count
+    (cosine: 0 after the last step) and the smoothed categorical loss."""
+    import keras
+
+    graph, examples = gray
+    cfg = TrainConfig(epochs=2, batch_size=4, label_smoothing=0.1,
+                      optimizer={"learning_rate": 0.01, "schedule": "cosine"})
+    summary = train.run(graph, examples, ModelConfig(kind="logistic"), cfg,
+                        trained_model=str(tmp_path / "m"))
+    assert "learning rate: cosine from 0.01; label smoothing 0.1" in summary["lines"]
+    model = artifacts.read(str(tmp_path / "m"))
+    net = keras.saving.load_model(model.path(artifacts.Model.KERAS_FILE))
+    rate = net.optimizer.learning_rate
+    steps = int(net.optimizer.iterations.numpy())
+    assert steps == model.properties["optimizer_steps"] > 0
+    # after the last step the cosine is at its end (0), not at the configured 0.01
+    assert float(rate) == pytest.approx(0.0, abs=1e-6)
+    assert net.loss.get_config()["label_smoothing"] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"optimizer": {"warmup_epochs": 1}},
+     "warmup is for schedule cosine or one_cycle"),
+    ({"optimizer": {"schedule": "exponential", "warmup_epochs": 1}},
+     "warmup is for schedule cosine or one_cycle"),
+    ({"optimizer": {"schedule": "step"}}, "schedule"),
+    ({"optimizer": {"schedule": "cosine", "decay_rate": 1.5}}, "decay_rate"),
+    ({"label_smoothing": 0.1, "loss": "sparse_categorical_crossentropy"},
+     "smooths one-hot targets"),
+    ({"label_smoothing": 1.0}, "label_smoothing"),
+])
+def test_schedule_and_smoothing_mistakes_are_one_line(tmp_path, capsys, section, message):
+    import yaml
+
+    from pipeline import cli
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"data": {"source": "builtin:digits"}, "train": section}))
+    assert cli.main(["run", str(path), "--runs-dir", str(tmp_path / "runs")]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("imgpipe: error: ") and message in line, line

@@ -201,7 +201,7 @@ def run(transform_graph: In[artifacts.TransformGraph], examples: In[artifacts.Ex
             # (not that model itself: the optimizer and compile settings stay this config's)
             models.warm_start(net, train.warm_start, model, shape, num_classes,
                               f"train.warm_start {_describe(source)}")
-        compile_model(net, train, plan, loss)
+        compile_model(net, train, plan, loss, steps_per_epoch=held.fit_count // global_batch)
     fitting = Fitting(net, train_ds, eval_ds, strategy, reason, plan, loss, val_ds, held,
                       training.augmentation(train.augment, shape[-1])[1])
     log.info("%s; %s", fitting.augmentation, held.note)
@@ -217,6 +217,7 @@ def run(transform_graph: In[artifacts.TransformGraph], examples: In[artifacts.Ex
         if source["version"] is not None else \
         [f"no warm start: nothing is pushed as {source['ref']} yet (the first run trains "
          "from random initialisation)"]
+    started += training.describe_schedule(train)
     return {"final": final, "tuned": tuned["best"], "warm_start": source,
             "lines": started + _lines(fitting, model, tuned["best"], epochs, resumed, final,
                                       trained_model.uri)}

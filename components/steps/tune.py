@@ -84,7 +84,10 @@ class _HyperModel:
                 loss = _loss(trial_train)
                 with strategy.scope():
                     net = models.build(trial_model, shape, classes)
-                    training.compile_model(net, trial_train, plan, loss)
+                    training.compile_model(
+                        net, trial_train, plan, loss, epochs=tune.epochs,
+                        steps_per_epoch=held.fit_count // (trial_train.batch_size *
+                                                           strategy.num_replicas_in_sync))
                 return net
 
             def fit(self, hp, net, *args, **kwargs):
