@@ -184,6 +184,41 @@ class KfpConfig(Section):
         return self.gpu_image
 
 
+# The defaults for 3-channel photos (data.channels: 3), under the keys a config gives:
+# trained from scratch (no ImageNet weights are needed), an Xception-style net with
+# augmentation (train.augment auto), a cosine schedule with warmup and label smoothing.
+# Measured by bench/accuracy.py (configs/photos.yaml). The course's models keep their
+# exact architectures and training as explicit kinds: a config naming model.kind gets
+# neither PHOTO_MODEL nor PHOTO_TRAIN.
+PHOTO_MODEL = {"kind": "xception"}
+PHOTO_TRAIN = {"epochs": 30, "batch_size": 32, "label_smoothing": 0.1,
+               "optimizer": {"learning_rate": 0.002, "schedule": "cosine", "warmup_epochs": 2}}
+
+
+def photo_defaults(tree: Any) -> Any:
+    """For 3-channel data whose config names no model.kind: PHOTO_MODEL under its model
+    keys and PHOTO_TRAIN under its train keys; other trees as they are."""
+    data = tree.get("data") if isinstance(tree, dict) else None
+    if not isinstance(data, dict) or data.get("channels") != 3:
+        return tree
+    model = tree.get("model", {})
+    if not isinstance(model, dict) or "kind" in model:
+        return tree
+    tree = {**tree, "model": {**PHOTO_MODEL, **model}}
+    train = tree.get("train") if "train" in tree else {}
+    if isinstance(train, dict):
+        optimizer = train.get("optimizer", {})
+        if isinstance(optimizer, dict) and "name" in optimizer and optimizer["name"] != "adam":
+            # another optimizer: its own rate and schedule, not the photos' adam ones
+            merged_optimizer = optimizer
+        elif isinstance(optimizer, dict):
+            merged_optimizer = {**PHOTO_TRAIN["optimizer"], **optimizer}
+        else:
+            merged_optimizer = optimizer
+        tree["train"] = {**PHOTO_TRAIN, **train, "optimizer": merged_optimizer}
+    return tree
+
+
 class PipelineConfig(Section):
     """A whole pipeline: one section per step."""
 
@@ -208,6 +243,11 @@ class PipelineConfig(Section):
     @classmethod
     def _valid_name(cls, value: str) -> str:
         return identifier(value, "name (it names the model in the registry)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _photo_defaults(cls, tree: Any) -> Any:
+        return photo_defaults(tree)
 
     @model_validator(mode="after")
     def _remote_workers_reach_their_paths(self) -> "PipelineConfig":

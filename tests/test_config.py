@@ -117,3 +117,26 @@ def test_every_command_line_argument_has_help():
 
     walk(cli.build_parser(), "imgpipe")
     assert missing == []
+
+
+@pytest.mark.parametrize("tree, kind, schedule, epochs", [
+    # 3-channel data naming no model.kind: the photo defaults, under the keys given
+    ({"data": {"channels": 3}}, "xception", "cosine", 30),
+    ({"data": {"channels": 3}, "train": {"epochs": 5}}, "xception", "cosine", 5),
+    ({"data": {"channels": 3}, "model": {"dropout": 0.3}}, "xception", "cosine", 30),
+    # a named kind keeps the course's model and training exactly; 1-channel data too
+    ({"data": {"channels": 3}, "model": {"kind": "deep_cnn"}}, "deep_cnn", "constant", 10),
+    ({"data": {"channels": 1}}, "deep_cnn", "constant", 10),
+    ({}, "deep_cnn", "constant", 10),
+])
+def test_photo_defaults_apply_to_3_channel_data_that_names_no_model(tree, kind, schedule,
+                                                                    epochs):
+    cfg = config_lib.from_dict({"data": {"source": "x", **tree.get("data", {})},
+                                **{k: v for k, v in tree.items() if k != "data"}})
+    assert (cfg.model.kind, cfg.train.optimizer.schedule, cfg.train.epochs) == \
+        (kind, schedule, epochs)
+    photos = kind == "xception"
+    assert cfg.train.label_smoothing == (0.1 if photos else 0.0)
+    assert cfg.train.optimizer.learning_rate == (0.002 if photos else 0.001)
+    # what a run records loads back to the same config
+    assert config_lib.from_dict(cfg.to_dict()).to_dict() == cfg.to_dict()
