@@ -586,6 +586,18 @@ def evaluate_multi_worker(net, ds, strategy, sparse: bool) -> dict[str, float]:
         losses = (keras.losses.SparseCategoricalCrossentropy if sparse
                   else keras.losses.CategoricalCrossentropy)(reduction=None)
 
+    step = _weighted_sums_step(net, strategy, losses, sparse)
+    sums = [0.0, 0.0, 0.0]
+    for batch in strategy.experimental_distribute_dataset(ds):
+        sums = [s + float(v) for s, v in zip(sums, step(batch))]
+    return {"loss": sums[0] / max(sums[2], 1.0), "accuracy": sums[1] / max(sums[2], 1.0)}
+
+
+def _weighted_sums_step(net, strategy, losses, sparse: bool):
+    """A distributed step over (images, labels, weights) batches: the summed weighted
+    loss, the weighted count of correct predictions, and the summed weights."""
+    import tensorflow as tf
+
     @tf.function
     def step(batch):
         def replica(images, labels, weights):
@@ -597,10 +609,7 @@ def evaluate_multi_worker(net, ds, strategy, sparse: bool) -> dict[str, float]:
         parts = strategy.run(replica, args=batch)
         return [strategy.reduce(tf.distribute.ReduceOp.SUM, p, axis=None) for p in parts]
 
-    sums = [0.0, 0.0, 0.0]
-    for batch in strategy.experimental_distribute_dataset(ds):
-        sums = [s + float(v) for s, v in zip(sums, step(batch))]
-    return {"loss": sums[0] / max(sums[2], 1.0), "accuracy": sums[1] / max(sums[2], 1.0)}
+    return step
 
 
 def fit_multi_worker(net, optimizer_, train_ds, eval_ds, strategy, sparse: bool,
@@ -642,16 +651,7 @@ def fit_multi_worker(net, optimizer_, train_ds, eval_ds, strategy, sparse: bool,
         return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(replica, args=batch),
                                axis=None)
 
-    @tf.function
-    def eval_step(batch):
-        def replica(images, labels, weights):
-            probs = net(images, training=False)
-            correct = tf.cast(tf.equal(tf.argmax(probs, -1), labels if sparse else
-                                       tf.argmax(labels, -1)), tf.float32)
-            return (tf.reduce_sum(losses(labels, probs) * weights),
-                    tf.reduce_sum(correct * weights), tf.reduce_sum(weights))
-        parts = strategy.run(replica, args=batch)
-        return [strategy.reduce(tf.distribute.ReduceOp.SUM, p, axis=None) for p in parts]
+    eval_step = _weighted_sums_step(net, strategy, losses, sparse)
 
     train_dist = strategy.experimental_distribute_dataset(train_ds)
     eval_dist = None if eval_ds is None else strategy.experimental_distribute_dataset(eval_ds)
