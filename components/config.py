@@ -11,9 +11,10 @@ import os
 import re
 import types
 import typing
-from typing import Any, ClassVar, Literal, Optional, Union
+from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, field_validator,
+                      model_validator)
 
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_DATASETS = ("fonts", "digits", "fashion_mnist")
@@ -115,6 +116,11 @@ def expand_path(value: Any) -> Any:
     return os.path.expanduser(expanded) if expanded.startswith("~") else expanded
 
 
+
+# A path field: $VAR / ${VAR} and a leading ~ expanded before the type check.
+PathText = Annotated[str, BeforeValidator(expand_path)]
+
+
 # A container image reference (distribution/reference's grammar: [HOST[:PORT]/]PATH
 # [:TAG][@DIGEST], each path component lower-case letters and digits with . _ __ - between).
 _HOST_PART = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
@@ -198,7 +204,7 @@ def _bool_for_number(annotation: Any, value: Any) -> bool:
 class DataConfig(Section):
     """Where the images come from and what shape the model sees."""
 
-    source: str = Field(
+    source: PathText = Field(
         "builtin:fonts",
         description="builtin:fonts|digits|fashion_mnist, a folder of class folders, "
                     "a CSV/JSONL manifest, an NPZ file, or MNIST IDX files; with {SPAN} "
@@ -233,11 +239,6 @@ class DataConfig(Section):
     eval_spans: Literal["newest", "all"] = Field(
         "newest", description="Whose eval split a window of spans evaluates on: the newest "
                               "span's, or every span's.")
-
-    @field_validator("source", mode="before")
-    @classmethod
-    def _expand_source(cls, value: Any) -> Any:
-        return expand_path(value)
 
     @field_validator("source")
     @classmethod
@@ -339,7 +340,7 @@ class IngestConfig(Section):
 class ValidateConfig(Section):
     """Schema enforcement and drift limits."""
 
-    schema_path: Optional[str] = Field(
+    schema_path: Optional[PathText] = Field(
         None, alias="schema",
         description="TFMD schema (text proto) to enforce; default: inferred from this run. "
                     "A local file must exist when the config loads." + PATH_HELP)
@@ -357,11 +358,6 @@ class ValidateConfig(Section):
                                             description="Decode-failure rate that warns.")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
-
-    @field_validator("schema_path", mode="before")
-    @classmethod
-    def _expand_schema(cls, value: Any) -> Any:
-        return expand_path(value)
 
     _moved: ClassVar[dict[str, str]] = {
         "near_duplicate_bits": "near_duplicate_bits is gone: near-duplicates are now decided "
@@ -397,7 +393,7 @@ class ModelConfig(Section):
         "glorot_uniform"
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
     base: Literal["mobilenet_v2", "efficientnet_b0", "resnet50"] = "mobilenet_v2"
-    weights: Optional[str] = Field(None, description="Transfer base weights: imagenet, a "
+    weights: Optional[PathText] = Field(None, description="Transfer base weights: imagenet, a "
                                                      "weights file, run:RUN_ID, or MODEL@ALIAS."
                                                      + PATH_HELP)
     pooling: Literal["flatten", "avg", "max"] = "flatten"
@@ -413,11 +409,6 @@ class ModelConfig(Section):
             raise ValueError(f"hidden_units are layer widths and must be > 0, got {value}; "
                              "e.g. hidden_units: [128, 32], or [] for no hidden layer")
         return value
-
-    @field_validator("weights", mode="before")
-    @classmethod
-    def _expand_weights(cls, value: Any) -> Any:
-        return expand_path(value)
 
 
 class OptimizerConfig(Section):
@@ -536,7 +527,7 @@ class TrainConfig(Section):
                                            f"{CACHE_BYTES_PER_EXAMPLE} bytes an example); "
                                            "larger data streams from disk every epoch.")
     shuffle_buffer: int = Field(10_000, gt=0)
-    hyperparameters: Optional[str] = Field(
+    hyperparameters: Optional[PathText] = Field(
         None, description="Reuse an earlier search instead of tuning: run:RUN_ID (a run "
                           "with a tune step), a pushed model (NAME@ALIAS, NAME:VERSION) or "
                           "a hyperparameters.json file." + PATH_HELP)
@@ -551,11 +542,6 @@ class TrainConfig(Section):
     @classmethod
     def _augment_layers(cls, value: Any) -> Any:
         return _checked_augment(value)
-
-    @field_validator("hyperparameters", mode="before")
-    @classmethod
-    def _expand_hyperparameters(cls, value: Any) -> Any:
-        return expand_path(value)
 
     @field_validator("metrics")
     @classmethod
@@ -775,7 +761,7 @@ class VertexPushConfig(Section):
 class PushConfig(Section):
     """Where blessed models go (TF Serving layout) and which alias moves with them."""
 
-    destination: str = Field("./serving", description="Local folder or gs:// path (TF Serving "
+    destination: PathText = Field("./serving", description="Local folder or gs:// path (TF Serving "
                                                       "layout); also the registry root."
                                                       + PATH_HELP)
     model_name: Optional[str] = Field(None, description="Registry name; default: the "
@@ -794,11 +780,6 @@ class PushConfig(Section):
                              "moved or compared against; use an alias such as staging or "
                              "production")
         return identifier(value, info.field_name)
-
-    @field_validator("destination", mode="before")
-    @classmethod
-    def _expand_destination(cls, value: Any) -> Any:
-        return expand_path(value)
 
     @field_validator("destination")
     @classmethod
