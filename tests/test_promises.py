@@ -19,6 +19,7 @@ import time
 import pytest
 
 from components.registry import Registry
+from tests.test_cloud_state import _push_inputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -156,39 +157,6 @@ def test_concurrent_promotions_of_two_versions_record_both_and_one_wins(tmp_path
     assert reg.aliases("m") == {"production": second[1]}
 
 
-def _committed(uri, kind, files, properties=None):
-    from components import artifacts
-
-    with artifacts.writing(str(uri), kind) as writer:
-        for name, text in files.items():
-            os.makedirs(os.path.dirname(writer.file(name)), exist_ok=True)
-            with open(writer.file(name), "w") as handle:
-                handle.write(text)
-        writer.properties = properties or {}
-        return writer.commit()
-
-
-def _push_inputs(folder):
-    """A blessed, infra-validated model and what the push step reads besides it."""
-    from components import artifacts
-
-    saved_model = artifacts.Model.SAVED_MODEL
-    return (
-        _committed(folder / "model", artifacts.Model,
-                   {f"{saved_model}/{artifacts.SAVED_MODEL_PB}": "new model"},
-                   {"kind": "dense"}),
-        _committed(folder / "blessing", artifacts.ModelBlessing, {artifacts.ModelBlessing.FILE:
-                   json.dumps({"blessed": True, "reason": "ok", "baseline": None,
-                               "gate": "point", "checks": []})}, {"blessed": True}),
-        _committed(folder / "infra", artifacts.InfraBlessing, {artifacts.InfraBlessing.FILE:
-                   json.dumps({"passed": True, "reason": "served"})}, {"passed": True}),
-        _committed(folder / "evaluation", artifacts.ModelEvaluation, {
-            artifacts.ModelEvaluation.FILE: json.dumps(
-                {"metrics": {"slices": {"overall": {"accuracy": 0.9}}, "per_class": {}}})}),
-        _committed(folder / "statistics", artifacts.ExampleStatistics,
-                   {artifacts.ExampleStatistics.FILE: json.dumps({"num_examples": 10})}))
-
-
 def _push_step(root, inputs_folder, out):
     from components import artifacts
     from components.config import PushConfig
@@ -209,7 +177,7 @@ def test_a_promotion_racing_push_promote_to_records_both_and_one_wins(tmp_path):
     the audit log, chained, and the alias names whichever came last."""
     reg = _registry(tmp_path, 1, [])
     folder = tmp_path / "inputs"
-    _push_inputs_cache[str(folder)] = _push_inputs(folder)
+    _push_inputs_cache[str(folder)] = _push_inputs(tmp_path, seed="race")
     reports = _race(lambda kind, *a: (_push_step if kind == "push" else _promote)(*a),
                     [("push", reg.root, str(folder), str(tmp_path / "pushed")),
                      ("promote", reg.root, "m:1")])
