@@ -377,13 +377,12 @@ def preflight(config: PipelineConfig, runs_dir: str, steps: list[str],
     source = config.data.source
     if "train" in steps and source.startswith(BUILTIN_PREFIX):
         from components.datasets import TRAIN_IMAGES
+        from components.steps.train import check_batch_fits
 
         known = TRAIN_IMAGES.get(source[len(BUILTIN_PREFIX):])
-        if known is not None and config.train.batch_size > known:
-            raise ConfigError(
-                f"train.batch_size {config.train.batch_size} is larger than {source}'s "
-                f"{known} training images: not one full batch, so no optimizer step would "
-                f"run; set train.batch_size to at most {known} (e.g. 32).")
+        if known is not None:
+            check_batch_fits(config.train.batch_size, known,
+                             what=f"{source}'s {known} training images")
     if not source.startswith(BUILTIN_PREFIX) and not fileio.is_remote(source):
         src, runs = os.path.realpath(source), os.path.realpath(runs_dir)
         if os.path.isdir(src) and (runs == src or runs.startswith(src + os.sep)):

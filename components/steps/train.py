@@ -247,18 +247,19 @@ def _score_eval(fitting: Fitting) -> dict[str, float]:
     return {f"eval_{k}": float(v) for k, v in scores.items()}
 
 
-def check_batch_fits(global_batch: int, examples: int, replicas: int = 1) -> None:
+def check_batch_fits(global_batch: int, examples: int, replicas: int = 1,
+                     what: str | None = None) -> None:
     """Training batches are full (static shapes), so a batch larger than the training
     split gives no batch at all: no optimizer step, a model of random weights. Refused
-    before anything trains."""
+    before anything trains (`what`: the examples' name, default the training split)."""
     if examples >= global_batch:
         return
     per_replica = f" x {replicas} replicas = {global_batch}" if replicas > 1 else ""
     raise ConfigError(
-        f"train.batch_size {global_batch // replicas}{per_replica} is larger than the "
-        f"training split ({examples} examples): not one full batch, so no optimizer step "
-        f"would run; set train.batch_size to at most {max(1, examples // replicas)} "
-        "(e.g. 32).")
+        f"train.batch_size {global_batch // replicas}{per_replica} is larger than "
+        f"{what or f'the training split ({examples} examples)'}: not one full batch, so no "
+        f"optimizer step would run; set train.batch_size to at most "
+        f"{max(1, examples // replicas)} (e.g. 32).")
 
 
 def _warm_start_source(model: ModelConfig, train: TrainConfig) -> dict[str, str] | None:
