@@ -84,8 +84,8 @@ def install_stop_handlers() -> None:
         # Threads of Beam/TF that fail because of the stop would print tracebacks.
         logging.disable(logging.CRITICAL)
         threading.excepthook = lambda args: None
-        if first and _DEFERRED:
-            _DEFERRED[-1] = name        # raised by raise_deferred_stop, after the record
+        if first and _DEFERRING:
+            _STOP["held"] = "yes"       # raised by raise_deferred_stop, after the record
         elif first:
             raise Stopped(name)
 
@@ -98,8 +98,8 @@ def stop_signal() -> str | None:
     return _STOP.get("signal")
 
 
-# A stack of open `deferred_stop` blocks; each holds the signal that arrived in it.
-_DEFERRED: list[str | None] = []
+# How many `deferred_stop` blocks are open (one entry each).
+_DEFERRING: list[None] = []
 
 
 @contextlib.contextmanager
@@ -108,22 +108,17 @@ def deferred_stop() -> Iterator[None]:
     effect outside the artifacts (a version published, an alias moved) completes and is
     recorded. The stop is then raised by `raise_deferred_stop`, which the runner calls
     once it has recorded the step; a stop that came before the block raises at once."""
-    _DEFERRED.append(None)
+    _DEFERRING.append(None)
     try:
         yield
     finally:
-        pending = _DEFERRED.pop()
-        if pending is not None:
-            _PENDING.append(pending)
-
-
-_PENDING: list[str] = []
+        _DEFERRING.pop()
 
 
 def raise_deferred_stop() -> None:
     """Raises the stop a `deferred_stop` block held back, if one did."""
-    if _PENDING:
-        raise Stopped(_PENDING.pop())
+    if _STOP.pop("held", None):
+        raise Stopped(_STOP["signal"])
 
 
 # --- who is running ------------------------------------------------------------------
