@@ -213,10 +213,12 @@ def run(transform_graph: In[artifacts.TransformGraph], examples: In[artifacts.Ex
         return _train_as_worker(fitting, model, train, transform_graph)
     final, epochs, resumed = _fit_and_write(fitting, model, train, tuned, transform_graph,
                                             trained_model, scratch, source)
-    started = [] if source is None else [f"warm start from {_describe(source)}"] \
-        if source["version"] is not None else \
-        [f"no warm start: nothing is pushed as {source['ref']} yet (the first run trains "
-         "from random initialisation)"]
+    started = []
+    if source is not None and source["version"] is not None:
+        started.append(f"warm start from {_describe(source)}")
+    elif source is not None:
+        started.append(f"no warm start: nothing is pushed as {source['ref']} yet (the first "
+                       "run trains from random initialisation)")
     started += training.describe_schedule(train)
     return {"final": final, "tuned": tuned["best"], "warm_start": source,
             "lines": started + _lines(fitting, model, tuned["best"], epochs, resumed, final,
