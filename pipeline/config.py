@@ -205,17 +205,13 @@ def photo_defaults(tree: Any) -> Any:
     if not isinstance(model, dict) or "kind" in model:
         return tree
     tree = {**tree, "model": {**PHOTO_MODEL, **model}}
-    train = tree.get("train") if "train" in tree else {}
+    train = tree.get("train", {})
     if isinstance(train, dict):
         optimizer = train.get("optimizer", {})
-        if isinstance(optimizer, dict) and "name" in optimizer and optimizer["name"] != "adam":
-            # another optimizer: its own rate and schedule, not the photos' adam ones
-            merged_optimizer = optimizer
-        elif isinstance(optimizer, dict):
-            merged_optimizer = {**PHOTO_TRAIN["optimizer"], **optimizer}
-        else:
-            merged_optimizer = optimizer
-        tree["train"] = {**PHOTO_TRAIN, **train, "optimizer": merged_optimizer}
+        # another optimizer keeps its own rate and schedule, not the photos' adam ones
+        if isinstance(optimizer, dict) and optimizer.get("name", "adam") == "adam":
+            optimizer = {**PHOTO_TRAIN["optimizer"], **optimizer}
+        tree["train"] = {**PHOTO_TRAIN, **train, "optimizer": optimizer}
     return tree
 
 
