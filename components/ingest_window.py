@@ -93,8 +93,7 @@ def ingest_parts(data: DataConfig, ingest: IngestConfig, store: str,
             st_w = artifacts.ArtifactWriter(st_uri, artifacts.ExampleStatistics, producer)
             try:
                 summary = ingest_one(span.source(data), ex_w, st_w) or {}
-                warnings += [f"{span.label}: {line}" for line in summary.get("lines", [])
-                             if line.startswith("warning:")]
+                warnings += [f"{span.label}: {line}" for line in summary.get("warnings", [])]
                 ex_w.commit()
                 st_w.commit()
             except BaseException:

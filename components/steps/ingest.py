@@ -120,10 +120,12 @@ def _ingest_one(data: DataConfig, ingest: IngestConfig, beam: BeamConfig,
                        ("num_inputs", "num_examples", "num_quarantined", "bad_fraction",
                         "class_names", "duplicates")}
     split_counts = {split: sum(stats["counts"][split].values()) for split in SPLITS}
+    warnings = _label_warnings(plan, stats)
     return {
         "num_examples": stats["num_examples"],
         "num_quarantined": stats["num_quarantined"],
         "splits": split_counts,
+        "warnings": warnings,       # also the last lines; a window of spans shows them
         "lines": [
             f"{stats['num_examples']} examples from {data.source} "
             f"(train {split_counts['train']}, eval {split_counts['eval']}), "
@@ -137,7 +139,7 @@ def _ingest_one(data: DataConfig, ingest: IngestConfig, beam: BeamConfig,
                f"{stats['eval_dropped_as_train_duplicates']}" if plan.splits_given else
                f"eval images moved to train as near-duplicates of train images: "
                f"{stats['eval_moved_to_train_near_duplicates']}"),
-        ] + _label_warnings(plan, stats),
+        ] + warnings,
     }
 
 
