@@ -58,10 +58,12 @@ def _explained(function: F) -> F:
                 "`gcloud auth application-default login`, or set "
                 "GOOGLE_APPLICATION_CREDENTIALS to a service account key file.") from None
         except (api.Forbidden, api.Unauthorized) as exc:
+            # GCS answers 403 also for a bucket that does not exist, to a caller who
+            # may not list it
             raise ConfigError(
-                f"{path}: access denied ({_first_line(exc)}); grant this account "
-                f"roles/storage.objectAdmin on gs://{split(path)[0]}, or use another "
-                "bucket.") from None
+                f"{path}: access denied ({_first_line(exc)}); check that gs://"
+                f"{split(path)[0]} exists and grant this account roles/storage.objectAdmin "
+                "on it, or use another bucket.") from None
         except api.NotFound as exc:
             if "bucket does not exist" not in str(exc).lower():
                 raise
