@@ -69,6 +69,10 @@ def model_card(trained_model: artifacts.Artifact, blessing: artifacts.Artifact,
                  "classes": stats.get("class_names"),
                  "quarantined": stats.get("num_quarantined"),
                  "quarantine_reasons": stats.get("quarantine_reasons"),
+                 # what served traffic is compared with (`imgpipe monitor`): image sizes
+                 # and channels seen at ingest, per-class brightness and contrast
+                 "sizes": stats.get("sizes"), "channels": stats.get("channels"),
+                 "pixels": stats.get("pixels"),
                  # a window of data drops: the spans trained on, and those evaluated on
                  "spans": [s["span"] for s in stats.get("spans") or []] or None,
                  "evaluated_on": ([s["span"] for s in stats["spans"]][-1:]
