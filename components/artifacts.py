@@ -217,9 +217,20 @@ class ModelBlessing(ArtifactType):
 
 class InfraBlessing(ArtifactType):
     """The infra validator's verdict (TFX's InfraBlessing). Layout:
-    `{uri}/infra_validation.json` (passed, reason, probe report)."""
+    `{uri}/infra_validation.json` (passed, reason, probe report) and, when the probe
+    passed, `{uri}/tf_serving_warmup_requests` (TF Serving warmup records: a TFRecord
+    file of `PredictionLog`s, one `PredictRequest` per serving signature; written and
+    read by `components.serving_config`, copied into a pushed version's
+    `assets.extra/`). Artifacts written before warmup records have none."""
 
     FILE = "infra_validation.json"
+    WARMUP = "tf_serving_warmup_requests"
+
+    @classmethod
+    def warmup(cls, at: "Artifact | str") -> str | None:
+        """The path of the warmup records, None when this verdict has none."""
+        path = fileio.join(_uri(at), cls.WARMUP)
+        return path if fileio.exists(path) else None
 
 
 class PushedModel(ArtifactType):

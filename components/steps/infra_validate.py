@@ -6,6 +6,10 @@ The probe calls `serving_default` (serialized raw examples) and `serving_images`
 probabilities are finite and sum to 1, that class names belong to the label
 vocabulary, that both signatures agree, and that one batch stays within
 `infra_validate.latency_budget_ms`. A model that fails is not pushed; the reason is kept.
+
+A model that passes also gets TF Serving warmup records in its InfraBlessing: one
+`PredictRequest` per signature, a small batch of the inputs it was just served
+(`components.serving_config`); push copies them into the version's `assets.extra/`.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import subprocess
 import sys
 from typing import Any
 
-from components import artifacts, features, fileio
+from components import artifacts, features, fileio, serving_config
 from components.config import InfraValidateConfig
 from components.contract import In, Out, step
 
@@ -140,6 +144,11 @@ def run(trained_model: In[artifacts.Model], examples: In[artifacts.Examples],
     infra_blessing.properties = {"kind": "infra", "passed": passed, "reason": reason,
                                  "latency_ms": {k[:-3]: round(v, 1) for k, v in report.items()
                                                 if k.endswith("_ms")}}
+    if passed:
+        # the inputs each signature was just served, as TF Serving warmup requests
+        infra_blessing.properties["warmup_requests"] = serving_config.write_warmup(
+            infra_blessing.file(artifacts.InfraBlessing.WARMUP),
+            [("serving_default", "examples", serialized), ("serving_images", "images", images)])
     lines = [f"{'passed' if passed else 'FAILED'}: {reason}"]
     if passed:
         lines[0] += " (" + ", ".join(f"{k[:-3]} {v:.0f} ms" for k, v in report.items()

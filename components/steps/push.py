@@ -17,7 +17,7 @@ from __future__ import annotations
 import subprocess
 from typing import Any
 
-from components import artifacts, fileio, runtime, vertex
+from components import artifacts, fileio, runtime, serving_config, vertex
 from components.config import PushConfig
 from components.contract import In, Out, RecordedConfig, step
 from components.errors import ConfigError
@@ -141,14 +141,19 @@ def run(trained_model: In[artifacts.Model], blessing: In[artifacts.ModelBlessing
         card = model_card(trained_model, blessing, infra_blessing, evaluation, statistics,
                           recorded_config, producer)
         keras_file = trained_model.path(artifacts.Model.KERAS_FILE)
+        extra_files = {artifacts.Model.KERAS_FILE: keras_file} if fileio.exists(keras_file) else {}
+        # TF Serving replays these when it loads the version (an older InfraBlessing
+        # has none: the version is pushed without them)
+        warmup = artifacts.InfraBlessing.warmup(infra_blessing)
+        if warmup is not None:
+            extra_files[serving_config.VERSION_WARMUP] = warmup
         # A stop (Ctrl-C, SIGTERM) during the publish waits until the version, its
         # alias and this step's record are written: the run then says what was pushed.
         with runtime.deferred_stop():
             # Already pushed (by an earlier run, or by a run of the same config right now)?
             # Decided by the registry under its lock, when the version would be published.
             version, already = registry.push_once(
-                name, trained_model.path(artifacts.Model.SAVED_MODEL), card,
-                {artifacts.Model.KERAS_FILE: keras_file} if fileio.exists(keras_file) else {},
+                name, trained_model.path(artifacts.Model.SAVED_MODEL), card, extra_files,
                 fingerprint=trained_model.fingerprint)
             if already:
                 record.update(pushed=True, version=version.version, path=version.path,
