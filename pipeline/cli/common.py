@@ -40,6 +40,26 @@ def _add_json_arg(parser: argparse.ArgumentParser,
     parser.add_argument("--json", action="store_true", help=text)
 
 
+def _add_registry_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--registry", help="registry root (default: the --config's push "
+                                           "destination, else ./serving)")
+    parser.add_argument("--config", help="take the registry from this config's "
+                                         "push.destination")
+
+
+def _registry(args: argparse.Namespace):
+    """The registry `--registry`/`--config` name; a ConfigError when nothing is there."""
+    from components import fileio
+    from components.errors import ConfigError
+    from pipeline.registry import Registry, registry_root
+
+    root = registry_root(args.registry, getattr(args, "config", None))
+    if not fileio.exists(root):
+        raise ConfigError(f"no model registry at {root} (nothing was pushed there); name it "
+                          "with --registry DIR or --config CONFIG (its push.destination).")
+    return Registry(root)
+
+
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="pipeline config YAML, e.g. configs/fonts.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[],

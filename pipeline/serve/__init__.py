@@ -1,0 +1,169 @@
+"""`imgpipe serve`: the registry's models over TF Serving's REST API, following the
+registry's aliases while it runs.
+
+    loaded.py    the versions in memory and the thread that follows the registry
+    batching.py  dynamic batching of concurrent requests
+    app.py       the FastAPI routes, request bounds, metrics, canary split, request log
+
+`serve(...)` runs it in the foreground until SIGTERM/SIGINT (uvicorn's graceful
+shutdown: no new connections, requests in flight answered, then the request log is
+flushed); `Running` runs it in a thread on a free port, for tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from components.errors import ConfigError
+from pipeline.serve.app import Limits, Metrics, Service, build_app
+from pipeline.serve.loaded import Canary, Follower, LoadedVersion, Routes, load_version
+
+__all__ = ["Canary", "Limits", "Options", "Running", "build", "serve", "describe_routes"]
+
+GRACEFUL_SECONDS = 30
+
+
+@dataclass
+class Options:
+    registry: str
+    models: list[str] | None = None
+    host: str = "127.0.0.1"
+    port: int = 8501
+    poll: float = 2.0
+    default_alias: str = "production"
+    canary: Canary | None = None
+    limits: Limits = field(default_factory=Limits)
+    request_log: bool = True
+
+
+def build(options: Options, log: Callable[[str], None] | None = None,
+          loader: Callable[..., LoadedVersion] = load_version) -> tuple[Any, Service]:
+    """The app and its service, with every model loaded once (a ConfigError when the
+    registry has nothing to serve) and the follower started."""
+    metrics = Metrics()
+    follower = Follower(options.registry, options.models, options.poll,
+                        options.default_alias, options.canary, loader=loader, log=log,
+                        on_change=metrics.routes_changed)
+    names = follower.model_names()
+    known = set(follower.registry.models())
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigError(f"no model {', '.join(map(repr, unknown))} in the registry "
+                          f"{follower.registry.root} (models: {', '.join(sorted(known)) or 'none'})")
+    routes = follower.refresh()
+    if not routes:
+        raise ConfigError(f"nothing to serve in {follower.registry.root}: no model there has a "
+                          "version that loads; push one with `imgpipe run CONFIG`.")
+    request_log = None
+    if options.request_log:
+        from components.request_log import RequestLog
+
+        request_log = RequestLog(follower.registry.root)
+    service = Service(follower, options.limits, metrics, request_log)
+    follower.start()
+    return build_app(service), service
+
+
+def describe_routes(routes: dict[str, Routes]) -> list[str]:
+    """One line per served model: its versions, their labels, the default, the canary."""
+    lines = []
+    for name, r in sorted(routes.items()):
+        by_version: dict[int, list[str]] = {}
+        for alias, n in r.labels.items():
+            by_version.setdefault(n, []).append(alias)
+        parts = []
+        for n in sorted(r.versions):
+            tags = sorted(by_version.get(n, []))
+            if n == r.default:
+                tags.append("default")
+            if n == r.candidate:
+                tags.append(f"canary {r.weight:g}%")
+            parts.append(f"{n}" + (f" ({', '.join(tags)})" if tags else ""))
+        lines.append(f"{name}: versions {', '.join(parts)}")
+        lines.extend(f"  {why}" for why in r.missing.values())
+    return lines
+
+
+def _socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another "
+                          "--port, or stop what holds it.") from None
+    sock.listen(2048)
+    return sock
+
+
+def _server(app: Any, sock: socket.socket):
+    import uvicorn
+
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
+                            timeout_graceful_shutdown=GRACEFUL_SECONDS, loop="asyncio",
+                            http="h11")
+    return uvicorn.Server(config)
+
+
+def serve(options: Options, say: Callable[[str], None] = print) -> None:
+    """Serves until SIGTERM or SIGINT, then shuts down gracefully."""
+    app, service = build(options, log=say)
+    sock = _socket(options.host, options.port)
+    host, port = sock.getsockname()[:2]
+    for line in describe_routes(service.follower.routes):
+        say(line)
+    say(f"listening on http://{host}:{port} (predict: POST /v1/models/NAME:predict; metrics: "
+        f"/monitoring/prometheus/metrics); following {service.follower.registry.root} every "
+        f"{options.poll:g}s")
+    server = _server(app, sock)
+    # uvicorn takes SIGTERM/SIGINT for its graceful shutdown, then raises the signal
+    # again for the handlers it found: a stop asked for and carried out is exit 0.
+    main = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, lambda *_: None)
+                for s in (signal.SIGTERM, signal.SIGINT)} if main else {}
+    try:
+        server.run(sockets=[sock])
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    say("stopped: requests in flight were answered" +
+        ("; request log flushed" if service.request_log is not None else ""))
+
+
+class Running:
+    """`with Running(options) as url:` serves in a thread (on a free port unless `port`
+    is given) and stops it, gracefully, on exit."""
+
+    def __init__(self, options: Options, log: Callable[[str], None] | None = None,
+                 loader: Callable[..., LoadedVersion] = load_version, port: int = 0):
+        self.options = options
+        self.port = port
+        self.log = log or (lambda line: None)
+        self.loader = loader
+        self.service: Service | None = None
+        self.url = ""
+
+    def __enter__(self) -> str:
+        app, self.service = build(self.options, self.log, self.loader)
+        sock = _socket(self.options.host, self.port)
+        host, port = sock.getsockname()[:2]
+        self.url = f"http://{host}:{port}"
+        self._server = _server(app, sock)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
+                                        name="imgpipe-serve", daemon=True)
+        self._thread.start()
+        while not self._server.started:
+            if not self._thread.is_alive():
+                raise RuntimeError("the server thread stopped before it started")
+            self._thread.join(0.01)
+        return self.url
+
+    def __exit__(self, *exc: Any) -> None:
+        self._server.should_exit = True
+        self._thread.join(GRACEFUL_SECONDS + 5)

@@ -1,0 +1,306 @@
+"""The versions `imgpipe serve` holds in memory, and the thread that keeps them in step
+with the registry.
+
+A model's *routes* are one immutable snapshot: the loaded versions, which version
+each alias names, the version an unlabeled request gets (the default alias, else the
+newest version) and the canary's candidate. The follower builds a new snapshot off the
+request path (loading and warming a new version first) and swaps it in with one
+assignment; a request that already picked a version keeps it until it is answered, so
+a promotion, rollback or new push never fails a request nor answers one from a
+half-loaded model. A version no route names any more is dropped from the next
+snapshot and freed once its last request is answered.
+
+What is served, per model: every version an alias points at, and the newest version
+(TF Serving's `specific` version policy with the aliases as version labels).
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from components import fileio, serving_config
+from components.artifacts import SAVED_MODEL_PB
+from components.config import LATEST_ALIAS
+from components.errors import ImgpipeError
+from components.registry import Registry, Version
+
+IMAGES_SIGNATURE = "serving_images"
+EXAMPLES_SIGNATURE = "serving_default"
+
+
+@dataclass(frozen=True)
+class Signature:
+    name: str
+    input_key: str        # the one string input it takes ("images", "examples")
+    function: Any         # the ConcreteFunction
+    outputs: tuple[str, ...]
+    metadata: dict[str, Any]   # TF Serving's signature_def as JSON (`/metadata`)
+
+
+@dataclass(eq=False)
+class LoadedVersion:
+    """A SavedModel in memory: its signatures and where it came from."""
+
+    name: str
+    version: int
+    path: str
+    module: Any
+    signatures: dict[str, Signature]
+    loaded_at: float
+    load_seconds: float
+    identity: str = ""
+    batchers: dict[str, Any] = field(default_factory=dict)   # signature -> Batcher
+
+    def call(self, signature: str, inputs: list[bytes]) -> dict[str, Any]:
+        """The signature on a batch of string inputs -> {output: numpy array}."""
+        import tensorflow as tf
+
+        sig = self.signatures[signature]
+        out = sig.function(**{sig.input_key: tf.constant(inputs, dtype=tf.string)})
+        return {key: value.numpy() for key, value in out.items()}
+
+
+def _tensor_json(spec: Any) -> dict[str, Any]:
+    shape = spec.shape
+    dims = [{"size": str(-1 if d is None else d), "name": ""} for d in
+            (shape.as_list() if shape.rank is not None else [])]
+    return {"dtype": f"DT_{spec.dtype.name.upper()}",
+            "tensor_shape": {"dim": dims, "unknown_rank": shape.rank is None},
+            "name": getattr(spec, "name", "") or ""}
+
+
+def _signatures(module: Any) -> dict[str, Signature]:
+    found = {}
+    for name, function in module.signatures.items():
+        _, kwargs = function.structured_input_signature
+        if len(kwargs) != 1:
+            continue           # not a one-input signature: not served over REST here
+        (key, spec), = kwargs.items()
+        if spec.dtype.name != "string":
+            continue
+        outputs = function.structured_outputs
+        found[name] = Signature(
+            name, key, function, tuple(sorted(outputs)),
+            {"inputs": {key: _tensor_json(spec)},
+             "outputs": {k: _tensor_json(v) for k, v in sorted(outputs.items())},
+             "method_name": "tensorflow/serving/predict"})
+    return found
+
+
+def _synthetic_image() -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (8, 8), 128).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def warmup_inputs(path: str) -> list[tuple[str, list[bytes]]]:
+    """(signature, inputs) from the version's warmup records (the PredictionLogs push
+    copies from infra validation to where TF Serving reads them); [] when there are
+    none. Damaged records are not warmup: the synthetic image serves instead."""
+    warmup = fileio.join(path, serving_config.VERSION_WARMUP)
+    if not fileio.exists(warmup):
+        return []
+    try:
+        return [(signature or EXAMPLES_SIGNATURE, inputs)
+                for signature, _, inputs in serving_config.read_warmup(warmup)]
+    except ValueError:
+        return []
+
+
+def load_version(version: Version) -> LoadedVersion:
+    """Loads a pushed version and runs it once per signature (its warmup records, else
+    a synthetic image) so its first real request does not pay for tracing."""
+    import tensorflow as tf
+
+    started = time.perf_counter()
+    module = tf.saved_model.load(fileio.tf_path(version.path))
+    signatures = _signatures(module)
+    if IMAGES_SIGNATURE not in signatures:
+        raise ImgpipeError(f"{version.ref} ({version.path}) has no {IMAGES_SIGNATURE} "
+                           f"signature (has {', '.join(sorted(signatures)) or 'none'}); it "
+                           "was not exported by imgpipe's trainer.")
+    loaded = LoadedVersion(version.name, version.version, version.path, module, signatures,
+                           time.time(), 0.0)
+    warmed = set()
+    for signature, inputs in warmup_inputs(version.path):
+        if signature in signatures and inputs:
+            loaded.call(signature, inputs)
+            warmed.add(signature)
+    if IMAGES_SIGNATURE not in warmed:
+        loaded.call(IMAGES_SIGNATURE, [_synthetic_image()])
+    loaded.load_seconds = time.perf_counter() - started
+    return loaded
+
+
+@dataclass(frozen=True)
+class Routes:
+    """One model's routing snapshot (never changed once built)."""
+
+    name: str
+    versions: dict[int, LoadedVersion]
+    labels: dict[str, int]                 # alias -> version (served ones only)
+    default: int | None                    # what an unlabeled request gets
+    default_label: str | None              # the alias that chose it (None: newest)
+    candidate: int | None = None           # the canary's version (None: no canary)
+    weight: float = 0.0                    # its share of unlabeled requests, percent
+    missing: dict[str, str] = field(default_factory=dict)   # alias -> why not served
+
+
+@dataclass
+class Canary:
+    alias: str
+    weight: float          # percent of unlabeled requests
+
+
+class Follower:
+    """Keeps `routes` (model -> Routes) in step with the registry, polling it every
+    `poll` seconds in a daemon thread. `models`: the names to serve (None: every
+    model of the registry, including ones pushed later)."""
+
+    def __init__(self, root: str, models: list[str] | None = None, poll: float = 2.0,
+                 default_alias: str = "production", canary: Canary | None = None,
+                 loader: Callable[[Version], LoadedVersion] = load_version,
+                 log: Callable[[str], None] | None = None,
+                 on_change: Callable[[str, Routes | None, Routes], None] | None = None):
+        self.registry = Registry(root)
+        self.names = models
+        self.poll = poll
+        self.default_alias = default_alias
+        self.canary = canary
+        self.loader = loader
+        self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.on_change = on_change
+        self.routes: dict[str, Routes] = {}
+        self.failed: dict[tuple[str, int], str] = {}   # versions that would not load
+        self.refreshes = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- the loop -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="imgpipe-follow", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll):
+            try:
+                self.refresh()
+            except Exception as exc:        # the registry is unreadable for a moment
+                self.log(f"serve: could not read the registry ({type(exc).__name__}: {exc}); "
+                         "still serving what was loaded")
+
+    # --- one pass ---------------------------------------------------------------------
+
+    def model_names(self) -> list[str]:
+        return list(self.names) if self.names is not None else self.registry.models()
+
+    def refresh(self) -> dict[str, Routes]:
+        """Reads the registry once and swaps in new routes for each model whose served
+        set changed (loading new versions first). Returns the routes now served."""
+        current = dict(self.routes)
+        for name in self.model_names():
+            try:
+                routes = self._routes_for(name, current.get(name))
+            except ImgpipeError as exc:
+                self.log(f"serve: {name}: {exc}")
+                continue
+            if routes is not None:
+                old = current.get(name)
+                current[name] = routes
+                self.routes = dict(current)      # one assignment: the swap
+                if self.on_change is not None:
+                    self.on_change(name, old, routes)
+        self.refreshes += 1
+        return self.routes
+
+    def _routes_for(self, name: str, old: Routes | None) -> Routes | None:
+        versions = {v.version: v for v in self.registry.versions(name)}
+        if not versions:
+            return None if old is None else old
+        aliases = self.registry.aliases(name)
+        wanted: dict[int, Version] = {max(versions): versions[max(versions)]}
+        missing = {}
+        for alias, number in aliases.items():
+            if number in versions:
+                wanted[number] = versions[number]
+            else:
+                missing[alias] = f"{name}@{alias} points at version {number}, which is not in " \
+                                 "the registry"
+        have = dict(old.versions) if old else {}
+        loaded: dict[int, LoadedVersion] = {}
+        for number, version in sorted(wanted.items()):
+            identity = _identity(version)
+            previous = have.get(number)
+            if previous is not None and previous.identity == identity:
+                loaded[number] = previous
+                continue
+            if self.failed.get((name, number)) == identity:
+                continue
+            try:
+                fresh = self.loader(version)
+            except Exception as exc:
+                self.failed[(name, number)] = identity
+                self.log(f"serve: {version.ref} did not load ({type(exc).__name__}: "
+                         f"{str(exc)[:300]}); not served")
+                continue
+            fresh.identity = identity
+            loaded[number] = fresh
+            self.log(f"serve: loaded {version.ref} in {fresh.load_seconds:.1f}s")
+        labels = {alias: n for alias, n in aliases.items() if n in loaded}
+        if loaded and max(versions) in loaded:
+            labels[LATEST_ALIAS] = max(versions)     # NAME@latest, as the registry reads it
+        for alias, number in aliases.items():
+            if number not in versions or number in loaded:
+                continue
+            kept = old.labels.get(alias) if old else None
+            if kept is not None and kept in have:
+                # the alias moved to a version that does not load: it keeps serving
+                # what it served (TF Serving refuses a label on an unavailable version)
+                loaded[kept], labels[alias] = have[kept], kept
+                missing[alias] = (f"{name}@{alias} points at version {number}, which did not "
+                                  f"load; still serving version {kept}")
+            else:
+                missing[alias] = f"{name}@{alias} (version {number}) did not load"
+        if self.default_alias in labels:
+            default, default_label = labels[self.default_alias], self.default_alias
+        else:
+            default, default_label = (max(loaded), None) if loaded else (None, None)
+        candidate, weight = None, 0.0
+        if self.canary is not None and self.canary.alias in labels:
+            if labels[self.canary.alias] != default:
+                candidate, weight = labels[self.canary.alias], self.canary.weight
+        routes = Routes(name, loaded, labels, default, default_label, candidate, weight, missing)
+        if old is not None and _same(old, routes):
+            return None
+        return routes
+
+    def get(self, name: str) -> Routes | None:
+        return self.routes.get(name)
+
+
+def _identity(version: Version) -> str:
+    """What changes when a version folder is replaced (a push into a number that was
+    deleted): the SavedModel's file signature locally, its object generation on gs://."""
+    path = fileio.join(version.path, SAVED_MODEL_PB)
+    return fileio.stat_signature(path) or fileio.identities([path]).get(path) or ""
+
+
+def _same(old: Routes, new: Routes) -> bool:
+    return (old.labels == new.labels and old.default == new.default
+            and old.default_label == new.default_label and old.candidate == new.candidate
+            and old.weight == new.weight and old.missing == new.missing
+            and {n: id(v) for n, v in old.versions.items()}
+            == {n: id(v) for n, v in new.versions.items()})
