@@ -1,0 +1,195 @@
+"""`imgpipe models canary MODEL`: decides a canary from the request log `imgpipe serve
+--canary` writes: the candidate alias's version against the baseline alias's on the
+same traffic. promote: the baseline alias moves to the candidate's version (audit
+action canary-promote); revert: the candidate alias moves back to the baseline's
+version (canary-revert); undecided: too little traffic yet, nothing changes.
+(`components.monitoring.canary` holds the rules.)"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from pipeline.cli.common import Result, _add_json_arg, _add_registry_args, _registry, positive_int
+
+REVERT_EXIT = 3      # the candidate failed: a schedule running the canary hears of it
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def _above_zero(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join([row[0].ljust(widths[0])] + [
+            cell.rjust(width) for cell, width in zip(row[1:], widths[1:])]).rstrip())
+
+
+def _cell(value: Any, places: int = 3) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{places}f}" if isinstance(value, float) else str(value)
+
+
+def cmd_models_canary(args: argparse.Namespace) -> Result:
+    import dataclasses
+    import datetime as dt
+
+    from components import monitoring, request_log
+    from components.errors import ConfigError
+    from components.registry import check_name
+
+    name = check_name(args.model)
+    if args.candidate == args.baseline:
+        raise ConfigError(f"--candidate and --baseline are both {args.candidate!r}; a canary "
+                          "compares two aliases, e.g. --candidate staging --baseline production.")
+    registry = _registry(args)
+    holders = {}
+    for role, alias in (("candidate", args.candidate), ("baseline", args.baseline)):
+        aliases = registry.aliases(name)
+        if alias not in aliases:
+            raise ConfigError(f"model {name!r} has no alias {alias!r} (the --{role}; aliases: "
+                              f"{', '.join(sorted(aliases)) or 'none'}).")
+        holders[role] = registry.holder(name, alias)
+    candidate, baseline = holders["candidate"].version, holders["baseline"].version
+    now = dt.datetime.now(dt.timezone.utc)
+    since = monitoring.parse_when(args.since, now, "--since")
+    until = monitoring.parse_when(args.until, now, "--until")
+    rules = monitoring.CanaryRules(**{f.name: getattr(args, f.name)
+                                      for f in dataclasses.fields(monitoring.CanaryRules)})
+    data: dict[str, Any] = {
+        "model": name, "candidate": {"alias": args.candidate, "version": candidate},
+        "baseline": {"alias": args.baseline, "version": baseline},
+        "window": {"since": monitoring.iso(since), "until": monitoring.iso(until)},
+        "rules_given": dataclasses.asdict(rules), "dry_run": args.dry_run, "change": None}
+    if candidate == baseline:
+        data.update(decision=monitoring.NOTHING, reason=(
+            f"{name}@{args.candidate} and {name}@{args.baseline} both point at version "
+            f"{candidate}: no canary running"))
+        return Result(data=data, text=f"{data['reason']}; nothing changed.")
+    entries = request_log.read(registry.root, name, since, until)
+    result = monitoring.canary(entries, candidate, baseline, rules)
+    data.update(result, damaged_lines=entries.damaged)
+    decision = result["decision"]
+    if decision in (monitoring.PROMOTE, monitoring.REVERT) and not args.dry_run:
+        # the aliases as they are now: one moved meanwhile is not overwritten blindly
+        now_holding = registry.aliases(name)
+        if (now_holding.get(args.candidate), now_holding.get(args.baseline)) != \
+                (candidate, baseline):
+            raise ConfigError(f"{name}'s aliases moved while the canary was decided "
+                              f"({args.candidate} -> {now_holding.get(args.candidate)}, "
+                              f"{args.baseline} -> {now_holding.get(args.baseline)}); run it "
+                              "again.")
+        if decision == monitoring.PROMOTE:
+            data["change"] = registry.set_alias(f"{name}:{candidate}", args.baseline,
+                                                reason=result["reason"],
+                                                action="canary-promote")
+        else:
+            data["change"] = registry.set_alias(f"{name}:{baseline}", args.candidate,
+                                                reason=result["reason"],
+                                                action="canary-revert")
+    code = REVERT_EXIT if decision == monitoring.REVERT else 0
+
+    def text() -> None:
+        print(f"{name} canary: candidate {args.candidate} = version {candidate}, baseline "
+              f"{args.baseline} = version {baseline}; traffic from "
+              f"{data['window']['since'] or 'the start'} to {data['window']['until'] or 'now'}")
+        rows = [("ARM", "VERSION", "REQUESTS", "ERRORS", "ERROR RATE", "P50 MS", "P99 MS",
+                 "SAMPLED", "MEAN CONF")]
+        for arm, version in (("candidate", candidate), ("baseline", baseline)):
+            stats = result["arms"][arm]
+            rows.append((arm, str(version), str(stats["requests"]), str(stats["errors"]),
+                         _cell(stats["error_rate"], 4), _cell(stats["p50_ms"], 1),
+                         _cell(stats["p99_ms"], 1), str(stats["sampled_images"]),
+                         _cell(stats["mean_confidence"])))
+        _table(rows)
+        if result["agreement"] is not None:
+            print(f"agreement {result['agreement']:.3f} on {result['pairs']} image(s) answered "
+                  "by both versions")
+        if result["rules"]:
+            _table([("RULE", "VALUE", "LIMIT", "VERDICT")] + [
+                (r["rule"], _cell(r["value"]), _cell(r["limit"]),
+                 "ok" if r["passed"] else "FAIL") for r in result["rules"]])
+        if entries.damaged:
+            print(f"  {entries.damaged} damaged line(s) in the request log skipped")
+        if decision == monitoring.UNDECIDED:
+            print(f"decision: undecided: {result['reason']}; nothing changed.")
+            return
+        target, alias, action = ((candidate, args.baseline, "canary-promote")
+                                 if decision == monitoring.PROMOTE
+                                 else (baseline, args.candidate, "canary-revert"))
+        held = baseline if decision == monitoring.PROMOTE else candidate
+        rule = "every rule passed" if decision == monitoring.PROMOTE else \
+            f"decided by the {result['decided_by']} rule"
+        print(f"decision: {decision} ({rule}): {result['reason']}")
+        change = data["change"]
+        if args.dry_run:
+            print(f"dry run: {name}@{alias} would move from version {held} to version "
+                  f"{target} ({action}); nothing written.")
+        elif change and change.get("unchanged"):
+            print(f"{name}@{alias} already points at version {target}; nothing changed.")
+        else:
+            print(f"{name}@{alias}: version {held} -> version {target} ({action}, "
+                  "recorded in the audit log)")
+
+    return Result(data=data, text=text, code=code)
+
+
+def register(models: Any) -> None:
+    """`models canary MODEL`, under `models`' subparsers (the dispatcher hands them)."""
+    from components.monitoring import CanaryRules
+
+    rules = CanaryRules()
+    p = models.add_parser("canary", help="decide a canary from the request log: promote the "
+                                         "candidate, revert it, or wait for more traffic")
+    p.add_argument("model", help="model name")
+    p.add_argument("--candidate", default="staging",
+                   help="the alias under test (default staging)")
+    p.add_argument("--baseline", default="production",
+                   help="the alias it is compared with, and moves to it on promote (default "
+                        "production)")
+    p.add_argument("--min-requests", type=positive_int, default=rules.min_requests,
+                   help="requests needed on each arm before deciding (default "
+                        f"{rules.min_requests}; fewer: undecided, nothing changes)")
+    p.add_argument("--min-images", type=positive_int, default=rules.min_images,
+                   help="sampled images answered by both versions needed (default "
+                        f"{rules.min_images})")
+    p.add_argument("--min-agreement", type=_share, default=rules.min_agreement,
+                   help="share of images both versions give the same class, at least "
+                        f"(default {rules.min_agreement:g})")
+    p.add_argument("--max-confidence-drop", type=_share, default=rules.max_confidence_drop,
+                   help="baseline's mean confidence minus the candidate's on the same "
+                        f"images, at most (default {rules.max_confidence_drop:g})")
+    p.add_argument("--max-error-rate-increase", type=_share,
+                   default=rules.max_error_rate_increase,
+                   help="candidate's error rate (5xx) minus the baseline's, at most "
+                        f"(default {rules.max_error_rate_increase:g})")
+    p.add_argument("--max-latency-ratio", type=_above_zero, default=rules.max_latency_ratio,
+                   help="candidate's p50 and p99 latency over the baseline's, at most "
+                        f"(default {rules.max_latency_ratio:g})")
+    p.add_argument("--since", help="only traffic from then on: an ISO time or a span back "
+                                   "from now, e.g. 1h, 24h (default: all the traffic of "
+                                   "the versions the aliases hold now)")
+    p.add_argument("--until", help="only traffic until then (default now)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="decide and print, but move no alias")
+    _add_registry_args(p)
+    _add_json_arg(p, "the arms, rules and decision as JSON on stdout")
+    p.set_defaults(func=cmd_models_canary)

@@ -1,0 +1,380 @@
+"""`imgpipe monitor` and `imgpipe models canary` on request logs written through
+RequestLog into a registry whose versions have cards but no training behind them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import numpy as np
+import pytest
+
+from components import monitoring, request_log
+from components.registry import Registry
+from components.request_log import RequestLog
+from pipeline import cli
+from tests.test_registry import card as blessed_card
+from tests.test_registry import fake_saved_model
+
+CLASSES = ("cat", "dog", "fox")
+TRAIN = {"cat": 300, "dog": 300, "fox": 400}
+PIXELS = {"cat": (0.40, 0.05, 0.20), "dog": (0.45, 0.05, 0.25), "fox": (0.50, 0.05, 0.30)}
+
+
+def data_card(new: bool = True) -> dict:
+    """A model card's data section as push writes it (`new`: with sizes, channels, pixels,
+    as cards pushed since monitoring have)."""
+    data = {"counts": {"train": TRAIN, "eval": {c: n // 10 for c, n in TRAIN.items()}},
+            "classes": list(CLASSES), "examples": 1100}
+    if new:
+        data.update(sizes={"28x28": 1100}, channels={"1": 1100}, pixels={"train": {
+            c: {"brightness_mean": b, "brightness_std": s, "contrast_mean": k}
+            for c, (b, s, k) in PIXELS.items()}})
+    return dict(blessed_card(), data=data)
+
+
+@pytest.fixture
+def registry(tmp_path):
+    """m:1 (production) with a new card, m:2 (staging) with a new card, m:3 with an old
+    one (no sizes or pixels)."""
+    reg = Registry(str(tmp_path / "serving"))
+    src = fake_saved_model(tmp_path / "sm")
+    reg.push("m", src, data_card())
+    reg.push("m", src, data_card())
+    reg.push("m", src, data_card(new=False))
+    reg.set_alias("m:1", "production", "first")
+    reg.set_alias("m:2", "staging", "next")
+    reg.set_alias("m:3", "old", "before sizes")
+    return reg
+
+
+# The traffic: from two hours ago, given explicit times (the windows too). The log is
+# read from a day before a version's push on (clock skew between machines).
+START = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) - dt.timedelta(hours=2)
+
+
+def _at(seconds: float) -> str:
+    return (START + dt.timedelta(seconds=seconds)).isoformat(timespec="milliseconds")
+
+
+def _window(first: float, last: float) -> list[str]:
+    return ["--since", _at(first), "--until", _at(last)]
+
+
+def traffic(n: int, seed: int = 0, *, start: float = 0, version: int = 1,
+            label: str | None = "production", arm: str | None = None, per: int = 3,
+            brightness: float = 0.0, channels: int = 1, size: tuple[int, int] = (28, 28),
+            shares: dict[str, float] | None = None, confidence: float = 0.9,
+            errors: float = 0.0, latency: float = 20.0, shadow: dict | None = None
+            ) -> list[dict]:
+    """`n` sampled requests of `per` images each, drawn to match the card's statistics
+    (class shares, per-class brightness and contrast, size, channels), with the shifts
+    given. `shadow`: {version, agree (share), confidence} of the other arm's answers."""
+    rng = np.random.default_rng(seed)
+    weights = shares or {c: n_ / sum(TRAIN.values()) for c, n_ in TRAIN.items()}
+    entries = []
+    for i in range(n):
+        failed = rng.random() < errors
+        labels = rng.choice(list(weights), size=per, p=list(weights.values()))
+        images = [{"sha256": f"{seed}-{i}-{k}", "bytes": 700, "height": size[0],
+                   "width": size[1], "channels": channels,
+                   "brightness": float(np.clip(rng.normal(PIXELS[c][0], PIXELS[c][1])
+                                               + brightness, 0, 1)),
+                   "contrast": float(PIXELS[c][2] + rng.normal(0, 0.01)),
+                   "class": str(c),
+                   "confidence": float(np.clip(rng.normal(confidence, 0.02), 0, 1))}
+                  for k, c in enumerate(labels)]
+        entry = request_log.make_entry(
+            model="m", version=version, label=label, arm=arm, status=500 if failed else 200,
+            error="boom" if failed else None,
+            latency_ms=float(rng.lognormal(np.log(latency), 0.1)), instances=per,
+            id=f"{seed}-{i}", time=_at(start + i), images=None if failed else images)
+        if shadow and not failed:
+            other = [c if rng.random() < shadow["agree"] else
+                     next(x for x in CLASSES if x != c) for c in labels]
+            entry["shadow"] = {"version": shadow["version"], "classes": [str(c) for c in other],
+                               "confidences": [float(np.clip(rng.normal(shadow["confidence"],
+                                                                        0.02), 0, 1))
+                                               for _ in other]}
+        entries.append(entry)
+    return entries
+
+
+def write(registry, *batches: list[dict]) -> None:
+    with RequestLog(registry.root, flush_seconds=3600, max_lines=200) as log:
+        for batch in batches:
+            for entry in batch:
+                log.record("m", entry)
+    assert log.failures == 0
+
+
+def monitor(capsys, registry, *args: str) -> tuple[int, str, dict]:
+    argv = ["monitor", *args, "--registry", registry.root]
+    code = cli.main(argv)
+    text = capsys.readouterr().out
+    assert cli.main([*argv, "--json"]) == code
+    return code, text, json.loads(capsys.readouterr().out)
+
+
+def _verdicts(report: dict) -> dict[str, str]:
+    return {c["check"]: c["verdict"] for c in report["checks"]}
+
+
+# --- monitor ---------------------------------------------------------------------------
+
+
+def test_healthy_traffic_passes_every_check(registry, capsys):
+    write(registry, traffic(200))
+    code, text, report = monitor(capsys, registry, "m@production", *_window(0, 300))
+    assert code == 0, text
+    assert report["status"] == "healthy" and report["version"] == 1
+    assert report["requests"] == 200 and report["images"] == 600
+    assert set(_verdicts(report).values()) == {"ok"}, report["checks"]
+    assert list(_verdicts(report)) == ["size shift", "channel shift", "brightness drift",
+                                       "contrast drift", "class shares", "confidence drop",
+                                       "error rate"]
+    lines = text.splitlines()
+    assert lines[1].split() == ["CHECK", "VALUE", "THRESHOLD", "VERDICT"]
+    assert lines[2].split()[:2] == ["size", "shift"] and lines[2].split()[-1] == "ok"
+    assert "<= 0.1" in lines[4]                               # brightness' threshold
+    assert "healthy: every check within its threshold" in text
+    assert "confidence reference: the earliest 25% of the version's sampled requests (50 of " \
+           "200" in text
+
+
+@pytest.mark.parametrize("shift, failed", [
+    ({"brightness": 0.2}, "brightness drift"),
+    ({"channels": 3}, "channel shift"),
+    ({"size": (96, 96)}, "size shift"),
+    ({"size": (28, 30)}, "size shift"),                 # never seen, same scale
+    ({"shares": {"cat": 0.8, "dog": 0.1, "fox": 0.1}}, "class shares"),
+    ({"errors": 0.1}, "error rate"),
+], ids=["brightness", "channels", "scale", "unseen-size", "class-shares", "errors"])
+def test_a_planted_shift_fails_its_check_with_exit_3(registry, capsys, shift, failed):
+    write(registry, traffic(200, **shift))
+    code, text, report = monitor(capsys, registry, "m@production", *_window(0, 300))
+    assert code == 3, text
+    assert report["status"] == "drift"
+    assert [c for c, v in _verdicts(report).items() if v == "FAIL"] == [failed]
+    assert f"drift: {failed} over the threshold (exit 3)" in text
+    detail = next(c["detail"] for c in report["checks"] if c["check"] == failed)
+    assert detail in text
+
+
+def test_the_shift_passes_with_its_threshold_raised(registry, capsys):
+    write(registry, traffic(200, brightness=0.2))
+    code, _, report = monitor(capsys, registry, "m@production", *_window(0, 300),
+                              "--max-brightness-drift", "0.3")
+    assert code == 0 and _verdicts(report)["brightness drift"] == "ok"
+    check = next(c for c in report["checks"] if c["check"] == "brightness drift")
+    assert check["threshold"] == 0.3 and 0.15 < check["value"] < 0.25
+
+
+def test_a_confidence_drop_against_the_versions_earliest_traffic(registry, capsys):
+    # the first 100 requests at 0.9, then 300 at 0.75; the window: the last 200
+    write(registry, traffic(100, 1), traffic(300, 2, start=100, confidence=0.75))
+    code, text, report = monitor(capsys, registry, "m@production", *_window(200, 500))
+    assert code == 3, text
+    assert [c for c, v in _verdicts(report).items() if v == "FAIL"] == ["confidence drop"]
+    check = next(c for c in report["checks"] if c["check"] == "confidence drop")
+    assert check["value"] == pytest.approx(0.15, abs=0.02)
+    assert report["reference"]["requests"] == 100       # the earliest 25% of 400
+    assert "the earliest 25% of the version's sampled requests (100 of 400" in text
+    # an explicit reference: the later traffic itself, so no drop
+    code, text, report = monitor(capsys, registry, "m@production", *_window(200, 500),
+                                 "--reference-since", _at(100), "--reference-until", _at(400))
+    assert code == 0 and _verdicts(report)["confidence drop"] == "ok"
+    assert "(--reference-since/--reference-until)" in text
+
+
+def test_too_little_traffic_is_not_drift(registry, capsys):
+    write(registry, traffic(20, brightness=0.4))        # 60 images, all far too bright
+    code, text, report = monitor(capsys, registry, "m@production", *_window(0, 300))
+    assert code == 0, text
+    assert report["status"] == "not enough traffic"
+    assert set(_verdicts(report).values()) == {"not enough traffic"}
+    assert "not enough traffic: 60 sampled image(s) and 20 request(s) in the window" in text
+    assert "nothing judged as drift" in text
+
+
+def test_only_the_versions_own_traffic_in_the_window_counts(registry, capsys):
+    # version 2's traffic is all RGB, and version 1's outside the window is too
+    write(registry, traffic(200, 1), traffic(200, 2, version=2, label="staging", channels=3),
+          traffic(50, 3, start=1000, channels=3))
+    code, _, report = monitor(capsys, registry, "m@production", *_window(0, 300))
+    assert code == 0 and report["requests"] == 200
+    code, _, report = monitor(capsys, registry, "m@staging", *_window(0, 300))
+    assert code == 3 and report["version"] == 2 and _verdicts(report)["channel shift"] == "FAIL"
+
+
+def test_a_card_pushed_before_sizes_and_pixels_skips_those_checks(registry, capsys):
+    write(registry, traffic(200, version=3, label="old", brightness=0.3, channels=3))
+    code, text, report = monitor(capsys, registry, "m@old", *_window(0, 300))
+    assert code == 0, text
+    verdicts = _verdicts(report)
+    assert [c for c, v in verdicts.items() if v == "skipped"] == [
+        "size shift", "channel shift", "brightness drift", "contrast drift"]
+    assert verdicts["class shares"] == verdicts["confidence drop"] == "ok"
+    assert "size shift: the model card records no image sizes (pushed before cards kept " \
+           "them" in text
+
+
+def test_a_damaged_log_line_is_skipped_and_said(registry, capsys, tmp_path):
+    import os
+
+    write(registry, traffic(200))
+    folder = request_log.folder(registry.root, "m")
+    day = sorted(os.listdir(folder))[0]
+    path = os.path.join(folder, day, sorted(os.listdir(os.path.join(folder, day)))[0])
+    with open(path, "a") as handle:
+        handle.write('{"time": "2026-')                 # torn
+    code, text, report = monitor(capsys, registry, "m@production", *_window(0, 300))
+    assert code == 0 and report["damaged_lines"] == 1
+    assert "1 damaged line(s) in the request log skipped" in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["m@production", "--since", "yesterday"], "--since 'yesterday' is neither a time"),
+    (["m@prod"], "has no alias 'prod'"),
+    (["nope@production"], "model 'nope' has no pushed versions"),
+    (["m@production", "--since", "1h", "--until", "2h"], "is after the end of its window"),
+])
+def test_user_mistakes_exit_2(registry, capsys, args, message):
+    assert cli.main(["monitor", *args, "--registry", registry.root]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_threshold_outside_0_1_is_a_usage_error(registry, capsys):
+    assert cli.main(["monitor", "m@production", "--max-error-rate", "2",
+                     "--registry", registry.root]) == 2
+    assert "must be between 0 and 1" in capsys.readouterr().err
+
+
+def test_spans_back_from_now():
+    now = dt.datetime(2026, 12, 2, 12, tzinfo=dt.timezone.utc)
+    assert monitoring.parse_when("1h", now) == now - dt.timedelta(hours=1)
+    assert monitoring.parse_when("7d", now) == now - dt.timedelta(days=7)
+    assert monitoring.parse_when("2026-12-01T08:00:00", now) == dt.datetime(
+        2026, 12, 1, 8, tzinfo=dt.timezone.utc)
+    assert monitoring.parse_when("2026-12-01T08:00:00Z", now).tzinfo is not None
+
+
+# --- canary ----------------------------------------------------------------------------
+
+
+def canary_traffic(n: int, agree: float = 0.98, candidate_confidence: float = 0.9,
+                   candidate_errors: float = 0.0, candidate_latency: float = 20.0) -> list:
+    """`n` requests per arm: staging's version 2 as the candidate, production's 1 as the
+    baseline, each sampled request with the other arm's answers."""
+    return (traffic(n, 11, version=2, label=None, arm="candidate",
+                    confidence=candidate_confidence, errors=candidate_errors,
+                    latency=candidate_latency,
+                    shadow={"version": 1, "agree": agree, "confidence": 0.9})
+            + traffic(n, 12, start=0.5, version=1, label=None, arm="baseline",
+                      shadow={"version": 2, "agree": agree,
+                              "confidence": candidate_confidence}))
+
+
+def canary(capsys, registry, *args: str) -> tuple[int, str]:
+    code = cli.main(["models", "canary", "m", "--candidate", "staging", "--baseline",
+                     "production", *args, "--registry", registry.root])
+    return code, capsys.readouterr().out
+
+
+def test_canary_promotes_a_candidate_that_agrees(registry, capsys):
+    write(registry, canary_traffic(250))
+    before = len(registry.audit("m"))
+    code, text = canary(capsys, registry, "--dry-run")
+    assert code == 0 and "decision: promote (every rule passed)" in text
+    assert "dry run: m@production would move from version 1 to version 2" in text
+    assert len(registry.audit("m")) == before               # nothing written
+    code, text = canary(capsys, registry)
+    assert code == 0, text
+    header, cand, base = text.splitlines()[1:4]
+    assert header.split()[:4] == ["ARM", "VERSION", "REQUESTS", "ERRORS"]
+    assert cand.split()[:3] == ["candidate", "2", "250"] and base.split()[:3] == [
+        "baseline", "1", "250"]
+    assert "m@production: version 1 -> version 2 (canary-promote" in text
+    assert registry.aliases("m") == {"production": 2, "staging": 2, "old": 3}
+    last = registry.audit("m")[-1]
+    assert (last["action"], last["alias"], last["from"], last["to"]) == (
+        "canary-promote", "production", 1, 2)
+    assert last["reason"].startswith("canary passed: error rate +0.0000") and \
+        "agreement 0.9" in last["reason"] and "250 candidate / 250 baseline requests" in \
+        last["reason"]
+    # the new action is a promotion to the ledger: a rollback walks back over it
+    registry.rollback("m", "production")
+    assert registry.aliases("m")["production"] == 1
+    # once both aliases hold the same version there is nothing to decide
+    registry.set_alias("m:2", "production")
+    code, text = canary(capsys, registry)
+    assert code == 0 and "both point at version 2: no canary running" in text
+
+
+@pytest.mark.parametrize("traffic_args, rule", [
+    ({"agree": 0.6}, "agreement"),
+    ({"candidate_errors": 0.1}, "error rate"),
+    ({"candidate_confidence": 0.7}, "confidence"),
+    ({"candidate_latency": 60.0}, "latency"),
+], ids=["agreement", "errors", "confidence", "latency"])
+def test_canary_reverts_a_candidate_that_fails_a_rule(registry, capsys, traffic_args, rule):
+    write(registry, canary_traffic(250, **traffic_args))
+    code, text = canary(capsys, registry)
+    assert code == 3, text
+    assert f"decision: revert (decided by the {rule} rule)" in text
+    assert "m@staging: version 2 -> version 1 (canary-revert" in text
+    assert registry.aliases("m") == {"production": 1, "staging": 1, "old": 3}
+    last = registry.audit("m")[-1]
+    assert (last["action"], last["alias"], last["from"], last["to"]) == (
+        "canary-revert", "staging", 2, 1)
+    assert last["reason"].startswith(f"canary failed: {rule}")
+    failed = [line.split("  ")[0] for line in text.splitlines() if line.endswith("  FAIL")]
+    assert failed == [rule]
+
+
+def test_canary_json_has_the_arms_and_the_numbers(registry, capsys):
+    write(registry, canary_traffic(250, agree=0.6))
+    code = cli.main(["models", "canary", "m", "--registry", registry.root, "--dry-run",
+                     "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert code == 3 and result["decision"] == "revert" and result["decided_by"] == "agreement"
+    assert result["change"] is None and result["dry_run"] is True
+    assert result["arms"]["candidate"]["requests"] == result["arms"]["baseline"]["requests"] \
+        == 250
+    assert 0.5 < result["agreement"] < 0.7 and result["pairs"] > 1000
+    assert {r["rule"] for r in result["rules"]} == {"error rate", "agreement", "confidence",
+                                                    "latency"}
+    assert registry.aliases("m")["staging"] == 2
+
+
+def test_canary_below_min_requests_is_undecided_and_changes_nothing(registry, capsys):
+    write(registry, canary_traffic(150, agree=0.5))
+    before = registry.audit("m")
+    code, text = canary(capsys, registry)
+    assert code == 0, text
+    assert "decision: undecided: not enough requests yet: candidate 150, baseline 150 " \
+           "(--min-requests 200); 50 more on the candidate arm, 50 more on the baseline arm" \
+           in text and "nothing changed" in text
+    assert registry.audit("m") == before
+    assert registry.aliases("m") == {"production": 1, "staging": 2, "old": 3}
+    code, text = canary(capsys, registry, "--min-requests", "100")
+    assert code == 3 and registry.aliases("m")["staging"] == 1
+
+
+def test_canary_counts_only_the_versions_the_aliases_hold_now(registry, capsys):
+    # an earlier canary's traffic (version 3 as the candidate) does not count
+    old = traffic(300, 21, version=3, label=None, arm="candidate",
+                  shadow={"version": 1, "agree": 0.2, "confidence": 0.9})
+    write(registry, old, canary_traffic(250))
+    code, text = canary(capsys, registry)
+    assert code == 0 and "decision: promote" in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--candidate", "nope"], "has no alias 'nope' (the --candidate"),
+    (["--candidate", "production"], "--candidate and --baseline are both 'production'"),
+    (["--since", "soon"], "--since 'soon' is neither"),
+])
+def test_canary_user_mistakes_exit_2(registry, capsys, args, message):
+    assert cli.main(["models", "canary", "m", *args, "--registry", registry.root]) == 2
+    assert message in capsys.readouterr().err
