@@ -756,6 +756,31 @@ class VertexPushConfig(Section):
                           "REGION-docker.pkg.dev/PROJECT/imgpipe/tensorflow-serving:VERSION, "
                           "see deploy/Dockerfile.serving). A prebuilt image of another "
                           "TensorFlow version is refused.")
+    endpoint: Optional[str] = Field(
+        None, description="Vertex AI endpoint where the endpoint_alias's version serves, with "
+                          "all the traffic (`models promote --canary N` gives another alias's "
+                          "version N%): a display name (created when missing) or "
+                          "projects/P/locations/REGION/endpoints/ID. Unset: nothing is deployed.")
+    endpoint_alias: str = Field("production", description="The alias the endpoint serves.")
+    machine_type: str = Field("n1-standard-2", description="Each deployed version's machine.")
+    min_replica_count: int = Field(1, ge=1)
+    max_replica_count: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _endpoint(self) -> "VertexPushConfig":
+        where = self.endpoint
+        if where is not None and (not where.strip() or '"' in where or (
+                where.startswith("projects/") and not re.fullmatch(
+                    rf"projects/[^/]+/locations/{re.escape(self.region)}/endpoints/[^/]+", where))):
+            raise ValueError(f"endpoint {where!r}: give a display name (no '\"') or "
+                             f"projects/P/locations/{self.region}/endpoints/ID (the region's)")
+        problem = vertex_alias_problem(self.endpoint_alias)
+        if problem or self.endpoint_alias == LATEST_ALIAS:
+            raise ValueError(f"endpoint_alias {self.endpoint_alias!r}: "
+                             + (problem or "'latest' is not an alias"))
+        if self.max_replica_count < self.min_replica_count:
+            raise ValueError("max_replica_count is below min_replica_count")
+        return self
 
 
 class PushConfig(Section):

@@ -350,10 +350,13 @@ class Registry:
     # --- aliases -------------------------------------------------------------------
 
     def set_alias(self, ref: str, alias: str, reason: str = "", force: bool = False,
-                  action: str = "promote", who: str | None = None) -> dict[str, Any]:
+                  action: str = "promote", who: str | None = None,
+                  traffic: int | None = None) -> dict[str, Any]:
         """Points `alias` at the version `ref` names; refuses a version that is not
         blessed or failed infra validation unless `force` (recorded in the ledger). A
-        change that changes nothing is not recorded: the entry says `unchanged`."""
+        change that changes nothing is not recorded: the entry says `unchanged`.
+        `traffic`: the endpoint share the alias's version gets (a canary,
+        `components.vertex`), recorded in the entry; a new share is a change."""
         check_name(alias, "alias")
         if alias == LATEST:
             raise ConfigError(f"'{LATEST}' always means the newest version; pick another alias.")
@@ -364,7 +367,11 @@ class Registry:
         def decide(entries: list[dict[str, Any]]) -> dict[str, Any]:
             current = _replay(entries).get(alias)
             entry = _entry(action, alias, current, version.version, reason, force, who)
-            return dict(entry, unchanged=True) if current == version.version else entry
+            if traffic is not None:
+                entry["traffic"] = traffic
+            same = current == version.version and (
+                traffic is None or traffic == _traffic(entries, alias))
+            return dict(entry, unchanged=True) if same else entry
 
         return self._change(version.name, decide)
 
@@ -552,6 +559,14 @@ def _replay(entries: list[dict[str, Any]]) -> dict[str, int]:
         else:
             aliases[entry["alias"]] = int(entry["to"])
     return aliases
+
+
+def _traffic(entries: list[dict[str, Any]], alias: str) -> int:
+    """The endpoint share the alias's latest entry gave it (0: none)."""
+    for entry in reversed(entries):
+        if entry["alias"] == alias:
+            return entry.get("traffic") or 0
+    return 0
 
 
 def _holders(entries: list[dict[str, Any]], alias: str) -> list[int]:

@@ -1,8 +1,11 @@
 """Vertex AI Model Registry, kept in step with our registry: each pushed version is
 uploaded as a new version of one Vertex model, and moving an alias here (promote,
-rollback, delete) moves it there. Untested against the live service (not reachable
-from where this was built); every call is unit-tested against the real client
-library's signatures with a recording fake.
+rollback, delete) moves it there. With `push.vertex.endpoint`, promotion also reaches
+traffic on a Vertex AI endpoint (`sync_endpoint`): the version holding
+`push.vertex.endpoint_alias` serves there, and a canary (`models promote --canary N`)
+takes N% of it. Untested against the live service (not reachable from where this was
+built); every call is unit-tested against the real client library's signatures with a
+recording fake.
 
 Serving image: a model is served by TensorFlow Serving of the pipeline's TensorFlow
 version (or of the model's, if newer): TF Serving loads SavedModels of its own or an
@@ -179,6 +182,8 @@ def upload_version(cfg: Any, registry_root: str, version: Any, tf_version: str |
                           model_config(registry_root, version.name, version.version))
     record = VertexModelRegistry(cfg.project, cfg.region, aiplatform).upload(
         version.name, version.path, {VERSION_LABEL: str(version.version)}, aliases, container)
+    if endpoint_settings(cfg):     # for the CLI's promotions later: where traffic goes
+        record["endpoint"] = endpoint_settings(cfg)
     fileio.write_text(fileio.join(version.path, RECORD), json.dumps(record, indent=2))
     return record
 
@@ -201,3 +206,260 @@ def sync_alias(version_path: str, alias: str, removed: bool = False,
     else:
         registry.move_alias(record, alias)
     return record["model"]
+
+
+# --- endpoints: promotion reaches traffic ---------------------------------------------
+#
+# What the endpoint should serve is decided from the registry's ledger alone (the
+# version holding the endpoint alias, and at most one canary: the newest entry that
+# gave another alias a `traffic` share after the endpoint alias last moved), then the
+# endpoint is brought to that state: deploy what is missing (looked up in
+# list_models() first, so a retry never deploys twice), set the traffic split,
+# undeploy the versions of this model nothing names any more. Every step can fail and
+# be run again.
+
+
+def endpoint_settings(cfg: Any) -> dict[str, Any] | None:
+    """What vertex.json records of push.vertex's endpoint (None: no endpoint set)."""
+    if cfg is None or not getattr(cfg, "endpoint", None):
+        return None
+    return {"endpoint": cfg.endpoint, "alias": cfg.endpoint_alias,
+            "machine_type": cfg.machine_type, "min_replica_count": cfg.min_replica_count,
+            "max_replica_count": cfg.max_replica_count}
+
+
+def configured_endpoint(cfg: Any) -> dict[str, Any] | None:
+    """push.vertex's endpoint settings with its project and region (as `model_endpoint`
+    gives them), or None."""
+    settings = endpoint_settings(cfg)
+    return dict(settings, project=cfg.project, region=cfg.region) if settings else None
+
+
+def record_endpoint(version_path: str, cfg: Any) -> dict[str, str] | None:
+    """Writes push.vertex's endpoint settings (or their absence) into the version's
+    Vertex record, when it has one and they changed; returns the record."""
+    record = read_record(version_path)
+    if record is None or record.get("endpoint") == endpoint_settings(cfg):
+        return record
+    record = {k: v for k, v in record.items() if k != "endpoint"}
+    if endpoint_settings(cfg):
+        record["endpoint"] = endpoint_settings(cfg)
+    fileio.write_text(fileio.join(version_path, RECORD), json.dumps(record, indent=2))
+    return record
+
+
+def model_endpoint(registry: Any, name: str) -> dict[str, Any] | None:
+    """The model's endpoint settings (with the Vertex project and region): those the
+    newest version on Vertex recorded at its upload; None when it recorded none."""
+    for version in reversed(registry.versions(name)):
+        record = read_record(version.path)
+        if record is not None:
+            settings = record.get("endpoint")
+            return dict(settings, project=record["project"], region=record["region"]) \
+                if settings else None
+    return None
+
+
+def endpoint_plan(entries: list[dict[str, Any]], endpoint_alias: str
+                  ) -> tuple[int | None, tuple[str, int, int] | None]:
+    """From the ledger: (the version the endpoint serves, i.e. the endpoint alias's
+    holder, or None; the canary as (alias, version, percent), or None). A canary is an
+    alias whose latest entry gave it `traffic` > 0, written after the endpoint alias
+    last moved (moving it gives its holder all the traffic), on a version other than
+    the served one; a later rollback, delete or plain promotion of that alias ends it."""
+    last: dict[str, tuple[int, dict[str, Any]]] = {}
+    for index, entry in enumerate(entries):
+        last[entry["alias"]] = (index, entry)
+    held = last.get(endpoint_alias)
+    if held is None or held[1].get("action") == "delete" or held[1]["to"] is None:
+        return None, None
+    since, serving = held[0], int(held[1]["to"])
+    canary, newest = None, -1
+    for alias, (index, entry) in last.items():
+        percent = entry.get("traffic") or 0
+        if (alias != endpoint_alias and index > since and percent > 0 and index > newest
+                and entry.get("action") != "delete" and entry["to"] not in (None, serving)):
+            canary, newest = (alias, int(entry["to"]), int(percent)), index
+    return serving, canary
+
+
+def touches_endpoint(entries: list[dict[str, Any]], alias: str, endpoint_alias: str) -> bool:
+    """Whether a change of `alias` can change what the endpoint serves: it is the
+    endpoint alias, or it held (or holds) a canary."""
+    return alias == endpoint_alias or any(
+        e["alias"] == alias and "traffic" in e for e in entries)
+
+
+def check_canary(registry: Any, version: Any, alias: str, percent: int) -> None:
+    """Refuses `models promote VERSION --to ALIAS --canary PERCENT` before anything
+    moves, when the endpoint could not take it."""
+    settings = model_endpoint(registry, version.name)
+    if settings is None:
+        raise ConfigError(
+            f"--canary shares a Vertex AI endpoint's traffic, and {version.name} has no "
+            f"endpoint: its newest version on Vertex AI was uploaded without "
+            "push.vertex.endpoint (`imgpipe models sync-vertex NAME:N --config CONFIG` "
+            "records the config's endpoint).")
+    if alias == settings["alias"]:
+        raise ConfigError(
+            f"@{alias} is the alias the endpoint {settings['endpoint']} serves with all its "
+            f"traffic; promote to it without --canary, or canary through another alias "
+            f"(--to staging --canary {percent}).")
+    if percent == 0:
+        return
+    serving, canary = endpoint_plan(registry.audit(version.name), settings["alias"])
+    if serving is None:
+        raise ConfigError(
+            f"nothing holds {version.name}@{settings['alias']}, so nothing serves on the "
+            f"endpoint {settings['endpoint']} to share traffic with; promote a version to "
+            f"{settings['alias']} first.")
+    if serving == version.version:
+        raise ConfigError(f"{version.ref} already serves all the traffic on the endpoint "
+                          f"{settings['endpoint']} (it holds @{settings['alias']}).")
+    if canary and canary[0] != alias:
+        raise ConfigError(
+            f"{version.name}@{canary[0]} is already a canary on the endpoint "
+            f"({version.name}:{canary[1]}, {canary[2]}%); end it first with `imgpipe models "
+            f"promote {version.name}:{canary[1]} --to {canary[0]} --canary 0`.")
+
+
+def sync_endpoint(registry: Any, name: str, alias: str | None = None,
+                  settings: dict[str, Any] | None = None,
+                  aiplatform: Any = None) -> dict[str, Any] | None:
+    """Brings the model's endpoint to what the ledger says it serves (`endpoint_plan`),
+    when the model has one (`settings`, default `model_endpoint`) and `alias` (None:
+    any) can change it. None when nothing was to do; else what it serves now
+    (`VertexEndpoint.serve`), or a `warning` when a version it should serve is not on
+    Vertex AI (the endpoint is then left as it is)."""
+    settings = settings or model_endpoint(registry, name)
+    if settings is None:
+        return None
+    entries = registry.audit(name)
+    if alias is not None and not touches_endpoint(entries, alias, settings["alias"]):
+        return None
+    serving, canary = endpoint_plan(entries, settings["alias"])
+    where = settings["endpoint"]
+    if serving is None:
+        return {"endpoint": where, "traffic": {}, "deployed": [], "undeployed": [],
+                "line": f"nothing holds {name}@{settings['alias']}: endpoint {where} left as "
+                        "it is"}
+    wanted = [(serving, 100 - (canary[2] if canary else 0))] + \
+        ([(canary[1], canary[2])] if canary else [])
+    serve = []
+    for number, percent in wanted:
+        record = read_record(registry.get(name, number).path)
+        if record is None:
+            warning = (f"{name}:{number} should serve {percent}% on the endpoint {where}, but "
+                       f"it is not in Vertex AI Model Registry (no {RECORD}), so the endpoint "
+                       f"was left as it is; `imgpipe models sync-vertex {name}:{number} "
+                       "--config CONFIG` uploads it and moves the traffic.")
+            return {"endpoint": where, "warning": warning, "line": f"warning: {warning}"}
+        serve.append((f"{name}:{number}", record, percent))
+    result = VertexEndpoint(settings["project"], settings["region"], aiplatform).serve(
+        where, serve, settings)
+    return dict(result, line=endpoint_line(result))
+
+
+def endpoint_line(result: dict[str, Any]) -> str:
+    traffic = ", ".join(f"{label} {percent}%" for label, percent in result["traffic"].items())
+    did = [f"deployed {', '.join(result['deployed'])}"] if result["deployed"] else []
+    did += [f"undeployed {', '.join(result['undeployed'])}"] if result["undeployed"] else []
+    return (f"endpoint {result['endpoint']}: {traffic}"
+            + (f" ({'; '.join(did)})" if did else
+               "" if result.get("changed") else " (already so)"))
+
+
+def serve_pushed(push: Any, registry: Any, version: Any, aiplatform: Any = None) -> list[str]:
+    """After push's upload: the version's record takes push.vertex's endpoint settings,
+    and, when push.promote_to moved the endpoint alias (or ended a canary), the
+    endpoint follows. The lines saying what it serves."""
+    record_endpoint(version.path, push.vertex)
+    if not push.promote_to:
+        return []
+    result = sync_endpoint(registry, version.name, push.promote_to, aiplatform=aiplatform)
+    return [result["line"]] if result else []
+
+
+def _model_id(resource: str) -> str:
+    """projects/P/locations/L/models/ID@VERSION -> ID (P may be a number or a name)."""
+    return resource.split("@")[0].rsplit("/", 1)[-1]
+
+
+def _deployed_key(deployed: Any) -> tuple[str, str]:
+    """(model id, version id) of a DeployedModel: `model_version_id` (output only), else
+    the version its `model` names (`models/ID@VERSION`)."""
+    version = getattr(deployed, "model_version_id", "") or \
+        (deployed.model.split("@", 1)[1] if "@" in deployed.model else "")
+    return _model_id(deployed.model), str(version)
+
+
+class VertexEndpoint:
+    """One Vertex AI endpoint through `aiplatform.Endpoint`: found by display name
+    (`Endpoint.list`, created when missing) or taken by resource name, then brought to a
+    wanted traffic split over versions of Vertex models."""
+
+    def __init__(self, project: str, region: str, aiplatform: Any = None):
+        aiplatform = aiplatform or client_module
+        if aiplatform is None:
+            from google.cloud import aiplatform  # only when an endpoint is configured
+        self.ai = aiplatform
+        self.project, self.region = project, region
+
+    def endpoint(self, where: str):
+        """The endpoint `where` names: a resource name, or a display name (created on
+        first use; an earlier attempt's endpoint is found, not created again)."""
+        ai = self.ai
+        ai.init(project=self.project, location=self.region)
+        if where.startswith("projects/"):
+            return ai.Endpoint(endpoint_name=where)
+        found = ai.Endpoint.list(filter=f'display_name="{where}"')
+        if len(found) > 1:
+            raise ConfigError(
+                f"{len(found)} Vertex AI endpoints are named {where!r} in {self.project}/"
+                f"{self.region} ({', '.join(e.resource_name for e in found)}); set "
+                "push.vertex.endpoint to the resource name of the one to serve on.")
+        return found[0] if found else ai.Endpoint.create(display_name=where)
+
+    def serve(self, where: str, wanted: list[tuple[str, dict[str, str], int]],
+              resources: dict[str, Any]) -> dict[str, Any]:
+        """`wanted`: (label, Vertex record, percent), the fully served version first.
+        Deploys each one that is not deployed yet (the first on an empty endpoint with
+        all the traffic, else with its percent: Vertex scales the others down), sets the
+        traffic split when it differs, then undeploys the other deployed versions of
+        the same Vertex models (models of others deployed there keep their deployment
+        and get no traffic)."""
+        endpoint = self.endpoint(where)
+        models = {_model_id(record["model"]) for _, record, _ in wanted}
+        key = {label: (_model_id(record["model"]), str(record["version_id"]))
+               for label, record, _ in wanted}
+
+        def ours() -> dict[tuple[str, str], Any]:
+            return {_deployed_key(d): d for d in endpoint.list_models()
+                    if _model_id(d.model) in models}
+
+        deployed, done, changed = ours(), [], False
+        for label, record, percent in wanted:
+            if key[label] in deployed:
+                continue
+            live = sum(endpoint.traffic_split.values())
+            endpoint.deploy(
+                model=self.ai.Model(record["model"], version=str(record["version_id"])),
+                deployed_model_display_name=label[:128],
+                traffic_percentage=percent if live else 100,
+                machine_type=resources["machine_type"],
+                min_replica_count=resources["min_replica_count"],
+                max_replica_count=resources["max_replica_count"], sync=True)
+            done.append(label)
+            deployed = ours()
+        split = {deployed[key[label]].id: percent for label, _, percent in wanted if percent}
+        if {k: v for k, v in endpoint.traffic_split.items() if v} != split:
+            endpoint.update(traffic_split=split)
+            changed = True
+        gone = []
+        for found, deployment in deployed.items():
+            if found not in key.values():
+                endpoint.undeploy(deployed_model_id=deployment.id)
+                gone.append(deployment.display_name or f"{found[0]}@{found[1]}")
+        return {"endpoint": endpoint.resource_name,
+                "traffic": {label: percent for label, _, percent in wanted},
+                "deployed": done, "undeployed": gone, "changed": changed or bool(done or gone)}

@@ -9,7 +9,9 @@ SavedModel is already a version of this name is not pushed twice.
 Optional: the same version also goes to Vertex AI Model Registry (`push.vertex`,
 `components/vertex.py`): untested against the live service. That upload is idempotent
 and retried too: every push of a version that has no Vertex record (vertex.json) yet
-uploads it, after asking Vertex whether an earlier, failed attempt already did.
+uploads it, after asking Vertex whether an earlier, failed attempt already did. With
+`push.vertex.endpoint`, a `promote_to` that moves the endpoint alias deploys the version
+there with all the traffic (`vertex.sync_endpoint`, as idempotent).
 """
 
 from __future__ import annotations
@@ -177,6 +179,8 @@ def run(trained_model: In[artifacts.Model], blessing: In[artifacts.ModelBlessing
                 # it (upload refused, task killed) left it without its Vertex record.
                 record["vertex"], line = _to_vertex(push, registry, version, trained_model)
                 lines.append(line)
+                # push.vertex.endpoint: the endpoint serves what the endpoint alias holds
+                lines += vertex.serve_pushed(push, registry, version)
     artifacts.PushedModel.write(pushed_model, record)
     pushed_model.properties = record
     return {**record, "lines": lines}

@@ -147,7 +147,9 @@ def cmd_models_show(args: argparse.Namespace) -> Result:
             forced = entry.get("force") and entry.get("action") != "rollback"
             print(f"  audit: {entry.get('time', '?')} {entry.get('who', '?')} "
                   f"{entry.get('action', 'promote')} @{entry['alias']} {entry.get('from')} -> "
-                  f"{entry['to']}{' (forced)' if forced else ''} {entry.get('reason') or ''}")
+                  f"{entry['to']}{' (forced)' if forced else ''}"
+                  f"{' (canary %s%%)' % entry['traffic'] if 'traffic' in entry else ''} "
+                  f"{entry.get('reason') or ''}")
         for item in info.get("lineage", []):
             print(f"  lineage: {item['name']} ({item['type']}, run {item['run_id']}) -> "
                   f"{item['consumed_by']}: {item['uri']}")
@@ -225,16 +227,21 @@ def _count(value: Any) -> str:
 
 def _alias_change(name: str, entry: dict[str, Any]) -> Result:
     def text() -> None:
+        served = entry.get("endpoint") or {}
         if entry.get("unchanged"):
             print(f"{name}@{entry['alias']} already points at version {entry['to']}; nothing "
-                  "changed (not recorded).")
+                  "changed (not recorded)." + (f" {served['line']}" if served.get("line") and
+                                               not served.get("warning") else ""))
             return
         before = "(none)" if entry["from"] is None else f"version {entry['from']}"
         after = "(deleted)" if entry["to"] is None else f"version {entry['to']}"
-        print(f"{name}@{entry['alias']}: {before} -> {after} ({entry['action']}"
+        canary = f", canary {entry['traffic']}%" if entry.get("traffic") is not None else ""
+        print(f"{name}@{entry['alias']}: {before} -> {after} ({entry['action']}{canary}"
               f"{', forced' if entry['force'] and entry['action'] == 'promote' else ''})"
               + (f"; also on Vertex AI ({entry['vertex_model']})" if entry.get("vertex_model")
                  else ""))
+        if served.get("line") and not served.get("warning"):
+            print(f"  {served['line']}")
 
     return Result(data=dict(entry, model=name), text=text)
 
@@ -248,13 +255,22 @@ def _sync_vertex(registry, name: str, version: int | None, alias: str, removed: 
         return
     try:
         model = vertex.sync_alias(registry.get(name, version).path, alias, removed)
+        # push.vertex.endpoint: the endpoint serves what the ledger now says
+        served = vertex.sync_endpoint(registry, name, alias) if model else None
     except ImgpipeError:
         raise
     except Exception as exc:
+        # a rollback again would move the alias further back: retry through sync-vertex
+        retry = ("run the same command again" if entry.get("action") != "rollback" else
+                 f"run `imgpipe models sync-vertex {name}:{version} --config CONFIG`")
         raise ImgpipeError(
             f"{name}@{alias} moved in the registry, but not on Vertex AI ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); run the same command "
-            "again to retry (the registry side is already done).") from exc
+            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); {retry} to retry (the "
+            "registry side is already done).") from exc
+    if served:
+        entry["endpoint"] = served
+        if served.get("warning"):
+            print(f"imgpipe: warning: {served['warning']}", file=sys.stderr)
     if model:
         entry["vertex_model"] = model
     elif not removed:
@@ -306,14 +322,18 @@ def cmd_models_sync_vertex(args: argparse.Namespace) -> Result:
         except (ImgpipeError, OSError):
             pass   # the run's model is gone: the installed TensorFlow's serving image
         record = vertex.upload_version(cfg, registry.root, version, built, [])
+    record = vertex.record_endpoint(version.path, cfg)
     for alias in aliases:
         vertex.sync_alias(version.path, alias)
-    data = dict(record, ref=version.ref, uploaded=uploaded, aliases=aliases)
+    served = vertex.sync_endpoint(registry, version.name,
+                                  settings=vertex.configured_endpoint(cfg))
+    data = dict(record, ref=version.ref, uploaded=uploaded, aliases=aliases, served=served)
     did = "uploaded to" if uploaded else "already in"
     return Result(data=data, text=(
         f"{version.ref} {did} Vertex AI Model Registry: {record['model']} version "
         f"{record['version_id']}" + (f"; aliases {', '.join(aliases)} point at it there too"
-                                     if aliases else "")))
+                                     if aliases else "")
+        + (f"\n  {served['line']}" if served else "")))
 
 
 def cmd_models_promote(args: argparse.Namespace) -> Result:
@@ -325,9 +345,20 @@ def cmd_models_promote(args: argparse.Namespace) -> Result:
                           f"{', '.join(sorted(existing)) or 'none'}); check the spelling, or "
                           "pass --create to add it.")
     _check_vertex_alias(registry, name, args.to)
-    entry = registry.set_alias(args.ref, args.to, args.reason or "", args.force)
+    if args.canary is not None:       # refused before anything moves
+        from components import vertex
+
+        vertex.check_canary(registry, registry.resolve(args.ref), args.to, args.canary)
+    entry = registry.set_alias(args.ref, args.to, args.reason or "", args.force,
+                               traffic=args.canary)
     _sync_vertex(registry, name, entry["to"], entry["alias"], False, entry)
     return _alias_change(name, entry)
+
+
+def _percent(text: str) -> int:
+    if not text.isdigit() or int(text) > 99:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole percent from 0 to 99")
+    return int(text)
 
 
 def _check_vertex_alias(registry, name: str, alias: str) -> None:
@@ -422,6 +453,10 @@ def register(sub: Any) -> None:
             p.add_argument("--create", action="store_true",
                            help=f"create an alias other than {', '.join(COMMON_ALIASES)} "
                                 "that the model does not have yet")
+            p.add_argument("--canary", type=_percent, metavar="PERCENT",
+                           help="with push.vertex.endpoint: the version also serves PERCENT%% "
+                                "of the endpoint's traffic, beside the endpoint alias's version "
+                                "(recorded in the audit log); 0 ends the canary")
         elif name == "sync-vertex":
             p.add_argument("ref", help="the version: NAME:VERSION, NAME@ALIAS or NAME@latest")
         elif name == "rollback":
