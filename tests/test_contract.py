@@ -291,7 +291,8 @@ def test_the_cli_command_groups_are_peers():
     import sys
 
     groups = {"pipeline.cli.run", "pipeline.cli.models", "pipeline.cli.runs",
-              "pipeline.cli.tools", "pipeline.cli.backfill"}
+              "pipeline.cli.tools", "pipeline.cli.backfill", "pipeline.cli.serving",
+              "pipeline.cli.serving_config", "pipeline.cli.monitoring", "pipeline.cli.canary"}
     modules = set(_modules_under("pipeline.cli")) - {"pipeline.cli.__main__"}
     assert modules == groups | {"pipeline.cli.common", "pipeline.cli.exits"}
     for module in modules:

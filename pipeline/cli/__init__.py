@@ -15,8 +15,9 @@ import sys
 from typing import Any, Callable, Sequence
 
 from components import runtime
-from pipeline.cli import backfill, exits, models, run, runs, tools
-from pipeline.cli.common import Parser, Result, positive_int
+from pipeline.cli import backfill, exits, models, run, runs, serving, serving_config, tools
+from pipeline.cli import canary, monitoring
+from pipeline.cli.common import Parser, Result, _add_json_arg, _add_registry_args, positive_int
 from pipeline.cli.exits import storage_error
 
 __all__ = ["Parser", "Result", "build_parser", "main", "positive_int", "storage_error"]
@@ -33,7 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     # in the order --help lists the commands
     run.register(sub)
-    models.register(sub)
+    models_sub = models.register(sub)      # other groups add `models` subcommands to it
+    serving.register(sub)
+    monitoring.register(sub)
+    serving_config.register(models_sub, _add_registry_args, _add_json_arg)
+    canary.register(models_sub)
     run.register_remote(sub)
     models.register_predict(sub)
     runs.register(sub)

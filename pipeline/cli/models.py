@@ -12,18 +12,8 @@ from typing import Any
 from components.beamio import PARALLEL_MIN_INPUTS
 from components.errors import ConfigError, ImgpipeError
 from pipeline.cli.common import (DEFAULT_RUNS_DIR, NOTHING_WRITTEN, PREDICTIONS, Result,
-                                 _add_force_arg, _add_json_arg, check_output, positive_int)
-
-
-def _registry(args: argparse.Namespace):
-    from components import fileio
-    from pipeline.registry import Registry, registry_root
-
-    root = registry_root(args.registry, getattr(args, "config", None))
-    if not fileio.exists(root):
-        raise ConfigError(f"no model registry at {root} (nothing was pushed there); name it "
-                          "with --registry DIR or --config CONFIG (its push.destination).")
-    return Registry(root)
+                                 _add_force_arg, _add_json_arg, _add_registry_args, _registry,
+                                 check_output, positive_int)
 
 
 # Aliases a newcomer may use without --create; any other name must already exist for
@@ -419,8 +409,9 @@ def cmd_models_repair(args: argparse.Namespace) -> Result:
     return Result(data=dict(result, missing=dangling), text=text)
 
 
-def register(sub: Any) -> None:
-    """`models ...`."""
+def register(sub: Any) -> Any:
+    """`models ...`; returns the `models` subparsers, where other command groups add
+    their own `models` subcommands (the dispatcher hands it to them)."""
     models = sub.add_parser("models", help="the model registry: versions, aliases, promotion"
                             ).add_subparsers(dest="models_command", required=True)
     commands = {
@@ -477,13 +468,7 @@ def register(sub: Any) -> None:
     _add_registry_args(delete)
     _add_json_arg(delete)
     delete.set_defaults(func=cmd_models_alias_delete)
-
-
-def _add_registry_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--registry", help="registry root (default: the --config's push "
-                                           "destination, else ./serving)")
-    parser.add_argument("--config", help="take the registry from this config's "
-                                         "push.destination")
+    return models
 
 
 def cmd_predict(args: argparse.Namespace) -> Result:
