@@ -133,6 +133,32 @@ def verify_decodes(data: bytes) -> None:
         raise BadImage(f"corrupt or truncated image ({type(exc).__name__}: {exc})") from None
 
 
+def check_for_serving(data: bytes, max_pixels: int) -> bytes:
+    """What a served request's image becomes before the model reads it: the same
+    bounds and conversions as `check_image`, but a baseline JPEG or 8-bit PNG that
+    needs no conversion is checked from its header only (format, size, EXIF
+    orientation) and kept as it is, without decoding its pixels here: the model
+    decodes it anyway, and a damaged body is then the model's error on that request."""
+    if not data:
+        raise BadImage("empty image (0 bytes)")
+    try:
+        img = _open(data)
+    except UnidentifiedImageError:
+        raise BadImage("not an image (no known image format in the bytes)") from None
+    except Exception as exc:
+        raise BadImage(f"corrupt or truncated image ({type(exc).__name__}: {exc})") from None
+    width, height = img.size
+    too_large = pixels_over(width, height, max_pixels)
+    if too_large:
+        raise BadImage(too_large)
+    original = (img.format or "").upper()
+    progressive = bool(img.info.get("progressive") or img.info.get("progression"))
+    if (width > 0 and height > 0 and img.mode in ("L", "RGB") and orientation(img) == 1
+            and (original == "PNG" or (original == "JPEG" and not progressive))):
+        return data
+    return check_image(data, max_pixels).data
+
+
 def check_image(data: bytes, max_pixels: int) -> CheckedImage:
     """Validates and normalizes one encoded image; raises BadImage(reason)."""
     if not data:

@@ -441,3 +441,49 @@ def test_a_version_is_warmed_with_its_warmup_records(tmp_path):
     finally:
         loaded.LoadedVersion.call = original
     assert calls == [("serving_images", images)]          # no synthetic image needed
+
+
+def test_a_damaged_image_behind_a_good_header_fails_only_its_own_request(server):
+    good = sm.png(90)
+    damaged = good[:40] + bytes(len(good) - 40)          # PNG header, broken chunks
+    with _client(server) as client:
+        results = []
+
+        def send(data: bytes) -> None:
+            results.append(client.post("/v1/models/pets:predict", json=images_body(
+                data=base64.b64encode(data).decode())))
+
+        threads = [threading.Thread(target=send, args=(d,)) for d in (good, damaged, good)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    codes = sorted(r.status_code for r in results)
+    assert codes == [200, 200, 400], [r.text for r in results]
+    refused = next(r for r in results if r.status_code == 400)
+    assert "could not read" in _error(refused) or "corrupt" in _error(refused)
+
+
+def test_served_images_get_the_conversions_ingest_gives_them():
+    from PIL import Image
+
+    from components import imaging
+    from tests import fixtures
+
+    upright = sm.png(100)
+    assert imaging.check_for_serving(upright, 10_000) is upright      # kept, not decoded
+    with pytest.raises(imaging.BadImage, match="pixels"):
+        imaging.check_for_serving(sm.png(size=200), 10_000)
+    rotated = fixtures.jpeg_bytes(Image.new("RGB", (20, 10), (200, 10, 10)),
+                                  exif=_exif_orientation(6))
+    assert imaging.check_for_serving(rotated, 10_000) == imaging.check_image(rotated, 10_000).data
+    assert Image.open(__import__("io").BytesIO(
+        imaging.check_for_serving(rotated, 10_000))).size == (10, 20)
+
+
+def _exif_orientation(value: int) -> bytes:
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = value
+    return exif.tobytes()

@@ -105,9 +105,9 @@ def _socket(host: str, port: int) -> socket.socket:
 def _server(app: Any, sock: socket.socket):
     import uvicorn
 
+    # uvloop and httptools (C parsers) when installed, as uvicorn[standard] does
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=GRACEFUL_SECONDS, loop="asyncio",
-                            http="h11")
+                            timeout_graceful_shutdown=GRACEFUL_SECONDS)
     return uvicorn.Server(config)
 
 

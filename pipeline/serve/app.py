@@ -288,7 +288,7 @@ class Service:
 
     def _image(self, data: bytes, index: int) -> bytes:
         try:
-            return imaging.check_image(data, self.limits.max_pixels).data
+            return imaging.check_for_serving(data, self.limits.max_pixels)
         except imaging.BadImage as exc:
             reason = "too_many_pixels" if "pixels" in str(exc) else "not_an_image"
             raise Refused(413 if reason == "too_many_pixels" else 400,
