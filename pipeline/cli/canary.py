@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pipeline.cli.common import Result, _add_json_arg, _add_registry_args, _registry, positive_int
+from pipeline.cli.common import (Result, _add_json_arg, _add_registry_args, _registry,
+                                 _sync_vertex, positive_int)
 
 REVERT_EXIT = 3      # the candidate failed: a schedule running the canary hears of it
 
@@ -105,6 +106,9 @@ def cmd_models_canary(args: argparse.Namespace) -> Result:
             data["change"] = registry.set_alias(f"{name}:{baseline}", args.candidate,
                                                 reason=result["reason"],
                                                 action="canary-revert")
+        # a model kept in Vertex AI too: its aliases and endpoint follow, as a promote's do
+        change = data["change"]
+        _sync_vertex(registry, name, change["to"], change["alias"], False, change)
     code = REVERT_EXIT if decision == monitoring.REVERT else 0
 
     def text() -> None:

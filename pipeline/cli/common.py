@@ -60,6 +60,55 @@ def _registry(args: argparse.Namespace):
     return Registry(root)
 
 
+def _sync_vertex(registry, name: str, version: int | None, alias: str, removed: bool,
+                 entry: dict[str, Any]) -> None:
+    """Moves the alias on Vertex AI Model Registry too, when the version went there."""
+    from components import vertex
+    from components.errors import ImgpipeError
+
+    if version is None:
+        return
+    try:
+        model = vertex.sync_alias(registry.get(name, version).path, alias, removed)
+        # push.vertex.endpoint: the endpoint serves what the ledger now says
+        served = vertex.sync_endpoint(registry, name, alias) if model else None
+    except ImgpipeError:
+        raise
+    except Exception as exc:
+        # a rollback again would move the alias further back: retry through sync-vertex
+        retry = ("run the same command again" if entry.get("action") != "rollback" else
+                 f"run `imgpipe models sync-vertex {name}:{version} --config CONFIG`")
+        raise ImgpipeError(
+            f"{name}@{alias} moved in the registry, but not on Vertex AI ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); {retry} to retry (the "
+            "registry side is already done).") from exc
+    if served:
+        entry["endpoint"] = served
+        if served.get("warning"):
+            print(f"imgpipe: warning: {served['warning']}", file=sys.stderr)
+    if model:
+        entry["vertex_model"] = model
+    elif not removed:
+        warning = _missing_from_vertex(registry, name, version, alias)
+        if warning:
+            entry.update(vertex_missing=True, warning=warning)
+            print(f"imgpipe: warning: {warning}", file=sys.stderr)
+
+
+def _missing_from_vertex(registry, name: str, version: int, alias: str) -> str | None:
+    """Why the alias moved only here, when the model is kept in Vertex AI (another of its
+    versions has a Vertex record) but this version is not there (its upload failed)."""
+    from components import vertex
+
+    if not any(vertex.read_record(v.path) for v in registry.versions(name)
+               if v.version != version):
+        return None            # the model is not kept in Vertex at all
+    return (f"{name}:{version} is not in Vertex AI Model Registry (no {vertex.RECORD} in "
+            f"{registry.get(name, version).path}; its upload failed), so {name}@{alias} moved "
+            f"only in imgpipe's registry; `imgpipe models sync-vertex {name}:{version} "
+            "--config CONFIG` uploads it and moves its aliases there too.")
+
+
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="pipeline config YAML, e.g. configs/fonts.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
