@@ -206,7 +206,7 @@ def monitor(card: dict[str, Any], window: list[dict[str, Any]],
     checks = [_size_check(data, images, t, enough, low),
               _channel_check(data, images, t, enough, low),
               *_pixel_checks(data, images, t, enough, low),
-              _class_check(data, images, t, enough, low),
+              _class_check(data, images, t, enough, low, card.get("per_class")),
               _confidence_check(images, reference, reference_line, t, enough, low),
               _error_check(window, t)]
     verdicts = {c["verdict"] for c in checks}
@@ -322,9 +322,36 @@ def _pixel_checks(data, images, t: Thresholds, enough: bool, low: str) -> list[d
     return out
 
 
-def _class_check(data, images, t: Thresholds, enough: bool, low: str) -> dict[str, Any]:
+def eval_predicted_shares(data: dict[str, Any], per_class: Any) -> dict[str, float] | None:
+    """The shares of each class among the model's own predictions on its eval split,
+    from the card: eval count x recall / precision per class (predicted = true positives
+    / precision). A class the model never got right (recall 0) says nothing of how
+    often it was predicted: such classes share what the others leave of the eval count.
+    None when the card cannot say (no per-class metrics or eval counts)."""
+    counts = (data.get("counts") or {}).get("eval") or {}
+    if not counts or not isinstance(per_class, dict):
+        return None
+    predicted, unknown = {}, []
+    for label, n in counts.items():
+        metrics = per_class.get(label) or {}
+        recall, precision = metrics.get("recall"), metrics.get("precision")
+        if not isinstance(recall, (int, float)) or not isinstance(precision, (int, float)):
+            return None
+        if recall <= 0 or precision <= 0:
+            unknown.append(label)
+        else:
+            predicted[label] = n * recall / precision
+    left = max(sum(counts.values()) - sum(predicted.values()), 0.0)
+    for label in unknown:
+        predicted[label] = left / len(unknown)
+    return _shares(predicted) if sum(predicted.values()) else None
+
+
+def _class_check(data, images, t: Thresholds, enough: bool, low: str,
+                 per_class: Any = None) -> dict[str, Any]:
     name = "class shares"
     counts = data.get("counts") or {}
+    own = eval_predicted_shares(data, per_class)
     trained = counts.get("train") or {}
     if not trained:
         trained = {}
@@ -340,12 +367,18 @@ def _class_check(data, images, t: Thresholds, enough: bool, low: str) -> dict[st
     for image in images:
         label = str(image.get("class"))
         predicted[label] = predicted.get(label, 0) + 1
-    served, shares = _shares(predicted), _shares(trained)
+    # The reference is what this model predicted on its own eval split when the card
+    # can tell (a model that over-predicts a class on healthy data is not drift), else
+    # the training data's class shares.
+    served = _shares(predicted)
+    shares = own if own is not None else _shares(trained)
+    where = ("its own predictions on the eval split" if own is not None
+             else "the training data's classes")
     distance, label = linf(served, shares)
     return _check(name, distance, t.max_class_drift, _verdict(distance, t.max_class_drift),
-                  f"L-inf distance of predicted-class shares from training's"
+                  f"L-inf distance of predicted-class shares from {where}"
                   + (f"; most off: {label!r} {served.get(label, 0.0):.1%} served vs "
-                     f"{shares.get(label, 0.0):.1%} in training" if label else ""))
+                     f"{shares.get(label, 0.0):.1%} there" if label else ""))
 
 
 def _confidences(images: Iterable[dict[str, Any]]) -> list[float]:

@@ -378,3 +378,26 @@ def test_canary_counts_only_the_versions_the_aliases_hold_now(registry, capsys):
 def test_canary_user_mistakes_exit_2(registry, capsys, args, message):
     assert cli.main(["models", "canary", "m", *args, "--registry", registry.root]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_class_shares_are_compared_with_the_models_own_eval_predictions():
+    """A model that over-predicts a class on its own eval split does so on healthy
+    traffic too: that is not drift. The card's eval counts, recall and precision give
+    the shares it predicted there (true positives / precision)."""
+    data = {"counts": {"train": {"a": 50, "b": 50}, "eval": {"a": 10, "b": 10}}}
+    # a: 9 of 10 found, precision 0.6 -> 15 predicted; b: 5 of 10 found, precision 1 -> 5
+    per_class = {"a": {"recall": 0.9, "precision": 0.6}, "b": {"recall": 0.5, "precision": 1.0}}
+    assert monitoring.eval_predicted_shares(data, per_class) == pytest.approx(
+        {"a": 0.75, "b": 0.25})
+    images = [{"class": "a"}] * 74 + [{"class": "b"}] * 26
+    thresholds = monitoring.Thresholds()
+    own = monitoring._class_check(data, images, thresholds, True, "", per_class)
+    assert own["verdict"] == "ok" and "its own predictions" in own["detail"]
+    # against the training shares (50/50) the same traffic is 0.24 off
+    plain = monitoring._class_check(data, images, thresholds, True, "", None)
+    assert plain["verdict"] == "FAIL" and "training data's classes" in plain["detail"]
+    # a class never predicted right: it takes what the others leave of the 20
+    assert monitoring.eval_predicted_shares(
+        data, {"a": {"recall": 0.0, "precision": 0.0}, "b": per_class["b"]}) == pytest.approx(
+        {"a": 0.75, "b": 0.25})
+    assert monitoring.eval_predicted_shares(data, None) is None
