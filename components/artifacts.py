@@ -240,6 +240,18 @@ class PushedModel(ArtifactType):
     FILE = "push.json"
 
 
+class InferenceResult(ArtifactType):
+    """The infer step's batch predictions (TFX's InferenceResult). Layout:
+    `{uri}/predictions.jsonl` (one line per input file, in listing order: path, class,
+    probability, top_k, error, model as NAME:VERSION; `components.predict.write_rows`),
+    `{uri}/inference_summary.json` (the model, the source and the span read, files,
+    scored, errors, counts per predicted class; or, when nothing was pushed, why
+    nothing was scored)."""
+
+    FILE = "inference_summary.json"
+    PREDICTIONS = "predictions.jsonl"
+
+
 class ModelCard(TypedDict, total=False):
     """A pushed version's model card (`model_card.json` in the registry, written by the
     push step, read by `imgpipe models`, the report and the registry's rules)."""
@@ -279,7 +291,7 @@ TYPES: dict[str, type] = {
     cls.__name__: cls
     for cls in (Examples, ExampleStatistics, Schema, ExampleAnomalies, TransformGraph,
                 HyperParameters, Model, ModelEvaluation, ModelBlessing, InfraBlessing,
-                PushedModel)
+                PushedModel, InferenceResult)
 }
 
 

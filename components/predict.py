@@ -1,12 +1,13 @@
-"""Batch prediction with a pushed (or any exported) model on raw image files.
+"""Batch prediction with a pushed (or any exported) model on raw image files, for
+`imgpipe predict` and the infer step alike (`run_inference`).
 
 Inputs: files, folders (searched recursively; a file without an image extension
 gets a row saying so) and CSV/JSONL manifests with a `path` column. Each file is
 checked as ingest checks it (odd formats converted to PNG); a bad file gets a row
-with its error instead of stopping the job. Images go through the model's
-`serving_images` signature in batches, in this process with a progress line, or, for
-large inputs, as a Beam job (a DoFn that loads the model once per worker) with the
-pipeline's runner options.
+with its error instead of stopping the job. The good ones go through the model's
+`serving_images` signature with Apache Beam's RunInference (`components/inference.py`
+holds the model handler): in this process by default, or with the pipeline's Beam
+runner options for large inputs.
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ import json
 import os
 import sys
 import time
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 from components import artifacts, features, fileio, imaging, sources
-from components.config import IMAGE_EXTENSIONS, MAX_PIXELS
+from components.config import IMAGE_EXTENSIONS, MAX_PIXELS, BeamConfig
 from components.errors import ConfigError, DataError
 
 COLUMNS = ("path", "class", "probability", "top_k", "error", "model")
+# The exported signature batch prediction calls: a batch of encoded images (input
+# "images") -> probabilities, class_id, class_name.
+SIGNATURE = "serving_images"
 _SUFFIXES = tuple(f".{extension}" for extension in IMAGE_EXTENSIONS)
 
 
@@ -41,6 +45,11 @@ def list_inputs(inputs: Iterable[str]) -> list[tuple[str, str | None]]:
                 folders[:] = sorted(f for f in folders if not f.startswith("."))
                 listed.extend((os.path.join(root, n), _unsupported(n)) for n in sorted(names)
                               if not n.startswith("."))
+        elif fileio.is_remote(item) and fileio.isdir(item):     # a folder in a bucket
+            for path in fileio.walk_files(item):
+                parts = path[len(item.rstrip("/")):].strip("/").split("/")
+                if not any(part.startswith(".") for part in parts):
+                    listed.append((path, _unsupported(parts[-1])))
         elif item.lower().endswith((".csv", ".jsonl")):
             listed.extend((path, None) for path in _manifest_paths(item))
         elif fileio.exists(item):
@@ -78,6 +87,28 @@ def with_unread(listed: list[tuple[str, str | None]],
     answered = iter(rows)
     return [next(answered) if why is None else {"path": path, "error": why}
             for path, why in listed]
+
+
+def fingerprint(listed: list[tuple[str, str | None]]) -> str:
+    """A content hash of what `list_inputs` listed: each path, why it is not read, and
+    the bytes of each file read (objects in a bucket: generation and size from one
+    listing, `fileio.identities`, instead of their bytes)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    remote = fileio.identities([p for p, why in listed if why is None and fileio.is_remote(p)])
+    for path, why in listed:
+        digest.update(f"{path}\0{why or ''}\0".encode("utf-8", "surrogateescape"))
+        if why is not None:
+            continue
+        if path in remote:
+            digest.update((remote[path] or "<missing>").encode())
+            continue
+        try:
+            fileio.hash_file(path, digest)
+        except OSError:
+            digest.update(b"<missing>")
+    return digest.hexdigest()
 
 
 def looks_like_rows(head: str) -> bool:
@@ -135,98 +166,116 @@ def load_model(saved_model: str):
     """The SavedModel and its class names (the label vocabulary asset, in id order)."""
     import tensorflow as tf
 
-    if not fileio.exists(fileio.join(saved_model, artifacts.SAVED_MODEL_PB)):
-        raise ConfigError(f"{saved_model} is not a SavedModel directory (no saved_model.pb).")
+    check_saved_model(saved_model)
     loaded = tf.saved_model.load(fileio.tf_path(saved_model))
-    if "serving_images" not in loaded.signatures:
-        raise ConfigError(f"{saved_model} has no serving_images signature; export it with "
+    if SIGNATURE not in loaded.signatures:
+        raise ConfigError(f"{saved_model} has no {SIGNATURE} signature; export it with "
                           "imgpipe's trainer.")
     vocab = fileio.join(saved_model, "assets", features.LABEL_VOCABULARY)
     loaded.vocabulary = fileio.read_text(vocab).splitlines() if fileio.exists(vocab) else None
     return loaded
 
 
-def predict_files(model, paths: list[str], top_k: int = 3,
-                  max_pixels: int = MAX_PIXELS) -> list[dict[str, Any]]:
-    """One row per path, in order: class, probability, top-k, or an error."""
+def check_saved_model(saved_model: str) -> None:
+    """A ConfigError unless `saved_model` is a SavedModel with the serving_images
+    signature, read from its saved_model.pb without loading the model (before a Beam
+    job starts, so the mistake is one line, not a worker's traceback)."""
+    pb = fileio.join(saved_model, artifacts.SAVED_MODEL_PB)
+    if not fileio.exists(pb):
+        raise ConfigError(f"{saved_model} is not a SavedModel directory (no saved_model.pb).")
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    try:
+        proto.ParseFromString(fileio.read_bytes(pb))
+    except Exception as exc:      # a damaged file: protobuf's DecodeError, or worse
+        raise ConfigError(f"{pb} is not a readable SavedModel ({type(exc).__name__}); "
+                          "push or export the model again.") from None
+    if not any(SIGNATURE in graph.signature_def for graph in proto.meta_graphs):
+        raise ConfigError(f"{saved_model} has no {SIGNATURE} signature; export it with "
+                          "imgpipe's trainer.")
+
+
+def answers(model, images: list[bytes], top_k: int = 3) -> list[dict[str, Any]]:
+    """class, probability and top-k of each encoded image, through the model's
+    serving_images signature in one call (`load_model`'s model)."""
     import numpy as np
     import tensorflow as tf
 
-    rows: list[dict[str, Any]] = [{"path": p} for p in paths]
-    good, images = [], []
-    for i, path in enumerate(paths):
-        try:
-            images.append(imaging.check_image(fileio.read_bytes(path), max_pixels).data)
-            good.append(i)
-        except (imaging.BadImage, OSError) as exc:
-            rows[i]["error"] = str(exc)
-    if images:
-        fn = model.signatures["serving_images"]
-        out = fn(images=tf.constant(images))
-        probs = out["probabilities"].numpy()
-        classes = out["class_name"].numpy()
-        names = getattr(model, "vocabulary", None)
-        for j, i in enumerate(good):
-            order = np.argsort(-probs[j])[:top_k]
-            rows[i].update({"class": classes[j].decode(), "probability": float(probs[j].max()),
-                            "top_k": [[names[k] if names else int(k), float(probs[j][k])]
-                                      for k in order]})
+    out = model.signatures[SIGNATURE](images=tf.constant(images))
+    probs = out["probabilities"].numpy()
+    classes = out["class_name"].numpy()
+    names = getattr(model, "vocabulary", None)
+    rows = []
+    for j in range(len(images)):
+        order = np.argsort(-probs[j])[:top_k]
+        rows.append({"class": classes[j].decode(), "probability": float(probs[j].max()),
+                     "top_k": [[names[k] if names else int(k), float(probs[j][k])]
+                               for k in order]})
     return rows
 
 
-def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
+def read_checked(path: str, max_pixels: int = MAX_PIXELS) -> tuple[bytes | None, str | None]:
+    """The file's bytes as ingest checks them (odd formats converted to PNG), or None
+    and why it cannot be read."""
+    try:
+        return imaging.check_image(fileio.read_bytes(path), max_pixels).data, None
+    except (imaging.BadImage, OSError) as exc:
+        return None, str(exc)
+
+
+def run_inference(saved_model: str, paths: list[str], beam: BeamConfig | None = None,
+                  batch_size: int = 64, top_k: int = 3,
+                  max_pixels: int = MAX_PIXELS) -> list[dict[str, Any]]:
+    """One row per path, in order: class, probability, top-k, or an error. A Beam job
+    with `beam`'s runner (default: in this process) that `imgpipe predict` and the
+    infer step share: each file is read and checked on the workers as ingest checks it
+    (a bad one becomes its error row, the job goes on), and the good ones are scored by
+    Beam's RunInference with a KeyedModelHandler (key: index and path) over the
+    serving_images signature (`components/inference.py`; the model loads once per
+    worker, `batch_size` images per call)."""
+    if not paths:
+        return []
+    check_saved_model(saved_model)
+    import apache_beam as beam_sdk
+    from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+
+    from components import beamio, inference
+
+    beam = beam or BeamConfig()
+    handler = KeyedModelHandler(inference.ServingImagesHandler(saved_model, batch_size, top_k))
+    with beamio.temp_dir(beam, "predict") as tmp:
+        with beam_sdk.Pipeline(options=beamio.pipeline_options(beam, len(paths))) as pipeline:
+            checked = (pipeline
+                       | "Files" >> beam_sdk.Create(list(enumerate(paths)))
+                       | "ReadAndCheck" >> beam_sdk.FlatMap(inference.read_or_reject,
+                                                            max_pixels).with_outputs(
+                           inference.REJECTED, main="images"))
+            scored = (checked.images
+                      | "RunInference" >> RunInference(handler)
+                      | "Rows" >> beam_sdk.Map(inference.keyed_row))
+            _ = ((scored, checked[inference.REJECTED])
+                 | "All" >> beam_sdk.Flatten()
+                 | "Json" >> beam_sdk.Map(lambda pair: json.dumps([pair[0], pair[1]]))
+                 | "Write" >> beam_sdk.io.WriteToText(fileio.join(tmp, "rows"),
+                                                      file_name_suffix=".jsonl"))
+        results = [json.loads(line) for name in fileio.glob(fileio.join(tmp, "rows*"))
+                   for line in fileio.read_text(name).splitlines() if line.strip()]
+    return [row for _, row in sorted(results, key=lambda pair: pair[0])]
 
 
 def predict_local(saved_model: str, paths: list[str], batch_size: int = 64, top_k: int = 3,
                   progress: bool = True) -> list[dict[str, Any]]:
-    model = load_model(saved_model)
-    rows: list[dict[str, Any]] = []
+    """`run_inference` in this process (Beam's in-memory runner); `progress`: one line
+    on stderr when it is done (images, seconds, rate); there is no per-batch bar, the
+    batches run inside Beam."""
     started = time.perf_counter()
-    for chunk in _chunks(paths, batch_size):
-        rows.extend(predict_files(model, chunk, top_k))
-        if progress:
-            rate = len(rows) / max(time.perf_counter() - started, 1e-9)
-            bar = "#" * int(30 * len(rows) / len(paths))
-            print(f"\r[{bar:<30}] {len(rows)}/{len(paths)} images, {rate:.0f}/s",
-                  end="", file=sys.stderr, flush=True)
+    rows = run_inference(saved_model, paths, BeamConfig(), batch_size, top_k)
     if progress and paths:
-        print(file=sys.stderr)
+        seconds = time.perf_counter() - started
+        print(f"{len(paths)} images in {seconds:.1f}s ({len(paths) / max(seconds, 1e-9):.0f}/s)",
+              file=sys.stderr, flush=True)
     return rows
-
-
-def predict_beam(saved_model: str, paths: list[str], pipeline_args: list[str],
-                 batch_size: int = 64, top_k: int = 3) -> list[dict[str, Any]]:
-    """The same prediction as a Beam job: batches of paths, a model per DoFn instance."""
-    import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    class Predict(beam.DoFn):
-        def setup(self):
-            self.model = load_model(saved_model)
-
-        def process(self, batch):
-            indexed = sorted(batch)
-            rows = predict_files(self.model, [p for _, p in indexed], top_k)
-            for (index, _), row in zip(indexed, rows):
-                yield index, row
-
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="imgpipe-predict-") as tmp:
-        with beam.Pipeline(options=PipelineOptions(pipeline_args)) as pipeline:
-            _ = (pipeline
-                 | beam.Create(list(enumerate(paths)))
-                 | beam.BatchElements(min_batch_size=batch_size, max_batch_size=batch_size)
-                 | beam.ParDo(Predict())
-                 | beam.Map(lambda pair: json.dumps([pair[0], pair[1]]))
-                 | beam.io.WriteToText(os.path.join(tmp, "rows"), file_name_suffix=".jsonl"))
-        results = []
-        for name in sorted(os.listdir(tmp)):
-            with open(os.path.join(tmp, name), encoding="utf-8") as handle:
-                results.extend(json.loads(line) for line in handle if line.strip())
-    return [row for _, row in sorted(results, key=lambda pair: pair[0])]
 
 
 def write_rows(rows: list[dict[str, Any]], output: str | None, model: str = "") -> str:

@@ -17,8 +17,8 @@ import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from components.config import (BUILTIN_PREFIX, BeamConfig, DataConfig, EvaluateConfig, IngestConfig,
-                               InfraValidateConfig, ModelConfig, PushConfig, Section, TrainConfig,
-                               TransformConfig, TuneConfig, ValidateConfig, apply_values,
+                               InferConfig, InfraValidateConfig, ModelConfig, PushConfig, Section,
+                               TrainConfig, TransformConfig, TuneConfig, ValidateConfig, apply_values,
                                identifier, image_reference, vertex_alias_problem)
 from components.errors import ConfigError
 
@@ -232,6 +232,7 @@ class PipelineConfig(Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     infra_validate: InfraValidateConfig = InfraValidateConfig()
     push: PushConfig = PushConfig()
+    infer: InferConfig = InferConfig()
     beam: BeamConfig = BeamConfig()
     kfp: KfpConfig = KfpConfig()
 
@@ -255,6 +256,11 @@ class PipelineConfig(Section):
         if not (source.startswith(BUILTIN_PREFIX) or "://" in source):
             raise ValueError(f"beam.runner {self.beam.runner} runs workers elsewhere, which "
                              f"cannot read data.source {source!r}; put the data in a bucket "
+                             "(gs://...)")
+        infer = self.infer.source
+        if infer is not None and "://" not in infer:
+            raise ValueError(f"beam.runner {self.beam.runner} runs workers elsewhere, which "
+                             f"cannot read infer.source {infer!r}; put the images in a bucket "
                              "(gs://...)")
         # Unset, the temp location is a folder under the pipeline root next to each
         # step's outputs (pipeline/invoke.py: beam_for_outputs).

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from components.contract import StepSpec, section_problems, spec_of
-from components.steps import (evaluate, infra_validate, ingest, push, train, transform, tune,
-                              validate)
+from components.steps import (evaluate, infer, infra_validate, ingest, push, train, transform,
+                              tune, validate)
 
 
 @dataclass(frozen=True)
@@ -31,12 +31,16 @@ class Node:
               outputs is read (validation before transform): an order and a gate, not
               an input, so a step that reran with the same verdict (validate checks
               drift against each new run) leaves this one's cache key alone.
+    enabled:  for an optional step, f(root config) -> whether a run of that config
+              has it (infer: only with infer.source); None: every run has it. Both
+              runners and the KFP compiler take the steps through `active`.
     """
 
     spec: StepSpec
     inputs: Mapping[str, str] = field(default_factory=dict)
     previous: Mapping[str, str] = field(default_factory=dict)
     after: tuple[str, ...] = ()
+    enabled: Callable[[Any], bool] | None = None
 
     @property
     def name(self) -> str:
@@ -44,8 +48,14 @@ class Node:
 
 
 def node(fn: Callable[..., Any], previous: Mapping[str, str] | None = None,
-         after: tuple[str, ...] = (), **inputs: str) -> Node:
-    return Node(spec_of(fn), inputs, previous or {}, tuple(after))
+         after: tuple[str, ...] = (), enabled: Callable[[Any], bool] | None = None,
+         **inputs: str) -> Node:
+    return Node(spec_of(fn), inputs, previous or {}, tuple(after), enabled)
+
+
+def infer_configured(config: Any) -> bool:
+    """Whether a run of `config` scores a batch after push: infer.source is set."""
+    return config.infer.source is not None
 
 
 STEPS: tuple[Node, ...] = (
@@ -62,7 +72,26 @@ STEPS: tuple[Node, ...] = (
     node(push.run, trained_model="train.trained_model", blessing="evaluate.blessing",
          infra_blessing="infra_validate.infra_blessing", evaluation="evaluate.evaluation",
          statistics="ingest.statistics"),
+    # Optional: batch inference with the model just pushed, only with infer.source.
+    node(infer.run, pushed_model="push.pushed_model", trained_model="train.trained_model",
+         enabled=infer_configured),
 )
+
+
+def active(steps: tuple[Node, ...], config: Any) -> tuple[Node, ...]:
+    """The steps a run of `config` has: `steps` without each optional step whose
+    `enabled(config)` is False, and without every step that reads an output of one
+    left out or runs after it. A config that enables nothing optional runs exactly the
+    steps, tasks and cache keys it ran before the optional steps existed."""
+    kept: list[Node] = []
+    left: set[str] = set()
+    for current in steps:
+        upstream = {ref.split(".")[0] for ref in current.inputs.values()} | set(current.after)
+        if (current.enabled is not None and not current.enabled(config)) or upstream & left:
+            left.add(current.name)
+        else:
+            kept.append(current)
+    return tuple(kept)
 
 
 def wiring_problems(steps: tuple[Node, ...]) -> list[str]:

@@ -46,7 +46,8 @@ class LocalRunner:
                  config_path: str | None = None, use_cache: bool = True,
                  log: Callable[[str], None] = print, steps: tuple[dag.Node, ...] = dag.STEPS):
         self.config = config
-        self.steps = steps
+        self.declared = steps
+        self.steps = dag.active(steps, config)      # optional steps only when configured
         self.runs_dir = os.path.abspath(runs_dir)
         self.config_path = config_path
         self.use_cache = use_cache
@@ -57,6 +58,10 @@ class LocalRunner:
 
     def run(self, until: str | None = None) -> RunResult:
         names = dag.names(self.steps)
+        if until is not None and until not in names and until in dag.names(self.declared):
+            raise ConfigError(f"--until {until!r}: this config leaves out that optional step "
+                              "(infer runs only with infer.source set); steps are "
+                              f"{', '.join(names)}.")
         if until is not None and until not in names:
             raise ConfigError(f"--until {until!r} is not a step; steps are {', '.join(names)}.")
         preflight(self.config, self.runs_dir, names[: names.index(until) + 1] if until else names,
@@ -388,6 +393,15 @@ def preflight(config: PipelineConfig, runs_dir: str, steps: list[str],
         if os.path.isdir(src) and (runs == src or runs.startswith(src + os.sep)):
             raise ConfigError(f"the runs folder {runs_dir} is inside data.source {source}: a run "
                               "would write into the data it reads; pass --runs-dir elsewhere.")
+    infer_source = config.infer.source
+    if "infer" in steps and infer_source and not fileio.is_remote(infer_source):
+        from components import spans
+
+        where = spans.Pattern.parse(infer_source).root if spans.has_pattern(infer_source) \
+            else infer_source
+        if where and not os.path.exists(where):    # found out only after training else
+            raise ConfigError(f"infer.source {infer_source!r}: {where} does not exist; fix "
+                              "infer.source, or leave it out (no infer step).")
     if "push" in steps and config.push.vertex is not None:
         from components import vertex
 

@@ -29,6 +29,7 @@ EVALUATION = dag.ref("evaluate", "evaluation")
 BLESSING = dag.ref("evaluate", "blessing")
 INFRA_BLESSING = dag.ref("infra_validate", "infra_blessing")
 PUSHED_MODEL = dag.ref("push", "pushed_model")
+INFERENCE = dag.ref("infer", "inference_result")      # only a run with infer.source
 
 STYLE = """body{font:14px system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;
@@ -185,6 +186,21 @@ def _push_section(push: dict) -> str:
                f" to {html.escape(push['path'])}</p>" if push.get("pushed") else
                f"<p class='fail'>Nothing pushed: {html.escape(push.get('reason', ''))}</p>")
     return "<h2>Push</h2>" + verdict
+
+
+def _inference_section(summary: dict, uri: str) -> str:
+    """The infer step's batch: what was scored with which version, per class."""
+    where = html.escape(summary.get("source") or "") + (
+        f" ({html.escape(summary['span'])})" if summary.get("span") else "")
+    if not summary.get("pushed"):
+        return (f"<h2>Batch inference</h2><p>Nothing scored in {where}: "
+                f"{html.escape(summary.get('reason') or 'nothing was pushed')}</p>")
+    predictions = html.escape(fileio.join(uri, artifacts.InferenceResult.PREDICTIONS))
+    return (f"<h2>Batch inference</h2><p>{summary['scored']} of {summary['files']} file(s) "
+            f"in {where} scored with {html.escape(summary['model'])}, {summary['errors']} "
+            f"not scored (their rows say why): <code>{predictions}</code></p>"
+            + _table(["predicted class", "files"],
+                     [[name, count] for name, count in summary["classes"].items()]))
 
 
 def _blessing_section(blessing: dict, infra: dict | None) -> str:
@@ -367,6 +383,7 @@ def write(run_dir: str, run_id: str, status: str, steps: list[Any], error: str |
     blessing = artifacts.ModelBlessing.load(BLESSING.uri(outputs))
     infra = artifacts.InfraBlessing.load(INFRA_BLESSING.uri(outputs))
     push = artifacts.PushedModel.load(PUSHED_MODEL.uri(outputs))
+    inference = artifacts.InferenceResult.load(INFERENCE.uri(outputs))
     tuning = artifacts.HyperParameters.load(HYPERPARAMETERS.uri(outputs))
     images = _plots(history, metrics, run_dir, plot_cache, tuning, evaluation_uri)
 
@@ -379,6 +396,8 @@ def write(run_dir: str, run_id: str, status: str, steps: list[Any], error: str |
         [[s.step, s.status, Figure(f"{s.seconds:.1f}"), s.decision] for s in steps]))
     if push:
         parts.append(_push_section(push))
+    if inference:
+        parts.append(_inference_section(inference, INFERENCE.uri(outputs)))
     if blessing:
         parts.append(_blessing_section(blessing, infra))
     elif infra:

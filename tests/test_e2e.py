@@ -99,41 +99,6 @@ def test_fonts_pipeline_blesses_pushes_compares_and_predicts(make_config, tmp_pa
     assert predicted == {p["id"]: p["predicted"] for p in predictions}
 
 
-def test_predict_as_a_beam_job_matches_in_process(tmp_path):
-    """The Beam path of `imgpipe predict` (large inputs) gives the same rows, in order,
-    with bad files reported per row."""
-    from components import predict
-    from components.config import (
-        BeamConfig,
-        DataConfig,
-        ModelConfig,
-        TrainConfig,
-        TransformConfig,
-    )
-    from components.steps import train, transform
-    from tests import fixtures
-
-    examples, _ = fixtures.examples_artifact(tmp_path, per_class=6)
-    transform.run(examples, DataConfig(image_size=(12, 12)), TransformConfig(), BeamConfig(),
-                  transform_graph=str(tmp_path / "tg"))
-    train.run(artifacts.read(str(tmp_path / "tg")), examples, ModelConfig(kind="logistic"),
-              TrainConfig(epochs=2, batch_size=4), trained_model=str(tmp_path / "m"))
-    paths = []
-    for i in range(9):
-        path = tmp_path / f"{i}.png"
-        path.write_bytes(fixtures.png_bytes(fixtures.class_pattern(i % 3, i)))
-        paths.append(str(path))
-    (tmp_path / "bad.png").write_bytes(b"not an image")
-    paths.insert(4, str(tmp_path / "bad.png"))
-    saved = str(tmp_path / "m" / artifacts.Model.SAVED_MODEL)
-    local = predict.predict_local(saved, paths, batch_size=4, progress=False)
-    beam = predict.predict_beam(saved, paths, BeamConfig().pipeline_args(), batch_size=4)
-    assert [r["path"] for r in beam] == paths
-    assert [r.get("class") for r in beam] == [r.get("class") for r in local]
-    assert "not an image" in beam[4]["error"] and beam[4].get("class") is None
-    assert {r["class"] for r in local if "class" in r} <= set(fixtures.CLASSES)
-
-
 def test_predict_inputs_from_folders_and_manifests(tmp_path):
     from components import predict
     from components.errors import DataError

@@ -447,9 +447,8 @@ def cmd_predict(args: argparse.Namespace) -> Result:
             from pipeline import config as config_lib
 
             beam = config_lib.load(args.config).beam
-        rows = predict.predict_beam(model, paths, beam.pipeline_args(), args.batch_size,
-                                    args.top_k)
-    else:
+        rows = predict.run_inference(model, paths, beam, args.batch_size, args.top_k)
+    else:                    # the same RunInference job, in this process
         rows = predict.predict_local(model, paths, args.batch_size, args.top_k,
                                      progress=sys.stderr.isatty())
     rows = predict.with_unread(listed, rows)
@@ -487,8 +486,9 @@ def register_predict(sub: Any) -> None:
     predict.add_argument("--batch-size", type=positive_int, default=64,
                          help="images per model call (default 64)")
     predict.add_argument("--beam", action="store_true",
-                         help="run as a Beam job (default above "
-                              f"{PARALLEL_MIN_INPUTS:,} files)")
+                         help="run the RunInference job on the --config's Beam runner and "
+                              f"options (default above {PARALLEL_MIN_INPUTS:,} files; else "
+                              "in this process)")
     predict.add_argument("--config", help="take the registry and Beam options from this config")
     _add_json_arg(predict, "one JSON object: the model, counts, and the predictions (or "
                            "where -o wrote them)")

@@ -142,7 +142,8 @@ def _component_source(node: dag.Node, params: dict[str, Any], location: str = ""
             f"{', code=code' if spec.shared else ''}{_dag_arg(location)})\n")
 
 
-def _resolve_source(params: dict[str, Any], location: str = "") -> str:
+def _resolve_source(params: dict[str, Any], location: str = "",
+                    config: PipelineConfig | None = None) -> str:
     """The resolve task (never cached): pins what this run compares with and what its
     steps read from outside the run, so that the inputs of each task change exactly
     when its result should: the baseline version (evaluate), the previous statistics
@@ -150,9 +151,9 @@ def _resolve_source(params: dict[str, Any], location: str = "") -> str:
     ingest, validate, tune, train) the registry versions their references name and a
     fingerprint of their external files. It takes those steps' configs and run-time
     parameters (it is never cached, so they cost no cache hits)."""
-    outputs = ", ".join(f"({name!r}, str)" for name in _pins(location))
+    outputs = ", ".join(f"({name!r}, str)" for name in _pins(location, config))
     alias = "p_baseline_alias" if "baseline_alias" in params else "''"
-    mine = _resolve_parameters(params, location)
+    mine = _resolve_parameters(params, location, config)
     scheduled = "data_spans" in params
     signature = ", ".join(["context_json: str", "configs_json: str"]
                           + [f"p_{name}: {_param_type(params[name])}" for name in mine]
@@ -165,14 +166,23 @@ def _resolve_source(params: dict[str, Any], location: str = "") -> str:
             f"{_dag_arg(location)}{', schedule_time=schedule_time' if scheduled else ''})\n")
 
 
-def _outside_readers(location: str = "") -> list[dag.Node]:
-    return [node for node in dag.load(location) if invoke.reads_outside_inputs(node)]
+def _steps(location: str = "", config: PipelineConfig | None = None) -> tuple[dag.Node, ...]:
+    """The DAG's steps; with a config, those a run of it has (`dag.active`: an optional
+    step it does not configure is no task, no pin, no component)."""
+    steps = dag.load(location)
+    return steps if config is None else dag.active(steps, config)
 
 
-def _resolve_parameters(params: dict[str, Any], location: str = "") -> list[str]:
+def _outside_readers(location: str = "", config: PipelineConfig | None = None
+                     ) -> list[dag.Node]:
+    return [node for node in _steps(location, config) if invoke.reads_outside_inputs(node)]
+
+
+def _resolve_parameters(params: dict[str, Any], location: str = "",
+                        config: PipelineConfig | None = None) -> list[str]:
     """The run-time parameters the resolve task takes: the baseline alias, and those of
     the sections the steps with outside inputs read."""
-    sections = {s for node in _outside_readers(location) for s in node.spec.config}
+    sections = {s for node in _outside_readers(location, config) for s in node.spec.config}
     return [name for name in params
             if name == "baseline_alias" or RUNTIME_PARAMETERS[name].split(".")[0] in sections]
 
@@ -181,7 +191,7 @@ def resolve_configs(config: PipelineConfig, location: str = "") -> str:
     """The resolve task's `configs_json`: the compiled config of each step with outside
     inputs (without the run-time keys, which arrive as parameters)."""
     return json.dumps({node.name: without_runtime_keys(invoke.step_config(node, config))
-                       for node in _outside_readers(location)}, sort_keys=True)
+                       for node in _outside_readers(location, config)}, sort_keys=True)
 
 
 def _pin_params(node: dag.Node) -> list[str]:
@@ -191,9 +201,9 @@ def _pin_params(node: dag.Node) -> list[str]:
             *([EXTERNAL] if invoke.reads_outside_inputs(node) else [])]
 
 
-def _pins(location: str = "") -> list[str]:
+def _pins(location: str = "", config: PipelineConfig | None = None) -> list[str]:
     """Output names of the resolve task: `STEP__PIN` for each pinned input of each step."""
-    return [f"{node.name}__{param}" for node in dag.load(location)
+    return [f"{node.name}__{param}" for node in _steps(location, config)
             for param in _pin_params(node)]
 
 
@@ -251,10 +261,10 @@ def components(config: PipelineConfig, location: str = "") -> dict[str, Any]:
     params = runtime_parameters(config)
     comps = {node.name: _make_component(node.name, _component_source(node, params, location),
                                         config.kfp.image_for(node.name))
-             for node in dag.load(location)}
+             for node in _steps(location, config)}
     comps["report"] = _make_component("report", _report_source(params, location),
                                       config.kfp.image_for("report"))
-    comps[RESOLVE] = _make_component(RESOLVE, _resolve_source(params, location),
+    comps[RESOLVE] = _make_component(RESOLVE, _resolve_source(params, location, config),
                                      config.kfp.image_for(RESOLVE))
     return comps
 
@@ -422,8 +432,8 @@ def build_pipeline(config: PipelineConfig, location: str = "", scheduled: bool =
     the resolve task then places a scheduled window at the time it runs."""
     from kfp import dsl
 
-    steps = dag.load(location)
-    check_step_names(config, steps)
+    check_step_names(config, dag.load(location))
+    steps = _steps(location, config)
     comps = components(config, location)
     context = invoke.Context.from_config(config).to_json()
     params = runtime_parameters(config)
@@ -431,7 +441,7 @@ def build_pipeline(config: PipelineConfig, location: str = "", scheduled: bool =
     def assemble(values: dict[str, Any]) -> None:
         run_id = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
         resolve_args = {f"p_{name}": values[name]
-                        for name in _resolve_parameters(params, location)}
+                        for name in _resolve_parameters(params, location, config)}
         if "data_spans" in params:      # only the resolve task sees the schedule time
             resolve_args["schedule_time"] = \
                 dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER if scheduled else ""
@@ -464,17 +474,27 @@ def build_pipeline(config: PipelineConfig, location: str = "", scheduled: bool =
                 task.after(tasks[name])
             tasks[node.name] = _configure(task, config, node.name, node.spec.cache)
 
-        def add_gated(node: dag.Node, gates: list[str]):
+        def add_gated(nodes: list[dag.Node], gates: list[str]):
             if not gates:
-                add(node)
+                for node in nodes:
+                    add(node)
                 return
             gate = gates[0]
             with dsl.If(tasks[gate].outputs["Output"] == True,  # noqa: E712
                         name=f"{gate.replace('_', '-')}-passed"):
-                add_gated(node, gates[1:])
+                add_gated(nodes, gates[1:])
 
+        # Consecutive steps under the same gates share one dsl.If context: KFP refuses a
+        # task that reads an output of a task inside another If (infer after push).
+        groups: list[tuple[list[str], list[dag.Node]]] = []
         for node in steps:
-            add_gated(node, gates_of(node, steps))
+            gates = gates_of(node, steps)
+            if groups and groups[-1][0] == gates:
+                groups[-1][1].append(node)
+            else:
+                groups.append((gates, [node]))
+        for gates, nodes in groups:
+            add_gated(nodes, gates)
         _configure(comps["report"](
             context_json=context, config_json=report_config(config, location), run_id=run_id,
             **{f"p_{name}": values[name] for name in _report_parameters(params, location)},
@@ -533,6 +553,11 @@ def check_remote(config: PipelineConfig) -> None:
         raise ConfigError(f"push.destination {config.push.destination!r} would be lost with "
                           "each container (and every run would find no baseline); use "
                           "gs://BUCKET/serving.")
+    infer = config.infer.source
+    if infer is not None and not _in_bucket(infer):
+        raise ConfigError(f"infer.source {infer!r} is a path on this machine, which the "
+                          "pipeline's containers cannot read; copy the images to a bucket "
+                          "and use gs://BUCKET/..., or leave infer.source out.")
     schema = config.validate_.schema_path
     if schema and not _in_bucket(schema) and (os.path.isabs(schema) or not any(
             schema.startswith(folder) for folder in IMAGE_FOLDERS)):

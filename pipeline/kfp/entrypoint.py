@@ -193,6 +193,8 @@ def resolve_pins(context_json: str, baseline_alias: str = "", configs_json: str 
             version = invoke.baseline_version(context)
             values[f"{node.name}__{param}"] = version.ref if version else ""
         if invoke.reads_outside_inputs(node):
+            if node.name not in configs and node.enabled is not None:
+                continue          # an optional step the pipeline was compiled without
             if node.name not in configs:
                 raise ConfigError(f"the compiled pipeline gives the resolve task no config "
                                   f"for {node.name}; recompile it with this imgpipe version.")
