@@ -487,3 +487,23 @@ def _exif_orientation(value: int) -> bytes:
     exif = Image.Exif()
     exif[0x0112] = value
     return exif.tobytes()
+
+
+def test_serve_json_says_where_it_listens_and_what_it_serves(tmp_path):
+    reg = sm.registry_with(str(tmp_path / "serving"), str(tmp_path), favourites=(0, 1))
+    reg.set_alias("pets:1", "production")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "serve", "--registry", reg.root, "--port", "0",
+         "--json", "--canary", "latest=50"], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        info = json.loads(process.stdout.readline())
+        assert info["models"]["pets"] == {"versions": [1, 2], "default": 1,
+                                          "labels": {"production": 1, "latest": 2},
+                                          "canary": {"version": 2, "percent": 50.0}}
+        with _client(info["url"]) as client:
+            assert client.get("/v1/models/pets").status_code == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=120)
+    assert process.returncode == 0 and out == "" and "listening on" in err

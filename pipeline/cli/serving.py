@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from typing import Any
 
-from pipeline.cli.common import Result, _note, _registry, positive_int
+from pipeline.cli.common import Result, _add_json_arg, _note, _registry, positive_int
 
 CANARY_HELP = ("ALIAS=PERCENT: send that share of unlabeled requests to the version ALIAS "
                "holds, the rest to the default (e.g. staging=10); each request id always "
@@ -56,7 +58,12 @@ def cmd_serve(args: argparse.Namespace) -> Result:
     options = serve.Options(registry.root, args.model or None, args.host, args.port, args.poll,
                             args.default_alias, args.canary, limits,
                             request_log=not args.no_request_log)
-    serve.serve(options, say=_note(args))
+    ready = None
+    if args.json:      # one object on stdout once it listens; the log lines on stderr
+        def ready(info: dict[str, Any]) -> None:
+            sys.stdout.write(json.dumps(info) + "\n")
+            sys.stdout.flush()
+    serve.serve(options, say=_note(args), ready=ready)
     return Result()
 
 
@@ -91,4 +98,6 @@ def register(sub: Any) -> None:
                         "`imgpipe monitor` and `models canary` (default 0.1)")
     p.add_argument("--no-request-log", action="store_true",
                    help="write no request log under the registry")
+    _add_json_arg(p, "once it listens, its address and served versions as one JSON object "
+                     "on stdout (the log lines go to stderr)")
     p.set_defaults(func=cmd_serve)

@@ -111,8 +111,10 @@ def _server(app: Any, sock: socket.socket):
     return uvicorn.Server(config)
 
 
-def serve(options: Options, say: Callable[[str], None] = print) -> None:
-    """Serves until SIGTERM or SIGINT, then shuts down gracefully."""
+def serve(options: Options, say: Callable[[str], None] = print,
+          ready: Callable[[dict[str, Any]], None] | None = None) -> None:
+    """Serves until SIGTERM or SIGINT, then shuts down gracefully. `ready` is called
+    with the address and the served versions once the socket listens."""
     app, service = build(options, log=say)
     sock = _socket(options.host, options.port)
     host, port = sock.getsockname()[:2]
@@ -121,6 +123,13 @@ def serve(options: Options, say: Callable[[str], None] = print) -> None:
     say(f"listening on http://{host}:{port} (predict: POST /v1/models/NAME:predict; metrics: "
         f"/monitoring/prometheus/metrics); following {service.follower.registry.root} every "
         f"{options.poll:g}s")
+    if ready is not None:
+        ready({"url": f"http://{host}:{port}", "registry": service.follower.registry.root,
+               "models": {name: {"versions": sorted(r.versions), "labels": r.labels,
+                                 "default": r.default,
+                                 "canary": ({"version": r.candidate, "percent": r.weight}
+                                            if r.candidate is not None else None)}
+                          for name, r in sorted(service.follower.routes.items())}})
     server = _server(app, sock)
     # uvicorn takes SIGTERM/SIGINT for its graceful shutdown, then raises the signal
     # again for the handlers it found: a stop asked for and carried out is exit 0.
