@@ -61,8 +61,7 @@ def client_main(args: argparse.Namespace) -> None:
 
     def stopped() -> bool:
         return bool((args.requests and count[0] >= args.requests)
-                    or (args.until and time.time() >= args.until)
-                    or (args.stop and os.path.exists(args.stop)))
+                    or (args.until and time.time() >= args.until))
 
     def worker(offset: int) -> None:
         connection = http.client.HTTPConnection(host, int(port), timeout=60)
@@ -104,11 +103,11 @@ def client_main(args: argparse.Namespace) -> None:
 
 
 def start_clients(url: str, bodies: str, processes: int, threads: int, until: float = 0,
-                  requests: int = 0, stop: str = "") -> list[subprocess.Popen]:
+                  requests: int = 0) -> list[subprocess.Popen]:
     share = -(-requests // processes) if requests else 0
     return [subprocess.Popen([sys.executable, __file__, "--client", "--url", url, "--bodies",
                               bodies, "--until", str(until), "--requests", str(share),
-                              "--threads", str(threads), "--model", MODEL, "--stop", stop],
+                              "--threads", str(threads), "--model", MODEL],
                              stdout=subprocess.PIPE, text=True) for _ in range(processes)]
 
 
@@ -122,6 +121,79 @@ def collect(clients: list[subprocess.Popen]) -> dict:
         for version, at in part["seen"].items():
             merged["seen"][version] = min(at, merged["seen"].get(version, at))
     return merged
+
+
+WRK_SCRIPT = r"""
+local bodies, counter = {}, 0
+local path = "/v1/models/" .. MODEL .. ":predict"
+for line in io.lines(BODIES) do bodies[#bodies + 1] = line end
+function request()
+  counter = counter % #bodies + 1
+  return wrk.format("POST", path, {["Content-Type"] = "application/json"}, bodies[counter])
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRK {"requests": %d, "failed": %d, "p50_ms": %.3f, "p99_ms": %.3f, "seconds": %.3f}\n',
+    summary.requests, e.connect + e.read + e.write + e.status + e.timeout,
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000, summary.duration / 1e6))
+end
+"""
+
+
+class PythonLoad:
+    """Client processes of this script (http.client on keep-alive connections)."""
+
+    name = "Python clients"
+
+    def __init__(self, processes: int, threads: int):
+        self.processes, self.threads = processes, threads
+
+    def start(self, url: str, bodies: str, until: float = 0, requests: int = 0):
+        return start_clients(url, bodies, self.processes, self.threads, until, requests)
+
+    def result(self, handle) -> dict:
+        merged = collect(handle)
+        return {"requests": len(merged["latencies"]), "failed": len(merged["failures"]),
+                "p50_ms": percentile(merged["latencies"], 0.5),
+                "p99_ms": percentile(merged["latencies"], 0.99),
+                "examples": merged["failures"][:3]}
+
+
+class WrkLoad:
+    """wrk (a C load generator; Debian's `wrk`), so the load costs the 2 cores little."""
+
+    name = "wrk"
+
+    def __init__(self, work: str, threads: int, connections: int):
+        self.work, self.threads, self.connections = work, threads, connections
+        self.count = 0
+        self.rate = 0.0          # requests/s of the last run
+
+    def start(self, url: str, bodies: str, until: float = 0, requests: int = 0):
+        """Load until `until`; wrk runs for a duration, so `requests` becomes the
+        seconds that many take at the rate measured so far (at least 1)."""
+        self.count += 1
+        script = os.path.join(self.work, f"load-{self.count}.lua")
+        with open(script, "w", encoding="utf-8") as handle:
+            handle.write(f'MODEL = "{MODEL}"\nBODIES = "{bodies}"\n' + WRK_SCRIPT)
+        if until:
+            seconds = max(1, int(round(until - time.time())))
+        else:
+            seconds = max(1, int(round(requests / self.rate))) if self.rate else 2
+        return subprocess.Popen(["wrk", f"-t{self.threads}", f"-c{self.connections}",
+                                 f"-d{seconds}s", "--timeout", "60s", "-s", script, url],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def result(self, handle) -> dict:
+        out, _ = handle.communicate(timeout=7200)
+        line = next((l for l in out.splitlines() if l.startswith("WRK ")), None)
+        if line is None:
+            raise SystemExit(f"wrk failed: {out[-500:]}")
+        found = json.loads(line[4:])
+        found["requests"] -= found["failed"]
+        self.rate = found["requests"] / max(found["seconds"], 1e-9)
+        return found
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -209,7 +281,6 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=2, help=argparse.SUPPRESS)
     parser.add_argument("--model", default=MODEL, help=argparse.SUPPRESS)
-    parser.add_argument("--stop", default="", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=32, help="images per request / call")
     parser.add_argument("--clients", type=int, default=2, help="client processes")
     parser.add_argument("--client-threads", type=int, default=4,
@@ -220,6 +291,9 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--registry", help="use this registry (model fonts-deep-cnn with "
                                            "versions 1 and 2) instead of training one")
+    parser.add_argument("--load", choices=("wrk", "python"), default="wrk",
+                        help="load generator: wrk when installed (apt install wrk), else "
+                             "Python client processes, which take CPU from the server")
     parser.add_argument("--json", dest="json_out", help="also write the results here")
     args = parser.parse_args()
     if args.client:
@@ -256,38 +330,38 @@ def main() -> int:
         print("in-process ...", flush=True)
         local = in_process(versions[0].path, batches, args.seconds)
 
+        load = (WrkLoad(work, 2, args.clients * args.client_threads)
+                if shutil.which("wrk") and args.load != "python"
+                else PythonLoad(args.clients, args.client_threads))
         server, url = start_server(registry_root, poll=0.5)
         try:
-            print(f"served at {url} ...", flush=True)
-            warm = collect(start_clients(url, bodies, 1, 1, requests=20))
+            print(f"served at {url}, load from {load.name} ...", flush=True)
+            warm = load.result(load.start(url, bodies, requests=40))
             started = time.time()
-            load = collect(start_clients(url, bodies, args.clients, args.client_threads,
-                                         until=started + args.seconds))
+            result = load.result(load.start(url, bodies, until=started + args.seconds))
             wall = time.time() - started
-            served = {"images_per_s": len(load["latencies"]) * args.batch / wall,
-                      "p50_ms": percentile(load["latencies"], 0.5),
-                      "p99_ms": percentile(load["latencies"], 0.99),
-                      "requests": len(load["latencies"]), "failed": len(load["failures"])}
+            served = {"images_per_s": result["requests"] * args.batch / wall,
+                      "p50_ms": result["p50_ms"], "p99_ms": result["p99_ms"],
+                      "requests": result["requests"], "failed": result["failed"]}
 
             print(f"memory over {args.memory_requests:,} requests ...", flush=True)
             samples = []
             done = 0
-            failed_memory = len(warm["failures"])
+            failed_memory = warm["failed"]
             while done < args.memory_requests:
                 chunk = min(2000, args.memory_requests - done)
-                part = collect(start_clients(url, singles, args.clients, args.client_threads,
-                                             requests=chunk))
-                failed_memory += len(part["failures"])
-                done += chunk
+                part = load.result(load.start(url, singles, requests=chunk))
+                failed_memory += part["failed"]
+                done += part["requests"] + part["failed"]
                 samples.append((done, rss_mb(server.pid)))
 
             print(f"{args.swaps} swaps under load ...", flush=True)
             swap_times, swap_failures, swap_requests = [], 0, 0
             for swap in range(args.swaps):
                 target = versions[1] if swap % 2 == 0 else versions[0]
-                stop = os.path.join(work, f"stop-{swap}")
-                clients = start_clients(url, bodies, args.clients, args.client_threads,
-                                        until=time.time() + 300, stop=stop)
+                # 5 s of load: 1 s on the old version, the swap (under 1.5 s here), the rest
+                # on the new one
+                handle = load.start(url, bodies, until=time.time() + 5)
                 time.sleep(1.0)                       # traffic flowing on the old version
                 changed = time.time()
                 if swap % 2 == 0:
@@ -310,11 +384,9 @@ def main() -> int:
                                          "after 60 s")
                 swap_times.append(time.time() - changed)
                 probe.close()
-                time.sleep(0.5)                      # traffic on the new version
-                open(stop, "w").close()
-                result = collect(clients)
-                swap_failures += len(result["failures"])
-                swap_requests += len(result["latencies"])
+                during = load.result(handle)
+                swap_failures += during["failed"]
+                swap_requests += during["requests"]
         finally:
             server.terminate()
             server.wait(timeout=120)
@@ -339,7 +411,7 @@ def main() -> int:
         print()
         print(f"# bench/serve.py, {datetime.date.today()}, {platform.node() or 'this machine'}: "
               f"{os.cpu_count()} cores, {platform.python_version()}; batch {args.batch}, "
-              f"{args.clients} client processes x {args.client_threads} connections, "
+              f"load: {load.name}, {args.clients * args.client_threads} connections, "
               f"{args.seconds:g} s per run")
         print(f"| {'path':<28} | images/s | p50 ms | p99 ms | vs in-process | failed |")
         print(f"|{'-' * 30}|---------:|-------:|-------:|--------------:|-------:|")

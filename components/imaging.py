@@ -133,6 +133,47 @@ def verify_decodes(data: bytes) -> None:
         raise BadImage(f"corrupt or truncated image ({type(exc).__name__}: {exc})") from None
 
 
+def _plain_header(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of an 8-bit grayscale/RGB PNG or a baseline grayscale/RGB JPEG
+    whose header shows nothing that `check_image` would convert (no palette, alpha,
+    16 bits, CMYK, progressive scan) and no metadata that could hold an EXIF
+    orientation (eXIf or text chunks, APP1): read from the bytes, without Pillow.
+    None: ask Pillow."""
+    if data.startswith(_SIGNATURES[0][0]):
+        if len(data) < 33 or data[12:16] != b"IHDR" or data[24] != 8 or data[25] not in (0, 2):
+            return None
+        width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        pos = 33
+        while pos + 8 <= len(data):
+            kind = data[pos + 4:pos + 8]
+            if kind == b"IDAT":
+                return width, height
+            if kind in (b"eXIf", b"iTXt", b"tEXt", b"zTXt"):
+                return None
+            pos += 12 + int.from_bytes(data[pos:pos + 4], "big")
+        return None
+    if data.startswith(_SIGNATURES[1][0]):
+        pos = 2
+        while pos + 4 <= len(data) and data[pos] == 0xFF:
+            marker = data[pos + 1]
+            if marker == 0xFF:               # fill byte
+                pos += 1
+                continue
+            length = int.from_bytes(data[pos + 2:pos + 4], "big")
+            if marker == 0xE1:               # EXIF or XMP: may say the image is rotated
+                return None
+            if marker in (0xC0, 0xC1):       # baseline / extended sequential frame
+                if pos + 10 > len(data) or data[pos + 9] not in (1, 3):
+                    return None
+                height = int.from_bytes(data[pos + 5:pos + 7], "big")
+                width = int.from_bytes(data[pos + 7:pos + 9], "big")
+                return (width, height) if width and height else None
+            if 0xC2 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                return None                  # progressive, lossless, arithmetic
+            pos += 2 + length
+    return None
+
+
 def check_for_serving(data: bytes, max_pixels: int) -> bytes:
     """What a served request's image becomes before the model reads it: the same
     bounds and conversions as `check_image`, but a baseline JPEG or 8-bit PNG that
@@ -141,6 +182,12 @@ def check_for_serving(data: bytes, max_pixels: int) -> bytes:
     decodes it anyway, and a damaged body is then the model's error on that request."""
     if not data:
         raise BadImage("empty image (0 bytes)")
+    plain = _plain_header(data)
+    if plain is not None:
+        too_large = pixels_over(*plain, max_pixels)
+        if too_large:
+            raise BadImage(too_large)
+        return data
     try:
         img = _open(data)
     except UnidentifiedImageError:

@@ -507,3 +507,38 @@ def test_serve_json_says_where_it_listens_and_what_it_serves(tmp_path):
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=120)
     assert process.returncode == 0 and out == "" and "listening on" in err
+
+
+def test_the_header_fast_path_keeps_exactly_what_ingest_keeps():
+    """check_for_serving keeps the bytes exactly when check_image would (no conversion),
+    and otherwise gives check_image's conversion: with or without its header reader."""
+    import io
+
+    from PIL import Image, PngImagePlugin
+
+    from components import imaging
+    from tests import fixtures
+
+    gray = fixtures.class_pattern(0, 1, 16)
+    rgb = fixtures.class_pattern(1, 2, 16, 3)
+    texted = io.BytesIO()
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", "x")
+    Image.fromarray(gray).save(texted, "PNG", pnginfo=info)
+    corpus = dict(fixtures.unusual_corpus(), **{
+        "gray.png": fixtures.png_bytes(gray), "rgb.png": fixtures.png_bytes(rgb),
+        "gray.jpg": fixtures.jpeg_bytes(Image.fromarray(gray)),
+        "rgb.jpg": fixtures.jpeg_bytes(Image.fromarray(rgb)),
+        "text.png": texted.getvalue(),
+        "rotated.jpg": fixtures.jpeg_bytes(Image.fromarray(rgb), exif=_exif_orientation(6))})
+    fast = 0
+    for name, data in corpus.items():
+        checked = imaging.check_image(data, 10_000)
+        served = imaging.check_for_serving(data, 10_000)
+        assert served == checked.data, name
+        assert (served is data) == (not checked.converted), name
+        fast += imaging._plain_header(data) is not None
+    assert fast >= 4                     # plain PNGs and JPEGs skip Pillow
+    assert imaging._plain_header(corpus["progressive.jpg"]) is None
+    assert imaging._plain_header(corpus["rotated.jpg"]) is None
+    assert imaging._plain_header(corpus["rgb.jpg"]) == (16, 16)

@@ -316,7 +316,9 @@ class Service:
             record = dict(entry, time=stamp,
                           latency_ms=round((time.perf_counter() - started) * 1000, 3))
             if sampled:
-                record["images"] = _describe(inputs, outputs)
+                loop = asyncio.get_running_loop()
+                record["images"] = await loop.run_in_executor(self.prepare_executor,
+                                                              _describe, inputs, outputs)
                 other = _other_arm(routes, entry.get("arm"))
                 if other is not None:
                     try:
@@ -459,16 +461,13 @@ def _confidences(outputs: dict[str, np.ndarray]) -> list[float]:
 
 
 def _describe(inputs: list[bytes], outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    from components.request_log import describe_image
+    """The sampled request's images as ingest describes them (decoded here, in a
+    worker thread: never on the event loop), with the answers they got."""
+    from components.request_log import describe_images
 
-    described = []
-    for data, name, confidence in zip(inputs, _names(outputs), _confidences(outputs)):
-        try:
-            item = describe_image(data)
-        except Exception as exc:
-            item = {"error": str(exc)[:200]}
-        described.append(dict(item, **{"class": name, "confidence": confidence}))
-    return described
+    return [dict(item, **{"class": name, "confidence": confidence})
+            for item, name, confidence in zip(describe_images(inputs), _names(outputs),
+                                              _confidences(outputs))]
 
 
 def _other_arm(routes: Routes, arm: str | None) -> int | None:
