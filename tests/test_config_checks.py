@@ -85,7 +85,7 @@ KFP = {
     "unknown step": ("kfp.steps.bogus.retries=1",
                      "kfp.steps.bogus: this pipeline has no step 'bogus'; its steps are "
                      "ingest, validate, transform, tune, train, evaluate, infra_validate, push, "
-                     "report, resolve"),
+                     "infer, report, resolve"),
 }
 
 

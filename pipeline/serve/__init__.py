@@ -25,6 +25,7 @@ from pipeline.serve.loaded import Canary, Follower, LoadedVersion, Routes, load_
 __all__ = ["Canary", "Limits", "Options", "Running", "build", "serve", "describe_routes"]
 
 GRACEFUL_SECONDS = 30
+DRAIN_SECONDS = 2.0       # keep-alive connections answered (then closed) after a stop
 
 
 @dataclass
@@ -102,13 +103,33 @@ def _socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _server(app: Any, sock: socket.socket):
+def _server(app: Any, service: Service):
+    import asyncio
+
     import uvicorn
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: Any = None) -> None:
+            """uvicorn's graceful shutdown closes idle keep-alive connections at once,
+            which cuts off a request a client is sending on one at that moment. First:
+            no new connections, and for DRAIN_SECONDS every answer says `Connection:
+            close`, so each client's next request is answered and its connection then
+            closed; then uvicorn's own shutdown (idle connections closed, requests in
+            flight answered, the lifespan's end: the request log flushed)."""
+            for listener in self.servers:
+                listener.close()
+            service.draining = True
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + DRAIN_SECONDS
+            while self.server_state.connections and loop.time() < deadline \
+                    and not self.force_exit:
+                await asyncio.sleep(0.02)
+            await super().shutdown(sockets)
 
     # uvloop and httptools (C parsers) when installed, as uvicorn[standard] does
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
                             timeout_graceful_shutdown=GRACEFUL_SECONDS)
-    return uvicorn.Server(config)
+    return Server(config)
 
 
 def serve(options: Options, say: Callable[[str], None] = print,
@@ -130,7 +151,7 @@ def serve(options: Options, say: Callable[[str], None] = print,
                                  "canary": ({"version": r.candidate, "percent": r.weight}
                                             if r.candidate is not None else None)}
                           for name, r in sorted(service.follower.routes.items())}})
-    server = _server(app, sock)
+    server = _server(app, service)
     # uvicorn takes SIGTERM/SIGINT for its graceful shutdown, then raises the signal
     # again for the handlers it found: a stop asked for and carried out is exit 0.
     main = threading.current_thread() is threading.main_thread()
@@ -163,7 +184,7 @@ class Running:
         sock = _socket(self.options.host, self.port)
         host, port = sock.getsockname()[:2]
         self.url = f"http://{host}:{port}"
-        self._server = _server(app, sock)
+        self._server = _server(app, self.service)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
                                         name="imgpipe-serve", daemon=True)
         self._thread.start()

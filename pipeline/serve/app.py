@@ -127,6 +127,7 @@ class Service:
         self.limits = limits
         self.metrics = metrics
         self.request_log = request_log
+        self.draining = False      # stopping: every answer closes its connection
         self.executor = ThreadPoolExecutor(max(2, limits.parallel), thread_name_prefix="imgpipe-model")
         self.prepare_executor = ThreadPoolExecutor(2, thread_name_prefix="imgpipe-prepare")
 
@@ -233,6 +234,8 @@ class Service:
         self.metrics.latency.labels(model_label).observe(elapsed)
         if self.request_log is not None and background is None and known:
             self._record(entry)
+        if self.draining:
+            headers["Connection"] = "close"
         return JSONResponse(content, status_code=status, headers=headers,
                             background=background)
 
