@@ -22,6 +22,18 @@ from components.steps import train, transform
 from pipeline import config as config_lib
 from tests import fixtures
 
+
+@pytest.fixture(autouse=True)
+def private_tmp():
+    """These tests call the trainer's input pipeline and Keras' augmentation layers
+    directly (not through a step, which has a private temporary folder of its own):
+    keep TensorFlow's autograph files contained."""
+    from components import runtime
+
+    with runtime.private_tempdir():
+        yield
+
+
 HEAVY = {"flip": "horizontal_and_vertical", "rotation": 0.2, "brightness": 0.5,
          "contrast": 0.5}
 
