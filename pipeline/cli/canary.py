@@ -11,42 +11,18 @@ import argparse
 from typing import Any
 
 from pipeline.cli.common import (Result, _add_json_arg, _add_registry_args, _registry,
-                                 _sync_vertex, positive_int)
+                                 _sync_vertex, number, positive_int, positive_number, share,
+                                 table)
 
 REVERT_EXIT = 3      # the candidate failed: a schedule running the canary hears of it
 
 
-def _share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
 
 
-def _above_zero(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
-    return value
 
 
-def _table(rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join([row[0].ljust(widths[0])] + [
-            cell.rjust(width) for cell, width in zip(row[1:], widths[1:])]).rstrip())
 
 
-def _cell(value: Any, places: int = 3) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.{places}f}" if isinstance(value, float) else str(value)
 
 
 def cmd_models_canary(args: argparse.Namespace) -> Result:
@@ -120,16 +96,16 @@ def cmd_models_canary(args: argparse.Namespace) -> Result:
         for arm, version in (("candidate", candidate), ("baseline", baseline)):
             stats = result["arms"][arm]
             rows.append((arm, str(version), str(stats["requests"]), str(stats["errors"]),
-                         _cell(stats["error_rate"], 4), _cell(stats["p50_ms"], 1),
-                         _cell(stats["p99_ms"], 1), str(stats["sampled_images"]),
-                         _cell(stats["mean_confidence"])))
-        _table(rows)
+                         number(stats["error_rate"], 4), number(stats["p50_ms"], 1),
+                         number(stats["p99_ms"], 1), str(stats["sampled_images"]),
+                         number(stats["mean_confidence"])))
+        table(rows)
         if result["agreement"] is not None:
             print(f"agreement {result['agreement']:.3f} on {result['pairs']} image(s) answered "
                   "by both versions")
         if result["rules"]:
-            _table([("RULE", "VALUE", "LIMIT", "VERDICT")] + [
-                (r["rule"], _cell(r["value"]), _cell(r["limit"]),
+            table([("RULE", "VALUE", "LIMIT", "VERDICT")] + [
+                (r["rule"], number(r["value"]), number(r["limit"]),
                  "ok" if r["passed"] else "FAIL") for r in result["rules"]])
         if entries.damaged:
             print(f"  {entries.damaged} damaged line(s) in the request log skipped")
@@ -175,17 +151,17 @@ def register(models: Any) -> None:
     p.add_argument("--min-images", type=positive_int, default=rules.min_images,
                    help="sampled images answered by both versions needed (default "
                         f"{rules.min_images})")
-    p.add_argument("--min-agreement", type=_share, default=rules.min_agreement,
+    p.add_argument("--min-agreement", type=share, default=rules.min_agreement,
                    help="share of images both versions give the same class, at least "
                         f"(default {rules.min_agreement:g})")
-    p.add_argument("--max-confidence-drop", type=_share, default=rules.max_confidence_drop,
+    p.add_argument("--max-confidence-drop", type=share, default=rules.max_confidence_drop,
                    help="baseline's mean confidence minus the candidate's on the same "
                         f"images, at most (default {rules.max_confidence_drop:g})")
-    p.add_argument("--max-error-rate-increase", type=_share,
+    p.add_argument("--max-error-rate-increase", type=share,
                    default=rules.max_error_rate_increase,
                    help="candidate's error rate (5xx) minus the baseline's, at most "
                         f"(default {rules.max_error_rate_increase:g})")
-    p.add_argument("--max-latency-ratio", type=_above_zero, default=rules.max_latency_ratio,
+    p.add_argument("--max-latency-ratio", type=positive_number, default=rules.max_latency_ratio,
                    help="candidate's p50 and p99 latency over the baseline's, at most "
                         f"(default {rules.max_latency_ratio:g})")
     p.add_argument("--since", help="only traffic from then on: an ISO time or a span back "

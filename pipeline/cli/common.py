@@ -169,6 +169,44 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_number(text: str) -> float:
+    """argparse type: a number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
+def share(text: str) -> float:
+    """argparse type: a number between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def table(rows: list[tuple[str, ...]]) -> None:
+    """Prints rows (the first a header) in columns as wide as their widest cell: the
+    first left-aligned, the others right-aligned."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join([row[0].ljust(widths[0])] + [
+            cell.rjust(width) for cell, width in zip(row[1:], widths[1:])]).rstrip())
+
+
+def number(value: Any, places: int = 3) -> str:
+    """A table cell: a float with `places` decimals, '-' for None."""
+    if value is None:
+        return "-"
+    return f"{value:.{places}f}" if isinstance(value, float) else str(value)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with the CLI's error style: one line, exit 2, and where to look."""
 

@@ -13,7 +13,7 @@ from components.beamio import PARALLEL_MIN_INPUTS
 from components.errors import ConfigError, ImgpipeError
 from pipeline.cli.common import (DEFAULT_RUNS_DIR, NOTHING_WRITTEN, PREDICTIONS, Result,
                                  _add_force_arg, _add_json_arg, _add_registry_args, _registry,
-                                 _sync_vertex, check_output, positive_int)
+                                 _sync_vertex, check_output, positive_int, table)
 
 
 # Aliases a newcomer may use without --create; any other name must already exist for
@@ -157,7 +157,7 @@ def cmd_models_diff(args: argparse.Namespace) -> Result:
                                           else f"{value:+.4f}")
 
     def text() -> None:
-        _table([("METRIC", result["left"], result["right"], "CHANGE")] + [
+        table([("METRIC", result["left"], result["right"], "CHANGE")] + [
             (key, _metric(key, row["left"]), _metric(key, row["right"]),
              change(key, row["change"])) for key, row in result["metrics"].items()])
         if result["per_class"]:
@@ -166,7 +166,7 @@ def cmd_models_diff(args: argparse.Namespace) -> Result:
             def pair(row: dict[str, Any]) -> str:
                 return f"{_metric('', row['left'])} -> {_metric('', row['right'])}"
 
-            _table([("CLASS", "RECALL", "PRECISION", "F1 CHANGE")] + [
+            table([("CLASS", "RECALL", "PRECISION", "F1 CHANGE")] + [
                 (name, pair(row["recall"]), pair(row["precision"]),
                  change("", row["f1_score"]["change"]))
                 for name, row in result["per_class"].items()])
@@ -202,13 +202,6 @@ def _metric(key: str, value: Any) -> str:
     return f"{value:,.0f}" if _is_count(key, value) else f"{value:.4f}"
 
 
-def _table(rows: list[tuple[str, ...]]) -> None:
-    """Prints rows (the first a header) in columns as wide as their widest cell: the
-    first left-aligned, the others right-aligned."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join([row[0].ljust(widths[0])] + [
-            cell.rjust(width) for cell, width in zip(row[1:], widths[1:])]).rstrip())
 
 
 def _count(value: Any) -> str:

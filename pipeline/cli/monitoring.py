@@ -8,35 +8,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pipeline.cli.common import Result, _add_json_arg, _add_registry_args, _registry, positive_int
+from pipeline.cli.common import (Result, _add_json_arg, _add_registry_args, _registry, number,
+                                 positive_int, share, table)
 
 DRIFT_EXIT = 3
 
 
-def share(text: str) -> float:
-    """argparse type: a number between 0 and 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
 
 
-def table(rows: list[tuple[str, ...]]) -> None:
-    """Rows (the first a header) in columns as wide as their widest cell, the first
-    left-aligned, the others right-aligned (as `models diff` prints)."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join([row[0].ljust(widths[0])] + [
-            cell.rjust(width) for cell, width in zip(row[1:], widths[1:])]).rstrip())
 
 
-def number(value: Any, places: int = 3) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.{places}f}" if isinstance(value, float) else str(value)
 
 
 def cmd_monitor(args: argparse.Namespace) -> Result:

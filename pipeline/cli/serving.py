@@ -7,7 +7,8 @@ import json
 import sys
 from typing import Any
 
-from pipeline.cli.common import Result, _add_json_arg, _note, _registry, positive_int
+from pipeline.cli.common import (Result, _add_json_arg, _note, _registry, positive_int,
+                                 positive_number, share)
 
 CANARY_HELP = ("ALIAS=PERCENT: send that share of unlabeled requests to the version ALIAS "
                "holds, the rest to the default (e.g. staging=10); each request id always "
@@ -28,24 +29,8 @@ def _canary(text: str):
     return Canary(alias, value)
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
-    return value
 
 
-def _share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
 
 
 def cmd_serve(args: argparse.Namespace) -> Result:
@@ -83,17 +68,17 @@ def register(sub: Any) -> None:
                    help="what an unlabeled request gets (default production; the newest "
                         "version when the model has no such alias)")
     p.add_argument("--canary", type=_canary, metavar="ALIAS=PERCENT", help=CANARY_HELP)
-    p.add_argument("--poll", type=_positive, default=2.0,
+    p.add_argument("--poll", type=positive_number, default=2.0,
                    help="seconds between looks at the registry (default 2)")
     p.add_argument("--max-batch", type=positive_int, default=64,
                    help="inputs per model call when batching concurrent requests (default 64)")
     p.add_argument("--batch-wait-ms", type=float, default=2.0,
                    help="how long a batch waits for more requests (default 2 ms)")
-    p.add_argument("--max-body-mb", type=_positive, default=32.0,
+    p.add_argument("--max-body-mb", type=positive_number, default=32.0,
                    help="largest request body (default 32 MiB)")
     p.add_argument("--max-instances", type=positive_int, default=256,
                    help="most instances in one request (default 256)")
-    p.add_argument("--log-sample", type=_share, default=0.1,
+    p.add_argument("--log-sample", type=share, default=0.1,
                    help="share of requests logged with their images' statistics, for "
                         "`imgpipe monitor` and `models canary` (default 0.1)")
     p.add_argument("--no-request-log", action="store_true",
