@@ -26,6 +26,7 @@ from typing import Any, Iterable
 
 from components.config import ValidateConfig
 from components.errors import ConfigError
+from components.ingest_stats import linf_distance
 
 OK, FAIL, SKIPPED, LOW = "ok", "FAIL", "skipped", "not enough traffic"
 HEALTHY, DRIFT, NOT_ENOUGH = "healthy", "drift", "not enough traffic"
@@ -130,16 +131,6 @@ def _mean(values: list[float]) -> float | None:
 def _shares(counts: dict[str, float]) -> dict[str, float]:
     total = sum(counts.values())
     return {key: n / total for key, n in counts.items()} if total else {}
-
-
-def linf(a: dict[str, float], b: dict[str, float]) -> tuple[float, str]:
-    """L-infinity distance of two share maps and the key attaining it."""
-    worst, where = 0.0, ""
-    for key in sorted(set(a) | set(b)):
-        diff = abs(a.get(key, 0.0) - b.get(key, 0.0))
-        if diff > worst:
-            worst, where = diff, key
-    return worst, where
 
 
 def _weighted_median(pairs: list[tuple[float, float]]) -> float:
@@ -374,7 +365,7 @@ def _class_check(data, images, t: Thresholds, enough: bool, low: str,
     shares = own if own is not None else _shares(trained)
     where = ("its own predictions on the eval split" if own is not None
              else "the training data's classes")
-    distance, label = linf(served, shares)
+    distance, label = linf_distance(served, shares)
     return _check(name, distance, t.max_class_drift, _verdict(distance, t.max_class_drift),
                   f"L-inf distance of predicted-class shares from {where}"
                   + (f"; most off: {label!r} {served.get(label, 0.0):.1%} served vs "

@@ -18,6 +18,7 @@ from components import artifacts, features, fileio, neardup
 from components.config import ValidateConfig
 from components.contract import In, Out, step
 from components.errors import ValidationFailed
+from components.ingest_stats import linf_distance
 from components.schema import domain, infer_schema, int_bounds, load_schema, schema_to_text
 
 ERROR, WARNING = "error", "warning"
@@ -80,16 +81,6 @@ def class_shares(stats: dict[str, Any], split: str = "train") -> dict[str, float
     counts = stats["counts"].get(split, {})
     total = sum(counts.values()) or 1
     return {label: n / total for label, n in counts.items()}
-
-
-def linf_distance(a: dict[str, float], b: dict[str, float]) -> tuple[float, str]:
-    """L-infinity distance of two categorical distributions and the class attaining it."""
-    worst, label = 0.0, ""
-    for key in sorted(set(a) | set(b)):
-        diff = abs(a.get(key, 0.0) - b.get(key, 0.0))
-        if diff > worst:
-            worst, label = diff, key
-    return worst, label
 
 
 def check_drift(stats: dict[str, Any], previous: dict[str, Any] | None,
