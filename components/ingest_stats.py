@@ -99,15 +99,5 @@ def _summarize(raw: dict[str, Any], num_inputs: int, near_duplicate_rms: float
     }
 
 
-def linf_distance(a: dict[str, float], b: dict[str, float]) -> tuple[float, str]:
-    """L-infinity distance of two categorical distributions and the class attaining it."""
-    worst, label = 0.0, ""
-    for key in sorted(set(a) | set(b)):
-        diff = abs(a.get(key, 0.0) - b.get(key, 0.0))
-        if diff > worst:
-            worst, label = diff, key
-    return worst, label
-
-
 def reason_kind(entry: dict[str, str]) -> str:
     return entry["reason"].split(" (")[0].split(":")[0]

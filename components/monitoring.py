@@ -26,7 +26,7 @@ from typing import Any, Iterable
 
 from components.config import ValidateConfig
 from components.errors import ConfigError
-from components.ingest_stats import linf_distance
+from components.schema import linf_distance
 
 OK, FAIL, SKIPPED, LOW = "ok", "FAIL", "skipped", "not enough traffic"
 HEALTHY, DRIFT, NOT_ENOUGH = "healthy", "drift", "not enough traffic"

@@ -72,3 +72,13 @@ def int_bounds(schema, name: str) -> tuple[int | None, int | None]:
             return (domain.min if domain.HasField("min") else None,
                     domain.max if domain.HasField("max") else None)
     return None, None
+
+
+def linf_distance(a: dict[str, float], b: dict[str, float]) -> tuple[float, str]:
+    """L-infinity distance of two categorical distributions and the class attaining it."""
+    worst, label = 0.0, ""
+    for key in sorted(set(a) | set(b)):
+        diff = abs(a.get(key, 0.0) - b.get(key, 0.0))
+        if diff > worst:
+            worst, label = diff, key
+    return worst, label

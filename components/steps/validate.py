@@ -18,8 +18,8 @@ from components import artifacts, features, fileio, neardup
 from components.config import ValidateConfig
 from components.contract import In, Out, step
 from components.errors import ValidationFailed
-from components.ingest_stats import linf_distance
-from components.schema import domain, infer_schema, int_bounds, load_schema, schema_to_text
+from components.schema import (domain, infer_schema, int_bounds, linf_distance, load_schema,
+                               schema_to_text)
 
 ERROR, WARNING = "error", "warning"
 MAX_REPORTED_PAIRS = 20
