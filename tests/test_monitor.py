@@ -193,8 +193,25 @@ def test_too_little_traffic_is_not_drift(registry, capsys):
     assert code == 0, text
     assert report["status"] == "not enough traffic"
     assert set(_verdicts(report).values()) == {"not enough traffic"}
-    assert "not enough traffic: 60 sampled image(s) and 20 request(s) in the window" in text
-    assert "nothing judged as drift" in text
+    assert "not enough traffic to judge size shift, channel shift" in text
+    assert "60 sampled image(s) in the window, under --min-images 100" in text
+    assert "nothing judged as drift" in text and "the other" not in text
+
+
+def test_a_short_confidence_reference_leaves_only_that_check_unjudged(registry, capsys):
+    # 100 requests, 300 images: enough for every check but the confidence drop, whose
+    # reference (the earliest 25%: 75 images) is under --min-images 100
+    write(registry, traffic(100))
+    code, text, report = monitor(capsys, registry, "m@production", *_window(0, 300))
+    assert code == 0, text
+    assert report["status"] == "not enough traffic"
+    verdicts = _verdicts(report)
+    assert verdicts.pop("confidence drop") == "not enough traffic"
+    assert set(verdicts.values()) == {"ok"}
+    assert "not enough traffic to judge confidence drop (why: above); the other 6 check(s) " \
+        "within their thresholds; nothing judged as drift" in text
+    assert "the reference (the earliest 25% of the version's sampled requests (25 of 100" in text
+    assert "holds 75 sampled image(s), under --min-images 100" in text
 
 
 def test_only_the_versions_own_traffic_in_the_window_counts(registry, capsys):

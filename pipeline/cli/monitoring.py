@@ -89,10 +89,11 @@ def cmd_monitor(args: argparse.Namespace) -> Result:
         if failed:
             print(f"drift: {', '.join(failed)} over the threshold (exit {DRIFT_EXIT})")
         elif report["status"] == monitoring.NOT_ENOUGH:
-            print(f"not enough traffic: {report['images']} sampled image(s) and "
-                  f"{report['requests']} request(s) in the window (--min-images "
-                  f"{thresholds.min_images}, --min-requests {thresholds.min_requests}); "
-                  "nothing judged as drift")
+            unjudged = [c["check"] for c in report["checks"] if c["verdict"] == monitoring.LOW]
+            judged = len(report["checks"]) - len(unjudged)
+            print(f"not enough traffic to judge {', '.join(unjudged)} (why: above)"
+                  + (f"; the other {judged} check(s) within their thresholds" if judged else "")
+                  + "; nothing judged as drift")
         else:
             print("healthy: every check within its threshold")
 
