@@ -349,6 +349,28 @@ def test_canary_reverts_a_candidate_that_fails_a_rule(registry, capsys, traffic_
     assert failed == [rule]
 
 
+@pytest.mark.parametrize("slow, decision", [(3, "promote"), (25, "revert")],
+                         ids=["three-heavy-images", "a-slow-tail"])
+def test_the_latency_tail_is_judged_where_each_arm_has_enough_requests(registry, capsys,
+                                                                       slow, decision):
+    # 250 requests a side, the candidate's `slow` of them at 200 ms (a few large photos to
+    # decode, or a real slow tail): p99 would be its 3 slowest; the rule judges p96
+    entries = canary_traffic(250)
+    for entry in [e for e in entries if e["arm"] == "candidate"][:slow]:
+        entry["latency_ms"] = 200.0
+    write(registry, entries)
+    code, text = canary(capsys, registry, "--dry-run")
+    assert f"decision: {decision}" in text, text
+    assert code == (0 if decision == "promote" else 3)
+    assert "at p96 (candidate" in text and "ms p50/p96" in text
+    assert "p96, not p99: the slowest 10 of the smaller arm's requests, p99 from 1,000" in text
+
+
+def test_the_tail_quantile_has_ten_requests_beyond_it_up_to_p99():
+    assert [monitoring.tail_quantile(n) for n in (20, 200, 250, 300, 999, 1000, 50000)] == \
+        [0.5, 0.95, 0.96, 0.96, 0.98, 0.99, 0.99]
+
+
 def test_canary_json_has_the_arms_and_the_numbers(registry, capsys):
     write(registry, canary_traffic(250, agree=0.6))
     code = cli.main(["models", "canary", "m", "--registry", registry.root, "--dry-run",

@@ -162,7 +162,8 @@ def register(models: Any) -> None:
                    help="candidate's error rate (5xx) minus the baseline's, at most "
                         f"(default {rules.max_error_rate_increase:g})")
     p.add_argument("--max-latency-ratio", type=positive_number, default=rules.max_latency_ratio,
-                   help="candidate's p50 and p99 latency over the baseline's, at most "
+                   help="candidate's p50 and tail latency (p99 from 1,000 requests an arm; "
+                        "below, the slowest 10: p95 at 200) over the baseline's, at most "
                         f"(default {rules.max_latency_ratio:g})")
     p.add_argument("--since", help="only traffic from then on: an ISO time or a span back "
                                    "from now, e.g. 1h, 24h (default: all the traffic of "
