@@ -89,6 +89,25 @@ def test_labels_without_spaces_add_no_warning(tmp_path):
                    for line in summary["lines"])
 
 
+@pytest.mark.parametrize("files, channels, noted", [
+    (3, 1, True),          # a photo folder with no data.channels: told how to train color
+    (3, 3, False),         # data.channels: 3 asked for: nothing to say
+    (1, 1, False),         # grayscale files (glyphs, digits): the defaults fit
+])
+def test_rgb_files_trained_as_grayscale_get_one_note(tmp_path, files, channels, noted):
+    fixtures.make_class_folders(str(tmp_path / "imgs"), classes=("cat", "dog"), per_class=4,
+                                channels=files)
+    summary, _, _, _ = run_ingest(tmp_path, tmp_path / "imgs", channels=channels)
+    notes = [line for line in summary["lines"] if line.startswith("note:")]
+    if not noted:
+        assert notes == []
+        return
+    assert len(notes) == 1 and notes[0] in summary["warnings"]
+    assert notes[0].startswith("note: 8 of 8 images are RGB files, but data.channels is 1, so "
+                               "they are trained as 36x36 grayscale")
+    assert "set data.channels: 3 and data.image_size" in notes[0]
+
+
 def _copy(src, dst):
     os.makedirs(os.path.dirname(dst), exist_ok=True)
     with open(src, "rb") as handle:

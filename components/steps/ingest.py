@@ -46,7 +46,7 @@ def run(data: DataConfig, ingest: IngestConfig, beam: BeamConfig,
     source with a span pattern, the window `data.spans` selects, each span once
     (`components/ingest_window.py`; reused from `shared` by later runs)."""
     if not spans.has_pattern(data.source):
-        return _ingest_one(data, ingest, beam, examples, statistics)
+        return _ingest_one(data, ingest, beam, examples, statistics, whole=True)
     import tempfile
 
     store = shared or tempfile.mkdtemp(prefix="spans-")     # inside the step's tmp
@@ -57,6 +57,7 @@ def run(data: DataConfig, ingest: IngestConfig, beam: BeamConfig,
     split_counts = {split: sum(stats["counts"][split].values()) for split in SPLITS}
     labels = [part["span"] for part in parts]
     reused = [label for label in labels if label not in fresh]
+    warnings = warnings + color_note(stats, data)
     return {
         "num_examples": stats["num_examples"], "num_quarantined": stats["num_quarantined"],
         "splits": split_counts, "spans": labels, "ingested": fresh, "reused": reused,
@@ -78,9 +79,10 @@ def _named(labels: list[str]) -> str:
 
 
 def _ingest_one(data: DataConfig, ingest: IngestConfig, beam: BeamConfig,
-                examples: artifacts.ArtifactWriter, statistics: artifacts.ArtifactWriter
-                ) -> dict[str, Any]:
-    """One plain source (or one span) into the two writers; the step's summary."""
+                examples: artifacts.ArtifactWriter, statistics: artifacts.ArtifactWriter,
+                whole: bool = False) -> dict[str, Any]:
+    """One plain source (or one span) into the two writers; the step's summary (with the
+    notes on the whole data when `whole`: not one span of a window)."""
     import apache_beam as beam_lib
 
     from components import beamio
@@ -120,7 +122,7 @@ def _ingest_one(data: DataConfig, ingest: IngestConfig, beam: BeamConfig,
                        ("num_inputs", "num_examples", "num_quarantined", "bad_fraction",
                         "class_names", "duplicates")}
     split_counts = {split: sum(stats["counts"][split].values()) for split in SPLITS}
-    warnings = _label_warnings(plan, stats)
+    warnings = _label_warnings(plan, stats) + (color_note(stats, data) if whole else [])
     return {
         "num_examples": stats["num_examples"],
         "num_quarantined": stats["num_quarantined"],
@@ -141,6 +143,24 @@ def _ingest_one(data: DataConfig, ingest: IngestConfig, beam: BeamConfig,
                f"{stats['eval_moved_to_train_near_duplicates']}"),
         ] + warnings,
     }
+
+
+def color_note(stats: dict[str, Any], data: DataConfig) -> list[str]:
+    """A note when most images are RGB(A) files but data.channels is 1 (its default,
+    made for glyphs and digits): a newcomer's photo folder would otherwise train as small
+    grayscale images without the photo defaults, and nothing would say why."""
+    counts = stats.get("channels") or {}
+    total = sum(counts.values())
+    color = sum(n for channels, n in counts.items() if int(channels) >= 3)
+    if data.channels != 1 or not total or color * 2 < total:
+        return []
+    height, width = data.image_size
+    return [f"note: {color} of {total} images are RGB files, but data.channels is 1, so "
+            f"they are trained as {height}x{width} grayscale (the defaults, made for glyphs "
+            "and digits). For color photos set data.channels: 3 and data.image_size (e.g. "
+            "[64, 64]): with no model.kind that trains the photo defaults (xception, "
+            "augmentation, a cosine schedule; README 'Photo defaults'). To train grayscale, "
+            "ignore this note."]
 
 
 def _label_warnings(plan: sources.Plan, stats: dict[str, Any]) -> list[str]:
