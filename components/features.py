@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import struct
 
+# The exported model's serving signatures (components/training.py writes them): a batch
+# of serialized tf.Examples (TF Serving's default) and a batch of encoded images.
+EXAMPLES_SIGNATURE = "serving_default"
+IMAGES_SIGNATURE = "serving_images"
+
 IMAGE = "image/encoded"
 FORMAT = "image/format"
 LABEL = "label"

@@ -27,7 +27,7 @@ from components.errors import ConfigError, DataError
 COLUMNS = ("path", "class", "probability", "top_k", "error", "model")
 # The exported signature batch prediction calls: a batch of encoded images (input
 # "images") -> probabilities, class_id, class_name.
-SIGNATURE = "serving_images"
+SIGNATURE = features.IMAGES_SIGNATURE
 _SUFFIXES = tuple(f".{extension}" for extension in IMAGE_EXTENSIONS)
 
 

@@ -59,11 +59,12 @@ import threading
 from typing import Any, Iterable
 
 from components import fileio
+from components.features import EXAMPLES_SIGNATURE, IMAGES_SIGNATURE
 
 REQUESTS = "requests"            # ROOT/NAME/requests/
 SUFFIX = ".jsonl"
 ARMS = ("baseline", "candidate")
-SIGNATURES = ("serving_images", "serving_default")
+SIGNATURES = (IMAGES_SIGNATURE, EXAMPLES_SIGNATURE)
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 _FILE = re.compile(r"(?P<hms>\d{6})-.+\.jsonl")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -102,7 +103,7 @@ def folder(root: str, name: str) -> str:
 
 
 def make_entry(*, model: str, status: int, latency_ms: float, instances: int,
-               signature: str = "serving_images", version: int | None = None,
+               signature: str = IMAGES_SIGNATURE, version: int | None = None,
                label: str | None = None, arm: str | None = None, id: str | None = None,
                error: str | None = None, images: list[dict[str, Any]] | None = None,
                shadow: dict[str, Any] | None = None, time: str | None = None

@@ -437,7 +437,8 @@ def export(model, graph: artifacts.Artifact, path: str) -> None:
 
     module = Serving()
     tf.saved_model.save(module, fileio.tf_path(path), signatures={
-        "serving_default": module.serve_examples, "serving_images": module.serve_images,
+        features.EXAMPLES_SIGNATURE: module.serve_examples,
+        features.IMAGES_SIGNATURE: module.serve_images,
         "transform_features": module.transform_features})
 
 

@@ -95,7 +95,7 @@ def verdict(report: dict[str, Any], batch: int, vocabulary: list[str],
     if "error" in report:
         return [report["error"]]
     problems = []
-    for name in ("serving_default", "serving_images"):
+    for name in (features.EXAMPLES_SIGNATURE, features.IMAGES_SIGNATURE):
         out = report.get(name)
         if out is None:
             problems.append(f"signature {name} is missing (has {report['signatures']})")
@@ -148,7 +148,8 @@ def run(trained_model: In[artifacts.Model], examples: In[artifacts.Examples],
         # the inputs each signature was just served, as TF Serving warmup requests
         infra_blessing.properties["warmup_requests"] = serving_config.write_warmup(
             infra_blessing.file(artifacts.InfraBlessing.WARMUP),
-            [("serving_default", "examples", serialized), ("serving_images", "images", images)])
+            [(features.EXAMPLES_SIGNATURE, "examples", serialized),
+             (features.IMAGES_SIGNATURE, "images", images)])
     lines = [f"{'passed' if passed else 'FAILED'}: {reason}"]
     if passed:
         lines[0] += " (" + ", ".join(f"{k[:-3]} {v:.0f} ms" for k, v in report.items()

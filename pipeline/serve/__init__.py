@@ -73,12 +73,10 @@ def describe_routes(routes: dict[str, Routes]) -> list[str]:
     """One line per served model: its versions, their labels, the default, the canary."""
     lines = []
     for name, r in sorted(routes.items()):
-        by_version: dict[int, list[str]] = {}
-        for alias, n in r.labels.items():
-            by_version.setdefault(n, []).append(alias)
+        by_version = r.aliases_by_version()
         parts = []
         for n in sorted(r.versions):
-            tags = sorted(by_version.get(n, []))
+            tags = list(by_version.get(n, []))
             if n == r.default:
                 tags.append("default")
             if n == r.candidate:

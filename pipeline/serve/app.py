@@ -45,10 +45,11 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from components import imaging
+from components.request_log import describe_images, make_entry, sampled_images
 from components.config import MAX_PIXELS
 from pipeline.serve.batching import Batcher
-from pipeline.serve.loaded import (EXAMPLES_SIGNATURE, IMAGES_SIGNATURE, Follower,
-                                   LoadedVersion, Routes)
+from components.features import EXAMPLES_SIGNATURE, IMAGES_SIGNATURE
+from pipeline.serve.loaded import Follower, LoadedVersion, Routes
 
 MIB = 1 << 20
 
@@ -301,7 +302,7 @@ class Service:
 
     def _record(self, entry: dict[str, Any]) -> None:
         try:
-            self.request_log.record(entry["model"], {"time": _now(), **entry})
+            self.request_log.record(entry["model"], make_entry(**{"time": _now(), **entry}))
             self.metrics.logged.labels(entry["model"]).inc()
         except Exception:
             pass        # the log never fails a request; its writer counts its failures
@@ -378,10 +379,8 @@ def _bucket(request_id: str, salt: str = "canary") -> float:
 
 
 def _listing(routes: Routes) -> str:
-    by_version: dict[int, list[str]] = {}
-    for alias, n in routes.labels.items():
-        by_version.setdefault(n, []).append(alias)
-    return ", ".join(f"{n}" + (f" ({', '.join(sorted(by_version[n]))})" if n in by_version else "")
+    by_version = routes.aliases_by_version()
+    return ", ".join(f"{n}" + (f" ({', '.join(by_version[n])})" if n in by_version else "")
                      for n in sorted(routes.versions))
 
 
@@ -466,11 +465,7 @@ def _confidences(outputs: dict[str, np.ndarray]) -> list[float]:
 def _describe(inputs: list[bytes], outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     """The sampled request's images as ingest describes them (decoded here, in a
     worker thread: never on the event loop), with the answers they got."""
-    from components.request_log import describe_images
-
-    return [dict(item, **{"class": name, "confidence": confidence})
-            for item, name, confidence in zip(describe_images(inputs), _names(outputs),
-                                              _confidences(outputs))]
+    return sampled_images(describe_images(inputs), _names(outputs), _confidences(outputs))
 
 
 def _other_arm(routes: Routes, arm: str | None) -> int | None:

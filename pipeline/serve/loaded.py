@@ -27,10 +27,8 @@ from components import fileio, serving_config
 from components.artifacts import SAVED_MODEL_PB
 from components.config import LATEST_ALIAS
 from components.errors import ImgpipeError
+from components.features import EXAMPLES_SIGNATURE, IMAGES_SIGNATURE
 from components.registry import Registry, Version
-
-IMAGES_SIGNATURE = "serving_images"
-EXAMPLES_SIGNATURE = "serving_default"
 
 
 @dataclass(frozen=True)
@@ -151,6 +149,13 @@ class Routes:
     candidate: int | None = None           # the canary's version (None: no canary)
     weight: float = 0.0                    # its share of unlabeled requests, percent
     missing: dict[str, str] = field(default_factory=dict)   # alias -> why not served
+
+    def aliases_by_version(self) -> dict[int, list[str]]:
+        """version -> the aliases serving it, sorted (versions no alias holds absent)."""
+        found: dict[int, list[str]] = {}
+        for alias, number in sorted(self.labels.items()):
+            found.setdefault(number, []).append(alias)
+        return found
 
 
 @dataclass
