@@ -56,7 +56,7 @@ class Thresholds:
     max_size_shift: float = 0.1
     max_channel_shift: float = 0.05
     max_brightness_drift: float = _default(ValidateConfig, "max_brightness_drift")
-    max_contrast_drift: float = _default(ValidateConfig, "max_brightness_drift")
+    max_contrast_drift: float = _default(ValidateConfig, "max_brightness_drift")  # validate: the same
     max_class_drift: float = _default(ValidateConfig, "max_class_drift")
     max_confidence_drop: float = 0.05
     max_error_rate: float = 0.01
@@ -220,8 +220,7 @@ def _size_check(data, images, t: Thresholds, enough: bool, low: str) -> dict[str
                       "a version pushed now has them)")
     if not enough:
         return _check(name, None, t.max_size_shift, LOW, low)
-    total = sum(sizes.values())
-    shares = {key: n / total for key, n in sizes.items()}
+    shares = _shares(sizes)
     common = {key for key, share in shares.items() if share >= RARE_SHARE}
     fixed = sum(shares[key] for key in common) >= FIXED_SIZES
     median = _weighted_median([(math.sqrt(h * w), n) for (h, w), n in

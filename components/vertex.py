@@ -182,8 +182,9 @@ def upload_version(cfg: Any, registry_root: str, version: Any, tf_version: str |
                           model_config(registry_root, version.name, version.version))
     record = VertexModelRegistry(cfg.project, cfg.region, aiplatform).upload(
         version.name, version.path, {VERSION_LABEL: str(version.version)}, aliases, container)
-    if endpoint_settings(cfg):     # for the CLI's promotions later: where traffic goes
-        record["endpoint"] = endpoint_settings(cfg)
+    settings = endpoint_settings(cfg)
+    if settings:                   # for the CLI's promotions later: where traffic goes
+        record["endpoint"] = settings
     fileio.write_text(fileio.join(version.path, RECORD), json.dumps(record, indent=2))
     return record
 
@@ -238,12 +239,12 @@ def configured_endpoint(cfg: Any) -> dict[str, Any] | None:
 def record_endpoint(version_path: str, cfg: Any) -> dict[str, str] | None:
     """Writes push.vertex's endpoint settings (or their absence) into the version's
     Vertex record, when it has one and they changed; returns the record."""
-    record = read_record(version_path)
-    if record is None or record.get("endpoint") == endpoint_settings(cfg):
+    record, settings = read_record(version_path), endpoint_settings(cfg)
+    if record is None or record.get("endpoint") == settings:
         return record
     record = {k: v for k, v in record.items() if k != "endpoint"}
-    if endpoint_settings(cfg):
-        record["endpoint"] = endpoint_settings(cfg)
+    if settings:
+        record["endpoint"] = settings
     fileio.write_text(fileio.join(version_path, RECORD), json.dumps(record, indent=2))
     return record
 

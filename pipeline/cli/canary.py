@@ -17,14 +17,6 @@ from pipeline.cli.common import (Result, _add_json_arg, _add_registry_args, _reg
 REVERT_EXIT = 3      # the candidate failed: a schedule running the canary hears of it
 
 
-
-
-
-
-
-
-
-
 def cmd_models_canary(args: argparse.Namespace) -> Result:
     import dataclasses
     import datetime as dt

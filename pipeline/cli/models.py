@@ -202,8 +202,6 @@ def _metric(key: str, value: Any) -> str:
     return f"{value:,.0f}" if _is_count(key, value) else f"{value:.4f}"
 
 
-
-
 def _count(value: Any) -> str:
     return "?" if value is None else f"{int(value):,}"
 

@@ -14,12 +14,6 @@ from pipeline.cli.common import (Result, _add_json_arg, _add_registry_args, _reg
 DRIFT_EXIT = 3
 
 
-
-
-
-
-
-
 def cmd_monitor(args: argparse.Namespace) -> Result:
     import dataclasses
     import datetime as dt

@@ -29,10 +29,6 @@ def _canary(text: str):
     return Canary(alias, value)
 
 
-
-
-
-
 def cmd_serve(args: argparse.Namespace) -> Result:
     from pipeline import serve
 
