@@ -236,9 +236,14 @@ class DataConfig(Section):
     on_missing: Literal["fail", "skip"] = Field(
         "fail", description="A span data.spans asks for that does not exist: fail (never "
                             "quietly train on old data) or skip it with a warning.")
-    eval_spans: Literal["newest", "all"] = Field(
-        "newest", description="Whose eval split a window of spans evaluates on: the newest "
-                              "span's, or every span's.")
+    eval_spans: Literal["auto", "newest", "all"] = Field(
+        "auto", description="Whose eval split a window of spans evaluates on: the newest "
+                            "span's, every span's, or auto: the newest span's when it holds "
+                            "at least min_eval_examples, else every span's (a drop's eval "
+                            "split of ~90 images cannot tell a retrain from noise).")
+    min_eval_examples: int = Field(
+        200, gt=0, description="eval_spans auto: the newest span's eval split is enough on "
+                               "its own from this many examples.")
 
     @field_validator("source")
     @classmethod
@@ -699,9 +704,14 @@ class EvaluateConfig(Section):
                     "top_k_accuracy are shares, in [0, 1]).")
     top_k: int = Field(3, gt=0)
     slice_features: list[str] = Field([], description="Raw features to slice by, e.g. source.")
-    gate: Literal["point", "lower_bound"] = Field(
-        "point", description="'Not worse than baseline' by the point estimate or by the lower "
-                             "bound of the bootstrap confidence interval.")
+    gate: Literal["paired", "point", "lower_bound"] = Field(
+        "paired", description="How 'not worse than the baseline' is decided on the same eval "
+                              "examples. paired: refused only when the upper bound of the "
+                              "accuracy difference's bootstrap confidence interval is below "
+                              "-max_drop (significantly worse by more than the tolerance); a "
+                              "difference within noise is blessed. point: the estimated "
+                              "difference must be at least -max_drop. lower_bound: the "
+                              "interval's lower bound must be.")
     confidence: float = Field(0.95, gt=0.0, lt=1.0)
     bootstrap_samples: int = Field(1000, gt=0)
     min_class_recall: Optional[float] = Field(None, ge=0.0, le=1.0)

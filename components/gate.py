@@ -50,22 +50,58 @@ def compare(labels: list[str], predicted: list[str], base_predicted: list[str],
     return comparison
 
 
+def decides_change(cfg: EvaluateConfig, metric: str) -> bool:
+    """Whether the paired gate, not TFMA's point change threshold, judges `metric`'s
+    `max_drop` (accuracy under `gate: paired`, the one metric with a paired test)."""
+    return cfg.gate == "paired" and metric == "accuracy"
+
+
 def gate_check(comparison: dict[str, Any], cfg: EvaluateConfig, base_ref: str
                ) -> dict[str, Any]:
-    """'Not worse than the baseline': the accuracy difference (point estimate, or the
-    lower bound of its bootstrap interval with `gate: lower_bound`) must be at least
-    minus the accuracy threshold's `max_drop` (0 when none is set)."""
+    """'Not worse than the baseline', with the accuracy threshold's `max_drop` (0 when
+    none is set) as the tolerance. `paired` (the default) refuses only on evidence: the
+    upper bound of the paired bootstrap interval below -max_drop, i.e. the candidate
+    is worse by more than the tolerance at the configured confidence; `point` asks the
+    estimated difference to be at least -max_drop, `lower_bound` the interval's lower
+    bound. The check's `rule` says what decided, in words, with the numbers."""
     accuracy = cfg.thresholds.get("accuracy")
     drop = (accuracy.max_drop if accuracy else None) or 0.0
-    measured = comparison["difference"] if cfg.gate == "point" else comparison["ci_low"]
-    how = "point estimate" if cfg.gate == "point" else \
-        f"lower bound of the {cfg.confidence:.0%} CI"
+    diff, low, high = comparison["difference"], comparison["ci_low"], comparison["ci_high"]
+    interval = f"{cfg.confidence:.0%} CI [{low:+.4f}, {high:+.4f}]"
+    measured, how = {
+        "paired": (high, f"upper bound of the {cfg.confidence:.0%} CI"),
+        "point": (diff, "point estimate"),
+        "lower_bound": (low, f"lower bound of the {cfg.confidence:.0%} CI")}[cfg.gate]
+    passed = measured >= -drop
+    tolerance = f"a drop of {drop:g}" if drop else "no drop"
+    if cfg.gate != "paired":
+        rule = (f"{cfg.gate} gate: {how} {measured:+.4f} "
+                f"{'>=' if passed else '<'} {-drop:+.4f} (allows {tolerance})")
+    elif not passed:
+        rule = (f"paired gate: significantly worse: the whole {interval} is below "
+                f"{-drop:+.4f} (allows {tolerance})")
+    elif low > 0:
+        rule = f"paired gate: significantly better ({interval})"
+    else:
+        rule = (f"paired gate: within noise ({interval} reaches {-drop:+.4f} or above; "
+                f"allows {tolerance})")
     return {"check": f"accuracy not worse than {base_ref} ({how})",
             "source": "paired bootstrap", "value": measured, "bound": {"min": -drop},
-            "verdict": "pass" if measured >= -drop else "fail",
-            "detail": f"difference {comparison['difference']:+.4f}, {cfg.confidence:.0%} CI "
-                      f"[{comparison['ci_low']:+.4f}, {comparison['ci_high']:+.4f}], "
-                      f"McNemar p={comparison['mcnemar_p']:.3g}"}
+            "verdict": "pass" if passed else "fail", "rule": rule,
+            "detail": f"difference {diff:+.4f} on {comparison['examples']} examples, "
+                      f"{interval}, McNemar p={comparison['mcnemar_p']:.3g}"}
+
+
+def resolution_note(comparison: dict[str, Any]) -> str | None:
+    """A note when the eval split is too small for the gate to tell much: the
+    interval's half width over 0.05 (with ~20% of answers differing, under ~300
+    examples)."""
+    half = (comparison["ci_high"] - comparison["ci_low"]) / 2
+    if half <= 0.05:
+        return None
+    return (f"note: {comparison['examples']} eval examples decide differences of about "
+            f"±{half:.2f} only; a larger eval split (data.eval_fraction, data.eval_spans: "
+            "all) lets the gate see smaller drops")
 
 
 def class_recalls(labels: list[str], predicted: list[str]) -> dict[str, float]:

@@ -24,7 +24,7 @@ from components.config import DataConfig, IngestConfig
 from components.errors import ArtifactError
 
 # The DataConfig keys a single span's ingest does not depend on.
-_WINDOW_KEYS = ("source", "spans", "on_missing", "eval_spans")
+_WINDOW_KEYS = ("source", "spans", "on_missing", "eval_spans", "min_eval_examples")
 
 
 def window(data: DataConfig, now: datetime.datetime | None = None
@@ -191,6 +191,20 @@ def merge_stats(part_stats: list[dict[str, Any]], parts: list[dict[str, Any]],
     }
 
 
+def eval_spans(data: DataConfig, part_stats: list[dict[str, Any]]) -> tuple[str, str]:
+    """Whose eval split the window evaluates on ('newest' or 'all') and why: `auto`
+    takes the newest span's when it holds `data.min_eval_examples`, else every span's."""
+    if data.eval_spans != "auto":
+        return data.eval_spans, f"data.eval_spans: {data.eval_spans}"
+    newest = sum(part_stats[-1]["counts"].get("eval", {}).values())
+    if newest >= data.min_eval_examples or len(part_stats) == 1:
+        return "newest", (f"the newest span's {newest} eval examples (at least "
+                          f"data.min_eval_examples {data.min_eval_examples})")
+    return "all", (f"the newest span has {newest} eval examples, fewer than "
+                   f"data.min_eval_examples {data.min_eval_examples}: every span's eval "
+                   "split is evaluated on")
+
+
 def write_union(parts: list[dict[str, Any]], data: DataConfig,
                 examples: artifacts.ArtifactWriter, statistics: artifacts.ArtifactWriter
                 ) -> dict[str, Any]:
@@ -198,7 +212,10 @@ def write_union(parts: list[dict[str, Any]], data: DataConfig,
     totals, each span's, and the parts' thumbnails and quarantine lists joined, with
     the older spans' eval images counted as train when only the newest is evaluated)."""
     part_stats = [artifacts.ExampleStatistics.read(part["statistics"]) for part in parts]
+    chosen, why = eval_spans(data, part_stats)
+    data = data.model_copy(update={"eval_spans": chosen})
     stats = merge_stats(part_stats, parts, data.eval_spans)
+    stats["eval_spans_reason"] = why
     artifacts.ExampleStatistics.write(statistics, stats, sort_keys=True)
     thumbnails, quarantine = [], []
     for index, part in enumerate(parts):

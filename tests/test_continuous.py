@@ -55,7 +55,9 @@ def test_a_rolling_window_ingests_only_the_new_span_and_reads_the_rest_by_refere
         tmp_path, capsys):
     for day in ("2026-11-28", "2026-11-29", "2026-11-30"):
         drop(tmp_path / "drops", day)
-    path = config(tmp_path, {"rolling": 2})
+    # each drop's eval split (~19 images) counts as enough here: eval_spans auto then
+    # evaluates on the newest span's alone
+    path = config(tmp_path, {"rolling": 2}, min_eval_examples=10)
     code, out = run(path, capsys, "--until", "validate")
     assert code == 0, out
     assert "2 span(s) 2026-11-29..2026-11-30: ingested 2" in ingest_summary(out)
@@ -100,6 +102,27 @@ def test_a_rolling_window_ingests_only_the_new_span_and_reads_the_rest_by_refere
                   if step["step"] == "ingest")
     assert (ingest["summary"]["ingested"], ingest["summary"]["reused"]) == \
         (["2026-12-01"], ["2026-11-30"])
+
+
+def test_a_newest_drop_too_small_to_decide_evaluates_on_every_span(tmp_path, capsys):
+    """eval_spans auto (the default): ~19 eval images in the newest drop is under
+    data.min_eval_examples, so the window evaluates on every span's eval split (and
+    says so); eval images then never train."""
+    for day in ("2026-11-29", "2026-11-30"):
+        drop(tmp_path / "drops", day)
+    code, out = run(config(tmp_path, {"rolling": 2}), capsys, "--until", "ingest")
+    assert code == 0, out
+    assert "fewer than data.min_eval_examples 200: every span's eval split is evaluated " \
+        "on" in out
+    uri = next(line.split(": ", 1)[1] for line in out.splitlines()
+               if line.startswith("  ingest.examples: "))
+    examples = artifacts.read(uri, artifacts.Examples)
+    assert examples.properties["eval_spans"] == "all"
+    parts = examples.properties["parts"]
+    eval_files = artifacts.Examples.shards(examples, "eval")
+    assert {part["uri"] for part in parts} == {
+        next(p["uri"] for p in parts if f.startswith(p["uri"])) for f in eval_files}
+    assert not any("/eval/" in f for f in artifacts.Examples.shards(examples, "train"))
 
 
 def test_a_drifted_drop_stops_at_validate_and_the_window_trains_on(tmp_path, capsys):

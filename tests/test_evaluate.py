@@ -40,9 +40,76 @@ def test_paired_bootstrap_and_mcnemar():
                                                       gate="lower_bound"), "m:1")
     assert (point["verdict"], bound["verdict"]) == ("pass", "fail")
     assert bound["value"] == small["ci_low"] and "lower bound of the 95% CI" in bound["check"]
-    strict = gate.gate_check(small, EvaluateConfig(thresholds={"accuracy": {"min": 0.5}}),
-                                 "m:1")
+    strict = gate.gate_check(small, EvaluateConfig(thresholds={"accuracy": {"min": 0.5}},
+                                                   gate="point"), "m:1")
     assert strict["verdict"] == "fail" and strict["bound"] == {"min": -0.0}
+
+
+def _retrain_pair(n: int, base_accuracy: float, disagree: float, difference: int,
+                  seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-example correctness of a baseline and a candidate on the same n examples:
+    `disagree` of the examples answered right by exactly one of them, the candidate
+    `difference` examples ahead (negative: behind)."""
+    rng = np.random.default_rng(seed)
+    base = np.zeros(n, bool)
+    base[:round(n * base_accuracy)] = True
+    cand = base.copy()
+    discordant = round(n * disagree)
+    wins = (discordant + difference) // 2          # candidate right, baseline wrong
+    losses = discordant - wins
+    right, wrong = np.flatnonzero(base), np.flatnonzero(~base)
+    cand[wrong[:wins]] = True
+    cand[right[:losses]] = False
+    order = rng.permutation(n)
+    return cand[order], base[order]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_default_gate_blesses_a_retrain_within_noise_and_refuses_a_worse_model(seed):
+    """What a daily schedule meets (issue 31): 90 eval examples of a ~72% accurate model,
+    a retrain with another seed disagreeing on a fifth of them and one example behind;
+    the old default (point estimate, max_drop 0) refused it. A model 15 points worse
+    is refused, with the rule and its numbers in the check."""
+    defaults = EvaluateConfig()
+    assert defaults.gate == "paired" and defaults.thresholds["accuracy"].max_drop is None
+    cand, base = _retrain_pair(90, 0.72, 0.19, -1, seed)
+    same = gate.paired_comparison(cand, base, defaults.bootstrap_samples, defaults.confidence,
+                                  seed)
+    check = gate.gate_check(same, defaults, "photos:4")
+    assert same["difference"] == pytest.approx(-1 / 90)
+    assert check["verdict"] == "pass", check
+    assert check["rule"].startswith("paired gate: within noise (95% CI [")
+    worse_cand, worse_base = _retrain_pair(90, 0.72, 0.2, -14, seed)
+    worse = gate.paired_comparison(worse_cand, worse_base, defaults.bootstrap_samples,
+                                   defaults.confidence, seed)
+    refused = gate.gate_check(worse, defaults, "photos:4")
+    assert worse["difference"] == pytest.approx(-14 / 90)
+    assert refused["verdict"] == "fail" and "significantly worse" in refused["rule"]
+    assert gate.resolution_note(same).startswith("note: 90 eval examples decide differences")
+    # a stated tolerance: significantly worse, but by less than max_drop, is blessed
+    big = gate.paired_comparison(*_retrain_pair(20000, 0.9, 0.04, -120, seed), 1000, 0.95,
+                                 seed)
+    assert big["ci_high"] < 0 and gate.resolution_note(big) is None
+    tolerant = EvaluateConfig(thresholds={"accuracy": {"min": 0.5, "max_drop": 0.01}})
+    assert gate.gate_check(big, defaults, "m:1")["verdict"] == "fail"
+    assert gate.gate_check(big, tolerant, "m:1")["verdict"] == "pass"
+
+
+def test_under_the_paired_gate_tfma_has_no_point_change_threshold_on_accuracy():
+    """max_drop on accuracy is the paired gate's tolerance, not a TFMA change threshold
+    on the point estimate (which would refuse a retrain one example behind again);
+    other metrics and the point gate keep TFMA's change threshold."""
+    thresholds = {"accuracy": {"min": 0.5, "max_drop": 0.01},
+                  "top_k_accuracy": {"min": 0.5, "max_drop": 0.01}}
+    def changes(cfg):
+        config = evaluate.eval_config(cfg, 3, True)
+        return {m.class_name: t.threshold.HasField("change_threshold")
+                for spec in config.metrics_specs for m in spec.metrics
+                for t in m.per_slice_thresholds}
+    paired = changes(EvaluateConfig(thresholds=thresholds))
+    assert paired == {"SparseCategoricalAccuracy": False, "SparseTopKCategoricalAccuracy": True}
+    point = changes(EvaluateConfig(thresholds=thresholds, gate="point"))
+    assert point == {"SparseCategoricalAccuracy": True, "SparseTopKCategoricalAccuracy": True}
 
 
 def test_threshold_on_unknown_metric_is_a_config_error():
@@ -108,7 +175,7 @@ def test_eval_config_scopes_thresholds_to_the_configured_slices():
     cfg = EvaluateConfig(thresholds={"accuracy": {"min": 0.8, "max_drop": 0.01,
                                                   "slices": ["label"]},
                                      "top_k_accuracy": {"min": 0.9}},
-                         slice_features=["height"], top_k=5)
+                         slice_features=["height"], top_k=5, gate="point")
     config = evaluate.eval_config(cfg, num_classes=3, with_baseline=True)
     assert [m.name for m in config.model_specs] == ["candidate", "baseline"]
     assert config.model_specs[1].is_baseline

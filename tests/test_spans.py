@@ -311,7 +311,7 @@ def _load(tmp_path, data_yaml: str):
 
 def test_config_defaults_and_accepted_forms(tmp_path):
     plain = _load(tmp_path, "{source: builtin:fonts}").data
-    assert (plain.spans, plain.on_missing, plain.eval_spans) == (None, "fail", "newest")
+    assert (plain.spans, plain.on_missing, plain.eval_spans) == (None, "fail", "auto")
     cases = [("d/span-{SPAN}/", "latest", "latest"),
              ("d/span-{SPAN}/", "{rolling: 7}", {"rolling": 7}),
              ("d/span-{SPAN}/", "{range: [3, 9]}", {"range": [3, 9]}),
@@ -351,7 +351,7 @@ def test_config_defaults_and_accepted_forms(tmp_path):
     ("{source: 'd/{YYYY}{MM}{DD}/', spans: {scheduled: yesterday}}", "data.spans",
      "scheduled takes -Nd"),
     ("{source: 'd/{SPAN}/', on_missing: ignore}", "data.on_missing", "'fail' or 'skip'"),
-    ("{source: 'd/{SPAN}/', eval_spans: oldest}", "data.eval_spans", "'newest' or 'all'"),
+    ("{source: 'd/{SPAN}/', eval_spans: oldest}", "data.eval_spans", "'auto', 'newest' or 'all'"),
 ])
 def test_config_refusals_name_the_key_and_the_fix(tmp_path, data_yaml, key, expected):
     with pytest.raises(ConfigError) as info:

@@ -90,8 +90,9 @@ def eval_config(cfg: EvaluateConfig, num_classes: int, with_baseline: bool):
         if threshold is not None:
             scopes = [config_pb2.SlicingSpec()] + [
                 config_pb2.SlicingSpec(feature_keys=[key]) for key in threshold.slices or []]
+            with_change = with_baseline and not gate.decides_change(cfg, name)
             metric.per_slice_thresholds.add(slicing_specs=scopes,
-                                            threshold=_threshold(threshold, with_baseline))
+                                            threshold=_threshold(threshold, with_change))
         metrics.append(metric)
     # Per-class precision, recall and F1 of the top-1 prediction come from this matrix;
     # per-class AUC and calibration from the scoring job's histograms (class_metrics).
@@ -266,7 +267,8 @@ def threshold_checks(evaluate: EvaluateConfig, metrics: dict[str, Any],
                                "value": metrics["slices"].get(scope, {}).get(name),
                                "bound": bound,
                                "verdict": "fail" if scope in failed_slices else "pass"})
-        if threshold.max_drop is not None and base_metrics is not None:
+        if threshold.max_drop is not None and base_metrics is not None \
+                and not gate.decides_change(evaluate, name):
             bad = tfma_failures(name, True)
             value = overall.get(name)
             change = None if value is None or base_overall.get(name) is None \
@@ -291,9 +293,15 @@ def recall_checks(recalls: dict[str, float], floor: float | None) -> list[dict[s
 
 
 def _verdict(tfma_ok: bool, checks: list[dict[str, Any]]) -> tuple[bool, str]:
+    """(blessed, reason): the failed checks, each by its rule when it has one (the
+    baseline gate), else value and bound; blessed, the baseline gate's rule too."""
     blessed = tfma_ok and all(c["verdict"] == "pass" for c in checks)
     failed = [c for c in checks if c["verdict"] == "fail"]
-    reason = "all checks passed" if blessed else "; ".join(
+    if blessed:
+        rules = [c["rule"] for c in checks if c.get("rule")]
+        return True, "; ".join(["all checks passed", *rules])
+    reason = "; ".join(
+        c["rule"] if c.get("rule") else
         f"{c['check']}: {c['value'] if c['value'] is None else round(c['value'], 4)}"
         f"{' (needs ' + gate.bound_words(c['bound']) + ')' if c.get('bound') else ''}"
         for c in failed) \
@@ -312,7 +320,9 @@ def _summary_lines(accuracy: float | None, examples: int, comparison: dict[str, 
                  f"{comparison['ci_high']:+.4f}])")
     else:
         first = f"accuracy {accuracy:.4f} on {examples} eval examples, no baseline"
-    return [first, "BLESSED" if blessed else "NOT BLESSED: " + reason]
+    note = gate.resolution_note(comparison) if comparison else None
+    return [first, *([note] if note else []),
+            ("BLESSED: " if blessed else "NOT BLESSED: ") + reason]
 
 
 # The KFP run page shows the evaluation's overall metrics and confusion matrix.

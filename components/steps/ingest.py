@@ -58,14 +58,17 @@ def run(data: DataConfig, ingest: IngestConfig, beam: BeamConfig,
     labels = [part["span"] for part in parts]
     reused = [label for label in labels if label not in fresh]
     warnings = warnings + color_note(stats, data)
+    if data.eval_spans == "auto" and stats["eval_spans"] == "all":
+        warnings.append(f"note: {stats['eval_spans_reason']}")
     return {
         "num_examples": stats["num_examples"], "num_quarantined": stats["num_quarantined"],
         "splits": split_counts, "spans": labels, "ingested": fresh, "reused": reused,
+        "eval_spans": stats["eval_spans"], "eval_spans_reason": stats["eval_spans_reason"],
         "lines": warnings + [
             f"{len(labels)} span(s) {labels[0]}..{labels[-1]}: ingested {len(fresh)} "
             f"({_named(fresh)}), reused {len(reused)}" + (f" ({_named(reused)})" if reused else ""),
             f"{stats['num_examples']} examples (train {split_counts['train']}, eval "
-            f"{split_counts['eval']} from {'the newest span' if data.eval_spans == 'newest' else 'every span'}), "
+            f"{split_counts['eval']} from {'the newest span' if stats['eval_spans'] == 'newest' else 'every span'}), "
             f"{len(stats['class_names'])} classes, {stats['num_quarantined']} quarantined"],
     }
 
