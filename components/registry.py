@@ -351,12 +351,15 @@ class Registry:
 
     def set_alias(self, ref: str, alias: str, reason: str = "", force: bool = False,
                   action: str = "promote", who: str | None = None,
-                  traffic: int | None = None) -> dict[str, Any]:
+                  traffic: int | None = None, forward_only: bool = False) -> dict[str, Any]:
         """Points `alias` at the version `ref` names; refuses a version that is not
         blessed or failed infra validation unless `force` (recorded in the ledger). A
         change that changes nothing is not recorded: the entry says `unchanged`.
         `traffic`: the endpoint share the alias's version gets (a canary,
-        `components.vertex`), recorded in the entry; a new share is a change."""
+        `components.vertex`), recorded in the entry; a new share is a change.
+        `forward_only` (a pipeline's `promote_to`): the alias stays where it is when its
+        version was trained on newer data (`newer`), so a rerun or backfill of older
+        spans never moves it back; the entry then says `unchanged` and `behind` why."""
         check_name(alias, "alias")
         if alias == LATEST:
             raise ConfigError(f"'{LATEST}' always means the newest version; pick another alias.")
@@ -371,9 +374,28 @@ class Registry:
                 entry["traffic"] = traffic
             same = current == version.version and (
                 traffic is None or traffic == _traffic(entries, alias))
+            behind = forward_only and not same and current is not None and \
+                self._newer(version.name, current, version)
+            if behind:
+                return dict(entry, unchanged=True, behind=behind)
             return dict(entry, unchanged=True) if same else entry
 
         return self._change(version.name, decide)
+
+    def _newer(self, name: str, current: int, version: Version) -> str | None:
+        """Why version `current` (an alias's holder) is newer than `version`: trained
+        through a later span, or, with the same or no spans, a higher version number.
+        None when it is not (or is no longer there)."""
+        try:
+            mine, theirs = _newest_span(version.card), _newest_span(self.get(name, current).card)
+        except ImgpipeError:
+            return None
+        if mine and theirs and mine[0] != theirs[0]:
+            return None if mine[0] > theirs[0] else (
+                f"version {current} was trained through {theirs[1]}, newer than "
+                f"{version.version}'s {mine[1]}")
+        return None if version.version > current else \
+            f"version {current} is newer than {version.version}"
 
     def delete_alias(self, name: str, alias: str, reason: str = "",
                      who: str | None = None) -> dict[str, Any]:
@@ -543,6 +565,14 @@ def _files_of(src: str, rel: str) -> list[tuple[str, str]]:
     prefix = src.rstrip("/") + "/"
     return [(path, fileio.join(rel, path[len(prefix):]) if rel else path[len(prefix):])
             for path in fileio.walk_files(src)]
+
+
+def _newest_span(card: dict[str, Any]) -> tuple[tuple[int, ...], str] | None:
+    """(order, label) of the newest span a card's model trained on ("2026-12-01" ->
+    (2026, 12, 1), "span 7" -> (7,)); None without spans."""
+    spans = (card.get("data") or {}).get("spans") or []
+    digits = [tuple(int(d) for d in re.findall(r"\d+", str(label))) for label in spans]
+    return max(zip(digits, map(str, spans))) if spans and all(digits) else None
 
 
 def _entry(action: str, alias: str, current: int | None, target: int | None, reason: str,

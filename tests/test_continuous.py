@@ -165,6 +165,50 @@ def test_backfill_runs_each_span_in_order_and_stops_at_the_first_failure(tmp_pat
     assert result["runs"][1]["window"] == ["2026-11-28", "2026-11-29", "2026-11-30"]
 
 
+def test_a_resumed_or_repeated_backfill_never_moves_production_back(tmp_path, capsys):
+    """promote_to moves an alias forward in span order only: a backfill stopped after
+    its 2nd span and run again, then a repeat of older spans after the full backfill,
+    leave production on the version trained through the newest span, with no backward
+    entry in the audit log; the summary says which versions were pushed earlier."""
+    from components.registry import Registry
+
+    for day in ("2026-11-28", "2026-11-29", "2026-11-30"):
+        drop(tmp_path / "drops", day)
+    path = config(tmp_path, {"rolling": 2})
+    tree = yaml.safe_load(open(path))
+    tree["push"]["promote_to"] = "production"
+    tree["evaluate"] = {"thresholds": {"accuracy": {"min": 0.0, "max_drop": 1.0}},
+                        "gate": "point"}           # every retrain blessed: the alias decides
+    open(path, "w").write(yaml.safe_dump(tree))
+
+    def backfill(spans: str) -> list[dict]:
+        code = cli.main(["backfill", path, "--spans", spans, "--runs-dir",
+                         str(tmp_path / "runs"), "--json"])
+        result = json.loads(capsys.readouterr().out)
+        assert code == 0, result
+        return result["runs"]
+
+    registry = Registry(str(tmp_path / "serving"))
+    backfill("2026-11-28..2026-11-29")                 # "stopped" during the 3rd span
+    assert registry.aliases("daily")["production"] == 2
+    resumed = backfill("2026-11-28..2026-11-30")
+    assert registry.aliases("daily")["production"] == 3
+    assert [r["verdict"] for r in resumed] == ["already pushed", "already pushed", "pushed"]
+    repeated = backfill("2026-11-28..2026-11-29")
+    assert registry.aliases("daily")["production"] == 3
+    assert all(r["verdict"] == "already pushed" for r in repeated)
+    moves = [(e["from"], e["to"]) for e in registry.audit("daily")
+             if e["alias"] == "production"]
+    assert moves == [(None, 1), (1, 2), (2, 3)]
+    # the run log says why production stayed
+    code = cli.main(["backfill", path, "--spans", "2026-11-29..2026-11-29", "--runs-dir",
+                     str(tmp_path / "runs")])
+    out = capsys.readouterr()
+    assert code == 0
+    assert "daily@production stays on version 3: version 3 was trained through " \
+        "2026-11-30, newer than 2's 2026-11-29" in out.out + out.err
+
+
 def _compiled(tmp_path, spans) -> dict:
     from pipeline.kfp import compile as kfp_compile
 

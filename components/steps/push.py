@@ -93,11 +93,12 @@ def model_card(trained_model: artifacts.Artifact, blessing: artifacts.Artifact,
 
 
 def _to_vertex(push: PushConfig, registry: Registry, version,
-               trained_model: artifacts.Artifact) -> tuple[dict[str, str], str]:
+               trained_model: artifacts.Artifact, promoted: bool) -> tuple[dict[str, str], str]:
     """The version in Vertex AI Model Registry: uploaded when it has no Vertex record
     yet (`vertex.upload_version`, which finds an upload a failed attempt made), else its
-    record, with `push.promote_to` moved there too. (record, the line saying which)."""
-    aliases = [push.promote_to] if push.promote_to else []
+    record, with `push.promote_to` moved there too when the registry's alias moved to
+    it (`promoted`). (record, the line saying which)."""
+    aliases = [push.promote_to] if push.promote_to and promoted else []
     record = vertex.read_record(version.path)
     if record is None:
         record = vertex.upload_version(push.vertex, registry.root, version,
@@ -166,18 +167,28 @@ def run(trained_model: In[artifacts.Model], blessing: In[artifacts.ModelBlessing
                               reason="blessed and served in infra validation")
                 lines = [f"pushed {version.ref} to {version.path}"]
             if push.promote_to:
+                # forward only: a rerun, resume or backfill of older spans never moves
+                # the alias back from a version trained on newer data
                 moved = registry.set_alias(
-                    version.ref, push.promote_to, who="pipeline",
+                    version.ref, push.promote_to, who="pipeline", forward_only=True,
                     reason=f"auto-promoted by run {(producer or {}).get('run_id')}")
                 record["alias"] = push.promote_to
-                lines.append(f"{name}@{push.promote_to} already points at version {version.version}"
-                             if moved.get("unchanged") else
-                             f"{name}@{push.promote_to}: version {moved['from'] or '(none)'} -> "
-                             f"{version.version}")
+                record["promotion"] = {"alias": push.promote_to, "from": moved["from"],
+                                       "moved": not moved.get("unchanged"),
+                                       "behind": moved.get("behind")}
+                lines.append(
+                    f"{name}@{push.promote_to} stays on version {moved['from']}: "
+                    f"{moved['behind']}" if moved.get("behind") else
+                    f"{name}@{push.promote_to} already points at version {version.version}"
+                    if moved.get("unchanged") else
+                    f"{name}@{push.promote_to}: version {moved['from'] or '(none)'} -> "
+                    f"{version.version}")
             if push.vertex is not None:
                 # Also for a version pushed before: an attempt that failed after publishing
                 # it (upload refused, task killed) left it without its Vertex record.
-                record["vertex"], line = _to_vertex(push, registry, version, trained_model)
+                record["vertex"], line = _to_vertex(
+                    push, registry, version, trained_model,
+                    not (record.get("promotion") or {}).get("behind"))
                 lines.append(line)
                 # push.vertex.endpoint: the endpoint serves what the endpoint alias holds
                 lines += vertex.serve_pushed(push, registry, version)
