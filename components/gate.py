@@ -36,10 +36,14 @@ def paired_comparison(candidate_ok: np.ndarray, baseline_ok: np.ndarray, samples
             "baseline_only_correct": c, "mcnemar_p": p}
 
 
-def compare(labels: list[str], predicted: list[str], base_predicted: list[str],
-            cfg: EvaluateConfig, base_ref: str | None) -> dict[str, Any]:
-    """The paired comparison of candidate and baseline on the same examples, with the
-    per-class recall of each."""
+def compare(rows: list[dict[str, Any]], cfg: EvaluateConfig, base_ref: str | None
+            ) -> dict[str, Any]:
+    """The paired comparison of candidate and baseline on the same examples (evaluate's
+    scored rows: label, predicted, baseline_predicted, their probabilities), with the
+    per-class recall of each and `agreement` (`agreement_reference`)."""
+    labels = [row["label"] for row in rows]
+    predicted = [row["predicted"] for row in rows]
+    base_predicted = [row["baseline_predicted"] for row in rows]
     candidate_ok = np.array([p == t for p, t in zip(predicted, labels)], dtype=bool)
     base_ok = np.array([p == t for p, t in zip(base_predicted, labels)], dtype=bool)
     comparison = paired_comparison(candidate_ok, base_ok, cfg.bootstrap_samples, cfg.confidence)
@@ -47,7 +51,32 @@ def compare(labels: list[str], predicted: list[str], base_predicted: list[str],
     comparison["baseline"] = base_ref
     comparison["class_recall"] = {name: {"candidate": recalls[name], "baseline": value}
                                   for name, value in class_recalls(labels, base_predicted).items()}
+    comparison["agreement"] = agreement_reference(rows)
     return comparison
+
+
+def agreement_reference(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """How the two models answer the same labelled images, with no label needed to
+    compare again on traffic (`imgpipe models canary`): the share both give the same
+    class, each one's mean confidence and predicted-class shares."""
+    def shares(key: str) -> dict[str, float]:
+        counts: dict[str, int] = {}
+        for row in rows:
+            counts[row[key]] = counts.get(row[key], 0) + 1
+        return {name: count / len(rows) for name, count in sorted(counts.items())}
+
+    def mean(key: str) -> float | None:
+        values = [row[key] for row in rows if key in row]
+        return sum(values) / len(values) if values else None
+
+    if not rows:
+        return None
+    return {"examples": len(rows),
+            "agreement": sum(r["predicted"] == r["baseline_predicted"] for r in rows) / len(rows),
+            "candidate_confidence": mean("probability"),
+            "baseline_confidence": mean("baseline_probability"),
+            "candidate_shares": shares("predicted"),
+            "baseline_shares": shares("baseline_predicted")}
 
 
 def decides_change(cfg: EvaluateConfig, metric: str) -> bool:

@@ -8,10 +8,7 @@ shares (L-infinity, like validate's class-share check), the confidence against t
 version's own earliest traffic, and the error rate. Each check has a threshold and a
 verdict; too few sampled images is "not enough traffic", never drift.
 
-`canary`: a candidate and a baseline version serving the same traffic side by side
-(the server answers each request from one arm and, on sampled requests, asks the other
-arm too: the entry's "shadow"): agreement, confidence shift, error rates and latency,
-and the decision: promote, revert or undecided.
+The canary's rules, on the same log, are in `components.canary`.
 
 No TensorFlow: the log's entries and the card are all it reads.
 """
@@ -30,7 +27,6 @@ from components.schema import linf_distance
 
 OK, FAIL, SKIPPED, LOW = "ok", "FAIL", "skipped", "not enough traffic"
 HEALTHY, DRIFT, NOT_ENOUGH = "healthy", "drift", "not enough traffic"
-PROMOTE, REVERT, UNDECIDED, NOTHING = "promote", "revert", "undecided", "nothing to decide"
 # A size or channel count that under this share of the training images had is "not
 # seen in training"; a size whose scale (sqrt(height * width)) is this many times the
 # training median's (or its inverse) is off-scale.
@@ -60,18 +56,6 @@ class Thresholds:
     max_class_drift: float = _default(ValidateConfig, "max_class_drift")
     max_confidence_drop: float = 0.05
     max_error_rate: float = 0.01
-
-
-@dataclass(frozen=True)
-class CanaryRules:
-    """`imgpipe models canary`'s rules (each a flag of the command)."""
-
-    min_requests: int = 200
-    min_images: int = 20
-    min_agreement: float = 0.9
-    max_confidence_drop: float = 0.05
-    max_error_rate_increase: float = 0.01
-    max_latency_ratio: float = 1.5
 
 
 # --- times -----------------------------------------------------------------------------
@@ -124,7 +108,7 @@ def described(entry: dict[str, Any]) -> list[dict[str, Any]]:
             if isinstance(image, dict) and isinstance(image.get("height"), int)]
 
 
-def _mean(values: list[float]) -> float | None:
+def mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
@@ -371,7 +355,7 @@ def _class_check(data, images, t: Thresholds, enough: bool, low: str,
                      f"{shares.get(label, 0.0):.1%} there" if label else ""))
 
 
-def _confidences(images: Iterable[dict[str, Any]]) -> list[float]:
+def confidences(images: Iterable[dict[str, Any]]) -> list[float]:
     return [float(i["confidence"]) for i in images
             if isinstance(i.get("confidence"), (int, float))]
 
@@ -382,7 +366,7 @@ def _confidence_check(images, reference, reference_line: str, t: Thresholds, eno
     if not enough:
         return _check(name, None, t.max_confidence_drop, LOW, low)
     ref_images = [image for entry in reference for image in described(entry)]
-    ref, now = _confidences(ref_images), _confidences(images)
+    ref, now = confidences(ref_images), confidences(images)
     if len(ref) < t.min_images:
         return _check(name, None, t.max_confidence_drop, LOW,
                       f"the reference ({reference_line}) holds {len(ref)} sampled image(s), "
@@ -410,155 +394,3 @@ def _error_check(window, t: Thresholds) -> dict[str, Any]:
     return _check(name, value, t.max_error_rate, _verdict(value, t.max_error_rate),
                   f"{errors} of {len(window)} requests failed (status 5xx); {client} refused "
                   "as the client's mistake (4xx, not counted)")
-
-
-# --- canary ----------------------------------------------------------------------------
-
-
-def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q
-    low, high = math.floor(position), math.ceil(position)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-# The latency rule's tail: the highest quantile, up to p99, that the smaller arm has at
-# least TAIL_REQUESTS requests beyond (p95 at 200 requests, p99 from 1,000). A p99 of a
-# few hundred requests is its two or three slowest, and which arm those land on is
-# chance: a healthy canary of the sign-language photos (three 3024x3024 photos among
-# 2,062, each ~200 ms to decode) was reverted at x7.1 "p99" from 260 vs 240 requests.
-TAIL_REQUESTS = 10
-
-
-def tail_quantile(requests: int) -> float:
-    """The quantile the latency rule compares for arms of at least `requests` each."""
-    share = 1.0 - TAIL_REQUESTS / max(requests, TAIL_REQUESTS * 2)
-    return min(0.99, math.floor(share * 100 + 1e-9) / 100)       # whole percents
-
-
-def _latencies(entries: list[dict[str, Any]]) -> list[float]:
-    return [float(e["latency_ms"]) for e in entries
-            if isinstance(e.get("latency_ms"), (int, float))]
-
-
-def _arm(entries: list[dict[str, Any]]) -> dict[str, Any]:
-    latencies = _latencies(entries)
-    errors = sum(1 for e in entries if is_error(e))
-    own = [i for e in entries for i in described(e)]
-    confidences = _confidences(own)
-    return {"requests": len(entries), "errors": errors,
-            "error_rate": errors / len(entries) if entries else None,
-            "p50_ms": _percentile(latencies, 0.5), "p99_ms": _percentile(latencies, 0.99),
-            "sampled_images": len(own), "mean_confidence": _mean(confidences)}
-
-
-def _pairs(entries: list[dict[str, Any]], other: int, own_is_candidate: bool
-           ) -> list[tuple[str, float, str, float]]:
-    """(candidate class, confidence, baseline class, confidence) per sampled image whose
-    entry holds the other arm's (version `other`) answers."""
-    out = []
-    for entry in entries:
-        shadow = entry.get("shadow")
-        if not isinstance(shadow, dict) or shadow.get("version") != other:
-            continue
-        classes, confidences = shadow.get("classes") or [], shadow.get("confidences") or []
-        for image, label, confidence in zip(entry.get("images") or [], classes, confidences):
-            if not isinstance(image, dict) or "class" not in image:
-                continue
-            mine = (str(image["class"]), float(image.get("confidence") or 0.0))
-            theirs = (str(label), float(confidence or 0.0))
-            out.append((*mine, *theirs) if own_is_candidate else (*theirs, *mine))
-    return out
-
-
-def canary(entries: list[dict[str, Any]], candidate: int, baseline: int,
-           rules: CanaryRules = CanaryRules()) -> dict[str, Any]:
-    """The canary's numbers and decision from the log entries of one model: the
-    candidate arm is the entries with arm "candidate" served by version `candidate`,
-    the baseline arm those with arm "baseline" served by `baseline`. Returns {decision,
-    decided_by, reason, arms: {candidate, baseline}, agreement, pairs, confidence_drop,
-    error_rate_increase, latency_ratio: {p50, tail}, tail_quantile (tail_quantile()),
-    rules: [{rule, value, limit, passed, line}], needed}."""
-    cand = [e for e in entries if e.get("arm") == "candidate" and e.get("version") == candidate]
-    base = [e for e in entries if e.get("arm") == "baseline" and e.get("version") == baseline]
-    arms = {"candidate": _arm(cand), "baseline": _arm(base)}
-    pairs = _pairs(cand, baseline, True) + _pairs(base, candidate, False)
-    result: dict[str, Any] = {
-        "candidate_version": candidate, "baseline_version": baseline, "arms": arms,
-        "pairs": len(pairs), "agreement": None, "confidence_drop": None,
-        "error_rate_increase": None, "latency_ratio": {"p50": None, "tail": None},
-        "tail_quantile": None,
-        "rules": [], "needed": {}, "decided_by": None}
-    needed = {arm: max(0, rules.min_requests - arms[arm]["requests"]) for arm in arms}
-    if any(needed.values()):
-        result.update(decision=UNDECIDED, needed=needed, reason=(
-            f"not enough requests yet: candidate {arms['candidate']['requests']}, baseline "
-            f"{arms['baseline']['requests']} (--min-requests {rules.min_requests}); "
-            + ", ".join(f"{n} more on the {arm} arm" for arm, n in needed.items() if n)))
-        return result
-    if len(pairs) < rules.min_images:
-        result.update(decision=UNDECIDED, needed={"images": rules.min_images - len(pairs)},
-                      reason=(f"{len(pairs)} sampled image(s) answered by both versions "
-                              f"(--min-images {rules.min_images}): "
-                              f"{rules.min_images - len(pairs)} more needed; the server "
-                              "records the other arm's answers (\"shadow\") on sampled "
-                              "requests in a canary"))
-        return result
-    agreement = sum(1 for c, _, b, _ in pairs if c == b) / len(pairs)
-    drop = sum(p[3] for p in pairs) / len(pairs) - sum(p[1] for p in pairs) / len(pairs)
-    increase = arms["candidate"]["error_rate"] - arms["baseline"]["error_rate"]
-    q = tail_quantile(min(arm["requests"] for arm in arms.values()))
-    tail = f"p{q * 100:g}"
-    for arm, chosen in (("candidate", cand), ("baseline", base)):
-        arms[arm]["tail_ms"] = _percentile(_latencies(chosen), q)
-    ratios = {"p50": _ratio(arms["candidate"]["p50_ms"], arms["baseline"]["p50_ms"]),
-              "tail": _ratio(arms["candidate"]["tail_ms"], arms["baseline"]["tail_ms"])}
-    worst = max(ratios, key=lambda key: ratios[key])
-    result.update(agreement=agreement, confidence_drop=drop, error_rate_increase=increase,
-                  latency_ratio=ratios, tail_quantile=q)
-    checks = [
-        ("error rate", increase, rules.max_error_rate_increase,
-         increase <= rules.max_error_rate_increase,
-         f"error rate +{increase:.4f} (candidate {arms['candidate']['error_rate']:.4f}, "
-         f"baseline {arms['baseline']['error_rate']:.4f}; at most "
-         f"+{rules.max_error_rate_increase:g})"),
-        ("agreement", agreement, rules.min_agreement, agreement >= rules.min_agreement,
-         f"agreement {agreement:.3f} on {len(pairs)} images answered by both (at least "
-         f"{rules.min_agreement:g})"),
-        ("confidence", drop, rules.max_confidence_drop, drop <= rules.max_confidence_drop,
-         f"confidence drop {drop:+.3f} (candidate {sum(p[1] for p in pairs) / len(pairs):.3f} "
-         f"vs baseline {sum(p[3] for p in pairs) / len(pairs):.3f}; at most "
-         f"{rules.max_confidence_drop:g})"),
-        ("latency", ratios[worst], rules.max_latency_ratio,
-         ratios[worst] <= rules.max_latency_ratio,
-         f"latency x{ratios['p50']:.2f} at p50, x{ratios['tail']:.2f} at {tail} (candidate "
-         f"{_ms(arms['candidate'])} vs baseline {_ms(arms['baseline'])} ms p50/{tail}; at "
-         f"most x{rules.max_latency_ratio:g}"
-         + ("" if q >= 0.99 else f"; {tail}, not p99: the slowest {TAIL_REQUESTS} of the "
-            f"smaller arm's requests, p99 from {math.ceil(TAIL_REQUESTS / 0.01):,}") + ")")]
-    result["rules"] = [{"rule": r, "value": v, "limit": lim, "passed": ok, "line": line}
-                       for r, v, lim, ok, line in checks]
-    failed = [c for c in checks if not c[3]]
-    counts = (f"{arms['candidate']['requests']} candidate / {arms['baseline']['requests']} "
-              "baseline requests")
-    if failed:
-        result.update(decision=REVERT, decided_by=failed[0][0], reason=(
-            f"canary failed: {'; '.join(c[4] for c in failed)} ({counts})"))
-    else:
-        result.update(decision=PROMOTE, decided_by="all rules", reason=(
-            f"canary passed: {'; '.join(c[4] for c in checks)} ({counts})"))
-    return result
-
-
-def _ms(arm: dict[str, Any]) -> str:
-    return "/".join("-" if arm[k] is None else f"{arm[k]:.1f}" for k in ("p50_ms", "tail_ms"))
-
-
-def _ratio(candidate: float | None, baseline: float | None) -> float:
-    if candidate is None or baseline is None:
-        return 1.0
-    if baseline <= 0:
-        return 1.0 if candidate <= 0 else math.inf
-    return candidate / baseline

@@ -82,6 +82,9 @@ class ScoreExamples(beam.DoFn):
                 key = "predicted" if name == first else f"{name}_predicted"
                 row[key] = vocabulary[int(probs[name][i].argmax())]
             row["probability"] = float(probs[first][i].max())
+            for name in self.models:        # the baseline's confidence: the canary's reference
+                if name != first:
+                    row[f"{name}_probability"] = float(probs[name][i].max())
             if row["predicted"] != row["label"]:
                 yield beam.pvalue.TaggedOutput(
                     "mistakes", (row["probability"], row["id"], parsed[features.IMAGE][i]))

@@ -71,6 +71,11 @@ def test_fonts_pipeline_blesses_pushes_compares_and_predicts(make_config, tmp_pa
     comparison = registry.resolve("fonts:2").card["comparison"]
     assert comparison["baseline"] == "fonts:1"
     assert comparison["difference"] > 0 and comparison["ci_low"] <= comparison["difference"]
+    # what a canary of fonts:2 against fonts:1 is judged by: the two on the eval split
+    reference = comparison["agreement"]
+    assert reference["examples"] == comparison["examples"] and 0 < reference["agreement"] < 1
+    assert 0 < reference["baseline_confidence"] <= 1 and 0 < reference["candidate_confidence"] <= 1
+    assert abs(sum(reference["candidate_shares"].values()) - 1) < 1e-9
     assert cli.main(["models", "promote", "fonts:2", "--to", "production", "--registry",
                      registry.root]) == 0
     assert cli.main(["models", "rollback", "fonts", "--alias", "production", "--registry",

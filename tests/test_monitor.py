@@ -9,7 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from components import monitoring, request_log
+from components import canary as canary_rules
+from components import gate, monitoring, request_log
 from components.registry import Registry
 from components.request_log import RequestLog
 from pipeline import cli
@@ -367,7 +368,7 @@ def test_the_latency_tail_is_judged_where_each_arm_has_enough_requests(registry,
 
 
 def test_the_tail_quantile_has_ten_requests_beyond_it_up_to_p99():
-    assert [monitoring.tail_quantile(n) for n in (20, 200, 250, 300, 999, 1000, 50000)] == \
+    assert [canary_rules.tail_quantile(n) for n in (20, 200, 250, 300, 999, 1000, 50000)] == \
         [0.5, 0.95, 0.96, 0.96, 0.98, 0.99, 0.99]
 
 
@@ -440,3 +441,151 @@ def test_class_shares_are_compared_with_the_models_own_eval_predictions():
         data, {"a": {"recall": 0.0, "precision": 0.0}, "b": per_class["b"]}) == pytest.approx(
         {"a": 0.75, "b": 0.25})
     assert monitoring.eval_predicted_shares(data, None) is None
+
+
+# --- canary against the eval reference and labels (issue 31) ---------------------------
+
+
+def two_models(n: int, seed: int, candidate_right: float = 0.835,
+               baseline_right: float = 0.77) -> list[dict]:
+    """`n` images answered by two weak models (both < 0.8 accurate on the whole), the
+    candidate the better: each image's true class, and each model's class and
+    confidence. Their mistakes are partly shared, as two retrains' are."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        truth = str(rng.choice(CLASSES))
+        shared = rng.random()
+        own = rng.random() if rng.random() < 0.5 else shared
+        wrong = [c for c in CLASSES if c != truth]
+        base = truth if shared < baseline_right else str(rng.choice(wrong))
+        cand = truth if own < candidate_right else str(rng.choice(wrong))
+        rows.append({"label": truth, "predicted": cand, "baseline_predicted": base,
+                     "probability": float(np.clip(rng.normal(0.70, 0.1), 0.34, 1)),
+                     "baseline_probability": float(np.clip(rng.normal(0.76, 0.1), 0.34, 1))})
+    return rows
+
+
+def served(rows: list[dict], candidate: int, baseline: int, labels: bool = False,
+           per: int = 3) -> list[dict]:
+    """The rows as canary traffic: alternate requests on each arm, every one sampled
+    with the other arm's answers; `labels`: each image carries its true class, as a
+    request's "labels" puts it in the log."""
+    entries = []
+    for i in range(0, len(rows) - per + 1, per):
+        chunk, arm = rows[i:i + per], ("candidate", "baseline")[(i // per) % 2]
+        own, other = ("predicted", "baseline_predicted") if arm == "candidate" else \
+            ("baseline_predicted", "predicted")
+        own_p, other_p = ("probability", "baseline_probability") if arm == "candidate" else \
+            ("baseline_probability", "probability")
+        images = [{"sha256": f"{i}-{k}", "bytes": 700, "height": 28, "width": 28,
+                   "channels": 1, "brightness": 0.45, "contrast": 0.25, "class": r[own],
+                   "confidence": r[own_p], **({"truth": r["label"]} if labels else {})}
+                  for k, r in enumerate(chunk)]
+        entry = request_log.make_entry(
+            model="m", version=candidate if arm == "candidate" else baseline, label=None,
+            arm=arm, status=200, latency_ms=20.0, instances=per, id=f"r{i}", time=_at(i),
+            images=images)
+        entry["shadow"] = {"version": baseline if arm == "candidate" else candidate,
+                           "classes": [r[other] for r in chunk],
+                           "confidences": [r[other_p] for r in chunk]}
+        entries.append(entry)
+    return entries
+
+
+def with_reference(registry, eval_rows: list[dict] | None, baseline: str = "m:1") -> None:
+    """m:2's card as evaluate leaves it: the paired comparison with `baseline` on the
+    eval split, the two models' agreement on it included."""
+    import os
+
+    path = os.path.join(registry.get("m", 2).path, "model_card.json")
+    card = json.load(open(path))
+    card["comparison"] = {"baseline": baseline, "examples": len(eval_rows or []),
+                          "agreement": gate.agreement_reference(eval_rows or [])}
+    open(path, "w").write(json.dumps(card))
+
+
+def test_a_better_weak_candidate_is_promoted_against_its_eval_reference(registry, capsys):
+    """The issue's canary: two ~75% models disagree on a fifth of the images; the
+    candidate is the more accurate. Judged against how the same two models agreed on
+    the eval split it is promoted; the old fixed limits (agreement 0.9) reverted it."""
+    eval_rows, traffic_rows = two_models(90, 1), two_models(1500, 2)
+    with_reference(registry, eval_rows)
+    write(registry, served(traffic_rows, 2, 1))
+    code = cli.main(["models", "canary", "m", "--registry", registry.root, "--dry-run",
+                     "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert 0.7 < result["agreement"] < 0.85 and result["reference"]["examples"] == 90
+    assert code == 0 and result["decision"] == "promote", result["reason"]
+    rules = {r["rule"]: r for r in result["rules"]}
+    assert set(rules) == {"error rate", "agreement", "confidence", "class shares", "latency"}
+    assert "on 90 eval examples (at least" in rules["agreement"]["line"]
+    assert "candidate 0.70" in rules["confidence"]["line"] and "since eval the " \
+        "candidate's moved" in rules["confidence"]["line"]
+    # the old rule on the same traffic: fixed limits
+    old = canary_rules.canary(served(traffic_rows, 2, 1), 2, 1)
+    assert old["decision"] == "revert" and old["decided_by"] == "agreement"
+    # the text names the reference
+    assert cli.main(["models", "canary", "m", "--registry", registry.root, "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "judged against: version 2's eval split, where it and version 1 agreed on" in text
+
+
+def test_a_candidate_that_parts_from_its_eval_reference_is_reverted(registry, capsys):
+    """Against the reference, a candidate answering traffic unlike it answered eval
+    (agreement 0.4 where eval had ~0.8) is reverted by the agreement rule."""
+    with_reference(registry, two_models(90, 1))
+    broken = two_models(1500, 3, candidate_right=0.2)
+    write(registry, served(broken, 2, 1))
+    code = cli.main(["models", "canary", "m", "--registry", registry.root, "--dry-run",
+                     "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert code == 3 and result["decided_by"] == "agreement", result["reason"]
+
+
+def test_a_reference_against_another_baseline_falls_back_to_fixed_limits(registry, capsys):
+    with_reference(registry, two_models(90, 1), baseline="m:3")
+    write(registry, served(two_models(1500, 2), 2, 1))
+    code = cli.main(["models", "canary", "m", "--registry", registry.root, "--dry-run"])
+    text = capsys.readouterr().out
+    assert code == 3 and "judged against: fixed limits (version 2's card has no eval " \
+        "comparison with version 1)" in text
+    assert "fixed limits: the candidate's card has no eval comparison" in text
+
+
+@pytest.mark.parametrize("candidate_right, decision", [(0.835, "promote"), (0.45, "revert")],
+                         ids=["better", "worse"])
+def test_labelled_traffic_decides_by_accuracy(registry, capsys, candidate_right, decision):
+    """Labels on traffic (a request's "labels") decide by the paired accuracy
+    difference; agreement and confidence only inform (no eval reference here, whose
+    fixed limits alone would revert the better candidate)."""
+    write(registry, served(two_models(1500, 4, candidate_right=candidate_right), 2, 1,
+                           labels=True))
+    code = cli.main(["models", "canary", "m", "--registry", registry.root, "--dry-run",
+                     "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["decision"] == decision and result["labelled"] == 1500, result["reason"]
+    assert code == (0 if decision == "promote" else 3)
+    assert result["decided_by"] == "labelled accuracy"
+    assert {r["rule"] for r in result["rules"]} == {"error rate", "labelled accuracy", "latency"}
+    assert {r["rule"] for r in result["informative"]} == {"agreement", "confidence"}
+
+
+def test_a_label_file_joins_by_request_id(registry, capsys, tmp_path):
+    rows = two_models(1500, 5)
+    entries = served(rows, 2, 1)
+    write(registry, entries)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("request_id,index,label\n" + "".join(
+        f"{e['id']},{k},{rows[int(e['id'][1:]) + k]['label']}\n"
+        for e in entries for k in range(3)))
+    code = cli.main(["models", "canary", "m", "--registry", registry.root, "--dry-run",
+                     "--labels", str(labels), "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0 and result["decided_by"] == "labelled accuracy", result["reason"]
+    assert result["labelled"] == 1500
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,class\nr0,cat\n")
+    assert cli.main(["models", "canary", "m", "--registry", registry.root, "--dry-run",
+                     "--labels", str(bad)]) == 2
+    assert "each row needs request_id and label" in capsys.readouterr().err

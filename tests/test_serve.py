@@ -341,6 +341,37 @@ def test_canary_splits_by_request_id_and_logs_both_arms_with_shadow_answers(tmp_
         assert entry["shadow"]["classes"] == ["cat" if version == "2" else "dog"]
 
 
+def test_labelled_requests_are_logged_with_their_true_classes_and_both_answers(tmp_path):
+    """A predict body's "labels" (one true class per instance, null where unknown): the
+    request is logged with its images whatever the sample share, each with its truth,
+    and in a canary with the other arm's answers: what `models canary` decides on by
+    accuracy. A malformed labels list is the client's 400."""
+    reg = sm.registry_with(str(tmp_path / "serving"), str(tmp_path), favourites=(0, 1))
+    reg.set_alias("pets:1", "production")
+    reg.set_alias("pets:2", "staging")
+    options = serve.Options(reg.root, poll=3600, canary=serve.Canary("staging", 50),
+                            limits=serve.Limits(log_sample=0.0))
+    with serve.Running(options) as url, _client(url) as client:
+        for i in range(20):
+            body = dict(images_body(), labels=["dog"])
+            assert client.post("/v1/models/pets:predict", json=body,
+                               headers={"X-Request-Id": f"l{i}"}).status_code == 200
+        plain = client.post("/v1/models/pets:predict", json=images_body(),
+                            headers={"X-Request-Id": "plain"})
+        assert plain.status_code == 200
+        for bad in (["dog", "cat"], "dog", [3], [""]):
+            refused = client.post("/v1/models/pets:predict",
+                                  json=dict(images_body(), labels=bad))
+            assert refused.status_code == 400 and "'labels' must be a list of 1 class " \
+                "names" in refused.json()["error"]
+    by_id = {e["id"]: e for e in request_log.read(reg.root, "pets")}
+    assert "images" not in by_id["plain"]                       # log_sample 0: not sampled
+    for i in range(20):
+        entry = by_id[f"l{i}"]
+        assert entry["images"][0]["truth"] == "dog"
+        assert entry["shadow"]["classes"] == ["cat" if entry["version"] == 2 else "dog"]
+
+
 def test_the_request_log_samples_the_share_asked_for(tmp_path):
     reg = sm.registry_with(str(tmp_path / "serving"), str(tmp_path), favourites=(0,))
     options = serve.Options(reg.root, poll=3600, limits=serve.Limits(log_sample=0.2))

@@ -373,8 +373,7 @@ def run(examples: In[artifacts.Examples], trained_model: In[artifacts.Model],
     checks += recall_checks(recalls, evaluate.min_class_recall)
     comparison = None
     if baseline:
-        base_predicted = [row["baseline_predicted"] for row in rows]
-        comparison = gate.compare(labels, predicted, base_predicted, evaluate, base_ref)
+        comparison = gate.compare(rows, evaluate, base_ref)
         checks.append(gate.gate_check(comparison, evaluate, base_ref))
 
     overall = metrics["slices"].get("overall", {})

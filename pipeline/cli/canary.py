@@ -3,7 +3,8 @@
 same traffic. promote: the baseline alias moves to the candidate's version (audit
 action canary-promote); revert: the candidate alias moves back to the baseline's
 version (canary-revert); undecided: too little traffic yet, nothing changes.
-(`components.monitoring.canary` holds the rules.)"""
+(`components.canary` holds the rules; the candidate's model card gives the two models'
+agreement on the eval split they are judged against.)"""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def cmd_models_canary(args: argparse.Namespace) -> Result:
     import dataclasses
     import datetime as dt
 
-    from components import monitoring, request_log
+    from components import canary, monitoring, request_log
     from components.errors import ConfigError
     from components.registry import check_name
 
@@ -41,23 +42,25 @@ def cmd_models_canary(args: argparse.Namespace) -> Result:
     now = dt.datetime.now(dt.timezone.utc)
     since = monitoring.parse_when(args.since, now, "--since")
     until = monitoring.parse_when(args.until, now, "--until")
-    rules = monitoring.CanaryRules(**{f.name: getattr(args, f.name)
-                                      for f in dataclasses.fields(monitoring.CanaryRules)})
+    rules = canary.CanaryRules(**{f.name: getattr(args, f.name, f.default)
+                                  for f in dataclasses.fields(canary.CanaryRules)})
     data: dict[str, Any] = {
         "model": name, "candidate": {"alias": args.candidate, "version": candidate},
         "baseline": {"alias": args.baseline, "version": baseline},
         "window": {"since": monitoring.iso(since), "until": monitoring.iso(until)},
         "rules_given": dataclasses.asdict(rules), "dry_run": args.dry_run, "change": None}
     if candidate == baseline:
-        data.update(decision=monitoring.NOTHING, reason=(
+        data.update(decision=canary.NOTHING, reason=(
             f"{name}@{args.candidate} and {name}@{args.baseline} both point at version "
             f"{candidate}: no canary running"))
         return Result(data=data, text=f"{data['reason']}; nothing changed.")
     entries = request_log.read(registry.root, name, since, until)
-    result = monitoring.canary(entries, candidate, baseline, rules)
+    expected = canary.reference(holders["candidate"].card, name, baseline)
+    truths = read_truths(args.labels) if args.labels else None
+    result = canary.canary(entries, candidate, baseline, rules, expected, truths)
     data.update(result, damaged_lines=entries.damaged)
     decision = result["decision"]
-    if decision in (monitoring.PROMOTE, monitoring.REVERT) and not args.dry_run:
+    if decision in (canary.PROMOTE, canary.REVERT) and not args.dry_run:
         # the aliases as they are now: one moved meanwhile is not overwritten blindly
         now_holding = registry.aliases(name)
         if (now_holding.get(args.candidate), now_holding.get(args.baseline)) != \
@@ -66,7 +69,7 @@ def cmd_models_canary(args: argparse.Namespace) -> Result:
                               f"({args.candidate} -> {now_holding.get(args.candidate)}, "
                               f"{args.baseline} -> {now_holding.get(args.baseline)}); run it "
                               "again.")
-        if decision == monitoring.PROMOTE:
+        if decision == canary.PROMOTE:
             data["change"] = registry.set_alias(f"{name}:{candidate}", args.baseline,
                                                 reason=result["reason"],
                                                 action="canary-promote")
@@ -77,7 +80,7 @@ def cmd_models_canary(args: argparse.Namespace) -> Result:
         # a model kept in Vertex AI too: its aliases and endpoint follow, as a promote's do
         change = data["change"]
         _sync_vertex(registry, name, change["to"], change["alias"], False, change)
-    code = REVERT_EXIT if decision == monitoring.REVERT else 0
+    code = REVERT_EXIT if decision == canary.REVERT else 0
 
     def text() -> None:
         print(f"{name} canary: candidate {args.candidate} = version {candidate}, baseline "
@@ -94,21 +97,28 @@ def cmd_models_canary(args: argparse.Namespace) -> Result:
         table(rows)
         if result["agreement"] is not None:
             print(f"agreement {result['agreement']:.3f} on {result['pairs']} image(s) answered "
-                  "by both versions")
+                  f"by both versions ({result['labelled']} with labels)")
+            print(f"judged against: version {candidate}'s eval split, where it and version "
+                  f"{baseline} agreed on {expected['agreement']:.3f} of {expected['examples']} "
+                  "examples" if expected else
+                  f"judged against: fixed limits (version {candidate}'s card has no eval "
+                  f"comparison with version {baseline})")
         if result["rules"]:
             table([("RULE", "VALUE", "LIMIT", "VERDICT")] + [
                 (r["rule"], number(r["value"]), number(r["limit"]),
                  "ok" if r["passed"] else "FAIL") for r in result["rules"]])
         if entries.damaged:
             print(f"  {entries.damaged} damaged line(s) in the request log skipped")
-        if decision == monitoring.UNDECIDED:
+        if decision == canary.UNDECIDED:
             print(f"decision: undecided: {result['reason']}; nothing changed.")
             return
         target, alias, action = ((candidate, args.baseline, "canary-promote")
-                                 if decision == monitoring.PROMOTE
+                                 if decision == canary.PROMOTE
                                  else (baseline, args.candidate, "canary-revert"))
-        held = baseline if decision == monitoring.PROMOTE else candidate
-        rule = "every rule passed" if decision == monitoring.PROMOTE else \
+        held = baseline if decision == canary.PROMOTE else candidate
+        rule = ("every rule passed" if result["decided_by"] == "all rules" else
+                f"decided by {result['decided_by']}: the label-free rules inform only"
+                ) if decision == canary.PROMOTE else \
             f"decided by the {result['decided_by']} rule"
         print(f"decision: {decision} ({rule}): {result['reason']}")
         change = data["change"]
@@ -124,9 +134,34 @@ def cmd_models_canary(args: argparse.Namespace) -> Result:
     return Result(data=data, text=text, code=code)
 
 
+def read_truths(path: str) -> dict[tuple[str, int], str]:
+    """A label file for labelled feedback: CSV with a header (request_id, label, and
+    optionally index: the image's place in the request, default 0) or JSON lines with
+    the same keys -> {(request id, index): label}."""
+    import csv
+    import json
+
+    from components import fileio
+    from components.errors import ConfigError
+
+    if not fileio.exists(path):
+        raise ConfigError(f"--labels {path}: no such file; give a CSV (request_id,label"
+                          "[,index]) or JSON lines with those keys.")
+    text = fileio.read_text(path)
+    try:
+        rows = ([json.loads(line) for line in text.splitlines() if line.strip()]
+                if path.endswith((".jsonl", ".json")) else list(csv.DictReader(text.splitlines())))
+        return {(str(row["request_id"]), int(row.get("index") or 0)): str(row["label"]).strip()
+                for row in rows}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"--labels {path}: each row needs request_id and label (and "
+                          f"optionally index, an integer); {type(exc).__name__}: {exc}"
+                          ) from None
+
+
 def register(models: Any) -> None:
     """`models canary MODEL`, under `models`' subparsers (the dispatcher hands them)."""
-    from components.monitoring import CanaryRules
+    from components.canary import CanaryRules
 
     rules = CanaryRules()
     p = models.add_parser("canary", help="decide a canary from the request log: promote the "
@@ -144,11 +179,25 @@ def register(models: Any) -> None:
                    help="sampled images answered by both versions needed (default "
                         f"{rules.min_images})")
     p.add_argument("--min-agreement", type=share, default=rules.min_agreement,
-                   help="share of images both versions give the same class, at least "
-                        f"(default {rules.min_agreement:g})")
+                   help="without an eval reference only (the candidate's card compares it "
+                        "with another version): share of images both versions give the "
+                        f"same class, at least (default {rules.min_agreement:g}); with one, "
+                        "the eval split's agreement less its sampling noise")
     p.add_argument("--max-confidence-drop", type=share, default=rules.max_confidence_drop,
-                   help="baseline's mean confidence minus the candidate's on the same "
-                        f"images, at most (default {rules.max_confidence_drop:g})")
+                   help="how much more the candidate's mean confidence fell since eval than "
+                        "the baseline's, on the same images, at most (default "
+                        f"{rules.max_confidence_drop:g}; without an eval reference: the "
+                        "baseline's minus the candidate's)")
+    p.add_argument("--max-share-shift", type=share, default=rules.max_share_shift,
+                   help="how much further apart the two arms' predicted-class shares are on "
+                        f"traffic than on eval, at most (default {rules.max_share_shift:g})")
+    p.add_argument("--labels", metavar="FILE",
+                   help="true classes of served images, joined by request id: CSV "
+                        "request_id,label[,index] or JSON lines; with requests' own "
+                        "\"labels\", labelled traffic decides by accuracy")
+    p.add_argument("--min-labelled", type=positive_int, default=rules.min_labelled,
+                   help="labelled images answered by both versions from which accuracy "
+                        f"decides (default {rules.min_labelled})")
     p.add_argument("--max-error-rate-increase", type=share,
                    default=rules.max_error_rate_increase,
                    help="candidate's error rate (5xx) minus the baseline's, at most "

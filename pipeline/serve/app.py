@@ -200,7 +200,7 @@ class Service:
             body = await _read_body(request, self.limits.max_body_bytes)
             loaded, reached_by, arm = self.pick(routes, version, label, request_id)
             entry.update(version=loaded.version, label=reached_by, arm=arm)
-            signature, inputs, columnar = await self._prepare(body, loaded)
+            signature, inputs, columnar, truths = await self._prepare(body, loaded)
             entry.update(signature=signature, instances=len(inputs))
             try:
                 outputs = await self.batcher(loaded, signature).submit(inputs)
@@ -215,7 +215,7 @@ class Service:
             status = 200
             if self.request_log is not None:
                 background = self._log_task(entry, routes, loaded, signature, inputs, outputs,
-                                            started)
+                                            started, truths)
         except Refused as refused:
             status, content = refused.status, {"error": str(refused)}
             entry.update(status=status, error=str(refused))
@@ -241,15 +241,17 @@ class Service:
                             background=background)
 
     async def _prepare(self, body: bytes, loaded: LoadedVersion
-                       ) -> tuple[str, list[bytes], bool]:
-        """The signature, its decoded and checked inputs, and whether the body was
-        columnar; large bodies are parsed off the event loop."""
+                       ) -> tuple[str, list[bytes], bool, list[str | None] | None]:
+        """The signature, its decoded and checked inputs, whether the body was columnar,
+        and the true classes it gave (`labels`); large bodies are parsed off the event
+        loop."""
         if len(body) > 64 * 1024:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self.prepare_executor, self._parse, body, loaded)
         return self._parse(body, loaded)
 
-    def _parse(self, body: bytes, loaded: LoadedVersion) -> tuple[str, list[bytes], bool]:
+    def _parse(self, body: bytes, loaded: LoadedVersion
+               ) -> tuple[str, list[bytes], bool, list[str | None] | None]:
         try:
             document = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -282,13 +284,14 @@ class Service:
             raise Refused(413, f"{len(values)} instances in one request, over the limit of "
                                f"{self.limits.max_instances} (serve --max-instances); split the "
                                "request", "too_many_instances")
+        truths = _truths(document.get("labels"), len(values))
         inputs = [_binary(value, key, i) for i, value in enumerate(values)]
         if signature == IMAGES_SIGNATURE:
             inputs = [self._image(data, i) for i, data in enumerate(inputs)]
         elif signature == EXAMPLES_SIGNATURE:
             for i, data in enumerate(inputs):
                 _check_example(data, i)
-        return signature, inputs, columnar
+        return signature, inputs, columnar, truths
 
     def _image(self, data: bytes, index: int) -> bytes:
         try:
@@ -309,11 +312,12 @@ class Service:
 
     def _log_task(self, entry: dict[str, Any], routes: Routes, loaded: LoadedVersion,
                   signature: str, inputs: list[bytes], outputs: dict[str, np.ndarray],
-                  started: float) -> BackgroundTask:
+                  started: float, truths: list[str | None] | None = None) -> BackgroundTask:
         """Runs after the answer is sent: the entry, with the images described when the
-        request is sampled, and in a canary the other arm's answers on them (shadow)."""
-        sampled = (signature == IMAGES_SIGNATURE
-                   and _bucket(entry["id"], salt="log") < self.limits.log_sample)
+        request is sampled or labelled (their true classes as "truth"), and in a canary
+        the other arm's answers on them (shadow)."""
+        sampled = signature == IMAGES_SIGNATURE and (
+            truths is not None or _bucket(entry["id"], salt="log") < self.limits.log_sample)
         stamp = _now()
 
         async def write() -> None:
@@ -323,6 +327,9 @@ class Service:
                 loop = asyncio.get_running_loop()
                 record["images"] = await loop.run_in_executor(self.prepare_executor,
                                                               _describe, inputs, outputs)
+                for image, truth in zip(record["images"], truths or []):
+                    if truth is not None:
+                        image["truth"] = truth
                 other = _other_arm(routes, entry.get("arm"))
                 if other is not None:
                     try:
@@ -460,6 +467,19 @@ def _names(outputs: dict[str, np.ndarray]) -> list[str]:
 
 def _confidences(outputs: dict[str, np.ndarray]) -> list[float]:
     return [round(float(p), 6) for p in outputs["probabilities"].max(axis=1)]
+
+
+def _truths(given: Any, count: int) -> list[str | None] | None:
+    """A predict body's `labels` (imgpipe's addition to TF Serving's body): the true
+    class of each instance, or null where unknown, logged for the canary's accuracy."""
+    if given is None:
+        return None
+    if not isinstance(given, list) or len(given) != count or not all(
+            label is None or (isinstance(label, str) and label.strip()) for label in given):
+        raise Refused(400, f"'labels' must be a list of {count} class names (or null where "
+                           'unknown), one per instance, e.g. "labels": ["cat", null]',
+                      "bad_request")
+    return [None if label is None else label.strip() for label in given]
 
 
 def _describe(inputs: list[bytes], outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
