@@ -113,7 +113,13 @@ class LocalRunner:
                 return RunResult(run_id, self.runs_dir, "failed", done, exc)
             except BaseException as exc:
                 # A bug, a library failure, Ctrl-C or SIGTERM: the run still ends on record.
-                self.store.end_run(run_id, "failed", failure_reason(exc))
+                reason = failure_reason(exc)
+                self.store.end_run(run_id, "failed", reason)
+                if isinstance(exc, Exception):   # not after a stop: that should stop now
+                    done = [results[n] for n in order if n in results]
+                    self._report(run_id, "failed",
+                                 done + [StepResult(current, "failed", "", error=reason)],
+                                 reason)
                 raise
         ordered = [results[n] for n in order]
         self.store.end_run(run_id, "succeeded")

@@ -13,12 +13,13 @@ import base64
 import html
 import json
 import os
+from types import SimpleNamespace
 from typing import Any
 
 from components import artifacts, fileio
 from pipeline import dag
-from pipeline.report_plots import _plots, spans_plot
-from pipeline.results import outputs_by_ref
+from pipeline.report_plots import _plots, curve_series, spans_plot
+from pipeline.results import one_line, outcome, outputs_by_ref
 
 # The step outputs the report reads (checked against the DAG when this module loads).
 STATISTICS = dag.ref("ingest", "statistics")
@@ -88,6 +89,16 @@ def _training_notes(manifest: dict | None) -> str:
         lines.append("Tuned values: " + html.escape(
             ", ".join(f"{k}={_config_value(v)}" for k, v in tuned.items())))
     return "".join(f"<p>{line}</p>" for line in lines)
+
+
+def _curves_note(history: dict) -> str:
+    """Which data the curves' lines are (the validation split is not the eval split)."""
+    labels = {label for series in curve_series(history).values() for label, _ in series}
+    if "validation" not in labels:
+        return ""
+    return ("<p>train: the part of the train split the model was fitted on; validation: "
+            "the part held out from it during fit (data.validation_fraction), which early "
+            "stopping, when on, scores. The eval split is scored under Evaluation.</p>")
 
 
 def _tuned(manifest: dict | None) -> dict[str, Any]:
@@ -181,8 +192,32 @@ def _tune_section(record: dict, image: str) -> str:
     return head + image + _table(["trial", *keys, record["objective"], "seconds"], rows)
 
 
+def _with_summaries(steps: list[Any], push: dict | None, blessing: dict | None,
+                    metrics: dict | None) -> list[Any]:
+    """The steps with the summaries `outcome` reads; where a step has none (the KFP
+    report task knows only the artifacts), push's and evaluate's from their artifacts."""
+    overall = ((metrics or {}).get("metrics") or {}).get("slices", {}).get("overall", {})
+    found = {"push": push,
+             "evaluate": blessing and {"blessed": blessing.get("blessed"),
+                                       "reason": blessing.get("reason"),
+                                       "accuracy": overall.get("accuracy")}}
+    return [s if getattr(s, "summary", None) is not None or not found.get(s.step) else
+            SimpleNamespace(step=s.step, status=s.status, error=getattr(s, "error", None),
+                            summary=found[s.step]) for s in steps]
+
+
+def _decision(step: Any) -> str:
+    """A step's cache decision; for the step that failed, its error."""
+    error = getattr(step, "error", None)
+    if step.status != "failed" or not error:
+        return step.decision
+    return f"{step.decision}; error: {one_line(error)}" if step.decision else \
+        f"error: {one_line(error)}"
+
+
 def _push_section(push: dict) -> str:
-    verdict = (f"<p class='pass'>Pushed {html.escape(push['model_name'])}:{push['version']}"
+    already = "Already pushed" if push.get("already") else "Pushed"
+    verdict = (f"<p class='pass'>{already} {html.escape(push['model_name'])}:{push['version']}"
                f" to {html.escape(push['path'])}</p>" if push.get("pushed") else
                f"<p class='fail'>Nothing pushed: {html.escape(push.get('reason', ''))}</p>")
     return "<h2>Push</h2>" + verdict
@@ -352,11 +387,9 @@ def _validation_section(anomalies: Any) -> str:
 
 def write_for_run(runs_dir: str, run_id: str, status: str, steps: list[Any],
                   error: str | None, config: dict[str, Any], log: Any) -> None:
-    """A runner's report of a finished run: RUNS_DIR/RUN_ID/report.html (plots kept in
-    RUNS_DIR/.plots), its path logged; nothing when no step produced outputs. A report
-    never fails the run it describes: an error writing it is logged instead."""
-    if not any(s.outputs for s in steps):
-        return
+    """A runner's report of a finished run, failed ones too: RUNS_DIR/RUN_ID/report.html
+    (plots kept in RUNS_DIR/.plots), its path logged. A report never fails the run it
+    describes: an error writing it is logged instead."""
     try:
         path = write(os.path.join(runs_dir, run_id), run_id, status, steps, error,
                      plot_cache=os.path.join(runs_dir, ".plots"), config=config)
@@ -387,13 +420,15 @@ def write(run_dir: str, run_id: str, status: str, steps: list[Any], error: str |
     tuning = artifacts.HyperParameters.load(HYPERPARAMETERS.uri(outputs))
     images = _plots(history, metrics, run_dir, plot_cache, tuning, evaluation_uri)
 
+    did = outcome(status, _with_summaries(steps, push, blessing, metrics), error)
     parts = [f"<!doctype html><meta charset='utf-8'><title>imgpipe run {run_id}</title>"
-             f"<style>{STYLE}</style><h1>Run {html.escape(run_id)}: {html.escape(status)}</h1>"]
+             f"<style>{STYLE}</style><h1>Run {html.escape(run_id)}: "
+             f"{html.escape(did['text'])}</h1>"]
     if error:
         parts.append(f"<p class='fail'>{html.escape(error)}</p>")
     parts.append("<h2>Steps</h2>" + _table(
         ["step", "status", "seconds", "decision"],
-        [[s.step, s.status, Figure(f"{s.seconds:.1f}"), s.decision] for s in steps]))
+        [[s.step, s.status, Figure(f"{s.seconds:.1f}"), _decision(s)] for s in steps]))
     if push:
         parts.append(_push_section(push))
     if inference:
@@ -407,7 +442,7 @@ def write(run_dir: str, run_id: str, status: str, steps: list[Any], error: str |
     model_manifest = _read_json(fileio.join(model_uri, artifacts.MANIFEST_NAME)) \
         if model_uri else None
     if history:
-        parts.append("<h2>Training</h2>" + images.get("curves", "")
+        parts.append("<h2>Training</h2>" + images.get("curves", "") + _curves_note(history)
                      + _training_notes(model_manifest))
     if tuning:
         parts.append(_tune_section(tuning, images.get("trials", "")))

@@ -13,14 +13,25 @@ from components import artifacts, fileio
 
 
 
+# The epoch log's series by split. Keras' `val_` metrics are the validation split's:
+# the part of the train split held out during fit (data.validation_fraction), not the
+# eval split, which evaluate scores.
+SPLITS = (("", "train"), ("val_", "validation"))
+
+
+def curve_series(history: dict) -> dict[str, list[tuple[str, list[float]]]]:
+    """{metric: [(split, value per epoch)]}: the lines the training curves draw."""
+    return {key: [(label, history[prefix + key]) for prefix, label in SPLITS
+                  if history.get(prefix + key)] for key in ("loss", "accuracy")}
+
+
 def _draw_curves(history: dict) -> bytes:
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
-    for ax, key in zip(axes, ("loss", "accuracy")):
-        for prefix, label in (("", "train"), ("val_", "eval")):
-            if history.get(prefix + key):
-                ax.plot(range(1, len(history[prefix + key]) + 1), history[prefix + key],
-                        marker="o", markersize=3, label=label)   # one epoch: a point
+    for ax, (key, series) in zip(axes, curve_series(history).items()):
+        for label, values in series:
+            ax.plot(range(1, len(values) + 1), values, marker="o", markersize=3,
+                    label=label)   # one epoch: a point
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(_whole_numbers())
         ax.set_title(key)

@@ -1,12 +1,13 @@
 """What a run of the pipeline returns, whichever engine ran it (the local runner or
-kfp.local): each step's status, cache decision, outputs and summary, and the run's
-verdict as the CLI prints it (`imgpipe run`, and `--json`)."""
+kfp.local): each step's status, cache decision, outputs and summary, and what the run
+did (`outcome`: pushed, not blessed, failed ...), which `imgpipe run`, `runs list`,
+`backfill` and the report all say the same way."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 from components.errors import ImgpipeError
 from components.runtime import DETAIL_INDENT
@@ -65,19 +66,27 @@ class RunResult:
         push = self.step("push")
         return None if push is None or push.summary is None else push.summary
 
+    def outcome(self) -> dict[str, Any]:
+        """What the run did (see `outcome`)."""
+        return outcome(self.status, self.steps, None if self.error is None else str(self.error))
+
     def to_json(self) -> dict[str, Any]:
         """The run as one JSON object (`imgpipe run --json`): steps with status,
-        decision, seconds, outputs and the gate they returned; the verdict and the
-        pushed version."""
+        decision, seconds, outputs and the gate they returned; what the run did
+        (verdict, outcome, accuracy, model) and the pushed version."""
         push = self.push_outcome()
         evaluate = self.step("evaluate")
         report = os.path.join(self.run_dir, "report.html")
+        did = self.outcome()
         return {
             "run_id": self.run_id,
             "engine": self.engine,
             "status": self.status,
             "error": None if self.error is None else str(self.error),
-            "verdict": verdict(push),
+            "verdict": did["verdict"],
+            "outcome": did["text"],
+            "accuracy": did["accuracy"],
+            "model": did["model"],
             "blessed": (evaluate.summary or {}).get("blessed") if evaluate else None,
             "pushed": ({k: push.get(k) for k in ("model_name", "version", "path", "alias")}
                        if push and push.get("pushed") else None),
@@ -91,8 +100,87 @@ class RunResult:
         }
 
 
-def verdict(push: dict[str, Any] | None) -> str | None:
-    """'pushed' or 'nothing pushed'; None when the run ended before the push step."""
-    if push is None:
-        return None
-    return "pushed" if push.get("pushed") else "nothing pushed"
+# What a run did, one word each (`outcome(...)["verdict"]`).
+PUSHED = "pushed"
+ALREADY_PUSHED = "already pushed"          # the model was a registry version already
+NOT_BLESSED = "not blessed"
+INFRA_FAILED = "infra failed"              # blessed, but infra validation failed
+NOTHING_TO_PUSH = "nothing to push"        # push ran and pushed nothing, for another reason
+STOPPED = "stopped before push"            # --until, or a DAG without push
+FAILED = "failed"
+RUNNING = "running"
+# How push (and kfp-local's closed gate) word why nothing was pushed.
+_NOT_BLESSED_PREFIX = "not blessed: "
+_INFRA_PREFIX = "infra validation failed: "
+
+
+def outcome(status: str, steps: Iterable[Any], error: str | None = None) -> dict[str, Any]:
+    """What a run did, from its status and its steps' records (`StepResult`s, or the
+    metadata store's executions: each with step, status, summary, error):
+    {verdict: PUSHED | ALREADY_PUSHED | NOT_BLESSED | INFRA_FAILED | NOTHING_TO_PUSH |
+    STOPPED | FAILED | RUNNING, text: one line, e.g. 'pushed digits:3', 'not blessed
+    (accuracy 0.41 ...)', 'failed at train: ...', accuracy: evaluate's, model:
+    'NAME:VERSION' pushed (or already there), else None}."""
+    steps = list(steps)
+    summaries = {s.step: getattr(s, "summary", None) or {} for s in steps}
+    push, evaluate = summaries.get("push", {}), summaries.get("evaluate", {})
+    model = (f"{push.get('model_name')}:{push.get('version')}"
+             if push.get("pushed") and push.get("version") is not None else None)
+    did = {"accuracy": evaluate.get("accuracy"), "model": model}
+    failed = next((s for s in steps if s.status == "failed"), None)
+    if failed is not None or status not in ("succeeded", RUNNING):
+        where = f" at {failed.step}" if failed is not None else ""
+        line = one_line((failed.error if failed is not None else None) or error or status)
+        word = "failed" if status in ("failed", "succeeded", RUNNING) else status   # died
+        after = f" (after push: {model})" if model else ""
+        return did | {"verdict": FAILED, "text": f"{word}{where}: {line}{after}"}
+    if status == RUNNING:
+        last = steps[-1].step if steps else None
+        return did | {"verdict": RUNNING, "text": f"running ({last})" if last else "running"}
+    if model:
+        verdict = ALREADY_PUSHED if push.get("already") else PUSHED
+        return did | {"verdict": verdict, "text": f"{verdict} {model}" + _promotion(push)}
+    reason = push.get("reason") or evaluate.get("reason") or ""
+    if "pushed" in push or evaluate.get("blessed") is False:
+        if reason.startswith(_NOT_BLESSED_PREFIX) or evaluate.get("blessed") is False:
+            why = reason[len(_NOT_BLESSED_PREFIX):] if reason.startswith(
+                _NOT_BLESSED_PREFIX) else reason
+            return did | {"verdict": NOT_BLESSED,
+                          "text": f"{NOT_BLESSED} ({why})" if why else NOT_BLESSED}
+        if reason.startswith(_INFRA_PREFIX):
+            return did | {"verdict": INFRA_FAILED, "text": "infra validation failed "
+                                                           f"({reason[len(_INFRA_PREFIX):]})"}
+        return did | {"verdict": NOTHING_TO_PUSH,
+                      "text": f"{NOTHING_TO_PUSH} ({reason})" if reason else NOTHING_TO_PUSH}
+    last = steps[-1].step if steps else "no step"
+    return did | {"verdict": STOPPED, "text": f"stopped after {last} (no push)"}
+
+
+def _promotion(push: dict[str, Any]) -> str:
+    """' (NAME@ALIAS stays on version V: why)' when push left its alias behind (an older
+    span's model: the alias moves forward only), else ''."""
+    note = push.get("promotion")
+    if not isinstance(note, dict) or not note.get("behind"):
+        return ""
+    return (f" ({push.get('model_name')}@{note.get('alias')} stays on version "
+            f"{note.get('from')}: {one_line(str(note['behind']))})")
+
+
+def one_line(error: str) -> str:
+    """An error as one line: a traceback's last line (the exception), else the first."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    return lines[-1] if lines[0].startswith("Traceback") else lines[0]
+
+
+def duration(seconds: float | None) -> str:
+    """'42s', '3m05s', '1h02m'; '-' when unknown."""
+    if seconds is None:
+        return "-"
+    whole = int(round(seconds))
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from components import artifacts
-from components.config import DataConfig, TrainConfig
+from components.config import DataConfig, PushConfig, TrainConfig
 from components.contract import In, Out, Scratch, step
 
 CALLS = []
@@ -81,3 +81,47 @@ def meet(examples: In[artifacts.Examples], data: DataConfig,
         raise RuntimeError("meet ran alone: probe, after it in the DAG, never started")
     artifacts.ExampleStatistics.write(statistics, {"meet": True})
     return {}
+
+
+# A fake evaluate and push whose summaries and artifacts are worded as the real steps'
+# (what a run says it did: tests/test_run_outcome.py). FAKE_VERDICT picks the story:
+# blessed (the default), not-blessed, infra (blessed, infra validation failed),
+# already (pushed by an earlier run), fails (evaluate raises).
+VERDICT = "FAKE_VERDICT"
+
+
+@step(name="evaluate")
+def judge(data: DataConfig, blessing: Out[artifacts.ModelBlessing]):
+    from components.errors import DataError
+
+    story = os.environ.get(VERDICT, "blessed")
+    if story == "fails":
+        raise DataError(f"no eval examples under {data.source}; add images.")
+    blessed = story != "not-blessed"
+    reason = "all checks passed" if blessed else "accuracy 0.41 (needs >= 0.5)"
+    artifacts.ModelBlessing.write(blessing, {"blessed": blessed, "reason": reason,
+                                             "checks": []})
+    blessing.properties = {"blessed": blessed, "reason": reason}
+    return {"blessed": blessed, "accuracy": 0.93 if blessed else 0.41,
+            "lines": ["BLESSED" if blessed else f"NOT BLESSED: {reason}"]}
+
+
+@step(name="push", cache=False)
+def publish(blessing: In[artifacts.ModelBlessing], push: PushConfig,
+            pushed_model: Out[artifacts.PushedModel]):
+    story = os.environ.get(VERDICT, "blessed")
+    record = {"pushed": False, "model_name": push.model_name, "registry": push.destination}
+    if not blessing.properties["blessed"]:
+        record["reason"] = f"not blessed: {blessing.properties['reason']}"
+    elif story == "infra":
+        record["reason"] = "infra validation failed: the model did not load"
+    else:
+        version = 2 if story == "already" else 3
+        record.update(pushed=True, version=version,
+                      path=os.path.join(push.destination, push.model_name, str(version)),
+                      reason="blessed and served in infra validation")
+        if story == "already":
+            record.update(already=True, reason="this model was already pushed")
+    artifacts.PushedModel.write(pushed_model, record)
+    pushed_model.properties = record
+    return {**record, "lines": [f"pushed: {record['pushed']}"]}

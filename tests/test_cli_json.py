@@ -48,7 +48,8 @@ def test_run_json_is_one_object_on_stdout_with_progress_on_stderr(tmp_path, caps
     result, err = json_out(capsys, ["run", str(config), "--until", "ingest", "--runs-dir",
                                     runs, "--json"])
     assert result["status"] == "succeeded" and result["engine"] == "local"
-    assert result["verdict"] is None and result["pushed"] is None     # stopped before push
+    assert result["verdict"] == "stopped before push" and result["pushed"] is None
+    assert result["outcome"] == "stopped after ingest (no push)"
     [step] = result["steps"]
     assert step["step"] == "ingest" and step["status"] == "ran"
     assert set(step["outputs"]) == {"examples", "statistics"}
@@ -68,6 +69,8 @@ def test_run_json_of_a_failed_run_still_prints_the_result(tmp_path, capsys):
                                     str(tmp_path / "runs"), "--json"], code=2)
     assert result["status"] == "failed" and result["error"]
     assert result["steps"][0]["status"] == "failed"
+    assert result["verdict"] == "failed" and result["outcome"].startswith("failed at ingest: ")
+    assert result["report"] and os.path.isfile(result["report"])    # a failed run's too
     assert "imgpipe: error:" in err
 
 

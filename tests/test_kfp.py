@@ -417,7 +417,7 @@ def test_kfp_local_run_matches_the_local_runner(tmp_path, capsys):
         assert f"  {step:<10} done " in done.stdout, step
     assert "             BLESSED" in done.stdout and "             epoch 8/8 " in done.stdout
     run_id = lines[0].split()[1]
-    assert f"model: digits-cnn:1 at {tmp_path / 'serving'}" in done.stdout
+    assert f"pushed digits-cnn:1 at {tmp_path / 'serving'}" in done.stdout
     assert os.path.isfile(os.path.join(runs, run_id, "report.html"))
     assert cli.main(["runs", "show", run_id, "--runs-dir", runs]) == 0
     shown = capsys.readouterr().out
@@ -522,7 +522,7 @@ def test_kfp_local_is_recorded_and_printed_like_a_local_run(tmp_path, capsys, mo
     """kfp.local's output becomes the local runner's step lines (no executor input, no
     INFO lines, no colours); the run, its executions and artifacts are in the runs
     folder's metadata store (engine kfp-local) under RUNS/RUN_ID like a local run's,
-    with report.html; a gate that closed skips the push and says NOTHING PUSHED, and
+    with report.html; a gate that closed skips the push and says not blessed, and
     --require-push exits 4."""
     from pipeline.local import describe_run
     from pipeline.metadata import MetadataStore
@@ -542,14 +542,14 @@ def test_kfp_local_is_recorded_and_printed_like_a_local_run(tmp_path, capsys, mo
     assert "             epoch 1/2  loss 0.5000" in out
     assert "             epoch 2/2  loss 0.4000" in out     # each progress line, not every other
     assert "  train      done" in out and "             train said something" in out
-    run_id = out.split()[1]
+    run_id = next(line.split()[1] for line in out.splitlines() if line.startswith("run "))
     assert (runs / run_id / "report.html").is_file()
     if blessed:
-        assert "model: tiny:1 at /s/tiny/1" in out
+        assert out.splitlines()[-1] == "pushed tiny:1 at /s/tiny/1"
     else:
         assert ("  push       skipped  (not run: its gate is closed (not blessed: accuracy "
                 "0.41 below its bound 0.5))") in out
-        assert "NOTHING PUSHED: not blessed: accuracy 0.41 below its bound 0.5" in out
+        assert out.splitlines()[-1] == "not blessed (accuracy 0.41 below its bound 0.5)"
     assert len(out.splitlines()) < 60
 
     store = MetadataStore(str(runs / "metadata.sqlite"), read_only=True)
@@ -572,7 +572,7 @@ def test_kfp_local_is_recorded_and_printed_like_a_local_run(tmp_path, capsys, mo
     captured = capsys.readouterr()
     result = json.loads(captured.out)
     assert result["engine"] == "kfp-local" and result["blessed"] is blessed
-    assert result["verdict"] == ("pushed" if blessed else "nothing pushed")
+    assert result["verdict"] == ("pushed" if blessed else "not blessed")
     assert result["pushed"] == ({"model_name": "tiny", "version": 1, "path": "/s/tiny/1",
                                  "alias": None} if blessed else None)
     assert "  ingest     running" in captured.err
@@ -597,6 +597,8 @@ def test_a_failed_kfp_local_task_is_one_line_and_on_record(tmp_path, capsys, mon
     store = MetadataStore(str(runs / "metadata.sqlite"), read_only=True)
     [run] = store.list_runs()
     assert run["status"] == "failed" and "no images" in run["error"]
+    assert (runs / run["id"] / "report.html").is_file()     # a failed run's report too
+    assert f"run {run['id']} failed" in out and "report.html" in out
     steps = {s["step"]: s for s in describe_run(store, run["id"])["steps"]}
     if task == "resolve":
         assert steps == {}

@@ -62,20 +62,24 @@ def cmd_backfill(args: argparse.Namespace) -> Result:
             one = cfg.model_copy(update={"data": cfg.data.model_copy(update={"spans": values})})
             result = run_pipeline(one, args.runs_dir, args.config, log=log)
             push = result.push_outcome() or {}
+            did = result.outcome()
             runs.append({"span": span.label, "window": [s.label for s in window],
                          "run_id": result.run_id, "status": result.status,
-                         "pushed": push.get("pushed"), "version": push.get("version")})
+                         "pushed": push.get("pushed"), "version": push.get("version"),
+                         "verdict": did["verdict"], "outcome": did["text"],
+                         "accuracy": did["accuracy"], "model": did["model"]})
             if result.error is not None:
                 error = result.error
                 break
 
     def text() -> None:
         for run in runs:
-            print(f"{run['span']}: run {run['run_id']} {run['status']}"
-                  + (f", pushed version {run['version']}" if run["pushed"] else ""))
+            print(f"{run['span']}: run {run['run_id']} {run['outcome']}")
         if error is not None:
             print(f"stopped at {runs[-1]['span']}: later spans were not run")
 
+    if error is not None and not args.json:
+        text()            # main() raises the error instead of printing the text
     return Result(data=lambda: {"runs": runs, "stopped": error is not None},
                   text=text, error=error)
 
@@ -87,5 +91,5 @@ def register(sub: Any) -> None:
                           help="the spans to run, e.g. 3..9 or 2026-11-01..2026-11-07")
     backfill.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR,
                           help="where runs, artifacts and metadata.sqlite live (default ./runs)")
-    _add_json_arg(backfill, "every run's span, id, status and pushed version as JSON")
+    _add_json_arg(backfill, "every run's span, id, status, verdict and pushed version as JSON")
     backfill.set_defaults(func=cmd_backfill)

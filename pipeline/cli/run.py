@@ -40,22 +40,30 @@ def cmd_run(args: argparse.Namespace) -> Result:
     push = result.push_outcome()
     code = NotBlessed.exit_code if (args.require_push and push is not None
                                     and not push.get("pushed")) else 0
+    did = result.outcome()
 
     def text() -> None:
         ran = sum(1 for s in result.steps if s.status == "ran")
         cached = sum(1 for s in result.steps if s.status == "cached")
-        print(f"run {result.run_id} succeeded: {ran} step(s) ran, {cached} reused from cache"
+        print(f"run {result.run_id} finished: {ran} step(s) ran, {cached} reused from cache"
               + (f" ({result.engine})." if result.engine != "local" else "."))
         for step in result.steps:
             for name, uri in step.outputs.items():
                 print(f"  {step.step}.{name}: {uri}")
         print(f"details: imgpipe runs show {result.run_id} --runs-dir {args.runs_dir}")
-        if push is not None:
-            if push.get("pushed"):
-                print(f"model: {push['model_name']}:{push['version']} at {push['path']}")
-            else:
-                print(f"NOTHING PUSHED: {push.get('reason')}")
+        # the last line says what the run did: pushed NAME:V, not blessed (why), ...
+        where = f" at {push['path']}" if did["model"] and push and push.get("path") else ""
+        metric = f" (accuracy {did['accuracy']:.3f})" if did["model"] and isinstance(
+            did["accuracy"], (int, float)) else ""
+        print(f"{did['text']}{where}{metric}")
 
+    if result.error is not None and not args.json:
+        # main() raises the error (its one line) instead of printing the text
+        failed = next((s.step for s in result.steps if s.status == "failed"), None)
+        report = os.path.join(result.run_dir, "report.html")
+        log(f"run {result.run_id} failed" + (f" at {failed}" if failed else "")
+            + (f"; report: {report}" if os.path.isfile(report) else ""))
+        log(f"details: imgpipe runs show {result.run_id} --runs-dir {args.runs_dir}")
     return Result(data=result.to_json, text=text, code=code, error=result.error)
 
 

@@ -6,8 +6,10 @@ import argparse
 import os
 from typing import Any
 
+from components import runtime
 from components.errors import ImgpipeError
-from pipeline.cli.common import DEFAULT_RUNS_DIR, Result, _add_json_arg, positive_int
+from pipeline import results
+from pipeline.cli.common import DEFAULT_RUNS_DIR, Result, _add_json_arg, number, positive_int
 
 
 def _store(runs_dir: str):
@@ -27,10 +29,14 @@ def cmd_runs_list(args: argparse.Namespace) -> Result:
     for run in runs:                  # the data drops (spans) the run's ingest read
         run["spans"] = next(((e.summary or {}).get("spans") for e in executions[run["id"]]
                              if e.step == "ingest" and (e.summary or {}).get("spans")), None)
+        run.update(_did(run, executions[run["id"]]))
 
     def text() -> None:
+        verdicts = {run["id"]: _cut(run["outcome"], VERDICT_WIDTH) for run in runs}
+        verdict_width = max([len("VERDICT"), *map(len, verdicts.values())])
         # STEPS last: its width grows with the DAG
         print(f"{'RUN':<24} {'PIPELINE':<16} {'ENGINE':<9} {'STATUS':<10} {'STARTED':<19} "
+              f"{'DURATION':>8} {'ACCURACY':>8} {'PUSHED':<16} {'VERDICT':<{verdict_width}} "
               f"{'SPANS':<23} STEPS")
         marks = {"cached": "*", "skipped": "-", "failed": "!"}
         for run in runs:
@@ -39,20 +45,45 @@ def cmd_runs_list(args: argparse.Namespace) -> Result:
             spans = "-" if not window else window[0] if len(window) == 1 else \
                 f"{window[0]}..{window[-1]} ({len(window)})"
             print(f"{run['id']:<24} {run['pipeline']:<16} {run['engine']:<9} "
-                  f"{run['status']:<10} {run['started'][:19]:<19} {spans:<23} {steps}")
+                  f"{run['status']:<10} {run['started'][:19]:<19} "
+                  f"{results.duration(run['seconds']):>8} {number(run['accuracy']):>8} "
+                  f"{run['model'] or '-':<16} {verdicts[run['id']]:<{verdict_width}} {spans:<23} "
+                  f"{steps}")
         print("(* = reused from cache, - = not run: its gate closed, ! = failed)")
 
     return Result(data=runs, text=text)
 
 
+VERDICT_WIDTH = 64      # a longer one (an error) is cut; `runs show` and --json have it all
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _did(run: dict[str, Any], executions: list[Any]) -> dict[str, Any]:
+    """What a recorded run did (`results.outcome`) and how long it took (so far)."""
+    did = results.outcome(run["status"], executions, run.get("error"))
+    seconds = None                 # a run that died has no end on record
+    if run.get("started") and (run.get("ended") or run["status"] == results.RUNNING):
+        ended = runtime.seconds_since(run["ended"]) if run.get("ended") else 0.0
+        seconds = runtime.seconds_since(run["started"]) - ended
+    return {"verdict": did["verdict"], "outcome": did["text"], "accuracy": did["accuracy"],
+            "model": did["model"], "seconds": None if seconds is None else round(seconds, 3)}
+
+
 def cmd_runs_show(args: argparse.Namespace) -> Result:
     from pipeline.local import describe_run
 
+    from types import SimpleNamespace
+
     info = describe_run(_store(args.runs_dir), args.run_id)
+    info.update(_did(info, [SimpleNamespace(**step) for step in info["steps"]]))
 
     def text() -> None:
         print(f"run {info['id']}  pipeline {info['pipeline']}  engine {info['engine']}  "
               f"status {info['status']}")
+        print(f"  {info['outcome']}")
         print(f"  config: {info['config_path'] or '(defaults)'}  started {info['started']}  "
               f"ended {info['ended']}")
         if info.get("error"):

@@ -164,6 +164,8 @@ class _Recorder:
             elif node.spec.gate in art.properties:
                 summary[node.spec.gate] = art.properties[node.spec.gate]
                 summary["reason"] = art.properties.get("reason")
+            if art.type == "ModelEvaluation":    # what `runs list` shows, as locally
+                summary["accuracy"] = art.properties.get("accuracy")
         summary["lines"] = list(lines)
         self.store.finish_execution(execution, "succeeded", summary=summary)
         self.results.append(StepResult(node.name, "ran", DECISION_LOCAL, seconds,
@@ -278,6 +280,13 @@ def run_local(config: PipelineConfig, runs_dir: str = "runs", config_path: str |
     task_log = _TaskLog(recorder, echo=sys.stdout if verbose else None)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=runs_dir,
                raise_on_error=True)
+    def finish(status: str, error: str | None) -> None:
+        """The run's end on record and its report (also when it failed)."""
+        store.end_run(run_id, status, error)
+        runtime.release_memory()
+        report.write_for_run(runs_dir, run_id, status, recorder.results, error,
+                             invoke.recorded_config(config, steps), log)
+
     error = None
     try:
         with warnings.catch_warnings(), _named_run(run_id), \
@@ -288,21 +297,20 @@ def run_local(config: PipelineConfig, runs_dir: str = "runs", config_path: str |
     except RuntimeError as exc:       # kfp.local: a task ended with FAILURE
         failed, tail = task_log.failed or (task_log.task, task_log.tail)
         if failed is None:            # not a task's failure: kfp.local's own error
-            store.end_run(run_id, "failed", _ANSI.sub("", f"{type(exc).__name__}: {exc}"))
+            finish("failed", _ANSI.sub("", f"{type(exc).__name__}: {exc}"))
             raise
         recorder.fail_running(tail)
         error = _task_error(tail, failed)
         error.__cause__ = exc
     except BaseException as exc:     # a bug, Ctrl-C, SIGTERM: the run still ends on record
         recorder.fail_running([f"interrupted ({type(exc).__name__})"])
-        store.end_run(run_id, "failed", f"{type(exc).__name__}: {exc}")
+        if not isinstance(exc, Exception):    # a stop: no report, it should stop now
+            store.end_run(run_id, "failed", f"{type(exc).__name__}: {exc}")
+            raise
+        finish("failed", f"{type(exc).__name__}: {exc}")
         raise
     if error is None:
         recorder.skipped()
     status = "failed" if error is not None else "succeeded"
-    store.end_run(run_id, status, None if error is None else str(error))
-    runtime.release_memory()
-    report.write_for_run(runs_dir, run_id, status, recorder.results,
-                         None if error is None else str(error),
-                         invoke.recorded_config(config, steps), log)
+    finish(status, None if error is None else str(error))
     return RunResult(run_id, runs_dir, status, recorder.results, error, engine=ENGINE_LOCAL)
