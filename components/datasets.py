@@ -231,13 +231,15 @@ def encode_png(image: np.ndarray) -> bytes:
 def export(name: str, out_dir: str, drops: int | None = None,
            first_day: str | None = None) -> dict[str, int]:
     """Writes a built-in dataset as class folders of PNGs (split folders when the
-    dataset has its own split) into a new or empty folder, all at once: the files are
+    dataset has its own split), or copies a folder of class folders (`name` a path:
+    the files as they are), into a new or empty folder, all at once: the files are
     written under a temporary sibling name that is renamed into place, so a failure
     leaves nothing and no existing file is overwritten. Returns files per class.
 
     `drops`: deal the images into that many daily drops instead, `OUT/YYYY-MM-DD/...`
     from `first_day` (default: so that the last drop is today), as a data source that
-    grows by a folder a day (`data.source: OUT/{YYYY}-{MM}-{DD}/`)."""
+    grows by a folder a day (`data.source: OUT/{YYYY}-{MM}-{DD}/`); dealt one file a drop
+    in class order, so every drop holds every class."""
     import datetime
     import shutil
 
@@ -247,7 +249,6 @@ def export(name: str, out_dir: str, drops: int | None = None,
     if os.path.isdir(target) and os.listdir(target):
         raise DataError(f"{out_dir!r} is not empty; export into a new or empty folder (the "
                         "export never overwrites files).")
-    data = load(name)
     days: list[str] = []
     if drops:
         try:
@@ -257,15 +258,22 @@ def export(name: str, out_dir: str, drops: int | None = None,
             raise DataError(f"first day {first_day!r} is not a date; give YYYY-MM-DD, "
                             "e.g. 2026-12-01.") from None
         days = [(start + datetime.timedelta(days=i)).isoformat() for i in range(drops)]
+    if name in BUILTIN_DATASETS:
+        data = load(name)
+        files = ((str(label), str(rel), lambda image=image: encode_png(image))
+                 for image, label, rel in zip(data.images, data.labels, data.names))
+    else:
+        files = _folder_files(name)
     partial = f"{target}.partial-{os.getpid()}"
     counts: dict[str, int] = {}
     try:
-        for index, (image, label, rel) in enumerate(zip(data.images, data.labels, data.names)):
-            path = os.path.join(partial, *([days[index % len(days)]] if days else []), str(rel))
+        for index, (label, rel, content) in enumerate(files):
+            day = [days[index % len(days)]] if days else []
+            path = os.path.join(partial, *day, rel)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "wb") as handle:
-                handle.write(encode_png(image))
-            counts[str(label)] = counts.get(str(label), 0) + 1
+                handle.write(content())
+            counts[label] = counts.get(label, 0) + 1
         if os.path.isdir(target):
             os.rmdir(target)      # empty: checked above
         os.rename(partial, target)
@@ -273,3 +281,22 @@ def export(name: str, out_dir: str, drops: int | None = None,
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return counts
+
+
+def _folder_files(folder: str):
+    """(class, CLASS/FILE, a reader of its bytes) for each file under a folder of class
+    folders, in name order; a DataError when it is not one."""
+    if not os.path.isdir(folder):
+        raise DataError(f"{folder!r} is neither a built-in dataset ({', '.join(BUILTIN_DATASETS)}) "
+                        "nor a folder; give a folder of class folders (CLASS/IMAGE).")
+    classes = sorted(e for e in os.listdir(folder) if os.path.isdir(os.path.join(folder, e))
+                     and not e.startswith("."))
+    if not classes:
+        raise DataError(f"{folder!r} holds no class folders; give a folder of CLASS/IMAGE "
+                        "files.")
+    for label in classes:
+        for entry in sorted(os.listdir(os.path.join(folder, label))):
+            path = os.path.join(folder, label, entry)
+            if os.path.isfile(path) and not entry.startswith("."):
+                yield label, os.path.join(label, entry), \
+                    lambda path=path: open(path, "rb").read()

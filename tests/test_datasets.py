@@ -1,6 +1,7 @@
 """Built-in datasets: sizes, labels, and byte-for-byte determinism of the fonts export."""
 
 import hashlib
+import json
 import os
 
 import numpy as np
@@ -112,3 +113,30 @@ def test_png_writer_round_trips_through_pillow_and_tensorflow(shape):
     channels = 1 if image.ndim == 2 else image.shape[2]
     decoded = tf.io.decode_png(png, channels=channels).numpy()
     assert np.array_equal(decoded.reshape(image.shape), image)
+
+
+def test_a_folder_of_class_folders_is_dealt_into_daily_drops(tmp_path, capsys):
+    """`datasets export FOLDER OUT --drops N`: a user's own photos as daily drops, every
+    class in every drop, the files copied byte for byte; a path that is no folder of
+    class folders is one line, exit 2, and nothing is written."""
+    from pipeline import cli
+    from tests.fixtures import make_class_folders
+
+    make_class_folders(str(tmp_path / "photos"), classes=("cat", "dog"), per_class=7)
+    (tmp_path / "photos" / "LICENSE.txt").write_text("not an image")
+    out = tmp_path / "drops"
+    assert cli.main(["datasets", "export", str(tmp_path / "photos"), str(out), "--drops", "3",
+                     "--first-day", "2026-12-01", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["files"] == 14 and result["classes"] == {"cat": 7, "dog": 7}
+    days = sorted(os.listdir(out))
+    assert days == ["2026-12-01", "2026-12-02", "2026-12-03"]
+    for day in days:
+        assert sorted(os.listdir(out / day)) == ["cat", "dog"]
+    original = sorted((tmp_path / "photos" / "cat").iterdir())
+    assert sorted(p.read_bytes() for d in days for p in (out / d / "cat").iterdir()) == \
+        sorted(p.read_bytes() for p in original)
+    assert cli.main(["datasets", "export", str(tmp_path / "nope"), str(tmp_path / "x"),
+                     "--drops", "3"]) == 2
+    assert "is neither a built-in dataset" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

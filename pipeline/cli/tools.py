@@ -29,13 +29,14 @@ def cmd_datasets_export(args: argparse.Namespace) -> Result:
     from components import datasets
 
     counts = datasets.export(args.name, args.out_dir, args.drops, args.first_day)
+    kind = "PNG files" if args.name in BUILTIN_DATASETS else "files"
     where = (f"{args.drops} daily drop folders (YYYY-MM-DD/CLASS/) under {args.out_dir}; "
              f"read them with data.source: {args.out_dir.rstrip('/')}/{{YYYY}}-{{MM}}-{{DD}}/"
              if args.drops else f"{len(counts)} class folders under {args.out_dir}")
     return Result(data={"dataset": args.name, "out_dir": os.path.abspath(args.out_dir),
                         "files": sum(counts.values()), "classes": counts,
                         "drops": args.drops},
-                  text=f"wrote {sum(counts.values())} PNG files in {where}")
+                  text=f"wrote {sum(counts.values())} {kind} in {where}")
 
 
 def cmd_config_schema(args: argparse.Namespace) -> Result:
@@ -135,8 +136,11 @@ def register(sub: Any) -> None:
     """datasets export, summary, schema infer, config schema/show."""
     ds = sub.add_parser("datasets", help="built-in datasets").add_subparsers(
         dest="datasets_command", required=True)
-    export = ds.add_parser("export", help="write a built-in dataset as class folders of PNGs")
-    export.add_argument("name", choices=BUILTIN_DATASETS, help="which built-in dataset")
+    export = ds.add_parser("export", help="write a built-in dataset as class folders of PNGs, "
+                                          "or deal a folder of class folders into daily drops")
+    export.add_argument("name", metavar="NAME_OR_FOLDER",
+                        help=f"a built-in dataset ({', '.join(BUILTIN_DATASETS)}) or a folder "
+                             "of class folders (its files copied as they are)")
     export.add_argument("out_dir", help="an empty or new folder to write CLASS/*.png into")
     export.add_argument("--drops", type=positive_int, metavar="N",
                         help="deal the images into N daily drops, OUT/YYYY-MM-DD/CLASS/*.png "
