@@ -201,6 +201,30 @@ def _bool_for_number(annotation: Any, value: Any) -> bool:
     return any(isinstance(item, bool) for item in value) and any(_wants_number(a) for a in args)
 
 
+# data.channels and data.image_size left `auto` (the default) are decided from the data
+# when the pipeline config loads (pipeline/config.py, components/data_shape.py). A
+# DataConfig built on its own (a step called directly) has no data to decide from and
+# takes the course's values, the grayscale glyphs every course model is built for.
+AUTO = "auto"
+COURSE_CHANNELS = 1
+COURSE_IMAGE_SIZE = (36, 36)
+DATA_SHAPE_KEYS = ("channels", "image_size")
+
+
+class DataDecision(Section):
+    """How `auto` data keys were decided: written when the pipeline config loads, never
+    by hand (a config written out by `imgpipe config show` loads back with it)."""
+
+    keys: list[Literal["channels", "image_size"]] = Field(
+        default_factory=list, description="The data keys decided from the data (auto); "
+                                          "the others were set in the config.")
+    basis: str = Field("", description="What the data showed, e.g. '198 of 200 sampled files "
+                                       "are RGB; median 100x100 ...'.")
+    unread: Optional[str] = Field(None, description="Why data.source could not be read when "
+                                                    "the config loaded; the decided keys "
+                                                    "then hold the course values.")
+
+
 class DataConfig(Section):
     """Where the images come from and what shape the model sees."""
 
@@ -210,8 +234,20 @@ class DataConfig(Section):
                     "a CSV/JSONL manifest, an NPZ file, or MNIST IDX files; with {SPAN} "
                     "or {YYYY}{MM}{DD} (and {VERSION}) in it, many data drops (data.spans)."
                     + PATH_HELP)
-    image_size: tuple[int, int] = Field((36, 36), description="[height, width] after transform.")
-    channels: Literal[1, 3] = Field(1, description="1 (grayscale) or 3 (RGB) after transform.")
+    image_size: Union[Literal["auto"], tuple[int, int]] = Field(
+        AUTO, description="[height, width] after transform. auto (the default): decided from "
+                          "the data when the config loads: 36x36 for 1 channel (the course's "
+                          "size); for 3 channels square, the median shorter side of the "
+                          "sampled images held to 32-64.")
+    channels: Union[Literal["auto"], Literal[1, 3]] = Field(
+        AUTO, description="1 (grayscale) or 3 (RGB) after transform. auto (the default): what "
+                          "most of up to 200 of the data's files are, read from their headers "
+                          "when the config loads (built-in datasets: 1; a span pattern: the "
+                          "window's newest span); 3 with no model.kind brings the photo "
+                          "defaults.")
+    decided: Optional[DataDecision] = Field(
+        None, description="Written when the config loads, not by hand: which of channels and "
+                          "image_size were decided from the data, and from what.")
     eval_fraction: float = Field(0.1, gt=0.0, lt=1.0,
                                  description="Share of images hashed into the eval split when "
                                              "the source does not name splits.")
@@ -290,10 +326,24 @@ class DataConfig(Section):
             raise ValueError(f"data.spans: {exc}") from None
         return self
 
+    @model_validator(mode="after")
+    def _auto_without_a_pipeline(self) -> "DataConfig":
+        """A pipeline config replaces `auto` with what the data shows before this section
+        is built; a section built on its own has no data to decide from."""
+        if self.channels == AUTO:
+            self.__dict__["channels"] = COURSE_CHANNELS        # not an assignment: no re-check
+        if self.image_size == AUTO:
+            self.__dict__["image_size"] = COURSE_IMAGE_SIZE
+        return self
+
+    def decided_from_data(self, key: str) -> bool:
+        """Whether `key` (channels, image_size) was decided from the data, not set."""
+        return self.decided is not None and key in self.decided.keys
+
     @field_validator("image_size")
     @classmethod
-    def _positive_size(cls, value: tuple[int, int]) -> tuple[int, int]:
-        if min(value) <= 0:
+    def _positive_size(cls, value: Any) -> Any:
+        if value != AUTO and min(value) <= 0:
             raise ValueError(f"image_size must be [height, width] > 0, got {list(value)}; "
                              "e.g. image_size: [36, 36]")
         return value
@@ -486,6 +536,18 @@ def _checked_augment(value: Any) -> Any:
     return out
 
 
+class TrainDefaults(Section):
+    """Which defaults filled the model and train keys a config does not set, and why:
+    the photo defaults (3 channels and no model.kind named) or the course's. Written when
+    the pipeline config loads, never by hand."""
+
+    applied: Literal["photo", "course"] = "course"
+    why: str = ""
+    keys: dict[str, Any] = Field(default_factory=dict,
+                                 description="Dotted key -> the value the defaults gave it "
+                                             "(of the keys the photo defaults set).")
+
+
 class TrainConfig(Section):
     """Training loop, distribution and input pipeline."""
 
@@ -542,6 +604,10 @@ class TrainConfig(Section):
                           "or run:RUN_ID. Its architecture, input shape and classes must "
                           "match this config's; the optimizer and compile settings stay "
                           "this config's. Not with model.weights.")
+    defaults: Optional[TrainDefaults] = Field(
+        None, description="Written when the config loads, not by hand: whether the photo "
+                          "defaults or the course's filled the model and train keys the "
+                          "config does not set, and why.")
 
     @field_validator("augment", mode="before")
     @classmethod
@@ -580,6 +646,56 @@ class TrainConfig(Section):
     # Where the runner resolved `warm_start` (now the Keras file) from: {ref, version}
     # (`pipeline.invoke.resolve`). Not config: never dumped, validated or keyed.
     _warm_start_source: Optional[dict[str, str]] = None
+
+
+def decision_line(data: dict[str, Any], train: dict[str, Any]) -> Optional[str]:
+    """The one line a run prints at its start and its report shows: data.channels and
+    data.image_size, set in the config or decided from the data (from what), then which
+    defaults filled the model and train keys and why. From the sections as JSON (a
+    config's, a recorded config's); None without the shape."""
+    channels, size = data.get("channels"), data.get("image_size")
+    if channels in (None, AUTO) or size in (None, AUTO):
+        return None
+    decided = data.get("decided") or {}
+    keys = decided.get("keys") or []
+    shown = {"channels": f"{channels} channel{'' if channels == 1 else 's'}",
+             "image_size": f"{size[0]}x{size[1]}"}
+    if decided.get("unread") and keys:
+        why = (f"auto, but data.source could not be read when the config loaded "
+               f"({decided['unread']}): the course values")
+    elif keys:
+        why = f"decided from the data: {decided.get('basis')}"
+    else:
+        why = "set in the config"
+    if 0 < len(keys) < len(shown):
+        text = ", ".join(f"{value} (set in the config)" if key not in keys else value
+                         for key, value in shown.items())
+    else:
+        text = ", ".join(shown.values())
+    line = f"data: {text} ({why})"
+    defaults = train.get("defaults")
+    if defaults:
+        given = ", ".join(f"{key} {value:g}" if isinstance(value, float) else f"{key} {value}"
+                          for key, value in defaults["keys"].items())
+        if defaults["applied"] == "photo":
+            line += (f"; photo defaults applied ({defaults['why']}): "
+                     f"{given or 'the config sets every key they give'}")
+        else:
+            line += (f"; photo defaults not applied ({defaults['why']}); course defaults: "
+                     f"{given or 'the config sets every key the photo defaults give'}")
+    return line
+
+
+def decisions(recorded: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
+    """What a model card records of the decisions a config's load made (from the sections
+    push records): the data keys decided and from what, the defaults applied, the line."""
+    data = (recorded or {}).get("data") or {}
+    train = (recorded or {}).get("train") or {}
+    line = decision_line(data, train)
+    if line is None:
+        return None
+    return {**(data.get("decided") or {"keys": []}), "defaults": train.get("defaults"),
+            "line": line}
 
 
 # Sections and keys a search may vary: what the trial's model and training read.

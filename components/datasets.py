@@ -35,6 +35,10 @@ FONT_SHIFTS = tuple((dx, dy) for dy in (-2, 0, 2) for dx in (-2, 0, 2))
 TRAIN_IMAGES = {"fonts": len(FONT_FILES) * len(FONT_CHARS) * len(FONT_SHIFTS),
                 "digits": 1797, "fashion_mnist": 60000}
 
+# (height, width, channels) of each built-in dataset's images, known without loading it
+# (what `data.channels: auto` and `data.image_size: auto` decide from).
+SHAPES = {"fonts": (FONT_SIZE, FONT_SIZE, 1), "digits": (8, 8, 1), "fashion_mnist": (28, 28, 1)}
+
 FASHION_CLASSES = ("tshirt_top", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
                    "sneaker", "bag", "ankle_boot")
 FASHION_DIRS = ("/usr/share/datasets/fashion-mnist",

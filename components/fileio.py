@@ -151,6 +151,14 @@ def read_bytes(path: str) -> bytes:
         os.close(fd)
 
 
+def read_head(path: str, size: int) -> bytes:
+    """The first `size` bytes of a file (at most): one range request on gs://."""
+    if _is_gcs(path):
+        return _gcs().read_head(path, size)
+    with open_file(path, "rb") as handle:
+        return handle.read(size)
+
+
 def read_text(path: str) -> str:
     return read_bytes(path).decode("utf-8")
 

@@ -184,6 +184,17 @@ def read_bytes(path: str) -> bytes:
 
 
 @_explained
+def read_head(path: str, size: int) -> bytes:
+    """The first `size` bytes of an object (one ranged download)."""
+    from google.api_core.exceptions import NotFound
+
+    try:
+        return _blob(path).download_as_bytes(start=0, end=size - 1)
+    except NotFound as exc:
+        raise FileNotFoundError(path) from exc
+
+
+@_explained
 def write_bytes(path: str, data: bytes) -> None:
     """One upload: readers see the old object or the new one, never a part."""
     _blob(path).upload_from_string(data)

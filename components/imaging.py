@@ -174,6 +174,22 @@ def _plain_header(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+def header_shape(data: bytes) -> tuple[int, int, int]:
+    """(height, width, channels) of an image as `check_image` would store it, from its
+    header (the first bytes of the file do): Pillow opens lazily and decodes no pixels.
+    Channels: 1 for grayscale modes (with or without alpha), 3 for the rest (RGB, RGBA,
+    palette, CMYK ...); an EXIF orientation that turns the image swaps height and width.
+    Raises BadImage when the bytes are not (the start of) an image."""
+    try:
+        img = _open(data)
+        width, height = img.size
+        turned = orientation(img) in (5, 6, 7, 8)
+    except Exception as exc:                 # Pillow raises several types
+        raise BadImage(f"no image header ({type(exc).__name__})") from None
+    channels = 1 if img.mode in _GRAY_MODES or img.mode == "LA" else 3
+    return (width, height, channels) if turned else (height, width, channels)
+
+
 def check_for_serving(data: bytes, max_pixels: int) -> bytes:
     """What a served request's image becomes before the model reads it: the same
     bounds and conversions as `check_image`, but a baseline JPEG or 8-bit PNG that

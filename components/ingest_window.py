@@ -23,8 +23,10 @@ from components.artifacts import SPLITS
 from components.config import DataConfig, IngestConfig
 from components.errors import ArtifactError
 
-# The DataConfig keys a single span's ingest does not depend on.
-_WINDOW_KEYS = ("source", "spans", "on_missing", "eval_spans", "min_eval_examples")
+# The DataConfig keys a single span's ingest does not depend on (`decided` says how the
+# channels and size were chosen, from the newest span: a new span must not re-ingest
+# the older ones).
+_WINDOW_KEYS = ("source", "spans", "on_missing", "eval_spans", "min_eval_examples", "decided")
 
 
 def window(data: DataConfig, now: datetime.datetime | None = None

@@ -16,10 +16,11 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from components.config import (BUILTIN_PREFIX, BeamConfig, DataConfig, EvaluateConfig, IngestConfig,
-                               InferConfig, InfraValidateConfig, ModelConfig, PushConfig, Section,
-                               TrainConfig, TransformConfig, TuneConfig, ValidateConfig, apply_values,
-                               identifier, image_reference, vertex_alias_problem)
+from components.config import (AUTO, BUILTIN_PREFIX, DATA_SHAPE_KEYS, BeamConfig, DataConfig,
+                               EvaluateConfig, IngestConfig, InferConfig, InfraValidateConfig,
+                               ModelConfig, PushConfig, Section, TrainConfig, TransformConfig,
+                               TuneConfig, ValidateConfig, apply_values, decision_line,
+                               expand_path, identifier, image_reference, vertex_alias_problem)
 from components.errors import ConfigError
 
 
@@ -195,6 +196,61 @@ PHOTO_TRAIN = {"epochs": 30, "batch_size": 32, "label_smoothing": 0.1,
                "optimizer": {"learning_rate": 0.002, "schedule": "cosine", "warmup_epochs": 2}}
 
 
+def data_and_defaults(tree: Any) -> Any:
+    """The config tree with `auto` data keys decided from the data (recorded in
+    data.decided), the photo defaults applied where they apply, and which defaults
+    filled the model and train keys, and why, recorded in train.defaults. A tree that
+    carries its records (a config as a run recorded it) keeps them: its values are all
+    set by then, and deciding again would read its model.kind as named."""
+    data = tree.get("data", {}) if isinstance(tree, dict) else None
+    if isinstance(data, DataConfig):
+        data = data.model_dump(mode="python", by_alias=True, exclude_unset=True)
+    if not isinstance(data, dict):
+        return tree
+    auto = [key for key in DATA_SHAPE_KEYS if data.get(key, AUTO) == AUTO]
+    if auto:
+        try:
+            checked = DataConfig.model_validate({**data, "decided": None})
+        except ValidationError:
+            return tree             # the section's own check says what is wrong, and where
+        from components import data_shape
+
+        shape = data_shape.decide(checked, None if "channels" in auto else checked.channels)
+        values = {"channels": shape.channels, "image_size": list(shape.image_size)}
+        data = {**data, **{key: values[key] for key in auto}}
+        data["decided"] = {"keys": auto, "basis": shape.basis, "unread": shape.unread}
+    tree = {**tree, "data": data}
+    train = tree.get("train", {})
+    if isinstance(train, dict) and train.get("defaults") is not None:
+        return tree
+    regime = _regime(tree)
+    tree = photo_defaults(tree)
+    if isinstance(tree.get("train", {}), dict):
+        tree["train"] = {**tree.get("train", {}), "defaults": regime}
+    return tree
+
+
+def _regime(tree: dict[str, Any]) -> dict[str, Any]:
+    """train.defaults for a tree before the photo defaults: which defaults fill the keys
+    PHOTO_MODEL and PHOTO_TRAIN name that the tree does not set, their values, and why."""
+    after = photo_defaults(tree)
+    model = tree.get("model", {})
+    kind = model.get("kind") if isinstance(model, dict) else None
+    photo = after is not tree
+    given = flatten({"model": tree.get("model", {}), "train": tree.get("train", {})})
+    if photo:
+        filled = flatten({"model": after.get("model", {}), "train": after.get("train", {})})
+        why = "3 channels, no model.kind named"
+    else:
+        filled = flatten({"model": ModelConfig().model_dump(mode="json"),
+                          "train": TrainConfig().model_dump(mode="json")})
+        why = (f"model.kind {kind} is named" if tree["data"].get("channels") == 3 else
+               "1 channel: they are for 3-channel photos")
+    keys = {key: filled[key] for key in flatten({"model": PHOTO_MODEL, "train": PHOTO_TRAIN})
+            if key not in given and key in filled}
+    return {"applied": "photo" if photo else "course", "why": why, "keys": keys}
+
+
 def photo_defaults(tree: Any) -> Any:
     """For 3-channel data whose config names no model.kind: PHOTO_MODEL under its model
     keys and PHOTO_TRAIN under its train keys; other trees as they are."""
@@ -243,8 +299,8 @@ class PipelineConfig(Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _photo_defaults(cls, tree: Any) -> Any:
-        return photo_defaults(tree)
+    def _data_and_defaults(cls, tree: Any) -> Any:
+        return data_and_defaults(tree)
 
     @model_validator(mode="after")
     def _remote_workers_reach_their_paths(self) -> "PipelineConfig":
@@ -404,6 +460,12 @@ class PipelineConfig(Section):
         """The model's name in the registry: `push.model_name`, else the pipeline name."""
         return self.push.model_name or self.name
 
+    def decision_line(self) -> str:
+        """The one line a run starts with: the data's shape (set, or decided from the data
+        and from what) and which defaults filled the model and train keys, and why."""
+        return decision_line(self.data.model_dump(mode="json"),
+                             self.train.model_dump(mode="json")) or ""
+
     def section(self, name: str) -> Section:
         """A section by its YAML key (`validate` included), as a step reads it: `push`
         with `model_name` filled in (`model_name`, the one fallback)."""
@@ -553,6 +615,9 @@ def load(path: str | None, overrides: list[str] = (), resolve_paths: bool = True
             break
         _set_dotted(tree, key, value)
     where = where if not overrides else f"{where} (with --set)"
+    if resolve_paths and path is not None:
+        # before validation: `auto` data keys are decided from the files it names
+        _resolve_source(tree, os.path.dirname(os.path.abspath(path)))
     config = from_dict(tree, where)
     # Compiling for a container keeps relative paths relative (to the image's WORKDIR),
     # and its files are the container's: only a config that runs here is checked for them.
@@ -683,23 +748,38 @@ def _check_size(tree: Any, where: str) -> None:
             stack.extend(node)
 
 
+def _resolved(value: str | None, config_dir: str) -> str | None:
+    """A relative path as found from the current directory, else from the config file's
+    folder or its parent (so `imgpipe run /repo/configs/x.yaml` works anywhere)."""
+    if not value or os.path.isabs(value) or "://" in value or ":" in value.split("/")[0]:
+        return value
+    # a span pattern (drops/{YYYY}-{MM}-{DD}/): the folder before its first part
+    fixed = value.split("{", 1)[0].rsplit("/", 1)[0] if "{" in value else value
+    if not fixed or os.path.exists(fixed):
+        return value
+    for base in (config_dir, os.path.dirname(config_dir)):
+        if os.path.exists(os.path.join(base, fixed)):
+            return os.path.join(base, value)
+    return value
+
+
+def _resolve_source(tree: Any, config_dir: str) -> None:
+    """data.source in the YAML tree, variables expanded and resolved as `_resolve_paths`
+    does (a value that does not expand is left for validation to name)."""
+    data = tree.get("data") if isinstance(tree, dict) else None
+    if not isinstance(data, dict) or not isinstance(data.get("source"), str):
+        return
+    try:
+        data["source"] = _resolved(expand_path(data["source"]), config_dir)
+    except ValueError:
+        return
+
+
 def _resolve_paths(config: PipelineConfig, config_dir: str) -> None:
     """Relative paths resolve against the current directory, else against the config
-    file's folder or its parent (so `imgpipe run /repo/configs/x.yaml` works anywhere)."""
-    def resolve(value: str | None) -> str | None:
-        if not value or os.path.isabs(value) or "://" in value or ":" in value.split("/")[0]:
-            return value
-        # a span pattern (drops/{YYYY}-{MM}-{DD}/): the folder before its first part
-        fixed = value.split("{", 1)[0].rsplit("/", 1)[0] if "{" in value else value
-        if not fixed or os.path.exists(fixed):
-            return value
-        for base in (config_dir, os.path.dirname(config_dir)):
-            if os.path.exists(os.path.join(base, fixed)):
-                return os.path.join(base, value)
-        return value
-
-    config.data.source = resolve(config.data.source)
-    config.validate_.schema_path = resolve(config.validate_.schema_path)
+    file's folder or its parent (`_resolved`)."""
+    config.data.source = _resolved(config.data.source, config_dir)
+    config.validate_.schema_path = _resolved(config.validate_.schema_path, config_dir)
 
 
 def json_schema() -> dict[str, Any]:

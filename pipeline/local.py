@@ -73,6 +73,7 @@ class LocalRunner:
             invoke.resolve(node, invoke.step_config(node, self.config), self.context)
         run_id = self.store.start_run(self.config.name, self.config.to_dict(), self.config_path)
         self.log(f"run {run_id}  (pipeline {self.config.name}, runs dir {self.runs_dir})")
+        self.log(f"  {self.config.decision_line()}")     # the data's shape, the defaults
         # One temporary folder for the run: steps running side by side share it (a step
         # of its own would point the process-wide TMPDIR elsewhere under the other).
         with runtime.private_tempdir(), _Beside() as beside:

@@ -168,7 +168,12 @@ def _config_section(config: dict[str, Any], tuned: dict[str, Any]) -> str:
     missing = {k: v for k, v in tuned.items() if k.split(".")[0] not in config}
     extra = ("<p>Tuned values outside these sections: " + html.escape(", ".join(
         f"{k}={v}" for k, v in missing.items())) + "</p>") if missing else ""
-    return ("<h2>Config</h2><p>The sections recorded in the model card"
+    from components.config import decision_line
+
+    # the run's first line: the data's shape (set or decided from the data) and defaults
+    line = decision_line(config.get("data") or {}, config.get("train") or {})
+    return ("<h2>Config</h2>" + (f"<p><b>{html.escape(line)}</b></p>" if line else "")
+            + "<p>The sections recorded in the model card"
             + (" (tuned values highlighted)" if tuned else "") + ".</p>"
             + f"<div class='config'>{''.join(tables)}</div>" + extra)
 

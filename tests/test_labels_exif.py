@@ -103,9 +103,10 @@ def test_rgb_files_trained_as_grayscale_get_one_note(tmp_path, files, channels, 
         assert notes == []
         return
     assert len(notes) == 1 and notes[0] in summary["warnings"]
-    assert notes[0].startswith("note: 8 of 8 images are RGB files, but data.channels is 1, so "
-                               "they are trained as 36x36 grayscale")
-    assert "set data.channels: 3 and data.image_size" in notes[0]
+    assert notes[0].startswith("note: 8 of 8 images are RGB files, but data.channels is 1 "
+                               "(set in the config), so they are trained as 36x36 grayscale")
+    assert "drop data.channels and data.image_size (auto decides them from the files), or " \
+           "set data.channels: 3 and data.image_size" in notes[0]
 
 
 def _copy(src, dst):

@@ -149,19 +149,26 @@ def _ingest_one(data: DataConfig, ingest: IngestConfig, beam: BeamConfig,
 
 
 def color_note(stats: dict[str, Any], data: DataConfig) -> list[str]:
-    """A note when most images are RGB(A) files but data.channels is 1 (its default,
-    made for glyphs and digits): a newcomer's photo folder would otherwise train as small
-    grayscale images without the photo defaults, and nothing would say why."""
+    """A note when most images are RGB(A) files but data.channels is 1: set so in the
+    config (a course config copied for a photo folder), or decided from a sample that
+    the whole data contradicts. Such photos train as small grayscale images without the
+    photo defaults, and nothing else would say why."""
     counts = stats.get("channels") or {}
     total = sum(counts.values())
     color = sum(n for channels, n in counts.items() if int(channels) >= 3)
     if data.channels != 1 or not total or color * 2 < total:
         return []
     height, width = data.image_size
-    return [f"note: {color} of {total} images are RGB files, but data.channels is 1, so "
-            f"they are trained as {height}x{width} grayscale (the defaults, made for glyphs "
-            "and digits). For color photos set data.channels: 3 and data.image_size (e.g. "
-            "[64, 64]): with no model.kind that trains the photo defaults (xception, "
+    if data.decided_from_data("channels"):
+        how = f"decided from a sample of the files: {data.decided.basis}"
+        fix = "set data.channels: 3 and data.image_size (e.g. [64, 64])"
+    else:
+        how = "set in the config"
+        fix = ("drop data.channels and data.image_size (auto decides them from the files), "
+               "or set data.channels: 3 and data.image_size (e.g. [64, 64])")
+    return [f"note: {color} of {total} images are RGB files, but data.channels is 1 "
+            f"({how}), so they are trained as {height}x{width} grayscale. For color photos "
+            f"{fix}: with no model.kind that trains the photo defaults (xception, "
             "augmentation, a cosine schedule; README 'Photo defaults'). To train grayscale, "
             "ignore this note."]
 

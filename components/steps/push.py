@@ -21,6 +21,7 @@ from typing import Any
 
 from components import artifacts, fileio, runtime, serving_config, vertex
 from components.config import PushConfig
+from components.config import decisions
 from components.contract import In, Out, RecordedConfig, step
 from components.errors import ConfigError
 from components.registry import Registry
@@ -80,7 +81,9 @@ def model_card(trained_model: artifacts.Artifact, blessing: artifacts.Artifact,
                  "evaluated_on": ([s["span"] for s in stats["spans"]][-1:]
                                   if stats.get("eval_spans", "newest") == "newest"
                                   else [s["span"] for s in stats["spans"]])
-                 if stats.get("spans") else None},
+                 if stats.get("spans") else None,
+                 # channels and size set or decided from the data, the defaults applied
+                 "decided": decisions(recorded_config)},
         "config": recorded_config,
         "package_version": runtime.package_version(),
         "git_commit": git_commit(),

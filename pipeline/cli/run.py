@@ -77,8 +77,10 @@ def cmd_compile(args: argparse.Namespace) -> Result:
     kfp_compile.compile_pipeline(cfg, args.output, args.dag)
     return Result(data=lambda: {"output": os.path.abspath(args.output), "pipeline": cfg.name,
                                 "image": cfg.kfp.image,
-                                "parameters": kfp_compile.runtime_parameters(cfg)},
-                  text=f"wrote {args.output} (KFP v2 IR; image {cfg.kfp.image})")
+                                "parameters": kfp_compile.runtime_parameters(cfg),
+                                "decided": cfg.decision_line()},
+                  text=f"wrote {args.output} (KFP v2 IR; image {cfg.kfp.image})\n"
+                       f"{cfg.decision_line()}")
 
 
 @contextlib.contextmanager

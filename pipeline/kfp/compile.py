@@ -57,12 +57,23 @@ def _get(tree: dict[str, Any], dotted: str) -> Any:
     return tree
 
 
+def _compiled_in(data: Any) -> tuple[str, ...]:
+    """The RUNTIME_PARAMETERS keys a config compiles in instead: data.source when
+    data.channels or data.image_size was decided from it (`auto`), since another source
+    at run time would keep the shape, and the photo defaults, decided from this one."""
+    decided = data.get("decided") if isinstance(data, dict) else None
+    return ("data.source",) if decided and decided.get("keys") else ()
+
+
 def runtime_parameters(config: PipelineConfig) -> dict[str, Any]:
     """The pipeline parameters with this config's values: every key in
-    RUNTIME_PARAMETERS that the config sets (an unset threshold is not a parameter)."""
+    RUNTIME_PARAMETERS that the config sets (an unset threshold is not a parameter),
+    but data.source when the data's shape was decided from it (`_compiled_in`)."""
     tree = config.to_dict()
     out = {}
     for name, key in RUNTIME_PARAMETERS.items():
+        if key in _compiled_in(tree["data"]):
+            continue
         value = _get(tree, key)
         if key == "data.spans":
             from components import spans
@@ -81,7 +92,10 @@ def without_runtime_keys(step_cfg: dict[str, Any]) -> dict[str, Any]:
     """A step's compiled config without the keys that arrive as pipeline parameters:
     two compiles that differ only in such a key give identical task specs."""
     out = json.loads(json.dumps(step_cfg))
+    fixed = _compiled_in(out.get("data") or out.get(invoke.RECORD, {}).get("data"))
     for key in RUNTIME_PARAMETERS.values():
+        if key in fixed:
+            continue
         section, *path = key.split(".")
         for tree in (out.get(section), out.get(invoke.RECORD, {}).get(section)):
             for part in path[:-1]:
@@ -581,6 +595,25 @@ def check_remote(config: PipelineConfig) -> None:
                           "(run:ID needs the local metadata store, a file must be in a "
                           "bucket); use a pushed model (NAME@ALIAS) or gs://.")
     _check_warm_start(config)
+    _check_decided(config)
+
+
+def _check_decided(config: PipelineConfig) -> None:
+    """`auto` data keys are decided from the data when the config loads, here where the
+    pipeline compiles (the tasks get the values): a source this machine cannot read
+    would compile the course's values for any data, so it is refused."""
+    from components.errors import ConfigError
+
+    decided = config.data.decided
+    if decided is None or not decided.keys or not decided.unread:
+        return
+    keys = " and ".join(f"data.{key}" for key in decided.keys)
+    raise ConfigError(f"{keys} {'are' if len(decided.keys) > 1 else 'is'} auto, decided "
+                      f"from the data when the pipeline compiles, but data.source "
+                      f"{config.data.source!r} could not be read here ({decided.unread}); "
+                      f"set {keys} in the config (photos: channels: 3, image_size: [64, 64]; "
+                      "glyphs and digits: channels: 1, image_size: [36, 36]), or give this "
+                      "machine read access (gcloud auth application-default login).")
 
 
 def _check_warm_start(config: PipelineConfig) -> None:

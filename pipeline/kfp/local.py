@@ -275,6 +275,7 @@ def run_local(config: PipelineConfig, runs_dir: str = "runs", config_path: str |
     store = MetadataStore(os.path.join(runs_dir, METADATA_FILE))
     run_id = store.start_run(config.name, config.to_dict(), config_path, engine=ENGINE_LOCAL)
     log(f"run {run_id}  (pipeline {config.name}, runs dir {runs_dir}, engine {ENGINE_LOCAL})")
+    log(f"  {config.decision_line()}")        # the data's shape, the defaults that followed
     steps = dag.active(dag.load(dag_location), config)
     recorder = _Recorder(store, run_id, os.path.join(runs_dir, run_id), log, steps)
     task_log = _TaskLog(recorder, echo=sys.stdout if verbose else None)
