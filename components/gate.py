@@ -95,27 +95,28 @@ def gate_check(comparison: dict[str, Any], cfg: EvaluateConfig, base_ref: str
     bound. The check's `rule` says what decided, in words, with the numbers."""
     accuracy = cfg.thresholds.get("accuracy")
     drop = (accuracy.max_drop if accuracy else None) or 0.0
+    floor = -drop if drop else 0.0             # not -0.0 in the lines
     diff, low, high = comparison["difference"], comparison["ci_low"], comparison["ci_high"]
     interval = f"{cfg.confidence:.0%} CI [{low:+.4f}, {high:+.4f}]"
     measured, how = {
         "paired": (high, f"upper bound of the {cfg.confidence:.0%} CI"),
         "point": (diff, "point estimate"),
         "lower_bound": (low, f"lower bound of the {cfg.confidence:.0%} CI")}[cfg.gate]
-    passed = measured >= -drop
+    passed = measured >= floor
     tolerance = f"a drop of {drop:g}" if drop else "no drop"
     if cfg.gate != "paired":
         rule = (f"{cfg.gate} gate: {how} {measured:+.4f} "
-                f"{'>=' if passed else '<'} {-drop:+.4f} (allows {tolerance})")
+                f"{'>=' if passed else '<'} {floor:+.4f} (allows {tolerance})")
     elif not passed:
         rule = (f"paired gate: significantly worse: the whole {interval} is below "
-                f"{-drop:+.4f} (allows {tolerance})")
+                f"{floor:+.4f} (allows {tolerance})")
     elif low > 0:
         rule = f"paired gate: significantly better ({interval})"
     else:
-        rule = (f"paired gate: within noise ({interval} reaches {-drop:+.4f} or above; "
+        rule = (f"paired gate: within noise ({interval} reaches {floor:+.4f} or above; "
                 f"allows {tolerance})")
     return {"check": f"accuracy not worse than {base_ref} ({how})",
-            "source": "paired bootstrap", "value": measured, "bound": {"min": -drop},
+            "source": "paired bootstrap", "value": measured, "bound": {"min": floor},
             "verdict": "pass" if passed else "fail", "rule": rule,
             "detail": f"difference {diff:+.4f} on {comparison['examples']} examples, "
                       f"{interval}, McNemar p={comparison['mcnemar_p']:.3g}"}
