@@ -37,6 +37,26 @@ def window(data: DataConfig, now: datetime.datetime | None = None
     return spans.select(found, data.spans, data.on_missing, now)
 
 
+def is_scheduled(data: DataConfig) -> bool:
+    """A window given relative to the schedule's time (`{scheduled: -1d}`)."""
+    return isinstance(data.spans, dict) and "scheduled" in data.spans
+
+
+def scheduled_spans(data: DataConfig, when: datetime.datetime) -> list[Any]:
+    """The spans a scheduled window names at `when` (the schedule's time), as a list
+    `data.spans` takes; a span that is not there stops here (data.on_missing: fail)."""
+    chosen, _ = window(data, when)
+    return [s.date or s.number for s in chosen]
+
+
+def at_schedule_time(data: DataConfig, when: datetime.datetime | None) -> DataConfig:
+    """`data` with a scheduled window pinned to the spans it names at `when`; as it is
+    without a time or a scheduled window."""
+    if when is None or not is_scheduled(data):
+        return data
+    return data.model_copy(update={"spans": scheduled_spans(data, when)})
+
+
 def span_key(span: spans.Span, data: DataConfig, ingest: IngestConfig) -> str:
     """What a span's ingest depends on: its files' fingerprint and the ingest config."""
     one = span.source(data)

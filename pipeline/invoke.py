@@ -418,13 +418,14 @@ def pin_outside_inputs(node: Node, step_cfg: dict[str, Any], context: Context,
         refs[key] = version.ref
         identity[key] = f"{version.ref} {artifacts.fingerprint_json(version.card)}"
         cfg[section][name] = None
-    spans_cfg = (cfg.get("data") or {}).get("spans") if "data" in node.spec.config else None
-    if isinstance(spans_cfg, dict) and "scheduled" in spans_cfg:
+    if "data" in node.spec.config and (cfg.get("data") or {}).get("spans") is not None:
         from components import ingest_window
 
+        # a run-time parameter arrives as JSON text ('{"scheduled": "-1d"}'): read the
+        # window as the section reads it, not by its Python type
         data = config_lib.section_types()["data"].model_validate(cfg["data"])
-        chosen, _ = ingest_window.window(data, now)
-        cfg["data"]["spans"] = refs["data.spans"] = [s.date or s.number for s in chosen]
+        if ingest_window.is_scheduled(data):
+            cfg["data"]["spans"] = refs["data.spans"] = ingest_window.scheduled_spans(data, now)
     if node.spec.external is not None:
         types = config_lib.section_types()
         identity.update(node.spec.external(**{

@@ -36,7 +36,7 @@ CREATE TABLE IF NOT EXISTS runs (
     started TEXT NOT NULL,
     ended TEXT,
     process TEXT,                    -- host:pid:start-time of the process running it
-    engine TEXT                      -- local | kfp-local (NULL: local, before it was kept)
+    engine TEXT                      -- local | kfp-local | kfp-docker (NULL: local, before it was kept)
 );
 CREATE TABLE IF NOT EXISTS executions (
     id INTEGER PRIMARY KEY AUTOINCREMENT,

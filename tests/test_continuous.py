@@ -262,6 +262,56 @@ def test_the_resolve_task_pins_a_scheduled_window_as_the_spans_it_names(tmp_path
     assert later["fingerprint"] != pin["fingerprint"]
 
 
+def test_the_resolve_task_pins_the_window_from_the_string_parameter_and_schedule_time(
+        tmp_path, monkeypatch):
+    """What the KFP backend really hands the resolve task: `data_spans` as a JSON
+    string run-time parameter and the schedule time as KFP's placeholder resolves it
+    (RFC 3339, UTC). The window is pinned to the schedule's day, not to the day the
+    task happens to run (a queued, retried or caught-up run)."""
+    from pipeline import invoke
+    from pipeline.kfp import compile as kfp_compile
+    from pipeline.kfp import entrypoint as kfp_entry
+
+    monkeypatch.setattr(kfp_entry, "_exit_without_teardown", lambda: None)
+    for day in ("2026-11-29", "2026-11-30", "2026-12-01"):
+        drop(tmp_path / "drops", day, per_class=2)
+    cfg = config_lib.load(config(tmp_path, {"scheduled": "-1d"}))
+    params = kfp_compile.runtime_parameters(cfg)
+    assert isinstance(params["data_spans"], str)        # a JSON string, as KFP passes it
+    overrides = {kfp_compile.RUNTIME_PARAMETERS[name]: params[name]
+                 for name in kfp_compile._resolve_parameters(params)}
+    pins = kfp_entry.resolve_pins(invoke.Context.from_config(cfg).to_json(),
+                                  params["baseline_alias"], kfp_compile.resolve_configs(cfg),
+                                  overrides, schedule_time="2026-12-01T03:00:00Z")
+    assert json.loads(pins.ingest__external)["refs"]["data.spans"] == ["2026-11-30"]
+    later = kfp_entry.resolve_pins(invoke.Context.from_config(cfg).to_json(),
+                                   params["baseline_alias"], kfp_compile.resolve_configs(cfg),
+                                   overrides, schedule_time="2026-12-02T03:00:00Z")
+    assert json.loads(later.ingest__external)["refs"]["data.spans"] == ["2026-12-01"]
+    # a day whose drop is absent stops in resolve, before any training
+    with pytest.raises(Exception, match="2026-12-05"):
+        kfp_entry.resolve_pins(invoke.Context.from_config(cfg).to_json(),
+                               params["baseline_alias"], kfp_compile.resolve_configs(cfg),
+                               overrides, schedule_time="2026-12-06T03:00:00Z")
+
+
+def test_run_with_a_schedule_time_trains_on_the_day_it_names(tmp_path, capsys):
+    """`imgpipe run CONFIG --schedule-time T` (local engine): a {scheduled: -1d} window
+    reads the day before T, whatever today is; a T whose day has no drop stops before
+    any step; a T that is no time is one line, exit 2."""
+    for day in ("2026-11-29", "2026-11-30"):
+        drop(tmp_path / "drops", day)
+    path = config(tmp_path, {"scheduled": "-1d"})
+    code, out = run(path, capsys, "--until", "ingest", "--schedule-time", "2026-11-30T02:00:00Z")
+    assert code == 0, out
+    assert "data.spans {'scheduled': '-1d'} -> ['2026-11-29']" in out
+    assert "1 span(s) 2026-11-29..2026-11-29" in ingest_summary(out)
+    code, out = run(path, capsys, "--until", "ingest", "--schedule-time", "2026-12-04T02:00:00")
+    assert code == 2 and "2026-12-03" in out and "ingest     done" not in out
+    code, out = run(path, capsys, "--schedule-time", "yesterday")
+    assert code == 2 and "is not an ISO 8601 time" in out
+
+
 @pytest.mark.slow
 def test_a_two_span_window_runs_under_kfp_local(tmp_path):
     import subprocess

@@ -8,7 +8,7 @@ from typing import Any
 
 from components.errors import ConfigError
 from pipeline.cli.common import (DEFAULT_RUNS_DIR, Result, _add_config_args, _add_json_arg,
-                                 _note, _stdout_to_stderr)
+                                 _note, _stdout_to_stderr, at_schedule_time)
 
 
 def _bounds(text: str) -> tuple[str, str]:
@@ -39,6 +39,20 @@ def plan(cfg: Any, text: str) -> list[tuple[Any, list[Any]]]:
     return out
 
 
+def scheduled_at(cfg: Any, span: Any) -> Any:
+    """For a scheduled window (`{scheduled: -Nd}`), the time the schedule that reads
+    `span` ran: N days after its date, at midnight UTC; None for other windows."""
+    import datetime
+
+    from components import ingest_window
+
+    if not ingest_window.is_scheduled(cfg.data) or span.date is None:
+        return None
+    days = int(cfg.data.spans["scheduled"].strip("-d") or 0)
+    day = datetime.date.fromisoformat(span.date) + datetime.timedelta(days=days)
+    return datetime.datetime(day.year, day.month, day.day, tzinfo=datetime.timezone.utc)
+
+
 def _value(text: str) -> Any:
     return int(text) if text.isdigit() else text
 
@@ -57,9 +71,16 @@ def cmd_backfill(args: argparse.Namespace) -> Result:
     error = None
     with _stdout_to_stderr(args.json):
         for span, window in plan(cfg, args.spans):
-            values = [_order(s) for s in window]
-            log(f"backfill {span.label}: data.spans {values}")
-            one = cfg.model_copy(update={"data": cfg.data.model_copy(update={"spans": values})})
+            when = scheduled_at(cfg, span)
+            if when is not None:
+                # as the schedule ran it: the window its own time names
+                log(f"backfill {span.label}: scheduled at {when.isoformat()}")
+                one = at_schedule_time(cfg, when, log)
+            else:
+                values = [_order(s) for s in window]
+                log(f"backfill {span.label}: data.spans {values}")
+                one = cfg.model_copy(update={"data": cfg.data.model_copy(
+                    update={"spans": values})})
             result = run_pipeline(one, args.runs_dir, args.config, log=log)
             push = result.push_outcome() or {}
             did = result.outcome()

@@ -180,6 +180,34 @@ def positive_number(text: str) -> float:
     return value
 
 
+def schedule_time(text: str) -> Any:
+    """argparse type: an ISO 8601 time as a schedule passes it (KFP's
+    pipeline_job_schedule_time_utc, e.g. 2026-12-02T03:00:00Z); without a zone, UTC."""
+    import datetime
+
+    try:
+        value = datetime.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time, e.g. "
+                                         "2026-12-02T03:00:00Z") from None
+    return value if value.tzinfo else value.replace(tzinfo=datetime.timezone.utc)
+
+
+def at_schedule_time(cfg: Any, when: Any, log: Callable[[str], None]) -> Any:
+    """The config a run scheduled at `when` reads: a scheduled window (`data.spans:
+    {scheduled: -1d}`) pinned to the spans it names then (what KFP's resolve task does
+    with the schedule's time); a span that is absent stops the run here."""
+    from components import ingest_window
+
+    data = ingest_window.at_schedule_time(cfg.data, when)
+    if data is cfg.data:
+        log(f"schedule time {when.isoformat()}: data.spans {cfg.data.spans!r} does not depend "
+            "on it")
+        return cfg
+    log(f"schedule time {when.isoformat()}: data.spans {cfg.data.spans} -> {data.spans}")
+    return cfg.model_copy(update={"data": data})
+
+
 def share(text: str) -> float:
     """argparse type: a number between 0 and 1."""
     try:

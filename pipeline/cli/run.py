@@ -11,7 +11,8 @@ from typing import Any, Callable
 from components.errors import ConfigError, ImgpipeError, NotBlessed
 from pipeline.cli.common import (DEFAULT_RUNS_DIR, NOTHING_WRITTEN, OutputKind, Result,
                                  _add_config_args, _add_dag_arg, _add_force_arg, _add_json_arg,
-                                 _note, _stdout_to_stderr, check_output)
+                                 _note, _stdout_to_stderr, at_schedule_time, check_output,
+                                 schedule_time)
 
 # What `compile -o` writes; an earlier package starts with KFP's header comment.
 KFP_PACKAGE = OutputKind("a KFP pipeline package (IR YAML)", (".yaml", ".yml"),
@@ -24,14 +25,19 @@ def cmd_run(args: argparse.Namespace) -> Result:
     cfg = config_lib.load(args.config, args.overrides)
     log = _note(args)
     with _stdout_to_stderr(args.json):
-        if args.engine == "kfp-local":
+        when = args.schedule_time
+        if when is not None and args.engine == "local":
+            cfg = at_schedule_time(cfg, when, log)
+        if args.engine in ("kfp-local", "kfp-docker"):
             from pipeline.kfp import local as kfp_local
 
             if args.until or args.no_cache:
-                raise ConfigError("--until/--no-cache apply to the local engine; kfp-local runs "
-                                  "the whole compiled pipeline (kfp.local reuses nothing).")
+                raise ConfigError(f"--until/--no-cache apply to the local engine; {args.engine} "
+                                  "runs the whole compiled pipeline (kfp.local reuses nothing).")
             result = kfp_local.run_local(cfg, args.runs_dir, args.config, log=log,
-                                         verbose=args.verbose, dag_location=args.dag)
+                                         verbose=args.verbose, dag_location=args.dag,
+                                         engine=args.engine,
+                                         schedule_time=when.isoformat() if when else "")
         else:
             from pipeline.local import run_pipeline
 
@@ -237,9 +243,15 @@ def register(sub: Any) -> None:
     run.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR,
                      help="where runs, artifacts and metadata.sqlite live (default ./runs)")
     run.add_argument("--no-cache", action="store_true", help="rerun every step")
-    run.add_argument("--engine", choices=["local", "kfp-local"], default="local",
+    run.add_argument("--engine", choices=["local", "kfp-local", "kfp-docker"], default="local",
                      help="local: cached local runner; kfp-local: the compiled KFP pipeline "
-                          "with kfp.local subprocesses")
+                          "with kfp.local subprocesses; kfp-docker: each task in a container "
+                          "of kfp.image, as Kubernetes and Vertex AI run it (build it with "
+                          "`make image`)")
+    run.add_argument("--schedule-time", type=schedule_time, metavar="ISO8601",
+                     help="run as a schedule would have at this time (e.g. "
+                          "2026-12-02T03:00:00Z): a data.spans {scheduled: -Nd} window names "
+                          "the spans of that day (every engine); for replays and tests")
     run.add_argument("--require-push", action="store_true",
                      help="exit 4 when the model was not pushed (not blessed or failed "
                           "infra validation); default: exit 0 and say so")

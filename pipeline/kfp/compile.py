@@ -436,14 +436,15 @@ def gates_of(node: dag.Node, steps: tuple[dag.Node, ...] = dag.STEPS) -> list[st
     return [n.name for n in steps if n.name in found]
 
 
-def build_pipeline(config: PipelineConfig, location: str = "", scheduled: bool = True
-                   ) -> Callable:
+def build_pipeline(config: PipelineConfig, location: str = "", scheduled: bool = True,
+                   schedule_time: str = "") -> Callable:
     """The `@dsl.pipeline` function for this config: typed parameters (RUNTIME_PARAMETERS,
     defaults from the config), one task per step with only the config it reads, a
     resolve task pinning the baseline and the previous statistics, the push under the
     gates, and the report. `location`: a user's DAG (`dag.load`), '' for the built-in.
     `scheduled`: False for kfp.local, which has no schedules (nor their placeholder):
-    the resolve task then places a scheduled window at the time it runs."""
+    the resolve task then places a scheduled window at `schedule_time` (ISO 8601, as a
+    schedule passes it; `imgpipe run --schedule-time`), else at the time it runs."""
     from kfp import dsl
 
     check_step_names(config, dag.load(location))
@@ -458,7 +459,7 @@ def build_pipeline(config: PipelineConfig, location: str = "", scheduled: bool =
                         for name in _resolve_parameters(params, location, config)}
         if "data_spans" in params:      # only the resolve task sees the schedule time
             resolve_args["schedule_time"] = \
-                dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER if scheduled else ""
+                dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER if scheduled else schedule_time
         pins = _configure(comps[RESOLVE](context_json=context,
                                          configs_json=resolve_configs(config, location),
                                          **resolve_args), config, RESOLVE, cacheable=False)

@@ -13,7 +13,9 @@ from typing import Any, Callable, Iterator
 from components import runtime
 from pipeline import dag, invoke
 from pipeline.config import PipelineConfig
+from pipeline.kfp import docker as kfp_docker
 from pipeline.kfp.compile import build_pipeline, gates_of
+from pipeline.kfp.docker import ENGINE_DOCKER
 from pipeline.results import StepResult, detail_line, step_line
 
 ENGINE_LOCAL = "kfp-local"
@@ -113,6 +115,7 @@ class _Recorder:
         self.steps = steps
         self.results: list[Any] = []
         self.running: dict[str, tuple[int, float]] = {}
+        self.failed: list[str] = []          # tasks kfp.local took for successes
 
     def _uri(self, node: dag.Node, output: str) -> str:
         return os.path.join(self.run_root, node.name.replace("_", "-"), output)
@@ -146,6 +149,15 @@ class _Recorder:
             return
         execution, began = self.running.pop(node.name)
         seconds = time.perf_counter() - began
+        missing = [o for o in node.spec.outputs if not artifacts.is_committed(self._uri(node, o))]
+        if status == "SUCCESS" and missing:
+            # kfp.local counts a container that ran nothing (the image's ENTRYPOINT given
+            # the task's command as arguments), or one it could not wait for, as success
+            status, tail = "FAILURE", [
+                f"components.errors.ImgpipeError: the task {task} ended as a success but "
+                f"wrote no {', '.join(missing)}: its step did not run (in a container, an "
+                "image ENTRYPOINT in front of the task's command does that)"]
+            self.failed.append(task)
         if status != "SUCCESS":
             # the task's own error, one line, as the local runner records it
             error = str(_task_error(tail, task, hint=False))
@@ -249,11 +261,13 @@ def _task_error(tail: list[str], task: str | None, hint: bool = True) -> Any:
 
 def run_local(config: PipelineConfig, runs_dir: str = "runs", config_path: str | None = None,
               log: Callable[[str], None] | None = None, verbose: bool = False,
-              dag_location: str = "") -> Any:
-    """Runs the compiled KFP pipeline with `kfp.local` (a subprocess per task, in this
-    environment) and records it as the local runner records a run: in the runs folder's
-    metadata store (engine kfp-local), artifacts under RUNS_DIR/RUN_ID/TASK/, a
-    report.html; prints the local runner's step lines (-v: kfp.local's own output)."""
+              dag_location: str = "", engine: str = ENGINE_LOCAL,
+              schedule_time: str = "") -> Any:
+    """Runs the compiled KFP pipeline with `kfp.local` (engine kfp-local: a subprocess per
+    task, in this environment; kfp-docker: a container of the task's image per task,
+    `pipeline.kfp.docker`) and records it as the local runner records a run: in the runs
+    folder's metadata store, artifacts under RUNS_DIR/RUN_ID/TASK/, a report.html;
+    prints the local runner's step lines (-v: kfp.local's own output)."""
     import sys
     import warnings
 
@@ -272,15 +286,19 @@ def run_local(config: PipelineConfig, runs_dir: str = "runs", config_path: str |
             out.flush()
 
     runs_dir = os.path.abspath(runs_dir)
-    store = MetadataStore(os.path.join(runs_dir, METADATA_FILE))
-    run_id = store.start_run(config.name, config.to_dict(), config_path, engine=ENGINE_LOCAL)
-    log(f"run {run_id}  (pipeline {config.name}, runs dir {runs_dir}, engine {ENGINE_LOCAL})")
-    log(f"  {config.decision_line()}")        # the data's shape, the defaults that followed
     steps = dag.active(dag.load(dag_location), config)
+    containers: Any = contextlib.nullcontext()
+    runner = local.SubprocessRunner(use_venv=False)
+    if engine == ENGINE_DOCKER:
+        config = kfp_docker.prepare(config, steps)     # Docker and the images are there
+        runner, containers = kfp_docker.runner(config), kfp_docker.task_containers(config)
+    store = MetadataStore(os.path.join(runs_dir, METADATA_FILE))
+    run_id = store.start_run(config.name, config.to_dict(), config_path, engine=engine)
+    log(f"run {run_id}  (pipeline {config.name}, runs dir {runs_dir}, engine {engine})")
+    log(f"  {config.decision_line()}")        # the data's shape, the defaults that followed
     recorder = _Recorder(store, run_id, os.path.join(runs_dir, run_id), log, steps)
     task_log = _TaskLog(recorder, echo=sys.stdout if verbose else None)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=runs_dir,
-               raise_on_error=True)
+    local.init(runner=runner, pipeline_root=runs_dir, raise_on_error=True)
     def finish(status: str, error: str | None) -> None:
         """The run's end on record and its report (also when it failed)."""
         store.end_run(run_id, status, error)
@@ -290,11 +308,11 @@ def run_local(config: PipelineConfig, runs_dir: str = "runs", config_path: str |
 
     error = None
     try:
-        with warnings.catch_warnings(), _named_run(run_id), \
+        with warnings.catch_warnings(), _named_run(run_id), containers, \
                 contextlib.redirect_stdout(task_log):
             if not verbose:   # the base-image and ignored-resource notices, per task
                 warnings.filterwarnings("ignore", module="kfp")
-            build_pipeline(config, dag_location, scheduled=False)()
+            build_pipeline(config, dag_location, scheduled=False, schedule_time=schedule_time)()
     except RuntimeError as exc:       # kfp.local: a task ended with FAILURE
         failed, tail = task_log.failed or (task_log.task, task_log.tail)
         if failed is None:            # not a task's failure: kfp.local's own error
@@ -310,8 +328,11 @@ def run_local(config: PipelineConfig, runs_dir: str = "runs", config_path: str |
             raise
         finish("failed", f"{type(exc).__name__}: {exc}")
         raise
+    if error is None and recorder.failed:      # a task that ran nothing, taken for a success
+        error = _task_error([f"components.errors.ImgpipeError: task {recorder.failed[0]} "
+                             "wrote no outputs; see its step line"], recorder.failed[0])
     if error is None:
         recorder.skipped()
     status = "failed" if error is not None else "succeeded"
     finish(status, None if error is None else str(error))
-    return RunResult(run_id, runs_dir, status, recorder.results, error, engine=ENGINE_LOCAL)
+    return RunResult(run_id, runs_dir, status, recorder.results, error, engine=engine)
