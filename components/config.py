@@ -891,6 +891,12 @@ class VertexPushConfig(Section):
     machine_type: str = Field("n1-standard-2", description="Each deployed version's machine.")
     min_replica_count: int = Field(1, ge=1)
     max_replica_count: int = Field(1, ge=1)
+    service_account: Optional[str] = Field(
+        None, description="The service account each deployed version's container runs as "
+                          "(Endpoint.deploy's service_account); default: kfp.service_account "
+                          "with kfp.backend vertex. Unset: Vertex AI's default identity, which "
+                          "reads only the version's own copy (AIP_STORAGE_URI), what the TF "
+                          "Serving container serves from.")
 
     @model_validator(mode="after")
     def _endpoint(self) -> "VertexPushConfig":
@@ -906,6 +912,10 @@ class VertexPushConfig(Section):
                              + (problem or "'latest' is not an alias"))
         if self.max_replica_count < self.min_replica_count:
             raise ValueError("max_replica_count is below min_replica_count")
+        if self.service_account is not None and not re.fullmatch(r"[^@\s]+@[^@\s]+",
+                                                                 self.service_account):
+            raise ValueError(f"service_account {self.service_account!r} is not a service "
+                             "account email; use e.g. serving@PROJECT.iam.gserviceaccount.com")
         return self
 
 

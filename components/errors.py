@@ -33,3 +33,7 @@ class NotBlessed(ImgpipeError):
 
 class TrainingError(ImgpipeError):
     """Training diverged (NaN loss) or produced no usable model."""
+
+
+class ServingError(ImgpipeError):
+    """A model server did not reach the state asked of it (a version did not load)."""

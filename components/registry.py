@@ -4,6 +4,9 @@ the pipeline's metadata store).
 
     ROOT/NAME/1/            saved_model.pb, variables/, assets/  (what TF Serving loads)
     ROOT/NAME/1/model_card.json, model.keras                     (ours; Serving ignores them)
+    ROOT/NAME/1/tf_serving/1/   with push.vertex and a TF Serving image: the SavedModel
+                            again, uploaded as the Vertex version's artifact_uri
+                            (components/vertex.py, `serving_copy`)
     ROOT/NAME/audit.jsonl   the ledger: one line per alias change (who, when, action,
                             alias, from, to, reason, force), written before anything else
     ROOT/NAME/aliases.json  {"production": 3, "staging": 5}: the ledger's current state,

@@ -12,7 +12,10 @@ the version at `VERSION_WARMUP`; `read_warmup` gives them back to a local server
 
 The model config (`ModelServerConfig` text proto, for `tensorflow_model_server
 --model_config_file`): one `config` per model, serving every version an alias points at
-and the newest one, with the aliases as `version_labels`.
+and the newest one, with the aliases as `version_labels`. A running server refuses a
+config whose label names a version it has not loaded, so `rollout` splits a label move
+into two configs (the new versions first, the labels once they are AVAILABLE), and
+`wait_available` asks the server's REST status in between.
 
 Only the proto classes are imported at module level where they do not pull in
 TensorFlow: the model config's do not, the warmup records' (`PredictRequest` holds a
@@ -195,3 +198,167 @@ def model_server_config(registry, names: Sequence[str] = ()) -> ServingConfig:
         raise ConfigError(f"no model under {registry.root} has a pushed version: nothing for "
                           "TF Serving to serve.")
     return out
+
+
+# --- moving labels in two phases ----------------------------------------------------
+#
+# TF Serving checks a reloaded config's labels before it loads the config's new
+# versions (server_core.cc, `UpdateModelVersionLabelMap`, called ahead of the new
+# sources on every config but the first): a label may name only a version that is
+# AVAILABLE now. A config that adds version N+1 and moves `staging` onto it in one step
+# is refused whole, N+1 is never loaded, and a server polling the file refuses it again
+# on every poll. Its serving_config.md: "first submit a config containing N and N+1,
+# then move the label". So a label move is two configs: the new versions with every
+# label still on a loaded version, then, once they are AVAILABLE, the labels moved.
+# (The first config a server starts with is different: TF Serving waits for its
+# versions to load before it applies its labels, so it can be written whole.)
+
+
+@dataclass
+class Rollout:
+    """The configs to hand a server, in order: `now` (safe with what it has AVAILABLE),
+    then `final` (what the registry asks for) once the versions in `waiting` are
+    AVAILABLE. `held`: per label kept back in `now`, a line saying why. Not staged
+    (`now` is `final`) when no label moves onto a version the server lacks."""
+
+    now: ServingConfig
+    final: ServingConfig
+    waiting: dict[str, list[int]] = field(default_factory=dict)
+    held: list[str] = field(default_factory=list)
+
+    @property
+    def staged(self) -> bool:
+        return bool(self.waiting)
+
+    def waiting_refs(self) -> str:
+        return ", ".join(f"{name}:{v}" for name, versions in self.waiting.items()
+                         for v in versions)
+
+
+def read_model_config(text: str) -> dict[str, tuple[list[int], dict[str, int]]]:
+    """Per model of a `ModelServerConfig` text proto: (the `specific` versions, the
+    version labels). A text that does not parse is a ValueError."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    try:
+        parsed = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+    except text_format.ParseError as exc:
+        raise ValueError(str(exc)) from exc
+    return {c.name: (sorted(c.model_version_policy.specific.versions), dict(c.version_labels))
+            for c in parsed.model_config_list.config}
+
+
+def rollout(target: ServingConfig, available: dict[str, set[int]] | None,
+            labels: dict[str, dict[str, int]] | None = None) -> Rollout:
+    """The safe way from what a server has to `target`. `available`: per model, the
+    versions the server has AVAILABLE (its REST status, or the versions of the config
+    it was last given once it loaded them); None for a server that starts with this
+    config (whole `target` then). `labels`: per model, the labels it serves now (the
+    previous config's). A label whose version is not AVAILABLE stays on its previous
+    version while that one is (kept loaded), else is left out until the second
+    config; the versions it waits for are `waiting`."""
+    if available is None:
+        return Rollout(target, target)
+    from tensorflow_serving.config import model_server_config_pb2
+
+    labels = labels or {}
+    now = ServingConfig(model_server_config_pb2.ModelServerConfig(), list(target.warnings))
+    out = Rollout(now, target)
+    for wanted in target.config.model_config_list.config:
+        name = wanted.name
+        have = set(available.get(name, ()))
+        before = labels.get(name, {})
+        config = now.config.model_config_list.config.add()
+        config.CopyFrom(wanted)
+        config.ClearField("version_labels")
+        versions = set(wanted.model_version_policy.specific.versions)
+        for alias in sorted(wanted.version_labels):
+            number = wanted.version_labels[alias]
+            if number in have:
+                config.version_labels[alias] = number
+                continue
+            out.waiting.setdefault(name, [])
+            if number not in out.waiting[name]:
+                out.waiting[name].append(number)
+            old = before.get(alias)
+            if old is not None and old in have:
+                config.version_labels[alias] = old
+                versions.add(old)
+                out.held.append(f"{name}@{alias} stays on {old} until {name}:{number} is "
+                                "AVAILABLE")
+            else:
+                out.held.append(f"{name}@{alias} is left out until {name}:{number} is "
+                                "AVAILABLE")
+        config.model_version_policy.specific.ClearField("versions")
+        config.model_version_policy.specific.versions.extend(sorted(versions))
+        if name in out.waiting:
+            out.waiting[name].sort()
+    return out if out.waiting else Rollout(target, target)
+
+
+# What TF Serving's REST status says of a version it serves (ManagerState's names).
+AVAILABLE = "AVAILABLE"
+# How often to ask a server whether the waited-for versions are AVAILABLE, in seconds.
+POLL_SECONDS = 1.0
+
+
+def server_states(server: str, name: str, timeout: float = 10.0) -> dict[int, tuple[str, str]]:
+    """version -> (state, error message) of the model `name` on the TF Serving at
+    `server` (`GET {server}/v1/models/{name}`); {} when it does not serve the model (404).
+    An unreachable server or an answer that is not its status is a ConnectionError
+    naming the URL."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    url = f"{server.rstrip('/')}/v1/models/{name}"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            body = json.loads(response.read().decode("utf-8"))
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return {}
+        raise ConnectionError(f"GET {url} answered HTTP {exc.code}") from exc
+    except (OSError, ValueError) as exc:
+        raise ConnectionError(f"GET {url} failed ({exc})") from exc
+    try:
+        return {int(entry["version"]): (str(entry.get("state", "")),
+                                        str((entry.get("status") or {}).get("error_message", "")))
+                for entry in body.get("model_version_status", [])}
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise ConnectionError(f"GET {url} did not answer TF Serving's model status "
+                              f"({exc!r})") from exc
+
+
+def available_on(server: str, names: Iterable[str]) -> dict[str, set[int]]:
+    """Per model, the versions the TF Serving at `server` has AVAILABLE."""
+    return {name: {v for v, (state, _) in server_states(server, name).items()
+                   if state == AVAILABLE} for name in names}
+
+
+def wait_available(server: str, waiting: dict[str, list[int]], timeout: float
+                   ) -> list[tuple[str, str, str]]:
+    """Asks the TF Serving at `server` every POLL_SECONDS until every version of
+    `waiting` is AVAILABLE, or one failed to load (its state END with an error), or
+    `timeout` seconds passed. A server that does not answer (restarting) is asked again
+    until then. Returns what is not AVAILABLE at the end as (NAME:VERSION, state, error
+    message): empty when all are."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        missing = []
+        for name, versions in waiting.items():
+            try:
+                states = server_states(server, name)
+            except ConnectionError as exc:
+                states = {number: ("unreachable", str(exc)) for number in versions}
+            for number in versions:
+                state, error = states.get(number, ("not listed", ""))
+                if state != AVAILABLE:
+                    missing.append((f"{name}:{number}", state, error))
+        if not missing or any(state == "END" and error for _, state, error in missing) \
+                or time.monotonic() >= deadline:
+            return missing
+        time.sleep(POLL_SECONDS)

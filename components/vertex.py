@@ -13,7 +13,11 @@ older TensorFlow, so one serving image covers the CPU/GPU images' models (2.21) 
 TPU image's (2.20). Vertex's prebuilt TF containers stop at 2.15 (2026-11), so the
 default is a TF Serving image of that exact version mirrored into the project's
 Artifact Registry (deploy/Dockerfile.serving), started with TF Serving's own REST
-routes and a model config that serves exactly this version from the registry.
+routes on the version's own copy: Vertex copies a model's `artifact_uri` to
+`AIP_STORAGE_URI` for its container, and that copy is all its default identity may
+read, so a version is uploaded with a single-version TF Serving folder of its own
+(`SERVING_COPY`) and TF Serving serves `$(AIP_STORAGE_URI)`, read once, never the
+registry. A deployment runs as `push.vertex.service_account` when one is set.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import json
 import re
 from typing import Any
 
-from components import fileio
+from components import artifacts, fileio
 from components.errors import ConfigError
 
 RECORD = "vertex.json"     # next to a pushed version: where it went in Vertex
@@ -78,32 +82,53 @@ def serving_image(configured: str | None, project: str, region: str,
     return f"{region}-docker.pkg.dev/{project}/imgpipe/tensorflow-serving:{serving}"
 
 
-def serving_spec(image: str, registry_root: str, name: str, version: int) -> dict[str, Any]:
+def serving_spec(image: str, name: str) -> dict[str, Any]:
     """Model.upload's container arguments. A prebuilt image reads the artifact itself;
-    TF Serving is told to serve exactly `version` from the registry's model folder
-    (its layout is TF Serving's) through a model config written next to the version."""
+    TF Serving serves the one version in `$(AIP_STORAGE_URI)` (Vertex expands the
+    variable in the arguments), which is the upload's `artifact_uri` (`serving_copy`)
+    copied by Vertex: readable by the container's default identity, never the registry.
+    The folder is listed once at start (`--file_system_poll_wait_seconds=0`): a
+    deployed model is one fixed version, so no replica polls storage while it serves."""
     if PREBUILT.search(image):
         return {"serving_container_image_uri": image}
     return {
         "serving_container_image_uri": image,
         "serving_container_command": ["tensorflow_model_server"],
-        "serving_container_args": [f"--rest_api_port={REST_PORT}",
-                                   f"--model_config_file={model_config_path(registry_root, name, version)}"],
+        "serving_container_args": [f"--rest_api_port={REST_PORT}", f"--model_name={name}",
+                                   "--model_base_path=$(AIP_STORAGE_URI)",
+                                   "--file_system_poll_wait_seconds=0"],
         "serving_container_ports": [REST_PORT],
         "serving_container_predict_route": f"/v1/models/{name}:predict",
         "serving_container_health_route": f"/v1/models/{name}",
     }
 
 
-def model_config_path(registry_root: str, name: str, version: int) -> str:
-    return fileio.join(registry_root, name, str(version), "serving.config")
+# The version's own TF Serving folder, inside the version: `{version}/SERVING_COPY/N/`
+# holds a copy of its SavedModel (TF Serving wants numbered version folders under its
+# base path, and the version folder is the SavedModel itself). What TF Serving images
+# upload as `artifact_uri`, so Vertex's copy of it is exactly this one version.
+SERVING_COPY = "tf_serving"
+# A SavedModel's parts (tf.saved_model's layout, warmup records in assets.extra/), the
+# graph last: TF Serving takes a version folder with saved_model.pb as complete.
+SAVED_MODEL_PARTS = ("variables", "assets", "assets.extra", "fingerprint.pb",
+                     "saved_model.pbtxt", artifacts.SAVED_MODEL_PB)
 
 
-def model_config(registry_root: str, name: str, version: int) -> str:
-    """TF Serving's model config (text proto) serving one version of the model folder."""
-    return (f'model_config_list {{ config {{ name: "{name}" '
-            f'base_path: "{fileio.join(registry_root, name)}" model_platform: "tensorflow" '
-            f"model_version_policy {{ specific {{ versions: {version} }} }} }} }}\n")
+def serving_copy(version: Any) -> str:
+    """Writes `{version.path}/SERVING_COPY/{N}/`, a copy of the registry version's
+    SavedModel (its card, records and other files left out), and returns the folder to
+    upload. Safe to repeat: a retried upload writes the same files again."""
+    base = fileio.join(version.path, SERVING_COPY)
+    target = fileio.join(base, str(version.version))
+    for part in SAVED_MODEL_PARTS:
+        src = fileio.join(version.path, part)
+        if fileio.isdir(src):
+            prefix = src.rstrip("/") + "/"
+            for path in fileio.walk_files(src):
+                fileio.copy(path, fileio.join(target, part, path[len(prefix):]))
+        elif fileio.exists(src):
+            fileio.copy(src, fileio.join(target, part))
+    return base
 
 
 class VertexModelRegistry:
@@ -168,7 +193,7 @@ class VertexModelRegistry:
         return self.ai.models.ModelRegistry(record["model"].split("@")[0])
 
 
-def upload_version(cfg: Any, registry_root: str, version: Any, tf_version: str | None,
+def upload_version(cfg: Any, version: Any, tf_version: str | None,
                    aliases: list[str], aiplatform: Any = None) -> dict[str, str]:
     """A pushed registry version (`registry.Version`) as a version of the Vertex model
     of the same name (`cfg`: push.vertex), served by a TF Serving of the TensorFlow
@@ -176,12 +201,12 @@ def upload_version(cfg: Any, registry_root: str, version: Any, tf_version: str |
     (vertex.json), for promotions to move Vertex aliases too. Safe to repeat after a
     failure anywhere on the way (`VertexModelRegistry.upload` finds an earlier upload)."""
     image = serving_image(cfg.serving_image, cfg.project, cfg.region, tf_version)
-    container = serving_spec(image, registry_root, version.name, version.version)
-    if "serving_container_args" in container:
-        fileio.write_text(model_config_path(registry_root, version.name, version.version),
-                          model_config(registry_root, version.name, version.version))
+    container = serving_spec(image, version.name)
+    # a prebuilt image serves the SavedModel at AIP_STORAGE_URI itself; TF Serving needs
+    # the version under a numbered folder (serving_spec)
+    artifact = version.path if PREBUILT.search(image) else serving_copy(version)
     record = VertexModelRegistry(cfg.project, cfg.region, aiplatform).upload(
-        version.name, version.path, {VERSION_LABEL: str(version.version)}, aliases, container)
+        version.name, artifact, {VERSION_LABEL: str(version.version)}, aliases, container)
     settings = endpoint_settings(cfg)
     if settings:                   # for the CLI's promotions later: where traffic goes
         record["endpoint"] = settings
@@ -221,12 +246,16 @@ def sync_alias(version_path: str, alias: str, removed: bool = False,
 
 
 def endpoint_settings(cfg: Any) -> dict[str, Any] | None:
-    """What vertex.json records of push.vertex's endpoint (None: no endpoint set)."""
+    """What vertex.json records of push.vertex's endpoint (None: no endpoint set); the
+    service account only when one is set (records without it deploy as Vertex's
+    default identity)."""
     if cfg is None or not getattr(cfg, "endpoint", None):
         return None
+    account = getattr(cfg, "service_account", None)
     return {"endpoint": cfg.endpoint, "alias": cfg.endpoint_alias,
             "machine_type": cfg.machine_type, "min_replica_count": cfg.min_replica_count,
-            "max_replica_count": cfg.max_replica_count}
+            "max_replica_count": cfg.max_replica_count,
+            **({"service_account": account} if account else {})}
 
 
 def configured_endpoint(cfg: Any) -> dict[str, Any] | None:
@@ -449,7 +478,10 @@ class VertexEndpoint:
                 traffic_percentage=percent if live else 100,
                 machine_type=resources["machine_type"],
                 min_replica_count=resources["min_replica_count"],
-                max_replica_count=resources["max_replica_count"], sync=True)
+                max_replica_count=resources["max_replica_count"],
+                # the container's identity; None: Vertex's default, which reads only
+                # the model's AIP_STORAGE_URI copy (what serving_spec serves from)
+                service_account=resources.get("service_account"), sync=True)
             done.append(label)
             deployed = ours()
         split = {deployed[key[label]].id: percent for label, _, percent in wanted if percent}

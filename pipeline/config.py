@@ -376,6 +376,16 @@ class PipelineConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _vertex_deploys_as_the_pipeline(self) -> "PipelineConfig":
+        """push.vertex.service_account defaults to the account the pipeline runs as on
+        Vertex: the deployed containers then read what the pipeline wrote."""
+        vertex = self.push.vertex
+        if vertex is not None and vertex.service_account is None and \
+                self.kfp.backend == VERTEX and self.kfp.service_account:
+            vertex.service_account = self.kfp.service_account
+        return self
+
+    @model_validator(mode="after")
     def _aliases_fit_vertex(self) -> "PipelineConfig":
         """With push.vertex every alias the pipeline moves or reads is also a Vertex AI
         version alias: one Vertex refuses would fail the push after the model is

@@ -806,20 +806,21 @@ def test_vertex_model_registry_upload_calls():
     registry = vertex.VertexModelRegistry("p", "us-central1", aiplatform=_fake_aiplatform(rec))
     image = vertex.serving_image(None, "p", "us-central1", "2.21.0")
     assert image == "us-central1-docker.pkg.dev/p/imgpipe/tensorflow-serving:2.21.0"
-    container = vertex.serving_spec(image, "gs://b/serving", "fonts", 2)
-    record = registry.upload("fonts", "gs://b/serving/fonts/2", {"imgpipe_version": "2"},
-                             ["staging"], container)
+    container = vertex.serving_spec(image, "fonts")
+    record = registry.upload("fonts", "gs://b/serving/fonts/2/tf_serving",
+                             {"imgpipe_version": "2"}, ["staging"], container)
     assert record == {"project": "p", "region": "us-central1",
                       "model": "projects/p/locations/r/models/7", "version_id": "2"}
     upload = {n: k for n, _, k in rec.calls}["upload"]
     assert upload["parent_model"] == "projects/p/locations/r/models/7"   # a new version
-    assert upload["artifact_uri"] == "gs://b/serving/fonts/2"
+    assert upload["artifact_uri"] == "gs://b/serving/fonts/2/tf_serving"
     assert upload["version_aliases"] == ["staging"]
     assert upload["serving_container_image_uri"] == image
     assert upload["serving_container_predict_route"] == "/v1/models/fonts:predict"
-    assert "--model_config_file=gs://b/serving/fonts/2/serving.config" in \
-        upload["serving_container_args"]
-    assert "versions: 2" in vertex.model_config("gs://b/serving", "fonts", 2)
+    # TF Serving serves Vertex's copy of the artifact, read once (issue 32)
+    assert upload["serving_container_args"] == [
+        "--rest_api_port=8501", "--model_name=fonts", "--model_base_path=$(AIP_STORAGE_URI)",
+        "--file_system_poll_wait_seconds=0"]
     lookups = [kw["filter"] for name, _, kw in rec.calls if name in ("list", "list_versions")]
     assert lookups == ['display_name="fonts"', 'labels.imgpipe_version="2"']
 

@@ -95,8 +95,8 @@ def model_card(trained_model: artifacts.Artifact, blessing: artifacts.Artifact,
     })
 
 
-def _to_vertex(push: PushConfig, registry: Registry, version,
-               trained_model: artifacts.Artifact, promoted: bool) -> tuple[dict[str, str], str]:
+def _to_vertex(push: PushConfig, version, trained_model: artifacts.Artifact,
+               promoted: bool) -> tuple[dict[str, str], str]:
     """The version in Vertex AI Model Registry: uploaded when it has no Vertex record
     yet (`vertex.upload_version`, which finds an upload a failed attempt made), else its
     record, with `push.promote_to` moved there too when the registry's alias moved to
@@ -104,7 +104,7 @@ def _to_vertex(push: PushConfig, registry: Registry, version,
     aliases = [push.promote_to] if push.promote_to and promoted else []
     record = vertex.read_record(version.path)
     if record is None:
-        record = vertex.upload_version(push.vertex, registry.root, version,
+        record = vertex.upload_version(push.vertex, version,
                                        trained_model.properties.get("tensorflow_version"),
                                        aliases)
         return record, (f"uploaded to Vertex AI Model Registry: {record['model']} version "
@@ -190,7 +190,7 @@ def run(trained_model: In[artifacts.Model], blessing: In[artifacts.ModelBlessing
                 # Also for a version pushed before: an attempt that failed after publishing
                 # it (upload refused, task killed) left it without its Vertex record.
                 record["vertex"], line = _to_vertex(
-                    push, registry, version, trained_model,
+                    push, version, trained_model,
                     not (record.get("promotion") or {}).get("behind"))
                 lines.append(line)
                 # push.vertex.endpoint: the endpoint serves what the endpoint alias holds

@@ -254,7 +254,7 @@ def cmd_models_sync_vertex(args: argparse.Namespace) -> Result:
                 if model_uri else None
         except (ImgpipeError, OSError):
             pass   # the run's model is gone: the installed TensorFlow's serving image
-        record = vertex.upload_version(cfg, registry.root, version, built, [])
+        record = vertex.upload_version(cfg, version, built, [])
     record = vertex.record_endpoint(version.path, cfg)
     for alias in aliases:
         vertex.sync_alias(version.path, alias)
