@@ -51,7 +51,7 @@ def decide(data: DataConfig, channels: int | None = None) -> Shape:
     config) the size follows those channels. A source that cannot be read here (absent,
     no credentials) gives the course's values with the reason in `unread`: a local run
     then fails at ingest anyway, and `imgpipe compile` refuses it
-    (`pipeline/kfp/compile.py` check_remote)."""
+    (`pipeline/kfp/checks.py` check_remote)."""
     try:
         return _decide(data, channels)
     except Exception as exc:         # any failure to read is reported, not raised here

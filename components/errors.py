@@ -11,6 +11,16 @@ class ConfigError(ImgpipeError):
     """The config file or an override is missing, malformed or inconsistent."""
 
 
+class AccessError(ConfigError):
+    """Storage or a service refused this machine: no usable credentials, or access
+    denied. `reason` says which, without the fix, for a check that can be left to
+    where the pipeline runs (`imgpipe compile` in CI)."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
+
+
 class DataError(ImgpipeError):
     """The input data cannot be used: empty source, missing class, too many bad files."""
 

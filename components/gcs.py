@@ -17,7 +17,7 @@ import inspect
 import os
 from typing import IO, Any, Callable, Iterator, TypeVar
 
-from components.errors import ConfigError
+from components.errors import AccessError, ConfigError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -53,17 +53,19 @@ def _explained(function: F) -> F:
         try:
             yield
         except auth.GoogleAuthError as exc:
-            raise ConfigError(
+            raise AccessError(
                 f"{path}: no usable Google Cloud credentials ({_first_line(exc)}); run "
                 "`gcloud auth application-default login`, or set "
-                "GOOGLE_APPLICATION_CREDENTIALS to a service account key file.") from None
+                "GOOGLE_APPLICATION_CREDENTIALS to a service account key file.",
+                "no usable Google Cloud credentials here") from None
         except (api.Forbidden, api.Unauthorized) as exc:
             # GCS answers 403 also for a bucket that does not exist, to a caller who
             # may not list it
-            raise ConfigError(
+            raise AccessError(
                 f"{path}: access denied ({_first_line(exc)}); check that gs://"
                 f"{split(path)[0]} exists and grant this account roles/storage.objectAdmin "
-                "on it, or use another bucket.") from None
+                "on it, or use another bucket.",
+                f"access to gs://{split(path)[0]} denied to this machine's account") from None
         except api.NotFound as exc:
             if "bucket does not exist" not in str(exc).lower():
                 raise

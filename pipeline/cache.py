@@ -7,6 +7,10 @@ is derived from the modules the step imports inside the project, transitively (f
 by reading their import statements, also those inside functions), plus the versions of
 the libraries that compute the results: a change to any helper a step uses changes
 its key, and nothing else does.
+
+A compiled KFP task's `code` input (`task_code`) adds what the task's container runs
+between its inputs and the step (ADAPTER_MODULES) and the library versions of the step
+images: the platform's cache key holds the image tag, not what the image contains.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import os
+import re
 from typing import Any
 
 from components import artifacts, fileio, runtime
@@ -25,6 +30,18 @@ PROJECT_PACKAGES = ("components", "pipeline")
 # Libraries whose versions change what a step computes.
 LIBRARIES = ("tensorflow", "keras", "tensorflow-transform", "tensorflow-model-analysis",
              "apache-beam", "numpy", "pillow")
+# What a KFP task's container runs between its inputs and the step, hashed by their own
+# sources in every cached task's `code`: the entrypoint (run-time parameters and pins
+# into the config), invoke and the registry (references to the exact files the step
+# reads: weights, warm start, hyperparameters), the DAG and the root config (the
+# sections and wiring). Not their imports: those are the steps' code, which each task
+# covers for its own step, so a helper only ingest uses still reruns only ingest. The
+# local runner keys on what these produce instead (the step's config, the resolved
+# identities, the input fingerprints): it runs them before it computes the key.
+ADAPTER_MODULES = ("pipeline.kfp.entrypoint", "pipeline.kfp.shared", "pipeline.invoke",
+                   "pipeline.dag", "pipeline.config", "components.registry")
+# The lock deploy/Dockerfile* install the package under, beside the project's packages.
+LOCK_FILE = "requirements.lock"
 
 
 # --- code fingerprint -------------------------------------------------------------------
@@ -159,14 +176,50 @@ def code_fingerprint(module: str) -> dict[str, Any]:
             "modules": {name: _file_info(name)[0][:12] for name in modules}}
 
 
+def adapter_fingerprint() -> str:
+    """A hash over the sources of ADAPTER_MODULES."""
+    digest = hashlib.sha256()
+    for name in ADAPTER_MODULES:
+        digest.update(f"{name}\0{_file_info(name)[0]}\0".encode())
+    return digest.hexdigest()
+
+
 def task_code(module: str) -> str:
-    """A compiled task's `code` input: its modules' sources and the package version, as
-    in the local key (the libraries are the image's, pinned by requirements.lock). KFP
-    and Vertex reuse a cached task while its inputs are unchanged, so a task whose code
-    changed must see a changed input even when the image tag stays the same."""
+    """A compiled task's `code` input: its step's modules' sources and the package
+    version (the local key's code part), the sources of ADAPTER_MODULES, and the
+    versions of LIBRARIES in the step images (`image_libraries`). KFP and Vertex reuse
+    a cached task while its inputs are unchanged and the image tag stays the same, so a
+    task whose code, resolution or libraries changed must see a changed input."""
     found = code_fingerprint(module)
     return artifacts.fingerprint_json({"source": found["source"],
-                                       "version": found["version"]})[:16]
+                                       "adapter": adapter_fingerprint(),
+                                       "version": found["version"],
+                                       "libraries": image_libraries()})[:16]
+
+
+def _normalized(name: str) -> str:
+    """A distribution name as pip compares them (PEP 503): tensorflow_model_analysis
+    is tensorflow-model-analysis."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@functools.lru_cache(maxsize=1)
+def image_libraries() -> dict[str, str]:
+    """The versions of LIBRARIES the step images hold: the pins of the project's
+    requirements.lock, which deploy/Dockerfile* install under (the image is built from
+    the commit that compiles); the installed versions where no lock is beside the
+    sources (an installed package, itself installed under the lock)."""
+    root = os.path.dirname(_package_dir("pipeline") or "")
+    pins = {}
+    try:
+        with open(os.path.join(root, LOCK_FILE), encoding="utf-8") as handle:
+            for line in handle:
+                name, pinned, version = line.split("#")[0].partition("==")
+                if pinned:
+                    pins[_normalized(name.strip())] = version.strip()
+    except OSError:
+        return library_versions()
+    return {name: pins.get(_normalized(name), "absent") for name in LIBRARIES}
 
 
 @functools.lru_cache(maxsize=1)

@@ -127,7 +127,9 @@ class KfpConfig(Section):
                             "nvidia.com/gpu with a GKE node selector; no TPUs, no vertex_job).")
     image: str = Field("us-docker.pkg.dev/my-project/imgpipe/imgpipe:0.1.0",
                        description="The image steps run in (deploy/Dockerfile), unless a "
-                                   "step names its own.")
+                                   "step names its own. The default is a placeholder no "
+                                   "registry holds: compile, submit and schedule refuse "
+                                   "it unset.")
     service_account: Optional[str] = Field(
         None, description="The account the pipeline and its jobs run as: on vertex a "
                           "service account email (the pipeline run, a vertex_job custom job, "

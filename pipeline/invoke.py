@@ -23,7 +23,7 @@ from typing import Any
 from components import artifacts, contract, fileio
 from components.config import Section
 from components.errors import ConfigError
-from components.registry import CARD
+from components.registry import CARD, Registry, Version
 from pipeline import config as config_lib
 from pipeline.dag import Node
 
@@ -278,7 +278,7 @@ def warm_start_source(value: str, context: Context | None,
     registry = Registry(context.registry_root)
     if registry.nothing_pushed(value):
         return WarmStart.first(ref)
-    version = registry.resolve(value)
+    version = warm_start_version(registry, value)
     path = fileio.join(version.path, artifacts.Model.KERAS_FILE)
     if not fileio.exists(path):
         raise ConfigError(f"{WARM_START} {ref}: {version.ref} has no Keras model to start from "
@@ -287,6 +287,27 @@ def warm_start_source(value: str, context: Context | None,
     card = version.card
     return WarmStart(ref, version.ref, path,
                      f"{version.ref} {artifacts.fingerprint_json(card)}", card)
+
+
+def warm_start_version(registry: Registry, ref: str) -> Version:
+    """The pushed version `train.warm_start` names, once the model has versions. An
+    alias that names none is an error saying what to do: it stays missing on every
+    scheduled run while the pushes promote to another alias."""
+    from components.registry import LATEST, REF, normalize_reference
+
+    match = REF.fullmatch(normalize_reference(ref))
+    if match and match["alias"] and match["alias"] != LATEST:
+        name, alias = match["name"], match["alias"]
+        aliases = sorted(registry.aliases(name))
+        if alias not in aliases:
+            other = f"warm start from {name}@{aliases[0]}, " if aliases else ""
+            raise ConfigError(
+                f"{WARM_START} {ref}: {name} has pushed versions but no alias {alias!r} "
+                f"(aliases: {', '.join(aliases) or 'none'}), and a push moves only the "
+                f"alias push.promote_to names; set push.promote_to: {alias} (as "
+                f"configs/photos-daily.yaml does), {other}or promote a version: imgpipe "
+                f"models promote {name}:N --to {alias}.")
+    return registry.resolve(ref)
 
 
 def check_warm_start(config: config_lib.PipelineConfig, context: Context) -> WarmStart | None:
@@ -414,7 +435,8 @@ def pin_outside_inputs(node: Node, step_cfg: dict[str, Any], context: Context,
             refs[key] = identity[key] = ""      # the first push: train from scratch
             cfg[section][name] = None
             continue
-        version = registry.resolve(value)
+        version = warm_start_version(registry, value) if key == WARM_START \
+            else registry.resolve(value)
         refs[key] = version.ref
         identity[key] = f"{version.ref} {artifacts.fingerprint_json(version.card)}"
         cfg[section][name] = None

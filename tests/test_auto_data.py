@@ -145,6 +145,7 @@ def test_a_span_pattern_decides_from_the_newest_span_of_its_window(tmp_path):
 
 def test_a_source_not_readable_here_takes_the_course_values_and_compile_refuses_it():
     from components.errors import ConfigError
+    from pipeline.kfp import checks as kfp_checks
     from pipeline.kfp import compile as kfp_compile
 
     serving = "push.destination=gs://imgpipe-no-such-bucket/serving"
@@ -157,11 +158,11 @@ def test_a_source_not_readable_here_takes_the_course_values_and_compile_refuses_
     with pytest.raises(ConfigError, match=r"data.channels and data.image_size are auto, "
                                           r"decided from the data when the pipeline "
                                           r"compiles, but data.source .* could not be read"):
-        kfp_compile.check_remote(cfg)
+        kfp_checks.check_remote(cfg)
     explicit = config_lib.load(None, ["data.source=gs://imgpipe-no-such-bucket/photos",
                                       "data.channels=3", "data.image_size=[64,64]", serving],
                                resolve_paths=False)
-    kfp_compile.check_remote(explicit)            # nothing to read: compiles as before
+    kfp_checks.check_remote(explicit)             # nothing to read: compiles as before
     assert "data_source" in kfp_compile.runtime_parameters(explicit)
 
 

@@ -183,6 +183,7 @@ def test_run_inference_keeps_order_and_bad_files_on_the_beam_path(runs):
 def test_a_config_without_infer_source_has_no_infer_step_anywhere(make_config, tmp_path):
     """dag.active leaves infer out of the local runner's steps, the compiled pipeline's
     components and the resolve task's pins; --until infer says why."""
+    from pipeline.kfp import checks as kfp_checks
     from pipeline.kfp import compile as kfp_compile
     from pipeline.local import LocalRunner
 
@@ -202,7 +203,7 @@ def test_a_config_without_infer_source_has_no_infer_step_anywhere(make_config, t
     # KFP's gates: infer consumes the push, so it runs only under both verdicts
     assert kfp_compile.gates_of(dag.get("infer"), dag.STEPS) == ["evaluate", "infra_validate"]
     with pytest.raises(ConfigError, match="infer.source .* path on this machine"):
-        kfp_compile.check_remote(make_config(
+        kfp_checks.check_remote(make_config(
             name="inf", data={"source": "gs://b/data"}, push={"destination": "gs://b/serving"},
             infer={"source": str(tmp_path)}))
     # a local source that is not there stops the run before any step

@@ -11,6 +11,7 @@ import yaml
 
 from pipeline import cli, submit
 from pipeline import config as config_lib
+from pipeline.kfp import checks as kfp_checks
 from pipeline.kfp import compile as kfp_compile
 from pipeline.kfp import entrypoint as kfp_entry
 from pipeline.kfp import local as kfp_local
@@ -731,7 +732,7 @@ def test_dockerfiles_install_the_package_from_pyproject():
         else:
             # the images run the Python the suite and the lock are made on
             assert base.startswith("python:3.11") and "3.11" in supported
-        for folder in kfp_compile.IMAGE_FOLDERS:      # what compile lets configs refer to
+        for folder in kfp_checks.IMAGE_FOLDERS:       # what compile lets configs refer to
             assert re.search(rf"^COPY {folder.rstrip('/')} \./{folder.rstrip('/')}$", text,
                              re.MULTILINE), (name, folder)
     tpu = open(os.path.join(ROOT, "deploy", "Dockerfile.tpu")).read()

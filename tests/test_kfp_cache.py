@@ -128,3 +128,74 @@ def test_a_changed_dataset_reruns_ingest_and_what_follows(tmp_path):
     before, after = cache_keys(spec, roots[0]), cache_keys(spec, roots[1])
     assert sorted(n for n in before if before[n] is not None and before[n] != after[n]) == \
         ["evaluate", "infra-validate", "ingest", "train", "transform", "tune", "validate"]
+
+
+def _codes(cfg, path: str) -> dict[str, str | None]:
+    """task -> its `code` input, for the tasks at the root and inside the gates."""
+    spec = yaml.safe_load(open(kfp_compile.compile_pipeline(cfg, path)))
+    found = {}
+    for dag_spec in [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values()
+                                             if "dag" in c]:
+        for name, task in dag_spec["tasks"].items():
+            if "componentRef" in task and not name.startswith("condition"):
+                found[name] = task.get("inputs", {}).get("parameters", {}).get(
+                    "code", {}).get("runtimeValue", {}).get("constant")
+    return found
+
+
+def test_a_tasks_code_covers_what_resolves_its_inputs_and_the_image_libraries(tmp_path,
+                                                                             monkeypatch):
+    """The platform's key holds the image tag, not what the image holds. What turns a
+    task's inputs into the step's arguments in its container (the entrypoint: run-time
+    parameters and pins; invoke: references to weights, warm start, hyperparameters)
+    and the library versions the image pins are in every cached task's `code` input:
+    an edit to either module, or another TensorFlow in requirements.lock, reruns every
+    cached task."""
+    import re
+
+    from pipeline import cache
+
+    cfg = config_lib.load(None, [f"push.destination={tmp_path / 'serving'}"],
+                          resolve_paths=False)
+    before = _codes(cfg, str(tmp_path / "p.yaml"))
+    cached = sorted(name for name, code in before.items() if code)
+    assert cached == ["evaluate", "infra-validate", "ingest", "train", "transform", "tune",
+                      "validate"]
+    real = cache._file_info
+    for module in ("pipeline.invoke", "pipeline.kfp.entrypoint"):
+        def edited(name, module=module):
+            source, imports = real(name)
+            return (source + "# edited" if name == module else source, imports)
+
+        monkeypatch.setattr(cache, "_file_info", edited)
+        after = _codes(cfg, str(tmp_path / "p.yaml"))
+        assert sorted(n for n in cached if after[n] != before[n]) == cached, module
+        assert {n: after[n] for n in before if n not in cached} == \
+            {n: None for n in before if n not in cached}           # never cached: no code
+    monkeypatch.setattr(cache, "_file_info", real)
+    assert _codes(cfg, str(tmp_path / "p.yaml")) == before
+
+    # the libraries: requirements.lock's pins (what deploy/Dockerfile installs)
+    lock = open(os.path.join(os.path.dirname(os.path.dirname(__file__)),
+                             "requirements.lock")).read()
+    pinned = cache.image_libraries()
+    assert pinned["tensorflow"] == re.search(r"^tensorflow==(\S+)$", lock, re.M)[1]
+    assert pinned["tensorflow-model-analysis"] == \
+        re.search(r"^tensorflow[-_]model[-_]analysis==(\S+)$", lock, re.M)[1]
+    assert set(pinned) == set(cache.LIBRARIES)
+    monkeypatch.setattr(cache, "image_libraries", lambda: {**pinned, "tensorflow": "2.99.0"})
+    after = _codes(cfg, str(tmp_path / "p.yaml"))
+    assert sorted(n for n in cached if after[n] != before[n]) == cached
+
+
+def test_the_adapter_modules_are_what_a_cached_task_runs_before_its_step():
+    """Every module of `pipeline` a step's container imports through the entrypoint is in
+    cache.ADAPTER_MODULES, but for the report's (its task is never cached): a module
+    added to that path must be covered, or said not to change what a step reads."""
+    from pipeline import cache
+
+    reached = {m for m in cache.code_modules("pipeline.kfp.entrypoint")
+               if m.startswith("pipeline.")}
+    assert reached - set(cache.ADAPTER_MODULES) - {"pipeline.kfp"} == \
+        {"pipeline.report", "pipeline.report_plots", "pipeline.results"}
+    assert all(cache._origin(module) for module in cache.ADAPTER_MODULES)

@@ -301,7 +301,8 @@ def test_a_failed_compile_keeps_the_old_package(tmp_path, monkeypatch, capsys):
 
     out = tmp_path / "out" / "pipeline.yaml"
     args = ["compile", os.path.join(ROOT, "configs", "digits.yaml"), "--set",
-            "push.destination=gs://b/serving", "-o", str(out)]
+            "push.destination=gs://b/serving", "--set", "kfp.image=example.com/imgpipe:1",
+            "-o", str(out)]
     assert cli.main(args) == 0
     before = _tree(out.parent)
     assert "deploymentSpec" in yaml.safe_load(before["pipeline.yaml"])

@@ -292,18 +292,28 @@ def test_the_kfp_pin_names_the_exact_version(registry):
 
 
 def test_compile_checks_the_card_where_the_registry_is_reachable(registry, monkeypatch):
-    from pipeline.kfp import compile as kfp_compile
+    from components.errors import AccessError
+    from pipeline.kfp import checks
 
     with pytest.raises(ConfigError, match="is a cnn model and model.kind is dense"):
-        kfp_compile._check_warm_start(_config(registry, model={"kind": "dense"}))
+        checks.check_warm_start(_config(registry, model={"kind": "dense"}))
     with pytest.raises(ConfigError, match="run:ID needs the local metadata store"):
-        kfp_compile._check_warm_start(_config(registry, train={"warm_start": "run:abc"}))
+        checks.check_warm_start(_config(registry, train={"warm_start": "run:abc"}))
+    assert checks.check_warm_start(_config(registry)) is None           # checked: it fits
 
-    def unreachable(*_):
-        raise OSError("no credentials")
+    # unreachable from here: not refused (train checks), and the line says what was not
+    # checked and why
+    for failure, why in ((OSError("network is unreachable"), "OSError: network is unreachable"),
+                         (AccessError("gs://b/serving: no usable ... (long)", "no credentials"),
+                          "no credentials")):
+        def unreachable(*_, failure=failure):
+            raise failure
 
-    monkeypatch.setattr(invoke, "check_warm_start", unreachable)
-    kfp_compile._check_warm_start(_config(registry, model={"kind": "dense"}))   # train checks
+        monkeypatch.setattr(invoke, "check_warm_start", unreachable)
+        assert checks.check_warm_start(_config(registry, model={"kind": "dense"})) == (
+            f"not checked: train.warm_start {NAME}@production against the registry "
+            f"{registry.root} ({why}); the resolve task pins the version and train checks "
+            "it when the pipeline runs (compile with read access to check it now).")
 
 
 def test_warm_start_from_an_earlier_local_run(tmp_path, graph, registry):
@@ -362,3 +372,17 @@ def test_a_schedules_first_run_trains_from_scratch_and_says_so(tmp_path, graph, 
     # photos:1 now exists and has no alias 'production': an error, not a cold start
     with pytest.raises(ConfigError, match="no alias 'production'"):
         invoke.check_warm_start(cfg, context)
+    # a schedule that promotes to staging never moves production: each run's check and
+    # its resolve task's pin say what to do, in one line
+    _push(tmp_path, model, empty.root, promote_to="staging", tag="staged")
+    for attempt in (lambda: invoke.check_warm_start(cfg, context),
+                    lambda: invoke.pin_outside_inputs(node, invoke.step_config(node, cfg),
+                                                      context)):
+        with pytest.raises(ConfigError) as error:
+            attempt()
+        assert str(error.value) == (
+            f"train.warm_start {NAME}@production: {NAME} has pushed versions but no alias "
+            "'production' (aliases: staging), and a push moves only the alias "
+            "push.promote_to names; set push.promote_to: production (as "
+            f"configs/photos-daily.yaml does), warm start from {NAME}@staging, or promote a "
+            f"version: imgpipe models promote {NAME}:N --to production.")

@@ -75,18 +75,20 @@ def cmd_run(args: argparse.Namespace) -> Result:
 
 def cmd_compile(args: argparse.Namespace) -> Result:
     from pipeline import config as config_lib
+    from pipeline.kfp import checks
     from pipeline.kfp import compile as kfp_compile
 
     check_output(args.output, KFP_PACKAGE, inputs=[args.config], force=args.force)
     cfg = config_lib.load(args.config, args.overrides, resolve_paths=False)
-    kfp_compile.check_remote(cfg)
+    checks.check_image(cfg, args.dag)
+    unchecked = checks.check_remote(cfg)
     kfp_compile.compile_pipeline(cfg, args.output, args.dag)
     return Result(data=lambda: {"output": os.path.abspath(args.output), "pipeline": cfg.name,
                                 "image": cfg.kfp.image,
                                 "parameters": kfp_compile.runtime_parameters(cfg),
-                                "decided": cfg.decision_line()},
-                  text=f"wrote {args.output} (KFP v2 IR; image {cfg.kfp.image})\n"
-                       f"{cfg.decision_line()}")
+                                "decided": cfg.decision_line(), "unchecked": unchecked},
+                  text="\n".join([f"wrote {args.output} (KFP v2 IR; image {cfg.kfp.image})",
+                                   cfg.decision_line(), *unchecked]))
 
 
 @contextlib.contextmanager
@@ -96,10 +98,14 @@ def _compiled(args: argparse.Namespace):
     import tempfile
 
     from pipeline import config as config_lib
+    from pipeline.kfp import checks
     from pipeline.kfp import compile as kfp_compile
 
     cfg = config_lib.load(args.config, args.overrides, resolve_paths=False)
-    kfp_compile.check_remote(cfg)
+    if not args.package:        # a package was checked when it was compiled
+        checks.check_image(cfg, args.dag)
+    for line in checks.check_remote(cfg):
+        _note(args)(line)
     params = kfp_compile.runtime_parameters(cfg)
     if args.package:
         fixed = [text.split("=", 1)[0] for text in args.overrides

@@ -3,8 +3,10 @@ that run in different places, one module each.
 
 - `compile.py`: on the user's machine, at compile time. Generates one typed component
   per step from its contract, the resolve and report tasks, and the `@dsl.pipeline`
-  (gates, resources, caching, run-time parameters); checks that a config can run
-  remotely (`check_remote`) and writes the IR (`compile_pipeline`).
+  (gates, resources, caching, run-time parameters) and writes the IR
+  (`compile_pipeline`). `checks.py`, beside it: whether a config can run remotely
+  (`check_remote`, which says what it could not check from here) and has a step image
+  (`check_image`).
 - `entrypoint.py`: inside each step's container, at run time. The one stable module
   the generated component code imports (`run_step`, `resolve_pins`, `write_report`);
   it imports neither `compile.py` nor `local.py`.

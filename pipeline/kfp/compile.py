@@ -39,10 +39,6 @@ BACKEND_ENV = "IMGPIPE_KFP_BACKEND"
 # Kubeflow Pipelines: a GPU is this Kubernetes resource, its model a GKE node label.
 K8S_GPU_RESOURCE = "nvidia.com/gpu"
 GKE_ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
-# Folders of this repository that deploy/Dockerfile copies into the image.
-IMAGE_FOLDERS = ("schemas/", "configs/")
-# pipeline/kfp/compile.py -> the repository root
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def kfp_type(artifact_type: str) -> str:
@@ -525,18 +521,6 @@ def build_pipeline(config: PipelineConfig, location: str = "", scheduled: bool =
                         f"({config.model.kind} on {config.data.source})")(fn)
 
 
-def _in_image_folders(path: str) -> bool:
-    """Whether a relative path under IMAGE_FOLDERS names a file that the image will hold:
-    one in this project (deploy/Dockerfile builds from its root), or in the current
-    folder (compiling from a checkout of the project)."""
-    return any(os.path.isfile(os.path.join(base, path)) for base in (PROJECT_ROOT, os.getcwd()))
-
-
-def _in_bucket(path: str | None) -> bool:
-    """gs:// (or another object store), or Vertex's /gcs/ mount of the buckets."""
-    return bool(path) and ("://" in path or path.startswith("/gcs/"))
-
-
 def check_step_names(config: PipelineConfig, steps: tuple[dag.Node, ...]) -> None:
     """Every kfp.steps key names a task of this pipeline (its DAG's steps, the report
     and resolve): a misspelt one would compile with its resources silently unused."""
@@ -550,117 +534,6 @@ def check_step_names(config: PipelineConfig, steps: tuple[dag.Node, ...]) -> Non
         raise ConfigError(f"kfp.steps.{unknown[0]}: this pipeline has no step "
                           f"{unknown[0]!r}; its steps are {', '.join(tasks)}. Fix the name "
                           "or remove it.")
-
-
-def check_remote(config: PipelineConfig) -> None:
-    """What a compiled pipeline cannot reach from its containers: paths on this
-    machine. One ConfigError naming the key and the fix."""
-    from components.config import BUILTIN_PREFIX
-    from components.errors import ConfigError
-    from components.registry import is_reference
-
-    source = config.data.source
-    if not (source.startswith(BUILTIN_PREFIX) or _in_bucket(source)):
-        raise ConfigError(f"data.source {source!r} is a path on this machine, which the "
-                          "pipeline's containers cannot read; copy the data to a bucket and "
-                          "use gs://BUCKET/... (or a built-in dataset).")
-    if not _in_bucket(config.push.destination):
-        raise ConfigError(f"push.destination {config.push.destination!r} would be lost with "
-                          "each container (and every run would find no baseline); use "
-                          "gs://BUCKET/serving.")
-    infer = config.infer.source
-    if infer is not None and not _in_bucket(infer):
-        raise ConfigError(f"infer.source {infer!r} is a path on this machine, which the "
-                          "pipeline's containers cannot read; copy the images to a bucket "
-                          "and use gs://BUCKET/..., or leave infer.source out.")
-    schema = config.validate_.schema_path
-    if schema and not _in_bucket(schema) and (os.path.isabs(schema) or not any(
-            schema.startswith(folder) for folder in IMAGE_FOLDERS)):
-        raise ConfigError(f"validate.schema {schema!r} is not in the image (it holds "
-                          f"{', '.join(IMAGE_FOLDERS)} of this repository) nor in a bucket; "
-                          "commit it under schemas/ or copy it to gs://.")
-    if schema and not _in_bucket(schema) and not _in_image_folders(schema):
-        raise ConfigError(f"validate.schema {schema!r} does not exist in this project (the "
-                          f"image copies {', '.join(IMAGE_FOLDERS)} from {PROJECT_ROOT}); fix "
-                          "the path or add the file there before building the image.")
-    if config.push.vertex is not None:
-        from components import vertex
-
-        vertex.serving_image(config.push.vertex.serving_image, config.push.vertex.project,
-                             config.push.vertex.region)
-    _check_tpu_search(config)
-    weights = config.model.weights
-    if weights and weights != "imagenet" and not is_reference(weights) and \
-            not _in_bucket(weights):
-        raise ConfigError(f"model.weights {weights!r} is not reachable from the pipeline "
-                          "(run:ID needs the local metadata store, a file must be in a "
-                          "bucket); use a pushed model (NAME@ALIAS) or gs://.")
-    _check_warm_start(config)
-    _check_decided(config)
-
-
-def _check_decided(config: PipelineConfig) -> None:
-    """`auto` data keys are decided from the data when the config loads, here where the
-    pipeline compiles (the tasks get the values): a source this machine cannot read
-    would compile the course's values for any data, so it is refused."""
-    from components.errors import ConfigError
-
-    decided = config.data.decided
-    if decided is None or not decided.keys or not decided.unread:
-        return
-    keys = " and ".join(f"data.{key}" for key in decided.keys)
-    raise ConfigError(f"{keys} {'are' if len(decided.keys) > 1 else 'is'} auto, decided "
-                      f"from the data when the pipeline compiles, but data.source "
-                      f"{config.data.source!r} could not be read here ({decided.unread}); "
-                      f"set {keys} in the config (photos: channels: 3, image_size: [64, 64]; "
-                      "glyphs and digits: channels: 1, image_size: [36, 36]), or give this "
-                      "machine read access (gcloud auth application-default login).")
-
-
-def _check_warm_start(config: PipelineConfig) -> None:
-    """`train.warm_start` names a pushed model, and where the registry can be read from
-    here, one whose card fits the config (`invoke.check_warm_start`); without access
-    (no credentials, no network) the resolve task pins it and train checks it."""
-    from components.errors import ConfigError, ImgpipeError
-    from components.registry import is_reference
-
-    warm = config.train.warm_start
-    if not warm:
-        return
-    if not is_reference(warm):
-        raise ConfigError(f"train.warm_start {warm!r} is not reachable from the pipeline "
-                          "(run:ID needs the local metadata store); use a pushed model "
-                          f"({config.model_name}@production or NAME:VERSION).")
-    try:
-        invoke.check_warm_start(config, invoke.Context.from_config(config))
-    except ImgpipeError:
-        raise
-    except Exception:       # the registry cannot be read from here (credentials, network)
-        return
-
-
-def _check_tpu_search(config: PipelineConfig) -> None:
-    """A TPU trainer with a search: the tune task's trials build the trainer's model
-    under its strategy, but the task runs in its own image with no TPU (only train asks
-    for one), so `strategy: tpu` fails there and a TPU accelerator's plan (bfloat16,
-    static shapes) is searched on CPU. Refused unless kfp.steps.tune asks for a TPU too."""
-    from components.errors import ConfigError
-
-    def is_tpu(name: str) -> bool:
-        return (config.kfp.step(name).accelerator_type or "").upper().startswith("TPU")
-
-    if not config.tune.space or is_tpu("tune"):
-        return
-    tpu = (["train.strategy tpu"] if config.train.strategy == "tpu" else []) + \
-        ([f"kfp.steps.train.accelerator_type {config.kfp.step('train').accelerator_type}"]
-         if is_tpu("train") else [])
-    if tpu:
-        raise ConfigError(f"{' and '.join(tpu)} with a tune.space: the tune task runs its "
-                          "trials without a TPU (in kfp.image), where the TPU trainer fails; "
-                          "search on CPU first with a smaller model (a run with tune.space, "
-                          "train.strategy auto and no TPU), then pass its result as "
-                          "train.hyperparameters (NAME@ALIAS of its pushed model, or "
-                          "gs://.../hyperparameters.json) with tune.space {} here.")
 
 
 def package_parameters(package: str) -> set[str] | None:
