@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install bench clean image
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,13 @@ bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/transform.py
 	$(BIN)/python bench/e2e.py
+
+# The step image every KFP task runs in, as imgpipe:local (deploy/README.md). Where the
+# official base images cannot be pulled, deploy/base_images.sh builds stand-ins first.
+IMAGE ?= imgpipe:local
+image:
+	bash deploy/base_images.sh
+	docker build --network host -f deploy/Dockerfile -t $(IMAGE) .
 
 clean:
 	rm -rf runs serving .pytest_cache

@@ -31,7 +31,7 @@ from components.errors import ConfigError
 ENGINE_DOCKER = "kfp-docker"
 # The environment a task container gets from the caller's: where the storage client
 # finds a test server, and nothing else of this machine.
-PASSED_ENV = ("STORAGE_EMULATOR_HOST",)
+PASSED_ENV = ("STORAGE_EMULATOR_HOST", "NO_GCE_CHECK")
 # The task's command replaces the image's ENTRYPOINT, as on Kubernetes and Vertex AI.
 ENTRYPOINT = ["/usr/bin/env"]
 

@@ -32,6 +32,8 @@ _ERROR_LINE = re.compile(r"^components\.errors\.(\w+): (.+)$")
 _NATIVE_LOG = re.compile(r"^[IWEF]\d{4} ")
 # A traceback's markers under the failing expression (^^^^^^): never the error.
 _CARETS = re.compile(r"^[\s~^]+$")
+# kfp.local asking for an output a finished task did not write.
+_NO_OUTPUT = re.compile(r"Tried to get output '[^']+' from task '([^']+)'")
 # What a closed gate means for the steps behind it, as the push step words it.
 _CLOSED_GATE = {"blessed": "not blessed", "passed": "infra validation failed"}
 
@@ -320,6 +322,21 @@ def run_local(config: PipelineConfig, runs_dir: str = "runs", config_path: str |
             raise
         recorder.fail_running(tail)
         error = _task_error(tail, failed)
+        error.__cause__ = exc
+    except ValueError as exc:
+        # kfp.local reading the outputs of a task it took for a success that wrote none
+        # (a container whose ENTRYPOINT ran instead of the task's command)
+        empty = _NO_OUTPUT.search(str(exc))
+        if empty is None:
+            recorder.fail_running([f"interrupted ({type(exc).__name__})"])
+            finish("failed", f"{type(exc).__name__}: {exc}")
+            raise
+        recorder.failed.append(empty[1])
+        line = (f"components.errors.ImgpipeError: the task {empty[1]} ended as a success "
+                "but wrote no outputs: its step did not run (in a container, an image "
+                "ENTRYPOINT in front of the task's command does that)")
+        recorder.fail_running([line])
+        error = _task_error([line], empty[1])
         error.__cause__ = exc
     except BaseException as exc:     # a bug, Ctrl-C, SIGTERM: the run still ends on record
         recorder.fail_running([f"interrupted ({type(exc).__name__})"])
