@@ -62,13 +62,17 @@ def with_absolute_paths(config: Any) -> Any:
 
 def mounts(config: Any) -> dict[str, str]:
     """{host folder: mode} the tasks read or write outside the pipeline root, from a
-    config `with_absolute_paths`: the registry read-write (created when absent), the
-    others read-only."""
+    config `with_absolute_paths`: the registry and the shared span store beside it
+    read-write (created when absent), the others read-only."""
+    from pipeline import invoke
+
     found: dict[str, str] = {}
     destination = config.push.destination
     if _is_local(destination):
-        os.makedirs(destination, exist_ok=True)
-        found[destination] = "rw"
+        # the registry, and beside it the spans ingest keeps for later windows
+        for folder in (destination, invoke.shared_root(destination)):
+            os.makedirs(folder, exist_ok=True)
+            found[folder] = "rw"
     for value in (config.data.source, config.validate_.schema_path, config.infer.source,
                   config.model.weights, config.train.warm_start):
         if not _is_local(value) or not os.path.isabs(value):
