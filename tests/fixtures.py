@@ -187,3 +187,16 @@ def race(target, args_per_process: list[tuple], timeout: float = 60) -> tuple[li
             proc.join()
     codes = [proc.exitcode for proc in procs]
     return codes, [queue.get(timeout=5) for code in codes if code == 0]
+
+
+def task_codes(spec: dict) -> dict:
+    """task -> its `code` input in a compiled KFP spec, for the tasks at the root and
+    inside the gates (None for a task that takes none)."""
+    found = {}
+    for dag_spec in [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values()
+                                             if "dag" in c]:
+        for name, task in dag_spec["tasks"].items():
+            if "componentRef" in task and not name.startswith("condition"):
+                found[name] = task.get("inputs", {}).get("parameters", {}).get(
+                    "code", {}).get("runtimeValue", {}).get("constant")
+    return found

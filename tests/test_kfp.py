@@ -340,16 +340,10 @@ def test_every_cached_task_carries_its_code_fingerprint(tmp_path, monkeypatch):
     exactly the tasks whose steps use it."""
     from pipeline import cache, dag
 
+    from tests.fixtures import task_codes
+
     def codes(path):
-        """task -> its code input, for the tasks at the root and inside the gates."""
-        spec, found = yaml.safe_load(open(path)), {}
-        for dag_spec in [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values()
-                                                 if "dag" in c]:
-            for name, task in dag_spec["tasks"].items():
-                if "componentRef" in task and not name.startswith("condition"):
-                    found[name] = task.get("inputs", {}).get("parameters", {}).get(
-                        "code", {}).get("runtimeValue", {}).get("constant")
-        return found
+        return task_codes(yaml.safe_load(open(path)))
 
     path, _ = compiled(tmp_path)
     first = codes(path)

@@ -132,15 +132,9 @@ def test_a_changed_dataset_reruns_ingest_and_what_follows(tmp_path):
 
 def _codes(cfg, path: str) -> dict[str, str | None]:
     """task -> its `code` input, for the tasks at the root and inside the gates."""
-    spec = yaml.safe_load(open(kfp_compile.compile_pipeline(cfg, path)))
-    found = {}
-    for dag_spec in [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values()
-                                             if "dag" in c]:
-        for name, task in dag_spec["tasks"].items():
-            if "componentRef" in task and not name.startswith("condition"):
-                found[name] = task.get("inputs", {}).get("parameters", {}).get(
-                    "code", {}).get("runtimeValue", {}).get("constant")
-    return found
+    from tests.fixtures import task_codes
+
+    return task_codes(yaml.safe_load(open(kfp_compile.compile_pipeline(cfg, path))))
 
 
 def test_a_tasks_code_covers_what_resolves_its_inputs_and_the_image_libraries(tmp_path,
