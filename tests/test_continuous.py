@@ -286,7 +286,8 @@ def test_the_resolve_task_pins_the_window_from_the_string_parameter_and_schedule
     assert json.loads(pins.ingest__external)["refs"]["data.spans"] == ["2026-11-30"]
     later = kfp_entry.resolve_pins(invoke.Context.from_config(cfg).to_json(),
                                    params["baseline_alias"], kfp_compile.resolve_configs(cfg),
-                                   overrides, schedule_time="2026-12-02T03:00:00Z")
+                                   overrides, schedule_time="2026-12-02T03:00:00.420710Z")
+    # (the KFP backend's form, 2026-01-09T13:00:00Z, above; kfp.local's has microseconds)
     assert json.loads(later.ingest__external)["refs"]["data.spans"] == ["2026-12-01"]
     # a day whose drop is absent stops in resolve, before any training
     with pytest.raises(Exception, match="2026-12-05"):
