@@ -21,6 +21,7 @@ No TensorFlow: the log's entries and the card are all it reads.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,10 +132,7 @@ def _pairs(entries: list[dict[str, Any]], other: int, own_is_candidate: bool,
 
 
 def _class_shares(classes: list[str]) -> dict[str, float]:
-    counts: dict[str, int] = {}
-    for name in classes:
-        counts[name] = counts.get(name, 0) + 1
-    return {name: n / len(classes) for name, n in counts.items()}
+    return {name: n / len(classes) for name, n in Counter(classes).items()}
 
 
 def canary(entries: list[dict[str, Any]], candidate: int, baseline: int,

@@ -5,6 +5,7 @@ and McNemar's exact test; `gate_check` turns them into the blessing's check."""
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -60,9 +61,7 @@ def agreement_reference(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     compare again on traffic (`imgpipe models canary`): the share both give the same
     class, each one's mean confidence and predicted-class shares."""
     def shares(key: str) -> dict[str, float]:
-        counts: dict[str, int] = {}
-        for row in rows:
-            counts[row[key]] = counts.get(row[key], 0) + 1
+        counts = Counter(row[key] for row in rows)
         return {name: count / len(rows) for name, count in sorted(counts.items())}
 
     def mean(key: str) -> float | None:

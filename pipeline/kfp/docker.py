@@ -41,22 +41,24 @@ def _is_local(value: str | None) -> bool:
         and ":" not in value.split("/")[0]
 
 
+# The config's keys besides the registry that may name files on this machine.
+PATH_KEYS = (("data", "source"), ("validate_", "schema_path"), ("infer", "source"),
+             ("model", "weights"), ("train", "warm_start"))
+
+
 def with_absolute_paths(config: Any) -> Any:
     """The config with its local paths absolute (a container's working folder is the
-    image's): data.source (a span pattern kept), the schema, the registry, infer.source,
-    model.weights and train.warm_start when they name files."""
+    image's): the registry, and each of PATH_KEYS that names a file (a span pattern
+    kept)."""
     def absolute(value: str | None) -> str | None:
         return os.path.abspath(value) if _is_local(value) and (
             "{" in value or os.path.exists(value) or value.startswith(".")) else value
 
     copy = config.model_copy(deep=True)
-    copy.data.source = absolute(copy.data.source)
-    copy.validate_.schema_path = absolute(copy.validate_.schema_path)
+    for section, key in PATH_KEYS:
+        setattr(getattr(copy, section), key, absolute(getattr(getattr(copy, section), key)))
     copy.push.destination = os.path.abspath(copy.push.destination) \
         if _is_local(copy.push.destination) else copy.push.destination
-    copy.infer.source = absolute(copy.infer.source)
-    copy.model.weights = absolute(copy.model.weights)
-    copy.train.warm_start = absolute(copy.train.warm_start)
     return copy
 
 
@@ -73,8 +75,7 @@ def mounts(config: Any) -> dict[str, str]:
         for folder in (destination, invoke.shared_root(destination)):
             os.makedirs(folder, exist_ok=True)
             found[folder] = "rw"
-    for value in (config.data.source, config.validate_.schema_path, config.infer.source,
-                  config.model.weights, config.train.warm_start):
+    for value in (getattr(getattr(config, section), key) for section, key in PATH_KEYS):
         if not _is_local(value) or not os.path.isabs(value):
             continue
         fixed = value.split("{", 1)[0].rsplit("/", 1)[0] if "{" in value else value

@@ -117,7 +117,8 @@ class _Recorder:
         self.steps = steps
         self.results: list[Any] = []
         self.running: dict[str, tuple[int, float]] = {}
-        self.failed: list[str] = []          # tasks kfp.local took for successes
+        # (task, error line) of tasks kfp.local took for successes that wrote nothing
+        self.failed: list[tuple[str, str]] = []
 
     def _uri(self, node: dag.Node, output: str) -> str:
         return os.path.join(self.run_root, node.name.replace("_", "-"), output)
@@ -155,11 +156,8 @@ class _Recorder:
         if status == "SUCCESS" and missing:
             # kfp.local counts a container that ran nothing (the image's ENTRYPOINT given
             # the task's command as arguments), or one it could not wait for, as success
-            status, tail = "FAILURE", [
-                f"components.errors.ImgpipeError: the task {task} ended as a success but "
-                f"wrote no {', '.join(missing)}: its step did not run (in a container, an "
-                "image ENTRYPOINT in front of the task's command does that)"]
-            self.failed.append(task)
+            status, tail = "FAILURE", [_ran_nothing(task, missing)]
+            self.failed.append((task, tail[0]))
         if status != "SUCCESS":
             # the task's own error, one line, as the local runner records it
             error = str(_task_error(tail, task, hint=False))
@@ -240,6 +238,16 @@ def _named_run(run_id: str) -> Iterator[None]:
         yield
     finally:
         executor_input_utils.get_local_pipeline_resource_name = original
+
+
+def _ran_nothing(task: str, missing: list[str] | None = None) -> str:
+    """The error line of a task kfp.local took for a success that wrote no outputs (its
+    `missing` ones when known): a container whose ENTRYPOINT ran instead of the task's
+    command, or one kfp.local could not wait for."""
+    named = f" ({', '.join(missing)})" if missing else ""
+    return (f"components.errors.ImgpipeError: the task {task} ended as a success but wrote "
+            f"no outputs{named}: its step did not run (in a container, an image ENTRYPOINT "
+            "in front of the task's command does that)")
 
 
 def _task_error(tail: list[str], task: str | None, hint: bool = True) -> Any:
@@ -331,10 +339,7 @@ def run_local(config: PipelineConfig, runs_dir: str = "runs", config_path: str |
             recorder.fail_running([f"interrupted ({type(exc).__name__})"])
             finish("failed", f"{type(exc).__name__}: {exc}")
             raise
-        recorder.failed.append(empty[1])
-        line = (f"components.errors.ImgpipeError: the task {empty[1]} ended as a success "
-                "but wrote no outputs: its step did not run (in a container, an image "
-                "ENTRYPOINT in front of the task's command does that)")
+        line = _ran_nothing(empty[1])
         recorder.fail_running([line])
         error = _task_error([line], empty[1])
         error.__cause__ = exc
@@ -346,8 +351,8 @@ def run_local(config: PipelineConfig, runs_dir: str = "runs", config_path: str |
         finish("failed", f"{type(exc).__name__}: {exc}")
         raise
     if error is None and recorder.failed:      # a task that ran nothing, taken for a success
-        error = _task_error([f"components.errors.ImgpipeError: task {recorder.failed[0]} "
-                             "wrote no outputs; see its step line"], recorder.failed[0])
+        task, line = recorder.failed[0]
+        error = _task_error([line], task)
     if error is None:
         recorder.skipped()
     status = "failed" if error is not None else "succeeded"
