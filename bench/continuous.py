@@ -53,7 +53,7 @@ EVAL_FRACTION = 0.25
 TARGET = {"flat": 1.25, "vs_keras": 1.5}
 
 # The same network `model: {kind: cnn, hidden_units: [64], dropout: 0.25}` builds
-# (components/models.py), written out as a user's own script would, on pixels / 255.
+# (components/trainer/models.py), written out as a user's own script would, on pixels / 255.
 BARE_KERAS = r"""
 import sys, time, json
 started = time.perf_counter()
@@ -111,7 +111,7 @@ def make_drop(day: int, count: int, drifted: bool, base: tuple[np.ndarray, np.nd
 
 
 def write_drop(folder: str, images: np.ndarray, labels: np.ndarray) -> None:
-    from components.datasets import encode_png
+    from components.data.datasets import encode_png
 
     for index, (image, label) in enumerate(zip(images, labels)):
         path = os.path.join(folder, f"digit_{label}", f"{index:05d}.png")

@@ -86,7 +86,7 @@ def tfma_floor(out: str) -> float:
     from tensorflow_model_analysis.utils import config_util
     from tfx_bsl.public.tfxio import TFExampleBeamRecord
 
-    from components.scoring import _tfma_extractors
+    from components.evaluation.scoring import _tfma_extractors
 
     config = config_util.update_eval_config_with_defaults(config_pb2.EvalConfig(
         model_specs=[config_pb2.ModelSpec(label_key="label_id",
@@ -117,7 +117,8 @@ def tfma_floor(out: str) -> float:
 
 
 def step(examples, model, out: str) -> tuple[float, float]:
-    from components.config import BeamConfig, EvaluateConfig
+    from components.config.beam import BeamConfig
+    from components.config.evaluate import EvaluateConfig
     from components.steps import evaluate
 
     started = time.perf_counter()

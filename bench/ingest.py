@@ -28,7 +28,7 @@ def make_corpus(root: str, copies: int) -> list[str]:
     """The fonts dataset as PNG files; `copies` > 1 adds shifted copies (distinct bytes)."""
     import numpy as np
 
-    from components import datasets
+    from components.data import datasets
 
     data = datasets.load_fonts()
     paths = []
@@ -74,7 +74,9 @@ def floor(paths: list[str], out_dir: str) -> float:
 
 def ingest_step(source: str, out_dir: str, options: dict) -> float:
     from components.steps import ingest
-    from components.config import BeamConfig, DataConfig, IngestConfig
+    from components.config.beam import BeamConfig
+    from components.config.data import DataConfig
+    from components.config.ingest import IngestConfig
 
     started = time.perf_counter()
     ingest.run(DataConfig(source=source), IngestConfig(), BeamConfig(options=options),

@@ -33,7 +33,7 @@ def make_images(root: str, n: int, seed: int = 0) -> None:
     """n PNGs in 10 class folders: a class's stroke pattern, shifted and noised."""
     import numpy as np
 
-    from components import datasets
+    from components.data import datasets
 
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:28, 0:28]
@@ -56,7 +56,7 @@ def make_images(root: str, n: int, seed: int = 0) -> None:
 
 def one_size(n: int, work: str) -> dict:
     from pipeline import config as config_lib
-    from pipeline.local import run_pipeline
+    from pipeline.local.runner import run_pipeline
 
     started = time.perf_counter()
     make_images(os.path.join(work, "images"), n)

@@ -220,7 +220,7 @@ def train(work: str, epochs: int) -> str:
 def sample_images(limit: int) -> list[bytes]:
     """Encoded images like those the model was trained on (the built-in font glyphs),
     spread over the data set."""
-    from components import datasets
+    from components.data import datasets
 
     images = datasets.load("fonts").images
     step = max(1, len(images) // limit)
@@ -300,7 +300,7 @@ def main() -> int:
         client_main(args)
         return 0
 
-    from components.registry import Registry
+    from components.registry.versions import Registry
 
     work = tempfile.mkdtemp(prefix="imgpipe-bench-serve-")
     try:

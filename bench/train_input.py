@@ -24,7 +24,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def prepare(tmp: str, source: str, size: int, channels: int):
     from components import artifacts
     from components.steps import ingest, transform
-    from components.config import BeamConfig, DataConfig, IngestConfig, TransformConfig
+    from components.config.beam import BeamConfig
+    from components.config.data import DataConfig
+    from components.config.ingest import IngestConfig
+    from components.config.transform import TransformConfig
 
     data = DataConfig(source=source, image_size=(size, size), channels=channels)
     ingest.run(data, IngestConfig(), BeamConfig(), examples=f"{tmp}/ex", statistics=f"{tmp}/st")
@@ -36,7 +39,7 @@ def prepare(tmp: str, source: str, size: int, channels: int):
 def steps_per_second(model_cfg, train_cfg, dataset, shape, classes, epochs: int) -> float:
     import keras
 
-    from components import models
+    from components.trainer import models
 
     keras.utils.set_random_seed(0)
     net = models.build(model_cfg, shape, classes)
@@ -67,8 +70,9 @@ def main() -> None:
     import numpy as np
     import tensorflow as tf
 
-    from components import training
-    from components.config import ModelConfig, TrainConfig
+    from components.trainer import training
+    from components.config.model import ModelConfig
+    from components.config.train import TrainConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         graph, examples = prepare(tmp, args.source, args.size, args.channels)

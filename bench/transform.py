@@ -27,7 +27,9 @@ PHOTOS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 def ingest(source: str, out: str, image_size, channels):
     from components import artifacts
     from components.steps import ingest as ingest_step
-    from components.config import BeamConfig, DataConfig, IngestConfig
+    from components.config.beam import BeamConfig
+    from components.config.data import DataConfig
+    from components.config.ingest import IngestConfig
 
     data = DataConfig(source=source, image_size=image_size, channels=channels)
     ingest_step.run(data, IngestConfig(), BeamConfig(), examples=f"{out}/examples",
@@ -70,7 +72,8 @@ def floor(examples, data, out_dir: str) -> tuple[float, int]:
 
 def transform_step(examples, data, out, materialize=True) -> float:
     from components.steps import transform
-    from components.config import BeamConfig, TransformConfig
+    from components.config.beam import BeamConfig
+    from components.config.transform import TransformConfig
 
     started = time.perf_counter()
     transform.run(examples, data, TransformConfig(materialize=materialize), BeamConfig(),
@@ -99,7 +102,7 @@ def main() -> None:
     root = tempfile.mkdtemp(prefix="bench-transform-")
     try:
         photos = PHOTOS if os.path.isdir(PHOTOS) else synthetic_photos(f"{root}/synthetic")
-        from components import datasets
+        from components.data import datasets
 
         small = (("fashion 28x28x1", "builtin:fashion_mnist", (28, 28), 1)
                  if datasets.fashion_mnist_dir()
@@ -120,7 +123,7 @@ def main() -> None:
             floor(examples, data, f"{root}/{key}/floor0")     # warm up tf.function tracing
             floor_s, n = floor(examples, data, f"{root}/{key}/floor1")
             from components.steps.transform import should_materialize
-            from components.config import TransformConfig
+            from components.config.transform import TransformConfig
 
             auto = should_materialize(TransformConfig(), data, n)
             for variant, materialize in (("materialized", True),

@@ -17,7 +17,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterator, TypedDict
 
-from components import fileio, runtime
+from components.io import fileio
+from components import runtime
 from components.errors import ArtifactError
 
 MANIFEST_NAME = "artifact.json"
@@ -220,7 +221,7 @@ class InfraBlessing(ArtifactType):
     `{uri}/infra_validation.json` (passed, reason, probe report) and, when the probe
     passed, `{uri}/tf_serving_warmup_requests` (TF Serving warmup records: a TFRecord
     file of `PredictionLog`s, one `PredictRequest` per serving signature; written and
-    read by `components.serving_config`, copied into a pushed version's
+    read by `components.inference.serving_config`, copied into a pushed version's
     `assets.extra/`). Artifacts written before warmup records have none."""
 
     FILE = "infra_validation.json"
@@ -243,7 +244,7 @@ class PushedModel(ArtifactType):
 class InferenceResult(ArtifactType):
     """The infer step's batch predictions (TFX's InferenceResult). Layout:
     `{uri}/predictions.jsonl` (one line per input file, in listing order: path, class,
-    probability, top_k, error, model as NAME:VERSION; `components.predict.write_rows`),
+    probability, top_k, error, model as NAME:VERSION; `components.inference.predict.write_rows`),
     `{uri}/inference_summary.json` (the model, the source and the span read, files,
     scored, errors, counts per predicted class; or, when nothing was pushed, why
     nothing was scored)."""

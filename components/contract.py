@@ -42,8 +42,10 @@ import typing
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Callable, Mapping, Optional
 
-from components import artifacts, fileio, runtime
-from components.config import BeamConfig, Section
+from components import artifacts, runtime
+from components.io import fileio
+from components.config.beam import BeamConfig
+from components.config.base import Section
 
 # What the runner can resolve for a step, by parameter meaning.
 BASELINE_MODEL = "baseline_model"   # dir of the registry version holding push.baseline_alias

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 
-# The exported model's serving signatures (components/training.py writes them): a batch
+# The exported model's serving signatures (components/trainer/training.py writes them): a batch
 # of serialized tf.Examples (TF Serving's default) and a batch of encoded images.
 EXAMPLES_SIGNATURE = "serving_default"
 IMAGES_SIGNATURE = "serving_images"
@@ -230,7 +230,7 @@ def read_raw_examples(files: list[str], limit: int | None = None
     the first `limit` examples only when given."""
     import tensorflow as tf
 
-    from components import fileio
+    from components.io import fileio
 
     records = tf.data.TFRecordDataset([fileio.tf_path(f) for f in files],
                                       compression_type="GZIP")

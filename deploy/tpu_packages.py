@@ -4,7 +4,7 @@ The set is requirements.lock (the project's resolved pins) with TensorFlow's own
 packages at the versions TensorFlow 2.20.0 declares, since the TPU build of TensorFlow
 on PyPI stops at tensorflow-tpu 2.20.0:
 
-    tensorflow 2.21.0  -> tensorflow-tpu 2.20.0 (or, in tests/test_tpu_image.py, its
+    tensorflow 2.21.0  -> tensorflow-tpu 2.20.0 (or, in tests/deploy/test_tpu_image.py, its
                           CPU build tensorflow-cpu 2.20.0: the same TensorFlow and ops;
                           libtpu only adds the device)
     tensorboard 2.21.0 -> 2.20.0   (tensorflow 2.20.0 declares tensorboard~=2.20.0)
@@ -27,9 +27,9 @@ the known skew below.
 Known skew (there is no release that avoids it): tensorflow-transform 1.21.0, tfx-bsl
 1.21.0 and tensorflow-model-analysis 0.52.0 declare tensorflow>=2.21 (every
 tensorflow-transform release pins one TensorFlow minor; none pins 2.20). The trainer
-needs tensorflow-transform (components/training.py: `tft.TFTransformOutput(...)
+needs tensorflow-transform (components/trainer/training.py: `tft.TFTransformOutput(...)
 .transform_features_layer()` in `export`, and for examples that were not
-materialized), so it stays; tests/test_tpu_image.py runs that code, on artifacts the
+materialized), so it stays; tests/deploy/test_tpu_image.py runs that code, on artifacts the
 pipeline wrote with TensorFlow 2.21, in this set under TensorFlow 2.20. TFMA is not on
 the train path.
 
@@ -61,7 +61,7 @@ TPU_ONLY = {"libtpu": "0.0.14"}
 # distribution -> why its declared TensorFlow requirement is not met, accepted
 KNOWN_SKEW = {
     "tensorflow-transform": "declares tensorflow>=2.21; the trainer's transform layer, "
-                            "run under TF 2.20 by tests/test_tpu_image.py",
+                            "run under TF 2.20 by tests/deploy/test_tpu_image.py",
     "tfx-bsl": "declares tensorflow>=2.21; imported by tensorflow-transform",
     "tensorflow-model-analysis": "declares tensorflow>=2.21; not on the train path",
     "imgpipe": "declares tensorflow 2.21 for the other steps; the image runs only train",

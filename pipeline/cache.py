@@ -24,7 +24,8 @@ import os
 import re
 from typing import Any
 
-from components import artifacts, fileio, runtime
+from components import artifacts, runtime
+from components.io import fileio
 
 PROJECT_PACKAGES = ("components", "pipeline")
 # Libraries whose versions change what a step computes.
@@ -39,7 +40,7 @@ LIBRARIES = ("tensorflow", "keras", "tensorflow-transform", "tensorflow-model-an
 # local runner keys on what these produce instead (the step's config, the resolved
 # identities, the input fingerprints): it runs them before it computes the key.
 ADAPTER_MODULES = ("pipeline.kfp.entrypoint", "pipeline.kfp.shared", "pipeline.invoke",
-                   "pipeline.dag", "pipeline.config", "components.registry")
+                   "pipeline.dag", "pipeline.config", "components.registry.versions")
 # The lock deploy/Dockerfile* install the package under, beside the project's packages.
 LOCK_FILE = "requirements.lock"
 

@@ -16,11 +16,19 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from components.config import (AUTO, BUILTIN_PREFIX, DATA_SHAPE_KEYS, BeamConfig, DataConfig,
-                               EvaluateConfig, IngestConfig, InferConfig, InfraValidateConfig,
-                               ModelConfig, PushConfig, Section, TrainConfig, TransformConfig,
-                               TuneConfig, ValidateConfig, apply_values, decision_line,
-                               expand_path, identifier, image_reference, vertex_alias_problem)
+from components.config.data import AUTO, BUILTIN_PREFIX, DATA_SHAPE_KEYS, DataConfig
+from components.config.beam import BeamConfig
+from components.config.evaluate import EvaluateConfig
+from components.config.ingest import IngestConfig
+from components.config.infer import InferConfig
+from components.config.infra_validate import InfraValidateConfig
+from components.config.model import ModelConfig
+from components.config.push import PushConfig, vertex_alias_problem
+from components.config.base import Section, expand_path, identifier, image_reference
+from components.config.train import TrainConfig, decision_line
+from components.config.transform import TransformConfig
+from components.config.tune import TuneConfig, apply_values
+from components.config.validate import ValidateConfig
 from components.errors import ConfigError
 
 
@@ -215,7 +223,7 @@ def data_and_defaults(tree: Any) -> Any:
             checked = DataConfig.model_validate({**data, "decided": None})
         except ValidationError:
             return tree             # the section's own check says what is wrong, and where
-        from components import data_shape
+        from components.data import data_shape
 
         shape = data_shape.decide(checked, None if "channels" in auto else checked.channels)
         values = {"channels": shape.channels, "image_size": list(shape.image_size)}
@@ -459,7 +467,7 @@ class PipelineConfig(Section):
     def _model_fits_the_images(self) -> "PipelineConfig":
         """A model kind that cannot take (or cannot fit in memory at) this image size
         stops here, not after ingest and transform."""
-        from components import models
+        from components.trainer import models
 
         try:
             models.check_input(self.model, (*self.data.image_size, self.data.channels))

@@ -20,10 +20,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from components import artifacts, contract, fileio
-from components.config import Section
+from components import artifacts, contract
+from components.io import fileio
+from components.config.base import Section
 from components.errors import ConfigError
-from components.registry import CARD, Registry, Version
+from components.registry.versions import CARD, Registry, Version
 from pipeline import config as config_lib
 from pipeline.dag import Node
 
@@ -116,7 +117,7 @@ class Resolved:
 def needs_context(node: Node, step_cfg: dict[str, Any]) -> bool:
     """Whether resolving the step's references needs a Context: it asks for the
     baseline, or its model weights name a registry version or a run."""
-    from components.registry import is_reference
+    from components.registry.versions import is_reference
 
     refs = [step_cfg.get("model", {}).get("weights") or "",
             step_cfg.get("train", {}).get("hyperparameters") or "",
@@ -179,14 +180,14 @@ def resolve(node: Node, step_cfg: dict[str, Any], context: Context | None,
 
 def baseline_version(context: Context):
     """The registry version holding the baseline alias for the pipeline's model, or None."""
-    from components.registry import Registry
+    from components.registry.versions import Registry
 
     return Registry(context.registry_root).holder(context.model_name, context.baseline_alias)
 
 
 def pinned_version(context: Context, ref: str):
     """The version a pinned reference names ('' = no baseline)."""
-    from components.registry import Registry
+    from components.registry.versions import Registry
 
     return Registry(context.registry_root).resolve(ref) if ref else None
 
@@ -255,7 +256,7 @@ def warm_start_source(value: str, context: Context | None,
     pushed under the name). `NAME@ALIAS` while no version of NAME exists is the first
     run of a schedule: `WarmStart.first` (train from scratch); once one exists, a
     missing alias is an error."""
-    from components.registry import Registry, is_reference
+    from components.registry.versions import Registry, is_reference
 
     ref = configured or value
     if not value and configured:
@@ -293,7 +294,7 @@ def warm_start_version(registry: Registry, ref: str) -> Version:
     """The pushed version `train.warm_start` names, once the model has versions. An
     alias that names none is an error saying what to do: it stays missing on every
     scheduled run while the pushes promote to another alias."""
-    from components.registry import LATEST, REF, normalize_reference
+    from components.registry.versions import LATEST, REF, normalize_reference
 
     match = REF.fullmatch(normalize_reference(ref))
     if match and match["alias"] and match["alias"] != LATEST:
@@ -316,8 +317,8 @@ def check_warm_start(config: config_lib.PipelineConfig, context: Context) -> War
     shape from its card, its classes when `data.classes` fixes them. A mismatch is a
     ConfigError naming it and the fix; the number of classes otherwise, and model keys
     a search sets, are checked by train when it copies the layers."""
-    from components import models
-    from components.config import apply_values
+    from components.trainer import models
+    from components.config.tune import apply_values
 
     train = config.train
     if not train.warm_start:
@@ -365,7 +366,7 @@ def _resolve_reference(value: str, context: Context | None, key: str,
         return fileio.join(record.uri, run_file)
     if fileio.exists(value):
         return value
-    from components.registry import Registry, is_reference
+    from components.registry.versions import Registry, is_reference
 
     if is_reference(value) and context is not None:
         return fileio.join(Registry(context.registry_root).resolve(value).path, version_file)
@@ -419,7 +420,7 @@ def pin_outside_inputs(node: Node, step_cfg: dict[str, Any], context: Context,
 
     The same inputs give the same pin byte for byte, so the step's task is cached
     exactly until one of them changes."""
-    from components.registry import Registry, is_reference
+    from components.registry.versions import Registry, is_reference
 
     cfg = json.loads(json.dumps(step_cfg))
     refs: dict[str, Any] = {}
@@ -441,7 +442,7 @@ def pin_outside_inputs(node: Node, step_cfg: dict[str, Any], context: Context,
         identity[key] = f"{version.ref} {artifacts.fingerprint_json(version.card)}"
         cfg[section][name] = None
     if "data" in node.spec.config and (cfg.get("data") or {}).get("spans") is not None:
-        from components import ingest_window
+        from components.data import ingest_window
 
         # a run-time parameter arrives as JSON text ('{"scheduled": "-1d"}'): read the
         # window as the section reads it, not by its Python type

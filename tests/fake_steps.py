@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 from components import artifacts
-from components.config import DataConfig, PushConfig, TrainConfig
+from components.config.data import DataConfig
+from components.config.push import PushConfig
+from components.config.train import TrainConfig
 from components.contract import In, Out, Scratch, step
 
 CALLS = []
@@ -84,7 +86,7 @@ def meet(examples: In[artifacts.Examples], data: DataConfig,
 
 
 # A fake evaluate and push whose summaries and artifacts are worded as the real steps'
-# (what a run says it did: tests/test_run_outcome.py). FAKE_VERDICT picks the story:
+# (what a run says it did: tests/local/test_run_outcome.py). FAKE_VERDICT picks the story:
 # blessed (the default), not-blessed, infra (blessed, infra validation failed),
 # already (pushed by an earlier run), fails (evaluate raises).
 VERDICT = "FAKE_VERDICT"

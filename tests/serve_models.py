@@ -9,7 +9,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from components.registry import Registry
+from components.registry.versions import Registry
 
 CLASSES = ("cat", "dog", "fox")
 

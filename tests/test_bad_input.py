@@ -188,7 +188,7 @@ def test_a_full_disk_mid_step_is_one_line_and_the_run_is_on_record(tmp_path, cap
     error; the user still gets one line naming the file, exit 2, and a failed run."""
     import errno
 
-    from components import tfrecord
+    from components.io import tfrecord
 
     def full(path, *args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", path)
@@ -266,7 +266,7 @@ def test_predict_warns_when_inputs_look_nothing_like_the_training_images(tmp_pat
     import numpy as np
     from PIL import Image
 
-    from components import predict
+    from components.inference import predict
 
     photo, glyph = str(tmp_path / "photo.jpg"), str(tmp_path / "glyph.png")
     Image.fromarray(np.zeros((480, 640, 3), np.uint8)).save(photo)

@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 
 from components import artifacts
-from components.config import BeamConfig, DataConfig, TrainConfig
+from components.config.beam import BeamConfig
+from components.config.data import DataConfig
+from components.config.train import TrainConfig
 from components.contract import (BASELINE_MODEL, BaselineModel, In, Maybe, Out, Scratch,
                                  section_problems, spec_of, step)
 from pipeline import cache, dag, invoke
@@ -243,16 +245,16 @@ def test_the_runners_are_peers():
     assert {"pipeline.kfp.compile", "pipeline.kfp.entrypoint",
             "pipeline.kfp.local"} <= set(kfp_modules)
     for module in ["pipeline.kfp", *kfp_modules]:
-        assert "pipeline.local" not in cache.code_modules(module), module
+        assert "pipeline.local.runner" not in cache.code_modules(module), module
     for module in ("pipeline.kfp.compile", "pipeline.kfp.entrypoint", "pipeline.kfp.local"):
         assert "pipeline.invoke" in cache.code_modules(module), module
     entry_deps = cache.code_modules("pipeline.kfp.entrypoint")
     assert not {"pipeline.kfp.compile", "pipeline.kfp.local"} & set(entry_deps)
     assert [d for d in cache.code_modules("pipeline.kfp") if _is_kfp(d)] == ["pipeline.kfp"]
-    local_deps = cache.code_modules("pipeline.local")
+    local_deps = cache.code_modules("pipeline.local.runner")
     assert not [d for d in local_deps if _is_kfp(d)] and "pipeline.invoke" in local_deps
-    registry_deps = cache.code_modules("pipeline.registry")
-    assert "pipeline.local" not in registry_deps
+    registry_deps = cache.code_modules("pipeline.registry_views")
+    assert "pipeline.local.runner" not in registry_deps
     assert not [d for d in registry_deps if _is_kfp(d)]
 
 

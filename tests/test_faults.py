@@ -156,7 +156,7 @@ def test_an_interrupted_prediction_write_keeps_the_earlier_file(tmp_path, monkey
     and no temporary file is left; a non-UTF-8 file name keeps its bytes."""
     import errno
 
-    from components import predict
+    from components.inference import predict
 
     out = tmp_path / "out.csv"
     out.write_text("earlier predictions\n")

@@ -18,13 +18,13 @@ import time
 
 import pytest
 
-from components.registry import Registry
-from tests.test_cloud_state import _push_inputs
+from components.registry.versions import Registry
+from tests.registry.test_cloud_state import _push_inputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # --- registry races ----------------------------------------------------------------------
-# Each racer sleeps WINDOW inside the decision (components.registry._entry runs after
+# Each racer sleeps WINDOW inside the decision (components.registry.versions._entry runs after
 # the ledger was read and before the entry is appended), so without the model's lock
 # both would decide on the same ledger. Each reports its result and the times it was
 # released and spent deciding: a correct lock makes the decisions one after the other
@@ -57,8 +57,8 @@ def _registry(tmp_path, versions: int, production: list[int]) -> Registry:
 
 
 def _racer(action, args, unlocked, barrier, queue):
-    from components import registry as registry_module
-    from components import registry_store
+    from components.registry import versions as registry_module
+    from components.registry import store as registry_store
 
     real_entry = registry_module._entry
     window = {}
@@ -159,7 +159,7 @@ def test_concurrent_promotions_of_two_versions_record_both_and_one_wins(tmp_path
 
 def _push_step(root, inputs_folder, out):
     from components import artifacts
-    from components.config import PushConfig
+    from components.config.push import PushConfig
     from components.steps import push
 
     cfg = PushConfig(destination=root, model_name="m", promote_to="production")
@@ -265,9 +265,9 @@ def test_a_failed_datasets_export_leaves_no_folder_and_no_partial_files(tmp_path
 
 def test_a_failed_report_write_keeps_the_old_report(tmp_path, monkeypatch):
     from pipeline import config as config_lib
-    from pipeline import report
-    from pipeline.local import LocalRunner
-    from tests.test_local_runner import STEPS
+    from pipeline.report import html as report
+    from pipeline.local.runner import LocalRunner
+    from tests.local.test_local_runner import STEPS
 
     cfg = config_lib.from_dict({"name": "r", "data": {"source": "a"}})
     result = LocalRunner(cfg, str(tmp_path), log=lambda _: None, steps=STEPS).run()
@@ -328,11 +328,11 @@ def test_a_failed_compile_keeps_the_old_package(tmp_path, monkeypatch, capsys):
 ])
 def test_the_direct_runner_mode_is_picked_by_input_size_and_cores(monkeypatch, inputs, cores,
                                                                   options, expected):
-    """components/beamio.py: in-process below PARALLEL_MIN_INPUTS inputs or on fewer
+    """components/io/beamio.py: in-process below PARALLEL_MIN_INPUTS inputs or on fewer
     than PARALLEL_MIN_CORES cores (measured: multi-processing never paid off on 2
     cores), else one worker per core; a mode the config sets is never overridden."""
-    from components import beamio
-    from components.config import BeamConfig
+    from components.io import beamio
+    from components.config.beam import BeamConfig
 
     monkeypatch.setattr(os, "cpu_count", lambda: cores)
     beam = BeamConfig(options=options)

@@ -10,11 +10,11 @@ import os
 import pytest
 import yaml
 
-from components import gcs
+from components.io import gcs
 from pipeline import cli
 from pipeline.metadata import METADATA_FILE, MetadataStore
 from tests.fixtures import make_class_folders
-from tests.test_train import graph  # noqa: F401  (a fixture: 12x12x1, 3 classes)
+from tests.steps.test_train import graph  # noqa: F401  (a fixture: 12x12x1, 3 classes)
 
 BASE = {"name": "base", "data": {"source": "builtin:digits", "image_size": [8, 8],
                                  "channels": 1},
@@ -76,7 +76,8 @@ def test_a_batch_larger_than_the_training_split_stops_at_train_and_pushes_nothin
 def test_a_model_that_took_no_optimizer_step_is_not_written(tmp_path, graph, monkeypatch):
     """The last guard, under the batch check: a fit that ran no step fails train."""
     from components import artifacts
-    from components.config import ModelConfig, TrainConfig
+    from components.config.model import ModelConfig
+    from components.config.train import TrainConfig
     from components.errors import TrainingError
     from components.steps import train
 
@@ -156,7 +157,7 @@ _STOP_AT = r"""
 import os, signal, sys, time
 point, runs = sys.argv[1], sys.argv[2]
 from pipeline import invoke
-from components.registry import Registry
+from components.registry.versions import Registry
 from pipeline.metadata import MetadataStore
 
 def stop():
@@ -206,7 +207,7 @@ def test_a_stopped_run_leaves_no_execution_running_and_push_records_its_version(
     import subprocess
     import sys
 
-    from pipeline.local import describe_run
+    from pipeline.local.runner import describe_run
 
     tmp, path = warm_runs
     runs = str(tmp / "runs")
@@ -235,7 +236,7 @@ def test_a_stopped_run_leaves_no_execution_running_and_push_records_its_version(
     assert push["status"] == "succeeded", push
     assert push["summary"]["pushed"] is True and push["summary"]["alias"] == "staging"
     version = push["summary"]["version"]
-    from components.registry import Registry
+    from components.registry.versions import Registry
 
     registry = Registry(str(tmp / "serving"))
     assert registry.get("base", version).ref == f"base:{version}"
@@ -247,8 +248,8 @@ def test_a_step_that_resumes_an_interrupted_attempt_says_so(tmp_path):
     says so (it said "no earlier execution of this step")."""
     import json
 
-    from components import training
-    from pipeline.local import _resuming
+    from components.trainer import training
+    from pipeline.local.runner import _resuming
 
     scratch = tmp_path / "scratch" / "train" / "0123456789abcdef"
     assert _resuming("no earlier execution of this step", str(scratch)) == \

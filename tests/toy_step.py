@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from components import artifacts
-from components.config import DataConfig
+from components.config.data import DataConfig
 from components.contract import In, Out, step
 from pipeline import dag
 

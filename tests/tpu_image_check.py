@@ -1,4 +1,4 @@
-"""Run by tests/test_tpu_image.py with the TPU image's Python (.venv-tpu-tf: the image's
+"""Run by tests/deploy/test_tpu_image.py with the TPU image's Python (.venv-tpu-tf: the image's
 package set, tensorflow-cpu 2.20.0 standing in for tensorflow-tpu 2.20.0) on artifacts
 the pipeline wrote with TensorFlow 2.21:
 
@@ -34,8 +34,9 @@ def main(spec_path: str) -> dict:
     import tensorflow as tf
     import tensorflow_transform as tft
 
-    from components import artifacts, features, training
-    from components.config import TrainConfig
+    from components import artifacts, features
+    from components.trainer import training
+    from components.config.train import TrainConfig
 
     spec = json.load(open(spec_path))
     expected = np.load(spec["expected"])

@@ -23,10 +23,13 @@ import time
 from typing import Any
 
 
-from components import artifacts, beamio, features, fileio, gate
-from components.config import BeamConfig, EvaluateConfig
+from components import artifacts, features
+from components.io import beamio, fileio
+from components.evaluation import gate
+from components.config.beam import BeamConfig
+from components.config.evaluate import EvaluateConfig
 from components.contract import BaselineModel, In, Out, step
-from components.registry import CARD
+from components.registry.versions import CARD
 
 CANDIDATE, BASELINE = "candidate", "baseline"
 # Config metric name -> (TFMA class name, config JSON)
@@ -58,7 +61,7 @@ def eval_config(cfg: EvaluateConfig, num_classes: int, with_baseline: bool):
     config names."""
     from tensorflow_model_analysis.proto import config_pb2
 
-    from components.scoring import prediction_keys
+    from components.evaluation.scoring import prediction_keys
 
     names = [CANDIDATE] + ([BASELINE] if with_baseline else [])
     specs = []
@@ -348,7 +351,7 @@ def run(examples: In[artifacts.Examples], trained_model: In[artifacts.Model],
     # One Beam job on the configured runner (Dataflow workers for large splits):
     # both models score the same examples, and TFMA computes its metrics from those
     # predictions instead of running the models a second time.
-    from components import scoring
+    from components.evaluation import scoring
 
     scored = {CANDIDATE: (saved, vocabulary)}
     if baseline:

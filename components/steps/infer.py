@@ -3,8 +3,8 @@
 
 `infer.source` names the images: a folder (searched recursively), a CSV/JSONL manifest
 with a `path` column, or a pattern with `{SPAN}` or `{YYYY}{MM}{DD}` (and `{VERSION}`),
-of which the newest drop is read (`components/spans.py`). Files are listed and checked
-as `imgpipe predict` checks them (`components/predict.py`): a file without an image
+of which the newest drop is read (`components/data/spans.py`). Files are listed and checked
+as `imgpipe predict` checks them (`components/inference/predict.py`): a file without an image
 extension in a folder, an unreadable or corrupt one gets an error row, never stops the
 job; the rest are scored by the pushed version's `serving_images` signature through
 Beam's RunInference with the pipeline's runner. The InferenceResult holds one row per
@@ -19,8 +19,11 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from components import artifacts, predict, spans
-from components.config import BeamConfig, InferConfig
+from components import artifacts
+from components.inference import predict
+from components.data import spans
+from components.config.beam import BeamConfig
+from components.config.infer import InferConfig
 from components.contract import In, Out, step
 from components.errors import ConfigError
 

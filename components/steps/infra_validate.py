@@ -9,7 +9,7 @@ vocabulary, that both signatures agree, and that one batch stays within
 
 A model that passes also gets TF Serving warmup records in its InfraBlessing: one
 `PredictRequest` per signature, a small batch of the inputs it was just served
-(`components.serving_config`); push copies them into the version's `assets.extra/`.
+(`components.inference.serving_config`); push copies them into the version's `assets.extra/`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ import subprocess
 import sys
 from typing import Any
 
-from components import artifacts, features, fileio, serving_config
-from components.config import InfraValidateConfig
+from components import artifacts, features
+from components.io import fileio
+from components.inference import serving_config
+from components.config.infra_validate import InfraValidateConfig
 from components.contract import In, Out, step
 
 PROBE_EXAMPLES = 16

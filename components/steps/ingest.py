@@ -10,8 +10,8 @@ is quarantined ("label conflict"). Labels lose surrounding spaces (counted in th
 summary), and photos are turned upright by their EXIF orientation. Statistics are
 computed in the same Beam pipeline.
 
-This module is the step; the per-input checks live in `components.ingest_checks`, the
-statistics in `components.ingest_stats` and the Beam pipeline in `components.ingest_graph`.
+This module is the step; the per-input checks live in `components.data.ingest_checks`, the
+statistics in `components.data.ingest_stats` and the Beam pipeline in `components.data.ingest_graph`.
 """
 
 from __future__ import annotations
@@ -20,13 +20,17 @@ import json
 import shutil
 from typing import Any
 
-from components import artifacts, fileio, ingest_window, sources, spans
+from components import artifacts
+from components.io import fileio
+from components.data import ingest_window, sources, spans
 from components.artifacts import SPLITS
-from components.config import BeamConfig, DataConfig, IngestConfig
+from components.config.beam import BeamConfig
+from components.config.data import DataConfig
+from components.config.ingest import IngestConfig
 from components.contract import Out, Shared, step
 from components.errors import DataError
-from components.ingest_graph import _build_pipeline
-from components.ingest_stats import _summarize
+from components.data.ingest_graph import _build_pipeline
+from components.data.ingest_stats import _summarize
 
 
 def external_inputs(data: DataConfig, ingest: IngestConfig) -> dict[str, str]:
@@ -44,7 +48,7 @@ def run(data: DataConfig, ingest: IngestConfig, beam: BeamConfig,
         shared: Shared = None) -> dict[str, Any]:
     """Ingests `data.source` into an Examples artifact and a Statistics artifact; a
     source with a span pattern, the window `data.spans` selects, each span once
-    (`components/ingest_window.py`; reused from `shared` by later runs)."""
+    (`components/data/ingest_window.py`; reused from `shared` by later runs)."""
     if not spans.has_pattern(data.source):
         return _ingest_one(data, ingest, beam, examples, statistics, whole=True)
     import tempfile
@@ -88,7 +92,7 @@ def _ingest_one(data: DataConfig, ingest: IngestConfig, beam: BeamConfig,
     notes on the whole data when `whole`: not one span of a window)."""
     import apache_beam as beam_lib
 
-    from components import beamio
+    from components.io import beamio
 
     source = sources.resolve(data)
     plan = sources.plan(source, ingest)

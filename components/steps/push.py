@@ -1,5 +1,5 @@
 """Push: a blessed model that passed infra validation becomes the next numbered version
-in the registry (TF Serving layout, `components/registry.py`), with a model card.
+in the registry (TF Serving layout, `components/registry/versions.py`), with a model card.
 
 A model that is not blessed, or failed infra validation, is never pushed: the step
 still succeeds and records why (the run ends with exit 0 and says so; `imgpipe run
@@ -7,7 +7,7 @@ still succeeds and records why (the run ends with exit 0 and says so; `imgpipe r
 SavedModel is already a version of this name is not pushed twice.
 
 Optional: the same version also goes to Vertex AI Model Registry (`push.vertex`,
-`components/vertex.py`): untested against the live service. That upload is idempotent
+`components/integrations/vertex.py`): untested against the live service. That upload is idempotent
 and retried too: every push of a version that has no Vertex record (vertex.json) yet
 uploads it, after asking Vertex whether an earlier, failed attempt already did. With
 `push.vertex.endpoint`, a `promote_to` that moves the endpoint alias deploys the version
@@ -19,12 +19,15 @@ from __future__ import annotations
 import subprocess
 from typing import Any
 
-from components import artifacts, fileio, runtime, serving_config, vertex
-from components.config import PushConfig
-from components.config import decisions
+from components import artifacts, runtime
+from components.io import fileio
+from components.inference import serving_config
+from components.integrations import vertex
+from components.config.push import PushConfig
+from components.config.train import decisions
 from components.contract import In, Out, RecordedConfig, step
 from components.errors import ConfigError
-from components.registry import Registry
+from components.registry.versions import Registry
 
 
 def git_commit() -> str | None:

@@ -16,13 +16,17 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from components import artifacts, distribute, fileio, models, runtime, training
-from components.config import (DataConfig, ModelConfig, TrainConfig, apply_values,
-                               describe_values)
+from components import artifacts, runtime
+from components.trainer import distribute, models, training
+from components.io import fileio
+from components.config.data import DataConfig
+from components.config.model import ModelConfig
+from components.config.train import TrainConfig
+from components.config.tune import apply_values, describe_values
 from components.contract import In, Out, Scratch, step
 from components.errors import ConfigError, TrainingError
-from components.distribute import choose_strategy
-from components.training import Plan, compile_model, export, make_dataset
+from components.trainer.distribute import choose_strategy
+from components.trainer.training import Plan, compile_model, export, make_dataset
 
 log = logging.getLogger("imgpipe.train")
 

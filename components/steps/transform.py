@@ -15,9 +15,12 @@ import logging
 import math
 from typing import Any, Iterator
 
-from components import artifacts, beamio, features, fileio
+from components import artifacts, features
+from components.io import beamio, fileio
 from components.artifacts import SPLITS
-from components.config import BeamConfig, DataConfig, TransformConfig
+from components.config.beam import BeamConfig
+from components.config.data import DataConfig
+from components.config.transform import TransformConfig
 from components.contract import In, Out, step
 from components.errors import DataError
 
@@ -27,7 +30,7 @@ def check_decodable(serialized: bytes) -> Any:
     from apache_beam import pvalue
     from tensorflow.core.example import example_pb2
 
-    from components.imaging import BadImage, verify_decodes
+    from components.data.imaging import BadImage, verify_decodes
 
     feature = example_pb2.Example.FromString(serialized).features.feature
     data = feature[features.IMAGE].bytes_list.value
@@ -66,7 +69,7 @@ def write_batch(element: tuple[Any, Any], directory: str, split: str) -> Iterato
 
     import numpy as np
 
-    from components import tfrecord
+    from components.io import tfrecord
 
     batch = element[0]
 

@@ -20,9 +20,12 @@ import math
 import time
 from typing import Any
 
-from components import artifacts, fileio, runtime
-from components.config import (DataConfig, ModelConfig, TrainConfig, TuneConfig, apply_values,
-                               describe_values)
+from components import artifacts, runtime
+from components.io import fileio
+from components.config.data import DataConfig
+from components.config.model import ModelConfig
+from components.config.train import TrainConfig
+from components.config.tune import TuneConfig, apply_values, describe_values
 from components.contract import In, Out, Scratch, step
 from components.errors import ConfigError, TrainingError
 
@@ -65,7 +68,7 @@ class _HyperModel:
         (`tune.objective` without val_), never on the eval split."""
         import keras_tuner as kt
 
-        from components import distribute, models, training
+        from components.trainer import distribute, models, training
 
         strategy = distribute.choose_strategy(train.strategy)[0]
         plan = training.plan_for(train, strategy)
@@ -241,7 +244,7 @@ def run(transform_graph: In[artifacts.TransformGraph], examples: In[artifacts.Ex
     else:
         import tempfile
 
-        from components import training
+        from components.trainer import training
 
         directory = scratch or tempfile.mkdtemp(prefix="search-")   # inside the step's tmp
         held = training.holdout(transform_graph, examples,

@@ -14,11 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from components import artifacts, features, fileio, neardup
-from components.config import ValidateConfig
+from components import artifacts, features
+from components.io import fileio
+from components.data import neardup
+from components.config.validate import ValidateConfig
 from components.contract import In, Out, step
 from components.errors import ValidationFailed
-from components.schema import (domain, infer_schema, int_bounds, linf_distance, load_schema,
+from components.data.schema import (domain, infer_schema, int_bounds, linf_distance, load_schema,
                                schema_to_text)
 
 ERROR, WARNING = "error", "warning"
@@ -116,7 +118,7 @@ def check_newest_span(stats: dict[str, Any], cfg: ValidateConfig) -> list[dict[s
     window = stats.get("spans") or []
     if len(window) < 2:
         return []
-    from components import ingest_window
+    from components.data import ingest_window
 
     def whole(stats: dict[str, Any]) -> dict[str, Any]:
         # every image of the drop: its train/eval split is a hash, noise on a small drop

@@ -22,7 +22,7 @@ def _bounds(text: str) -> tuple[str, str]:
 def plan(cfg: Any, text: str) -> list[tuple[Any, list[Any]]]:
     """(span, the window its run reads) for each span from FIRST to LAST that exists:
     the config's `data.spans` rolling window ending at that span, else the span alone."""
-    from components import spans
+    from components.data import spans
 
     if not spans.has_pattern(cfg.data.source):
         raise ConfigError(f"backfill needs a data.source with a span pattern ({{SPAN}} or "
@@ -44,7 +44,7 @@ def scheduled_at(cfg: Any, span: Any) -> Any:
     `span` ran: N days after its date, at midnight UTC; None for other windows."""
     import datetime
 
-    from components import ingest_window
+    from components.data import ingest_window
 
     if not ingest_window.is_scheduled(cfg.data) or span.date is None:
         return None
@@ -63,7 +63,7 @@ def _order(span: Any) -> Any:
 
 def cmd_backfill(args: argparse.Namespace) -> Result:
     from pipeline import config as config_lib
-    from pipeline.local import run_pipeline
+    from pipeline.local.runner import run_pipeline
 
     cfg = config_lib.load(args.config, args.overrides)
     log = _note(args)

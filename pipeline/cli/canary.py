@@ -3,7 +3,7 @@
 same traffic. promote: the baseline alias moves to the candidate's version (audit
 action canary-promote); revert: the candidate alias moves back to the baseline's
 version (canary-revert); undecided: too little traffic yet, nothing changes.
-(`components.canary` holds the rules; the candidate's model card gives the two models'
+(`pipeline.serve.canary` holds the rules; the candidate's model card gives the two models'
 agreement on the eval split they are judged against.)"""
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ def cmd_models_canary(args: argparse.Namespace) -> Result:
     import dataclasses
     import datetime as dt
 
-    from components import canary, monitoring, request_log
+    from pipeline.serve import canary, monitoring, request_log
     from components.errors import ConfigError
-    from components.registry import check_name
+    from components.registry.versions import check_name
 
     name = check_name(args.model)
     if args.candidate == args.baseline:
@@ -141,7 +141,7 @@ def read_truths(path: str) -> dict[tuple[str, int], str]:
     import csv
     import json
 
-    from components import fileio
+    from components.io import fileio
     from components.errors import ConfigError
 
     if not fileio.exists(path):
@@ -161,7 +161,7 @@ def read_truths(path: str) -> dict[tuple[str, int], str]:
 
 def register(models: Any) -> None:
     """`models canary MODEL`, under `models`' subparsers (the dispatcher hands them)."""
-    from components.canary import CanaryRules
+    from pipeline.serve.canary import CanaryRules
 
     rules = CanaryRules()
     p = models.add_parser("canary", help="decide a canary from the request log: promote the "

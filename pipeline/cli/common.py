@@ -49,9 +49,9 @@ def _add_registry_args(parser: argparse.ArgumentParser) -> None:
 
 def _registry(args: argparse.Namespace):
     """The registry `--registry`/`--config` name; a ConfigError when nothing is there."""
-    from components import fileio
+    from components.io import fileio
     from components.errors import ConfigError
-    from pipeline.registry import Registry, registry_root
+    from pipeline.registry_views import Registry, registry_root
 
     root = registry_root(args.registry, getattr(args, "config", None))
     if not fileio.exists(root):
@@ -63,7 +63,7 @@ def _registry(args: argparse.Namespace):
 def _sync_vertex(registry, name: str, version: int | None, alias: str, removed: bool,
                  entry: dict[str, Any]) -> None:
     """Moves the alias on Vertex AI Model Registry too, when the version went there."""
-    from components import vertex
+    from components.integrations import vertex
     from components.errors import ImgpipeError
 
     if version is None:
@@ -98,7 +98,7 @@ def _sync_vertex(registry, name: str, version: int | None, alias: str, removed: 
 def _missing_from_vertex(registry, name: str, version: int, alias: str) -> str | None:
     """Why the alias moved only here, when the model is kept in Vertex AI (another of its
     versions has a Vertex record) but this version is not there (its upload failed)."""
-    from components import vertex
+    from components.integrations import vertex
 
     if not any(vertex.read_record(v.path) for v in registry.versions(name)
                if v.version != version):
@@ -197,7 +197,7 @@ def at_schedule_time(cfg: Any, when: Any, log: Callable[[str], None]) -> Any:
     """The config a run scheduled at `when` reads: a scheduled window (`data.spans:
     {scheduled: -1d}`) pinned to the spans it names then (what KFP's resolve task does
     with the schedule's time); a span that is absent stops the run here."""
-    from components import ingest_window
+    from components.data import ingest_window
 
     data = ingest_window.at_schedule_time(cfg.data, when)
     if data is cfg.data:
@@ -254,12 +254,12 @@ class OutputKind:
 
 
 def _earlier_predictions(head: str) -> bool:
-    from components.predict import looks_like_rows
+    from components.inference.predict import looks_like_rows
 
     return looks_like_rows(head)
 
 
-# What `predict -o` writes: CSV, or JSONL by the suffix (components.predict.write_rows).
+# What `predict -o` writes: CSV, or JSONL by the suffix (components.inference.predict.write_rows).
 PREDICTIONS = OutputKind("predictions (CSV or JSONL)", (".csv", ".jsonl"),
                          _earlier_predictions)
 # What a command that records no run leaves when stopped: its output is written at the
@@ -302,7 +302,7 @@ def check_output(path: str, kind: OutputKind, inputs: Iterable[str] = (),
     written: one of the command's `inputs` (also through a link), a suffix that is not
     `kind`'s, an existing file that is not an earlier output of `kind` (unless `force`),
     a folder, or a place nothing can be created in. Returns `path`."""
-    from components import fileio
+    from components.io import fileio
     from components.errors import ConfigError
 
     remote = fileio.is_remote(path)

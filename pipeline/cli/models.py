@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Any
 
-from components.beamio import PARALLEL_MIN_INPUTS
+from components.io.beamio import PARALLEL_MIN_INPUTS
 from components.errors import ConfigError, ImgpipeError
 from pipeline.cli.common import (DEFAULT_RUNS_DIR, NOTHING_WRITTEN, PREDICTIONS, Result,
                                  _add_force_arg, _add_json_arg, _add_registry_args, _registry,
@@ -22,7 +22,7 @@ COMMON_ALIASES = ("production", "staging", "canary", "candidate")
 
 
 def cmd_models_list(args: argparse.Namespace) -> Result:
-    from pipeline.registry import list_versions
+    from pipeline.registry_views import list_versions
 
     registry = _registry(args)
     for link, real in registry.links_outside(args.model):
@@ -63,7 +63,7 @@ def _with_missing(registry, rows: list[dict[str, Any]], name: str | None
                   ) -> list[dict[str, Any]]:
     """`rows` plus one row per version an alias still names whose folder is gone, so
     the listing shows the alias (and its repair) instead of dropping it."""
-    from components.registry import RegistryError
+    from components.registry.versions import RegistryError
 
     missing = []
     for model in [name] if name else registry.models():
@@ -91,7 +91,7 @@ def _with_missing(registry, rows: list[dict[str, Any]], name: str | None
 
 def cmd_models_show(args: argparse.Namespace) -> Result:
     from components.artifacts import card_field
-    from pipeline.registry import show
+    from pipeline.registry_views import show
 
     info = show(_registry(args), args.ref, args.runs_dir)
 
@@ -148,7 +148,7 @@ def cmd_models_show(args: argparse.Namespace) -> Result:
 
 
 def cmd_models_diff(args: argparse.Namespace) -> Result:
-    from pipeline.registry import diff
+    from pipeline.registry_views import diff
 
     result = diff(_registry(args), args.left, args.right)
 
@@ -230,7 +230,8 @@ def _alias_change(name: str, entry: dict[str, Any]) -> Result:
 def cmd_models_sync_vertex(args: argparse.Namespace) -> Result:
     """Uploads a pushed version to Vertex AI Model Registry when it is not there yet
     (the push's upload failed), and points the aliases it holds here at it there."""
-    from components import artifacts, vertex
+    from components import artifacts
+    from components.integrations import vertex
     from components.artifacts import card_field
     from pipeline import config as config_lib
 
@@ -279,7 +280,7 @@ def cmd_models_promote(args: argparse.Namespace) -> Result:
                           "pass --create to add it.")
     _check_vertex_alias(registry, name, args.to)
     if args.canary is not None:       # refused before anything moves
-        from components import vertex
+        from components.integrations import vertex
 
         vertex.check_canary(registry, registry.resolve(args.ref), args.to, args.canary)
     entry = registry.set_alias(args.ref, args.to, args.reason or "", args.force,
@@ -298,8 +299,9 @@ def _check_vertex_alias(registry, name: str, alias: str) -> None:
     """A model kept in Vertex AI Model Registry too (a version of it has a Vertex record)
     takes only aliases Vertex accepts: refused before the registry moves, instead of a
     promotion that stands here and fails there."""
-    from components import fileio, vertex
-    from components.config import vertex_alias_problem
+    from components.io import fileio
+    from components.integrations import vertex
+    from components.config.push import vertex_alias_problem
 
     problem = vertex_alias_problem(alias)
     if problem and any(fileio.exists(fileio.join(v.path, vertex.RECORD))
@@ -415,9 +417,9 @@ def register(sub: Any) -> Any:
 
 
 def cmd_predict(args: argparse.Namespace) -> Result:
-    from components import predict
+    from components.inference import predict
     from components.artifacts import card_field
-    from components.config import BeamConfig
+    from components.config.beam import BeamConfig
 
     if args.output:          # before anything loads: a mistake costs no inference
         check_output(args.output, PREDICTIONS, inputs=args.inputs, force=args.force)

@@ -1,7 +1,7 @@
 """`imgpipe monitor MODEL@ALIAS`: the traffic the version behind an alias served
 (the request log `imgpipe serve` writes) against the training data its model card
 records; exit 3 when a check fails, so that a schedule can act on it.
-(`components.monitoring` holds the checks.)"""
+(`pipeline.serve.monitoring` holds the checks.)"""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ def cmd_monitor(args: argparse.Namespace) -> Result:
     import dataclasses
     import datetime as dt
 
-    from components import monitoring, request_log
+    from pipeline.serve import monitoring, request_log
     from components.errors import ConfigError
-    from components.registry import REF, normalize_reference
+    from components.registry.versions import REF, normalize_reference
 
     now = dt.datetime.now(dt.timezone.utc)
     since = monitoring.parse_when(args.since, now, "--since")
@@ -96,7 +96,7 @@ def cmd_monitor(args: argparse.Namespace) -> Result:
 
 def register(sub: Any) -> None:
     """`monitor MODEL@ALIAS`."""
-    from components.monitoring import Thresholds
+    from pipeline.serve.monitoring import Thresholds
 
     t = Thresholds()
     p = sub.add_parser("monitor", help="served traffic (the request log) against the model "

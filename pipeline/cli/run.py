@@ -39,7 +39,7 @@ def cmd_run(args: argparse.Namespace) -> Result:
                                          engine=args.engine,
                                          schedule_time=when.isoformat() if when else "")
         else:
-            from pipeline.local import run_pipeline
+            from pipeline.local.runner import run_pipeline
 
             result = run_pipeline(cfg, args.runs_dir, args.config, until=args.until,
                                   use_cache=not args.no_cache, log=log, dag_location=args.dag)
@@ -151,7 +151,7 @@ def _reach(target: str, call: Callable[[], Any]) -> Any:
 
 
 def _adapter(args: argparse.Namespace):
-    from pipeline.submit import KfpAdapter, VertexAdapter, VertexTarget
+    from pipeline.kfp.submit import KfpAdapter, VertexAdapter, VertexTarget
 
     if args.vertex:
         missing = [f"--{k.replace('_', '-')}" for k in ("project", "region", "pipeline_root")
@@ -238,7 +238,7 @@ def _target(args: argparse.Namespace) -> dict[str, Any]:
 
 def register(sub: Any) -> None:
     """`run`."""
-    from pipeline import dag     # the steps, as the DAG names them
+    from pipeline import dag  # the steps, as the DAG names them
 
     run = sub.add_parser("run", help="run the pipeline locally (with caching)")
     _add_config_args(run)

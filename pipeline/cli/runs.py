@@ -73,7 +73,7 @@ def _did(run: dict[str, Any], executions: list[Any]) -> dict[str, Any]:
 
 
 def cmd_runs_show(args: argparse.Namespace) -> Result:
-    from pipeline.local import describe_run
+    from pipeline.local.runner import describe_run
 
     from types import SimpleNamespace
 

@@ -1,8 +1,8 @@
 """`imgpipe models serving-config`: TF Serving's model config file for the registry
-(`components.serving_config.model_server_config`), so that `tensorflow_model_server
+(`components.inference.serving_config.model_server_config`), so that `tensorflow_model_server
 --model_config_file` serves the versions the aliases point at, under the aliases as
 version labels. A label moving onto a version the server has not loaded is written in
-two phases (`components.serving_config.rollout`): with `--server`, the command waits
+two phases (`components.inference.serving_config.rollout`): with `--server`, the command waits
 between them on the server's REST status; without it, it writes the first and says to
 run it again."""
 
@@ -35,7 +35,8 @@ def _previous(path: str) -> dict[str, tuple[list[int], dict[str, int]]] | None:
     """The model config the server was last given (the -o file), per model (versions,
     labels); None when there is none (a server starting with the new one). A file of
     this command that does not parse is a ConfigError: what the server holds is unknown."""
-    from components import fileio, serving_config
+    from components.io import fileio
+    from components.inference import serving_config
     from components.errors import ConfigError
 
     if not fileio.exists(path):
@@ -58,7 +59,8 @@ def _summary(models: list[dict[str, Any]]) -> str:
 
 
 def cmd_models_serving_config(args: argparse.Namespace) -> Result:
-    from components import fileio, serving_config
+    from components.io import fileio
+    from components.inference import serving_config
     from components.errors import ConfigError, ServingError
 
     if args.output:              # before anything is read: a mistake costs nothing

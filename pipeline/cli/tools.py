@@ -10,7 +10,8 @@ import re
 import sys
 from typing import Any
 
-from components.config import BUILTIN_DATASETS, MODEL_KINDS
+from components.config.data import BUILTIN_DATASETS
+from components.config.model import MODEL_KINDS
 from components.errors import ConfigError
 from pipeline.cli.common import (DEFAULT_RUNS_DIR, NOTHING_WRITTEN, OutputKind, Result,
                                  _add_config_args, _add_force_arg, _add_json_arg, _note,
@@ -26,7 +27,7 @@ TFMD_SCHEMA = OutputKind("a TFMD schema (text proto)", (".pbtxt", ".txt"),
 
 
 def cmd_datasets_export(args: argparse.Namespace) -> Result:
-    from components import datasets
+    from components.data import datasets
 
     counts = datasets.export(args.name, args.out_dir, args.drops, args.first_day)
     kind = "PNG files" if args.name in BUILTIN_DATASETS else "files"
@@ -45,7 +46,7 @@ def cmd_config_schema(args: argparse.Namespace) -> Result:
     text = json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
     if not args.output:          # the schema itself is JSON, with or without --json
         return Result(data=None, text=lambda: sys.stdout.write(text))
-    from components import fileio
+    from components.io import fileio
 
     fileio.write_text_atomic(check_output(args.output, JSON_SCHEMA, force=args.force), text)
     return Result(data={"output": os.path.abspath(args.output)}, text=f"wrote {args.output}")
@@ -64,10 +65,12 @@ def cmd_config_show(args: argparse.Namespace) -> Result:
 def cmd_schema_infer(args: argparse.Namespace) -> Result:
     """A schema from the statistics of this config's data: those of an earlier run
     whose ingest this config would reuse (nothing runs), else ingest runs first."""
-    from components import artifacts, fileio, schema
+    from components import artifacts
+    from components.io import fileio
+    from components.data import schema
     from pipeline import config as config_lib
     from pipeline import dag
-    from pipeline.local import LocalRunner
+    from pipeline.local.runner import LocalRunner
 
     cfg = config_lib.load(args.config, args.overrides)
     output = check_output(args.output or os.path.join("schemas", f"{cfg.name}.pbtxt"),
@@ -102,8 +105,8 @@ def cmd_schema_infer(args: argparse.Namespace) -> Result:
 
 
 def cmd_summary(args: argparse.Namespace) -> Result:
-    from components import models
-    from components.config import ModelConfig
+    from components.trainer import models
+    from components.config.model import ModelConfig
 
     try:
         shape = tuple(int(v) for v in args.input_shape.split(","))

@@ -35,9 +35,9 @@ def check_remote(config: PipelineConfig) -> list[str]:
     """What a compiled pipeline cannot reach from its containers: paths on this
     machine. One ConfigError naming the key and the fix. Returns what could not be
     checked from here (one line each; `check_warm_start`), for the command to say."""
-    from components.config import BUILTIN_PREFIX
+    from components.config.data import BUILTIN_PREFIX
     from components.errors import ConfigError
-    from components.registry import is_reference
+    from components.registry.versions import is_reference
 
     source = config.data.source
     if not (source.startswith(BUILTIN_PREFIX) or _in_bucket(source)):
@@ -64,7 +64,7 @@ def check_remote(config: PipelineConfig) -> list[str]:
                           f"image copies {', '.join(IMAGE_FOLDERS)} from {PROJECT_ROOT}); fix "
                           "the path or add the file there before building the image.")
     if config.push.vertex is not None:
-        from components import vertex
+        from components.integrations import vertex
 
         vertex.serving_image(config.push.vertex.serving_image, config.push.vertex.project,
                              config.push.vertex.region)
@@ -105,7 +105,7 @@ def check_warm_start(config: PipelineConfig) -> str | None:
     version and train checks it when the pipeline runs, and the line returned says so
     (compiling in CI needs no credentials). None when checked or nothing to check."""
     from components.errors import AccessError, ConfigError, ImgpipeError
-    from components.registry import is_reference
+    from components.registry.versions import is_reference
 
     warm = config.train.warm_start
     if not warm:

@@ -72,7 +72,7 @@ def runtime_parameters(config: PipelineConfig) -> dict[str, Any]:
             continue
         value = _get(tree, key)
         if key == "data.spans":
-            from components import spans
+            from components.data import spans
 
             if not spans.has_pattern(config.data.source):      # a plain source: no window
                 continue
@@ -290,7 +290,7 @@ def vertex_job(component, config: PipelineConfig, name: str):
     from google_cloud_pipeline_components.v1.custom_job import \
         create_custom_training_job_from_component
 
-    from components.distribute import ACCELERATOR_ENV
+    from components.trainer.distribute import ACCELERATOR_ENV
 
     accelerator = {"accelerator_type": step.accelerator_type,
                    "accelerator_count": step.accelerator_count} if step.accelerator_type else {}
@@ -350,7 +350,7 @@ def _configure(task, config: PipelineConfig, name: str, cacheable: bool = True):
     if step.accelerator_type:
         _set_accelerator(task, step, backend)
         # The trainer fails loudly when the TPU or GPU it asked for is not there.
-        from components.distribute import ACCELERATOR_ENV
+        from components.trainer.distribute import ACCELERATOR_ENV
 
         task.set_env_variable(ACCELERATOR_ENV, step.accelerator_type)
     if name == RESOLVE:        # which service the package is for (`package_backend`)
@@ -403,7 +403,7 @@ def package_backend(package: str) -> str | None:
 
     if package.startswith(("https://", "http://")):
         return None
-    from components import fileio
+    from components.io import fileio
 
     try:
         spec = next(yaml.safe_load_all(fileio.read_text(package)))
@@ -544,7 +544,7 @@ def package_parameters(package: str) -> set[str] | None:
     if package.startswith(("https://", "http://")):
         return None
 
-    from components import fileio
+    from components.io import fileio
     from components.errors import ConfigError
 
     try:
@@ -559,7 +559,7 @@ def package_parameters(package: str) -> set[str] | None:
 def compile_pipeline(config: PipelineConfig, output: str, location: str = "") -> str:
     from kfp import compiler
 
-    from components import fileio
+    from components.io import fileio
 
     fileio.prepare_output(output, "-o")
     partial = f"{output}.partial-{os.getpid()}.yaml"

@@ -71,8 +71,9 @@ def run_step(name: str, config_json: str, context_json: str, run_id: str,
     baseline), the step through `pipeline.invoke`, properties back onto the KFP
     artifacts' metadata. Returns the step's gate value (True for steps without one).
     `dag_location`: a user's DAG (`dag.load`), '' for the built-in one."""
-    from components import artifacts, fileio
-    from components.distribute import is_chief_task
+    from components import artifacts
+    from components.io import fileio
+    from components.trainer.distribute import is_chief_task
 
     _exit_without_teardown()
     node = dag.get(name, dag.load(dag_location))
@@ -175,7 +176,7 @@ def resolve_pins(context_json: str, baseline_alias: str = "", configs_json: str 
     from collections import namedtuple
 
     from components.errors import ConfigError
-    from components.registry import Registry
+    from components.registry.versions import Registry
 
     _exit_without_teardown()
     context = invoke.Context.from_json(context_json)
@@ -225,8 +226,8 @@ def write_report(context_json: str, run_id: str, artifacts_in: dict[str, Any],
                  overrides: dict[str, Any] | None = None, dag_location: str = "") -> None:
     """The report task: the run's report, and the pipeline state the next run reads
     (its statistics, for the drift check)."""
-    from components.registry import Registry
-    from pipeline import report
+    from components.registry.versions import Registry
+    from pipeline.report import html as report
 
     _exit_without_teardown()
     steps = [SimpleNamespace(step=ref.split(".")[0], status="ran", seconds=0.0, decision="kfp",

@@ -283,7 +283,7 @@ def run_local(config: PipelineConfig, runs_dir: str = "runs", config_path: str |
 
     from kfp import local
 
-    from pipeline import report
+    from pipeline.report import html as report
     from pipeline.metadata import METADATA_FILE, MetadataStore
     from pipeline.results import RunResult
 

@@ -61,7 +61,7 @@ def build(options: Options, log: Callable[[str], None] | None = None,
                           "version that loads; push one with `imgpipe run CONFIG`.")
     request_log = None
     if options.request_log:
-        from components.request_log import RequestLog
+        from pipeline.serve.request_log import RequestLog
 
         request_log = RequestLog(follower.registry.root)
     service = Service(follower, options.limits, metrics, request_log)

@@ -44,9 +44,9 @@ from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, 
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from components import imaging
-from components.request_log import describe_images, make_entry, sampled_images
-from components.config import MAX_PIXELS
+from components.data import imaging
+from pipeline.serve.request_log import describe_images, make_entry, sampled_images
+from components.config.data import MAX_PIXELS
 from pipeline.serve.batching import Batcher
 from components.features import EXAMPLES_SIGNATURE, IMAGES_SIGNATURE
 from pipeline.serve.loaded import Follower, LoadedVersion, Routes

@@ -23,12 +23,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from components import fileio, serving_config
+from components.io import fileio
+from components.inference import serving_config
 from components.artifacts import SAVED_MODEL_PB
-from components.config import LATEST_ALIAS
+from components.config.push import LATEST_ALIAS
 from components.errors import ImgpipeError
 from components.features import EXAMPLES_SIGNATURE, IMAGES_SIGNATURE
-from components.registry import Registry, Version
+from components.registry.versions import Registry, Version
 
 
 @dataclass(frozen=True)

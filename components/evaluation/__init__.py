@@ -1,0 +1,1 @@
+"""Evaluation: evaluate's Beam scoring job and the blessing gates."""

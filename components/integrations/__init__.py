@@ -1,0 +1,1 @@
+"""Managed services the pipeline pushes to: Vertex AI."""

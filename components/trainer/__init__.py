@@ -1,0 +1,1 @@
+"""Training: model builders, the tf.distribute strategy, the input pipeline, fit loops and export."""
