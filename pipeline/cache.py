@@ -35,12 +35,13 @@ LIBRARIES = ("tensorflow", "keras", "tensorflow-transform", "tensorflow-model-an
 # sources in every cached task's `code`: the entrypoint (run-time parameters and pins
 # into the config), invoke and the registry (references to the exact files the step
 # reads: weights, warm start, hyperparameters), the DAG and the root config (the
-# sections and wiring). Not their imports: those are the steps' code, which each task
+# sections and wiring; its defaults, kfp section and YAML reading). Not their imports: those are the steps' code, which each task
 # covers for its own step, so a helper only ingest uses still reruns only ingest. The
 # local runner keys on what these produce instead (the step's config, the resolved
 # identities, the input fingerprints): it runs them before it computes the key.
 ADAPTER_MODULES = ("pipeline.kfp.entrypoint", "pipeline.kfp.shared", "pipeline.invoke",
-                   "pipeline.dag", "pipeline.config", "components.registry.versions")
+                   "pipeline.dag", "pipeline.config", "pipeline.config_defaults",
+                   "pipeline.config_kfp", "pipeline.config_yaml", "components.registry.versions")
 # The lock deploy/Dockerfile* install the package under, beside the project's packages.
 LOCK_FILE = "requirements.lock"
 
@@ -253,7 +254,7 @@ def _short(value: Any) -> str:
 def explain_miss(parts: dict[str, Any], previous: Any) -> str:
     """Why a step has to run: which parts of its key differ from its last execution
     (`previous`: an Execution with `key_parts`, `id` and `run_id`, or None)."""
-    from pipeline.config import flatten
+    from pipeline.config_yaml import flatten
 
     if previous is None:
         return "no earlier execution of this step"

@@ -11,7 +11,7 @@ from components import runtime
 from components.artifacts import card_field
 from components.config.push import PushConfig
 from components.registry.versions import PromotionRefused, Registry, Version, is_reference  # noqa: F401
-from pipeline.config import flatten
+from pipeline.config_yaml import flatten
 
 DEFAULT_ROOT = PushConfig.model_fields["destination"].default
 

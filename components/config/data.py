@@ -17,9 +17,10 @@ MAX_PIXELS = 50_000_000
 
 
 # data.channels and data.image_size left `auto` (the default) are decided from the data
-# when the pipeline config loads (pipeline/config.py, components/data/data_shape.py). A
-# DataConfig built on its own (a step called directly) has no data to decide from and
-# takes the course's values, the grayscale glyphs every course model is built for.
+# when the pipeline config loads (pipeline/config_defaults.py,
+# components/data/data_shape.py). A DataConfig built on its own (a step called directly)
+# has no data to decide from and takes the course's values, the grayscale glyphs every
+# course model is built for.
 AUTO = "auto"
 COURSE_CHANNELS = 1
 COURSE_IMAGE_SIZE = (36, 36)

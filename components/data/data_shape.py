@@ -1,6 +1,6 @@
 """`data.channels: auto` and `data.image_size: auto` (the defaults), decided from the data
-when the pipeline config loads (`pipeline/config.py`), before any step runs: the photo
-defaults follow the decision, and every step's config and cache key sees the values.
+when the pipeline config loads (`pipeline/config_defaults.py`), before any step runs: the
+photo defaults follow the decision, and every step's config and cache key sees the values.
 
 What is read: the headers of up to SAMPLE_FILES files spread evenly over the source's
 listing (class folders in order, so over the classes; a manifest in its order), never

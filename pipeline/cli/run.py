@@ -177,7 +177,7 @@ def _check_target(args: argparse.Namespace, cfg: Any, package: str) -> None:
     file system cannot open it). Sets `args.service_account` to kfp.service_account
     when not given; a different one is refused (the package's custom jobs and Dataflow
     workers were compiled to run as kfp.service_account)."""
-    from pipeline.config import KUBEFLOW, VERTEX
+    from pipeline.config_kfp import KUBEFLOW, VERTEX
     from pipeline.kfp import compile as kfp_compile
 
     account = cfg.kfp.service_account

@@ -24,7 +24,8 @@ import os
 from typing import Any, Callable
 
 from pipeline import cache, dag, invoke
-from pipeline.config import KUBEFLOW, VERTEX, PipelineConfig
+from pipeline.config import PipelineConfig
+from pipeline.config_kfp import KUBEFLOW, VERTEX
 from pipeline.kfp.shared import EXTERNAL, OPTIONAL, RUNTIME_PARAMETERS
 
 # Artifact type -> KFP artifact class name.
@@ -205,9 +206,10 @@ def resolve_configs(config: PipelineConfig, location: str = "") -> str:
 
 
 def _pin_params(node: dag.Node) -> list[str]:
-    """A step task's pinned inputs: previous-run inputs, resolved values (the baseline)
-    and, for a step with outside inputs, EXTERNAL."""
-    return [*node.previous, *node.spec.resolved,
+    """A step task's pinned inputs: previous-run inputs, resolved values pinned on their
+    own (the baseline: `invoke.pinned_parameters`) and, for a step with outside inputs
+    (start weights, a warm start, tuned values, external files), EXTERNAL."""
+    return [*node.previous, *invoke.pinned_parameters(node),
             *([EXTERNAL] if invoke.reads_outside_inputs(node) else [])]
 
 
@@ -525,7 +527,7 @@ def check_step_names(config: PipelineConfig, steps: tuple[dag.Node, ...]) -> Non
     """Every kfp.steps key names a task of this pipeline (its DAG's steps, the report
     and resolve): a misspelt one would compile with its resources silently unused."""
     from components.errors import ConfigError
-    from pipeline.config import DEFAULT_KFP_STEPS
+    from pipeline.config_kfp import DEFAULT_KFP_STEPS
 
     tasks = [node.name for node in steps] + ["report", RESOLVE]
     known = set(tasks) | set(DEFAULT_KFP_STEPS)     # a default for a step a DAG leaves out
