@@ -70,7 +70,7 @@ def main() -> None:
     import numpy as np
     import tensorflow as tf
 
-    from components.trainer import training
+    from components.trainer import inputs
     from components.config.model import ModelConfig
     from components.config.train import TrainConfig
 
@@ -81,12 +81,12 @@ def main() -> None:
         model = ModelConfig(kind=args.model)
         cached_cfg = TrainConfig(batch_size=args.batch_size)
         stream_cfg = TrainConfig(batch_size=args.batch_size, cache_memory_mb=0)
-        cached = training.make_dataset(graph, examples, "train", args.batch_size, cached_cfg,
-                                       True, False)
-        stream = training.make_dataset(graph, examples, "train", args.batch_size, stream_cfg,
-                                       True, False)
+        cached = inputs.make_dataset(graph, examples, "train", args.batch_size, cached_cfg,
+                                     True, False)
+        stream = inputs.make_dataset(graph, examples, "train", args.batch_size, stream_cfg,
+                                     True, False)
         images, labels = [], []
-        for x, y in training.make_dataset(graph, examples, "train", 4096, cached_cfg, False, False):
+        for x, y in inputs.make_dataset(graph, examples, "train", 4096, cached_cfg, False, False):
             images.append(x.numpy())
             labels.append(y.numpy())
         images, labels = np.concatenate(images), np.concatenate(labels)

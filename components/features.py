@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 
-# The exported model's serving signatures (components/trainer/training.py writes them): a batch
+# The exported model's serving signatures (components/trainer/export.py writes them): a batch
 # of serialized tf.Examples (TF Serving's default) and a batch of encoded images.
 EXAMPLES_SIGNATURE = "serving_default"
 IMAGES_SIGNATURE = "serving_images"

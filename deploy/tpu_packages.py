@@ -27,8 +27,8 @@ the known skew below.
 Known skew (there is no release that avoids it): tensorflow-transform 1.21.0, tfx-bsl
 1.21.0 and tensorflow-model-analysis 0.52.0 declare tensorflow>=2.21 (every
 tensorflow-transform release pins one TensorFlow minor; none pins 2.20). The trainer
-needs tensorflow-transform (components/trainer/training.py: `tft.TFTransformOutput(...)
-.transform_features_layer()` in `export`, and for examples that were not
+needs tensorflow-transform (`tft.TFTransformOutput(...).transform_features_layer()` in
+components/trainer/export.py, and in inputs.py for examples that were not
 materialized), so it stays; tests/deploy/test_tpu_image.py runs that code, on artifacts the
 pipeline wrote with TensorFlow 2.21, in this set under TensorFlow 2.20. TFMA is not on
 the train path.

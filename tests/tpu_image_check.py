@@ -6,7 +6,7 @@ the pipeline wrote with TensorFlow 2.21:
    TFTransformOutput, and both transform a few raw examples as TF 2.21 did;
 2. the exported SavedModel serves them as it did under TF 2.21;
 3. the Keras file loads, predicts the same, and takes one training step on a batch of
-   the trainer's own input pipeline (`training.make_dataset`);
+   the trainer's own input pipeline (`inputs.make_dataset`);
 4. the train task itself (`run_step("train", ...)`, what the TPU container runs) trains
    on them and exports a SavedModel.
 
@@ -35,7 +35,7 @@ def main(spec_path: str) -> dict:
     import tensorflow_transform as tft
 
     from components import artifacts, features
-    from components.trainer import training
+    from components.trainer import inputs, training
     from components.config.train import TrainConfig
 
     spec = json.load(open(spec_path))
@@ -84,8 +84,8 @@ def main(spec_path: str) -> dict:
     plan = training.plan_for(train, tf.distribute.get_strategy())
     training.compile_model(net, train, plan, "sparse_categorical_crossentropy" if sparse
                            else "categorical_crossentropy")
-    images, labels = next(iter(training.make_dataset(graph, examples, "train", 32, train,
-                                                     True, sparse)))
+    images, labels = next(iter(inputs.make_dataset(graph, examples, "train", 32, train,
+                                                   True, sparse)))
     before = [w.copy() for w in net.get_weights()]
     logs = net.train_on_batch(images, labels, return_dict=True)
     assert np.isfinite(logs["loss"]), logs

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from components import artifacts, runtime
-from components.trainer import distribute, models, training
+from components.trainer import distribute, inputs, models, training
 from components.io import fileio
 from components.config.data import DataConfig
 from components.config.model import ModelConfig
@@ -26,7 +26,9 @@ from components.config.tune import apply_values, describe_values
 from components.contract import In, Out, Scratch, step
 from components.errors import ConfigError, TrainingError
 from components.trainer.distribute import choose_strategy
-from components.trainer.training import Plan, compile_model, export, make_dataset
+from components.trainer.export import export
+from components.trainer.inputs import make_dataset
+from components.trainer.training import Plan, compile_model
 
 log = logging.getLogger("imgpipe.train")
 
@@ -67,7 +69,7 @@ class Fitting:
     plan: Plan
     loss: str
     val_ds: Any = None
-    holdout: training.Holdout | None = None
+    holdout: inputs.Holdout | None = None
     augmentation: str = ""
     kept_epoch: int | None = None
 
@@ -190,8 +192,8 @@ def run(transform_graph: In[artifacts.TransformGraph], examples: In[artifacts.Ex
     global_batch = train.batch_size * strategy.num_replicas_in_sync
     check_batch_fits(global_batch, transform_graph.properties["counts"].get("train", 0),
                      strategy.num_replicas_in_sync)
-    held = training.holdout(transform_graph, examples, (data or DataConfig()).validation_fraction,
-                            min_fit=global_batch)
+    held = inputs.holdout(transform_graph, examples, (data or DataConfig()).validation_fraction,
+                          min_fit=global_batch)
     train_ds, val_ds = training_datasets(transform_graph, examples, global_batch, train, sparse,
                                          plan.static, held)
     eval_ds = make_dataset(transform_graph, examples, "eval", global_batch, train, False, sparse,
@@ -207,7 +209,7 @@ def run(transform_graph: In[artifacts.TransformGraph], examples: In[artifacts.Ex
                               f"train.warm_start {_describe(source)}")
         compile_model(net, train, plan, loss, steps_per_epoch=held.fit_count // global_batch)
     fitting = Fitting(net, train_ds, eval_ds, strategy, reason, plan, loss, val_ds, held,
-                      training.augmentation(train.augment, shape[-1])[1])
+                      inputs.augmentation(train.augment, shape[-1])[1])
     log.info("%s; %s", fitting.augmentation, held.note)
 
     if not distribute.is_chief(strategy):
@@ -231,15 +233,15 @@ def run(transform_graph: In[artifacts.TransformGraph], examples: In[artifacts.Ex
 
 def training_datasets(graph: artifacts.Artifact, examples: artifacts.Artifact, batch: int,
                       train: TrainConfig, sparse: bool, static: bool,
-                      held: training.Holdout) -> tuple[Any, Any]:
+                      held: inputs.Holdout) -> tuple[Any, Any]:
     """(the batches to fit on, the validation batches or None): the train split's two
     parts when the holdout is used, else the whole train split and no validation."""
     if not held.used:
         return make_dataset(graph, examples, "train", batch, train, True, sparse, static), None
     return (make_dataset(graph, examples, "train", batch, train, True, sparse, static,
-                         held, training.FIT),
+                         held, inputs.FIT),
             make_dataset(graph, examples, "train", batch, train, False, sparse, static,
-                         held, training.VALIDATION))
+                         held, inputs.VALIDATION))
 
 
 def _score_eval(fitting: Fitting) -> dict[str, float]:

@@ -2,7 +2,7 @@
 
 `tune.space` maps dotted config keys of `model` and `train` to ranges. Every trial is
 the model train would build: the config with the trial's values applied, the
-trainer's own input pipeline (`training.make_dataset`), model builder
+trainer's own input pipeline (`inputs.make_dataset`), model builder
 (`models.build`) and compile. The result is a HyperParameters artifact whose best
 values train applies to its config. With no space the step searches nothing (train
 uses its config as written); with `train.hyperparameters` it copies an earlier
@@ -63,12 +63,12 @@ class _HyperModel:
     def make(tune: TuneConfig, model: ModelConfig, train: TrainConfig,
              transform_graph: artifacts.Artifact, examples: artifacts.Artifact,
              held: Any):
-        """`held`: the validation part of the train split (training.Holdout) every trial
+        """`held`: the validation part of the train split (inputs.Holdout) every trial
         is scored on; when it is not used, trials are scored on the training metric
         (`tune.objective` without val_), never on the eval split."""
         import keras_tuner as kt
 
-        from components.trainer import distribute, models, training
+        from components.trainer import distribute, inputs, models, training
 
         strategy = distribute.choose_strategy(train.strategy)[0]
         plan = training.plan_for(train, strategy)
@@ -98,13 +98,13 @@ class _HyperModel:
                 sparse = _loss(trial_train).startswith("sparse")
                 batch = trial_train.batch_size * strategy.num_replicas_in_sync
                 if held.used:
-                    train_ds, val_ds = (training.make_dataset(
+                    train_ds, val_ds = (inputs.make_dataset(
                         transform_graph, examples, "train", batch, trial_train,
-                        part == training.FIT, sparse, plan.static, held, part)
-                        for part in (training.FIT, training.VALIDATION))
+                        part == inputs.FIT, sparse, plan.static, held, part)
+                        for part in (inputs.FIT, inputs.VALIDATION))
                 else:
-                    train_ds = training.make_dataset(transform_graph, examples, "train", batch,
-                                                     trial_train, True, sparse, plan.static)
+                    train_ds = inputs.make_dataset(transform_graph, examples, "train", batch,
+                                                   trial_train, True, sparse, plan.static)
                     val_ds = None
                 started = time.perf_counter()
                 kwargs.setdefault("verbose", 0)
@@ -244,11 +244,11 @@ def run(transform_graph: In[artifacts.TransformGraph], examples: In[artifacts.Ex
     else:
         import tempfile
 
-        from components.trainer import training
+        from components.trainer import inputs
 
         directory = scratch or tempfile.mkdtemp(prefix="search-")   # inside the step's tmp
-        held = training.holdout(transform_graph, examples,
-                                (data or DataConfig()).validation_fraction)
+        held = inputs.holdout(transform_graph, examples,
+                              (data or DataConfig()).validation_fraction)
         record = _search(tune, model, train, transform_graph, examples, directory, held)
         scored = record["scored_on"]["metric"]
         lines = [f"{len(record['trials'])} trial(s), {tune.algorithm} search, "

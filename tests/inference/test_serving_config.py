@@ -30,7 +30,7 @@ def private_tmp():
 
 def _tiny_model(path):
     """A SavedModel with the exported model's two serving signatures (as
-    components.trainer.training.export names them), built without training: the class
+    components.trainer.export.export names them), built without training: the class
     probabilities are a softmax of the image's mean brightness, so both signatures give
     the same answer for the same image."""
     import tensorflow as tf

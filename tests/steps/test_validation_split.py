@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from components import artifacts, features
-from components.trainer import training
+from components.trainer import inputs
 from components.config.beam import BeamConfig
 from components.config.data import DataConfig
 from components.config.model import ModelConfig
@@ -67,32 +67,32 @@ def clean_and_poisoned(tmp_path_factory):
 
 
 def _pixels(graph, examples, held, part):
-    ds = training.make_dataset(graph, examples, "train", 4, TrainConfig(), False, True,
-                               holdout=held, part=part)
+    ds = inputs.make_dataset(graph, examples, "train", 4, TrainConfig(), False, True,
+                             holdout=held, part=part)
     return {image.numpy().tobytes() for images, _ in ds for image in images}
 
 
 def test_validation_is_carved_from_train_by_content_and_never_shares_an_image(
         clean_and_poisoned):
     graph, examples = clean_and_poisoned[0]
-    held = training.holdout(graph, examples, 0.3)
+    held = inputs.holdout(graph, examples, 0.3)
     assert held.used, held.note
     total = graph.properties["counts"]["train"]
     assert held.fit_count + held.validation_count == total
     assert 0.15 * total < held.validation_count < 0.45 * total
     fit, validation = (_pixels(graph, examples, held, part)
-                       for part in (training.FIT, training.VALIDATION))
+                       for part in (inputs.FIT, inputs.VALIDATION))
     assert len(validation) == held.validation_count and len(fit) == held.fit_count
     assert not fit & validation
-    ds = training.make_dataset(graph, examples, "train", 4, TrainConfig(), False, True)
+    ds = inputs.make_dataset(graph, examples, "train", 4, TrainConfig(), False, True)
     everything = {image.numpy().tobytes() for images, _ in ds for image in images}
     assert fit | validation == everything
     # the eval split is in neither part
-    ds = training.make_dataset(graph, examples, "eval", 4, TrainConfig(), False, True)
+    ds = inputs.make_dataset(graph, examples, "eval", 4, TrainConfig(), False, True)
     assert not {image.numpy().tobytes() for images, _ in ds for image in images} & everything
     # the same carve in every run
-    assert training.holdout(graph, examples, 0.3) == held
-    assert _pixels(graph, examples, held, training.VALIDATION) == validation
+    assert inputs.holdout(graph, examples, 0.3) == held
+    assert _pixels(graph, examples, held, inputs.VALIDATION) == validation
 
 
 def test_a_poisoned_eval_split_changes_nothing_train_selects(tmp_path, clean_and_poisoned):
@@ -162,9 +162,9 @@ def test_early_stopping_keeps_the_best_epoch_of_a_planted_overfit(tmp_path):
     assert any(line.startswith(f"kept epoch {best} of 12 (early stopping restored")
                for line in summary["lines"]), summary["lines"]
     net = keras.models.load_model(model.path(artifacts.Model.KERAS_FILE))
-    held = training.holdout(graph, examples, HOLD.validation_fraction)
-    ds = training.make_dataset(graph, examples, "train", 8, cfg, False, False, holdout=held,
-                               part=training.VALIDATION)
+    held = inputs.holdout(graph, examples, HOLD.validation_fraction)
+    ds = inputs.make_dataset(graph, examples, "train", 8, cfg, False, False, holdout=held,
+                             part=inputs.VALIDATION)
     kept = net.evaluate(ds, return_dict=True, verbose=0)["loss"]
     assert kept == pytest.approx(losses[best - 1], abs=1e-4)
     assert abs(kept - losses[-1]) > 0.05
@@ -175,7 +175,7 @@ def test_too_little_data_for_a_validation_split_falls_back_and_says_so(tmp_path)
     transform.run(examples, DataConfig(image_size=(12, 12)), TransformConfig(), BeamConfig(),
                   transform_graph=str(tmp_path / "tg"))
     graph = artifacts.read(str(tmp_path / "tg"))
-    held = training.holdout(graph, examples, 0.05)
+    held = inputs.holdout(graph, examples, 0.05)
     assert not held.used and held.fit_count == 9
     summary = train.run(graph, examples, ModelConfig(kind="logistic"),
                         TrainConfig(epochs=3, batch_size=3, early_stopping_patience=1),

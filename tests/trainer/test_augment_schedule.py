@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from components import artifacts
-from components.trainer import training
+from components.trainer import inputs, training
 from components.config.beam import BeamConfig
 from components.config.data import DataConfig
 from components.config.model import ModelConfig
@@ -65,14 +65,14 @@ def _images(graph, examples, augment, split="train", fitting=True):
     images (5 a class), sorted by content so the shuffle's order does not matter."""
     count = graph.properties["counts"][split]
     cfg = TrainConfig(augment=augment, batch_size=count)
-    ds = training.make_dataset(graph, examples, split, count, cfg, fitting, sparse=True)
+    ds = inputs.make_dataset(graph, examples, split, count, cfg, fitting, sparse=True)
     images = np.concatenate([image.numpy() for image, _ in ds])
     return images[np.lexsort(images.reshape(len(images), -1).T)]
 
 
 def test_auto_is_off_for_one_channel_and_on_for_three(gray, rgb):
-    assert training.augmentation("auto", 1)[0] == []
-    layers = dict(training.augmentation("auto", 3)[0])
+    assert inputs.augmentation("auto", 1)[0] == []
+    layers = dict(inputs.augmentation("auto", 3)[0])
     assert layers["flip"] == "horizontal" and {"rotation", "zoom", "translation",
                                                "contrast"} <= set(layers)
     # 1-channel glyphs: auto trains on exactly the images there are, unflipped
@@ -87,13 +87,13 @@ def test_eval_and_validation_batches_are_never_augmented(rgb):
     graph, examples = rgb
     plain = _images(graph, examples, "off", split="eval", fitting=False)
     assert np.array_equal(_images(graph, examples, HEAVY, split="eval", fitting=False), plain)
-    held = training.holdout(graph, examples, 0.5)
+    held = inputs.holdout(graph, examples, 0.5)
     assert held.used, held.note
 
     def validation(augment):
         cfg = TrainConfig(augment=augment)
-        ds = training.make_dataset(graph, examples, "train", 4, cfg, False, True,
-                                   holdout=held, part=training.VALIDATION)
+        ds = inputs.make_dataset(graph, examples, "train", 4, cfg, False, True,
+                                 holdout=held, part=inputs.VALIDATION)
         return np.concatenate([image.numpy() for image, _ in ds])
 
     assert np.array_equal(validation(HEAVY), validation("off"))

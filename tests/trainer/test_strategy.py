@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from components import artifacts, runtime
-from components.trainer import distribute, training
+from components.trainer import distribute, inputs, training
 from components.config.beam import BeamConfig
 from components.config.data import DataConfig
 from components.config.train import TrainConfig
@@ -113,13 +113,13 @@ def test_eval_under_many_replicas_is_padded_not_dropped(small_graph):
     cfg = TrainConfig(batch_size=8)
     # 8 replicas x 8 = a global batch of 64 for 3 eval examples: dropping the remainder
     # would leave no batch at all
-    batches = list(training.make_dataset(graph, examples, "eval", 64, cfg, False, False,
-                                         static=True))
+    batches = list(inputs.make_dataset(graph, examples, "eval", 64, cfg, False, False,
+                                       static=True))
     assert len(batches) == 1
     images, labels, weights = batches[0]
     assert images.shape[0] == 64 and float(np.sum(weights)) == 3.0
     assert np.allclose(labels.numpy()[weights.numpy() == 0], 0)
-    plain = list(training.make_dataset(graph, examples, "eval", 64, cfg, False, False))
+    plain = list(inputs.make_dataset(graph, examples, "eval", 64, cfg, False, False))
     assert len(plain) == 1 and plain[0][0].shape[0] == 3
     assert np.allclose(plain[0][0].numpy(), images.numpy()[:3])
 
