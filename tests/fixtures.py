@@ -1,7 +1,11 @@
-"""Tiny datasets built in tests: class folders, a bad-input corpus, unusual image modes."""
+"""Helpers the tests share (plain functions, no test in here): tiny datasets (class
+folders, a bad-input corpus, unusual image modes, an Examples artifact), readers of a
+compiled KFP spec, a recording fake of a client library, a small registry, writes torn
+by a full disk, and the command line run in this process."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import struct
@@ -200,3 +204,153 @@ def task_codes(spec: dict) -> dict:
                 found[name] = task.get("inputs", {}).get("parameters", {}).get(
                     "code", {}).get("runtimeValue", {}).get("constant")
     return found
+
+
+def task_inputs(spec: dict) -> dict:
+    """task name -> its task entry (inputs, caching, dependencies) in a compiled KFP
+    spec, over the root DAG and every condition."""
+    out = {}
+    for component in [spec["root"], *spec["components"].values()]:
+        for name, task in component.get("dag", {}).get("tasks", {}).items():
+            out[name] = task
+    return out
+
+
+class Recorder:
+    """A fake client module: records calls and checks them against the real signatures."""
+
+    def __init__(self, real):
+        self.real, self.calls = real, []
+
+    def check(self, name, target, *args, **kwargs):
+        import inspect
+
+        inspect.signature(target).bind(*args, **kwargs)      # the real API accepts it
+        self.calls.append((name, args, kwargs))
+
+
+# --- a small registry --------------------------------------------------------------------
+
+PASSED_CARD = {"blessing": {"blessed": True, "reason": "ok"},
+               "infra_validation": {"passed": True, "reason": "served"}}
+
+
+def _saved_model(path) -> str:
+    os.makedirs(os.path.join(path, "variables"), exist_ok=True)
+    with open(os.path.join(path, "saved_model.pb"), "w") as handle:
+        handle.write("graph")
+    with open(os.path.join(path, "variables", "variables.index"), "w") as handle:
+        handle.write("x")
+    return str(path)
+
+
+def registry_with_versions(tmp_path, versions: int, production: list[int]):
+    """A Registry at tmp_path/serving with model `m` pushed `versions` times (a stand-in
+    SavedModel, a blessed card) and `production` moved onto each of `production` in turn."""
+    from components.registry.versions import Registry
+
+    reg = Registry(str(tmp_path / "serving"))
+    src = _saved_model(tmp_path / "sm")
+    for _ in range(versions):
+        reg.push("m", src, PASSED_CARD)
+    for number in production:
+        reg.set_alias(f"m:{number}", "production")
+    return reg
+
+
+# --- files a user keeps, written when the disk fills ---------------------------------------
+
+
+@contextlib.contextmanager
+def torn_writes(monkeypatch, folder, after: int = 0):
+    """Every file opened for writing under `folder`, after the first `after` ones, gets
+    half of its first write and then a full disk (ENOSPC): what a crash or a full disk
+    mid-write leaves. `open` and `io.open` (pathlib) both."""
+    import builtins
+    import errno
+
+    real_open, folder = builtins.open, os.path.abspath(folder)
+    opened = {"n": 0}
+
+    class Torn:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def write(self, data):
+            self.handle.write(data[: len(data) // 2])
+            self.handle.flush()
+            raise OSError(errno.ENOSPC, "No space left on device", self.handle.name)
+
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+    def opener(file, mode="r", *args, **kwargs):
+        handle = real_open(file, mode, *args, **kwargs)
+        if isinstance(file, (str, os.PathLike)) and any(c in mode for c in "wax+") and \
+                os.path.abspath(file).startswith(folder + os.sep):
+            opened["n"] += 1
+            if opened["n"] > after:
+                return Torn(handle)
+        return handle
+
+    monkeypatch.setattr(builtins, "open", opener)
+    monkeypatch.setattr(io, "open", opener)
+    try:
+        yield opened
+    finally:
+        monkeypatch.setattr(builtins, "open", real_open)
+        monkeypatch.setattr(io, "open", real_open)
+
+
+def file_tree(folder) -> dict[str, bytes]:
+    """relative path -> bytes of every file under `folder`."""
+    return {os.path.relpath(os.path.join(d, f), folder): open(os.path.join(d, f), "rb").read()
+            for d, _, files in os.walk(folder) for f in files}
+
+
+# --- the command line ----------------------------------------------------------------------
+
+# A digits config that runs in seconds; cli_config writes it with a push destination.
+CLI_BASE = {"name": "base", "data": {"source": "builtin:digits", "image_size": [8, 8],
+                                     "channels": 1},
+            "model": {"kind": "cnn", "hidden_units": [16]},
+            "train": {"epochs": 1, "batch_size": 32},
+            "evaluate": {"thresholds": {"accuracy": {"min": 0.1}}}}
+
+
+def cli_config(tmp_path, **sections) -> str:
+    """tmp_path/base.yaml: CLI_BASE pushing to tmp_path/serving, each of `sections`
+    merged into its section."""
+    import yaml
+
+    tree = {**CLI_BASE, "push": {"destination": str(tmp_path / "serving")}}
+    for section, values in sections.items():
+        tree[section] = {**tree.get(section, {}), **values}
+    path = tmp_path / "base.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return str(path)
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `imgpipe ARGV` in this process."""
+    from pipeline import cli
+
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(capsys, args, code=2) -> str:
+    """`imgpipe ARGS` exits `code` with one `imgpipe: error:` line on stderr; returns it."""
+    from pipeline import cli
+
+    assert cli.main(args) == code, capsys.readouterr()
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("imgpipe: error:") and len(err.splitlines()) == 1, err
+    return err

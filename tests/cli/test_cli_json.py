@@ -1,6 +1,6 @@
 """`--json` on every command that prints a result: one JSON document on stdout, the
 progress and notes on stderr. `runs` and `models` are covered in test_cli_ingest and
-test_registry; the kfp-local run's JSON in test_kfp."""
+test_registry; the kfp-local run's JSON in kfp/test_kfp_local."""
 
 import argparse
 import json

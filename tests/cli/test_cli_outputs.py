@@ -7,12 +7,14 @@ folder it does not read, and refuses a folder with nothing to read."""
 import csv
 import io
 import os
+import subprocess
 import sys
 
 import pytest
 
 from pipeline import cli
 from tests import fixtures
+from tests.fixtures import file_tree, torn_writes
 
 from tests import ROOT  # noqa: E402
 EXAMPLE = os.path.join(ROOT, "deploy", "example.yaml")
@@ -206,3 +208,69 @@ def test_predict_reports_each_file_of_a_folder_it_does_not_read(
 
 if sys.platform != "linux":          # pragma: no cover
     pytestmark = pytest.mark.skip("symlinks and /proc as on Linux")
+
+
+# --- a full disk mid-write keeps the file that was there (issue 24, item 21) ----------
+
+
+def test_a_failed_datasets_export_leaves_no_folder_and_no_partial_files(tmp_path, monkeypatch,
+                                                                        capsys):
+    from pipeline import cli
+
+    out = tmp_path / "exported"
+    with torn_writes(monkeypatch, tmp_path, after=25) as opened:
+        assert cli.main(["datasets", "export", "digits", str(out)]) == 2
+    assert opened["n"] > 25                       # it failed part way, not at the start
+    assert "no space left on the device" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []             # no folder, no .partial sibling
+    assert cli.main(["datasets", "export", "digits", str(out)]) == 0   # and it can retry
+    assert len(file_tree(out)) == 1797
+
+
+def test_a_failed_schema_infer_keeps_the_old_schema(tmp_path, monkeypatch, capsys):
+    from pipeline import cli
+
+    config = tmp_path / "c.yaml"
+    config.write_text("name: s\ndata: {source: 'builtin:digits', image_size: [8, 8]}\n")
+    out = tmp_path / "out" / "s.pbtxt"
+    args = ["schema", "infer", str(config), "-o", str(out), "--runs-dir", str(tmp_path / "runs")]
+    assert cli.main(args) == 0
+    before = file_tree(out.parent)
+    assert "feature" in before["s.pbtxt"].decode()
+    with torn_writes(monkeypatch, out.parent):
+        assert cli.main(args) == 2                 # the statistics are reused, the write fails
+    assert "no space left on the device" in capsys.readouterr().err
+    assert file_tree(out.parent) == before
+
+
+def test_a_failed_compile_keeps_the_old_package(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from pipeline import cli
+
+    out = tmp_path / "out" / "pipeline.yaml"
+    args = ["compile", os.path.join(ROOT, "configs", "digits.yaml"), "--set",
+            "push.destination=gs://b/serving", "--set", "kfp.image=example.com/imgpipe:1",
+            "-o", str(out)]
+    assert cli.main(args) == 0
+    before = file_tree(out.parent)
+    assert "deploymentSpec" in yaml.safe_load(before["pipeline.yaml"])
+    with torn_writes(monkeypatch, out.parent):
+        assert cli.main(args) == 2
+    assert "no space left on the device" in capsys.readouterr().err
+    assert file_tree(out.parent) == before
+
+
+def test_output_files_are_written_where_asked(tmp_path, capsys):
+    target = tmp_path / "missing" / "dir" / "x.json"
+    assert cli.main(["config", "schema", "-o", str(target)]) == 0
+    assert target.is_file()
+    fixtures.write_files(str(tmp_path / "out"), {"keep.txt": b"mine"})
+    err = fixtures.one_line_error(capsys, ["datasets", "export", "digits", str(tmp_path / "out")])
+    assert "not empty" in err and (tmp_path / "out" / "keep.txt").read_bytes() == b"mine"
+
+
+def test_a_closed_pipe_ends_quietly():
+    proc = subprocess.run(f"{sys.executable} -m pipeline.cli config schema | head -1",
+                          shell=True, cwd=ROOT, capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "{" and proc.stderr == ""

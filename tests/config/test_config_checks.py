@@ -10,6 +10,8 @@ import pytest
 from pipeline import cli
 from pipeline import config as config_lib
 from pipeline.metadata import METADATA_FILE, MetadataStore
+from tests import fixtures
+from tests.fixtures import one_line_error
 
 from tests import ROOT  # noqa: E402
 EXAMPLE = os.path.join(ROOT, "deploy", "example.yaml")
@@ -238,3 +240,57 @@ def test_variables_and_home_expand_in_path_fields(tmp_path, monkeypatch):
     assert cfg.validate_.schema_path == str(tmp_path / "root" / "enforced.pbtxt")
     assert cfg.push.destination == str(tmp_path / "home" / "serving")
     assert cfg.train.hyperparameters == "gs://my-bucket/h.json"
+
+
+# --- mistakes in the config file itself, through `imgpipe run` ---------------------------
+
+
+CONFIGS = {
+    "name with a trailing newline": ('name: "x\\n"\n', "name"),
+    "alias outside the registry": ("push: {promote_to: ../x}\n", "promote_to"),
+    "model name outside the registry": ("push: {model_name: ../../evil}\n", "model_name"),
+    "empty source": ('data: {source: ""}\n', "source is empty"),
+    "image too large": ("data: {image_size: [100000, 100000]}\n", "ingest.max_pixels"),
+    "boolean epochs": ("train: {epochs: true}\n", "boolean"),
+    "boolean in the image size": ("data: {image_size: [true, 36]}\n", "boolean"),
+    "boolean channels": ("data: {channels: true}\n", "boolean"),
+    "boolean layer width": ("model: {hidden_units: [true, 64]}\n", "boolean"),
+    "model too large for the images": ("data: {image_size: [7000, 7000]}\nmodel: {kind: dense}\n",
+                                       "weights in its first dense layer"),
+    "images too small for the model": ("data: {image_size: [2, 2]}\nmodel: {kind: deep_cnn}\n",
+                                       "at least 4x4"),
+    "transfer on grayscale": ("model: {kind: transfer}\n", "3-channel input"),
+    "promote to latest": ("push: {promote_to: latest}\n", "'latest' always means"),
+    "baseline latest": ("push: {baseline_alias: latest}\n", "'latest' always means"),
+    "unknown beam runner": ("beam: {runner: NoSuchRunner}\n", "unknown Beam runner"),
+    "YAML alias bomb": ("".join(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]\n"
+                                for i in range(1, 9)).replace("*a0", "x"), "100,000 values"),
+    "NUL byte": ("data: {source: builtin:digits}\x00\n", "invalid YAML"),
+    "old hash key": ("validate: {near_duplicate_bits: 2}\n", "near_duplicate_rms"),
+    "moved latency key": ("evaluate: {latency_budget_ms: 10}\n", "infra_validate"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONFIGS))
+def test_config_mistakes(tmp_path, capsys, case):
+    text, expected = CONFIGS[case]
+    path = tmp_path / "c.yaml"
+    path.write_text(("name: t\n" if not text.startswith("name") else "") + text)
+    err = one_line_error(capsys, ["run", str(path), "--runs-dir", str(tmp_path / "runs")])
+    assert expected in err
+    assert not (tmp_path / "runs" / "metadata.sqlite").exists()     # no run started
+
+
+def test_config_file_mistakes(tmp_path, capsys):
+    (tmp_path / "latin1.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
+    assert "not UTF-8" in one_line_error(capsys, ["run", str(tmp_path / "latin1.yaml")])
+    (tmp_path / "dest").write_text("a file where the registry should be")
+    (tmp_path / "c.yaml").write_text(f"name: t\npush: {{destination: '{tmp_path / 'dest'}'}}\n")
+    err = one_line_error(capsys, ["run", str(tmp_path / "c.yaml"), "--runs-dir",
+                                  str(tmp_path / "runs")])
+    assert "push.destination" in err and "is a file" in err
+    fixtures.make_class_folders(str(tmp_path / "src"), per_class=2)
+    (tmp_path / "d.yaml").write_text(f"name: t\ndata: {{source: '{tmp_path / 'src'}'}}\n")
+    err = one_line_error(capsys, ["run", str(tmp_path / "d.yaml"), "--runs-dir",
+                                  str(tmp_path / "src" / "runs")])
+    assert "inside data.source" in err

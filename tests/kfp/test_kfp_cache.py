@@ -8,7 +8,8 @@ runs from the compiled spec and each task's recorded inputs (kfp.local's
 executor_output.json of the tasks that feed them), and checks that on unchanged data
 every cached task after validate would be reused: validate reruns (it checks drift
 against the run before), its unchanged verdict lets the run go on, and nothing after it
-takes an input whose identity changes every run."""
+takes an input whose identity changes every run. First, on the compiled spec alone:
+which tasks may be cached, and that each takes only what its result depends on."""
 
 from __future__ import annotations
 
@@ -24,6 +25,52 @@ import yaml
 from components import artifacts
 from pipeline import config as config_lib
 from pipeline.kfp import compile as kfp_compile
+from tests.fixtures import task_inputs
+
+EXAMPLE = os.path.join(tests.ROOT, "deploy", "example.yaml")
+
+
+def test_kfp_caching_is_correct_across_runs(tmp_path):
+    """A scheduled run reuses a task exactly when its result would not change: no task
+    that may be cached takes anything derived from the job; each takes only the config
+    it reads; push, resolve and report are never cached; evaluate and validate take the
+    baseline and previous statistics the resolve task pinned."""
+    def compile_with(*overrides):
+        out = str(tmp_path / f"p{len(overrides)}.yaml")
+        cfg = config_lib.load(EXAMPLE, list(overrides), resolve_paths=False)
+        kfp_compile.compile_pipeline(cfg, out)
+        return yaml.safe_load(open(out))
+
+    base, longer = compile_with(), compile_with("train.epochs=3", "model.dropout=0.2")
+    for step in ("ingest", "validate", "transform"):
+        for key in (f"comp-{step}", ):
+            assert base["components"][key] == longer["components"][key], step
+        assert base["deploymentSpec"]["executors"][f"exec-{step}"] == \
+            longer["deploymentSpec"]["executors"][f"exec-{step}"], step
+        assert task_inputs(base)[step] == task_inputs(longer)[step], step
+    assert task_inputs(base)["train"] != task_inputs(longer)["train"]   # dropout is compiled
+    assert base["root"]["inputDefinitions"]["parameters"]["train_epochs"]["defaultValue"] == 40
+    assert longer["root"]["inputDefinitions"]["parameters"]["train_epochs"]["defaultValue"] == 3
+
+    tasks = task_inputs(base)
+    for name, task in tasks.items():
+        if name.startswith("condition"):
+            continue
+        text = json.dumps(task.get("inputs", {}))
+        cached = task.get("cachingOptions") == {"enableCache": True}
+        assert cached == (name not in ("push", "resolve", "report")), name
+        if cached:
+            assert "pipeline_job" not in text and "PIPELINE_JOB" not in text, name
+    evaluate = tasks["evaluate"]["inputs"]["parameters"]
+    assert evaluate["pin_baseline"]["taskOutputParameter"] == {
+        "outputParameterKey": "evaluate__baseline", "producerTask": "resolve"}
+    validate = tasks["validate"]["inputs"]["parameters"]
+    assert validate["pin_baseline_statistics"]["taskOutputParameter"]["producerTask"] == "resolve"
+    # each task's config holds only the sections it reads
+    ingest_cfg = json.loads(tasks["ingest"]["inputs"]["parameters"]["config_json"]["runtimeValue"]
+                            ["constant"])
+    assert set(ingest_cfg) == {"data", "ingest", "beam"} and "source" not in ingest_cfg["data"]
+
 
 CONFIG = """name: cache-check
 data: {source: builtin:digits, image_size: [8, 8], channels: 1}

@@ -15,6 +15,7 @@ import pytest
 from pipeline import cli, dag
 from pipeline.local.runner import LocalRunner
 from tests import fake_steps
+from tests.fixtures import file_tree, torn_writes
 
 STEPS = (dag.node(fake_steps.judge),
          dag.node(fake_steps.publish, blessing="evaluate.blessing"))
@@ -230,3 +231,18 @@ def test_outcome_words_each_ending():
     other = ran("push", pushed=False, reason="the registry is read-only")
     assert outcome("succeeded", [evaluate, other])["text"] == \
         "nothing to push (the registry is read-only)"
+
+
+def test_a_failed_report_write_keeps_the_old_report(tmp_path, monkeypatch):
+    from pipeline import config as config_lib
+    from pipeline.report import html as report
+    from pipeline.local.runner import LocalRunner
+    from tests.local.test_local_runner import STEPS
+
+    cfg = config_lib.from_dict({"name": "r", "data": {"source": "a"}})
+    result = LocalRunner(cfg, str(tmp_path), log=lambda _: None, steps=STEPS).run()
+    before = file_tree(result.run_dir)
+    assert before["report.html"].startswith(b"<!doctype html>")
+    with torn_writes(monkeypatch, result.run_dir), pytest.raises(OSError):
+        report.write(result.run_dir, result.run_id, "succeeded", result.steps)
+    assert file_tree(result.run_dir) == before        # the old report whole, no temporary file

@@ -171,14 +171,14 @@ class FakeVertex:
     """A stateful stand-in for google.cloud.aiplatform: models with versions, labels and
     aliases, and `filter` honoured (display_name="X" on Model.list, labels.KEY="VALUE"
     on ModelRegistry.list_versions; any other filter fails the test). Every call is
-    checked against the real library's signature (tests.kfp.test_kfp.Recorder).
+    checked against the real library's signature (tests.fixtures.Recorder).
     `fail_uploads`: how many uploads fail next; `fail_after_create`: they fail after
     Vertex created the version (a timeout on the reply)."""
 
     def __init__(self):
         from google.cloud import aiplatform as real
 
-        from tests.kfp.test_kfp import Recorder
+        from tests.fixtures import Recorder
 
         self.rec, self.real = Recorder(real), real
         self.models: dict[str, dict] = {}      # resource name -> display_name, versions
