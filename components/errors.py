@@ -21,6 +21,11 @@ class AccessError(ConfigError):
         self.reason = reason or message
 
 
+class RegistryError(ConfigError):
+    """A model registry's file (ledger, model card, pipeline state) is damaged; the
+    message names it and the repair."""
+
+
 class DataError(ImgpipeError):
     """The input data cannot be used: empty source, missing class, too many bad files."""
 

@@ -117,7 +117,7 @@ class Resolved:
 def needs_context(node: Node, step_cfg: dict[str, Any]) -> bool:
     """Whether resolving the step's references needs a Context: it asks for the
     baseline, or its model weights name a registry version or a run."""
-    from components.registry.versions import is_reference
+    from components.registry.refs import is_reference
 
     refs = [step_cfg.get("model", {}).get("weights") or "",
             step_cfg.get("train", {}).get("hyperparameters") or "",
@@ -256,7 +256,8 @@ def warm_start_source(value: str, context: Context | None,
     pushed under the name). `NAME@ALIAS` while no version of NAME exists is the first
     run of a schedule: `WarmStart.first` (train from scratch); once one exists, a
     missing alias is an error."""
-    from components.registry.versions import Registry, is_reference
+    from components.registry.refs import is_reference
+    from components.registry.versions import Registry
 
     ref = configured or value
     if not value and configured:
@@ -294,7 +295,7 @@ def warm_start_version(registry: Registry, ref: str) -> Version:
     """The pushed version `train.warm_start` names, once the model has versions. An
     alias that names none is an error saying what to do: it stays missing on every
     scheduled run while the pushes promote to another alias."""
-    from components.registry.versions import LATEST, REF, normalize_reference
+    from components.registry.refs import LATEST, REF, normalize_reference
 
     match = REF.fullmatch(normalize_reference(ref))
     if match and match["alias"] and match["alias"] != LATEST:
@@ -366,7 +367,8 @@ def _resolve_reference(value: str, context: Context | None, key: str,
         return fileio.join(record.uri, run_file)
     if fileio.exists(value):
         return value
-    from components.registry.versions import Registry, is_reference
+    from components.registry.refs import is_reference
+    from components.registry.versions import Registry
 
     if is_reference(value) and context is not None:
         return fileio.join(Registry(context.registry_root).resolve(value).path, version_file)
@@ -420,7 +422,8 @@ def pin_outside_inputs(node: Node, step_cfg: dict[str, Any], context: Context,
 
     The same inputs give the same pin byte for byte, so the step's task is cached
     exactly until one of them changes."""
-    from components.registry.versions import Registry, is_reference
+    from components.registry.refs import is_reference
+    from components.registry.versions import Registry
 
     cfg = json.loads(json.dumps(step_cfg))
     refs: dict[str, Any] = {}

@@ -10,7 +10,7 @@ from typing import Any
 from components import runtime
 from components.artifacts import card_field
 from components.config.push import PushConfig
-from components.registry.versions import PromotionRefused, Registry, Version, is_reference  # noqa: F401
+from components.registry.versions import Registry, Version
 from pipeline.config_yaml import flatten
 
 DEFAULT_ROOT = PushConfig.model_fields["destination"].default
@@ -53,7 +53,7 @@ def version_row(version: Version, aliases: dict[str, int]) -> dict[str, Any]:
 def list_versions(registry: Registry, name: str | None = None) -> list[dict[str, Any]]:
     """One row per version; a version whose card is damaged is listed with the error
     (so the listing still shows what is there)."""
-    from components.registry.versions import RegistryError
+    from components.errors import RegistryError
 
     rows = []
     for model in ([name] if name else registry.models()):

@@ -29,7 +29,9 @@ and by compare-and-swap on the ledger's object generation on gs://.
 
 `Registry` decides (versions, aliases, promotion rules, whether a model is already
 pushed); the two storage protocols are `LocalStore` and `BucketStore` in
-`components.registry.store`, one of them chosen from the root.
+`components.registry.store`, one of them chosen from the root. The reference grammar
+is `components.registry.refs`, the ledger's lines and replay `components.registry.ledger`,
+what a link takes out of the root `components.registry.paths`.
 """
 
 from __future__ import annotations
@@ -40,57 +42,22 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from components.io import fileio
 from components import runtime
 from components.artifacts import SAVED_MODEL_PB, card_field
-from components.config.push import LATEST_ALIAS
-from components.errors import ConfigError, ImgpipeError
+from components.errors import ConfigError, ImgpipeError, RegistryError
+from components.io import fileio
+from components.registry import ledger, paths
+from components.registry.refs import LATEST, NAME, REF, check_name, normalize_reference
 from components.registry.store import CARD, BucketStore, LocalStore, Push, Store
-from components.registry.store import user as _user
 
 ALIASES = "aliases.json"
-AUDIT = "audit.jsonl"
 PIPELINE_STATE = "pipeline_state.json"
-NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
-NAME = re.compile(NAME_PATTERN)
-REF = re.compile(rf"(?P<name>{NAME_PATTERN})(?:@(?P<alias>{NAME_PATTERN})|:(?P<version>\d+))")
-LATEST = LATEST_ALIAS
 
 
 class PromotionRefused(ImgpipeError):
     """A version that is not blessed (or failed infra validation) was to be promoted."""
 
     exit_code = 4
-
-
-class RegistryError(ConfigError):
-    """A registry file is damaged; the message names it and the repair."""
-
-
-MLFLOW = re.compile(rf"models:/(?P<name>{NAME_PATTERN})(?:@(?P<alias>{NAME_PATTERN})"
-                    r"|/(?P<version>\d+))")
-
-
-def normalize_reference(text: str) -> str:
-    """MLflow's `models:/NAME@ALIAS` and `models:/NAME/VERSION` -> NAME@ALIAS / NAME:VERSION;
-    anything else as is."""
-    match = MLFLOW.fullmatch(text or "")
-    if not match:
-        return text
-    return f"{match['name']}@{match['alias']}" if match["alias"] else \
-        f"{match['name']}:{match['version']}"
-
-
-def is_reference(text: str) -> bool:
-    return bool(REF.fullmatch(normalize_reference(text)))
-
-
-def check_name(name: str, what: str = "model name") -> str:
-    """Names are identifiers: a name like '../x' would read or write outside the root."""
-    if not NAME.fullmatch(name or "") or ".." in name:
-        raise ConfigError(f"{what} {name!r} must be letters, digits, '_', '.' or '-', starting "
-                          "with a letter or digit (it names a folder in the registry).")
-    return name
 
 
 @dataclass(frozen=True)
@@ -143,44 +110,15 @@ class Registry:
 
     def _model_dir(self, name: str) -> str:
         path = fileio.join(self.root, check_name(name))
-        self._refuse_outside(path)
+        paths.refuse_outside(self.root, path)
         return path
 
     # --- links out of the root -------------------------------------------------------
 
-    def _outside(self, path: str) -> str | None:
-        """The real path of `path` when a symbolic link takes it out of the root (None
-        when it stays inside, and always on gs://, which has no links): a registry
-        lists, promotes and serves only what was pushed into it."""
-        if fileio.is_remote(self.root):
-            return None
-        real, root = os.path.realpath(path), os.path.realpath(self.root)
-        return None if real == root or real.startswith(root.rstrip(os.sep) + os.sep) else real
-
-    def _refuse_outside(self, path: str) -> None:
-        real = self._outside(path)
-        if real is not None:
-            raise RegistryError(f"{path} {_leaves(real, self.root)}")
-
     def links_outside(self, name: str | None = None) -> list[tuple[str, str]]:
         """(link, real path) for each model folder (or, for `name`, version folder) that
         a symbolic link takes out of the root: what `models` and `versions` skip."""
-        if fileio.is_remote(self.root) or not fileio.isdir(self.root):
-            return []
-        found = []
-        for model in [name] if name else sorted(os.listdir(self.root)):
-            path = os.path.join(self.root, model)
-            if not NAME.fullmatch(model) or not os.path.isdir(path):
-                continue
-            real = self._outside(path)
-            if real is not None:
-                found.append((path, real))
-                continue
-            for entry in sorted(os.listdir(path)):
-                real = self._outside(os.path.join(path, entry)) if entry.isdigit() else None
-                if real is not None:
-                    found.append((os.path.join(path, entry), real))
-        return found
+        return paths.links_outside(self.root, name)
 
     # --- reading -------------------------------------------------------------------
 
@@ -190,7 +128,7 @@ class Registry:
             return []
         return sorted(n for n in fileio.listdir(self.root)
                       if NAME.fullmatch(n) and fileio.isdir(fileio.join(self.root, n))
-                      and self._outside(fileio.join(self.root, n)) is None)
+                      and paths.outside(self.root, fileio.join(self.root, n)) is None)
 
     def versions(self, name: str) -> list[Version]:
         """Complete versions only: integer folders holding saved_model.pb (a stray file
@@ -200,26 +138,26 @@ class Registry:
             return []
         numbers = sorted(int(n) for n in fileio.listdir(base)
                          if n.isdigit() and fileio.exists(fileio.join(base, n, SAVED_MODEL_PB))
-                         and self._outside(fileio.join(base, n)) is None)
+                         and paths.outside(self.root, fileio.join(base, n)) is None)
         return [Version(name, n, fileio.join(base, str(n))) for n in numbers]
 
     def audit(self, name: str) -> list[dict[str, Any]]:
         """The ledger's entries. A torn last line (a writer killed mid-append) is not an
         entry; a damaged line before it is a RegistryError naming the line."""
-        path = fileio.join(self._model_dir(name), AUDIT)
+        path = fileio.join(self._model_dir(name), ledger.AUDIT)
         if not fileio.exists(path):
             return []
-        return _parse_ledger(path, name, fileio.read_bytes(path))
+        return ledger.parse(path, name, fileio.read_bytes(path))
 
     def aliases(self, name: str) -> dict[str, int]:
         """alias -> version, from the ledger (aliases.json is a view of it)."""
-        return _replay(self.audit(name))
+        return ledger.replay(self.audit(name))
 
     def get(self, name: str, version: int) -> Version:
         for candidate in self.versions(name):
             if candidate.version == version:
                 return candidate
-        self._refuse_outside(fileio.join(self._model_dir(name), str(version)))
+        paths.refuse_outside(self.root, fileio.join(self._model_dir(name), str(version)))
         known = ", ".join(str(v.version) for v in self.versions(name)) or "none"
         raise ConfigError(f"no version {version} of model {name!r} in {self.root} "
                           f"(versions: {known}).")
@@ -231,11 +169,12 @@ class Registry:
             if candidate.version == number:
                 return candidate
         path = fileio.join(self._model_dir(name), str(number))
-        self._refuse_outside(path)
+        paths.refuse_outside(self.root, path)
         raise ConfigError(
-            f"{name}@{alias} points at version {number}, but {_gone(path)}; point the alias at "
-            f"a version that is there with `imgpipe models promote {name}:N --to {alias}` "
-            f"(versions: {', '.join(str(v.version) for v in self.versions(name)) or 'none'}), "
+            f"{name}@{alias} points at version {number}, but {paths.gone(path)}; point the "
+            f"alias at a version that is there with `imgpipe models promote {name}:N --to "
+            f"{alias}` (versions: "
+            f"{', '.join(str(v.version) for v in self.versions(name)) or 'none'}), "
             f"or remove it with `imgpipe models alias delete {name} {alias}`.")
 
     def dangling(self, name: str) -> dict[str, int]:
@@ -372,12 +311,12 @@ class Registry:
             _require_blessed(version)
 
         def decide(entries: list[dict[str, Any]]) -> dict[str, Any]:
-            current = _replay(entries).get(alias)
-            entry = _entry(action, alias, current, version.version, reason, force, who)
+            current = ledger.replay(entries).get(alias)
+            entry = ledger.entry(action, alias, current, version.version, reason, force, who)
             if traffic is not None:
                 entry["traffic"] = traffic
             same = current == version.version and (
-                traffic is None or traffic == _traffic(entries, alias))
+                traffic is None or traffic == ledger.traffic(entries, alias))
             behind = forward_only and not same and current is not None and \
                 self._newer(version.name, current, version)
             if behind:
@@ -404,11 +343,11 @@ class Registry:
     def delete_alias(self, name: str, alias: str, reason: str = "",
                      who: str | None = None) -> dict[str, Any]:
         def decide(entries: list[dict[str, Any]]) -> dict[str, Any]:
-            aliases = _replay(entries)
+            aliases = ledger.replay(entries)
             if alias not in aliases:
                 raise ConfigError(f"model {name!r} has no alias {alias!r} to delete (aliases: "
                                   f"{', '.join(sorted(aliases)) or 'none'}).")
-            return _entry("delete", alias, aliases[alias], None, reason, False, who)
+            return ledger.entry("delete", alias, aliases[alias], None, reason, False, who)
 
         return self._change(name, decide)
 
@@ -419,23 +358,24 @@ class Registry:
         change is written (under the lock, or retried on a changed ledger), so two
         concurrent rollbacks move it back twice, never skip or repeat a version."""
         def decide(entries: list[dict[str, Any]]) -> dict[str, Any]:
-            current = _replay(entries).get(alias)
+            current = ledger.replay(entries).get(alias)
             if current is None:
                 raise ConfigError(f"model {name!r} has no alias {alias!r} to roll back.")
-            holders = _holders(entries, alias)
+            holders = ledger.holders(entries, alias)
             if len(holders) < 2:
                 raise ConfigError(f"{name}@{alias} (version {current}) has no earlier holder to "
                                   "roll back to; promote a version explicitly instead.")
             if holders[-2] not in {v.version for v in self.versions(name)}:
                 path = fileio.join(self._model_dir(name), str(holders[-2]))
-                self._refuse_outside(path)
+                paths.refuse_outside(self.root, path)
                 raise ConfigError(f"cannot roll {name}@{alias} back to version {holders[-2]}: "
-                                  f"{_gone(path)}; promote a version that is there instead with "
-                                  f"`imgpipe models promote {name}:N --to {alias}`.")
+                                  f"{paths.gone(path)}; promote a version that is there "
+                                  f"instead with `imgpipe models promote {name}:N --to "
+                                  f"{alias}`.")
             # Not forced: rollback takes no --force, and the ledger records only what the
             # user asked for (the earlier holder passed its own promotion).
-            return _entry("rollback", alias, current, holders[-2],
-                          reason or f"rollback from {current}", False, who)
+            return ledger.entry("rollback", alias, current, holders[-2],
+                                reason or f"rollback from {current}", False, who)
 
         return self._change(name, decide)
 
@@ -450,19 +390,19 @@ class Registry:
         view. Local roots: under the model's lock. Object stores: compare-and-swap on
         the ledger's generation, retried (and decided again) when another writer was
         first. An entry marked `unchanged` (or None) is not recorded."""
-        ledger = fileio.join(self._model_dir(name), AUDIT)
+        audit = fileio.join(self._model_dir(name), ledger.AUDIT)
 
         def decided(whole: bytes) -> tuple[dict[str, Any] | None, bytes]:
-            entry = decide(_parse_ledger(ledger, name, whole))
+            entry = decide(ledger.parse(audit, name, whole))
             if entry is None or entry.get("unchanged"):
                 return entry, b""
             return entry, json.dumps(entry, sort_keys=True).encode() + b"\n"
 
         def view(whole: bytes | None) -> None:
             self._write_view(name, self.aliases(name) if whole is None
-                             else _replay(_parse_ledger(ledger, name, whole)))
+                             else ledger.replay(ledger.parse(audit, name, whole)))
 
-        return self._store.change(ledger, decided, view)
+        return self._store.change(audit, decided, view)
 
     def _read_view(self, name: str) -> Any:
         path = fileio.join(self._model_dir(name), ALIASES)
@@ -474,20 +414,6 @@ class Registry:
     def _write_view(self, name: str, aliases: dict[str, int]) -> None:
         fileio.write_text_atomic(fileio.join(self._model_dir(name), ALIASES),
                                  json.dumps(aliases, indent=2, sort_keys=True))
-
-
-def _leaves(real: str, root: str) -> str:
-    """Why a folder a link takes out of the root is refused, and the fix."""
-    return (f"is a link to {real}, outside the registry {root}; the registry lists, promotes "
-            "and serves only what was pushed into it: remove the link (the folder it points "
-            "at stays) and push that model with `imgpipe run`.")
-
-
-def _gone(path: str) -> str:
-    """What is wrong with a version folder that is not a complete version."""
-    if not fileio.exists(path):
-        return f"its folder {path} is gone (deleted or moved)"
-    return f"its folder {path} holds no {SAVED_MODEL_PB} (not a complete version)"
 
 
 def _is_number(value: Any) -> bool:
@@ -524,44 +450,6 @@ def _is_time(value: Any) -> bool:
         return False
 
 
-def _parse_ledger(path: str, name: str, data: bytes) -> list[dict[str, Any]]:
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise RegistryError(f"{path} is not UTF-8 text; restore it from a backup, or "
-                            "remove it to start a new alias history.") from exc
-    entries = []
-    # Text after the last newline is a torn append that never committed.
-    for number, line in enumerate(text.split("\n")[:-1], 1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-            _check_entry(entry)
-        except ValueError as exc:
-            raise RegistryError(
-                f"{path} line {number} is damaged ({exc}); the ledger records every alias "
-                f"change: fix or delete that line, then run `imgpipe models repair {name}` "
-                "to rewrite aliases.json from it.") from exc
-        entries.append(entry)
-    return entries
-
-
-def _check_entry(entry: Any) -> None:
-    """A ledger line is an alias change: an alias name, a target version (None for a
-    delete), an action; ValueError otherwise."""
-    if not isinstance(entry, dict) or "alias" not in entry or "to" not in entry:
-        raise ValueError("not an alias change record")
-    if not isinstance(entry["alias"], str) or not NAME.fullmatch(entry["alias"]):
-        raise ValueError(f"alias {entry['alias']!r} is not an alias name")
-    for key in ("to", "from"):
-        value = entry.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise ValueError(f"{key!r} is {value!r}, not a version number")
-    if not isinstance(entry.get("action", ""), str):
-        raise ValueError(f"action {entry['action']!r} is not text")
-
-
 def _files_of(src: str, rel: str) -> list[tuple[str, str]]:
     """(source file, relative destination) for a file or every file under a folder."""
     if not fileio.isdir(src):
@@ -577,49 +465,6 @@ def _newest_span(card: dict[str, Any]) -> tuple[tuple[int, ...], str] | None:
     spans = (card.get("data") or {}).get("spans") or []
     digits = [tuple(int(d) for d in re.findall(r"\d+", str(label))) for label in spans]
     return max(zip(digits, map(str, spans))) if spans and all(digits) else None
-
-
-def _entry(action: str, alias: str, current: int | None, target: int | None, reason: str,
-           force: bool, who: str | None) -> dict[str, Any]:
-    return {"time": runtime.utc_now(), "who": who or _user(), "action": action, "alias": alias,
-            "from": current, "to": target, "reason": reason, "force": force}
-
-
-def _replay(entries: list[dict[str, Any]]) -> dict[str, int]:
-    aliases: dict[str, int] = {}
-    for entry in entries:
-        if entry.get("action") == "delete" or entry["to"] is None:
-            aliases.pop(entry["alias"], None)
-        else:
-            aliases[entry["alias"]] = int(entry["to"])
-    return aliases
-
-
-def _traffic(entries: list[dict[str, Any]], alias: str) -> int:
-    """The endpoint share the alias's latest entry gave it (0: none)."""
-    for entry in reversed(entries):
-        if entry["alias"] == alias:
-            return entry.get("traffic") or 0
-    return 0
-
-
-def _holders(entries: list[dict[str, Any]], alias: str) -> list[int]:
-    """The alias's history as a stack: promotions push (a repeat of the top is no
-    change), rollbacks pop, a delete clears it. The top is the current holder."""
-    stack: list[int] = []
-    for entry in entries:
-        if entry["alias"] != alias:
-            continue
-        if entry.get("action") == "delete":
-            stack.clear()
-        elif entry.get("action") == "rollback":
-            if stack:
-                stack.pop()
-            if not stack or stack[-1] != entry["to"]:
-                stack.append(int(entry["to"]))
-        elif not stack or stack[-1] != entry["to"]:
-            stack.append(int(entry["to"]))
-    return stack
 
 
 def _require_blessed(version: Version) -> None:

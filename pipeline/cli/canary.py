@@ -24,7 +24,7 @@ def cmd_models_canary(args: argparse.Namespace) -> Result:
 
     from pipeline.serve import canary, monitoring, request_log
     from components.errors import ConfigError
-    from components.registry.versions import check_name
+    from components.registry.refs import check_name
 
     name = check_name(args.model)
     if args.candidate == args.baseline:

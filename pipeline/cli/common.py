@@ -51,7 +51,8 @@ def _registry(args: argparse.Namespace):
     """The registry `--registry`/`--config` name; a ConfigError when nothing is there."""
     from components.io import fileio
     from components.errors import ConfigError
-    from pipeline.registry_views import Registry, registry_root
+    from components.registry.versions import Registry
+    from pipeline.registry_views import registry_root
 
     root = registry_root(args.registry, getattr(args, "config", None))
     if not fileio.exists(root):

@@ -63,7 +63,7 @@ def _with_missing(registry, rows: list[dict[str, Any]], name: str | None
                   ) -> list[dict[str, Any]]:
     """`rows` plus one row per version an alias still names whose folder is gone, so
     the listing shows the alias (and its repair) instead of dropping it."""
-    from components.registry.versions import RegistryError
+    from components.errors import RegistryError
 
     missing = []
     for model in [name] if name else registry.models():

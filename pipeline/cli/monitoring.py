@@ -20,7 +20,7 @@ def cmd_monitor(args: argparse.Namespace) -> Result:
 
     from pipeline.serve import monitoring, request_log
     from components.errors import ConfigError
-    from components.registry.versions import REF, normalize_reference
+    from components.registry.refs import REF, normalize_reference
 
     now = dt.datetime.now(dt.timezone.utc)
     since = monitoring.parse_when(args.since, now, "--since")

@@ -37,7 +37,7 @@ def check_remote(config: PipelineConfig) -> list[str]:
     checked from here (one line each; `check_warm_start`), for the command to say."""
     from components.config.data import BUILTIN_PREFIX
     from components.errors import ConfigError
-    from components.registry.versions import is_reference
+    from components.registry.refs import is_reference
 
     source = config.data.source
     if not (source.startswith(BUILTIN_PREFIX) or _in_bucket(source)):
@@ -105,7 +105,7 @@ def check_warm_start(config: PipelineConfig) -> str | None:
     version and train checks it when the pipeline runs, and the line returned says so
     (compiling in CI needs no credentials). None when checked or nothing to check."""
     from components.errors import AccessError, ConfigError, ImgpipeError
-    from components.registry.versions import is_reference
+    from components.registry.refs import is_reference
 
     warm = config.train.warm_start
     if not warm:

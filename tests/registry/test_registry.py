@@ -428,7 +428,7 @@ def test_diff_warns_when_versions_were_scored_on_different_data(tmp_path, capsys
 
 
 def test_mlflow_style_references_resolve_like_ours(tmp_path):
-    from components.registry.versions import is_reference, normalize_reference
+    from components.registry.refs import is_reference, normalize_reference
 
     reg = two_versions(tmp_path)
     assert reg.resolve("models:/m@production").version == 1
