@@ -236,9 +236,14 @@ class InfraBlessing(ArtifactType):
 
 class PushedModel(ArtifactType):
     """What the push step did. Layout: `{uri}/push.json` (pushed or not and why,
-    registry root, model name, version, path, alias moved)."""
+    registry root, model name, version, path, alias moved). The version it names, in
+    the registry, holds beside the SavedModel the `ModelCard` (`CARD`, which evaluate
+    reads of the baseline) and, when infra validation wrote them, TF Serving's warmup
+    records at its fixed path (`WARMUP`)."""
 
     FILE = "push.json"
+    CARD = "model_card.json"
+    WARMUP = "assets.extra/tf_serving_warmup_requests"
 
 
 class InferenceResult(ArtifactType):
@@ -254,7 +259,7 @@ class InferenceResult(ArtifactType):
 
 
 class ModelCard(TypedDict, total=False):
-    """A pushed version's model card (`model_card.json` in the registry, written by the
+    """A pushed version's model card (`PushedModel.CARD` in the registry, written by the
     push step, read by `imgpipe models`, the report and the registry's rules)."""
 
     model: dict[str, Any]            # kind, trainable_params, image_shape, epochs, fingerprint,

@@ -28,13 +28,14 @@ import struct
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
+from components import artifacts
 from components.io import fileio, tfrecord
 from components.errors import ConfigError
 
 # Where TF Serving looks for warmup records inside a version folder (its fixed path,
-# `tensorflow_serving/servables/tensorflow/saved_model_warmup_util`). The registry
-# version's layout, not an artifact's: the InfraBlessing names its own copy.
-VERSION_WARMUP = "assets.extra/tf_serving_warmup_requests"
+# `tensorflow_serving/servables/tensorflow/saved_model_warmup_util`): a pushed
+# version's layout, named by PushedModel; the InfraBlessing names its own copy.
+VERSION_WARMUP = artifacts.PushedModel.WARMUP
 # How many of the probe's inputs one warmup request carries: enough to trace the batch
 # dimension as a batch, few enough to keep a version's load quick.
 WARMUP_BATCH = 8

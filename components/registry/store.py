@@ -27,10 +27,10 @@ from typing import Callable, Iterator, Protocol, TypeVar
 
 from components.io import fileio
 from components import runtime
-from components.artifacts import SAVED_MODEL_PB
+from components.artifacts import SAVED_MODEL_PB, PushedModel
 from components.errors import ImgpipeError
 
-CARD = "model_card.json"
+CARD = PushedModel.CARD   # the file name is the artifact type's (a version's layout)
 CLAIM = ".claim"          # a version number taken on an object store (create-if-absent)
 
 Files = list[tuple[str, str]]       # (source file, path inside the version folder)

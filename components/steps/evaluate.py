@@ -29,7 +29,6 @@ from components.evaluation import gate
 from components.config.beam import BeamConfig
 from components.config.evaluate import EvaluateConfig
 from components.contract import BaselineModel, In, Out, step
-from components.registry.versions import CARD
 
 CANDIDATE, BASELINE = "candidate", "baseline"
 # Config metric name -> (TFMA class name, config JSON)
@@ -225,7 +224,7 @@ def _thumbnail(data: bytes, size: int = 96) -> bytes:
 
 
 def _baseline_card(baseline: str | None) -> dict[str, Any]:
-    path = fileio.join(baseline, CARD) if baseline else None
+    path = fileio.join(baseline, artifacts.PushedModel.CARD) if baseline else None
     return json.loads(fileio.read_text(path)) if path and fileio.exists(path) else {}
 
 

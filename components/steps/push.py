@@ -21,7 +21,6 @@ from typing import Any
 
 from components import artifacts, runtime
 from components.io import fileio
-from components.inference import serving_config
 from components.integrations import vertex
 from components.config.push import PushConfig
 from components.config.train import decisions
@@ -155,7 +154,7 @@ def run(trained_model: In[artifacts.Model], blessing: In[artifacts.ModelBlessing
         # has none: the version is pushed without them)
         warmup = artifacts.InfraBlessing.warmup(infra_blessing)
         if warmup is not None:
-            extra_files[serving_config.VERSION_WARMUP] = warmup
+            extra_files[artifacts.PushedModel.WARMUP] = warmup
         # A stop (Ctrl-C, SIGTERM) during the publish waits until the version, its
         # alias and this step's record are written: the run then says what was pushed.
         with runtime.deferred_stop():

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from components import artifacts
 from pipeline import config as config_lib
 from tests import fixtures
 
@@ -239,7 +240,8 @@ def test_a_run_on_a_photo_folder_trains_3_channels_and_records_the_decision(tmp_
         "  data: 3 channels, 48x48 (decided from the data: 60 of 60 sampled files are RGB")
     assert "photo defaults applied (3 channels, no model.kind named): model.kind xception, " \
            "train.batch_size 32" in lines[1]
-    card = json.loads((tmp_path / "serving" / "snaps" / "1" / "model_card.json").read_text())
+    card = json.loads((tmp_path / "serving" / "snaps" / "1" /
+                       artifacts.PushedModel.CARD).read_text())
     assert card["model"]["image_shape"] == [48, 48, 3] and card["model"]["kind"] == "xception"
     assert card["data"]["decided"]["keys"] == ["channels", "image_size"]
     assert card["data"]["decided"]["defaults"]["applied"] == "photo"

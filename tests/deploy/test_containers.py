@@ -22,6 +22,7 @@ import urllib.request
 import pytest
 import yaml
 
+from components import artifacts
 from tests import ROOT  # noqa: E402
 IMAGE = "imgpipe:local"
 IMGPIPE = os.path.join(os.path.dirname(sys.executable), "imgpipe")
@@ -81,7 +82,7 @@ def test_the_digits_pipeline_runs_task_by_task_in_containers_of_the_image(image,
     assert "engine kfp-docker" in out and "pushed digits-cnn:1" in out
     for step in ("ingest", "transform", "train", "evaluate", "push"):
         assert f"  {step:<10} done" in out, step
-    card = json.load(open(tmp_path / "serving" / "digits-cnn" / "1" / "model_card.json"))
+    card = json.load(open(tmp_path / "serving" / "digits-cnn" / "1" / artifacts.PushedModel.CARD))
     assert card["blessing"]["blessed"] and card["metrics"]["accuracy"] > 0.9
     listed = _imgpipe(tmp_path, "runs", "list", "--runs-dir", str(tmp_path / "runs"), "--json")
     run = json.loads(listed.stdout)[0]
@@ -160,7 +161,7 @@ def test_a_scheduled_window_on_a_bucket_runs_in_containers_on_its_schedule_day(
         out = done.stdout + done.stderr
         assert done.returncode == 0, out[-6000:]
         assert "1 span(s) 2026-11-30..2026-11-30" in out and "pushed daily:1" in out
-        card = json.load(open(tmp_path / "serving" / "daily" / "1" / "model_card.json"))
+        card = json.load(open(tmp_path / "serving" / "daily" / "1" / artifacts.PushedModel.CARD))
         assert card["data"]["spans"] == ["2026-11-30"]
         missing_day = _imgpipe(tmp_path, "run", str(path), "--engine", "kfp-docker",
                                "--schedule-time", "2026-12-05T03:00:00Z",

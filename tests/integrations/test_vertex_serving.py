@@ -12,6 +12,7 @@ import inspect
 import pytest
 from google.cloud import aiplatform as real
 
+from components import artifacts
 from components.integrations import vertex
 from tests.integrations.test_vertex_endpoint import _push, fake  # noqa: F401  (fake: the fixture)
 
@@ -81,8 +82,8 @@ def test_the_serving_copy_is_the_saved_model_alone(tmp_path):
     path = tmp_path / "serving" / "m" / "4"
     files = {"saved_model.pb": "graph", "fingerprint.pb": "fp",
              "variables/variables.index": "i", "variables/variables.data-00000-of-00001": "d",
-             "assets/vocabulary.txt": "a\nb", "assets.extra/tf_serving_warmup_requests": "w",
-             "model_card.json": "{}", vertex.RECORD: "{}", "serving.config": "old"}
+             "assets/vocabulary.txt": "a\nb", artifacts.PushedModel.WARMUP: "w",
+             artifacts.PushedModel.CARD: "{}", vertex.RECORD: "{}", "serving.config": "old"}
     for rel, text in files.items():
         (path / rel).parent.mkdir(parents=True, exist_ok=True)
         (path / rel).write_text(text)
@@ -91,7 +92,7 @@ def test_the_serving_copy_is_the_saved_model_alone(tmp_path):
     copied = {p.relative_to(base).as_posix(): p.read_text()
               for p in (tmp_path / base).rglob("*") if p.is_file()}
     assert copied == {f"4/{rel}": text for rel, text in files.items()
-                      if rel not in ("model_card.json", vertex.RECORD, "serving.config")}
+                      if rel not in (artifacts.PushedModel.CARD, vertex.RECORD, "serving.config")}
     assert vertex.serving_copy(Version("m", 4, str(path))) == base       # again: the same
 
 

@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from components import artifacts
 from components.errors import ConfigError
 from components.registry.versions import PromotionRefused, Registry
 from pipeline import cli
@@ -36,7 +37,8 @@ def test_versions_are_integers_in_the_serving_layout(tmp_path):
     # (plus the model's hidden .lock, which TF Serving ignores)
     assert sorted(os.listdir(tmp_path / "serving" / "fonts")) == [".lock", "1", "2"]
     assert os.path.isfile(tmp_path / "serving" / "fonts" / "2" / "saved_model.pb")
-    assert json.load(open(tmp_path / "serving" / "fonts" / "2" / "model_card.json"))["version"] == 2
+    card_path = tmp_path / "serving" / "fonts" / "2" / artifacts.PushedModel.CARD
+    assert json.load(open(card_path))["version"] == 2
     assert reg.resolve("fonts@latest").version == 2 and reg.resolve("fonts:1") == v1
     with pytest.raises(ConfigError, match="no alias 'production'"):
         reg.resolve("fonts@production")
@@ -125,7 +127,7 @@ def test_a_half_made_version_is_skipped_not_collided_with(tmp_path):
     reg.push("m", src, card())
     half = tmp_path / "serving" / "m" / "2"
     half.mkdir()
-    (half / "model_card.json").write_text("{}")        # no saved_model.pb: not a version
+    (half / artifacts.PushedModel.CARD).write_text("{}")        # no saved_model.pb: not a version
     assert reg.push("m", src, card()).version == 3
     assert reg.push("m", src, card()).version == 4
 
@@ -321,7 +323,7 @@ def test_damaged_registry_files_are_named_with_their_repair(tmp_path, capsys):
     reg = two_versions(tmp_path)
     (root / "m" / "aliases.json").write_text("{not json")        # only a view: harmless
     assert reg.aliases("m") == {"production": 1}
-    (root / "m" / "2" / "model_card.json").write_text("{broken")
+    (root / "m" / "2" / artifacts.PushedModel.CARD).write_text("{broken")
     assert cli.main(["models", "list", "--registry", str(root)]) == 0
     listing = capsys.readouterr().out
     assert "m:1" in listing and "m:2" in listing and "DAMAGED" in listing
@@ -364,7 +366,7 @@ def test_a_ledger_line_of_the_wrong_shape_is_named(tmp_path, capsys, line):
 def test_a_damaged_baseline_stops_the_run_before_it_starts(tmp_path, capsys):
     root = tmp_path / "serving"
     two_versions(tmp_path)                               # production on m:1
-    (root / "m" / "1" / "model_card.json").write_text("{broken")
+    (root / "m" / "1" / artifacts.PushedModel.CARD).write_text("{broken")
     config = tmp_path / "c.yaml"
     config.write_text(f"name: m\ndata: {{source: builtin:digits}}\n"
                       f"push: {{destination: '{root}'}}\n")

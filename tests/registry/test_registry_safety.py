@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 
+from components import artifacts
 from components.registry.versions import Registry
 from pipeline import cli
 from tests.registry.test_registry import card, fake_saved_model
@@ -166,7 +167,7 @@ def test_a_card_value_of_the_wrong_type_is_damaged_not_a_crash(tmp_path, capsys,
     for _ in range(3):
         reg.push("m", src, card())
     reg.set_alias("m:2", "production")
-    card_path = os.path.join(reg.get("m", 2).path, "model_card.json")
+    card_path = os.path.join(reg.get("m", 2).path, artifacts.PushedModel.CARD)
     damage(card_path, change)
     root = ["--registry", reg.root]
     assert cli.main(["models", "list", *root]) == 0

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 
+from components import artifacts
 from pipeline.serve import canary as canary_rules
 from components.evaluation import gate
 from pipeline.serve import monitoring, request_log
@@ -499,7 +500,7 @@ def with_reference(registry, eval_rows: list[dict] | None, baseline: str = "m:1"
     eval split, the two models' agreement on it included."""
     import os
 
-    path = os.path.join(registry.get("m", 2).path, "model_card.json")
+    path = os.path.join(registry.get("m", 2).path, artifacts.PushedModel.CARD)
     card = json.load(open(path))
     card["comparison"] = {"baseline": baseline, "examples": len(eval_rows or []),
                           "agreement": gate.agreement_reference(eval_rows or [])}
