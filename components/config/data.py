@@ -110,14 +110,12 @@ class DataConfig(Section):
     def _source_pattern(cls, value: str) -> str:
         if "{" in value:                  # spans.py loads only for a pattern
             from components.data import spans
-            from components.errors import ConfigError
 
             if spans.has_pattern(value):
                 try:
                     spans.Pattern.parse(value)
-                except ConfigError as exc:
-                    raise ValueError(str(exc).removeprefix(f"data.source {value!r} ")
-                                     .rstrip(".")) from None
+                except spans.PatternError as exc:   # the key and value are added here
+                    raise ValueError(exc.problem) from None
         return value
 
     @field_validator("spans", mode="before")
@@ -151,6 +149,14 @@ class DataConfig(Section):
         if self.image_size == AUTO:
             self.__dict__["image_size"] = COURSE_IMAGE_SIZE
         return self
+
+    def for_span(self, path: str) -> "DataConfig":
+        """This section for one data drop alone (a span `components.data.spans` found
+        at `path`): its concrete path as the source and no `spans`, so the plain-source
+        ingest code reads it unchanged."""
+        tree = self.model_dump(mode="python")
+        tree.update(source=path, spans=None)
+        return type(self).model_validate(tree)
 
     def decided_from_data(self, key: str) -> bool:
         """Whether `key` (channels, image_size) was decided from the data, not set."""

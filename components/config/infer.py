@@ -31,12 +31,10 @@ class InferConfig(Section):
                              "pattern, or leave infer.source out (no infer step)")
         if "{" in value:                  # spans.py loads only for a pattern
             from components.data import spans
-            from components.errors import ConfigError
 
             if spans.has_pattern(value):
                 try:
                     spans.Pattern.parse(value)
-                except ConfigError as exc:   # its words name data.source
-                    raise ValueError(str(exc).removeprefix(f"data.source {value!r} ")
-                                     .rstrip(".")) from None
+                except spans.PatternError as exc:   # the key and value are added here
+                    raise ValueError(exc.problem) from None
         return value

@@ -70,7 +70,7 @@ def _decide(data: DataConfig, given: int | None) -> Shape:
         if not chosen:
             raise DataError(f"no data drop of {data.source} is in the window")
         where = f" of {chosen[-1].label} (the window's newest)"
-        data = chosen[-1].source(data)
+        data = data.for_span(chosen[-1].path)
     source = sources.resolve(data)
     if source.kind == "builtin":
         height, width, channels = datasets.SHAPES[source.location]

@@ -62,7 +62,7 @@ def at_schedule_time(data: DataConfig, when: datetime.datetime | None) -> DataCo
 
 def span_key(span: spans.Span, data: DataConfig, ingest: IngestConfig) -> str:
     """What a span's ingest depends on: its files' fingerprint and the ingest config."""
-    one = span.source(data)
+    one = data.for_span(span.path)
     return artifacts.fingerprint_json({
         "source": sources.fingerprint(sources.resolve(one), ingest),
         "data": {k: v for k, v in data.model_dump(mode="json").items() if k not in _WINDOW_KEYS},
@@ -117,7 +117,7 @@ def ingest_parts(data: DataConfig, ingest: IngestConfig, store: str,
             ex_w = artifacts.ArtifactWriter(ex_uri, artifacts.Examples, producer)
             st_w = artifacts.ArtifactWriter(st_uri, artifacts.ExampleStatistics, producer)
             try:
-                summary = ingest_one(span.source(data), ex_w, st_w) or {}
+                summary = ingest_one(data.for_span(span.path), ex_w, st_w) or {}
                 warnings += [f"{span.label}: {line}" for line in summary.get("warnings", [])]
                 ex_w.commit()
                 st_w.commit()

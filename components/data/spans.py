@@ -14,7 +14,8 @@ levels::
     drops/{SPAN}/v{VERSION}/labels.csv              a manifest per drop and version
     arrays/digits-{SPAN}.npz                        an array file per drop
 
-Refused (ConfigError, one line naming the source and the fix): `{SPAN}` with date
+Refused (PatternError, a ConfigError: one line naming the source and the fix, its
+`problem` without the config key, which the caller adds): `{SPAN}` with date
 parts, a part given twice, some date parts without the others, `{VERSION}` without a
 span part, an unknown `{PART}` (also `{span}`, `{SPAN:4}`: the number is matched
 whatever its zero padding), `{SPAN}` or `{VERSION}` touching another part (their
@@ -40,7 +41,8 @@ API (what the ingest step builds on):
 
     has_pattern(source) -> bool               any {PART} in it (then Pattern.parse it)
     Pattern.parse(source) -> Pattern          .source, .kind ("span" | "date"),
-                                              .has_version, .root (the fixed folder)
+                                              .has_version, .root (the fixed folder);
+                                              PatternError when it names no drops
     discover(pattern) -> list[Span]           what exists, highest version per span,
                                               oldest first; ConfigError when none does
     select(found, spans_cfg, on_missing, now=None) -> (list[Span], list[str])
@@ -48,15 +50,15 @@ API (what the ingest step builds on):
                                               warnings; `now` (a datetime, UTC when
                                               naive) resolves {scheduled: ...}
     check_spans(spans_cfg, kind) -> value     data.spans checked, in its canonical form
-    Span(number, date, version, path)         .label ("span 7" | "2026-12-01"),
-                                              .source(data) -> a DataConfig of that one
-                                              span (its concrete path, no spans), which
-                                              the plain ingest code ingests unchanged
+    Span(number, date, version, path)         .label ("span 7" | "2026-12-01"); the
+                                              plain ingest code reads one span through
+                                              DataConfig.for_span(span.path)
     span_number(date) / span_date(number)     days since 1970-01-01 and back (TFX's)
     Pattern.fill(number, version=None)        a span's path (for messages)
 
 DataConfig's validators call this module (lazily, only for a source holding "{"): a
 bad pattern or data.spans is refused when the config loads, with the file and key.
+This module knows nothing of the config: it takes plain values.
 
 Discovery lists through `components/io/fileio`, level by level: the fixed folder before
 the first part is listed once, whatever the number of spans (on gs:// one delimited
@@ -77,13 +79,10 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from components.io import fileio
 from components.errors import ConfigError, DataError
-
-if TYPE_CHECKING:
-    from components.config.data import DataConfig
 
 PARTS = ("SPAN", "VERSION", "YYYY", "MM", "DD")
 DATE_PARTS = ("YYYY", "MM", "DD")
@@ -100,6 +99,16 @@ _PART_REGEX = {"SPAN": r"\d+", "VERSION": r"\d+", "YYYY": r"\d{4}", "MM": r"\d{2
                "DD": r"\d{2}"}
 _OFFSET = re.compile(r"([+-]?)(\d+)d")
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+class PatternError(ConfigError):
+    """A source whose span pattern cannot name data drops. `problem` says what is wrong
+    and the fix without naming the config key that gave the source (`data.source`,
+    `infer.source`): the caller adds it."""
+
+    def __init__(self, source: str, problem: str) -> None:
+        super().__init__(f"{source!r} {problem}.")
+        self.source, self.problem = source, problem
 
 
 def has_pattern(source: str) -> bool:
@@ -126,8 +135,9 @@ class Pattern:
 
     @classmethod
     def parse(cls, source: str) -> "Pattern":
-        def refuse(problem: str, fix: str) -> ConfigError:
-            return ConfigError(f"data.source {source!r} {problem}; {fix}.")
+        """The pattern `source` names; a PatternError saying what is wrong and the fix."""
+        def refuse(problem: str, fix: str) -> PatternError:
+            return PatternError(source, f"{problem}; {fix}")
 
         names = _PLACEHOLDER.findall(source)
         if not names:
@@ -248,13 +258,6 @@ class Span:
     def label(self) -> str:
         """How messages name it: "span 7" or "2026-12-01"."""
         return self.date if self.date is not None else f"span {self.number}"
-
-    def source(self, data: "DataConfig") -> "DataConfig":
-        """`data` for this span alone: its concrete path as the source and no
-        `spans`, so the plain-source ingest code reads it unchanged."""
-        tree = data.model_dump(mode="python")
-        tree.update(source=self.path, spans=None)
-        return type(data).model_validate(tree)
 
 
 def _label(kind: str, number: int) -> str:

@@ -260,7 +260,7 @@ def test_span_source_is_a_plain_source_the_ingest_code_reads(tree):
                       on_missing="skip", image_size=(28, 28))
     chosen, _ = spans.select(spans.discover(spans.Pattern.parse(data.source)), data.spans,
                              data.on_missing)
-    one = chosen[-1].source(data)
+    one = data.for_span(chosen[-1].path)
     assert isinstance(one, DataConfig) and one.spans is None
     assert one.source == f"{tree}/photos/span-12/" and one.image_size == (28, 28)
     assert data.source.endswith("span-{SPAN}/")                    # unchanged
