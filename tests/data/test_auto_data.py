@@ -196,7 +196,7 @@ def test_the_decision_does_not_change_an_older_spans_ingest_key(tmp_path):
 
 def test_ingest_says_when_channels_decided_from_a_sample_disagree_with_the_whole_data(
         tmp_path):
-    from tests.steps.test_ingest import run_ingest
+    from tests.fixtures import run_ingest
 
     fixtures.make_class_folders(str(tmp_path / "imgs"), classes=("cat", "dog"), per_class=4,
                                 channels=3)

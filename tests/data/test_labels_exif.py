@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from tests import fixtures
-from tests.steps.test_ingest import read_examples, run_ingest
+from tests.fixtures import read_examples, run_ingest
 
 
 def _quarantine(stats_art):

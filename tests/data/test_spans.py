@@ -14,7 +14,6 @@ from components.data import spans
 from components.config.data import DataConfig
 from components.errors import ConfigError, DataError
 from pipeline import config as config_lib
-from tests.io.test_gcs import fake_gcs, on_fake  # noqa: F401  (fixtures)
 
 NOW = datetime.datetime(2026, 12, 2, 6, 30)          # a schedule time (UTC)
 

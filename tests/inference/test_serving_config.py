@@ -14,7 +14,8 @@ from components.config.push import PushConfig
 from components.registry.versions import Registry
 from pipeline import cli
 from tests import fixtures
-from tests.registry.test_registry import _committed, card, fake_saved_model
+from tests.fixtures import card, committed_artifact, configs_by_name, fake_saved_model
+from tests.fixtures import parse_serving_config
 
 VOCABULARY = list(fixtures.CLASSES)
 SIGNATURES = {"serving_default": "examples", "serving_images": "images"}
@@ -180,10 +181,10 @@ def _push_inputs(tmp_path, warmup: bool):
     """push.run's committed inputs (a SavedModel of files, verdicts that pass), with
     or without the warmup records a newer infra_validate writes."""
     saved_model = artifacts.Model.SAVED_MODEL
-    model = _committed(tmp_path / "model", artifacts.Model,
+    model = committed_artifact(tmp_path / "model", artifacts.Model,
                        {f"{saved_model}/{artifacts.SAVED_MODEL_PB}": f"pb {warmup}",
                         f"{saved_model}/variables/v": "w"}, {"kind": "dense"})
-    blessing = _committed(tmp_path / "blessing", artifacts.ModelBlessing, {
+    blessing = committed_artifact(tmp_path / "blessing", artifacts.ModelBlessing, {
         artifacts.ModelBlessing.FILE: json.dumps({"blessed": True, "reason": "ok",
                                                   "baseline": None, "gate": "point",
                                                   "checks": []})}, {"blessed": True})
@@ -194,10 +195,10 @@ def _push_inputs(tmp_path, warmup: bool):
                                         [("serving_images", "images", [b"png", b"jpeg"])])
         writer.properties = {"passed": True}
         infra = writer.commit()
-    evaluation = _committed(tmp_path / "evaluation", artifacts.ModelEvaluation, {
+    evaluation = committed_artifact(tmp_path / "evaluation", artifacts.ModelEvaluation, {
         artifacts.ModelEvaluation.FILE: json.dumps(
             {"metrics": {"slices": {"overall": {"accuracy": 0.9}}, "per_class": {}}})})
-    statistics = _committed(tmp_path / "statistics", artifacts.ExampleStatistics,
+    statistics = committed_artifact(tmp_path / "statistics", artifacts.ExampleStatistics,
                             {artifacts.ExampleStatistics.FILE: json.dumps({"num_examples": 10})})
     return model, blessing, infra, evaluation, statistics
 
@@ -246,23 +247,12 @@ def _registry(tmp_path) -> str:
     return root
 
 
-def _parse(text: str):
-    from google.protobuf import text_format
-    from tensorflow_serving.config import model_server_config_pb2
-
-    return text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
-
-
-def _by_name(config):
-    return {c.name: c for c in config.model_config_list.config}
-
-
 def test_serving_config_serves_the_aliased_and_newest_versions(tmp_path, capsys):
     root = _registry(tmp_path)
     assert cli.main(["models", "serving-config", "--registry", root]) == 0
     out = capsys.readouterr()
     assert out.err == ""
-    models = _by_name(_parse(out.out))
+    models = configs_by_name(parse_serving_config(out.out))
     assert sorted(models) == ["m", "n"]
     m = models["m"]
     assert m.base_path == os.path.join(os.path.abspath(root), "m")
@@ -276,7 +266,8 @@ def test_serving_config_serves_the_aliased_and_newest_versions(tmp_path, capsys)
     # only the models named; --json names them too
     assert cli.main(["models", "serving-config", "m", "--registry", root, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert [c.name for c in _parse(result["config"]).model_config_list.config] == ["m"]
+    config = parse_serving_config(result["config"])
+    assert [c.name for c in config.model_config_list.config] == ["m"]
     assert result["models"] == [{"name": "m", "base_path": m.base_path, "versions": [1, 3],
                                  "labels": {"production": 1, "staging": 3}}]
 
@@ -286,7 +277,7 @@ def test_serving_config_serves_the_aliased_and_newest_versions(tmp_path, capsys)
     shutil.rmtree(os.path.join(root, "m", "3"))
     assert cli.main(["models", "serving-config", "m", "--registry", root]) == 0
     out = capsys.readouterr()
-    m = _by_name(_parse(out.out))["m"]
+    m = configs_by_name(parse_serving_config(out.out))["m"]
     assert list(m.model_version_policy.specific.versions) == [1, 2]
     assert dict(m.version_labels) == {"production": 1}
     warnings = out.err.strip().splitlines()
@@ -312,11 +303,11 @@ def test_serving_config_output_file_refuses_to_overwrite_without_force(tmp_path,
     target = tmp_path / "models.config"
     assert cli.main(["models", "serving-config", "--registry", root, "-o", str(target)]) == 0
     assert "wrote" in capsys.readouterr().out
-    assert sorted(_by_name(_parse(target.read_text()))) == ["m", "n"]
+    assert sorted(configs_by_name(parse_serving_config(target.read_text()))) == ["m", "n"]
     # an earlier output of this command is replaced without --force
     assert cli.main(["models", "serving-config", "n", "--registry", root,
                      "-o", str(target)]) == 0
-    assert sorted(_by_name(_parse(target.read_text()))) == ["n"]
+    assert sorted(configs_by_name(parse_serving_config(target.read_text()))) == ["n"]
     capsys.readouterr()
 
     other = tmp_path / "notes.config"
@@ -327,7 +318,7 @@ def test_serving_config_output_file_refuses_to_overwrite_without_force(tmp_path,
     assert other.read_text() == "someone's notes\n"
     assert cli.main(["models", "serving-config", "--registry", root, "-o", str(other),
                      "--force"]) == 0
-    assert sorted(_by_name(_parse(other.read_text()))) == ["m", "n"]
+    assert sorted(configs_by_name(parse_serving_config(other.read_text()))) == ["m", "n"]
     capsys.readouterr()
 
     assert cli.main(["models", "serving-config", "--registry", root,

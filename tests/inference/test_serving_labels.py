@@ -11,8 +11,7 @@ import pytest
 from components.inference import serving_config
 from components.registry.versions import Registry
 from pipeline import cli
-from tests.registry.test_registry import card, fake_saved_model
-from tests.inference.test_serving_config import _by_name, _parse
+from tests.fixtures import card, configs_by_name, fake_saved_model, parse_serving_config
 
 class TFServing:
     """TF Serving's rules for the model configs it is given (server_core.cc), modelled
@@ -38,7 +37,7 @@ class TFServing:
         self.given.append(text)
         wanted = {c.name: (set(c.model_version_policy.specific.versions),
                            dict(c.version_labels))
-                  for c in _parse(text).model_config_list.config}
+                  for c in parse_serving_config(text).model_config_list.config}
         first = self.states is None
         for name, (versions, labels) in wanted.items():
             for alias, number in labels.items():
@@ -95,7 +94,7 @@ def test_label_moves_reach_a_server_polling_the_file_in_configs_it_accepts(tmp_p
     first, second = settle(2)
     assert "phase 1 of 2" in first and "m@staging stays on 1 until m:2 is AVAILABLE" in first
     assert "run this command again once the server has loaded m:2" in first
-    phase_one = _by_name(_parse(server.given[-2]))["m"]
+    phase_one = configs_by_name(parse_serving_config(server.given[-2]))["m"]
     assert list(phase_one.model_version_policy.specific.versions) == [1, 2]
     assert dict(phase_one.version_labels) == {"production": 1, "staging": 1}
     assert "phase" not in second and "run this command again" not in second
@@ -244,7 +243,7 @@ def test_serving_config_with_server_waits_for_the_new_version_then_moves_the_lab
     # the server saw phase 1 (2 added, staging still on 1), loaded 2, and was asked
     # again before the label moved; the final file is one it accepts
     assert status.asked >= 3
-    phase_one = _by_name(_parse(server.given[1]))["m"]
+    phase_one = configs_by_name(parse_serving_config(server.given[1]))["m"]
     assert list(phase_one.model_version_policy.specific.versions) == [1, 2]
     assert dict(phase_one.version_labels) == {"production": 1, "staging": 1}
     assert server.give(target.read_text()) and server.refused == []

@@ -3,20 +3,19 @@
 the traffic, a canary takes its share beside it, the versions nothing names any more
 are undeployed, and every call is safe to repeat.
 
-Vertex is not reachable from here: `FakeEndpoints` stands in for google.cloud.aiplatform.
-Each method it fakes has the real library's signature (the same `inspect.Signature`
-object; `test_the_fake_has_the_real_signatures` compares them), every call is bound to
-that signature and its defaults applied before the fake acts on it, and the client-side
-traffic rules are the library's own (`Endpoint._validate_deploy_args`,
-`_allocate_traffic`, `_unallocate_traffic`, the checks `deploy` and `undeploy` make),
-run by the fake on each call. What the service does with a request (deployed model ids,
-the split it keeps, refusing a split that does not add up) is the fake's reading of
-the API reference, not the service."""
+Vertex is not reachable from here: `FakeEndpoints` (tests/integrations/vertex_fakes.py)
+stands in for google.cloud.aiplatform. Each method it fakes has the real library's
+signature (the same `inspect.Signature` object; `test_the_fake_has_the_real_signatures`
+compares them), every call is bound to that signature and its defaults applied before
+the fake acts on it, and the client-side traffic rules are the library's own
+(`Endpoint._validate_deploy_args`, `_allocate_traffic`, `_unallocate_traffic`, the
+checks `deploy` and `undeploy` make), run by the fake on each call. What the service
+does with a request (deployed model ids, the split it keeps, refusing a split that does
+not add up) is the fake's reading of the API reference, not the service."""
 
 from __future__ import annotations
 
 import inspect
-import itertools
 import json
 
 import pytest
@@ -24,223 +23,7 @@ from google.cloud import aiplatform as real
 from google.cloud.aiplatform_v1.types import endpoint as gca_endpoint
 
 from components.integrations import vertex
-from tests.registry.test_cloud_state import FakeVertex, _push_inputs
-
-ENDPOINT = "projects/p/locations/us-central1/endpoints/1"
-
-
-def same_signature(real_function, fake: "FakeEndpoints", name: str):
-    """Makes `impl` a fake of `real_function`: the same signature (inspect sees the
-    real one), each call bound to it (so the real library accepts it), its defaults
-    applied, recorded as (name, arguments), then `impl(**arguments)`."""
-    signature = inspect.signature(real_function)
-
-    def wrap(impl):
-        def method(*args, **kwargs):
-            bound = signature.bind(*args, **kwargs)
-            bound.apply_defaults()
-            arguments = dict(bound.arguments)
-            fake.calls.append((name, {k: v for k, v in arguments.items()
-                                      if k not in ("self", "cls")}))
-            return impl(**arguments)
-
-        method.__signature__ = signature
-        method.__name__ = real_function.__name__
-        return method
-
-    return wrap
-
-
-def _classmethod_function(cls, name):
-    return inspect.getattr_static(cls, name).__func__
-
-
-class FakeEndpoints(FakeVertex):
-    """tests.registry.test_cloud_state.FakeVertex (models, versions, aliases, uploads) plus
-    endpoints: `Endpoint.list` (display_name="X" only), `Endpoint.create`,
-    `Endpoint(name)`, `deploy`, `undeploy`, `update`, `list_models`, `traffic_split`,
-    and `Model(name, version=...)` for what `deploy` takes. `fail_deploys` /
-    `fail_undeploys`: how many next calls fail after the service did the work (the
-    reply never came)."""
-
-    def __init__(self):
-        super().__init__()
-        self.endpoints: dict[str, dict] = {}       # resource name -> state
-        self.calls: list[tuple[str, dict]] = []
-        self.fail_deploys = self.fail_undeploys = 0
-        self._ids = itertools.count(101)
-        fake, uploaded = self, self.Model
-
-        class Model(uploaded):
-            @same_signature(real.Model.__init__, fake, "Model")
-            def __init__(self, model_name, project, location, credentials, version):
-                versions = fake.models[model_name]["versions"]   # only what was uploaded
-                assert version in [v["version_id"] for v in versions], (model_name, version)
-                self.resource_name, self.version_id = model_name, version
-                self.versioned_resource_name = f"{model_name}@{version}"
-
-        class Endpoint:
-            @same_signature(real.Endpoint.__init__, fake, "Endpoint")
-            def __init__(self, endpoint_name, project, location, credentials):
-                assert endpoint_name in fake.endpoints, f"404 endpoint {endpoint_name}"
-                self.resource_name = endpoint_name
-
-            @property
-            def _state(self):
-                return fake.endpoints[self.resource_name]
-
-            @property
-            def display_name(self):
-                return self._state["display_name"]
-
-            @property
-            def traffic_split(self):
-                return dict(self._state["split"])
-
-            @classmethod
-            @same_signature(_classmethod_function(real.Endpoint, "list"), fake, "Endpoint.list")
-            def list(cls, filter, order_by, project, location, credentials):
-                wanted = fake._match(filter, r'display_name="([^"]*)"')
-                return [cls(name) for name, state in fake.endpoints.items()
-                        if state["display_name"] == wanted]
-
-            @classmethod
-            @same_signature(_classmethod_function(real.Endpoint, "create"), fake,
-                            "Endpoint.create")
-            def create(cls, display_name, **_):
-                return cls(fake.add_endpoint(display_name))
-
-            @same_signature(real.Endpoint.deploy, fake, "deploy")
-            def deploy(self, model, deployed_model_display_name, traffic_percentage,
-                       traffic_split, min_replica_count, max_replica_count, accelerator_type,
-                       deployment_resource_pool, required_replica_count, **_):
-                # the client library's own checks and traffic arithmetic (Endpoint.deploy,
-                # Endpoint._deploy_call)
-                real.Endpoint._validate_deploy_args(
-                    min_replica_count=min_replica_count, max_replica_count=max_replica_count,
-                    accelerator_type=accelerator_type,
-                    deployed_model_display_name=deployed_model_display_name,
-                    traffic_split=traffic_split, traffic_percentage=traffic_percentage,
-                    deployment_resource_pool=deployment_resource_pool,
-                    required_replica_count=required_replica_count)
-                assert isinstance(model, Model)
-                state = self._state
-                if traffic_split is None:
-                    if not state["split"]:
-                        if traffic_percentage == 0:
-                            traffic_percentage = 100
-                        elif traffic_percentage < 100:
-                            raise ValueError("There are currently no deployed models so the "
-                                             "traffic percentage for this deployed model "
-                                             "needs to be 100.")
-                    traffic_split = real.Endpoint._allocate_traffic(
-                        traffic_split=dict(state["split"]),
-                        traffic_percentage=traffic_percentage)
-                # the service: the new deployed model's id replaces the key "0"
-                new_id = str(next(fake._ids))
-                state["deployed"].append(gca_endpoint.DeployedModel(
-                    id=new_id, model=model.versioned_resource_name,
-                    model_version_id=model.version_id,
-                    display_name=deployed_model_display_name or ""))
-                fake.set_split(state, {new_id if k == "0" else k: v
-                                       for k, v in traffic_split.items()})
-                if fake.fail_deploys:
-                    fake.fail_deploys -= 1
-                    raise TimeoutError("the deploy's reply never came")
-
-            @same_signature(real.Endpoint.undeploy, fake, "undeploy")
-            def undeploy(self, deployed_model_id, traffic_split, metadata, sync):
-                state = self._state
-                # Endpoint.undeploy's checks, then Endpoint._undeploy's arithmetic
-                if traffic_split is not None:
-                    if traffic_split.get(deployed_model_id):
-                        raise ValueError("Model being undeployed should have 0 traffic.")
-                    if sum(traffic_split.values()) != 100:
-                        raise ValueError("Sum of all traffic within traffic split needs to "
-                                         "be 100.")
-                elif (len(state["split"]) > 1 and
-                      state["split"].get(deployed_model_id) == 100):
-                    raise ValueError(f"Undeploying deployed model '{deployed_model_id}' would "
-                                     "leave the remaining traffic split at 0%.")
-                current = traffic_split or dict(state["split"])
-                if deployed_model_id in current:
-                    current = real.Endpoint._unallocate_traffic(
-                        traffic_split=current, deployed_model_id=deployed_model_id)
-                    current.pop(deployed_model_id)
-                ids = [d.id for d in state["deployed"]]
-                assert deployed_model_id in ids, f"404 deployed model {deployed_model_id}"
-                state["deployed"] = [d for d in state["deployed"] if d.id != deployed_model_id]
-                fake.set_split(state, current)
-                if fake.fail_undeploys:
-                    fake.fail_undeploys -= 1
-                    raise TimeoutError("the undeploy's reply never came")
-
-            @same_signature(real.Endpoint.update, fake, "update")
-            def update(self, display_name, description, labels, traffic_split, **_):
-                if traffic_split:
-                    fake.set_split(self._state, dict(traffic_split))
-                return self
-
-            @same_signature(real.Endpoint.list_models, fake, "list_models")
-            def list_models(self):
-                return list(self._state["deployed"])
-
-        self.Model, self.Endpoint = Model, Endpoint
-
-    def add_endpoint(self, display_name, name=None):
-        name = name or f"projects/p/locations/us-central1/endpoints/{len(self.endpoints) + 1}"
-        self.endpoints[name] = {"display_name": display_name, "deployed": [], "split": {}}
-        return name
-
-    @staticmethod
-    def set_split(state, split):
-        """The service's rule: a split names deployed models only and adds up to 100
-        (or is empty: no traffic)."""
-        ids = {d.id for d in state["deployed"]}
-        assert set(split) <= ids, (split, ids)
-        assert sum(split.values()) in ((0, 100) if not state["deployed"] else (100,)), split
-        state["split"] = {k: v for k, v in split.items() if k in ids}
-
-    def module(self):
-        base = super().module()
-        return type("ai", (), {"init": base.init, "Model": self.Model,
-                               "models": self.models_module, "Endpoint": self.Endpoint})
-
-    def served(self, name=ENDPOINT):
-        """{deployed model's display name: traffic percent} on the endpoint."""
-        state = self.endpoints[name]
-        return {d.display_name: state["split"].get(d.id, 0) for d in state["deployed"]}
-
-    def named(self, *names):
-        return [(name, args) for name, args in self.calls if name in names]
-
-
-@pytest.fixture
-def fake(monkeypatch):
-    fake = FakeEndpoints()
-    monkeypatch.setattr(vertex, "client_module", fake.module())
-    monkeypatch.setattr(vertex, "tensorflow_version", lambda: "2.21.0")
-    return fake
-
-
-_attempts = itertools.count()
-_inputs: dict[tuple[str, str], tuple] = {}     # the same seed pushes the same model again
-
-
-def _push(tmp_path, seed, promote_to=None, endpoint="serving", **settings):
-    from components import artifacts
-    from components.config.push import PushConfig, VertexPushConfig
-    from components.steps import push
-
-    cfg = PushConfig(destination=str(tmp_path / "serving"), model_name="m",
-                     promote_to=promote_to,
-                     vertex=VertexPushConfig(project="p", endpoint=endpoint, **settings))
-    key = (str(tmp_path), seed)
-    if key not in _inputs:
-        _inputs[key] = _push_inputs(tmp_path, seed)
-    return push.run(*_inputs[key], cfg, artifacts.ArtifactWriter(
-        str(tmp_path / f"pushed-{next(_attempts)}"), artifacts.PushedModel,
-        {"run_id": seed}), {})
+from tests.integrations.vertex_fakes import ENDPOINT, FakeEndpoints, push_version
 
 
 def _cli(tmp_path, *args):
@@ -275,7 +58,7 @@ def test_the_fake_has_the_real_signatures():
 
 
 def test_promoting_to_production_deploys_with_all_traffic_and_retires_the_old(tmp_path, fake):
-    summary = _push(tmp_path, "a", "production")
+    summary = push_version(tmp_path, "a", "production")
     assert summary["lines"][-1] == f"endpoint {ENDPOINT}: m:1 100% (deployed m:1)"
     assert fake.served() == {"m:1": 100}
     record = json.loads((tmp_path / "serving" / "m" / "1" / vertex.RECORD).read_text())
@@ -288,7 +71,7 @@ def test_promoting_to_production_deploys_with_all_traffic_and_retires_the_old(tm
     assert deploy["model"].versioned_resource_name == "projects/p/locations/r/models/1@1"
 
     fake.calls.clear()
-    summary = _push(tmp_path, "b", "production")
+    summary = push_version(tmp_path, "b", "production")
     assert fake.served() == {"m:2": 100}
     assert summary["lines"][-1] == (f"endpoint {ENDPOINT}: m:2 100% (deployed m:2; "
                                     "undeployed m:1)")
@@ -300,20 +83,20 @@ def test_promoting_to_production_deploys_with_all_traffic_and_retires_the_old(tm
     assert len(fake.endpoints) == 1 and fake.named("Endpoint.create") == []
 
     fake.calls.clear()                     # the same push again: nothing new
-    summary = _push(tmp_path, "b", "production")
+    summary = push_version(tmp_path, "b", "production")
     assert summary["lines"][-1] == f"endpoint {ENDPOINT}: m:2 100% (already so)"
     assert fake.named("deploy", "update", "undeploy", "Endpoint.create") == []
 
 
 def test_a_push_to_another_alias_or_none_deploys_nothing(tmp_path, fake):
-    _push(tmp_path, "a", "staging")
-    _push(tmp_path, "b")
+    push_version(tmp_path, "a", "staging")
+    push_version(tmp_path, "b")
     assert fake.endpoints == {} and fake.named("Endpoint.list") == []
 
 
 def test_canary_then_full_promotion(tmp_path, fake, capsys):
-    _push(tmp_path, "a", "production")
-    _push(tmp_path, "b")
+    push_version(tmp_path, "a", "production")
+    push_version(tmp_path, "b")
     fake.calls.clear()
     capsys.readouterr()
     assert _cli(tmp_path, "models", "promote", "m:2", "--to", "staging", "--canary", "10") == 0
@@ -345,8 +128,8 @@ def test_canary_then_full_promotion(tmp_path, fake, capsys):
 
 
 def test_repeating_a_promotion_deploys_nothing_new(tmp_path, fake, capsys):
-    _push(tmp_path, "a", "production")
-    _push(tmp_path, "b")
+    push_version(tmp_path, "a", "production")
+    push_version(tmp_path, "b")
     canary = ("models", "promote", "m:2", "--to", "staging", "--canary", "10")
     assert _cli(tmp_path, *canary) == 0
     ledger = _ledger(tmp_path)
@@ -366,9 +149,9 @@ def test_repeating_a_promotion_deploys_nothing_new(tmp_path, fake, capsys):
 
 
 def test_rollback_and_canary_0_end_the_canary(tmp_path, fake, capsys):
-    _push(tmp_path, "a", "production")
+    push_version(tmp_path, "a", "production")
     assert _cli(tmp_path, "models", "promote", "m:1", "--to", "staging") == 0
-    _push(tmp_path, "b")
+    push_version(tmp_path, "b")
     assert fake.served() == {"m:1": 100}
     assert _cli(tmp_path, "models", "promote", "m:2", "--to", "staging", "--canary", "10") == 0
     assert fake.served() == {"m:1": 90, "m:2": 10}
@@ -399,16 +182,16 @@ def test_rollback_and_canary_0_end_the_canary(tmp_path, fake, capsys):
 
 
 def test_moving_production_ends_a_running_canary(tmp_path, fake):
-    _push(tmp_path, "a", "production")
-    _push(tmp_path, "b")
+    push_version(tmp_path, "a", "production")
+    push_version(tmp_path, "b")
     assert _cli(tmp_path, "models", "promote", "m:2", "--to", "staging", "--canary", "10") == 0
-    _push(tmp_path, "c", "production")                 # m:3 takes everything
+    push_version(tmp_path, "c", "production")                 # m:3 takes everything
     assert fake.served() == {"m:3": 100}
 
 
 def test_a_deploy_whose_reply_never_came_is_not_repeated(tmp_path, fake, capsys):
-    _push(tmp_path, "a", "production")
-    _push(tmp_path, "b")
+    push_version(tmp_path, "a", "production")
+    push_version(tmp_path, "b")
     canary = ("models", "promote", "m:2", "--to", "staging", "--canary", "10")
     fake.fail_deploys = 1
     capsys.readouterr()
@@ -423,8 +206,8 @@ def test_a_deploy_whose_reply_never_came_is_not_repeated(tmp_path, fake, capsys)
 
 
 def test_a_failed_rollback_is_finished_by_sync_vertex(tmp_path, fake, capsys):
-    _push(tmp_path, "a", "production")
-    _push(tmp_path, "b", "production")
+    push_version(tmp_path, "a", "production")
+    push_version(tmp_path, "b", "production")
     fake.fail_undeploys = 1
     capsys.readouterr()
     assert _cli(tmp_path, "models", "rollback", "m", "--alias", "production") != 0
@@ -442,7 +225,7 @@ def test_a_failed_rollback_is_finished_by_sync_vertex(tmp_path, fake, capsys):
 
 def test_sync_vertex_records_an_endpoint_for_versions_pushed_without_one(tmp_path, fake,
                                                                         capsys):
-    _push(tmp_path, "a", "production", endpoint=None)
+    push_version(tmp_path, "a", "production", endpoint=None)
     assert fake.endpoints == {} and "endpoint" not in vertex.read_record(
         str(tmp_path / "serving" / "m" / "1"))
     config = tmp_path / "push.yaml"
@@ -466,17 +249,17 @@ def test_an_endpoint_named_by_resource_keeps_other_models_deployed(tmp_path, fak
         id="5", model="projects/p/locations/r/models/99", model_version_id="1",
         display_name="other"))
     state["split"] = {"5": 100}
-    _push(tmp_path, "a", "production", endpoint=name)
+    push_version(tmp_path, "a", "production", endpoint=name)
     assert fake.served(name) == {"other": 0, "m:1": 100}
     assert fake.named("Endpoint.list", "Endpoint.create", "undeploy") == []
     assert fake.named("Endpoint")[0][1]["endpoint_name"] == name
 
 
 def test_canaries_that_cannot_be_are_refused_before_anything_moves(tmp_path, fake, capsys):
-    _push(tmp_path, "a", endpoint=None)                 # no endpoint recorded
+    push_version(tmp_path, "a", endpoint=None)                 # no endpoint recorded
     assert _cli(tmp_path, "models", "promote", "m:1", "--to", "staging", "--canary", "10") == 2
     assert "m has no endpoint" in capsys.readouterr().err
-    _push(tmp_path, "b")                                # m:2 records the endpoint
+    push_version(tmp_path, "b")                                # m:2 records the endpoint
     assert _cli(tmp_path, "models", "promote", "m:2", "--to", "staging", "--canary", "10") == 2
     assert "nothing holds m@production" in capsys.readouterr().err
     assert _cli(tmp_path, "models", "promote", "m:2", "--to", "production", "--canary",

@@ -9,7 +9,6 @@ import pytest
 
 from pipeline import cli
 from tests.fixtures import Recorder
-from tests.registry.test_cloud_state import fake_vertex  # noqa: F401  (a fixture: stateful Vertex)
 
 from tests import ROOT  # noqa: E402
 
@@ -133,19 +132,19 @@ def test_vertex_model_registry_upload_calls():
 
 def test_promotion_and_rollback_move_the_vertex_aliases_too(tmp_path, capsys, fake_vertex):
     """Two versions pushed by the push step with push.vertex (the stateful fake of
-    tests.registry.test_cloud_state, which honours `filter`): each is uploaded as a version of
+    tests/fake_vertex.py, which honours `filter`): each is uploaded as a version of
     one Vertex model and recorded; promote and rollback then move the Vertex alias
     with the registry's, onto the version each push recorded."""
     from components import artifacts
     from components.config.push import PushConfig, VertexPushConfig
     from components.registry.versions import Registry
     from components.steps import push
-    from tests.registry.test_cloud_state import _push_inputs
+    from tests.fixtures import push_inputs
 
     serving = str(tmp_path / "serving")
     cfg = PushConfig(destination=serving, model_name="m", vertex=VertexPushConfig(project="p"))
     for number, seed in ((1, "a"), (2, "b")):
-        summary = push.run(*_push_inputs(tmp_path, seed), cfg, artifacts.ArtifactWriter(
+        summary = push.run(*push_inputs(tmp_path, seed), cfg, artifacts.ArtifactWriter(
             str(tmp_path / f"pushed-{seed}"), artifacts.PushedModel, {"run_id": seed}), {})
         assert summary["version"] == number
         assert summary["lines"][-1] == ("uploaded to Vertex AI Model Registry: "

@@ -2,8 +2,8 @@
 Vertex's default prediction identity reads only `AIP_STORAGE_URI`, Vertex's copy of the
 upload's `artifact_uri`, so TF Serving serves that copy (one version, listed once),
 and a deployment runs as `push.vertex.service_account` (default `kfp.service_account`).
-Against the recording fake of tests/integrations/test_vertex_endpoint.py, whose calls are bound to
-the installed SDK's signatures."""
+Against the recording fake of tests/integrations/vertex_fakes.py (the `fake` fixture),
+whose calls are bound to the installed SDK's signatures."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from google.cloud import aiplatform as real
 
 from components import artifacts
 from components.integrations import vertex
-from tests.integrations.test_vertex_endpoint import _push, fake  # noqa: F401  (fake: the fixture)
+from tests.integrations.vertex_fakes import push_version
 
 ACCOUNT = "serving@p.iam.gserviceaccount.com"
 
@@ -37,7 +37,7 @@ def test_a_deployment_runs_as_the_service_account_and_serves_its_own_copy(tmp_pa
     assert {"artifact_uri", "serving_container_args", "serving_container_command"} <= \
         set(inspect.signature(real.Model.upload).parameters)
 
-    _push(tmp_path, "a", "production", service_account=ACCOUNT)
+    push_version(tmp_path, "a", "production", service_account=ACCOUNT)
     (_, deploy), = fake.named("deploy")
     inspect.signature(real.Endpoint.deploy).bind(None, **deploy)   # the real API takes it
     assert deploy["service_account"] == ACCOUNT
@@ -64,7 +64,7 @@ def test_a_deployment_runs_as_the_service_account_and_serves_its_own_copy(tmp_pa
 
 
 def test_without_an_account_the_default_identity_still_reads_what_it_serves(tmp_path, fake):
-    _push(tmp_path, "a", "production")
+    push_version(tmp_path, "a", "production")
     (_, deploy), = fake.named("deploy")
     assert deploy["service_account"] is None                    # Vertex's default identity
     assert "service_account" not in vertex.read_record(

@@ -73,7 +73,8 @@ def test_drift_on_kfp_a_second_run_validates_against_the_first_runs_statistics(
     from components.errors import ValidationFailed
     from pipeline import dag, invoke
     from pipeline.report import html as report_lib
-    from tests.steps.test_validate import BASE, stats_artifact
+    from tests.fixtures import STATISTICS as BASE
+    from tests.fixtures import stats_artifact
 
     monkeypatch.setattr(kfp_entry, "_exit_without_teardown", lambda: None)
     monkeypatch.setattr(report_lib, "write", lambda *args, **kwargs: None)   # not under test

@@ -6,12 +6,7 @@ from pipeline import dag
 from pipeline.local.runner import LocalRunner, run_pipeline
 from pipeline.metadata import MetadataStore
 from tests import fake_steps
-
-STEPS = (
-    dag.node(fake_steps.produce),
-    dag.node(fake_steps.consume, examples="produce.examples"),
-)
-
+from tests.local.fake_dags import STEPS
 
 @pytest.fixture(autouse=True)
 def clear_calls():
@@ -109,7 +104,7 @@ def test_concurrent_runs_record_everything(tmp_path):
 
     script = (
         "import sys; sys.path.insert(0, '.');"
-        "from pipeline import config; from tests.local.test_local_runner import STEPS;"
+        "from pipeline import config; from tests.local.fake_dags import STEPS;"
         "from pipeline.local.runner import LocalRunner;"
         f"cfg = config.from_dict({{'name': 'c', 'data': {{'source': sys.argv[1]}}}});"
         f"r = LocalRunner(cfg, {str(tmp_path)!r}, log=lambda l: None, steps=STEPS).run();"
@@ -132,9 +127,6 @@ def test_run_pipeline_uses_the_real_dag(make_config, tmp_path):
         run_pipeline(make_config(), str(tmp_path), until="bogus", log=lambda line: None)
 
 
-SLOW = (dag.node(fake_steps.produce), dag.node(fake_steps.slow, examples="produce.examples"))
-
-
 def test_same_config_at_once_runs_each_step_once_with_private_scratch(tmp_path):
     """Two processes, same config, same runs dir: the second waits for the first's
     execution of a step with the same key and reuses it; no scratch is shared."""
@@ -145,7 +137,7 @@ def test_same_config_at_once_runs_each_step_once_with_private_scratch(tmp_path):
     barrier.mkdir()
     script = (
         "import os, sys, time; sys.path.insert(0, '.');"
-        "from pipeline import config; from tests.local.test_local_runner import SLOW;"
+        "from pipeline import config; from tests.local.fake_dags import SLOW;"
         "from pipeline.local.runner import LocalRunner;"
         "cfg = config.from_dict({'name': 'c', 'data': {'source': 'same'}});"
         # a barrier: both processes are ready before either starts its run

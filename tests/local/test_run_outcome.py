@@ -237,7 +237,7 @@ def test_a_failed_report_write_keeps_the_old_report(tmp_path, monkeypatch):
     from pipeline import config as config_lib
     from pipeline.report import html as report
     from pipeline.local.runner import LocalRunner
-    from tests.local.test_local_runner import STEPS
+    from tests.local.fake_dags import STEPS
 
     cfg = config_lib.from_dict({"name": "r", "data": {"source": "a"}})
     result = LocalRunner(cfg, str(tmp_path), log=lambda _: None, steps=STEPS).run()

@@ -1,8 +1,9 @@
 """State kept in the cloud between attempts and runs: artifact manifests on gs:// made
 from the store's own checksums (no object read back), a retried KFP task's scratch
 folder, and pushed versions kept in step with Vertex AI Model Registry across failed
-uploads. gs:// runs against the fake GCS server tests/io/test_gcs.py starts; Vertex
-against a fake client module checked against the real library's signatures."""
+uploads. gs:// runs against the fake GCS server (tests/conftest.py's on_fake); Vertex
+against a fake client module checked against the real library's signatures
+(tests/fake_vertex.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import json
 
 import pytest
 
-from tests.io.test_gcs import fake_gcs, on_fake  # noqa: F401  (pytest fixtures)
+from tests.fixtures import push_inputs
 
 
 @pytest.fixture
@@ -167,146 +168,6 @@ def test_a_retried_scratch_task_gets_the_same_scratch_folder_under_the_pipeline_
 # --- 10: pushed versions kept in step with Vertex AI Model Registry -------------------
 
 
-class FakeVertex:
-    """A stateful stand-in for google.cloud.aiplatform: models with versions, labels and
-    aliases, and `filter` honoured (display_name="X" on Model.list, labels.KEY="VALUE"
-    on ModelRegistry.list_versions; any other filter fails the test). Every call is
-    checked against the real library's signature (tests.fixtures.Recorder).
-    `fail_uploads`: how many uploads fail next; `fail_after_create`: they fail after
-    Vertex created the version (a timeout on the reply)."""
-
-    def __init__(self):
-        from google.cloud import aiplatform as real
-
-        from tests.fixtures import Recorder
-
-        self.rec, self.real = Recorder(real), real
-        self.models: dict[str, dict] = {}      # resource name -> display_name, versions
-        self.fail_uploads, self.fail_after_create = 0, False
-        fake = self
-
-        class Model:
-            @staticmethod
-            def list(**kwargs):
-                fake.rec.check("list", real.Model.list, **kwargs)
-                wanted = fake._match(kwargs.get("filter"), r'display_name="([^"]*)"')
-                return [type("M", (), {"resource_name": name})
-                        for name, model in fake.models.items()
-                        if model["display_name"] == wanted]
-
-            @staticmethod
-            def upload(**kwargs):
-                fake.rec.check("upload", real.Model.upload, **kwargs)
-                return fake._upload(kwargs)
-
-        class ModelRegistry:
-            def __init__(self, model, **kwargs):
-                fake.rec.check("ModelRegistry", real.models.ModelRegistry.__init__, None,
-                               model, **kwargs)
-                self.model = fake.models[model]
-                self.name = model
-
-            def list_versions(self, filter=None):
-                fake.rec.check("list_versions", real.models.ModelRegistry.list_versions,
-                               None, filter=filter)
-                key, value = fake._match(filter, r'labels\.(\w+)="([^"]*)"')
-                return [real.models.VersionInfo(
-                            version_id=v["version_id"], version_create_time=None,
-                            version_update_time=None,
-                            model_display_name=self.model["display_name"],
-                            model_resource_name=self.name, version_aliases=v["aliases"])
-                        for v in self.model["versions"] if v["labels"].get(key) == value]
-
-            def add_version_aliases(self, new_aliases, version):
-                fake.rec.check("add_version_aliases",
-                               real.models.ModelRegistry.add_version_aliases, None,
-                               new_aliases, version)
-                for v in self.model["versions"]:       # an alias names one version
-                    v["aliases"] = [a for a in v["aliases"] if a not in new_aliases]
-                    if v["version_id"] == version:
-                        v["aliases"] += list(new_aliases)
-
-            def remove_version_aliases(self, target_aliases, version):
-                fake.rec.check("remove_version_aliases",
-                               real.models.ModelRegistry.remove_version_aliases, None,
-                               target_aliases, version)
-
-        self.Model = Model
-        self.models_module = type("models", (), {"ModelRegistry": ModelRegistry})
-
-    @staticmethod
-    def _match(text, pattern):
-        import re
-
-        found = re.fullmatch(pattern, text or "")
-        assert found, f"the fake does not know the filter {text!r}"
-        return found[1] if found.re.groups == 1 else found.groups()
-
-    def _upload(self, kwargs):
-        if self.fail_uploads and not self.fail_after_create:
-            self.fail_uploads -= 1
-            raise RuntimeError("503 Service Unavailable")
-        name = kwargs["parent_model"] or f"projects/p/locations/r/models/{len(self.models) + 1}"
-        model = self.models.setdefault(name, {"display_name": kwargs["display_name"],
-                                              "versions": []})
-        version_id = str(len(model["versions"]) + 1)
-        model["versions"].append({"version_id": version_id, "labels": dict(kwargs["labels"]),
-                                  "aliases": []})
-        if kwargs.get("version_aliases"):
-            self.models_module.ModelRegistry(name).add_version_aliases(
-                kwargs["version_aliases"], version_id)
-        if self.fail_uploads:
-            self.fail_uploads -= 1
-            raise TimeoutError("the upload's reply never came")
-        return type("U", (), {"resource_name": name, "version_id": version_id})
-
-    def module(self):
-        fake = self
-        return type("ai", (), {"init": staticmethod(
-            lambda **kw: fake.rec.check("init", fake.real.init, **kw)),
-            "Model": self.Model, "models": self.models_module})
-
-    def uploads(self):
-        return [kwargs for name, _, kwargs in self.rec.calls if name == "upload"]
-
-    def versions(self):
-        return [(v["version_id"], v["labels"], sorted(v["aliases"]))
-                for model in self.models.values() for v in model["versions"]]
-
-
-@pytest.fixture
-def fake_vertex(monkeypatch):
-    from components.integrations import vertex
-
-    fake = FakeVertex()
-    monkeypatch.setattr(vertex, "client_module", fake.module())
-    monkeypatch.setattr(vertex, "tensorflow_version", lambda: "2.21.0")
-    return fake
-
-
-def _push_inputs(tmp_path, seed="pb"):
-    """A blessed, infra-validated model and what push reads besides it."""
-    from components import artifacts
-    from tests.registry.test_registry import _committed
-
-    saved_model = artifacts.Model.SAVED_MODEL
-    folder = tmp_path / f"inputs-{seed}"
-    return (
-        _committed(folder / "model", artifacts.Model,
-                   {f"{saved_model}/{artifacts.SAVED_MODEL_PB}": seed},
-                   {"kind": "dense", "tensorflow_version": "2.21.0"}),
-        _committed(folder / "blessing", artifacts.ModelBlessing, {artifacts.ModelBlessing.FILE:
-                   json.dumps({"blessed": True, "reason": "ok", "baseline": None,
-                               "gate": "point", "checks": []})}, {"blessed": True}),
-        _committed(folder / "infra", artifacts.InfraBlessing, {artifacts.InfraBlessing.FILE:
-                   json.dumps({"passed": True, "reason": "served"})}, {"passed": True}),
-        _committed(folder / "evaluation", artifacts.ModelEvaluation, {
-            artifacts.ModelEvaluation.FILE: json.dumps(
-                {"metrics": {"slices": {"overall": {"accuracy": 0.9}}, "per_class": {}}})}),
-        _committed(folder / "statistics", artifacts.ExampleStatistics,
-                   {artifacts.ExampleStatistics.FILE: json.dumps({"num_examples": 10})}))
-
-
 def _push(tmp_path, inputs, attempt):
     from components import artifacts
     from components.config.push import PushConfig, VertexPushConfig
@@ -322,7 +183,7 @@ def test_a_failed_vertex_upload_is_done_by_the_next_push(tmp_path, fake_vertex):
     from components.integrations import vertex
     from components.registry.versions import Registry
 
-    inputs = _push_inputs(tmp_path)
+    inputs = push_inputs(tmp_path)
     fake_vertex.fail_uploads = 1
     with pytest.raises(RuntimeError, match="503"):
         _push(tmp_path, inputs, "r1")          # published and promoted here, not in Vertex
@@ -345,7 +206,7 @@ def test_a_version_vertex_already_holds_is_not_uploaded_twice(tmp_path, fake_ver
     from components.integrations import vertex
     from components.registry.versions import Registry
 
-    inputs = _push_inputs(tmp_path)
+    inputs = push_inputs(tmp_path)
     fake_vertex.fail_uploads, fake_vertex.fail_after_create = 1, True
     with pytest.raises(TimeoutError):
         _push(tmp_path, inputs, "r1")
@@ -364,10 +225,10 @@ def test_promote_says_when_a_version_is_not_in_vertex_and_sync_vertex_fixes_it(
         tmp_path, fake_vertex, capsys):
     from pipeline import cli
 
-    _push(tmp_path, _push_inputs(tmp_path, "one"), "r1")            # m:1, in Vertex
+    _push(tmp_path, push_inputs(tmp_path, "one"), "r1")            # m:1, in Vertex
     fake_vertex.fail_uploads = 1
     with pytest.raises(RuntimeError):
-        _push(tmp_path, _push_inputs(tmp_path, "two"), "r2")        # m:2, upload failed
+        _push(tmp_path, push_inputs(tmp_path, "two"), "r2")        # m:2, upload failed
     capsys.readouterr()
     root = ["--registry", str(tmp_path / "serving")]
     assert cli.main(["models", "promote", "m:1", "--to", "production", *root]) == 0

@@ -11,21 +11,7 @@ from components.errors import ConfigError
 from components.registry.versions import PromotionRefused, Registry
 from pipeline import cli
 from tests import fixtures
-
-
-def fake_saved_model(path, marker="x"):
-    os.makedirs(os.path.join(path, "variables"))
-    with open(os.path.join(path, "saved_model.pb"), "w") as handle:
-        handle.write(marker * 1000)
-    with open(os.path.join(path, "variables", "variables.index"), "w") as handle:
-        handle.write(marker)
-    return str(path)
-
-
-def card(blessed=True, infra=True, accuracy=0.9):
-    return {"blessing": {"blessed": blessed, "reason": "ok" if blessed else "accuracy too low"},
-            "infra_validation": {"passed": infra, "reason": "served" if infra else "no"},
-            "metrics": {"accuracy": accuracy}}
+from tests.fixtures import card, committed_artifact, fake_saved_model
 
 
 def test_versions_are_integers_in_the_serving_layout(tmp_path):
@@ -441,18 +427,6 @@ def test_mlflow_style_references_resolve_like_ours(tmp_path):
         reg.resolve("models:/m")
 
 
-def _committed(uri, kind, files, properties=None):
-    from components import artifacts
-
-    with artifacts.writing(str(uri), kind) as writer:
-        for name, text in files.items():
-            os.makedirs(os.path.dirname(writer.file(name)), exist_ok=True)
-            with open(writer.file(name), "w") as handle:
-                handle.write(text)
-        writer.properties = properties or {}
-        return writer.commit()
-
-
 def test_pushing_the_same_model_again_neither_pushes_nor_records_a_promotion(tmp_path):
     """A cached rerun with push.promote_to: the model is already pushed and the alias
     already points at it, so the ledger gets no `X -> X` entry."""
@@ -461,21 +435,21 @@ def test_pushing_the_same_model_again_neither_pushes_nor_records_a_promotion(tmp
     from components.steps import push
 
     saved_model = artifacts.Model.SAVED_MODEL
-    model = _committed(tmp_path / "model", artifacts.Model,
+    model = committed_artifact(tmp_path / "model", artifacts.Model,
                        {f"{saved_model}/{artifacts.SAVED_MODEL_PB}": "pb",
                         f"{saved_model}/variables/v": "w"},
                        {"kind": "dense"})
-    blessing = _committed(tmp_path / "blessing", artifacts.ModelBlessing, {
+    blessing = committed_artifact(tmp_path / "blessing", artifacts.ModelBlessing, {
         artifacts.ModelBlessing.FILE: json.dumps({"blessed": True, "reason": "ok",
                                                   "baseline": None, "gate": "point",
                                                   "checks": []})}, {"blessed": True})
-    infra = _committed(tmp_path / "infra", artifacts.InfraBlessing, {
+    infra = committed_artifact(tmp_path / "infra", artifacts.InfraBlessing, {
         artifacts.InfraBlessing.FILE: json.dumps({"passed": True, "reason": "served"})},
         {"passed": True})
-    evaluation = _committed(tmp_path / "evaluation", artifacts.ModelEvaluation, {
+    evaluation = committed_artifact(tmp_path / "evaluation", artifacts.ModelEvaluation, {
         artifacts.ModelEvaluation.FILE: json.dumps(
             {"metrics": {"slices": {"overall": {"accuracy": 0.9}}, "per_class": {}}})})
-    statistics = _committed(tmp_path / "statistics", artifacts.ExampleStatistics,
+    statistics = committed_artifact(tmp_path / "statistics", artifacts.ExampleStatistics,
                             {artifacts.ExampleStatistics.FILE: json.dumps({"num_examples": 10})})
     cfg = PushConfig(destination=str(tmp_path / "serving"), model_name="m",
                      promote_to="staging")

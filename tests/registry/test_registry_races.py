@@ -10,8 +10,7 @@ import multiprocessing
 import time
 
 from components.registry.versions import Registry
-from tests.fixtures import registry_with_versions
-from tests.registry.test_cloud_state import _push_inputs
+from tests.fixtures import push_inputs, registry_with_versions
 
 # Each racer sleeps WINDOW inside the decision (components.registry.ledger.entry runs after
 # the ledger was read and before the entry is appended), so without the model's lock
@@ -144,7 +143,7 @@ def test_a_promotion_racing_push_promote_to_records_both_and_one_wins(tmp_path):
     the audit log, chained, and the alias names whichever came last."""
     reg = registry_with_versions(tmp_path, 1, [])
     folder = tmp_path / "inputs"
-    _push_inputs_cache[str(folder)] = _push_inputs(tmp_path, seed="race")
+    _push_inputs_cache[str(folder)] = push_inputs(tmp_path, seed="race")
     reports = _race(lambda kind, *a: (_push_step if kind == "push" else _promote)(*a),
                     [("push", reg.root, str(folder), str(tmp_path / "pushed")),
                      ("promote", reg.root, "m:1")])

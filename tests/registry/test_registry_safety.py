@@ -11,7 +11,7 @@ import pytest
 from components import artifacts
 from components.registry.versions import Registry
 from pipeline import cli
-from tests.registry.test_registry import card, fake_saved_model
+from tests.fixtures import card, fake_saved_model
 
 
 def registry_with_links(tmp_path, link):

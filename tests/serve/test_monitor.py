@@ -16,8 +16,8 @@ from pipeline.serve import monitoring, request_log
 from components.registry.versions import Registry
 from pipeline.serve.request_log import RequestLog
 from pipeline import cli
-from tests.registry.test_registry import card as blessed_card
-from tests.registry.test_registry import fake_saved_model
+from tests.fixtures import card as blessed_card
+from tests.fixtures import fake_saved_model
 
 CLASSES = ("cat", "dog", "fox")
 TRAIN = {"cat": 300, "dog": 300, "fox": 400}

@@ -226,6 +226,3 @@ def test_on_gs_the_batches_are_objects(on_fake):
     assert [e["id"] for e in request_log.read(root, "m")] == [f"r{i}" for i in range(5)]
     assert [e["id"] for e in request_log.read(root, "m", since=T0 + dt.timedelta(seconds=3))
             ] == ["r3", "r4"]
-
-
-from tests.io.test_gcs import fake_gcs, on_fake  # noqa: E402,F401  (the fake GCS server)

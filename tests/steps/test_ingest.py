@@ -10,42 +10,9 @@ import pytest
 
 from components import artifacts
 from components.data import ingest_checks
-from components.config.beam import BeamConfig
-from components.config.data import DataConfig
-from components.config.ingest import IngestConfig
 from components.errors import DataError
-from components.steps import ingest
 from tests import fixtures
-
-
-def run_ingest(tmp_path, source, name="out", **data_args):
-    ingest_args = data_args.pop("ingest", {})
-    data = DataConfig(source=str(source), **data_args)
-    summary = ingest.run(data, IngestConfig(**ingest_args), BeamConfig(),
-                         examples=str(tmp_path / name / "examples"),
-                         statistics=str(tmp_path / name / "statistics"))
-    examples = artifacts.read(str(tmp_path / name / "examples"), artifacts.Examples)
-    stats_art = artifacts.read(str(tmp_path / name / "statistics"), artifacts.ExampleStatistics)
-    stats = artifacts.ExampleStatistics.read(stats_art)
-    return summary, examples, stats_art, stats
-
-
-def read_examples(examples, split):
-    """Parses a split back with TensorFlow and decodes every image."""
-    import tensorflow as tf
-
-    files = artifacts.Examples.shards(examples, split)
-    out = []
-    spec = {key: tf.io.FixedLenFeature([], tf.string)
-            for key in ("image/encoded", "image/format", "label", "id", "source")}
-    spec.update({key: tf.io.FixedLenFeature([], tf.int64) for key in ("height", "width", "channels")})
-    for raw in tf.data.TFRecordDataset(files, compression_type="GZIP"):
-        parsed = tf.io.parse_single_example(raw, spec)
-        image = tf.io.decode_image(parsed["image/encoded"], expand_animations=False)
-        out.append({key: (value.numpy().decode() if value.dtype == tf.string else int(value))
-                    for key, value in parsed.items() if key != "image/encoded"}
-                   | {"image": image.numpy()})
-    return out
+from tests.fixtures import read_examples, run_ingest
 
 
 def test_class_folders_hash_split_and_statistics(tmp_path):

@@ -10,13 +10,10 @@ import pytest
 
 from components import artifacts
 from components.trainer import models
-from components.config.beam import BeamConfig
-from components.config.data import DataConfig
 from components.config.model import ModelConfig
 from components.config.train import TrainConfig
-from components.config.transform import TransformConfig
 from components.errors import TrainingError
-from components.steps import train, transform
+from components.steps import train
 from pipeline import cli
 from tests import fixtures
 
@@ -63,16 +60,6 @@ def test_transfer_loads_local_weights(tmp_path):
 
     assert np.array_equal(kernel(model), kernel(base))
     assert models.trainable_params(model) == 1280 * 3 + 3
-
-
-@pytest.fixture(scope="module")
-def graph(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("train")
-    examples, _ = fixtures.examples_artifact(tmp, per_class=20)
-    uri = str(tmp / "tg")
-    transform.run(examples, DataConfig(image_size=(12, 12)), TransformConfig(), BeamConfig(),
-                  transform_graph=uri)
-    return artifacts.read(uri), examples
 
 
 def test_trains_and_exports_model(tmp_path, graph):

@@ -11,7 +11,6 @@ import pytest
 
 from pipeline.metadata import METADATA_FILE, MetadataStore
 from tests.fixtures import cli_config, make_class_folders, run_cli
-from tests.steps.test_train import graph  # noqa: F401  (a fixture: 12x12x1, 3 classes)
 
 
 def test_a_batch_larger_than_a_builtin_dataset_is_refused_before_the_run(tmp_path, capsys):

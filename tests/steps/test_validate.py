@@ -1,8 +1,6 @@
 """Validate: schema inference and enforcement, every anomaly kind, drift between runs."""
 
-import base64
 import copy
-import json
 
 import numpy as np
 import pytest
@@ -12,37 +10,10 @@ from components.data import schema as schema_lib
 from components.config.validate import ValidateConfig
 from components.errors import ConfigError, ValidationFailed
 from components.steps import validate
+from tests import fixtures
+from tests.fixtures import random_thumbnail, stats_artifact
 
-BASE = {
-    "num_inputs": 100, "num_examples": 100, "num_quarantined": 0, "bad_fraction": 0.0,
-    "counts": {"train": {"cat": 45, "dog": 45}, "eval": {"cat": 5, "dog": 5}},
-    "class_names": ["cat", "dog"], "sizes": {"12x12": 90, "16x12": 10},
-    "channels": {"1": 100}, "formats": {"png": 100}, "converted": 0,
-    "duplicates": {"train": 0, "eval": 0}, "quarantine_reasons": {}, "near_duplicate_rms": 6.0,
-    "pixels": {"train": {"cat": {"brightness_mean": 0.4, "brightness_std": 0.1,
-                                 "contrast_mean": 0.2},
-                         "dog": {"brightness_mean": 0.5, "brightness_std": 0.1,
-                                 "contrast_mean": 0.2}}},
-}
-
-
-def random_thumbnail(rng):
-    return rng.integers(0, 256, 256, dtype=np.uint8)
-
-
-def stats_artifact(tmp_path, name, stats, thumbnails=None):
-    """A Statistics artifact with the given stats and (id, split, thumbnail) rows."""
-    rng = np.random.default_rng(len(name))
-    if thumbnails is None:
-        thumbnails = [(f"t{i}", "train", random_thumbnail(rng)) for i in range(90)]
-        thumbnails += [(f"e{i}", "eval", random_thumbnail(rng)) for i in range(10)]
-    with artifacts.writing(str(tmp_path / name), "ExampleStatistics") as writer:
-        open(writer.file(artifacts.ExampleStatistics.FILE), "w").write(json.dumps(stats))
-        with open(writer.file(artifacts.ExampleStatistics.THUMBNAILS), "w") as handle:
-            for record_id, split, thumb in thumbnails:
-                encoded = base64.b64encode(np.asarray(thumb, np.uint8).tobytes()).decode()
-                handle.write(f"{record_id}\t{split}\t{encoded}\n")
-        return writer.commit()
+BASE = fixtures.STATISTICS
 
 
 def run(tmp_path, stats_art, cfg=None, baseline=None, name="v"):

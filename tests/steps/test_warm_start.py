@@ -20,8 +20,7 @@ from components.registry.versions import Registry
 from components.steps import push, train
 from pipeline import cli, dag, invoke
 from pipeline import config as config_lib
-from tests.registry.test_registry import _committed
-from tests.steps.test_train import graph  # noqa: F401  (a fixture: 12x12x1 images, 3 classes)
+from tests.fixtures import committed_artifact
 
 NAME = "photos"
 
@@ -29,17 +28,17 @@ NAME = "photos"
 def _push(tmp, model: artifacts.Artifact, root: str, recorded: dict | None = None,
           promote_to: str | None = None, tag: str = "p") -> int:
     """Pushes a trained Model artifact through the push step (blessed, served)."""
-    blessing = _committed(tmp / f"{tag}-blessing", artifacts.ModelBlessing, {
+    blessing = committed_artifact(tmp / f"{tag}-blessing", artifacts.ModelBlessing, {
         artifacts.ModelBlessing.FILE: json.dumps({"blessed": True, "reason": "ok",
                                                   "baseline": None, "gate": "point",
                                                   "checks": []})}, {"blessed": True})
-    infra = _committed(tmp / f"{tag}-infra", artifacts.InfraBlessing, {
+    infra = committed_artifact(tmp / f"{tag}-infra", artifacts.InfraBlessing, {
         artifacts.InfraBlessing.FILE: json.dumps({"passed": True, "reason": "served"})},
         {"passed": True})
-    evaluation = _committed(tmp / f"{tag}-evaluation", artifacts.ModelEvaluation, {
+    evaluation = committed_artifact(tmp / f"{tag}-evaluation", artifacts.ModelEvaluation, {
         artifacts.ModelEvaluation.FILE: json.dumps(
             {"metrics": {"slices": {"overall": {"accuracy": 0.9}}, "per_class": {}}})})
-    statistics = _committed(tmp / f"{tag}-statistics", artifacts.ExampleStatistics,
+    statistics = committed_artifact(tmp / f"{tag}-statistics", artifacts.ExampleStatistics,
                             {artifacts.ExampleStatistics.FILE: json.dumps({"num_examples": 36})})
     cfg = PushConfig(destination=root, model_name=NAME, promote_to=promote_to)
     summary = push.run(model, blessing, infra, evaluation, statistics, cfg,

@@ -9,7 +9,6 @@ import pytest
 from components.trainer import models
 from components.config.model import ModelConfig
 from components.errors import ConfigError
-from tests.steps.test_train import graph  # noqa: F401  (a fixture: 12x12x1 images, 3 classes)
 
 KINDS = ("squeezenet", "xception", "resnet")
 
