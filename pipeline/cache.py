@@ -6,7 +6,8 @@ produces, and what the runner resolved for it (the baseline's identity). The cod
 is derived from the modules the step imports inside the project, transitively (found
 by reading their import statements, also those inside functions), plus the versions of
 the libraries that compute the results: a change to any helper a step uses changes
-its key, and nothing else does.
+its key, and nothing else does. An import of a module's old name (a `--dag` step written
+before the package layout: components/_moved.py) counts as the module it moved to.
 
 A compiled KFP task's `code` input (`task_code`) adds what the task's container runs
 between its inputs and the step (ADAPTER_MODULES) and the library versions of the step
@@ -24,7 +25,7 @@ import os
 import re
 from typing import Any
 
-from components import artifacts, runtime
+from components import _moved, artifacts, runtime
 from components.io import fileio
 
 PROJECT_PACKAGES = ("components", "pipeline")
@@ -143,7 +144,8 @@ def _parse(path: str) -> tuple[str, tuple[str, ...]]:
         _INDEX_STATE["dirty"] = True
     _, digest, names = _INDEX[path]
     # which names are modules is decided now: a module added later is found
-    return digest, tuple(name for name in names if _is_module(name))
+    found = (name if _is_module(name) else _moved.moved_to(name) for name in names)
+    return digest, tuple(sorted({name for name in found if name and _is_module(name)}))
 
 
 def _file_info(module: str) -> tuple[str, tuple[str, ...]]:

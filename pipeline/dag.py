@@ -191,8 +191,10 @@ def load(location: str = "") -> tuple[Node, ...]:
         return STEPS
     import importlib
 
+    from components import _moved
     from components.errors import ConfigError
 
+    _moved.install()       # a DAG written against the old module names loads, with a warning
     module, _, attribute = location.partition(":")
     try:
         steps = tuple(getattr(importlib.import_module(module), attribute or "STEPS"))
