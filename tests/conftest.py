@@ -142,3 +142,57 @@ def _redirected_tmpdirs_are_left_clean():
     if left:
         pytest.fail("child processes left temporary entries in the TMPDIR the test gave "
                     f"them: {left}", pytrace=False)
+
+
+# --- fixtures the tests of several folders share --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def graph(tmp_path_factory):
+    """A transform graph and the Examples it was made from (12x12x1 images, 3 classes, 20
+    a class): what train takes."""
+    from components import artifacts
+    from components.config.beam import BeamConfig
+    from components.config.data import DataConfig
+    from components.config.transform import TransformConfig
+    from components.steps import transform
+    from tests import fixtures
+
+    tmp = tmp_path_factory.mktemp("train")
+    examples, _ = fixtures.examples_artifact(tmp, per_class=20)
+    uri = str(tmp / "tg")
+    transform.run(examples, DataConfig(image_size=(12, 12)), TransformConfig(), BeamConfig(),
+                  transform_graph=uri)
+    return artifacts.read(uri), examples
+
+
+@pytest.fixture(scope="module")
+def fake_gcs():
+    """fake-gcs-server on 127.0.0.1 (tests/gcs_server.py), its URL; skips without it."""
+    from tests import gcs_server
+
+    proc, url = gcs_server.started("fake-gcs-server")
+    yield url
+    gcs_server.stop(proc)
+
+
+@pytest.fixture
+def on_fake(fake_gcs, monkeypatch):
+    """gs:// pointed at the fake GCS server for this test: its bucket's gs:// root."""
+    from components.io import gcs
+    from tests import gcs_server
+
+    yield gcs_server.point_at(fake_gcs, monkeypatch)
+    gcs._client_for.cache_clear()       # no client for a server that is going away
+
+
+@pytest.fixture
+def fake_vertex(monkeypatch):
+    """Vertex AI Model Registry replaced by the stateful fake of tests/fake_vertex.py."""
+    from components.integrations import vertex
+    from tests.fake_vertex import FakeVertex
+
+    fake = FakeVertex()
+    monkeypatch.setattr(vertex, "client_module", fake.module())
+    monkeypatch.setattr(vertex, "tensorflow_version", lambda: "2.21.0")
+    return fake

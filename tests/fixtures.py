@@ -231,17 +231,20 @@ class Recorder:
 
 # --- a small registry --------------------------------------------------------------------
 
-PASSED_CARD = {"blessing": {"blessed": True, "reason": "ok"},
-               "infra_validation": {"passed": True, "reason": "served"}}
 
-
-def _saved_model(path) -> str:
-    os.makedirs(os.path.join(path, "variables"), exist_ok=True)
+def fake_saved_model(path, marker="x"):
+    os.makedirs(os.path.join(path, "variables"))
     with open(os.path.join(path, "saved_model.pb"), "w") as handle:
-        handle.write("graph")
+        handle.write(marker * 1000)
     with open(os.path.join(path, "variables", "variables.index"), "w") as handle:
-        handle.write("x")
+        handle.write(marker)
     return str(path)
+
+
+def card(blessed=True, infra=True, accuracy=0.9):
+    return {"blessing": {"blessed": blessed, "reason": "ok" if blessed else "accuracy too low"},
+            "infra_validation": {"passed": infra, "reason": "served" if infra else "no"},
+            "metrics": {"accuracy": accuracy}}
 
 
 def registry_with_versions(tmp_path, versions: int, production: list[int]):
@@ -250,12 +253,48 @@ def registry_with_versions(tmp_path, versions: int, production: list[int]):
     from components.registry.versions import Registry
 
     reg = Registry(str(tmp_path / "serving"))
-    src = _saved_model(tmp_path / "sm")
+    src = fake_saved_model(tmp_path / "sm")
     for _ in range(versions):
-        reg.push("m", src, PASSED_CARD)
+        reg.push("m", src, card())
     for number in production:
         reg.set_alias(f"m:{number}", "production")
     return reg
+
+
+def committed_artifact(uri, kind, files, properties=None):
+    """A committed artifact of `kind` at `uri` holding `files` (name -> text)."""
+    with artifacts.writing(str(uri), kind) as writer:
+        for name, text in files.items():
+            os.makedirs(os.path.dirname(writer.file(name)), exist_ok=True)
+            with open(writer.file(name), "w") as handle:
+                handle.write(text)
+        writer.properties = properties or {}
+        return writer.commit()
+
+
+def push_inputs(tmp_path, seed="pb"):
+    """A blessed, infra-validated model and what push reads besides it (the push
+    step's inputs: committed artifacts with stand-in contents)."""
+    import json
+
+    saved_model = artifacts.Model.SAVED_MODEL
+    folder = tmp_path / f"inputs-{seed}"
+    return (
+        committed_artifact(folder / "model", artifacts.Model,
+                           {f"{saved_model}/{artifacts.SAVED_MODEL_PB}": seed},
+                           {"kind": "dense", "tensorflow_version": "2.21.0"}),
+        committed_artifact(folder / "blessing", artifacts.ModelBlessing, {
+            artifacts.ModelBlessing.FILE: json.dumps(
+                {"blessed": True, "reason": "ok", "baseline": None, "gate": "point",
+                 "checks": []})}, {"blessed": True}),
+        committed_artifact(folder / "infra", artifacts.InfraBlessing, {
+            artifacts.InfraBlessing.FILE: json.dumps({"passed": True, "reason": "served"})},
+            {"passed": True}),
+        committed_artifact(folder / "evaluation", artifacts.ModelEvaluation, {
+            artifacts.ModelEvaluation.FILE: json.dumps(
+                {"metrics": {"slices": {"overall": {"accuracy": 0.9}}, "per_class": {}}})}),
+        committed_artifact(folder / "statistics", artifacts.ExampleStatistics, {
+            artifacts.ExampleStatistics.FILE: json.dumps({"num_examples": 10})}))
 
 
 # --- files a user keeps, written when the disk fills ---------------------------------------
@@ -354,3 +393,94 @@ def one_line_error(capsys, args, code=2) -> str:
     err = capsys.readouterr().err.strip()
     assert err.startswith("imgpipe: error:") and len(err.splitlines()) == 1, err
     return err
+
+
+# --- ingest and validate ------------------------------------------------------------------
+
+
+def run_ingest(tmp_path, source, name="out", **data_args):
+    """The ingest step on `source` into tmp_path/NAME: (summary, examples, statistics
+    artifact, statistics)."""
+    from components.config.beam import BeamConfig
+    from components.config.data import DataConfig
+    from components.config.ingest import IngestConfig
+    from components.steps import ingest
+
+    ingest_args = data_args.pop("ingest", {})
+    data = DataConfig(source=str(source), **data_args)
+    summary = ingest.run(data, IngestConfig(**ingest_args), BeamConfig(),
+                         examples=str(tmp_path / name / "examples"),
+                         statistics=str(tmp_path / name / "statistics"))
+    examples = artifacts.read(str(tmp_path / name / "examples"), artifacts.Examples)
+    stats_art = artifacts.read(str(tmp_path / name / "statistics"), artifacts.ExampleStatistics)
+    stats = artifacts.ExampleStatistics.read(stats_art)
+    return summary, examples, stats_art, stats
+
+
+def read_examples(examples, split):
+    """Parses a split back with TensorFlow and decodes every image."""
+    import tensorflow as tf
+
+    files = artifacts.Examples.shards(examples, split)
+    out = []
+    spec = {key: tf.io.FixedLenFeature([], tf.string)
+            for key in ("image/encoded", "image/format", "label", "id", "source")}
+    spec.update({key: tf.io.FixedLenFeature([], tf.int64) for key in ("height", "width", "channels")})
+    for raw in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+        parsed = tf.io.parse_single_example(raw, spec)
+        image = tf.io.decode_image(parsed["image/encoded"], expand_animations=False)
+        out.append({key: (value.numpy().decode() if value.dtype == tf.string else int(value))
+                    for key, value in parsed.items() if key != "image/encoded"}
+                   | {"image": image.numpy()})
+    return out
+
+
+# ingest's statistics of a 100-image cat/dog set (validate's tests change a copy)
+STATISTICS = {
+    "num_inputs": 100, "num_examples": 100, "num_quarantined": 0, "bad_fraction": 0.0,
+    "counts": {"train": {"cat": 45, "dog": 45}, "eval": {"cat": 5, "dog": 5}},
+    "class_names": ["cat", "dog"], "sizes": {"12x12": 90, "16x12": 10},
+    "channels": {"1": 100}, "formats": {"png": 100}, "converted": 0,
+    "duplicates": {"train": 0, "eval": 0}, "quarantine_reasons": {}, "near_duplicate_rms": 6.0,
+    "pixels": {"train": {"cat": {"brightness_mean": 0.4, "brightness_std": 0.1,
+                                 "contrast_mean": 0.2},
+                         "dog": {"brightness_mean": 0.5, "brightness_std": 0.1,
+                                 "contrast_mean": 0.2}}},
+}
+
+
+def random_thumbnail(rng):
+    return rng.integers(0, 256, 256, dtype=np.uint8)
+
+
+def stats_artifact(tmp_path, name, stats, thumbnails=None):
+    """A Statistics artifact with the given stats and (id, split, thumbnail) rows."""
+    import base64
+    import json
+
+    rng = np.random.default_rng(len(name))
+    if thumbnails is None:
+        thumbnails = [(f"t{i}", "train", random_thumbnail(rng)) for i in range(90)]
+        thumbnails += [(f"e{i}", "eval", random_thumbnail(rng)) for i in range(10)]
+    with artifacts.writing(str(tmp_path / name), "ExampleStatistics") as writer:
+        open(writer.file(artifacts.ExampleStatistics.FILE), "w").write(json.dumps(stats))
+        with open(writer.file(artifacts.ExampleStatistics.THUMBNAILS), "w") as handle:
+            for record_id, split, thumb in thumbnails:
+                encoded = base64.b64encode(np.asarray(thumb, np.uint8).tobytes()).decode()
+                handle.write(f"{record_id}\t{split}\t{encoded}\n")
+        return writer.commit()
+
+
+# --- TF Serving's model config file ------------------------------------------------------
+
+
+def parse_serving_config(text: str):
+    """TF Serving's model config file (text proto) parsed back with its protos."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    return text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+
+
+def configs_by_name(config):
+    return {c.name: c for c in config.model_config_list.config}

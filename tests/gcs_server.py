@@ -195,6 +195,32 @@ def use(url: str, monkeypatch) -> None:
     monkeypatch.setattr(auth._Credentials, "_credentials", None)
 
 
+# The bucket the tests make on a server.
+BUCKET = "imgpipe-test"
+
+
+def started(which: str) -> tuple[subprocess.Popen, str]:
+    """start(which) for a test: the test is skipped where the server is not installed."""
+    reason = available(which)
+    if reason:
+        import pytest
+
+        pytest.skip(reason)
+    return start(which)
+
+
+def point_at(url: str, monkeypatch, bucket: str = BUCKET) -> str:
+    """use(url) with a fresh client, and `bucket` made there if missing: its gs:// root."""
+    from components.io import gcs
+
+    use(url, monkeypatch)
+    gcs._client_for.cache_clear()
+    client = gcs.client()
+    if client.lookup_bucket(bucket) is None:
+        client.create_bucket(bucket)
+    return f"gs://{bucket}"
+
+
 # ifGenerationMatch / ifGenerationNotMatch for gcp-storage-emulator, and the generation
 # header on downloads; installed into the server process before it starts.
 _PRECONDITIONS = r'''

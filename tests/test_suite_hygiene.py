@@ -2,11 +2,13 @@
 own, so other programs writing to the shared /tmp never fail `make test`, while a file
 the suite leaves there, or in a TMPDIR a test gives a child process, still fails the run
 and is named. Each test runs a small generated test file through pytest in a child
-process, with the real conftest as its plugin."""
+process, with the real conftest as its plugin. Also the suite's own layout: no test
+module imports from another one, and the package's license as setuptools wants it."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -141,7 +143,6 @@ def test_the_license_is_an_spdx_expression_setuptools_builds_without_warnings():
     """`make` on a fresh machine: setuptools >= 77 warns for pages about a
     `project.license` table, and refuses an SPDX string beside a `License ::`
     classifier; the string form needs setuptools >= 77 in the build's requirements."""
-    import re
     import tomllib
 
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as handle:
@@ -153,3 +154,50 @@ def test_the_license_is_an_spdx_expression_setuptools_builds_without_warnings():
                     if re.match(r"setuptools\b", r)]
     minimum = re.search(r">=\s*(\d+)", setuptools)
     assert minimum and int(minimum.group(1)) >= 77, setuptools
+
+
+# --- no test module imports from another ---------------------------------------------------
+# Fixtures live in conftest.py files (tests/conftest.py for those several folders use, a
+# folder's own for that folder's), helpers in modules that are not test modules
+# (tests/fixtures.py, tests/fake_vertex.py, tests/local/fake_dags.py, ...). A test module
+# importing a fixture from another gets that module imported (and its module-scoped
+# state shared) by accident, and hides where the helper lives; a child process's code
+# string counts too.
+
+_FROM_A_TEST_MODULE = re.compile(r"(?:from|import)\s+tests\.[\w.]*\btest_\w*")
+
+
+def _imports_from_test_modules(folder) -> list[str]:
+    found = []
+    for directory, _, files in os.walk(folder):
+        for name in sorted(files):
+            if not name.endswith(".py"):
+                continue
+            path = os.path.join(directory, name)
+            with open(path, encoding="utf-8") as handle:
+                for number, line in enumerate(handle, 1):
+                    if _FROM_A_TEST_MODULE.search(line):
+                        found.append(f"{os.path.relpath(path, folder)}:{number}: {line.strip()}")
+    return found
+
+
+def test_no_test_module_imports_a_fixture_or_helper_from_another():
+    found = _imports_from_test_modules(os.path.join(ROOT, "tests"))
+    assert found == [], ("move what these import into a conftest.py (a fixture) or a "
+                         "helper module that is not a test module (tests/fixtures.py):\n"
+                         + "\n".join(found))
+
+
+def test_the_import_check_finds_each_form(tmp_path):
+    (tmp_path / "a").mkdir()
+    test = "test_"        # split, so that this file does not hold what it looks for
+    (tmp_path / "a" / "test_x.py").write_text(
+        "from tests import fixtures\n"
+        "from tests.fixtures import card, fake_saved_model\n"
+        f"from tests.steps.{test}train import graph  # noqa: F401\n"
+        f"import tests.io.{test}gcs\n"
+        f"    from tests.{test}suite_hygiene import ROOT\n"
+        f"code = 'import sys; from tests.local.{test}local_runner import STEPS; run()'\n")
+    (tmp_path / "a" / "helpers.py").write_text("from tests.local.fake_dags import STEPS\n")
+    assert [line.split(":")[1] for line in _imports_from_test_modules(tmp_path)] == \
+        ["3", "4", "5", "6"]

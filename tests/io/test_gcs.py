@@ -13,55 +13,22 @@ import pytest
 
 from tests import fixtures, gcs_server
 
-BUCKET = "imgpipe-test"
-
-
-def _server(which):
-    reason = gcs_server.available(which)
-    if reason:
-        pytest.skip(reason)
-    proc, url = gcs_server.start(which)
-    return proc, url
-
-
-@pytest.fixture(scope="module")
-def fake_gcs():
-    proc, url = _server("fake-gcs-server")
-    yield url
-    gcs_server.stop(proc)
+# fake_gcs and on_fake (fake-gcs-server) are tests/conftest.py's: other folders' tests use
+# them too; the gcp-storage-emulator pair only this file uses.
 
 
 @pytest.fixture(scope="module")
 def beam_gcs():
-    proc, url = _server("gcp-storage-emulator")
+    proc, url = gcs_server.started("gcp-storage-emulator")
     yield url
     gcs_server.stop(proc)
-
-
-def _point_at(url, monkeypatch, bucket=BUCKET):
-    from components.io import gcs
-
-    gcs_server.use(url, monkeypatch)
-    gcs._client_for.cache_clear()
-    client = gcs.client()
-    if client.lookup_bucket(bucket) is None:
-        client.create_bucket(bucket)
-    return f"gs://{bucket}"
-
-
-@pytest.fixture
-def on_fake(fake_gcs, monkeypatch):
-    from components.io import gcs
-
-    yield _point_at(fake_gcs, monkeypatch)
-    gcs._client_for.cache_clear()       # no client for a server that is going away
 
 
 @pytest.fixture
 def on_beam(beam_gcs, monkeypatch):
     from components.io import gcs
 
-    yield _point_at(beam_gcs, monkeypatch)
+    yield gcs_server.point_at(beam_gcs, monkeypatch)
     gcs._client_for.cache_clear()
 
 
@@ -432,9 +399,11 @@ def test_kfp_pins_change_exactly_when_outside_inputs_do(on_fake, tmp_path, monke
     assert _resolve(cfg) == first                           # nothing changed: same inputs
     train_pin = json.loads(first["train__external"])
     assert train_pin["refs"] == {"model.weights": "base:1"}
-    # the train task resolves the pinned version, not the alias again
+    # the train task resolves the pinned version, not the alias again (its section keeps
+    # the reference as configured)
     step_cfg = invoke.apply_pinned_refs({"model": {"weights": "base@production"}}, train_pin)
-    assert step_cfg["model"]["weights"] == "base:1"
+    assert step_cfg["model"]["weights"] == "base@production"
+    assert step_cfg[invoke.PINNED] == {"model.weights": "base:1"}
 
     def changed(before, after):
         return {key for key in before if before[key] != after[key]}
