@@ -1,6 +1,7 @@
 """Apache Beam's RunInference over an exported model's `serving_images` signature: the
 model handler and the per-element functions of the Beam job that `imgpipe predict` and
-the infer step share (`components.inference.predict.run_inference` builds it).
+the infer step share (`components.inference.predict.run_inference` builds it; the model
+is loaded and called through `components.inference.client`).
 
 `ServingImagesHandler` is a `ModelHandler` of its own rather than one of Beam's
 TensorFlow handlers (`apache_beam.ml.inference.tensorflow_inference`): that module
@@ -21,7 +22,10 @@ from typing import Any, Iterator, Sequence
 import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from components.inference import predict
+from components.config.data import MAX_PIXELS
+from components.data import imaging
+from components.inference import client
+from components.io import fileio
 
 # The tagged output of the files that cannot be read or are no image.
 REJECTED = "rejected"
@@ -45,7 +49,7 @@ class ServingImagesHandler(ModelHandler[bytes, PredictionResult, Any]):
     """Encoded images -> {class, probability, top_k} through the SavedModel's
     serving_images signature (input `images`: a batch of encoded images; outputs
     `probabilities`, `class_id`, `class_name`), loaded once per worker with its label
-    vocabulary (`predict.load_model`). A batch that TensorFlow refuses as a whole (an
+    vocabulary (`client.load`). A batch that TensorFlow refuses as a whole (an
     image Pillow read but the signature's decoder rejects) is scored image by image,
     so only that image gets an error, and the job goes on."""
 
@@ -54,8 +58,8 @@ class ServingImagesHandler(ModelHandler[bytes, PredictionResult, Any]):
         self._saved_model = saved_model
         self._top_k = top_k
 
-    def load_model(self) -> Any:
-        return predict.load_model(self._saved_model)
+    def load_model(self) -> client.ServingModel:
+        return client.load(self._saved_model)
 
     def run_inference(self, batch: Sequence[bytes], model: Any,
                       inference_args: dict[str, Any] | None = None
@@ -64,7 +68,7 @@ class ServingImagesHandler(ModelHandler[bytes, PredictionResult, Any]):
 
         images = list(batch)
         try:
-            rows = predict.answers(model, images, self._top_k)
+            rows = client.answers(model, images, self._top_k)
         except tf.errors.InvalidArgumentError:
             rows = [self._alone(model, image) for image in images]
         return [PredictionResult(image, row, self._saved_model)
@@ -74,7 +78,7 @@ class ServingImagesHandler(ModelHandler[bytes, PredictionResult, Any]):
         import tensorflow as tf
 
         try:
-            return predict.answers(model, [image], self._top_k)[0]
+            return client.answers(model, [image], self._top_k)[0]
         except tf.errors.InvalidArgumentError as exc:
             return {"error": f"the model cannot decode this image ({exc.message.strip()})"}
 
@@ -85,11 +89,20 @@ class ServingImagesHandler(ModelHandler[bytes, PredictionResult, Any]):
         return "imgpipe_serving_images"
 
 
+def read_checked(path: str, max_pixels: int = MAX_PIXELS) -> tuple[bytes | None, str | None]:
+    """The file's bytes as ingest checks them (odd formats converted to PNG), or None
+    and why it cannot be read."""
+    try:
+        return imaging.check_image(fileio.read_bytes(path), max_pixels).data, None
+    except (imaging.BadImage, OSError) as exc:
+        return None, str(exc)
+
+
 def read_or_reject(item: tuple[int, str], max_pixels: int) -> Iterator[Any]:
     """(index, path) -> ((index, path), checked bytes) for RunInference, or, tagged
     REJECTED, (index, row with the error) for a file that cannot be read or checked."""
     index, path = item
-    data, why = predict.read_checked(path, max_pixels)
+    data, why = read_checked(path, max_pixels)
     if why is not None:
         yield beam.pvalue.TaggedOutput(REJECTED, (index, {"path": path, "error": why}))
     else:

@@ -6,8 +6,9 @@ gets a row saying so) and CSV/JSONL manifests with a `path` column. Each file is
 checked as ingest checks it (odd formats converted to PNG); a bad file gets a row
 with its error instead of stopping the job. The good ones go through the model's
 `serving_images` signature with Apache Beam's RunInference (`components/inference/handler.py`
-holds the model handler): in this process by default, or with the pipeline's Beam
-runner options for large inputs.
+holds the model handler, over the serving-signature client
+`components/inference/client.py`): in this process by default, or with the pipeline's
+Beam runner options for large inputs.
 """
 
 from __future__ import annotations
@@ -20,17 +21,14 @@ import sys
 import time
 from typing import Any, Iterable
 
-from components import artifacts, features
-from components.io import fileio
-from components.data import imaging, sources
-from components.config.data import IMAGE_EXTENSIONS, MAX_PIXELS
 from components.config.beam import BeamConfig
-from components.errors import ConfigError, DataError
+from components.config.data import IMAGE_EXTENSIONS, MAX_PIXELS
+from components.data import sources
+from components.errors import DataError
+from components.inference import client
+from components.io import fileio
 
 COLUMNS = ("path", "class", "probability", "top_k", "error", "model")
-# The exported signature batch prediction calls: a batch of encoded images (input
-# "images") -> probabilities, class_id, class_name.
-SIGNATURE = features.IMAGES_SIGNATURE
 _SUFFIXES = tuple(f".{extension}" for extension in IMAGE_EXTENSIONS)
 
 
@@ -165,68 +163,6 @@ def shape_warning(paths: list[str], image_shape: list[int] | None,
             "mean little.")
 
 
-def load_model(saved_model: str):
-    """The SavedModel and its class names (the label vocabulary asset, in id order)."""
-    import tensorflow as tf
-
-    check_saved_model(saved_model)
-    loaded = tf.saved_model.load(fileio.tf_path(saved_model))
-    if SIGNATURE not in loaded.signatures:
-        raise ConfigError(f"{saved_model} has no {SIGNATURE} signature; export it with "
-                          "imgpipe's trainer.")
-    vocab = fileio.join(saved_model, "assets", features.LABEL_VOCABULARY)
-    loaded.vocabulary = fileio.read_text(vocab).splitlines() if fileio.exists(vocab) else None
-    return loaded
-
-
-def check_saved_model(saved_model: str) -> None:
-    """A ConfigError unless `saved_model` is a SavedModel with the serving_images
-    signature, read from its saved_model.pb without loading the model (before a Beam
-    job starts, so the mistake is one line, not a worker's traceback)."""
-    pb = fileio.join(saved_model, artifacts.SAVED_MODEL_PB)
-    if not fileio.exists(pb):
-        raise ConfigError(f"{saved_model} is not a SavedModel directory (no saved_model.pb).")
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    proto = saved_model_pb2.SavedModel()
-    try:
-        proto.ParseFromString(fileio.read_bytes(pb))
-    except Exception as exc:      # a damaged file: protobuf's DecodeError, or worse
-        raise ConfigError(f"{pb} is not a readable SavedModel ({type(exc).__name__}); "
-                          "push or export the model again.") from None
-    if not any(SIGNATURE in graph.signature_def for graph in proto.meta_graphs):
-        raise ConfigError(f"{saved_model} has no {SIGNATURE} signature; export it with "
-                          "imgpipe's trainer.")
-
-
-def answers(model, images: list[bytes], top_k: int = 3) -> list[dict[str, Any]]:
-    """class, probability and top-k of each encoded image, through the model's
-    serving_images signature in one call (`load_model`'s model)."""
-    import numpy as np
-    import tensorflow as tf
-
-    out = model.signatures[SIGNATURE](images=tf.constant(images))
-    probs = out["probabilities"].numpy()
-    classes = out["class_name"].numpy()
-    names = getattr(model, "vocabulary", None)
-    rows = []
-    for j in range(len(images)):
-        order = np.argsort(-probs[j])[:top_k]
-        rows.append({"class": classes[j].decode(), "probability": float(probs[j].max()),
-                     "top_k": [[names[k] if names else int(k), float(probs[j][k])]
-                               for k in order]})
-    return rows
-
-
-def read_checked(path: str, max_pixels: int = MAX_PIXELS) -> tuple[bytes | None, str | None]:
-    """The file's bytes as ingest checks them (odd formats converted to PNG), or None
-    and why it cannot be read."""
-    try:
-        return imaging.check_image(fileio.read_bytes(path), max_pixels).data, None
-    except (imaging.BadImage, OSError) as exc:
-        return None, str(exc)
-
-
 def run_inference(saved_model: str, paths: list[str], beam: BeamConfig | None = None,
                   batch_size: int = 64, top_k: int = 3,
                   max_pixels: int = MAX_PIXELS) -> list[dict[str, Any]]:
@@ -239,7 +175,7 @@ def run_inference(saved_model: str, paths: list[str], beam: BeamConfig | None = 
     worker, `batch_size` images per call)."""
     if not paths:
         return []
-    check_saved_model(saved_model)
+    client.check(saved_model)
     import apache_beam as beam_sdk
     from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 

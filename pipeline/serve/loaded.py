@@ -11,7 +11,8 @@ half-loaded model. A version no route names any more is dropped from the next
 snapshot and freed once its last request is answered.
 
 What is served, per model: every version an alias points at, and the newest version
-(TF Serving's `specific` version policy with the aliases as version labels).
+(TF Serving's `specific` version policy with the aliases as version labels). A version
+is loaded through the serving-signature client (`components/inference/client.py`).
 """
 
 from __future__ import annotations
@@ -23,22 +24,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from components.io import fileio
-from components.inference import serving_config
 from components.artifacts import SAVED_MODEL_PB
 from components.config.push import LATEST_ALIAS
 from components.errors import ImgpipeError
-from components.features import EXAMPLES_SIGNATURE, IMAGES_SIGNATURE
+from components.inference import client, serving_config
+from components.io import fileio
 from components.registry.versions import Registry, Version
-
-
-@dataclass(frozen=True)
-class Signature:
-    name: str
-    input_key: str        # the one string input it takes ("images", "examples")
-    function: Any         # the ConcreteFunction
-    outputs: tuple[str, ...]
-    metadata: dict[str, Any]   # TF Serving's signature_def as JSON (`/metadata`)
 
 
 @dataclass(eq=False)
@@ -49,7 +40,7 @@ class LoadedVersion:
     version: int
     path: str
     module: Any
-    signatures: dict[str, Signature]
+    signatures: dict[str, client.Signature]
     loaded_at: float
     load_seconds: float
     identity: str = ""
@@ -57,38 +48,7 @@ class LoadedVersion:
 
     def call(self, signature: str, inputs: list[bytes]) -> dict[str, Any]:
         """The signature on a batch of string inputs -> {output: numpy array}."""
-        import tensorflow as tf
-
-        sig = self.signatures[signature]
-        out = sig.function(**{sig.input_key: tf.constant(inputs, dtype=tf.string)})
-        return {key: value.numpy() for key, value in out.items()}
-
-
-def _tensor_json(spec: Any) -> dict[str, Any]:
-    shape = spec.shape
-    dims = [{"size": str(-1 if d is None else d), "name": ""} for d in
-            (shape.as_list() if shape.rank is not None else [])]
-    return {"dtype": f"DT_{spec.dtype.name.upper()}",
-            "tensor_shape": {"dim": dims, "unknown_rank": shape.rank is None},
-            "name": getattr(spec, "name", "") or ""}
-
-
-def _signatures(module: Any) -> dict[str, Signature]:
-    found = {}
-    for name, function in module.signatures.items():
-        _, kwargs = function.structured_input_signature
-        if len(kwargs) != 1:
-            continue           # not a one-input signature: not served over REST here
-        (key, spec), = kwargs.items()
-        if spec.dtype.name != "string":
-            continue
-        outputs = function.structured_outputs
-        found[name] = Signature(
-            name, key, function, tuple(sorted(outputs)),
-            {"inputs": {key: _tensor_json(spec)},
-             "outputs": {k: _tensor_json(v) for k, v in sorted(outputs.items())},
-             "method_name": "tensorflow/serving/predict"})
-    return found
+        return self.signatures[signature].call(inputs)
 
 
 def _synthetic_image() -> bytes:
@@ -107,33 +67,28 @@ def warmup_inputs(path: str) -> list[tuple[str, list[bytes]]]:
     if not fileio.exists(warmup):
         return []
     try:
-        return [(signature or EXAMPLES_SIGNATURE, inputs)
+        return [(signature or client.EXAMPLES, inputs)
                 for signature, _, inputs in serving_config.read_warmup(warmup)]
     except ValueError:
         return []
 
 
 def load_version(version: Version) -> LoadedVersion:
-    """Loads a pushed version and runs it once per signature (its warmup records, else
-    a synthetic image) so its first real request does not pay for tracing."""
-    import tensorflow as tf
-
+    """Loads a pushed version through the serving-signature client (NotServable when it
+    does not load or lacks serving_images) and runs it once per signature (its warmup
+    records, else a synthetic image) so its first real request does not pay for
+    tracing."""
     started = time.perf_counter()
-    module = tf.saved_model.load(fileio.tf_path(version.path))
-    signatures = _signatures(module)
-    if IMAGES_SIGNATURE not in signatures:
-        raise ImgpipeError(f"{version.ref} ({version.path}) has no {IMAGES_SIGNATURE} "
-                           f"signature (has {', '.join(sorted(signatures)) or 'none'}); it "
-                           "was not exported by imgpipe's trainer.")
-    loaded = LoadedVersion(version.name, version.version, version.path, module, signatures,
-                           time.time(), 0.0)
+    model = client.load(version.path, f"{version.ref} ({version.path})")
+    loaded = LoadedVersion(version.name, version.version, version.path, model.module,
+                           model.signatures, time.time(), 0.0)
     warmed = set()
     for signature, inputs in warmup_inputs(version.path):
-        if signature in signatures and inputs:
+        if signature in loaded.signatures and inputs:
             loaded.call(signature, inputs)
             warmed.add(signature)
-    if IMAGES_SIGNATURE not in warmed:
-        loaded.call(IMAGES_SIGNATURE, [_synthetic_image()])
+    if client.IMAGES not in warmed:
+        loaded.call(client.IMAGES, [_synthetic_image()])
     loaded.load_seconds = time.perf_counter() - started
     return loaded
 

@@ -11,7 +11,7 @@ import tests
 import pytest
 
 from components import artifacts
-from components.inference import predict
+from components.inference import client, predict
 from components.config.beam import BeamConfig
 from components.config.infer import InferConfig
 from components.errors import ConfigError, DataError
@@ -112,9 +112,9 @@ def test_the_infer_step_scores_a_folder_with_the_model_just_pushed(runs):
 
     # the rows are what the pushed version's signature says when called directly
     version = os.path.join(tmp_path / "serving", "inf", "1")
-    model = predict.load_model(version)
-    direct = predict.answers(model, [(tmp_path / "unlabeled" / n).read_bytes() for n in GOOD],
-                             top_k=2)
+    model = client.load(version)
+    direct = client.answers(model, [(tmp_path / "unlabeled" / n).read_bytes() for n in GOOD],
+                            top_k=2)
     for row, expected in zip(scored, direct):
         assert row["class"] == expected["class"]
         assert row["probability"] == pytest.approx(expected["probability"], abs=1e-6)
@@ -155,9 +155,9 @@ def test_imgpipe_predict_goes_through_run_inference(runs, monkeypatch, capsys):
     assert [r["path"] for r in rows] == [r["path"] for r in step_rows]
     assert [(r["class"], r["error"] is None) for r in rows] == \
         [(r["class"], r["error"] is None) for r in step_rows]
-    model = predict.load_model(os.path.join(tmp_path / "serving", "inf", "1"))
+    model = client.load(os.path.join(tmp_path / "serving", "inf", "1"))
     good = [r for r in rows if r["error"] is None]
-    direct = predict.answers(model, [open(r["path"], "rb").read() for r in good], top_k=2)
+    direct = client.answers(model, [open(r["path"], "rb").read() for r in good], top_k=2)
     for row, expected in zip(good, direct):
         assert row["class"] == expected["class"]
         assert [name for name, _ in row["top_k"]] == [name for name, _ in expected["top_k"]]
@@ -188,23 +188,24 @@ def test_a_config_without_infer_source_has_no_infer_step_anywhere(make_config, t
     components and the resolve task's pins; --until infer says why."""
     from pipeline.kfp import checks as kfp_checks
     from pipeline.kfp import compile as kfp_compile
+    from pipeline.kfp import builder as kfp_builder
     from pipeline.local.runner import LocalRunner
 
     plain = make_config(name="inf")
     assert "infer" not in dag.names(LocalRunner(plain, str(tmp_path / "runs")).steps)
-    assert "infer" not in dag.names(kfp_compile._steps("", plain))
-    assert not [p for p in kfp_compile._pins("", plain) if p.startswith("infer__")]
+    assert "infer" not in dag.names(kfp_builder.active_steps("", plain))
+    assert not [p for p in kfp_builder.pins("", plain) if p.startswith("infer__")]
     assert "infer" not in json.loads(kfp_compile.resolve_configs(plain))
     with pytest.raises(ConfigError, match="leaves out that optional step"):
         LocalRunner(plain, str(tmp_path / "runs")).run(until="infer")
 
     configured = make_config(name="inf", infer={"source": "gs://bucket/unlabeled/"})
-    assert dag.names(kfp_compile._steps("", configured))[-2:] == ["push", "infer"]
-    assert "infer__external" in kfp_compile._pins("", configured)
+    assert dag.names(kfp_builder.active_steps("", configured))[-2:] == ["push", "infer"]
+    assert "infer__external" in kfp_builder.pins("", configured)
     assert set(json.loads(kfp_compile.resolve_configs(configured))) == \
         set(json.loads(kfp_compile.resolve_configs(plain))) | {"infer"}
     # KFP's gates: infer consumes the push, so it runs only under both verdicts
-    assert kfp_compile.gates_of(dag.get("infer"), dag.STEPS) == ["evaluate", "infra_validate"]
+    assert dag.gates_of(dag.get("infer"), dag.STEPS) == ["evaluate", "infra_validate"]
     with pytest.raises(ConfigError, match="infer.source .* path on this machine"):
         kfp_checks.check_remote(make_config(
             name="inf", data={"source": "gs://b/data"}, push={"destination": "gs://b/serving"},
@@ -275,22 +276,19 @@ def test_an_image_the_signature_cannot_decode_gets_its_own_error_row():
 
     from components.inference import handler as inference
 
-    class Model:
-        vocabulary = ["cat", "dog"]
+    def serve(images):
+        values = images.numpy().tolist()
+        if b"undecodable" in values:
+            raise tf.errors.InvalidArgumentError(None, None, "Unknown image format")
+        return {"probabilities": tf.constant([[0.25, 0.75]] * len(values)),
+                "class_name": tf.constant([b"dog"] * len(values))}
 
-        def __init__(self):
-            self.signatures = {predict.SIGNATURE: self.serve}
-
-        def serve(self, images):
-            values = images.numpy().tolist()
-            if b"undecodable" in values:
-                raise tf.errors.InvalidArgumentError(None, None, "Unknown image format")
-            return {"probabilities": tf.constant([[0.25, 0.75]] * len(values)),
-                    "class_name": tf.constant([b"dog"] * len(values))}
-
+    signature = client.Signature(client.IMAGES, "images", serve, ("class_name", "probabilities"),
+                                 {})
+    model = client.ServingModel("model", None, {client.IMAGES: signature}, ["cat", "dog"])
     handler = inference.ServingImagesHandler("model", batch_size=3, top_k=1)
     assert handler.batch_elements_kwargs() == {"min_batch_size": 3, "max_batch_size": 3}
-    results = handler.run_inference([b"one", b"undecodable", b"two"], Model())
+    results = handler.run_inference([b"one", b"undecodable", b"two"], model)
     rows = [r.inference for r in results]
     assert rows[0] == rows[2] == {"class": "dog", "probability": 0.75, "top_k": [["dog", 0.75]]}
     assert rows[1] == {"error": "the model cannot decode this image (Unknown image format)"}
@@ -306,6 +304,7 @@ def test_with_infer_source_the_compiled_pipeline_has_an_infer_task_and_its_pin(
 
     from pipeline import invoke
     from pipeline.kfp import compile as kfp_compile
+    from pipeline.kfp import builder as kfp_builder
     from pipeline.kfp import entrypoint as kfp_entry
 
     _unlabeled(tmp_path / "unlabeled")
@@ -326,7 +325,7 @@ def test_with_infer_source_the_compiled_pipeline_has_an_infer_task_and_its_pin(
 
     params = kfp_compile.runtime_parameters(cfg)
     overrides = {kfp_compile.RUNTIME_PARAMETERS[n]: params[n]
-                 for n in kfp_compile._resolve_parameters(params, "", cfg)
+                 for n in kfp_builder.resolve_parameters(params, "", cfg)
                  if n != "baseline_alias"}
 
     def pin():
