@@ -307,6 +307,201 @@ def test_the_cli_command_groups_are_peers():
     assert loaded.stdout.strip() == "[]", loaded.stderr
 
 
+# --- the architecture: no import cycle, small modules, each layer's imports -----------
+
+MAX_LINES = 600             # a module over this is split along its concerns
+MAX_TOP_MODULES = 15        # components/ top: the types every layer shares, no more
+# What each package of components/ may import of the project besides itself (the design's
+# layout table): "top" is components/'s own modules (artifacts, contract, errors,
+# runtime, features). Steps may import every package but steps (another step: above).
+LAYERS = {"config": {"top"}, "io": {"top", "config"},
+          "data": {"top", "config", "io"}, "trainer": {"top", "config", "data", "io"},
+          "evaluation": {"top", "config", "data", "io"},
+          "inference": {"top", "config", "data", "io"},
+          "registry": {"top", "config", "io"}, "integrations": {"top", "config", "io"},
+          "steps": {"top", "config", "io", "data", "trainer", "evaluation", "inference",
+                    "registry", "integrations"}}
+# Narrower still: the config sections import the standard library, pydantic, each
+# other and the error hierarchy; a source pattern is checked by data.spans, imported
+# inside the validators of the two sections that take one (spans imports no config).
+# components/io reads and writes storage for every layer: errors, runtime and the Beam
+# section only.
+CONFIG_TOP = {"components.errors"}
+CONFIG_LAZY = {"components.config.data": {"components.data", "components.data.spans"},
+               "components.config.infer": {"components.data", "components.data.spans"}}
+IO_TOP = {"components.errors", "components.runtime"}
+
+
+def _project_modules() -> dict[str, str]:
+    """module -> its file, for every module of components/ and pipeline/ (a package as
+    its __init__.py), found on disk."""
+    found = {}
+    for top in ("components", "pipeline"):
+        for folder, dirs, files in os.walk(os.path.join(ROOT, top)):
+            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+            package = os.path.relpath(folder, ROOT).replace(os.sep, ".")
+            for file in sorted(f for f in files if f.endswith(".py")):
+                name = package if file == "__init__.py" else f"{package}.{file[:-3]}"
+                found[name] = os.path.join(folder, file)
+    return found
+
+
+def _import_graph(modules: dict[str, str] | None = None) -> dict[str, set[str]]:
+    """module -> the project modules it imports anywhere in its file (inside functions
+    and under TYPE_CHECKING too), as the cache's code key reads them."""
+    modules = _project_modules() if modules is None else modules
+    return {name: set(cache._file_info(name)[1]) & set(modules) - {name} for name in modules}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import cycles of `graph`: its strongly connected components of more than one
+    module (Tarjan's algorithm, iterative), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found = []
+    for start in sorted(graph):
+        if start in index:
+            continue
+        work = [(start, iter(sorted(graph[start])))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, edges = work[-1]
+            for target in edges:
+                if target not in graph:
+                    continue
+                if target not in index:
+                    index[target] = low[target] = len(index)
+                    stack.append(target)
+                    on_stack.add(target)
+                    work.append((target, iter(sorted(graph[target]))))
+                    break
+                if target in on_stack:
+                    low[node] = min(low[node], index[target])
+            else:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[node])
+                if low[node] == index[node]:
+                    component = []
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        component.append(member)
+                        if member == node:
+                            break
+                    if len(component) > 1:
+                        found.append(sorted(component))
+    return sorted(found)
+
+
+def test_no_import_cycle_among_project_modules():
+    """No two modules of components/ or pipeline/ import each other, directly or round
+    a loop, counting the imports inside functions and under TYPE_CHECKING: a lower
+    layer that reached back up would make every edit to it a rebuild of both."""
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    cycles = _cycles(_import_graph())
+    assert cycles == [], "import cycles among: " + "; ".join(
+        "{" + ", ".join(cycle) + "}" for cycle in cycles)
+
+
+def test_no_module_of_components_or_pipeline_is_over_600_lines():
+    long = {}
+    for name, path in _project_modules().items():
+        with open(path, encoding="utf-8") as handle:
+            count = len(handle.read().splitlines())
+        if count > MAX_LINES:
+            long[name] = count
+    assert long == {}, f"over {MAX_LINES} lines, split them along their concerns: {long}"
+
+
+def test_components_top_holds_the_shared_types_only():
+    top = [name for name in _modules_under("components")
+           if not os.path.isdir(os.path.join(ROOT, "components", name.rsplit(".", 1)[1]))]
+    assert len(top) <= MAX_TOP_MODULES, f"{len(top)} modules at components/ top: {top}"
+
+
+def _package_of(module: str) -> str | None:
+    """The components/ package a module belongs to ('top' for components/'s own
+    modules, None outside components/)."""
+    parts = module.split(".")
+    if parts[0] != "components":
+        return None
+    if len(parts) > 1 and os.path.isdir(os.path.join(ROOT, "components", parts[1])):
+        return parts[1]
+    return "top"
+
+
+def _lazy_imports(path: str) -> set[str]:
+    """What a file imports inside functions only (never at module level)."""
+    with open(path, encoding="utf-8") as handle:
+        tree = ast.parse(handle.read())
+    in_functions = {id(item) for node in ast.walk(tree)
+                    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                    for item in ast.walk(node) if isinstance(item, (ast.Import, ast.ImportFrom))}
+    inner: set[str] = set()
+    outer: set[str] = set()
+    for item in ast.walk(tree):
+        if isinstance(item, ast.Import):
+            names = {alias.name for alias in item.names}
+        elif isinstance(item, ast.ImportFrom) and item.module:
+            names = {item.module} | {f"{item.module}.{alias.name}" for alias in item.names}
+        else:
+            continue
+        (inner if id(item) in in_functions else outer).update(names)
+    return inner - outer
+
+
+def test_each_components_package_imports_only_the_layers_below():
+    """components/ never imports pipeline/; each package imports what the layout table
+    lets it (LAYERS); config sections only the standard library, pydantic, each other
+    and errors (data.spans lazily, for the two source patterns); io only errors,
+    runtime and config."""
+    import sys
+
+    modules = _project_modules()
+    wrong = []
+    for name, deps in _import_graph(modules).items():
+        package = _package_of(name)
+        if package is None:
+            continue
+        if package == "top":
+            wrong += [f"{name} -> {d}" for d in deps if d.startswith("pipeline")]
+            continue
+        lazy = _lazy_imports(modules[name])
+        for dep in sorted(deps):
+            layer = _package_of(dep)
+            if dep == "components" or layer == package:
+                continue
+            if package == "config":
+                allowed = dep in CONFIG_TOP or (dep in CONFIG_LAZY.get(name, set())
+                                                and dep in lazy)
+            elif package == "io":
+                allowed = dep in IO_TOP or layer == "config"
+            else:
+                allowed = layer in LAYERS[package]
+            if not allowed:
+                wrong.append(f"{name} -> {dep}")
+    for name, path in modules.items():       # and outside the project: pydantic only
+        if _package_of(name) != "config":
+            continue
+        with open(path, encoding="utf-8") as handle:
+            tree = ast.parse(handle.read())
+        for item in ast.walk(tree):
+            tops = ({alias.name.split(".")[0] for alias in item.names}
+                    if isinstance(item, ast.Import) else
+                    {item.module.split(".")[0]} if isinstance(item, ast.ImportFrom)
+                    and item.module and not item.level else set())
+            wrong += [f"{name} -> {top}" for top in tops
+                      if top not in sys.stdlib_module_names
+                      and top not in ("__future__", "pydantic", "components")]
+    assert set(LAYERS) == {_package_of(n) for n in modules} - {"top", None}
+    assert wrong == [], "imports across the layers: " + "; ".join(wrong)
+
+
 FILTER_CHILD = r"""
 import os, sys
 from components import runtime
