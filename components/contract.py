@@ -18,12 +18,24 @@ A step is a plain function in `components/steps/`, as in TFX's `@component` and 
 |                          | given instead, as in a direct call, gets a writer too)      |
 | a config `Section` class | that config section; the parameter is named as the section  |
 | `BaselineModel`          | the registry version holding `push.baseline_alias` (or None) |
+| `StartWeights`           | `model.weights` resolved: 'imagenet', a weights file, or the |
+|                          | Keras file of the model `run:ID` / `NAME@ALIAS` names (None  |
+|                          | without model.weights)                                       |
+| `WarmStartModel`         | `train.warm_start` resolved: a `WarmStart` (its Keras file,  |
+|                          | the reference, the exact version), or None without one      |
+| `TunedValues`            | `train.hyperparameters` resolved: the file holding an        |
+|                          | earlier search's best values (or None)                       |
 | `Scratch`                | a private folder that survives a failed attempt (checkpoints)|
 |                          | and is removed once the outputs are committed               |
 | `RecordedConfig`         | the sections named in `record=` (the model card's config)    |
 | `Shared`                 | a folder kept across runs (of one runs dir / pipeline root) |
 |                          | and this step's code, for work later runs reuse: ingest's  |
 |                          | per-span artifacts; None where the runner has none         |
+
+The roles the runner resolves (`BaselineModel`, `StartWeights`, `WarmStartModel`,
+`TunedValues`) are the step's only view of references: its config sections stay as
+configured (`model.weights: photos@production`), and `pipeline/invoke.py` resolves each
+declared role through one table, with an identity for the cache key.
 
 `@step(...)` keeps only what a signature cannot say: `gate`, `cache`, `isolated`,
 `external`, the `beam` keys that change results, `record`, and `ui_outputs` (the
@@ -47,9 +59,37 @@ from components.io import fileio
 from components.config.beam import BeamConfig
 from components.config.base import Section
 
-# What the runner can resolve for a step, by parameter meaning.
+# What the runner can resolve for a step from outside the DAG (a role) -> the config key
+# whose value it resolves ('' for none: the baseline is the registry's, by the context's
+# alias). A role that reads a key needs the step to take that key's section.
 BASELINE_MODEL = "baseline_model"   # dir of the registry version holding push.baseline_alias
-RESOLVABLE = (BASELINE_MODEL,)
+START_WEIGHTS = "start_weights"     # model.weights -> 'imagenet', a weights or Keras file
+WARM_START_MODEL = "warm_start"     # train.warm_start -> a WarmStart
+TUNED_VALUES = "tuned_values"       # train.hyperparameters -> a file of best values
+RESOLVABLE: Mapping[str, str] = {BASELINE_MODEL: "", START_WEIGHTS: "model.weights",
+                                 WARM_START_MODEL: "train.warm_start",
+                                 TUNED_VALUES: "train.hyperparameters"}
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """The model `train.warm_start` names, as the runner resolved it: the reference as
+    configured (`photos@production`), the exact version (`photos:7`, `run:ID` for a
+    local run's model; None while nothing is pushed under the name: a schedule's first
+    run trains from scratch) and its Keras file (None then too)."""
+
+    ref: str
+    version: str | None
+    path: str | None
+
+    @property
+    def record(self) -> dict[str, str | None]:
+        """What the trained model records of its start: {ref, version}."""
+        return {"ref": self.ref, "version": self.version}
+
+    def describe(self) -> str:
+        """`photos:7 (photos@production)`, or `photos:7` when it was named so."""
+        return (self.version or "") + (f" ({self.ref})" if self.ref != self.version else "")
 
 
 @dataclass(frozen=True)
@@ -86,6 +126,9 @@ class Out:
 
 
 BaselineModel = Annotated[Optional[str], _Role("resolved", BASELINE_MODEL)]
+StartWeights = Annotated[Optional[str], _Role("resolved", START_WEIGHTS)]
+WarmStartModel = Annotated[Optional[WarmStart], _Role("resolved", WARM_START_MODEL)]
+TunedValues = Annotated[Optional[str], _Role("resolved", TUNED_VALUES)]
 Scratch = Annotated[Optional[str], _Role("scratch")]
 Shared = Annotated[Optional[str], _Role("shared")]
 RecordedConfig = Annotated[Optional[dict], _Role("record")]
@@ -111,14 +154,15 @@ class StepSpec:
               its `RecordedConfig` parameter; never in a cache key (uncached steps only).
     beam:     keys of the `beam` section that change the output; a Beam step takes
               the whole section as `beam: BeamConfig`.
-    resolved: parameter -> what the runner resolves (`BaselineModel`).
+    resolved: parameter -> the role the runner resolves for it (`RESOLVABLE`: the
+              baseline, start weights, a warm start, tuned values).
     scratch:  the `Scratch` parameter, if any.
     cache:    False for steps with effects outside their artifacts (push).
     gate:     summary key whose truth lets gated steps run (blessed, passed).
     isolated: the step's work runs in a child process (infra validation's fresh
               TensorFlow), so the local runner may run it beside the next steps.
     external: f(**config sections) -> {name: fingerprint} of files the step reads
-              that no step produces (the data source, a schema file, start weights).
+              that no step produces (the data source, a schema file).
     ui_outputs: (parameter, KFP artifact class) of run-page outputs (KFP only).
     """
 
@@ -232,8 +276,8 @@ def _from_signature(step_name: str, fn: Callable[..., Any]) -> dict[str, Any]:
     for param in params:
         if param not in hints:
             raise TypeError(f"step {step_name}: parameter {param!r} has no annotation; say "
-                            "what it is (In[T], Out[T], a config section, BaselineModel, "
-                            "Scratch, RecordedConfig).")
+                            "what it is (In[T], Out[T], a config section, a resolved role "
+                            "such as BaselineModel, Scratch, RecordedConfig).")
         hint, optional = _unwrap_optional(hints[param])
         marks = getattr(hint, "__metadata__", ())
         mark = next((m for m in marks if isinstance(m, (_Port, _Role))), None)
@@ -260,7 +304,8 @@ def _from_signature(step_name: str, fn: Callable[..., Any]) -> dict[str, Any]:
         else:
             raise TypeError(f"step {step_name}: parameter {param!r} is annotated {hint!r}, "
                             "which the runner cannot pass (In[T], Out[T], a config section, "
-                            "BaselineModel, Scratch, RecordedConfig).")
+                            "a resolved role such as BaselineModel, Scratch, "
+                            "RecordedConfig).")
     out["config"] = tuple(config)
     return out
 
@@ -288,7 +333,15 @@ def _declaration_problems(spec: StepSpec, fn: Callable[..., Any]) -> list[str]:
             problems.append(f"{param!r} is required and takes no default")
     for param, what in spec.resolved.items():
         if what not in RESOLVABLE:
-            problems.append(f"{param!r} asks the runner to resolve unknown {what!r}")
+            problems.append(f"{param!r} asks the runner to resolve unknown {what!r} (known: "
+                            f"{', '.join(RESOLVABLE)})")
+        elif RESOLVABLE[what] and RESOLVABLE[what].split(".")[0] not in spec.config:
+            section = RESOLVABLE[what].split(".")[0]
+            problems.append(f"{param!r} resolves {RESOLVABLE[what]}, so the step takes the "
+                            f"{section!r} section too")
+        if params[param].default is not None:
+            problems.append(f"resolved {param!r} needs a default of None (a direct call "
+                            "may leave it out)")
     if not spec.outputs:
         problems.append("a step writes at least one artifact (Out[T])")
     if spec.external is not None:

@@ -2,15 +2,18 @@
 
 The local runner and the KFP components are peers that both call steps through here:
 
-1. `step_config(node, config)`: the config a step reads, as plain JSON (its sections,
-   the `beam` section for Beam steps, the sections it records). This is all a step
-   ever sees of the config; on KFP it is the task's config parameter.
+1. `StepSections`: the config a step reads, typed (its sections, the `beam` section for
+   Beam steps, the sections it records), as configured: a reference stays a reference.
+   The local runner takes them from the loaded config (`StepSections.of`); a KFP task
+   from its config parameter (`step_config` -> JSON -> `StepSections.from_json`), the
+   only place the JSON round trip is needed.
 2. `Context`: what resolving references needs (the model name, the registry root and
    baseline alias, the local metadata store when there is one).
-3. `resolve(node, step_cfg, context)`: typed sections with references resolved
-   (`model.weights: run:ID | NAME@ALIAS | NAME:VERSION` -> that model's Keras file)
-   and the values the runner resolves for the step (the registry baseline), each
-   with an identity that goes into the cache key.
+3. `resolve(node, sections, context)`: the values of the roles the step's signature
+   declares (`components.contract.RESOLVABLE`: the registry baseline, the start weights
+   `model.weights` names, the warm-start model, tuned values of an earlier search),
+   each through one table (`ROLES`), with an identity for the cache key. Sections are
+   never rewritten.
 4. `call(node, resolved, inputs, outputs, producer, scratch)`: the step function.
 """
 
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Mapping
 
 from components import artifacts, contract
 from components.io import fileio
@@ -30,6 +33,9 @@ from pipeline.dag import Node
 
 BEAM = "beam"
 RECORD = "record"
+# In a task's config JSON: config key -> the registry version the KFP resolve task pinned
+# that reference to (`apply_pinned_refs`); the section itself keeps the reference.
+PINNED = "pinned"
 
 
 # --- 1. the config a step reads ------------------------------------------------------
@@ -60,6 +66,45 @@ def recorded_config(config: config_lib.PipelineConfig,
     names = dict.fromkeys(s for node in (steps or dag.STEPS) for s in node.spec.record)
     return {name: config.section(name).model_dump(mode="json", by_alias=True)
             for name in names}
+
+
+@dataclass(frozen=True)
+class StepSections:
+    """What a step reads of the config, typed: its sections as configured, the Beam
+    section of a Beam step, the sections it records (as JSON, the model card's), and
+    `pinned`: config key -> the exact version the KFP resolve task pinned its
+    reference to ('' for none found; empty on the local engine, which resolves now)."""
+
+    sections: Mapping[str, Section]
+    beam: Section | None = None
+    record: dict[str, Any] | None = None
+    pinned: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, node: Node, config: config_lib.PipelineConfig) -> "StepSections":
+        """From the loaded config, with no JSON round trip (the local engine). Copies: a
+        step that changed its section could not change another step's."""
+        spec = node.spec
+        return cls({name: config.section(name).model_copy(deep=True) for name in spec.config},
+                   config.beam.model_copy(deep=True) if spec.beam else None,
+                   {name: config.section(name).model_dump(mode="json", by_alias=True)
+                    for name in spec.record} if spec.record else None)
+
+    @classmethod
+    def from_json(cls, node: Node, step_cfg: dict[str, Any]) -> "StepSections":
+        """From a task's config (`step_config`, run-time parameters and pins applied):
+        where a process boundary carried the config as JSON."""
+        spec = node.spec
+        types = config_lib.section_types()
+        return cls({name: types[name].model_validate(step_cfg[name]) for name in spec.config},
+                   types[BEAM].model_validate(step_cfg[BEAM]) if spec.beam else None,
+                   step_cfg.get(RECORD), dict(step_cfg.get(PINNED) or {}))
+
+    def value(self, key: str) -> Any:
+        """A dotted config key's value as configured (`model.weights`), None when the step
+        does not read that section."""
+        section, name = key.split(".", 1)
+        return getattr(self.sections[section], name) if section in self.sections else None
 
 
 def keyed_config(node: Node, step_cfg: dict[str, Any]) -> dict[str, Any]:
@@ -105,7 +150,8 @@ class Context:
 
 @dataclass
 class Resolved:
-    """A step's typed sections and runner-resolved values, with identities for the key."""
+    """A step's typed sections and the values of the roles it declares, with identities
+    for the key."""
 
     sections: dict[str, Section]
     values: dict[str, Any]                  # parameter -> value (e.g. baseline dir or None)
@@ -114,68 +160,148 @@ class Resolved:
     record: dict[str, Any] | None = None
 
 
-def needs_context(node: Node, step_cfg: dict[str, Any]) -> bool:
-    """Whether resolving the step's references needs a Context: it asks for the
-    baseline, or its model weights name a registry version or a run."""
+@dataclass(frozen=True)
+class RoleResolver:
+    """How the runner serves one role of `contract.RESOLVABLE`.
+
+    resolve(configured, pinned, context) -> (value, identity): `configured` is the role's
+    config key as written (None when unset or the role reads none: the baseline);
+    `pinned` what the KFP resolve task fixed before the step ran (an exact version, ''
+    for none), None where nothing was pinned (the local engine resolves now). The
+    identity goes into the cache key: the configured reference with the resolved file's
+    hash or the version's card hash, so a moved alias or a retrained model reruns the
+    step and the same one keeps it cached.
+    pin(configured, context) -> (pinned, identity): what the resolve task fixes now."""
+
+    resolve: Callable[[str | None, str | None, "Context | None"], tuple[Any, Any]]
+    pin: Callable[[str | None, "Context"], tuple[str, Any]]
+    # whether the role needs a Context for this configured value (the registry or store)
+    needs_context: Callable[[str | None], bool]
+
+
+def _names_reference(value: str | None) -> bool:
     from components.registry.refs import is_reference
 
-    refs = [step_cfg.get("model", {}).get("weights") or "",
-            step_cfg.get("train", {}).get("hyperparameters") or "",
-            step_cfg.get("train", {}).get("warm_start") or ""]
-    return bool(node.spec.resolved) or any(ref.startswith("run:") or is_reference(ref)
-                                           for ref in refs) \
-        or not node.spec.cache     # an uncached step records where it ran (push: the card)
+    return bool(value) and (value.startswith("run:") or is_reference(value))
 
 
-def resolve(node: Node, step_cfg: dict[str, Any], context: Context | None,
+def _version_identity(version: Version) -> str:
+    return f"{version.ref} {artifacts.fingerprint_json(version.card)}"
+
+
+def _resolve_baseline(_: str | None, pinned: str | None, context: Context | None
+                      ) -> tuple[str | None, str | None]:
+    version = pinned_version(context, pinned) if pinned is not None \
+        else baseline_version(context)
+    # The baseline's identity, not its path: a new production model reruns the
+    # evaluation, the same one keeps it cached.
+    return (version.path, _version_identity(version)) if version else (None, None)
+
+
+def _pin_baseline(_: str | None, context: Context) -> tuple[str, str | None]:
+    version = baseline_version(context)
+    return (version.ref, _version_identity(version)) if version else ("", None)
+
+
+def _resolve_weights(configured: str | None, pinned: str | None, context: Context | None
+                     ) -> tuple[str | None, str | None]:
+    if not configured or configured == "imagenet":
+        return configured, None
+    path = resolve_weights(pinned or configured, context)
+    # the content, not the path: a retrained base model reruns the step
+    return path, f"{configured} {fileio.hash_file(path)}"
+
+
+def _resolve_tuned_values(configured: str | None, pinned: str | None, context: Context | None
+                          ) -> tuple[str | None, str | None]:
+    if not configured:
+        return None, None
+    path = resolve_hyperparameters(pinned or configured, context)
+    # the values' content, not their path: a rerun of that search reruns this
+    return path, f"{configured} {fileio.hash_file(path)}"
+
+
+def _resolve_warm_start(configured: str | None, pinned: str | None, context: Context | None
+                        ) -> tuple[contract.WarmStart | None, str | None]:
+    if not configured:
+        return None, None
+    source = warm_start_source(configured, context, pinned)
+    # the version's identity (ref + card hash): a moved alias reruns train
+    return source.start, source.identity
+
+
+def _pin_reference(configured: str | None, context: Context) -> tuple[str, str]:
+    from components.registry.versions import Registry
+
+    version = Registry(context.registry_root).resolve(configured)
+    return version.ref, _version_identity(version)
+
+
+def _pin_warm_start(configured: str | None, context: Context) -> tuple[str, str]:
+    from components.registry.versions import Registry
+
+    registry = Registry(context.registry_root)
+    if registry.nothing_pushed(configured):
+        return "", ""                           # the first push: train from scratch
+    version = warm_start_version(registry, configured)
+    return version.ref, _version_identity(version)
+
+
+# Role -> how it is resolved: the one table `resolve` and the KFP pins read.
+ROLES: dict[str, RoleResolver] = {
+    contract.BASELINE_MODEL: RoleResolver(_resolve_baseline, _pin_baseline, lambda _: True),
+    contract.START_WEIGHTS: RoleResolver(_resolve_weights, _pin_reference, _names_reference),
+    contract.WARM_START_MODEL: RoleResolver(_resolve_warm_start, _pin_warm_start, bool),
+    contract.TUNED_VALUES: RoleResolver(_resolve_tuned_values, _pin_reference,
+                                        _names_reference),
+}
+if set(ROLES) != set(contract.RESOLVABLE):
+    raise TypeError(f"pipeline.invoke resolves roles {sorted(ROLES)}, and the contract declares "
+                    f"{sorted(contract.RESOLVABLE)}: give each role a RoleResolver.")
+
+
+def _roles(node: Node) -> list[tuple[str, str, RoleResolver]]:
+    """(parameter, config key or '', resolver) of each role the step declares."""
+    return [(param, contract.RESOLVABLE[role], ROLES[role])
+            for param, role in node.spec.resolved.items()]
+
+
+def needs_context(node: Node, step_cfg: dict[str, Any]) -> bool:
+    """Whether resolving the step's roles needs a Context (`step_cfg`: its config as
+    JSON): it asks for the baseline, a warm start, or its start weights or tuned values
+    name a registry version or a run. An uncached step records where it ran (push's
+    model card) and gets one too."""
+    def configured(key: str) -> Any:
+        section, name = key.split(".", 1)
+        return (step_cfg.get(section) or {}).get(name)
+
+    return any(resolver.needs_context(configured(key) if key else None)
+               for _, key, resolver in _roles(node)) or not node.spec.cache
+
+
+def resolve(node: Node, given: StepSections, context: Context | None,
             pinned: dict[str, str] | None = None) -> Resolved:
-    """Typed sections and resolved values; `context` may be None only when the step
-    needs none (`needs_context`). `pinned`: parameter -> a registry reference fixed
-    before the step ran ('' for none), as the KFP pipeline's resolve task decides it,
-    so that the task's inputs name the version it compares with."""
+    """The step's sections (as configured) and the value of each role it declares,
+    through `ROLES`; `context` may be None only when the step needs none
+    (`needs_context`). A role that reads a config key takes the version the KFP
+    resolve task pinned it to from `given.pinned`; one that reads none (the baseline)
+    from `pinned` (parameter -> a registry reference, '' for none), so that the task's
+    inputs name the version it compares with. Identities are keyed by the config key
+    (`train.warm_start`), or the parameter for the baseline."""
     spec = node.spec
-    if context is None and needs_context(node, step_cfg):
-        raise ConfigError(f"step {spec.name} resolves references (the registry baseline or "
-                          "model.weights) but was given no context.")
-    types = config_lib.section_types()
-    sections: dict[str, Section] = {}
-    identities: dict[str, Any] = {}
-    for name in spec.config:
-        section = types[name].model_validate(step_cfg[name])
-        if name == "model" and section.weights:
-            path = resolve_weights(section.weights, context)
-            if path != section.weights:
-                identities["model.weights"] = section.weights
-                section = section.model_copy(update={"weights": path})
-        if name == "train" and section.hyperparameters:
-            path = resolve_hyperparameters(section.hyperparameters, context)
-            # the values' content, not their path: a rerun of that search reruns this
-            identities["train.hyperparameters"] = \
-                f"{section.hyperparameters} {fileio.hash_file(path)}"
-            section = section.model_copy(update={"hyperparameters": path})
-        configured = (step_cfg.get(PINNED_FROM) or {}).get(WARM_START)
-        if name == "train" and (section.warm_start or configured) \
-                and reads_key(node, WARM_START):
-            source = warm_start_source(section.warm_start or "", context, configured)
-            # the version's identity (ref + card hash): a moved alias reruns train
-            identities[WARM_START] = source.identity
-            section = section.model_copy(update={"warm_start": source.path})
-            section._warm_start_source = source.record
-        sections[name] = section
     values: dict[str, Any] = {}
-    for param, what in spec.resolved.items():
-        if what == contract.BASELINE_MODEL:
-            if pinned is not None and param in pinned:
-                version = pinned_version(context, pinned[param])
-            else:
-                version = baseline_version(context)
-            values[param] = version.path if version else None
-            # The baseline's identity, not its path: a new production model reruns the
-            # evaluation, the same one keeps it cached.
-            identities[param] = (f"{version.ref} {artifacts.fingerprint_json(version.card)}"
-                                 if version else None)
-    beam = types[BEAM].model_validate(step_cfg[BEAM]) if spec.beam else None
-    return Resolved(sections, values, identities, beam, step_cfg.get(RECORD))
+    identities: dict[str, Any] = {}
+    for param, key, resolver in _roles(node):
+        configured = given.value(key) if key else None
+        if context is None and resolver.needs_context(configured):
+            raise ConfigError(f"step {spec.name} resolves {key or param} (a registry version "
+                              "or a run) but was given no context.")
+        pin = given.pinned.get(key) if key else (pinned or {}).get(param)
+        values[param], identity = resolver.resolve(configured, pin, context)
+        if key and identity is None:
+            continue        # nothing read beyond the config (unset, imagenet): keyed there
+        identities[key or param] = identity
+    return Resolved(dict(given.sections), values, identities, given.beam, given.record)
 
 
 def baseline_version(context: Context):
@@ -192,7 +318,7 @@ def pinned_version(context: Context, ref: str):
     return Registry(context.registry_root).resolve(ref) if ref else None
 
 
-def resolve_weights(weights: str, context: Context) -> str:
+def resolve_weights(weights: str, context: Context | None) -> str:
     """`run:RUN_ID` -> that run's trained Keras model (needs the local metadata store);
     `NAME@ALIAS` / `NAME:VERSION` -> the pushed version's; anything else (imagenet, a
     file) is returned as is."""
@@ -220,48 +346,38 @@ WARM_START = "train.warm_start"
 
 
 @dataclass(frozen=True)
-class WarmStart:
-    """The model `train.warm_start` names: the reference as configured, the exact
-    version (`photos:7`, or `run:ID` for a local run's model), its Keras file, its
-    identity for the cache key (ref + model card hash; a run's model fingerprint) and
-    its card (a run's model: its Model artifact's properties, as a card)."""
+class WarmStartSource:
+    """A resolved `train.warm_start`: what the step is given (`start`: its Keras file,
+    the reference, the exact version), the identity the cache key records (ref + model
+    card hash; a run's model fingerprint) and the card the checks before a run read (a
+    run's model: its Model artifact's properties, as a card)."""
 
-    ref: str
-    version: str | None         # None: nothing is pushed under the name yet (first run)
-    path: str | None
+    start: contract.WarmStart
     identity: str
     card: dict[str, Any]
 
     @classmethod
-    def first(cls, ref: str) -> "WarmStart":
+    def first(cls, ref: str) -> "WarmStartSource":
         """`NAME@ALIAS` before any version of NAME is pushed: a schedule's first run
         trains from random initialisation (and says so) instead of failing."""
-        return cls(ref, None, None, f"{ref} (nothing pushed)", {})
-
-    @property
-    def record(self) -> dict[str, str | None]:
-        """What the trained model records of its start: {ref, version}."""
-        return {"ref": self.ref, "version": self.version}
-
-    def describe(self) -> str:
-        return (self.version or "") + (f" ({self.ref})" if self.ref != self.version else "")
+        return cls(contract.WarmStart(ref, None, None), f"{ref} (nothing pushed)", {})
 
 
-def warm_start_source(value: str, context: Context | None,
-                      configured: str | None = None) -> WarmStart:
+def warm_start_source(configured: str, context: Context | None,
+                      pinned: str | None = None) -> WarmStartSource:
     """`train.warm_start` -> the model to start from: `NAME@ALIAS` / `NAME:VERSION` (or
     models:/...) -> that pushed version's Keras file; `run:RUN_ID` -> that run's trained
-    model (the local metadata store). `configured`: the reference as written, when
-    `value` is the version the KFP resolve task pinned it to ('' when it found nothing
-    pushed under the name). `NAME@ALIAS` while no version of NAME exists is the first
-    run of a schedule: `WarmStart.first` (train from scratch); once one exists, a
-    missing alias is an error."""
+    model (the local metadata store). `pinned`: the version the KFP resolve task pinned
+    the reference to ('' when it found nothing pushed under the name). `NAME@ALIAS`
+    while no version of NAME exists is the first run of a schedule:
+    `WarmStartSource.first` (train from scratch); once one exists, a missing alias is an
+    error."""
     from components.registry.refs import is_reference
     from components.registry.versions import Registry
 
-    ref = configured or value
-    if not value and configured:
-        return WarmStart.first(configured)
+    if pinned == "":
+        return WarmStartSource.first(configured)
+    value = pinned or configured
     if value.startswith("run:"):
         path = _resolve_reference(value, context, WARM_START,
                                   ("train", "trained_model", "a trained model"),
@@ -272,23 +388,23 @@ def warm_start_source(value: str, context: Context | None,
         card = {"model": {key: model.properties.get(key)
                           for key in ("kind", "image_shape", "architecture")},
                 "label_vocabulary": model.properties.get("label_vocabulary")}
-        return WarmStart(ref, run, path, f"{run} {model.fingerprint}", card)
+        return WarmStartSource(contract.WarmStart(configured, run, path),
+                               f"{run} {model.fingerprint}", card)
     if not is_reference(value) or context is None:
         raise ConfigError(f"{WARM_START} {value!r} is not a pushed model reference (NAME@ALIAS, "
                           "NAME:VERSION) or run:RUN_ID; name the model to start from, e.g. "
                           f"{WARM_START}: {context.model_name if context else 'NAME'}@production.")
     registry = Registry(context.registry_root)
     if registry.nothing_pushed(value):
-        return WarmStart.first(ref)
+        return WarmStartSource.first(configured)
     version = warm_start_version(registry, value)
     path = fileio.join(version.path, artifacts.Model.KERAS_FILE)
     if not fileio.exists(path):
-        raise ConfigError(f"{WARM_START} {ref}: {version.ref} has no Keras model to start from "
-                          f"({path} is missing: it was pushed without one); warm start from a "
-                          "version pushed by this imgpipe, or drop train.warm_start.")
-    card = version.card
-    return WarmStart(ref, version.ref, path,
-                     f"{version.ref} {artifacts.fingerprint_json(card)}", card)
+        raise ConfigError(f"{WARM_START} {configured}: {version.ref} has no Keras model to start "
+                          f"from ({path} is missing: it was pushed without one); warm start from "
+                          "a version pushed by this imgpipe, or drop train.warm_start.")
+    return WarmStartSource(contract.WarmStart(configured, version.ref, path),
+                           _version_identity(version), version.card)
 
 
 def warm_start_version(registry: Registry, ref: str) -> Version:
@@ -312,25 +428,25 @@ def warm_start_version(registry: Registry, ref: str) -> Version:
     return registry.resolve(ref)
 
 
-def check_warm_start(config: config_lib.PipelineConfig, context: Context) -> WarmStart | None:
+def check_warm_start(config: config_lib.PipelineConfig,
+                     context: Context) -> contract.WarmStart | None:
     """`train.warm_start` against the config before any step runs (the local runner's
     preflight, `imgpipe compile`): the referenced model's kind, architecture and image
     shape from its card, its classes when `data.classes` fixes them. A mismatch is a
     ConfigError naming it and the fix; the number of classes otherwise, and model keys
     a search sets, are checked by train when it copies the layers."""
-    from components.trainer import models
     from components.config.tune import apply_values
+    from components.trainer import models
+    from components.trainer.tuned import read_best
 
     train = config.train
     if not train.warm_start:
         return None
     source = warm_start_source(train.warm_start, context)
-    if source.version is None:
+    if source.start.version is None:
         return None                 # the first push: train starts from scratch
     model = config.model
     if train.hyperparameters:
-        from components.steps.tune import read_best
-
         best = read_best(resolve_hyperparameters(train.hyperparameters, context))
         try:
             model = apply_values({"model": model, "train": train}, best)["model"]
@@ -340,10 +456,10 @@ def check_warm_start(config: config_lib.PipelineConfig, context: Context) -> War
     classes = len(config.data.classes) if config.data.classes else None
     problem = models.warm_start_problem(
         model, (*config.data.image_size, config.data.channels), classes, source.card,
-        f"{WARM_START} {source.describe()}", unknown=searched)
+        f"{WARM_START} {source.start.describe()}", unknown=searched)
     if problem:
         raise ConfigError(problem)
-    return source
+    return source.start
 
 
 def _resolve_reference(value: str, context: Context | None, key: str,
@@ -382,67 +498,60 @@ def external_fingerprints(node: Node, resolved: Resolved) -> dict[str, str]:
     return node.spec.external(**resolved.sections)
 
 
-# Config keys that may name a registry version (NAME@ALIAS, NAME:VERSION).
-REFERENCE_KEYS = ("model.weights", "train.hyperparameters", WARM_START)
-# What `apply_pinned_refs` keeps of a pinned key's value as configured (`photos@production`
-# for `photos:7`), for the step to say where its start came from.
-PINNED_FROM = "pinned_from"
+def pinned_parameters(node: Node) -> list[str]:
+    """The step's resolved parameters the KFP resolve task pins one by one, each a task
+    input of its own: the roles that read no config key (the baseline, by the alias).
+    Those that do are pinned together in the step's outside-inputs pin."""
+    return [param for param, key, _ in _roles(node) if not key]
 
 
-def reads_key(node: Node, key: str) -> bool:
-    """Whether the step reads the REFERENCE_KEYS key: one of its sections holds it, and
-    `train.warm_start` only for the step that writes a Model (train; tune's trials start
-    from scratch, so a moved alias does not rerun the search)."""
-    return key.split(".")[0] in node.spec.config and (
-        key != WARM_START or artifacts.Model in node.spec.outputs.values())
+def pin_parameter(node: Node, param: str, context: Context) -> str:
+    """What the resolve task pins for one of `pinned_parameters` now: the reference the
+    step's task resolves ('' for none: no baseline)."""
+    return ROLES[node.spec.resolved[param]].pin(None, context)[0]
 
 
 def reads_outside_inputs(node: Node) -> bool:
     """Whether the step's result depends on something no step of the run produces:
-    files it declares `external` (the data source, a schema file, start weights) or a
-    registry version one of its config keys may name (REFERENCE_KEYS)."""
-    return node.spec.external is not None or any(
-        key.split(".")[0] in node.spec.config for key in REFERENCE_KEYS)
+    files it declares `external` (the data source, a schema file) or a role that
+    resolves a config key (start weights, a warm start, tuned values)."""
+    return node.spec.external is not None or any(key for _, key, _ in _roles(node))
 
 
 def pin_outside_inputs(node: Node, step_cfg: dict[str, Any], context: Context,
                        now: Any = None) -> dict[str, Any]:
     """What the KFP resolve task pins for a step that `reads_outside_inputs`:
 
-    - `refs`: each registry reference in REFERENCE_KEYS as the exact version it names
-      now (`photos@production` -> `photos:7`); the step's task resolves that version,
-      not the alias again;
+    - `refs`: each registry reference a declared role reads, as the exact version it
+      names now (`photos@production` -> `photos:7`; '' for a warm start with nothing
+      pushed yet); the step's task resolves that version, not the alias again;
     - `refs["data.spans"]`: a window of data drops given relative to the schedule
       (`data.spans: {scheduled: -1d}`) as the concrete spans it names at `now` (the
       run's schedule time), so the ingest task's inputs name the drops it reads;
-    - `fingerprint`: a hash of those versions' identities (ref + model card hash) and of
-      the step's `external` fingerprints (the data source: object listings in a bucket;
-      a schema file's content), computed with the referenced keys left out: a pushed
-      version is identified by its card, its files are not read.
+    - `fingerprint`: a hash of those versions' identities (ref + model card hash), of
+      the files the roles name directly (their content), and of the step's `external`
+      fingerprints (the data source: object listings in a bucket; a schema file's
+      content), computed with the referenced keys left out: a pushed version is
+      identified by its card, its files are not read.
 
     The same inputs give the same pin byte for byte, so the step's task is cached
     exactly until one of them changes."""
-    from components.registry.refs import is_reference
-    from components.registry.versions import Registry
-
     cfg = json.loads(json.dumps(step_cfg))
     refs: dict[str, Any] = {}
     identity: dict[str, Any] = {}
-    for key in REFERENCE_KEYS:
+    for _, key, resolver in _roles(node):
+        if not key:
+            continue                    # pinned on its own (`pinned_parameters`)
         section, name = key.split(".")
-        value = (cfg.get(section) or {}).get(name) if reads_key(node, key) else None
-        if not value or value.startswith("run:") or not is_reference(value) \
-                or fileio.exists(value):
+        value = (cfg.get(section) or {}).get(name)
+        if not value or value == "imagenet" or value.startswith("run:"):
             continue
-        registry = Registry(context.registry_root)
-        if key == WARM_START and registry.nothing_pushed(value):
-            refs[key] = identity[key] = ""      # the first push: train from scratch
-            cfg[section][name] = None
+        if fileio.exists(value):
+            identity[key] = fileio.hash_file(value)       # a file named directly
             continue
-        version = warm_start_version(registry, value) if key == WARM_START \
-            else registry.resolve(value)
-        refs[key] = version.ref
-        identity[key] = f"{version.ref} {artifacts.fingerprint_json(version.card)}"
+        if not _names_reference(value):
+            continue                    # the step's task says what is wrong with it
+        refs[key], identity[key] = resolver.pin(value, context)
         cfg[section][name] = None
     if "data" in node.spec.config and (cfg.get("data") or {}).get("spans") is not None:
         from components.data import ingest_window
@@ -460,12 +569,17 @@ def pin_outside_inputs(node: Node, step_cfg: dict[str, Any], context: Context,
 
 
 def apply_pinned_refs(step_cfg: dict[str, Any], pin: dict[str, Any]) -> dict[str, Any]:
-    """The step's config with the references the resolve task pinned (`refs`)."""
+    """The step's config with what the resolve task pinned (`refs`): a role's reference
+    goes under PINNED (its section keeps the reference as configured: the step records
+    it), the concrete spans of a scheduled window into `data.spans`."""
+    role_keys = set(contract.RESOLVABLE.values())
     for key, ref in (pin.get("refs") or {}).items():
         section, name = key.split(".")
-        if section in step_cfg:
-            if step_cfg[section].get(name) != ref:
-                step_cfg.setdefault(PINNED_FROM, {})[key] = step_cfg[section].get(name)
+        if section not in step_cfg:
+            continue
+        if key in role_keys:
+            step_cfg.setdefault(PINNED, {})[key] = ref
+        else:
             step_cfg[section][name] = ref
     return step_cfg
 

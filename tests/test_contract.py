@@ -168,7 +168,7 @@ def test_call_hands_open_writers_and_commits_them(tmp_path, make_config):
     node = dag.node(spy, examples="x.examples")
     cfg = make_config(data={"source": "builtin:digits"})
     context = invoke.Context.from_config(cfg)
-    resolved = invoke.resolve(node, invoke.step_config(node, cfg), context)
+    resolved = invoke.resolve(node, invoke.StepSections.of(node, cfg), context)
     examples = artifacts.Artifact(uri="/e", type="Examples", fingerprint="f")
     out, scratch = str(tmp_path / "out"), tmp_path / "scratch"
     scratch.mkdir()
@@ -197,7 +197,7 @@ def test_a_failing_step_leaves_no_artifact_and_keeps_its_scratch(tmp_path, make_
 
     node = dag.node(spy)
     cfg = make_config(data={"source": "builtin:digits"})
-    resolved = invoke.resolve(node, invoke.step_config(node, cfg), None)
+    resolved = invoke.resolve(node, invoke.StepSections.of(node, cfg), None)
     out, scratch = tmp_path / "out", tmp_path / "scratch"
     scratch.mkdir()
     with pytest.raises(RuntimeError, match="spy crashed"):

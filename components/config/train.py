@@ -205,10 +205,6 @@ class TrainConfig(Section):
                              "integer labels; drop train.loss, or label_smoothing")
         return self
 
-    # Where the runner resolved `warm_start` (now the Keras file) from: {ref, version}
-    # (`pipeline.invoke.resolve`). Not config: never dumped, validated or keyed.
-    _warm_start_source: Optional[dict[str, str]] = None
-
 
 def decision_line(data: dict[str, Any], train: dict[str, Any]) -> Optional[str]:
     """The one line a run prints at its start and its report shows: data.channels and

@@ -10,7 +10,6 @@ and the export: a SavedModel whose signatures take raw examples or raw image byt
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -23,7 +22,8 @@ from components.config.data import DataConfig
 from components.config.model import ModelConfig
 from components.config.train import TrainConfig
 from components.config.tune import apply_values, describe_values
-from components.contract import In, Out, Scratch, step
+from components.contract import (In, Out, Scratch, StartWeights, WarmStart, WarmStartModel,
+                                 step)
 from components.errors import ConfigError, TrainingError
 from components.trainer.distribute import choose_strategy
 from components.trainer.export import export
@@ -37,17 +37,6 @@ def _tf_version() -> str:
     import tensorflow as tf
 
     return tf.__version__
-
-
-def external_inputs(model: ModelConfig, train: TrainConfig,
-                    data: DataConfig = None) -> dict[str, str]:
-    """Starting weights are an input the DAG does not produce: their content is in the
-    cache key (a retrained base model reruns this step)."""
-    if not model.weights or model.weights == "imagenet":
-        return {}
-    if not fileio.exists(model.weights):
-        raise ConfigError(f"model.weights file {model.weights} does not exist.")
-    return {"weights": fileio.hash_file(model.weights)}
 
 
 # --- the step ----------------------------------------------------------------------
@@ -165,11 +154,12 @@ def _train_as_worker(fitting: Fitting, model: ModelConfig, train: TrainConfig,
                                    "with the chief, which writes the model"]}
 
 
-@step(external=external_inputs)
+@step()
 def run(transform_graph: In[artifacts.TransformGraph], examples: In[artifacts.Examples],
         model: ModelConfig, train: TrainConfig, trained_model: Out[artifacts.Model],
         hyperparameters: In[artifacts.HyperParameters] | None = None,
-        scratch: Scratch = None, data: DataConfig = None) -> dict[str, Any]:
+        scratch: Scratch = None, data: DataConfig = None, weights: StartWeights = None,
+        warm_start: WarmStartModel = None) -> dict[str, Any]:
     """Trains `model.kind` and writes a Model artifact (SavedModel, history, logs).
     The raw examples are read when the transform was not materialized. The model is
     fitted on the train split less its validation part (`data.validation_fraction`),
@@ -177,10 +167,13 @@ def run(transform_graph: In[artifacts.TransformGraph], examples: In[artifacts.Ex
     scored once, after fitting (eval_ metrics), and selects nothing.
     The tune step's best values (`hyperparameters`; the DAG always passes it, with no
     values when nothing was searched) are applied to the config first. `scratch`:
-    where checkpoints survive a killed attempt (resumed by the next one)."""
+    where checkpoints survive a killed attempt (resumed by the next one). The runner
+    resolves `weights` (what `model.weights` names: a transfer base's start) and
+    `warm_start` (the model `train.warm_start` names, whose weights the model starts
+    from); the sections keep the references as configured."""
     import keras
 
-    source = _warm_start_source(model, train)
+    source = _checked_start(model, train, weights, warm_start)
     model, train, tuned = _with_tuned_values(hyperparameters, model, train)
     keras.utils.set_random_seed(train.seed)
     strategy, reason = choose_strategy(train.strategy)
@@ -201,12 +194,12 @@ def run(transform_graph: In[artifacts.TransformGraph], examples: In[artifacts.Ex
     shape = tuple(transform_graph.properties["image_shape"])
     num_classes = transform_graph.properties["num_classes"]
     with strategy.scope():
-        net = models.build(model, shape, num_classes)
-        if source is not None and source["version"] is not None:
+        net = models.build(model, shape, num_classes, weights)
+        if source is not None and source.version is not None:
             # the configured model, then the referenced model's weights layer by layer
             # (not that model itself: the optimizer and compile settings stay this config's)
-            models.warm_start(net, train.warm_start, model, shape, num_classes,
-                              f"train.warm_start {_describe(source)}")
+            models.warm_start(net, source.path, model, shape, num_classes,
+                              f"train.warm_start {source.describe()}")
         compile_model(net, train, plan, loss, steps_per_epoch=held.fit_count // global_batch)
     fitting = Fitting(net, train_ds, eval_ds, strategy, reason, plan, loss, val_ds, held,
                       inputs.augmentation(train.augment, shape[-1])[1])
@@ -220,13 +213,14 @@ def run(transform_graph: In[artifacts.TransformGraph], examples: In[artifacts.Ex
     final, epochs, resumed = _fit_and_write(fitting, model, train, tuned, transform_graph,
                                             trained_model, scratch, source)
     started = []
-    if source is not None and source["version"] is not None:
-        started.append(f"warm start from {_describe(source)}")
+    if source is not None and source.version is not None:
+        started.append(f"warm start from {source.describe()}")
     elif source is not None:
-        started.append(f"no warm start: nothing is pushed as {source['ref']} yet (the first "
+        started.append(f"no warm start: nothing is pushed as {source.ref} yet (the first "
                        "run trains from random initialisation)")
     started += training.describe_schedule(train)
-    return {"final": final, "tuned": tuned["best"], "warm_start": source,
+    return {"final": final, "tuned": tuned["best"],
+            "warm_start": source.record if source else None,
             "lines": started + _lines(fitting, model, tuned["best"], epochs, resumed, final,
                                       trained_model.uri)}
 
@@ -270,33 +264,25 @@ def check_batch_fits(global_batch: int, examples: int, replicas: int = 1,
         f"{max(1, examples // replicas)} (e.g. 32).")
 
 
-def _warm_start_source(model: ModelConfig, train: TrainConfig) -> dict[str, str] | None:
-    """{ref, version} of the model `train.warm_start` names (the runner resolved it to
-    its Keras file), or None. Refuses it with model.weights (the warm start copies
-    every layer, a transfer base's too) and a reference the runner did not resolve."""
-    source = train._warm_start_source
-    if source is not None and source.get("version") is None:
-        return dict(source)         # nothing pushed under the name yet
-    if not train.warm_start:
-        return None
-    if model.weights:
-        raise ConfigError(f"model.weights {model.weights} and train.warm_start "
-                          f"{train.warm_start} both given: the warm start copies every layer, "
-                          "a transfer base's too; drop model.weights.")
-    if source is None:
-        if not train.warm_start.endswith(artifacts.Model.KERAS_FILE) or \
-                not fileio.exists(train.warm_start):
-            raise ConfigError(f"train.warm_start {train.warm_start} was not resolved to a "
-                              "model; run the step through the pipeline (imgpipe run), which "
-                              "resolves NAME@ALIAS, NAME:VERSION and run:RUN_ID.")
-        source = {"ref": train.warm_start, "version": train.warm_start}
-    return dict(source)
-
-
-def _describe(source: dict[str, str]) -> str:
-    """`photos:7 (photos@production)`, or `photos:7` when it was named so."""
-    return source["version"] + (f" ({source['ref']})" if source["ref"] != source["version"]
-                                else "")
+def _checked_start(model: ModelConfig, train: TrainConfig, weights: str | None,
+                   warm_start: WarmStart | None) -> WarmStart | None:
+    """The warm start, once the start the config asks for is the one given: a reference
+    in model.weights or train.warm_start the runner did not resolve is refused (a direct
+    call passes what the runner would), and so is a warm start with start weights (the
+    warm start copies every layer, a transfer base's too)."""
+    unresolved = [f"{key} {value}" for key, value, given in (
+        ("model.weights", model.weights, weights), ("train.warm_start", train.warm_start,
+                                                     warm_start)) if value and not given]
+    if unresolved:
+        raise ConfigError(f"{' and '.join(unresolved)} not resolved by the runner; run the "
+                          "step through the pipeline (imgpipe run), which resolves NAME@ALIAS, "
+                          "NAME:VERSION and run:RUN_ID (a direct call passes what it would: "
+                          "weights=, warm_start=).")
+    if warm_start is not None and weights:
+        raise ConfigError(f"model.weights {model.weights or weights} and train.warm_start "
+                          f"{train.warm_start or warm_start.ref} both given: the warm start "
+                          "copies every layer, a transfer base's too; drop model.weights.")
+    return warm_start
 
 
 def _with_tuned_values(hyperparameters: artifacts.Artifact | None, model: ModelConfig,
@@ -318,7 +304,7 @@ def _with_tuned_values(hyperparameters: artifacts.Artifact | None, model: ModelC
 def _fit_and_write(fitting: Fitting, model: ModelConfig, train: TrainConfig,
                    tuned: dict[str, Any], transform_graph: artifacts.Artifact,
                    writer: artifacts.ArtifactWriter, scratch: str | None,
-                   source: dict[str, str] | None = None) -> tuple[dict[str, float], int, int]:
+                   source: WarmStart | None = None) -> tuple[dict[str, float], int, int]:
     """Trains and writes the Model artifact (SavedModel with the transform inside, the
     Keras model, history, logs); returns (final metrics, epochs, epochs resumed after)."""
     import numpy as np
@@ -379,7 +365,7 @@ def _fit_and_write(fitting: Fitting, model: ModelConfig, train: TrainConfig,
                          # what the model is (a later warm start checks it) and what it
                          # started from: {ref, version}, None when from scratch
                          "architecture": models.architecture(model),
-                         "warm_start": source,
+                         "warm_start": source.record if source else None,
                          "label_vocabulary": transform_graph.properties["label_vocabulary"],
                          "image_shape": list(transform_graph.properties["image_shape"])}
     fitting.kept_epoch = kept

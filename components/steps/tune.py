@@ -6,7 +6,8 @@ trainer's own input pipeline (`inputs.make_dataset`), model builder
 (`models.build`) and compile. The result is a HyperParameters artifact whose best
 values train applies to its config. With no space the step searches nothing (train
 uses its config as written); with `train.hyperparameters` it copies an earlier
-search's best values (resolved by the runner to a hyperparameters.json) instead.
+search's best values instead (`TunedValues`: the runner resolves the reference to the
+file holding them).
 
 The search keeps its state in the step's scratch folder: a killed search resumes from
 its completed trials when the step runs again.
@@ -14,20 +15,19 @@ its completed trials when the step runs again.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from typing import Any
 
 from components import artifacts, runtime
-from components.io import fileio
 from components.config.data import DataConfig
 from components.config.model import ModelConfig
 from components.config.train import TrainConfig
 from components.config.tune import TuneConfig, apply_values, describe_values
-from components.contract import In, Out, Scratch, step
+from components.contract import In, Out, Scratch, StartWeights, TunedValues, step
 from components.errors import ConfigError, TrainingError
+from components.trainer.tuned import read_best
 
 log = logging.getLogger("imgpipe.tune")
 
@@ -62,10 +62,11 @@ class _HyperModel:
     @staticmethod
     def make(tune: TuneConfig, model: ModelConfig, train: TrainConfig,
              transform_graph: artifacts.Artifact, examples: artifacts.Artifact,
-             held: Any):
+             held: Any, weights: str | None = None):
         """`held`: the validation part of the train split (inputs.Holdout) every trial
         is scored on; when it is not used, trials are scored on the training metric
-        (`tune.objective` without val_), never on the eval split."""
+        (`tune.objective` without val_), never on the eval split. `weights`: the start
+        weights `model.weights` resolved to (a transfer base's)."""
         import keras_tuner as kt
 
         from components.trainer import distribute, inputs, models, training
@@ -86,7 +87,7 @@ class _HyperModel:
                 trial_model, trial_train = self.configs(hp)
                 loss = _loss(trial_train)
                 with strategy.scope():
-                    net = models.build(trial_model, shape, classes)
+                    net = models.build(trial_model, shape, classes, weights)
                     training.compile_model(
                         net, trial_train, plan, loss, epochs=tune.epochs,
                         steps_per_epoch=held.fit_count // (trial_train.batch_size *
@@ -173,11 +174,12 @@ def _trials(tuner, space: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _search(tune: TuneConfig, model: ModelConfig, train: TrainConfig,
             transform_graph: artifacts.Artifact, examples: artifacts.Artifact,
-            directory: str, held: Any) -> dict[str, Any]:
+            directory: str, held: Any, weights: str | None = None) -> dict[str, Any]:
     import keras
 
     keras.utils.set_random_seed(tune.seed)
-    hypermodel = _HyperModel.make(tune, model, train, transform_graph, examples, held)
+    hypermodel = _HyperModel.make(tune, model, train, transform_graph, examples, held,
+                                  weights)
     tuner = _tuner(tune, hypermodel, directory)
     done = sum(t.status == "COMPLETED" for t in tuner.oracle.trials.values())
     if done:
@@ -209,35 +211,30 @@ def _search(tune: TuneConfig, model: ModelConfig, train: TrainConfig,
             "seconds": round(time.perf_counter() - started, 1)}
 
 
-def read_best(path: str) -> dict[str, Any]:
-    """The best values in a hyperparameters.json (a tune output) or a model card."""
-    try:
-        record = json.loads(fileio.read_text(path))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"train.hyperparameters: cannot read {path}: {exc}") from exc
-    if "hyperparameters" in record and "best" not in record:       # a model card
-        record = record["hyperparameters"] or {}
-    best = record.get("best")
-    if not isinstance(best, dict):
-        raise ConfigError(f"train.hyperparameters: {path} holds no best values (a tune "
-                          "step's hyperparameters.json or a model card of a tuned model).")
-    return best
-
-
 @step()
 def run(transform_graph: In[artifacts.TransformGraph], examples: In[artifacts.Examples],
         tune: TuneConfig, model: ModelConfig, train: TrainConfig,
         hyperparameters: Out[artifacts.HyperParameters], scratch: Scratch = None,
-        data: DataConfig = None) -> dict[str, Any]:
+        data: DataConfig = None, weights: StartWeights = None,
+        earlier_search: TunedValues = None) -> dict[str, Any]:
     """Writes a HyperParameters artifact: a search's result, an earlier one's best
-    values (`train.hyperparameters`, already resolved to a file), or no values. Trials
-    fit on the train split less its validation part (`data.validation_fraction`) and
-    are scored on that part, never on the eval split evaluate blesses on."""
-    if train.hyperparameters:
-        best = read_best(train.hyperparameters)
+    values, or no values. `earlier_search`: the file holding the best values
+    `train.hyperparameters` names; `weights`: the start weights `model.weights` names (a
+    trial's transfer base); both resolved by the runner. Trials fit on the train split
+    less its validation part (`data.validation_fraction`) and are scored on that part,
+    never on the eval split evaluate blesses on."""
+    if train.hyperparameters and not earlier_search:
+        raise ConfigError(f"train.hyperparameters {train.hyperparameters} was not resolved to "
+                          "a file of best values; run the step through the pipeline (imgpipe "
+                          "run), which resolves run:RUN_ID, NAME@ALIAS and NAME:VERSION.")
+    if earlier_search:
+        best = read_best(earlier_search)
         apply_values({"model": model, "train": train}, best)      # still valid keys?
-        record = {"searched": False, "source": train.hyperparameters, "best": best}
-        lines = [f"reused the best values of {train.hyperparameters}: {describe_values(best)}"]
+        record = {"searched": False, "source": earlier_search, "best": best}
+        named = train.hyperparameters
+        lines = [f"reused the best values of {named}"
+                 + (f" ({earlier_search})" if named and named != earlier_search else "")
+                 + f": {describe_values(best)}"]
     elif not tune.space:
         record = {"searched": False, "source": None, "best": {}}
         lines = ["no tune.space: train uses its config as written"]
@@ -249,7 +246,8 @@ def run(transform_graph: In[artifacts.TransformGraph], examples: In[artifacts.Ex
         directory = scratch or tempfile.mkdtemp(prefix="search-")   # inside the step's tmp
         held = inputs.holdout(transform_graph, examples,
                               (data or DataConfig()).validation_fraction)
-        record = _search(tune, model, train, transform_graph, examples, directory, held)
+        record = _search(tune, model, train, transform_graph, examples, directory, held,
+                         weights)
         scored = record["scored_on"]["metric"]
         lines = [f"{len(record['trials'])} trial(s), {tune.algorithm} search, "
                  f"{tune.epochs} epoch(s) each, {record['seconds']:.0f} s"

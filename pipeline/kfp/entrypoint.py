@@ -82,8 +82,8 @@ def run_step(name: str, config_json: str, context_json: str, run_id: str,
         # the registry versions the resolve task found, not the aliases again
         step_cfg = invoke.apply_pinned_refs(step_cfg, json.loads(pins[EXTERNAL]))
     context = invoke.Context.from_json(context_json) if context_json else None
-    resolved = invoke.resolve(node, step_cfg, context,
-                              pinned={p: pins[p] for p in node.spec.resolved})
+    resolved = invoke.resolve(node, invoke.StepSections.from_json(node, step_cfg), context,
+                              pinned={p: pins[p] for p in invoke.pinned_parameters(node)})
     inputs = {p: artifacts.read(_location(artifacts_in[p]), node.spec.input_type(p))
               for p in node.inputs}
     for param in node.previous:
@@ -190,9 +190,8 @@ def resolve_pins(context_json: str, baseline_alias: str = "", configs_json: str 
     for node in dag.load(dag_location):
         for param, ref in node.previous.items():
             values[f"{node.name}__{param}"] = state.get(ref, "")
-        for param in node.spec.resolved:
-            version = invoke.baseline_version(context)
-            values[f"{node.name}__{param}"] = version.ref if version else ""
+        for param in invoke.pinned_parameters(node):
+            values[f"{node.name}__{param}"] = invoke.pin_parameter(node, param, context)
         if invoke.reads_outside_inputs(node):
             if node.name not in configs and node.enabled is not None:
                 continue          # an optional step the pipeline was compiled without

@@ -56,6 +56,8 @@ class LocalRunner:
         self.store = MetadataStore(os.path.join(self.runs_dir, METADATA_FILE))
         cache.use_index(os.path.join(self.runs_dir, CODE_INDEX_FILE))
         self.context = invoke.Context.from_config(config, self.store)
+        # step -> (its config as the cache key has it, its resolved call): once per runner
+        self._resolutions: dict[str, tuple[dict[str, Any], invoke.Resolved]] = {}
 
     def run(self, until: str | None = None) -> RunResult:
         names = dag.names(self.steps)
@@ -69,9 +71,10 @@ class LocalRunner:
                   self.context)
         last = names.index(until) if until else len(names) - 1
         for node in self.steps[: last + 1]:
-            # References (the baseline, model.weights, train.hyperparameters) resolve
-            # now: a wrong one or a damaged registry file stops the run before it starts.
-            invoke.resolve(node, invoke.step_config(node, self.config), self.context)
+            # The roles steps declare (the baseline, start weights, a warm start, tuned
+            # values) resolve now, once: a wrong reference or a damaged registry file
+            # stops the run before it starts, and each step runs with what was resolved.
+            self._resolve(node)
         run_id = self.store.start_run(self.config.name, self.config.to_dict(), self.config_path)
         self.log(f"run {run_id}  (pipeline {self.config.name}, runs dir {self.runs_dir})")
         self.log(f"  {self.config.decision_line()}")     # the data's shape, the defaults
@@ -212,16 +215,26 @@ class LocalRunner:
             inputs[param] = (artifacts.read(record.uri, record.type)
                              if record is not None and artifacts.is_committed(record.uri)
                              else None)
-        step_cfg = invoke.step_config(node, self.config)
-        resolved = invoke.resolve(node, step_cfg, self.context)
+        keyed, resolved = self._resolve(node)
         fingerprints = {name: art.fingerprint if art else None
                         for name, art in sorted(inputs.items())}
         fingerprints.update(invoke.external_fingerprints(node, resolved))
         fingerprints.update(resolved.identities)
         parts = {"code": cache.code_fingerprint(node.spec.module),
-                 "config": invoke.keyed_config(node, step_cfg),
+                 "config": keyed,
                  "inputs": fingerprints}
         return _Prepared(node, resolved, inputs, parts, cache.key(parts))
+
+    def _resolve(self, node: dag.Node) -> tuple[dict[str, Any], invoke.Resolved]:
+        """The step's config as its cache key has it (JSON) and its resolved call: the
+        typed sections straight from the loaded config (no JSON round trip in this
+        process) and its roles resolved, once per runner, for both the key and the call."""
+        if node.name not in self._resolutions:
+            keyed = invoke.keyed_config(node, invoke.step_config(node, self.config))
+            resolved = invoke.resolve(node, invoke.StepSections.of(node, self.config),
+                                      self.context)
+            self._resolutions[node.name] = (keyed, resolved)
+        return self._resolutions[node.name]
 
     def _reuse(self, run_id: str, prepared: _Prepared, produced: dict[str, artifacts.Artifact]
                ) -> tuple[StepResult | None, str]:

@@ -135,7 +135,9 @@ def test_transfer_from_our_own_model_then_fine_tune(tmp_path, graph):
     model = models.build(cfg, (12, 12, 1), 3)
     # the first model's conv layers are the frozen base; only the new head trains
     assert models.trainable_params(model) == 6 * 6 * 4 * 3 + 3   # head on the conv features
-    train.run(*graph, cfg, TrainConfig(epochs=2, batch_size=8), trained_model=str(tmp_path / "m"))
+    # the runner passes the start weights model.weights names (a file: that file)
+    train.run(*graph, cfg, TrainConfig(epochs=2, batch_size=8), trained_model=str(tmp_path / "m"),
+              weights=own)
     tuned = artifacts.read(str(tmp_path / "m"), "Model")
     history = artifacts.Model.read(tuned)
     assert history["phase"] == [1.0, 1.0, 2.0, 2.0] and len(history["loss"]) == 4

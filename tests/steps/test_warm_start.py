@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from components import artifacts
+from components.contract import WarmStart
 from components.trainer import models, training
 from components.config.model import ModelConfig
 from components.config.push import PushConfig
@@ -77,11 +78,13 @@ def _context(registry, store=None):
 
 
 def _resolved_train(cfg, context, pin=None):
+    """Train resolved as the local runner does (typed sections from the config), or with
+    a KFP pin as its task does (the config as JSON, the pinned refs applied)."""
     node = dag.get("train")
-    step_cfg = invoke.step_config(node, cfg)
-    if pin is not None:
-        step_cfg = invoke.apply_pinned_refs(step_cfg, pin)
-    return node, invoke.resolve(node, step_cfg, context)
+    if pin is None:
+        return node, invoke.resolve(node, invoke.StepSections.of(node, cfg), context)
+    step_cfg = invoke.apply_pinned_refs(invoke.step_config(node, cfg), pin)
+    return node, invoke.resolve(node, invoke.StepSections.from_json(node, step_cfg), context)
 
 
 def _keras_weights(path):
@@ -196,11 +199,20 @@ def _saved(tmp_path, cfg, classes, shape=(12, 12, 1)):
     return str(path)
 
 
+def _start(path):
+    """What the runner passes train for a warm start from the pushed photos:1."""
+    return WarmStart(f"{NAME}@production", f"{NAME}:1", path)
+
+
+def _warm(**values):
+    return TrainConfig(epochs=1, batch_size=8, warm_start=f"{NAME}@production", **values)
+
+
 def test_other_classes_are_refused_at_train(tmp_path, graph):
     start = _saved(tmp_path, ModelConfig(kind="cnn"), 4)
     with pytest.raises(ConfigError, match=r"has 4 classes and this data has 3; warm start from"):
-        train.run(*graph, ModelConfig(kind="cnn"), TrainConfig(epochs=1, batch_size=8, warm_start=start),
-                  trained_model=str(tmp_path / "m"))
+        train.run(*graph, ModelConfig(kind="cnn"), _warm(), trained_model=str(tmp_path / "m"),
+                  warm_start=_start(start))
     assert not artifacts.is_committed(str(tmp_path / "m"))
 
 
@@ -209,12 +221,12 @@ def test_other_layer_shapes_are_refused_at_train(tmp_path, graph):
     start = _saved(tmp_path, ModelConfig(kind="cnn", hidden_units=[8]), 3)
     with pytest.raises(ConfigError, match=r"its layer 2 \(Dense \[\(144, 8\), \(8,\)\]\) does "
                                           r"not fit layer 2 here \(Dense \[\(144, 32\), \(32,\)\]\)"):
-        train.run(*graph, ModelConfig(kind="cnn"), TrainConfig(epochs=1, batch_size=8, warm_start=start),
-                  trained_model=str(tmp_path / "m"))
+        train.run(*graph, ModelConfig(kind="cnn"), _warm(), trained_model=str(tmp_path / "m"),
+                  warm_start=_start(start))
     start = _saved(tmp_path, ModelConfig(kind="dense"), 3)
     with pytest.raises(ConfigError, match="is a dense model and model.kind is cnn"):
-        train.run(*graph, ModelConfig(kind="cnn"), TrainConfig(epochs=1, batch_size=8, warm_start=start),
-                  trained_model=str(tmp_path / "m"))
+        train.run(*graph, ModelConfig(kind="cnn"), _warm(), trained_model=str(tmp_path / "m"),
+                  warm_start=_start(start))
 
 
 def test_model_weights_and_warm_start_together_are_refused(tmp_path, graph, registry):
@@ -222,14 +234,19 @@ def test_model_weights_and_warm_start_together_are_refused(tmp_path, graph, regi
                                           "'photos@production' both given: .*drop model.weights"):
         _config(registry, model={"kind": "transfer", "weights": "imagenet"})
     start = _saved(tmp_path, ModelConfig(kind="cnn"), 3)
-    with pytest.raises(ConfigError, match="both given"):
-        train.run(*graph, ModelConfig(kind="cnn", weights=start),
-                  TrainConfig(epochs=1, warm_start=start), trained_model=str(tmp_path / "m"))
+    with pytest.raises(ConfigError, match=f"model.weights {start} and train.warm_start "
+                                          f"{NAME}@production both given"):
+        train.run(*graph, ModelConfig(kind="cnn", weights=start), _warm(),
+                  trained_model=str(tmp_path / "m"), weights=start, warm_start=_start(start))
 
 
 def test_an_unresolved_or_unknown_reference_is_one_line(tmp_path, graph, registry):
-    with pytest.raises(ConfigError, match="was not resolved to a model; run the step through"):
+    with pytest.raises(ConfigError, match="train.warm_start x@y not resolved by the runner; run "
+                                          "the step through the pipeline"):
         train.run(*graph, ModelConfig(kind="cnn"), TrainConfig(epochs=1, warm_start="x@y"),
+                  trained_model=str(tmp_path / "m"))
+    with pytest.raises(ConfigError, match="model.weights run:abc not resolved"):
+        train.run(*graph, ModelConfig(kind="transfer", weights="run:abc"), TrainConfig(epochs=1),
                   trained_model=str(tmp_path / "m"))
     with pytest.raises(ConfigError, match="is not a pushed model reference .* or run:RUN_ID"):
         invoke.warm_start_source(str(tmp_path), _context(registry))
@@ -238,32 +255,32 @@ def test_an_unresolved_or_unknown_reference_is_one_line(tmp_path, graph, registr
                                 _context(registry))
 
 
-def _train_key(registry, cfg):
-    """Train's local cache key, over stand-ins for its upstream artifacts."""
+def _train_key(tmp_path, cfg):
+    """Train's local cache key in a new run (a runner resolves once), over stand-ins for
+    its upstream artifacts."""
     from pipeline.local.runner import LocalRunner
 
-    runner = LocalRunner.__new__(LocalRunner)
-    runner.config, runner.context = cfg, _context(registry)
+    runner = LocalRunner(cfg, str(tmp_path / "runs"), log=lambda _: None)
     upstream = types.SimpleNamespace(fingerprint="same")
     produced = {ref: upstream for ref in dag.get("train").inputs.values()}
     return runner._prepare("run", dag.get("train"), produced).key
 
 
-def test_the_cache_key_follows_the_version_the_alias_names(registry):
+def test_the_cache_key_follows_the_version_the_alias_names(tmp_path, registry):
     cfg = _config(registry)
-    first = _train_key(registry, cfg)
-    assert _train_key(registry, cfg) == first
+    first = _train_key(tmp_path, cfg)
+    assert _train_key(tmp_path, cfg) == first
     registry.set_alias(f"{NAME}:2", "production", force=True)
     try:
-        moved = _train_key(registry, cfg)
+        moved = _train_key(tmp_path, cfg)
         assert moved != first
-        # tune's trials do not warm start: its inputs stay as they were
+        # tune's trials do not warm start (it declares no warm-start role): its inputs stay
         tune = dag.get("tune")
         assert invoke.WARM_START not in invoke.resolve(
-            tune, invoke.step_config(tune, cfg), _context(registry)).identities
+            tune, invoke.StepSections.of(tune, cfg), _context(registry)).identities
     finally:
         registry.set_alias(f"{NAME}:1", "production", force=True)
-    assert _train_key(registry, cfg) == first
+    assert _train_key(tmp_path, cfg) == first
 
 
 def test_the_kfp_pin_names_the_exact_version(registry):
@@ -285,10 +302,11 @@ def test_the_kfp_pin_names_the_exact_version(registry):
         # still says which alias it was
         registry.set_alias(f"{NAME}:1", "production", force=True)
         _, resolved = _resolved_train(cfg, _context(registry), pin=moved)
-        section = resolved.sections["train"]
-        assert section.warm_start == f"{registry.get(NAME, 2).path}/{artifacts.Model.KERAS_FILE}"
-        assert section._warm_start_source == {"ref": f"{NAME}@production",
-                                              "version": f"{NAME}:2"}
+        assert resolved.values["warm_start"] == WarmStart(
+            f"{NAME}@production", f"{NAME}:2",
+            f"{registry.get(NAME, 2).path}/{artifacts.Model.KERAS_FILE}")
+        # the section stays as configured: the reference, never a rewritten path
+        assert resolved.sections["train"].warm_start == f"{NAME}@production"
     finally:
         registry.set_alias(f"{NAME}:1", "production", force=True)
 
@@ -332,7 +350,7 @@ def test_warm_start_from_an_earlier_local_run(tmp_path, graph, registry):
     store.finish_execution(execution, "succeeded")
     context = _context(registry, store)
     found = invoke.warm_start_source(f"run:{run_id[:8]}", context)
-    assert found.path == model.path(artifacts.Model.KERAS_FILE)
+    assert found.start.path == model.path(artifacts.Model.KERAS_FILE)
     assert found.identity.endswith(f" {model.fingerprint}")
     with pytest.raises(ConfigError, match=f"train.warm_start run:{run_id[:8]}.* is a cnn model "
                                           "and model.kind is dense"):
@@ -350,7 +368,8 @@ def test_a_schedules_first_run_trains_from_scratch_and_says_so(tmp_path, graph, 
     context = invoke.Context(NAME, empty.root, "production", NAME, None)
     assert invoke.check_warm_start(cfg, context) is None
     node, resolved = _resolved_train(cfg, context)
-    assert resolved.sections["train"].warm_start is None
+    assert resolved.values["warm_start"] == WarmStart(f"{NAME}@production", None, None)
+    assert resolved.sections["train"].warm_start == f"{NAME}@production"
     uri = str(tmp_path / "first")
     summary = invoke.call(node, resolved, {"transform_graph": graph[0], "examples": graph[1],
                                            "hyperparameters": None},
@@ -364,8 +383,7 @@ def test_a_schedules_first_run_trains_from_scratch_and_says_so(tmp_path, graph, 
     pin = invoke.pin_outside_inputs(node, invoke.step_config(node, cfg), context)
     assert pin["refs"] == {"train.warm_start": ""}
     _, pinned = _resolved_train(cfg, context, pin=pin)
-    assert pinned.sections["train"]._warm_start_source == {"ref": f"{NAME}@production",
-                                                           "version": None}
+    assert pinned.values["warm_start"] == WarmStart(f"{NAME}@production", None, None)
     version = _push(tmp_path, model, empty.root, tag="first")
     capsys.readouterr()
     assert cli.main(["models", "show", f"{NAME}:{version}", "--registry", empty.root]) == 0
