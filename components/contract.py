@@ -3,10 +3,10 @@
 A step is a plain function in `components/steps/`, as in TFX's `@component` and KFP's
 `Input[...]` / `Output[...]`. Each parameter's annotation says what it is:
 
-    @step(gate="passed")
+    @step(gate="passed", stop=ValidationFailed)
     def run(statistics: In[ExampleStatistics], validate: ValidateConfig,
             anomalies: Out[ExampleAnomalies],
-            baseline_statistics: In[ExampleStatistics] | None = None) -> dict: ...
+            baseline_statistics: In[ExampleStatistics] | None = None) -> Validated: ...
 
 | annotation               | the runner passes                                            |
 |--------------------------|--------------------------------------------------------------|
@@ -37,10 +37,20 @@ The roles the runner resolves (`BaselineModel`, `StartWeights`, `WarmStartModel`
 configured (`model.weights: photos@production`), and `pipeline/invoke.py` resolves each
 declared role through one table, with an identity for the cache key.
 
-`@step(...)` keeps only what a signature cannot say: `gate`, `cache`, `isolated`,
-`external`, the `beam` keys that change results, `record`, and `ui_outputs` (the
-KFP run page's metrics). `StepSpec` is derived from both when the module is imported;
-a parameter whose annotation says nothing the runner can pass is a TypeError there.
+The result is a declared type too: a `Summary` (a TypedDict) whose fields the runner
+records and the run's summary reads; `-> dict[str, Any]` for a step that declares
+nothing about its result.
+
+`@step(...)` keeps only what a signature cannot say: `gate` (a bool field of the result
+that lets the steps behind it run, on every engine: the local runner skips them, KFP
+wraps them in `dsl.If`), `closed` (how the run words that gate closed), `stop` (the
+error a closed gate ends the run with instead), `delivers` (the result is a `Delivery`:
+what the run shipped), `shows` (result fields the run's summary shows), `check` (what
+to refuse before a run starts), `cache`, `isolated`, `external`, the `beam` keys that
+change results, `record`, and `ui_outputs` (the KFP run page's metrics). `StepSpec` is
+derived from both when the module is imported; a parameter whose annotation says
+nothing the runner can pass, or a keyword the result type cannot honour (a gate on a
+field it lacks), is a TypeError there.
 `pipeline/dag.py` wires specs together with real imports and checks the config
 section names; `pipeline/invoke.py` is the one place a spec becomes a call.
 """
@@ -134,6 +144,73 @@ Shared = Annotated[Optional[str], _Role("shared")]
 RecordedConfig = Annotated[Optional[dict], _Role("record")]
 
 
+class Summary(typing.TypedDict, total=False):
+    """A step's result: what the runner records of its execution, and `lines`, printed
+    under its step line. A step declares its own as a subclass with the fields its gate
+    and the run's summary read, e.g.
+
+        class Evaluated(Summary):
+            blessed: bool        # @step(gate="blessed")
+            reason: str          # why, when the gate closed
+            accuracy: float | None
+    """
+
+    lines: list[str]
+
+
+class Delivery(Summary, total=False):
+    """The result of the step that ships the run's model (`@step(delivers=True)`: push),
+    which the run's outcome reports: pushed, the version (`model_name`:`version` at
+    `path`), `already` when it was a version before, `alias` and `promotion` when an
+    alias moved (or stayed behind), and `reason` (why nothing was pushed)."""
+
+    pushed: bool
+    model_name: str
+    version: int
+    path: str
+    already: bool
+    alias: str
+    promotion: dict
+    reason: str
+
+
+@dataclass(frozen=True)
+class Closed:
+    """How the run words a gate that closed: `says` leads the record of each step behind
+    it and the run's last line ('not blessed' -> 'not blessed (REASON)'); `verdict` is the
+    one word `runs list` shows (default `says`)."""
+
+    says: str
+    verdict: str = ""
+
+    @property
+    def word(self) -> str:
+        return self.verdict or self.says
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where a run's steps are about to run, for their declared checks
+    (`@step(check=...)`): on this machine (`runs_dir`: the local runs folder), or in the
+    containers of a KFP / Vertex pipeline (`remote`), which reach only buckets and the
+    image; `accelerators`: task -> the accelerator type it asks for there (None: none)."""
+
+    remote: bool = False
+    runs_dir: str | None = None
+    accelerators: Mapping[str, str | None] = field(default_factory=dict)
+
+    def has_tpu(self, task: str) -> bool:
+        return (self.accelerators.get(task) or "").upper().startswith("TPU")
+
+    def reaches(self, path: str | None) -> bool:
+        """Whether the steps can reach `path` where they run: any path on this machine;
+        from a pipeline's containers only an object store (gs://...) or Vertex's /gcs/
+        mount of the buckets."""
+        if not self.remote:
+            return True
+        return bool(path) and ("://" in path or path.startswith("/gcs/"))
+
+
 def _artifact_type(artifact_type: Any) -> type:
     name = getattr(artifact_type, "__name__", None)
     if artifacts.TYPES.get(name) is not artifact_type:
@@ -158,7 +235,18 @@ class StepSpec:
               baseline, start weights, a warm start, tuned values).
     scratch:  the `Scratch` parameter, if any.
     cache:    False for steps with effects outside their artifacts (push).
-    gate:     summary key whose truth lets gated steps run (blessed, passed).
+    gate:     the bool field of the result whose truth lets the steps behind the step
+              run (blessed, passed): those reading its outputs or running after it,
+              transitively (`pipeline/dag.py` `gates_of`).
+    closed:   how the run words the gate closed (`Closed`).
+    stop:     the error a closed gate ends the run with (validate: ValidationFailed,
+              with the result's `reason`), after the outputs are committed; None: the
+              steps behind it are recorded as not run, and the run goes on.
+    delivers: the result is a `Delivery`, the run's outcome (push).
+    shows:    result fields the run's summary shows (evaluate's accuracy).
+    check:    f(**config sections, where: Where) -> problems (or a ConfigError raised):
+              what to refuse before a run starts, locally or at compile/submit.
+    result:   the declared result type (a `Summary`), or None.
     isolated: the step's work runs in a child process (infra validation's fresh
               TensorFlow), so the local runner may run it beside the next steps.
     external: f(**config sections) -> {name: fingerprint} of files the step reads
@@ -179,6 +267,12 @@ class StepSpec:
     recorded_param: str | None = None
     cache: bool = True
     gate: str | None = None
+    closed: Closed | None = None
+    stop: type[Exception] | None = None
+    delivers: bool = False
+    shows: tuple[str, ...] = ()
+    check: Callable[..., Any] | None = None
+    result: Any = None
     isolated: bool = False
     external: Callable[..., dict[str, str]] | None = None
     ui_outputs: tuple[tuple[str, str], ...] = ()
@@ -198,8 +292,36 @@ class StepSpec:
     def output_type(self, param: str) -> str:
         return self.outputs[param].__name__
 
+    def gate_open(self, summary: Mapping[str, Any] | None) -> bool:
+        """Whether the result `summary` lets the steps behind this one run (True for a
+        step without a gate)."""
+        return self.gate is None or bool((summary or {}).get(self.gate))
 
-def step(name: str | None = None, *, gate: str | None = None, cache: bool = True,
+    def closed_words(self) -> Closed:
+        return self.closed or Closed(f"{self.name} gate closed")
+
+    def stop_error(self, summary: Mapping[str, Any] | None) -> Exception | None:
+        """The error that ends the run after this step (`stop`, its gate closed), or None."""
+        if self.stop is None or self.gate_open(summary):
+            return None
+        return self.stop((summary or {}).get("reason") or f"{self.name}: {self.gate} is false")
+
+    def run_checks(self, sections: Mapping[str, Any], where: Where) -> list[str]:
+        """The problems the step's `check` finds (its ConfigError raised as is), given
+        the config sections by name."""
+        if self.check is None:
+            return []
+        params = inspect.signature(self.check).parameters
+        kwargs = {name: sections[name] for name in params if name in sections}
+        if "where" in params:
+            kwargs["where"] = where
+        return list(self.check(**kwargs) or [])
+
+
+def step(name: str | None = None, *, gate: str | None = None,
+         closed: str | Closed | None = None, stop: type[Exception] | None = None,
+         delivers: bool = False, shows: tuple[str, ...] = (),
+         check: Callable[..., Any] | None = None, cache: bool = True,
          isolated: bool = False, external: Callable[..., dict[str, str]] | None = None,
          beam: tuple[str, ...] = (), record: tuple[str, ...] = (),
          ui_outputs: tuple[tuple[str, str], ...] = ()
@@ -232,8 +354,10 @@ def step(name: str | None = None, *, gate: str | None = None, cache: bool = True
         signature = inspect.signature(fn)
         step_name = name or fn.__module__.rsplit(".", 1)[-1]
         derived = _from_signature(step_name, fn)
-        spec = StepSpec(name=step_name, fn=run_step, gate=gate, cache=cache,
-                        isolated=isolated, external=external, beam=tuple(beam),
+        spec = StepSpec(name=step_name, fn=run_step, gate=gate,
+                        closed=Closed(closed) if isinstance(closed, str) else closed,
+                        stop=stop, delivers=delivers, shows=tuple(shows), check=check,
+                        cache=cache, isolated=isolated, external=external, beam=tuple(beam),
                         record=tuple(record), ui_outputs=tuple(ui_outputs), **derived)
         problems = _declaration_problems(spec, fn)
         if problems:
@@ -271,6 +395,7 @@ def _from_signature(step_name: str, fn: Callable[..., Any]) -> dict[str, Any]:
     hints = typing.get_type_hints(fn, include_extras=True)
     params = inspect.signature(fn).parameters
     out: dict[str, Any] = {"inputs": {}, "outputs": {}, "resolved": {}, "sections": {},
+                           "result": hints.get("return"),
                            "scratch": None, "shared": None, "recorded_param": None}
     config = []
     for param in params:
@@ -353,6 +478,42 @@ def _declaration_problems(spec: StepSpec, fn: Callable[..., Any]) -> list[str]:
     clash = sorted(set(ui_names) & set(params))
     if clash:
         problems.append(f"ui outputs {clash} clash with parameters")
+    if spec.check is not None:
+        for param, value in inspect.signature(spec.check).parameters.items():
+            if param != "where" and param not in spec.config and \
+                    value.default is inspect.Parameter.empty:
+                problems.append(f"check function takes {param!r}, which is neither a config "
+                                "section the step reads nor `where`")
+    return problems + _result_problems(spec)
+
+
+def result_fields(result: Any) -> dict[str, Any]:
+    """The fields of a declared result type (a `Summary` TypedDict); {} for none."""
+    return typing.get_type_hints(result) if typing.is_typeddict(result) else {}
+
+
+def _result_problems(spec: StepSpec) -> list[str]:
+    """What `gate`, `closed`, `stop`, `delivers` and `shows` ask of the result type that
+    it does not declare."""
+    problems = []
+    fields = result_fields(spec.result)
+    declared = f"its result type {getattr(spec.result, '__name__', spec.result)!r}"
+    needs = {spec.gate: "its gate", **{f: "shows=" for f in spec.shows}}
+    if spec.gate is not None:
+        needs["reason"] = "a gate's reason (why it closed)"
+    if spec.delivers:
+        needs.update({f: "delivers=True" for f in typing.get_type_hints(Delivery)})
+    for name, why in needs.items():
+        if name is not None and name not in fields:
+            problems.append(f"{why} reads field {name!r}, which {declared} lacks: return a "
+                            "components.contract.Summary (a TypedDict) that declares it")
+    if spec.gate is not None and spec.gate in fields and fields[spec.gate] is not bool:
+        problems.append(f"its gate field {spec.gate!r} must be a bool, is {fields[spec.gate]!r}")
+    if spec.gate is None and (spec.closed is not None or spec.stop is not None):
+        problems.append("closed= and stop= describe a gate: declare gate= too")
+    if spec.stop is not None and not (isinstance(spec.stop, type)
+                                      and issubclass(spec.stop, Exception)):
+        problems.append(f"stop= takes an exception class (ValidationFailed), not {spec.stop!r}")
     return problems
 
 

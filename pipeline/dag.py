@@ -94,6 +94,48 @@ def active(steps: tuple[Node, ...], config: Any) -> tuple[Node, ...]:
     return tuple(kept)
 
 
+def gates_of(node: Node, steps: tuple[Node, ...] = STEPS) -> list[str]:
+    """The gating steps whose outputs `node` reads, or that it runs after, directly or
+    through other steps (in DAG order): it runs only when each of their gates is open
+    (push: evaluate blessed, infra validation passed). A gate that `stop`s the run when
+    it closes (validate) holds nothing back: no step runs after it closed."""
+    found: set[str] = set()
+    frontier = [ref.split(".")[0] for ref in node.inputs.values()] + list(node.after)
+    seen: set[str] = set()
+    while frontier:
+        name = frontier.pop(0)
+        if name in seen:
+            continue
+        seen.add(name)
+        upstream = get(name, steps)
+        if upstream.spec.gate is not None and upstream.spec.stop is None:
+            found.add(name)
+        frontier.extend(ref.split(".")[0] for ref in upstream.inputs.values())
+        frontier.extend(upstream.after)
+    return [n.name for n in steps if n.name in found]
+
+
+def closed_gates(node: Node, steps: tuple[Node, ...],
+                 summaries: Mapping[str, Mapping[str, Any] | None]) -> list[Node]:
+    """The gating steps before `node` whose gate a run closed (`summaries`: step ->
+    its recorded result, for the steps that ran): `node` then does not run, on any
+    engine (the local runner and kfp.local record it as not run; KFP's `dsl.If`)."""
+    return [get(name, steps) for name in gates_of(node, steps)
+            if name in summaries and not get(name, steps).spec.gate_open(summaries[name])]
+
+
+def check_before_run(steps: tuple[Node, ...], config: Any, where: Any) -> None:
+    """Each step's declared check (`@step(check=...)`) with the config sections it
+    reads (`config.section`) and `where` it is about to run (`contract.Where`): the
+    problems found are one ConfigError, before any step runs."""
+    from components.errors import ConfigError
+
+    problems = [problem for node in steps for problem in node.spec.run_checks(
+        {name: config.section(name) for name in node.spec.config}, where)]
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
 def wiring_problems(steps: tuple[Node, ...]) -> list[str]:
     """Inputs not wired or wired twice, references to unknown or later steps, type
     mismatches between a producer's output and a consumer's input."""

@@ -669,10 +669,3 @@ def shared_root(registry_root: str) -> str:
     parent = registry_root.rstrip("/").rsplit("/", 1)[0]
     return fileio.join(parent if "/" in registry_root.rstrip("/").split("://", 1)[-1]
                        else registry_root.rstrip("/"), SHARED)
-
-
-def gate_value(node: Node, summary: dict[str, Any] | None) -> bool:
-    """The step's gate (blessed, passed); True for steps without one."""
-    if node.spec.gate is None:
-        return True
-    return bool((summary or {}).get(node.spec.gate))

@@ -1,13 +1,19 @@
 """What a run of the pipeline returns, whichever engine ran it (the local runner or
 kfp.local): each step's status, cache decision, outputs and summary, and what the run
 did (`outcome`: pushed, not blessed, failed ...), which `imgpipe run`, `runs list`,
-`backfill` and the report all say the same way."""
+`backfill` and the report all say the same way.
+
+No step is named here: a step's record carries what its declaration tells the run's
+outcome (`record`: its gate and how a closed one is worded, whether it delivers the
+run's model, the fields the summary shows), so a record read back from the metadata
+store says the same without the code that made it. A step behind a closed gate is
+recorded the same way on every engine (`not_run`)."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from components.errors import ImgpipeError
 from components.runtime import DETAIL_INDENT
@@ -22,6 +28,77 @@ def step_line(step: str, state: str, text: str = "") -> str:
 def detail_line(line: str) -> str:
     """One of a step's summary lines, under its step line."""
     return DETAIL_INDENT + line
+
+
+# The key of a recorded result holding what the step's declaration tells the run's
+# outcome: {gate, says, verdict} for a gate, {delivers: true}, {shows: [fields]}.
+DECLARED = "declared"
+
+
+def record(spec: Any, summary: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The result a runner records for a step (`spec`: its StepSpec): the step's own,
+    with what its declaration tells the run's outcome under DECLARED. A gate that stops
+    the run when it closes (validate) tells nothing: the run fails instead."""
+    if summary is None:
+        return None
+    declared: dict[str, Any] = {}
+    if spec.gate is not None and spec.stop is None:
+        closed = spec.closed_words()
+        declared.update(gate=spec.gate, says=closed.says, verdict=closed.word)
+    if spec.delivers:
+        declared["delivers"] = True
+    if spec.shows:
+        declared["shows"] = list(spec.shows)
+    out = {key: value for key, value in summary.items() if key != DECLARED}
+    return {**out, DECLARED: declared} if declared else out
+
+
+def summary_from_artifacts(spec: Any, outputs: Mapping[str, Any]) -> dict[str, Any]:
+    """A step's result as its committed outputs tell it, where the engine kept none
+    (kfp.local and the KFP report task see only the artifacts): the delivering step's
+    record (its outputs' properties), the gate's field and reason, the fields the run's
+    summary shows; recorded as `record` does."""
+    summary: dict[str, Any] = {}
+    for art in outputs.values():
+        properties = getattr(art, "properties", None) or {}
+        if spec.delivers:
+            summary.update(properties)
+        if spec.gate is not None and spec.gate in properties:
+            summary[spec.gate] = properties[spec.gate]
+            summary["reason"] = properties.get("reason")
+        summary.update({key: properties[key] for key in spec.shows if key in properties})
+    return record(spec, summary) or {}
+
+
+def not_run(spec: Any, closed: list[tuple[Any, Mapping[str, Any] | None]]) -> "StepResult":
+    """The record of a step behind closed gates (`closed`: each gating step's spec and
+    recorded result), the same on every engine: not run and why, and for the step that
+    delivers the run's model, that nothing was delivered."""
+    reason = "; ".join(f"{gate.closed_words().says}: {(summary or {}).get('reason')}"
+                       for gate, summary in closed)
+    decision = f"not run: its gate is closed ({reason})"
+    summary: dict[str, Any] = {"lines": [f"NOTHING PUSHED ({reason})" if spec.delivers
+                                         else f"not run ({reason})"], "reason": reason}
+    if spec.delivers:
+        summary["pushed"] = False
+    return StepResult(spec.name, "skipped", decision, summary=record(spec, summary))
+
+
+def _declared(step: Any) -> dict[str, Any]:
+    return (getattr(step, "summary", None) or {}).get(DECLARED) or {}
+
+
+def delivery(steps: Iterable[Any]) -> dict[str, Any] | None:
+    """The record of the step that delivers the run's model (pushed, model_name,
+    version, path, or the reason nothing was pushed); None when the run has none (it
+    stopped before, or its DAG delivers nothing)."""
+    return next((step.summary for step in steps if _declared(step).get("delivers")), None)
+
+
+def gates(steps: Iterable[Any]) -> dict[str, Any]:
+    """{gate field: its value} of the run's gating steps (blessed: True ...)."""
+    return {_declared(step)["gate"]: step.summary.get(_declared(step)["gate"])
+            for step in steps if _declared(step).get("gate")}
 
 
 def outputs_by_ref(steps: list[Any]) -> dict[str, str]:
@@ -61,10 +138,9 @@ class RunResult:
         return next((s for s in self.steps if s.step == name), None)
 
     def push_outcome(self) -> dict[str, Any] | None:
-        """The push step's record (pushed, model_name, version, path, or the reason
-        nothing was pushed); None when the run stopped before push."""
-        push = self.step("push")
-        return None if push is None or push.summary is None else push.summary
+        """The delivering step's record (`delivery`: pushed, model_name, version, path,
+        or the reason nothing was pushed); None when the run stopped before it."""
+        return delivery(self.steps)
 
     def outcome(self) -> dict[str, Any]:
         """What the run did (see `outcome`)."""
@@ -75,7 +151,6 @@ class RunResult:
         decision, seconds, outputs and the gate they returned; what the run did
         (verdict, outcome, accuracy, model) and the pushed version."""
         push = self.push_outcome()
-        evaluate = self.step("evaluate")
         report = os.path.join(self.run_dir, "report.html")
         did = self.outcome()
         return {
@@ -87,7 +162,7 @@ class RunResult:
             "outcome": did["text"],
             "accuracy": did["accuracy"],
             "model": did["model"],
-            "blessed": (evaluate.summary or {}).get("blessed") if evaluate else None,
+            "blessed": gates(self.steps).get("blessed"),
             "pushed": ({k: push.get(k) for k in ("model_name", "version", "path", "alias")}
                        if push and push.get("pushed") else None),
             "reason": push.get("reason") if push else None,
@@ -100,33 +175,32 @@ class RunResult:
         }
 
 
-# What a run did, one word each (`outcome(...)["verdict"]`).
+# What a run did, one word each (`outcome(...)["verdict"]`), beside the verdict a step
+# declares for its gate closing (`@step(closed=...)`: not blessed, infra failed).
 PUSHED = "pushed"
 ALREADY_PUSHED = "already pushed"          # the model was a registry version already
-NOT_BLESSED = "not blessed"
-INFRA_FAILED = "infra failed"              # blessed, but infra validation failed
 NOTHING_TO_PUSH = "nothing to push"        # push ran and pushed nothing, for another reason
 STOPPED = "stopped before push"            # --until, or a DAG without push
 FAILED = "failed"
 RUNNING = "running"
-# How push (and kfp-local's closed gate) word why nothing was pushed.
-_NOT_BLESSED_PREFIX = "not blessed: "
-_INFRA_PREFIX = "infra validation failed: "
 
 
 def outcome(status: str, steps: Iterable[Any], error: str | None = None) -> dict[str, Any]:
     """What a run did, from its status and its steps' records (`StepResult`s, or the
     metadata store's executions: each with step, status, summary, error):
-    {verdict: PUSHED | ALREADY_PUSHED | NOT_BLESSED | INFRA_FAILED | NOTHING_TO_PUSH |
-    STOPPED | FAILED | RUNNING, text: one line, e.g. 'pushed digits:3', 'not blessed
-    (accuracy 0.41 ...)', 'failed at train: ...', accuracy: evaluate's, model:
-    'NAME:VERSION' pushed (or already there), else None}."""
+    {verdict: PUSHED | ALREADY_PUSHED | a closed gate's (not blessed, infra failed) |
+    NOTHING_TO_PUSH | STOPPED | FAILED | RUNNING, text: one line, e.g. 'pushed digits:3',
+    'not blessed (accuracy 0.41 ...)', 'failed at train: ...', accuracy: the one the
+    steps show, model: 'NAME:VERSION' pushed (or already there), else None}."""
     steps = list(steps)
-    summaries = {s.step: getattr(s, "summary", None) or {} for s in steps}
-    push, evaluate = summaries.get("push", {}), summaries.get("evaluate", {})
+    push = delivery(steps) or {}
+    shown: dict[str, Any] = {}
+    for step in steps:
+        for key in _declared(step).get("shows", []):
+            shown.setdefault(key, step.summary.get(key))
     model = (f"{push.get('model_name')}:{push.get('version')}"
              if push.get("pushed") and push.get("version") is not None else None)
-    did = {"accuracy": evaluate.get("accuracy"), "model": model}
+    did = {"accuracy": shown.get("accuracy"), "model": model}
     failed = next((s for s in steps if s.status == "failed"), None)
     if failed is not None or status not in ("succeeded", RUNNING):
         where = f" at {failed.step}" if failed is not None else ""
@@ -140,16 +214,14 @@ def outcome(status: str, steps: Iterable[Any], error: str | None = None) -> dict
     if model:
         verdict = ALREADY_PUSHED if push.get("already") else PUSHED
         return did | {"verdict": verdict, "text": f"{verdict} {model}" + _promotion(push)}
-    reason = push.get("reason") or evaluate.get("reason") or ""
-    if "pushed" in push or evaluate.get("blessed") is False:
-        if reason.startswith(_NOT_BLESSED_PREFIX) or evaluate.get("blessed") is False:
-            why = reason[len(_NOT_BLESSED_PREFIX):] if reason.startswith(
-                _NOT_BLESSED_PREFIX) else reason
-            return did | {"verdict": NOT_BLESSED,
-                          "text": f"{NOT_BLESSED} ({why})" if why else NOT_BLESSED}
-        if reason.startswith(_INFRA_PREFIX):
-            return did | {"verdict": INFRA_FAILED, "text": "infra validation failed "
-                                                           f"({reason[len(_INFRA_PREFIX):]})"}
+    for step in steps:          # the first gate that closed says why nothing was pushed
+        gate = _declared(step).get("gate")
+        if gate and gate in step.summary and not step.summary[gate]:
+            declared, why = _declared(step), step.summary.get("reason")
+            return did | {"verdict": declared["verdict"],
+                          "text": f"{declared['says']} ({why})" if why else declared["says"]}
+    if "pushed" in push:
+        reason = push.get("reason") or ""
         return did | {"verdict": NOTHING_TO_PUSH,
                       "text": f"{NOTHING_TO_PUSH} ({reason})" if reason else NOTHING_TO_PUSH}
     last = steps[-1].step if steps else "no step"

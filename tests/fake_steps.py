@@ -8,7 +8,9 @@ from components import artifacts
 from components.config.data import DataConfig
 from components.config.push import PushConfig
 from components.config.train import TrainConfig
-from components.contract import In, Out, Scratch, step
+from components.contract import (Closed, Delivery, In, Out, Scratch, Summary, Where,
+                                 step)
+from components.errors import ValidationFailed
 
 CALLS = []
 
@@ -50,6 +52,37 @@ def slow(examples: In[artifacts.Examples], train: TrainConfig,
     return {}
 
 
+def refuse_source(data: DataConfig, where: Where) -> list[str]:
+    """`checked`'s declared check: a source named 'refused' (and where it would run)."""
+    return [f"data.source refused (runs dir {where.runs_dir})"] \
+        if data.source == "refused" else []
+
+
+@step(name="checked", check=refuse_source)
+def checked(examples: In[artifacts.Examples], data: DataConfig,
+            statistics: Out[artifacts.ExampleStatistics]):
+    CALLS.append("checked")
+    artifacts.ExampleStatistics.write(statistics, {"source": data.source})
+    return {}
+
+
+class Verdict(Summary):
+    passed: bool
+    reason: str
+
+
+# A stop gate (as validate's): FAKE_VERIFY_FAILS closes it, and the run ends after its
+# outputs are committed.
+@step(name="verify", gate="passed", stop=ValidationFailed)
+def verify(examples: In[artifacts.Examples], train: TrainConfig,
+           anomalies: Out[artifacts.ExampleAnomalies]) -> Verdict:
+    CALLS.append("verify")
+    passed = not os.environ.get("FAKE_VERIFY_FAILS")
+    artifacts.ExampleAnomalies.write(anomalies, {"anomalies": [] if passed else ["bad"]})
+    return Verdict(passed=passed, reason="all good" if passed else
+                   f"1 anomaly stops the run (details in {anomalies.uri})")
+
+
 # A rendezvous of two steps that both read `produce`: `meet` waits for the file `probe`
 # (isolated, after it in the DAG) writes, so it passes only when the runner has started
 # probe beside it.
@@ -85,15 +118,21 @@ def meet(examples: In[artifacts.Examples], data: DataConfig,
     return {}
 
 
-# A fake evaluate and push whose summaries and artifacts are worded as the real steps'
+# A fake evaluate, infra validation and push, declared and worded as the real steps
 # (what a run says it did: tests/local/test_run_outcome.py). FAKE_VERDICT picks the story:
 # blessed (the default), not-blessed, infra (blessed, infra validation failed),
 # already (pushed by an earlier run), fails (evaluate raises).
 VERDICT = "FAKE_VERDICT"
 
 
-@step(name="evaluate")
-def judge(data: DataConfig, blessing: Out[artifacts.ModelBlessing]):
+class Judged(Summary):
+    blessed: bool
+    reason: str
+    accuracy: float
+
+
+@step(name="evaluate", gate="blessed", closed="not blessed", shows=("accuracy",))
+def judge(data: DataConfig, blessing: Out[artifacts.ModelBlessing]) -> Judged:
     from components.errors import DataError
 
     story = os.environ.get(VERDICT, "blessed")
@@ -104,19 +143,32 @@ def judge(data: DataConfig, blessing: Out[artifacts.ModelBlessing]):
     artifacts.ModelBlessing.write(blessing, {"blessed": blessed, "reason": reason,
                                              "checks": []})
     blessing.properties = {"blessed": blessed, "reason": reason}
-    return {"blessed": blessed, "accuracy": 0.93 if blessed else 0.41,
-            "lines": ["BLESSED" if blessed else f"NOT BLESSED: {reason}"]}
+    return Judged(blessed=blessed, reason=reason, accuracy=0.93 if blessed else 0.41,
+                  lines=["BLESSED" if blessed else f"NOT BLESSED: {reason}"])
 
 
-@step(name="push", cache=False)
+class Served(Summary):
+    passed: bool
+    reason: str
+
+
+@step(name="infra_validate", gate="passed",
+      closed=Closed("infra validation failed", verdict="infra failed"))
+def serve(data: DataConfig, infra_blessing: Out[artifacts.InfraBlessing]) -> Served:
+    passed = os.environ.get(VERDICT, "blessed") != "infra"
+    reason = "served" if passed else "the model did not load"
+    artifacts.InfraBlessing.write(infra_blessing, {"passed": passed, "reason": reason})
+    infra_blessing.properties = {"passed": passed, "reason": reason}
+    return Served(passed=passed, reason=reason, lines=[f"passed: {passed}"])
+
+
+@step(name="push", delivers=True, cache=False)
 def publish(blessing: In[artifacts.ModelBlessing], push: PushConfig,
-            pushed_model: Out[artifacts.PushedModel]):
+            pushed_model: Out[artifacts.PushedModel]) -> Delivery:
     story = os.environ.get(VERDICT, "blessed")
     record = {"pushed": False, "model_name": push.model_name, "registry": push.destination}
-    if not blessing.properties["blessed"]:
+    if not blessing.properties["blessed"]:        # a direct call: the pipeline's gate is closed
         record["reason"] = f"not blessed: {blessing.properties['reason']}"
-    elif story == "infra":
-        record["reason"] = "infra validation failed: the model did not load"
     else:
         version = 2 if story == "already" else 3
         record.update(pushed=True, version=version,
@@ -126,4 +178,4 @@ def publish(blessing: In[artifacts.ModelBlessing], push: PushConfig,
             record.update(already=True, reason="this model was already pushed")
     artifacts.PushedModel.write(pushed_model, record)
     pushed_model.properties = record
-    return {**record, "lines": [f"pushed: {record['pushed']}"]}
+    return Delivery(**record, lines=[f"pushed: {record['pushed']}"])

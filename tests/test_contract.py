@@ -17,7 +17,8 @@ from components.config.beam import BeamConfig
 from components.config.data import DataConfig
 from components.config.train import TrainConfig
 from components.contract import (BASELINE_MODEL, BaselineModel, In, Maybe, Out, Scratch,
-                                 section_problems, spec_of, step)
+                                 Summary, section_problems, spec_of, step)
+from components.errors import ValidationFailed
 from pipeline import cache, dag, invoke
 from pipeline import config as config_lib
 
@@ -80,9 +81,60 @@ def test_a_signature_the_runner_cannot_serve_fails_at_import(make, message):
 
 def _declare(source: str, **keywords: Any):
     namespace = {"In": In, "Out": Out, "artifacts": artifacts, "DataConfig": DataConfig,
-                 "BeamConfig": BeamConfig}
+                 "BeamConfig": BeamConfig, "Summary": Summary, "_Judged": _Judged,
+                 "_Counted": _Counted}
     exec(source, namespace)
     return step(name="f", **keywords)(namespace["f"])
+
+
+class _Judged(Summary):
+    blessed: bool
+    reason: str
+
+
+class _Counted(Summary):
+    blessed: int
+    reason: str
+
+
+@pytest.mark.parametrize("result, keywords, message", [
+    ("dict", {"gate": "blessed"}, "its gate reads field 'blessed', which its result type "
+                                  "'dict' lacks"),
+    ("Summary", {"gate": "blessed"}, "its gate reads field 'blessed', which its result type "
+                                     "'Summary' lacks"),
+    ("_Judged", {"gate": "passed"}, "its gate reads field 'passed'"),
+    ("_Counted", {"gate": "blessed"}, "its gate field 'blessed' must be a bool"),
+    ("_Judged", {"stop": ValidationFailed}, "declare gate= too"),
+    ("_Judged", {"gate": "blessed", "stop": "stop"}, "stop= takes an exception class"),
+    ("_Judged", {"delivers": True}, "delivers=True reads field 'pushed'"),
+    ("_Judged", {"shows": ("accuracy",)}, "shows= reads field 'accuracy'"),
+    ("_Judged", {"check": lambda data, schema: []}, "check function takes 'schema'"),
+])
+def test_a_gate_and_what_the_summary_reads_are_checked_against_the_result_type(
+        result, keywords, message):
+    """The result is a declared type: a gate, a delivery or a shown field that it does
+    not declare is a TypeError when the step's module is imported."""
+    with pytest.raises(TypeError, match=message):
+        _declare(f"def f(data: DataConfig, model: Out[artifacts.Model]) -> {result}: ...",
+                 **keywords)
+
+
+def test_a_gate_declared_on_its_result_type():
+    step_fn = _declare("def f(data: DataConfig, model: Out[artifacts.Model]) -> _Judged: ...",
+                       gate="blessed", closed="not blessed", stop=ValidationFailed,
+                       check=lambda data, where: [])
+    spec = spec_of(step_fn)
+    assert spec.result is _Judged and spec.closed_words().word == "not blessed"
+    assert spec.gate_open({"blessed": True}) and not spec.gate_open({"blessed": False})
+    assert spec.stop_error({"blessed": True}) is None
+    error = spec.stop_error({"blessed": False, "reason": "2 anomalies stop the run"})
+    assert isinstance(error, ValidationFailed) and str(error) == "2 anomalies stop the run"
+    # the real gating steps declare theirs; a stop gate holds no step back under dsl.If
+    assert [(n.name, n.spec.gate) for n in dag.STEPS if n.spec.gate] == [
+        ("validate", "passed"), ("evaluate", "blessed"), ("infra_validate", "passed")]
+    assert dag.gates_of(dag.get("transform")) == []
+    assert dag.gates_of(dag.get("push")) == ["evaluate", "infra_validate"]
+    assert [n.name for n in dag.STEPS if n.spec.delivers] == ["push"]
 
 
 def test_section_names_and_types_are_checked_against_the_root_config():

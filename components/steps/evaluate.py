@@ -28,7 +28,7 @@ from components.io import beamio, fileio
 from components.evaluation import gate
 from components.config.beam import BeamConfig
 from components.config.evaluate import EvaluateConfig
-from components.contract import BaselineModel, In, Out, step
+from components.contract import BaselineModel, In, Out, Summary, step
 
 CANDIDATE, BASELINE = "candidate", "baseline"
 # Config metric name -> (TFMA class name, config JSON)
@@ -327,13 +327,23 @@ def _summary_lines(accuracy: float | None, examples: int, comparison: dict[str, 
             ("BLESSED: " if blessed else "NOT BLESSED: ") + reason]
 
 
+class Evaluated(Summary):
+    """What evaluate did: blessed or not and why; the candidate's overall accuracy
+    (the run's summary shows it)."""
+
+    blessed: bool
+    reason: str
+    accuracy: float | None
+
+
+# Only a blessed model goes on to push (the gate); the run's last line shows the accuracy.
 # The KFP run page shows the evaluation's overall metrics and confusion matrix.
-@step(gate="blessed", beam=("runner",),
+@step(gate="blessed", closed="not blessed", shows=("accuracy",), beam=("runner",),
       ui_outputs=(("metrics", "Metrics"), ("confusion", "ClassificationMetrics")))
 def run(examples: In[artifacts.Examples], trained_model: In[artifacts.Model],
         evaluate: EvaluateConfig, beam: BeamConfig, evaluation: Out[artifacts.ModelEvaluation],
         blessing: Out[artifacts.ModelBlessing], baseline: BaselineModel = None
-        ) -> dict[str, Any]:
+        ) -> Evaluated:
     """Writes a ModelEvaluation (TFMA output, metrics, predictions, gallery) and a
     ModelBlessing.
     `baseline`: the directory of the pushed version that holds the baseline alias
@@ -398,5 +408,6 @@ def run(examples: In[artifacts.Examples], trained_model: In[artifacts.Model],
     artifacts.ModelBlessing.write(blessing, record)
     blessing.properties = {"blessed": blessed, "reason": reason, "baseline": base_ref}
     accuracy = overall.get("accuracy")
-    return {"blessed": blessed, "accuracy": accuracy,
-            "lines": _summary_lines(accuracy, len(rows), comparison, base_ref, blessed, reason)}
+    return Evaluated(blessed=blessed, reason=reason, accuracy=accuracy,
+                     lines=_summary_lines(accuracy, len(rows), comparison, base_ref, blessed,
+                                          reason))

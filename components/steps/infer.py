@@ -8,8 +8,9 @@ as `imgpipe predict` checks them (`components/inference/predict.py`): a file wit
 extension in a folder, an unreadable or corrupt one gets an error row, never stops the
 job; the rest are scored by the pushed version's `serving_images` signature through
 Beam's RunInference with the pipeline's runner. The InferenceResult holds one row per
-file and a summary (counts per predicted class, errors). When nothing was pushed (not
-blessed, infra validation failed) nothing is scored, and the summary says why.
+file and a summary (counts per predicted class, errors). Under the pipeline it runs
+behind push's gates (a model not blessed, or that failed infra validation, leaves it
+not run); given a record of nothing pushed, nothing is scored, and the summary says why.
 
 Without `infer.source` the step is not part of the run at all (`pipeline/dag.py`).
 """
@@ -24,7 +25,7 @@ from components.inference import predict
 from components.data import spans
 from components.config.beam import BeamConfig
 from components.config.infer import InferConfig
-from components.contract import In, Out, step
+from components.contract import In, Out, Where, step
 from components.errors import ConfigError
 
 
@@ -49,7 +50,31 @@ def external_inputs(infer: InferConfig) -> dict[str, str]:
     return {"infer_source": f"{label or ''} {predict.fingerprint(listed)}"}
 
 
-@step(beam=("runner",), external=external_inputs)
+def check(infer: InferConfig, where: Where) -> list[str]:
+    """An `infer.source` the step could not read, found before training rather than
+    after: a path that does not exist here, or from a pipeline's containers a path on
+    this machine."""
+    import os
+
+    from components.io import fileio
+
+    source = infer.source
+    if not source:
+        return []
+    if not where.reaches(source):
+        return [f"infer.source {source!r} is a path on this machine, which the pipeline's "
+                "containers cannot read; copy the images to a bucket and use "
+                "gs://BUCKET/..., or leave infer.source out."]
+    if where.remote or fileio.is_remote(source):
+        return []
+    root = spans.Pattern.parse(source).root if spans.has_pattern(source) else source
+    if root and not os.path.exists(root):
+        return [f"infer.source {source!r}: {root} does not exist; fix infer.source, or "
+                "leave it out (no infer step)."]
+    return []
+
+
+@step(beam=("runner",), external=external_inputs, check=check)
 def run(pushed_model: In[artifacts.PushedModel], trained_model: In[artifacts.Model],
         infer: InferConfig, beam: BeamConfig,
         inference_result: Out[artifacts.InferenceResult]) -> dict[str, Any]:

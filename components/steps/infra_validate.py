@@ -24,7 +24,7 @@ from components import artifacts, features
 from components.io import fileio
 from components.inference import serving_config
 from components.config.infra_validate import InfraValidateConfig
-from components.contract import In, Out, step
+from components.contract import Closed, In, Out, Summary, step
 
 PROBE_EXAMPLES = 16
 
@@ -127,10 +127,19 @@ def verdict(report: dict[str, Any], batch: int, vocabulary: list[str],
     return problems
 
 
-@step(gate="passed", isolated=True)
+class InfraValidated(Summary):
+    """Whether the model loaded and served both signatures in a fresh process, and why not."""
+
+    passed: bool
+    reason: str
+
+
+# Only a model that served goes on to push (the gate).
+@step(gate="passed", closed=Closed("infra validation failed", verdict="infra failed"),
+      isolated=True)
 def run(trained_model: In[artifacts.Model], examples: In[artifacts.Examples],
         infra_validate: InfraValidateConfig, infra_blessing: Out[artifacts.InfraBlessing]
-        ) -> dict[str, Any]:
+        ) -> InfraValidated:
     """Writes an InfraBlessing with the probe report and the verdict."""
     files = features.split_files(examples, "eval")
     serialized, cols = features.read_raw_examples(files, limit=PROBE_EXAMPLES)
@@ -156,4 +165,4 @@ def run(trained_model: In[artifacts.Model], examples: In[artifacts.Examples],
     if passed:
         lines[0] += " (" + ", ".join(f"{k[:-3]} {v:.0f} ms" for k, v in report.items()
                                      if k.endswith("_ms")) + f" per {len(serialized)})"
-    return {"passed": passed, "lines": lines}
+    return InfraValidated(passed=passed, reason=reason, lines=lines)

@@ -27,7 +27,7 @@ from components.artifacts import SPLITS
 from components.config.beam import BeamConfig
 from components.config.data import DataConfig
 from components.config.ingest import IngestConfig
-from components.contract import Out, Shared, step
+from components.contract import Out, Shared, Where, step
 from components.errors import DataError
 from components.data.ingest_graph import _build_pipeline
 from components.data.ingest_stats import _summarize
@@ -42,7 +42,31 @@ def external_inputs(data: DataConfig, ingest: IngestConfig) -> dict[str, str]:
     return {"source": sources.fingerprint(sources.resolve(data), ingest)}
 
 
-@step(beam=("runner",), external=external_inputs)
+def check(data: DataConfig, where: Where) -> list[str]:
+    """A source the steps cannot read where they run (a path on this machine, from a
+    pipeline's containers), or one holding the runs folder (a run would write into the
+    data it reads)."""
+    import os
+
+    from components.config.data import BUILTIN_PREFIX
+
+    source = data.source
+    if source.startswith(BUILTIN_PREFIX):
+        return []
+    if not where.reaches(source):
+        return [f"data.source {source!r} is a path on this machine, which the pipeline's "
+                "containers cannot read; copy the data to a bucket and use gs://BUCKET/... "
+                "(or a built-in dataset)."]
+    if where.runs_dir is None or fileio.is_remote(source):
+        return []
+    src, runs = os.path.realpath(source), os.path.realpath(where.runs_dir)
+    if os.path.isdir(src) and (runs == src or runs.startswith(src + os.sep)):
+        return [f"the runs folder {where.runs_dir} is inside data.source {source}: a run "
+                "would write into the data it reads; pass --runs-dir elsewhere."]
+    return []
+
+
+@step(beam=("runner",), external=external_inputs, check=check)
 def run(data: DataConfig, ingest: IngestConfig, beam: BeamConfig,
         examples: Out[artifacts.Examples], statistics: Out[artifacts.ExampleStatistics],
         shared: Shared = None) -> dict[str, Any]:

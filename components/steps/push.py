@@ -1,9 +1,11 @@
 """Push: a blessed model that passed infra validation becomes the next numbered version
 in the registry (TF Serving layout, `components/registry/versions.py`), with a model card.
 
-A model that is not blessed, or failed infra validation, is never pushed: the step
-still succeeds and records why (the run ends with exit 0 and says so; `imgpipe run
---require-push` turns it into exit 4 for CI). Pushing is idempotent: a model whose
+A model that is not blessed, or failed infra validation, is never pushed: under the
+pipeline push does not run then (it is behind evaluate's and infra validation's gates,
+on every engine: recorded as not run, with why); called directly it checks both again
+and records why. Either way the run ends with exit 0 and says nothing was pushed
+(`imgpipe run --require-push` turns it into exit 4 for CI). Pushing is idempotent: a model whose
 SavedModel is already a version of this name is not pushed twice.
 
 Optional: the same version also goes to Vertex AI Model Registry (`push.vertex`,
@@ -16,6 +18,7 @@ there with all the traffic (`vertex.sync_endpoint`, as idempotent).
 
 from __future__ import annotations
 
+import os
 import subprocess
 from typing import Any
 
@@ -24,7 +27,7 @@ from components.io import fileio
 from components.integrations import vertex
 from components.config.push import PushConfig
 from components.config.train import decisions
-from components.contract import In, Out, RecordedConfig, step
+from components.contract import Delivery, In, Out, RecordedConfig, Where, step
 from components.errors import ConfigError
 from components.registry.versions import Registry
 
@@ -118,14 +121,51 @@ def _to_vertex(push: PushConfig, version, trained_model: artifacts.Artifact,
                     f"{record['version_id']}")
 
 
-# The model card records the config that made the model; pushing has effects outside
-# its artifact (the registry), so it is never reused from a cache.
-@step(record=("data", "transform", "model", "train", "evaluate"), cache=False)
+def check(push: PushConfig, where: Where) -> list[str]:
+    """What push would find out only after training, refused before a run starts: a
+    destination the steps cannot write (a file, a folder without write access; from a
+    pipeline's containers, anything outside a bucket) and a Vertex serving image that
+    does not match the project and region."""
+    if push.vertex is not None:
+        vertex.serving_image(push.vertex.serving_image, push.vertex.project,
+                             push.vertex.region)     # a mismatched image stops here
+    destination = push.destination
+    if not where.reaches(destination):
+        return [f"push.destination {destination!r} would be lost with each container (and "
+                "every run would find no baseline); use gs://BUCKET/serving."]
+    if where.remote or fileio.is_remote(destination):
+        return []
+    if os.path.exists(destination) and not os.path.isdir(destination):
+        return [f"push.destination {destination!r} is a file; it must be a folder (the "
+                "registry root): fix push.destination."]
+    existing = os.path.abspath(destination)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        return [f"push.destination {destination!r} cannot be written ({existing} is not a "
+                "writable folder); fix push.destination or its permissions."]
+    return []
+
+
+class Pushed(Delivery, total=False):
+    """What push did (the run's outcome), with the registry it went to and the Vertex
+    AI record when `push.vertex` is set."""
+
+    registry: str
+    vertex: dict
+
+
+# Delivers the run's model: the run's outcome is what it did. Under the pipeline it runs
+# only behind evaluate's and infra validation's open gates; it checks them again for a
+# direct call. The model card records the config that made the model; pushing has
+# effects outside its artifact (the registry), so it is never reused from a cache.
+@step(delivers=True, check=check, record=("data", "transform", "model", "train", "evaluate"),
+      cache=False)
 def run(trained_model: In[artifacts.Model], blessing: In[artifacts.ModelBlessing],
         infra_blessing: In[artifacts.InfraBlessing], evaluation: In[artifacts.ModelEvaluation],
         statistics: In[artifacts.ExampleStatistics], push: PushConfig,
         pushed_model: Out[artifacts.PushedModel], recorded_config: RecordedConfig = None
-        ) -> dict[str, Any]:
+        ) -> Pushed:
     """Pushes a blessed model that passed infra validation as the next version of
     `push.model_name` (the runner fills it in from the pipeline name when unset)."""
     name = push.model_name
@@ -199,4 +239,4 @@ def run(trained_model: In[artifacts.Model], blessing: In[artifacts.ModelBlessing
                 lines += vertex.serve_pushed(push, registry, version)
     artifacts.PushedModel.write(pushed_model, record)
     pushed_model.properties = record
-    return {**record, "lines": lines}
+    return Pushed(**record, lines=lines)

@@ -154,7 +154,20 @@ def _train_as_worker(fitting: Fitting, model: ModelConfig, train: TrainConfig,
                                    "with the chief, which writes the model"]}
 
 
-@step()
+def check(train: TrainConfig, data: DataConfig) -> None:
+    """A built-in dataset whose training images do not fill one batch (`check_batch_fits`),
+    refused before a run starts rather than after ingest."""
+    from components.config.data import BUILTIN_PREFIX
+    from components.data.datasets import TRAIN_IMAGES
+
+    source = data.source
+    known = TRAIN_IMAGES.get(source[len(BUILTIN_PREFIX):]) \
+        if source.startswith(BUILTIN_PREFIX) else None
+    if known is not None:
+        check_batch_fits(train.batch_size, known, what=f"{source}'s {known} training images")
+
+
+@step(check=check)
 def run(transform_graph: In[artifacts.TransformGraph], examples: In[artifacts.Examples],
         model: ModelConfig, train: TrainConfig, trained_model: Out[artifacts.Model],
         hyperparameters: In[artifacts.HyperParameters] | None = None,

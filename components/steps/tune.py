@@ -25,7 +25,8 @@ from components.config.data import DataConfig
 from components.config.model import ModelConfig
 from components.config.train import TrainConfig
 from components.config.tune import TuneConfig, apply_values, describe_values
-from components.contract import In, Out, Scratch, StartWeights, TunedValues, step
+from components.contract import (In, Out, Scratch, StartWeights, TunedValues, Where,
+                                 step)
 from components.errors import ConfigError, TrainingError
 from components.trainer.tuned import read_best
 
@@ -211,7 +212,27 @@ def _search(tune: TuneConfig, model: ModelConfig, train: TrainConfig,
             "seconds": round(time.perf_counter() - started, 1)}
 
 
-@step()
+def check(tune: TuneConfig, train: TrainConfig, where: Where) -> list[str]:
+    """A TPU trainer with a search, in a pipeline: the tune task's trials build the
+    trainer's model under its strategy, but the task runs in its own image with no TPU
+    (only train asks for one), so `strategy: tpu` fails there and a TPU accelerator's
+    plan (bfloat16, static shapes) is searched on CPU. Refused unless kfp.steps.tune
+    asks for a TPU too."""
+    if not where.remote or not tune.space or where.has_tpu("tune"):
+        return []
+    tpu = (["train.strategy tpu"] if train.strategy == "tpu" else []) + \
+        ([f"kfp.steps.train.accelerator_type {where.accelerators.get('train')}"]
+         if where.has_tpu("train") else [])
+    if not tpu:
+        return []
+    return [f"{' and '.join(tpu)} with a tune.space: the tune task runs its trials without "
+            "a TPU (in kfp.image), where the TPU trainer fails; search on CPU first with a "
+            "smaller model (a run with tune.space, train.strategy auto and no TPU), then pass "
+            "its result as train.hyperparameters (NAME@ALIAS of its pushed model, or "
+            "gs://.../hyperparameters.json) with tune.space {} here."]
+
+
+@step(check=check)
 def run(transform_graph: In[artifacts.TransformGraph], examples: In[artifacts.Examples],
         tune: TuneConfig, model: ModelConfig, train: TrainConfig,
         hyperparameters: Out[artifacts.HyperParameters], scratch: Scratch = None,

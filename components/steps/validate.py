@@ -18,7 +18,7 @@ from components import artifacts, features
 from components.io import fileio
 from components.data import neardup
 from components.config.validate import ValidateConfig
-from components.contract import In, Out, step
+from components.contract import In, Out, Summary, step
 from components.errors import ValidationFailed
 from components.data.schema import (domain, infer_schema, int_bounds, linf_distance, load_schema,
                                schema_to_text)
@@ -191,11 +191,23 @@ def external_inputs(validate: ValidateConfig) -> dict[str, str]:
     return {}
 
 
-@step(external=external_inputs)
+class Validated(Summary):
+    """The verdict: passed when no anomaly is an error; `reason` lists the anomalies
+    that stop the run (and where they are written)."""
+
+    passed: bool
+    reason: str
+    num_anomalies: int
+
+
+# A verdict, not a crash: the anomalies are committed as any output, then an error
+# ends the run (ValidationFailed) on every engine, before transform.
+@step(gate="passed", stop=ValidationFailed, external=external_inputs)
 def run(statistics: In[artifacts.ExampleStatistics], validate: ValidateConfig,
         anomalies: Out[artifacts.ExampleAnomalies], schema: Out[artifacts.Schema],
-        baseline_statistics: In[artifacts.ExampleStatistics] | None = None) -> dict[str, Any]:
-    """Checks `statistics`; writes ExampleAnomalies and Schema; raises ValidationFailed on errors."""
+        baseline_statistics: In[artifacts.ExampleStatistics] | None = None) -> Validated:
+    """Checks `statistics`; writes ExampleAnomalies and Schema. Not `passed` when an
+    anomaly is an error: the runner then stops the run with ValidationFailed."""
     stats = artifacts.ExampleStatistics.read(statistics)
     previous = (artifacts.ExampleStatistics.read(baseline_statistics)
                 if baseline_statistics is not None else None)
@@ -228,16 +240,14 @@ def run(statistics: In[artifacts.ExampleStatistics], validate: ValidateConfig,
     anomalies.fingerprint = artifacts.fingerprint_json({"anomalies": found, "schema": origin})
     lines = [f"{a['severity']}: {a['kind']} [{a['feature']}] {a['description']}" for a in found]
     if errors:
-        # A verdict, not a crash: both artifacts are committed before the run stops, so
-        # the anomalies the message points to are there to read.
-        schema.commit()
-        anomalies.commit()
-        raise ValidationFailed(f"{len(errors)} anomalies stop the run (details in "
-                               f"{anomalies.committed.path(artifacts.ExampleAnomalies.FILE)})"
-                               ":\n  " + "\n  ".join(lines))
+        # the anomalies the message points to are committed before the run stops
+        where = fileio.join(anomalies.uri, artifacts.ExampleAnomalies.FILE)
+        return Validated(passed=False, num_anomalies=len(found), lines=lines,
+                         reason=f"{len(errors)} anomalies stop the run (details in {where})"
+                                ":\n  " + "\n  ".join(lines))
     baseline = (f"the window's other spans (newest {spans[-1]['span']})" if spans and len(spans) > 1
                 else "a single span" if spans else
                 "previous run" if previous else "no previous run")
-    return {"num_anomalies": len(found),
-            "lines": [f"schema: {origin}; compared with {baseline}; "
-                      f"{len(found)} warning(s)"] + lines}
+    return Validated(passed=True, num_anomalies=len(found), reason="no anomaly is an error",
+                     lines=[f"schema: {origin}; compared with {baseline}; "
+                            f"{len(found)} warning(s)"] + lines)

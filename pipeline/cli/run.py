@@ -81,7 +81,7 @@ def cmd_compile(args: argparse.Namespace) -> Result:
     check_output(args.output, KFP_PACKAGE, inputs=[args.config], force=args.force)
     cfg = config_lib.load(args.config, args.overrides, resolve_paths=False)
     checks.check_image(cfg, args.dag)
-    unchecked = checks.check_remote(cfg)
+    unchecked = checks.check_remote(cfg, args.dag)
     kfp_compile.compile_pipeline(cfg, args.output, args.dag)
     return Result(data=lambda: {"output": os.path.abspath(args.output), "pipeline": cfg.name,
                                 "image": cfg.kfp.image,
@@ -104,7 +104,7 @@ def _compiled(args: argparse.Namespace):
     cfg = config_lib.load(args.config, args.overrides, resolve_paths=False)
     if not args.package:        # a package was checked when it was compiled
         checks.check_image(cfg, args.dag)
-    for line in checks.check_remote(cfg):
+    for line in checks.check_remote(cfg, args.dag):
         _note(args)(line)
     params = kfp_compile.runtime_parameters(cfg)
     if args.package:

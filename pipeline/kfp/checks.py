@@ -1,9 +1,9 @@
-"""What compile, submit and schedule check before a package is made: what the
-pipeline's containers cannot reach (paths on this machine, a source whose shape could
-not be decided here, a TPU search), the registry version `train.warm_start` names where
-the registry can be read from here (else a line saying it was not checked), and the
-step image (the placeholder default refused). One ConfigError each, naming the key and
-the fix.
+"""What compile, submit and schedule check before a package is made: each step's own
+declared check for a pipeline's containers, what they cannot reach (paths on this
+machine, a source whose shape could not be decided here), the registry version
+`train.warm_start` names where the registry can be read from here (else a line saying
+it was not checked), and the step image (the placeholder default refused). One
+ConfigError each, naming the key and the fix.
 """
 
 from __future__ import annotations
@@ -31,28 +31,20 @@ def _in_bucket(path: str | None) -> bool:
     return bool(path) and ("://" in path or path.startswith("/gcs/"))
 
 
-def check_remote(config: PipelineConfig) -> list[str]:
-    """What a compiled pipeline cannot reach from its containers: paths on this
-    machine. One ConfigError naming the key and the fix. Returns what could not be
-    checked from here (one line each; `check_warm_start`), for the command to say."""
-    from components.config.data import BUILTIN_PREFIX
+def check_remote(config: PipelineConfig, location: str = "") -> list[str]:
+    """What a compiled pipeline cannot reach from its containers: each step's own
+    declared check for a pipeline (`Where(remote=True)` with the accelerator each task
+    asks for: a source or destination outside a bucket, a TPU search), then the paths
+    on this machine no step declares (the schema, start weights). One ConfigError
+    naming the key and the fix. Returns what could not be checked from here (one line
+    each; `check_warm_start`), for the command to say. `location`: a user's DAG."""
+    from components.contract import Where
     from components.errors import ConfigError
     from components.registry.refs import is_reference
 
-    source = config.data.source
-    if not (source.startswith(BUILTIN_PREFIX) or _in_bucket(source)):
-        raise ConfigError(f"data.source {source!r} is a path on this machine, which the "
-                          "pipeline's containers cannot read; copy the data to a bucket and "
-                          "use gs://BUCKET/... (or a built-in dataset).")
-    if not _in_bucket(config.push.destination):
-        raise ConfigError(f"push.destination {config.push.destination!r} would be lost with "
-                          "each container (and every run would find no baseline); use "
-                          "gs://BUCKET/serving.")
-    infer = config.infer.source
-    if infer is not None and not _in_bucket(infer):
-        raise ConfigError(f"infer.source {infer!r} is a path on this machine, which the "
-                          "pipeline's containers cannot read; copy the images to a bucket "
-                          "and use gs://BUCKET/..., or leave infer.source out.")
+    steps = dag.active(dag.load(location), config)
+    dag.check_before_run(steps, config, Where(remote=True, accelerators={
+        node.name: config.kfp.step(node.name).accelerator_type for node in steps}))
     schema = config.validate_.schema_path
     if schema and not _in_bucket(schema) and (os.path.isabs(schema) or not any(
             schema.startswith(folder) for folder in IMAGE_FOLDERS)):
@@ -63,12 +55,6 @@ def check_remote(config: PipelineConfig) -> list[str]:
         raise ConfigError(f"validate.schema {schema!r} does not exist in this project (the "
                           f"image copies {', '.join(IMAGE_FOLDERS)} from {PROJECT_ROOT}); fix "
                           "the path or add the file there before building the image.")
-    if config.push.vertex is not None:
-        from components.integrations import vertex
-
-        vertex.serving_image(config.push.vertex.serving_image, config.push.vertex.project,
-                             config.push.vertex.region)
-    _check_tpu_search(config)
     weights = config.model.weights
     if weights and weights != "imagenet" and not is_reference(weights) and \
             not _in_bucket(weights):
@@ -127,30 +113,6 @@ def check_warm_start(config: PipelineConfig) -> str | None:
             f"{config.push.destination} ({why}); the resolve task pins the version and "
             "train checks it when the pipeline runs (compile with read access to check it "
             "now).")
-
-
-def _check_tpu_search(config: PipelineConfig) -> None:
-    """A TPU trainer with a search: the tune task's trials build the trainer's model
-    under its strategy, but the task runs in its own image with no TPU (only train asks
-    for one), so `strategy: tpu` fails there and a TPU accelerator's plan (bfloat16,
-    static shapes) is searched on CPU. Refused unless kfp.steps.tune asks for a TPU too."""
-    from components.errors import ConfigError
-
-    def is_tpu(name: str) -> bool:
-        return (config.kfp.step(name).accelerator_type or "").upper().startswith("TPU")
-
-    if not config.tune.space or is_tpu("tune"):
-        return
-    tpu = (["train.strategy tpu"] if config.train.strategy == "tpu" else []) + \
-        ([f"kfp.steps.train.accelerator_type {config.kfp.step('train').accelerator_type}"]
-         if is_tpu("train") else [])
-    if tpu:
-        raise ConfigError(f"{' and '.join(tpu)} with a tune.space: the tune task runs its "
-                          "trials without a TPU (in kfp.image), where the TPU trainer fails; "
-                          "search on CPU first with a smaller model (a run with tune.space, "
-                          "train.strategy auto and no TPU), then pass its result as "
-                          "train.hyperparameters (NAME@ALIAS of its pushed model, or "
-                          "gs://.../hyperparameters.json) with tune.space {} here.")
 
 
 def check_image(config: PipelineConfig, location: str = "") -> None:

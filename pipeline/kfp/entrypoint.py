@@ -108,6 +108,11 @@ def run_step(name: str, config_json: str, context_json: str, run_id: str,
         scratch["shared"] = invoke.shared_folder(invoke.shared_root(context.registry_root),
                                                  node, code)
     summary = invoke.call(node, resolved, inputs, outputs, producer, **scratch) or {}
+    stop = node.spec.stop_error(summary)
+    if stop is not None:
+        # a verdict that ends the run (validate's errors), its outputs committed: the
+        # task fails with it, as the local runner fails the run
+        raise stop
     for line in summary.get("lines", []):
         print(f"{name}: {line}")
     if not chief:
@@ -122,7 +127,7 @@ def run_step(name: str, config_json: str, context_json: str, run_id: str,
         evaluation = next(o for o, t in node.spec.outputs.items()
                           if t is artifacts.ModelEvaluation)
         _log_ui_metrics(outputs[evaluation], extras)
-    return invoke.gate_value(node, summary)
+    return node.spec.gate_open(summary)
 
 
 # Not an identifier, so never the name of an output beside it.

@@ -14,9 +14,9 @@ from components import runtime
 from pipeline import dag, invoke
 from pipeline.config import PipelineConfig
 from pipeline.kfp import docker as kfp_docker
-from pipeline.kfp.compile import build_pipeline, gates_of
+from pipeline.kfp.compile import build_pipeline
 from pipeline.kfp.docker import ENGINE_DOCKER
-from pipeline.results import StepResult, detail_line, step_line
+from pipeline.results import StepResult, detail_line, not_run, step_line, summary_from_artifacts
 
 ENGINE_LOCAL = "kfp-local"
 # kfp.local's console: its own log lines, and each task's output indented by 4 spaces.
@@ -34,8 +34,6 @@ _NATIVE_LOG = re.compile(r"^[IWEF]\d{4} ")
 _CARETS = re.compile(r"^[\s~^]+$")
 # kfp.local asking for an output a finished task did not write.
 _NO_OUTPUT = re.compile(r"Tried to get output '[^']+' from task '([^']+)'")
-# What a closed gate means for the steps behind it, as the push step words it.
-_CLOSED_GATE = {"blessed": "not blessed", "passed": "infra validation failed"}
 
 
 def task_step(task: str, steps: tuple[dag.Node, ...] = dag.STEPS) -> dag.Node | None:
@@ -169,15 +167,9 @@ class _Recorder:
         outputs = {o: artifacts.read(self._uri(node, o), node.spec.output_type(o))
                    for o in node.spec.outputs}
         self.store.record_artifacts(execution, "output", outputs)
-        summary: dict[str, Any] = {}
-        for art in outputs.values():
-            if art.type == "PushedModel":
-                summary.update(art.properties)        # pushed, version, path or reason
-            elif node.spec.gate in art.properties:
-                summary[node.spec.gate] = art.properties[node.spec.gate]
-                summary["reason"] = art.properties.get("reason")
-            if art.type == "ModelEvaluation":    # what `runs list` shows, as locally
-                summary["accuracy"] = art.properties.get("accuracy")
+        # kfp.local prints the steps' lines, not their results: what the run's outcome
+        # reads comes from the artifacts (the gate, the delivery, the fields shown)
+        summary = summary_from_artifacts(node.spec, outputs)
         summary["lines"] = list(lines)
         self.store.finish_execution(execution, "succeeded", summary=summary)
         self.results.append(StepResult(node.name, "ran", DECISION_LOCAL, seconds,
@@ -192,33 +184,26 @@ class _Recorder:
             self.end(name, "FAILURE", [], tail)
 
     def skipped(self) -> None:
-        """Steps that did not run because a gate before them closed: recorded as
-        skipped with the reason, and for the push the verdict (nothing pushed)."""
+        """Steps that did not run because a gate before them closed (`dag.closed_gates`,
+        as the local runner finds them): recorded as not run with the reason, and for
+        the delivering step that nothing was pushed (`results.not_run`)."""
         from pipeline.metadata import UNKEYED
 
-        done = {r.step: r for r in self.results}
+        summaries = {r.step: r.summary for r in self.results}
         for node in self.steps:
-            if node.name in done:
+            if node.name in summaries:
                 continue
-            closed = [done[g] for g in gates_of(node, self.steps) if g in done and
-                      not (done[g].summary or {}).get(dag.get(g, self.steps).spec.gate)]
+            closed = dag.closed_gates(node, self.steps, summaries)
             if not closed:
                 continue
-            reason = "; ".join(
-                f"{_CLOSED_GATE.get(dag.get(r.step, self.steps).spec.gate, r.step + ' gate closed')}: "
-                f"{(r.summary or {}).get('reason')}" for r in closed)
-            decision = f"not run: its gate is closed ({reason})"
-            pushes = "PushedModel" in [node.spec.output_type(o) for o in node.spec.outputs]
-            summary = {"lines": [f"NOTHING PUSHED ({reason})" if pushes else
-                                 f"not run ({reason})"], "reason": reason}
-            if pushes:
-                summary["pushed"] = False
+            result = not_run(node.spec, [(gate.spec, summaries[gate.name]) for gate in closed])
             execution = self.store.start_execution(self.run_id, node.name, UNKEYED, {},
-                                                   decision)
-            self.store.finish_execution(execution, "skipped", summary=summary)
-            self.results.append(StepResult(node.name, "skipped", decision, summary=summary))
-            self.log(step_line(node.name, "skipped", f"({decision})"))
-            for line in summary["lines"]:
+                                                   result.decision)
+            self.store.finish_execution(execution, "skipped", summary=result.summary)
+            self.results.append(result)
+            summaries[node.name] = result.summary
+            self.log(step_line(node.name, "skipped", f"({result.decision})"))
+            for line in (result.summary or {}).get("lines", []):
                 self.log(detail_line(line))
 
 

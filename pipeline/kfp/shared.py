@@ -1,8 +1,9 @@
 """Names the compiled pipeline and the step containers must agree on: the run-time
 pipeline parameters (and which of them may be unset) and the pin of a step's outside
-inputs (a step's extra UI outputs are declared on the step: `@step(ui_outputs=...)`). Imported by `pipeline/kfp/compile.py`,
-which writes them into the IR, and by `pipeline/kfp/entrypoint.py`, which reads them
-back inside the container; it imports nothing."""
+inputs (a step's extra UI outputs are declared on the step: `@step(ui_outputs=...)`).
+Imported by the compiler (`pipeline/kfp/parameters.py`, `step_builder.py`), which writes
+them into the IR, and by `pipeline/kfp/entrypoint.py`, which reads them back inside the
+container; it imports nothing."""
 
 # Pipeline parameters a schedule can change without recompiling: name -> config key.
 # Each task receives those of the sections it reads (`invoke.step_config`).

@@ -19,12 +19,11 @@ from typing import Any, Callable, Iterator
 
 from components import artifacts, runtime
 from components.io import fileio
-from components.config.data import BUILTIN_PREFIX
 from components.errors import ArtifactError, ConfigError, ImgpipeError
 from pipeline import cache, dag, invoke
 from pipeline.config import PipelineConfig
 from pipeline.metadata import METADATA_FILE, Execution, MetadataStore
-from pipeline.results import RunResult, StepResult, detail_line, step_line
+from pipeline.results import RunResult, StepResult, detail_line, not_run, record, step_line
 
 CODE_INDEX_FILE = ".code-index.json"     # pipeline/cache.py: parsed sources, by file version
 
@@ -63,13 +62,12 @@ class LocalRunner:
         names = dag.names(self.steps)
         if until is not None and until not in names and until in dag.names(self.declared):
             raise ConfigError(f"--until {until!r}: this config leaves out that optional step "
-                              "(infer runs only with infer.source set); steps are "
+                              "(it runs only when its section enables it); steps are "
                               f"{', '.join(names)}.")
         if until is not None and until not in names:
             raise ConfigError(f"--until {until!r} is not a step; steps are {', '.join(names)}.")
-        preflight(self.config, self.runs_dir, names[: names.index(until) + 1] if until else names,
-                  self.context)
         last = names.index(until) if until else len(names) - 1
+        preflight(self.config, self.runs_dir, self.steps[: last + 1], self.context)
         for node in self.steps[: last + 1]:
             # The roles steps declare (the baseline, start weights, a warm start, tuned
             # values) resolve now, once: a wrong reference or a damaged registry file
@@ -88,7 +86,8 @@ class LocalRunner:
         """The steps in DAG order. A step declared `isolated` (its work runs in a child
         process) starts beside the others as soon as its inputs exist, and is waited
         for when a later step reads its outputs (infra validation's fresh TensorFlow
-        process loads the model while evaluate scores it)."""
+        process loads the model while evaluate scores it). A step behind a gate that
+        closed does not run (`dag.closed_gates`): it is recorded as not run, with why."""
         produced: dict[str, artifacts.Artifact] = {}
         results: dict[str, StepResult] = {}
         order = [node.name for node in steps]
@@ -97,7 +96,9 @@ class LocalRunner:
             try:
                 for later in steps:
                     if later.spec.isolated and later.name not in results and \
-                            not beside.started(later.name) and _upstream(later) <= set(results):
+                            not beside.started(later.name) and \
+                            _upstream(later) <= set(results) and \
+                            not self._closed(later, results):
                         beside.start(later.name, self._run_step, run_id, later, produced)
                 for name in sorted(_upstream(node) | ({node.name} & beside.names()),
                                    key=order.index):
@@ -105,7 +106,10 @@ class LocalRunner:
                         current = name
                         results[name] = beside.result(name)
                 current = node.name
-                if node.name not in results:
+                closed = self._closed(node, results)
+                if closed and node.name not in results:
+                    results[node.name] = self._not_run(run_id, node, closed)
+                elif node.name not in results:
                     results[node.name] = self._run_step(run_id, node, produced)
                 cache.save_index()        # sources parsed for the keys, for the next run
             except ImgpipeError as exc:
@@ -130,6 +134,26 @@ class LocalRunner:
         self.store.end_run(run_id, "succeeded")
         self._report(run_id, "succeeded", ordered)
         return RunResult(run_id, self.runs_dir, "succeeded", ordered)
+
+    def _closed(self, node: dag.Node, results: dict[str, StepResult]
+                ) -> list[tuple[Any, dict[str, Any] | None]]:
+        """The gates before `node` that this run closed, with their recorded results."""
+        summaries = {name: result.summary for name, result in results.items()}
+        return [(gate.spec, summaries[gate.name])
+                for gate in dag.closed_gates(node, self.steps, summaries)]
+
+    def _not_run(self, run_id: str, node: dag.Node,
+                 closed: list[tuple[Any, dict[str, Any] | None]]) -> StepResult:
+        """A step behind a closed gate, on record as kfp.local records one."""
+        from pipeline.metadata import UNKEYED
+
+        result = not_run(node.spec, closed)
+        execution = self.store.start_execution(run_id, node.name, UNKEYED, {}, result.decision)
+        self.store.finish_execution(execution, "skipped", summary=result.summary)
+        self.log(step_line(node.name, "skipped", f"({result.decision})"))
+        for line in (result.summary or {}).get("lines", []):
+            self.log(detail_line(line))
+        return result
 
     def cached_output(self, step: str, output: str
                       ) -> tuple[tuple[artifacts.Artifact, Execution] | None, str]:
@@ -254,7 +278,7 @@ class LocalRunner:
             self.log(step_line(name, "cached", decision))
             return StepResult(name, "cached", decision,
                               outputs={n: a.uri for n, a in outputs.items()},
-                              summary=candidate.summary), decision
+                              summary=record(prepared.node.spec, candidate.summary)), decision
         if damaged is not None:
             candidate, problem = damaged
             return None, (f"the output of execution {candidate.id} (run {candidate.run_id}) "
@@ -318,6 +342,7 @@ class LocalRunner:
             raise
         seconds = time.perf_counter() - started
         runtime.release_memory()
+        summary = record(node.spec, summary)
         self.store.record_artifacts(execution_id, "output", outputs)
         for output, art in outputs.items():
             # Hashed at commit a moment ago: remember the files as verified.
@@ -325,6 +350,12 @@ class LocalRunner:
                 rel: sig for rel in art.files
                 if (sig := fileio.stat_signature(fileio.join(art.uri, rel))) is not None})
             produced[f"{name}.{output}"] = art
+        stop = node.spec.stop_error(summary)
+        if stop is not None:
+            # a verdict that ends the run (validate's errors): its outputs are committed
+            # and on record, for the message to point at; the run fails with it
+            self.store.finish_execution(execution_id, "failed", error=str(stop), summary=summary)
+            raise stop
         self.store.finish_execution(execution_id, "succeeded", summary=summary)
         self.log(step_line(name, "done", f"{seconds:.1f}s"))
         for line in (summary or {}).get("lines", []):
@@ -387,11 +418,17 @@ class _Beside:
             future.exception()
 
 
-def preflight(config: PipelineConfig, runs_dir: str, steps: list[str],
+def preflight(config: PipelineConfig, runs_dir: str, steps: tuple[dag.Node, ...],
               context: invoke.Context | None = None) -> None:
-    """Mistakes that would otherwise surface only after the expensive steps. `context`:
-    where references resolve (default: the config's registry, the runs folder's store)."""
-    if "train" in steps and config.train.warm_start:
+    """Mistakes that would otherwise surface only after the expensive steps: the warm
+    start a step resolves against this config, a remote Beam runner, and each step's
+    own declared check (`@step(check=...)`: a source, a destination, a batch size),
+    run here before any step. `context`: where references resolve (default: the
+    config's registry, the runs folder's store)."""
+    from components.contract import WARM_START_MODEL, Where
+
+    if config.train.warm_start and any(WARM_START_MODEL in node.spec.resolved.values()
+                                       for node in steps):
         # a model that cannot start this config's stops the run before ingest
         invoke.check_warm_start(config, context or invoke.Context.from_config(
             config, MetadataStore(os.path.join(runs_dir, METADATA_FILE))))
@@ -400,46 +437,7 @@ def preflight(config: PipelineConfig, runs_dir: str, steps: list[str],
                           f"artifacts of a local run under {runs_dir}; run the pipeline on "
                           "Vertex AI / Kubeflow (imgpipe submit), where they go to the "
                           "pipeline root in a bucket, or use DirectRunner here.")
-    source = config.data.source
-    if "train" in steps and source.startswith(BUILTIN_PREFIX):
-        from components.data.datasets import TRAIN_IMAGES
-        from components.steps.train import check_batch_fits
-
-        known = TRAIN_IMAGES.get(source[len(BUILTIN_PREFIX):])
-        if known is not None:
-            check_batch_fits(config.train.batch_size, known,
-                             what=f"{source}'s {known} training images")
-    if not source.startswith(BUILTIN_PREFIX) and not fileio.is_remote(source):
-        src, runs = os.path.realpath(source), os.path.realpath(runs_dir)
-        if os.path.isdir(src) and (runs == src or runs.startswith(src + os.sep)):
-            raise ConfigError(f"the runs folder {runs_dir} is inside data.source {source}: a run "
-                              "would write into the data it reads; pass --runs-dir elsewhere.")
-    infer_source = config.infer.source
-    if "infer" in steps and infer_source and not fileio.is_remote(infer_source):
-        from components.data import spans
-
-        where = spans.Pattern.parse(infer_source).root if spans.has_pattern(infer_source) \
-            else infer_source
-        if where and not os.path.exists(where):    # found out only after training else
-            raise ConfigError(f"infer.source {infer_source!r}: {where} does not exist; fix "
-                              "infer.source, or leave it out (no infer step).")
-    if "push" in steps and config.push.vertex is not None:
-        from components.integrations import vertex
-
-        vertex.serving_image(config.push.vertex.serving_image, config.push.vertex.project,
-                             config.push.vertex.region)     # a mismatched image stops here
-    destination = config.push.destination
-    if "push" in steps and not fileio.is_remote(destination):
-        if os.path.exists(destination) and not os.path.isdir(destination):
-            raise ConfigError(f"push.destination {destination!r} is a file; it must be a folder "
-                              "(the registry root): fix push.destination.")
-        existing = os.path.abspath(destination)
-        while not os.path.exists(existing):
-            existing = os.path.dirname(existing)
-        if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
-            raise ConfigError(f"push.destination {destination!r} cannot be written ({existing} "
-                              "is not a writable folder); fix push.destination or its "
-                              "permissions.")
+    dag.check_before_run(steps, config, Where(remote=False, runs_dir=runs_dir))
 
 
 def failure_reason(exc: BaseException) -> str:

@@ -20,7 +20,7 @@ from components import artifacts
 from components.io import fileio
 from pipeline import dag
 from pipeline.report.plots import _plots, curve_series, spans_plot
-from pipeline.results import one_line, outcome, outputs_by_ref
+from pipeline.results import delivery, one_line, outcome, outputs_by_ref, summary_from_artifacts
 
 # The step outputs the report reads (checked against the DAG when this module loads).
 STATISTICS = dag.ref("ingest", "statistics")
@@ -32,6 +32,9 @@ BLESSING = dag.ref("evaluate", "blessing")
 INFRA_BLESSING = dag.ref("infra_validate", "infra_blessing")
 PUSHED_MODEL = dag.ref("push", "pushed_model")
 INFERENCE = dag.ref("infer", "inference_result")      # only a run with infer.source
+# What the KFP report task is given: the outputs of steps outside any gate (a task
+# cannot read an output of a task under a `dsl.If` it is not under).
+TASK_INPUTS = (STATISTICS, ANOMALIES, MODEL, EVALUATION, BLESSING, INFRA_BLESSING)
 
 STYLE = """body{font:14px system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;
@@ -198,18 +201,22 @@ def _tune_section(record: dict, image: str) -> str:
     return head + image + _table(["trial", *keys, record["objective"], "seconds"], rows)
 
 
-def _with_summaries(steps: list[Any], push: dict | None, blessing: dict | None,
-                    metrics: dict | None) -> list[Any]:
-    """The steps with the summaries `outcome` reads; where a step has none (the KFP
-    report task knows only the artifacts), push's and evaluate's from their artifacts."""
-    overall = ((metrics or {}).get("metrics") or {}).get("slices", {}).get("overall", {})
-    found = {"push": push,
-             "evaluate": blessing and {"blessed": blessing.get("blessed"),
-                                       "reason": blessing.get("reason"),
-                                       "accuracy": overall.get("accuracy")}}
-    return [s if getattr(s, "summary", None) is not None or not found.get(s.step) else
-            SimpleNamespace(step=s.step, status=s.status, error=getattr(s, "error", None),
-                            summary=found[s.step]) for s in steps]
+def _with_summaries(steps: list[Any]) -> list[Any]:
+    """The steps with the records `outcome` reads; where a step has none (the KFP report
+    task knows only the artifacts), what its committed outputs tell
+    (`results.summary_from_artifacts`, by the step's declaration in the DAG)."""
+    out = []
+    for step in steps:
+        spec = next((n.spec for n in dag.STEPS if n.name == step.step), None)
+        if getattr(step, "summary", None) is not None or spec is None:
+            out.append(step)
+            continue
+        outputs = {name: artifacts.read(uri) for name, uri in step.outputs.items()
+                   if artifacts.is_committed(uri)}
+        out.append(SimpleNamespace(step=step.step, status=step.status,
+                                   error=getattr(step, "error", None),
+                                   summary=summary_from_artifacts(spec, outputs)))
+    return out
 
 
 def _decision(step: Any) -> str:
@@ -421,12 +428,13 @@ def write(run_dir: str, run_id: str, status: str, steps: list[Any], error: str |
     metrics = artifacts.ModelEvaluation.load(evaluation_uri)
     blessing = artifacts.ModelBlessing.load(BLESSING.uri(outputs))
     infra = artifacts.InfraBlessing.load(INFRA_BLESSING.uri(outputs))
-    push = artifacts.PushedModel.load(PUSHED_MODEL.uri(outputs))
+    # not run behind a closed gate, it wrote nothing: its record says why
+    push = artifacts.PushedModel.load(PUSHED_MODEL.uri(outputs)) or delivery(steps)
     inference = artifacts.InferenceResult.load(INFERENCE.uri(outputs))
     tuning = artifacts.HyperParameters.load(HYPERPARAMETERS.uri(outputs))
     images = _plots(history, metrics, run_dir, plot_cache, tuning, evaluation_uri)
 
-    did = outcome(status, _with_summaries(steps, push, blessing, metrics), error)
+    did = outcome(status, _with_summaries(steps), error)
     parts = [f"<!doctype html><meta charset='utf-8'><title>imgpipe run {run_id}</title>"
              f"<style>{STYLE}</style><h1>Run {html.escape(run_id)}: "
              f"{html.escape(did['text'])}</h1>"]

@@ -347,10 +347,11 @@ def _resolve(cfg, **params):
     (its configs and the run-time parameters, `params` overriding the defaults)."""
     from pipeline import invoke
     from pipeline.kfp import compile as kfp_compile
+    from pipeline.kfp import builder as kfp_builder
     from pipeline.kfp import entrypoint as kfp_entry
 
     values = {**kfp_compile.runtime_parameters(cfg), **params}
-    names = kfp_compile._resolve_parameters(values)
+    names = kfp_builder.resolve_parameters(values)
     overrides = {kfp_compile.RUNTIME_PARAMETERS[n]: values[n] for n in names
                  if n != "baseline_alias"}
     pins = kfp_entry.resolve_pins(invoke.Context.from_config(cfg).to_json(),

@@ -9,6 +9,8 @@ import pytest
 
 from pipeline import config as config_lib
 from pipeline.kfp import compile as kfp_compile
+from pipeline.kfp import builder as kfp_builder
+from pipeline.kfp import step_builder as kfp_step_builder
 from pipeline.kfp import entrypoint as kfp_entry
 from tests.fixtures import registry_with_versions
 
@@ -88,7 +90,7 @@ def test_drift_on_kfp_a_second_run_validates_against_the_first_runs_statistics(
     def resolve():
         params = kfp_compile.runtime_parameters(cfg)
         overrides = {kfp_compile.RUNTIME_PARAMETERS[n]: params[n]
-                     for n in kfp_compile._resolve_parameters(params) if n != "baseline_alias"}
+                     for n in kfp_builder.resolve_parameters(params) if n != "baseline_alias"}
         return kfp_entry.resolve_pins(context, params["baseline_alias"],
                                       kfp_compile.resolve_configs(cfg), overrides)._asdict()
 
@@ -100,13 +102,13 @@ def test_drift_on_kfp_a_second_run_validates_against_the_first_runs_statistics(
         return pins, kfp_entry.run_step(
             "validate", json.dumps(step_cfg), "", "",
             {"statistics": kfp_artifact(stats.uri), **outputs}, {},
-            {p: pins[f"validate__{p}"] for p in kfp_compile._pin_params(node)}, {})
+            {p: pins[f"validate__{p}"] for p in kfp_step_builder.pin_params(node)}, {})
 
     first = stats_artifact(root / "run-1" / "ingest", "statistics", BASE)
     pins, gate = validate("run-1", first)
     assert pins["validate__baseline_statistics"] == "" and gate is True    # nothing before
     others = {str(ref): kfp_artifact(root / "run-1" / ref.step / ref.output)
-              for ref in kfp_compile.REPORT_INPUTS if str(ref) != "ingest.statistics"}
+              for ref in kfp_builder.report_inputs() if str(ref) != "ingest.statistics"}
     kfp_entry.write_report(context, "run-1", {"ingest.statistics": kfp_artifact(first.uri),
                                               **others},
                            kfp_artifact(root / "run-1" / "report" / "report"))
@@ -137,7 +139,7 @@ def test_the_report_task_shows_the_recorded_config_with_run_time_values(tmp_path
     assert "kind" not in compiled["record"]["model"] and "dropout" in compiled["record"]["model"]
     arts = {str(ref): SimpleNamespace(path=str(tmp_path / str(ref)), uri=str(tmp_path / str(ref)),
                                       metadata={})
-            for ref in kfp_compile.REPORT_INPUTS}
+            for ref in kfp_builder.report_inputs()}
     html_out = SimpleNamespace(path=str(tmp_path / "report" / "report"))
     kfp_entry.write_report(invoke.Context.from_config(cfg).to_json(), "run-1", arts,
                            html_out, kfp_compile.report_config(cfg), {"train.epochs": 7})
@@ -173,7 +175,7 @@ def test_models_promote_changes_the_evaluate_baseline_the_resolve_task_pins(tmp_
     def pins():
         params = kfp_compile.runtime_parameters(cfg)
         overrides = {kfp_compile.RUNTIME_PARAMETERS[n]: params[n]
-                     for n in kfp_compile._resolve_parameters(params) if n != "baseline_alias"}
+                     for n in kfp_builder.resolve_parameters(params) if n != "baseline_alias"}
         return kfp_entry.resolve_pins(invoke.Context.from_config(cfg).to_json(),
                                       params["baseline_alias"],
                                       kfp_compile.resolve_configs(cfg), overrides)._asdict()

@@ -271,6 +271,7 @@ def test_the_resolve_task_pins_the_window_from_the_string_parameter_and_schedule
     task happens to run (a queued, retried or caught-up run)."""
     from pipeline import invoke
     from pipeline.kfp import compile as kfp_compile
+    from pipeline.kfp import builder as kfp_builder
     from pipeline.kfp import entrypoint as kfp_entry
 
     monkeypatch.setattr(kfp_entry, "_exit_without_teardown", lambda: None)
@@ -280,7 +281,7 @@ def test_the_resolve_task_pins_the_window_from_the_string_parameter_and_schedule
     params = kfp_compile.runtime_parameters(cfg)
     assert isinstance(params["data_spans"], str)        # a JSON string, as KFP passes it
     overrides = {kfp_compile.RUNTIME_PARAMETERS[name]: params[name]
-                 for name in kfp_compile._resolve_parameters(params)}
+                 for name in kfp_builder.resolve_parameters(params)}
     pins = kfp_entry.resolve_pins(invoke.Context.from_config(cfg).to_json(),
                                   params["baseline_alias"], kfp_compile.resolve_configs(cfg),
                                   overrides, schedule_time="2026-12-01T03:00:00Z")

@@ -229,3 +229,52 @@ def test_an_isolated_step_runs_beside_the_next_ones(tmp_path, make_config, monke
     assert "model broken" in failed.steps[-1].error
     [newest, _] = MetadataStore(str(tmp_path / "runs" / "metadata.sqlite")).list_runs()
     assert newest["status"] == "failed" and "model broken" in newest["error"]
+
+
+def test_a_declared_check_stops_the_run_before_any_step(tmp_path, make_config):
+    """`checked` declares a check of the sections it reads (and where it runs): its
+    problem ends the run before any step, `produce` included, and before a run is
+    recorded."""
+    from components.errors import ConfigError
+
+    steps = (dag.node(fake_steps.produce),
+             dag.node(fake_steps.checked, examples="produce.examples"))
+    runner = LocalRunner(make_config(data={"source": "refused"}), str(tmp_path / "runs"),
+                         log=lambda line: None, steps=steps)
+    with pytest.raises(ConfigError, match="data.source refused") as raised:
+        runner.run()
+    assert str(tmp_path / "runs") in str(raised.value)
+    assert fake_steps.CALLS == []
+    assert MetadataStore(str(tmp_path / "runs" / "metadata.sqlite")).list_runs() == []
+    # only a step of the run is checked: --until produce leaves `checked` out
+    assert runner.run(until="produce").status == "succeeded"
+
+
+def test_a_stop_gate_ends_the_run_after_committing_its_outputs(tmp_path, make_config,
+                                                              monkeypatch):
+    """`verify` (gate passed, stop=ValidationFailed, as validate): closed, the run fails at
+    it with its reason, its outputs committed and on record, and the steps after it do
+    not run; an open gate lets them run."""
+    from components import artifacts
+    from components.errors import ValidationFailed
+
+    steps = (dag.node(fake_steps.produce),
+             dag.node(fake_steps.verify, examples="produce.examples"),
+             dag.node(fake_steps.consume, examples="produce.examples", after=("verify",)))
+    monkeypatch.setenv("FAKE_VERIFY_FAILS", "1")
+    lines = []
+    cfg = make_config(data={"source": "a"})
+    failed = LocalRunner(cfg, str(tmp_path), log=lines.append, steps=steps).run()
+    assert failed.status == "failed" and isinstance(failed.error, ValidationFailed)
+    assert [(s.step, s.status) for s in failed.steps] == [("produce", "ran"),
+                                                         ("verify", "failed")]
+    assert str(failed.error).startswith("1 anomaly stops the run (details in ")
+    assert any(line.startswith("  verify     FAILED: 1 anomaly stops the run") for line in lines)
+    store = MetadataStore(str(tmp_path / "metadata.sqlite"))
+    [execution] = [e for e in store.executions(failed.run_id) if e.step == "verify"]
+    [anomalies] = store.artifacts_of(execution.id, "output")
+    assert execution.status == "failed" and artifacts.is_committed(anomalies["uri"])
+    assert "consume" not in fake_steps.CALLS
+    monkeypatch.delenv("FAKE_VERIFY_FAILS")
+    passed = LocalRunner(cfg, str(tmp_path), log=lambda line: None, steps=steps).run()
+    assert [s.status for s in passed.steps] == ["cached", "ran", "ran"]   # verify reran

@@ -6,6 +6,7 @@ training curves name the validation split. The fake evaluate and push
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -17,8 +18,8 @@ from pipeline.local.runner import LocalRunner
 from tests import fake_steps
 from tests.fixtures import file_tree, torn_writes
 
-STEPS = (dag.node(fake_steps.judge),
-         dag.node(fake_steps.publish, blessing="evaluate.blessing"))
+STEPS = (dag.node(fake_steps.judge), dag.node(fake_steps.serve),
+         dag.node(fake_steps.publish, blessing="evaluate.blessing", after=("infra_validate",)))
 DAG = "tests.local.test_run_outcome:STEPS"
 NOT_BLESSED = "not blessed (accuracy 0.41 (needs >= 0.5))"
 FAILED = "failed at evaluate: no eval examples under"
@@ -72,6 +73,35 @@ def test_the_last_line_of_a_run_says_what_it_did(tmp_path, config, capsys, monke
     assert (result["verdict"], result["outcome"], result["model"]) == \
         ("pushed", "pushed tiny:3", "tiny:3")
     assert result["pushed"]["version"] == 3
+
+
+def test_a_closed_gate_leaves_push_not_run_and_says_nothing_was_pushed(
+        tmp_path, config, capsys, monkeypatch):
+    """evaluate did not bless: push does not run on the local engine either (as under
+    KFP's dsl.If and kfp.local), and every view still says nothing was pushed and why."""
+    runs = tmp_path / "runs"
+    printed = _run(config, runs, capsys, monkeypatch, "not-blessed", "--json")
+    result = json.loads(printed.out)
+    push = next(s for s in result["steps"] if s["step"] == "push")
+    reason = "not blessed: accuracy 0.41 (needs >= 0.5)"
+    assert push["status"] == "skipped" and push["outputs"] == {}
+    assert push["decision"] == f"not run: its gate is closed ({reason})"
+    assert push["lines"] == [f"NOTHING PUSHED ({reason})"]
+    assert f"push       skipped  (not run: its gate is closed ({reason}))" in printed.err
+    assert (result["verdict"], result["pushed"], result["reason"]) == \
+        ("not blessed", None, reason)
+    assert not (tmp_path / "serving").exists()              # publish never ran
+    page = _report(runs, result["run_id"])
+    assert "Nothing pushed: " + html.escape(reason) in page
+    assert _h1(page).endswith(html.escape(NOT_BLESSED, quote=False))
+    # --require-push: the run that pushed nothing exits 4 (NotBlessed's code)
+    assert _run(config, runs, capsys, monkeypatch, "not-blessed", "--require-push",
+                code=4).out.splitlines()[-1] == NOT_BLESSED
+    # infra validation's gate closes push the same way, in its own words
+    result = json.loads(_run(config, runs, capsys, monkeypatch, "infra", "--json").out)
+    assert result["blessed"] is True and result["verdict"] == "infra failed"
+    assert next(s for s in result["steps"] if s["step"] == "push")["decision"] == \
+        "not run: its gate is closed (infra validation failed: the model did not load)"
 
 
 def test_runs_list_shows_verdict_accuracy_pushed_version_and_duration(
@@ -205,13 +235,18 @@ def test_training_curves_name_the_validation_split(tmp_path, monkeypatch):
 
 
 def test_outcome_words_each_ending():
-    """The one function every view calls, on records as the metadata store keeps them."""
+    """The one function every view calls, on records as the metadata store keeps them:
+    each with what its step declares (a gate, the delivery, the fields shown), so no
+    step is named (`results.record`)."""
     from types import SimpleNamespace as Step
 
-    from pipeline.results import outcome
+    from pipeline.results import outcome, record
+
+    specs = {node.name: node.spec for node in STEPS}
 
     def ran(step, **summary):
-        return Step(step=step, status="succeeded", summary=summary, error=None)
+        return Step(step=step, status="succeeded", summary=record(specs[step], summary),
+                    error=None)
 
     evaluate = ran("evaluate", blessed=True, accuracy=0.9)
     pushed = ran("push", pushed=True, model_name="m", version=4,
@@ -231,6 +266,14 @@ def test_outcome_words_each_ending():
     other = ran("push", pushed=False, reason="the registry is read-only")
     assert outcome("succeeded", [evaluate, other])["text"] == \
         "nothing to push (the registry is read-only)"
+    # a gate that closed says why nothing was pushed, in its step's words
+    infra = ran("infra_validate", passed=False, reason="the model did not load")
+    assert outcome("succeeded", [evaluate, infra])["verdict"] == "infra failed"
+    assert outcome("succeeded", [evaluate, infra])["text"] == \
+        "infra validation failed (the model did not load)"
+    # records read back without the code that made them: the step's name says nothing
+    renamed = Step(step="ship", status="succeeded", summary=pushed.summary, error=None)
+    assert outcome("succeeded", [evaluate, renamed])["model"] == "m:4"
 
 
 def test_a_failed_report_write_keeps_the_old_report(tmp_path, monkeypatch):

@@ -188,23 +188,24 @@ def test_a_config_without_infer_source_has_no_infer_step_anywhere(make_config, t
     components and the resolve task's pins; --until infer says why."""
     from pipeline.kfp import checks as kfp_checks
     from pipeline.kfp import compile as kfp_compile
+    from pipeline.kfp import builder as kfp_builder
     from pipeline.local.runner import LocalRunner
 
     plain = make_config(name="inf")
     assert "infer" not in dag.names(LocalRunner(plain, str(tmp_path / "runs")).steps)
-    assert "infer" not in dag.names(kfp_compile._steps("", plain))
-    assert not [p for p in kfp_compile._pins("", plain) if p.startswith("infer__")]
+    assert "infer" not in dag.names(kfp_builder.active_steps("", plain))
+    assert not [p for p in kfp_builder.pins("", plain) if p.startswith("infer__")]
     assert "infer" not in json.loads(kfp_compile.resolve_configs(plain))
     with pytest.raises(ConfigError, match="leaves out that optional step"):
         LocalRunner(plain, str(tmp_path / "runs")).run(until="infer")
 
     configured = make_config(name="inf", infer={"source": "gs://bucket/unlabeled/"})
-    assert dag.names(kfp_compile._steps("", configured))[-2:] == ["push", "infer"]
-    assert "infer__external" in kfp_compile._pins("", configured)
+    assert dag.names(kfp_builder.active_steps("", configured))[-2:] == ["push", "infer"]
+    assert "infer__external" in kfp_builder.pins("", configured)
     assert set(json.loads(kfp_compile.resolve_configs(configured))) == \
         set(json.loads(kfp_compile.resolve_configs(plain))) | {"infer"}
     # KFP's gates: infer consumes the push, so it runs only under both verdicts
-    assert kfp_compile.gates_of(dag.get("infer"), dag.STEPS) == ["evaluate", "infra_validate"]
+    assert dag.gates_of(dag.get("infer"), dag.STEPS) == ["evaluate", "infra_validate"]
     with pytest.raises(ConfigError, match="infer.source .* path on this machine"):
         kfp_checks.check_remote(make_config(
             name="inf", data={"source": "gs://b/data"}, push={"destination": "gs://b/serving"},
@@ -303,6 +304,7 @@ def test_with_infer_source_the_compiled_pipeline_has_an_infer_task_and_its_pin(
 
     from pipeline import invoke
     from pipeline.kfp import compile as kfp_compile
+    from pipeline.kfp import builder as kfp_builder
     from pipeline.kfp import entrypoint as kfp_entry
 
     _unlabeled(tmp_path / "unlabeled")
@@ -323,7 +325,7 @@ def test_with_infer_source_the_compiled_pipeline_has_an_infer_task_and_its_pin(
 
     params = kfp_compile.runtime_parameters(cfg)
     overrides = {kfp_compile.RUNTIME_PARAMETERS[n]: params[n]
-                 for n in kfp_compile._resolve_parameters(params, "", cfg)
+                 for n in kfp_builder.resolve_parameters(params, "", cfg)
                  if n != "baseline_alias"}
 
     def pin():

@@ -17,8 +17,15 @@ BASE = fixtures.STATISTICS
 
 
 def run(tmp_path, stats_art, cfg=None, baseline=None, name="v"):
-    return validate.run(stats_art, cfg or ValidateConfig(), anomalies=str(tmp_path / name / "a"),
-                        schema=str(tmp_path / name / "s"), baseline_statistics=baseline)
+    """The step, then what the runners do with its verdict: a closed gate ends the run
+    with the step's `stop` error (ValidationFailed) and its reason."""
+    summary = validate.run(stats_art, cfg or ValidateConfig(),
+                           anomalies=str(tmp_path / name / "a"),
+                           schema=str(tmp_path / name / "s"), baseline_statistics=baseline)
+    stop = validate.run.spec.stop_error(summary)
+    if stop is not None:
+        raise stop
+    return summary
 
 
 def kinds(tmp_path, name="v"):
@@ -53,6 +60,15 @@ def test_enforced_schema_flags_classes_channels_sizes(tmp_path):
     message = str(info.value)
     assert "unknown_class" in message and message.count("\n") >= 4  # one line per anomaly
     assert info.value.exit_code == 3
+    # the step itself returns its verdict with both outputs committed, the message
+    # pointing at the anomalies (the runner, not the step, stops the run)
+    summary = validate.run(stats_artifact(tmp_path, "s2", changed), cfg,
+                           anomalies=str(tmp_path / "w" / "a"), schema=str(tmp_path / "w" / "s"))
+    assert summary["passed"] is False and summary["reason"] == message.replace(
+        str(tmp_path / "v"), str(tmp_path / "w"))
+    assert artifacts.is_committed(str(tmp_path / "w" / "a"))
+    assert artifacts.is_committed(str(tmp_path / "w" / "s"))
+    assert str(tmp_path / "w" / "a" / artifacts.ExampleAnomalies.FILE) in summary["reason"]
 
 
 def test_empty_split_and_eval_missing_class(tmp_path):
