@@ -1,5 +1,4 @@
-"""What a config leaves to the data and to defaults: `auto` data keys decided from the
-data, and the photo or course defaults for the model and train keys, with why."""
+"""`auto` data keys decided from the data, and the photo or course model/train defaults."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""The `kfp` section: the images and per-step resources of a compiled pipeline (Kubeflow
-Pipelines or Vertex AI Pipelines), read only when compiling."""
+"""The `kfp` section: images and per-step resources of a compiled pipeline."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""The config as a YAML tree: a file read safely, `--set KEY=VALUE` overrides, and
-dotted keys for diffs."""
+"""The config as a YAML tree: read safely, `--set KEY=VALUE` overrides, dotted keys."""
 
 from __future__ import annotations
 

@@ -1,9 +1,11 @@
-"""The one client of an exported model's serving signatures (`serving_images`: encoded
-images, `serving_default`: serialized tf.Examples; components/trainer/export.py writes
-them): loads a pushed or trained SavedModel, checks it has the signature its caller
-calls, and calls it. `imgpipe predict`, the infer step (through predict and the Beam
-handler) and `imgpipe serve` build on it, so a model that does not load or lacks the
-signature is refused by each of them with the same NotServable line.
+"""The one client of an exported model's serving signatures: load, check, call.
+
+`serving_images` (encoded images) and `serving_default` (serialized tf.Examples), as
+components/trainer/export.py writes them: loads a pushed or trained SavedModel, checks it
+has the signature its caller calls, and calls it. `imgpipe predict`, the infer step
+(through predict and the Beam handler) and `imgpipe serve` build on it, so a model that
+does not load or lacks the signature is refused by each of them with the same
+NotServable line.
 """
 
 from __future__ import annotations

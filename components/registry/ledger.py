@@ -1,5 +1,4 @@
-"""The registry's audit ledger (NAME/audit.jsonl): one JSON line per alias change,
-parsed with its damage named, and replayed into the aliases and their history."""
+"""The audit ledger (NAME/audit.jsonl): alias changes parsed, checked and replayed."""
 
 from __future__ import annotations
 

@@ -1,6 +1,4 @@
-"""Path safety of a registry root: what a symbolic link takes out of the root is never
-listed, promoted or served, and a version folder that is not a complete version is
-named with what is wrong with it."""
+"""Path safety of a registry root: no link out of it, and why a version folder is not one."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""The grammar of model references and registry names: NAME@ALIAS, NAME@latest,
-NAME:VERSION and MLflow's models:/NAME@ALIAS, models:/NAME/VERSION."""
+"""Model references and registry names: NAME@ALIAS, NAME:VERSION, models:/... (MLflow)."""
 
 from __future__ import annotations
 

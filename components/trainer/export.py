@@ -1,5 +1,7 @@
-"""The trained model exported as a SavedModel with the transform inside: the serving
-signatures every client of a pushed model calls (components/inference/client.py)."""
+"""The trained model exported as a SavedModel with the transform and serving signatures.
+
+The signatures are what every client of a pushed model calls
+(components/inference/client.py)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""The trainer's tf.data input pipeline over the transformed examples: cached, shuffled
-and (training batches only) augmented batches, padded eval batches for static shapes,
-and the validation part carved from the train split."""
+"""The trainer's tf.data input pipeline: batches, augmentation, the validation carve.
+
+Over the transformed examples: cached and shuffled, augmented (training batches only),
+eval batches padded for static shapes, and the validation part carved from the train
+split."""
 
 from __future__ import annotations
 
