@@ -34,18 +34,19 @@ LIBRARIES = ("tensorflow", "keras", "tensorflow-transform", "tensorflow-model-an
              "apache-beam", "numpy", "pillow")
 # What a KFP task's container runs between its inputs and the step, hashed by their own
 # sources in every cached task's `code`: the entrypoint (run-time parameters and pins
-# into the config), invoke and the registry's references, ledger and path checks (the
-# exact files the step reads: weights, warm start, hyperparameters), the DAG and the
-# root config (the sections and wiring; its defaults, kfp section and YAML reading).
+# into the config), invoke and its role table (pipeline.roles) and the registry's
+# references, ledger and path checks (the exact files the step reads: weights, warm
+# start, hyperparameters), the DAG and the root config (the sections and wiring; its
+# defaults, kfp section and YAML reading).
 # Not their imports: those are the steps' code, which each task covers for its own
 # step, so a helper only ingest uses still reruns only ingest. The local runner keys on
 # what these produce instead (the step's config, the resolved identities, the input
 # fingerprints): it runs them before it computes the key.
 ADAPTER_MODULES = ("pipeline.kfp.entrypoint", "pipeline.kfp.shared", "pipeline.invoke",
-                   "pipeline.dag", "pipeline.config", "pipeline.config_defaults",
-                   "pipeline.config_kfp", "pipeline.config_yaml", "components.registry.versions",
-                   "components.registry.refs", "components.registry.ledger",
-                   "components.registry.paths")
+                   "pipeline.roles", "pipeline.dag", "pipeline.config",
+                   "pipeline.config_defaults", "pipeline.config_kfp", "pipeline.config_yaml",
+                   "components.registry.versions", "components.registry.refs",
+                   "components.registry.ledger", "components.registry.paths")
 # The lock deploy/Dockerfile* install the package under, beside the project's packages.
 LOCK_FILE = "requirements.lock"
 

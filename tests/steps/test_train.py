@@ -154,7 +154,7 @@ def test_early_stopping_ends_training_when_eval_loss_stalls(tmp_path, graph):
 
 
 def test_weights_reference_to_an_earlier_run(tmp_path):
-    from pipeline.invoke import Context, resolve_weights
+    from pipeline.roles import Context, resolve_weights
     from pipeline.metadata import MetadataStore
 
     store = MetadataStore(str(tmp_path / "m.sqlite"))

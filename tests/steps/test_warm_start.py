@@ -19,7 +19,7 @@ from components.config.train import TrainConfig
 from components.errors import ConfigError
 from components.registry.versions import Registry
 from components.steps import push, train
-from pipeline import cli, dag, invoke
+from pipeline import cli, dag, invoke, roles
 from pipeline import config as config_lib
 from tests.fixtures import committed_artifact
 
@@ -249,7 +249,7 @@ def test_an_unresolved_or_unknown_reference_is_one_line(tmp_path, graph, registr
         train.run(*graph, ModelConfig(kind="transfer", weights="run:abc"), TrainConfig(epochs=1),
                   trained_model=str(tmp_path / "m"))
     with pytest.raises(ConfigError, match="is not a pushed model reference .* or run:RUN_ID"):
-        invoke.warm_start_source(str(tmp_path), _context(registry))
+        roles.warm_start_source(str(tmp_path), _context(registry))
     with pytest.raises(ConfigError, match="no alias 'staging'"):
         invoke.check_warm_start(_config(registry, train={"warm_start": f"{NAME}@staging"}),
                                 _context(registry))
@@ -276,7 +276,7 @@ def test_the_cache_key_follows_the_version_the_alias_names(tmp_path, registry):
         assert moved != first
         # tune's trials do not warm start (it declares no warm-start role): its inputs stay
         tune = dag.get("tune")
-        assert invoke.WARM_START not in invoke.resolve(
+        assert roles.WARM_START not in invoke.resolve(
             tune, invoke.StepSections.of(tune, cfg), _context(registry)).identities
     finally:
         registry.set_alias(f"{NAME}:1", "production", force=True)
@@ -349,7 +349,7 @@ def test_warm_start_from_an_earlier_local_run(tmp_path, graph, registry):
                           model.fingerprint, model.properties, "now")
     store.finish_execution(execution, "succeeded")
     context = _context(registry, store)
-    found = invoke.warm_start_source(f"run:{run_id[:8]}", context)
+    found = roles.warm_start_source(f"run:{run_id[:8]}", context)
     assert found.start.path == model.path(artifacts.Model.KERAS_FILE)
     assert found.identity.endswith(f" {model.fingerprint}")
     with pytest.raises(ConfigError, match=f"train.warm_start run:{run_id[:8]}.* is a cnn model "
