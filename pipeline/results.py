@@ -11,6 +11,7 @@ recorded the same way on every engine (`not_run`)."""
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
@@ -31,7 +32,8 @@ def detail_line(line: str) -> str:
 
 
 # The key of a recorded result holding what the step's declaration tells the run's
-# outcome: {gate, says, verdict} for a gate, {delivers: true}, {shows: [fields]}.
+# outcome: {gate, says, verdict} for a gate, {delivers: true}, {shows: [fields]}; {} for
+# a step that declares none of them. A record without it predates it (`_declared`).
 DECLARED = "declared"
 
 
@@ -50,7 +52,7 @@ def record(spec: Any, summary: Mapping[str, Any] | None) -> dict[str, Any] | Non
     if spec.shows:
         declared["shows"] = list(spec.shows)
     out = {key: value for key, value in summary.items() if key != DECLARED}
-    return {**out, DECLARED: declared} if declared else out
+    return {**out, DECLARED: declared}
 
 
 def summary_from_artifacts(spec: Any, outputs: Mapping[str, Any]) -> dict[str, Any]:
@@ -85,7 +87,22 @@ def not_run(spec: Any, closed: list[tuple[Any, Mapping[str, Any] | None]]) -> "S
 
 
 def _declared(step: Any) -> dict[str, Any]:
-    return (getattr(step, "summary", None) or {}).get(DECLARED) or {}
+    summary = getattr(step, "summary", None)
+    if not summary:
+        return {}
+    if DECLARED in summary:
+        return summary[DECLARED] or {}
+    return _declared_by_name(step.step)
+
+
+@functools.lru_cache(maxsize=None)
+def _declared_by_name(name: str) -> dict[str, Any]:
+    """What the built-in DAG's step of that name declares: for a record written before
+    records carried it (an older run in the metadata store)."""
+    from pipeline import dag
+
+    node = next((n for n in dag.STEPS if n.name == name), None)
+    return (record(node.spec, {}) or {}).get(DECLARED, {}) if node else {}
 
 
 def delivery(steps: Iterable[Any]) -> dict[str, Any] | None:

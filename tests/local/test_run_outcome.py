@@ -274,6 +274,12 @@ def test_outcome_words_each_ending():
     # records read back without the code that made them: the step's name says nothing
     renamed = Step(step="ship", status="succeeded", summary=pushed.summary, error=None)
     assert outcome("succeeded", [evaluate, renamed])["model"] == "m:4"
+    # a record from before records carried it: the built-in step of that name declares it
+    older = [Step(step="evaluate", status="succeeded", error=None,
+                  summary={"blessed": False, "reason": "accuracy 0.2", "accuracy": 0.2}),
+             Step(step="push", status="skipped", error=None, summary={"pushed": False})]
+    assert outcome("succeeded", older) == {"verdict": "not blessed", "accuracy": 0.2,
+                                           "text": "not blessed (accuracy 0.2)", "model": None}
 
 
 def test_a_failed_report_write_keeps_the_old_report(tmp_path, monkeypatch):
