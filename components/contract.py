@@ -66,7 +66,6 @@ from typing import Annotated, Any, Callable, Mapping, Optional
 
 from components import artifacts, runtime
 from components.io import fileio
-from components.config.beam import BeamConfig
 from components.config.base import Section
 
 # What the runner can resolve for a step from outside the DAG (a role) -> the config key
@@ -419,7 +418,7 @@ def _from_signature(step_name: str, fn: Callable[..., Any]) -> dict[str, Any]:
         elif isinstance(mark, _Role) and mark.role == "record":
             out["recorded_param"] = param
         elif inspect.isclass(hint) and issubclass(hint, Section):
-            if hint is BeamConfig:
+            if hint.RUNS_BEAM:
                 if param != "beam":
                     raise TypeError(f"step {step_name}: the Beam section is passed as 'beam', "
                                     f"not {param!r}")

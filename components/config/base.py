@@ -88,6 +88,9 @@ class Section(BaseModel):
                               allow_inf_nan=False)
     # keys a section no longer has -> what to write instead (an error that says so)
     _moved: ClassVar[dict[str, str]] = {}
+    # True on the `beam` section only: the step contract recognises it by this, so a
+    # step's code key does not hold the Beam section's module unless the step reads it.
+    RUNS_BEAM: ClassVar[bool] = False
 
     @model_validator(mode="before")
     @classmethod

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 from pydantic import Field, field_validator
 
 from components.config.base import Section
@@ -22,6 +22,8 @@ LOCAL_RUNNERS = ("DirectRunner", "FnApiRunner", "BundleBasedDirectRunner",
 
 class BeamConfig(Section):
     """Beam runner for the data-parallel steps; options pass through to PipelineOptions."""
+
+    RUNS_BEAM: ClassVar[bool] = True
 
     runner: str = Field(
         "DirectRunner", description="DirectRunner (in-process, on Beam's FnApiRunner), "

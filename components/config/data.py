@@ -10,6 +10,10 @@ from components.config.base import PATH_HELP, PathText, Section
 
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_DATASETS = ("fonts", "digits", "fashion_mnist")
+# Each built-in dataset's training images (before ingest's split), known without loading
+# it: train's pre-run check reads them here, so its code key holds no dataset loader
+# (components/data/datasets.py computes the fonts count and a test holds the two equal).
+BUILTIN_TRAIN_IMAGES = {"fonts": 2790, "digits": 1797, "fashion_mnist": 60000}
 # Image files accepted from folders and manifests (ingest) and found in folders (predict).
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "bmp", "webp")
 # Decompression-bomb guard for ingest and predict alike.

@@ -158,10 +158,10 @@ def check(train: TrainConfig, data: DataConfig) -> None:
     """A built-in dataset whose training images do not fill one batch (`check_batch_fits`),
     refused before a run starts rather than after ingest."""
     from components.config.data import BUILTIN_PREFIX
-    from components.data.datasets import TRAIN_IMAGES
+    from components.config.data import BUILTIN_TRAIN_IMAGES
 
     source = data.source
-    known = TRAIN_IMAGES.get(source[len(BUILTIN_PREFIX):]) \
+    known = BUILTIN_TRAIN_IMAGES.get(source[len(BUILTIN_PREFIX):]) \
         if source.startswith(BUILTIN_PREFIX) else None
     if known is not None:
         check_batch_fits(train.batch_size, known, what=f"{source}'s {known} training images")

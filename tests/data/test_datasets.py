@@ -140,3 +140,12 @@ def test_a_folder_of_class_folders_is_dealt_into_daily_drops(tmp_path, capsys):
                      "--drops", "3"]) == 2
     assert "is neither a built-in dataset" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_the_config_knows_each_built_in_datasets_training_size():
+    """train's pre-run check reads the training sizes from the config (no dataset loader
+    in its code key); they must be what the loaders produce."""
+    from components.config.data import BUILTIN_TRAIN_IMAGES
+    from components.data.datasets import TRAIN_IMAGES
+
+    assert BUILTIN_TRAIN_IMAGES == TRAIN_IMAGES
