@@ -375,12 +375,11 @@ LAYERS = {"config": {"top"}, "io": {"top", "config"},
                     "registry", "integrations"}}
 # Narrower still: the config sections import the standard library, pydantic, each
 # other and the error hierarchy; a source pattern is checked by data.spans, imported
-# inside the validators of the two sections that take one (spans imports no config).
+# inside config.data's `checked_pattern`, which infer's source uses too (spans imports no config).
 # components/io reads and writes storage for every layer: errors, runtime and the Beam
 # section only.
 CONFIG_TOP = {"components.errors"}
-CONFIG_LAZY = {"components.config.data": {"components.data", "components.data.spans"},
-               "components.config.infer": {"components.data", "components.data.spans"}}
+CONFIG_LAZY = {"components.config.data": {"components.data", "components.data.spans"}}
 IO_TOP = {"components.errors", "components.runtime"}
 
 

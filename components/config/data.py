@@ -112,15 +112,7 @@ class DataConfig(Section):
     @field_validator("source")
     @classmethod
     def _source_pattern(cls, value: str) -> str:
-        if "{" in value:                  # spans.py loads only for a pattern
-            from components.data import spans
-
-            if spans.has_pattern(value):
-                try:
-                    spans.Pattern.parse(value)
-                except spans.PatternError as exc:   # the key and value are added here
-                    raise ValueError(exc.problem) from None
-        return value
+        return checked_pattern(value)
 
     @field_validator("spans", mode="before")
     @classmethod
@@ -180,6 +172,20 @@ class DataConfig(Section):
         if value is not None and (not value or len(set(value)) != len(value)):
             raise ValueError("classes must be a non-empty list of distinct names")
         return value
+
+
+def checked_pattern(value: str) -> str:
+    """A source with a span pattern ({SPAN}, {YYYY}...) that parses; pydantic adds the key
+    and value to the problem (data.source, infer.source)."""
+    if "{" in value:                  # spans.py loads only for a pattern
+        from components.data import spans
+
+        if spans.has_pattern(value):
+            try:
+                spans.Pattern.parse(value)
+            except spans.PatternError as exc:
+                raise ValueError(exc.problem) from None
+    return value
 
 
 def _checked_spans(value: Any, source: str) -> Any:

@@ -6,6 +6,7 @@ from typing import Optional
 from pydantic import Field, field_validator
 
 from components.config.base import PATH_HELP, PathText, Section
+from components.config.data import checked_pattern
 
 
 class InferConfig(Section):
@@ -29,12 +30,4 @@ class InferConfig(Section):
         if not value.strip():
             raise ValueError("source is empty; name a folder, a manifest or a {SPAN} "
                              "pattern, or leave infer.source out (no infer step)")
-        if "{" in value:                  # spans.py loads only for a pattern
-            from components.data import spans
-
-            if spans.has_pattern(value):
-                try:
-                    spans.Pattern.parse(value)
-                except spans.PatternError as exc:   # the key and value are added here
-                    raise ValueError(exc.problem) from None
-        return value
+        return checked_pattern(value)
