@@ -235,7 +235,7 @@ def test_trained_by_the_train_step_then_transferred(kind, tmp_path, graph):
     own = base.path(artifacts.Model.KERAS_FILE)
     transfer = ModelConfig(kind="transfer", weights=own)
     train.run(*graph, transfer, TrainConfig(epochs=1, batch_size=8),
-              trained_model=str(tmp_path / "small"))
+              trained_model=str(tmp_path / "small"), weights=own)     # as the runner passes it
     small = artifacts.read(str(tmp_path / "small"), artifacts.Model)
     assert small.properties["trainable_params"] == 16 * 3 + 3
     assert np.isfinite(artifacts.Model.read(small)["loss"]).all()
