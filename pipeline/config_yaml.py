@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 from typing import Any
 
 import yaml
@@ -76,11 +78,7 @@ def read_yaml(path: str) -> Any:
     """A config file's YAML, loaded safely: no Python objects, at most 1 MiB, and at most
     100,000 values once YAML aliases are expanded (an alias bomb stops here instead of
     growing memory without bound in whatever walks the tree next)."""
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file {path!r} not found; pass the path of a YAML "
-                          "config, e.g. configs/fonts.yaml.")
-    with open(path, "rb") as handle:
-        raw = handle.read(MAX_CONFIG_BYTES + 1)
+    raw = _read_config_file(path)
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError(f"{path} is over {MAX_CONFIG_BYTES // 1024} KiB; a pipeline config "
                           "is a few lines of YAML: check that this is the right file.")
@@ -100,6 +98,42 @@ def read_yaml(path: str) -> Any:
         raise ConfigError(f"{path}: invalid YAML{at}: {problem}; fix the syntax.") from exc
     check_size(tree, path)
     return tree
+
+
+def _what_it_is(mode: int) -> str | None:
+    """What a path that is not a regular file is, in a user's words (None: a file)."""
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISSOCK, "a socket"))
+    return next((what for test, what in kinds if test(mode)), None)
+
+
+def _read_config_file(path: str) -> bytes:
+    """The first MAX_CONFIG_BYTES + 1 bytes of a config file. A path that is not a
+    regular file says what it is instead (a folder, /dev/null, a FIFO, a symbolic
+    link loop) and is never read: a FIFO would block until something writes to it."""
+    fix = "pass the path of a YAML config, e.g. configs/fonts.yaml."
+    try:
+        # O_NONBLOCK: opening a FIFO returns at once; fstat then refuses it
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        target = os.path.islink(path) and os.readlink(path)
+        raise ConfigError(f"config file {path!r} " + (
+            f"is a symbolic link to {target!r}, which does not exist" if target
+            else "not found") + f"; {fix}") from None
+    except OSError as exc:
+        what = {errno.ELOOP: "is a symbolic link loop",
+                errno.ENOTDIR: "is not reachable: a part of its path is a file, not a folder",
+                errno.EISDIR: "is a folder"}.get(exc.errno, f"cannot be read ({exc.strerror})")
+        raise ConfigError(f"config file {path!r} {what}; {fix}") from None
+    try:
+        what = _what_it_is(os.fstat(fd).st_mode)
+        if what:
+            raise ConfigError(f"config file {path!r} is {what}, not a file; {fix}")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            return handle.read(MAX_CONFIG_BYTES + 1)
+    finally:
+        os.close(fd)
 
 
 def check_size(tree: Any, where: str) -> None:

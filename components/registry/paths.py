@@ -56,3 +56,20 @@ def gone(path: str) -> str:
     if not fileio.exists(path):
         return f"its folder {path} is gone (deleted or moved)"
     return f"its folder {path} holds no {SAVED_MODEL_PB} (not a complete version)"
+
+
+def not_a_folder(root: str) -> str | None:
+    """Why a local registry root cannot be one (it, or a folder on its way, is a file),
+    said after the path; None when it is a folder, does not exist yet, or is remote.
+    `push.destination` and `--registry` give the same reason."""
+    if fileio.is_remote(root):
+        return None
+    if os.path.exists(root):
+        return None if os.path.isdir(root) else \
+            "is a file; it must be a folder (the registry root)"
+    existing = os.path.dirname(os.path.abspath(root))
+    while existing != os.path.dirname(existing) and not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if os.path.exists(existing) and not os.path.isdir(existing):
+        return f"cannot be a folder: {existing} is a file, not a folder"
+    return None

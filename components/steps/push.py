@@ -29,6 +29,7 @@ from components.config.push import PushConfig
 from components.config.train import decisions
 from components.contract import Delivery, In, Out, RecordedConfig, Where, step
 from components.errors import ConfigError
+from components.registry.paths import not_a_folder
 from components.registry.versions import Registry
 
 
@@ -135,9 +136,9 @@ def check(push: PushConfig, where: Where) -> list[str]:
                 "every run would find no baseline); use gs://BUCKET/serving."]
     if where.remote or fileio.is_remote(destination):
         return []
-    if os.path.exists(destination) and not os.path.isdir(destination):
-        return [f"push.destination {destination!r} is a file; it must be a folder (the "
-                "registry root): fix push.destination."]
+    problem = not_a_folder(destination)
+    if problem and os.path.exists(destination):
+        return [f"push.destination {destination!r} {problem}: fix push.destination."]
     existing = os.path.abspath(destination)
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)

@@ -51,10 +51,15 @@ def _registry(args: argparse.Namespace):
     """The registry `--registry`/`--config` name; a ConfigError when nothing is there."""
     from components.io import fileio
     from components.errors import ConfigError
+    from components.registry.paths import not_a_folder
     from components.registry.versions import Registry
     from pipeline.registry_views import registry_root
 
     root = registry_root(args.registry, getattr(args, "config", None))
+    problem = not_a_folder(root)
+    if problem:
+        raise ConfigError(f"the registry {root!r} {problem}: name the registry folder with "
+                          "--registry DIR or --config CONFIG (its push.destination).")
     if not fileio.exists(root):
         raise ConfigError(f"no model registry at {root} (nothing was pushed there); name it "
                           "with --registry DIR or --config CONFIG (its push.destination).")
