@@ -265,6 +265,25 @@ def _key_type(key: str) -> Any:
     return annotation
 
 
+def is_section(key: str) -> bool:
+    """Whether a dotted key (YAML names: `validate`, not `validate_`) names a section, a
+    mapping of typed keys that `--set KEY={...}` merges into (`config_yaml.set_dotted`);
+    a free-form mapping such as beam.options or data.spans is one value."""
+    annotation: Any = PipelineConfig
+    for part in key.split("."):
+        fields = getattr(annotation, "model_fields", None)
+        if fields is None:
+            return False
+        field = next((f for name, f in fields.items() if (f.alias or name) == part), None)
+        if field is None:
+            return False
+        annotation = field.annotation
+        if typing.get_origin(annotation) in (Union, types.UnionType):
+            annotation = next((a for a in typing.get_args(annotation)
+                               if isinstance(a, type) and issubclass(a, Section)), None)
+    return isinstance(annotation, type) and issubclass(annotation, Section)
+
+
 def _range_fits_the_type(key: str, kind: str, ends: list[Any]) -> None:
     """A range draws numbers: floats (uniform, log_uniform) only for a float key, whole
     numbers (int_uniform) for an int or float key; anything else is searched by choice."""
@@ -349,7 +368,7 @@ def load(path: str | None, overrides: list[str] = (), resolve_paths: bool = True
         key, value = parse_override(text)
         if not isinstance(tree, dict):
             break
-        set_dotted(tree, key, value)
+        set_dotted(tree, key, value, is_section)
     where = where if not overrides else f"{where} (with --set)"
     if resolve_paths and path is not None:
         # before validation: `auto` data keys are decided from the files it names

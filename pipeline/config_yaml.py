@@ -6,7 +6,7 @@ import errno
 import os
 import re
 import stat
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -168,19 +168,36 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    """Sets `a.b.c` in the tree, making the sections on the way (--set's one write)."""
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any,
+               is_section: Callable[[str], bool] = lambda key: False) -> None:
+    """Sets `a.b.c` in the tree, making the sections on the way (--set's one write). A
+    mapping given for a section (`is_section(dotted key)`) merges into what the tree
+    holds there, key by key and section by section, as the config file's own values
+    fill the defaults (`--set 'train.optimizer={name: sgd}'` keeps the file's learning
+    rate); any other value replaces, a mapping that is one value too (data.spans,
+    evaluate.thresholds, beam.options), as it replaces the default in the file. The
+    mappings on the way are copied, not changed: a YAML alias may share one."""
     keys = dotted.split(".")
     node = tree
     for key in keys[:-1]:
         child = node.get(key)
         if child is None:
-            child = node[key] = {}
+            child = {}
         if not isinstance(child, dict):
             raise ConfigError(f"--set {dotted}: {key!r} is a value, not a section; "
                               f"use --set {'.'.join(keys[:keys.index(key) + 1])}=VALUE.")
+        node[key] = child = dict(child)
         node = child
-    node[keys[-1]] = value
+    node[keys[-1]] = _merged(node.get(keys[-1]), value, dotted, is_section)
+
+
+def _merged(old: Any, new: Any, dotted: str, is_section: Callable[[str], bool]) -> Any:
+    if not (isinstance(old, dict) and isinstance(new, dict) and is_section(dotted)):
+        return new
+    out = dict(old)
+    for key, value in new.items():
+        out[key] = _merged(old.get(key), value, f"{dotted}.{key}", is_section)
+    return out
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
