@@ -119,13 +119,26 @@ class _HyperModel:
                     scores = [math.inf if tune.direction() == "min" else -math.inf]
                 best = min(scores) if tune.direction() == "min" else max(scores)
                 self.trials = getattr(self, "trials", 0) + 1
-                print(f"{runtime.DETAIL_INDENT}trial {self.trials}: {scored_on} {best:.4f}  "
+                number = _trial_number(kwargs.get("callbacks"), self.trials)
+                print(f"{runtime.DETAIL_INDENT}trial {number}: {scored_on} {best:.4f}  "
                       f"{describe_values(trial_values(tune.space, hp))}  "
                       f"{time.perf_counter() - started:.0f}s", flush=True)
                 return {tune.objective: best, "seconds": time.perf_counter() - started,
                         "epochs": float(len(history.history.get("loss", [])))}
 
         return HyperModel()
+
+
+def _trial_number(callbacks: Any, fallback: int) -> int:
+    """The trial's number as the summary and the report call it: KerasTuner's trial id
+    counted from 1 (its ids count from 0; a resumed search goes on counting), read from
+    the callback KerasTuner passes each fit; `fallback` where there is none."""
+    trial = next((getattr(c, "trial", None) for c in callbacks or ()
+                  if getattr(c, "trial", None) is not None), None)
+    try:
+        return int(trial.trial_id) + 1
+    except (AttributeError, TypeError, ValueError):
+        return fallback
 
 
 def _scored_metric(objective: str, validation: bool) -> str:
@@ -165,7 +178,7 @@ def _trials(tuner, space: dict[str, Any]) -> list[dict[str, Any]]:
         values = trial_values(space, trial.hyperparameters)
         metrics = trial.metrics
         seconds = metrics.get_best_value("seconds") if metrics.exists("seconds") else None
-        rows.append({"trial": int(trial.trial_id), "values": {k: _plain(v) for k, v in
+        rows.append({"trial": int(trial.trial_id) + 1, "values": {k: _plain(v) for k, v in
                                                               values.items()},
                      "score": None if trial.score is None or not math.isfinite(trial.score)
                      else float(trial.score),

@@ -136,8 +136,9 @@ def cmd_models_show(args: argparse.Namespace) -> Result:
             # say force true on every rollback, which nobody asked for.
             forced = entry.get("force") and entry.get("action") != "rollback"
             print(f"  audit: {entry.get('time', '?')} {entry.get('who', '?')} "
-                  f"{entry.get('action', 'promote')} @{entry['alias']} {entry.get('from')} -> "
-                  f"{entry['to']}{' (forced)' if forced else ''}"
+                  f"{entry.get('action', 'promote')} @{entry['alias']} "
+                  f"{_version_or_none(entry.get('from'))} -> "
+                  f"{_version_or_none(entry.get('to'))}{' (forced)' if forced else ''}"
                   f"{' (canary %s%%)' % entry['traffic'] if 'traffic' in entry else ''} "
                   f"{entry.get('reason') or ''}")
         for item in info.get("lineage", []):
@@ -171,14 +172,14 @@ def cmd_models_diff(args: argparse.Namespace) -> Result:
                  change("", row["f1_score"]["change"]))
                 for name, row in result["per_class"].items()])
         for key, change_ in result["config_changes"].items():
-            print(f"config {key}: {change_['left']!r} -> {change_['right']!r}")
+            print(f"config {key}: {_value(change_['left'])} -> {_value(change_['right'])}")
         if result["hyperparameters"]["left"] != result["hyperparameters"]["right"]:
-            print(f"tuned values: {result['hyperparameters']['left'] or 'none'} -> "
-                  f"{result['hyperparameters']['right'] or 'none'}")
+            print(f"tuned values: {_values(result['hyperparameters']['left'])} -> "
+                  f"{_values(result['hyperparameters']['right'])}")
         if result["data"]["left"] != result["data"]["right"]:
             counts = result["eval_examples"]
-            print(f"imgpipe: warning: the two versions come from different data (fingerprints "
-                  f"{str(result['data']['left'])[:12]} and {str(result['data']['right'])[:12]}; "
+            print(f"imgpipe: warning: the two versions come from different data ("
+                  f"{_fingerprints(result['data']['left'], result['data']['right'])}; "
                   f"{_count(counts['left'])} and {_count(counts['right'])} eval examples): the "
                   "metric changes compare different eval sets, not only the models.",
                   file=sys.stderr)
@@ -204,6 +205,49 @@ def _metric(key: str, value: Any) -> str:
 
 def _count(value: Any) -> str:
     return "?" if value is None else f"{int(value):,}"
+
+
+def _version_or_none(number: Any) -> str:
+    """An audit entry's version: the number, "(none)" before an alias existed or after
+    it was deleted (as `models promote` and `alias delete` print it)."""
+    return "(none)" if number is None else str(number)
+
+
+def _value(value: Any) -> str:
+    """A config value as YAML writes it: none for null, lists and mappings inline."""
+    if value is None:
+        return "none"
+    if isinstance(value, str):
+        return repr(value)
+    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) \
+        else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _values(values: Any) -> str:
+    """Tuned values: `key value, ...`, or none."""
+    if not values:
+        return "none"
+    if not isinstance(values, dict):
+        return _value(values)
+    return ", ".join(f"{key} {_value(value)}" for key, value in sorted(values.items()))
+
+
+def _fingerprints(left: Any, right: Any) -> str:
+    """Two data fingerprints, readably: per split (`eval 73ab... and 14cd...`) when they
+    are recorded per split, the first 12 characters of each, "-" for none."""
+    def short(value: Any) -> str:
+        return "-" if value is None else str(value)[:12]
+
+    if isinstance(left, dict) and isinstance(right, dict):
+        keys = [key for key in sorted(set(left) | set(right)) if left.get(key) != right.get(key)]
+        return "fingerprints " + ", ".join(f"{key} {short(left.get(key))} and "
+                                           f"{short(right.get(key))}" for key in keys)
+    if isinstance(left, dict) or isinstance(right, dict):
+        def whole(value: Any) -> str:
+            return ", ".join(f"{k} {short(v)}" for k, v in sorted(value.items())) \
+                if isinstance(value, dict) else short(value)
+        return f"fingerprints {whole(left)} and {whole(right)}"
+    return f"fingerprints {short(left)} and {short(right)}"
 
 
 def _alias_change(name: str, entry: dict[str, Any]) -> Result:

@@ -463,3 +463,29 @@ def test_pushing_the_same_model_again_neither_pushes_nor_records_a_promotion(tmp
     assert [v.version for v in reg.versions("m")] == [1]
     assert [(e["alias"], e["from"], e["to"]) for e in reg.audit("m")] == [("staging", None, 1)]
 
+
+
+def test_diff_and_audit_print_values_readably(tmp_path, capsys):
+    """Per-split data fingerprints print per split (not a cut dict repr), a config key
+    one side lacks and an alias before it existed print as none, never Python's None
+    (issue 34, item 25)."""
+    reg = Registry(str(tmp_path / "serving"))
+    src = fake_saved_model(tmp_path / "sm")
+    for digest, optimizer, best in (("73ab", None, {"train.learning_rate": 0.01}),
+                                    ("14cd", "sgd", None)):
+        reg.push("m", src, {**card(), "config": {"train": {"optimizer": optimizer,
+                                                           "epochs": 3}},
+                            "hyperparameters": {"best": best},
+                            "data": {"fingerprint": {"eval": digest * 4, "train": "same"}},
+                            "metrics": {"accuracy": 0.9, "example_count": 10.0}})
+    reg.set_alias("m:1", "production")
+    reg.delete_alias("m", "production")
+    assert cli.main(["models", "diff", "m:1", "m:2", "--registry", reg.root]) == 0
+    out, err = capsys.readouterr()
+    assert "fingerprints eval 73ab73ab73ab and 14cd14cd14cd;" in err and "{" not in err
+    assert "config train.optimizer: none -> 'sgd'" in out
+    assert "tuned values: train.learning_rate 0.01 -> none" in out
+    assert cli.main(["models", "show", "m:1", "--registry", reg.root]) == 0
+    audit = [line for line in capsys.readouterr().out.splitlines() if "audit:" in line]
+    assert any("@production (none) -> 1" in line for line in audit), audit
+    assert not any("None" in line for line in audit), audit

@@ -100,6 +100,25 @@ def test_best_values_reach_train_and_its_record(tmp_path, graph):
     assert out["lines"][0].startswith("tuned values: ")
 
 
+def test_the_summary_calls_the_best_trial_by_its_printed_number(tmp_path, graph, capsys):
+    """The trial lines, the summary's best trial and the record (the report's table)
+    number the trials alike, from 1 (issue 34, item 25)."""
+    import re
+
+    cfg = TuneConfig(space=SPACE, max_trials=3, epochs=1, seed=3)
+    summary = tune.run(*graph, cfg, ModelConfig(kind="cnn"), TrainConfig(batch_size=8),
+                       hyperparameters=str(tmp_path / "hp"), scratch=str(tmp_path / "s"))
+    printed = {int(number): float(score) for number, score in
+               re.findall(r"trial (\d+): \S+ (-?[\d.]+|inf|-inf)", capsys.readouterr().out)}
+    assert sorted(printed) == [1, 2, 3]
+    [best_line] = [line for line in summary["lines"] if line.startswith("best ")]
+    number, score = re.search(r"best \S+ (\S+) \(trial (\d+)\)", best_line).group(2, 1)
+    assert f"{printed[int(number)]:.4f}" == score, (printed, best_line)
+    record = artifacts.HyperParameters.read(artifacts.read(str(tmp_path / "hp")))
+    assert [t["trial"] for t in record["trials"]] == [1, 2, 3]
+    assert record["best_trial"] == int(number)
+
+
 def test_no_space_searches_nothing_and_train_keeps_its_config(tmp_path, graph):
     summary = tune.run(*graph, TuneConfig(), ModelConfig(kind="logistic"), TrainConfig(),
                        hyperparameters=str(tmp_path / "hp"))
