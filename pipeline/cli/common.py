@@ -118,7 +118,10 @@ def _missing_from_vertex(registry, name: str, version: int, alias: str) -> str |
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="pipeline config YAML, e.g. configs/fonts.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
+                        metavar="SECTION.KEY=VALUE",
+                        help="override a config value (repeatable); a mapping given for a "
+                             "section merges into it: 'train.optimizer={name: sgd}' keeps "
+                             "the file's learning rate")
 
 
 def _add_dag_arg(parser: argparse.ArgumentParser) -> None:
