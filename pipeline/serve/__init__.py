@@ -20,7 +20,8 @@ from typing import Any, Callable
 
 from components.errors import ConfigError
 from pipeline.serve.app import Limits, Metrics, Service, build_app
-from pipeline.serve.loaded import Canary, Follower, LoadedVersion, Routes, load_version
+from pipeline.serve.loaded import (Canary, Follower, LoadedVersion, RegistryCollector, Routes,
+                                   load_version)
 
 __all__ = ["Canary", "Limits", "Options", "Running", "build", "serve", "describe_routes"]
 
@@ -49,6 +50,7 @@ def build(options: Options, log: Callable[[str], None] | None = None,
     follower = Follower(options.registry, options.models, options.poll,
                         options.default_alias, options.canary, loader=loader, log=log,
                         on_change=metrics.routes_changed)
+    metrics.registry.register(RegistryCollector(follower))
     names = follower.model_names()
     known = set(follower.registry.models())
     unknown = [n for n in names if n not in known]

@@ -21,7 +21,7 @@ import io
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from components.artifacts import SAVED_MODEL_PB
@@ -105,6 +105,7 @@ class Routes:
     candidate: int | None = None           # the canary's version (None: no canary)
     weight: float = 0.0                    # its share of unlabeled requests, percent
     missing: dict[str, str] = field(default_factory=dict)   # alias -> why not served
+    gone: tuple[int, ...] = ()             # served from memory, their folders gone
 
     def aliases_by_version(self) -> dict[int, list[str]]:
         """version -> the aliases serving it, sorted (versions no alias holds absent)."""
@@ -140,6 +141,7 @@ class Follower:
         self.on_change = on_change
         self.routes: dict[str, Routes] = {}
         self.failed: dict[tuple[str, int], str] = {}   # versions that would not load
+        self.registry_gone: str | None = None   # why the registry is not there (said once)
         self.refreshes = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -170,9 +172,16 @@ class Follower:
 
     def refresh(self) -> dict[str, Routes]:
         """Reads the registry once and swaps in new routes for each model whose served
-        set changed (loading new versions first). Returns the routes now served."""
+        set changed (loading new versions first). Returns the routes now served. While
+        the registry's folder is gone (moved, deleted) nothing changes: what was loaded
+        is served, and that is said once."""
         current = dict(self.routes)
-        for name in self.model_names():
+        if not self._registry_there():
+            self.refreshes += 1
+            return self.routes
+        names = self.model_names()
+        # a served model whose folder went away is no longer listed: still looked at
+        for name in names + sorted(set(current) - set(names)):
             try:
                 routes = self._routes_for(name, current.get(name))
             except ImgpipeError as exc:
@@ -182,15 +191,55 @@ class Follower:
                 old = current.get(name)
                 current[name] = routes
                 self.routes = dict(current)      # one assignment: the swap
+                if old is not None:
+                    self._say_changes(old, routes)
                 if self.on_change is not None:
                     self.on_change(name, old, routes)
         self.refreshes += 1
         return self.routes
 
+    def _registry_there(self) -> bool:
+        """Whether the registry's folder is there; a change is said once."""
+        there = fileio.isdir(self.registry.root)
+        if there and self.registry_gone is not None:
+            self.registry_gone = None
+            self.log(f"serve: the registry {self.registry.root} is back; following it again")
+        elif not there and self.registry_gone is None:
+            served = ", ".join(f"{n}:{v}" for n, r in sorted(self.routes.items())
+                               for v in sorted(r.versions)) or "nothing"
+            self.registry_gone = f"the registry {self.registry.root} is gone (moved or deleted)"
+            self.log(f"serve: {self.registry_gone}; still serving what was loaded ({served}), "
+                     "and writing no request log until it is back; put it back, or restart "
+                     "serve with --registry where it is now")
+        return there
+
+    def _say_changes(self, old: Routes, new: Routes) -> None:
+        """One line for versions whose folders went away (or came back), and one for
+        each alias that newly cannot be served as the registry says."""
+        name, by_version = new.name, new.aliases_by_version()
+        gone = sorted(set(new.gone) - set(old.gone))
+        if gone:
+            what = ", ".join(f"{name}:{n}" + (f" ({', '.join(by_version[n])})"
+                                              if n in by_version else "") for n in gone)
+            self.log(f"serve: {what} gone from the registry (the folder was deleted or moved "
+                     f"out of {fileio.join(self.registry.root, name)}); still serving the "
+                     "copy loaded before. Put it back, or point the alias at a version that "
+                     f"is there: imgpipe models promote {name}:N --to ALIAS")
+        back = sorted(set(old.gone) - set(new.gone))
+        if back:
+            self.log(f"serve: {', '.join(f'{name}:{n}' for n in back)} back in the registry")
+        for alias, why in sorted(new.missing.items()):
+            if old.missing.get(alias) != why and new.labels.get(alias) not in new.gone:
+                self.log(f"serve: {why}")
+
+
     def _routes_for(self, name: str, old: Routes | None) -> Routes | None:
         versions = {v.version: v for v in self.registry.versions(name)}
-        if not versions:
-            return None if old is None else old
+        if not versions:      # none pushed yet, or the model's folder went away
+            if old is None:
+                return None
+            routes = replace(old, gone=tuple(sorted(old.versions)))
+            return None if _same(old, routes) else routes
         aliases = self.registry.aliases(name)
         wanted: dict[int, Version] = {max(versions): versions[max(versions)]}
         missing = {}
@@ -224,16 +273,25 @@ class Follower:
         if loaded and max(versions) in loaded:
             labels[LATEST_ALIAS] = max(versions)     # NAME@latest, as the registry reads it
         for alias, number in aliases.items():
-            if number not in versions or number in loaded:
+            if number in loaded:
+                labels[alias] = number
                 continue
             kept = old.labels.get(alias) if old else None
             if kept is not None and kept in have:
-                # the alias moved to a version that does not load: it keeps serving
-                # what it served (TF Serving refuses a label on an unavailable version)
+                # the alias moved to a version that does not load or is not there, or
+                # its version's folder went away: it keeps serving what it served (TF
+                # Serving refuses a label on an unavailable version), never another one
                 loaded[kept], labels[alias] = have[kept], kept
-                missing[alias] = (f"{name}@{alias} points at version {number}, which did not "
-                                  f"load; still serving version {kept}")
-            else:
+                if kept == number:
+                    missing[alias] = (f"{name}@{alias}: version {number}'s folder is gone "
+                                      "from the registry; still serving the copy loaded "
+                                      "before")
+                else:
+                    why = "which did not load" if number in versions else \
+                        "which is not in the registry"
+                    missing[alias] = (f"{name}@{alias} points at version {number}, {why}; "
+                                      f"still serving version {kept}")
+            elif number in versions:
                 missing[alias] = f"{name}@{alias} (version {number}) did not load"
         if self.default_alias in labels:
             default, default_label = labels[self.default_alias], self.default_alias
@@ -243,13 +301,37 @@ class Follower:
         if self.canary is not None and self.canary.alias in labels:
             if labels[self.canary.alias] != default:
                 candidate, weight = labels[self.canary.alias], self.canary.weight
-        routes = Routes(name, loaded, labels, default, default_label, candidate, weight, missing)
+        gone = tuple(sorted(n for n in loaded if n not in versions))
+        routes = Routes(name, loaded, labels, default, default_label, candidate, weight,
+                        missing, gone)
         if old is not None and _same(old, routes):
             return None
         return routes
 
     def get(self, name: str) -> Routes | None:
         return self.routes.get(name)
+
+
+class RegistryCollector:
+    """What the follower finds missing in the registry, as Prometheus gauges read at
+    each scrape (register it on the server's metrics registry)."""
+
+    def __init__(self, follower: Follower):
+        self.follower = follower
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        gone = GaugeMetricFamily(
+            "imgpipe_serve_versions_gone", "Versions still served from memory whose folder "
+            "is gone from the registry (deleted or moved)", labels=["model"])
+        for name, routes in sorted(self.follower.routes.items()):
+            gone.add_metric([name], len(routes.gone))
+        yield gone
+        yield GaugeMetricFamily(
+            "imgpipe_serve_registry_missing", "1 while the registry's folder is gone (moved "
+            "or deleted): what was loaded is served, no request log is written",
+            value=float(self.follower.registry_gone is not None))
 
 
 def _identity(version: Version) -> str:
@@ -263,5 +345,6 @@ def _same(old: Routes, new: Routes) -> bool:
     return (old.labels == new.labels and old.default == new.default
             and old.default_label == new.default_label and old.candidate == new.candidate
             and old.weight == new.weight and old.missing == new.missing
+            and old.gone == new.gone
             and {n: id(v) for n, v in old.versions.items()}
             == {n: id(v) for n, v in new.versions.items()})
