@@ -484,3 +484,39 @@ def parse_serving_config(text: str):
 
 def configs_by_name(config):
     return {c.name: c for c in config.model_config_list.config}
+
+
+# --- files that are not regular files ------------------------------------------------------
+
+
+@contextlib.contextmanager
+def fifo_watch(path: str):
+    """Makes a FIFO at `path` and watches it while the block runs: whoever opens it to
+    read (which blocks until a writer comes: the hang the code must never reach) is let
+    go at once with an empty stream, and the time is recorded in the list yielded, so a
+    test fails on the assertion instead of hanging."""
+    import threading
+    import time
+
+    os.mkfifo(path)
+    opened: list[float] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)   # ENXIO: no reader
+            except OSError:
+                stop.wait(0.02)
+                continue
+            opened.append(time.monotonic())
+            os.close(fd)                 # the reader reads the end of the stream
+            stop.wait(0.02)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        yield opened
+    finally:
+        stop.set()
+        thread.join()

@@ -77,6 +77,11 @@ def resolve(data: DataConfig) -> Source:
     if not fileio.exists(path):
         raise DataError(f"data.source {text!r} does not exist; give a folder of class folders, "
                         "a .csv/.jsonl manifest, an .npz file, IDX files or builtin:fonts.")
+    kind = fileio.special(path)
+    if kind:
+        raise DataError(f"data.source {text!r} is {kind}, not a file or folder; give a folder "
+                        "of class folders, a .csv/.jsonl manifest, an .npz file, IDX files or "
+                        "builtin:fonts.")
     lower = path.lower()
     if fileio.isdir(path):
         if _idx_images(path):
@@ -185,9 +190,10 @@ def _class_files(class_dir: str, cleaned: tuple[str, str | None, str | None],
 
 def read_manifest(path: str) -> list[tuple[int, dict[str, Any], str | None]]:
     """Rows of a CSV (header line) or JSONL manifest as (row number, row, file path);
-    the path comes from `path` (or `uri`), relative to the manifest's folder, None when
-    the row has neither. Ingest and `imgpipe predict` both read manifests this way."""
-    base = path.rsplit("/", 1)[0]
+    the path comes from `path` (or `uri`), relative to the manifest's folder (the
+    current one for a manifest named by a bare file name), None when the row has
+    neither. Ingest and `imgpipe predict` both read manifests this way."""
+    base = path.rsplit("/", 1)[0] if fileio.is_remote(path) else os.path.dirname(path)
     csv_file = path.lower().endswith(".csv")
     try:
         raw = fileio.read_bytes(path)
@@ -206,7 +212,7 @@ def read_manifest(path: str) -> list[tuple[int, dict[str, Any], str | None]]:
             raise DataError(f"{path}: row {number}: 'path' must be text (a file path or URI), "
                             f"got {json.dumps(ref, default=str)[:80]}.")
         full = None if not ref else \
-            ref if "://" in ref or os.path.isabs(ref) else fileio.join(base, ref)
+            ref if "://" in ref or os.path.isabs(ref) or not base else fileio.join(base, ref)
         out.append((number, row, full))
     return out
 
@@ -466,6 +472,8 @@ def fingerprint(source: Source, ingest: IngestConfig) -> str:
                 continue
             try:
                 fileio.hash_file(item.path, digest)
+            except fileio.NotRegularFile as exc:      # never opened: flagged as what it is
+                digest.update(f"<{exc.kind}>".encode())
             except OSError:
                 digest.update(b"<missing>")
         return digest.hexdigest()
@@ -492,6 +500,8 @@ def _read_one(item: FileItem) -> tuple[FileItem, bytes | None, str | None]:
         return item, None, item.problem
     try:
         return item, fileio.read_bytes(item.path), None
+    except fileio.NotRegularFile as exc:          # a FIFO, socket or device: never opened
+        return item, None, exc.strerror
     except OSError as exc:
         return item, None, f"unreadable: {exc}"
 

@@ -36,7 +36,9 @@ def list_inputs(inputs: Iterable[str]) -> list[tuple[str, str | None]]:
     """Every file the inputs name, in order, with why it is not read (None: it is).
     Folders are searched recursively, hidden entries left out; a file in a folder
     without an image extension is listed with the reason, as ingest quarantines it,
-    never skipped in silence. A file named, or listed in a manifest, is always read.
+    never skipped in silence. A file named, or listed in a manifest, is always read,
+    unless it is no regular file (a FIFO, a socket, a device, a link to one): that is
+    listed with the reason and never opened (a FIFO would block until a writer comes).
     Nothing to read at all (empty folders) is a DataError."""
     inputs = list(inputs)
     listed: list[tuple[str, str | None]] = []
@@ -44,7 +46,8 @@ def list_inputs(inputs: Iterable[str]) -> list[tuple[str, str | None]]:
         if os.path.isdir(item):
             for root, folders, names in os.walk(item):
                 folders[:] = sorted(f for f in folders if not f.startswith("."))
-                listed.extend((os.path.join(root, n), _unsupported(n)) for n in sorted(names)
+                listed.extend((os.path.join(root, n), _not_regular(os.path.join(root, n))
+                               or _unsupported(n)) for n in sorted(names)
                               if not n.startswith("."))
         elif fileio.is_remote(item) and fileio.isdir(item):     # a folder in a bucket
             for path in fileio.walk_files(item):
@@ -52,9 +55,9 @@ def list_inputs(inputs: Iterable[str]) -> list[tuple[str, str | None]]:
                 if not any(part.startswith(".") for part in parts):
                     listed.append((path, _unsupported(parts[-1])))
         elif item.lower().endswith((".csv", ".jsonl")):
-            listed.extend((path, None) for path in _manifest_paths(item))
+            listed.extend((path, _not_regular(path)) for path in _manifest_paths(item))
         elif fileio.exists(item):
-            listed.append((item, None))
+            listed.append((item, _not_regular(item)))
         else:
             raise DataError(f"input {item} does not exist; pass image files, folders or a "
                             ".csv/.jsonl manifest with a 'path' column.")
@@ -65,6 +68,12 @@ def list_inputs(inputs: Iterable[str]) -> list[tuple[str, str | None]]:
                         f"files ({', '.join(_SUFFIXES)}), folders holding them, or a "
                         ".csv/.jsonl manifest.")
     return listed
+
+
+def _not_regular(path: str) -> str | None:
+    """Why a local path that is no regular file is not read (a stat, never an open)."""
+    kind = fileio.special(path)
+    return fileio.NotRegularFile(path, kind).strerror if kind else None
 
 
 def _unsupported(name: str) -> str | None:

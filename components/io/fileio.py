@@ -13,10 +13,12 @@ its path there; elsewhere it stays a gs:// URI.
 
 from __future__ import annotations
 
+import errno
 import glob as _glob
 import hashlib
 import os
 import shutil
+import stat
 import threading
 from typing import IO, Any, Iterator
 
@@ -126,7 +128,8 @@ def open_file(path: str, mode: str = "rb") -> IO:
         return _gfile().GFile(path, mode)
     if any(flag in mode for flag in "wa"):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    return open(path, mode)
+        return open(path, mode)
+    return open(path, mode, opener=lambda name, flags: _open_regular(name, flags))
 
 
 def read_bytes(path: str) -> bytes:
@@ -136,10 +139,10 @@ def read_bytes(path: str) -> bytes:
         with open_file(path, "rb") as handle:
             return handle.read()
     # Unbuffered os calls: a third of open().read()'s cost on small files (ingest reads
-    # every image through here).
-    fd = os.open(path, os.O_RDONLY)
+    # every image through here). Never a FIFO, socket or device (`_open_regular`).
+    fd, opened = _opened(path)
     try:
-        want = min(os.fstat(fd).st_size + 1, 1 << 30)
+        want = min(opened.st_size + 1, 1 << 30)
         data = os.read(fd, want)
         if 0 < len(data) < want:        # a regular file reads short only at its end
             return data
@@ -375,3 +378,65 @@ def file_size(path: str) -> int | None:
         return _gfile().stat(path).length if is_remote(path) else os.path.getsize(path)
     except Exception:  # gfile raises NotFoundError, os raises OSError
         return None
+
+
+# --- files that are not regular files ---------------------------------------------------
+
+
+class NotRegularFile(OSError):
+    """A local path names a FIFO, a socket or a device (or a link to one), which imgpipe
+    never opens: opening a FIFO blocks until a writer comes, a device may never end.
+    `strerror` says what it is and what to do (a quarantine reason or an error row);
+    `str()` adds the path."""
+
+    def __init__(self, path: str, kind: str):
+        super().__init__(errno.EINVAL, f"not a regular file ({kind}): imgpipe opens no "
+                                       "FIFO, socket or device, which can block forever; "
+                                       "put the file itself there, or remove it", path)
+        self.kind = kind
+
+    def __str__(self) -> str:
+        return f"{self.filename}: {self.strerror}"
+
+
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _kind(mode: int) -> str | None:
+    """What a file of this mode is when it is neither a regular file nor a folder."""
+    return next((kind for test, kind in _KINDS if test(mode)), None)
+
+
+def special(path: str) -> str | None:
+    """'a FIFO', 'a socket', 'a character device' or 'a block device' for a local path
+    that is one (a link to one too); None for a regular file, a folder, a path that
+    does not exist and any remote path (an object store holds only objects). A stat,
+    never an open."""
+    if is_remote(path):
+        return None
+    try:
+        return _kind(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return None
+
+
+def _open_regular(path: str, flags: int = os.O_RDONLY) -> int:
+    return _opened(path, flags)[0]
+
+
+def _opened(path: str, flags: int = os.O_RDONLY) -> tuple[int, os.stat_result]:
+    """A descriptor for reading a local file, refusing (NotRegularFile) anything that is
+    not a regular file or a folder without opening it; O_NONBLOCK (which changes
+    nothing for a regular file) keeps a FIFO swapped in after the check from blocking,
+    and the check is made again on what was opened."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode) and _kind(mode):
+        raise NotRegularFile(path, _kind(mode))
+    fd = os.open(path, flags | os.O_NONBLOCK)
+    opened = os.fstat(fd)
+    if not stat.S_ISREG(opened.st_mode) and _kind(opened.st_mode):
+        os.close(fd)
+        raise NotRegularFile(path, _kind(opened.st_mode))
+    return fd, opened
+

@@ -72,6 +72,7 @@ def _quiet_libraries() -> None:
         warnings.filterwarnings("ignore", message=message)
     for name in ("tensorflow", "absl"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    exits.quiet_library_storage_errors()       # the CLI's one line says it
 
 
 def _verbose(argv: Sequence[str]) -> bool:

@@ -5,6 +5,7 @@ disk (2). Anything else is a bug and keeps its traceback."""
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
 import sys
@@ -42,6 +43,7 @@ def exit_code(exc: BaseException, stopped: str | None = None) -> int | None:
 # errno -> what it means for the user, for the storage failures a user fixes
 _STORAGE_ERRORS = {errno.ENOSPC: "no space left on the device",
                    errno.EDQUOT: "the disk quota is used up",
+                   errno.EFBIG: "a file grew past the size this system allows (ulimit -f)",
                    errno.EROFS: "the file system is read-only",
                    errno.EACCES: "permission denied"}
 _WRAPPED_ERRNO = re.compile(r"\[Errno (\d+)\] [^:'\n]*(?:: '([^']+)')?")
@@ -81,3 +83,32 @@ def closed_pipe() -> int:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     return 0
+
+
+# --- a library's own log of a storage failure --------------------------------------------
+# Beam logs every exception a transform raises (ERROR:apache_beam.runners.common and
+# its traceback) before it re-raises it; for a full or read-only disk that is ten lines
+# in front of the one line the CLI prints for it. Those records are dropped; any other
+# failure is logged as Beam logs it (and keeps its traceback when the CLI re-raises it).
+LIBRARY_FAILURE_LOGGERS = ("apache_beam.runners.common", "apache_beam.runners.direct.executor",
+                           "apache_beam.runners.worker.bundle_processor",
+                           "apache_beam.runners.worker.sdk_worker")
+
+
+class _NotAStorageError(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        failure = record.exc_info[1] if record.exc_info else None
+        if failure is None and isinstance(record.msg, BaseException):
+            failure = record.msg
+        return failure is None or storage_error(failure) is None
+
+
+_FILTER = _NotAStorageError()
+
+
+def quiet_library_storage_errors() -> None:
+    """Drops the libraries' log records of a storage failure the CLI reports itself."""
+    for name in LIBRARY_FAILURE_LOGGERS:
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)

@@ -101,11 +101,16 @@ def cmd_models_show(args: argparse.Namespace) -> Result:
         def field(dotted: str, default: Any = None) -> Any:
             return card_field(card, dotted, default)
 
+        def shown(dotted: str) -> Any:
+            """A value as printed: "-" where the card has none (never Python's None)."""
+            value = field(dotted)
+            return "-" if value is None else value
+
         print(f"{info['ref']}  aliases: {', '.join(info['aliases']) or '-'}  "
               f"path: {info['path']}")
-        print(f"  model: {field('model.kind')}, {field('model.trainable_params')} params; "
-              f"run {field('run_id')}; "
-              f"package {field('package_version')} git {field('git_commit') or '-'}")
+        print(f"  model: {shown('model.kind')}, {shown('model.trainable_params')} params; "
+              f"run {shown('run_id')}; "
+              f"package {shown('package_version')} git {field('git_commit') or '-'}")
         start = field("model.warm_start")
         if start and not start.get("version"):
             print(f"  warm start: none ({start.get('ref')} named no pushed version yet)")
@@ -125,8 +130,8 @@ def cmd_models_show(args: argparse.Namespace) -> Result:
                 value = round(value, 4)
             print(f"    [{check.get('verdict', '?')}] {check.get('check', '?')}: {value} "
                   f"{check.get('detail', '')}")
-        print(f"  infra validation: {field('infra_validation.reason')}")
-        print(f"  data: {field('data.examples')} examples, classes {field('data.classes')}, "
+        print(f"  infra validation: {shown('infra_validation.reason')}")
+        print(f"  data: {shown('data.examples')} examples, classes {shown('data.classes')}, "
               f"fingerprint {json.dumps(field('data.fingerprint'))[:80]}")
         if field("data.spans"):
             print(f"  spans: trained on {', '.join(field('data.spans'))}; evaluated on "

@@ -102,3 +102,32 @@ def test_storage_errors_are_found_inside_wrapped_errors():
     assert "read-only" in cli.storage_error(OSError(errno.EROFS, "x", "/ro/x"))
     assert cli.storage_error(RuntimeError("[Errno 2] No such file")) is None
     assert cli.storage_error(ValueError("something else")) is None
+
+
+@pytest.mark.parametrize("disk", ["a small disk", "a file size limit"])
+def test_a_full_runs_folder_during_ingest_is_only_the_one_line(tmp_path, disk):
+    """A real disk that fills while Beam writes ingest's shards (a tiny tmpfs as the runs
+    folder where the tests may mount one; else a file size limit, EFBIG): stderr holds
+    the one line naming the file, not Beam's own ERROR log and traceback before it
+    (issue 34, item 16)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.fixtures import size_limited, small_disk
+
+    (tmp_path / "c.yaml").write_text("name: t\ndata: {source: builtin:digits}\n")
+    with small_disk(tmp_path / "disk", 160) as mounted:
+        if disk == "a small disk" and mounted is None:
+            pytest.skip("mounting a tmpfs needs root")
+        runs = os.path.join(mounted if disk == "a small disk" else str(tmp_path), "runs")
+        proc = subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", "run", str(tmp_path / "c.yaml"), "--until",
+             "ingest", "--runs-dir", runs], cwd=ROOT, capture_output=True, text=True,
+            timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+            preexec_fn=None if disk == "a small disk" else size_limited(100))
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1, proc.stderr
+    assert err[0].startswith("imgpipe: error: ") and ".tfrecord.gz" in err[0]
+    assert ("no space left on the device writing " if disk == "a small disk"
+            else "ulimit -f) writing ") + runs in err[0]

@@ -112,7 +112,7 @@ def test_canary_then_full_promotion(tmp_path, fake, capsys):
         ("promote", "staging", 2, 10)
     assert fake.versions()[1][2] == ["staging"]          # the Vertex alias moved too
     assert _cli(tmp_path, "models", "show", "m:2", "--runs-dir", str(tmp_path / "runs")) == 0
-    assert "promote @staging None -> 2 (canary 10%)" in capsys.readouterr().out
+    assert "promote @staging (none) -> 2 (canary 10%)" in capsys.readouterr().out
 
     fake.calls.clear()                       # the canary becomes production
     assert _cli(tmp_path, "models", "promote", "m:2", "--to", "production") == 0

@@ -198,7 +198,9 @@ def test_models_show_prints_a_minimal_ledger_line(tmp_path, capsys):
     reg.push("m", fake_saved_model(tmp_path / "sm"), card())
     (tmp_path / "serving" / "m" / "audit.jsonl").write_text('{"alias": "production", "to": 1}\n')
     assert cli.main(["models", "show", "m@production", "--registry", reg.root]) == 0
-    assert "audit: ? ? promote @production None -> 1" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "audit: ? ? promote @production (none) -> 1" in out
+    assert "None" not in out          # Python's None is printed as the CLI's "-"/(none)
 
 
 # --- an alias whose version folder is gone ---------------------------------------------
@@ -349,3 +351,48 @@ def test_models_repair_prints_readable_lines(tmp_path, capsys, view, said):
     assert capsys.readouterr().out.splitlines() == said
     assert json.load(open(tmp_path / "serving" / "m" / "aliases.json")) == {
         "production": 1, "staging": 2}
+
+
+# A child process that pushes SRC into REGISTRY and prints the CLI's line for its failure.
+_PUSH = """
+import json, sys
+from components.registry.versions import Registry
+from pipeline import cli
+try:
+    Registry(sys.argv[1]).push("m", sys.argv[2], json.loads(sys.argv[3]))
+except Exception as exc:
+    print(cli.storage_error(exc))
+    sys.exit(3)
+"""
+
+
+@pytest.mark.parametrize("disk", ["a small disk", "a file size limit"])
+def test_a_push_onto_a_full_registry_names_the_registry(tmp_path, disk):
+    """A registry whose disk fills during the copy (a tiny tmpfs where the tests may
+    mount one; else a file size limit, EFBIG): the line names the file being written in
+    the registry, not the model being copied from; nothing is left half pushed (issue
+    34, item 15)."""
+    import subprocess
+    import sys
+
+    from tests import ROOT
+    from tests.fixtures import size_limited, small_disk
+
+    src = fake_saved_model(tmp_path / "run" / "trained_model")
+    with open(os.path.join(src, "variables", "variables.data-00000-of-00001"), "wb") as handle:
+        handle.write(os.urandom(400 * 1024))
+    with small_disk(tmp_path / "disk", 160) as mounted:
+        if disk == "a small disk" and mounted is None:
+            pytest.skip("mounting a tmpfs needs root")
+        root = os.path.join(mounted if disk == "a small disk" else str(tmp_path), "serving")
+        proc = subprocess.run([sys.executable, "-c", _PUSH, root, src, json.dumps(card())],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120,
+                              preexec_fn=None if disk == "a small disk" else size_limited(200))
+        assert proc.returncode == 3, proc.stderr
+        line = proc.stdout.strip()
+        assert line.startswith("no space left on the device writing " if disk == "a small disk"
+                               else "a file grew past the size this system allows"), line
+        assert f"writing {root}/m/" in line and str(tmp_path / "run") not in line, line
+        assert Registry(root).versions("m") == []
+        assert [e for e in os.listdir(os.path.join(root, "m")) if e.startswith(".push-")
+                and not e.endswith(".lock")] == []
