@@ -520,3 +520,37 @@ def fifo_watch(path: str):
     finally:
         stop.set()
         thread.join()
+
+
+# --- a real disk that fills -----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def small_disk(folder, size_kib: int):
+    """A real file system of `size_kib` KiB mounted at `folder` (tmpfs): writes past it
+    fail with ENOSPC, as on a full disk. Yields the folder; None where mounting is not
+    allowed (not root, no mount namespace), for the caller to use a file size limit
+    (`size_limited`) or skip."""
+    import subprocess
+
+    os.makedirs(folder, exist_ok=True)
+    mounted = os.geteuid() == 0 and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(folder)],
+        capture_output=True).returncode == 0
+    try:
+        yield str(folder) if mounted else None
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def size_limited(kib: int):
+    """A `preexec_fn` for a child process whose files may grow to `kib` KiB at most
+    (RLIMIT_FSIZE, `ulimit -f`): a write past it fails with EFBIG (Python ignores
+    SIGXFSZ), a storage failure as a full disk is, without root."""
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (kib * 1024, kib * 1024))
+
+    return limit

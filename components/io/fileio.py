@@ -174,8 +174,13 @@ def write_bytes(path: str, data: bytes) -> None:
     if _is_gcs(path):
         _gcs().write_bytes(path, data)
         return
-    with open_file(path, "wb") as handle:
-        handle.write(data)
+    try:
+        with open_file(path, "wb") as handle:
+            handle.write(data)
+    except OSError as exc:
+        if exc.filename is None:        # a failed write names no file: this one
+            exc.filename = path
+        raise
 
 
 def append_text(path: str, text: str) -> None:
@@ -257,7 +262,18 @@ def copy(src: str, dst: str) -> None:
         write_bytes(dst, read_bytes(src))
     else:
         os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
-        shutil.copy2(src, dst)
+        try:
+            shutil.copy2(src, dst)
+        except OSError as exc:
+            # a full or read-only disk is the destination's (the copy names its source
+            # first): the user frees or fixes that one
+            if exc.errno in _DESTINATION_ERRORS:
+                exc.filename, exc.filename2 = dst, None
+            raise
+
+
+# Errors of a copy that are about the disk written to, never the one read from.
+_DESTINATION_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 
 
 def prepare_output(path: str, what: str) -> str:
