@@ -13,6 +13,7 @@ import time
 import pytest
 import yaml
 
+from components import artifacts
 from components.config.data import DataConfig
 from components.config.ingest import IngestConfig
 from components.data import sources
@@ -66,7 +67,7 @@ def test_fingerprint_and_ingest_never_open_a_special_file(tmp_path, kind):
         assert opened == [], "the special file was opened"
     assert summary["num_quarantined"] == 1
     assert stats["quarantine_reasons"] == {"not a regular file": 1}
-    quarantine = tmp_path / "out" / "statistics" / "quarantine.jsonl"
+    quarantine = tmp_path / "out" / "statistics" / artifacts.ExampleStatistics.QUARANTINE
     entry = json.loads(quarantine.read_text().splitlines()[0])
     assert entry["path"].endswith("/cat/x.png")
     assert entry["reason"].startswith(f"not a regular file ({KINDS[kind]})")
