@@ -5,7 +5,9 @@ A source with a pattern (`data/{YYYY}-{MM}-{DD}/`, `gs://b/photos/span-{SPAN}/`,
 Each span is ingested on its own, by the same code as a plain source, into an Examples
 and an ExampleStatistics artifact in the step's `Shared` folder (kept across runs),
 under a key of the span's content fingerprint and the ingest config: a rolling window
-the day after ingests the one new span and reuses the others. The run's own artifacts
+the day after ingests the one new span and reuses the others. Runs whose windows overlap
+take each span's lock (`components/io/locks.py`) before ingesting it: the second waits,
+then reuses what the first committed. The run's own artifacts
 are the union, by reference: the Examples artifact lists its parts (no records are
 copied), the statistics hold the window's totals and each span's, so validation can
 compare the newest drop with the rest of the window.
@@ -16,10 +18,11 @@ from __future__ import annotations
 import datetime
 import json
 import re
+import sys
 from typing import Any, Callable
 
 from components import artifacts
-from components.io import fileio
+from components.io import fileio, locks
 from components.data import sources, spans
 from components.artifacts import SPLITS
 from components.config.data import DataConfig
@@ -84,15 +87,29 @@ def _reusable(examples_uri: str, statistics_uri: str) -> bool:
     """Both committed, with every file the manifests list at its recorded size (a
     size check only: rehashing each span's records on every run would read the whole
     window again, which is what the per-span reuse saves)."""
-    for uri in (examples_uri, statistics_uri):
-        try:
-            art = artifacts.read(uri)
-        except ArtifactError:
-            return False
-        for rel, entry in art.files.items():
-            if fileio.file_size(fileio.join(uri, rel)) != entry["size"]:
-                return False
-    return True
+    return _verified(examples_uri) and _verified(statistics_uri)
+
+
+def _verified(uri: str) -> bool:
+    try:
+        art = artifacts.read(uri)
+    except ArtifactError:
+        return False
+    return all(fileio.file_size(fileio.join(uri, rel)) == entry["size"]
+               for rel, entry in art.files.items())
+
+
+def commit_or_reuse(writer: artifacts.ArtifactWriter) -> None:
+    """Commits a span's artifact; when another writer of the same span (its folder
+    names the content and the config) renamed its copy into place first, ours fails
+    (the folder is there, not empty): theirs is verified and kept, ours removed. A
+    failure with nothing verified there is raised."""
+    try:
+        writer.commit()
+    except OSError:
+        writer.abort()
+        if not _verified(writer.uri):
+            raise
 
 
 IngestOne = Callable[[DataConfig, artifacts.ArtifactWriter, artifacts.ArtifactWriter],
@@ -113,24 +130,42 @@ def ingest_parts(data: DataConfig, ingest: IngestConfig, store: str,
         where = fileio.join(store, _folder(span, key))
         ex_uri, st_uri = fileio.join(where, "examples"), fileio.join(where, "statistics")
         if not _reusable(ex_uri, st_uri):
-            _clear(ex_uri, st_uri)
-            ex_w = artifacts.ArtifactWriter(ex_uri, artifacts.Examples, producer)
-            st_w = artifacts.ArtifactWriter(st_uri, artifacts.ExampleStatistics, producer)
-            try:
-                summary = ingest_one(data.for_span(span.path), ex_w, st_w) or {}
-                warnings += [f"{span.label}: {line}" for line in summary.get("warnings", [])]
-                ex_w.commit()
-                st_w.commit()
-            except BaseException:
-                ex_w.abort()
-                st_w.abort()
-                raise
-            fresh.append(span.label)
+            lock = fileio.join(where, LOCK)
+            with locks.lock(lock, waiting=lambda: _waiting(span, lock)):
+                if not _reusable(ex_uri, st_uri):   # else: committed while we waited
+                    warnings += _ingest_span(span, data, ex_uri, st_uri, producer,
+                                             ingest_one)
+                    fresh.append(span.label)
         examples = artifacts.read(ex_uri, artifacts.Examples)
         parts.append({"span": span.label, "number": span.number, "date": span.date,
                       "version": span.version, "uri": ex_uri, "statistics": st_uri,
                       "fingerprint": examples.fingerprint, "key": key})
     return parts, fresh, warnings
+
+
+LOCK = ".lock"       # in a span's folder: held while the span is ingested
+
+
+def _waiting(span: spans.Span, lock: str) -> None:
+    print(f"ingest: another run is ingesting {span.label} (it holds {lock}); waiting to "
+          "reuse it", file=sys.stderr, flush=True)
+
+
+def _ingest_span(span: spans.Span, data: DataConfig, ex_uri: str, st_uri: str,
+                 producer: dict[str, Any], ingest_one: IngestOne) -> list[str]:
+    """One span ingested and committed under its lock; its warning lines."""
+    _clear(ex_uri, st_uri)
+    ex_w = artifacts.ArtifactWriter(ex_uri, artifacts.Examples, producer)
+    st_w = artifacts.ArtifactWriter(st_uri, artifacts.ExampleStatistics, producer)
+    try:
+        summary = ingest_one(data.for_span(span.path), ex_w, st_w) or {}
+        commit_or_reuse(ex_w)
+        commit_or_reuse(st_w)
+    except BaseException:
+        ex_w.abort()
+        st_w.abort()
+        raise
+    return [f"{span.label}: {line}" for line in summary.get("warnings", [])]
 
 
 def _clear(*uris: str) -> None:
