@@ -134,7 +134,10 @@ def _tensor_json(spec: Any) -> dict[str, Any]:
     shape = spec.shape
     dims = [{"size": str(-1 if d is None else d), "name": ""} for d in
             (shape.as_list() if shape.rank is not None else [])]
-    return {"dtype": f"DT_{spec.dtype.name.upper()}",
+    from tensorflow.core.framework import types_pb2
+
+    # TensorFlow's own names, as TF Serving writes them: DT_FLOAT, DT_INT32, DT_STRING
+    return {"dtype": types_pb2.DataType.Name(spec.dtype.as_datatype_enum),
             "tensor_shape": {"dim": dims, "unknown_rank": shape.rank is None},
             "name": getattr(spec, "name", "") or ""}
 

@@ -126,9 +126,17 @@ def _server(app: Any, service: Service):
                 await asyncio.sleep(0.02)
             await super().shutdown(sockets)
 
-    # uvloop and httptools (C parsers) when installed, as uvicorn[standard] does
+    from pipeline.serve.headers import bounded_protocol
+
+    def head_refused() -> None:
+        service.metrics.errors.labels("(unknown)", "headers_too_large").inc()
+
+    # uvloop and httptools (C parsers), as uvicorn[standard] does; the request's head
+    # bounded (httptools has no bound of its own)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=GRACEFUL_SECONDS)
+                            timeout_graceful_shutdown=GRACEFUL_SECONDS,
+                            http=bounded_protocol(service.limits.max_head_bytes,
+                                                  head_refused))
     return Server(config)
 
 

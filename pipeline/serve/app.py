@@ -50,6 +50,8 @@ from components.config.data import MAX_PIXELS
 from pipeline.serve.batching import Batcher
 from components.features import EXAMPLES_SIGNATURE, IMAGES_SIGNATURE
 from pipeline.serve.loaded import Follower, LoadedVersion, Routes
+from pipeline.serve.protocol import (Refused, answer, explain, model_reason, parse_json,
+                                     parse_version)
 
 MIB = 1 << 20
 
@@ -65,14 +67,7 @@ class Limits:
     batch_wait_ms: float = 2.0     # how long a batch waits for more requests
     parallel: int = 2              # model calls at once
     log_sample: float = 0.1        # share of requests logged with their images
-
-
-class Refused(Exception):
-    """A request this server will not answer: status, message, metrics reason."""
-
-    def __init__(self, status: int, message: str, reason: str):
-        super().__init__(message)
-        self.status, self.reason = status, reason
+    max_head_bytes: int = 64 * 1024   # request line and headers (431 past it)
 
 
 class Metrics:
@@ -183,7 +178,7 @@ class Service:
 
     # --- one predict request ---------------------------------------------------------
 
-    async def predict(self, request: Request, name: str, version: int | None,
+    async def predict(self, request: Request, name: str, version: int | str | None,
                       label: str | None) -> Response:
         started = time.perf_counter()
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
@@ -197,6 +192,7 @@ class Service:
         background = None
         try:
             routes = self.routes(name)
+            version = _version(version, name)
             body = await _read_body(request, self.limits.max_body_bytes)
             loaded, reached_by, arm = self.pick(routes, version, label, request_id)
             entry.update(version=loaded.version, label=reached_by, arm=arm)
@@ -205,8 +201,8 @@ class Service:
             try:
                 outputs = await self.batcher(loaded, signature).submit(inputs)
             except Exception as exc:
-                raise _inference_refusal(exc, signature) from None
-            content = _answer(outputs, columnar)
+                raise await self._model_refusal(exc, loaded, signature, inputs) from None
+            content = answer(outputs, columnar, loaded.classes)
             content["model_spec"] = {"name": name, "version": str(loaded.version),
                                      "signature_name": signature}
             headers["X-Model-Version"] = str(loaded.version)
@@ -252,12 +248,7 @@ class Service:
 
     def _parse(self, body: bytes, loaded: LoadedVersion
                ) -> tuple[str, list[bytes], bool, list[str | None] | None]:
-        try:
-            document = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise Refused(400, f"the body is not JSON ({exc}); send "
-                               '{"instances": [{"b64": "<base64 image>"}, ...]}',
-                          "bad_json") from None
+        document = parse_json(body)
         if not isinstance(document, dict):
             raise Refused(400, 'the body must be a JSON object such as {"instances": [...]}',
                           "bad_json")
@@ -292,6 +283,26 @@ class Service:
             for i, data in enumerate(inputs):
                 _check_example(data, i)
         return signature, inputs, columnar, truths
+
+    async def _model_refusal(self, exc: Exception, loaded: LoadedVersion, signature: str,
+                             inputs: list[bytes]) -> Exception:
+        """A model error on inputs the checks let through is the request's fault (400),
+        naming the instance and why (found off the event loop); anything else is the
+        server's."""
+        if type(exc).__name__ not in ("InvalidArgumentError", "InvalidArgument"):
+            return exc
+        loop = asyncio.get_running_loop()
+        index, why = await loop.run_in_executor(
+            self.prepare_executor, explain, inputs, signature, self.limits.max_pixels,
+            lambda one: loaded.call(signature, one), model_reason(exc))
+        if index is None:
+            hint = (' (send encoded images with "signature_name": "serving_images")'
+                    if signature == EXAMPLES_SIGNATURE else "")
+            return Refused(400, f"the model could not read the request: {why}{hint}",
+                           "model_refused_input")
+        return Refused(400, f"instance {index}: the model could not read it: {why}; send "
+                            "each image whole, as the bytes of its PNG or JPEG file",
+                       "model_refused_input")
 
     def _image(self, data: bytes, index: int) -> bytes:
         try:
@@ -345,12 +356,14 @@ class Service:
 
     # --- status and metadata --------------------------------------------------------------
 
-    def status(self, name: str, version: int | None, label: str | None) -> dict[str, Any]:
+    def status(self, name: str, version: int | str | None, label: str | None
+               ) -> dict[str, Any]:
         if ":" in name:        # GET /v1/models/NAME:predict
             method = name.split(":", 1)[1]
             raise Refused(405, f":{method} takes POST with a JSON body, e.g. POST "
                                f"/v1/models/{name.split(':')[0]}:predict", "method")
         routes = self.routes(name)
+        version = _version(version, name)
         if version is None and label is None:
             chosen = sorted(routes.versions)
         else:
@@ -359,17 +372,28 @@ class Service:
             {"version": str(n), "state": "AVAILABLE",
              "status": {"error_code": "OK", "error_message": ""}} for n in chosen]}
 
-    def metadata(self, name: str, version: int | None, label: str | None) -> dict[str, Any]:
+    def metadata(self, name: str, version: int | str | None, label: str | None
+                 ) -> dict[str, Any]:
+        """TF Serving's signature defs, and the class names in the order of the
+        probability vector (`classes`) when the model names them."""
         routes = self.routes(name)
+        version = _version(version, name)
         loaded = self.pick(routes, version, label, "metadata")[0] \
             if (version is not None or label is not None) else routes.versions[routes.default]
+        metadata: dict[str, Any] = {"signature_def": {"signature_def": {
+            n: s.metadata for n, s in sorted(loaded.signatures.items())}}}
+        if loaded.classes:
+            metadata["classes"] = list(loaded.classes)
         return {"model_spec": {"name": name, "signature_name": "",
-                               "version": str(loaded.version)},
-                "metadata": {"signature_def": {"signature_def": {
-                    n: s.metadata for n, s in sorted(loaded.signatures.items())}}}}
+                               "version": str(loaded.version)}, "metadata": metadata}
 
 
 # --- helpers -------------------------------------------------------------------------
+
+
+def _version(version: int | str | None, name: str) -> int | None:
+    """A path's version as a number (a 400 when it is none)."""
+    return parse_version(version, name) if isinstance(version, str) else version
 
 
 def _now() -> str:
@@ -431,34 +455,6 @@ def _check_example(data: bytes, index: int) -> None:
         raise Refused(400, f"instance {index} is not a serialized tf.Example; send encoded "
                            'images with "signature_name": "serving_images"',
                       "not_an_example") from None
-
-
-def _inference_refusal(exc: Exception, signature: str) -> Exception:
-    """A model error on an input the checks let through is the request's fault (400);
-    anything else is the server's."""
-    kind = type(exc).__name__
-    if kind in ("InvalidArgumentError", "InvalidArgument"):
-        message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else kind
-        hint = (" (send encoded images with \"signature_name\": \"serving_images\")"
-                if signature == EXAMPLES_SIGNATURE else "")
-        return Refused(400, f"the model could not read the request: {message}{hint}",
-                       "model_refused_input")
-    return exc
-
-
-def _value(array: np.ndarray) -> Any:
-    if array.dtype.kind in ("S", "O"):
-        return [v.decode("utf-8", "replace") if isinstance(v, bytes) else v
-                for v in array.tolist()] if array.ndim else array.item().decode()
-    return array.tolist()
-
-
-def _answer(outputs: dict[str, np.ndarray], columnar: bool) -> dict[str, Any]:
-    values = {key: _value(array) for key, array in sorted(outputs.items())}
-    if columnar:
-        return {"outputs": values}
-    count = len(next(iter(values.values())))
-    return {"predictions": [{key: values[key][i] for key in values} for i in range(count)]}
 
 
 def _names(outputs: dict[str, np.ndarray]) -> list[str]:
@@ -540,7 +536,7 @@ def build_app(service: Service) -> FastAPI:
         return await guarded(service.status, name, None, None)
 
     @app.get("/v1/models/{name}/versions/{version}")
-    async def status_version(name: str, version: int):
+    async def status_version(name: str, version: str):
         return await guarded(service.status, name, version, None)
 
     @app.get("/v1/models/{name}/labels/{label}")
@@ -552,7 +548,7 @@ def build_app(service: Service) -> FastAPI:
         return await guarded(service.metadata, name, None, None)
 
     @app.get("/v1/models/{name}/versions/{version}/metadata")
-    async def metadata_version(name: str, version: int):
+    async def metadata_version(name: str, version: str):
         return await guarded(service.metadata, name, version, None)
 
     @app.get("/v1/models/{name}/labels/{label}/metadata")
@@ -564,7 +560,7 @@ def build_app(service: Service) -> FastAPI:
         return await service.predict(request, name, None, None)
 
     @app.post("/v1/models/{name}/versions/{version}:predict")
-    async def predict_version(name: str, version: int, request: Request):
+    async def predict_version(name: str, version: str, request: Request):
         return await service.predict(request, name, version, None)
 
     @app.post("/v1/models/{name}/labels/{label}:predict")

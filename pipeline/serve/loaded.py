@@ -45,6 +45,7 @@ class LoadedVersion:
     load_seconds: float
     identity: str = ""
     batchers: dict[str, Any] = field(default_factory=dict)   # signature -> Batcher
+    classes: list[str] | None = None     # the label vocabulary: probabilities' order
 
     def call(self, signature: str, inputs: list[bytes]) -> dict[str, Any]:
         """The signature on a batch of string inputs -> {output: numpy array}."""
@@ -81,7 +82,7 @@ def load_version(version: Version) -> LoadedVersion:
     started = time.perf_counter()
     model = client.load(version.path, f"{version.ref} ({version.path})")
     loaded = LoadedVersion(version.name, version.version, version.path, model.module,
-                           model.signatures, time.time(), 0.0)
+                           model.signatures, time.time(), 0.0, classes=model.vocabulary)
     warmed = set()
     for signature, inputs in warmup_inputs(version.path):
         if signature in loaded.signatures and inputs:
