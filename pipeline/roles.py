@@ -225,6 +225,7 @@ def warm_start_source(configured: str, context: Context | None,
                                   artifacts.Model.KERAS_FILE, artifacts.Model.KERAS_FILE, "")
         model = artifacts.read(path[: -len(artifacts.Model.KERAS_FILE)].rstrip("/"),
                                artifacts.Model)
+        _check_keras_file(path, f"{WARM_START} {configured}")
         run = f"run:{model.producer.get('run_id') or value[4:]}"
         card = {"model": {key: model.properties.get(key)
                           for key in ("kind", "image_shape", "architecture")},
@@ -244,8 +245,19 @@ def warm_start_source(configured: str, context: Context | None,
         raise ConfigError(f"{WARM_START} {configured}: {version.ref} has no Keras model to start "
                           f"from ({path} is missing: it was pushed without one); warm start from "
                           "a version pushed by this imgpipe, or drop train.warm_start.")
+    _check_keras_file(path, f"{WARM_START} {configured} ({version.ref})")
     return WarmStartSource(contract.WarmStart(configured, version.ref, path),
                            _version_identity(version), version.card)
+
+
+def _check_keras_file(path: str, what: str) -> None:
+    """A damaged `model.keras` (truncated, a zip without weights) stops the run before
+    any step, in one line, as a missing one or a damaged card does."""
+    from components.trainer.models import WARM_START_FIX, keras_file_problem
+
+    problem = keras_file_problem(path)
+    if problem:
+        raise ConfigError(f"{what}: {problem}; {WARM_START_FIX}")
 
 
 def warm_start_version(registry: Registry, ref: str) -> Version:

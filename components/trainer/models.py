@@ -177,17 +177,62 @@ def warm_start_problem(cfg: ModelConfig, input_shape: tuple[int, int, int],
     return None
 
 
+# What a Keras 3 `.keras` file holds (a zip): the model's config and its weights (h5, or
+# the npz Keras also reads).
+KERAS_MEMBERS = (("config.json",), ("model.weights.h5", "model.weights.npz"))
+
+
+def keras_file_problem(path: str) -> str | None:
+    """Why the `.keras` file at `path` cannot be loaded (missing, not a zip: truncated
+    or overwritten, a zip without the model's config or weights), or None. Reads the
+    zip's directory only (no Keras, no TensorFlow), so the checks before a run can
+    afford it."""
+    import zipfile
+
+    from components.io import fileio
+
+    if not fileio.exists(path):
+        return f"{path} is missing"
+    try:
+        with fileio.open_file(path, "rb") as handle, zipfile.ZipFile(handle) as archive:
+            names = set(archive.namelist())
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        reason = "truncated or not a Keras model" if isinstance(exc, zipfile.BadZipFile) \
+            else str(exc)
+        return f"{path} is damaged: not a readable .keras zip ({reason})"
+    lacking = [" or ".join(member) for member in KERAS_MEMBERS if not names & set(member)]
+    if lacking:
+        return f"{path} is damaged: the .keras zip holds no {' and no '.join(lacking)}"
+    return None
+
+
+def load_keras(path: str, what: str, fix: str):
+    """The Keras model saved at `path` (compile=False); a damaged or unreadable file is
+    one ConfigError naming `what` (the config key and value that chose it), the problem
+    and `fix`, not Keras' own "File not found" traceback."""
+    import keras
+
+    problem = keras_file_problem(path)
+    if problem is None:
+        try:
+            return keras.saving.load_model(path, compile=False)
+        except Exception as exc:      # a zip whose members Keras cannot read
+            problem = f"{path} cannot be loaded ({type(exc).__name__}: " \
+                      f"{' '.join(str(exc).split())[:200]})"
+    raise ConfigError(f"{what}: {problem}; {fix}")
+
+
+WARM_START_FIX = ("push a model again (imgpipe run) or warm start from another version "
+                  "(train.warm_start: NAME:VERSION), or drop train.warm_start.")
+
+
 def warm_start(net, keras_file: str, cfg: ModelConfig, input_shape: tuple[int, int, int],
                num_classes: int, what: str) -> int:
     """Copies the weights of the Keras model in `keras_file` into `net` (built from
     `cfg`) layer by layer; returns how many weights were copied. Only the weights: the
     optimizer and compile settings stay `net`'s. ConfigError naming the first layer
     whose shapes differ (another kind, other widths, input or classes)."""
-    import keras
-
-    from components.errors import ConfigError
-
-    own = keras.saving.load_model(keras_file, compile=False)
+    own = load_keras(keras_file, what, WARM_START_FIX)
     card = {"model": {"kind": own.name, "image_shape": list(own.input_shape[1:])}}
     problem = warm_start_problem(cfg, input_shape, None, card, what) \
         if own.name in DEFAULTS else None
@@ -380,7 +425,8 @@ def transfer_base(cfg: ModelConfig, input_shape: tuple[int, int, int], weights: 
     import keras
 
     if weights and weights.endswith(".keras"):
-        own = keras.saving.load_model(weights, compile=False)
+        own = load_keras(weights, f"model.weights {cfg.weights or weights}",
+                         "point model.weights at a model that loads, or retrain it.")
         if tuple(own.input_shape[1:]) != tuple(input_shape):
             raise ConfigError(
                 f"model.weights {weights} was trained on input {tuple(own.input_shape[1:])}, "

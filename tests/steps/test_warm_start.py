@@ -5,6 +5,7 @@ at train where only the data does; the version's identity keys train's cache and
 pinned on KFP; the model card and `imgpipe models show` say where a model started."""
 
 import json
+import re
 import types
 
 import numpy as np
@@ -406,3 +407,83 @@ def test_a_schedules_first_run_trains_from_scratch_and_says_so(tmp_path, graph, 
             "push.promote_to names; set push.promote_to: production (as "
             f"configs/photos-daily.yaml does), warm start from {NAME}@staging, or promote a "
             f"version: imgpipe models promote {NAME}:N --to production.")
+
+
+def _damage(path: str, how: str) -> None:
+    """Damages a `model.keras` as a full disk, a bad copy or a hand edit leaves it."""
+    import zipfile
+
+    data = open(path, "rb").read()
+    if how == "truncated":
+        open(path, "wb").write(data[: len(data) // 2])
+    elif how == "not a zip":
+        open(path, "wb").write(b"not a keras model\n")
+    else:                                       # a zip without the weights
+        with zipfile.ZipFile(path) as archive:
+            kept = {n: archive.read(n) for n in archive.namelist() if n != "model.weights.h5"}
+        with zipfile.ZipFile(path, "w") as archive:
+            for name, member in kept.items():
+                archive.writestr(name, member)
+
+
+DAMAGE = [("truncated", "not a readable .keras zip"), ("not a zip", "not a readable .keras zip"),
+          ("without weights", "holds no model.weights.h5")]
+
+
+@pytest.mark.parametrize("how,problem", DAMAGE)
+def test_a_damaged_keras_file_is_one_line_before_any_step(tmp_path, registry, capsys, how,
+                                                          problem):
+    """photos:1's model.keras damaged (its card intact): `imgpipe run` stops before
+    ingest with one line naming the file and what is wrong, exit 2, as for a missing
+    file or a damaged card (issue 34, item 10)."""
+    import shutil
+
+    root = tmp_path / "serving"
+    shutil.copytree(registry.root, root)
+    keras_file = root / NAME / "1" / artifacts.Model.KERAS_FILE
+    _damage(str(keras_file), how)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({"name": NAME, "data": {"source": "builtin:digits",
+                                                      "image_size": [12, 12]},
+                               "model": {"kind": "cnn"},
+                               "train": {"warm_start": f"{NAME}@production"},
+                               "push": {"destination": str(root)}}))
+    runs = tmp_path / "runs"
+    assert cli.main(["run", str(cfg), "--runs-dir", str(runs)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        f"imgpipe: error: train.warm_start {NAME}@production ({NAME}:1): {keras_file} is "
+        "damaged: "), err
+    assert problem in err[0] and "drop train.warm_start" in err[0]
+    from pipeline.metadata import METADATA_FILE, MetadataStore
+
+    assert MetadataStore(str(runs / METADATA_FILE)).list_runs() == []     # no run started
+
+
+@pytest.mark.parametrize("how,problem", DAMAGE)
+def test_a_keras_file_damaged_after_the_checks_is_refused_at_train(tmp_path, graph, how,
+                                                                   problem):
+    """Damaged between the checks and train (or given straight to the step): train's
+    ConfigError, not Keras' "File not found" for a file that exists."""
+    start = _saved(tmp_path, ModelConfig(kind="cnn"), 3)
+    _damage(start, how)
+    with pytest.raises(ConfigError, match=re.escape(f"{start} is damaged: ") + ".*"
+                       + re.escape(problem)):
+        train.run(*graph, ModelConfig(kind="cnn"), _warm(), trained_model=str(tmp_path / "m"),
+                  warm_start=_start(start))
+    assert not artifacts.is_committed(str(tmp_path / "m"))
+
+
+@pytest.mark.parametrize("how,problem", DAMAGE)
+def test_a_damaged_keras_file_as_model_weights_is_refused_at_train(tmp_path, graph, how,
+                                                                   problem):
+    """model.weights naming a damaged model.keras (a transfer base cut from our own
+    model): one ConfigError naming model.weights and the file."""
+    start = _saved(tmp_path, ModelConfig(kind="cnn"), 3)
+    _damage(start, how)
+    with pytest.raises(ConfigError, match=re.escape(f"model.weights {start}: {start} is "
+                                                    "damaged: ") + ".*" + re.escape(problem)):
+        train.run(*graph, ModelConfig(kind="transfer", weights=start),
+                  TrainConfig(epochs=1, batch_size=8), trained_model=str(tmp_path / "m"),
+                  weights=start)
+    assert not artifacts.is_committed(str(tmp_path / "m"))
