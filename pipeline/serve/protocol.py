@@ -48,19 +48,18 @@ def parse_json(body: bytes) -> Any:
     try:
         document = json.loads(body)
     except RecursionError:
-        raise _too_deep(f"more than {MAX_DEPTH}") from None
+        raise _too_deep() from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise Refused(400, f"the body is not JSON ({exc}); send {PREDICT_BODY}",
                       "bad_json") from None
     if _deeper_than(document, MAX_DEPTH):
-        raise _too_deep(f"more than {MAX_DEPTH}")
+        raise _too_deep()
     return document
 
 
-def _too_deep(levels: str) -> Refused:
-    return Refused(400, f"the body nests arrays or objects {levels} levels deep, over the "
-                        f"limit of {MAX_DEPTH}; a predict body needs 4: {PREDICT_BODY}",
-                   "bad_json")
+def _too_deep() -> Refused:
+    return Refused(400, f"the body nests arrays or objects more than {MAX_DEPTH} levels deep "
+                        f"(the limit); a predict body needs 4: {PREDICT_BODY}", "bad_json")
 
 
 def _deeper_than(document: Any, limit: int) -> bool:
