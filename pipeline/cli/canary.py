@@ -41,7 +41,10 @@ def cmd_models_canary(args: argparse.Namespace) -> Result:
     candidate, baseline = holders["candidate"].version, holders["baseline"].version
     now = dt.datetime.now(dt.timezone.utc)
     since = monitoring.parse_when(args.since, now, "--since")
-    until = monitoring.parse_when(args.until, now, "--until")
+    until = monitoring.parse_when(args.until, now, "--until") or now
+    if since and since > until:
+        raise ConfigError(f"--since {since.isoformat()} is after the end of its window "
+                          f"({until.isoformat()}); give the earlier time first.")
     rules = canary.CanaryRules(**{f.name: getattr(args, f.name, f.default)
                                   for f in dataclasses.fields(canary.CanaryRules)})
     data: dict[str, Any] = {
@@ -58,7 +61,8 @@ def cmd_models_canary(args: argparse.Namespace) -> Result:
     expected = canary.reference(holders["candidate"].card, name, baseline)
     truths = read_truths(args.labels) if args.labels else None
     result = canary.canary(entries, candidate, baseline, rules, expected, truths)
-    data.update(result, damaged_lines=entries.damaged)
+    data.update(result, damaged_lines=entries.damaged, first_damage=entries.first_damage,
+                skipped_paths=entries.skipped)
     decision = result["decision"]
     if decision in (canary.PROMOTE, canary.REVERT) and not args.dry_run:
         # the aliases as they are now: one moved meanwhile is not overwritten blindly
@@ -107,8 +111,8 @@ def cmd_models_canary(args: argparse.Namespace) -> Result:
             table([("RULE", "VALUE", "LIMIT", "VERDICT")] + [
                 (r["rule"], number(r["value"]), number(r["limit"]),
                  "ok" if r["passed"] else "FAIL") for r in result["rules"]])
-        if entries.damaged:
-            print(f"  {entries.damaged} damaged line(s) in the request log skipped")
+        for line in monitoring.damage_lines(entries):
+            print(f"  {line}")
         if decision == canary.UNDECIDED:
             print(f"decision: undecided: {result['reason']}; nothing changed.")
             return

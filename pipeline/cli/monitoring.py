@@ -53,7 +53,8 @@ def cmd_monitor(args: argparse.Namespace) -> Result:
     data = {"ref": args.ref, "model": version.name, "version": version.version,
             "alias": match["alias"] if match else None, "registry": registry.root,
             "window": {"since": monitoring.iso(since), "until": monitoring.iso(until)},
-            "damaged_lines": entries.damaged, "thresholds": dataclasses.asdict(thresholds),
+            "damaged_lines": entries.damaged, "first_damage": entries.first_damage,
+            "skipped_paths": entries.skipped, "thresholds": dataclasses.asdict(thresholds),
             **report}
     code = DRIFT_EXIT if report["status"] == monitoring.DRIFT else 0
 
@@ -77,8 +78,8 @@ def cmd_monitor(args: argparse.Namespace) -> Result:
         for detail, names in low.items():
             print(f"  {', '.join(names)}: {detail}")
         print(f"  confidence reference: {reference_line}")
-        if entries.damaged:
-            print(f"  {entries.damaged} damaged line(s) in the request log skipped")
+        for line in monitoring.damage_lines(entries):
+            print(f"  {line}")
         failed = [c["check"] for c in report["checks"] if c["verdict"] == monitoring.FAIL]
         if failed:
             print(f"drift: {', '.join(failed)} over the threshold (exit {DRIFT_EXIT})")

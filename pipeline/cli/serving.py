@@ -38,7 +38,8 @@ def cmd_serve(args: argparse.Namespace) -> Result:
                           batch_wait_ms=args.batch_wait_ms, log_sample=args.log_sample)
     options = serve.Options(registry.root, args.model or None, args.host, args.port, args.poll,
                             args.default_alias, args.canary, limits,
-                            request_log=not args.no_request_log)
+                            request_log=not args.no_request_log,
+                            request_log_seconds=args.request_log_seconds)
     ready = None
     if args.json:      # one object on stdout once it listens; the log lines on stderr
         def ready(info: dict[str, Any]) -> None:
@@ -79,6 +80,10 @@ def register(sub: Any) -> None:
                         "`imgpipe monitor` and `models canary` (default 0.1)")
     p.add_argument("--no-request-log", action="store_true",
                    help="write no request log under the registry")
+    p.add_argument("--request-log-seconds", type=positive_number, default=30.0,
+                   help="the longest a request's log entry waits in memory before its batch "
+                        "is written (default 30: at low traffic a file every 30 s; a batch "
+                        "is written sooner once it holds 1,000 entries; SIGTERM writes all)")
     _add_json_arg(p, "once it listens, its address and served versions as one JSON object "
                      "on stdout (the log lines go to stderr)")
     p.set_defaults(func=cmd_serve)

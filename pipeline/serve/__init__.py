@@ -18,10 +18,11 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from components.errors import ConfigError
+from components.errors import ConfigError, ServingError
 from pipeline.serve.app import Limits, Metrics, Service, build_app
 from pipeline.serve.loaded import (Canary, Follower, LoadedVersion, RegistryCollector, Routes,
                                    load_version)
+from pipeline.serve.request_log import FLUSH_SECONDS
 
 __all__ = ["Canary", "Limits", "Options", "Running", "build", "serve", "describe_routes"]
 
@@ -40,6 +41,7 @@ class Options:
     canary: Canary | None = None
     limits: Limits = field(default_factory=Limits)
     request_log: bool = True
+    request_log_seconds: float = FLUSH_SECONDS   # the longest an entry waits to be written
 
 
 def build(options: Options, log: Callable[[str], None] | None = None,
@@ -63,9 +65,10 @@ def build(options: Options, log: Callable[[str], None] | None = None,
                           "version that loads; push one with `imgpipe run CONFIG`.")
     request_log = None
     if options.request_log:
-        from pipeline.serve.request_log import RequestLog
+        from pipeline.serve.request_log import Collector, RequestLog
 
-        request_log = RequestLog(follower.registry.root)
+        request_log = RequestLog(follower.registry.root, options.request_log_seconds, log=log)
+        metrics.registry.register(Collector(request_log))
     service = Service(follower, options.limits, metrics, request_log)
     follower.start()
     return build_app(service), service
@@ -170,8 +173,30 @@ def serve(options: Options, say: Callable[[str], None] = print,
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    say("stopped: requests in flight were answered" +
-        ("; request log flushed" if service.request_log is not None else ""))
+    _stopped(service, say)
+
+
+def _stopped(service: Service, say: Callable[[str], None]) -> None:
+    """The last line; a ServingError (exit 2) when request-log entries were lost (the
+    registry full, read-only or unreachable until the stop)."""
+    log = service.request_log
+    if log is None:
+        say("stopped: requests in flight were answered")
+        return
+    log.close()         # again, where uvicorn's shutdown did not get to it (idempotent)
+    stats = log.stats()
+    if not stats["lost"]:
+        say(f"stopped: requests in flight were answered; request log flushed "
+            f"({stats['written']:,} entries written)")
+        return
+    say(f"stopped: requests in flight were answered; request log: {stats['written']:,} "
+        f"entries written, {stats['lost']:,} NOT written")
+    raise ServingError(
+        f"the request log lost {stats['lost']:,} of {stats['recorded']:,} entries "
+        f"({stats['pending']:,} still unwritten at the stop, {stats['dropped']:,} dropped "
+        f"before; last error: {stats['last_error']}); make {log.root} writable (space, "
+        "permissions, the bucket's access) so the next run keeps its log: `imgpipe "
+        "monitor` and `models canary` read only what was written.")
 
 
 class Running:

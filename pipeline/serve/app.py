@@ -94,8 +94,6 @@ class Metrics:
                              ["model"], registry=r)
         self.in_flight = Gauge("imgpipe_serve_in_flight", "Predict requests being answered",
                                registry=r)
-        self.logged = Counter("imgpipe_serve_logged_requests",
-                              "Requests written to the request log", ["model"], registry=r)
 
     def routes_changed(self, name: str, old: Routes | None, new: Routes) -> None:
         labels = dict(new.labels)
@@ -317,9 +315,8 @@ class Service:
     def _record(self, entry: dict[str, Any]) -> None:
         try:
             self.request_log.record(entry["model"], make_entry(**{"time": _now(), **entry}))
-            self.metrics.logged.labels(entry["model"]).inc()
-        except Exception:
-            pass        # the log never fails a request; its writer counts its failures
+        except Exception as exc:     # the log never fails a request; the loss is counted
+            self.request_log.drop(entry.get("model"), exc)
 
     def _log_task(self, entry: dict[str, Any], routes: Routes, loaded: LoadedVersion,
                   signature: str, inputs: list[bytes], outputs: dict[str, np.ndarray],
@@ -334,6 +331,13 @@ class Service:
         async def write() -> None:
             record = dict(entry, time=stamp,
                           latency_ms=round((time.perf_counter() - started) * 1000, 3))
+            try:
+                await describe(record)
+            except Exception:           # the entry is still logged, without its images
+                record.pop("images", None)
+            self._record(record)
+
+        async def describe(record: dict[str, Any]) -> None:
             if sampled:
                 loop = asyncio.get_running_loop()
                 record["images"] = await loop.run_in_executor(self.prepare_executor,
@@ -350,7 +354,6 @@ class Service:
                                             "confidences": _confidences(shadow)}
                     except Exception as exc:
                         record["shadow"] = {"version": other, "error": str(exc)[:200]}
-            self._record(record)
 
         return BackgroundTask(write)
 

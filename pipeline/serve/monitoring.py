@@ -67,19 +67,26 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 def parse_when(text: str | None, now: _dt.datetime | None = None,
                what: str = "--since") -> _dt.datetime | None:
     """'1h', '24h', '7d', '30m' (that long before now) or an ISO 8601 time (UTC when
-    it names no zone) -> an aware datetime; None for None or ''."""
+    it names no zone) -> an aware UTC datetime; None for None or ''. A ConfigError
+    for anything else, and for a time outside the calendar (years 1 to 9999 UTC)."""
     if not text:
         return None
     now = now or _dt.datetime.now(_dt.timezone.utc)
     match = _AGO.fullmatch(text.strip())
-    if match:
-        return now - _dt.timedelta(seconds=float(match["n"]) * _UNITS[match["unit"]])
     try:
+        if match:
+            return now - _dt.timedelta(seconds=float(match["n"]) * _UNITS[match["unit"]])
         value = _dt.datetime.fromisoformat(text.strip())
+        if value.tzinfo is None:
+            return value.replace(tzinfo=_dt.timezone.utc)
+        return value.astimezone(_dt.timezone.utc)
+    except OverflowError:
+        raise ConfigError(f"{what} {text!r} lies outside the calendar (years 1 to 9999 UTC); "
+                          "give a span back from now such as 24h, 30d or 52w, or a time "
+                          "such as 2026-12-01T08:00:00Z.") from None
     except ValueError:
         raise ConfigError(f"{what} {text!r} is neither a time such as 2026-12-01T08:00:00Z "
                           "nor a span back from now such as 1h, 24h or 7d.") from None
-    return value.replace(tzinfo=_dt.timezone.utc) if value.tzinfo is None else value
 
 
 def iso(value: _dt.datetime | None) -> str | None:
@@ -91,6 +98,20 @@ def entry_time(entry: dict[str, Any]) -> _dt.datetime:
     from pipeline.serve.request_log import parse_time
 
     return parse_time(entry.get("time")) or _dt.datetime.min.replace(tzinfo=_dt.timezone.utc)
+
+
+def damage_lines(entries: Any) -> list[str]:
+    """What a read of the request log skipped (`request_log.Entries`: damaged lines,
+    paths that are not what their names say), a line each."""
+    lines = []
+    if entries.damaged:
+        lines.append(f"{entries.damaged} damaged line(s) in the request log skipped (the "
+                     f"first: {entries.first_damage})")
+    shown = entries.skipped[:5]
+    lines += [f"skipped in the request log: {path}" for path in shown]
+    if len(entries.skipped) > len(shown):
+        lines.append(f"... and {len(entries.skipped) - len(shown)} more path(s) skipped")
+    return lines
 
 
 # --- what the entries hold -------------------------------------------------------------

@@ -7,7 +7,14 @@ models canary` (a candidate against the baseline on the same traffic) read it.
 
 Each file is one batch of lines, written whole (`fileio.write_bytes_atomic`: a
 rename locally, one upload on gs://), so the log needs no appends and works on an
-object store; a reader sees a batch completely or not at all. All times are UTC. A
+object store; a reader sees a batch completely or not at all. A batch is written once
+it holds 1,000 entries or once its oldest entry has waited FLUSH_SECONDS (30 s): at
+low traffic fewer, larger files (at 1 request/s two a minute, not one every 2 s),
+while a crash (SIGKILL, out of memory) loses at most the last 30 s; a stop (SIGTERM)
+writes everything first. An entry that cannot be written (the registry full,
+read-only or unreachable) is kept and retried, and counted: the server's metrics, a
+line when writing fails and when it works again, and the exit status (2) when entries
+were still lost at the stop (`RequestLog.stats`). All times are UTC. A
 file holds the entries of one UTC day (its folder), and its name is the time of its
 earliest entry, to the second, so a reader skips days and files outside the window
 it asks for from the names alone. <seq> counts the batches this process wrote (host
@@ -39,6 +46,12 @@ One entry (what the server writes per request; `make_entry` builds one):
                 "confidences": [float, ...]} (in the order of "images"), so that
                 agreement between the two versions can be computed
 
+A reader (`read`) takes a field that is absent or null as unknown, but a line whose
+fields are there with another type (`"images": 5`, a confidence in words, a width in
+text, a number that is not finite) is damaged: skipped and counted, as a torn line is
+(`problem` says why). So are paths that are not what their names say (a file named
+like a day's folder, a folder named like a batch file): skipped and named.
+
 `brightness` and `contrast` are ingest's (`components.data.neardup.describe`): the mean
 and the standard deviation of the grayscale levels (Pillow's convert("L")) over 255;
 `height`, `width` and `channels` (1 or 3) are counted as ingest counts them
@@ -56,15 +69,19 @@ import os
 import re
 import socket
 import threading
-from typing import Any, Iterable
+import time
+from typing import Any, Callable, Iterable
 
 from components.io import fileio
 from components.features import EXAMPLES_SIGNATURE, IMAGES_SIGNATURE
+from pipeline.serve.log_entries import parse_time, problem
+from pipeline.serve.log_entries import utc as _utc
 
 REQUESTS = "requests"            # ROOT/NAME/requests/
 SUFFIX = ".jsonl"
 ARMS = ("baseline", "candidate")
 SIGNATURES = (IMAGES_SIGNATURE, EXAMPLES_SIGNATURE)
+FLUSH_SECONDS = 30.0             # the longest an entry waits in memory to be written
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 _FILE = re.compile(r"(?P<hms>\d{6})-.+\.jsonl")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -74,23 +91,6 @@ _SEQUENCE_LOCK = threading.Lock()
 
 def _host() -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", socket.gethostname() or "host").strip("-.") or "host"
-
-
-def _utc(value: _dt.datetime) -> _dt.datetime:
-    """An aware UTC datetime (a naive one is taken as UTC)."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=_dt.timezone.utc)
-    return value.astimezone(_dt.timezone.utc)
-
-
-def parse_time(text: Any) -> _dt.datetime | None:
-    """An entry's "time" as an aware UTC datetime; None when it is not an ISO time."""
-    if not isinstance(text, str):
-        return None
-    try:
-        return _utc(_dt.datetime.fromisoformat(text))
-    except ValueError:
-        return None
 
 
 def now_iso() -> str:
@@ -177,18 +177,21 @@ class RequestLog:
     """Buffers entries in memory and writes them in batches from a daemon thread.
 
     `record(name, entry)` only appends a JSON line to the model's buffer (thread-safe,
-    never raises, never waits on storage). The thread writes each model's buffer as
-    one file every `flush_seconds`, and sooner once a buffer holds `max_lines`
-    (a file holds at most `max_lines` lines). A write that fails is counted in
-    `failures` (its error in `last_error`) and retried after `flush_seconds`, the
-    lines kept; while the store stays unreachable a model keeps at most
-    `max_buffered` lines, dropping the oldest (counted in `dropped`). `close()`
-    (server shutdown) stops the thread and writes what is left; entries recorded
-    after it stay buffered until `flush()` or another `close()`.
+    never raises, never waits on storage). The thread writes a model's buffer as one
+    file once its oldest entry has waited `flush_seconds`, or sooner once it holds
+    `max_lines` (a file holds at most `max_lines` lines). A write that fails is
+    counted in `failures` (its error in `last_error`), said once through `log` (and
+    once more when writing works again), and retried after `flush_seconds`, the lines
+    kept; while the store stays unreachable a model keeps at most `max_buffered`
+    lines, dropping the oldest (counted in `dropped`). `close()` (server shutdown)
+    stops the thread and writes what is left; entries recorded after it stay buffered
+    until `flush()` or another `close()`. Whatever is still `pending` then is lost with
+    the process: `stats()["lost"]` counts it with the dropped ones.
     """
 
-    def __init__(self, root: str, flush_seconds: float = 2.0, max_lines: int = 1000,
-                 max_buffered: int = 100_000):
+    def __init__(self, root: str, flush_seconds: float = FLUSH_SECONDS,
+                 max_lines: int = 1000, max_buffered: int = 100_000,
+                 log: Callable[[str], None] | None = None):
         if flush_seconds <= 0 or max_lines < 1 or max_buffered < 1:
             raise ValueError("flush_seconds must be > 0, max_lines and max_buffered >= 1")
         self.root = root if fileio.is_remote(root) else os.path.abspath(root)
@@ -200,8 +203,13 @@ class RequestLog:
         self.written = 0            # entries written
         self.files = 0              # batch files written
         self.last_error: str | None = None
+        self._log = log or (lambda line: None)
         self._host = _host()
         self._buffers: dict[str, collections.deque] = {}
+        self._oldest: dict[str, float] = {}      # monotonic time of a buffer's oldest entry
+        self._models: dict[str, collections.Counter] = {}    # the counters, per model
+        self._failing: set[str] = set()     # models whose last write failed (said once)
+        self._dropping: set[str] = set()    # ... whose buffer overflowed meanwhile
         self._lock = threading.Lock()            # the buffers and counters
         self._flush_lock = threading.Lock()      # one flush at a time (order kept)
         self._written = threading.Condition(self._lock)
@@ -227,19 +235,38 @@ class RequestLog:
             entry.setdefault("model", name)
             line = json.dumps(entry, default=str, separators=(",", ":"))
         except Exception as exc:     # a bad entry costs the entry, never the request
-            with self._lock:
-                self.dropped += 1
-                self.last_error = f"entry not recorded: {type(exc).__name__}: {exc}"
+            self.drop(name, exc)
             return
+        overflow = False
         with self._lock:
             buffer = self._buffers.setdefault(name, collections.deque())
+            if not buffer:
+                self._oldest[name] = time.monotonic()
             if len(buffer) >= self.max_buffered:
                 buffer.popleft()
-                self.dropped += 1
+                self._count(name, "dropped")
+                overflow = name not in self._dropping
+                self._dropping.add(name)
             buffer.append((when, line))
             full = len(buffer) >= self.max_lines
+        if overflow:
+            self._log(f"request log: {self.max_buffered:,} entries of {name} wait to be "
+                      "written; dropping the oldest, counted in "
+                      "imgpipe_serve_request_log_dropped_total")
         if full:
             self._wake.set()
+
+    def drop(self, name: Any, why: BaseException | str) -> None:
+        """Counts an entry that could not be recorded (never raises)."""
+        text = why if isinstance(why, str) else f"{type(why).__name__}: {why}"
+        with self._lock:
+            self._count(str(name)[:100], "dropped")
+            self.last_error = f"entry not recorded: {text}"
+
+    def _count(self, name: str, key: str, n: int = 1) -> None:
+        """Adds to a counter, in all and for the model (the caller holds the lock)."""
+        setattr(self, key, getattr(self, key) + n)
+        self._models.setdefault(name, collections.Counter())[key] += n
 
     @property
     def pending(self) -> int:
@@ -248,20 +275,37 @@ class RequestLog:
             return sum(len(b) for b in self._buffers.values())
 
     def stats(self) -> dict[str, Any]:
-        """The counters, e.g. for the server's metrics or health page."""
+        """The counters, e.g. for the server's metrics or health page: written, files,
+        failures (batch writes that failed), dropped, pending (buffered), lost (dropped
+        + pending: what is not in the log should the process end now), recorded (all
+        entries handed to it: written + lost), last_error, and `models`: the same per
+        model."""
+        keys = ("written", "files", "failures", "dropped")
         with self._lock:
+            models = {name: dict({key: counts[key] for key in keys},
+                                 pending=len(self._buffers.get(name) or ()))
+                      for name, counts in self._models.items()}
+            for name, buffer in self._buffers.items():
+                models.setdefault(name, dict(dict.fromkeys(keys, 0), pending=len(buffer)))
+            pending = sum(len(b) for b in self._buffers.values())
             return {"written": self.written, "files": self.files, "failures": self.failures,
-                    "dropped": self.dropped, "last_error": self.last_error,
-                    "pending": sum(len(b) for b in self._buffers.values())}
+                    "dropped": self.dropped, "pending": pending,
+                    "lost": self.dropped + pending,
+                    "recorded": self.written + self.dropped + pending,
+                    "last_error": self.last_error, "models": models}
 
     # -- writing --
 
-    def flush(self) -> int:
-        """Writes every buffer now (in this thread); the entries written. A failure is
-        counted, never raised."""
+    def flush(self, due_only: bool = False) -> int:
+        """Writes every buffer now (in this thread; `due_only`: those full or whose
+        oldest entry waited `flush_seconds`); the entries written. A failure is counted,
+        never raised."""
         with self._flush_lock:
             with self._lock:
-                names = [n for n, b in self._buffers.items() if b]
+                due = time.monotonic() - self.flush_seconds + 0.01
+                names = [n for n, b in self._buffers.items() if b and (
+                    not due_only or len(b) >= self.max_lines
+                    or self._oldest.get(n, 0.0) <= due)]
             return sum(self._flush_one(name) for name in names)
 
     def close(self, timeout: float | None = 30.0) -> None:
@@ -280,12 +324,15 @@ class RequestLog:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(self.flush_seconds)
+            with self._lock:
+                oldest = min(self._oldest.values(), default=None)
+            self._wake.wait(self.flush_seconds if oldest is None else
+                            max(0.0, oldest + self.flush_seconds - time.monotonic()))
             self._wake.clear()
             if self._stop.is_set():
                 return
             before = self.failures
-            self.flush()
+            self.flush(due_only=True)
             if self.failures != before:   # the store is failing: no retry storm
                 self._stop.wait(self.flush_seconds)
 
@@ -296,35 +343,47 @@ class RequestLog:
                 return 0
             lines = list(buffer)
             buffer.clear()
+            oldest = self._oldest.pop(name, time.monotonic())
         done = 0
         try:
             for batch in _batches(lines, self.max_lines):
                 self._write(name, batch)
                 done += len(batch)
                 with self._lock:
-                    self.written += len(batch)
-                    self.files += 1
+                    self._count(name, "written", len(batch))
+                    self._count(name, "files")
                     self._written.notify_all()
         except Exception as exc:
+            where = folder(self.root, name)
             with self._lock:
-                self.failures += 1
-                self.last_error = f"writing {folder(self.root, name)}: {type(exc).__name__}: {exc}"
+                self._count(name, "failures")
+                self.last_error = f"writing {where}: {type(exc).__name__}: {exc}"
                 # put back what was not written, in front of what came meanwhile
                 buffer = self._buffers.setdefault(name, collections.deque())
                 buffer.extendleft(reversed(lines[done:]))
+                self._oldest[name] = oldest
                 while len(buffer) > self.max_buffered:
                     buffer.popleft()
-                    self.dropped += 1
+                    self._count(name, "dropped")
+                first = name not in self._failing
+                self._failing.add(name)
+                kept = len(buffer)
+            if first:
+                self._log(f"request log: cannot write {where} ({type(exc).__name__}: {exc}); "
+                          f"{kept:,} entries kept in memory (at most {self.max_buffered:,} a "
+                          f"model), retried every {self.flush_seconds:g}s; counted in "
+                          "imgpipe_serve_request_log_write_failures_total")
+            return done
+        with self._lock:
+            back = name in self._failing
+            self._failing.discard(name)
+            self._dropping.discard(name)
+        if back:
+            self._log(f"request log: writing {folder(self.root, name)} again ({done:,} "
+                      "entries kept meanwhile written)")
         return done
 
     def _write(self, name: str, batch: list[tuple[_dt.datetime, str]]) -> None:
-        home = fileio.join(self.root, name)
-        if not fileio.isdir(home):
-            # the registry (or the model) was moved or deleted: writing would make up a
-            # phantom one in its place (`models list` would find it empty, and the real
-            # one put back would nest in it); a failed write, kept and retried instead
-            raise FileNotFoundError(f"the model folder {home} is gone (the registry or the "
-                                    "model moved or deleted); not recreated")
         first = min(when for when, _ in batch)
         with _SEQUENCE_LOCK:
             seq = next(_SEQUENCE)
@@ -348,28 +407,77 @@ def _batches(lines: list[tuple[_dt.datetime, str]], size: int
             for i in range(0, len(group), size)]
 
 
+class Collector:
+    """The request log's counters as Prometheus metrics, read at each scrape (register
+    it on the server's metrics registry): what `imgpipe_serve_logged_requests_total`
+    counts is what was written, not what was handed to the log."""
+
+    FAMILIES = (
+        ("counter", "imgpipe_serve_logged_requests", "Requests written to the request log",
+         "written"),
+        ("counter", "imgpipe_serve_request_log_dropped",
+         "Request log entries lost: the oldest dropped while writes failed and the buffer "
+         "was full, or an entry that could not be recorded", "dropped"),
+        ("counter", "imgpipe_serve_request_log_write_failures",
+         "Request log batch writes that failed (their entries kept and retried)", "failures"),
+        ("gauge", "imgpipe_serve_request_log_pending",
+         "Request log entries in memory, not written yet", "pending"))
+
+    def __init__(self, log: RequestLog):
+        self.log = log
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        models = self.log.stats()["models"]
+        for kind, name, text, key in self.FAMILIES:
+            family = (CounterMetricFamily if kind == "counter" else GaugeMetricFamily)(
+                name, text, labels=["model"])
+            for model, counts in sorted(models.items()):
+                family.add_metric([model], counts[key])
+            yield family
+
+
+
 # --- reading ---------------------------------------------------------------------------
 
 
 class Entries(list):
-    """read()'s entries (a list), with `damaged`: lines skipped as torn or not an
-    entry, and `files`: the batch files read."""
+    """read()'s entries (a list), with `damaged`: lines skipped as torn or not an entry
+    (`problem`), `first_damage`: where the first was and why, `skipped`: paths in the
+    log's folder that are not what their names say or cannot be read ("PATH (why)"),
+    and `files`: the batch files read."""
 
-    damaged: int = 0
-    files: int = 0
+    def __init__(self, *args: Any):
+        super().__init__(*args)
+        self.damaged = 0
+        self.files = 0
+        self.first_damage: str | None = None
+        self.skipped: list[str] = []
+
+
+def _unreadable(exc: OSError) -> str:
+    if isinstance(exc, NotADirectoryError):
+        return "a file where a day's folder of batch files belongs"
+    if isinstance(exc, IsADirectoryError):
+        return "a folder where a batch file belongs"
+    return f"{type(exc).__name__}: {exc.strerror or exc}"
 
 
 def read(root: str, name: str, since: _dt.datetime | None = None,
          until: _dt.datetime | None = None) -> Entries:
     """The entries of model `name` with since <= time <= until (either may be None),
     oldest first. Days and files are chosen from their names, then each entry from its
-    "time". A torn or damaged line, or one without a time, is skipped and counted in
-    the result's `damaged`."""
+    "time". A torn or damaged line (one `problem` finds fault with) is skipped and
+    counted in the result's `damaged`; a path that is not what its name says is
+    skipped and named in its `skipped`."""
     since = _utc(since) if since else None
     until = _utc(until) if until else None
     out = Entries()
     base = folder(root, name)
     if not fileio.isdir(base):
+        if fileio.exists(base):
+            out.skipped.append(f"{base} (a file where the request log's folder belongs)")
         return out
     found: list[tuple[_dt.datetime, dict[str, Any]]] = []
     for day in fileio.listdir(base):
@@ -381,7 +489,14 @@ def read(root: str, name: str, since: _dt.datetime | None = None,
             continue
         if (since and date < since.date()) or (until and date > until.date()):
             continue
-        for file in fileio.listdir(fileio.join(base, day)):
+        try:
+            files = fileio.listdir(fileio.join(base, day))
+        except FileNotFoundError:
+            continue                     # removed meanwhile
+        except OSError as exc:
+            out.skipped.append(f"{fileio.join(base, day)} ({_unreadable(exc)})")
+            continue
+        for file in files:
             match = _FILE.fullmatch(file)
             if not match:
                 continue                 # a temporary file of a write under way
@@ -392,22 +507,28 @@ def read(root: str, name: str, since: _dt.datetime | None = None,
                 continue
             if until and first > until:
                 continue
+            path = fileio.join(base, day, file)
             try:
-                data = fileio.read_bytes(fileio.join(base, day, file))
+                data = fileio.read_bytes(path)
             except FileNotFoundError:
                 continue                 # removed meanwhile
+            except OSError as exc:
+                out.skipped.append(f"{path} ({_unreadable(exc)})")
+                continue
             out.files += 1
-            for line in data.decode("utf-8", errors="replace").split("\n"):
+            for number, line in enumerate(data.decode("utf-8", errors="replace").split("\n"), 1):
                 if not line.strip():
                     continue
                 try:
                     entry = json.loads(line)
-                except ValueError:
-                    entry = None
-                when = parse_time(entry.get("time")) if isinstance(entry, dict) else None
-                if when is None:
+                    why = problem(entry)
+                except (ValueError, RecursionError):
+                    entry, why = None, "not JSON (a torn line?)"
+                if why:
                     out.damaged += 1
+                    out.first_damage = out.first_damage or f"{path} line {number}: {why}"
                     continue
+                when = parse_time(entry["time"])
                 if (since and when < since) or (until and when > until):
                     continue
                 found.append((when, entry))

@@ -591,3 +591,134 @@ def test_a_label_file_joins_by_request_id(registry, capsys, tmp_path):
     assert cli.main(["models", "canary", "m", "--registry", registry.root, "--dry-run",
                      "--labels", str(bad)]) == 2
     assert "each row needs request_id and label" in capsys.readouterr().err
+
+
+# --- a damaged request log (issue 34) ------------------------------------------------------
+
+GOOD_IMAGE = {"sha256": "x", "bytes": 700, "height": 28, "width": 28, "channels": 1,
+              "brightness": 0.45, "contrast": 0.25, "class": "dog", "confidence": 0.9}
+# lines that are valid JSON but not an entry: each crashed monitor or canary before
+WRONG_SHAPES = {
+    "images a number": {"images": 5},
+    "an image a list": {"images": [[28, 28]]},
+    "confidence in words": {"images": [dict(GOOD_IMAGE, confidence="high")]},
+    "width in text": {"images": [dict(GOOD_IMAGE, width="8")]},
+    "height without width": {"images": [{k: v for k, v in GOOD_IMAGE.items() if k != "width"}]},
+    "height past a float": {"images": [dict(GOOD_IMAGE, height=10**400)]},
+    "confidence not finite": {"images": [dict(GOOD_IMAGE, confidence=float("nan"))]},
+    "shadow classes a number": {"shadow": {"version": 2, "classes": 5, "confidences": [0.9]}},
+    "shadow confidences text": {"shadow": {"version": 2, "classes": ["dog"],
+                                           "confidences": ["high"]}},
+    "shadow a list": {"shadow": [2, "dog"]},
+    "status in text": {"status": "500"},
+    "latency in text": {"latency_ms": "slow"},
+    "id a number": {"id": 7},
+}
+
+
+def _plant_line(registry, line: str, when: dt.datetime = START) -> str:
+    """A batch file of one raw line in the day folder of `when`, as another writer's."""
+    import os
+
+    day = os.path.join(request_log.folder(registry.root, "m"), when.strftime("%Y-%m-%d"))
+    os.makedirs(day, exist_ok=True)
+    path = os.path.join(day, f"{when.strftime('%H%M%S')}-elsewhere-1-1.jsonl")
+    with open(path, "w") as handle:
+        handle.write(line + "\n")
+    return path
+
+
+@pytest.mark.parametrize("damage", [*WRONG_SHAPES.values(), "deep"],
+                         ids=[*WRONG_SHAPES, "nested past the recursion limit"])
+def test_a_line_of_the_wrong_shape_is_skipped_and_counted_by_monitor_and_canary(
+        registry, capsys, damage):
+    write(registry, traffic(200), canary_traffic(250))
+    # a baseline entry of the canary, served by production: both commands read it
+    entry = traffic(1, 99, start=60.25, label=None, arm="baseline",
+                    shadow={"version": 2, "agree": 1.0, "confidence": 0.9})[0]
+    line = "[" * 100_000 if damage == "deep" else json.dumps(dict(entry, **damage))
+    path = _plant_line(registry, line)
+    code, text, report = monitor(capsys, registry, "m@production", *_window(0, 300))
+    assert code == 0 and report["status"] == "healthy", text
+    assert report["damaged_lines"] == 1 and report["first_damage"].startswith(f"{path} line 1")
+    assert f"1 damaged line(s) in the request log skipped (the first: {path} line 1: " in text
+    assert cli.main(["models", "canary", "m", "--registry", registry.root, "--dry-run",
+                     "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["decision"] == "promote" and result["damaged_lines"] == 1
+    assert result["arms"]["baseline"]["requests"] == 250
+
+
+def test_what_a_reader_says_of_each_wrong_shape():
+    good = traffic(1, 5, label=None, arm="baseline",
+                   shadow={"version": 2, "agree": 1.0, "confidence": 0.9})[0]
+    assert request_log.problem(good) is None
+    assert request_log.problem(dict(good, images=None, shadow=None, label=None)) is None
+    said = {name: request_log.problem(dict(good, **damage))
+            for name, damage in WRONG_SHAPES.items()}
+    assert said["images a number"] == "'images' is not a list"
+    assert said["confidence in words"] == "images[0] 'confidence' is not a number from 0 to 1"
+    assert said["shadow classes a number"] == "'shadow' 'classes' is not a list of class names"
+    assert all(said.values()), said
+
+
+@pytest.mark.parametrize("plant", ["a file named like a day's folder",
+                                   "a folder named like a batch file"])
+def test_a_path_that_is_not_what_its_name_says_is_skipped_and_named(registry, capsys, plant):
+    import os
+
+    write(registry, traffic(200), canary_traffic(250))
+    base = request_log.folder(registry.root, "m")
+    if plant.startswith("a file"):       # yesterday: read from a day before the push on
+        path = os.path.join(base, (START - dt.timedelta(days=1)).strftime("%Y-%m-%d"))
+        with open(path, "w") as handle:
+            handle.write("x\n")
+        why = "a file where a day's folder of batch files belongs"
+    else:
+        path = os.path.join(base, START.strftime("%Y-%m-%d"), "000000-h-1-1.jsonl")
+        os.makedirs(path)
+        why = "a folder where a batch file belongs"
+    code, text, report = monitor(capsys, registry, "m@production", *_window(0, 300))
+    assert code == 0 and report["status"] == "healthy", text
+    assert report["skipped_paths"] == [f"{path} ({why})"]
+    assert f"skipped in the request log: {path} ({why})" in text
+    assert cli.main(["models", "canary", "m", "--registry", registry.root, "--dry-run",
+                     "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["decision"] == "promote" and result["skipped_paths"] == [f"{path} ({why})"]
+
+
+@pytest.mark.parametrize("value", ["999999999d", "9" * 400 + "s", "0001-01-01T00:00:00+05:00"],
+                         ids=["days", "a 400-digit span", "before year 1 in UTC"])
+@pytest.mark.parametrize("command", [
+    ["monitor", "m@production", "--since"], ["monitor", "m@production", "--until"],
+    ["monitor", "m@production", "--reference-since"],
+    ["monitor", "m@production", "--reference-until"],
+    ["models", "canary", "m", "--since"], ["models", "canary", "m", "--until"]],
+    ids=lambda c: f"{c[0]} {c[-1]}")
+def test_a_time_outside_the_calendar_is_one_line_and_exit_2(registry, capsys, command,
+                                                            value):
+    assert cli.main([*command, value, "--registry", registry.root]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"{command[-1]} {value!r} lies outside the calendar (years 1 to 9999 UTC)" in err
+
+
+def test_canary_counts_no_traffic_dated_after_now_unless_until_says(registry, capsys):
+    # failing candidate traffic stamped an hour ahead (a skewed clock, a bad writer)
+    ahead = traffic(300, 31, start=3 * 3600, version=2, label=None, arm="candidate",
+                    errors=1.0)
+    write(registry, canary_traffic(250), ahead)
+    assert cli.main(["models", "canary", "m", "--registry", registry.root, "--dry-run",
+                     "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["decision"] == "promote"
+    assert result["arms"]["candidate"]["requests"] == 250
+    until = dt.datetime.fromisoformat(result["window"]["until"])
+    assert abs((until - dt.datetime.now(dt.timezone.utc)).total_seconds()) < 600
+    # asked for: the window reaches them
+    code = cli.main(["models", "canary", "m", "--registry", registry.root, "--dry-run",
+                     "--json", "--until", _at(4 * 3600)])
+    result = json.loads(capsys.readouterr().out)
+    assert code == 3 and result["arms"]["candidate"]["requests"] == 550
+    assert result["decided_by"] == "error rate"

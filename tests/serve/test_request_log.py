@@ -226,3 +226,143 @@ def test_on_gs_the_batches_are_objects(on_fake):
     assert [e["id"] for e in request_log.read(root, "m")] == [f"r{i}" for i in range(5)]
     assert [e["id"] for e in request_log.read(root, "m", since=T0 + dt.timedelta(seconds=3))
             ] == ["r3", "r4"]
+
+
+# --- failures said and counted, cadence (issue 34) ------------------------------------------
+
+
+def _samples(registry) -> dict[str, float]:
+    from prometheus_client import generate_latest
+
+    out = {}
+    for line in generate_latest(registry).decode().splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
+def test_a_failing_store_is_said_once_counted_per_model_and_kept_until_it_works(tmp_path):
+    from prometheus_client import CollectorRegistry
+
+    root = tmp_path / "serving"
+    root.mkdir()
+    (root / "m").write_text("a file where the model's folder goes")     # writes fail
+    (root / "other").mkdir()
+    lines: list[str] = []
+    log = RequestLog(str(root), flush_seconds=3600, max_lines=100, max_buffered=4,
+                     log=lines.append)
+    metrics = CollectorRegistry()
+    metrics.register(request_log.Collector(log))
+    for i in range(6):
+        log.record("m", _entry(i))
+    log.record("other", _entry(9))
+    for _ in range(3):
+        log.flush()
+    said = [line for line in lines if "cannot write" in line]
+    assert len(said) == 1 and os.path.join(str(root), "m", "requests") in said[0], lines
+    assert any("dropping the oldest" in line for line in lines), lines
+    stats = log.stats()
+    assert stats["models"]["m"] == {"written": 0, "files": 0, "failures": 3, "dropped": 2,
+                                    "pending": 4}
+    assert stats["models"]["other"]["written"] == 1
+    assert (stats["lost"], stats["recorded"]) == (6, 7)
+    samples = _samples(metrics)
+    # written means written: nothing of m's, though 6 entries were handed over
+    assert samples['imgpipe_serve_logged_requests_total{model="m"}'] == 0
+    assert samples['imgpipe_serve_logged_requests_total{model="other"}'] == 1
+    assert samples['imgpipe_serve_request_log_write_failures_total{model="m"}'] == 3
+    assert samples['imgpipe_serve_request_log_dropped_total{model="m"}'] == 2
+    assert samples['imgpipe_serve_request_log_pending{model="m"}'] == 4
+    (root / "m").unlink()                       # the store is back
+    (root / "m").mkdir()
+    assert log.flush() == 4
+    assert any("again" in line for line in lines[len(said):]), lines
+    log.close()
+    assert log.stats()["lost"] == 2 and [e["id"] for e in request_log.read(str(root), "m")] \
+        == ["r2", "r3", "r4", "r5"]
+
+
+def test_an_entry_waits_for_its_batch_up_to_flush_seconds_and_no_less(tmp_path):
+    """At low traffic a batch is written once its oldest entry has waited flush_seconds
+    (fewer, larger files); the default is 30 s (two files a minute at 1 request/s)."""
+    import time
+
+    with RequestLog(str(tmp_path / "d")) as default:
+        assert default.flush_seconds == request_log.FLUSH_SECONDS == 30
+    root = str(tmp_path / "serving")
+    os.makedirs(os.path.join(root, "m"))      # the model's folder, as in a registry
+    log = RequestLog(root, flush_seconds=1.5)
+    try:
+        time.sleep(1.2)                 # the thread has been waiting since it started
+        recorded = time.monotonic()
+        log.record("m", dict(_entry(0), time=_at(10)))
+        assert log._wait_written(1, timeout=60)
+        waited = time.monotonic() - recorded
+        assert waited >= 1.4, waited            # not at the thread's own wake-up
+        for i in range(1, 6):                   # a trickle: one file for all of them
+            log.record("m", dict(_entry(i), time=_at(10 + i)))
+        assert log._wait_written(6, timeout=60)
+        assert log.files == 2
+    finally:
+        log.close()
+
+
+def test_serve_says_a_failing_request_log_and_exits_2_with_what_was_lost(tmp_path):
+    """The registry's request log unwritable: the metrics count as logged only what was
+    written, the server says why writing failed, and at SIGTERM exits 2 saying how many
+    entries were lost (before: the entries counted as logged, "request log flushed",
+    exit 0)."""
+    import base64
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    from tests import ROOT
+    from tests import serve_models as sm
+
+    from components import runtime
+
+    with runtime.private_tempdir():
+        reg = sm.registry_with(str(tmp_path / "serving"), str(tmp_path), favourites=(0,))
+    with open(os.path.join(reg.root, "pets", request_log.REQUESTS), "w") as handle:
+        handle.write("a file where the request log's folder goes\n")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "serve", "--registry", reg.root, "--port", "0",
+         "--poll", "3600"],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("listening on"):
+                break
+        url = re.search(r"http://[0-9.]+:\d+", lines[-1]).group(0)
+        body = {"signature_name": "serving_images", "instances": [{"b64": base64.b64encode(
+            sm.png()).decode()}]}
+        with httpx.Client(base_url=url, timeout=60) as client:
+            for _ in range(3):
+                assert client.post("/v1/models/pets:predict", json=body).status_code == 200
+            # (entries are recorded once each answer is sent)
+            deadline = dt.datetime.now() + dt.timedelta(seconds=60)
+            pending = 'imgpipe_serve_request_log_pending{model="pets"} 3.0'
+            while pending not in (text := client.get("/metrics").text):
+                if dt.datetime.now() > deadline:
+                    break
+        # nothing is written yet (a batch waits up to 30 s): none counted as logged
+        assert 'imgpipe_serve_logged_requests_total{model="pets"} 0.0' in text, text
+        assert pending in text, text
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=120)
+    out = "".join(lines) + out
+    assert process.returncode == 2, (out, err)
+    assert "request log: cannot write" in out and "request log flushed" not in out
+    assert "request log: 0 entries written, 3 NOT written" in out
+    [said] = [line for line in err.splitlines() if line.startswith("imgpipe: error:")]
+    assert said.startswith("imgpipe: error: the request log lost 3 of 3 entries"), err
+    assert "Traceback" not in err
+    assert "NotADirectoryError" in said or "FileExistsError" in said
