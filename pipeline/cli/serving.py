@@ -29,6 +29,18 @@ def _canary(text: str):
     return Canary(alias, value)
 
 
+def _port(text: str) -> int:
+    """argparse type: a TCP port, 0 to 65535 (0: any free one)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number: give 0 to 65535 "
+                                         "(0: any free port)")
+    return value
+
+
 def cmd_serve(args: argparse.Namespace) -> Result:
     from pipeline import serve
 
@@ -59,7 +71,7 @@ def register(sub: Any) -> None:
     p.add_argument("--config", help="take the registry from this config's push.destination")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default "
                                                        "127.0.0.1; 0.0.0.0 for every interface)")
-    p.add_argument("--port", type=int, default=8501, help="port (default 8501, TF Serving's "
+    p.add_argument("--port", type=_port, default=8501, help="port (default 8501, TF Serving's "
                                                           "REST port; 0: any free port)")
     p.add_argument("--default-alias", default="production",
                    help="what an unlabeled request gets (default production; the newest "

@@ -12,6 +12,7 @@ flushed); `Running` runs it in a thread on a free port, for tests and benchmarks
 
 from __future__ import annotations
 
+import errno
 import signal
 import socket
 import threading
@@ -93,17 +94,41 @@ def describe_routes(routes: dict[str, Routes]) -> list[str]:
 
 
 def _socket(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    """A socket bound to host:port, not listening yet: an address that cannot work is
+    refused before any model is loaded (and nothing connects until they are)."""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    sock = socket.socket(socket.AF_INET6 if ":" in bare else socket.AF_INET,
+                         socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((host, port))
-    except OSError as exc:
+        sock.bind((bare, port))
+    except (OSError, OverflowError, TypeError) as exc:
         sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another "
-                          "--port, or stop what holds it.") from None
-    sock.listen(2048)
+        address = _url(bare, port).removeprefix("http://")
+        raise ConfigError(f"cannot listen on {address}: {_unbindable(exc)}") from None
     return sock
+
+
+def _unbindable(exc: BaseException) -> str:
+    """Why a bind failed, and which argument to change."""
+    if not isinstance(exc, OSError):
+        return "--port takes a port number from 0 to 65535 (0: any free port)."
+    if isinstance(exc, socket.gaierror):
+        return (f"no such address ({exc.strerror}); give --host an address of this machine: "
+                "127.0.0.1 (this machine only), 0.0.0.0 (every interface) or ::1.")
+    if exc.errno == errno.EADDRINUSE:
+        return f"{exc.strerror}; pick another --port, or stop what holds it."
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return (f"{exc.strerror}: not an address of this machine; give --host one of its "
+                "addresses, or 0.0.0.0 for every interface.")
+    if exc.errno == errno.EACCES:
+        return f"{exc.strerror}: ports below 1024 need privileges; pick --port 1024 or above."
+    return f"{exc.strerror or exc}; pick another --host or --port."
+
+
+def _url(host: str, port: int) -> str:
+    """http://HOST:PORT, an IPv6 address in brackets (RFC 3986)."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def _server(app: Any, service: Service):
@@ -147,16 +172,21 @@ def serve(options: Options, say: Callable[[str], None] = print,
           ready: Callable[[dict[str, Any]], None] | None = None) -> None:
     """Serves until SIGTERM or SIGINT, then shuts down gracefully. `ready` is called
     with the address and the served versions once the socket listens."""
-    app, service = build(options, log=say)
-    sock = _socket(options.host, options.port)
-    host, port = sock.getsockname()[:2]
+    sock = _socket(options.host, options.port)       # the address first: it may not work
+    try:
+        app, service = build(options, log=say)
+    except BaseException:
+        sock.close()
+        raise
+    sock.listen(2048)
+    url = _url(*sock.getsockname()[:2])
     for line in describe_routes(service.follower.routes):
         say(line)
-    say(f"listening on http://{host}:{port} (predict: POST /v1/models/NAME:predict; metrics: "
+    say(f"listening on {url} (predict: POST /v1/models/NAME:predict; metrics: "
         f"/monitoring/prometheus/metrics); following {service.follower.registry.root} every "
         f"{options.poll:g}s")
     if ready is not None:
-        ready({"url": f"http://{host}:{port}", "registry": service.follower.registry.root,
+        ready({"url": url, "registry": service.follower.registry.root,
                "models": {name: {"versions": sorted(r.versions), "labels": r.labels,
                                  "default": r.default,
                                  "canary": ({"version": r.candidate, "percent": r.weight}
@@ -213,10 +243,14 @@ class Running:
         self.url = ""
 
     def __enter__(self) -> str:
-        app, self.service = build(self.options, self.log, self.loader)
         sock = _socket(self.options.host, self.port)
-        host, port = sock.getsockname()[:2]
-        self.url = f"http://{host}:{port}"
+        try:
+            app, self.service = build(self.options, self.log, self.loader)
+        except BaseException:
+            sock.close()
+            raise
+        sock.listen(2048)
+        self.url = _url(*sock.getsockname()[:2])
         self._server = _server(app, self.service)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
                                         name="imgpipe-serve", daemon=True)

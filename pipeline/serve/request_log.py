@@ -384,6 +384,13 @@ class RequestLog:
         return done
 
     def _write(self, name: str, batch: list[tuple[_dt.datetime, str]]) -> None:
+        home = fileio.join(self.root, name)
+        if not fileio.isdir(home):
+            # the registry (or the model) was moved or deleted: writing would make up a
+            # phantom one in its place (`models list` would find it empty, and the real
+            # one put back would nest in it); a failed write, kept and retried instead
+            raise FileNotFoundError(f"the model folder {home} is gone (the registry or the "
+                                    "model moved or deleted); not recreated")
         first = min(when for when, _ in batch)
         with _SEQUENCE_LOCK:
             seq = next(_SEQUENCE)
