@@ -47,7 +47,8 @@ def cmd_serve(args: argparse.Namespace) -> Result:
     registry = _registry(args)
     limits = serve.Limits(max_body_bytes=int(args.max_body_mb * (1 << 20)),
                           max_instances=args.max_instances, max_batch=args.max_batch,
-                          batch_wait_ms=args.batch_wait_ms, log_sample=args.log_sample)
+                          batch_wait_ms=args.batch_wait_ms, log_sample=args.log_sample,
+                          read_timeout=args.read_timeout)
     options = serve.Options(registry.root, args.model or None, args.host, args.port, args.poll,
                             args.default_alias, args.canary, limits,
                             request_log=not args.no_request_log,
@@ -85,6 +86,10 @@ def register(sub: Any) -> None:
                    help="how long a batch waits for more requests (default 2 ms)")
     p.add_argument("--max-body-mb", type=positive_number, default=32.0,
                    help="largest request body (default 32 MiB)")
+    p.add_argument("--read-timeout", type=positive_number, default=10.0,
+                   help="seconds a client may take to send a request's headers, and may "
+                        "pause while sending its body (default 10): past it the connection "
+                        "is closed, or the request answered 408")
     p.add_argument("--max-instances", type=positive_int, default=256,
                    help="most instances in one request (default 256)")
     p.add_argument("--log-sample", type=share, default=0.1,

@@ -4,6 +4,7 @@ registry's aliases while it runs.
     loaded.py    the versions in memory and the thread that follows the registry
     batching.py  dynamic batching of concurrent requests
     app.py       the FastAPI routes, request bounds, metrics, canary split, request log
+    reading.py   how long a client may take to send a request (head, body, at a stop)
 
 `serve(...)` runs it in the foreground until SIGTERM/SIGINT (uvicorn's graceful
 shutdown: no new connections, requests in flight answered, then the request log is
@@ -27,7 +28,9 @@ from pipeline.serve.request_log import FLUSH_SECONDS
 
 __all__ = ["Canary", "Limits", "Options", "Running", "build", "serve", "describe_routes"]
 
-GRACEFUL_SECONDS = 30
+# a request still being answered this long after the drain is cancelled; with the drain
+# and a stalled body's bound (reading.py) a stop ends well inside Kubernetes' 30 s grace
+GRACEFUL_SECONDS = 20
 DRAIN_SECONDS = 2.0       # keep-alive connections answered (then closed) after a stop
 
 
@@ -155,16 +158,17 @@ def _server(app: Any, service: Service):
             await super().shutdown(sockets)
 
     from pipeline.serve.headers import bounded_protocol
+    from pipeline.serve.reading import head_deadline
 
     def head_refused() -> None:
         service.metrics.errors.labels("(unknown)", "headers_too_large").inc()
 
     # uvloop and httptools (C parsers), as uvicorn[standard] does; the request's head
-    # bounded (httptools has no bound of its own)
+    # bounded in size (httptools has no bound of its own) and in time
+    protocol = head_deadline(bounded_protocol(service.limits.max_head_bytes, head_refused),
+                             service.limits.read_timeout)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=GRACEFUL_SECONDS,
-                            http=bounded_protocol(service.limits.max_head_bytes,
-                                                  head_refused))
+                            timeout_graceful_shutdown=GRACEFUL_SECONDS, http=protocol)
     return Server(config)
 
 

@@ -50,6 +50,7 @@ from components.config.data import MAX_PIXELS
 from pipeline.serve.batching import Batcher
 from components.features import EXAMPLES_SIGNATURE, IMAGES_SIGNATURE
 from pipeline.serve.loaded import Follower, LoadedVersion, Routes
+from pipeline.serve.reading import READ_TIMEOUT, read_body
 from pipeline.serve.protocol import (Refused, answer, explain, model_reason, parse_json,
                                      parse_version)
 
@@ -68,6 +69,7 @@ class Limits:
     parallel: int = 2              # model calls at once
     log_sample: float = 0.1        # share of requests logged with their images
     max_head_bytes: int = 64 * 1024   # request line and headers (431 past it)
+    read_timeout: float = READ_TIMEOUT   # a head's whole time, a body's longest pause
 
 
 class Metrics:
@@ -191,7 +193,8 @@ class Service:
         try:
             routes = self.routes(name)
             version = _version(version, name)
-            body = await _read_body(request, self.limits.max_body_bytes)
+            body = await read_body(request, self.limits.max_body_bytes,
+                                   self.limits.read_timeout, lambda: self.draining)
             loaded, reached_by, arm = self.pick(routes, version, label, request_id)
             entry.update(version=loaded.version, label=reached_by, arm=arm)
             signature, inputs, columnar, truths = await self._prepare(body, loaded)
@@ -229,7 +232,7 @@ class Service:
         self.metrics.latency.labels(model_label).observe(elapsed)
         if self.request_log is not None and background is None and known:
             self._record(entry)
-        if self.draining:
+        if self.draining or status == 408:      # 408: the rest of the body may follow
             headers["Connection"] = "close"
         return JSONResponse(content, status_code=status, headers=headers,
                             background=background)
@@ -416,23 +419,6 @@ def _listing(routes: Routes) -> str:
     by_version = routes.aliases_by_version()
     return ", ".join(f"{n}" + (f" ({', '.join(by_version[n])})" if n in by_version else "")
                      for n in sorted(routes.versions))
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise Refused(413, f"the body is {int(declared):,} bytes, over the limit of {limit:,} "
-                           "(serve --max-body-mb); send fewer or smaller images per request",
-                      "body_too_large")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise Refused(413, f"the body is over the limit of {limit:,} bytes (serve "
-                               "--max-body-mb); send fewer or smaller images per request",
-                          "body_too_large")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _binary(value: Any, key: str, index: int) -> bytes:
