@@ -71,7 +71,8 @@ def build(options: Options, log: Callable[[str], None] | None = None,
     if options.request_log:
         from pipeline.serve.request_log import Collector, RequestLog
 
-        request_log = RequestLog(follower.registry.root, options.request_log_seconds, log=log)
+        request_log = RequestLog(follower.registry.root, options.request_log_seconds, log=log,
+                                 models_must_exist=True)
         metrics.registry.register(Collector(request_log))
     service = Service(follower, options.limits, metrics, request_log)
     follower.start()

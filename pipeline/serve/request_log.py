@@ -186,12 +186,14 @@ class RequestLog:
     lines, dropping the oldest (counted in `dropped`). `close()` (server shutdown)
     stops the thread and writes what is left; entries recorded after it stay buffered
     until `flush()` or another `close()`. Whatever is still `pending` then is lost with
-    the process: `stats()["lost"]` counts it with the dropped ones.
+    the process: `stats()["lost"]` counts it with the dropped ones. With
+    `models_must_exist` (the server's log, under a registry) a model whose folder is
+    gone (the registry moved or deleted) is a failed write: its folder is never made.
     """
 
     def __init__(self, root: str, flush_seconds: float = FLUSH_SECONDS,
                  max_lines: int = 1000, max_buffered: int = 100_000,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, models_must_exist: bool = False):
         if flush_seconds <= 0 or max_lines < 1 or max_buffered < 1:
             raise ValueError("flush_seconds must be > 0, max_lines and max_buffered >= 1")
         self.root = root if fileio.is_remote(root) else os.path.abspath(root)
@@ -203,6 +205,7 @@ class RequestLog:
         self.written = 0            # entries written
         self.files = 0              # batch files written
         self.last_error: str | None = None
+        self.models_must_exist = models_must_exist   # a registry's: never make ROOT/NAME
         self._log = log or (lambda line: None)
         self._host = _host()
         self._buffers: dict[str, collections.deque] = {}
@@ -385,7 +388,7 @@ class RequestLog:
 
     def _write(self, name: str, batch: list[tuple[_dt.datetime, str]]) -> None:
         home = fileio.join(self.root, name)
-        if not fileio.isdir(home):
+        if self.models_must_exist and not fileio.isdir(home):
             # the registry (or the model) was moved or deleted: writing would make up a
             # phantom one in its place (`models list` would find it empty, and the real
             # one put back would nest in it); a failed write, kept and retried instead
