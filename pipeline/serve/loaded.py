@@ -233,7 +233,6 @@ class Follower:
             if old.missing.get(alias) != why and new.labels.get(alias) not in new.gone:
                 self.log(f"serve: {why}")
 
-
     def _routes_for(self, name: str, old: Routes | None) -> Routes | None:
         versions = {v.version: v for v in self.registry.versions(name)}
         if not versions:      # none pushed yet, or the model's folder went away
