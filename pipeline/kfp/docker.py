@@ -152,11 +152,34 @@ def task_containers(config: Any) -> Iterator[None]:
             self.env_vars = {**given, **(self.env_vars or {})}
             return super().run()
 
+    run_container = docker_task_handler.run_docker_container
     docker_task_handler.DockerTaskHandler = Handler     # read per task by kfp.local
+    docker_task_handler.run_docker_container = run_and_wait
     try:
         yield
     finally:
         docker_task_handler.DockerTaskHandler = handler
+        docker_task_handler.run_docker_container = run_container
+
+
+def run_and_wait(client: Any, image: str, command: list[str], volumes: dict[str, Any],
+                 **run_args: Any) -> int:
+    """A task's container, its logs printed, and its real exit status. kfp.local's own
+    (2.17.0) starts it with auto_remove and takes a container already removed when it
+    asks for the status for a success: a task that failed fast (resolve stopping on a
+    missing day) then passed as one that wrote nothing. This one removes it only after
+    reading the status."""
+    container = client.containers.run(image=image, command=command, detach=True,
+                                      stdout=True, stderr=True, volumes=volumes, **run_args)
+    try:
+        for line in container.logs(stream=True):
+            print(line.decode(), end="")
+        return int(container.wait()["StatusCode"])
+    finally:
+        try:
+            container.remove(force=True)
+        except Exception:       # already gone: nothing left to clean up
+            pass
 
 
 def prepare(config: Any, steps: tuple) -> Any:
