@@ -66,6 +66,12 @@ def pytest_sessionfinish(session, exitstatus):
         left = sorted(os.listdir(path))
     except OSError:
         left = []
+    # TensorFlow's autograph cache files stay inside this folder, which is removed below;
+    # they are said, not failed on (a test of issue 34 leaves two; not yet found which)
+    autograph = [name for name in left if name.startswith("__autograph_generated_file")]
+    left = [name for name in left if name not in autograph]
+    if autograph:
+        print(f"\nnote: {len(autograph)} TensorFlow autograph files left in {path}")
     if left:
         print(f"\nthe test suite left {len(left)} entries in its temporary folder "
               f"{path}: {left[:20]}")
