@@ -12,7 +12,7 @@ import argparse
 from typing import Any
 
 from pipeline.cli.common import (Result, _add_json_arg, _add_registry_args, _registry,
-                                 _sync_vertex, number, positive_int, positive_number, share,
+                                 end_canary, number, positive_int, positive_number, share,
                                  table)
 
 REVERT_EXIT = 3      # the candidate failed: a schedule running the canary hears of it
@@ -65,25 +65,11 @@ def cmd_models_canary(args: argparse.Namespace) -> Result:
                 skipped_paths=entries.skipped)
     decision = result["decision"]
     if decision in (canary.PROMOTE, canary.REVERT) and not args.dry_run:
-        # the aliases as they are now: one moved meanwhile is not overwritten blindly
-        now_holding = registry.aliases(name)
-        if (now_holding.get(args.candidate), now_holding.get(args.baseline)) != \
-                (candidate, baseline):
-            raise ConfigError(f"{name}'s aliases moved while the canary was decided "
-                              f"({args.candidate} -> {now_holding.get(args.candidate)}, "
-                              f"{args.baseline} -> {now_holding.get(args.baseline)}); run it "
-                              "again.")
-        if decision == canary.PROMOTE:
-            data["change"] = registry.set_alias(f"{name}:{candidate}", args.baseline,
-                                                reason=result["reason"],
-                                                action="canary-promote")
-        else:
-            data["change"] = registry.set_alias(f"{name}:{baseline}", args.candidate,
-                                                reason=result["reason"],
-                                                action="canary-revert")
+        # the aliases as they are now: one moved meanwhile is not overwritten blindly;
         # a model kept in Vertex AI too: its aliases and endpoint follow, as a promote's do
-        change = data["change"]
-        _sync_vertex(registry, name, change["to"], change["alias"], False, change)
+        data["change"] = end_canary(registry, name, args.candidate, args.baseline,
+                                    decision == canary.PROMOTE, result["reason"],
+                                    (candidate, baseline))
     code = REVERT_EXIT if decision == canary.REVERT else 0
 
     def text() -> None:

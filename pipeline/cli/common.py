@@ -115,6 +115,92 @@ def _missing_from_vertex(registry, name: str, version: int, alias: str) -> str |
             "--config CONFIG` uploads it and moves its aliases there too.")
 
 
+# Aliases a newcomer may use without --create; any other name must already exist for
+# the model, so that a typo ("prodution") does not quietly become a new alias.
+COMMON_ALIASES = ("production", "staging", "canary", "candidate")
+
+
+# --- the audited alias moves: `models promote/rollback`, `models canary` and `imgpipe ui`
+# call these same functions, so a move writes the same ledger entry and Vertex sync
+# whichever front end asked for it.
+
+
+def promote(registry, ref: str, alias: str, reason: str = "", force: bool = False,
+            create: bool = False, canary: int | None = None) -> dict[str, Any]:
+    """Points `alias` at the version `ref` names (`imgpipe models promote`): the ledger
+    entry, then the alias on Vertex AI when the model is kept there. Returns the entry."""
+    from components.errors import ConfigError
+
+    name = registry.resolve(ref).name
+    existing = registry.aliases(name)
+    if alias not in existing and alias not in COMMON_ALIASES and not create:
+        raise ConfigError(f"alias {alias!r} does not exist yet (existing: "
+                          f"{', '.join(sorted(existing)) or 'none'}); check the spelling, or "
+                          "pass --create to add it.")
+    _check_vertex_alias(registry, name, alias)
+    if canary is not None:            # refused before anything moves
+        from components.integrations import vertex
+
+        vertex.check_canary(registry, registry.resolve(ref), alias, canary)
+    entry = registry.set_alias(ref, alias, reason or "", force, traffic=canary)
+    _sync_vertex(registry, name, entry["to"], entry["alias"], False, entry)
+    return entry
+
+
+def rollback(registry, name: str, alias: str, reason: str = "") -> dict[str, Any]:
+    """Moves `alias` back to its previous holder (`imgpipe models rollback`), here and on
+    Vertex AI. Returns the ledger entry."""
+    entry = registry.rollback(name, alias, reason or "")
+    _sync_vertex(registry, name, entry["to"], entry["alias"], False, entry)
+    return entry
+
+
+CANARY_PROMOTE, CANARY_REVERT = "canary-promote", "canary-revert"
+
+
+def end_canary(registry, name: str, candidate_alias: str, baseline_alias: str,
+               promote_candidate: bool, reason: str,
+               holding: tuple[int, int]) -> dict[str, Any]:
+    """Ends a canary (`imgpipe models canary` on a decision): promote moves the baseline
+    alias to the candidate's version (audit action canary-promote), revert moves the
+    candidate alias back to the baseline's version (canary-revert); then Vertex AI
+    follows, as a promote's does. `holding`: (candidate, baseline) versions the decision
+    was made on; aliases that moved since are refused, never overwritten blindly."""
+    from components.errors import ConfigError
+
+    candidate, baseline = holding
+    now_holding = registry.aliases(name)
+    if (now_holding.get(candidate_alias), now_holding.get(baseline_alias)) != holding:
+        raise ConfigError(f"{name}'s aliases moved while the canary was decided "
+                          f"({candidate_alias} -> {now_holding.get(candidate_alias)}, "
+                          f"{baseline_alias} -> {now_holding.get(baseline_alias)}); run it "
+                          "again.")
+    if promote_candidate:
+        entry = registry.set_alias(f"{name}:{candidate}", baseline_alias, reason=reason,
+                                   action=CANARY_PROMOTE)
+    else:
+        entry = registry.set_alias(f"{name}:{baseline}", candidate_alias, reason=reason,
+                                   action=CANARY_REVERT)
+    _sync_vertex(registry, name, entry["to"], entry["alias"], False, entry)
+    return entry
+
+
+def _check_vertex_alias(registry, name: str, alias: str) -> None:
+    """A model kept in Vertex AI Model Registry too (a version of it has a Vertex record)
+    takes only aliases Vertex accepts: refused before the registry moves, instead of a
+    promotion that stands here and fails there."""
+    from components.io import fileio
+    from components.errors import ConfigError
+    from components.integrations import vertex
+    from components.config.push import vertex_alias_problem
+
+    problem = vertex_alias_problem(alias)
+    if problem and any(fileio.exists(fileio.join(v.path, vertex.RECORD))
+                       for v in registry.versions(name)):
+        raise ConfigError(f"alias {alias!r} cannot move on Vertex AI, where {name}'s versions "
+                          f"are kept too: {problem}.")
+
+
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="pipeline config YAML, e.g. configs/fonts.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[],

@@ -11,14 +11,10 @@ from typing import Any
 
 from components.io.beamio import PARALLEL_MIN_INPUTS
 from components.errors import ConfigError, ImgpipeError
-from pipeline.cli.common import (DEFAULT_RUNS_DIR, NOTHING_WRITTEN, PREDICTIONS, Result,
-                                 _add_force_arg, _add_json_arg, _add_registry_args, _registry,
-                                 _sync_vertex, check_output, positive_int, table)
-
-
-# Aliases a newcomer may use without --create; any other name must already exist for
-# the model, so that a typo ("prodution") does not quietly become a new alias.
-COMMON_ALIASES = ("production", "staging", "canary", "candidate")
+from pipeline.cli.common import (COMMON_ALIASES, DEFAULT_RUNS_DIR, NOTHING_WRITTEN,
+                                 PREDICTIONS, Result, _add_force_arg, _add_json_arg,
+                                 _add_registry_args, _registry, _sync_vertex, check_output,
+                                 positive_int, promote, rollback, table)
 
 
 def cmd_models_list(args: argparse.Namespace) -> Result:
@@ -322,19 +318,8 @@ def cmd_models_sync_vertex(args: argparse.Namespace) -> Result:
 def cmd_models_promote(args: argparse.Namespace) -> Result:
     registry = _registry(args)
     name = registry.resolve(args.ref).name
-    existing = registry.aliases(name)
-    if args.to not in existing and args.to not in COMMON_ALIASES and not args.create:
-        raise ConfigError(f"alias {args.to!r} does not exist yet (existing: "
-                          f"{', '.join(sorted(existing)) or 'none'}); check the spelling, or "
-                          "pass --create to add it.")
-    _check_vertex_alias(registry, name, args.to)
-    if args.canary is not None:       # refused before anything moves
-        from components.integrations import vertex
-
-        vertex.check_canary(registry, registry.resolve(args.ref), args.to, args.canary)
-    entry = registry.set_alias(args.ref, args.to, args.reason or "", args.force,
-                               traffic=args.canary)
-    _sync_vertex(registry, name, entry["to"], entry["alias"], False, entry)
+    entry = promote(registry, args.ref, args.to, args.reason or "", args.force, args.create,
+                    args.canary)
     return _alias_change(name, entry)
 
 
@@ -344,25 +329,9 @@ def _percent(text: str) -> int:
     return int(text)
 
 
-def _check_vertex_alias(registry, name: str, alias: str) -> None:
-    """A model kept in Vertex AI Model Registry too (a version of it has a Vertex record)
-    takes only aliases Vertex accepts: refused before the registry moves, instead of a
-    promotion that stands here and fails there."""
-    from components.io import fileio
-    from components.integrations import vertex
-    from components.config.push import vertex_alias_problem
-
-    problem = vertex_alias_problem(alias)
-    if problem and any(fileio.exists(fileio.join(v.path, vertex.RECORD))
-                       for v in registry.versions(name)):
-        raise ConfigError(f"alias {alias!r} cannot move on Vertex AI, where {name}'s versions "
-                          f"are kept too: {problem}.")
-
-
 def cmd_models_rollback(args: argparse.Namespace) -> Result:
     registry = _registry(args)
-    entry = registry.rollback(args.model, args.alias, args.reason or "")
-    _sync_vertex(registry, args.model, entry["to"], entry["alias"], False, entry)
+    entry = rollback(registry, args.model, args.alias, args.reason or "")
     return _alias_change(args.model, entry)
 
 
