@@ -216,6 +216,42 @@ class MetadataStore:
                                 (*args, limit)).fetchall()
         return [self._run_dict(row) for row in rows]
 
+    def page_runs(self, pipeline: str | None = None, status: str | None = None,
+                  offset: int = 0, limit: int = 50) -> tuple[list[dict[str, Any]], int]:
+        """One page of runs, newest first, and how many match (`imgpipe ui`'s list: a
+        page of a large runs folder reads only its own rows)."""
+        where, args = [], []
+        if pipeline:
+            where, args = where + ["pipeline=?"], args + [pipeline]
+        if status:
+            where, args = where + ["status=?"], args + [status]
+        clause = " WHERE " + " AND ".join(where) if where else ""
+        with self._connect() as conn:
+            total = conn.execute("SELECT COUNT(*) FROM runs" + clause, args).fetchone()[0]
+            rows = conn.execute("SELECT * FROM runs" + clause +
+                                " ORDER BY started DESC, id DESC LIMIT ? OFFSET ?",
+                                (*args, limit, offset)).fetchall()
+        return [self._run_dict(row) for row in rows], int(total)
+
+    def pipelines(self) -> list[str]:
+        """The pipeline names that have runs."""
+        with self._connect() as conn:
+            return [row[0] for row in conn.execute(
+                "SELECT DISTINCT pipeline FROM runs ORDER BY pipeline")]
+
+    def executions_of(self, run_ids: list[str]) -> dict[str, list[Execution]]:
+        """run id -> its executions in order, for several runs in one query."""
+        out: dict[str, list[Execution]] = {run_id: [] for run_id in run_ids}
+        if not run_ids:
+            return out
+        marks = ",".join("?" * len(run_ids))
+        with self._connect() as conn:
+            rows = conn.execute(f"SELECT * FROM executions WHERE run_id IN ({marks}) "
+                                "ORDER BY id", run_ids).fetchall()
+        for row in rows:
+            out[row["run_id"]].append(self._execution(row))
+        return out
+
     @staticmethod
     def _run_dict(row: sqlite3.Row) -> dict[str, Any]:
         """A run; one still 'running' whose process is gone reads as 'died'."""

@@ -346,7 +346,8 @@ def test_the_cli_command_groups_are_peers():
 
     groups = {"pipeline.cli.run", "pipeline.cli.models", "pipeline.cli.runs",
               "pipeline.cli.tools", "pipeline.cli.backfill", "pipeline.cli.serving",
-              "pipeline.cli.serving_config", "pipeline.cli.monitoring", "pipeline.cli.canary"}
+              "pipeline.cli.serving_config", "pipeline.cli.monitoring", "pipeline.cli.canary",
+              "pipeline.cli.ui"}
     modules = set(_modules_under("pipeline.cli")) - {"pipeline.cli.__main__"}
     assert modules == groups | {"pipeline.cli.common", "pipeline.cli.exits"}
     for module in modules:
@@ -551,6 +552,30 @@ def test_each_components_package_imports_only_the_layers_below():
                       and top not in ("__future__", "pydantic", "components")]
     assert set(LAYERS) == {_package_of(n) for n in modules} - {"top", None}
     assert wrong == [], "imports across the layers: " + "; ".join(wrong)
+
+
+# The web console (pipeline/ui/) is a front end like the CLI: it reads the runs folder,
+# the registry, the request log and the report, and moves aliases only through the CLI's
+# shared audited functions (pipeline.cli.common). Only the `ui` command imports it.
+UI_MAY_IMPORT = ("pipeline.ui", "pipeline.metadata", "pipeline.registry_views",
+                 "pipeline.results", "pipeline.serve.monitoring", "pipeline.serve.canary",
+                 "pipeline.serve.request_log", "pipeline.cli.common", "pipeline.report",
+                 "pipeline.config_yaml", "components")
+# packages named by `from pipeline.serve import canary`: their __init__ runs anyway
+UI_PACKAGES = {"pipeline", "pipeline.serve"}
+
+
+def test_the_console_is_a_leaf_front_end():
+    modules = _project_modules()
+    graph = _import_graph(modules)
+    ui = {name for name in modules if name == "pipeline.ui" or name.startswith("pipeline.ui.")}
+    assert {"pipeline.ui.app", "pipeline.ui.security"} <= ui
+    importers = {name for name, deps in graph.items() if deps & ui} - ui
+    assert importers == {"pipeline.cli.ui"}, importers
+    wrong = [f"{name} -> {dep}" for name in sorted(ui) for dep in sorted(graph[name])
+             if dep not in UI_PACKAGES and not any(dep == allowed or dep.startswith(allowed + ".")
+                        for allowed in UI_MAY_IMPORT)]
+    assert wrong == [], "the console imports beyond its layer: " + "; ".join(wrong)
 
 
 FILTER_CHILD = r"""

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 from components import runtime
 from pipeline.cli import backfill, exits, models, run, runs, serving, serving_config, tools
-from pipeline.cli import canary, monitoring
+from pipeline.cli import canary, monitoring, ui
 from pipeline.cli.common import Parser, Result, _add_json_arg, _add_registry_args, positive_int
 from pipeline.cli.exits import storage_error
 
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs.register(sub)
     backfill.register(sub)
     tools.register(sub)
+    ui.register(sub)
     return parser
 
 
