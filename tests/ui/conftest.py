@@ -181,9 +181,13 @@ def browser_problem() -> str | None:
 
 
 @pytest.fixture
-def browser(tmp_path):
-    """Headless Chromium under Selenium, its profile and temporary files under tmp_path.
+def browser():
+    """Headless Chromium under Selenium, its profile and temporary files in a folder of
+    its own (short: Chromium's socket paths must fit in 108 bytes), removed after.
     Without it the test skips; with CI=true it fails (CI installs it: .ci/run)."""
+    import pathlib
+    import tempfile
+
     problem = browser_problem()
     if problem:
         if os.environ.get("CI") == "true":
@@ -192,8 +196,8 @@ def browser(tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    home = tmp_path / "chromium"
-    (home / "tmp").mkdir(parents=True)
+    home = pathlib.Path(tempfile.mkdtemp(prefix="ui-chromium-"))
+    (home / "tmp").mkdir()
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium") or CHROMIUM
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -203,7 +207,12 @@ def browser(tmp_path):
         options.add_argument(flag)
     service = Service(shutil.which("chromedriver") or CHROMEDRIVER,
                       env=dict(os.environ, TMPDIR=str(home / "tmp"), HOME=str(home)))
-    driver = webdriver.Chrome(service=service, options=options)
+    try:
+        driver = webdriver.Chrome(service=service, options=options)
+    except Exception:
+        shutil.rmtree(home, ignore_errors=True)
+        raise
     driver.implicitly_wait(10)
     yield driver
     driver.quit()
+    shutil.rmtree(home, ignore_errors=True)
