@@ -9,11 +9,11 @@ from components.config.base import PATH_HELP, PathText, Section
 
 
 BUILTIN_PREFIX = "builtin:"
-BUILTIN_DATASETS = ("fonts", "digits", "fashion_mnist")
+BUILTIN_DATASETS = ("fonts", "digits", "fashion_mnist", "shapes")
 # Each built-in dataset's training images (before ingest's split), known without loading
 # it: train's pre-run check reads them here, so its code key holds no dataset loader
 # (components/data/datasets.py computes the fonts count and a test holds the two equal).
-BUILTIN_TRAIN_IMAGES = {"fonts": 2790, "digits": 1797, "fashion_mnist": 60000}
+BUILTIN_TRAIN_IMAGES = {"fonts": 2790, "digits": 1797, "fashion_mnist": 60000, "shapes": 2000}
 # Image files accepted from folders and manifests (ingest) and found in folders (predict).
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "bmp", "webp")
 # Decompression-bomb guard for ingest and predict alike.
@@ -50,7 +50,7 @@ class DataConfig(Section):
 
     source: PathText = Field(
         "builtin:fonts",
-        description="builtin:fonts|digits|fashion_mnist, a folder of class folders, "
+        description="builtin:fonts|digits|fashion_mnist|shapes, a folder of class folders, "
                     "a CSV/JSONL manifest, an NPZ file, or MNIST IDX files; with {SPAN} "
                     "or {YYYY}{MM}{DD} (and {VERSION}) in it, many data drops (data.spans)."
                     + PATH_HELP)

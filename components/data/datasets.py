@@ -1,4 +1,4 @@
-"""Built-in datasets, available offline: fonts, digits, fashion_mnist.
+"""Built-in datasets, available offline: fonts, digits, fashion_mnist, shapes.
 
 - fonts: the 5-font character dataset of the classic TensorFlow course, regenerated
   from TrueType fonts bundled in matplotlib's wheel: A-Z, a-z, 0-9 in 5 fonts,
@@ -6,6 +6,11 @@
 - digits: scikit-learn's bundled 8x8 handwritten digits (1,797 images, labels 0-9).
 - fashion_mnist: the Keras beginner tutorial's data with its own train/test split,
   read from the Debian package `dataset-fashion-mnist` or Keras' download.
+- shapes: generated 3-channel "photos" (2,000 images, 48x48 RGB): a circle, square,
+  triangle, cross or ring of random colour, size, place and turn over a textured
+  background of random colours, label = the shape. A second colour set besides a
+  user's photos, on which a flip or a small turn keeps the class (what the photo
+  defaults and augmentation are checked on).
 
 Each loads as arrays (`load`) and exports as class folders of PNG files (`export`).
 """
@@ -32,12 +37,17 @@ FONT_POINTS = 24
 FONT_SHIFTS = tuple((dx, dy) for dy in (-2, 0, 2) for dx in (-2, 0, 2))
 # Images a built-in dataset trains on at most (fashion_mnist: its own train split), known
 # before it loads: a training batch larger than this is refused before the run starts.
+SHAPE_CLASSES = ("circle", "square", "triangle", "cross", "ring")
+SHAPE_SIZE = 48
+SHAPES_PER_CLASS = 400
 TRAIN_IMAGES = {"fonts": len(FONT_FILES) * len(FONT_CHARS) * len(FONT_SHIFTS),
-                "digits": 1797, "fashion_mnist": 60000}
+                "digits": 1797, "fashion_mnist": 60000,
+                "shapes": len(SHAPE_CLASSES) * SHAPES_PER_CLASS}
 
 # (height, width, channels) of each built-in dataset's images, known without loading it
 # (what `data.channels: auto` and `data.image_size: auto` decide from).
-SHAPES = {"fonts": (FONT_SIZE, FONT_SIZE, 1), "digits": (8, 8, 1), "fashion_mnist": (28, 28, 1)}
+SHAPES = {"fonts": (FONT_SIZE, FONT_SIZE, 1), "digits": (8, 8, 1), "fashion_mnist": (28, 28, 1),
+          "shapes": (SHAPE_SIZE, SHAPE_SIZE, 3)}
 
 FASHION_CLASSES = ("tshirt_top", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
                    "sneaker", "bag", "ankle_boot")
@@ -132,6 +142,66 @@ def load_digits() -> ArrayDataset:
     return ArrayDataset(images, labels, None, names)
 
 
+def _shape_mask(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A boolean mask of one `kind` at a random centre, radius and turn."""
+    radius = rng.uniform(0.22, 0.36) * size
+    cy, cx = size / 2 + rng.uniform(-0.12, 0.12, 2) * size     # about centred, as photos are
+    turn = rng.uniform(0, 2 * np.pi)
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    dy, dx = y - cy, x - cx
+    u = dx * np.cos(turn) + dy * np.sin(turn)        # coordinates in the shape's frame
+    v = -dx * np.sin(turn) + dy * np.cos(turn)
+    distance = np.hypot(dx, dy)
+    if kind == "circle":
+        return distance <= radius
+    if kind == "ring":
+        return (distance <= radius) & (distance >= 0.55 * radius)
+    if kind == "square":
+        side = radius / np.sqrt(2) * 1.15
+        return (np.abs(u) <= side) & (np.abs(v) <= side)
+    if kind == "cross":
+        arm = radius * 0.3
+        return ((np.abs(u) <= arm) & (np.abs(v) <= radius)) | \
+            ((np.abs(v) <= arm) & (np.abs(u) <= radius))
+    # an equilateral triangle: inside the three half-planes of its sides
+    inside = np.ones((size, size), bool)
+    for k in range(3):
+        angle = turn + k * 2 * np.pi / 3
+        inside &= dx * np.cos(angle) + dy * np.sin(angle) <= radius * 0.55
+    return inside
+
+
+def _texture(size: int, rng: np.random.Generator) -> np.ndarray:
+    """A background: a gradient between two random colours plus blurred noise."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    angle = rng.uniform(0, 2 * np.pi)
+    t = (x * np.cos(angle) + y * np.sin(angle) + 1.5) / 3.0
+    start, end = rng.uniform(0, 255, (2, 3))
+    image = start + (end - start) * t[..., None]
+    noise = rng.normal(0, 1, (size // 4 + 1, size // 4 + 1, 3))
+    noise = np.kron(noise, np.ones((4, 4, 1)))[:size, :size]
+    return image + noise * rng.uniform(3, 12)
+
+
+def load_shapes() -> ArrayDataset:
+    """The generated shapes (see the module's doc), the same on every machine."""
+    rng = np.random.default_rng(20261207)
+    images, labels, names = [], [], []
+    for kind in SHAPE_CLASSES:
+        for index in range(SHAPES_PER_CLASS):
+            image = _texture(SHAPE_SIZE, rng)
+            mask = _shape_mask(kind, SHAPE_SIZE, rng)
+            colour = rng.uniform(0, 255, 3)
+            while np.abs(colour - image[mask].mean(axis=0)).sum() < 120:   # visible
+                colour = rng.uniform(0, 255, 3)
+            shade = colour + rng.normal(0, 6, (SHAPE_SIZE, SHAPE_SIZE, 3))
+            image[mask] = shade[mask]
+            images.append(np.clip(np.round(image), 0, 255).astype(np.uint8))
+            labels.append(kind)
+            names.append(f"{kind}/{index:04d}.png")
+    return ArrayDataset(np.stack(images), np.asarray(labels), None, np.asarray(names))
+
+
 def read_idx(path: str) -> np.ndarray:
     """Reads an MNIST-style IDX file (plain or gzip) into a numpy array."""
     from components.io import fileio
@@ -197,7 +267,8 @@ def load_fashion_mnist(download: bool = True) -> ArrayDataset:
 
 def load(name: str) -> ArrayDataset:
     """Loads a built-in dataset by name."""
-    loaders = {"fonts": load_fonts, "digits": load_digits, "fashion_mnist": load_fashion_mnist}
+    loaders = {"fonts": load_fonts, "digits": load_digits, "fashion_mnist": load_fashion_mnist,
+               "shapes": load_shapes}
     if name not in loaders:
         raise DataError(f"unknown built-in dataset {name!r}; choose one of {', '.join(BUILTIN_DATASETS)}.")
     return loaders[name]()

@@ -2,7 +2,7 @@
 content fingerprint (for the cache key). No TensorFlow or Beam imports here.
 
 Source kinds:
-- `builtin:NAME` (fonts, digits, fashion_mnist);
+- `builtin:NAME` (fonts, digits, fashion_mnist, shapes);
 - a folder of class folders (`ROOT/CLASS/*.png`), or of split folders holding class
   folders (`ROOT/train/CLASS/...`, `ROOT/eval/CLASS/...`; `test`/`validation` mean eval);
 - a CSV or JSONL manifest with `path` (or `uri`), `label` and optional `split`;

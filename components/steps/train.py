@@ -201,7 +201,7 @@ def run(transform_graph: In[artifacts.TransformGraph], examples: In[artifacts.Ex
     held = inputs.holdout(transform_graph, examples, (data or DataConfig()).validation_fraction,
                           min_fit=global_batch)
     train_ds, val_ds = training_datasets(transform_graph, examples, global_batch, train, sparse,
-                                         plan.static, held)
+                                         plan.static, held, model.kind)
     eval_ds = make_dataset(transform_graph, examples, "eval", global_batch, train, False, sparse,
                            plan.static)
     shape = tuple(transform_graph.properties["image_shape"])
@@ -215,7 +215,7 @@ def run(transform_graph: In[artifacts.TransformGraph], examples: In[artifacts.Ex
                               f"train.warm_start {source.describe()}")
         compile_model(net, train, plan, loss, steps_per_epoch=held.fit_count // global_batch)
     fitting = Fitting(net, train_ds, eval_ds, strategy, reason, plan, loss, val_ds, held,
-                      inputs.augmentation(train.augment, shape[-1])[1])
+                      inputs.augmentation(train.augment, shape[-1], model.kind)[1])
     log.info("%s; %s", fitting.augmentation, held.note)
 
     if not distribute.is_chief(strategy):
@@ -240,13 +240,15 @@ def run(transform_graph: In[artifacts.TransformGraph], examples: In[artifacts.Ex
 
 def training_datasets(graph: artifacts.Artifact, examples: artifacts.Artifact, batch: int,
                       train: TrainConfig, sparse: bool, static: bool,
-                      held: inputs.Holdout) -> tuple[Any, Any]:
+                      held: inputs.Holdout, kind: str | None = None) -> tuple[Any, Any]:
     """(the batches to fit on, the validation batches or None): the train split's two
-    parts when the holdout is used, else the whole train split and no validation."""
+    parts when the holdout is used, else the whole train split and no validation.
+    `kind`: the model's (train.augment auto decides by it)."""
     if not held.used:
-        return make_dataset(graph, examples, "train", batch, train, True, sparse, static), None
+        return make_dataset(graph, examples, "train", batch, train, True, sparse, static,
+                            kind=kind), None
     return (make_dataset(graph, examples, "train", batch, train, True, sparse, static,
-                         held, inputs.FIT),
+                         held, inputs.FIT, kind=kind),
             make_dataset(graph, examples, "train", batch, train, False, sparse, static,
                          held, inputs.VALIDATION))
 

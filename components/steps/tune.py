@@ -96,17 +96,19 @@ class _HyperModel:
                 return net
 
             def fit(self, hp, net, *args, **kwargs):
-                _, trial_train = self.configs(hp)
+                trial_model, trial_train = self.configs(hp)
                 sparse = _loss(trial_train).startswith("sparse")
                 batch = trial_train.batch_size * strategy.num_replicas_in_sync
                 if held.used:
                     train_ds, val_ds = (inputs.make_dataset(
                         transform_graph, examples, "train", batch, trial_train,
-                        part == inputs.FIT, sparse, plan.static, held, part)
+                        part == inputs.FIT, sparse, plan.static, held, part,
+                        kind=trial_model.kind)
                         for part in (inputs.FIT, inputs.VALIDATION))
                 else:
                     train_ds = inputs.make_dataset(transform_graph, examples, "train", batch,
-                                                   trial_train, True, sparse, plan.static)
+                                                   trial_train, True, sparse, plan.static,
+                                                   kind=trial_model.kind)
                     val_ds = None
                 started = time.perf_counter()
                 kwargs.setdefault("verbose", 0)
