@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import sys
 from typing import Any
 
-from pipeline.cli.common import DEFAULT_RUNS_DIR, Result, _add_registry_args, _note, _registry
+from pipeline.cli.common import (DEFAULT_RUNS_DIR, Result, _add_json_arg, _add_registry_args,
+                                 _note, _registry)
 
 
 def _port(text: str) -> int:
@@ -38,8 +41,13 @@ def cmd_ui(args: argparse.Namespace) -> Result:
         raise ConfigError(f"cannot read the registry {registry.root} ({type(exc).__name__}: "
                           f"{exc.strerror or exc}); check its permissions or the bucket's "
                           "access.") from None
+    ready = None
+    if args.json:      # one object on stdout once it listens; the line on stderr
+        def ready(info: dict[str, Any]) -> None:
+            sys.stdout.write(json.dumps(info) + "\n")
+            sys.stdout.flush()
     server.serve(server.Options(args.runs_dir, registry.root, args.host, args.port, token),
-             say=_note(args))
+                 say=_note(args), ready=ready)
     return Result()
 
 
@@ -55,4 +63,5 @@ def register(sub: Any) -> None:
     p.add_argument("--token", help="the secret every request must carry (sign-in form, or "
                                     "Authorization: Bearer TOKEN); default: the "
                                     "IMGPIPE_UI_TOKEN environment variable")
+    _add_json_arg(p, "one JSON object on stdout once it listens (url, runs_dir, registry)")
     p.set_defaults(func=cmd_ui, stopped="stopped.")

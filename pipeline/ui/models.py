@@ -120,7 +120,8 @@ def model_page(registry: Registry, cards: Cards, name: str, page: int, csrf: str
             continue
         spans = row.get("spans") or []
         table_rows.append([
-            ref, row["accuracy"], row["top_k_accuracy"], row["examples"],
+            ref, row["accuracy"], row["top_k_accuracy"],
+            int(row["examples"]) if isinstance(row["examples"], float) else row["examples"],
             verdict("blessed" if row["blessed"] else "not blessed", bool(row["blessed"])),
             verdict("passed" if row["infra"] else "failed", bool(row["infra"])),
             tags(row["aliases"]), row["age"],

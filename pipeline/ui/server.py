@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from components.errors import ConfigError
 
@@ -32,8 +32,10 @@ def _socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(options: Options, say: Callable[[str], None] = print) -> None:
-    """Serves the console until SIGTERM or SIGINT."""
+def serve(options: Options, say: Callable[[str], None] = print,
+          ready: Callable[[dict[str, Any]], None] | None = None) -> None:
+    """Serves the console until SIGTERM or SIGINT; `ready` is called with its address
+    once the socket listens."""
     import uvicorn
 
     from components.registry.versions import Registry
@@ -53,5 +55,8 @@ def serve(options: Options, say: Callable[[str], None] = print) -> None:
     sock.listen(128)
     say(f"imgpipe ui on http://{shown}:{port}/ (runs {options.runs_dir}, registry "
         f"{options.registry}{'; token required' if options.token else ''}); Ctrl-C stops it")
+    if ready is not None:
+        ready({"url": f"http://{shown}:{port}/", "runs_dir": options.runs_dir,
+               "registry": options.registry, "token_required": bool(options.token)})
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     uvicorn.Server(config).run(sockets=[sock])

@@ -79,7 +79,7 @@ def line_chart(series: dict[str, list[tuple[str, float | None]]], title: str = "
                    f"fill='#656d76'>{_label(tick)}</text>")
     every = max(1, math.ceil(len(labels) / 10))
     for index, label in enumerate(labels):
-        if index % every == 0 or index == len(labels) - 1:
+        if index % every == 0:
             out.append(f"<text x='{x_of(index):.1f}' y='{height - bottom + 14}' font-size='10' "
                        f"text-anchor='middle' fill='#656d76'>{esc(label)}</text>")
     if threshold is not None:
@@ -185,7 +185,7 @@ def lineage(graph: Graph, title: str = "lineage") -> str:
     columns: dict[int, list[str]] = {}
     for key in graph.nodes:        # insertion order: the order the caller added them
         columns.setdefault(column[key], []).append(key)
-    box_w, box_h, gap_x, gap_y, margin = 150, 34, 46, 14, 10
+    box_w, box_h, gap_x, gap_y, margin = 128, 34, 30, 12, 8
     place: dict[str, tuple[float, float]] = {}
     for index, keys in columns.items():
         for row, key in enumerate(keys):
@@ -211,7 +211,7 @@ def lineage(graph: Graph, title: str = "lineage") -> str:
         is_execution = node["kind"] == "execution"
         fill = STATUS_FILL.get(node["status"], "#f6f8fa") if is_execution else "#fff"
         radius = 3 if is_execution else 14
-        label = node["label"] if len(node["label"]) <= 22 else node["label"][:21] + "…"
+        label = node["label"] if len(node["label"]) <= 20 else node["label"][:19] + "…"
         shape = (f"<g class='node {node['kind']}' data-key='{esc(key)}'><title>{esc(node['title'])}"
                  f"</title><rect x='{x}' y='{y}' width='{box_w}' height='{box_h}' rx='{radius}' "
                  f"fill='{fill}' stroke='{'#57606a' if is_execution else '#0969da'}'/>"
