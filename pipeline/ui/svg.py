@@ -159,10 +159,21 @@ STATUS_FILL = {"succeeded": "#dafbe1", "cached": "#ddf4ff", "failed": "#ffebe9",
                "skipped": "#eaeef2", "running": "#fff8c5"}
 
 
-def lineage(graph: Graph, title: str = "lineage") -> str:
-    """The graph drawn left to right: each node in the column after the nodes it comes
-    from (its longest path from a source), executions as boxes coloured by status,
-    artifacts as rounded boxes; a node with a link opens it."""
+def _fit(text: str, most: int) -> str:
+    return text if len(text) <= most else text[:most - 1] + "…"
+
+
+LINEAGE_WIDTH = 1320      # the page's content width (main: 1400 less its padding, the frame)
+
+
+def lineage(graph: Graph, title: str = "lineage", max_width: int = LINEAGE_WIDTH) -> str:
+    """The graph drawn left to right in layers: each node in the layer after the nodes
+    it comes from (its longest path from a source), executions as boxes coloured by
+    status, artifacts as rounded boxes; a node with a link opens it. Layers that would
+    not fit `max_width` wrap into bands one under the other (as many layers in each), so
+    the picture fits the page at full size; an edge into a later band runs down the gap
+    right of its source, along the gap between the bands and into its target from the
+    left. A narrower window scales the whole drawing down (viewBox, max-width 100%)."""
     if not graph.nodes:
         return "<p class='muted'>No lineage recorded.</p>"
     incoming: dict[str, list[str]] = {key: [] for key in graph.nodes}
@@ -185,44 +196,77 @@ def lineage(graph: Graph, title: str = "lineage") -> str:
     columns: dict[int, list[str]] = {}
     for key in graph.nodes:        # insertion order: the order the caller added them
         columns.setdefault(column[key], []).append(key)
-    box_w, box_h, gap_x, gap_y, margin = 128, 34, 30, 12, 8
+    box_w, box_h, gap_x, gap_y, gap_band, margin = 150, 34, 34, 12, 40, 8
+    layers = max(columns) + 1
+    edge_room = gap_x // 2 + 6               # each side, when edges run between bands
+    fits = max(1, (max_width - 2 * (margin + edge_room) + gap_x) // (box_w + gap_x))
+    bands = -(-layers // fits)
+    per_band = -(-layers // bands)           # as even as can be: 12 layers, 7 fit -> 6 + 6
+    band_rows = [max(len(columns.get(c, ())) for c in range(b * per_band,
+                                                          min(layers, (b + 1) * per_band)))
+                 for b in range(bands)]
+    band_top = [margin + sum(band_rows[:b]) * (box_h + gap_y) - gap_y * b + gap_band * b
+                for b in range(bands)]
+    band_of = {key: column[key] // per_band for key in graph.nodes}
+    side = margin + (edge_room if bands > 1 else 0)
     place: dict[str, tuple[float, float]] = {}
     for index, keys in columns.items():
+        band = index // per_band
         for row, key in enumerate(keys):
-            place[key] = (margin + index * (box_w + gap_x), margin + row * (box_h + gap_y))
-    width = margin * 2 + (max(columns) + 1) * (box_w + gap_x) - gap_x
-    height = margin * 2 + max(len(k) for k in columns.values()) * (box_h + gap_y) - gap_y
+            place[key] = (side + (index % per_band) * (box_w + gap_x),
+                          band_top[band] + row * (box_h + gap_y))
+    width = side * 2 + min(layers, per_band) * (box_w + gap_x) - gap_x
+    height = band_top[-1] + band_rows[-1] * (box_h + gap_y) - gap_y + margin
     out = [f"<svg class='chart lineage' role='img' xmlns='http://www.w3.org/2000/svg' "
            f"width='{width}' height='{height}' viewBox='0 0 {width} {height}' "
-           f"aria-label='{esc(title)}'><defs><marker id='arrow' viewBox='0 0 10 10' refX='9' "
-           "refY='5' markerWidth='7' markerHeight='7' orient='auto-start-reverse'>"
-           "<path d='M0,0L10,5L0,10z' fill='#8c959f'/></marker></defs>"]
+           f"style='max-width:100%;height:auto' aria-label='{esc(title)}'><defs>"
+           "<marker id='arrow' viewBox='0 0 10 10' refX='9' refY='5' markerWidth='7' "
+           "markerHeight='7' orient='auto-start-reverse'><path d='M0,0L10,5L0,10z' "
+           "fill='#8c959f'/></marker></defs>"]
+    crossing = 0
     for source, target in sorted(graph.edges):
         if source not in place or target not in place:
             continue
         (x1, y1), (x2, y2) = place[source], place[target]
         x1, y1, x2, y2 = x1 + box_w, y1 + box_h / 2, x2, y2 + box_h / 2
-        bend = max(20.0, (x2 - x1) / 2)
-        out.append(f"<path class='edge' d='M{x1:.0f},{y1:.0f} C{x1 + bend:.0f},{y1:.0f} "
-                   f"{x2 - bend:.0f},{y2:.0f} {x2:.0f},{y2:.0f}' fill='none' stroke='#8c959f' "
+        if band_of[target] > band_of[source]:
+            # down the gap right of the source, along the gap under the source's band,
+            # down the gap left of the target; a little apart from the other such edges
+            shift = (crossing % 5) * 4 - 8
+            crossing += 1
+            band = band_of[target]
+            lane = band_top[band] - gap_band / 2 + shift
+            right, left = x1 + gap_x / 2 + shift / 2, x2 - gap_x / 2 + shift / 2
+            d = (f"M{x1:.0f},{y1:.0f} H{right:.0f} V{lane:.0f} H{left:.0f} V{y2:.0f} "
+                 f"H{x2:.0f}")
+        else:
+            bend = max(20.0, (x2 - x1) / 2)
+            d = (f"M{x1:.0f},{y1:.0f} C{x1 + bend:.0f},{y1:.0f} {x2 - bend:.0f},{y2:.0f} "
+                 f"{x2:.0f},{y2:.0f}")
+        out.append(f"<path class='edge' d='{d}' fill='none' stroke='#8c959f' "
                    "stroke-width='1.3' marker-end='url(#arrow)'/>")
     for key, node in graph.nodes.items():
         x, y = place[key]
         is_execution = node["kind"] == "execution"
         fill = STATUS_FILL.get(node["status"], "#f6f8fa") if is_execution else "#fff"
         radius = 3 if is_execution else 14
-        label = node["label"] if len(node["label"]) <= 20 else node["label"][:19] + "…"
+        # an artifact "name: Type" on two lines (name, then type); an execution's status
+        label, second = node["label"], node["status"] or (
+            "execution" if is_execution else "artifact")
+        if not is_execution and ": " in label:
+            label, second = label.split(": ", 1)
+        label, second = _fit(label, 22), _fit(second, 26)
         shape = (f"<g class='node {node['kind']}' data-key='{esc(key)}'><title>{esc(node['title'])}"
                  f"</title><rect x='{x}' y='{y}' width='{box_w}' height='{box_h}' rx='{radius}' "
                  f"fill='{fill}' stroke='{'#57606a' if is_execution else '#0969da'}'/>"
                  f"<text x='{x + box_w / 2}' y='{y + 14}' font-size='11.5' text-anchor='middle' "
                  f"font-weight='{600 if is_execution else 400}'>{esc(label)}</text>"
                  f"<text x='{x + box_w / 2}' y='{y + 27}' font-size='10' text-anchor='middle' "
-                 f"fill='#656d76'>{esc(node['status'] or ('execution' if is_execution else 'artifact'))}"
+                 f"fill='#656d76'>{esc(second)}"
                  "</text></g>")
         out.append(f"<a href='{esc(node['href'])}'>{shape}</a>" if node["href"] else shape)
     out.append("</svg>")
-    return "<div style='overflow-x:auto'>" + "".join(out) + "</div>"
+    return "".join(out)
 
 
 # --- confusion matrices -----------------------------------------------------------------
