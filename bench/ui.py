@@ -13,12 +13,9 @@ Target (issue 37): every runs and models page under 1 s on 2 cores; exit 1 when 
 over. The serving pages are printed too: they read the window's request log whole
 (7 days x 6,000 requests by default), so their time grows with the traffic.
 
---screenshots DIR takes a PNG of each page with headless Chromium instead (with
---runs-dir/--registry: of those folders; --add-traffic writes a canary's request log
-for --model into that registry first).
+The screenshots in docs/ui/ come from bench/ui_screenshots.py (a demo of real runs).
 
 Usage: python bench/ui.py [--runs 10000] [--versions 1000] [--repeat 3]
-       python bench/ui.py --screenshots docs/ui --runs-dir R --registry S --model M
 """
 
 from __future__ import annotations
@@ -187,60 +184,13 @@ def pages(run_ids: list[str], name: str, versions: int) -> list[tuple[str, str]]
             ("serving (24h)", f"/serving/{name}"), ("serving (7d)", f"/serving/{name}?window=7d")]
 
 
-def screenshots(args: argparse.Namespace) -> None:
-    """A PNG of each page, from headless Chromium (`--screenshot`)."""
-    from components.registry.versions import Registry
-
-    registry = Registry(args.registry)
-    aliases = registry.aliases(args.model)
-    if args.add_traffic:
-        add_traffic(args.registry, args.model, aliases["staging"], aliases["production"],
-                    per_day=400, days=1)
-    store = MetadataStore(os.path.join(args.runs_dir, METADATA_FILE), read_only=True)
-    runs = store.list_runs()
-    pushed = next(r["id"] for r in runs if r["status"] == "succeeded")
-    numbers = sorted(v.version for v in registry.versions(args.model))
-    url, process = start_console(args.runs_dir, args.registry)
-    shots = [("runs", "/runs", 700), ("run", f"/runs/{pushed}", 1500),
-             ("models", f"/models/{args.model}", 1000),
-             ("version", f"/models/{args.model}/{numbers[-1]}", 1700),
-             ("compare", f"/models/{args.model}/compare?left={numbers[-2]}&right={numbers[-1]}",
-              1500), ("serving", f"/serving/{args.model}?window=1h", 1300),
-             # the whole serving page: a #fragment leaves headless Chromium's capture blank
-             ("monitoring", f"/serving/{args.model}?window=1h&alias=staging", 2700)]
-    os.makedirs(args.screenshots, exist_ok=True)
-    profile = tempfile.mkdtemp(prefix="ui-shots-")
-    try:
-        for name, path, height in shots:
-            out = os.path.abspath(os.path.join(args.screenshots, f"{name}.png"))
-            subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu",
-                            "--disable-background-networking", "--disable-component-update",
-                            "--disable-sync", "--no-first-run", "--hide-scrollbars",
-                            f"--user-data-dir={profile}", f"--screenshot={out}",
-                            f"--window-size=1400,{height}", url + path],
-                           check=True, capture_output=True, timeout=120)
-            print(f"{name:<12} {path} -> {os.path.relpath(out)}")
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
-        shutil.rmtree(profile, ignore_errors=True)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10_000)
     parser.add_argument("--versions", type=int, default=1_000)
     parser.add_argument("--requests-per-day", type=int, default=3_000)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--screenshots", metavar="DIR")
-    parser.add_argument("--runs-dir")
-    parser.add_argument("--registry")
-    parser.add_argument("--model", default="m")
-    parser.add_argument("--add-traffic", action="store_true")
     args = parser.parse_args()
-    if args.screenshots:
-        screenshots(args)
-        return 0
     folder = tempfile.mkdtemp(prefix="bench-ui-")
     try:
         began = time.perf_counter()
