@@ -29,9 +29,15 @@ class ModelConfig(Section):
                                                      "weights file, run:RUN_ID, or MODEL@ALIAS."
                                                      + PATH_HELP)
     pooling: Literal["flatten", "avg", "max"] = "flatten"
-    fine_tune_layers: int = Field(0, ge=0, description="Unfreeze the top N base layers in a "
-                                                       "second phase.")
-    fine_tune_epochs: int = Field(0, ge=0)
+    fine_tune_layers: Optional[int] = Field(
+        None, ge=0, description="Unfreeze the top N base layers in a second phase, after the "
+                                "frozen one (BatchNormalization stays frozen). Unset: a third "
+                                "of the base's layers when it starts from pretrained weights "
+                                "(imagenet or a weights file), as the course fine-tunes; "
+                                "none for other starts. 0: no fine-tuning.")
+    fine_tune_epochs: Optional[int] = Field(
+        None, ge=0, description="Epochs of the fine-tuning phase; unset: train.epochs again "
+                                "when there is one.")
     fine_tune_learning_rate: float = Field(1e-5, gt=0.0)
 
     @field_validator("hidden_units")

@@ -23,7 +23,7 @@ from components.config.model import ModelConfig
 from components.config.train import TrainConfig
 from components.config.tune import apply_values, describe_values
 from components.contract import (In, Out, Scratch, StartWeights, WarmStart, WarmStartModel,
-                                 step)
+                                 Where, step)
 from components.errors import ConfigError, TrainingError
 from components.trainer.distribute import choose_strategy
 from components.trainer.export import export
@@ -154,10 +154,13 @@ def _train_as_worker(fitting: Fitting, model: ModelConfig, train: TrainConfig,
                                    "with the chief, which writes the model"]}
 
 
-def check(train: TrainConfig, data: DataConfig) -> None:
+def check(train: TrainConfig, data: DataConfig, model: ModelConfig, where: Where) -> None:
     """A built-in dataset whose training images do not fill one batch (`check_batch_fits`),
-    refused before a run starts rather than after ingest."""
-    from components.config.data import BUILTIN_PREFIX
+    refused before a run starts rather than after ingest; and a transfer base's ImageNet
+    weights, found in Keras' cache or fetched there now on this machine, one line when
+    neither can be (the file, where Keras looks, the offline way). A pipeline's
+    containers fetch them where they run (the step checks again there)."""
+    from components.config.data import AUTO, BUILTIN_PREFIX
     from components.config.data import BUILTIN_TRAIN_IMAGES
 
     source = data.source
@@ -165,6 +168,11 @@ def check(train: TrainConfig, data: DataConfig) -> None:
         if source.startswith(BUILTIN_PREFIX) else None
     if known is not None:
         check_batch_fits(train.batch_size, known, what=f"{source}'s {known} training images")
+    if model.kind == "transfer" and model.weights == "imagenet" and not where.remote:
+        from components.trainer import bases
+
+        size = data.image_size if data.image_size != AUTO else (224, 224)
+        bases.imagenet_weights(model.base, (*size, 3), log=log.info)
 
 
 @step(check=check)
@@ -206,14 +214,23 @@ def run(transform_graph: In[artifacts.TransformGraph], examples: In[artifacts.Ex
                            plan.static)
     shape = tuple(transform_graph.properties["image_shape"])
     num_classes = transform_graph.properties["num_classes"]
+    # a transfer base's own preprocessing is built from the normalization constants
+    pixels = inputs.normalization(transform_graph, examples) if model.kind == "transfer" \
+        else None
     with strategy.scope():
-        net = models.build(model, shape, num_classes, weights)
+        net = models.build(model, shape, num_classes, weights, pixels)
         if source is not None and source.version is not None:
             # the configured model, then the referenced model's weights layer by layer
             # (not that model itself: the optimizer and compile settings stay this config's)
             models.warm_start(net, source.path, model, shape, num_classes,
                               f"train.warm_start {source.describe()}")
         compile_model(net, train, plan, loss, steps_per_epoch=held.fit_count // global_batch)
+    if model.kind == "transfer":
+        # the fine-tuning phase as configured or the course's, recorded as it runs
+        layers, rounds = models.fine_tuning(model, weights, train.epochs,
+                                            len(net.get_layer("base").layers))
+        model = model.model_copy(update={"fine_tune_layers": layers,
+                                         "fine_tune_epochs": rounds})
     fitting = Fitting(net, train_ds, eval_ds, strategy, reason, plan, loss, val_ds, held,
                       inputs.augmentation(train.augment, shape[-1], model.kind)[1])
     log.info("%s; %s", fitting.augmentation, held.note)
@@ -394,6 +411,13 @@ def _lines(fitting: Fitting, model: ModelConfig, tuned: dict[str, Any], epochs: 
 
     tuned_line = [f"tuned values: {describe_values(tuned)}"] if tuned else []
     kept = fitting.kept_epoch or epochs
+    if model.kind == "transfer":
+        tuned_line.append(
+            f"fine-tuning the top {model.fine_tune_layers} base layers for "
+            f"{model.fine_tune_epochs} epoch(s) after the frozen phase, at learning rate "
+            f"{model.fine_tune_learning_rate:g}" if model.fine_tune_layers else
+            "no fine-tuning: the base stays frozen (model.fine_tune_layers 0, or a base "
+            "that does not start from pretrained weights)")
     return tuned_line + [
         f"{model.kind}: {models.trainable_params(fitting.net):,} trainable params, {epochs} "
         f"epochs{f' (resumed after epoch {resumed})' if resumed else ''}, "

@@ -77,6 +77,8 @@ class _HyperModel:
         shape = tuple(transform_graph.properties["image_shape"])
         classes = transform_graph.properties["num_classes"]
         scored_on = _scored_metric(tune.objective, held.used)
+        # a transfer base's own preprocessing is built from the normalization constants
+        pixels = inputs.normalization(transform_graph, examples)
 
         class HyperModel(kt.HyperModel):
             def configs(self, hp) -> tuple[ModelConfig, TrainConfig]:
@@ -88,7 +90,7 @@ class _HyperModel:
                 trial_model, trial_train = self.configs(hp)
                 loss = _loss(trial_train)
                 with strategy.scope():
-                    net = models.build(trial_model, shape, classes, weights)
+                    net = models.build(trial_model, shape, classes, weights, pixels)
                     training.compile_model(
                         net, trial_train, plan, loss, epochs=tune.epochs,
                         steps_per_epoch=held.fit_count // (trial_train.batch_size *

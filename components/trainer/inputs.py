@@ -86,6 +86,23 @@ def make_dataset(graph: artifacts.Artifact, examples: artifacts.Artifact, split:
                            shape, num_classes, sparse)
 
 
+def normalization(graph: artifacts.Artifact, examples: artifacts.Artifact) -> tuple[float, float]:
+    """(scale, offset) of the transform's normalization (normalized = pixel * scale +
+    offset: the full-pass constants, the same for every example), read from the first
+    training example."""
+    import tensorflow as tf
+
+    files, parse = _record_parser(graph, examples, "train")
+    if not files:
+        raise TrainingError(f"no train examples under {graph.uri}; rerun the transform step.")
+    ds = tf.data.TFRecordDataset([fileio.tf_path(f) for f in files],
+                                 compression_type="GZIP").batch(64).map(parse)
+    for _, _, scale, offset in ds:
+        if int(tf.size(scale)):
+            return float(scale[0]), float(offset[0])
+    raise TrainingError(f"no train examples under {graph.uri}; rerun the transform step.")
+
+
 def _record_parser(graph: artifacts.Artifact, examples: artifacts.Artifact, split: str):
     """(the split's TFRecord files, a function from a batch of serialized records to
     (uint8 pixels, label id, scale, offset)). Both paths yield uint8 pixels: what is

@@ -7,6 +7,7 @@ from typing import Any
 
 from components.config.model import ModelConfig
 from components.errors import ConfigError
+from components.trainer.bases import BASES      # model.base -> the Keras application
 
 # Course defaults per kind: hidden widths and activation.
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -34,8 +35,6 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 # block after the first halving height and width (max pool, or stride 2 with a strided
 # 1x1 shortcut). Halving stops once height or width is 1, so any size builds.
 GAP_KINDS = ("squeezenet", "xception", "resnet")
-BASES = {"mobilenet_v2": "MobileNetV2", "efficientnet_b0": "EfficientNetB0",
-         "resnet50": "ResNet50"}
 MIN_BASE_SIZE = 32   # the smallest input the Keras application bases accept
 # 2x2 max-pooling layers per convolutional kind: each halves height and width
 POOLINGS = {"cnn": 1, "deep_cnn": 2}
@@ -366,10 +365,12 @@ def _gap_net(x, kind: str, units: list[int], activation: str, init: str):
 
 
 def build(cfg: ModelConfig, input_shape: tuple[int, int, int], num_classes: int,
-          base_weights: str | None = None):
+          base_weights: str | None = None, pixels: tuple[float, float] | None = None):
     """The Keras model for `cfg.kind`; softmax output of `num_classes` probabilities.
     `base_weights` (default `cfg.weights`): 'imagenet' (Keras' download) or a local
-    weights file for the transfer base."""
+    weights file for the transfer base. `pixels`: (scale, offset) of the transform's
+    normalization (normalized = pixel * scale + offset; default pixels / 255): a Keras
+    application base gets its own preprocessing of the pixels 0-255 from them."""
     import keras
 
     if num_classes < 2:
@@ -404,8 +405,15 @@ def build(cfg: ModelConfig, input_shape: tuple[int, int, int], num_classes: int,
         if cfg.dropout:
             x = keras.layers.Dropout(cfg.dropout)(x)
     elif cfg.kind == "transfer":
-        base = transfer_base(cfg, input_shape, base_weights or cfg.weights)
+        weights = base_weights or cfg.weights
+        base = transfer_base(cfg, input_shape, weights)
         base.trainable = False
+        if not (weights and weights.endswith(".keras")):
+            # a Keras application: fed as its preprocess_input feeds it (a model this
+            # pipeline trained takes the pipeline's normalized pixels as they are)
+            from components.trainer import bases
+
+            x = bases.preprocess(x, cfg.base, *(pixels or (1 / 255.0, 0.0)))
         x = base(x, training=False)
         if len(x.shape) == 4:
             pool = {"flatten": keras.layers.Flatten(),
@@ -438,12 +446,40 @@ def transfer_base(cfg: ModelConfig, input_shape: tuple[int, int, int], weights: 
                     keras.layers.GlobalMaxPooling2D))), own.layers[-2])
         return keras.Model(own.inputs, cut.output, name="base")
     # channels and size were checked by build (check_input)
+    from components.trainer import bases
+
     application = getattr(keras.applications, BASES[cfg.base])
-    base = application(input_shape=input_shape, include_top=False,
-                       weights="imagenet" if weights == "imagenet" else None)
-    if weights and weights != "imagenet":
-        base.load_weights(weights)
+    base = application(input_shape=input_shape, include_top=False, weights=None)
+    if weights == "imagenet":
+        # the file Keras would fetch, found or fetched by imgpipe (one line when neither)
+        weights = bases.imagenet_weights(cfg.base, input_shape)
+    if weights:
+        try:
+            base.load_weights(weights)
+        except Exception as exc:       # another base's file, a truncated one
+            raise ConfigError(
+                f"model.weights {cfg.weights or weights}: {weights} does not load into "
+                f"model.base {cfg.base} ({type(exc).__name__}: "
+                f"{' '.join(str(exc).split())[:160]}); give that base's weights file "
+                "(include_top=False), or set model.base to the file's base") from None
     return keras.Model(base.inputs, base.output, name="base")
+
+
+def fine_tuning(cfg: ModelConfig, weights: str | None, epochs: int,
+                base_layers: int) -> tuple[int, int]:
+    """(base layers to unfreeze, epochs) of a transfer model's fine-tuning phase, as
+    configured, else the course's (TensorFlow's transfer-learning tutorial unfreezes
+    MobileNetV2's top 54 of 154 layers for as many epochs again, at a tenth of the
+    rate): a third of the base's layers when the base starts from pretrained weights
+    (imagenet, a weights file), none from a model this pipeline trained or from
+    random initialisation; train.`epochs` again. (0, 0) for the other kinds."""
+    if cfg.kind != "transfer":
+        return 0, 0
+    pretrained = bool(weights) and not weights.endswith(".keras")
+    layers = cfg.fine_tune_layers if cfg.fine_tune_layers is not None \
+        else (base_layers // 3 if pretrained else 0)
+    rounds = cfg.fine_tune_epochs if cfg.fine_tune_epochs is not None else epochs
+    return (layers, rounds) if layers and rounds else (0, 0)
 
 
 def unfreeze_top(model, layers: int) -> int:
