@@ -40,6 +40,7 @@ class Console:
     registry: Registry
     guard: Guard
     cards: model_pages.Cards
+    logs: serving_pages.LogCache
     notes: "OrderedDict[str, str]"
     lock: threading.Lock
 
@@ -90,8 +91,8 @@ def _int(text: Any, default: int = 1) -> int:
 def build(runs_dir: str, registry: Registry, guard: Guard) -> FastAPI:
     """The console's app over `runs_dir` and `registry`."""
     app = FastAPI(title="imgpipe ui", docs_url=None, redoc_url=None, openapi_url=None)
-    console = Console(runs_dir, registry, guard, model_pages.Cards(), OrderedDict(),
-                      threading.Lock())
+    console = Console(runs_dir, registry, guard, model_pages.Cards(),
+                      serving_pages.LogCache(), OrderedDict(), threading.Lock())
     app.state.console = console
 
     @app.middleware("http")
@@ -279,7 +280,8 @@ def build(runs_dir: str, registry: Registry, guard: Guard) -> FastAPI:
                      alias: str = "production") -> HTMLResponse:
         return shown(lambda: serving_pages.serving_page(registry, _known(name), window,
                                                         candidate, baseline, alias,
-                                                        guard.csrf), "serving", request)
+                                                        guard.csrf, logs=console.logs),
+                     "serving", request)
 
     @app.post("/serving/{name}/end-canary")
     async def end_canary(request: Request, name: str) -> Response:
@@ -296,7 +298,7 @@ def build(runs_dir: str, registry: Registry, guard: Guard) -> FastAPI:
             return lambda: serving_pages.serving_page(
                 registry, _known(name), serving_pages.DEFAULT_WINDOW,
                 form.get("candidate", "staging"), form.get("baseline", "production"),
-                "production", guard.csrf)
+                "production", guard.csrf, logs=console.logs)
         return await act(request, action, back, "serving")
 
     return app

@@ -1,16 +1,27 @@
 """The Serving pages: a served model's aliases, its canary (`pipeline.serve.canary`'s
 numbers and decision on the request log, and the same numbers per time bucket) and
 `imgpipe monitor`'s checks (`pipeline.serve.monitoring.monitor`) per time bucket
-against their thresholds. Only the chosen window's days of the request log are read
-(`request_log.read` picks days and files by name), never the whole log."""
+against their thresholds. Only the batch files that can hold the chosen window's
+entries are read (days and files picked by name as `request_log.read` does, and a file
+whose entries all precede the window is passed over), never the whole log; a batch file
+is written once and never changed, so its parsed entries are kept (`LogCache`, keyed by
+path, size and modification time, at most MAX_CACHED entries in all) and the next view
+reads only the files that are new."""
 
 from __future__ import annotations
 
+import bisect
 import datetime as _dt
+import heapq
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 from components.errors import ImgpipeError
 from components.registry.versions import Registry
+from components.io import fileio
 from pipeline.serve import canary, monitoring, request_log
 from pipeline.ui import svg
 from pipeline.ui.layout import esc, link, options, table, tags, verdict
@@ -52,30 +63,179 @@ def _exists(path: str) -> bool:
         return False
 
 
-def _buckets(entries: list[dict[str, Any]], since: _dt.datetime, length: _dt.timedelta,
-             count: int) -> list[tuple[str, list[dict[str, Any]]]]:
+# --- the request log, a batch file at a time ----------------------------------------------
+
+MAX_CACHED = 400_000            # entries kept in all (~0.5 KB each); the oldest file goes first
+
+
+@dataclass
+class _Batch:
+    """One batch file's valid entries, oldest first, with their times (epoch seconds)."""
+
+    entries: list[dict[str, Any]]
+    times: list[float]
+    damaged: int
+    first_damage: str | None
+
+
+def _signatures(folder: str, paths: list[str]) -> dict[str, str | None]:
+    """path -> what changes when the file is rewritten: size, times and inode locally;
+    on gs:// the object's generation and size (one listing of the day's folder); None
+    (not cached) elsewhere."""
+    if folder.startswith("gs://"):
+        return fileio.identities(paths)
+    return {path: fileio.stat_signature(path) for path in paths}
+
+
+def _parse(path: str, data: bytes) -> _Batch:
+    """A batch file's lines as `request_log.read` takes them: a torn or damaged line
+    (one `problem` finds fault with) skipped and counted."""
+    found: list[tuple[float, dict[str, Any]]] = []
+    damaged, first = 0, None
+    for number, line in enumerate(data.decode("utf-8", errors="replace").split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            why = request_log.problem(entry)
+        except (ValueError, RecursionError):
+            entry, why = None, "not JSON (a torn line?)"
+        if why:
+            damaged += 1
+            first = first or f"{path} line {number}: {why}"
+            continue
+        found.append((request_log.parse_time(entry["time"]).timestamp(), entry))
+    found.sort(key=lambda item: item[0])
+    return _Batch([e for _, e in found], [t for t, _ in found], damaged, first)
+
+
+class LogCache:
+    """The request log's batch files, parsed once: path -> (signature, entries). A file
+    is written whole and never changed (`RequestLog` writes each batch atomically under
+    a new name), so a path whose size and modification time are unchanged needs no
+    second read; one that changed is read again."""
+
+    def __init__(self, max_entries: int = MAX_CACHED):
+        self.max_entries = max_entries
+        self.held = 0
+        self.reads = 0                  # files read from the store (tests, the bench)
+        self._files: OrderedDict[str, tuple[str, _Batch]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _get(self, path: str, signature: str | None) -> _Batch | None:
+        with self._lock:
+            kept = self._files.get(path)
+            if kept and signature is not None and kept[0] == signature:
+                self._files.move_to_end(path)
+                return kept[1]
+        return None
+
+    def _put(self, path: str, signature: str | None, batch: _Batch) -> None:
+        if signature is None or len(batch.entries) > self.max_entries:
+            return
+        with self._lock:
+            old = self._files.pop(path, None)
+            self.held -= len(old[1].entries) if old else 0
+            self._files[path] = (signature, batch)
+            self.held += len(batch.entries)
+            while self.held > self.max_entries:
+                _, (_, dropped) = self._files.popitem(last=False)
+                self.held -= len(dropped.entries)
+
+    def read(self, root: str, name: str, since: _dt.datetime,
+             until: _dt.datetime) -> tuple[request_log.Entries, list[float]]:
+        """The entries of model `name` with since <= time <= until, oldest first (what
+        `request_log.read` returns: the same days, files, damage and skipped paths),
+        and their times in epoch seconds."""
+        out = request_log.Entries()
+        base = request_log.folder(root, name)
+        if not fileio.isdir(base):
+            if fileio.exists(base):
+                out.skipped.append(f"{base} (a file where the request log's folder belongs)")
+            return out, []
+        low, high = since.timestamp(), until.timestamp()
+        parts: list[list[tuple[float, dict[str, Any]]]] = []
+        for day in fileio.listdir(base):
+            if not request_log._DAY.fullmatch(day):
+                continue
+            try:
+                date = _dt.date.fromisoformat(day)
+            except ValueError:
+                continue
+            if date < since.date() or date > until.date():
+                continue
+            where = fileio.join(base, day)
+            try:
+                files = fileio.listdir(where)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                out.skipped.append(f"{where} ({request_log._unreadable(exc)})")
+                continue
+            paths = []
+            for file in files:
+                match = request_log._FILE.fullmatch(file)
+                if not match:
+                    continue             # a temporary file of a write under way
+                try:
+                    first = _dt.datetime.strptime(f"{day} {match['hms']}", "%Y-%m-%d %H%M%S"
+                                                  ).replace(tzinfo=_dt.timezone.utc)
+                except ValueError:
+                    continue
+                if first <= until:
+                    paths.append(fileio.join(where, file))
+            signatures = _signatures(base, paths) if paths else {}
+            for path in paths:
+                batch = self._get(path, signatures.get(path))
+                if batch is None:
+                    try:
+                        data = fileio.read_bytes(path)
+                    except FileNotFoundError:
+                        continue
+                    except OSError as exc:
+                        out.skipped.append(f"{path} ({request_log._unreadable(exc)})")
+                        continue
+                    self.reads += 1
+                    batch = _parse(path, data)
+                    self._put(path, signatures.get(path), batch)
+                out.files += 1
+                out.damaged += batch.damaged
+                out.first_damage = out.first_damage or batch.first_damage
+                if not batch.times or batch.times[-1] < low or batch.times[0] > high:
+                    continue
+                start = bisect.bisect_left(batch.times, low)
+                end = bisect.bisect_right(batch.times, high)
+                parts.append(list(zip(batch.times[start:end], batch.entries[start:end])))
+        merged = list(heapq.merge(*parts, key=lambda item: item[0]))
+        out.extend(entry for _, entry in merged)
+        return out, [when for when, _ in merged]
+
+
+def _buckets(entries: list[dict[str, Any]], times: list[float], since: _dt.datetime,
+             length: _dt.timedelta, count: int) -> list[tuple[str, list[dict[str, Any]]]]:
+    """The window's entries (oldest first, `times` theirs) in `count` equal buckets, each
+    labelled by its end; the window's last instant counts in the last bucket."""
     step = length / count
-    out: list[tuple[str, list[dict[str, Any]]]] = [
-        ((since + step * (i + 1)).strftime("%d %H:%M"), []) for i in range(count)]
-    for entry in entries:
-        index = int((monitoring.entry_time(entry) - since) / step)
-        if 0 <= index < count:
-            out[index][1].append(entry)
-        elif index == count:             # the window's last instant
-            out[-1][1].append(entry)
+    out = []
+    for i in range(count):
+        start = bisect.bisect_left(times, (since + step * i).timestamp())
+        end = (bisect.bisect_left(times, (since + step * (i + 1)).timestamp())
+               if i < count - 1 else len(times))
+        out.append(((since + step * (i + 1)).strftime("%d %H:%M"), entries[start:end]))
     return out
 
 
 def serving_page(registry: Registry, name: str, window: str, candidate_alias: str,
                  baseline_alias: str, watched: str, csrf: str,
-                 now: _dt.datetime | None = None) -> tuple[str, str]:
+                 now: _dt.datetime | None = None, logs: LogCache | None = None
+                 ) -> tuple[str, str]:
     window = window if window in WINDOWS else DEFAULT_WINDOW
     length, count = WINDOWS[window]
     now = now or _dt.datetime.now(_dt.timezone.utc)
     since = now - length
     aliases = registry.aliases(name)
-    entries = request_log.read(registry.root, name, since, now)
-    buckets = _buckets(list(entries), since, length, count)
+    entries, times = (logs or LogCache()).read(registry.root, name, since, now)
+    buckets = _buckets(entries, times, since, length, count)
     alias_names = sorted(aliases)
     form = (f"<form method='get' action='/serving/{esc(name)}'>window <select name='window'>"
             f"{options(WINDOWS, window)}</select> candidate <select name='candidate'>"

@@ -206,3 +206,46 @@ def test_page_runs_reads_one_page(world):
     assert store.pipelines() == ["base", "other"]
     assert set(store.executions_of(world.run_ids[:2])) == set(world.run_ids[:2])
     assert cli.build_parser()     # the ui command registers beside the others
+
+
+def test_a_long_lineage_wraps_to_the_pages_width():
+    from pipeline.ui import svg
+
+    graph = svg.Graph()
+    for i in range(20):                      # a chain of 20 layers: 3 bands of 7
+        graph.execution(f"e{i}", f"step {i}", "succeeded")
+        if i:
+            graph.edge(f"e{i - 1}", f"e{i}")
+    drawn = svg.lineage(graph)
+    width = int(re.search(r"width='(\d+)'", drawn).group(1))
+    assert width <= svg.LINEAGE_WIDTH and "max-width:100%" in drawn
+    assert drawn.count("class='node execution'") == 20 and drawn.count("class='edge'") == 19
+    ys = {float(y) for y in re.findall(r"<rect x='[\d.]+' y='([\d.]+)'", drawn)}
+    assert len(ys) == 3                      # three bands, one row each
+    assert drawn.count(" V") == 2 * 2        # two edges run down into the next band
+
+
+def test_the_serving_page_reads_each_batch_file_once(client, world):
+    import datetime as dt
+
+    from pipeline.serve import request_log
+    from pipeline.serve.request_log import RequestLog
+
+    logs = client.app.state.console.logs
+    first = client.get("/serving/m").text
+    files = logs.reads
+    assert files >= 1 and "240 request(s)" in first
+    now = dt.datetime.now(dt.timezone.utc)
+    entries, times = logs.read(world.registry.root, "m", now - dt.timedelta(hours=24), now)
+    assert entries == request_log.read(world.registry.root, "m",
+                                       now - dt.timedelta(hours=24), now)
+    assert times == sorted(times) and len(times) == 240
+    assert "240 request(s)" in client.get("/serving/m").text and logs.reads == files
+    with RequestLog(world.registry.root, flush_seconds=3600) as log:      # a new batch
+        log.record("m", request_log.make_entry(
+            model="m", version=1, label="production", arm="baseline", status=500,
+            latency_ms=30.0, instances=1, id="late", images=None,
+            time=dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")))
+    assert "241 request(s)" in client.get("/serving/m").text and logs.reads == files + 1
+    old = client.get("/serving/m", params={"window": "1h"}).text     # still from the cache
+    assert "241 request(s)" in old and logs.reads == files + 1
