@@ -122,9 +122,9 @@ def test_every_command_line_argument_has_help():
 
 @pytest.mark.parametrize("tree, kind, schedule, epochs", [
     # 3-channel data naming no model.kind: the photo defaults, under the keys given
-    ({"data": {"channels": 3}}, "xception", "cosine", 30),
+    ({"data": {"channels": 3}}, "xception", "cosine", 40),
     ({"data": {"channels": 3}, "train": {"epochs": 5}}, "xception", "cosine", 5),
-    ({"data": {"channels": 3}, "model": {"dropout": 0.3}}, "xception", "cosine", 30),
+    ({"data": {"channels": 3}, "model": {"dropout": 0.3}}, "xception", "cosine", 40),
     # a named kind keeps the course's model and training exactly; 1-channel data too
     ({"data": {"channels": 3}, "model": {"kind": "deep_cnn"}}, "deep_cnn", "constant", 10),
     ({"data": {"channels": 1}}, "deep_cnn", "constant", 10),

@@ -15,7 +15,8 @@ from tests import fixtures
 
 from tests import ROOT  # noqa: E402
 
-PHOTO_KEYS = ("model.kind xception, train.epochs 30, train.batch_size 32, "
+PHOTO_KEYS = ("model.kind xception, model.hidden_units [24, 48, 96, 192], train.epochs 40, "
+              "train.batch_size 32, "
               "train.label_smoothing 0.1, train.optimizer.learning_rate 0.002, "
               "train.optimizer.schedule cosine, train.optimizer.warmup_epochs 2")
 
@@ -44,7 +45,7 @@ def test_a_photo_folder_with_only_a_source_trains_3_channels_at_a_photo_size_wit
     assert (cfg.data.channels, cfg.data.image_size) == (3, (48, 48))
     assert cfg.data.decided.keys == ["channels", "image_size"]
     assert (cfg.model.kind, cfg.train.epochs, cfg.train.optimizer.schedule,
-            cfg.train.label_smoothing) == ("xception", 30, "cosine", 0.1)
+            cfg.train.label_smoothing) == ("xception", 40, "cosine", 0.1)
     assert cfg.train.defaults.applied == "photo"
     assert cfg.decision_line() == (
         "data: 3 channels, 48x48 (decided from the data: 60 of 60 sampled files are RGB; "
@@ -115,7 +116,7 @@ def test_explicit_keys_win_and_configs_that_set_both_behave_as_before(tmp_path):
     assert both.data.decided is None and both.train.epochs == 5
     assert both.decision_line() == (
         "data: 3 channels, 64x64 (set in the config); photo defaults applied (3 channels, no "
-        "model.kind named): " + PHOTO_KEYS.replace("train.epochs 30, ", ""))
+        "model.kind named): " + PHOTO_KEYS.replace("train.epochs 40, ", ""))
     # the shipped configs set both: nothing is decided, nothing read
     for name in ("fonts", "digits", "photos", "spans"):
         cfg = config_lib.load(os.path.join(ROOT, "configs", f"{name}.yaml"))
