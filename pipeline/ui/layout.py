@@ -108,7 +108,8 @@ def number(value: Any, places: int = 4) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, float):
-        return f"{value:,.0f}" if value.is_integer() and abs(value) >= 1000 else \
+        # a whole number past 1 is a count (TFMA's example_count is a float), not a rate
+        return f"{value:,.0f}" if value.is_integer() and abs(value) > 1 else \
             f"{value:.{places}f}"
     return str(value)
 

@@ -317,7 +317,8 @@ def compare_page(registry: Registry, name: str, left: int, right: int) -> tuple[
         css="metrics")
     if diff["per_class"]:
         body += "<h2>Per class</h2>" + table(
-            ["class", "recall", "", "precision", "", "f1 change"],
+            ["class", f"recall {diff['left']}", f"recall {diff['right']}",
+             f"precision {diff['left']}", f"precision {diff['right']}", "f1 change"],
             [[c, r["recall"]["left"], r["recall"]["right"], r["precision"]["left"],
               r["precision"]["right"], _change(r["f1_score"]["change"])]
              for c, r in diff["per_class"].items()])
