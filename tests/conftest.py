@@ -67,11 +67,18 @@ def pytest_sessionfinish(session, exitstatus):
     except OSError:
         left = []
     # TensorFlow's autograph cache files stay inside this folder, which is removed below;
-    # they are said, not failed on (a test of issue 34 leaves two; not yet found which)
-    autograph = [name for name in left if name.startswith("__autograph_generated_file")]
-    left = [name for name in left if name not in autograph]
+    # they are said, with the tests after which they appeared, not failed on (a test of
+    # issue 34 leaves two; not yet found which)
+    autograph = [name for name in left if name.startswith(_AUTOGRAPH)]
+    left = [name for name in left if name not in autograph and name != _AUTOGRAPH_SEEN]
     if autograph:
-        print(f"\nnote: {len(autograph)} TensorFlow autograph files left in {path}")
+        try:
+            with open(os.path.join(path, _AUTOGRAPH_SEEN)) as seen:
+                after = sorted(set(seen.read().split()))
+        except OSError:
+            after = []
+        print(f"\nnote: {len(autograph)} TensorFlow autograph files left in {path}; they "
+              f"appeared after: {', '.join(after) or 'no test (a fixture or the session)'}")
     if left:
         print(f"\nthe test suite left {len(left)} entries in its temporary folder "
               f"{path}: {left[:20]}")
@@ -124,10 +131,17 @@ def _listing(folder: str) -> set[str]:
         return set()
 
 
+_AUTOGRAPH = "__autograph_generated_file"
+# where each test after which TensorFlow autograph files appeared in the suite's folder is
+# written (xdist workers share the folder: a test of the other worker may be the one)
+_AUTOGRAPH_SEEN = "autograph-seen-after.txt"
+
+
 @pytest.fixture(autouse=True)
-def _redirected_tmpdirs_are_left_clean():
+def _redirected_tmpdirs_are_left_clean(request):
     watched: dict[str, set[str]] = {}
     suite = os.environ.get(SUITE_TMPDIR)
+    autograph = {e for e in _listing(suite) if e.startswith(_AUTOGRAPH)} if suite else set()
     original = subprocess.Popen.__init__
 
     def init(self, *args, **kwargs):
@@ -142,6 +156,9 @@ def _redirected_tmpdirs_are_left_clean():
         yield
     finally:
         subprocess.Popen.__init__ = original
+    if suite and {e for e in _listing(suite) if e.startswith(_AUTOGRAPH)} - autograph:
+        with open(os.path.join(suite, _AUTOGRAPH_SEEN), "a") as seen:
+            seen.write(request.node.nodeid + "\n")
     left = {folder: sorted(e for e in _listing(folder) - before if _TEMP_NAME.match(e))
             for folder, before in watched.items()}
     left = {folder: entries for folder, entries in left.items() if entries}
