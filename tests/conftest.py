@@ -219,3 +219,26 @@ def fake_vertex(monkeypatch):
     monkeypatch.setattr(vertex, "client_module", fake.module())
     monkeypatch.setattr(vertex, "tensorflow_version", lambda: "2.21.0")
     return fake
+
+
+# --- TensorFlow outside a step: its autograph files kept in a private folder ------------------
+
+
+@pytest.fixture
+def private_tmp():
+    """A test that calls Keras or TensorFlow directly (not through a step or the CLI,
+    which have a private temporary folder of their own): its autograph files stay in a
+    folder removed after it. Modules take it with `pytestmark = usefixtures(...)`."""
+    from components import runtime
+
+    with runtime.private_tempdir():
+        yield
+
+
+@pytest.fixture(scope="module")
+def private_tmp_module():
+    """`private_tmp` for a whole module (its module-scoped fixtures save models too)."""
+    from components import runtime
+
+    with runtime.private_tempdir():
+        yield

@@ -9,18 +9,13 @@ import os
 
 import pytest
 
-from components import runtime
 from components.errors import ConfigError
 from components.inference import client, predict
 from components.registry.versions import Version
 
 
-@pytest.fixture(autouse=True)
-def private_tmp():
-    """These tests trace and save a SavedModel in the test process: keep TensorFlow's
-    autograph files contained."""
-    with runtime.private_tempdir():
-        yield
+# TensorFlow runs here outside a step (which has a private temporary folder of its own)
+pytestmark = pytest.mark.usefixtures("private_tmp")
 
 
 def _examples_only(path: str) -> None:

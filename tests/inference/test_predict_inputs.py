@@ -13,18 +13,13 @@ import time
 
 import pytest
 
-from components import runtime
 from pipeline import cli
 from tests import fixtures
 from tests.fixtures import fifo_watch
 
 
-@pytest.fixture(autouse=True)
-def private_tmp():
-    """Some tests trace and save a SavedModel in the test process: keep TensorFlow's
-    autograph files contained."""
-    with runtime.private_tempdir():
-        yield
+# TensorFlow runs here outside a step (which has a private temporary folder of its own)
+pytestmark = pytest.mark.usefixtures("private_tmp")
 
 
 def _images(folder) -> None:

@@ -21,12 +21,8 @@ VOCABULARY = list(fixtures.CLASSES)
 SIGNATURES = {"serving_default": "examples", "serving_images": "images"}
 
 
-@pytest.fixture(autouse=True)
-def private_tmp():
-    """These tests build, trace and call SavedModels in the test process (not through a
-    step's private temporary folder): keep TensorFlow's autograph files contained."""
-    with runtime.private_tempdir():
-        yield
+# TensorFlow runs here outside a step (which has a private temporary folder of its own)
+pytestmark = pytest.mark.usefixtures("private_tmp")
 
 
 def _tiny_model(path):

@@ -24,12 +24,8 @@ LIMIT = headers.MAX_HEAD_BYTES
 MIB = 1 << 20
 
 
-@pytest.fixture(scope="module", autouse=True)
-def private_tmp():
-    from components import runtime
-
-    with runtime.private_tempdir():
-        yield
+# TensorFlow runs here outside a step (which has a private temporary folder of its own)
+pytestmark = pytest.mark.usefixtures("private_tmp_module")
 
 
 @pytest.fixture(scope="module")

@@ -39,12 +39,8 @@ def images_body(*images: bytes) -> dict:
             "instances": [{"b64": base64.b64encode(d).decode()} for d in data]}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def private_tmp():
-    from components import runtime
-
-    with runtime.private_tempdir():
-        yield
+# TensorFlow runs here outside a step (which has a private temporary folder of its own)
+pytestmark = pytest.mark.usefixtures("private_tmp_module")
 
 
 def _push(registry: Registry, work, favourite: int, index: int) -> None:

@@ -30,14 +30,8 @@ def images_body(count: int = 1, data: str = IMAGE) -> dict:
     return {"signature_name": "serving_images", "instances": [{"b64": data}] * count}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def private_tmp():
-    """The models here are saved and loaded outside a step's private temporary folder:
-    keep TensorFlow's autograph files contained."""
-    from components import runtime
-
-    with runtime.private_tempdir():
-        yield
+# TensorFlow runs here outside a step (which has a private temporary folder of its own)
+pytestmark = pytest.mark.usefixtures("private_tmp_module")
 
 
 @pytest.fixture(scope="module")

@@ -22,14 +22,8 @@ from tests import ROOT
 from tests import serve_models as sm
 
 
-@pytest.fixture(scope="module", autouse=True)
-def private_tmp():
-    """The models here are saved and loaded outside a step's private temporary folder:
-    keep TensorFlow's autograph files contained."""
-    from components import runtime
-
-    with runtime.private_tempdir():
-        yield
+# TensorFlow runs here outside a step (which has a private temporary folder of its own)
+pytestmark = pytest.mark.usefixtures("private_tmp_module")
 
 
 @pytest.fixture(scope="module")

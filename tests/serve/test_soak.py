@@ -33,22 +33,13 @@ from pipeline.serve import request_log
 from tests import ROOT
 from tests import serve_models as sm
 
-pytestmark = pytest.mark.slow
+# slow; TensorFlow runs here outside a step (which has a private temporary folder)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("private_tmp_module")]
 
 IMAGE = base64.b64encode(sm.png()).decode()
 CLIENTS = 4
 MAX_PER_CLIENT = 1500
 TIMEOUT = 60.0               # any one wait (generous: the machine may be busy)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def private_tmp():
-    """The models are saved outside a step's private temporary folder: keep
-    TensorFlow's autograph files contained."""
-    from components import runtime
-
-    with runtime.private_tempdir():
-        yield
 
 
 def _png_header(width: int, height: int) -> bytes:

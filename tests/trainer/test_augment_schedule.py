@@ -27,15 +27,8 @@ from pipeline import config as config_lib
 from tests import fixtures
 
 
-@pytest.fixture(autouse=True)
-def private_tmp():
-    """These tests call the trainer's input pipeline and Keras' augmentation layers
-    directly (not through a step, which has a private temporary folder of its own):
-    keep TensorFlow's autograph files contained."""
-    from components import runtime
-
-    with runtime.private_tempdir():
-        yield
+# TensorFlow runs here outside a step (which has a private temporary folder of its own)
+pytestmark = pytest.mark.usefixtures("private_tmp")
 
 
 HEAVY = {"flip": "horizontal_and_vertical", "rotation": 0.2, "brightness": 0.5,

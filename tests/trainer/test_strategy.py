@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from components import artifacts, runtime
+from components import artifacts
 from components.trainer import distribute, inputs, training
 from components.config.beam import BeamConfig
 from components.config.data import DataConfig
@@ -16,12 +16,8 @@ from components.steps import transform
 from tests import fixtures
 
 
-@pytest.fixture(autouse=True)
-def private_tmp():
-    """These tests call the trainer's helpers directly (not through a step, which has a
-    private temporary folder of its own): keep TensorFlow's autograph files contained."""
-    with runtime.private_tempdir():
-        yield
+# TensorFlow runs here outside a step (which has a private temporary folder of its own)
+pytestmark = pytest.mark.usefixtures("private_tmp")
 
 
 class FakeResolver:

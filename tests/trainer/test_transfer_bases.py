@@ -22,13 +22,8 @@ from components.trainer import bases, models
 from tests.fixtures import cli_config, make_class_folders, run_cli
 
 
-@pytest.fixture(autouse=True)
-def private_tmp():
-    """Keras is called directly here: keep TensorFlow's autograph files contained."""
-    from components import runtime
-
-    with runtime.private_tempdir():
-        yield
+# TensorFlow runs here outside a step (which has a private temporary folder of its own)
+pytestmark = pytest.mark.usefixtures("private_tmp")
 
 
 def _save_base_weights(base: str, shape, path: str) -> None:
