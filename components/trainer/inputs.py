@@ -141,15 +141,16 @@ def _record_parser(graph: artifacts.Artifact, examples: artifacts.Artifact, spli
 # --- augmentation (training batches only) ----------------------------------------------
 
 
-# The kinds `train.augment: auto` augments on 3-channel data: batch norm and global
-# pooling, built for photos (the photo defaults' kind among them), and transfer bases.
-# The course's kinds (dense heads over flattened pixels or feature maps, dropout 0.5
-# on a narrow layer) train as the course wrote them, unaugmented: on the shared photos
-# (64x64x3, 10 epochs) the course cnn reached eval accuracy 0.624 unaugmented and 0.224
-# with auto's layers (rotation alone 0.242). Augmentation and dropout 0.5 on its
-# 32 units both regularize a model that underfits (training accuracy below
-# validation's): with model.dropout 0 the same rotation gave 0.674.
-AUTO_AUGMENTED_KINDS = ("squeezenet", "xception", "resnet", "transfer")
+# The kinds `train.augment: auto` augments on 3-channel data: the modern convnets from
+# scratch (batch norm, global pooling, the capacity to overfit a few thousand photos;
+# the photo defaults' kind among them). The course's kinds (dense heads over flattened
+# pixels or feature maps, dropout 0.5 on a narrow layer) and transfer (a head over a
+# frozen base) train unaugmented: they underfit, and augmentation made them worse
+# (bench/accuracy.py --matrix, 2026-12-08, eval accuracy augmented vs not: the course
+# cnn on the shared photos 0.224 vs 0.637 in 10 epochs, deep_cnn on builtin:shapes
+# 0.760 vs 0.811 in 40, transfer from a base trained on shapes to the photos 0.311 vs
+# 0.537 in 10). With model.dropout 0, rotation alone helped the cnn (0.674 vs 0.624).
+AUTO_AUGMENTED_KINDS = ("squeezenet", "xception", "resnet")
 
 
 def augmentation(augment, channels: int, kind: str | None = None
@@ -157,8 +158,8 @@ def augmentation(augment, channels: int, kind: str | None = None
     """([(layer, factor)], what the summary says) for `train.augment` on images of
     `channels` for a model of `kind`: auto is off for 1-channel data (glyphs and digits,
     where a mirrored or turned glyph is another class or none) and for the course's
-    kinds (see AUTO_AUGMENTED_KINDS), and AUGMENT_AUTO's layers for the others on 3
-    channels (`kind` None: decided by the channels only)."""
+    kinds and transfer (see AUTO_AUGMENTED_KINDS), and AUGMENT_AUTO's layers for the
+    modern convnets on 3 channels (`kind` None: decided by the channels only)."""
     if augment == "off":
         return [], "augmentation: off (train.augment: off)"
     if augment == "auto":
@@ -166,10 +167,11 @@ def augmentation(augment, channels: int, kind: str | None = None
             return [], ("augmentation: off (train.augment auto, 1-channel data: glyphs and "
                         "digits are not flipped or turned)")
         if kind is not None and kind not in AUTO_AUGMENTED_KINDS:
-            return [], (f"augmentation: off (train.augment auto, model.kind {kind}: the "
-                        "course's models train unaugmented, as the course wrote them; with "
-                        "their dropout, augmentation left them underfitting. Set "
-                        "train.augment to a list of layers to augment anyway)")
+            return [], (f"augmentation: off (train.augment auto, model.kind {kind}: "
+                        + ("a head over a frozen base" if kind == "transfer" else
+                           "the course's models train as the course wrote them")
+                        + " underfits, and augmentation made it worse. Set train.augment "
+                        "to a list of layers to augment anyway)")
         layers = [(name, AUGMENT_LAYERS[name]) for name in
                   ("flip", "rotation", "zoom", "translation", "contrast")]
         how = "train.augment auto, 3-channel data"
