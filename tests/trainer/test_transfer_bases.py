@@ -136,3 +136,16 @@ def test_transfer_from_cached_imagenet_weights_trains_fine_tunes_and_serves(
     image = tf.constant([png_bytes(class_pattern(1, 3, 32, 3))])
     probabilities = loaded.signatures["serving_images"](images=image)["probabilities"].numpy()
     assert probabilities.shape == (1, 3) and np.isclose(probabilities.sum(), 1.0, atol=1e-4)
+
+
+def test_a_weights_file_of_another_base_is_one_line(tmp_path):
+    path = str(tmp_path / "mobilenet.h5")
+    _save_base_weights("mobilenet_v2", (32, 32, 3), path)
+    with pytest.raises(ConfigError) as caught:
+        models.build(ModelConfig(kind="transfer", base="efficientnet_b0", weights=path,
+                                 pooling="avg"), (32, 32, 3), 3)
+    message = str(caught.value)
+    assert message.startswith(f"model.weights {path}: {path} does not load into model.base "
+                              "efficientnet_b0 (") and "\n" not in message
+    assert message.endswith("give that base's weights file (include_top=False), or set "
+                            "model.base to the file's base")
