@@ -38,17 +38,51 @@ def utc_compact() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
 
 
-def release_memory() -> None:
-    """Returns freed heap to the OS (glibc keeps it otherwise), so the next phase's
-    peak does not stack on the last one's."""
-    import ctypes
+# Net allocations between two collections of the young generation. Python's 700 turns
+# importing TensorFlow, Beam, TFT and TFMA (millions of objects, nearly all kept for the
+# process's life) into thousands of collections; at 50,000 those imports took 4.6 s
+# instead of 5.3 s (2-core VM, 2026-12-08), for a few MB more young garbage at a time.
+YOUNG_COLLECTION_THRESHOLD = 50_000
+
+
+def fewer_collections() -> None:
+    """Collects the young generation every YOUNG_COLLECTION_THRESHOLD net allocations
+    (the older generations' thresholds unchanged): for a command's process, at start."""
     import gc
 
+    young, middle, old = gc.get_threshold()
+    gc.set_threshold(max(YOUNG_COLLECTION_THRESHOLD, young), middle, old)
+
+
+def release_memory(freeze: bool = False) -> None:
+    """Returns freed heap to the OS (glibc keeps it otherwise), so the next phase's
+    peak does not stack on the last one's. `freeze` (a runner between steps): what
+    survives the collection (modules, library caches: there for the process's life) is
+    then frozen out of later collections until `thaw()`, so each walks only what was
+    allocated since; a full collection over TensorFlow's, Beam's and TFMA's 600,000
+    objects took 0.25 s, after every step and in every automatic collection of the
+    oldest generation. Only on the main thread: from a step beside it, the main
+    thread's step is still running, and its objects must stay collectable."""
+    import ctypes
+    import gc
+    import threading
+
     gc.collect()
+    if freeze and threading.current_thread() is threading.main_thread():
+        gc.freeze()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def thaw() -> None:
+    """Gives what `release_memory(freeze=True)` froze back to the collector: at a run's
+    end, so a process that goes on (a test suite, a second run) collects what the run
+    left behind."""
+    import gc
+
+    gc.unfreeze()
 
 
 # --- stopping on signals -------------------------------------------------------------

@@ -107,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _entry() -> Any:  # pragma: no cover
+    runtime.fewer_collections()          # before the libraries a command imports
     runtime.install_stop_handlers()
     with contextlib.ExitStack() as stack:
         if not _verbose(sys.argv[1:]):

@@ -78,8 +78,11 @@ class LocalRunner:
         self.log(f"  {self.config.decision_line()}")     # the data's shape, the defaults
         # One temporary folder for the run: steps running side by side share it (a step
         # of its own would point the process-wide TMPDIR elsewhere under the other).
-        with runtime.private_tempdir(), _Beside() as beside:
-            return self._run_steps(run_id, self.steps[: last + 1], beside)
+        try:
+            with runtime.private_tempdir(), _Beside() as beside:
+                return self._run_steps(run_id, self.steps[: last + 1], beside)
+        finally:
+            runtime.thaw()      # what the memory release after each step froze
 
     def _run_steps(self, run_id: str, steps: tuple[dag.Node, ...], beside: "_Beside"
                    ) -> RunResult:
@@ -341,7 +344,7 @@ class LocalRunner:
             self.store.finish_execution(execution_id, "failed", error=failure_reason(exc))
             raise
         seconds = time.perf_counter() - started
-        runtime.release_memory()
+        runtime.release_memory(freeze=True)
         summary = record(node.spec, summary)
         self.store.record_artifacts(execution_id, "output", outputs)
         for output, art in outputs.items():
