@@ -70,7 +70,7 @@ import re
 import socket
 import threading
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from components.io import fileio
 from components.features import EXAMPLES_SIGNATURE, IMAGES_SIGNATURE
@@ -466,12 +466,56 @@ class Entries(list):
         self.skipped: list[str] = []
 
 
-def _unreadable(exc: OSError) -> str:
+def unreadable(exc: OSError) -> str:
     if isinstance(exc, NotADirectoryError):
         return "a file where a day's folder of batch files belongs"
     if isinstance(exc, IsADirectoryError):
         return "a folder where a batch file belongs"
     return f"{type(exc).__name__}: {exc.strerror or exc}"
+
+
+def batch_files(root: str, name: str, since: _dt.datetime | None,
+                until: _dt.datetime | None, out: Entries) -> Iterator[tuple[str, list[str]]]:
+    """(a day's folder, its batch files that may hold entries up to `until`) for each
+    day of model `name`'s log from `since` to `until` (either may be None; aware
+    times), chosen by their names; a folder that cannot be listed, or a file where the
+    log's folder belongs, is named in `out.skipped`. What `read` reads, and what a
+    reader that keeps files (the console) lists."""
+    base = folder(root, name)
+    if not fileio.isdir(base):
+        if fileio.exists(base):
+            out.skipped.append(f"{base} (a file where the request log's folder belongs)")
+        return
+    for day in fileio.listdir(base):
+        if not _DAY.fullmatch(day):
+            continue
+        try:
+            date = _dt.date.fromisoformat(day)
+        except ValueError:
+            continue
+        if (since and date < since.date()) or (until and date > until.date()):
+            continue
+        where = fileio.join(base, day)
+        try:
+            files = fileio.listdir(where)
+        except FileNotFoundError:
+            continue                     # removed meanwhile
+        except OSError as exc:
+            out.skipped.append(f"{where} ({unreadable(exc)})")
+            continue
+        paths = []
+        for file in files:
+            match = _FILE.fullmatch(file)
+            if not match:
+                continue                 # a temporary file of a write under way
+            try:
+                first = _dt.datetime.strptime(f"{day} {match['hms']}", "%Y-%m-%d %H%M%S"
+                                              ).replace(tzinfo=_dt.timezone.utc)
+            except ValueError:
+                continue
+            if not until or first <= until:
+                paths.append(fileio.join(where, file))
+        yield where, paths
 
 
 def read(root: str, name: str, since: _dt.datetime | None = None,
@@ -484,46 +528,15 @@ def read(root: str, name: str, since: _dt.datetime | None = None,
     since = _utc(since) if since else None
     until = _utc(until) if until else None
     out = Entries()
-    base = folder(root, name)
-    if not fileio.isdir(base):
-        if fileio.exists(base):
-            out.skipped.append(f"{base} (a file where the request log's folder belongs)")
-        return out
     found: list[tuple[_dt.datetime, dict[str, Any]]] = []
-    for day in fileio.listdir(base):
-        if not _DAY.fullmatch(day):
-            continue
-        try:
-            date = _dt.date.fromisoformat(day)
-        except ValueError:
-            continue
-        if (since and date < since.date()) or (until and date > until.date()):
-            continue
-        try:
-            files = fileio.listdir(fileio.join(base, day))
-        except FileNotFoundError:
-            continue                     # removed meanwhile
-        except OSError as exc:
-            out.skipped.append(f"{fileio.join(base, day)} ({_unreadable(exc)})")
-            continue
-        for file in files:
-            match = _FILE.fullmatch(file)
-            if not match:
-                continue                 # a temporary file of a write under way
-            try:
-                first = _dt.datetime.strptime(f"{day} {match['hms']}", "%Y-%m-%d %H%M%S"
-                                              ).replace(tzinfo=_dt.timezone.utc)
-            except ValueError:
-                continue
-            if until and first > until:
-                continue
-            path = fileio.join(base, day, file)
+    for _, paths in batch_files(root, name, since, until, out):
+        for path in paths:
             try:
                 data = fileio.read_bytes(path)
             except FileNotFoundError:
                 continue                 # removed meanwhile
             except OSError as exc:
-                out.skipped.append(f"{path} ({_unreadable(exc)})")
+                out.skipped.append(f"{path} ({unreadable(exc)})")
                 continue
             out.files += 1
             for number, line in enumerate(data.decode("utf-8", errors="replace").split("\n"), 1):

@@ -149,41 +149,9 @@ class LogCache:
         and their times in epoch seconds."""
         out = request_log.Entries()
         base = request_log.folder(root, name)
-        if not fileio.isdir(base):
-            if fileio.exists(base):
-                out.skipped.append(f"{base} (a file where the request log's folder belongs)")
-            return out, []
         low, high = since.timestamp(), until.timestamp()
         parts: list[list[tuple[float, dict[str, Any]]]] = []
-        for day in fileio.listdir(base):
-            if not request_log._DAY.fullmatch(day):
-                continue
-            try:
-                date = _dt.date.fromisoformat(day)
-            except ValueError:
-                continue
-            if date < since.date() or date > until.date():
-                continue
-            where = fileio.join(base, day)
-            try:
-                files = fileio.listdir(where)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                out.skipped.append(f"{where} ({request_log._unreadable(exc)})")
-                continue
-            paths = []
-            for file in files:
-                match = request_log._FILE.fullmatch(file)
-                if not match:
-                    continue             # a temporary file of a write under way
-                try:
-                    first = _dt.datetime.strptime(f"{day} {match['hms']}", "%Y-%m-%d %H%M%S"
-                                                  ).replace(tzinfo=_dt.timezone.utc)
-                except ValueError:
-                    continue
-                if first <= until:
-                    paths.append(fileio.join(where, file))
+        for _, paths in request_log.batch_files(root, name, since, until, out):
             signatures = _signatures(base, paths) if paths else {}
             for path in paths:
                 batch = self._get(path, signatures.get(path))
@@ -193,7 +161,7 @@ class LogCache:
                     except FileNotFoundError:
                         continue
                     except OSError as exc:
-                        out.skipped.append(f"{path} ({request_log._unreadable(exc)})")
+                        out.skipped.append(f"{path} ({request_log.unreadable(exc)})")
                         continue
                     self.reads += 1
                     batch = _parse(path, data)
