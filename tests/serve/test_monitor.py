@@ -669,8 +669,16 @@ def test_a_path_that_is_not_what_its_name_says_is_skipped_and_named(registry, ca
 
     write(registry, traffic(200), canary_traffic(250))
     base = request_log.folder(registry.root, "m")
-    if plant.startswith("a file"):       # yesterday: read from a day before the push on
-        path = os.path.join(base, (START - dt.timedelta(days=1)).strftime("%Y-%m-%d"))
+    window = _window(0, 300)
+    if plant.startswith("a file"):
+        # a day that is read and holds no traffic: the day before the push (read from it
+        # on, for clock skew), or, from 00:00 to 02:00 UTC, when that day's folder holds
+        # the traffic (from START, two hours ago), the push's own day, read up to now
+        pushed = dt.datetime.now(dt.timezone.utc)
+        day = pushed - dt.timedelta(days=1)
+        if (START + dt.timedelta(seconds=300)).date() == day.date():
+            day, window = pushed, _window(0, (pushed - START).total_seconds() + 60)
+        path = os.path.join(base, day.strftime("%Y-%m-%d"))
         with open(path, "w") as handle:
             handle.write("x\n")
         why = "a file where a day's folder of batch files belongs"
@@ -678,7 +686,7 @@ def test_a_path_that_is_not_what_its_name_says_is_skipped_and_named(registry, ca
         path = os.path.join(base, START.strftime("%Y-%m-%d"), "000000-h-1-1.jsonl")
         os.makedirs(path)
         why = "a folder where a batch file belongs"
-    code, text, report = monitor(capsys, registry, "m@production", *_window(0, 300))
+    code, text, report = monitor(capsys, registry, "m@production", *window)
     assert code == 0 and report["status"] == "healthy", text
     assert report["skipped_paths"] == [f"{path} ({why})"]
     assert f"skipped in the request log: {path} ({why})" in text
