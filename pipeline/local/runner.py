@@ -107,6 +107,9 @@ class LocalRunner:
                                    key=order.index):
                     if beside.started(name) and name not in results:
                         current = name
+                        if not beside.done(name):
+                            self._while_waiting(run_id, [results[n] for n in order
+                                                         if n in results])
                         results[name] = beside.result(name)
                 current = node.name
                 closed = self._closed(node, results)
@@ -176,6 +179,13 @@ class LocalRunner:
                                   f"{candidate.run_id}) no longer verifies: {problem}")
         return None, damaged or cache.explain_miss(
             prepared.parts, self.store.last_execution(self.config.name, step))
+
+    def _while_waiting(self, run_id: str, done: list[StepResult]) -> None:
+        """Work for the main thread while a step beside it finishes: the report's plots
+        of the steps done so far (the report then finds them drawn, in the plot cache)."""
+        from pipeline.report import html as report
+
+        report.draw_plots(self.runs_dir, run_id, done)
 
     def _report(self, run_id: str, status: str, results: list[StepResult],
                 error: str | None = None) -> None:
@@ -407,6 +417,9 @@ class _Beside:
 
     def started(self, name: str) -> bool:
         return name in self._futures
+
+    def done(self, name: str) -> bool:
+        return self._futures[name].done()
 
     def names(self) -> set[str]:
         return set(self._futures)

@@ -412,6 +412,28 @@ def write_for_run(runs_dir: str, run_id: str, status: str, steps: list[Any],
     log(f"  report   {path}")
 
 
+def draw_plots(runs_dir: str, run_id: str, steps: list[Any]) -> None:
+    """Draws the plots of the steps finished so far into the plot cache
+    (RUNS_DIR/.plots), where the run's report finds them. The local runner calls it
+    while it waits for a step running beside (infra validation in its own process), so
+    that drawing them (matplotlib's import included) is off the run's critical path.
+    Never fails the run: a plot not drawn now is drawn by the report."""
+    try:
+        outputs = outputs_by_ref(steps)
+        evaluation_uri = EVALUATION.uri(outputs)
+        run_dir = os.path.join(runs_dir, run_id)
+        cache = os.path.join(runs_dir, ".plots")
+        os.makedirs(run_dir, exist_ok=True)
+        _plots(artifacts.Model.load(MODEL.uri(outputs)),
+               artifacts.ModelEvaluation.load(evaluation_uri), run_dir, cache,
+               artifacts.HyperParameters.load(HYPERPARAMETERS.uri(outputs)), evaluation_uri)
+        stats = artifacts.ExampleStatistics.load(STATISTICS.uri(outputs))
+        if stats:
+            spans_plot(stats, run_dir, cache)
+    except Exception:       # the report draws what is missing, and says so if it fails
+        return
+
+
 def write(run_dir: str, run_id: str, status: str, steps: list[Any], error: str | None = None,
           path: str | None = None, plot_cache: str | None = None,
           config: dict[str, Any] | None = None) -> str:

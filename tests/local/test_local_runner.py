@@ -231,6 +231,28 @@ def test_an_isolated_step_runs_beside_the_next_ones(tmp_path, make_config, monke
     assert newest["status"] == "failed" and "model broken" in newest["error"]
 
 
+def test_while_a_step_beside_runs_the_runner_draws_the_report_plots(tmp_path, make_config,
+                                                                   monkeypatch):
+    """Waiting for a step beside it that has not finished, the main thread draws the
+    report's plots of the steps done so far (off the run's critical path); a drawing
+    that fails costs the run nothing (the report draws what is missing)."""
+    from pipeline.local import runner as runner_module
+    from pipeline.report import html as report
+
+    monkeypatch.setenv(fake_steps.RENDEZVOUS, str(tmp_path / "marker"))
+    monkeypatch.setattr(runner_module._Beside, "done", lambda self, name: False)
+    calls = []
+    monkeypatch.setattr(report, "draw_plots", lambda runs_dir, run_id, steps: calls.append(
+        (run_id, [s.step for s in steps])))
+    result = LocalRunner(make_config(data={"source": "a"}), str(tmp_path / "runs"),
+                         log=lambda line: None, steps=SIDE_BY_SIDE).run()
+    assert result.status == "succeeded"
+    assert calls and calls[0][0] == result.run_id
+    assert calls[0][1] == ["produce", "meet"]        # what was done when it waited
+    monkeypatch.undo()
+    report.draw_plots(str(tmp_path / "runs"), "no-such-run", [object()])   # never raises
+
+
 def test_a_declared_check_stops_the_run_before_any_step(tmp_path, make_config):
     """`checked` declares a check of the sections it reads (and where it runs): its
     problem ends the run before any step, `produce` included, and before a run is
