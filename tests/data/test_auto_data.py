@@ -240,7 +240,7 @@ def test_a_run_on_a_photo_folder_trains_3_channels_and_records_the_decision(tmp_
     assert lines[0].startswith("run ") and lines[1].startswith(
         "  data: 3 channels, 48x48 (decided from the data: 60 of 60 sampled files are RGB")
     assert "photo defaults applied (3 channels, no model.kind named): model.kind xception, " \
-           "train.batch_size 32" in lines[1]
+           "model.hidden_units [24, 48, 96, 192], train.batch_size 32" in lines[1]
     card = json.loads((tmp_path / "serving" / "snaps" / "1" /
                        artifacts.PushedModel.CARD).read_text())
     assert card["model"]["image_shape"] == [48, 48, 3] and card["model"]["kind"] == "xception"
