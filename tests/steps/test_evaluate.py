@@ -13,6 +13,11 @@ from components.steps import evaluate
 from components.steps import infra_validate as infra
 from tests import fixtures
 
+# The tests build SavedModels with tf.function here, outside a step (which has a private
+# temporary folder of its own); the whole suite's run named this module after autograph
+# files appeared in its folder.
+pytestmark = pytest.mark.usefixtures("private_tmp")
+
 
 def test_paired_bootstrap_and_mcnemar():
     rng = np.random.default_rng(1)
