@@ -671,13 +671,11 @@ def test_a_path_that_is_not_what_its_name_says_is_skipped_and_named(registry, ca
     base = request_log.folder(registry.root, "m")
     window = _window(0, 300)
     if plant.startswith("a file"):
-        # a day that is read and holds no traffic: the day before the push (read from it
-        # on, for clock skew), or, from 00:00 to 02:00 UTC, when that day's folder holds
-        # the traffic (from START, two hours ago), the push's own day, read up to now
-        pushed = dt.datetime.now(dt.timezone.utc)
-        day = pushed - dt.timedelta(days=1)
-        if (START + dt.timedelta(seconds=300)).date() == day.date():
-            day, window = pushed, _window(0, (pushed - START).total_seconds() + 60)
+        # a day that is read and holds no traffic whatever the hour: tomorrow, with a
+        # window that runs into it (the days before can hold the traffic, which starts
+        # at START, two hours before the push and the test, whichever day that was)
+        day = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1)
+        window = _window(0, (day - START).total_seconds() + 60)
         path = os.path.join(base, day.strftime("%Y-%m-%d"))
         with open(path, "w") as handle:
             handle.write("x\n")
@@ -691,7 +689,7 @@ def test_a_path_that_is_not_what_its_name_says_is_skipped_and_named(registry, ca
     assert report["skipped_paths"] == [f"{path} ({why})"]
     assert f"skipped in the request log: {path} ({why})" in text
     assert cli.main(["models", "canary", "m", "--registry", registry.root, "--dry-run",
-                     "--json"]) == 0
+                     "--json", *window]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["decision"] == "promote" and result["skipped_paths"] == [f"{path} ({why})"]
 
