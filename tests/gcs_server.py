@@ -173,10 +173,11 @@ threading.Event().wait()
 """
 
 
-def stop(proc: subprocess.Popen) -> None:
+def stop(proc: subprocess.Popen, timeout: float = 5) -> None:
+    """Terminates `proc`, killing it when it has not ended within `timeout` seconds."""
     proc.terminate()
     try:
-        proc.wait(timeout=5)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()

@@ -15,6 +15,7 @@ its completed trials when the step runs again.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -77,8 +78,12 @@ class _HyperModel:
         shape = tuple(transform_graph.properties["image_shape"])
         classes = transform_graph.properties["num_classes"]
         scored_on = _scored_metric(tune.objective, held.used)
-        # a transfer base's own preprocessing is built from the normalization constants
-        pixels = inputs.normalization(transform_graph, examples)
+
+        @functools.cache
+        def pixels() -> tuple[float, float]:
+            """The normalization constants a transfer base's own preprocessing is built
+            from: read once, for the first transfer trial, never for other kinds."""
+            return inputs.normalization(transform_graph, examples)
 
         class HyperModel(kt.HyperModel):
             def configs(self, hp) -> tuple[ModelConfig, TrainConfig]:
@@ -90,7 +95,8 @@ class _HyperModel:
                 trial_model, trial_train = self.configs(hp)
                 loss = _loss(trial_train)
                 with strategy.scope():
-                    net = models.build(trial_model, shape, classes, weights, pixels)
+                    net = models.build(trial_model, shape, classes, weights,
+                                       pixels() if trial_model.kind == "transfer" else None)
                     training.compile_model(
                         net, trial_train, plan, loss, epochs=tune.epochs,
                         steps_per_epoch=held.fit_count // (trial_train.batch_size *

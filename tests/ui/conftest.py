@@ -18,7 +18,7 @@ import pytest
 
 from components import artifacts
 from pipeline import cli
-from tests import fixtures
+from tests import fixtures, gcs_server
 
 CLASSES = ["cat", "dog", "fox"]
 DAG = "tests.local.fake_dags:STEPS"
@@ -158,12 +158,7 @@ def start_console(world):
 
     yield start
     for process in started:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        gcs_server.stop(process, timeout=30)
         for stream in (process.stdout, process.stderr):
             stream.close()
 
